@@ -1,1 +1,7 @@
-fn main() {}
+//! The `duplex` command.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    duplex::cli::main()
+}

@@ -1,1 +1,26 @@
-//! placeholder
+//! duplex-connectors: the canonical change model every database is translated to and from,
+//! and one module per database kind.
+//!
+//! A reader turns a database's own change log into [`Transaction`]s of [`ChangeEvent`]s over
+//! canonical [`Value`]s; an applier writes them into another database. Nothing here knows about
+//! merging or version vectors: that is the engine's business.
+//!
+//! Each kind lives in its own folder with the same rooms (`position.rs`, `types.rs`,
+//! `catalog.rs`, `preflight.rs`, `error.rs`, and as the streams land `stream.rs`, `snapshot.rs`,
+//! `apply.rs`).
+
+pub mod change;
+pub mod mysql;
+pub mod position;
+pub mod postgres;
+pub mod preflight;
+pub mod schema;
+pub mod site;
+pub mod typemap;
+pub mod value;
+
+pub use change::{ChangeEvent, Op, Origin, Row, Transaction};
+pub use position::{Position, PositionError};
+pub use schema::{Column, TableName, TableSchema, ValueKind};
+pub use site::SiteKind;
+pub use value::{Decimal, DecimalError, Value};

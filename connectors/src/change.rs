@@ -1,0 +1,102 @@
+//! Row changes and the source transactions that carry them.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::{Position, TableName, Value};
+
+/// Column values of one row, in table column order. Column names are shared `Arc<str>`s so
+/// that the rows of one table share their names.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Row(Vec<(Arc<str>, Value)>);
+
+impl Row {
+    /// An empty row.
+    pub fn new() -> Row {
+        Row(Vec::new())
+    }
+
+    /// Appends a column.
+    pub fn push(&mut self, column: impl Into<Arc<str>>, value: Value) {
+        self.0.push((column.into(), value));
+    }
+
+    /// The value of a column, if the row has it.
+    pub fn get(&self, column: &str) -> Option<&Value> {
+        self.0.iter().find(|(c, _)| &**c == column).map(|(_, v)| v)
+    }
+
+    /// Columns and values in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.0.iter().map(|(c, v)| (&**c, v))
+    }
+
+    /// Number of columns.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when the row has no columns.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<C: Into<Arc<str>>> FromIterator<(C, Value)> for Row {
+    fn from_iter<I: IntoIterator<Item = (C, Value)>>(iter: I) -> Row {
+        Row(iter.into_iter().map(|(c, v)| (c.into(), v)).collect())
+    }
+}
+
+/// What a change did to a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// A new row.
+    Insert,
+    /// A changed row (possibly with a changed primary key: compare `before` and `after`).
+    Update,
+    /// A removed row.
+    Delete,
+}
+
+/// One committed row change, in canonical form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChangeEvent {
+    /// The source table.
+    pub table: TableName,
+    /// Insert, update or delete.
+    pub op: Op,
+    /// The primary-key columns identifying the row before the change (after it, for inserts).
+    pub key: Row,
+    /// The row before the change, as far as the log carries it (only key columns when the
+    /// source logs no full before-image). `None` for inserts.
+    pub before: Option<Row>,
+    /// The row after the change. `None` for deletes.
+    pub after: Option<Row>,
+}
+
+/// Whether a transaction was made by an application or by duplex itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Origin {
+    /// An application's change: to be propagated.
+    Local,
+    /// A transaction duplex applied (an echo): never propagated again.
+    Duplex,
+}
+
+/// One committed source transaction: the unit that is applied, whole, to targets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transaction {
+    /// The site (configuration name) the transaction was read from.
+    pub source: String,
+    /// The source position just past this transaction's commit; resuming there skips it.
+    pub position: Position,
+    /// When the source committed it.
+    pub commit_time: DateTime<Utc>,
+    /// Application change or duplex echo.
+    pub origin: Origin,
+    /// The row changes, in the order the source made them.
+    pub events: Vec<ChangeEvent>,
+}

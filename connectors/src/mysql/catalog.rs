@@ -1,0 +1,77 @@
+//! Reading table schemas from MySQL/MariaDB's information_schema.
+
+use mysql_async::Conn;
+use mysql_async::prelude::Queryable;
+
+use crate::{Column, TableName, TableSchema};
+
+use super::MysqlError;
+
+/// A table's schema plus what the MySQL reader needs to know about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableInfo {
+    /// Columns and primary key.
+    pub schema: TableSchema,
+    /// Storage engine (`InnoDB`, `MyISAM`, ...).
+    pub engine: String,
+}
+
+/// Describes a base table; `None` when it does not exist.
+pub async fn describe_table(
+    conn: &mut Conn,
+    table: &TableName,
+) -> Result<Option<TableInfo>, MysqlError> {
+    let engine: Option<Option<String>> = conn
+        .exec_first(
+            "SELECT ENGINE FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND TABLE_TYPE = 'BASE TABLE'",
+            (&table.schema, &table.name),
+        )
+        .await
+        .map_err(MysqlError::query("looking up a mapped table"))?;
+    let Some(engine) = engine else {
+        return Ok(None);
+    };
+    let rows: Vec<(String, String, String, String)> = conn
+        .exec(
+            "SELECT COLUMN_NAME, LOWER(DATA_TYPE), COLUMN_TYPE, IS_NULLABLE \
+             FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
+             ORDER BY ORDINAL_POSITION",
+            (&table.schema, &table.name),
+        )
+        .await
+        .map_err(MysqlError::query("reading a mapped table's columns"))?;
+    let columns = rows
+        .into_iter()
+        .map(|(name, data_type, declared, nullable)| {
+            let unsigned = declared.to_ascii_lowercase().contains("unsigned");
+            Column {
+                name,
+                type_name: if unsigned {
+                    format!("{data_type} unsigned")
+                } else {
+                    data_type
+                },
+                declared,
+                nullable: nullable == "YES",
+            }
+        })
+        .collect();
+    let primary_key: Vec<String> = conn
+        .exec(
+            "SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE \
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND CONSTRAINT_NAME = 'PRIMARY' \
+             ORDER BY ORDINAL_POSITION",
+            (&table.schema, &table.name),
+        )
+        .await
+        .map_err(MysqlError::query("reading a mapped table's primary key"))?;
+    Ok(Some(TableInfo {
+        schema: TableSchema {
+            name: table.clone(),
+            columns,
+            primary_key,
+        },
+        engine: engine.unwrap_or_default(),
+    }))
+}

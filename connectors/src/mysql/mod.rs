@@ -1,0 +1,47 @@
+//! MySQL and MariaDB: binlog positions, catalog reading and preflight checks (the binlog
+//! reader, snapshot and applier build on these).
+
+mod catalog;
+mod error;
+mod position;
+mod preflight;
+
+pub use catalog::{TableInfo, describe_table};
+pub use error::MysqlError;
+pub use position::BinlogPosition;
+pub use preflight::{check_server, check_table};
+
+use mysql_async::{Conn, Opts, OptsBuilder};
+
+/// Connects with an ordinary session. `password`, when given, overrides any password in the
+/// URL.
+pub async fn connect(url: &str, password: Option<&str>) -> Result<Conn, MysqlError> {
+    let opts = Opts::from_url(url).map_err(MysqlError::Url)?;
+    let target = format!(
+        "{}@{}:{}/{}",
+        opts.user().unwrap_or("?"),
+        opts.ip_or_hostname(),
+        opts.tcp_port(),
+        opts.db_name().unwrap_or("")
+    );
+    let mut builder = OptsBuilder::from_opts(opts);
+    if let Some(password) = password {
+        builder = builder.pass(Some(password));
+    }
+    Conn::new(builder)
+        .await
+        .map_err(|source| MysqlError::Connect { target, source })
+}
+
+/// Quotes an identifier for MySQL (`` `a``b` ``).
+pub fn quote_ident(ident: &str) -> String {
+    format!("`{}`", ident.replace('`', "``"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(super::quote_ident("we`ird"), "`we``ird`");
+    }
+}

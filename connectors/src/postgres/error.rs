@@ -1,0 +1,55 @@
+//! PostgreSQL connector errors. The driver error is kept as the source: its SQLSTATE decides
+//! whether an operation is retried.
+
+use tokio_postgres::error::SqlState;
+
+/// An error talking to PostgreSQL.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// The connection URL does not parse.
+    #[error("invalid PostgreSQL URL (expected postgres://user@host:port/dbname)")]
+    Url(#[source] tokio_postgres::Error),
+    /// The server could not be reached or refused the login.
+    #[error("cannot connect to PostgreSQL at {target}")]
+    Connect {
+        /// `user@host:port/dbname`.
+        target: String,
+        /// Driver error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// A statement failed.
+    #[error("PostgreSQL query failed while {doing}")]
+    Query {
+        /// What duplex was doing.
+        doing: &'static str,
+        /// Driver error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+impl PgError {
+    /// Wraps a query error with what duplex was doing.
+    pub fn query(doing: &'static str) -> impl FnOnce(tokio_postgres::Error) -> PgError {
+        move |source| PgError::Query { doing, source }
+    }
+
+    /// True when retrying later may succeed: the connection broke or could not be made, the
+    /// server is starting or shutting down, or a serialization failure / deadlock.
+    pub fn is_transient(&self) -> bool {
+        let source = match self {
+            PgError::Url(_) => return false,
+            PgError::Connect { source, .. } | PgError::Query { source, .. } => source,
+        };
+        match source.code() {
+            None => source.is_closed() || matches!(self, PgError::Connect { .. }),
+            Some(code) => {
+                let class = &code.code()[..2];
+                matches!(class, "08" | "53" | "57") && *code != SqlState::QUERY_CANCELED
+                    || *code == SqlState::T_R_SERIALIZATION_FAILURE
+                    || *code == SqlState::T_R_DEADLOCK_DETECTED
+            }
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! `duplex check`: connects to every site and reports, item by item with the exact fix, whether
+//! the servers, privileges, mapped tables and column types are ready for replication.
+//!
+//! Nothing is changed on any server: every probe is a read of settings or catalogs.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use duplex_connectors::preflight::{Finding, Status};
+use duplex_connectors::typemap::{self, ColumnVerdict};
+use duplex_connectors::{SiteKind, TableName, TableSchema, mysql, postgres};
+
+use crate::cli::chain;
+use crate::config::{Config, Direction, Mapping, Site};
+
+/// How long one site may take to answer before it is reported unreachable.
+const SITE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The findings of a check, grouped by site and mapping.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Titled groups of findings, in order.
+    pub sections: Vec<Section>,
+}
+
+/// The findings about one site or one mapping.
+#[derive(Debug)]
+pub struct Section {
+    /// E.g. `site store (postgres, duplex@127.0.0.1:5432/shop)`.
+    pub title: String,
+    /// Its findings.
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    /// True when nothing failed.
+    pub fn ready(&self) -> bool {
+        self.failures() == 0
+    }
+
+    /// Number of failed items.
+    pub fn failures(&self) -> usize {
+        self.sections
+            .iter()
+            .flat_map(|s| &s.findings)
+            .filter(|f| f.status == Status::Fail)
+            .count()
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for section in &self.sections {
+            writeln!(f, "{}", section.title)?;
+            for finding in &section.findings {
+                for line in finding.to_string().lines() {
+                    writeln!(f, "  {line}")?;
+                }
+            }
+            writeln!(f)?;
+        }
+        match self.failures() {
+            0 => writeln!(f, "ready: every site and mapping passed"),
+            n => writeln!(f, "not ready: {n} problem(s) to fix (marked FAIL above)"),
+        }
+    }
+}
+
+/// Runs every check of the configuration.
+pub async fn run(config: &Config) -> Report {
+    let mut report = Report::default();
+    let mut schemas: HashMap<(String, TableName), TableSchema> = HashMap::new();
+    for site in config.sites.values() {
+        let title = format!(
+            "site {} ({}, {})",
+            site.name,
+            site.kind,
+            site.redacted_url()
+        );
+        let findings = match tokio::time::timeout(
+            SITE_TIMEOUT,
+            check_site(site, config, &mut schemas),
+        )
+        .await
+        {
+            Ok(findings) => findings,
+            Err(_) => vec![Finding::fail(
+                format!("no answer within {}s", SITE_TIMEOUT.as_secs()),
+                format!(
+                    "check that the server at {} is up and reachable",
+                    site.redacted_url()
+                ),
+            )],
+        };
+        report.sections.push(Section { title, findings });
+    }
+    for mapping in &config.mappings {
+        report.sections.push(Section {
+            title: format!("mapping {} ({})", mapping.name, describe_direction(mapping)),
+            findings: check_mapping(config, mapping, &schemas),
+        });
+    }
+    report
+}
+
+fn describe_direction(mapping: &Mapping) -> String {
+    match &mapping.direction {
+        Direction::Both => mapping
+            .tables
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" <-> "),
+        Direction::OneWay { from, to } => format!("{from} -> {to}"),
+    }
+}
+
+fn unreachable(site: &Site, error: &dyn std::error::Error) -> Finding {
+    Finding::fail(
+        chain(error),
+        format!(
+            "check that the server is running and reachable at {}, and that the user and password \
+             (sites.{}.url / password_env / password_file) are right",
+            site.redacted_url(),
+            site.name
+        ),
+    )
+}
+
+fn query_failed(error: &dyn std::error::Error) -> Finding {
+    Finding::fail(
+        chain(error),
+        "the check could not finish: fix the error above and run it again",
+    )
+}
+
+/// The mapped tables on a site with how they are used.
+fn tables_on<'a>(config: &'a Config, site: &str) -> Vec<(&'a TableName, postgres::TableUse)> {
+    config
+        .mappings
+        .iter()
+        .filter_map(|m| {
+            let table = m.tables.get(site)?;
+            Some((
+                table,
+                postgres::TableUse {
+                    read: m.reads_from(site),
+                    write: m.writes_to(site),
+                },
+            ))
+        })
+        .collect()
+}
+
+async fn check_site(
+    site: &Site,
+    config: &Config,
+    schemas: &mut HashMap<(String, TableName), TableSchema>,
+) -> Vec<Finding> {
+    let password = site.password.as_ref().map(|p| p.expose());
+    let mut findings = Vec::new();
+    match site.kind {
+        SiteKind::Postgres => {
+            let client = match postgres::connect(&site.url, password).await {
+                Ok(client) => client,
+                Err(error) => return vec![unreachable(site, &error)],
+            };
+            match postgres::check_server(&client).await {
+                Ok(server) => findings.extend(server),
+                Err(error) => return vec![query_failed(&error)],
+            }
+            for (table, usage) in tables_on(config, &site.name) {
+                match postgres::check_table(&client, table, usage).await {
+                    Ok((table_findings, info)) => {
+                        findings.extend(table_findings);
+                        if let Some(info) = info {
+                            schemas.insert((site.name.clone(), table.clone()), info.schema);
+                        }
+                    }
+                    Err(error) => findings.push(query_failed(&error)),
+                }
+            }
+        }
+        SiteKind::Mysql => {
+            let mut conn = match mysql::connect(&site.url, password).await {
+                Ok(conn) => conn,
+                Err(error) => return vec![unreachable(site, &error)],
+            };
+            match mysql::check_server(&mut conn).await {
+                Ok(server) => findings.extend(server),
+                Err(error) => findings.push(query_failed(&error)),
+            }
+            for (table, _) in tables_on(config, &site.name) {
+                match mysql::check_table(&mut conn, table).await {
+                    Ok((table_findings, info)) => {
+                        findings.extend(table_findings);
+                        if let Some(info) = info {
+                            schemas.insert((site.name.clone(), table.clone()), info.schema);
+                        }
+                    }
+                    Err(error) => findings.push(query_failed(&error)),
+                }
+            }
+            if let Err(error) = conn.disconnect().await {
+                tracing::debug!(%error, "closing the MySQL check connection");
+            }
+        }
+    }
+    findings
+}
+
+/// Column-level checks of one mapping: every mapped column exists on every site, the primary
+/// keys correspond, and every column's type can be carried along each direction of flow.
+fn check_mapping(
+    config: &Config,
+    mapping: &Mapping,
+    schemas: &HashMap<(String, TableName), TableSchema>,
+) -> Vec<Finding> {
+    let mut found = Vec::new();
+    for (site, table) in &mapping.tables {
+        match schemas.get(&(site.clone(), table.clone())) {
+            Some(schema) => found.push((site.as_str(), schema)),
+            None => {
+                return vec![Finding::fail(
+                    format!("columns not checked: table {table} on site {site} could not be read"),
+                    format!("fix the problems reported for site {site} above"),
+                )];
+            }
+        }
+    }
+    let reference_site = match &mapping.direction {
+        Direction::OneWay { from, .. } => from.as_str(),
+        Direction::Both => found[0].0,
+    };
+    let reference = found
+        .iter()
+        .find(|(s, _)| *s == reference_site)
+        .map(|(_, t)| *t)
+        .unwrap_or(found[0].1);
+    let columns: Vec<String> = match &mapping.columns {
+        Some(columns) => columns.clone(),
+        None => reference
+            .columns
+            .iter()
+            .map(|c| mapping.canonical_column(reference_site, &c.name).to_owned())
+            .collect(),
+    };
+    let mut findings = Vec::new();
+    let mut complete = true;
+    for (site, schema) in &found {
+        for canonical in &columns {
+            let local = mapping.site_column(site, canonical);
+            if schema.column(local).is_none() {
+                complete = false;
+                findings.push(Finding::fail(
+                    format!("column {local} is missing from {} on site {site}", schema.name),
+                    format!(
+                        "add the column, map it to another name with [mappings.rename.{site}], or list \
+                         the replicated columns with columns = [...] in mapping {}",
+                        mapping.name
+                    ),
+                ));
+            }
+        }
+        let key: Vec<&str> = schema
+            .primary_key
+            .iter()
+            .map(|c| mapping.canonical_column(site, c))
+            .collect();
+        for column in &key {
+            if !columns.iter().any(|c| c == column) {
+                findings.push(Finding::fail(
+                    format!(
+                        "primary-key column {column} of {} on site {site} is not replicated",
+                        schema.name
+                    ),
+                    format!(
+                        "add {column} to columns = [...] in mapping {}",
+                        mapping.name
+                    ),
+                ));
+            }
+        }
+    }
+    let keys: Vec<(&str, Vec<&str>)> = found
+        .iter()
+        .map(|(site, schema)| {
+            (
+                *site,
+                schema
+                    .primary_key
+                    .iter()
+                    .map(|c| mapping.canonical_column(site, c))
+                    .collect(),
+            )
+        })
+        .collect();
+    if keys.iter().any(|(_, k)| !k.is_empty() && *k != keys[0].1) {
+        let listed: Vec<String> = keys
+            .iter()
+            .map(|(s, k)| format!("{s} ({})", k.join(", ")))
+            .collect();
+        findings.push(Finding::fail(
+            format!("primary keys differ between sites: {}", listed.join(" vs ")),
+            "give the tables the same primary-key columns (or map the names with [mappings.rename.<site>])",
+        ));
+    }
+    if !complete {
+        return findings;
+    }
+    for (from, to) in mapping.edges() {
+        let (Some(from_schema), Some(to_schema)) = (
+            found.iter().find(|(s, _)| *s == from).map(|(_, t)| *t),
+            found.iter().find(|(s, _)| *s == to).map(|(_, t)| *t),
+        ) else {
+            continue;
+        };
+        let (from_kind, to_kind) = (config.sites[from].kind, config.sites[to].kind);
+        let mut exact = 0;
+        for canonical in &columns {
+            let (Some(source), Some(target)) = (
+                from_schema.column(mapping.site_column(from, canonical)),
+                to_schema.column(mapping.site_column(to, canonical)),
+            ) else {
+                continue;
+            };
+            let what = format!(
+                "{from}:{}.{} {} -> {to}:{}.{} {}",
+                from_schema.name.name,
+                source.name,
+                source.declared,
+                to_schema.name.name,
+                target.name,
+                target.declared
+            );
+            match typemap::judge(from_kind, source, to_kind, target) {
+                ColumnVerdict::Exact => exact += 1,
+                ColumnVerdict::Converted(how) => {
+                    findings.push(Finding::warn(what.clone(), format!("converted: {how}")))
+                }
+                ColumnVerdict::Refused(why) => findings.push(Finding::fail(what.clone(), why)),
+            }
+            if source.nullable && !target.nullable {
+                findings.push(Finding::warn(
+                    format!("{what}: NULL allowed on {from} but not on {to}"),
+                    format!("a NULL from {from} would be refused by {to}: make the target column nullable or the source NOT NULL"),
+                ));
+            }
+        }
+        findings.push(Finding::ok(format!(
+            "{from} -> {to}: {exact} of {} columns map exactly",
+            columns.len()
+        )));
+    }
+    findings
+}

@@ -1,0 +1,92 @@
+//! Command-line interface: `duplex --config FILE <command>`.
+
+use std::error::Error;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::check;
+use crate::config::Config;
+
+/// Change-data-capture replication between PostgreSQL and MySQL/MariaDB, both ways.
+#[derive(Debug, Parser)]
+#[command(name = "duplex", version, about)]
+pub struct Cli {
+    /// The configuration file (TOML).
+    #[arg(
+        long,
+        short,
+        env = "DUPLEX_CONFIG",
+        default_value = "duplex.toml",
+        global = true
+    )]
+    pub config: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check that every site's server settings, privileges and mapped tables are ready for
+    /// replication; prints the exact fix for each problem. Exits 0 only when all is ready.
+    Check,
+}
+
+/// Runs the CLI and turns the outcome into an exit code: 0 success, 1 not ready / failed,
+/// 2 unusable configuration or invocation.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("DUPLEX_LOG").unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match Config::load(&cli.config) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {}", chain(&error));
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Check => {
+            let report = runtime.block_on(check::run(&config));
+            print!("{report}");
+            if report.ready() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// An error and all its sources, `: `-separated.
+pub fn chain(error: &dyn Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        let more = inner.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = inner.source();
+    }
+    text
+}

@@ -1,0 +1,672 @@
+//! The configuration file: sites (databases) and mappings (which tables replicate where).
+//!
+//! Parsing is strict (`deny_unknown_fields`: a misspelt key is an error, not a silently ignored
+//! setting) and [`Config::from_toml`] validates everything it can without connecting: every
+//! problem is reported with the field it concerns and the rule it broke, all at once.
+//! Passwords come from an environment variable or a file and live in [`Secret`], whose `Debug`
+//! and `Display` print `***`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use duplex_connectors::{SiteKind, TableName};
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+/// A secret value (a password). Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for handing to a driver.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// A loaded and validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the embedded state store lives.
+    pub state_dir: PathBuf,
+    /// Databases by name, in file order.
+    pub sites: IndexMap<String, Site>,
+    /// Table mappings, in file order.
+    pub mappings: Vec<Mapping>,
+}
+
+/// One database.
+#[derive(Clone)]
+pub struct Site {
+    /// The site's name in the configuration.
+    pub name: String,
+    /// PostgreSQL or MySQL/MariaDB.
+    pub kind: SiteKind,
+    /// Connection URL, possibly with a password in it (see [`Site::redacted_url`]).
+    pub url: String,
+    /// Password from `password_env` or `password_file`, overriding one in the URL.
+    pub password: Option<Secret>,
+}
+
+impl Site {
+    /// The URL with any password replaced by `***`, for messages.
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+impl fmt::Debug for Site {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Site")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("url", &self.redacted_url())
+            .field("password", &self.password)
+            .finish()
+    }
+}
+
+fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        Err(_) => "<unparseable url>".to_owned(),
+    }
+}
+
+/// Which way changes flow in a mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Direction {
+    /// Every site's changes go to every other site.
+    Both,
+    /// Changes flow from one site to another only.
+    OneWay {
+        /// Source site.
+        from: String,
+        /// Target site.
+        to: String,
+    },
+}
+
+/// How a conflict between concurrent changes of one row is resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConflictPolicy {
+    /// The later commit wins; ties go to the site listed first in the mapping.
+    LastWriterWins,
+    /// This site's version always wins.
+    Prefer(String),
+    /// Changes to different columns both survive; same column falls back to last writer wins.
+    MergeColumns,
+    /// Each site keeps its value and the conflict waits for `duplex conflicts resolve`.
+    Hold,
+}
+
+/// One replicated table across two or more sites.
+#[derive(Debug, Clone)]
+pub struct Mapping {
+    /// Unique name.
+    pub name: String,
+    /// The table on each site, in file order.
+    pub tables: IndexMap<String, TableName>,
+    /// Which way changes flow.
+    pub direction: Direction,
+    /// Conflict policy.
+    pub conflict: ConflictPolicy,
+    /// Replicated columns by their canonical names; `None` means all columns.
+    pub columns: Option<Vec<String>>,
+    /// Per site: canonical column name -> that site's column name.
+    pub rename: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl Mapping {
+    /// The column name a site uses for a canonical column.
+    pub fn site_column<'a>(&'a self, site: &str, canonical: &'a str) -> &'a str {
+        self.rename
+            .get(site)
+            .and_then(|r| r.get(canonical))
+            .map_or(canonical, String::as_str)
+    }
+
+    /// The canonical name of a site's column.
+    pub fn canonical_column<'a>(&'a self, site: &str, local: &'a str) -> &'a str {
+        self.rename
+            .get(site)
+            .and_then(|r| r.iter().find(|(_, l)| l.as_str() == local))
+            .map_or(local, |(c, _)| c.as_str())
+    }
+
+    /// Every (source, target) pair changes flow along.
+    pub fn edges(&self) -> Vec<(&str, &str)> {
+        match &self.direction {
+            Direction::OneWay { from, to } => vec![(from.as_str(), to.as_str())],
+            Direction::Both => {
+                let sites: Vec<&str> = self.tables.keys().map(String::as_str).collect();
+                let mut edges = Vec::new();
+                for a in &sites {
+                    for b in &sites {
+                        if a != b {
+                            edges.push((*a, *b));
+                        }
+                    }
+                }
+                edges
+            }
+        }
+    }
+
+    /// Whether changes are read from this site.
+    pub fn reads_from(&self, site: &str) -> bool {
+        self.edges().iter().any(|(from, _)| *from == site)
+    }
+
+    /// Whether changes are written into this site.
+    pub fn writes_to(&self, site: &str) -> bool {
+        self.edges().iter().any(|(_, to)| *to == site)
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of the expected shape (unknown key, wrong type, ...).
+    #[error("config file {path} is not valid: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// TOML error, with line and column.
+        source: toml::de::Error,
+    },
+    /// Values break rules; every problem is listed.
+    #[error("config file {path} has {} problem(s):\n{}", .problems.len(), list_problems(.problems))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, field by field.
+        problems: Vec<Problem>,
+    },
+}
+
+/// One broken rule: the field and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Path of the field, e.g. `mappings[0].tables.wms`.
+    pub field: String,
+    /// The rule it broke and what to do.
+    pub rule: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.rule)
+    }
+}
+
+fn list_problems(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    state: RawState,
+    #[serde(default)]
+    sites: IndexMap<String, RawSite>,
+    #[serde(default)]
+    mappings: Vec<RawMapping>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    #[serde(default = "default_state_dir")]
+    dir: PathBuf,
+}
+
+impl Default for RawState {
+    fn default() -> RawState {
+        RawState {
+            dir: default_state_dir(),
+        }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("duplex-state")
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSite {
+    kind: String,
+    url: String,
+    password_env: Option<String>,
+    password_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMapping {
+    name: String,
+    tables: IndexMap<String, String>,
+    direction: String,
+    #[serde(default = "default_conflict")]
+    conflict: String,
+    columns: Option<Vec<String>>,
+    #[serde(default)]
+    rename: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+fn default_conflict() -> String {
+    "last-writer-wins".to_owned()
+}
+
+impl Config {
+    /// Reads and validates a config file. Relative `state.dir` and `password_file` paths are
+    /// taken relative to the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::from_toml(&text, path, base)
+    }
+
+    /// Parses and validates configuration text; `path` is only used in messages, `base` is
+    /// the directory relative paths are resolved against.
+    pub fn from_toml(text: &str, path: &Path, base: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut problems = Vec::new();
+        let mut report = |field: String, rule: String| problems.push(Problem { field, rule });
+
+        if raw.sites.is_empty() {
+            report(
+                "sites".into(),
+                "no sites are defined: add a [sites.<name>] table per database".into(),
+            );
+        }
+        let mut sites = IndexMap::new();
+        for (name, raw_site) in &raw.sites {
+            if let Some(site) = validate_site(name, raw_site, base, &mut report) {
+                sites.insert(name.clone(), site);
+            }
+        }
+        if raw.mappings.is_empty() {
+            report(
+                "mappings".into(),
+                "no mappings are defined: add a [[mappings]] table per replicated table".into(),
+            );
+        }
+        let mut mappings: Vec<Mapping> = Vec::new();
+        for (index, raw_mapping) in raw.mappings.iter().enumerate() {
+            let field = format!("mappings[{index}] ({})", raw_mapping.name);
+            if mappings.iter().any(|m| m.name == raw_mapping.name) {
+                report(
+                    format!("{field}.name"),
+                    format!(
+                        "mapping name {:?} is used twice: names must be unique",
+                        raw_mapping.name
+                    ),
+                );
+            }
+            if let Some(mapping) = validate_mapping(&field, raw_mapping, &raw.sites, &mut report) {
+                mappings.push(mapping);
+            }
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            });
+        }
+        Ok(Config {
+            state_dir: base.join(raw.state.dir),
+            sites,
+            mappings,
+        })
+    }
+}
+
+fn validate_site(
+    name: &str,
+    raw: &RawSite,
+    base: &Path,
+    report: &mut impl FnMut(String, String),
+) -> Option<Site> {
+    let field = format!("sites.{name}");
+    let kind = match raw.kind.as_str() {
+        "postgres" | "postgresql" => Some(SiteKind::Postgres),
+        "mysql" | "mariadb" => Some(SiteKind::Mysql),
+        "mssql" | "sqlserver" => {
+            report(format!("{field}.kind"), "SQL Server is not supported yet: only \"postgres\" and \"mysql\" (MySQL and MariaDB) are".into());
+            None
+        }
+        other => {
+            report(
+                format!("{field}.kind"),
+                format!(
+                    "unknown kind {other:?}: use \"postgres\" or \"mysql\" (for MySQL and MariaDB)"
+                ),
+            );
+            None
+        }
+    };
+    let url_ok = match (kind, url::Url::parse(&raw.url)) {
+        (_, Err(e)) => {
+            report(
+                format!("{field}.url"),
+                format!(
+                    "{} is not a URL ({e}): write it like postgres://user@host:5432/dbname or mysql://user@host:3306/dbname",
+                    redact_url(&raw.url)
+                ),
+            );
+            false
+        }
+        (Some(kind), Ok(url)) => {
+            let schemes: &[&str] = match kind {
+                SiteKind::Postgres => &["postgres", "postgresql"],
+                SiteKind::Mysql => &["mysql"],
+            };
+            let mut ok = true;
+            if !schemes.contains(&url.scheme()) {
+                report(
+                    format!("{field}.url"),
+                    format!(
+                        "a {kind} site's URL must start with {}:// (found {}://)",
+                        schemes[0],
+                        url.scheme()
+                    ),
+                );
+                ok = false;
+            }
+            if url.host_str().is_none_or(str::is_empty) {
+                report(
+                    format!("{field}.url"),
+                    "the URL names no host: write it like postgres://user@host:port/dbname".into(),
+                );
+                ok = false;
+            }
+            if kind == SiteKind::Postgres && url.path().trim_start_matches('/').is_empty() {
+                report(format!("{field}.url"), "the URL names no database: add it as the path, e.g. postgres://user@host:5432/shop".into());
+                ok = false;
+            }
+            if url.username().is_empty() {
+                report(
+                    format!("{field}.url"),
+                    "the URL names no user: write it like postgres://user@host:port/dbname".into(),
+                );
+                ok = false;
+            }
+            ok
+        }
+        (None, Ok(_)) => false,
+    };
+    let password = match (&raw.password_env, &raw.password_file) {
+        (Some(_), Some(_)) => {
+            report(
+                field.clone(),
+                "set password_env or password_file, not both".into(),
+            );
+            None
+        }
+        (Some(var), None) => match std::env::var(var) {
+            Ok(value) => Some(Secret(value)),
+            Err(_) => {
+                report(
+                    format!("{field}.password_env"),
+                    format!(
+                        "environment variable {var} is not set (or not UTF-8): export it before starting duplex"
+                    ),
+                );
+                None
+            }
+        },
+        (None, Some(file)) => {
+            let file = base.join(file);
+            match std::fs::read_to_string(&file) {
+                Ok(value) => Some(Secret(value.trim_end_matches(['\n', '\r']).to_owned())),
+                Err(e) => {
+                    report(
+                        format!("{field}.password_file"),
+                        format!("cannot read {}: {e}", file.display()),
+                    );
+                    None
+                }
+            }
+        }
+        (None, None) => None,
+    };
+    Some(Site {
+        name: name.to_owned(),
+        kind: kind?,
+        url: raw.url.clone(),
+        password,
+    })
+    .filter(|_| url_ok)
+}
+
+fn validate_mapping(
+    field: &str,
+    raw: &RawMapping,
+    sites: &IndexMap<String, RawSite>,
+    report: &mut impl FnMut(String, String),
+) -> Option<Mapping> {
+    let mut valid = true;
+    if raw.name.is_empty()
+        || !raw
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        report(
+            format!("{field}.name"),
+            "a mapping name must be non-empty and use only letters, digits, '_' and '-'".into(),
+        );
+        valid = false;
+    }
+    if raw.tables.len() < 2 {
+        report(
+            format!("{field}.tables"),
+            format!(
+                "a mapping needs tables on 2 or more sites, found {}",
+                raw.tables.len()
+            ),
+        );
+        valid = false;
+    }
+    let mut tables = IndexMap::new();
+    for (site, table) in &raw.tables {
+        if !sites.contains_key(site) {
+            report(
+                format!("{field}.tables.{site}"),
+                format!(
+                    "site {site:?} is not defined: add [sites.{site}] or correct the name (defined: {})",
+                    names(sites.keys())
+                ),
+            );
+            valid = false;
+        }
+        match table.parse::<TableName>() {
+            Ok(name) => {
+                tables.insert(site.clone(), name);
+            }
+            Err(e) => {
+                report(format!("{field}.tables.{site}"), e.to_string());
+                valid = false;
+            }
+        }
+    }
+    let direction = if raw.direction == "both" {
+        Some(Direction::Both)
+    } else if let Some((from, to)) = raw.direction.split_once("->") {
+        let (from, to) = (from.trim().to_owned(), to.trim().to_owned());
+        let mut ok = true;
+        for site in [&from, &to] {
+            if !raw.tables.contains_key(site) {
+                report(
+                    format!("{field}.direction"),
+                    format!(
+                        "site {site:?} has no table in this mapping (tables are on: {})",
+                        names(raw.tables.keys())
+                    ),
+                );
+                ok = false;
+            }
+        }
+        if from == to {
+            report(
+                format!("{field}.direction"),
+                "source and target are the same site".into(),
+            );
+            ok = false;
+        }
+        if ok && raw.tables.len() > 2 {
+            report(
+                format!("{field}.direction"),
+                "a one-way mapping has tables on exactly two sites: split it, or use \"both\""
+                    .into(),
+            );
+            ok = false;
+        }
+        ok.then_some(Direction::OneWay { from, to })
+    } else {
+        report(
+            format!("{field}.direction"),
+            format!(
+                "{:?} is not a direction: use \"both\" or \"<site>-><site>\"",
+                raw.direction
+            ),
+        );
+        None
+    };
+    let conflict = match raw.conflict.as_str() {
+        "last-writer-wins" => Some(ConflictPolicy::LastWriterWins),
+        "merge-columns" => Some(ConflictPolicy::MergeColumns),
+        "hold" => Some(ConflictPolicy::Hold),
+        other => match other.strip_prefix("prefer:") {
+            Some(site) if raw.tables.contains_key(site) => {
+                Some(ConflictPolicy::Prefer(site.to_owned()))
+            }
+            Some(site) => {
+                report(
+                    format!("{field}.conflict"),
+                    format!(
+                        "prefer:{site} names a site without a table in this mapping (tables are on: {})",
+                        names(raw.tables.keys())
+                    ),
+                );
+                None
+            }
+            None => {
+                report(
+                    format!("{field}.conflict"),
+                    format!(
+                        "{other:?} is not a policy: use last-writer-wins, prefer:<site>, merge-columns or hold"
+                    ),
+                );
+                None
+            }
+        },
+    };
+    if let Some(columns) = &raw.columns {
+        if columns.is_empty() {
+            report(
+                format!("{field}.columns"),
+                "an empty column list replicates nothing: list columns or remove the key".into(),
+            );
+            valid = false;
+        }
+        let mut seen = std::collections::HashSet::new();
+        for column in columns {
+            if !seen.insert(column) {
+                report(
+                    format!("{field}.columns"),
+                    format!("column {column:?} is listed twice"),
+                );
+                valid = false;
+            }
+        }
+    }
+    for (site, renames) in &raw.rename {
+        if !raw.tables.contains_key(site) {
+            report(
+                format!("{field}.rename.{site}"),
+                format!(
+                    "site {site:?} has no table in this mapping (tables are on: {})",
+                    names(raw.tables.keys())
+                ),
+            );
+            valid = false;
+        }
+        let mut locals = std::collections::HashSet::new();
+        for (canonical, local) in renames {
+            if let Some(columns) = &raw.columns
+                && !columns.contains(canonical)
+            {
+                report(
+                    format!("{field}.rename.{site}.{canonical}"),
+                    format!("column {canonical:?} is not in this mapping's columns list"),
+                );
+                valid = false;
+            }
+            if !locals.insert(local) {
+                report(
+                    format!("{field}.rename.{site}.{canonical}"),
+                    format!("two columns are renamed to {local:?}"),
+                );
+                valid = false;
+            }
+        }
+    }
+    let (direction, conflict) = (direction?, conflict?);
+    valid.then(|| Mapping {
+        name: raw.name.clone(),
+        tables,
+        direction,
+        conflict,
+        columns: raw.columns.clone(),
+        rename: raw.rename.clone(),
+    })
+}
+
+fn names<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let list: Vec<&str> = names.map(String::as_str).collect();
+    if list.is_empty() {
+        "none".to_owned()
+    } else {
+        list.join(", ")
+    }
+}

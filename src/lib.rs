@@ -1,0 +1,9 @@
+//! duplex: change-data-capture replication between PostgreSQL and MySQL/MariaDB, both ways.
+//!
+//! This crate is the engine and the CLI: configuration, the preflight check, and (as they
+//! land) pipeline wiring, the merge engine and backfill. Database specifics live in
+//! `duplex-connectors`, durable state in `duplex-state`.
+
+pub mod check;
+pub mod cli;
+pub mod config;
