@@ -1,0 +1,214 @@
+//! Configuration parsing and validation: every error names its field and the rule it broke.
+
+use duplex::config::{Config, ConfigError, ConflictPolicy, Direction};
+
+const GOOD: &str = r#"
+[state]
+dir = "state-here"
+
+[sites.store]
+kind = "postgres"
+url = "postgres://duplex@127.0.0.1:5432/shop"
+password_file = "store.password"
+
+[sites.erp]
+kind = "mysql"
+url = "mysql://duplex:hunter2@127.0.0.1:3306/erp"
+
+[[mappings]]
+name = "orders"
+tables = { store = "public.orders", erp = "erp.orders" }
+direction = "both"
+conflict = "prefer:erp"
+columns = ["id", "status", "total"]
+rename.erp = { total = "amount" }
+
+[[mappings]]
+name = "stock"
+tables = { erp = "erp.stock", store = "public.stock" }
+direction = "erp->store"
+"#;
+
+/// Parses `text` as if it were a file in a fresh directory holding `store.password`.
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    parse_in(text).map(|(config, _)| config)
+}
+
+fn parse_in(text: &str) -> Result<(Config, tempfile::TempDir), ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("store.password"), "s3cret\n").unwrap();
+    let config = Config::from_toml(text, &dir.path().join("duplex.toml"), dir.path())?;
+    Ok((config, dir))
+}
+
+fn problems(text: &str) -> Vec<String> {
+    match parse(text) {
+        Err(ConfigError::Invalid { problems, .. }) => {
+            problems.iter().map(ToString::to_string).collect()
+        }
+        Err(other) => panic!("expected validation problems, got: {other}"),
+        Ok(_) => panic!("config was accepted"),
+    }
+}
+
+#[test]
+fn a_good_config_loads_with_typed_values() {
+    let (config, dir) = parse_in(GOOD).unwrap();
+    assert_eq!(config.state_dir, dir.path().join("state-here"));
+    assert_eq!(config.sites.keys().collect::<Vec<_>>(), ["store", "erp"]);
+    assert_eq!(
+        config.sites["store"].password.as_ref().unwrap().expose(),
+        "s3cret"
+    );
+    let orders = &config.mappings[0];
+    assert_eq!(orders.direction, Direction::Both);
+    assert_eq!(orders.conflict, ConflictPolicy::Prefer("erp".into()));
+    assert_eq!(orders.site_column("erp", "total"), "amount");
+    assert_eq!(orders.canonical_column("erp", "amount"), "total");
+    assert_eq!(orders.edges(), [("store", "erp"), ("erp", "store")]);
+    let stock = &config.mappings[1];
+    assert_eq!(
+        stock.direction,
+        Direction::OneWay {
+            from: "erp".into(),
+            to: "store".into()
+        }
+    );
+    assert_eq!(stock.conflict, ConflictPolicy::LastWriterWins);
+    assert!(stock.reads_from("erp") && !stock.reads_from("store"));
+}
+
+#[test]
+fn secrets_never_show_in_debug_output() {
+    let config = parse(GOOD).unwrap();
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("s3cret"), "{debug}");
+    assert!(!debug.contains("hunter2"), "{debug}");
+    assert!(debug.contains("***"));
+}
+
+#[test]
+fn an_unknown_key_is_an_error_naming_it() {
+    let text = GOOD.replace(
+        "direction = \"both\"",
+        "direction = \"both\"\nconflicts = \"hold\"",
+    );
+    let error = parse(&text).unwrap_err();
+    let message = error.to_string();
+    assert!(matches!(error, ConfigError::Parse { .. }), "{message}");
+    assert!(message.contains("unknown field `conflicts`"), "{message}");
+    let error = parse(&GOOD.replace("[state]", "[state]\ndirectory = \"x\"")).unwrap_err();
+    assert!(
+        error.to_string().contains("unknown field `directory`"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_missing_site_is_an_error() {
+    let text = GOOD.replace(
+        "[sites.erp]\nkind = \"mysql\"\nurl = \"mysql://duplex:hunter2@127.0.0.1:3306/erp\"\n",
+        "",
+    );
+    let problems = problems(&text);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("mappings[0] (orders).tables.erp: site \"erp\" is not defined")),
+        "{problems:?}"
+    );
+    let problems =
+        self::problems("[[mappings]]\nname = \"x\"\ntables = {}\ndirection = \"both\"\n");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("sites: no sites are defined")),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn a_mapping_naming_an_unknown_site_is_an_error() {
+    let problems = problems(&GOOD.replace("erp = \"erp.orders\"", "wms = \"wms.orders\""));
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("mappings[0] (orders).tables.wms: site \"wms\" is not defined")),
+        "{problems:?}"
+    );
+    let problems =
+        self::problems(&GOOD.replace("conflict = \"prefer:erp\"", "conflict = \"prefer:wms\""));
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("mappings[0] (orders).conflict: prefer:wms")),
+        "{problems:?}"
+    );
+    let problems = self::problems(&GOOD.replace("erp->store", "erp->wms"));
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("mappings[1] (stock).direction: site \"wms\"")),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn a_bad_url_is_an_error_naming_the_site() {
+    let problems =
+        problems(&GOOD.replace("postgres://duplex@127.0.0.1:5432/shop", "127.0.0.1:5432"));
+    assert!(
+        problems.iter().any(|p| p.starts_with("sites.store.url: ")),
+        "{problems:?}"
+    );
+    let problems =
+        self::problems(&GOOD.replace("mysql://duplex:hunter2@", "postgres://duplex:hunter2@"));
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("sites.erp.url: a mysql site's URL must start with mysql://")),
+        "{problems:?}"
+    );
+    assert!(
+        !problems.iter().any(|p| p.contains("hunter2")),
+        "password leaked: {problems:?}"
+    );
+    let problems = self::problems(&GOOD.replace("127.0.0.1:5432/shop", "127.0.0.1:5432"));
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("sites.store.url: the URL names no database")),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn other_rules_are_named_and_all_problems_are_listed_at_once() {
+    let text = GOOD
+        .replace("kind = \"postgres\"", "kind = \"oracle\"")
+        .replace("direction = \"both\"", "direction = \"sideways\"")
+        .replace(
+            "password_file = \"store.password\"",
+            "password_env = \"DUPLEX_TEST_CONFIG_UNSET_VARIABLE\"",
+        )
+        .replace("conflict = \"prefer:erp\"", "conflict = \"coin-flip\"");
+    let problems = problems(&text);
+    for expected in [
+        "sites.store.kind: unknown kind \"oracle\"",
+        "sites.store.password_env: environment variable DUPLEX_TEST_CONFIG_UNSET_VARIABLE is not set",
+        "mappings[0] (orders).direction: \"sideways\" is not a direction",
+        "mappings[0] (orders).conflict: \"coin-flip\" is not a policy",
+    ] {
+        assert!(
+            problems.iter().any(|p| p.starts_with(expected)),
+            "missing {expected:?} in {problems:?}"
+        );
+    }
+    let problems = self::problems(&GOOD.replace("kind = \"postgres\"", "kind = \"mssql\""));
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("SQL Server is not supported yet")),
+        "{problems:?}"
+    );
+}
