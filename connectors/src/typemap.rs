@@ -201,8 +201,9 @@ pub const MYSQL_TO_POSTGRES: &[TypeRule] = &[
     ),
     converted(
         "datetime",
-        &["timestamp"],
-        "zero dates are refused when met",
+        &["timestamp", "timestamptz"],
+        "into timestamp; into timestamptz read as UTC (how duplex writes timestamptz into \
+         DATETIME); zero dates are refused when met",
     ),
     converted(
         "timestamp",
@@ -220,11 +221,7 @@ pub const MYSQL_TO_POSTGRES: &[TypeRule] = &[
     exact("tinytext", PG_TEXT),
     exact("text", PG_TEXT),
     exact("mediumtext", PG_TEXT),
-    converted(
-        "longtext",
-        &["text", "varchar", "jsonb", "json"],
-        "exact into text; a MariaDB JSON column (LONGTEXT) goes into json/jsonb",
-    ),
+    exact("longtext", &["text", "varchar", "jsonb", "json"]),
     exact("json", &["jsonb", "json", "text"]),
     exact("binary", &["bytea"]),
     exact("varbinary", &["bytea"]),
