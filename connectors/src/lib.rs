@@ -9,6 +9,7 @@
 //! `catalog.rs`, `preflight.rs`, `error.rs`, and as the streams land `stream.rs`, `snapshot.rs`,
 //! `apply.rs`).
 
+pub mod apply;
 pub mod change;
 pub mod mysql;
 pub mod position;
@@ -19,6 +20,7 @@ pub mod site;
 pub mod typemap;
 pub mod value;
 
+pub use apply::{Applier, ApplyError, ApplyOptions, TableRoute};
 pub use change::{ChangeEvent, Op, Origin, Row, Transaction};
 pub use position::{Position, PositionError};
 pub use schema::{Column, TableName, TableSchema, ValueKind};

@@ -1,15 +1,23 @@
 //! MySQL and MariaDB: binlog positions, catalog reading and preflight checks (the binlog
 //! reader, snapshot and applier build on these).
 
+mod apply;
+mod binlog_error;
 mod catalog;
 mod error;
 mod position;
 mod preflight;
+mod stream;
+mod types;
 
+pub use apply::{MysqlApplier, POSITIONS_DDL};
+pub use binlog_error::MysqlStreamError;
 pub use catalog::{TableInfo, describe_table};
 pub use error::MysqlError;
 pub use position::BinlogPosition;
 pub use preflight::{check_server, check_table};
+pub use stream::{MysqlStream, MysqlStreamConfig, StartPosition, StreamItem};
+pub use types::TypeError;
 
 use mysql_async::{Conn, Opts, OptsBuilder};
 

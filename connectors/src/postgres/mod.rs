@@ -1,15 +1,21 @@
 //! PostgreSQL: positions, catalog reading and preflight checks (the change stream, snapshot and
 //! applier build on these).
 
+mod apply;
 mod catalog;
 mod error;
+pub mod pgoutput;
 mod position;
 mod preflight;
+mod stream;
+pub mod types;
 
+pub use apply::{POSITIONS_DDL, PgApplier};
 pub use catalog::{ReplicaIdentity, TableInfo, describe_table};
 pub use error::PgError;
 pub use position::{Lsn, LsnParseError};
 pub use preflight::{TableUse, check_server, check_table};
+pub use stream::{PgStream, PgStreamConfig, PgStreamError, StreamItem};
 
 use std::time::Duration;
 

@@ -1,0 +1,489 @@
+//! Appliers: writing source transactions into a target database, exactly once.
+//!
+//! # Protocol
+//!
+//! [`Applier::apply`] takes a batch of whole source transactions (in the source's commit
+//! order) and writes them into ONE target transaction. In that same target transaction it
+//! records, per source site name, the position of the last source transaction it wrote, in the
+//! bookkeeping table `duplex.positions` on the target (PostgreSQL: schema `duplex`; MySQL /
+//! MariaDB: database `duplex`), created on first use. [`Applier::position`] reads back what
+//! was committed. The position is stored as the JSON text of [`Position`], so a DBA can read
+//! it.
+//!
+//! # Why delivery is exactly once
+//!
+//! - *Nothing half-applied.* The rows of a batch and its new position are committed by one
+//!   target transaction, so after a crash the target holds either all of a batch together
+//!   with its position, or none of it together with the previous position. The row writes
+//!   and the position can never disagree.
+//! - *Nothing skipped.* The caller resumes the source at the lowest position its targets
+//!   report through [`Applier::position`] (for a source with one target, exactly that
+//!   position); a source position is "just past this transaction's commit", so the stream
+//!   restarts with the first transaction the target does not hold.
+//! - *Nothing twice.* Inside the target transaction, before writing anything, the applier
+//!   reads the committed position of each source in the batch under a row lock
+//!   (`SELECT ... FOR UPDATE`), and skips every transaction whose position is at or before
+//!   it (and, within a batch, at or before the previous transaction of the same source). A
+//!   replayed transaction, whether the caller resumed too early or sent a batch twice, is
+//!   therefore a no-op, and the check and the advance happen in the same transaction, so two
+//!   appliers racing on the same source cannot both apply the same transaction: the row lock
+//!   serialises them, and for a source without a row yet the position is INSERTed (not
+//!   upserted), so the slower one fails on the primary key and rolls back.
+//! - *Strict writes.* An INSERT of a row that already exists, or an UPDATE / DELETE that
+//!   finds no row, is an error, not silently repaired: with the position check above, either
+//!   means the target diverged from the source, which a DBA must hear about. Only the
+//!   `upsert` option (used by backfill, where a range may be copied again after an
+//!   interruption) turns INSERT into insert-or-overwrite.
+//!
+//! A failed apply rolls its target transaction back entirely; [`ApplyError::is_transient`]
+//! says whether retrying the same batch may succeed.
+//!
+//! # Table routes
+//!
+//! An applier knows, per source table, where its rows go: a [`TableRoute`]. Only the columns a
+//! route lists are written; a column whose value is [`crate::Value::Unchanged`] is never
+//! written, so the target keeps its value.
+
+use std::future::Future;
+
+use crate::mysql::MysqlError;
+use crate::postgres::PgError;
+use crate::{Op, Position, PositionError, TableName, Transaction};
+
+/// Name of the bookkeeping table (PostgreSQL schema / MySQL database `duplex`).
+pub const POSITIONS_TABLE: &str = "duplex.positions";
+
+/// Writes source transactions into one target database.
+///
+/// Contract:
+/// - `apply(batch)` writes the batch's transactions (whole, in order) into one target
+///   transaction and records in it, per source site name, the position of the last
+///   transaction written, in `duplex.positions`. Either all of it commits or nothing does.
+/// - Idempotence: a transaction whose position is at or before the recorded position of its
+///   source is skipped, so applying a batch twice changes nothing the second time. A batch
+///   whose transactions are all skipped writes nothing at all.
+/// - `position(source)` returns the last committed position of `source` on this target
+///   (`None` before the first apply). It never moves backwards; the caller resumes the source
+///   just after it.
+/// - On error the target transaction is rolled back: the target holds nothing of the batch
+///   and the old positions. [`ApplyError::is_transient`] says whether to retry the batch.
+pub trait Applier {
+    /// Writes `batch` into one target transaction together with the new source positions.
+    fn apply(
+        &mut self,
+        batch: &[Transaction],
+    ) -> impl Future<Output = Result<(), ApplyError>> + Send;
+
+    /// The last position of `source` committed on this target.
+    fn position(
+        &mut self,
+        source: &str,
+    ) -> impl Future<Output = Result<Option<Position>, ApplyError>> + Send;
+}
+
+/// Where one source table's rows are written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableRoute {
+    /// The source table (as [`crate::ChangeEvent::table`] names it).
+    pub source: TableName,
+    /// The target table.
+    pub target: TableName,
+    /// `(source column, target column)` pairs; source columns not listed are not written.
+    pub columns: Vec<(String, String)>,
+    /// Source columns identifying a row on the target (normally the primary key); each must
+    /// be listed in `columns`. Their values are taken from the event's `key` (the key before
+    /// the change), so updates that change the key find the old row.
+    pub key: Vec<String>,
+}
+
+impl TableRoute {
+    /// A route that writes every listed column under the same name on the target.
+    pub fn same_names(
+        source: TableName,
+        target: TableName,
+        columns: &[&str],
+        key: &[&str],
+    ) -> TableRoute {
+        TableRoute {
+            source,
+            target,
+            columns: columns
+                .iter()
+                .map(|c| ((*c).to_owned(), (*c).to_owned()))
+                .collect(),
+            key: key.iter().map(|c| (*c).to_owned()).collect(),
+        }
+    }
+}
+
+/// How an applier writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyOptions {
+    /// INSERT overwrites an existing row with the same key instead of failing (backfill).
+    pub upsert: bool,
+}
+
+/// Why a value cannot be written into a target column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValueRefusal {
+    /// Target table.
+    pub table: TableName,
+    /// Target column.
+    pub column: String,
+    /// The canonical value's kind (`Int`, `Float`, ...).
+    pub value_kind: &'static str,
+    /// The target column's declared type.
+    pub column_type: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// An apply that failed; the target transaction was rolled back.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Connecting, session setup, bookkeeping or transaction control on PostgreSQL failed.
+    #[error(transparent)]
+    Postgres(#[from] PgError),
+    /// Connecting, session setup, bookkeeping or transaction control on MySQL failed.
+    #[error(transparent)]
+    Mysql(Box<MysqlError>),
+    /// A row write on PostgreSQL failed (constraint violation, lost connection, ...).
+    #[error("{op:?} on {table} failed")]
+    PgWrite {
+        /// Target table.
+        table: TableName,
+        /// The change being written.
+        op: Op,
+        /// The driver error (its SQLSTATE decides retries).
+        #[source]
+        source: PgError,
+    },
+    /// A row write on MySQL/MariaDB failed.
+    #[error("{op:?} on {table} failed")]
+    MysqlWrite {
+        /// Target table.
+        table: TableName,
+        /// The change being written.
+        op: Op,
+        /// The driver error (its error code decides retries).
+        #[source]
+        source: Box<MysqlError>,
+    },
+    /// A route does not fit the target table (missing table or column, no key).
+    #[error("route {source_table} -> {target}: {reason}")]
+    Route {
+        /// Source table of the route.
+        source_table: TableName,
+        /// Target table of the route.
+        target: TableName,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+    /// An event for a source table that has no route.
+    #[error("no route for source table {0}: add it to the mapping")]
+    NoRoute(TableName),
+    /// An event that lacks what its operation needs (a key value, an after-image).
+    #[error("{op:?} event for {table} is malformed: {reason}")]
+    Malformed {
+        /// Source table.
+        table: TableName,
+        /// The change.
+        op: Op,
+        /// What is missing.
+        reason: String,
+    },
+    /// A value the target column cannot hold exactly.
+    #[error(
+        "{}.{}: cannot store a {} value in a {} column: {}",
+        .0.table, .0.column, .0.value_kind, .0.column_type, .0.reason
+    )]
+    Value(Box<ValueRefusal>),
+    /// An UPDATE or DELETE found no target row with the event's key: the target diverged.
+    #[error("{op:?} on {table}: no row with key {key}")]
+    RowMissing {
+        /// Target table.
+        table: TableName,
+        /// The change.
+        op: Op,
+        /// The key, as text.
+        key: String,
+    },
+    /// A transaction's position cannot be ordered against the recorded one.
+    #[error("position of source {site} cannot be compared with the one recorded on the target")]
+    Position {
+        /// Source site name.
+        site: String,
+        /// Why.
+        #[source]
+        source: PositionError,
+    },
+    /// `duplex.positions` holds text that is not a position.
+    #[error("duplex.positions holds an unreadable position for source {site}: {text:?}")]
+    Bookkeeping {
+        /// Source site name.
+        site: String,
+        /// The stored text.
+        text: String,
+        /// Why it does not parse.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl From<MysqlError> for ApplyError {
+    fn from(e: MysqlError) -> ApplyError {
+        ApplyError::Mysql(Box::new(e))
+    }
+}
+
+impl ApplyError {
+    /// True when retrying the whole batch later may succeed (connection lost, deadlock,
+    /// serialization failure, lock wait timeout, server shutting down); false for definite
+    /// failures (constraint violations, refused values, configuration) that need a person.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ApplyError::Postgres(e) | ApplyError::PgWrite { source: e, .. } => e.is_transient(),
+            ApplyError::Mysql(e) | ApplyError::MysqlWrite { source: e, .. } => e.is_transient(),
+            ApplyError::Route { .. }
+            | ApplyError::NoRoute(_)
+            | ApplyError::Malformed { .. }
+            | ApplyError::Value(_)
+            | ApplyError::RowMissing { .. }
+            | ApplyError::Position { .. }
+            | ApplyError::Bookkeeping { .. } => false,
+        }
+    }
+
+    /// A value refusal.
+    pub(crate) fn refuse(
+        table: &TableName,
+        column: &str,
+        value: &crate::Value,
+        column_type: &str,
+        reason: impl Into<String>,
+    ) -> ApplyError {
+        ApplyError::Value(Box::new(ValueRefusal {
+            table: table.clone(),
+            column: column.to_owned(),
+            value_kind: value_kind_name(value),
+            column_type: column_type.to_owned(),
+            reason: reason.into(),
+        }))
+    }
+}
+
+/// The name of a value's variant, for messages.
+pub(crate) fn value_kind_name(value: &crate::Value) -> &'static str {
+    use crate::Value as V;
+    match value {
+        V::Null => "Null",
+        V::Bool(_) => "Bool",
+        V::Int(_) => "Int",
+        V::UInt(_) => "UInt",
+        V::Float(_) => "Float",
+        V::Decimal(_) => "Decimal",
+        V::Text(_) => "Text",
+        V::Bytes(_) => "Bytes",
+        V::Date(_) => "Date",
+        V::Time(_) => "Time",
+        V::Timestamp(_) => "Timestamp",
+        V::TimestampTz(_) => "TimestampTz",
+        V::Uuid(_) => "Uuid",
+        V::Json(_) => "Json",
+        V::Unchanged => "Unchanged",
+    }
+}
+
+/// The scale `s` of a declared `numeric(p,s)` / `decimal(p,s)`, if the type has one.
+pub(crate) fn declared_scale(declared: &str) -> Option<usize> {
+    let inner = declared.split_once('(')?.1.split_once(')')?.0;
+    let scale = inner.split_once(',').map_or("0", |(_, s)| s);
+    scale.trim().parse().ok()
+}
+
+/// A transaction to write, after the position check: those at or before the recorded
+/// position of their source are dropped.
+pub(crate) struct Fresh<'a> {
+    /// Transactions to write, in batch order.
+    pub transactions: Vec<&'a Transaction>,
+    /// Per source, the position to record (the last transaction written).
+    pub advanced: Vec<(&'a str, &'a Position)>,
+}
+
+/// Drops the transactions of `batch` that the target already holds, given the recorded
+/// position of each source of the batch (a source missing from `recorded` has none yet).
+pub(crate) fn fresh<'a>(
+    batch: &'a [Transaction],
+    recorded: &[(&str, Option<Position>)],
+) -> Result<Fresh<'a>, ApplyError> {
+    // Per source: the position the target holds, then the last one written by this batch.
+    let mut last: Vec<(&'a str, Option<&Position>)> = Vec::new();
+    let mut advanced: Vec<(&'a str, &'a Position)> = Vec::new();
+    let mut transactions = Vec::new();
+    for txn in batch {
+        let site = txn.source.as_str();
+        let held = match last.iter().position(|(s, _)| *s == site) {
+            Some(i) => i,
+            None => {
+                let position = recorded
+                    .iter()
+                    .find(|(s, _)| *s == site)
+                    .and_then(|(_, p)| p.as_ref());
+                last.push((site, position));
+                last.len() - 1
+            }
+        };
+        let newer = match last[held].1 {
+            None => true,
+            Some(held) => {
+                txn.position
+                    .compare(held)
+                    .map_err(|source| ApplyError::Position {
+                        site: site.to_owned(),
+                        source,
+                    })?
+                    == std::cmp::Ordering::Greater
+            }
+        };
+        if newer {
+            last[held].1 = Some(&txn.position);
+            match advanced.iter_mut().find(|(s, _)| *s == site) {
+                Some(entry) => entry.1 = &txn.position,
+                None => advanced.push((site, &txn.position)),
+            }
+            transactions.push(txn);
+        } else {
+            tracing::debug!(
+                source = %txn.source,
+                position = %txn.position,
+                "skipping a transaction the target already holds"
+            );
+        }
+    }
+    Ok(Fresh {
+        transactions,
+        advanced,
+    })
+}
+
+/// Whether `site` had a recorded position when the batch started.
+pub(crate) fn recorded_before(recorded: &[(&str, Option<Position>)], site: &str) -> bool {
+    recorded.iter().any(|(s, p)| *s == site && p.is_some())
+}
+
+/// The distinct source site names of a batch, in first-seen order.
+pub(crate) fn sources(batch: &[Transaction]) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    for txn in batch {
+        if !out.contains(&txn.source.as_str()) {
+            out.push(&txn.source);
+        }
+    }
+    out
+}
+
+/// Serialises a position for `duplex.positions`.
+pub(crate) fn position_text(position: &Position) -> String {
+    serde_json::to_string(position).expect("a Position always serialises to JSON")
+}
+
+/// Parses a position read from `duplex.positions`.
+pub(crate) fn parse_position(site: &str, text: String) -> Result<Position, ApplyError> {
+    serde_json::from_str(&text).map_err(|source| ApplyError::Bookkeeping {
+        site: site.to_owned(),
+        text,
+        source,
+    })
+}
+
+/// Formats key values for a message.
+pub(crate) fn describe_key<'a>(pairs: impl Iterator<Item = (&'a str, &'a crate::Value)>) -> String {
+    pairs
+        .map(|(c, v)| format!("{c}={v:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The old key value of `column`: from the event's key, else its before-image.
+pub(crate) fn key_value<'e>(
+    event: &'e crate::ChangeEvent,
+    column: &str,
+) -> Result<&'e crate::Value, ApplyError> {
+    event
+        .key
+        .get(column)
+        .or_else(|| event.before.as_ref().and_then(|b| b.get(column)))
+        .filter(|v| !matches!(v, crate::Value::Null | crate::Value::Unchanged))
+        .ok_or_else(|| malformed(event, &format!("no value for key column {column:?}")))
+}
+
+pub(crate) fn malformed(event: &crate::ChangeEvent, reason: &str) -> ApplyError {
+    ApplyError::Malformed {
+        table: event.table.clone(),
+        op: event.op,
+        reason: reason.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use super::*;
+    use crate::Origin;
+    use crate::postgres::Lsn;
+
+    fn txn(site: &str, lsn: u64) -> Transaction {
+        Transaction {
+            source: site.into(),
+            position: Position::Postgres(Lsn(lsn)),
+            commit_time: Utc::now(),
+            origin: Origin::Local,
+            events: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn transactions_at_or_before_the_recorded_position_are_skipped() {
+        let batch = [
+            txn("a", 5),
+            txn("b", 1),
+            txn("a", 10),
+            txn("a", 10),
+            txn("a", 12),
+        ];
+        let recorded = [("a", Some(Position::Postgres(Lsn(5)))), ("b", None)];
+        let fresh = fresh(&batch, &recorded).unwrap();
+        let kept: Vec<_> = fresh
+            .transactions
+            .iter()
+            .map(|t| (t.source.as_str(), t.position.clone()))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                ("b", Position::Postgres(Lsn(1))),
+                ("a", Position::Postgres(Lsn(10))),
+                ("a", Position::Postgres(Lsn(12))),
+            ]
+        );
+        assert_eq!(
+            fresh.advanced,
+            [
+                ("b", &Position::Postgres(Lsn(1))),
+                ("a", &Position::Postgres(Lsn(12)))
+            ]
+        );
+        // A source without a recorded position is applied, never dropped.
+        let fresh = super::fresh(&batch, &[]).unwrap();
+        assert_eq!(fresh.transactions.len(), 4);
+    }
+
+    #[test]
+    fn declared_scales() {
+        assert_eq!(declared_scale("numeric(12,2)"), Some(2));
+        assert_eq!(declared_scale("decimal(65,30) unsigned"), Some(30));
+        assert_eq!(declared_scale("decimal(10)"), Some(0));
+        assert_eq!(declared_scale("numeric"), None);
+    }
+}

@@ -1,0 +1,803 @@
+//! The MySQL/MariaDB applier: writes source transactions into MySQL or MariaDB tables, exactly
+//! once (see [`crate::apply`] for the protocol and why it is exactly once).
+//!
+//! # Session
+//!
+//! The applying connection runs with `time_zone = '+00:00'` (so `TimestampTz` values, written
+//! as UTC `DATETIME(6)` values, mean the same instant in `TIMESTAMP` columns), a strict
+//! `sql_mode` (out-of-range values, bad dates and truncation are errors, never warnings; `0`
+//! in an `AUTO_INCREMENT` column is stored as 0, not replaced), `utf8mb4`, and the
+//! `CLIENT_FOUND_ROWS` flag (an UPDATE reports the rows it matched, so an update that changes
+//! nothing is told apart from one that finds no row). On MariaDB it also sets
+//! `skip_replication = 1`: every binlog event duplex writes carries the skip-replication flag
+//! (0x8000), which is how the binlog reader recognises duplex's own writes (echoes). MySQL
+//! has no such flag; there the upsert of `duplex.positions` in the same transaction marks
+//! it.
+//!
+//! Apply transactions run at READ COMMITTED: InnoDB then takes no gap locks for the
+//! `SELECT ... FOR UPDATE` of a source's first position, so appliers of different sources
+//! writing to one server do not deadlock on `duplex.positions` (two appliers of the *same*
+//! source still exclude each other: the second one's insert of the position row fails). Row
+//! binlogs, which duplex needs on every source anyway, work at that level; a target whose
+//! `binlog_format` is STATEMENT would refuse the writes.
+//!
+//! # Parameters
+//!
+//! Values go through the binary protocol of prepared statements as [`mysql_async::Value`]s
+//! chosen for the target column: integers as `Int`/`UInt` after a range check for the
+//! column's width and sign, `DECIMAL` as its exact text (after checking it is finite, not
+//! negative for `UNSIGNED`, and would not be rounded to the column's scale), `FLOAT` as a
+//! 32-bit float (refused unless exact) and `DOUBLE` as a 64-bit one (NaN and ±Infinity are
+//! refused: MySQL cannot store them), text, JSON and UUIDs as UTF-8 bytes, binary data as
+//! bytes, dates and datetimes as `Date`, and `Time` (signed microseconds) as a `TIME` of up
+//! to ±838:59:59.999999.
+//!
+//! # Statements
+//!
+//! Statements are prepared once per (table, operation, column set, rows per statement): the
+//! connection's statement cache (512 statements) keys them by SQL text. Runs of
+//! inserts into one table with the same columns become multi-row INSERTs of 64, 32, ..., 1
+//! rows of at most about 4 MB each (below the default `max_allowed_packet` of 16 MB).
+//!
+//! # Bookkeeping
+//!
+//! `duplex.positions` lives in a database `duplex`, shared by every database on the server:
+//! source site names must be unique per target server.
+
+use std::collections::HashMap;
+
+use chrono::{Datelike, NaiveDate, NaiveDateTime, Timelike};
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, IsolationLevel, Opts, OptsBuilder, Params, TxOpts};
+
+use crate::apply::{
+    Applier, ApplyError, ApplyOptions, TableRoute, declared_scale, describe_key, fresh, key_value,
+    malformed, parse_position, position_text, recorded_before, sources,
+};
+use crate::{ChangeEvent, Column, Op, Position, TableName, Transaction, Value};
+
+use super::{MysqlError, describe_table, quote_ident};
+
+/// Rows per multi-row INSERT, largest first; every run is split into these sizes.
+const INSERT_CHUNKS: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
+/// Rough upper bound on the parameter bytes of one multi-row INSERT.
+const INSERT_BYTES: usize = 4 << 20;
+/// Prepared statements the connection keeps.
+const STATEMENT_CACHE: usize = 512;
+/// The applying session's `sql_mode`.
+const SQL_MODE: &str = "STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,\
+                        ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION,NO_AUTO_VALUE_ON_ZERO";
+/// Largest MySQL `TIME` magnitude: 838:59:59.999999.
+const TIME_MAX_MICROS: i64 = (838 * 3600 + 59 * 60 + 59) * 1_000_000 + 999_999;
+
+/// The bookkeeping database and table, as the applier creates them on first use (a DBA who
+/// does not grant duplex CREATE runs this beforehand); two statements.
+pub const POSITIONS_DDL: &str = "CREATE DATABASE IF NOT EXISTS duplex CHARACTER SET utf8mb4 COLLATE utf8mb4_bin; \
+     CREATE TABLE IF NOT EXISTS duplex.positions ( \
+         source VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL PRIMARY KEY, \
+         position TEXT NOT NULL, \
+         applied_at DATETIME(6) NOT NULL \
+     ) ENGINE = InnoDB";
+
+/// Writes source transactions into a MySQL or MariaDB server; see [`crate::apply`].
+pub struct MysqlApplier {
+    opts: Opts,
+    conn: Option<Conn>,
+    mariadb: bool,
+    routes: HashMap<TableName, MyRoute>,
+    options: ApplyOptions,
+}
+
+/// A route resolved against the target table's schema.
+struct MyRoute {
+    target: TableName,
+    quoted: String,
+    columns: Vec<MyColumn>,
+    /// Indexes into `columns` of the key columns.
+    key: Vec<usize>,
+}
+
+/// One written column.
+struct MyColumn {
+    source: String,
+    target: String,
+    quoted: String,
+    declared: String,
+    kind: MyKind,
+}
+
+/// How values of a target column are bound.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum MyKind {
+    /// Integer types with their range.
+    Int {
+        min: i128,
+        max: i128,
+    },
+    /// `DECIMAL(p,s)`.
+    Decimal {
+        scale: Option<usize>,
+        unsigned: bool,
+    },
+    Float,
+    Double,
+    Text,
+    Bytes,
+    Uuid,
+    Date,
+    Time,
+    DateTime,
+}
+
+impl MyKind {
+    fn of(column: &Column) -> Option<MyKind> {
+        let int = |bits: u32, unsigned: bool| {
+            let (min, max) = if unsigned {
+                (0, (1i128 << bits) - 1)
+            } else {
+                (-(1i128 << (bits - 1)), (1i128 << (bits - 1)) - 1)
+            };
+            MyKind::Int { min, max }
+        };
+        Some(match column.type_name.as_str() {
+            "tinyint" => int(8, false),
+            "tinyint unsigned" => int(8, true),
+            "smallint" => int(16, false),
+            "smallint unsigned" => int(16, true),
+            "mediumint" => int(24, false),
+            "mediumint unsigned" => int(24, true),
+            "int" => int(32, false),
+            "int unsigned" => int(32, true),
+            "bigint" => int(64, false),
+            "bigint unsigned" => int(64, true),
+            "year" => MyKind::Int { min: 0, max: 2155 },
+            "decimal" | "decimal unsigned" => MyKind::Decimal {
+                scale: declared_scale(&column.declared),
+                unsigned: column.type_name.ends_with("unsigned"),
+            },
+            "float" | "float unsigned" => MyKind::Float,
+            "double" | "double unsigned" => MyKind::Double,
+            "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" | "json"
+            | "enum" | "set" => MyKind::Text,
+            "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" => {
+                MyKind::Bytes
+            }
+            "uuid" => MyKind::Uuid,
+            "date" => MyKind::Date,
+            "time" => MyKind::Time,
+            "datetime" | "timestamp" => MyKind::DateTime,
+            _ => return None,
+        })
+    }
+}
+
+impl MysqlApplier {
+    /// Connects to the target, sets up the applying session (see the module docs), reads the
+    /// target tables' schemas, checks the routes against them and creates `duplex.positions`
+    /// if it is missing. `password`, when given, overrides any password in the URL.
+    pub async fn connect(
+        url: &str,
+        password: Option<&str>,
+        routes: Vec<TableRoute>,
+        options: ApplyOptions,
+    ) -> Result<MysqlApplier, ApplyError> {
+        let opts = Opts::from_url(url).map_err(MysqlError::Url)?;
+        let mut builder = OptsBuilder::from_opts(opts)
+            .client_found_rows(true)
+            .stmt_cache_size(STATEMENT_CACHE);
+        if let Some(password) = password {
+            builder = builder.pass(Some(password));
+        }
+        let opts = Opts::from(builder);
+        let (mut conn, mariadb) = open(&opts).await?;
+        ensure_positions_table(&mut conn).await?;
+        let mut resolved = HashMap::new();
+        for route in routes {
+            let info = describe_table(&mut conn, &route.target).await?;
+            let source = route.source.clone();
+            resolved.insert(source, resolve(route, info.map(|i| i.schema.columns))?);
+        }
+        Ok(MysqlApplier {
+            opts,
+            conn: Some(conn),
+            mariadb,
+            routes: resolved,
+            options,
+        })
+    }
+
+    /// Whether the target is MariaDB (and duplex's writes carry the skip-replication flag).
+    pub fn is_mariadb(&self) -> bool {
+        self.mariadb
+    }
+
+    /// The connection, reconnecting (and setting the session up again) after a failure.
+    async fn conn(&mut self) -> Result<&mut Conn, ApplyError> {
+        if self.conn.is_none() {
+            let (conn, mariadb) = open(&self.opts).await?;
+            self.mariadb = mariadb;
+            self.conn = Some(conn);
+        }
+        Ok(self.conn.as_mut().expect("connected above"))
+    }
+}
+
+/// Connects and sets up the applying session; reports whether the server is MariaDB.
+async fn open(opts: &Opts) -> Result<(Conn, bool), ApplyError> {
+    let target = format!(
+        "{}@{}:{}/{}",
+        opts.user().unwrap_or("?"),
+        opts.ip_or_hostname(),
+        opts.tcp_port(),
+        opts.db_name().unwrap_or("")
+    );
+    let mut conn = Conn::new(opts.clone())
+        .await
+        .map_err(|source| MysqlError::Connect { target, source })?;
+    let version: String = conn
+        .query_first("SELECT VERSION()")
+        .await
+        .map_err(MysqlError::query("reading the server version"))?
+        .unwrap_or_default();
+    let mariadb = version.to_ascii_lowercase().contains("mariadb");
+    conn.query_drop(format!(
+        "SET NAMES utf8mb4, SESSION time_zone = '+00:00', SESSION sql_mode = '{SQL_MODE}'"
+    ))
+    .await
+    .map_err(MysqlError::query("setting up the applying session"))?;
+    if mariadb {
+        conn.query_drop("SET SESSION skip_replication = 1")
+            .await
+            .map_err(MysqlError::query(
+                "setting skip_replication on the applying session",
+            ))?;
+    }
+    Ok((conn, mariadb))
+}
+
+/// Creates database `duplex` and `duplex.positions` unless they exist.
+async fn ensure_positions_table(conn: &mut Conn) -> Result<(), ApplyError> {
+    let exists: Option<u8> = conn
+        .query_first(
+            "SELECT 1 FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = 'duplex' AND TABLE_NAME = 'positions'",
+        )
+        .await
+        .map_err(MysqlError::query("looking for duplex.positions"))?;
+    if exists.is_some() {
+        return Ok(());
+    }
+    for statement in POSITIONS_DDL.split(';') {
+        conn.query_drop(statement)
+            .await
+            .map_err(MysqlError::query("creating duplex.positions"))?;
+    }
+    Ok(())
+}
+
+/// Checks a route against the target table's columns.
+fn resolve(route: TableRoute, columns: Option<Vec<Column>>) -> Result<MyRoute, ApplyError> {
+    let fail = |reason: String| ApplyError::Route {
+        source_table: route.source.clone(),
+        target: route.target.clone(),
+        reason,
+    };
+    let Some(table_columns) = columns else {
+        return Err(fail("the target table does not exist".into()));
+    };
+    let mut columns = Vec::with_capacity(route.columns.len());
+    for (source, target) in &route.columns {
+        let Some(column) = table_columns.iter().find(|c| &c.name == target) else {
+            return Err(fail(format!("the target table has no column {target:?}")));
+        };
+        let Some(kind) = MyKind::of(column) else {
+            return Err(fail(format!(
+                "column {target:?} has type {}, which duplex does not write: leave it out of \
+                 the mapping",
+                column.declared
+            )));
+        };
+        columns.push(MyColumn {
+            source: source.clone(),
+            target: target.clone(),
+            quoted: quote_ident(target),
+            declared: column.declared.clone(),
+            kind,
+        });
+    }
+    if route.key.is_empty() {
+        return Err(fail("the route has no key columns".into()));
+    }
+    let mut key = Vec::with_capacity(route.key.len());
+    for k in &route.key {
+        match columns.iter().position(|c| &c.source == k) {
+            Some(i) => key.push(i),
+            None => return Err(fail(format!("key column {k:?} is not in the column list"))),
+        }
+    }
+    Ok(MyRoute {
+        quoted: format!(
+            "{}.{}",
+            quote_ident(&route.target.schema),
+            quote_ident(&route.target.name)
+        ),
+        target: route.target,
+        columns,
+        key,
+    })
+}
+
+impl Applier for MysqlApplier {
+    async fn apply(&mut self, batch: &[Transaction]) -> Result<(), ApplyError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let options = self.options;
+        self.conn().await?;
+        let MysqlApplier { conn, routes, .. } = self;
+        let conn = conn.as_mut().expect("connected above");
+        let result = apply_in_transaction(conn, routes, options, batch).await;
+        if let Err(e) = &result
+            && e.is_transient()
+        {
+            self.conn = None;
+        }
+        result
+    }
+
+    async fn position(&mut self, source: &str) -> Result<Option<Position>, ApplyError> {
+        let conn = self.conn().await?;
+        let text: Option<String> = conn
+            .exec_first(
+                "SELECT position FROM duplex.positions WHERE source = ?",
+                (source,),
+            )
+            .await
+            .map_err(MysqlError::query("reading duplex.positions"))?;
+        text.map(|text| parse_position(source, text)).transpose()
+    }
+}
+
+/// One apply: a target transaction that is committed whole or rolled back.
+async fn apply_in_transaction(
+    conn: &mut Conn,
+    routes: &HashMap<TableName, MyRoute>,
+    options: ApplyOptions,
+    batch: &[Transaction],
+) -> Result<(), ApplyError> {
+    let mut options_tx = TxOpts::default();
+    options_tx.with_isolation_level(IsolationLevel::ReadCommitted);
+    let mut tx = conn
+        .start_transaction(options_tx)
+        .await
+        .map_err(MysqlError::query("starting the target transaction"))?;
+    match write_batch(&mut tx, routes, options, batch).await {
+        Ok(true) => tx
+            .commit()
+            .await
+            .map_err(|e| MysqlError::query("committing the target transaction")(e).into()),
+        Ok(false) => tx
+            .rollback()
+            .await
+            .map_err(|e| MysqlError::query("ending the target transaction")(e).into()),
+        Err(e) => {
+            if let Err(rollback) = tx.rollback().await {
+                tracing::debug!(%rollback, "rolling back a failed apply failed too");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Writes the fresh part of `batch` and the new positions; false when there was nothing to
+/// write.
+async fn write_batch(
+    tx: &mut mysql_async::Transaction<'_>,
+    routes: &HashMap<TableName, MyRoute>,
+    options: ApplyOptions,
+    batch: &[Transaction],
+) -> Result<bool, ApplyError> {
+    let mut recorded = Vec::new();
+    for site in sources(batch) {
+        let text: Option<String> = tx
+            .exec_first(
+                "SELECT position FROM duplex.positions WHERE source = ? FOR UPDATE",
+                (site,),
+            )
+            .await
+            .map_err(MysqlError::query("reading duplex.positions"))?;
+        let position = text.map(|t| parse_position(site, t)).transpose()?;
+        recorded.push((site, position));
+    }
+    let fresh = fresh(batch, &recorded)?;
+    if fresh.transactions.is_empty() {
+        return Ok(false);
+    }
+    let events: Vec<&ChangeEvent> = fresh
+        .transactions
+        .iter()
+        .flat_map(|t| t.events.iter())
+        .collect();
+    let mut writer = Writer {
+        tx,
+        routes,
+        options,
+    };
+    writer.write_all(&events).await?;
+    for (site, position) in fresh.advanced {
+        // The first position of a source is inserted, never upserted: of two appliers racing
+        // on a new source, the second fails here instead of applying again.
+        let sql = if recorded_before(&recorded, site) {
+            "UPDATE duplex.positions SET position = ?, applied_at = UTC_TIMESTAMP(6) \
+             WHERE source = ?"
+        } else {
+            "INSERT INTO duplex.positions (position, source, applied_at) \
+             VALUES (?, ?, UTC_TIMESTAMP(6))"
+        };
+        writer
+            .tx
+            .exec_drop(sql, (position_text(position), site))
+            .await
+            .map_err(MysqlError::query(
+                "recording the position in duplex.positions",
+            ))?;
+    }
+    Ok(true)
+}
+
+/// Writes the events of one batch inside its target transaction.
+struct Writer<'a, 't> {
+    tx: &'a mut mysql_async::Transaction<'t>,
+    routes: &'a HashMap<TableName, MyRoute>,
+    options: ApplyOptions,
+}
+
+impl Writer<'_, '_> {
+    async fn write_all(&mut self, events: &[&ChangeEvent]) -> Result<(), ApplyError> {
+        let mut i = 0;
+        while i < events.len() {
+            let event = events[i];
+            let route = self
+                .routes
+                .get(&event.table)
+                .ok_or_else(|| ApplyError::NoRoute(event.table.clone()))?;
+            match event.op {
+                Op::Insert => {
+                    let columns = insert_columns(route, event)?;
+                    let mut end = i + 1;
+                    while end < events.len()
+                        && events[end].op == Op::Insert
+                        && events[end].table == event.table
+                        && insert_columns(route, events[end])? == columns
+                    {
+                        end += 1;
+                    }
+                    self.insert_run(route, &columns, &events[i..end]).await?;
+                    i = end;
+                }
+                Op::Update => {
+                    self.update(route, event).await?;
+                    i += 1;
+                }
+                Op::Delete => {
+                    self.delete(route, event).await?;
+                    i += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a statement (prepared once and cached by the connection); returns the rows it
+    /// matched.
+    async fn execute(
+        &mut self,
+        route: &MyRoute,
+        op: Op,
+        sql: String,
+        params: Vec<mysql_async::Value>,
+    ) -> Result<u64, ApplyError> {
+        self.tx
+            .exec_drop(sql, Params::Positional(params))
+            .await
+            .map_err(|source| ApplyError::MysqlWrite {
+                table: route.target.clone(),
+                op,
+                source: Box::new(MysqlError::Query {
+                    doing: "writing rows",
+                    source,
+                }),
+            })?;
+        Ok(self.tx.affected_rows())
+    }
+
+    async fn insert_run(
+        &mut self,
+        route: &MyRoute,
+        columns: &[usize],
+        events: &[&ChangeEvent],
+    ) -> Result<(), ApplyError> {
+        let mut rows = Vec::with_capacity(events.len());
+        for event in events {
+            let after = event.after.as_ref().expect("insert_columns checked it");
+            let mut params = Vec::with_capacity(columns.len());
+            for &c in columns {
+                let column = &route.columns[c];
+                let value = after
+                    .get(&column.source)
+                    .expect("insert_columns checked it");
+                params.push(to_param(value, column, &route.target)?);
+            }
+            rows.push(params);
+        }
+        let mut rest = rows;
+        while !rest.is_empty() {
+            let n = chunk_len(&rest);
+            let tail = rest.split_off(n);
+            let sql = insert_sql(route, columns, n, self.options.upsert);
+            let params: Vec<mysql_async::Value> = rest.into_iter().flatten().collect();
+            self.execute(route, Op::Insert, sql, params).await?;
+            rest = tail;
+        }
+        Ok(())
+    }
+
+    async fn update(&mut self, route: &MyRoute, event: &ChangeEvent) -> Result<(), ApplyError> {
+        let Some(after) = &event.after else {
+            return Err(malformed(event, "an update without an after-image"));
+        };
+        let mut params = Vec::new();
+        let mut set = Vec::new();
+        for column in &route.columns {
+            match after.get(&column.source) {
+                None | Some(Value::Unchanged) => {}
+                Some(value) => {
+                    params.push(to_param(value, column, &route.target)?);
+                    set.push(format!("{} = ?", column.quoted));
+                }
+            }
+        }
+        if set.is_empty() {
+            let k = &route.columns[route.key[0]].quoted;
+            set.push(format!("{k} = {k}"));
+        }
+        let filter = key_filter(route, event, &mut params)?;
+        let sql = format!(
+            "UPDATE {} SET {} WHERE {filter}",
+            route.quoted,
+            set.join(", ")
+        );
+        let n = self.execute(route, Op::Update, sql, params).await?;
+        expect_one(route, event, n)
+    }
+
+    async fn delete(&mut self, route: &MyRoute, event: &ChangeEvent) -> Result<(), ApplyError> {
+        let mut params = Vec::new();
+        let filter = key_filter(route, event, &mut params)?;
+        let sql = format!("DELETE FROM {} WHERE {filter}", route.quoted);
+        let n = self.execute(route, Op::Delete, sql, params).await?;
+        expect_one(route, event, n)
+    }
+}
+
+/// `k1 = ? AND k2 = ?` with the event's old key values appended to `params`.
+fn key_filter(
+    route: &MyRoute,
+    event: &ChangeEvent,
+    params: &mut Vec<mysql_async::Value>,
+) -> Result<String, ApplyError> {
+    let mut parts = Vec::with_capacity(route.key.len());
+    for &k in &route.key {
+        let column = &route.columns[k];
+        let value = key_value(event, &column.source)?;
+        params.push(to_param(value, column, &route.target)?);
+        parts.push(format!("{} = ?", column.quoted));
+    }
+    Ok(parts.join(" AND "))
+}
+
+fn expect_one(route: &MyRoute, event: &ChangeEvent, n: u64) -> Result<(), ApplyError> {
+    if n == 1 {
+        return Ok(());
+    }
+    Err(ApplyError::RowMissing {
+        table: route.target.clone(),
+        op: event.op,
+        key: describe_key(event.key.iter()),
+    })
+}
+
+/// The route columns an insert writes: those its after-image carries.
+fn insert_columns(route: &MyRoute, event: &ChangeEvent) -> Result<Vec<usize>, ApplyError> {
+    let Some(after) = &event.after else {
+        return Err(malformed(event, "an insert without an after-image"));
+    };
+    let mut columns = Vec::with_capacity(route.columns.len());
+    for (i, column) in route.columns.iter().enumerate() {
+        match after.get(&column.source) {
+            None => {}
+            Some(Value::Unchanged) => {
+                return Err(malformed(
+                    event,
+                    &format!("column {:?} is Unchanged in an insert", column.source),
+                ));
+            }
+            Some(_) => columns.push(i),
+        }
+    }
+    Ok(columns)
+}
+
+fn param_size(value: &mysql_async::Value) -> usize {
+    match value {
+        mysql_async::Value::Bytes(b) => b.len(),
+        _ => 8,
+    }
+}
+
+/// How many of `rows` the next INSERT takes: the largest chunk size that fits.
+fn chunk_len(rows: &[Vec<mysql_async::Value>]) -> usize {
+    for &n in &INSERT_CHUNKS {
+        if n <= rows.len() {
+            let bytes: usize = rows[..n].iter().flatten().map(param_size).sum();
+            if n == 1 || bytes <= INSERT_BYTES {
+                return n;
+            }
+        }
+    }
+    1
+}
+
+fn insert_sql(route: &MyRoute, columns: &[usize], rows: usize, upsert: bool) -> String {
+    let names: Vec<&str> = columns
+        .iter()
+        .map(|&c| route.columns[c].quoted.as_str())
+        .collect();
+    let row = format!("({})", vec!["?"; columns.len()].join(", "));
+    let mut sql = format!(
+        "INSERT INTO {} ({}) VALUES {}",
+        route.quoted,
+        names.join(", "),
+        vec![row.as_str(); rows].join(", ")
+    );
+    if upsert {
+        let mut set: Vec<String> = columns
+            .iter()
+            .filter(|c| !route.key.contains(c))
+            .map(|&c| {
+                let q = &route.columns[c].quoted;
+                format!("{q} = VALUES({q})")
+            })
+            .collect();
+        if set.is_empty() {
+            let k = &route.columns[route.key[0]].quoted;
+            set.push(format!("{k} = {k}"));
+        }
+        sql.push_str(" ON DUPLICATE KEY UPDATE ");
+        sql.push_str(&set.join(", "));
+    }
+    sql
+}
+
+/// Converts a canonical value for a target column, refusing what the column cannot hold
+/// exactly.
+fn to_param(
+    value: &Value,
+    column: &MyColumn,
+    table: &TableName,
+) -> Result<mysql_async::Value, ApplyError> {
+    use mysql_async::Value as M;
+    let refuse =
+        |reason: &str| ApplyError::refuse(table, &column.target, value, &column.declared, reason);
+    let integer = |i: i128, min: i128, max: i128| {
+        if i < min || i > max {
+            Err(refuse("out of the column's range"))
+        } else if i < 0 {
+            Ok(M::Int(i as i64))
+        } else {
+            Ok(M::UInt(i as u64))
+        }
+    };
+    // Integers have scale 0, so only a Decimal can be rounded.
+    let decimal_text = |text: String, scale: Option<usize>, unsigned: bool| {
+        if unsigned && text.starts_with('-') {
+            return Err(refuse("negative value in an UNSIGNED column"));
+        }
+        if let (Value::Decimal(d), Some(scale)) = (value, scale)
+            && d.normalized().scale() > scale
+        {
+            return Err(refuse(&format!(
+                "{d} has more than {scale} decimal places and would be rounded"
+            )));
+        }
+        Ok(M::Bytes(text.into_bytes()))
+    };
+    use MyKind as K;
+    match (column.kind, value) {
+        (_, Value::Null) => Ok(M::NULL),
+        (_, Value::Unchanged) => Err(refuse("an Unchanged value cannot be written")),
+        (K::Int { min, max }, Value::Int(i)) => integer(i128::from(*i), min, max),
+        (K::Int { min, max }, Value::UInt(u)) => integer(i128::from(*u), min, max),
+        (K::Int { min, max }, Value::Bool(b)) => integer(i128::from(*b), min, max),
+        (K::Decimal { scale, unsigned }, Value::Decimal(d)) => {
+            if !d.is_finite() {
+                return Err(refuse("MySQL DECIMAL cannot store NaN or ±Infinity"));
+            }
+            decimal_text(d.as_str().to_owned(), scale, unsigned)
+        }
+        (K::Decimal { scale, unsigned }, Value::Int(i)) => {
+            decimal_text(i.to_string(), scale, unsigned)
+        }
+        (K::Decimal { scale, unsigned }, Value::UInt(u)) => {
+            decimal_text(u.to_string(), scale, unsigned)
+        }
+        (K::Float | K::Double, Value::Float(f)) if !f.is_finite() => {
+            Err(refuse("MySQL cannot store NaN or ±Infinity"))
+        }
+        (K::Float, Value::Float(f)) => {
+            let narrow = *f as f32;
+            if f64::from(narrow) != *f {
+                return Err(refuse(&format!(
+                    "{f} is not exactly a 32-bit float (use DOUBLE)"
+                )));
+            }
+            Ok(M::Float(narrow))
+        }
+        (K::Double, Value::Float(f)) => Ok(M::Double(*f)),
+        (K::Text, Value::Text(s) | Value::Json(s)) => Ok(M::Bytes(s.as_bytes().to_vec())),
+        (K::Text | K::Uuid, Value::Uuid(u)) => Ok(M::Bytes(u.to_string().into_bytes())),
+        (K::Uuid, Value::Text(s)) => match uuid::Uuid::parse_str(s) {
+            Ok(u) => Ok(M::Bytes(u.to_string().into_bytes())),
+            Err(_) => Err(refuse("not a UUID")),
+        },
+        (K::Bytes, Value::Bytes(b)) => Ok(M::Bytes(b.clone())),
+        (K::Date, Value::Date(d)) => {
+            date_value(*d, None).ok_or_else(|| refuse("MySQL dates span the years 0000-9999"))
+        }
+        (K::DateTime, Value::Timestamp(t)) => date_value(t.date(), Some(*t))
+            .ok_or_else(|| refuse("MySQL datetimes span the years 0000-9999")),
+        (K::DateTime, Value::TimestampTz(t)) => {
+            let t = t.naive_utc();
+            date_value(t.date(), Some(t))
+                .ok_or_else(|| refuse("MySQL datetimes span the years 0000-9999"))
+        }
+        (K::Time, Value::Time(us)) => {
+            if us.abs() > TIME_MAX_MICROS {
+                return Err(refuse("outside -838:59:59.999999..=838:59:59.999999"));
+            }
+            let negative = *us < 0;
+            let abs = us.unsigned_abs();
+            let micros = (abs % 1_000_000) as u32;
+            let secs = abs / 1_000_000;
+            let days = (secs / 86_400) as u32;
+            let hours = ((secs % 86_400) / 3600) as u8;
+            let minutes = ((secs % 3600) / 60) as u8;
+            let seconds = (secs % 60) as u8;
+            Ok(M::Time(negative, days, hours, minutes, seconds, micros))
+        }
+        _ => Err(refuse("no conversion between these types")),
+    }
+}
+
+/// A MySQL `Date` value; `None` for years outside 0..=9999.
+fn date_value(date: NaiveDate, time: Option<NaiveDateTime>) -> Option<mysql_async::Value> {
+    let year = u16::try_from(date.year()).ok().filter(|y| *y <= 9999)?;
+    let (h, m, s, us) = match time {
+        Some(t) => (
+            t.hour() as u8,
+            t.minute() as u8,
+            t.second() as u8,
+            t.nanosecond() / 1000,
+        ),
+        None => (0, 0, 0, 0),
+    };
+    Some(mysql_async::Value::Date(
+        year,
+        date.month() as u8,
+        date.day() as u8,
+        h,
+        m,
+        s,
+        us,
+    ))
+}

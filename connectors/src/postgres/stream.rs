@@ -1,0 +1,1093 @@
+//! The PostgreSQL change stream: a publication plus a logical replication slot using the
+//! built-in `pgoutput` plugin, streamed over the replication protocol and turned into whole
+//! canonical [`Transaction`]s.
+//!
+//! # Protocol
+//!
+//! [`PgStream::start`] uses an ordinary connection to make sure the publication lists exactly
+//! the mapped tables (`CREATE PUBLICATION … FOR TABLE` or `ALTER PUBLICATION … SET TABLE`)
+//! and that the slot exists (`pg_create_logical_replication_slot(slot, 'pgoutput')`), then
+//! opens a `replication=database` session through `pgwire-replication` and sends
+//! `START_REPLICATION SLOT s LOGICAL <lsn> (proto_version '1', publication_names 'p')`.
+//! The session pins how values are printed ([`super::types::SESSION_OPTIONS`]: ISO dates, UTC
+//! time zone, hex bytea).
+//!
+//! The server decodes its WAL in commit order and sends each committed transaction as
+//! `Begin`, changes, `Commit`, never interleaved (protocol version 1 does not stream
+//! in-progress transactions). Changes refer to tables by relation id; a `Relation` message
+//! describing the table's columns precedes the first change of each table in the session and
+//! is sent again whenever the table's definition changed, so the relation cache here is
+//! replaced on every `Relation` message (that is how an added column shows up). Values are
+//! converted by [`super::types`]; the primary key of each relation is read once from the
+//! catalog ([`super::describe_table`]).
+//!
+//! # Ordering, positions and acknowledgement
+//!
+//! Every item [`PgStream::next`] yields carries a position, and positions never move
+//! backwards:
+//!
+//! - [`StreamItem::Transaction`]: a whole transaction, its position the commit's end LSN.
+//!   Changes are buffered from `Begin` to `Commit` and yielded only at `Commit`, so a
+//!   transaction is never delivered in part; transactions are yielded in the order the server
+//!   sends them, which is commit order.
+//! - [`StreamItem::Heartbeat`]: no transaction is open and the server has sent everything up
+//!   to this LSN (a keepalive, or a transaction that touched none of the mapped tables).
+//!   Acknowledging it lets a source whose mapped tables are idle release WAL, while other
+//!   tables are written. It is the same rule PostgreSQL's own subscriber applies: with no
+//!   transaction pending, the flush position is the last position received.
+//!
+//! On resume from position `P` the server skips every transaction whose commit record starts
+//! before `P`. A commit's end LSN is past its own commit record and at or before the next
+//! commit record, so resuming from the end LSN of the last transaction every target committed
+//! delivers exactly the transactions after it: none repeated, none skipped. A transaction
+//! whose end LSN is not past the newest position already yielded is dropped, so positions
+//! stay monotonic even if the server repeats itself.
+//!
+//! [`PgStream::ack`] reports a position as flushed and applied; the slot's
+//! `confirmed_flush_lsn` follows it and WAL before it may be removed. The caller passes only
+//! positions of items this stream yielded that every target has committed. The standby status
+//! updates themselves, including answers to keepalives that request a reply, are sent by
+//! `pgwire-replication`'s background task whether or not the caller is polling, so a slow
+//! consumer is never disconnected by `wal_sender_timeout`.
+//!
+//! # Memory
+//!
+//! A transaction is held in memory from `Begin` to `Commit`; a huge transaction therefore
+//! needs memory in proportion to its size. Spilling past a size limit is a later addition.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use pgwire_replication::{
+    PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig,
+};
+use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
+
+use crate::{ChangeEvent, Op, Origin, Position, Row, TableName, Transaction, Value};
+
+use super::pgoutput::{self, DecodeError, Message, OldTuple, Relation, TupleData};
+use super::types::{self, PgType, ValueError};
+use super::{Lsn, PgError, connect, describe_table, describe_target, quote_ident};
+
+/// Microseconds from the Unix epoch to PostgreSQL's epoch (2000-01-01 00:00:00 UTC).
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+/// What a [`PgStream`] reads and from where.
+#[derive(Clone)]
+pub struct PgStreamConfig {
+    /// The site name written into each [`Transaction::source`].
+    pub source: String,
+    /// `postgres://user@host:port/dbname` (a unix socket directory as host works too).
+    pub url: String,
+    /// Password, overriding any in the URL.
+    pub password: Option<String>,
+    /// Replication slot name: lower-case letters, digits and `_`, at most 63 characters.
+    pub slot: String,
+    /// Publication name, same rule as the slot name.
+    pub publication: String,
+    /// The tables to read; the publication is made to list exactly these.
+    pub tables: Vec<TableName>,
+    /// Where to resume: the position of the last item every target committed. `None`
+    /// starts at the slot's `confirmed_flush_lsn`.
+    pub start: Option<Lsn>,
+    /// How often acknowledged positions are reported to the server (and the longest an
+    /// acknowledgement waits before it is reported).
+    pub status_interval: Duration,
+    /// Replication events buffered between the background task and [`PgStream::next`].
+    pub buffer_events: usize,
+}
+
+impl std::fmt::Debug for PgStreamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let target = self
+            .url
+            .parse::<tokio_postgres::Config>()
+            .map(|c| describe_target(&c))
+            .unwrap_or_else(|_| "<invalid URL>".to_owned());
+        f.debug_struct("PgStreamConfig")
+            .field("source", &self.source)
+            .field("url", &target)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("slot", &self.slot)
+            .field("publication", &self.publication)
+            .field("tables", &self.tables)
+            .field("start", &self.start)
+            .field("status_interval", &self.status_interval)
+            .field("buffer_events", &self.buffer_events)
+            .finish()
+    }
+}
+
+impl PgStreamConfig {
+    /// A configuration with default tuning: start at the slot's position, report
+    /// acknowledgements every second, buffer 8192 events.
+    pub fn new(
+        source: impl Into<String>,
+        url: impl Into<String>,
+        slot: impl Into<String>,
+        publication: impl Into<String>,
+        tables: Vec<TableName>,
+    ) -> PgStreamConfig {
+        PgStreamConfig {
+            source: source.into(),
+            url: url.into(),
+            password: None,
+            slot: slot.into(),
+            publication: publication.into(),
+            tables,
+            start: None,
+            status_interval: Duration::from_secs(1),
+            buffer_events: 8192,
+        }
+    }
+
+    /// Checks the names and sizes; the error names the field and the rule it broke.
+    pub fn validate(&self) -> Result<(), PgStreamError> {
+        let invalid =
+            |field: &'static str, rule: &'static str| PgStreamError::Config { field, rule };
+        // Both names go into replication commands unquoted (the slot) or through the
+        // server's identifier-list parser (the publication), so only plain names are safe.
+        let plain = |name: &str| {
+            !name.is_empty()
+                && name.len() <= 63
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        };
+        if !plain(&self.slot) {
+            return Err(invalid(
+                "slot",
+                "1 to 63 characters, each a lower-case letter, digit or underscore",
+            ));
+        }
+        if !plain(&self.publication) {
+            return Err(invalid(
+                "publication",
+                "1 to 63 characters, each a lower-case letter, digit or underscore",
+            ));
+        }
+        if self.tables.is_empty() {
+            return Err(invalid("tables", "at least one table"));
+        }
+        if self.buffer_events == 0 {
+            return Err(invalid("buffer_events", "at least 1"));
+        }
+        if self.status_interval.is_zero() {
+            return Err(invalid("status_interval", "longer than zero"));
+        }
+        Ok(())
+    }
+}
+
+/// One item of the change stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamItem {
+    /// A whole committed transaction with at least one change of a mapped table.
+    Transaction(Transaction),
+    /// Nothing more up to this position: safe to acknowledge once everything yielded before
+    /// it is committed by every target.
+    Heartbeat(Lsn),
+}
+
+impl StreamItem {
+    /// The item's position (`None` only for a transaction with a non-PostgreSQL position,
+    /// which this stream never makes).
+    pub fn lsn(&self) -> Option<Lsn> {
+        match self {
+            StreamItem::Transaction(tx) => match tx.position {
+                Position::Postgres(lsn) => Some(lsn),
+                Position::Mysql(_) => None,
+            },
+            StreamItem::Heartbeat(lsn) => Some(*lsn),
+        }
+    }
+}
+
+/// An error of the change stream.
+#[derive(Debug, thiserror::Error)]
+pub enum PgStreamError {
+    /// A configuration value breaks a rule.
+    #[error("invalid PostgreSQL stream setting {field}: {rule}")]
+    Config {
+        /// The field.
+        field: &'static str,
+        /// The rule it broke.
+        rule: &'static str,
+    },
+    /// The URL has no usable host, user or database.
+    #[error("PostgreSQL URL for the stream: {0}")]
+    Url(&'static str),
+    /// Reading the catalog or running admin SQL failed.
+    #[error(transparent)]
+    Catalog(#[from] PgError),
+    /// A mapped table does not exist.
+    #[error("table {0} does not exist: create it, or correct the table name in the mapping")]
+    TableMissing(TableName),
+    /// The publication could not be created or changed.
+    #[error("cannot set up publication {name}")]
+    Publication {
+        /// Publication name.
+        name: String,
+        /// The failed statement.
+        #[source]
+        source: PgError,
+    },
+    /// The publication exists as `FOR ALL TABLES`, which duplex does not change.
+    #[error(
+        "publication {0} is FOR ALL TABLES; duplex manages a publication of its own: choose \
+         another publication name"
+    )]
+    PublicationForAllTables(String),
+    /// The slot exists but cannot be used.
+    #[error("replication slot {name}: {problem}")]
+    Slot {
+        /// Slot name.
+        name: String,
+        /// What is wrong and what to do.
+        problem: String,
+    },
+    /// The replication session failed (connect, authentication, START_REPLICATION, I/O).
+    #[error("PostgreSQL replication session failed")]
+    Replication(#[source] PgWireError),
+    /// The server ended the replication session.
+    #[error("the PostgreSQL replication session ended")]
+    Ended,
+    /// A `pgoutput` message does not decode.
+    #[error("undecodable pgoutput message")]
+    Decode(#[from] DecodeError),
+    /// The message sequence breaks the protocol (a change outside a transaction, ...).
+    #[error("pgoutput protocol violation: {0}")]
+    Protocol(String),
+    /// A column value cannot be converted.
+    #[error("table {table}")]
+    Value {
+        /// The table.
+        table: TableName,
+        /// The column, type and problem.
+        #[source]
+        source: Box<ValueError>,
+    },
+    /// A table has no primary key.
+    #[error(
+        "table {0} has no primary key: duplex identifies rows by primary key (ALTER TABLE … ADD PRIMARY KEY)"
+    )]
+    NoPrimaryKey(TableName),
+    /// An update or delete does not carry the primary key of the old row.
+    #[error(
+        "table {table}: the WAL does not carry primary-key column {column} of the old row; \
+         set ALTER TABLE … REPLICA IDENTITY DEFAULT (or FULL)"
+    )]
+    KeyNotCarried {
+        /// The table.
+        table: TableName,
+        /// The missing key column.
+        column: String,
+    },
+    /// Tables were truncated: duplex does not replicate TRUNCATE.
+    #[error(
+        "TRUNCATE of {tables} in the transaction committing at {commit_lsn}: duplex does not \
+         replicate TRUNCATE; re-copy the tables with `duplex backfill`, then recreate the slot"
+    )]
+    Truncate {
+        /// The truncated mapped tables, comma-separated.
+        tables: String,
+        /// The commit LSN of that transaction.
+        commit_lsn: Lsn,
+    },
+}
+
+impl PgStreamError {
+    /// True when retrying (restarting the stream from the last acknowledged position after a
+    /// backoff) may succeed: the connection broke, the server is starting or shutting down,
+    /// or the slot is still held by a previous session that is exiting. False for what needs
+    /// a person: a missing slot or table, a publication error, an unsupported value.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PgStreamError::Catalog(e) => e.is_transient(),
+            PgStreamError::Publication { source, .. } => source.is_transient(),
+            PgStreamError::Ended => true,
+            PgStreamError::Replication(e) => match e {
+                PgWireError::Io(_) | PgWireError::Task(_) => true,
+                PgWireError::Server(message) => sqlstate(message).is_some_and(|code| {
+                    matches!(&code[..2], "08" | "53" | "57") && code != "57014"
+                        || code == SqlState::OBJECT_IN_USE.code()
+                }),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
+/// The SQLSTATE pgwire-replication puts at the end of a server error: `… (SQLSTATE 42704)`.
+fn sqlstate(message: &str) -> Option<&str> {
+    let start = message.rfind("(SQLSTATE ")? + "(SQLSTATE ".len();
+    message.get(start..start + 5)
+}
+
+/// A table as the current `Relation` message describes it.
+struct RelationEntry {
+    table: TableName,
+    columns: Vec<Arc<str>>,
+    types: Vec<PgType>,
+    /// Whether each column is part of the replica identity (carried by `K` old tuples).
+    identity: Vec<bool>,
+    /// Positions of the primary-key columns, in key order.
+    key: Vec<usize>,
+}
+
+/// The transaction between `Begin` and `Commit`.
+struct OpenTransaction {
+    final_lsn: u64,
+    events: Vec<ChangeEvent>,
+}
+
+/// A PostgreSQL change stream reader. See the module documentation for the contract.
+pub struct PgStream {
+    replication: ReplicationClient,
+    catalog: Client,
+    source: String,
+    relations: HashMap<u32, RelationEntry>,
+    primary_keys: HashMap<u32, Vec<String>>,
+    types: HashMap<u32, PgType>,
+    open: Option<OpenTransaction>,
+    /// The newest position yielded (the start position before the first item).
+    delivered: Lsn,
+    /// An event taken from the channel whose handling has not finished (so a cancelled
+    /// `next` loses nothing).
+    pending: Option<ReplicationEvent>,
+}
+
+impl std::fmt::Debug for PgStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStream")
+            .field("source", &self.source)
+            .field("delivered", &self.delivered)
+            .field("relations", &self.relations.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgStream {
+    /// Sets up the publication and slot and starts streaming from `config.start` (or the
+    /// slot's confirmed position). Returns once the server accepted START_REPLICATION.
+    pub async fn start(config: PgStreamConfig) -> Result<PgStream, PgStreamError> {
+        config.validate()?;
+        let catalog = connect(&config.url, config.password.as_deref()).await?;
+        for table in &config.tables {
+            if describe_table(&catalog, table).await?.is_none() {
+                return Err(PgStreamError::TableMissing(table.clone()));
+            }
+        }
+        ensure_publication(&catalog, &config.publication, &config.tables).await?;
+        // Resuming from a position needs the slot that position belongs to: a new slot would
+        // silently skip everything committed since.
+        let confirmed = ensure_slot(&catalog, &config.slot, config.start.is_none()).await?;
+        let start = config.start.unwrap_or(confirmed);
+
+        let mut replication = ReplicationClient::connect(replication_config(&config, start)?)
+            .await
+            .map_err(PgStreamError::Replication)?;
+        replication
+            .wait_started()
+            .await
+            .map_err(PgStreamError::Replication)?;
+        tracing::info!(
+            source = %config.source,
+            slot = %config.slot,
+            %start,
+            "PostgreSQL change stream started"
+        );
+        Ok(PgStream {
+            replication,
+            catalog,
+            source: config.source,
+            relations: HashMap::new(),
+            primary_keys: HashMap::new(),
+            types: HashMap::new(),
+            open: None,
+            delivered: start,
+            pending: None,
+        })
+    }
+
+    /// The next whole transaction or heartbeat. Cancellation safe: a future dropped before
+    /// it completes loses nothing, the next call continues where it stopped. After an error
+    /// the stream is unusable: shut it down and start again from the last acknowledged
+    /// position (after a backoff when [`PgStreamError::is_transient`]).
+    pub async fn next(&mut self) -> Result<StreamItem, PgStreamError> {
+        loop {
+            let event = match self.pending.take() {
+                Some(event) => event,
+                None => self
+                    .replication
+                    .recv()
+                    .await
+                    .map_err(PgStreamError::Replication)?
+                    .ok_or(PgStreamError::Ended)?,
+            };
+            self.pending = Some(event.clone());
+            let item = self.handle(event).await;
+            self.pending = None;
+            if let Some(item) = item? {
+                return Ok(item);
+            }
+        }
+    }
+
+    /// Reports `lsn` to the server as flushed and applied, letting it release the WAL
+    /// before it. Pass only the position of an item this stream yielded whose transaction
+    /// (and everything before it) every target has committed; a position beyond what was
+    /// yielded is ignored. Cheap: the background task sends it within `status_interval`.
+    pub fn ack(&self, lsn: Lsn) {
+        if lsn > self.delivered {
+            tracing::warn!(%lsn, delivered = %self.delivered, "ignoring an acknowledgement beyond the delivered position");
+            return;
+        }
+        self.replication
+            .update_applied_lsn(pgwire_replication::Lsn(lsn.0));
+    }
+
+    /// The newest position yielded (the start position before the first item).
+    pub fn delivered(&self) -> Lsn {
+        self.delivered
+    }
+
+    /// Ends the replication session cleanly (CopyDone). An open transaction is dropped; it
+    /// is delivered again after a restart, since it was never acknowledged.
+    pub async fn shutdown(mut self) -> Result<(), PgStreamError> {
+        self.replication
+            .shutdown()
+            .await
+            .map_err(PgStreamError::Replication)
+    }
+
+    /// Drops a replication slot, waiting (up to `wait`) for a session that still holds it
+    /// to let go. Returns false when there was no such slot. An abandoned slot keeps WAL
+    /// forever, so whoever retires a source drops its slot.
+    pub async fn drop_slot(
+        url: &str,
+        password: Option<&str>,
+        slot: &str,
+        wait: Duration,
+    ) -> Result<bool, PgStreamError> {
+        let client = connect(url, password).await?;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let row = client
+                .query_opt(
+                    "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&slot],
+                )
+                .await
+                .map_err(PgError::query("looking up a replication slot"))?;
+            let Some(row) = row else {
+                return Ok(false);
+            };
+            let active: bool = row.get(0);
+            let in_use = if active {
+                true
+            } else {
+                match client
+                    .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                    .await
+                {
+                    Ok(_) => return Ok(true),
+                    Err(e) if e.code() == Some(&SqlState::OBJECT_IN_USE) => true,
+                    Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => return Ok(false),
+                    Err(e) => {
+                        return Err(PgError::query("dropping a replication slot")(e).into());
+                    }
+                }
+            };
+            if in_use && tokio::time::Instant::now() >= deadline {
+                return Err(PgStreamError::Slot {
+                    name: slot.to_owned(),
+                    problem: "still in use by another session; stop that reader first".into(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn handle(
+        &mut self,
+        event: ReplicationEvent,
+    ) -> Result<Option<StreamItem>, PgStreamError> {
+        match event {
+            ReplicationEvent::KeepAlive { wal_end, .. } => Ok(self.heartbeat(Lsn(wal_end.0))),
+            ReplicationEvent::Begin { final_lsn, .. } => {
+                self.begin(final_lsn.0)?;
+                Ok(None)
+            }
+            ReplicationEvent::Commit {
+                lsn,
+                end_lsn,
+                commit_time_micros,
+            } => self.commit(lsn.0, end_lsn.0, commit_time_micros),
+            ReplicationEvent::Message { prefix, .. } => {
+                tracing::trace!(%prefix, "ignoring a logical decoding message");
+                Ok(None)
+            }
+            ReplicationEvent::StoppedAt { .. } => Err(PgStreamError::Ended),
+            ReplicationEvent::XLogData { data, .. } => match pgoutput::decode(&data)? {
+                Message::Begin(b) => {
+                    self.begin(b.final_lsn)?;
+                    Ok(None)
+                }
+                Message::Commit(c) => self.commit(c.commit_lsn, c.end_lsn, c.commit_time),
+                Message::Relation(relation) => {
+                    self.register(relation).await?;
+                    Ok(None)
+                }
+                Message::Origin(_) | Message::Type(_) | Message::Message(_) => Ok(None),
+                Message::Insert(insert) => {
+                    let rel = self.relation(insert.relation)?;
+                    let after = rel.row(&insert.new, false)?;
+                    let event = ChangeEvent {
+                        table: rel.table.clone(),
+                        op: Op::Insert,
+                        key: rel.key_row(&after)?,
+                        before: None,
+                        after: Some(after),
+                    };
+                    self.push(event)
+                }
+                Message::Update(update) => {
+                    let rel = self.relation(update.relation)?;
+                    let after = rel.row(&update.new, false)?;
+                    let before = match &update.old {
+                        Some(OldTuple::Key(t)) => rel.row(t, true)?,
+                        Some(OldTuple::Full(t)) => rel.row(t, false)?,
+                        // No old tuple: the key did not change, and the WAL carries nothing
+                        // else of the old row.
+                        None => rel.key_row(&after)?,
+                    };
+                    let event = ChangeEvent {
+                        table: rel.table.clone(),
+                        op: Op::Update,
+                        key: rel.key_row(&before)?,
+                        before: Some(before),
+                        after: Some(after),
+                    };
+                    self.push(event)
+                }
+                Message::Delete(delete) => {
+                    let rel = self.relation(delete.relation)?;
+                    let before = match &delete.old {
+                        OldTuple::Key(t) => rel.row(t, true)?,
+                        OldTuple::Full(t) => rel.row(t, false)?,
+                    };
+                    let event = ChangeEvent {
+                        table: rel.table.clone(),
+                        op: Op::Delete,
+                        key: rel.key_row(&before)?,
+                        before: Some(before),
+                        after: None,
+                    };
+                    self.push(event)
+                }
+                Message::Truncate(truncate) => {
+                    let tables = truncate
+                        .relations
+                        .iter()
+                        .map(|id| match self.relations.get(id) {
+                            Some(rel) => rel.table.to_string(),
+                            None => format!("relation {id}"),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    Err(PgStreamError::Truncate {
+                        tables,
+                        commit_lsn: Lsn(self.open.as_ref().map_or(0, |t| t.final_lsn)),
+                    })
+                }
+            },
+        }
+    }
+
+    fn heartbeat(&mut self, lsn: Lsn) -> Option<StreamItem> {
+        if self.open.is_some() || lsn <= self.delivered {
+            return None;
+        }
+        self.delivered = lsn;
+        Some(StreamItem::Heartbeat(lsn))
+    }
+
+    fn begin(&mut self, final_lsn: u64) -> Result<(), PgStreamError> {
+        if let Some(open) = &self.open {
+            return Err(PgStreamError::Protocol(format!(
+                "Begin of the transaction committing at {} inside the one committing at {}",
+                Lsn(final_lsn),
+                Lsn(open.final_lsn)
+            )));
+        }
+        self.open = Some(OpenTransaction {
+            final_lsn,
+            events: Vec::new(),
+        });
+        Ok(())
+    }
+
+    fn commit(
+        &mut self,
+        commit_lsn: u64,
+        end_lsn: u64,
+        commit_time: i64,
+    ) -> Result<Option<StreamItem>, PgStreamError> {
+        let open = self.open.take().ok_or_else(|| {
+            PgStreamError::Protocol(format!("Commit at {} without Begin", Lsn(commit_lsn)))
+        })?;
+        if open.final_lsn != commit_lsn {
+            return Err(PgStreamError::Protocol(format!(
+                "Commit at {} for the transaction announced to commit at {}",
+                Lsn(commit_lsn),
+                Lsn(open.final_lsn)
+            )));
+        }
+        let end = Lsn(end_lsn);
+        if end <= self.delivered {
+            tracing::debug!(%end, delivered = %self.delivered, "skipping a transaction already delivered");
+            return Ok(None);
+        }
+        if open.events.is_empty() {
+            return Ok(self.heartbeat(end));
+        }
+        self.delivered = end;
+        let commit_time =
+            DateTime::<Utc>::from_timestamp_micros(commit_time.saturating_add(PG_EPOCH_MICROS))
+                .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        Ok(Some(StreamItem::Transaction(Transaction {
+            source: self.source.clone(),
+            position: Position::Postgres(end),
+            commit_time,
+            origin: Origin::Local,
+            events: open.events,
+        })))
+    }
+
+    fn push(&mut self, event: ChangeEvent) -> Result<Option<StreamItem>, PgStreamError> {
+        let open = self.open.as_mut().ok_or_else(|| {
+            PgStreamError::Protocol(format!("a change of {} outside a transaction", event.table))
+        })?;
+        open.events.push(event);
+        Ok(None)
+    }
+
+    fn relation(&self, id: u32) -> Result<&RelationEntry, PgStreamError> {
+        self.relations.get(&id).ok_or_else(|| {
+            PgStreamError::Protocol(format!(
+                "a change of relation {id} before its Relation message"
+            ))
+        })
+    }
+
+    /// Replaces the cached description of a relation. Everything awaited here only fills
+    /// caches, so a cancelled call can simply be repeated.
+    async fn register(&mut self, relation: Relation) -> Result<(), PgStreamError> {
+        let schema = if relation.namespace.is_empty() {
+            "pg_catalog".to_owned()
+        } else {
+            relation.namespace.clone()
+        };
+        let table = TableName::new(schema, relation.name.clone());
+        if !self.primary_keys.contains_key(&relation.id) {
+            let primary_key = match describe_table(&self.catalog, &table).await? {
+                Some(info) if !info.schema.primary_key.is_empty() => info.schema.primary_key,
+                // Renamed or dropped since: the replica identity is the primary key unless
+                // the table uses FULL or an index.
+                None if relation.replica_identity == b'd' => relation
+                    .columns
+                    .iter()
+                    .filter(|c| c.key)
+                    .map(|c| c.name.clone())
+                    .collect(),
+                _ => Vec::new(),
+            };
+            if primary_key.is_empty() {
+                return Err(PgStreamError::NoPrimaryKey(table));
+            }
+            self.primary_keys.insert(relation.id, primary_key);
+        }
+        let mut column_types = Vec::with_capacity(relation.columns.len());
+        for column in &relation.columns {
+            let ty = match self.types.get(&column.type_oid) {
+                Some(ty) => ty.clone(),
+                None => {
+                    let ty = types::resolve_type(&self.catalog, column.type_oid).await?;
+                    self.types.insert(column.type_oid, ty.clone());
+                    ty
+                }
+            };
+            column_types.push(ty);
+        }
+        let primary_key = &self.primary_keys[&relation.id];
+        let key = primary_key
+            .iter()
+            .map(|name| {
+                relation
+                    .columns
+                    .iter()
+                    .position(|c| &c.name == name)
+                    .ok_or_else(|| PgStreamError::KeyNotCarried {
+                        table: table.clone(),
+                        column: name.clone(),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        tracing::debug!(%table, id = relation.id, columns = relation.columns.len(), "relation");
+        self.relations.insert(
+            relation.id,
+            RelationEntry {
+                table,
+                columns: relation
+                    .columns
+                    .iter()
+                    .map(|c| Arc::from(c.name.as_str()))
+                    .collect(),
+                types: column_types,
+                identity: relation.columns.iter().map(|c| c.key).collect(),
+                key,
+            },
+        );
+        Ok(())
+    }
+}
+
+impl RelationEntry {
+    /// A tuple as a row; with `identity_only` just the replica identity columns (a `K` tuple
+    /// carries nothing else).
+    fn row(&self, tuple: &TupleData, identity_only: bool) -> Result<Row, PgStreamError> {
+        if tuple.len() != self.columns.len() {
+            return Err(PgStreamError::Protocol(format!(
+                "a row of {} with {} columns; its Relation message has {}",
+                self.table,
+                tuple.len(),
+                self.columns.len()
+            )));
+        }
+        let mut row = Row::new();
+        for (i, value) in tuple.iter().enumerate() {
+            if identity_only && !self.identity[i] {
+                continue;
+            }
+            let converted =
+                types::column_value(&self.columns[i], &self.types[i], value).map_err(|source| {
+                    PgStreamError::Value {
+                        table: self.table.clone(),
+                        source: Box::new(source),
+                    }
+                })?;
+            row.push(self.columns[i].clone(), converted);
+        }
+        Ok(row)
+    }
+
+    /// The primary-key columns of `row`, which must carry them.
+    fn key_row(&self, row: &Row) -> Result<Row, PgStreamError> {
+        let mut key = Row::new();
+        for &i in &self.key {
+            let name = &self.columns[i];
+            match row.get(name) {
+                Some(value) if !matches!(value, Value::Null | Value::Unchanged) => {
+                    key.push(name.clone(), value.clone());
+                }
+                _ => {
+                    return Err(PgStreamError::KeyNotCarried {
+                        table: self.table.clone(),
+                        column: name.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(key)
+    }
+}
+
+/// Makes the publication list exactly `tables`.
+async fn ensure_publication(
+    client: &Client,
+    name: &str,
+    tables: &[TableName],
+) -> Result<(), PgStreamError> {
+    let failed = |source| PgStreamError::Publication {
+        name: name.to_owned(),
+        source,
+    };
+    let list = tables
+        .iter()
+        .map(|t| format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let exists = client
+        .query_opt(
+            "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+            &[&name],
+        )
+        .await
+        .map_err(|e| failed(PgError::query("looking up the publication")(e)))?;
+    let sql = match exists {
+        Some(row) if row.get::<_, bool>(0) => {
+            return Err(PgStreamError::PublicationForAllTables(name.to_owned()));
+        }
+        Some(_) => format!("ALTER PUBLICATION {} SET TABLE {list}", quote_ident(name)),
+        None => format!("CREATE PUBLICATION {} FOR TABLE {list}", quote_ident(name)),
+    };
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(|e| failed(PgError::query("creating or altering the publication")(e)))
+}
+
+/// Makes sure the logical slot exists in this database (creating it with `pgoutput` when
+/// `create` allows) and returns its `confirmed_flush_lsn`.
+async fn ensure_slot(client: &Client, slot: &str, create: bool) -> Result<Lsn, PgStreamError> {
+    let problem = |problem: String| PgStreamError::Slot {
+        name: slot.to_owned(),
+        problem,
+    };
+    for _ in 0..2 {
+        let row = client
+            .query_opt(
+                "SELECT plugin::text, slot_type, database::text = current_database()::text, \
+                        confirmed_flush_lsn::text \
+                 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(PgError::query("looking up the replication slot"))?;
+        if let Some(row) = row {
+            let plugin: Option<String> = row.get(0);
+            let kind: String = row.get(1);
+            let same_db: Option<bool> = row.get(2);
+            let confirmed: Option<String> = row.get(3);
+            if kind != "logical" || plugin.as_deref() != Some("pgoutput") {
+                return Err(problem(format!(
+                    "it is a {kind} slot with plugin {}; duplex needs a logical pgoutput slot: \
+                     choose another slot name",
+                    plugin.as_deref().unwrap_or("none")
+                )));
+            }
+            if same_db != Some(true) {
+                return Err(problem(
+                    "it belongs to another database: choose another slot name".into(),
+                ));
+            }
+            let confirmed = confirmed.ok_or_else(|| {
+                problem("it has no confirmed position yet (still being created?)".into())
+            })?;
+            return confirmed
+                .parse()
+                .map_err(|_| problem(format!("unreadable confirmed_flush_lsn {confirmed:?}")));
+        }
+        if !create {
+            return Err(problem(
+                "does not exist, so the changes since the stored position cannot be read: \
+                 re-copy the tables with `duplex backfill`, which creates a new slot"
+                    .into(),
+            ));
+        }
+        match client
+            .execute(
+                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[&slot],
+            )
+            .await
+        {
+            Ok(_) => tracing::info!(%slot, "created replication slot"),
+            // Someone created it meanwhile: look again.
+            Err(e) if e.code() == Some(&SqlState::DUPLICATE_OBJECT) => {}
+            Err(e) => return Err(PgError::query("creating the replication slot")(e).into()),
+        }
+    }
+    Err(problem(
+        "created but not found; is another process dropping it?".into(),
+    ))
+}
+
+/// The pgwire-replication settings for `config`, starting at `start`.
+fn replication_config(
+    config: &PgStreamConfig,
+    start: Lsn,
+) -> Result<ReplicationConfig, PgStreamError> {
+    let parsed: tokio_postgres::Config = config.url.parse().map_err(PgError::Url)?;
+    let user = parsed
+        .get_user()
+        .ok_or(PgStreamError::Url("the URL names no user"))?;
+    let database = parsed.get_dbname().unwrap_or(user);
+    let password = match &config.password {
+        Some(p) => p.clone(),
+        None => parsed
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .unwrap_or_default(),
+    };
+    let port = parsed.get_ports().first().copied().unwrap_or(5432);
+    let (slot, publication) = (config.slot.as_str(), config.publication.as_str());
+    let base = match parsed.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => {
+            ReplicationConfig::new(host, user, password, database, slot, publication)
+                .with_port(port)
+        }
+        Some(tokio_postgres::config::Host::Unix(dir)) => ReplicationConfig::unix(
+            dir.to_string_lossy(),
+            port,
+            user,
+            password,
+            database,
+            slot,
+            publication,
+        ),
+        None => ReplicationConfig::new("localhost", user, password, database, slot, publication)
+            .with_port(port),
+    };
+    let pg_lsn = pgwire_replication::Lsn(start.0);
+    Ok(base
+        .with_tls(TlsConfig::disabled())
+        .with_start_lsn(pg_lsn)
+        .with_ack_lsn(pg_lsn)
+        .with_status_interval(config.status_interval)
+        .with_wakeup_interval(config.status_interval)
+        .with_buffer_size(config.buffer_events)
+        .with_options(types::SESSION_OPTIONS)
+        .with_application_name(format!("duplex {}", config.source)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::pgoutput::TupleValue;
+    use super::*;
+
+    fn config() -> PgStreamConfig {
+        PgStreamConfig::new(
+            "shop",
+            "postgres://duplex:secret@127.0.0.1:5999/db",
+            "duplex_slot",
+            "duplex_pub",
+            vec![TableName::new("public", "t")],
+        )
+    }
+
+    #[test]
+    fn names_that_replication_commands_cannot_quote_are_refused() {
+        assert!(config().validate().is_ok());
+        for bad in ["", "Slot", "a-b", "a b", "a'b", &"x".repeat(64)] {
+            let mut c = config();
+            c.slot = bad.to_owned();
+            assert!(
+                matches!(
+                    c.validate(),
+                    Err(PgStreamError::Config { field: "slot", .. })
+                ),
+                "{bad:?}"
+            );
+            let mut c = config();
+            c.publication = bad.to_owned();
+            assert!(
+                matches!(
+                    c.validate(),
+                    Err(PgStreamError::Config {
+                        field: "publication",
+                        ..
+                    })
+                ),
+                "{bad:?}"
+            );
+        }
+        let mut c = config();
+        c.tables.clear();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn debug_output_hides_passwords() {
+        let mut c = config();
+        c.password = Some("hunter2".into());
+        let text = format!("{c:?}");
+        assert!(
+            !text.contains("secret") && !text.contains("hunter2"),
+            "{text}"
+        );
+        assert!(text.contains("duplex@127.0.0.1:5999/db"), "{text}");
+    }
+
+    #[test]
+    fn replication_settings_come_from_the_url() {
+        let c = config();
+        let r = replication_config(&c, Lsn(0x10_0000_0020)).unwrap();
+        assert_eq!(
+            (
+                r.host.as_str(),
+                r.port,
+                r.user.as_str(),
+                r.password.as_str()
+            ),
+            ("127.0.0.1", 5999, "duplex", "secret")
+        );
+        assert_eq!(r.database, "db");
+        assert_eq!(r.start_lsn, pgwire_replication::Lsn(0x10_0000_0020));
+        assert_eq!(r.ack_lsn, Some(pgwire_replication::Lsn(0x10_0000_0020)));
+        assert_eq!(r.options.as_deref(), Some(types::SESSION_OPTIONS));
+        let mut c = config();
+        c.password = Some("other".into());
+        assert_eq!(replication_config(&c, Lsn(0)).unwrap().password, "other");
+    }
+
+    #[test]
+    fn transient_and_definite_errors() {
+        let server = |m: &str| PgStreamError::Replication(PgWireError::Server(m.into()));
+        assert!(
+            server("terminating connection due to administrator command (SQLSTATE 57P01)")
+                .is_transient()
+        );
+        assert!(
+            server("replication slot \"s\" is active for PID 7 (SQLSTATE 55006)").is_transient()
+        );
+        assert!(!server("replication slot \"s\" does not exist (SQLSTATE 42704)").is_transient());
+        assert!(!server("canceling statement (SQLSTATE 57014)").is_transient());
+        assert!(
+            PgStreamError::Replication(PgWireError::Io(Arc::new(std::io::Error::other("reset"))))
+                .is_transient()
+        );
+        assert!(PgStreamError::Ended.is_transient());
+        assert!(!PgStreamError::TableMissing(TableName::new("a", "b")).is_transient());
+        assert!(!PgStreamError::Decode(DecodeError::Empty).is_transient());
+    }
+
+    #[test]
+    fn update_before_image_and_key_rules() {
+        let rel = RelationEntry {
+            table: TableName::new("public", "t"),
+            columns: vec![Arc::from("id"), Arc::from("body")],
+            types: vec![
+                types::builtin_type(23).unwrap(),
+                types::builtin_type(25).unwrap(),
+            ],
+            identity: vec![true, false],
+            key: vec![0],
+        };
+        let text = |s: &'static str| TupleValue::Text(bytes::Bytes::from_static(s.as_bytes()));
+        let full = rel
+            .row(&vec![text("1"), TupleValue::UnchangedToast], false)
+            .unwrap();
+        assert_eq!(full.get("body"), Some(&Value::Unchanged));
+        let key_only = rel.row(&vec![text("1"), TupleValue::Null], true).unwrap();
+        assert_eq!(key_only.len(), 1);
+        assert_eq!(
+            rel.key_row(&key_only).unwrap().get("id"),
+            Some(&Value::Int(1))
+        );
+        let no_key = rel.row(&vec![TupleValue::Null, text("x")], false).unwrap();
+        assert!(matches!(
+            rel.key_row(&no_key),
+            Err(PgStreamError::KeyNotCarried { .. })
+        ));
+        assert!(matches!(
+            rel.row(&vec![text("1")], false),
+            Err(PgStreamError::Protocol(_))
+        ));
+    }
+}

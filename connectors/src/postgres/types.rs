@@ -1,0 +1,649 @@
+//! PostgreSQL column values, as `pgoutput` sends them in text format, into canonical
+//! [`Value`]s, chosen by the column's type oid.
+//!
+//! The text a type's output function prints depends on session settings, so the replication
+//! session pins them (see [`SESSION_OPTIONS`]): `DateStyle=ISO` (dates as `YYYY-MM-DD`),
+//! `TimeZone=UTC` (`timestamptz` printed in UTC; other offsets are still parsed correctly),
+//! `bytea_output=hex` (`\x…`) and `extra_float_digits=3` (floats printed so they round-trip).
+//!
+//! Builtin types are known by oid ([`builtin_type`]); any other oid is resolved through the
+//! catalog ([`resolve_type`]): enum types carry their label as [`Value::Text`], domains take
+//! their base type's conversion. Types duplex does not replicate (interval, timetz, money, bit
+//! strings, arrays, composites, extension types) convert NULL but refuse any other value with
+//! an error naming the column and the type, never a guess. So do values no target can hold
+//! faithfully: BC dates and `±infinity` dates and timestamps.
+
+use std::str::FromStr;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, TimeDelta, Utc};
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+use crate::{Decimal, Value};
+
+use super::PgError;
+use super::pgoutput::TupleValue;
+
+/// Startup `options` for the replication session that fix how values are printed.
+pub const SESSION_OPTIONS: &str = "-c DateStyle=ISO,MDY -c TimeZone=UTC -c bytea_output=hex \
+                                   -c extra_float_digits=3 -c IntervalStyle=postgres";
+
+/// How a column's text is converted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Conversion {
+    /// `bool`: `t` / `f` into [`Value::Bool`].
+    Bool,
+    /// `int2`, `int4`, `int8`, `oid` into [`Value::Int`].
+    Int,
+    /// `numeric` into [`Value::Decimal`] (incl. `NaN`, `±Infinity`).
+    Numeric,
+    /// `float4` into [`Value::Float`]: the exact single-precision value, widened.
+    Float4,
+    /// `float8` into [`Value::Float`] (incl. `NaN`, `±Infinity`).
+    Float8,
+    /// Character types, enum labels and types replicated as their text form (`inet`, `cidr`,
+    /// `macaddr`, `xml`) into [`Value::Text`].
+    Text,
+    /// `bytea` (hex format) into [`Value::Bytes`].
+    Bytea,
+    /// `date` into [`Value::Date`].
+    Date,
+    /// `time` into [`Value::Time`] (microseconds; `24:00:00` allowed).
+    Time,
+    /// `timestamp` into [`Value::Timestamp`].
+    Timestamp,
+    /// `timestamptz` into [`Value::TimestampTz`], normalised to UTC.
+    TimestampTz,
+    /// `uuid` into [`Value::Uuid`].
+    Uuid,
+    /// `json`, `jsonb` into [`Value::Json`] (the text as the server prints it).
+    Json,
+    /// A type duplex does not replicate: values other than NULL are refused.
+    Unsupported,
+}
+
+/// A column type: its name (for messages) and how its values are converted.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PgType {
+    /// Type name (`int4`, `timestamptz`, `public.mood`).
+    pub name: String,
+    /// Conversion of its values.
+    pub conversion: Conversion,
+}
+
+impl PgType {
+    fn new(name: impl Into<String>, conversion: Conversion) -> PgType {
+        PgType {
+            name: name.into(),
+            conversion,
+        }
+    }
+}
+
+/// The builtin types duplex converts, by oid (`pg_type.oid`, fixed across versions).
+pub fn builtin_type(oid: u32) -> Option<PgType> {
+    use Conversion as C;
+    let (name, conversion) = match oid {
+        16 => ("bool", C::Bool),
+        17 => ("bytea", C::Bytea),
+        18 => ("char", C::Text),
+        19 => ("name", C::Text),
+        20 => ("int8", C::Int),
+        21 => ("int2", C::Int),
+        23 => ("int4", C::Int),
+        25 => ("text", C::Text),
+        26 => ("oid", C::Int),
+        114 => ("json", C::Json),
+        142 => ("xml", C::Text),
+        650 => ("cidr", C::Text),
+        700 => ("float4", C::Float4),
+        701 => ("float8", C::Float8),
+        829 => ("macaddr", C::Text),
+        869 => ("inet", C::Text),
+        1042 => ("bpchar", C::Text),
+        1043 => ("varchar", C::Text),
+        1082 => ("date", C::Date),
+        1083 => ("time", C::Time),
+        1114 => ("timestamp", C::Timestamp),
+        1184 => ("timestamptz", C::TimestampTz),
+        1700 => ("numeric", C::Numeric),
+        2950 => ("uuid", C::Uuid),
+        3802 => ("jsonb", C::Json),
+        _ => return None,
+    };
+    Some(PgType::new(name, conversion))
+}
+
+/// Resolves any type oid: builtin types directly, others through `pg_type` (enums become
+/// text, domains take their base type's conversion, everything else is unsupported).
+pub async fn resolve_type(client: &Client, oid: u32) -> Result<PgType, PgError> {
+    if let Some(ty) = builtin_type(oid) {
+        return Ok(ty);
+    }
+    let mut current = oid;
+    let mut declared: Option<String> = None;
+    // Domains may stack; each step follows typbasetype, which ends at a non-domain type.
+    loop {
+        let row = client
+            .query_opt(
+                "SELECT format_type(t.oid, NULL), t.typtype::text, t.typbasetype \
+                 FROM pg_type t WHERE t.oid = $1",
+                &[&current],
+            )
+            .await
+            .map_err(PgError::query("looking up a column type"))?;
+        let Some(row) = row else {
+            let name = declared.unwrap_or_else(|| format!("type oid {oid}"));
+            return Ok(PgType::new(name, Conversion::Unsupported));
+        };
+        let name: String = row.get(0);
+        let name = declared.get_or_insert(name).clone();
+        if let Some(base) = builtin_type(current) {
+            return Ok(PgType::new(name, base.conversion));
+        }
+        match row.get::<_, &str>(1) {
+            "e" => return Ok(PgType::new(name, Conversion::Text)),
+            "d" => current = row.get(2),
+            _ => return Ok(PgType::new(name, Conversion::Unsupported)),
+        }
+    }
+}
+
+/// A column value that cannot be converted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("column {column} of type {type_name}: {problem}")]
+pub struct ValueError {
+    /// Column name.
+    pub column: String,
+    /// Type name.
+    pub type_name: String,
+    /// What is wrong.
+    pub problem: ValueProblem,
+}
+
+/// Why a value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueProblem {
+    /// The type is not replicated.
+    #[error(
+        "duplex does not replicate this type: leave the column out of the publication or change its type"
+    )]
+    UnsupportedType,
+    /// A BC date or timestamp.
+    #[error("BC dates are not replicated ({0:?})")]
+    BeforeChrist(String),
+    /// `infinity` or `-infinity` date or timestamp.
+    #[error("{0:?} dates and timestamps are not replicated")]
+    Infinite(String),
+    /// A year beyond what duplex can represent (262143).
+    #[error("{0:?} is out of the supported date range")]
+    OutOfRange(String),
+    /// The text is not what the type's output function prints.
+    #[error("cannot read {0:?} as a value of this type")]
+    Malformed(String),
+    /// The value is not valid UTF-8.
+    #[error("the value is not valid UTF-8")]
+    NotUtf8,
+    /// The value arrived in binary format, which the reader does not request.
+    #[error("the value arrived in binary format; the reader expects text format")]
+    Binary,
+}
+
+/// Converts one `pgoutput` column value of a column of type `ty`.
+pub fn column_value(column: &str, ty: &PgType, value: &TupleValue) -> Result<Value, ValueError> {
+    let fail = |problem| ValueError {
+        column: column.to_owned(),
+        type_name: ty.name.clone(),
+        problem,
+    };
+    match value {
+        TupleValue::Null => Ok(Value::Null),
+        TupleValue::UnchangedToast => Ok(Value::Unchanged),
+        TupleValue::Binary(_) => Err(fail(ValueProblem::Binary)),
+        TupleValue::Text(bytes) => {
+            let text = std::str::from_utf8(bytes).map_err(|_| fail(ValueProblem::NotUtf8))?;
+            text_value(ty.conversion, text).map_err(fail)
+        }
+    }
+}
+
+/// Converts a value's text output (as printed with [`SESSION_OPTIONS`]).
+pub fn text_value(conversion: Conversion, text: &str) -> Result<Value, ValueProblem> {
+    let malformed = || ValueProblem::Malformed(shorten(text));
+    Ok(match conversion {
+        Conversion::Bool => match text {
+            "t" => Value::Bool(true),
+            "f" => Value::Bool(false),
+            _ => return Err(malformed()),
+        },
+        Conversion::Int => Value::Int(text.parse().map_err(|_| malformed())?),
+        Conversion::Numeric => Value::Decimal(Decimal::from_str(text).map_err(|_| malformed())?),
+        Conversion::Float4 => {
+            Value::Float(f64::from(parse_float::<f32>(text).ok_or_else(malformed)?))
+        }
+        Conversion::Float8 => Value::Float(parse_float::<f64>(text).ok_or_else(malformed)?),
+        Conversion::Text => Value::Text(text.to_owned()),
+        Conversion::Bytea => Value::Bytes(parse_bytea(text).ok_or_else(malformed)?),
+        Conversion::Date => Value::Date(parse_date(text)?),
+        Conversion::Time => Value::Time(parse_time(text).ok_or_else(malformed)?),
+        Conversion::Timestamp => Value::Timestamp(parse_timestamp(text)?),
+        Conversion::TimestampTz => Value::TimestampTz(parse_timestamptz(text)?),
+        Conversion::Uuid => Value::Uuid(Uuid::parse_str(text).map_err(|_| malformed())?),
+        Conversion::Json => Value::Json(text.to_owned()),
+        Conversion::Unsupported => return Err(ValueProblem::UnsupportedType),
+    })
+}
+
+/// At most 64 characters of a value, for messages.
+fn shorten(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+/// PostgreSQL float text: digits, `NaN`, `Infinity`, `-Infinity`.
+fn parse_float<F: FromStr>(text: &str) -> Option<F> {
+    let ok = matches!(text, "NaN" | "Infinity" | "-Infinity")
+        || text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'));
+    if ok { text.parse().ok() } else { None }
+}
+
+/// `\x` followed by hex digit pairs.
+fn parse_bytea(text: &str) -> Option<Vec<u8>> {
+    let hex = text.strip_prefix("\\x")?.as_bytes();
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let digit = |b: u8| char::from(b).to_digit(16).map(|d| d as u8);
+    hex.chunks_exact(2)
+        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
+        .collect()
+}
+
+/// Splits off a trailing ` BC` and refuses `±infinity`.
+fn era(text: &str) -> Result<&str, ValueProblem> {
+    if matches!(text, "infinity" | "-infinity") {
+        return Err(ValueProblem::Infinite(text.to_owned()));
+    }
+    if text.ends_with(" BC") {
+        return Err(ValueProblem::BeforeChrist(text.to_owned()));
+    }
+    Ok(text)
+}
+
+/// `YYYY-MM-DD` (the year may have more than four digits).
+fn parse_date(text: &str) -> Result<NaiveDate, ValueProblem> {
+    let body = era(text)?;
+    let malformed = || ValueProblem::Malformed(shorten(text));
+    let mut parts = body.splitn(3, '-');
+    let (Some(y), Some(m), Some(d)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(malformed());
+    };
+    let digits = |s: &str, max: usize| {
+        (!s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u32>().ok())
+            .flatten()
+    };
+    let (Some(year), Some(month), Some(day)) = (digits(y, 7), digits(m, 2), digits(d, 2)) else {
+        return Err(malformed());
+    };
+    let year = i32::try_from(year).map_err(|_| malformed())?;
+    NaiveDate::from_ymd_opt(year, month, day).ok_or_else(|| {
+        if year > 9999 {
+            ValueProblem::OutOfRange(text.to_owned())
+        } else {
+            malformed()
+        }
+    })
+}
+
+/// `HH:MM:SS[.ffffff]` into microseconds since midnight (`24:00:00` included).
+fn parse_time(text: &str) -> Option<i64> {
+    let (hms, frac) = match text.split_once('.') {
+        Some((hms, frac)) => (hms, Some(frac)),
+        None => (text, None),
+    };
+    let mut parts = hms.split(':');
+    let (Some(h), Some(m), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let two = |s: &str| {
+        (s.len() == 2 && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<i64>().ok())
+            .flatten()
+    };
+    let (h, m, s) = (two(h)?, two(m)?, two(s)?);
+    let micros = match frac {
+        None => 0,
+        Some(f) if !f.is_empty() && f.len() <= 6 && f.bytes().all(|b| b.is_ascii_digit()) => {
+            f.parse::<i64>().ok()? * 10_i64.pow(6 - f.len() as u32)
+        }
+        Some(_) => return None,
+    };
+    let total = ((h * 60 + m) * 60 + s) * 1_000_000 + micros;
+    (m < 60 && s < 60 && total <= 24 * 3_600_000_000).then_some(total)
+}
+
+/// `<date> <time>`.
+fn parse_timestamp(text: &str) -> Result<NaiveDateTime, ValueProblem> {
+    let body = era(text)?;
+    let malformed = || ValueProblem::Malformed(shorten(text));
+    let (date, time) = body.split_once(' ').ok_or_else(malformed)?;
+    timestamp_from_parts(text, date, time)
+}
+
+fn timestamp_from_parts(text: &str, date: &str, time: &str) -> Result<NaiveDateTime, ValueProblem> {
+    let malformed = || ValueProblem::Malformed(shorten(text));
+    let date = parse_date(date).map_err(|e| match e {
+        ValueProblem::OutOfRange(_) => ValueProblem::OutOfRange(text.to_owned()),
+        _ => malformed(),
+    })?;
+    let micros = parse_time(time).ok_or_else(malformed)?;
+    // 24:00:00 is not a valid time of a timestamp; PostgreSQL never prints it there.
+    let time = NaiveTime::from_num_seconds_from_midnight_opt(
+        u32::try_from(micros / 1_000_000).map_err(|_| malformed())?,
+        u32::try_from(micros % 1_000_000 * 1000).map_err(|_| malformed())?,
+    )
+    .ok_or_else(malformed)?;
+    Ok(date.and_time(time))
+}
+
+/// `<date> <time><offset>` where the offset is `±HH`, `±HH:MM` or `±HH:MM:SS`.
+fn parse_timestamptz(text: &str) -> Result<DateTime<Utc>, ValueProblem> {
+    let body = era(text)?;
+    let malformed = || ValueProblem::Malformed(shorten(text));
+    let (date, rest) = body.split_once(' ').ok_or_else(malformed)?;
+    let sign_at = rest.find(['+', '-']).ok_or_else(malformed)?;
+    let (time, offset) = rest.split_at(sign_at);
+    let local = timestamp_from_parts(text, date, time)?;
+    let sign = if offset.starts_with('-') { -1 } else { 1 };
+    let mut fields = offset[1..].split(':');
+    let mut seconds = 0_i64;
+    for (i, scale) in [3600, 60, 1].into_iter().enumerate() {
+        match fields.next() {
+            Some(f) if f.len() == 2 && f.bytes().all(|b| b.is_ascii_digit()) => {
+                seconds += f.parse::<i64>().map_err(|_| malformed())? * scale;
+            }
+            None if i > 0 => break,
+            _ => return Err(malformed()),
+        }
+    }
+    if fields.next().is_some() {
+        return Err(malformed());
+    }
+    let utc = local
+        .checked_sub_signed(TimeDelta::seconds(sign * seconds))
+        .ok_or_else(|| ValueProblem::OutOfRange(text.to_owned()))?;
+    Ok(utc.and_utc())
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn conv(oid: u32, text: &str) -> Result<Value, ValueProblem> {
+        text_value(builtin_type(oid).expect("builtin").conversion, text)
+    }
+
+    fn ok(oid: u32, text: &str) -> Value {
+        conv(oid, text).unwrap_or_else(|e| panic!("{text:?} as oid {oid}: {e}"))
+    }
+
+    fn ts(text: &str) -> NaiveDateTime {
+        NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f").unwrap()
+    }
+
+    #[test]
+    fn booleans() {
+        assert_eq!(ok(16, "t"), Value::Bool(true));
+        assert_eq!(ok(16, "f"), Value::Bool(false));
+        assert!(conv(16, "true").is_err());
+    }
+
+    #[test]
+    fn integers_at_their_extremes() {
+        assert_eq!(ok(21, "-32768"), Value::Int(-32768));
+        assert_eq!(ok(21, "32767"), Value::Int(32767));
+        assert_eq!(ok(23, "-2147483648"), Value::Int(i64::from(i32::MIN)));
+        assert_eq!(ok(23, "2147483647"), Value::Int(i64::from(i32::MAX)));
+        assert_eq!(ok(20, "-9223372036854775808"), Value::Int(i64::MIN));
+        assert_eq!(ok(20, "9223372036854775807"), Value::Int(i64::MAX));
+        assert_eq!(ok(26, "4294967295"), Value::Int(4_294_967_295));
+        assert_eq!(ok(20, "0"), Value::Int(0));
+        assert!(conv(20, "9223372036854775808").is_err());
+        assert!(conv(23, "1.0").is_err());
+    }
+
+    #[test]
+    fn numerics_keep_every_digit_and_the_specials() {
+        let forty = "-1234567890123456789012345678901234567890.0123456789";
+        assert_eq!(ok(1700, forty), Value::Decimal(forty.parse().unwrap()));
+        assert_eq!(ok(1700, "0.00"), Value::Decimal("0.00".parse().unwrap()));
+        assert_eq!(ok(1700, "NaN"), Value::Decimal("NaN".parse().unwrap()));
+        assert_eq!(
+            ok(1700, "Infinity"),
+            Value::Decimal("Infinity".parse().unwrap())
+        );
+        assert_eq!(
+            ok(1700, "-Infinity"),
+            Value::Decimal("-Infinity".parse().unwrap())
+        );
+        let Value::Decimal(d) = ok(1700, "-0.5") else {
+            panic!("not a decimal")
+        };
+        assert_eq!(d.as_str(), "-0.5");
+        assert!(conv(1700, "1e5").is_err());
+    }
+
+    #[test]
+    fn floats_incl_specials_and_extremes() {
+        assert_eq!(ok(701, "1.5"), Value::Float(1.5));
+        assert_eq!(ok(701, "-0.1"), Value::Float(-0.1));
+        assert_eq!(ok(701, "1.7976931348623157e+308"), Value::Float(f64::MAX));
+        assert_eq!(ok(701, "5e-324"), Value::Float(5e-324));
+        assert_eq!(ok(701, "Infinity"), Value::Float(f64::INFINITY));
+        assert_eq!(ok(701, "-Infinity"), Value::Float(f64::NEG_INFINITY));
+        let Value::Float(nan) = ok(701, "NaN") else {
+            panic!("not a float")
+        };
+        assert!(nan.is_nan());
+        assert_eq!(ok(700, "1.1"), Value::Float(f64::from(1.1_f32)));
+        assert_eq!(ok(700, "3.4028235e+38"), Value::Float(f64::from(f32::MAX)));
+        assert_eq!(ok(700, "-Infinity"), Value::Float(f64::NEG_INFINITY));
+        assert!(conv(701, "inf").is_err());
+        assert!(conv(701, "").is_err());
+    }
+
+    #[test]
+    fn text_types_keep_their_text() {
+        for oid in [25, 1043, 1042, 19, 18, 142, 869, 650, 829] {
+            assert_eq!(ok(oid, "héllo 🙂 "), Value::Text("héllo 🙂 ".into()));
+        }
+        assert_eq!(ok(25, ""), Value::Text(String::new()));
+        assert_eq!(
+            ok(3802, r#"{"a": [1, "🙂"]}"#),
+            Value::Json(r#"{"a": [1, "🙂"]}"#.into())
+        );
+        assert_eq!(
+            ok(114, r#"{"b":1, "b":2}"#),
+            Value::Json(r#"{"b":1, "b":2}"#.into())
+        );
+    }
+
+    #[test]
+    fn bytea_in_hex_with_zero_bytes() {
+        assert_eq!(ok(17, "\\x00ff00"), Value::Bytes(vec![0, 0xff, 0]));
+        assert_eq!(ok(17, "\\x"), Value::Bytes(Vec::new()));
+        assert_eq!(
+            ok(17, "\\xDEADbeef"),
+            Value::Bytes(vec![0xde, 0xad, 0xbe, 0xef])
+        );
+        assert!(conv(17, "\\x0").is_err());
+        assert!(conv(17, "\\xzz").is_err());
+        assert!(conv(17, "\\000").is_err(), "escape format is refused");
+    }
+
+    #[test]
+    fn dates() {
+        let date = |y, m, d| Value::Date(NaiveDate::from_ymd_opt(y, m, d).unwrap());
+        assert_eq!(ok(1082, "2024-02-29"), date(2024, 2, 29));
+        assert_eq!(ok(1082, "0001-01-01"), date(1, 1, 1));
+        assert_eq!(ok(1082, "9999-12-31"), date(9999, 12, 31));
+        assert_eq!(ok(1082, "10000-01-01"), date(10000, 1, 1));
+        assert_eq!(
+            conv(1082, "0001-12-31 BC"),
+            Err(ValueProblem::BeforeChrist("0001-12-31 BC".into()))
+        );
+        assert_eq!(
+            conv(1082, "infinity"),
+            Err(ValueProblem::Infinite("infinity".into()))
+        );
+        assert_eq!(
+            conv(1082, "-infinity"),
+            Err(ValueProblem::Infinite("-infinity".into()))
+        );
+        assert_eq!(
+            conv(1082, "5874897-12-31"),
+            Err(ValueProblem::OutOfRange("5874897-12-31".into()))
+        );
+        assert!(conv(1082, "2023-02-29").is_err());
+        assert!(conv(1082, "02/03/2024").is_err());
+    }
+
+    #[test]
+    fn times_with_fractions_and_midnight_24() {
+        assert_eq!(ok(1083, "00:00:00"), Value::Time(0));
+        assert_eq!(ok(1083, "13:45:07.5"), Value::Time(49_507_500_000));
+        assert_eq!(ok(1083, "23:59:59.999999"), Value::Time(86_399_999_999));
+        assert_eq!(ok(1083, "24:00:00"), Value::Time(86_400_000_000));
+        assert_eq!(ok(1083, "00:00:00.000001"), Value::Time(1));
+        assert!(conv(1083, "24:00:01").is_err());
+        assert!(conv(1083, "12:60:00").is_err());
+        assert!(conv(1083, "12:00:00.1234567").is_err());
+        assert!(conv(1083, "12:00").is_err());
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(
+            ok(1114, "2024-03-01 12:34:56.789012"),
+            Value::Timestamp(ts("2024-03-01 12:34:56.789012"))
+        );
+        assert_eq!(
+            ok(1114, "0001-01-01 00:00:00"),
+            Value::Timestamp(ts("0001-01-01 00:00:00"))
+        );
+        assert_eq!(
+            ok(1114, "9999-12-31 23:59:59.999999"),
+            Value::Timestamp(ts("9999-12-31 23:59:59.999999"))
+        );
+        assert_eq!(
+            conv(1114, "infinity"),
+            Err(ValueProblem::Infinite("infinity".into()))
+        );
+        assert_eq!(
+            conv(1114, "2000-01-01 00:00:00 BC"),
+            Err(ValueProblem::BeforeChrist("2000-01-01 00:00:00 BC".into()))
+        );
+        assert!(conv(1114, "2024-03-01T12:00:00").is_err());
+        assert!(conv(1114, "2024-03-01 24:00:00").is_err());
+    }
+
+    #[test]
+    fn timestamptz_is_normalised_to_utc_from_any_offset() {
+        let utc = |s: &str| Value::TimestampTz(ts(s).and_utc());
+        assert_eq!(
+            ok(1184, "2024-03-01 12:34:56.5+00"),
+            utc("2024-03-01 12:34:56.5")
+        );
+        assert_eq!(
+            ok(1184, "2024-03-01 12:34:56+05:30"),
+            utc("2024-03-01 07:04:56")
+        );
+        assert_eq!(
+            ok(1184, "2024-01-01 01:00:00.000001-03"),
+            utc("2024-01-01 04:00:00.000001")
+        );
+        assert_eq!(
+            ok(1184, "1900-01-01 00:00:00+00:19:32"),
+            utc("1899-12-31 23:40:28")
+        );
+        assert_eq!(
+            conv(1184, "-infinity"),
+            Err(ValueProblem::Infinite("-infinity".into()))
+        );
+        assert!(conv(1184, "2024-03-01 12:34:56").is_err());
+        assert!(conv(1184, "2024-03-01 12:34:56+5").is_err());
+        assert!(conv(1184, "2024-03-01 12:34:56+05:30:00:00").is_err());
+    }
+
+    #[test]
+    fn uuids() {
+        assert_eq!(
+            ok(2950, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
+            Value::Uuid(Uuid::parse_str("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11").unwrap())
+        );
+        assert!(conv(2950, "not-a-uuid").is_err());
+    }
+
+    #[test]
+    fn markers_nulls_and_refusals_name_the_column_and_type() {
+        let int4 = builtin_type(23).unwrap();
+        assert_eq!(column_value("n", &int4, &TupleValue::Null), Ok(Value::Null));
+        assert_eq!(
+            column_value("n", &int4, &TupleValue::UnchangedToast),
+            Ok(Value::Unchanged)
+        );
+        assert_eq!(
+            column_value("n", &int4, &TupleValue::Text(Bytes::from_static(b"7"))),
+            Ok(Value::Int(7))
+        );
+        let interval = PgType::new("interval", Conversion::Unsupported);
+        assert_eq!(
+            column_value("n", &interval, &TupleValue::Null),
+            Ok(Value::Null)
+        );
+        let err = column_value(
+            "waited",
+            &interval,
+            &TupleValue::Text(Bytes::from_static(b"1 day")),
+        )
+        .unwrap_err();
+        assert_eq!(err.problem, ValueProblem::UnsupportedType);
+        assert!(
+            err.to_string()
+                .starts_with("column waited of type interval: "),
+            "{err}"
+        );
+        let err = column_value(
+            "n",
+            &int4,
+            &TupleValue::Binary(Bytes::from_static(&[0, 0, 0, 7])),
+        )
+        .unwrap_err();
+        assert_eq!(err.problem, ValueProblem::Binary);
+        let err = column_value(
+            "t",
+            &builtin_type(25).unwrap(),
+            &TupleValue::Text(Bytes::from_static(&[0xff])),
+        )
+        .unwrap_err();
+        assert_eq!(err.problem, ValueProblem::NotUtf8);
+        let long = "9".repeat(100);
+        let err = conv(16, &long).unwrap_err();
+        assert_eq!(err, ValueProblem::Malformed(format!("{}…", &long[..64])));
+    }
+
+    #[test]
+    fn unknown_oids_are_not_builtin() {
+        assert_eq!(builtin_type(1186), None, "interval");
+        assert_eq!(builtin_type(16_384), None);
+    }
+}
