@@ -34,6 +34,9 @@ pub enum Command {
     /// Check that every site's server settings, privileges and mapped tables are ready for
     /// replication; prints the exact fix for each problem. Exits 0 only when all is ready.
     Check,
+    /// Replicate: stream every mapping's changes from its source into its target until
+    /// Ctrl-C or SIGTERM; resumes from where each target got to.
+    Run,
 }
 
 /// Runs the CLI and turns the outcome into an exit code: 0 success, 1 not ready / failed,
@@ -73,6 +76,13 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        Command::Run => match runtime.block_on(crate::run::run(&config)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                tracing::error!("{}", chain(&error));
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

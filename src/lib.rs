@@ -8,3 +8,7 @@ pub mod backoff;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod link;
+pub mod run;
+pub mod source;
+pub mod target;

@@ -1,0 +1,485 @@
+//! A link: one source site's change stream feeding every target site that maps its tables.
+//!
+//! # Delivery
+//!
+//! The source stream yields whole transactions in commit order. Each one gets a sequence
+//! number and is handed to one worker per target (bounded channels: a slow target slows the
+//! reader, memory stays bounded). A worker batches what is queued and writes it with its
+//! [`Target`] in one target transaction that also records the source position (see
+//! `duplex_connectors::apply`), then reports the last sequence number it committed.
+//!
+//! The source is acknowledged up to the newest item whose sequence number every target has
+//! committed — the lowest position all targets hold — so the source keeps its log exactly as
+//! long as some target still needs it. Heartbeats of an idle source take the sequence number
+//! of the last transaction before them, so a quiet source advances as soon as its targets
+//! have caught up.
+//!
+//! On (re)start the link asks every target how far it got and starts the stream at the lowest
+//! of those positions; each applier skips what it already holds, so nothing is applied twice
+//! and nothing is skipped, whichever process or server died where. Any failure ends the whole
+//! attempt (the target transaction in flight rolls back); transient failures are retried
+//! after a backoff, definite ones stop the link with what to fix.
+//!
+//! # Shutdown
+//!
+//! On the shutdown signal the reader stops, every worker finishes the target transaction it
+//! is writing (never more), the committed progress is acknowledged and the stream is closed.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use duplex_connectors::apply::{ApplyError, TableRoute};
+use duplex_connectors::{Position, PositionError, TableName, Transaction};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::backoff::Backoff;
+use crate::cli::chain;
+use crate::config::Site;
+use crate::source::{SourceError, SourceItem, SourceStream};
+use crate::target::Target;
+
+/// Transactions queued per target before the reader waits.
+const QUEUE: usize = 1024;
+/// Most transactions one target transaction carries.
+const BATCH_TRANSACTIONS: usize = 2000;
+/// Most row changes one target transaction carries (a single larger source transaction is
+/// still applied whole).
+const BATCH_EVENTS: usize = 20_000;
+/// How often a link logs its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// What a link reads and where it writes.
+#[derive(Debug, Clone)]
+pub struct LinkPlan {
+    /// The source site.
+    pub source: Site,
+    /// The source tables read (every route's source table).
+    pub tables: BTreeSet<TableName>,
+    /// The targets and their routes.
+    pub targets: Vec<TargetPlan>,
+}
+
+/// One target of a link.
+#[derive(Debug, Clone)]
+pub struct TargetPlan {
+    /// The target site.
+    pub site: Site,
+    /// Where each source table's rows go on this site.
+    pub routes: Vec<TableRoute>,
+}
+
+/// Why a link attempt ended.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The source's stream failed.
+    #[error("reading site {site}")]
+    Source {
+        /// Source site.
+        site: String,
+        /// Cause.
+        #[source]
+        source: SourceError,
+    },
+    /// Writing into a target failed.
+    #[error("applying into site {site}")]
+    Apply {
+        /// Target site.
+        site: String,
+        /// Cause.
+        #[source]
+        source: ApplyError,
+    },
+    /// Reading the mapped tables' schemas failed.
+    #[error("reading the schema of site {site}")]
+    Schema {
+        /// Site.
+        site: String,
+        /// Cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+        /// Whether retrying may help.
+        transient: bool,
+    },
+    /// Two targets hold positions that cannot be ordered.
+    #[error("the positions recorded on the targets cannot be compared")]
+    Position(#[source] PositionError),
+    /// A worker task panicked (a bug).
+    #[error("a target worker of this link crashed: {0}")]
+    Crashed(String),
+}
+
+impl LinkError {
+    /// True when retrying after a backoff may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            LinkError::Source { source, .. } => source.is_transient(),
+            LinkError::Apply { source, .. } => source.is_transient(),
+            LinkError::Schema { transient, .. } => *transient,
+            LinkError::Position(_) | LinkError::Crashed(_) => false,
+        }
+    }
+}
+
+/// Runs a link until `shutdown` turns true (Ok) or it fails definitively (Err). Transient
+/// failures are logged and retried with backoff.
+pub async fn run(plan: LinkPlan, mut shutdown: watch::Receiver<bool>) -> Result<(), LinkError> {
+    let name = link_name(&plan);
+    let mut backoff = Backoff::default();
+    loop {
+        backoff.attempt_started();
+        match attempt(&plan, &mut shutdown).await {
+            Ok(()) => return Ok(()),
+            Err(error) if error.is_transient() => {
+                let delay = backoff.failed();
+                tracing::warn!(link = %name, error = %chain(&error), "link interrupted; retrying in {delay:.1?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop_requested(&mut shutdown) => return Ok(()),
+                }
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Resolves once the shutdown flag is set.
+pub async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
+    // The guard wait_for returns is dropped at once, never held across an await.
+    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
+}
+
+/// `store -> erp, wms` for logs.
+pub fn link_name(plan: &LinkPlan) -> String {
+    let targets: Vec<&str> = plan.targets.iter().map(|t| t.site.name.as_str()).collect();
+    format!("{} -> {}", plan.source.name, targets.join(", "))
+}
+
+/// A worker's report: target index and the newest sequence number it committed.
+type Committed = (usize, u64);
+
+async fn attempt(plan: &LinkPlan, shutdown: &mut watch::Receiver<bool>) -> Result<(), LinkError> {
+    let source_name = plan.source.name.as_str();
+    let mut targets = Vec::with_capacity(plan.targets.len());
+    let mut start: Option<Position> = None;
+    let mut any_missing = false;
+    for target_plan in &plan.targets {
+        let apply_error = |source| LinkError::Apply {
+            site: target_plan.site.name.clone(),
+            source,
+        };
+        let mut target = Target::connect(&target_plan.site, target_plan.routes.clone())
+            .await
+            .map_err(apply_error)?;
+        match target.position(source_name).await.map_err(apply_error)? {
+            None => any_missing = true,
+            Some(position) => {
+                start = Some(match start {
+                    Some(current)
+                        if current.compare(&position).map_err(LinkError::Position)?
+                            == Ordering::Less =>
+                    {
+                        current
+                    }
+                    _ => position,
+                });
+            }
+        }
+        targets.push(target);
+    }
+    if any_missing && start.is_some() {
+        tracing::warn!(
+            source = source_name,
+            "some targets have never received changes from this source; they start at the position the others hold"
+        );
+    }
+    let mut stream = SourceStream::start(&plan.source, plan.tables.clone(), start.clone())
+        .await
+        .map_err(|source| LinkError::Source {
+            site: source_name.to_owned(),
+            source,
+        })?;
+    tracing::info!(link = %link_name(plan), start = %start.as_ref().map_or("the source's current position".to_owned(), ToString::to_string), "link started");
+
+    let (committed_tx, mut committed_rx) = mpsc::unbounded_channel::<Committed>();
+    let (stop_workers, _) = watch::channel(false);
+    let mut senders = Vec::new();
+    let mut workers = JoinSet::new();
+    for (index, (target, target_plan)) in targets.into_iter().zip(&plan.targets).enumerate() {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        senders.push((
+            tx,
+            target_plan
+                .routes
+                .iter()
+                .map(|r| r.source.clone())
+                .collect::<BTreeSet<_>>(),
+        ));
+        let site = target_plan.site.name.clone();
+        let committed = committed_tx.clone();
+        let stop = stop_workers.subscribe();
+        workers.spawn(async move {
+            worker(index, target, rx, committed, stop)
+                .await
+                .map_err(|source| LinkError::Apply { site, source })
+        });
+    }
+    drop(committed_tx);
+
+    let mut progress = Progress::new(link_name(plan), senders.len());
+    let mut sequence = 0u64;
+    // Items not yet acknowledged: (sequence number every target must reach, position).
+    let mut unacked: VecDeque<(u64, Position)> = VecDeque::new();
+    let outcome = loop {
+        tokio::select! {
+            biased;
+            _ = stop_requested(shutdown) => break Ok(()),
+            Some(joined) = workers.join_next() => {
+                break Err(match joined {
+                    Ok(Err(error)) => error,
+                    Ok(Ok(())) => LinkError::Crashed("a worker stopped unexpectedly".into()),
+                    Err(panic) => LinkError::Crashed(panic.to_string()),
+                });
+            }
+            Some((index, seq)) = committed_rx.recv() => {
+                progress.committed(index, seq);
+                acknowledge(&stream, &mut unacked, progress.low_water());
+                progress.maybe_log();
+            }
+            item = stream.next() => match item {
+                Err(source) => break Err(LinkError::Source { site: source_name.to_owned(), source }),
+                Ok(SourceItem::Heartbeat(position)) => {
+                    unacked.push_back((sequence, position));
+                    acknowledge(&stream, &mut unacked, progress.low_water());
+                }
+                Ok(SourceItem::Transaction(tx)) => {
+                    sequence += 1;
+                    progress.read(tx.events.len());
+                    unacked.push_back((sequence, tx.position.clone()));
+                    if let Err(error) = dispatch(&senders, sequence, tx, &mut workers).await {
+                        break Err(error);
+                    }
+                }
+            }
+        }
+    };
+    // Let every worker finish the target transaction it is writing, then stop.
+    let _ = stop_workers.send(true);
+    drop(senders);
+    let mut outcome = outcome;
+    while let Some(joined) = workers.join_next().await {
+        if let (Ok(Err(error)), Ok(())) = (joined, &outcome) {
+            outcome = Err(error);
+        }
+    }
+    while let Ok((index, seq)) = committed_rx.try_recv() {
+        progress.committed(index, seq);
+    }
+    acknowledge(&stream, &mut unacked, progress.low_water());
+    stream.shutdown().await;
+    tracing::info!(link = %link_name(plan), "link stopped");
+    outcome
+}
+
+/// Hands a transaction to every target, each with only the changes of tables routed there
+/// (possibly none: the target still records that it is past this position).
+async fn dispatch(
+    senders: &[Outlet],
+    sequence: u64,
+    tx: Transaction,
+    workers: &mut JoinSet<Result<(), LinkError>>,
+) -> Result<(), LinkError> {
+    let Some(((last, last_tables), others)) = senders.split_last() else {
+        return Ok(());
+    };
+    let mut sent = true;
+    for (sender, tables) in others {
+        sent &= hand_over(sender, tables, sequence, tx.clone()).await;
+    }
+    sent &= hand_over(last, last_tables, sequence, tx).await;
+    if sent {
+        return Ok(());
+    }
+    // A worker ended: report why.
+    Err(match workers.join_next().await {
+        Some(Ok(Err(error))) => error,
+        Some(Err(panic)) => LinkError::Crashed(panic.to_string()),
+        _ => LinkError::Crashed("a worker stopped unexpectedly".into()),
+    })
+}
+
+async fn hand_over(
+    sender: &mpsc::Sender<(u64, Transaction)>,
+    tables: &BTreeSet<TableName>,
+    sequence: u64,
+    mut tx: Transaction,
+) -> bool {
+    tx.events.retain(|e| tables.contains(&e.table));
+    sender.send((sequence, tx)).await.is_ok()
+}
+
+/// A target worker's queue and the source tables routed to it.
+type Outlet = (mpsc::Sender<(u64, Transaction)>, BTreeSet<TableName>);
+
+/// Acknowledges the newest item every target has committed.
+fn acknowledge(stream: &SourceStream, unacked: &mut VecDeque<(u64, Position)>, low_water: u64) {
+    let mut newest = None;
+    while unacked.front().is_some_and(|(seq, _)| *seq <= low_water) {
+        newest = unacked.pop_front().map(|(_, position)| position);
+    }
+    if let Some(position) = newest {
+        stream.ack(&position);
+    }
+}
+
+/// One target's writer: batches queued transactions and applies them.
+async fn worker(
+    index: usize,
+    mut target: Target,
+    mut queue: mpsc::Receiver<(u64, Transaction)>,
+    committed: mpsc::UnboundedSender<Committed>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), ApplyError> {
+    let mut batch = Vec::new();
+    loop {
+        if *stop.borrow() {
+            return Ok(());
+        }
+        let Some((mut last, first)) = queue.recv().await else {
+            return Ok(());
+        };
+        let mut events = first.events.len();
+        batch.clear();
+        batch.push(first);
+        while batch.len() < BATCH_TRANSACTIONS && events < BATCH_EVENTS {
+            match queue.try_recv() {
+                Ok((seq, tx)) => {
+                    events += tx.events.len();
+                    last = seq;
+                    batch.push(tx);
+                }
+                Err(_) => break,
+            }
+        }
+        if let Err(error) = target.apply(&batch).await {
+            if error.is_transient() || batch.len() == 1 {
+                return Err(error);
+            }
+            // A definite failure: apply the batch's transactions one by one so that every
+            // transaction before the offending one lands and the link stops exactly there.
+            for (offset, tx) in batch.iter().enumerate() {
+                target.apply(std::slice::from_ref(tx)).await?;
+                let seq = last + 1 + offset as u64 - batch.len() as u64;
+                if committed.send((index, seq)).is_err() {
+                    return Ok(());
+                }
+            }
+            tracing::warn!(error = %chain(&error), "a batch failed but each of its transactions applied alone");
+            continue;
+        }
+        if committed.send((index, last)).is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// Counters for the periodic progress line.
+struct Progress {
+    name: String,
+    committed: Vec<u64>,
+    read_transactions: u64,
+    read_events: u64,
+    last_log: Instant,
+    logged_events: u64,
+}
+
+impl Progress {
+    fn new(name: String, targets: usize) -> Progress {
+        Progress {
+            name,
+            committed: vec![0; targets],
+            read_transactions: 0,
+            read_events: 0,
+            last_log: Instant::now(),
+            logged_events: 0,
+        }
+    }
+
+    fn read(&mut self, events: usize) {
+        self.read_transactions += 1;
+        self.read_events += events as u64;
+    }
+
+    fn committed(&mut self, index: usize, seq: u64) {
+        self.committed[index] = self.committed[index].max(seq);
+    }
+
+    /// The sequence number every target has committed.
+    fn low_water(&self) -> u64 {
+        self.committed.iter().copied().min().unwrap_or(0)
+    }
+
+    fn maybe_log(&mut self) {
+        let elapsed = self.last_log.elapsed();
+        if elapsed < PROGRESS_EVERY {
+            return;
+        }
+        let rate = (self.read_events - self.logged_events) as f64 / elapsed.as_secs_f64();
+        tracing::info!(
+            link = %self.name,
+            transactions = self.read_transactions,
+            rows = self.read_events,
+            behind = self.read_transactions - self.low_water(),
+            "replicating, {rate:.0} rows/s"
+        );
+        self.last_log = Instant::now();
+        self.logged_events = self.read_events;
+    }
+}
+
+/// Builds the per-target routes of a source from the mappings, given the source tables'
+/// schemas.
+pub fn routes_for(
+    mappings: &[crate::config::Mapping],
+    source: &str,
+    target: &str,
+    schemas: &HashMap<TableName, duplex_connectors::TableSchema>,
+) -> Vec<TableRoute> {
+    let mut routes = Vec::new();
+    for mapping in mappings {
+        if !mapping.edges().contains(&(source, target)) {
+            continue;
+        }
+        let (Some(from), Some(to)) = (mapping.tables.get(source), mapping.tables.get(target))
+        else {
+            continue;
+        };
+        let Some(schema) = schemas.get(from) else {
+            continue;
+        };
+        let canonical: Vec<String> = match &mapping.columns {
+            Some(columns) => columns.clone(),
+            None => schema
+                .columns
+                .iter()
+                .map(|c| mapping.canonical_column(source, &c.name).to_owned())
+                .collect(),
+        };
+        routes.push(TableRoute {
+            source: from.clone(),
+            target: to.clone(),
+            columns: canonical
+                .iter()
+                .map(|c| {
+                    (
+                        mapping.site_column(source, c).to_owned(),
+                        mapping.site_column(target, c).to_owned(),
+                    )
+                })
+                .collect(),
+            key: schema.primary_key.clone(),
+        });
+    }
+    routes
+}

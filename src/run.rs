@@ -1,0 +1,144 @@
+//! `duplex run`: starts one link per source site and keeps them running until Ctrl-C or
+//! SIGTERM, resuming from where each target got to.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::cli::chain;
+use crate::config::{Config, Direction};
+use crate::link::{self, LinkError, LinkPlan, TargetPlan};
+use crate::source::{self, DescribeError};
+
+/// Why `duplex run` could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The configuration asks for something `run` cannot do yet.
+    #[error(
+        "mapping {0}: direction \"both\" needs the merge engine, which is not built yet: use a one-way direction (\"<site>-><site>\")"
+    )]
+    TwoWay(String),
+    /// The state directory cannot be used.
+    #[error("cannot use the state directory")]
+    State(#[from] duplex_state::StateError),
+    /// A source's tables cannot be read.
+    #[error("reading the mapped tables of site {site}")]
+    Describe {
+        /// The site.
+        site: String,
+        /// Cause.
+        #[source]
+        source: DescribeError,
+    },
+    /// One or more links stopped on a definite error (each was logged).
+    #[error("{0} link(s) stopped on errors (see the log above)")]
+    LinksFailed(usize),
+}
+
+/// Builds one link plan per source site.
+pub async fn plan(config: &Config) -> Result<Vec<LinkPlan>, RunError> {
+    let mut flows: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for mapping in &config.mappings {
+        if mapping.direction == Direction::Both {
+            return Err(RunError::TwoWay(mapping.name.clone()));
+        }
+        for (from, to) in mapping.edges() {
+            flows.entry(from).or_default().insert(to);
+        }
+    }
+    let mut plans = Vec::new();
+    for (source, targets) in flows {
+        let tables: BTreeSet<_> = config
+            .mappings
+            .iter()
+            .filter(|m| m.reads_from(source))
+            .filter_map(|m| m.tables.get(source).cloned())
+            .collect();
+        let site = &config.sites[source];
+        let schemas =
+            source::describe(site, &tables)
+                .await
+                .map_err(|source| RunError::Describe {
+                    site: site.name.clone(),
+                    source,
+                })?;
+        let targets = targets
+            .into_iter()
+            .map(|target| TargetPlan {
+                site: config.sites[target].clone(),
+                routes: link::routes_for(&config.mappings, source, target, &schemas),
+            })
+            .collect();
+        plans.push(LinkPlan {
+            source: site.clone(),
+            tables,
+            targets,
+        });
+    }
+    Ok(plans)
+}
+
+/// Runs every link until a shutdown signal; returns an error when a link stopped on a
+/// definite error.
+pub async fn run(config: &Config) -> Result<(), RunError> {
+    let _state = duplex_state::StateStore::open(&config.state_dir)?;
+    let plans = plan(config).await?;
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested: finishing the transactions being applied");
+        let _ = stop.send(true);
+    });
+    let mut links = JoinSet::new();
+    for plan in plans {
+        let name = link::link_name(&plan);
+        let stopped = stopped.clone();
+        links.spawn(async move { (name, link::run(plan, stopped).await) });
+    }
+    let mut failed = 0;
+    while let Some(joined) = links.join_next().await {
+        match joined {
+            Ok((_, Ok(()))) => {}
+            Ok((name, Err(error))) => {
+                failed += 1;
+                report_stopped(&name, &error);
+            }
+            Err(panic) => {
+                failed += 1;
+                tracing::error!(%panic, "a link crashed");
+            }
+        }
+    }
+    if failed > 0 {
+        Err(RunError::LinksFailed(failed))
+    } else {
+        Ok(())
+    }
+}
+
+fn report_stopped(name: &str, error: &LinkError) {
+    tracing::error!(link = %name, error = %chain(error), "link stopped: fix the cause and start duplex run again (it resumes where each target got to)");
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,48 @@
+//! One applier per (source, target) pair, whatever the target's kind.
+
+use duplex_connectors::apply::{Applier, ApplyError, ApplyOptions, TableRoute};
+use duplex_connectors::mysql::MysqlApplier;
+use duplex_connectors::postgres::PgApplier;
+use duplex_connectors::{Position, SiteKind, Transaction};
+
+use crate::config::Site;
+
+/// An applier writing into one target site.
+pub enum Target {
+    /// Into PostgreSQL.
+    Postgres(Box<PgApplier>),
+    /// Into MySQL/MariaDB.
+    Mysql(MysqlApplier),
+}
+
+impl Target {
+    /// Connects to `site` and checks `routes` against its tables.
+    pub async fn connect(site: &Site, routes: Vec<TableRoute>) -> Result<Target, ApplyError> {
+        let password = site.password.as_ref().map(|p| p.expose());
+        let options = ApplyOptions::default();
+        Ok(match site.kind {
+            SiteKind::Postgres => Target::Postgres(Box::new(
+                PgApplier::connect(&site.url, password, routes, options).await?,
+            )),
+            SiteKind::Mysql => {
+                Target::Mysql(MysqlApplier::connect(&site.url, password, routes, options).await?)
+            }
+        })
+    }
+
+    /// Writes a batch of whole transactions in one target transaction (see [`Applier`]).
+    pub async fn apply(&mut self, batch: &[Transaction]) -> Result<(), ApplyError> {
+        match self {
+            Target::Postgres(applier) => applier.apply(batch).await,
+            Target::Mysql(applier) => applier.apply(batch).await,
+        }
+    }
+
+    /// The last position of `source` committed here.
+    pub async fn position(&mut self, source: &str) -> Result<Option<Position>, ApplyError> {
+        match self {
+            Target::Postgres(applier) => applier.position(source).await,
+            Target::Mysql(applier) => applier.position(source).await,
+        }
+    }
+}
