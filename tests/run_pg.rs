@@ -404,3 +404,38 @@ fn a_restarted_source_or_target_server_is_reconnected_without_loss() {
     assert_eq!(duplex.terminate(), 0, "{log}");
     drop_slot(&source);
 }
+
+/// While the mapped tables are idle and other tables are written, the slot's confirmed
+/// position still advances: a quiet source never pins WAL.
+#[test]
+fn an_idle_mapped_table_does_not_pin_wal() {
+    let source = shared_pg().create_database();
+    source
+        .execute_as_duplex("CREATE TABLE mapped (id int PRIMARY KEY); CREATE TABLE other (id int PRIMARY KEY, v text);")
+        .unwrap();
+    let erp = shared_mariadb().create_database();
+    erp.sql("CREATE TABLE mapped (id INT PRIMARY KEY) ENGINE=InnoDB").unwrap();
+    let mut duplex = Duplex::run(&config(
+        &source,
+        &[("erp", erp.url())],
+        &[("mapped", "public.mapped", "erp", &format!("{}.mapped", erp.name()))],
+    ));
+    wait_streaming(&source, &mut duplex);
+    source
+        .execute_as_duplex("INSERT INTO other SELECT i, repeat('w', 200) FROM generate_series(1, 5000) i")
+        .unwrap();
+    let written = source.psql("SELECT pg_current_wal_lsn()").unwrap().trim().to_owned();
+    let slot = slot(&source);
+    wait_for("confirmed_flush_lsn to pass the unmapped writes", WAIT, || {
+        duplex.assert_running();
+        let confirmed = source
+            .psql(&format!(
+                "SELECT confirmed_flush_lsn >= '{written}'::pg_lsn, confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"
+            ))
+            .map_err(|e| e.to_string())?;
+        if confirmed.starts_with("t|") { Ok(()) } else { Err(confirmed) }
+    });
+    assert_eq!(erp.sql("SELECT count(*) FROM mapped").unwrap().trim(), "0");
+    assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
+    drop_slot(&source);
+}
