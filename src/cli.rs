@@ -1,6 +1,7 @@
 //! Command-line interface: `duplex --config FILE <command>`.
 
 use std::error::Error;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -43,10 +44,16 @@ pub enum Command {
 /// 2 unusable configuration or invocation.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `check` prints its own report; `run` is a long-running service whose log is its voice.
+    let default_filter = match cli.command {
+        Command::Check => "warn",
+        Command::Run => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_env("DUPLEX_LOG").unwrap_or_else(|_| EnvFilter::new("warn")),
+            EnvFilter::try_from_env("DUPLEX_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter)),
         )
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     let config = match Config::load(&cli.config) {
