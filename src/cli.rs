@@ -51,7 +51,8 @@ pub fn main() -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_env("DUPLEX_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter)),
+            EnvFilter::try_from_env("DUPLEX_LOG")
+                .unwrap_or_else(|_| EnvFilter::new(default_filter)),
         )
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
