@@ -6,7 +6,7 @@ mod harness;
 use std::time::Duration;
 
 use duplex_testkit::{MariaDatabase, PgDatabase, shared_mariadb, shared_pg};
-use harness::{Duplex, rows, wait_for};
+use harness::{Duplex, drop_slot, rows, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -29,19 +29,11 @@ fn wait_started(duplex: &mut Duplex, links: usize) {
     wait_for("the links to start", WAIT, || {
         duplex.assert_running();
         let started = duplex.log_text().matches("link started").count();
-        if started >= links { Ok(()) } else { Err(format!("{started} started")) }
-    });
-}
-
-fn drop_slot(source: &PgDatabase) {
-    let slot = format!("duplex_{0}_{0}", source.name());
-    wait_for("the slot to be dropped", WAIT, || {
-        source
-            .psql(&format!(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{slot}'"
-            ))
-            .map(drop)
-            .map_err(|e| e.to_string())
+        if started >= links {
+            Ok(())
+        } else {
+            Err(format!("{started} started"))
+        }
     });
 }
 
@@ -125,7 +117,11 @@ fn every_supported_mariadb_type_arrives_equal_on_postgres() {
     store.execute_as_duplex(PG_TYPES).unwrap();
     let config = site(erp.name(), "mysql", &erp.url())
         + &site(store.name(), "postgres", &store.url())
-        + &mapping("types", (erp.name(), &format!("{}.t", erp.name())), (store.name(), "public.t"));
+        + &mapping(
+            "types",
+            (erp.name(), &format!("{}.t", erp.name())),
+            (store.name(), "public.t"),
+        );
     let mut duplex = Duplex::run(&config);
     wait_started(&mut duplex, 1);
     erp.sql(CHANGES).unwrap();
@@ -134,7 +130,11 @@ fn every_supported_mariadb_type_arrives_equal_on_postgres() {
     wait_for("PostgreSQL to equal MariaDB, value by value", WAIT, || {
         duplex.assert_running();
         let got = normalise(rows(&store.psql(PG_ROWS).map_err(|e| e.to_string())?, '|'));
-        if got == expected { Ok(()) } else { Err(format!("\n got: {got:?}\nwant: {expected:?}")) }
+        if got == expected {
+            Ok(())
+        } else {
+            Err(format!("\n got: {got:?}\nwant: {expected:?}"))
+        }
     });
     assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
 }
@@ -142,21 +142,36 @@ fn every_supported_mariadb_type_arrives_equal_on_postgres() {
 #[test]
 fn a_zero_date_stops_the_link_with_a_clear_message() {
     let erp = shared_mariadb().create_database();
-    erp.sql("CREATE TABLE z (id INT PRIMARY KEY, d DATE) ENGINE=InnoDB").unwrap();
+    erp.sql("CREATE TABLE z (id INT PRIMARY KEY, d DATE) ENGINE=InnoDB")
+        .unwrap();
     let store = shared_pg().create_database();
-    store.execute_as_duplex("CREATE TABLE z (id int PRIMARY KEY, d date)").unwrap();
+    store
+        .execute_as_duplex("CREATE TABLE z (id int PRIMARY KEY, d date)")
+        .unwrap();
     let config = site(erp.name(), "mysql", &erp.url())
         + &site(store.name(), "postgres", &store.url())
-        + &mapping("z", (erp.name(), &format!("{}.z", erp.name())), (store.name(), "public.z"));
+        + &mapping(
+            "z",
+            (erp.name(), &format!("{}.z", erp.name())),
+            (store.name(), "public.z"),
+        );
     let mut duplex = Duplex::run(&config);
     wait_started(&mut duplex, 1);
     erp.sql("SET sql_mode = ''; INSERT INTO z VALUES (1, '2026-01-02'); INSERT INTO z VALUES (2, '0000-00-00');")
         .unwrap();
-    let code = wait_for("duplex to stop the link", WAIT, || duplex.exit_code().ok_or("still running".to_owned()));
+    let code = wait_for("duplex to stop the link", WAIT, || {
+        duplex.exit_code().ok_or("still running".to_owned())
+    });
     let log = duplex.log_text();
     assert_eq!(code, 1, "{log}");
-    assert!(log.contains("link stopped") && log.contains("zero date"), "{log}");
-    assert_eq!(store.psql("SELECT id, d FROM z").unwrap().trim(), "1|2026-01-02");
+    assert!(
+        log.contains("link stopped") && log.contains("zero date"),
+        "{log}"
+    );
+    assert_eq!(
+        store.psql("SELECT id, d FROM z").unwrap().trim(),
+        "1|2026-01-02"
+    );
 }
 
 /// 50,000 single-row transactions on MariaDB while duplex is killed with SIGKILL three times:
@@ -181,10 +196,18 @@ fn exactly_once_from_mariadb_across_sigkill_restarts() {
     )
     .unwrap();
     let store = shared_pg().create_database();
-    store.execute_as_duplex("CREATE TABLE events (id bigint PRIMARY KEY, payload text NOT NULL, n int NOT NULL)").unwrap();
+    store
+        .execute_as_duplex(
+            "CREATE TABLE events (id bigint PRIMARY KEY, payload text NOT NULL, n int NOT NULL)",
+        )
+        .unwrap();
     let config = site(erp.name(), "mysql", &erp.url())
         + &site(store.name(), "postgres", &store.url())
-        + &mapping("events", (erp.name(), &format!("{}.events", erp.name())), (store.name(), "public.events"));
+        + &mapping(
+            "events",
+            (erp.name(), &format!("{}.events", erp.name())),
+            (store.name(), "public.events"),
+        );
     let mut duplex = Duplex::run(&config);
     wait_started(&mut duplex, 1);
     let workload = std::thread::spawn({
@@ -192,7 +215,16 @@ fn exactly_once_from_mariadb_across_sigkill_restarts() {
         let database = erp.name().to_owned();
         move || {
             let status = std::process::Command::new("mariadb")
-                .args(["--protocol=tcp", "-h", "127.0.0.1", "-P", &port.to_string(), "-u", "duplex", "-pduplex"])
+                .args([
+                    "--protocol=tcp",
+                    "-h",
+                    "127.0.0.1",
+                    "-P",
+                    &port.to_string(),
+                    "-u",
+                    "duplex",
+                    "-pduplex",
+                ])
                 .args([&database, "-e", "CALL workload(50000)"])
                 .status()
                 .unwrap();
@@ -200,25 +232,55 @@ fn exactly_once_from_mariadb_across_sigkill_restarts() {
         }
     });
     let count = || -> Result<u64, String> {
-        store.psql("SELECT count(*) FROM events").map_err(|e| e.to_string())?.trim().parse().map_err(|e| format!("{e}"))
+        store
+            .psql("SELECT count(*) FROM events")
+            .map_err(|e| e.to_string())?
+            .trim()
+            .parse()
+            .map_err(|e| format!("{e}"))
     };
     for threshold in [2_000, 12_000, 25_000] {
-        wait_for(&format!("{threshold} rows on the target"), Duration::from_secs(300), || {
-            duplex.assert_running();
-            let n = count()?;
-            if n >= threshold { Ok(()) } else { Err(format!("{n} rows")) }
-        });
+        wait_for(
+            &format!("{threshold} rows on the target"),
+            Duration::from_secs(300),
+            || {
+                duplex.assert_running();
+                let n = count()?;
+                if n >= threshold {
+                    Ok(())
+                } else {
+                    Err(format!("{n} rows"))
+                }
+            },
+        );
         duplex.kill();
         duplex.start();
     }
     workload.join().unwrap();
-    let expected = rows(&erp.sql("SELECT id, payload, n FROM events ORDER BY id").unwrap(), '\t');
+    let expected = rows(
+        &erp.sql("SELECT id, payload, n FROM events ORDER BY id")
+            .unwrap(),
+        '\t',
+    );
     assert_eq!(expected.len(), 48_000, "the workload leaves 48,000 rows");
-    wait_for("the target to equal the source", Duration::from_secs(300), || {
-        duplex.assert_running();
-        let got = rows(&store.psql("SELECT id, payload, n FROM events ORDER BY id").map_err(|e| e.to_string())?, '|');
-        if got == expected { Ok(()) } else { Err(format!("{} rows, source {}", got.len(), expected.len())) }
-    });
+    wait_for(
+        "the target to equal the source",
+        Duration::from_secs(300),
+        || {
+            duplex.assert_running();
+            let got = rows(
+                &store
+                    .psql("SELECT id, payload, n FROM events ORDER BY id")
+                    .map_err(|e| e.to_string())?,
+                '|',
+            );
+            if got == expected {
+                Ok(())
+            } else {
+                Err(format!("{} rows, source {}", got.len(), expected.len()))
+            }
+        },
+    );
     assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
 }
 
@@ -241,21 +303,41 @@ fn both_one_way_directions_run_at_once() {
     .unwrap();
     let config = site(store.name(), "postgres", &store.url())
         + &site(erp.name(), "mysql", &erp.url())
-        + &mapping("orders", (store.name(), "public.orders"), (erp.name(), &format!("{}.orders", erp.name())))
-        + &mapping("stock", (erp.name(), &format!("{}.stock", erp.name())), (store.name(), "public.stock"));
+        + &mapping(
+            "orders",
+            (store.name(), "public.orders"),
+            (erp.name(), &format!("{}.orders", erp.name())),
+        )
+        + &mapping(
+            "stock",
+            (erp.name(), &format!("{}.stock", erp.name())),
+            (store.name(), "public.stock"),
+        );
     let mut duplex = Duplex::run(&config);
     wait_started(&mut duplex, 2);
     store.execute_as_duplex("INSERT INTO orders VALUES (1, 'paid'), (2, 'new'); UPDATE orders SET status = 'shipped' WHERE id = 1;").unwrap();
     erp.sql("INSERT INTO stock VALUES ('MUG', 10), ('TEE', 3); UPDATE stock SET on_hand = on_hand - 1 WHERE sku = 'MUG';").unwrap();
     wait_for("orders on MariaDB", WAIT, || {
         duplex.assert_running();
-        let got = erp.sql("SELECT id, status FROM orders ORDER BY id").map_err(|e| e.to_string())?;
-        if got.trim() == "1\tshipped\n2\tnew" { Ok(()) } else { Err(got) }
+        let got = erp
+            .sql("SELECT id, status FROM orders ORDER BY id")
+            .map_err(|e| e.to_string())?;
+        if got.trim() == "1\tshipped\n2\tnew" {
+            Ok(())
+        } else {
+            Err(got)
+        }
     });
     wait_for("stock on PostgreSQL", WAIT, || {
         duplex.assert_running();
-        let got = store.psql("SELECT sku, on_hand FROM stock ORDER BY sku").map_err(|e| e.to_string())?;
-        if got.trim() == "MUG|9\nTEE|3" { Ok(()) } else { Err(got) }
+        let got = store
+            .psql("SELECT sku, on_hand FROM stock ORDER BY sku")
+            .map_err(|e| e.to_string())?;
+        if got.trim() == "MUG|9\nTEE|3" {
+            Ok(())
+        } else {
+            Err(got)
+        }
     });
     assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
     drop_slot(&store);

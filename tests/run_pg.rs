@@ -6,7 +6,7 @@ mod harness;
 use std::time::Duration;
 
 use duplex_testkit::{MariaDatabase, PgDatabase, shared_mariadb, shared_pg};
-use harness::{Duplex, rows, wait_for};
+use harness::{Duplex, drop_slot, pg_slot, rows, wait_for, wait_slot_active};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -40,41 +40,6 @@ fn config(
         ));
     }
     text
-}
-
-/// The slot duplex creates for a source database whose site is named after it.
-fn slot(source: &PgDatabase) -> String {
-    format!("duplex_{0}_{0}", source.name())
-}
-
-/// Waits until duplex's slot is active (streaming), so later changes are all replicated.
-fn wait_streaming(source: &PgDatabase, duplex: &mut Duplex) {
-    let slot = slot(source);
-    wait_for("the replication slot to be active", WAIT, || {
-        duplex.assert_running();
-        let active = source
-            .psql(&format!(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = '{slot}'"
-            ))
-            .map_err(|e| e.to_string())?;
-        if active.trim() == "t" {
-            Ok(())
-        } else {
-            Err(format!("active = {active:?}"))
-        }
-    });
-}
-
-/// Drops duplex's slot (after duplex stopped), so the database can be dropped and no WAL is
-/// pinned.
-fn drop_slot(source: &PgDatabase) {
-    let slot = slot(source);
-    wait_for("the slot to be dropped", WAIT, || {
-        source
-            .psql(&format!("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{slot}'"))
-            .map(drop)
-            .map_err(|e| e.to_string())
-    });
 }
 
 const PG_ITEMS: &str = "CREATE TABLE items (id bigint PRIMARY KEY, name text NOT NULL, price numeric(12,2), \
@@ -117,7 +82,7 @@ fn inserts_updates_deletes_and_key_changes_reach_mariadb_and_postgres() {
             ("items_wms", "public.items", "wms", "public.items"),
         ],
     ));
-    wait_streaming(&source, &mut duplex);
+    wait_slot_active(&source, &mut duplex);
 
     source
         .execute_as_duplex(
@@ -193,7 +158,7 @@ fn an_unchanged_toasted_value_is_kept_on_the_targets() {
             ("docs_wms", "public.docs", "wms", "public.docs"),
         ],
     ));
-    wait_streaming(&source, &mut duplex);
+    wait_slot_active(&source, &mut duplex);
     source
         .execute_as_duplex(
             "INSERT INTO docs SELECT 1, 'draft', string_agg(md5(i::text), '') FROM generate_series(1, 3200) i;
@@ -256,7 +221,7 @@ fn exactly_once_across_sigkill_restarts() {
             &format!("{}.events", erp.name()),
         )],
     ));
-    wait_streaming(&source, &mut duplex);
+    wait_slot_active(&source, &mut duplex);
 
     let workload_db = source.url();
     let workload = std::thread::spawn({
@@ -352,7 +317,7 @@ fn a_restarted_source_or_target_server_is_reconnected_without_loss() {
             &format!("{}.ticks", erp.name()),
         )],
     ));
-    wait_streaming(&source, &mut duplex);
+    wait_slot_active(&source, &mut duplex);
     let count = || -> Result<u64, String> {
         erp.sql("SELECT count(*) FROM ticks")
             .map_err(|e| e.to_string())?
@@ -414,27 +379,47 @@ fn an_idle_mapped_table_does_not_pin_wal() {
         .execute_as_duplex("CREATE TABLE mapped (id int PRIMARY KEY); CREATE TABLE other (id int PRIMARY KEY, v text);")
         .unwrap();
     let erp = shared_mariadb().create_database();
-    erp.sql("CREATE TABLE mapped (id INT PRIMARY KEY) ENGINE=InnoDB").unwrap();
+    erp.sql("CREATE TABLE mapped (id INT PRIMARY KEY) ENGINE=InnoDB")
+        .unwrap();
     let mut duplex = Duplex::run(&config(
         &source,
         &[("erp", erp.url())],
-        &[("mapped", "public.mapped", "erp", &format!("{}.mapped", erp.name()))],
+        &[(
+            "mapped",
+            "public.mapped",
+            "erp",
+            &format!("{}.mapped", erp.name()),
+        )],
     ));
-    wait_streaming(&source, &mut duplex);
+    wait_slot_active(&source, &mut duplex);
     source
-        .execute_as_duplex("INSERT INTO other SELECT i, repeat('w', 200) FROM generate_series(1, 5000) i")
+        .execute_as_duplex(
+            "INSERT INTO other SELECT i, repeat('w', 200) FROM generate_series(1, 5000) i",
+        )
         .unwrap();
-    let written = source.psql("SELECT pg_current_wal_lsn()").unwrap().trim().to_owned();
-    let slot = slot(&source);
-    wait_for("confirmed_flush_lsn to pass the unmapped writes", WAIT, || {
-        duplex.assert_running();
-        let confirmed = source
+    let written = source
+        .psql("SELECT pg_current_wal_lsn()")
+        .unwrap()
+        .trim()
+        .to_owned();
+    let slot = pg_slot(&source);
+    wait_for(
+        "confirmed_flush_lsn to pass the unmapped writes",
+        WAIT,
+        || {
+            duplex.assert_running();
+            let confirmed = source
             .psql(&format!(
                 "SELECT confirmed_flush_lsn >= '{written}'::pg_lsn, confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"
             ))
             .map_err(|e| e.to_string())?;
-        if confirmed.starts_with("t|") { Ok(()) } else { Err(confirmed) }
-    });
+            if confirmed.starts_with("t|") {
+                Ok(())
+            } else {
+                Err(confirmed)
+            }
+        },
+    );
     assert_eq!(erp.sql("SELECT count(*) FROM mapped").unwrap().trim(), "0");
     assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
     drop_slot(&source);

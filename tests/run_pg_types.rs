@@ -7,7 +7,7 @@ mod harness;
 use std::time::Duration;
 
 use duplex_testkit::{PgDatabase, shared_mariadb, shared_pg};
-use harness::{Duplex, rows, wait_for};
+use harness::{Duplex, drop_slot, rows, wait_for, wait_slot_active};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -26,35 +26,6 @@ fn config(source: &PgDatabase, target: (&str, String), table: &str, target_table
         src = source.name(),
         src_url = source.url(),
     )
-}
-
-fn wait_streaming(source: &PgDatabase, duplex: &mut Duplex) {
-    let slot = format!("duplex_{0}_{0}", source.name());
-    wait_for("the replication slot to be active", WAIT, || {
-        duplex.assert_running();
-        let active = source
-            .psql(&format!(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = '{slot}'"
-            ))
-            .map_err(|e| e.to_string())?;
-        if active.trim() == "t" {
-            Ok(())
-        } else {
-            Err(format!("active = {active:?}"))
-        }
-    });
-}
-
-fn drop_slot(source: &PgDatabase) {
-    let slot = format!("duplex_{0}_{0}", source.name());
-    wait_for("the slot to be dropped", WAIT, || {
-        source
-            .psql(&format!(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{slot}'"
-            ))
-            .map(drop)
-            .map_err(|e| e.to_string())
-    });
 }
 
 const PG_TYPES: &str = "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy ☺');
@@ -141,7 +112,7 @@ fn every_supported_type_arrives_equal_on_mariadb() {
         "public.t",
         &format!("{}.t", erp.name()),
     ));
-    wait_streaming(&source, &mut duplex);
+    wait_slot_active(&source, &mut duplex);
     source.execute_as_duplex(CHANGES).unwrap();
     let expected = normalise(rows(&source.psql(PG_ROWS).unwrap(), '|'));
     assert_eq!(expected.len(), 4);
@@ -165,7 +136,7 @@ fn every_supported_type_arrives_equal_on_postgres_including_nan_and_infinity() {
     let wms = shared_pg().create_database();
     wms.execute_as_duplex(PG_TYPES).unwrap();
     let mut duplex = Duplex::run(&config(&source, ("wms", wms.url()), "public.t", "public.t"));
-    wait_streaming(&source, &mut duplex);
+    wait_slot_active(&source, &mut duplex);
     source.execute_as_duplex(CHANGES).unwrap();
     source
         .execute_as_duplex("INSERT INTO t (id, num, r, d) VALUES (7, 'NaN', 'Infinity', 'NaN')")
@@ -201,7 +172,7 @@ fn a_value_the_target_cannot_hold_stops_the_link_with_a_clear_message() {
         "public.m",
         &format!("{}.m", erp.name()),
     ));
-    wait_streaming(&source, &mut duplex);
+    wait_slot_active(&source, &mut duplex);
     source.execute_as_duplex("INSERT INTO m VALUES (1, 1.5); INSERT INTO m VALUES (2, 'NaN'); INSERT INTO m VALUES (3, 2.5);").unwrap();
     let code = wait_for("duplex to stop the link", WAIT, || {
         match duplex.exit_code() {

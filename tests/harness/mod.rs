@@ -112,6 +112,22 @@ impl Duplex {
     pub fn config_path(&self) -> &Path {
         &self.config
     }
+
+    /// The running process's peak resident set size so far, in bytes (`VmHWM` of
+    /// `/proc/<pid>/status`); `None` when it is not running or the value is not available.
+    pub fn peak_rss_bytes(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kb: u64 = line
+            .trim_start_matches("VmHWM:")
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kb * 1024)
+    }
 }
 
 impl Drop for Duplex {
@@ -148,4 +164,47 @@ pub fn rows(output: &str, separator: char) -> Vec<Vec<String>> {
         .filter(|l| !l.is_empty())
         .map(|l| l.split(separator).map(str::to_owned).collect())
         .collect()
+}
+
+/// The replication slot duplex creates for a PostgreSQL source database whose site is named
+/// after the database (as every end-to-end test names it, so parallel tests never share one).
+pub fn pg_slot(source: &duplex_testkit::PgDatabase) -> String {
+    format!("duplex_{0}_{0}", source.name())
+}
+
+/// Waits until duplex's slot on `source` is active (streaming): every later commit is
+/// replicated.
+pub fn wait_slot_active(source: &duplex_testkit::PgDatabase, duplex: &mut Duplex) {
+    let slot = pg_slot(source);
+    wait_for(
+        "the replication slot to be active",
+        Duration::from_secs(60),
+        || {
+            duplex.assert_running();
+            let active = source
+                .psql(&format!(
+                    "SELECT active FROM pg_replication_slots WHERE slot_name = '{slot}'"
+                ))
+                .map_err(|e| e.to_string())?;
+            if active.trim() == "t" {
+                Ok(())
+            } else {
+                Err(format!("active = {active:?}"))
+            }
+        },
+    );
+}
+
+/// Drops duplex's slot on `source` once duplex has let go of it, so no WAL stays pinned and
+/// the database can be dropped.
+pub fn drop_slot(source: &duplex_testkit::PgDatabase) {
+    let slot = pg_slot(source);
+    wait_for("the slot to be dropped", Duration::from_secs(60), || {
+        source
+            .psql(&format!(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{slot}'"
+            ))
+            .map(drop)
+            .map_err(|e| e.to_string())
+    });
 }
