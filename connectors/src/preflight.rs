@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::{TableName, TableSchema};
+
 /// How a checked item stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Status {
@@ -74,5 +76,32 @@ impl fmt::Display for Finding {
             write!(f, "\n        -> {fix}")?;
         }
         Ok(())
+    }
+}
+
+/// The finding for a mapped table that does not exist.
+pub fn missing_table(table: &TableName) -> Finding {
+    Finding::fail(
+        format!("table {table} does not exist"),
+        "create it, or correct the table name in the mapping",
+    )
+}
+
+/// The finding on a mapped table's primary key; `quoted` is the table name as the kind's SQL
+/// writes it, for the fix.
+pub fn primary_key(schema: &TableSchema, quoted: &str) -> Finding {
+    let table = &schema.name;
+    if schema.primary_key.is_empty() {
+        Finding::fail(
+            format!("table {table} has no primary key"),
+            format!(
+                "duplex identifies rows by primary key: ALTER TABLE {quoted} ADD PRIMARY KEY (<columns>)"
+            ),
+        )
+    } else {
+        Finding::ok(format!(
+            "table {table}: primary key ({})",
+            schema.primary_key.join(", ")
+        ))
     }
 }

@@ -5,7 +5,7 @@ use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 
 use crate::TableName;
-use crate::preflight::Finding;
+use crate::preflight::{self, Finding};
 
 use super::{MysqlError, TableInfo, describe_table, quote_ident};
 
@@ -110,32 +110,14 @@ pub async fn check_table(
     table: &TableName,
 ) -> Result<(Vec<Finding>, Option<TableInfo>), MysqlError> {
     let Some(info) = describe_table(conn, table).await? else {
-        return Ok((
-            vec![Finding::fail(
-                format!("table {table} does not exist"),
-                "create it, or correct the table name in the mapping",
-            )],
-            None,
-        ));
+        return Ok((vec![preflight::missing_table(table)], None));
     };
     let quoted = format!(
         "{}.{}",
         quote_ident(&table.schema),
         quote_ident(&table.name)
     );
-    let mut findings = vec![if info.schema.primary_key.is_empty() {
-        Finding::fail(
-            format!("table {table} has no primary key"),
-            format!(
-                "duplex identifies rows by primary key: ALTER TABLE {quoted} ADD PRIMARY KEY (<columns>)"
-            ),
-        )
-    } else {
-        Finding::ok(format!(
-            "table {table}: primary key ({})",
-            info.schema.primary_key.join(", ")
-        ))
-    }];
+    let mut findings = vec![preflight::primary_key(&info.schema, &quoted)];
     findings.push(Finding::require(
         info.engine.eq_ignore_ascii_case("InnoDB"),
         format!("table {table}: engine {}", info.engine),

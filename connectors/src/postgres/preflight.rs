@@ -4,7 +4,7 @@
 use tokio_postgres::Client;
 
 use crate::TableName;
-use crate::preflight::Finding;
+use crate::preflight::{self, Finding};
 
 use super::{PgError, ReplicaIdentity, TableInfo, describe_table, quote_ident};
 
@@ -95,32 +95,14 @@ pub async fn check_table(
     usage: TableUse,
 ) -> Result<(Vec<Finding>, Option<TableInfo>), PgError> {
     let Some(info) = describe_table(client, table).await? else {
-        return Ok((
-            vec![Finding::fail(
-                format!("table {table} does not exist"),
-                "create it, or correct the table name in the mapping",
-            )],
-            None,
-        ));
+        return Ok((vec![preflight::missing_table(table)], None));
     };
     let quoted = format!(
         "{}.{}",
         quote_ident(&table.schema),
         quote_ident(&table.name)
     );
-    let mut findings = vec![if info.schema.primary_key.is_empty() {
-        Finding::fail(
-            format!("table {table} has no primary key"),
-            format!(
-                "duplex identifies rows by primary key: ALTER TABLE {quoted} ADD PRIMARY KEY (<columns>)"
-            ),
-        )
-    } else {
-        Finding::ok(format!(
-            "table {table}: primary key ({})",
-            info.schema.primary_key.join(", ")
-        ))
-    }];
+    let mut findings = vec![preflight::primary_key(&info.schema, &quoted)];
     if usage.read {
         findings.push(match info.replica_identity {
             ReplicaIdentity::Nothing => Finding::fail(
