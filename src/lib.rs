@@ -9,6 +9,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod link;
+pub mod merge;
 pub mod run;
 pub mod source;
 pub mod target;
