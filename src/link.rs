@@ -20,18 +20,36 @@
 //! attempt (the target transaction in flight rolls back); transient failures are retried
 //! after a backoff, definite ones stop the link with what to fix.
 //!
+//! # Large transactions and memory
+//!
+//! A source transaction too large to hold arrives as parts followed by its final transaction
+//! (see `duplex_connectors::apply`). Parts get no sequence number (they cannot be
+//! acknowledged); they are handed to every target, filtered like transactions (a target that
+//! no part concerns is not sent empty ones). A worker that meets a part first commits the
+//! batch it has gathered, then writes the parts into one open target transaction and applies
+//! the final transaction alone, which commits it and reports its sequence number as usual.
+//!
+//! Every queued item holds permits of its target's event budget (`QUEUE_EVENTS` changes),
+//! released when the worker has written it, besides the `QUEUE` bound on items. So per
+//! target at most about `QUEUE_EVENTS` changes wait or are being written, plus the part the
+//! reader is filling: memory is bounded whatever the size of a source transaction.
+//!
 //! # Shutdown
 //!
 //! On the shutdown signal the reader stops, every worker finishes the target transaction it
-//! is writing (never more), the committed progress is acknowledged and the stream is closed.
+//! is writing (never more), the committed progress is acknowledged and the stream is closed. A
+//! large transaction whose final piece was not read yet cannot be finished: its open target
+//! transaction is rolled back, and the next run delivers it again from its first part.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use duplex_connectors::apply::{ApplyError, TableRoute};
-use duplex_connectors::{Position, PositionError, TableName, Transaction};
-use tokio::sync::{mpsc, watch};
+use duplex_connectors::{
+    ChangeEvent, Position, PositionError, TableName, Transaction, TransactionPart,
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::backoff::Backoff;
@@ -42,6 +60,8 @@ use crate::target::Target;
 
 /// Transactions queued per target before the reader waits.
 const QUEUE: usize = 1024;
+/// Row changes queued (or being written) per target before the reader waits.
+const QUEUE_EVENTS: usize = 40_000;
 /// Most transactions one target transaction carries.
 const BATCH_TRANSACTIONS: usize = 2000;
 /// Most row changes one target transaction carries (a single larger source transaction is
@@ -208,14 +228,15 @@ async fn attempt(plan: &LinkPlan, shutdown: &mut watch::Receiver<bool>) -> Resul
     let mut workers = JoinSet::new();
     for (index, (target, target_plan)) in targets.into_iter().zip(&plan.targets).enumerate() {
         let (tx, rx) = mpsc::channel(QUEUE);
-        senders.push((
-            tx,
-            target_plan
+        senders.push(Outlet {
+            queue: tx,
+            budget: std::sync::Arc::new(Semaphore::new(QUEUE_EVENTS)),
+            tables: target_plan
                 .routes
                 .iter()
                 .map(|r| r.source.clone())
                 .collect::<BTreeSet<_>>(),
-        ));
+        });
         let site = target_plan.site.name.clone();
         let committed = committed_tx.clone();
         let stop = stop_workers.subscribe();
@@ -257,7 +278,13 @@ async fn attempt(plan: &LinkPlan, shutdown: &mut watch::Receiver<bool>) -> Resul
                     sequence += 1;
                     progress.read(tx.events.len());
                     unacked.push_back((sequence, tx.position.clone()));
-                    if let Err(error) = dispatch(&senders, sequence, tx, &mut workers).await {
+                    if let Err(error) = dispatch(&senders, Piece::Transaction(sequence, tx), &mut workers).await {
+                        break Err(error);
+                    }
+                }
+                Ok(SourceItem::Part(part)) => {
+                    progress.read_part(part.events.len());
+                    if let Err(error) = dispatch(&senders, Piece::Part(part), &mut workers).await {
                         break Err(error);
                     }
                 }
@@ -282,22 +309,89 @@ async fn attempt(plan: &LinkPlan, shutdown: &mut watch::Receiver<bool>) -> Resul
     outcome
 }
 
-/// Hands a transaction to every target, each with only the changes of tables routed there
-/// (possibly none: the target still records that it is past this position).
+/// What the reader hands a target worker.
+#[derive(Debug)]
+enum Piece {
+    /// A transaction and its sequence number (the final piece of a large one included).
+    Transaction(u64, Transaction),
+    /// A part of a large transaction.
+    Part(TransactionPart),
+}
+
+impl Piece {
+    fn events(&self) -> &[ChangeEvent] {
+        match self {
+            Piece::Transaction(_, tx) => &tx.events,
+            Piece::Part(part) => &part.events,
+        }
+    }
+
+    /// A copy with only the changes of `tables`.
+    fn filtered(&self, tables: &BTreeSet<TableName>) -> Piece {
+        let events = self
+            .events()
+            .iter()
+            .filter(|e| tables.contains(&e.table))
+            .cloned()
+            .collect();
+        match self {
+            Piece::Transaction(seq, tx) => Piece::Transaction(
+                *seq,
+                Transaction {
+                    source: tx.source.clone(),
+                    position: tx.position.clone(),
+                    commit_time: tx.commit_time,
+                    origin: tx.origin,
+                    events,
+                },
+            ),
+            Piece::Part(part) => Piece::Part(TransactionPart {
+                source: part.source.clone(),
+                start: part.start.clone(),
+                origin: part.origin,
+                events,
+            }),
+        }
+    }
+
+    /// Keeps only the changes of `tables`.
+    fn retain(&mut self, tables: &BTreeSet<TableName>) {
+        match self {
+            Piece::Transaction(_, tx) => tx.events.retain(|e| tables.contains(&e.table)),
+            Piece::Part(part) => part.events.retain(|e| tables.contains(&e.table)),
+        }
+    }
+}
+
+/// A piece queued for a worker, holding its share of the target's event budget until it is
+/// written.
+type Queued = (Piece, OwnedSemaphorePermit);
+
+/// A target worker's queue, its event budget and the source tables routed to it.
+struct Outlet {
+    queue: mpsc::Sender<Queued>,
+    budget: std::sync::Arc<Semaphore>,
+    tables: BTreeSet<TableName>,
+}
+
+/// Hands a transaction or part to every target, each with only the changes of tables routed
+/// there (a transaction possibly with none: the target still records that it is past this
+/// position; a part with none is not sent).
 async fn dispatch(
     senders: &[Outlet],
-    sequence: u64,
-    tx: Transaction,
+    piece: Piece,
     workers: &mut JoinSet<Result<(), LinkError>>,
 ) -> Result<(), LinkError> {
-    let Some(((last, last_tables), others)) = senders.split_last() else {
+    let Some((last, others)) = senders.split_last() else {
         return Ok(());
     };
     let mut sent = true;
-    for (sender, tables) in others {
-        sent &= hand_over(sender, tables, sequence, tx.clone()).await;
+    for outlet in others {
+        sent &= hand_over(outlet, piece.filtered(&outlet.tables)).await;
     }
-    sent &= hand_over(last, last_tables, sequence, tx).await;
+    let mut piece = piece;
+    piece.retain(&last.tables);
+    sent &= hand_over(last, piece).await;
     if sent {
         return Ok(());
     }
@@ -309,18 +403,17 @@ async fn dispatch(
     })
 }
 
-async fn hand_over(
-    sender: &mpsc::Sender<(u64, Transaction)>,
-    tables: &BTreeSet<TableName>,
-    sequence: u64,
-    mut tx: Transaction,
-) -> bool {
-    tx.events.retain(|e| tables.contains(&e.table));
-    sender.send((sequence, tx)).await.is_ok()
+/// Queues `piece` for one worker once its event budget allows; false when the worker ended.
+async fn hand_over(outlet: &Outlet, piece: Piece) -> bool {
+    if matches!(&piece, Piece::Part(part) if part.events.is_empty()) {
+        return true;
+    }
+    let permits = piece.events().len().clamp(1, QUEUE_EVENTS) as u32;
+    let Ok(permit) = outlet.budget.clone().acquire_many_owned(permits).await else {
+        return false;
+    };
+    outlet.queue.send((piece, permit)).await.is_ok()
 }
-
-/// A target worker's queue and the source tables routed to it.
-type Outlet = (mpsc::Sender<(u64, Transaction)>, BTreeSet<TableName>);
 
 /// Acknowledges the newest item every target has committed.
 fn acknowledge(stream: &SourceStream, unacked: &mut VecDeque<(u64, Position)>, low_water: u64) {
@@ -333,31 +426,61 @@ fn acknowledge(stream: &SourceStream, unacked: &mut VecDeque<(u64, Position)>, l
     }
 }
 
-/// One target's writer: batches queued transactions and applies them.
+/// One target's writer: batches queued transactions and applies them; writes the parts of a
+/// large transaction and then its final transaction alone.
 async fn worker(
     index: usize,
     mut target: Target,
-    mut queue: mpsc::Receiver<(u64, Transaction)>,
+    mut queue: mpsc::Receiver<Queued>,
     committed: mpsc::UnboundedSender<Committed>,
     stop: watch::Receiver<bool>,
 ) -> Result<(), ApplyError> {
     let mut batch = Vec::new();
+    // Permits of the batch's transactions, released once it is written.
+    let mut held = Vec::new();
+    // A part received while gathering a batch: handled right after the batch.
+    let mut next: Option<Queued> = None;
     loop {
         if *stop.borrow() {
             return Ok(());
         }
-        let Some((mut last, first)) = queue.recv().await else {
+        let received = match next.take() {
+            Some(item) => Some(item),
+            None => queue.recv().await,
+        };
+        let Some((piece, permit)) = received else {
             return Ok(());
+        };
+        let (mut last, first) = match piece {
+            Piece::Part(part) => {
+                target.apply_part(&part).await?;
+                drop((part, permit));
+                let Some(sequence) = finish_large(&mut target, &mut queue).await? else {
+                    return Ok(());
+                };
+                if committed.send((index, sequence)).is_err() {
+                    return Ok(());
+                }
+                continue;
+            }
+            Piece::Transaction(seq, tx) => (seq, tx),
         };
         let mut events = first.events.len();
         batch.clear();
+        held.clear();
         batch.push(first);
+        held.push(permit);
         while batch.len() < BATCH_TRANSACTIONS && events < BATCH_EVENTS {
             match queue.try_recv() {
-                Ok((seq, tx)) => {
+                Ok((Piece::Transaction(seq, tx), permit)) => {
                     events += tx.events.len();
                     last = seq;
                     batch.push(tx);
+                    held.push(permit);
+                }
+                Ok(part) => {
+                    next = Some(part);
+                    break;
                 }
                 Err(_) => break,
             }
@@ -378,10 +501,32 @@ async fn worker(
             tracing::warn!(error = %chain(&error), "a batch failed but each of its transactions applied alone");
             continue;
         }
+        held.clear();
         if committed.send((index, last)).is_err() {
             return Ok(());
         }
     }
+}
+
+/// After the first part of a large transaction: writes the following parts and applies the
+/// final transaction alone, which commits them all. Returns the final transaction's sequence
+/// number, or `None` when the queue closed first (the reader stopped; the open target
+/// transaction is rolled back when the target is dropped).
+async fn finish_large(
+    target: &mut Target,
+    queue: &mut mpsc::Receiver<Queued>,
+) -> Result<Option<u64>, ApplyError> {
+    while let Some((piece, permit)) = queue.recv().await {
+        match piece {
+            Piece::Part(part) => target.apply_part(&part).await?,
+            Piece::Transaction(seq, tx) => {
+                target.apply(std::slice::from_ref(&tx)).await?;
+                return Ok(Some(seq));
+            }
+        }
+        drop(permit);
+    }
+    Ok(None)
 }
 
 /// Counters for the periodic progress line.
@@ -408,6 +553,10 @@ impl Progress {
 
     fn read(&mut self, events: usize) {
         self.read_transactions += 1;
+        self.read_events += events as u64;
+    }
+
+    fn read_part(&mut self, events: usize) {
         self.read_events += events as u64;
     }
 

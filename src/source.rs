@@ -6,15 +6,18 @@ use duplex_connectors::mysql::{
     self, MysqlStream, MysqlStreamConfig, MysqlStreamError, StartPosition,
 };
 use duplex_connectors::postgres::{self, PgStream, PgStreamConfig, PgStreamError};
-use duplex_connectors::{Position, TableName, Transaction};
+use duplex_connectors::{Position, TableName, Transaction, TransactionPart};
 
 use crate::config::Site;
 
 /// What a source yields.
 #[derive(Debug)]
 pub enum SourceItem {
-    /// A whole committed transaction touching mapped tables.
+    /// A committed transaction touching mapped tables (or the end of one that came in parts).
     Transaction(Transaction),
+    /// The next changes of a large transaction not yet committed (see
+    /// `duplex_connectors::apply`); its [`SourceItem::Transaction`] follows.
+    Part(TransactionPart),
     /// The source has read everything up to this position and has nothing to deliver before
     /// it.
     Heartbeat(Position),
@@ -106,6 +109,7 @@ impl SourceStream {
                 );
                 config.password = password;
                 config.start = start;
+                config.part_events = Some(postgres::DEFAULT_PART_EVENTS);
                 Ok(SourceStream::Postgres(Box::new(
                     PgStream::start(config).await?,
                 )))
@@ -113,6 +117,7 @@ impl SourceStream {
             duplex_connectors::SiteKind::Mysql => {
                 let mut config = MysqlStreamConfig::new(&site.name, &site.url, tables);
                 config.password = password;
+                config.part_events = Some(postgres::DEFAULT_PART_EVENTS);
                 config.start = match start {
                     None => StartPosition::Current,
                     Some(Position::Mysql(pos)) => StartPosition::At(pos),
@@ -125,17 +130,19 @@ impl SourceStream {
         }
     }
 
-    /// The next transaction or heartbeat. Cancellation safe.
+    /// The next transaction, part of a large transaction, or heartbeat. Cancellation safe.
     pub async fn next(&mut self) -> Result<SourceItem, SourceError> {
         Ok(match self {
             SourceStream::Postgres(stream) => match stream.next().await? {
                 postgres::StreamItem::Transaction(tx) => SourceItem::Transaction(tx),
+                postgres::StreamItem::Part(part) => SourceItem::Part(part),
                 postgres::StreamItem::Heartbeat(lsn) => {
                     SourceItem::Heartbeat(Position::Postgres(lsn))
                 }
             },
             SourceStream::Mysql(stream) => match stream.next().await? {
                 mysql::StreamItem::Transaction(tx) => SourceItem::Transaction(tx),
+                mysql::StreamItem::Part(part) => SourceItem::Part(part),
                 mysql::StreamItem::Heartbeat(pos) => SourceItem::Heartbeat(Position::Mysql(pos)),
             },
         })

@@ -3,7 +3,7 @@
 use duplex_connectors::apply::{Applier, ApplyError, ApplyOptions, TableRoute};
 use duplex_connectors::mysql::MysqlApplier;
 use duplex_connectors::postgres::PgApplier;
-use duplex_connectors::{Position, SiteKind, Transaction};
+use duplex_connectors::{Position, SiteKind, Transaction, TransactionPart};
 
 use crate::config::Site;
 
@@ -35,6 +35,15 @@ impl Target {
         match self {
             Target::Postgres(applier) => applier.apply(batch).await,
             Target::Mysql(applier) => applier.apply(batch).await,
+        }
+    }
+
+    /// Writes the next part of a large transaction into the open target transaction (see
+    /// [`Applier::apply_part`]); the final transaction, applied alone, commits it.
+    pub async fn apply_part(&mut self, part: &TransactionPart) -> Result<(), ApplyError> {
+        match self {
+            Target::Postgres(applier) => applier.apply_part(part).await,
+            Target::Mysql(applier) => applier.apply_part(part).await,
         }
     }
 

@@ -38,6 +38,46 @@
 //! A failed apply rolls its target transaction back entirely; [`ApplyError::is_transient`]
 //! says whether retrying the same batch may succeed.
 //!
+//! # Transactions too large to hold: parts
+//!
+//! A source transaction of millions of rows is not held in memory whole: the change stream
+//! delivers it as [`TransactionPart`]s (the events read so far) followed by the final
+//! [`Transaction`] (the rest of the events, the position, the commit time). The applier writes
+//! it into ONE target transaction that stays open across calls:
+//!
+//! 1. The first [`Applier::apply_part`] opens the target transaction, reads the recorded
+//!    position of the source under a row lock (`FOR UPDATE`, as above) and decides, once for
+//!    the whole source transaction, whether the target already holds it; if not it writes
+//!    the part's events. The target transaction stays open.
+//! 2. Further parts of the same transaction (same `source` and `start`) write their events
+//!    into that open transaction.
+//! 3. The next [`Applier::apply`] must be a batch of exactly the final transaction: its
+//!    events are written, its position recorded and the target transaction committed; or,
+//!    when the decision was "already held", everything is rolled back.
+//!
+//! Exactly once is kept because the decision, the row writes and the new position still
+//! share one target transaction, and the decision needs only a position known before the
+//! transaction's end: [`TransactionPart::start`]. The rule is: *a transaction is already held
+//! iff its start is before the recorded position*. Both positions come from the same source
+//! log, where a transaction `T` starts at or after the end of every transaction before it and
+//! ends after its start (`T.start < T.end`):
+//!
+//! - if the target holds `T`, the recorded position `R` is the end of `T` or of a later
+//!   transaction, so `R >= T.end > T.start`: `T` is skipped;
+//! - if the target does not hold `T`, every transaction it holds from this source came before
+//!   `T` (the stream delivers in order and the target writes in order), so `R` is the end of
+//!   one of them, or none is recorded: `R <= T.start`, and `T` is written.
+//!
+//! PostgreSQL: `start` is the commit record's LSN (`final_lsn` of `Begin`), the position is the
+//! commit's end LSN; the next commit record starts at or after it. MySQL/MariaDB: `start` is
+//! the binlog position where the transaction's GTID/BEGIN event starts, which is the end of the
+//! previous transaction; the position is the end of its XID/COMMIT event.
+//!
+//! Any error, from a part or from the final transaction, rolls the whole target transaction
+//! back: the target holds nothing of the source transaction and its old position, and the
+//! caller must deliver the transaction again from its first part (the engine restarts the
+//! stream from the recorded position, which does exactly that).
+//!
 //! # Table routes
 //!
 //! An applier knows, per source table, where its rows go: a [`TableRoute`]. Only the columns a
@@ -48,7 +88,7 @@ use std::future::Future;
 
 use crate::mysql::MysqlError;
 use crate::postgres::PgError;
-use crate::{Op, Position, PositionError, TableName, Transaction};
+use crate::{Op, Position, PositionError, TableName, Transaction, TransactionPart};
 
 /// Name of the bookkeeping table (PostgreSQL schema / MySQL database `duplex`).
 pub const POSITIONS_TABLE: &str = "duplex.positions";
@@ -67,11 +107,31 @@ pub const POSITIONS_TABLE: &str = "duplex.positions";
 ///   just after it.
 /// - On error the target transaction is rolled back: the target holds nothing of the batch
 ///   and the old positions. [`ApplyError::is_transient`] says whether to retry the batch.
+/// - Large transactions (see the module docs): `apply_part` calls for the parts of ONE source
+///   transaction, in order, then `apply` with a batch of exactly that transaction's final
+///   [`Transaction`], all written into one target transaction that is open between the calls.
+///   While it is open nothing else may be applied; `position` still reads the committed
+///   position. Whether the target already holds the transaction is decided at the first part
+///   (`start` before the recorded position) and applies to every later piece. An error from
+///   any of these calls rolls back everything written for the transaction since its first
+///   part; the caller then delivers the transaction again from its first part. A future that
+///   is dropped before it completes leaves the target transaction open: the next call rolls it
+///   back, and a continuation of that transaction fails with [`ApplyError::PartSequence`].
 pub trait Applier {
-    /// Writes `batch` into one target transaction together with the new source positions.
+    /// Writes `batch` into one target transaction together with the new source positions; when
+    /// parts of a transaction were applied before, `batch` must be that transaction, alone, and
+    /// it completes the open target transaction.
     fn apply(
         &mut self,
         batch: &[Transaction],
+    ) -> impl Future<Output = Result<(), ApplyError>> + Send;
+
+    /// Writes the next part of a large source transaction into the open target transaction
+    /// (opening it, and deciding whether the target already holds the transaction, at the
+    /// first part). Nothing is committed until the final transaction is applied.
+    fn apply_part(
+        &mut self,
+        part: &TransactionPart,
     ) -> impl Future<Output = Result<(), ApplyError>> + Send;
 
     /// The last position of `source` committed on this target.
@@ -217,6 +277,10 @@ pub enum ApplyError {
         #[source]
         source: PositionError,
     },
+    /// The pieces of a large transaction came out of order (a part of another transaction, a
+    /// batch that is not the final transaction, a continuation after an interrupted call).
+    #[error("large transaction applied out of order: {0}")]
+    PartSequence(String),
     /// `duplex.positions` holds text that is not a position.
     #[error("duplex.positions holds an unreadable position for source {site}: {text:?}")]
     Bookkeeping {
@@ -250,6 +314,7 @@ impl ApplyError {
             | ApplyError::Value(_)
             | ApplyError::RowMissing { .. }
             | ApplyError::Position { .. }
+            | ApplyError::PartSequence(_)
             | ApplyError::Bookkeeping { .. } => false,
         }
     }
@@ -366,6 +431,109 @@ pub(crate) fn fresh<'a>(
     })
 }
 
+/// The target transaction holding the parts of one large source transaction, between the
+/// first part and the final transaction.
+#[derive(Debug)]
+pub(crate) struct OpenParts {
+    /// Source site of the transaction.
+    pub source: String,
+    /// Its start position (the same in every part).
+    pub start: Position,
+    /// Whether the target already holds it: nothing is written and the end is a rollback.
+    pub held: bool,
+    /// Whether `duplex.positions` had a row for the source (UPDATE it, else INSERT).
+    pub recorded: bool,
+}
+
+/// Where an applier is in a large transaction.
+#[derive(Debug, Default)]
+pub(crate) enum PartState {
+    /// No large transaction in progress.
+    #[default]
+    Idle,
+    /// Parts were written into the open target transaction.
+    Open(OpenParts),
+    /// A call was dropped while writing a piece: the open target transaction lacks events.
+    Interrupted,
+}
+
+/// The decision at the first part: whether the target already holds the transaction, given
+/// the recorded position of its source (see the module docs for why `start < recorded` is
+/// exactly "already held").
+pub(crate) fn open_parts(
+    part: &TransactionPart,
+    recorded: Option<Position>,
+) -> Result<OpenParts, ApplyError> {
+    let held = match &recorded {
+        None => false,
+        Some(recorded) => {
+            part.start
+                .compare(recorded)
+                .map_err(|source| ApplyError::Position {
+                    site: part.source.clone(),
+                    source,
+                })?
+                == std::cmp::Ordering::Less
+        }
+    };
+    if held {
+        tracing::debug!(source = %part.source, start = %part.start, "skipping a large transaction the target already holds");
+    }
+    Ok(OpenParts {
+        source: part.source.clone(),
+        start: part.start.clone(),
+        held,
+        recorded: recorded.is_some(),
+    })
+}
+
+/// Checks that `part` continues the open large transaction.
+pub(crate) fn check_next_part(open: &OpenParts, part: &TransactionPart) -> Result<(), ApplyError> {
+    if open.source == part.source && open.start == part.start {
+        return Ok(());
+    }
+    Err(ApplyError::PartSequence(format!(
+        "a part of the transaction of {} starting at {} while the one of {} starting at {} is open",
+        part.source, part.start, open.source, open.start
+    )))
+}
+
+/// The final transaction that completes the open large transaction: `batch` must be exactly
+/// it, from the same source and ending after the start.
+pub(crate) fn final_of<'a>(
+    open: &OpenParts,
+    batch: &'a [Transaction],
+) -> Result<&'a Transaction, ApplyError> {
+    let [last] = batch else {
+        return Err(ApplyError::PartSequence(format!(
+            "a batch of {} transactions while the transaction of {} starting at {} is open",
+            batch.len(),
+            open.source,
+            open.start
+        )));
+    };
+    let after_start = last.source == open.source
+        && last
+            .position
+            .compare(&open.start)
+            .is_ok_and(|o| o == std::cmp::Ordering::Greater);
+    if !after_start {
+        return Err(ApplyError::PartSequence(format!(
+            "transaction of {} at {} cannot end the one of {} starting at {}",
+            last.source, last.position, open.source, open.start
+        )));
+    }
+    Ok(last)
+}
+
+/// The error for a piece that continues a transaction whose earlier call was interrupted.
+pub(crate) fn interrupted() -> ApplyError {
+    ApplyError::PartSequence(
+        "an earlier piece of this transaction was interrupted: deliver it again from its first part"
+            .into(),
+    )
+}
+
 /// Whether `site` had a recorded position when the batch started.
 pub(crate) fn recorded_before(recorded: &[(&str, Option<Position>)], site: &str) -> bool {
     recorded.iter().any(|(s, p)| *s == site && p.is_some())
@@ -477,6 +645,48 @@ mod tests {
         // A source without a recorded position is applied, never dropped.
         let fresh = super::fresh(&batch, &[]).unwrap();
         assert_eq!(fresh.transactions.len(), 4);
+    }
+
+    fn part(site: &str, start: u64) -> TransactionPart {
+        TransactionPart {
+            source: site.into(),
+            start: Position::Postgres(Lsn(start)),
+            origin: Origin::Local,
+            events: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_large_transaction_is_held_iff_it_starts_before_the_recorded_position() {
+        let recorded = || Some(Position::Postgres(Lsn(100)));
+        // Replayed: it started (commit record at 90) before the recorded end it produced.
+        assert!(open_parts(&part("a", 90), recorded()).unwrap().held);
+        // The next transaction starts at or after the previous one's end.
+        assert!(!open_parts(&part("a", 100), recorded()).unwrap().held);
+        assert!(!open_parts(&part("a", 150), recorded()).unwrap().held);
+        let first = open_parts(&part("a", 5), None).unwrap();
+        assert!(!first.held && !first.recorded);
+        let mysql = Some(Position::Mysql(crate::mysql::BinlogPosition::new(
+            "bin.000001",
+            4,
+        )));
+        assert!(matches!(
+            open_parts(&part("a", 1), mysql),
+            Err(ApplyError::Position { .. })
+        ));
+    }
+
+    #[test]
+    fn the_final_transaction_must_end_the_open_one() {
+        let open = open_parts(&part("a", 100), None).unwrap();
+        assert!(check_next_part(&open, &part("a", 100)).is_ok());
+        assert!(check_next_part(&open, &part("a", 101)).is_err());
+        assert!(check_next_part(&open, &part("b", 100)).is_err());
+        assert!(final_of(&open, &[txn("a", 120)]).is_ok());
+        assert!(final_of(&open, &[txn("a", 100)]).is_err());
+        assert!(final_of(&open, &[txn("b", 120)]).is_err());
+        assert!(final_of(&open, &[txn("a", 120), txn("a", 130)]).is_err());
+        assert!(final_of(&open, &[]).is_err());
     }
 
     #[test]

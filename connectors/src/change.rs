@@ -100,3 +100,22 @@ pub struct Transaction {
     /// The row changes, in the order the source made them.
     pub events: Vec<ChangeEvent>,
 }
+
+/// A piece of a source transaction too large to hold whole: the events read so far, delivered
+/// before the transaction commits. The pieces of one transaction arrive in order and are
+/// followed by the [`Transaction`] itself, which carries the remaining events, the position
+/// and the commit time. See [`crate::apply`] for how a target applies them exactly once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransactionPart {
+    /// The site (configuration name) the transaction is read from.
+    pub source: String,
+    /// Where the transaction starts in the source's log: the same value for every part of one
+    /// transaction, at or after the position of every transaction before it and before its
+    /// own [`Transaction::position`]. A transaction is one the target already holds iff
+    /// `start` is before the position the target recorded.
+    pub start: Position,
+    /// Application change or duplex echo.
+    pub origin: Origin,
+    /// The next row changes of the transaction, in the order the source made them.
+    pub events: Vec<ChangeEvent>,
+}

@@ -21,7 +21,7 @@ pub mod typemap;
 pub mod value;
 
 pub use apply::{Applier, ApplyError, ApplyOptions, TableRoute};
-pub use change::{ChangeEvent, Op, Origin, Row, Transaction};
+pub use change::{ChangeEvent, Op, Origin, Row, Transaction, TransactionPart};
 pub use position::{Position, PositionError};
 pub use schema::{Column, TableName, TableSchema, ValueKind};
 pub use site::SiteKind;

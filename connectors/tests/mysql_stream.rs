@@ -59,6 +59,7 @@ async fn next_error(stream: &mut MysqlStream) -> MysqlStreamError {
             Err(e) => return e,
             Ok(StreamItem::Transaction(txn)) => panic!("unexpected transaction {txn:?}"),
             Ok(StreamItem::Heartbeat(_)) => {}
+            Ok(StreamItem::Part(part)) => panic!("unexpected part {part:?}"),
         }
     }
 }
@@ -603,6 +604,7 @@ async fn idle_server_sends_heartbeats_with_the_position() {
             assert!(stream.position().compare(&position).unwrap().is_eq());
         }
         StreamItem::Transaction(txn) => panic!("unexpected {txn:?}"),
+        StreamItem::Part(part) => panic!("unexpected {part:?}"),
     }
     stream.shutdown().await;
 }
@@ -723,6 +725,7 @@ async fn resume_by_gtid_matches_resume_by_position() {
     {
         StreamItem::Heartbeat(position) => position,
         StreamItem::Transaction(txn) => panic!("unexpected {txn:?}"),
+        StreamItem::Part(part) => panic!("unexpected {part:?}"),
     };
     assert_eq!(heartbeat.file, mysql_position(&second).file);
     assert!(

@@ -85,6 +85,7 @@ async fn next_transaction(stream: &mut PgStream) -> Transaction {
             Ok(Err(e)) => panic!("stream error: {e:?}"),
             Ok(Ok(StreamItem::Heartbeat(_))) => {}
             Ok(Ok(StreamItem::Transaction(tx))) => return tx,
+            Ok(Ok(StreamItem::Part(part))) => panic!("unexpected part {part:?}"),
         }
     }
 }
@@ -99,6 +100,7 @@ async fn next_error(stream: &mut PgStream) -> PgStreamError {
             Ok(Err(e)) => return e,
             Ok(Ok(StreamItem::Heartbeat(_))) => {}
             Ok(Ok(StreamItem::Transaction(tx))) => panic!("unexpected transaction {tx:?}"),
+            Ok(Ok(StreamItem::Part(part))) => panic!("unexpected part {part:?}"),
         }
     }
 }
@@ -821,6 +823,7 @@ async fn cancelled_calls_to_next_lose_nothing() {
                 }
             }
             Ok(Ok(StreamItem::Heartbeat(_))) => {}
+            Ok(Ok(StreamItem::Part(part))) => panic!("unexpected part {part:?}"),
             Ok(Err(e)) => panic!("stream error: {e:?}"),
         }
     }

@@ -14,6 +14,12 @@
 //! has no such flag; there the upsert of `duplex.positions` in the same transaction marks
 //! it.
 //!
+//! Target transactions are opened and ended with plain `START TRANSACTION` / `COMMIT` /
+//! `ROLLBACK` statements on the applier's connection (not mysql_async's borrowed
+//! `Transaction`), because the target transaction of a large source transaction stays open
+//! across calls (see [`crate::apply`]). An error, or a call dropped halfway, is followed by a
+//! `ROLLBACK` (or, after a transient error, a new connection) before anything else runs.
+//!
 //! Apply transactions run at READ COMMITTED: InnoDB then takes no gap locks for the
 //! `SELECT ... FOR UPDATE` of a source's first position, so appliers of different sources
 //! writing to one server do not deadlock on `duplex.positions` (two appliers of the *same*
@@ -48,13 +54,14 @@ use std::collections::HashMap;
 
 use chrono::{Datelike, NaiveDate, NaiveDateTime, Timelike};
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, IsolationLevel, Opts, OptsBuilder, Params, TxOpts};
+use mysql_async::{Conn, Opts, OptsBuilder, Params};
 
 use crate::apply::{
-    Applier, ApplyError, ApplyOptions, TableRoute, declared_scale, describe_key, fresh, key_value,
-    malformed, parse_position, position_text, recorded_before, sources,
+    Applier, ApplyError, ApplyOptions, OpenParts, PartState, TableRoute, check_next_part,
+    declared_scale, describe_key, final_of, fresh, interrupted, key_value, malformed, open_parts,
+    parse_position, position_text, recorded_before, sources,
 };
-use crate::{ChangeEvent, Column, Op, Position, TableName, Transaction, Value};
+use crate::{ChangeEvent, Column, Op, Position, TableName, Transaction, TransactionPart, Value};
 
 use super::{MysqlError, describe_table, quote_ident};
 
@@ -86,6 +93,11 @@ pub struct MysqlApplier {
     mariadb: bool,
     routes: HashMap<TableName, MyRoute>,
     options: ApplyOptions,
+    /// Where the applier is in a large transaction.
+    parts: PartState,
+    /// Whether a target transaction is open on `conn` (START TRANSACTION sent, no
+    /// COMMIT/ROLLBACK yet).
+    in_transaction: bool,
 }
 
 /// A route resolved against the target table's schema.
@@ -203,6 +215,8 @@ impl MysqlApplier {
             mariadb,
             routes: resolved,
             options,
+            parts: PartState::Idle,
+            in_transaction: false,
         })
     }
 
@@ -329,20 +343,27 @@ fn resolve(route: TableRoute, columns: Option<Vec<Column>>) -> Result<MyRoute, A
 
 impl Applier for MysqlApplier {
     async fn apply(&mut self, batch: &[Transaction]) -> Result<(), ApplyError> {
-        if batch.is_empty() {
+        if batch.is_empty() && matches!(self.parts, PartState::Idle) {
             return Ok(());
         }
-        let options = self.options;
-        self.conn().await?;
-        let MysqlApplier { conn, routes, .. } = self;
-        let conn = conn.as_mut().expect("connected above");
-        let result = apply_in_transaction(conn, routes, options, batch).await;
-        if let Err(e) = &result
-            && e.is_transient()
-        {
-            self.conn = None;
-        }
-        result
+        let result = match std::mem::replace(&mut self.parts, PartState::Interrupted) {
+            PartState::Idle => self.apply_batch(batch).await,
+            PartState::Open(open) => self.finish_parts(&open, batch).await,
+            PartState::Interrupted => Err(interrupted()),
+        };
+        self.end_call(result).await
+    }
+
+    async fn apply_part(&mut self, part: &TransactionPart) -> Result<(), ApplyError> {
+        let result = match std::mem::replace(&mut self.parts, PartState::Interrupted) {
+            PartState::Idle => self.first_part(part).await,
+            PartState::Open(open) => match check_next_part(&open, part) {
+                Ok(()) => self.write_part(open, part).await,
+                Err(e) => Err(e),
+            },
+            PartState::Interrupted => Err(interrupted()),
+        };
+        self.end_call(result).await
     }
 
     async fn position(&mut self, source: &str) -> Result<Option<Position>, ApplyError> {
@@ -358,101 +379,200 @@ impl Applier for MysqlApplier {
     }
 }
 
-/// One apply: a target transaction that is committed whole or rolled back.
-async fn apply_in_transaction(
-    conn: &mut Conn,
-    routes: &HashMap<TableName, MyRoute>,
-    options: ApplyOptions,
-    batch: &[Transaction],
-) -> Result<(), ApplyError> {
-    let mut options_tx = TxOpts::default();
-    options_tx.with_isolation_level(IsolationLevel::ReadCommitted);
-    let mut tx = conn
-        .start_transaction(options_tx)
-        .await
-        .map_err(MysqlError::query("starting the target transaction"))?;
-    match write_batch(&mut tx, routes, options, batch).await {
-        Ok(true) => tx
-            .commit()
-            .await
-            .map_err(|e| MysqlError::query("committing the target transaction")(e).into()),
-        Ok(false) => tx
-            .rollback()
-            .await
-            .map_err(|e| MysqlError::query("ending the target transaction")(e).into()),
-        Err(e) => {
-            if let Err(rollback) = tx.rollback().await {
-                tracing::debug!(%rollback, "rolling back a failed apply failed too");
+impl MysqlApplier {
+    /// After every call: on error the target transaction is rolled back (a transient error
+    /// also drops the connection, which rolls back on the server) and no large transaction is
+    /// open any more.
+    async fn end_call<T>(&mut self, result: Result<T, ApplyError>) -> Result<T, ApplyError> {
+        if let Err(e) = &result {
+            self.parts = PartState::Idle;
+            if e.is_transient() {
+                self.conn = None;
+                self.in_transaction = false;
+            } else {
+                self.rollback_open().await;
             }
-            Err(e)
+        }
+        result
+    }
+
+    /// Rolls back a target transaction left open (by an error or a dropped call); drops the
+    /// connection when even that fails.
+    async fn rollback_open(&mut self) {
+        if !self.in_transaction {
+            return;
+        }
+        self.in_transaction = false;
+        if let Some(conn) = self.conn.as_mut()
+            && let Err(error) = conn.query_drop("ROLLBACK").await
+        {
+            tracing::debug!(%error, "rolling back a failed apply failed too");
+            self.conn = None;
         }
     }
-}
 
-/// Writes the fresh part of `batch` and the new positions; false when there was nothing to
-/// write.
-async fn write_batch(
-    tx: &mut mysql_async::Transaction<'_>,
-    routes: &HashMap<TableName, MyRoute>,
-    options: ApplyOptions,
-    batch: &[Transaction],
-) -> Result<bool, ApplyError> {
-    let mut recorded = Vec::new();
-    for site in sources(batch) {
-        let text: Option<String> = tx
+    /// Opens a target transaction at READ COMMITTED (rolling back one a dropped call left
+    /// open).
+    async fn begin(&mut self) -> Result<(), ApplyError> {
+        self.rollback_open().await;
+        let conn = self.conn().await?;
+        conn.query_drop("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            .await
+            .map_err(MysqlError::query("starting the target transaction"))?;
+        self.in_transaction = true;
+        let conn = self.conn().await?;
+        conn.query_drop("START TRANSACTION")
+            .await
+            .map_err(MysqlError::query("starting the target transaction"))?;
+        Ok(())
+    }
+
+    /// Ends the open transaction with `COMMIT` or `ROLLBACK`.
+    async fn end(&mut self, commit: bool) -> Result<(), ApplyError> {
+        let (sql, doing) = if commit {
+            ("COMMIT", "committing the target transaction")
+        } else {
+            ("ROLLBACK", "ending the target transaction")
+        };
+        let conn = self.conn().await?;
+        conn.query_drop(sql)
+            .await
+            .map_err(MysqlError::query(doing))?;
+        self.in_transaction = false;
+        Ok(())
+    }
+
+    /// The recorded position of `site`, read under a row lock inside the open transaction.
+    async fn recorded_for_update(&mut self, site: &str) -> Result<Option<Position>, ApplyError> {
+        let conn = self.conn().await?;
+        let text: Option<String> = conn
             .exec_first(
                 "SELECT position FROM duplex.positions WHERE source = ? FOR UPDATE",
                 (site,),
             )
             .await
             .map_err(MysqlError::query("reading duplex.positions"))?;
-        let position = text.map(|t| parse_position(site, t)).transpose()?;
-        recorded.push((site, position));
+        text.map(|t| parse_position(site, t)).transpose()
     }
-    let fresh = fresh(batch, &recorded)?;
-    if fresh.transactions.is_empty() {
-        return Ok(false);
-    }
-    let events: Vec<&ChangeEvent> = fresh
-        .transactions
-        .iter()
-        .flat_map(|t| t.events.iter())
-        .collect();
-    let mut writer = Writer {
-        tx,
-        routes,
-        options,
-    };
-    writer.write_all(&events).await?;
-    for (site, position) in fresh.advanced {
-        // The first position of a source is inserted, never upserted: of two appliers racing
-        // on a new source, the second fails here instead of applying again.
-        let sql = if recorded_before(&recorded, site) {
+
+    /// Records `position` of `site` in the open transaction. The first position of a source
+    /// is inserted, never upserted: of two appliers racing on a new source, the second fails
+    /// here instead of applying again.
+    async fn record(
+        &mut self,
+        site: &str,
+        position: &Position,
+        update: bool,
+    ) -> Result<(), ApplyError> {
+        let sql = if update {
             "UPDATE duplex.positions SET position = ?, applied_at = UTC_TIMESTAMP(6) \
              WHERE source = ?"
         } else {
             "INSERT INTO duplex.positions (position, source, applied_at) \
              VALUES (?, ?, UTC_TIMESTAMP(6))"
         };
-        writer
-            .tx
-            .exec_drop(sql, (position_text(position), site))
+        let conn = self.conn().await?;
+        conn.exec_drop(sql, (position_text(position), site))
             .await
             .map_err(MysqlError::query(
                 "recording the position in duplex.positions",
             ))?;
+        Ok(())
     }
-    Ok(true)
+
+    async fn write_events(&mut self, events: &[&ChangeEvent]) -> Result<(), ApplyError> {
+        self.conn().await?;
+        let MysqlApplier {
+            conn,
+            routes,
+            options,
+            ..
+        } = self;
+        let mut writer = Writer {
+            conn: conn.as_mut().expect("connected above"),
+            routes,
+            options: *options,
+        };
+        writer.write_all(events).await
+    }
+
+    /// A batch of whole transactions in one target transaction.
+    async fn apply_batch(&mut self, batch: &[Transaction]) -> Result<(), ApplyError> {
+        self.parts = PartState::Idle;
+        self.begin().await?;
+        let mut recorded = Vec::new();
+        for site in sources(batch) {
+            recorded.push((site, self.recorded_for_update(site).await?));
+        }
+        let fresh = fresh(batch, &recorded)?;
+        if fresh.transactions.is_empty() {
+            return self.end(false).await;
+        }
+        let events: Vec<&ChangeEvent> = fresh
+            .transactions
+            .iter()
+            .flat_map(|t| t.events.iter())
+            .collect();
+        self.write_events(&events).await?;
+        for (site, position) in fresh.advanced {
+            self.record(site, position, recorded_before(&recorded, site))
+                .await?;
+        }
+        self.end(true).await
+    }
+
+    /// The first part of a large transaction: opens the target transaction and decides.
+    async fn first_part(&mut self, part: &TransactionPart) -> Result<(), ApplyError> {
+        self.begin().await?;
+        let recorded = self.recorded_for_update(&part.source).await?;
+        let open = open_parts(part, recorded)?;
+        self.write_part(open, part).await
+    }
+
+    /// Writes a part into the open transaction (unless the target holds the transaction).
+    async fn write_part(
+        &mut self,
+        open: OpenParts,
+        part: &TransactionPart,
+    ) -> Result<(), ApplyError> {
+        if !open.held {
+            let events: Vec<&ChangeEvent> = part.events.iter().collect();
+            self.write_events(&events).await?;
+        }
+        self.parts = PartState::Open(open);
+        Ok(())
+    }
+
+    /// The final transaction of a large one: writes its events, records its position and
+    /// commits (or rolls everything back when the target already held it).
+    async fn finish_parts(
+        &mut self,
+        open: &OpenParts,
+        batch: &[Transaction],
+    ) -> Result<(), ApplyError> {
+        let last = final_of(open, batch)?;
+        if open.held {
+            self.end(false).await?;
+        } else {
+            let events: Vec<&ChangeEvent> = last.events.iter().collect();
+            self.write_events(&events).await?;
+            self.record(&last.source, &last.position, open.recorded)
+                .await?;
+            self.end(true).await?;
+        }
+        self.parts = PartState::Idle;
+        Ok(())
+    }
 }
 
 /// Writes the events of one batch inside its target transaction.
-struct Writer<'a, 't> {
-    tx: &'a mut mysql_async::Transaction<'t>,
+struct Writer<'a> {
+    conn: &'a mut Conn,
     routes: &'a HashMap<TableName, MyRoute>,
     options: ApplyOptions,
 }
 
-impl Writer<'_, '_> {
+impl Writer<'_> {
     async fn write_all(&mut self, events: &[&ChangeEvent]) -> Result<(), ApplyError> {
         let mut i = 0;
         while i < events.len() {
@@ -497,7 +617,7 @@ impl Writer<'_, '_> {
         sql: String,
         params: Vec<mysql_async::Value>,
     ) -> Result<u64, ApplyError> {
-        self.tx
+        self.conn
             .exec_drop(sql, Params::Positional(params))
             .await
             .map_err(|source| ApplyError::MysqlWrite {
@@ -508,7 +628,7 @@ impl Writer<'_, '_> {
                     source,
                 }),
             })?;
-        Ok(self.tx.affected_rows())
+        Ok(self.conn.affected_rows())
     }
 
     async fn insert_run(

@@ -1,5 +1,4 @@
 //! MySQL and MariaDB: binlog positions, catalog reading and preflight checks (the binlog
-//! reader, snapshot and applier build on these).
 
 mod apply;
 mod binlog_error;

@@ -19,6 +19,21 @@
 //! transaction and emits them, as one [`Transaction`], when its XID/COMMIT arrives; events of
 //! tables that are not mapped are skipped without decoding.
 //!
+//! # Large transactions
+//!
+//! With [`MysqlStreamConfig::part_events`] set, a transaction whose buffer reaches that many
+//! changes (checked after each rows event, so a part may exceed it by one rows event's rows)
+//! is delivered in pieces: [`StreamItem::Part`]s with the changes so far (the buffer is
+//! emptied each time), then at XID/COMMIT the [`StreamItem::Transaction`] with the rest
+//! (possibly none), which ends it. A part's `start` is the binlog position where the
+//! transaction's GTID/BEGIN event starts: the stream's position while the transaction is open,
+//! which is the end of the previous transaction (or the start of the binlog file after a
+//! ROTATE). It is at or after the position of every earlier transaction and before the
+//! transaction's own position, which is what an applier needs to tell whether it already holds
+//! the transaction (see `crate::apply`). Parts carry no position of their own and are never
+//! acknowledged. Until the stream knows its file and offset (after a GTID start, before the
+//! first heartbeat or commit) transactions are buffered whole.
+//!
 //! # Why the order and positions are right
 //!
 //! The binlog is written in commit order and the server sends it in file order, so emitting
@@ -56,7 +71,9 @@
 //!
 //! # Limits
 //!
-//! Transactions are held in memory until their commit (no spilling to disk yet). Compressed
+//! Without [`MysqlStreamConfig::part_events`] transactions are held in memory until their
+//! commit; [`MysqlStreamConfig::new`] leaves it unset, the engine sets
+//! [`crate::postgres::DEFAULT_PART_EVENTS`]. Compressed
 //! binlog events (`log_bin_compress`) and MySQL's binary JSON are refused with an error.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -71,7 +88,7 @@ use mysql_async::binlog::events::{
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn};
 
-use crate::{ChangeEvent, Op, Origin, Position, Row, TableName, Transaction};
+use crate::{ChangeEvent, Op, Origin, Position, Row, TableName, Transaction, TransactionPart};
 
 use super::types::{ColumnDecoder, ColumnInfo, decode_row};
 use super::{BinlogPosition, MysqlError, MysqlStreamError, connect, describe_table};
@@ -138,6 +155,9 @@ pub struct MysqlStreamConfig {
     pub tables: BTreeSet<TableName>,
     /// How often an idle server sends a heartbeat; a silence of three periods is an error.
     pub heartbeat: Duration,
+    /// Deliver a transaction in [`StreamItem::Part`]s of about this many changes once it has
+    /// that many; `None` buffers every transaction whole until its commit.
+    pub part_events: Option<usize>,
 }
 
 impl MysqlStreamConfig {
@@ -156,6 +176,7 @@ impl MysqlStreamConfig {
             start: StartPosition::Current,
             tables: tables.into_iter().collect(),
             heartbeat: Duration::from_secs(5),
+            part_events: None,
         }
     }
 }
@@ -171,8 +192,12 @@ fn random_server_id() -> u32 {
 /// What [`MysqlStream::next`] delivers.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamItem {
-    /// A whole committed transaction with at least one change to a mapped table.
+    /// A committed transaction with at least one change to a mapped table (or the end of one
+    /// whose changes came in parts before it).
     Transaction(Transaction),
+    /// The next changes of a large transaction not yet committed; its
+    /// [`StreamItem::Transaction`] follows.
+    Part(TransactionPart),
     /// Nothing to deliver, but the stream has read everything up to this position (the end of
     /// the last complete transaction): an engine may treat it as acknowledged progress.
     Heartbeat(BinlogPosition),
@@ -205,6 +230,8 @@ struct OpenTransaction {
     standalone: bool,
     echo: bool,
     events: Vec<ChangeEvent>,
+    /// Some of its changes were yielded as parts: the commit ends it even without changes.
+    parted: bool,
 }
 
 /// A reader of one server's binlog that yields whole transactions of the mapped tables, in
@@ -217,6 +244,7 @@ pub struct MysqlStream {
     source: String,
     tables: BTreeSet<TableName>,
     heartbeat: Duration,
+    part_events: Option<usize>,
     binlog: BinlogStream,
     catalog_conn: Conn,
     catalogs: HashMap<TableName, Arc<TableCatalog>>,
@@ -340,6 +368,7 @@ impl MysqlStream {
             source: config.source,
             tables: config.tables,
             heartbeat: config.heartbeat,
+            part_events: config.part_events,
             binlog,
             catalog_conn,
             catalogs,
@@ -441,6 +470,7 @@ impl MysqlStream {
                     standalone: data[12] & GTID_STANDALONE != 0,
                     echo,
                     events: Vec::new(),
+                    parted: false,
                 });
             }
             event_type::MYSQL_GTID | event_type::MYSQL_ANONYMOUS_GTID => {
@@ -470,6 +500,12 @@ impl MysqlStream {
                     // rolls back: its transactional rows never happened. Mapped tables are
                     // InnoDB (`duplex check` requires it), so none of its rows are delivered.
                     if let Some(open) = self.open.as_mut() {
+                        if open.parted {
+                            return Err(decode_error(
+                                "QUERY",
+                                "ROLLBACK of a transaction whose rows were already delivered in parts",
+                            ));
+                        }
                         open.events.clear();
                     }
                     return self.commit(event);
@@ -485,7 +521,7 @@ impl MysqlStream {
             | event_type::DELETE_ROWS_V1
             | event_type::WRITE_ROWS
             | event_type::UPDATE_ROWS
-            | event_type::DELETE_ROWS => self.rows(event, echo)?,
+            | event_type::DELETE_ROWS => return self.rows(event, echo),
             event_type::XA_PREPARE => {
                 return Err(MysqlStreamError::Unsupported(
                     "XA transactions (their rows are committed by a later XA COMMIT)",
@@ -505,7 +541,7 @@ impl MysqlStream {
     /// would drop them.
     fn check_no_open_rows(&self) -> Result<(), MysqlStreamError> {
         match &self.open {
-            Some(open) if !open.events.is_empty() => Err(decode_error(
+            Some(open) if !open.events.is_empty() || open.parted => Err(decode_error(
                 "GTID",
                 "a transaction started before the previous one committed",
             )),
@@ -567,7 +603,7 @@ impl MysqlStream {
         };
         self.advance(position)?;
         self.located = true;
-        if txn.events.is_empty() {
+        if txn.events.is_empty() && !txn.parted {
             if self.last_report.elapsed() >= self.heartbeat {
                 return Ok(Some(StreamItem::Heartbeat(self.position.clone())));
             }
@@ -659,15 +695,16 @@ impl MysqlStream {
         Ok(())
     }
 
-    /// Decodes a rows event of a mapped table into the open transaction.
-    fn rows(&mut self, event: &Event, echo: bool) -> Result<(), MysqlStreamError> {
+    /// Decodes a rows event of a mapped table into the open transaction; returns a part when
+    /// the buffer is full.
+    fn rows(&mut self, event: &Event, echo: bool) -> Result<Option<StreamItem>, MysqlStreamError> {
         let data = event.read_data().map_err(|e| decode_error_io("ROWS", e))?;
         let Some(EventData::RowsEvent(rows)) = data else {
             return Err(decode_error("ROWS", "not a rows event"));
         };
         let decoder = match self.decoders.get(&rows.table_id()) {
             Some(Some(decoder)) => decoder.clone(),
-            Some(None) => return Ok(()),
+            Some(None) => return Ok(None),
             None => {
                 return Err(decode_error(
                     "ROWS",
@@ -724,7 +761,23 @@ impl MysqlStream {
                 after,
             });
         }
-        Ok(())
+        let full = self
+            .part_events
+            .is_some_and(|limit| txn.events.len() >= limit);
+        if !full || !self.located {
+            return Ok(None);
+        }
+        txn.parted = true;
+        Ok(Some(StreamItem::Part(TransactionPart {
+            source: self.source.clone(),
+            start: Position::Mysql(self.position.clone()),
+            origin: if txn.echo {
+                Origin::Duplex
+            } else {
+                Origin::Local
+            },
+            events: std::mem::take(&mut txn.events),
+        })))
     }
 
     /// Follows DDL on mapped tables: an ALTER that only added nullable columns at the end is

@@ -33,6 +33,14 @@
 //! the first failure is the one reported (the ones after it fail only because the
 //! transaction is aborted).
 //!
+//! # Transaction control
+//!
+//! Target transactions are opened and ended with plain `BEGIN` / `COMMIT` / `ROLLBACK` on the
+//! applier's connection (not tokio-postgres's borrowed `Transaction`), because the target
+//! transaction of a large source transaction stays open across calls (see [`crate::apply`]).
+//! The applier remembers whether one is open; an error, or a call dropped halfway, is followed
+//! by a `ROLLBACK` before anything else runs on the connection.
+//!
 //! # Echo marker
 //!
 //! duplex's own writes are recognisable in the WAL by the upsert of `duplex.positions` in the
@@ -59,10 +67,11 @@ use tokio_postgres::{Client, Statement};
 use uuid::Uuid;
 
 use crate::apply::{
-    Applier, ApplyError, ApplyOptions, TableRoute, declared_scale, describe_key, fresh, key_value,
-    malformed, parse_position, position_text, recorded_before, sources,
+    Applier, ApplyError, ApplyOptions, OpenParts, PartState, TableRoute, check_next_part,
+    declared_scale, describe_key, final_of, fresh, interrupted, key_value, malformed, open_parts,
+    parse_position, position_text, recorded_before, sources,
 };
-use crate::{ChangeEvent, Column, Op, Position, TableName, Transaction, Value};
+use crate::{ChangeEvent, Column, Op, Position, TableName, Transaction, TransactionPart, Value};
 
 use super::{PgError, connect, describe_table, quote_ident};
 
@@ -91,6 +100,10 @@ pub struct PgApplier {
     routes: HashMap<TableName, PgRoute>,
     statements: HashMap<String, Statement>,
     options: ApplyOptions,
+    /// Where the applier is in a large transaction.
+    parts: PartState,
+    /// Whether a target transaction is open on `client` (BEGIN sent, no COMMIT/ROLLBACK yet).
+    in_transaction: bool,
 }
 
 /// A route resolved against the target table's schema.
@@ -196,6 +209,8 @@ impl PgApplier {
             routes: resolved,
             statements: HashMap::new(),
             options,
+            parts: PartState::Idle,
+            in_transaction: false,
         })
     }
 
@@ -204,6 +219,7 @@ impl PgApplier {
         if self.client.is_closed() {
             self.client = connect(&self.url, self.password.as_deref()).await?;
             self.statements.clear();
+            self.in_transaction = false;
         }
         Ok(())
     }
@@ -290,71 +306,27 @@ async fn ensure_positions_table(client: &Client) -> Result<(), ApplyError> {
 
 impl Applier for PgApplier {
     async fn apply(&mut self, batch: &[Transaction]) -> Result<(), ApplyError> {
-        if batch.is_empty() {
+        if batch.is_empty() && matches!(self.parts, PartState::Idle) {
             return Ok(());
         }
-        self.reconnect_if_closed().await?;
-        let PgApplier {
-            client,
-            routes,
-            statements,
-            options,
-            ..
-        } = self;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(PgError::query("starting the target transaction"))?;
-        let mut recorded = Vec::new();
-        for site in sources(batch) {
-            let row = tx
-                .query_opt(
-                    "SELECT position FROM duplex.positions WHERE source = $1 FOR UPDATE",
-                    &[&site],
-                )
-                .await
-                .map_err(PgError::query("reading duplex.positions"))?;
-            let position = match row {
-                Some(row) => Some(parse_position(site, row.get(0))?),
-                None => None,
-            };
-            recorded.push((site, position));
-        }
-        let fresh = fresh(batch, &recorded)?;
-        if fresh.transactions.is_empty() {
-            tx.rollback()
-                .await
-                .map_err(PgError::query("ending the target transaction"))?;
-            return Ok(());
-        }
-        let events: Vec<&ChangeEvent> = fresh
-            .transactions
-            .iter()
-            .flat_map(|t| t.events.iter())
-            .collect();
-        let mut writer = Writer {
-            tx: &tx,
-            routes,
-            statements,
-            options: *options,
+        let result = match std::mem::replace(&mut self.parts, PartState::Interrupted) {
+            PartState::Idle => self.apply_batch(batch).await,
+            PartState::Open(open) => self.finish_parts(&open, batch).await,
+            PartState::Interrupted => Err(interrupted()),
         };
-        writer.write_all(&events).await?;
-        for (site, position) in fresh.advanced {
-            // The first position of a source is inserted, never upserted: of two appliers
-            // racing on a new source, the second fails here instead of applying again.
-            let sql = if recorded_before(&recorded, site) {
-                "UPDATE duplex.positions SET position = $2, applied_at = now() WHERE source = $1"
-            } else {
-                "INSERT INTO duplex.positions (source, position, applied_at) VALUES ($1, $2, now())"
-            };
-            tx.execute(sql, &[&site, &position_text(position)])
-                .await
-                .map_err(PgError::query("recording the position in duplex.positions"))?;
-        }
-        tx.commit()
-            .await
-            .map_err(PgError::query("committing the target transaction"))?;
-        Ok(())
+        self.end_call(result).await
+    }
+
+    async fn apply_part(&mut self, part: &TransactionPart) -> Result<(), ApplyError> {
+        let result = match std::mem::replace(&mut self.parts, PartState::Interrupted) {
+            PartState::Idle => self.first_part(part).await,
+            PartState::Open(open) => match check_next_part(&open, part) {
+                Ok(()) => self.write_part(open, part).await,
+                Err(e) => Err(e),
+            },
+            PartState::Interrupted => Err(interrupted()),
+        };
+        self.end_call(result).await
     }
 
     async fn position(&mut self, source: &str) -> Result<Option<Position>, ApplyError> {
@@ -372,9 +344,174 @@ impl Applier for PgApplier {
     }
 }
 
+impl PgApplier {
+    /// After every call: on error the target transaction is rolled back and no large
+    /// transaction is open any more.
+    async fn end_call<T>(&mut self, result: Result<T, ApplyError>) -> Result<T, ApplyError> {
+        if result.is_err() {
+            self.parts = PartState::Idle;
+            self.rollback_open().await;
+        }
+        result
+    }
+
+    /// Rolls back a target transaction left open (by an error or a dropped call).
+    async fn rollback_open(&mut self) {
+        if !self.in_transaction {
+            return;
+        }
+        if let Err(error) = self.client.batch_execute("ROLLBACK").await {
+            tracing::debug!(%error, "rolling back a failed apply failed too");
+        }
+        self.in_transaction = false;
+    }
+
+    /// Opens a target transaction (rolling back one a dropped call left open).
+    async fn begin(&mut self) -> Result<(), ApplyError> {
+        self.rollback_open().await;
+        self.reconnect_if_closed().await?;
+        self.in_transaction = true;
+        self.client
+            .batch_execute("BEGIN")
+            .await
+            .map_err(PgError::query("starting the target transaction"))?;
+        Ok(())
+    }
+
+    async fn commit(&mut self) -> Result<(), ApplyError> {
+        self.client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(PgError::query("committing the target transaction"))?;
+        self.in_transaction = false;
+        Ok(())
+    }
+
+    async fn rollback(&mut self) -> Result<(), ApplyError> {
+        self.client
+            .batch_execute("ROLLBACK")
+            .await
+            .map_err(PgError::query("ending the target transaction"))?;
+        self.in_transaction = false;
+        Ok(())
+    }
+
+    /// The recorded position of `site`, read under a row lock inside the open transaction.
+    async fn recorded_for_update(&self, site: &str) -> Result<Option<Position>, ApplyError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT position FROM duplex.positions WHERE source = $1 FOR UPDATE",
+                &[&site],
+            )
+            .await
+            .map_err(PgError::query("reading duplex.positions"))?;
+        row.map(|row| parse_position(site, row.get(0))).transpose()
+    }
+
+    /// Records `position` of `site` in the open transaction. The first position of a source
+    /// is inserted, never upserted: of two appliers racing on a new source, the second fails
+    /// here instead of applying again.
+    async fn record(
+        &self,
+        site: &str,
+        position: &Position,
+        update: bool,
+    ) -> Result<(), ApplyError> {
+        let sql = if update {
+            "UPDATE duplex.positions SET position = $2, applied_at = now() WHERE source = $1"
+        } else {
+            "INSERT INTO duplex.positions (source, position, applied_at) VALUES ($1, $2, now())"
+        };
+        self.client
+            .execute(sql, &[&site, &position_text(position)])
+            .await
+            .map_err(PgError::query("recording the position in duplex.positions"))?;
+        Ok(())
+    }
+
+    async fn write_events(&mut self, events: &[&ChangeEvent]) -> Result<(), ApplyError> {
+        let mut writer = Writer {
+            session: &self.client,
+            routes: &self.routes,
+            statements: &mut self.statements,
+            options: self.options,
+        };
+        writer.write_all(events).await
+    }
+
+    /// A batch of whole transactions in one target transaction.
+    async fn apply_batch(&mut self, batch: &[Transaction]) -> Result<(), ApplyError> {
+        self.parts = PartState::Idle;
+        self.begin().await?;
+        let mut recorded = Vec::new();
+        for site in sources(batch) {
+            recorded.push((site, self.recorded_for_update(site).await?));
+        }
+        let fresh = fresh(batch, &recorded)?;
+        if fresh.transactions.is_empty() {
+            return self.rollback().await;
+        }
+        let events: Vec<&ChangeEvent> = fresh
+            .transactions
+            .iter()
+            .flat_map(|t| t.events.iter())
+            .collect();
+        self.write_events(&events).await?;
+        for (site, position) in fresh.advanced {
+            self.record(site, position, recorded_before(&recorded, site))
+                .await?;
+        }
+        self.commit().await
+    }
+
+    /// The first part of a large transaction: opens the target transaction and decides.
+    async fn first_part(&mut self, part: &TransactionPart) -> Result<(), ApplyError> {
+        self.begin().await?;
+        let recorded = self.recorded_for_update(&part.source).await?;
+        let open = open_parts(part, recorded)?;
+        self.write_part(open, part).await
+    }
+
+    /// Writes a part into the open transaction (unless the target holds the transaction).
+    async fn write_part(
+        &mut self,
+        open: OpenParts,
+        part: &TransactionPart,
+    ) -> Result<(), ApplyError> {
+        if !open.held {
+            let events: Vec<&ChangeEvent> = part.events.iter().collect();
+            self.write_events(&events).await?;
+        }
+        self.parts = PartState::Open(open);
+        Ok(())
+    }
+
+    /// The final transaction of a large one: writes its events, records its position and
+    /// commits (or rolls everything back when the target already held it).
+    async fn finish_parts(
+        &mut self,
+        open: &OpenParts,
+        batch: &[Transaction],
+    ) -> Result<(), ApplyError> {
+        let last = final_of(open, batch)?;
+        if open.held {
+            self.rollback().await?;
+        } else {
+            let events: Vec<&ChangeEvent> = last.events.iter().collect();
+            self.write_events(&events).await?;
+            self.record(&last.source, &last.position, open.recorded)
+                .await?;
+            self.commit().await?;
+        }
+        self.parts = PartState::Idle;
+        Ok(())
+    }
+}
+
 /// Writes the events of one batch inside its target transaction.
 struct Writer<'a> {
-    tx: &'a tokio_postgres::Transaction<'a>,
+    session: &'a Client,
     routes: &'a HashMap<TableName, PgRoute>,
     statements: &'a mut HashMap<String, Statement>,
     options: ApplyOptions,
@@ -420,7 +557,7 @@ impl Writer<'_> {
         if let Some(statement) = self.statements.get(&sql) {
             return Ok(statement.clone());
         }
-        let statement = self.tx.prepare(&sql).await?;
+        let statement = self.session.prepare(&sql).await?;
         if self.statements.len() >= STATEMENT_CACHE {
             self.statements.clear();
         }
@@ -438,7 +575,7 @@ impl Writer<'_> {
         let wrap = |source| write_error(route, op, source);
         let statement = self.statement(sql).await.map_err(wrap)?;
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
-        self.tx.execute(&statement, &refs).await.map_err(wrap)
+        self.session.execute(&statement, &refs).await.map_err(wrap)
     }
 
     async fn insert_run(
@@ -492,12 +629,12 @@ impl Writer<'_> {
             .iter()
             .map(|(_, _, _, params)| params.iter().map(|p| p as _).collect())
             .collect();
-        let tx = self.tx;
+        let session = self.session;
         let results = pipelined(
             prepared
                 .iter()
                 .zip(&refs)
-                .map(|((_, _, statement, _), refs)| tx.execute(statement, refs))
+                .map(|((_, _, statement, _), refs)| session.execute(statement, refs))
                 .collect(),
         )
         .await;

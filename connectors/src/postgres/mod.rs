@@ -1,4 +1,3 @@
-//! PostgreSQL: positions, catalog reading and preflight checks (the change stream, snapshot and
 //! applier build on these).
 
 mod apply;
@@ -15,7 +14,7 @@ pub use catalog::{ReplicaIdentity, TableInfo, describe_table};
 pub use error::PgError;
 pub use position::{Lsn, LsnParseError};
 pub use preflight::{TableUse, check_server, check_table};
-pub use stream::{PgStream, PgStreamConfig, PgStreamError, StreamItem};
+pub use stream::{DEFAULT_PART_EVENTS, PgStream, PgStreamConfig, PgStreamError, StreamItem};
 
 use std::time::Duration;
 

@@ -26,10 +26,18 @@
 //! Every item [`PgStream::next`] yields carries a position, and positions never move
 //! backwards:
 //!
-//! - [`StreamItem::Transaction`]: a whole transaction, its position the commit's end LSN.
-//!   Changes are buffered from `Begin` to `Commit` and yielded only at `Commit`, so a
-//!   transaction is never delivered in part; transactions are yielded in the order the server
-//!   sends them, which is commit order.
+//! - [`StreamItem::Transaction`]: a transaction, its position the commit's end LSN. Changes
+//!   are buffered from `Begin` to `Commit` and yielded at `Commit`; transactions are yielded
+//!   in the order the server sends them, which is commit order.
+//! - [`StreamItem::Part`]: with [`PgStreamConfig::part_events`] set, a transaction whose
+//!   buffer reaches that many changes is yielded in pieces: each time the buffer is full, a
+//!   part with the changes so far (the buffer is emptied), and at `Commit` the
+//!   [`StreamItem::Transaction`] with the remaining changes (possibly none), which ends it.
+//!   Every part carries the transaction's start, the LSN of its commit record (`Begin`'s
+//!   `final_lsn`): at or after the end LSN of every earlier transaction and before the
+//!   transaction's own end LSN, which is what an applier needs to tell whether it already
+//!   holds the transaction (see `crate::apply`). Parts have no position of their own and are
+//!   never acknowledged; they do not move [`PgStream::delivered`].
 //! - [`StreamItem::Heartbeat`]: no transaction is open and the server has sent everything up
 //!   to this LSN (a keepalive, or a transaction that touched none of the mapped tables).
 //!   Acknowledging it lets a source whose mapped tables are idle release WAL, while other
@@ -52,8 +60,11 @@
 //!
 //! # Memory
 //!
-//! A transaction is held in memory from `Begin` to `Commit`; a huge transaction therefore
-//! needs memory in proportion to its size. Spilling past a size limit is a later addition.
+//! Without [`PgStreamConfig::part_events`] a transaction is held in memory from `Begin` to
+//! `Commit`, so a huge transaction needs memory in proportion to its size; with it the stream
+//! holds at most that many changes (plus the replication buffer) whatever the transaction's
+//! size. [`PgStreamConfig::new`] leaves it unset (whole transactions, as the stream always
+//! delivered); the engine sets [`DEFAULT_PART_EVENTS`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -66,11 +77,16 @@ use pgwire_replication::{
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
-use crate::{ChangeEvent, Op, Origin, Position, Row, TableName, Transaction, Value};
+use crate::{
+    ChangeEvent, Op, Origin, Position, Row, TableName, Transaction, TransactionPart, Value,
+};
 
 use super::pgoutput::{self, DecodeError, Message, OldTuple, Relation, TupleData};
 use super::types::{self, PgType, ValueError};
 use super::{Lsn, PgError, connect, describe_table, describe_target, quote_ident};
+
+/// A sensible [`PgStreamConfig::part_events`]: parts of 10,000 changes (a few MB).
+pub const DEFAULT_PART_EVENTS: usize = 10_000;
 
 /// Microseconds from the Unix epoch to PostgreSQL's epoch (2000-01-01 00:00:00 UTC).
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
@@ -98,6 +114,9 @@ pub struct PgStreamConfig {
     pub status_interval: Duration,
     /// Replication events buffered between the background task and [`PgStream::next`].
     pub buffer_events: usize,
+    /// Deliver a transaction in [`StreamItem::Part`]s of this many changes once it has that
+    /// many; `None` buffers every transaction whole until its commit.
+    pub part_events: Option<usize>,
 }
 
 impl std::fmt::Debug for PgStreamConfig {
@@ -117,6 +136,7 @@ impl std::fmt::Debug for PgStreamConfig {
             .field("start", &self.start)
             .field("status_interval", &self.status_interval)
             .field("buffer_events", &self.buffer_events)
+            .field("part_events", &self.part_events)
             .finish()
     }
 }
@@ -141,6 +161,7 @@ impl PgStreamConfig {
             start: None,
             status_interval: Duration::from_secs(1),
             buffer_events: 8192,
+            part_events: None,
         }
     }
 
@@ -175,6 +196,9 @@ impl PgStreamConfig {
         if self.buffer_events == 0 {
             return Err(invalid("buffer_events", "at least 1"));
         }
+        if self.part_events == Some(0) {
+            return Err(invalid("part_events", "at least 1"));
+        }
         if self.status_interval.is_zero() {
             return Err(invalid("status_interval", "longer than zero"));
         }
@@ -185,22 +209,27 @@ impl PgStreamConfig {
 /// One item of the change stream.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamItem {
-    /// A whole committed transaction with at least one change of a mapped table.
+    /// A committed transaction with at least one change of a mapped table (or the end of one
+    /// whose changes came in parts before it).
     Transaction(Transaction),
+    /// The next changes of a large transaction not yet committed; its
+    /// [`StreamItem::Transaction`] follows.
+    Part(TransactionPart),
     /// Nothing more up to this position: safe to acknowledge once everything yielded before
     /// it is committed by every target.
     Heartbeat(Lsn),
 }
 
 impl StreamItem {
-    /// The item's position (`None` only for a transaction with a non-PostgreSQL position,
-    /// which this stream never makes).
+    /// The item's position (`None` for a part, which has none, and for a transaction with a
+    /// non-PostgreSQL position, which this stream never makes).
     pub fn lsn(&self) -> Option<Lsn> {
         match self {
             StreamItem::Transaction(tx) => match tx.position {
                 Position::Postgres(lsn) => Some(lsn),
                 Position::Mysql(_) => None,
             },
+            StreamItem::Part(_) => None,
             StreamItem::Heartbeat(lsn) => Some(*lsn),
         }
     }
@@ -343,6 +372,11 @@ struct RelationEntry {
 struct OpenTransaction {
     final_lsn: u64,
     events: Vec<ChangeEvent>,
+    /// Already delivered before (its commit LSN is before [`PgStream::delivered`]): its
+    /// changes are dropped.
+    repeated: bool,
+    /// Some of its changes were yielded as parts: the commit ends it even without changes.
+    parted: bool,
 }
 
 /// A PostgreSQL change stream reader. See the module documentation for the contract.
@@ -354,6 +388,7 @@ pub struct PgStream {
     primary_keys: HashMap<u32, Vec<String>>,
     types: HashMap<u32, PgType>,
     open: Option<OpenTransaction>,
+    part_events: Option<usize>,
     /// The newest position yielded (the start position before the first item).
     delivered: Lsn,
     /// An event taken from the channel whose handling has not finished (so a cancelled
@@ -409,6 +444,7 @@ impl PgStream {
             primary_keys: HashMap::new(),
             types: HashMap::new(),
             open: None,
+            part_events: config.part_events,
             delivered: start,
             pending: None,
         })
@@ -628,6 +664,8 @@ impl PgStream {
         self.open = Some(OpenTransaction {
             final_lsn,
             events: Vec::new(),
+            repeated: Lsn(final_lsn) < self.delivered,
+            parted: false,
         });
         Ok(())
     }
@@ -649,11 +687,11 @@ impl PgStream {
             )));
         }
         let end = Lsn(end_lsn);
-        if end <= self.delivered {
+        if open.repeated || end <= self.delivered {
             tracing::debug!(%end, delivered = %self.delivered, "skipping a transaction already delivered");
             return Ok(None);
         }
-        if open.events.is_empty() {
+        if open.events.is_empty() && !open.parted {
             return Ok(self.heartbeat(end));
         }
         self.delivered = end;
@@ -673,8 +711,23 @@ impl PgStream {
         let open = self.open.as_mut().ok_or_else(|| {
             PgStreamError::Protocol(format!("a change of {} outside a transaction", event.table))
         })?;
+        if open.repeated {
+            return Ok(None);
+        }
         open.events.push(event);
-        Ok(None)
+        if self
+            .part_events
+            .is_none_or(|limit| open.events.len() < limit)
+        {
+            return Ok(None);
+        }
+        open.parted = true;
+        Ok(Some(StreamItem::Part(TransactionPart {
+            source: self.source.clone(),
+            start: Position::Postgres(Lsn(open.final_lsn)),
+            origin: Origin::Local,
+            events: std::mem::take(&mut open.events),
+        })))
     }
 
     fn relation(&self, id: u32) -> Result<&RelationEntry, PgStreamError> {
