@@ -38,6 +38,26 @@ pub enum Command {
     /// Replicate: stream every mapping's changes from its source into its target until
     /// Ctrl-C or SIGTERM; resumes from where each target got to.
     Run,
+    /// Copy the mapped tables from their source into empty targets from one consistent
+    /// snapshot, and set the position `duplex run` then streams from (no gap, no duplicate).
+    /// Resumes an interrupted backfill.
+    Backfill {
+        /// Only this mapping (repeatable); all mappings when omitted.
+        #[arg(long = "mapping", value_name = "NAME")]
+        mappings: Vec<String>,
+        /// The site to copy from (needed for two-way mappings).
+        #[arg(long, value_name = "SITE")]
+        from: Option<String>,
+        /// Parallel copy workers.
+        #[arg(long, default_value_t = 4)]
+        jobs: usize,
+        /// Copy into tables that already hold rows, overwriting rows with the same key.
+        #[arg(long)]
+        allow_nonempty: bool,
+        /// Rows per key range (the unit of parallelism and of resume).
+        #[arg(long, default_value_t = crate::backfill::DEFAULT_CHUNK_ROWS, hide = true)]
+        chunk_rows: u64,
+    },
 }
 
 /// Runs the CLI and turns the outcome into an exit code: 0 success, 1 not ready / failed,
@@ -47,7 +67,7 @@ pub fn main() -> ExitCode {
     // `check` prints its own report; `run` is a long-running service whose log is its voice.
     let default_filter = match cli.command {
         Command::Check => "warn",
-        Command::Run => "info",
+        Command::Run | Command::Backfill { .. } => "info",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -91,6 +111,28 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Backfill {
+            mappings,
+            from,
+            jobs,
+            allow_nonempty,
+            chunk_rows,
+        } => {
+            let options = crate::backfill::BackfillOptions {
+                mappings,
+                from,
+                jobs,
+                allow_nonempty,
+                chunk_rows: chunk_rows.max(1),
+            };
+            match runtime.block_on(crate::backfill::backfill(&config, &options)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    tracing::error!("{}", chain(&error));
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 //! land) pipeline wiring, the merge engine and backfill. Database specifics live in
 //! `duplex-connectors`, durable state in `duplex-state`.
 
+pub mod backfill;
 pub mod backoff;
 pub mod check;
 pub mod cli;

@@ -82,7 +82,12 @@ pub async fn plan(config: &Config) -> Result<Vec<LinkPlan>, RunError> {
 /// Runs every link until a shutdown signal; returns an error when a link stopped on a
 /// definite error.
 pub async fn run(config: &Config) -> Result<(), RunError> {
-    let _state = duplex_state::StateStore::open(&config.state_dir)?;
+    let state = duplex_state::StateStore::open(&config.state_dir)?;
+    // Streaming into tables that were never loaded is legitimate (both sides start empty),
+    // so this is said, not enforced.
+    if let Some(message) = crate::backfill::never_backfilled(config, &state).await {
+        tracing::warn!("{message}; streaming starts at the sources' current positions");
+    }
     let plans = plan(config).await?;
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(async move {

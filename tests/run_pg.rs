@@ -83,6 +83,12 @@ fn inserts_updates_deletes_and_key_changes_reach_mariadb_and_postgres() {
         ],
     ));
     wait_slot_active(&source, &mut duplex);
+    let log = duplex.log_text();
+    assert!(
+        log.contains("mapping(s) items_erp, items_wms were never backfilled")
+            && log.contains("duplex backfill --mapping items_erp --mapping items_wms"),
+        "run does not say the mappings were never backfilled:\n{log}"
+    );
 
     source
         .execute_as_duplex(

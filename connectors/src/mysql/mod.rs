@@ -1,4 +1,5 @@
 //! MySQL and MariaDB: binlog positions, catalog reading and preflight checks (the binlog
+//! reader, snapshot and applier build on these).
 
 mod apply;
 mod binlog_error;
@@ -6,6 +7,7 @@ mod catalog;
 mod error;
 mod position;
 mod preflight;
+mod snapshot;
 mod stream;
 mod types;
 
@@ -15,6 +17,7 @@ pub use catalog::{TableInfo, describe_table};
 pub use error::MysqlError;
 pub use position::BinlogPosition;
 pub use preflight::{check_server, check_table};
+pub use snapshot::{MysqlSnapshot, MysqlSnapshotError};
 pub use stream::{MysqlStream, MysqlStreamConfig, StartPosition, StreamItem};
 pub use types::TypeError;
 

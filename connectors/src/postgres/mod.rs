@@ -1,3 +1,4 @@
+//! PostgreSQL: positions, catalog reading and preflight checks (the change stream, snapshot and
 //! applier build on these).
 
 mod apply;
@@ -6,6 +7,7 @@ mod error;
 pub mod pgoutput;
 mod position;
 mod preflight;
+mod snapshot;
 mod stream;
 pub mod types;
 
@@ -14,6 +16,7 @@ pub use catalog::{ReplicaIdentity, TableInfo, describe_table};
 pub use error::PgError;
 pub use position::{Lsn, LsnParseError};
 pub use preflight::{TableUse, check_server, check_table};
+pub use snapshot::{KeyRange, PgExportedSnapshot, PgSnapshotError, PgSnapshotReader};
 pub use stream::{DEFAULT_PART_EVENTS, PgStream, PgStreamConfig, PgStreamError, StreamItem};
 
 use std::time::Duration;

@@ -1,0 +1,353 @@
+//! `duplex backfill` end to end through the real binary: a consistent copy under concurrent
+//! writes that hands over to `duplex run` exactly, resume after SIGKILL, and refusing a
+//! non-empty target.
+
+mod harness;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use duplex::backfill::BackfillMeta;
+use duplex_testkit::{MariaDatabase, PgDatabase, shared_mariadb, shared_pg};
+use harness::{Duplex, drop_slot, wait_for};
+
+const ROWS: u64 = 200_000;
+const WAIT: Duration = Duration::from_secs(90);
+
+fn config(source: (&str, &str, String), target: (&str, &str, String), state: &Path) -> String {
+    let kind = |url: &str| {
+        if url.starts_with("mysql") {
+            "mysql"
+        } else {
+            "postgres"
+        }
+    };
+    format!(
+        "[state]\ndir = \"{state}\"\n\n\
+         [sites.{s}]\nkind = \"{sk}\"\nurl = \"{su}\"\n\n\
+         [sites.{t}]\nkind = \"{tk}\"\nurl = \"{tu}\"\n\n\
+         [[mappings]]\nname = \"items\"\ntables = {{ {s} = \"{st}\", {t} = \"{tt}\" }}\ndirection = \"{s}->{t}\"\n",
+        state = state.display(),
+        s = source.0,
+        st = source.1,
+        sk = kind(&source.2),
+        su = source.2,
+        t = target.0,
+        tt = target.1,
+        tk = kind(&target.2),
+        tu = target.2,
+    )
+}
+
+fn backfill(config: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_duplex"))
+        .arg("--config")
+        .arg(config)
+        .arg("backfill")
+        .args(args)
+        .env("DUPLEX_LOG", "info,duplex=debug")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn pg_items(db: &PgDatabase) -> String {
+    db.psql("SELECT count(*), coalesce(sum(id), 0), coalesce(sum(qty), 0), md5(coalesce(string_agg(id || ':' || qty || ':' || name, ',' ORDER BY id), '')) FROM items")
+        .unwrap()
+        .trim()
+        .replace('|', " ")
+}
+
+fn my_items(db: &MariaDatabase) -> String {
+    db.sql("SET SESSION group_concat_max_len = 1073741824; SELECT count(*), coalesce(sum(id), 0), coalesce(sum(qty), 0), md5(coalesce(group_concat(id, ':', qty, ':', name ORDER BY id SEPARATOR ','), '')) FROM items")
+        .unwrap()
+        .trim()
+        .replace('\t', " ")
+}
+
+/// Runs `write(i)` for i = 0, 1, ... every 50 ms until `stop` (at most `limit` times).
+fn writer(
+    stop: Arc<AtomicBool>,
+    limit: u32,
+    write: impl Fn(u32) + Send + 'static,
+) -> std::thread::JoinHandle<u32> {
+    std::thread::spawn(move || {
+        let mut i = 0;
+        while !stop.load(Ordering::SeqCst) && i < limit {
+            write(i);
+            i += 1;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        i
+    })
+}
+
+fn pg_writes(i: u32) -> String {
+    format!(
+        "INSERT INTO items SELECT g, 0, 'new' FROM generate_series({a}, {b}) g; \
+         UPDATE items SET qty = qty + 1, name = name || '+' WHERE id % 97 = {m}; \
+         DELETE FROM items WHERE id % 101 = {m} AND id < 1000000; \
+         UPDATE items SET id = id + 5000000 WHERE id = {k}",
+        a = 1_000_000 + i * 100,
+        b = 1_000_000 + i * 100 + 99,
+        m = i % 97,
+        k = 1 + i * 7919,
+    )
+}
+
+fn my_writes(i: u32) -> String {
+    format!(
+        "INSERT INTO items SELECT seq, 0, 'new' FROM seq_{a}_to_{b}; \
+         UPDATE items SET qty = qty + 1, name = concat(name, '+') WHERE id % 97 = {m}; \
+         DELETE FROM items WHERE id % 101 = {m} AND id < 1000000; \
+         UPDATE items SET id = id + 5000000 WHERE id = {k}",
+        a = 1_000_000 + i * 100,
+        b = 1_000_000 + i * 100 + 99,
+        m = i % 97,
+        k = 1 + i * 7919,
+    )
+}
+
+/// Starts `duplex run` on the same config and waits until the target equals the source.
+fn run_until_equal(
+    config: &str,
+    source: impl Fn() -> String,
+    target: impl Fn() -> String,
+) -> Duplex {
+    let mut duplex = Duplex::run(config);
+    wait_for("the target to equal the source", WAIT, || {
+        duplex.assert_running();
+        let (s, t) = (source(), target());
+        if s == t {
+            Ok(())
+        } else {
+            Err(format!("source {s} target {t}\n{}", duplex.log_text()))
+        }
+    });
+    duplex
+}
+
+#[test]
+fn postgres_to_mariadb_under_concurrent_writes_hands_over_exactly() {
+    let source = shared_pg().create_database();
+    source
+        .execute_as_duplex(&format!(
+            "CREATE TABLE items (id bigint PRIMARY KEY, qty int NOT NULL, name text NOT NULL); \
+             INSERT INTO items SELECT g, g % 13, 'item ' || g FROM generate_series(1, {ROWS}) g"
+        ))
+        .unwrap();
+    let erp = shared_mariadb().create_database();
+    erp.sql("CREATE TABLE items (id BIGINT PRIMARY KEY, qty INT NOT NULL, name LONGTEXT NOT NULL) ENGINE=InnoDB")
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(
+        (source.name(), "public.items", source.url()),
+        ("erp", &format!("{}.items", erp.name()), erp.url()),
+        &dir.path().join("state"),
+    );
+    let path = dir.path().join("duplex.toml");
+    std::fs::write(&path, &text).unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let source = Arc::new(source);
+    let writer_db = source.clone();
+    let writes = writer(stop.clone(), 400, move |i| {
+        writer_db.psql(&pg_writes(i)).unwrap();
+    });
+    let started = Instant::now();
+    let out = backfill(&path, &["--jobs", "2"]);
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let batches = writes.join().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "backfill failed:\n{log}");
+    eprintln!(
+        "backfill of {ROWS} rows took {elapsed:.1?} ({:.0} rows/s); {batches} write batches ran meanwhile\n{log}",
+        ROWS as f64 / elapsed.as_secs_f64()
+    );
+    assert!(batches > 0);
+
+    let mut duplex = run_until_equal(&text, || pg_items(&source), || my_items(&erp));
+    duplex.terminate();
+    drop_slot(&source);
+}
+
+#[test]
+fn mariadb_to_postgres_under_concurrent_writes_hands_over_exactly() {
+    let source = shared_mariadb().create_database();
+    source
+        .sql(&format!(
+            "CREATE TABLE items (id BIGINT PRIMARY KEY, qty INT NOT NULL, name LONGTEXT NOT NULL) ENGINE=InnoDB; \
+             INSERT INTO items SELECT seq, seq % 13, concat('item ', seq) FROM seq_1_to_{ROWS}"
+        ))
+        .unwrap();
+    let wms = shared_pg().create_database();
+    wms.execute_as_duplex(
+        "CREATE TABLE items (id bigint PRIMARY KEY, qty int NOT NULL, name text NOT NULL)",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(
+        ("shop", &format!("{}.items", source.name()), source.url()),
+        ("wms", "public.items", wms.url()),
+        &dir.path().join("state"),
+    );
+    let path = dir.path().join("duplex.toml");
+    std::fs::write(&path, &text).unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let db = Arc::new(source);
+    let writer_db = db.clone();
+    let writes = writer(stop.clone(), 400, move |i| {
+        writer_db.sql(&my_writes(i)).unwrap();
+    });
+    let started = Instant::now();
+    let out = backfill(&path, &["--jobs", "2"]);
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let batches = writes.join().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "backfill failed:\n{log}");
+    eprintln!(
+        "backfill of {ROWS} rows took {elapsed:.1?} ({:.0} rows/s); {batches} write batches ran meanwhile\n{log}",
+        ROWS as f64 / elapsed.as_secs_f64()
+    );
+    assert!(batches > 0);
+
+    let mut duplex = run_until_equal(&text, || my_items(&db), || pg_items(&wms));
+    duplex.terminate();
+}
+
+#[test]
+fn a_backfill_killed_part_way_resumes_and_copies_only_the_rest() {
+    let source = shared_pg().create_database();
+    source
+        .execute_as_duplex(&format!(
+            "CREATE TABLE items (id bigint PRIMARY KEY, qty int NOT NULL, name text NOT NULL); \
+             INSERT INTO items SELECT g, g % 13, 'item ' || g FROM generate_series(1, {ROWS}) g"
+        ))
+        .unwrap();
+    let wms = shared_pg().create_database();
+    wms.execute_as_duplex(
+        "CREATE TABLE items (id bigint PRIMARY KEY, qty int NOT NULL, name text NOT NULL)",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let text = config(
+        (source.name(), "public.items", source.url()),
+        ("wms", "public.items", wms.url()),
+        &state,
+    );
+    let path = dir.path().join("duplex.toml");
+    std::fs::write(&path, &text).unwrap();
+    let log_path = dir.path().join("first.log");
+
+    // First attempt: one worker, small ranges; SIGKILL once a few ranges are done.
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_duplex"))
+        .arg("--config")
+        .arg(&path)
+        .args(["backfill", "--jobs", "1", "--chunk-rows", "2000"])
+        .env("DUPLEX_LOG", "info,duplex=debug")
+        .stdin(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    wait_for("a few ranges to be copied", WAIT, || {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let done = text.matches("range done").count();
+        if done >= 10 {
+            Ok(())
+        } else {
+            Err(format!("{done} ranges\n{text}"))
+        }
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Changes after the first snapshot: some hit ranges already copied, some not.
+    source
+        .psql("UPDATE items SET qty = -1 WHERE id % 1000 = 7; DELETE FROM items WHERE id % 1000 = 8; \
+               INSERT INTO items VALUES (900001, 1, 'late'); UPDATE items SET id = 900002 WHERE id = 5")
+        .unwrap();
+
+    let store = duplex_state::StateStore::open(&state).unwrap();
+    let first_done = store.done_ranges("items", "public.items").unwrap();
+    let meta: BackfillMeta = store.backfill_meta("items").unwrap().unwrap();
+    drop(store);
+    assert!(
+        !first_done.is_empty() && first_done.len() < meta.ranges.len(),
+        "{first_done:?}"
+    );
+
+    let out = backfill(&path, &["--jobs", "2", "--chunk-rows", "2000"]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "resumed backfill failed:\n{log}");
+
+    let store = duplex_state::StateStore::open(&state).unwrap();
+    let done = store.done_ranges("items", "public.items").unwrap();
+    let meta: BackfillMeta = store.backfill_meta("items").unwrap().unwrap();
+    drop(store);
+    assert!(meta.complete);
+    assert_eq!(done.len(), meta.ranges.len());
+    let second = meta.rows_copied_in(&done, 1);
+    assert!(
+        second > 0 && second < ROWS,
+        "second attempt copied {second} rows\n{log}"
+    );
+    assert_eq!(
+        meta.rows_copied_in(&done, 0),
+        first_done.values().sum::<u64>()
+    );
+
+    let mut duplex = run_until_equal(&text, || pg_items(&source), || pg_items(&wms));
+    duplex.terminate();
+    drop_slot(&source);
+}
+
+#[test]
+fn a_non_empty_target_is_refused_without_allow_nonempty() {
+    let source = shared_pg().create_database();
+    source
+        .execute_as_duplex(
+            "CREATE TABLE items (id bigint PRIMARY KEY, qty int NOT NULL, name text NOT NULL); \
+               INSERT INTO items VALUES (1, 1, 'a'), (2, 2, 'b')",
+        )
+        .unwrap();
+    let wms = shared_pg().create_database();
+    wms.execute_as_duplex(
+        "CREATE TABLE items (id bigint PRIMARY KEY, qty int NOT NULL, name text NOT NULL); \
+                           INSERT INTO items VALUES (2, 0, 'old'), (3, 3, 'extra')",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(
+        (source.name(), "public.items", source.url()),
+        ("wms", "public.items", wms.url()),
+        &dir.path().join("state"),
+    );
+    let path = dir.path().join("duplex.toml");
+    std::fs::write(&path, &text).unwrap();
+
+    let out = backfill(&path, &[]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    assert!(
+        log.contains("is not empty") && log.contains("--allow-nonempty"),
+        "{log}"
+    );
+
+    let out = backfill(&path, &["--allow-nonempty"]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert_eq!(
+        wms.psql("SELECT id, qty, name FROM items ORDER BY id")
+            .unwrap()
+            .trim(),
+        "1|1|a\n2|2|b\n3|3|extra"
+    );
+    drop_slot(&source);
+}
