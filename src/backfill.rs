@@ -30,10 +30,19 @@
 //! A table with a single integer primary-key column is split into ranges of `chunk` rows
 //! (`lo < key <= hi`, bounds taken from every `chunk`-th key in the snapshot); other tables are
 //! one range. Each range is written into each target in ONE target transaction through the
-//! ordinary applier (multi-row INSERTs; strict, or upserting with `--allow-nonempty`), and that
-//! transaction also records a marker row `backfill:<mapping>:<range>` in `duplex.positions`
-//! holding the snapshot position the range was read at. So a range is either entirely on a
-//! target together with its marker, or not at all. The state store then records the range as
+//! target's applier, and that transaction also records a marker row
+//! `backfill:<mapping>:<range>` in `duplex.positions` holding the snapshot position the range
+//! was read at. So a range is either entirely on a target together with its marker, or not at
+//! all. The rows go by the target's bulk path: on PostgreSQL one binary
+//! `COPY ... FROM STDIN` inside that transaction (`PgApplier::load`), on MySQL/MariaDB
+//! multi-row INSERTs. `--allow-nonempty` upserts, which COPY cannot do, so with it PostgreSQL
+//! targets are written with multi-row `INSERT ... ON CONFLICT DO UPDATE` (as are columns of
+//! types duplex has no binary encoder for, e.g. `inet`).
+//!
+//! # Progress
+//!
+//! On a terminal (stderr), one progress bar per mapping: rows copied of the planned total,
+//! rows/s and ETA. Otherwise a plain log line per mapping every 5 s. A summary at the end. The state store then records the range as
 //! done (`mark_range_done`) and, in the same store transaction, the attempt it was copied in
 //! (in the backfill record). Markers are deleted when the backfill completes.
 //!
@@ -78,6 +87,7 @@ use duplex_connectors::{
     ChangeEvent, Op, Origin, Position, Row, SiteKind, TableName, TableSchema, Transaction, Value,
 };
 use duplex_state::StateStore;
+use indicatif::{MultiProgress, ProgressBar, ProgressState, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinSet;
@@ -332,6 +342,15 @@ impl Writer {
         match self {
             Writer::Postgres(a) => a.apply(batch).await,
             Writer::Mysql(a) => a.apply(batch).await,
+        }
+    }
+
+    /// Writes a transaction of inserts with the target's bulk path: binary COPY on PostgreSQL
+    /// (INSERT ... ON CONFLICT when upserting), multi-row INSERTs on MySQL.
+    async fn load(&mut self, txn: &Transaction) -> Result<(), ApplyError> {
+        match self {
+            Writer::Postgres(a) => a.load(txn).await,
+            Writer::Mysql(a) => a.apply(std::slice::from_ref(txn)).await,
         }
     }
 
@@ -623,34 +642,7 @@ async fn pg_snapshot(
     let client = postgres::connect(&site.url, password)
         .await
         .map_err(|e| admin(Box::new(e), "connecting"))?;
-    let list = tables
-        .iter()
-        .map(|t| {
-            format!(
-                "{}.{}",
-                postgres::quote_ident(&t.schema),
-                postgres::quote_ident(&t.name)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    let exists = client
-        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&slot])
-        .await
-        .map_err(|e| admin(Box::new(e), "looking up the publication"))?;
-    let sql = if exists.is_some() {
-        format!(
-            "ALTER PUBLICATION {} SET TABLE {list}",
-            postgres::quote_ident(slot)
-        )
-    } else {
-        format!(
-            "CREATE PUBLICATION {} FOR TABLE {list}",
-            postgres::quote_ident(slot)
-        )
-    };
-    client
-        .batch_execute(&sql)
+    postgres::ensure_publication(&client, slot, tables)
         .await
         .map_err(|e| admin(Box::new(e), "creating the publication"))?;
     let slot_exists = client
@@ -1016,6 +1008,35 @@ async fn copy(
             .map_err(|e| BackfillError::Crashed(e.to_string()))??;
         totals.push(done.values().sum());
     }
+    let bars = terminal.then(|| {
+        let multi = MultiProgress::new();
+        let style = ProgressStyle::with_template(
+            "{prefix:>16} [{bar:32}] {human_pos}/{human_len} rows  {rate:>12}  ETA {eta}",
+        )
+        .expect("the template is valid")
+        .with_key(
+            "rate",
+            |state: &ProgressState, out: &mut dyn std::fmt::Write| {
+                let _ = write!(out, "{:.0} rows/s", state.per_sec());
+            },
+        )
+        .progress_chars("=> ");
+        let bars: Vec<ProgressBar> = jobs
+            .iter()
+            .zip(&totals)
+            .map(|(job, &done)| {
+                let bar = multi.add(
+                    ProgressBar::new(job.meta.rows.max(done))
+                        .with_style(style.clone())
+                        .with_prefix(job.mapping.name.clone())
+                        .with_position(done),
+                );
+                bar.reset_eta();
+                bar
+            })
+            .collect();
+        (multi, bars)
+    });
     let mut failure = None;
     loop {
         tokio::select! {
@@ -1038,7 +1059,13 @@ async fn copy(
                 *copied.entry(job.mapping.name.clone()).or_default() += rows;
                 totals[index] += rows;
                 tracing::debug!(mapping = %job.mapping.name, range, rows, "range done");
-                if last_log.elapsed() >= Duration::from_secs(if terminal { 1 } else { 5 }) {
+                if let Some((_, bars)) = &bars {
+                    let bar = &bars[index];
+                    if totals[index] > bar.length().unwrap_or(0) {
+                        bar.set_length(totals[index]);
+                    }
+                    bar.set_position(totals[index]);
+                } else if last_log.elapsed() >= Duration::from_secs(5) {
                     last_log = Instant::now();
                     let secs = started.elapsed().as_secs_f64().max(1e-9);
                     for (i, job) in jobs.iter().enumerate() {
@@ -1056,6 +1083,15 @@ async fn copy(
                     Ok(Err(error)) => { failure = Some(error); break; }
                     Err(panic) => { failure = Some(BackfillError::Crashed(panic.to_string())); break; }
                 }
+            }
+        }
+    }
+    if let Some((_, bars)) = &bars {
+        for bar in bars {
+            if failure.is_some() {
+                bar.abandon();
+            } else {
+                bar.finish();
             }
         }
     }
@@ -1179,10 +1215,7 @@ async fn worker(
                 copied_in = earlier as u32;
                 continue;
             }
-            writer
-                .apply(std::slice::from_ref(&txn))
-                .await
-                .map_err(apply_error)?;
+            writer.load(&txn).await.map_err(apply_error)?;
         }
         if done.send((index, range_id, count, copied_in)).is_err() {
             return Ok(());

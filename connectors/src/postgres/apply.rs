@@ -96,38 +96,38 @@ pub const POSITIONS_DDL: &str = "CREATE SCHEMA IF NOT EXISTS duplex; \
 pub struct PgApplier {
     url: String,
     password: Option<String>,
-    client: Client,
-    routes: HashMap<TableName, PgRoute>,
-    statements: HashMap<String, Statement>,
-    options: ApplyOptions,
+    pub(super) client: Client,
+    pub(super) routes: HashMap<TableName, PgRoute>,
+    pub(super) statements: HashMap<String, Statement>,
+    pub(super) options: ApplyOptions,
     /// Where the applier is in a large transaction.
-    parts: PartState,
+    pub(super) parts: PartState,
     /// Whether a target transaction is open on `client` (BEGIN sent, no COMMIT/ROLLBACK yet).
     in_transaction: bool,
 }
 
 /// A route resolved against the target table's schema.
-struct PgRoute {
-    target: TableName,
-    quoted: String,
-    columns: Vec<PgColumn>,
+pub(super) struct PgRoute {
+    pub(super) target: TableName,
+    pub(super) quoted: String,
+    pub(super) columns: Vec<PgColumn>,
     /// Indexes into `columns` of the key columns.
     key: Vec<usize>,
 }
 
 /// One written column.
-struct PgColumn {
-    source: String,
+pub(super) struct PgColumn {
+    pub(super) source: String,
     target: String,
-    quoted: String,
+    pub(super) quoted: String,
     declared: String,
-    kind: PgKind,
+    pub(super) kind: PgKind,
     scale: Option<usize>,
 }
 
 /// How values of a target column are bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PgKind {
+pub(super) enum PgKind {
     Bool,
     Int2,
     Int4,
@@ -347,7 +347,10 @@ impl Applier for PgApplier {
 impl PgApplier {
     /// After every call: on error the target transaction is rolled back and no large
     /// transaction is open any more.
-    async fn end_call<T>(&mut self, result: Result<T, ApplyError>) -> Result<T, ApplyError> {
+    pub(super) async fn end_call<T>(
+        &mut self,
+        result: Result<T, ApplyError>,
+    ) -> Result<T, ApplyError> {
         if result.is_err() {
             self.parts = PartState::Idle;
             self.rollback_open().await;
@@ -367,7 +370,7 @@ impl PgApplier {
     }
 
     /// Opens a target transaction (rolling back one a dropped call left open).
-    async fn begin(&mut self) -> Result<(), ApplyError> {
+    pub(super) async fn begin(&mut self) -> Result<(), ApplyError> {
         self.rollback_open().await;
         self.reconnect_if_closed().await?;
         self.in_transaction = true;
@@ -378,7 +381,7 @@ impl PgApplier {
         Ok(())
     }
 
-    async fn commit(&mut self) -> Result<(), ApplyError> {
+    pub(super) async fn commit(&mut self) -> Result<(), ApplyError> {
         self.client
             .batch_execute("COMMIT")
             .await
@@ -387,7 +390,7 @@ impl PgApplier {
         Ok(())
     }
 
-    async fn rollback(&mut self) -> Result<(), ApplyError> {
+    pub(super) async fn rollback(&mut self) -> Result<(), ApplyError> {
         self.client
             .batch_execute("ROLLBACK")
             .await
@@ -397,7 +400,10 @@ impl PgApplier {
     }
 
     /// The recorded position of `site`, read under a row lock inside the open transaction.
-    async fn recorded_for_update(&self, site: &str) -> Result<Option<Position>, ApplyError> {
+    pub(super) async fn recorded_for_update(
+        &self,
+        site: &str,
+    ) -> Result<Option<Position>, ApplyError> {
         let row = self
             .client
             .query_opt(
@@ -412,7 +418,7 @@ impl PgApplier {
     /// Records `position` of `site` in the open transaction. The first position of a source
     /// is inserted, never upserted: of two appliers racing on a new source, the second fails
     /// here instead of applying again.
-    async fn record(
+    pub(super) async fn record(
         &self,
         site: &str,
         position: &Position,
@@ -510,11 +516,11 @@ impl PgApplier {
 }
 
 /// Writes the events of one batch inside its target transaction.
-struct Writer<'a> {
-    session: &'a Client,
-    routes: &'a HashMap<TableName, PgRoute>,
-    statements: &'a mut HashMap<String, Statement>,
-    options: ApplyOptions,
+pub(super) struct Writer<'a> {
+    pub(super) session: &'a Client,
+    pub(super) routes: &'a HashMap<TableName, PgRoute>,
+    pub(super) statements: &'a mut HashMap<String, Statement>,
+    pub(super) options: ApplyOptions,
 }
 
 impl Writer<'_> {
@@ -553,7 +559,10 @@ impl Writer<'_> {
         Ok(())
     }
 
-    async fn statement(&mut self, sql: String) -> Result<Statement, tokio_postgres::Error> {
+    pub(super) async fn statement(
+        &mut self,
+        sql: String,
+    ) -> Result<Statement, tokio_postgres::Error> {
         if let Some(statement) = self.statements.get(&sql) {
             return Ok(statement.clone());
         }
@@ -578,7 +587,7 @@ impl Writer<'_> {
         self.session.execute(&statement, &refs).await.map_err(wrap)
     }
 
-    async fn insert_run(
+    pub(super) async fn insert_run(
         &mut self,
         route: &PgRoute,
         columns: &[usize],
@@ -717,7 +726,7 @@ async fn pipelined<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
         .collect()
 }
 
-fn write_error(route: &PgRoute, op: Op, source: tokio_postgres::Error) -> ApplyError {
+pub(super) fn write_error(route: &PgRoute, op: Op, source: tokio_postgres::Error) -> ApplyError {
     ApplyError::PgWrite {
         table: route.target.clone(),
         op,
@@ -761,7 +770,10 @@ fn expect_one(route: &PgRoute, event: &ChangeEvent, n: u64) -> Result<(), ApplyE
 
 /// The route columns an insert writes: those its after-image carries. Unchanged values are
 /// refused: an insert has no old row to keep them from.
-fn insert_columns(route: &PgRoute, event: &ChangeEvent) -> Result<Vec<usize>, ApplyError> {
+pub(super) fn insert_columns(
+    route: &PgRoute,
+    event: &ChangeEvent,
+) -> Result<Vec<usize>, ApplyError> {
     let Some(after) = &event.after else {
         return Err(malformed(event, "an insert without an after-image"));
     };
@@ -845,7 +857,7 @@ fn insert_sql(route: &PgRoute, columns: &[usize], rows: usize, upsert: bool) -> 
 
 /// A value encoded for one target column, in PostgreSQL's binary format.
 #[derive(Debug, Clone)]
-enum PgParam<'a> {
+pub(super) enum PgParam<'a> {
     Null,
     Bool(bool),
     I16(i16),
@@ -884,7 +896,7 @@ const DAY_MICROS: i64 = 86_400_000_000;
 
 /// Converts a canonical value for a target column, refusing what the column cannot hold
 /// exactly.
-fn to_param<'a>(
+pub(super) fn to_param<'a>(
     value: &'a Value,
     column: &PgColumn,
     table: &TableName,

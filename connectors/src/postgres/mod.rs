@@ -3,6 +3,7 @@
 
 mod apply;
 mod catalog;
+mod copy;
 mod error;
 pub mod pgoutput;
 mod position;
@@ -17,7 +18,9 @@ pub use error::PgError;
 pub use position::{Lsn, LsnParseError};
 pub use preflight::{TableUse, check_server, check_table};
 pub use snapshot::{KeyRange, PgExportedSnapshot, PgSnapshotError, PgSnapshotReader};
-pub use stream::{DEFAULT_PART_EVENTS, PgStream, PgStreamConfig, PgStreamError, StreamItem};
+pub use stream::{
+    DEFAULT_PART_EVENTS, PgStream, PgStreamConfig, PgStreamError, StreamItem, ensure_publication,
+};
 
 use std::time::Duration;
 

@@ -860,8 +860,9 @@ impl RelationEntry {
     }
 }
 
-/// Makes the publication list exactly `tables`.
-async fn ensure_publication(
+/// Makes the publication `name` list exactly `tables` (creating it when missing). A
+/// publication FOR ALL TABLES is refused: duplex would read more than it maps.
+pub async fn ensure_publication(
     client: &Client,
     name: &str,
     tables: &[TableName],
