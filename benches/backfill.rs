@@ -1,0 +1,444 @@
+//! End-to-end benchmark of `duplex backfill`: the real release binary copying a table between
+//! throwaway servers, next to the stock clients' pipe measured in the same run.
+//!
+//! # Running it
+//!
+//! ```sh
+//! cargo build --release --bin duplex && cargo bench --bench backfill
+//! ```
+//!
+//! Like `benches/replication.rs` it runs the `duplex` next to its own profile directory
+//! (`target/release/duplex`, or `$DUPLEX_BENCH_BIN`) and without the `--bench` argument only
+//! prints how to run it. `DUPLEX_BENCH_ROWS` (default 1,000,000) sets the table size,
+//! `DUPLEX_BENCH_JOBS` (4) the `--jobs`, `DUPLEX_BENCH_TIMEOUT` (600 s) how long one copy may
+//! take before the case fails.
+//!
+//! # What is measured
+//!
+//! One throwaway PostgreSQL (testkit settings, `fsync=off`, but `synchronous_commit=on` as in
+//! the replication bench) and one MariaDB server. Per direction (PostgreSQL → PostgreSQL,
+//! MariaDB → PostgreSQL) a fresh source database holds `ROWS` rows of
+//! `bench (id bigint PK, a int, b text, c numeric(12,2), d timestamptz)` (MariaDB: BIGINT, INT,
+//! LONGTEXT, DECIMAL(12,2), DATETIME(6)), vacuumed/analyzed and read once so that both copies
+//! find it cached. Then, into two fresh empty PostgreSQL databases:
+//!
+//! 1. `baseline`: `psql \copy bench to stdout | psql \copy bench from stdin` (from MariaDB:
+//!    `mariadb --batch --quick -e 'SELECT …' | psql \copy bench from stdin`), wall time of the
+//!    pipe;
+//! 2. `duplex --config F backfill --jobs N`, wall time of the process (start-up, snapshot and
+//!    slot creation, copy, state store), with its peak RSS (`VmHWM` from `/proc/<pid>/status`,
+//!    polled every 10 ms while it runs).
+//!
+//! Both targets are checked against the source (count, sum(id), sum(a), sum(c)). The sites are
+//! named after their databases, so a PostgreSQL source's slot is `duplex_<db>_<db>`; it is
+//! dropped at the end of the case, also when the case failed.
+//!
+//! # Output
+//!
+//! One JSON object per direction on stdout (`"bench": "backfill"`, or an `error` field with
+//! the tail of duplex's log), then a Markdown table. Progress goes to stderr.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use duplex_testkit::{MariaDatabase, MariaOptions, MariaServer, PgDatabase, PgOptions, PgServer};
+use serde_json::{Value, json};
+
+type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+const PG_TABLE: &str =
+    "CREATE TABLE bench (id bigint PRIMARY KEY, a int, b text, c numeric(12,2), d timestamptz)";
+const MARIA_TABLE: &str = "CREATE TABLE bench (id BIGINT PRIMARY KEY, a INT, b LONGTEXT, \
+     c DECIMAL(12,2), d DATETIME(6)) ENGINE=InnoDB";
+/// Count and sums that must match between source and target (same text on both kinds).
+const CHECKSUM: &str = "SELECT count(*), sum(id), sum(a), sum(c) FROM bench";
+
+#[derive(Clone, Copy, Debug)]
+struct Sizes {
+    rows: u64,
+    jobs: u64,
+    timeout: Duration,
+}
+
+impl Sizes {
+    fn from_env() -> BenchResult<Sizes> {
+        let var = |name: &str, default: u64| -> BenchResult<u64> {
+            match std::env::var(name) {
+                Ok(text) => text
+                    .replace('_', "")
+                    .parse()
+                    .map_err(|e| format!("{name}={text:?}: {e}").into()),
+                Err(_) => Ok(default),
+            }
+        };
+        Ok(Sizes {
+            rows: var("DUPLEX_BENCH_ROWS", 1_000_000)?.max(1),
+            jobs: var("DUPLEX_BENCH_JOBS", 4)?.max(1),
+            timeout: Duration::from_secs(var("DUPLEX_BENCH_TIMEOUT", 600)?),
+        })
+    }
+}
+
+/// The source of one direction.
+enum Source {
+    Pg(PgDatabase),
+    Maria(MariaDatabase),
+}
+
+impl Source {
+    fn name(&self) -> &str {
+        match self {
+            Source::Pg(db) => db.name(),
+            Source::Maria(db) => db.name(),
+        }
+    }
+
+    fn checksum(&self) -> BenchResult<String> {
+        Ok(match self {
+            Source::Pg(db) => db.psql(CHECKSUM)?.trim().replace('|', " "),
+            Source::Maria(db) => db.sql(CHECKSUM)?.trim().replace('\t', " "),
+        })
+    }
+
+    /// The `[sites.…]` section and the mapped table's name.
+    fn site(&self) -> (String, String) {
+        match self {
+            Source::Pg(db) => (
+                site_toml(db.name(), "postgres", &db.url()),
+                "public.bench".into(),
+            ),
+            Source::Maria(db) => (
+                site_toml(db.name(), "mysql", &db.url()),
+                format!("{}.bench", db.name()),
+            ),
+        }
+    }
+}
+
+fn site_toml(name: &str, kind: &str, url: &str) -> String {
+    format!("[sites.{name}]\nkind = \"{kind}\"\nurl = \"{url}\"\n\n")
+}
+
+/// A fresh source with `rows` rows, cached.
+fn create_source(servers: &Servers, pg: bool, rows: u64) -> BenchResult<Source> {
+    if pg {
+        let db = servers.pg.try_create_database()?;
+        db.execute_as_duplex(&format!(
+            "{PG_TABLE}; INSERT INTO bench SELECT g, g % 1000, md5(g::text), \
+             (g % 100000) / 100.0, now() FROM generate_series(1, {rows}) g"
+        ))?;
+        db.psql("VACUUM ANALYZE bench")?;
+        db.psql("SELECT count(*) FROM bench")?;
+        Ok(Source::Pg(db))
+    } else {
+        let db = servers.maria.try_create_database()?;
+        db.execute_as_duplex(MARIA_TABLE)?;
+        db.sql(&format!(
+            "INSERT INTO bench SELECT seq, seq % 1000, md5(seq), (seq % 100000) / 100, NOW(6) \
+             FROM seq_1_to_{rows}"
+        ))?;
+        db.sql("ANALYZE TABLE bench")?;
+        db.sql("SELECT count(*), sum(length(b)) FROM bench")?;
+        Ok(Source::Maria(db))
+    }
+}
+
+/// A fresh, empty PostgreSQL target.
+fn create_target(servers: &Servers) -> BenchResult<PgDatabase> {
+    let db = servers.pg.try_create_database()?;
+    db.execute_as_duplex(PG_TABLE)?;
+    Ok(db)
+}
+
+fn pg_checksum(db: &PgDatabase) -> BenchResult<String> {
+    Ok(db.psql(CHECKSUM)?.trim().replace('|', " "))
+}
+
+/// Copies the source table into `target` with the stock clients, piped; the pipe and its time.
+fn baseline(source: &Source, target: &PgDatabase) -> BenchResult<(&'static str, Duration)> {
+    let psql = |url: &str, meta: &str| {
+        let mut command = Command::new("psql");
+        command.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", url, "-c", meta]);
+        command
+    };
+    let (method, mut producer) = match source {
+        Source::Pg(db) => (
+            "psql \\copy bench to stdout | psql \\copy bench from stdin",
+            psql(&db.url(), "\\copy bench to pstdout"),
+        ),
+        Source::Maria(db) => {
+            let mut command = Command::new("mariadb");
+            command.args([
+                "--host=127.0.0.1",
+                &format!("--port={}", db.port()),
+                "--user=duplex",
+                "--password=duplex",
+                "--batch",
+                "--skip-column-names",
+                "--quick",
+                db.name(),
+                "-e",
+                "SELECT id, a, b, c, DATE_FORMAT(d, '%Y-%m-%d %H:%i:%s.%f+00') FROM bench",
+            ]);
+            (
+                "mariadb --batch --quick -e 'SELECT …' | psql \\copy bench from stdin",
+                command,
+            )
+        }
+    };
+    let mut consumer = psql(&target.url(), "\\copy bench from pstdin");
+    let start = Instant::now();
+    let mut out = producer.stdout(Stdio::piped()).spawn()?;
+    let pipe = out.stdout.take().ok_or("no stdout")?;
+    let mut into = consumer.stdin(Stdio::from(pipe)).spawn()?;
+    let produced = out.wait()?;
+    let consumed = into.wait()?;
+    let took = start.elapsed();
+    if !produced.success() || !consumed.success() {
+        return Err(format!("baseline failed: {produced} | {consumed}").into());
+    }
+    Ok((method, took))
+}
+
+/// Runs `duplex --config F backfill --jobs N` to its end: wall time and peak RSS in KiB.
+fn run_backfill(
+    bin: &Path,
+    config: &Path,
+    log: &Path,
+    sizes: Sizes,
+) -> BenchResult<(Duration, u64)> {
+    let file = std::fs::File::create(log)?;
+    let start = Instant::now();
+    let mut child = Command::new(bin)
+        .arg("--config")
+        .arg(config)
+        .args(["backfill", "--jobs", &sizes.jobs.to_string()])
+        .env("DUPLEX_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak_kib = 0;
+    loop {
+        // VmHWM only grows; the last reading before exit is the peak (give or take 10 ms).
+        if let Ok(status) = std::fs::read_to_string(&status_path)
+            && let Some(kib) = status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmHWM:"))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        {
+            peak_kib = kib;
+        }
+        if let Some(status) = child.try_wait()? {
+            let took = start.elapsed();
+            if !status.success() {
+                return Err(format!("duplex backfill exited with {status}").into());
+            }
+            return Ok((took, peak_kib));
+        }
+        if start.elapsed() > sizes.timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("duplex backfill took over {} s", sizes.timeout.as_secs()).into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn log_tail(log: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (x * scale).round() / scale
+}
+
+struct Servers {
+    pg: PgServer,
+    maria: MariaServer,
+}
+
+/// One direction from scratch: its JSON line.
+fn run_case(servers: &Servers, bin: &Path, pg_source: bool, sizes: Sizes) -> Value {
+    let direction = if pg_source {
+        "postgres->postgres"
+    } else {
+        "mariadb->postgres"
+    };
+    let mut result = json!({"bench": "backfill", "direction": direction, "rows": sizes.rows,
+                            "jobs": sizes.jobs});
+    let dir = match tempfile::tempdir() {
+        Ok(dir) => dir,
+        Err(e) => {
+            result["error"] = json!(e.to_string());
+            return result;
+        }
+    };
+    let log = dir.path().join("duplex.log");
+    let mut source = None;
+    let outcome = (|| -> BenchResult<Value> {
+        eprintln!("bench: {direction}: loading {} source rows", sizes.rows);
+        let src = source.insert(create_source(servers, pg_source, sizes.rows)?);
+        let expected = src.checksum()?;
+        let base_db = create_target(servers)?;
+        let target = create_target(servers)?;
+
+        eprintln!("bench: {direction}: baseline");
+        let (method, base_took) = baseline(src, &base_db)?;
+        let base_sum = pg_checksum(&base_db)?;
+        if base_sum != expected {
+            return Err(format!("baseline copied {base_sum}, source has {expected}").into());
+        }
+        drop(base_db);
+
+        eprintln!("bench: {direction}: duplex backfill --jobs {}", sizes.jobs);
+        let (site, table) = src.site();
+        let config = dir.path().join("duplex.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "{site}{target_site}[[mappings]]\nname = \"bench\"\n\
+                 tables = {{ {s} = \"{table}\", {t} = \"public.bench\" }}\n\
+                 direction = \"{s}->{t}\"\n",
+                target_site = site_toml(target.name(), "postgres", &target.url()),
+                s = src.name(),
+                t = target.name(),
+            ),
+        )?;
+        let (took, peak_kib) = run_backfill(bin, &config, &log, sizes)?;
+        let copied = pg_checksum(&target)?;
+        if copied != expected {
+            return Err(format!("duplex copied {copied}, source has {expected}").into());
+        }
+        let rows = sizes.rows as f64;
+        Ok(json!({
+            "duplex_s": round(took.as_secs_f64(), 3),
+            "duplex_rows_per_s": round(rows / took.as_secs_f64(), 0),
+            "baseline": method,
+            "baseline_s": round(base_took.as_secs_f64(), 3),
+            "baseline_rows_per_s": round(rows / base_took.as_secs_f64(), 0),
+            "ratio": round(base_took.as_secs_f64() / took.as_secs_f64(), 2),
+            "peak_rss_mib": round(peak_kib as f64 / 1024.0, 1),
+        }))
+    })();
+    match outcome {
+        Ok(Value::Object(fields)) => fields.into_iter().for_each(|(k, v)| result[k] = v),
+        Ok(other) => result["result"] = other,
+        Err(e) => {
+            result["error"] = json!(e.to_string());
+            result["log_tail"] = json!(log_tail(&log, 15));
+        }
+    }
+    // The slot backfill created, before the database goes.
+    if let Some(Source::Pg(db)) = &source {
+        let sql = format!(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE slot_name = 'duplex_{0}_{0}'",
+            db.name()
+        );
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while let Err(e) = db.psql(&sql) {
+            if Instant::now() > deadline {
+                result["slot_error"] = json!(e.to_string());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    result
+}
+
+/// The release `duplex` next to this bench (`target/release/deps/backfill-*`).
+fn duplex_binary() -> BenchResult<PathBuf> {
+    if let Some(path) = std::env::var_os("DUPLEX_BENCH_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()?;
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or("cannot locate the target directory")?
+        .join("duplex");
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(format!(
+            "{} is missing: run `cargo build --release --bin duplex && cargo bench --bench backfill`",
+            bin.display()
+        )
+        .into())
+    }
+}
+
+fn summary(results: &[Value]) -> String {
+    let mut out = String::from(
+        "| direction | rows | duplex backfill | same-run baseline | duplex / baseline | peak RSS |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for r in results {
+        let direction = match r["direction"].as_str() {
+            Some("postgres->postgres") => "PostgreSQL → PostgreSQL",
+            _ => "MariaDB → PostgreSQL",
+        };
+        if let Some(error) = r["error"].as_str() {
+            let first = error.lines().next().unwrap_or("");
+            out.push_str(&format!("| {direction} | | error: {first} | | | |\n"));
+            continue;
+        }
+        let num = |key: &str| r[key].as_f64().unwrap_or(f64::NAN);
+        let baseline = r["baseline"].as_str().unwrap_or("").replace('|', "\\|");
+        out.push_str(&format!(
+            "| {direction} | {} | {:.0} rows/s ({:.1} s, `--jobs {}`) | {:.0} rows/s ({:.1} s, `{baseline}`) | {:.2}× | {:.0} MiB |\n",
+            r["rows"],
+            num("duplex_rows_per_s"),
+            num("duplex_s"),
+            r["jobs"],
+            num("baseline_rows_per_s"),
+            num("baseline_s"),
+            num("ratio"),
+            num("peak_rss_mib"),
+        ));
+    }
+    out
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!(
+            "backfill bench: run with `cargo build --release --bin duplex && cargo bench --bench backfill`"
+        );
+        return;
+    }
+    if let Err(e) = run() {
+        eprintln!("bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> BenchResult<()> {
+    let sizes = Sizes::from_env()?;
+    let bin = duplex_binary()?;
+    eprintln!("bench: {sizes:?}, duplex at {}", bin.display());
+    let servers = Servers {
+        pg: PgServer::start(PgOptions::default().setting("synchronous_commit", "on"))?,
+        maria: MariaServer::start(MariaOptions::default())?,
+    };
+    let started = Instant::now();
+    let mut results = Vec::new();
+    for pg_source in [true, false] {
+        let result = run_case(&servers, &bin, pg_source, sizes);
+        println!("{result}");
+        results.push(result);
+    }
+    drop(servers);
+    println!();
+    print!("{}", summary(&results));
+    eprintln!("bench: done in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
