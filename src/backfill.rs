@@ -283,7 +283,7 @@ pub async fn never_backfilled(config: &Config, state: &StateStore) -> Option<Str
     }
     let args: Vec<String> = missing.iter().map(|m| format!("--mapping {m}")).collect();
     Some(format!(
-        "mapping(s) {} were never backfilled: their targets hold no position and there is no backfill record. \
+        "mapping(s) {} were never backfilled: their targets hold no position and there is no backfill record; \
          if their targets should hold the rows that already exist, stop and run `duplex backfill {}` first \
          (it copies the tables and sets the position run starts from)",
         missing.join(", "),
