@@ -585,6 +585,49 @@ pub(crate) fn key_value<'e>(
         .ok_or_else(|| malformed(event, &format!("no value for key column {column:?}")))
 }
 
+/// Fails unless a keyed UPDATE or DELETE touched exactly one row: `n == 0` means the target
+/// lost the row (it diverged from the source, which a DBA must hear about).
+pub(crate) fn expect_one(
+    target: &TableName,
+    event: &crate::ChangeEvent,
+    n: u64,
+) -> Result<(), ApplyError> {
+    if n == 1 {
+        return Ok(());
+    }
+    Err(ApplyError::RowMissing {
+        table: target.clone(),
+        op: event.op,
+        key: describe_key(event.key.iter()),
+    })
+}
+
+/// The indexes of the route columns (given by their source names, in route order) that an
+/// insert writes: those its after-image carries. Unchanged values are refused: an insert has
+/// no old row to keep them from.
+pub(crate) fn insert_columns<'a>(
+    sources: impl Iterator<Item = &'a str>,
+    event: &crate::ChangeEvent,
+) -> Result<Vec<usize>, ApplyError> {
+    let Some(after) = &event.after else {
+        return Err(malformed(event, "an insert without an after-image"));
+    };
+    let mut columns = Vec::new();
+    for (i, source) in sources.enumerate() {
+        match after.get(source) {
+            None => {}
+            Some(crate::Value::Unchanged) => {
+                return Err(malformed(
+                    event,
+                    &format!("column {source:?} is Unchanged in an insert"),
+                ));
+            }
+            Some(_) => columns.push(i),
+        }
+    }
+    Ok(columns)
+}
+
 pub(crate) fn malformed(event: &crate::ChangeEvent, reason: &str) -> ApplyError {
     ApplyError::Malformed {
         table: event.table.clone(),

@@ -58,8 +58,8 @@ use mysql_async::{Conn, Opts, OptsBuilder, Params};
 
 use crate::apply::{
     Applier, ApplyError, ApplyOptions, OpenParts, PartState, TableRoute, check_next_part,
-    declared_scale, describe_key, final_of, fresh, interrupted, key_value, malformed, open_parts,
-    parse_position, position_text, recorded_before, sources,
+    declared_scale, final_of, fresh, interrupted, key_value, malformed, open_parts, parse_position,
+    position_text, recorded_before, sources,
 };
 use crate::{ChangeEvent, Column, Op, Position, TableName, Transaction, TransactionPart, Value};
 
@@ -717,35 +717,12 @@ fn key_filter(
 }
 
 fn expect_one(route: &MyRoute, event: &ChangeEvent, n: u64) -> Result<(), ApplyError> {
-    if n == 1 {
-        return Ok(());
-    }
-    Err(ApplyError::RowMissing {
-        table: route.target.clone(),
-        op: event.op,
-        key: describe_key(event.key.iter()),
-    })
+    crate::apply::expect_one(&route.target, event, n)
 }
 
 /// The route columns an insert writes: those its after-image carries.
 fn insert_columns(route: &MyRoute, event: &ChangeEvent) -> Result<Vec<usize>, ApplyError> {
-    let Some(after) = &event.after else {
-        return Err(malformed(event, "an insert without an after-image"));
-    };
-    let mut columns = Vec::with_capacity(route.columns.len());
-    for (i, column) in route.columns.iter().enumerate() {
-        match after.get(&column.source) {
-            None => {}
-            Some(Value::Unchanged) => {
-                return Err(malformed(
-                    event,
-                    &format!("column {:?} is Unchanged in an insert", column.source),
-                ));
-            }
-            Some(_) => columns.push(i),
-        }
-    }
-    Ok(columns)
+    crate::apply::insert_columns(route.columns.iter().map(|c| c.source.as_str()), event)
 }
 
 fn param_size(value: &mysql_async::Value) -> usize {

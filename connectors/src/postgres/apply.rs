@@ -68,8 +68,8 @@ use uuid::Uuid;
 
 use crate::apply::{
     Applier, ApplyError, ApplyOptions, OpenParts, PartState, TableRoute, check_next_part,
-    declared_scale, describe_key, final_of, fresh, interrupted, key_value, malformed, open_parts,
-    parse_position, position_text, recorded_before, sources,
+    declared_scale, final_of, fresh, interrupted, key_value, malformed, open_parts, parse_position,
+    position_text, recorded_before, sources,
 };
 use crate::{ChangeEvent, Column, Op, Position, TableName, Transaction, TransactionPart, Value};
 
@@ -758,39 +758,15 @@ fn key_filter<'e>(
 }
 
 fn expect_one(route: &PgRoute, event: &ChangeEvent, n: u64) -> Result<(), ApplyError> {
-    if n == 1 {
-        return Ok(());
-    }
-    Err(ApplyError::RowMissing {
-        table: route.target.clone(),
-        op: event.op,
-        key: describe_key(event.key.iter()),
-    })
+    crate::apply::expect_one(&route.target, event, n)
 }
 
-/// The route columns an insert writes: those its after-image carries. Unchanged values are
-/// refused: an insert has no old row to keep them from.
+/// The route columns an insert writes: those its after-image carries.
 pub(super) fn insert_columns(
     route: &PgRoute,
     event: &ChangeEvent,
 ) -> Result<Vec<usize>, ApplyError> {
-    let Some(after) = &event.after else {
-        return Err(malformed(event, "an insert without an after-image"));
-    };
-    let mut columns = Vec::with_capacity(route.columns.len());
-    for (i, column) in route.columns.iter().enumerate() {
-        match after.get(&column.source) {
-            None => {}
-            Some(Value::Unchanged) => {
-                return Err(malformed(
-                    event,
-                    &format!("column {:?} is Unchanged in an insert", column.source),
-                ));
-            }
-            Some(_) => columns.push(i),
-        }
-    }
-    Ok(columns)
+    crate::apply::insert_columns(route.columns.iter().map(|c| c.source.as_str()), event)
 }
 
 /// How many of `rows` the next INSERT takes: the largest chunk size that fits.
