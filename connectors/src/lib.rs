@@ -20,9 +20,9 @@ pub mod site;
 pub mod typemap;
 pub mod value;
 
-pub use apply::{Applier, ApplyError, ApplyOptions, TableRoute};
+pub use apply::{Applier, ApplyError, ApplyOptions, SkippedWrite, TableRoute};
 pub use change::{ChangeEvent, Op, Origin, Row, Transaction, TransactionPart};
-pub use position::{Position, PositionError};
+pub use position::{Position, PositionError, PositionKind};
 pub use schema::{Column, TableName, TableSchema, ValueKind};
 pub use site::SiteKind;
 pub use value::{Decimal, DecimalError, Value};

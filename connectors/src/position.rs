@@ -22,18 +22,39 @@ pub enum Position {
     Postgres(Lsn),
     /// MySQL/MariaDB binlog file and offset, with the GTID where the server has one.
     Mysql(BinlogPosition),
+    /// A sequence number of the merge engine's outbox for one site: the writes duplex queued
+    /// for that site, numbered from 1 in the order they are written.
+    Outbox(u64),
+}
+
+/// What a [`Position`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PositionKind {
+    /// A database's change log.
+    Log(SiteKind),
+    /// The merge engine's outbox of one site.
+    Outbox,
+}
+
+impl fmt::Display for PositionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PositionKind::Log(kind) => write!(f, "{kind}"),
+            PositionKind::Outbox => f.write_str("merge outbox"),
+        }
+    }
 }
 
 /// Two positions that cannot be ordered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PositionError {
-    /// The positions belong to different kinds of database.
+    /// The positions belong to different kinds of log.
     #[error("cannot compare a {left} position with a {right} position")]
     KindMismatch {
         /// Kind of the left-hand position.
-        left: SiteKind,
+        left: PositionKind,
         /// Kind of the right-hand position.
-        right: SiteKind,
+        right: PositionKind,
     },
     /// Two binlog positions whose file names have different base names (the server's
     /// `log_bin_basename` changed, so the order of the files is unknown).
@@ -47,11 +68,12 @@ pub enum PositionError {
 }
 
 impl Position {
-    /// The kind of database this position belongs to.
-    pub fn kind(&self) -> SiteKind {
+    /// What this position counts: a kind of database's log, or the merge engine's outbox.
+    pub fn kind(&self) -> PositionKind {
         match self {
-            Position::Postgres(_) => SiteKind::Postgres,
-            Position::Mysql(_) => SiteKind::Mysql,
+            Position::Postgres(_) => PositionKind::Log(SiteKind::Postgres),
+            Position::Mysql(_) => PositionKind::Log(SiteKind::Mysql),
+            Position::Outbox(_) => PositionKind::Outbox,
         }
     }
 
@@ -60,6 +82,7 @@ impl Position {
         match (self, other) {
             (Position::Postgres(a), Position::Postgres(b)) => Ok(a.cmp(b)),
             (Position::Mysql(a), Position::Mysql(b)) => a.compare(b),
+            (Position::Outbox(a), Position::Outbox(b)) => Ok(a.cmp(b)),
             _ => Err(PositionError::KindMismatch {
                 left: self.kind(),
                 right: other.kind(),
@@ -73,6 +96,7 @@ impl fmt::Display for Position {
         match self {
             Position::Postgres(lsn) => write!(f, "{lsn}"),
             Position::Mysql(pos) => write!(f, "{pos}"),
+            Position::Outbox(seq) => write!(f, "outbox #{seq}"),
         }
     }
 }
@@ -88,8 +112,8 @@ mod tests {
         assert_eq!(
             pg.compare(&my),
             Err(PositionError::KindMismatch {
-                left: SiteKind::Postgres,
-                right: SiteKind::Mysql
+                left: PositionKind::Log(SiteKind::Postgres),
+                right: PositionKind::Log(SiteKind::Mysql)
             })
         );
         assert_eq!(pg.compare(&Position::Postgres(Lsn(11))), Ok(Ordering::Less));

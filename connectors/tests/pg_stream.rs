@@ -876,3 +876,197 @@ async fn a_large_transaction_arrives_whole() {
     );
     fx.finish(stream).await;
 }
+
+/// The event of `table` in `tx` (exactly one).
+fn event_of<'t>(tx: &'t Transaction, table: &str) -> &'t ChangeEvent {
+    let table: TableName = table.parse().unwrap();
+    let mut events = tx.events.iter().filter(|e| e.table == table);
+    let event = events
+        .next()
+        .unwrap_or_else(|| panic!("no event of {table} in {tx:?}"));
+    assert!(events.next().is_none(), "two events of {table} in {tx:?}");
+    event
+}
+
+/// With the echo marker, the stream creates `duplex.positions` and publishes it; a transaction
+/// that writes it is an echo and keeps its positions change as an event, also when that is its
+/// only change; a transaction that does not write it stays local.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_marker_marks_transactions_that_write_duplex_positions() {
+    let fx = Fixture::new();
+    let client = fx.client().await;
+    client
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let mut config = fx.config(&["public.t"]);
+    config.echo_marker = true;
+    let mut stream = PgStream::start(config).await.unwrap();
+    let published: Vec<String> = client
+        .query(
+            "SELECT schemaname || '.' || tablename FROM pg_publication_tables \
+             WHERE pubname = 'duplex_pub' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(published, ["duplex.positions", "public.t"]);
+
+    each(
+        &client,
+        &[
+            "BEGIN; INSERT INTO t VALUES (1, 'applied'); \
+             INSERT INTO duplex.positions VALUES \
+                ('merge:erp', '{\"Outbox\":1}', '2024-05-06 07:08:09.123456+00') \
+             ON CONFLICT (source) DO UPDATE SET position = EXCLUDED.position, \
+                applied_at = EXCLUDED.applied_at; \
+             COMMIT",
+            "INSERT INTO t VALUES (2, 'local')",
+            "UPDATE duplex.positions SET position = '{\"Outbox\":2}' WHERE source = 'merge:erp'",
+        ],
+    )
+    .await;
+
+    let echo = next_transaction(&mut stream).await;
+    assert_eq!(echo.origin, Origin::Duplex);
+    assert_eq!(echo.events.len(), 2, "{echo:?}");
+    assert_eq!(event_of(&echo, "public.t").after.as_ref().unwrap().len(), 2);
+    let marker = event_of(&echo, "duplex.positions");
+    assert_eq!(marker.op, Op::Insert);
+    assert_eq!(
+        marker.key,
+        row(&[("source", Value::Text("merge:erp".into()))])
+    );
+    assert_eq!(
+        marker.after,
+        Some(row(&[
+            ("source", Value::Text("merge:erp".into())),
+            ("position", Value::Text("{\"Outbox\":1}".into())),
+            (
+                "applied_at",
+                Value::TimestampTz(ts("2024-05-06 07:08:09.123456").and_utc())
+            ),
+        ]))
+    );
+
+    let local = next_transaction(&mut stream).await;
+    assert_eq!(local.origin, Origin::Local);
+    assert_eq!(local.events.len(), 1);
+    assert_eq!(local.events[0].key, key(2));
+
+    let only_marker = next_transaction(&mut stream).await;
+    assert_eq!(only_marker.origin, Origin::Duplex);
+    assert_eq!(only_marker.events.len(), 1, "{only_marker:?}");
+    let update = event_of(&only_marker, "duplex.positions");
+    assert_eq!(update.op, Op::Update);
+    assert_eq!(
+        update.after.as_ref().unwrap().get("position"),
+        Some(&Value::Text("{\"Outbox\":2}".into()))
+    );
+    assert!(lsn(&echo) < lsn(&local) && lsn(&local) < lsn(&only_marker));
+    fx.finish(stream).await;
+}
+
+/// A batch written by the real PostgreSQL applier arrives as one echo carrying the applier's
+/// positions row (source and position JSON); the stream and the applier both create
+/// `duplex.positions` if it is missing, whichever comes first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_of_the_pg_applier_arrive_as_echoes() {
+    use duplex_connectors::postgres::PgApplier;
+    use duplex_connectors::{Applier, ApplyOptions, TableRoute};
+
+    let fx = Fixture::new();
+    let client = fx.client().await;
+    client
+        .batch_execute("CREATE TABLE t (id int8 PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let mut config = fx.config(&["public.t"]);
+    config.echo_marker = true;
+    let mut stream = PgStream::start(config).await.unwrap();
+
+    let route = TableRoute::same_names(
+        TableName::new("erp", "items"),
+        TableName::new("public", "t"),
+        &["id", "v"],
+        &["id"],
+    );
+    let mut applier = PgApplier::connect(&fx.db.url(), None, vec![route], ApplyOptions::default())
+        .await
+        .unwrap();
+    let applied_position = Position::Mysql(duplex_connectors::mysql::BinlogPosition::new(
+        "binlog.000003",
+        1234,
+    ));
+    let batch = Transaction {
+        source: "merge:erp".into(),
+        position: applied_position.clone(),
+        commit_time: chrono::Utc::now(),
+        origin: Origin::Local,
+        events: vec![ChangeEvent {
+            table: TableName::new("erp", "items"),
+            op: Op::Insert,
+            key: key(7),
+            before: None,
+            after: Some(row(&[
+                ("id", Value::Int(7)),
+                ("v", Value::Text("from erp".into())),
+            ])),
+        }],
+    };
+    applier.apply(&[batch]).await.unwrap();
+    client
+        .batch_execute("INSERT INTO t VALUES (8, 'local')")
+        .await
+        .unwrap();
+
+    let echo = next_transaction(&mut stream).await;
+    assert_eq!(echo.origin, Origin::Duplex);
+    assert_eq!(echo.events.len(), 2, "{echo:?}");
+    assert_eq!(
+        event_of(&echo, "public.t").after.as_ref().unwrap().get("v"),
+        Some(&Value::Text("from erp".into()))
+    );
+    let marker = event_of(&echo, "duplex.positions").after.as_ref().unwrap();
+    assert_eq!(marker.get("source"), Some(&Value::Text("merge:erp".into())));
+    assert_eq!(
+        marker.get("position"),
+        Some(&Value::Text(
+            serde_json::to_string(&applied_position).unwrap()
+        ))
+    );
+    assert!(matches!(
+        marker.get("applied_at"),
+        Some(Value::TimestampTz(_))
+    ));
+
+    let local = next_transaction(&mut stream).await;
+    assert_eq!(local.origin, Origin::Local);
+    assert_eq!(local.events.len(), 1);
+    fx.finish(stream).await;
+}
+
+/// Parts are delivered before the commit that tells the origin: the two settings exclude each
+/// other, and the error says which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_marker_with_parts_is_refused() {
+    let fx = Fixture::new();
+    let mut config = fx.config(&["public.t"]);
+    config.echo_marker = true;
+    config.part_events = Some(100);
+    let error = PgStream::start(config).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            PgStreamError::Config {
+                field: "echo_marker",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("part_events"), "{error}");
+}

@@ -58,6 +58,17 @@
 //! event of its transactions with `LOG_EVENT_SKIP_REPLICATION_F` (0x8000). Those transactions
 //! come out with [`Origin::Duplex`].
 //!
+//! The applier also upserts its row of `duplex.positions` (database `duplex`) in every
+//! transaction it writes; that row names the batch the transaction carried. With
+//! `duplex.positions` listed in [`MysqlStreamConfig::tables`] its changes are delivered as
+//! ordinary events, like those of any mapped table, and a transaction that changed only that
+//! table is delivered too. The applier creates the table on first use, which may be after the
+//! stream started: unlike any other mapped table, `duplex.positions` may be missing at
+//! [`MysqlStream::start`]; its columns are then read from information_schema at its first
+//! TABLE_MAP event, which follows its creation in the binlog. The table is shared by every
+//! database on the server, so the stream delivers the position rows of every applier writing
+//! to this server (each row's `source` says whose).
+//!
 //! # Schema changes
 //!
 //! Column names, types and keys come from information_schema (cached per table, and per table
@@ -151,7 +162,8 @@ pub struct MysqlStreamConfig {
     pub server_id: u32,
     /// Where to start.
     pub start: StartPosition,
-    /// The tables whose changes are emitted (`database.table`).
+    /// The tables whose changes are emitted (`database.table`). Each must exist at start,
+    /// except `duplex.positions` (see the module docs on echoes).
     pub tables: BTreeSet<TableName>,
     /// How often an idle server sends a heartbeat; a silence of three periods is an error.
     pub heartbeat: Duration,
@@ -179,6 +191,11 @@ impl MysqlStreamConfig {
             part_events: None,
         }
     }
+}
+
+/// Whether `table` is duplex's bookkeeping table [`crate::apply::POSITIONS_TABLE`].
+fn is_positions_table(table: &TableName) -> bool {
+    table.schema == "duplex" && table.name == "positions"
 }
 
 /// A replica server id from 2^30 to 2^32-1, unlikely to meet a DBA's own ids.
@@ -267,6 +284,16 @@ pub struct MysqlStream {
     last_report: Instant,
 }
 
+impl std::fmt::Debug for MysqlStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MysqlStream")
+            .field("source", &self.source)
+            .field("position", &self.position)
+            .field("tables", &self.tables.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl MysqlStream {
     /// Connects, checks the mapped tables and asks the server for its binlog from
     /// `config.start`.
@@ -322,8 +349,16 @@ impl MysqlStream {
         position.gtid = gtid_string(&gtid_state);
         let mut catalogs = HashMap::new();
         for table in &config.tables {
-            let catalog = load_catalog(&mut catalog_conn, table).await?;
-            catalogs.insert(table.clone(), Arc::new(catalog));
+            match load_catalog(&mut catalog_conn, table).await {
+                Ok(catalog) => {
+                    catalogs.insert(table.clone(), Arc::new(catalog));
+                }
+                // Created by the applier on first use: read at its first TABLE_MAP.
+                Err(MysqlStreamError::TableNotFound(_)) if is_positions_table(table) => {
+                    tracing::info!(%table, "not created yet; read once it appears in the binlog");
+                }
+                Err(e) => return Err(e),
+            }
         }
 
         let mut dump_conn = connect(&config.url, password).await?;

@@ -5,7 +5,8 @@
 //! # Protocol
 //!
 //! [`PgStream::start`] uses an ordinary connection to make sure the publication lists exactly
-//! the mapped tables (`CREATE PUBLICATION … FOR TABLE` or `ALTER PUBLICATION … SET TABLE`)
+//! the mapped tables (`CREATE PUBLICATION … FOR TABLE` or `ALTER PUBLICATION … SET TABLE`;
+//! plus `duplex.positions` with [`PgStreamConfig::echo_marker`], see [Echoes](#echoes))
 //! and that the slot exists (`pg_create_logical_replication_slot(slot, 'pgoutput')`), then
 //! opens a `replication=database` session through `pgwire-replication` and sends
 //! `START_REPLICATION SLOT s LOGICAL <lsn> (proto_version '1', publication_names 'p')`.
@@ -39,7 +40,7 @@
 //!   holds the transaction (see `crate::apply`). Parts have no position of their own and are
 //!   never acknowledged; they do not move [`PgStream::delivered`].
 //! - [`StreamItem::Heartbeat`]: no transaction is open and the server has sent everything up
-//!   to this LSN (a keepalive, or a transaction that touched none of the mapped tables).
+//!   to this LSN (a keepalive, or a transaction that touched none of the published tables).
 //!   Acknowledging it lets a source whose mapped tables are idle release WAL, while other
 //!   tables are written. It is the same rule PostgreSQL's own subscriber applies: with no
 //!   transaction pending, the flush position is the last position received.
@@ -65,6 +66,24 @@
 //! holds at most that many changes (plus the replication buffer) whatever the transaction's
 //! size. [`PgStreamConfig::new`] leaves it unset (whole transactions, as the stream always
 //! delivered); the engine sets [`DEFAULT_PART_EVENTS`].
+//!
+//! # Echoes
+//!
+//! duplex's applier (`super::apply`) writes every batch in one transaction that also upserts
+//! the batch's row of `duplex.positions`, and nothing else writes that table. With
+//! [`PgStreamConfig::echo_marker`] set, [`PgStream::start`] creates `duplex.positions` if it
+//! is missing ([`super::POSITIONS_DDL`]) and adds it to the publication, so its changes are
+//! decoded like those of a mapped table. A transaction is delivered with [`Origin::Duplex`]
+//! iff it changed a row of `duplex.positions`: pgoutput sends every published change of a
+//! transaction before its `Commit`, so at the commit the stream knows. The positions changes
+//! stay in [`Transaction::events`] as ordinary events (the row names the outbox batch the
+//! transaction carried), and a transaction that changed only `duplex.positions` is delivered
+//! as a transaction, not a heartbeat. Parts are delivered before the commit, when the origin
+//! is not yet known, so the flag cannot be combined with [`PgStreamConfig::part_events`].
+//! Changes of `duplex.positions` before the publication listed it (the first start with the
+//! flag) are not decoded: the server reads the publication as of each change's WAL position.
+//! Creating the table needs CREATE on the database, unless the applier or a DBA created it
+//! first; publishing it needs ownership of it, as for every mapped table.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -83,7 +102,7 @@ use crate::{
 
 use super::pgoutput::{self, DecodeError, Message, OldTuple, Relation, TupleData};
 use super::types::{self, PgType, ValueError};
-use super::{Lsn, PgError, connect, describe_table, describe_target, quote_ident};
+use super::{Lsn, POSITIONS_DDL, PgError, connect, describe_table, describe_target, quote_ident};
 
 /// A sensible [`PgStreamConfig::part_events`]: parts of 10,000 changes (a few MB).
 pub const DEFAULT_PART_EVENTS: usize = 10_000;
@@ -104,7 +123,8 @@ pub struct PgStreamConfig {
     pub slot: String,
     /// Publication name, same rule as the slot name.
     pub publication: String,
-    /// The tables to read; the publication is made to list exactly these.
+    /// The tables to read; the publication is made to list exactly these (and
+    /// `duplex.positions` with `echo_marker`).
     pub tables: Vec<TableName>,
     /// Where to resume: the position of the last item every target committed. `None`
     /// starts at the slot's `confirmed_flush_lsn`.
@@ -117,6 +137,10 @@ pub struct PgStreamConfig {
     /// Deliver a transaction in [`StreamItem::Part`]s of this many changes once it has that
     /// many; `None` buffers every transaction whole until its commit.
     pub part_events: Option<usize>,
+    /// Read `duplex.positions` too (creating it when missing) and deliver the transactions
+    /// that change it, duplex's own writes, with [`Origin::Duplex`]; see the module docs.
+    /// Cannot be combined with `part_events`.
+    pub echo_marker: bool,
 }
 
 impl std::fmt::Debug for PgStreamConfig {
@@ -137,13 +161,14 @@ impl std::fmt::Debug for PgStreamConfig {
             .field("status_interval", &self.status_interval)
             .field("buffer_events", &self.buffer_events)
             .field("part_events", &self.part_events)
+            .field("echo_marker", &self.echo_marker)
             .finish()
     }
 }
 
 impl PgStreamConfig {
     /// A configuration with default tuning: start at the slot's position, report
-    /// acknowledgements every second, buffer 8192 events.
+    /// acknowledgements every second, buffer 8192 events, whole transactions, no echo marker.
     pub fn new(
         source: impl Into<String>,
         url: impl Into<String>,
@@ -162,6 +187,7 @@ impl PgStreamConfig {
             status_interval: Duration::from_secs(1),
             buffer_events: 8192,
             part_events: None,
+            echo_marker: false,
         }
     }
 
@@ -202,6 +228,13 @@ impl PgStreamConfig {
         if self.status_interval.is_zero() {
             return Err(invalid("status_interval", "longer than zero"));
         }
+        if self.echo_marker && self.part_events.is_some() {
+            return Err(invalid(
+                "echo_marker",
+                "cannot be combined with part_events: a transaction's origin is known only at \
+                 its commit, and its parts are delivered before it (unset part_events)",
+            ));
+        }
         Ok(())
     }
 }
@@ -209,8 +242,9 @@ impl PgStreamConfig {
 /// One item of the change stream.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamItem {
-    /// A committed transaction with at least one change of a mapped table (or the end of one
-    /// whose changes came in parts before it).
+    /// A committed transaction with at least one change of a mapped table, or of
+    /// `duplex.positions` with [`PgStreamConfig::echo_marker`] (or the end of one whose
+    /// changes came in parts before it).
     Transaction(Transaction),
     /// The next changes of a large transaction not yet committed; its
     /// [`StreamItem::Transaction`] follows.
@@ -227,7 +261,7 @@ impl StreamItem {
         match self {
             StreamItem::Transaction(tx) => match tx.position {
                 Position::Postgres(lsn) => Some(lsn),
-                Position::Mysql(_) => None,
+                _ => None,
             },
             StreamItem::Part(_) => None,
             StreamItem::Heartbeat(lsn) => Some(*lsn),
@@ -377,6 +411,8 @@ struct OpenTransaction {
     repeated: bool,
     /// Some of its changes were yielded as parts: the commit ends it even without changes.
     parted: bool,
+    /// It changed `duplex.positions` (only noted with [`PgStreamConfig::echo_marker`]).
+    echo: bool,
 }
 
 /// A PostgreSQL change stream reader. See the module documentation for the contract.
@@ -389,6 +425,8 @@ pub struct PgStream {
     types: HashMap<u32, PgType>,
     open: Option<OpenTransaction>,
     part_events: Option<usize>,
+    /// [`PgStreamConfig::echo_marker`].
+    echo_marker: bool,
     /// The newest position yielded (the start position before the first item).
     delivered: Lsn,
     /// An event taken from the channel whose handling has not finished (so a cancelled
@@ -417,7 +455,14 @@ impl PgStream {
                 return Err(PgStreamError::TableMissing(table.clone()));
             }
         }
-        ensure_publication(&catalog, &config.publication, &config.tables).await?;
+        let mut published = config.tables.clone();
+        if config.echo_marker {
+            ensure_positions_table(&catalog).await?;
+            if !published.contains(&positions_table()) {
+                published.push(positions_table());
+            }
+        }
+        ensure_publication(&catalog, &config.publication, &published).await?;
         // Resuming from a position needs the slot that position belongs to: a new slot would
         // silently skip everything committed since.
         let confirmed = ensure_slot(&catalog, &config.slot, config.start.is_none()).await?;
@@ -434,6 +479,7 @@ impl PgStream {
             source = %config.source,
             slot = %config.slot,
             %start,
+            echo_marker = config.echo_marker,
             "PostgreSQL change stream started"
         );
         Ok(PgStream {
@@ -445,6 +491,7 @@ impl PgStream {
             types: HashMap::new(),
             open: None,
             part_events: config.part_events,
+            echo_marker: config.echo_marker,
             delivered: start,
             pending: None,
         })
@@ -666,6 +713,7 @@ impl PgStream {
             events: Vec::new(),
             repeated: Lsn(final_lsn) < self.delivered,
             parted: false,
+            echo: false,
         });
         Ok(())
     }
@@ -702,7 +750,11 @@ impl PgStream {
             source: self.source.clone(),
             position: Position::Postgres(end),
             commit_time,
-            origin: Origin::Local,
+            origin: if open.echo {
+                Origin::Duplex
+            } else {
+                Origin::Local
+            },
             events: open.events,
         })))
     }
@@ -713,6 +765,9 @@ impl PgStream {
         })?;
         if open.repeated {
             return Ok(None);
+        }
+        if self.echo_marker && is_positions_table(&event.table) {
+            open.echo = true;
         }
         open.events.push(event);
         if self
@@ -896,6 +951,47 @@ pub async fn ensure_publication(
         .map_err(|e| failed(PgError::query("creating or altering the publication")(e)))
 }
 
+/// `duplex.positions` (see [`crate::apply::POSITIONS_TABLE`]).
+fn positions_table() -> TableName {
+    TableName::new("duplex", "positions")
+}
+
+fn is_positions_table(table: &TableName) -> bool {
+    table.schema == "duplex" && table.name == "positions"
+}
+
+/// Creates schema `duplex` and `duplex.positions` ([`super::POSITIONS_DDL`]) unless they
+/// exist, as the applier does on first use; a concurrent creation by an applier or another
+/// stream is not an error.
+async fn ensure_positions_table(client: &Client) -> Result<(), PgStreamError> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass('duplex.positions') IS NOT NULL", &[])
+        .await
+        .map_err(PgError::query("looking for duplex.positions"))?
+        .get(0);
+    if exists {
+        return Ok(());
+    }
+    match client.batch_execute(POSITIONS_DDL).await {
+        Ok(()) => {
+            tracing::info!("created duplex.positions for the echo marker");
+            Ok(())
+        }
+        // `IF NOT EXISTS` still races: the loser of two concurrent creations fails on the
+        // catalog's unique index.
+        Err(e)
+            if e.code().is_some_and(|c| {
+                *c == SqlState::UNIQUE_VIOLATION
+                    || *c == SqlState::DUPLICATE_SCHEMA
+                    || *c == SqlState::DUPLICATE_TABLE
+            }) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(PgError::query("creating duplex.positions")(e).into()),
+    }
+}
+
 /// Makes sure the logical slot exists in this database (creating it with `pgoutput` when
 /// `create` allows) and returns its `confirmed_flush_lsn`.
 async fn ensure_slot(client: &Client, slot: &str, create: bool) -> Result<Lsn, PgStreamError> {
@@ -1054,6 +1150,26 @@ mod tests {
         let mut c = config();
         c.tables.clear();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn echo_marker_refuses_parts() {
+        let mut c = config();
+        c.echo_marker = true;
+        assert!(c.validate().is_ok());
+        c.part_events = Some(DEFAULT_PART_EVENTS);
+        let error = c.validate().unwrap_err();
+        assert!(
+            matches!(
+                error,
+                PgStreamError::Config {
+                    field: "echo_marker",
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("part_events"), "{error}");
     }
 
     #[test]
