@@ -35,6 +35,30 @@
 //!   `upsert` option (used by backfill, where a range may be copied again after an
 //!   interruption) turns INSERT into insert-or-overwrite.
 //!
+//! # Conditional writes (the merge engine)
+//!
+//! With [`ApplyOptions::conditional`] a write lands only if the target row is still what the
+//! caller expects there; otherwise the target holds a local change the caller has not read
+//! yet, and the write is *skipped* (not an error) and reported by the applier's
+//! `take_skipped`:
+//!
+//! - an INSERT is written only if no row with its key exists;
+//! - an UPDATE (key unchanged) or DELETE with a before-image writes only if the row with its
+//!   key has, in every column of the before-image that the route lists and that is not
+//!   [`crate::Value::Unchanged`], the before-image's value (NULL equals NULL); without a
+//!   before-image the key alone decides;
+//! - an UPDATE that changes the key is refused ([`ApplyError::KeyChange`]): the caller writes
+//!   it as a delete and an insert, each with its own condition.
+//!
+//! The condition and the write are one statement (or, for a MySQL insert, a statement whose
+//! duplicate-key failure rolls back only itself), so the row cannot change between them, and
+//! the comparison binds the expected values exactly as a write binds them (an expected value
+//! the target column cannot hold is refused like a write of it, [`ApplyError::Value`]: the
+//! caller's expectation is wrong, and skipping would repeat forever). Everything else
+//! about a batch is unchanged: the writes that are not skipped and the new position commit in
+//! one target transaction, exactly once. Skipped writes are reported only once their target
+//! transaction committed: a rolled-back apply reports none.
+//!
 //! A failed apply rolls its target transaction back entirely; [`ApplyError::is_transient`]
 //! says whether retrying the same batch may succeed.
 //!
@@ -88,7 +112,7 @@ use std::future::Future;
 
 use crate::mysql::MysqlError;
 use crate::postgres::PgError;
-use crate::{Op, Position, PositionError, TableName, Transaction, TransactionPart};
+use crate::{Op, Position, PositionError, Row, TableName, Transaction, TransactionPart};
 
 /// Name of the bookkeeping table (PostgreSQL schema / MySQL database `duplex`).
 pub const POSITIONS_TABLE: &str = "duplex.positions";
@@ -181,6 +205,36 @@ impl TableRoute {
 pub struct ApplyOptions {
     /// INSERT overwrites an existing row with the same key instead of failing (backfill).
     pub upsert: bool,
+    /// No-clobber writes for the merge engine: an INSERT over an existing key, or an UPDATE /
+    /// DELETE whose row no longer holds the event's before-image, is skipped instead of
+    /// written and reported by `take_skipped` (see the module docs). Excludes `upsert`.
+    pub conditional: bool,
+}
+
+impl ApplyOptions {
+    /// Refuses contradictory options (`upsert` together with `conditional`).
+    pub fn validate(&self) -> Result<(), ApplyError> {
+        if self.upsert && self.conditional {
+            return Err(ApplyError::Options(
+                "`upsert` overwrites existing rows and `conditional` never does: set only one"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A write a conditional applier skipped because the target row was not what the event
+/// expected (see the module docs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SkippedWrite {
+    /// The event's (source) table.
+    pub table: TableName,
+    /// The skipped change.
+    pub op: Op,
+    /// The key the write targeted, by source column name: the inserted key, or the old key
+    /// of an update or delete.
+    pub key: Row,
 }
 
 /// Why a value cannot be written into a target column.
@@ -268,6 +322,21 @@ pub enum ApplyError {
         /// The key, as text.
         key: String,
     },
+    /// An UPDATE that changes the key, given to a conditional applier (which needs it as a
+    /// delete and an insert).
+    #[error(
+        "Update on {table} changes the key of the row {key}: a conditional applier writes a key \
+         change only as a delete and an insert"
+    )]
+    KeyChange {
+        /// Source table.
+        table: TableName,
+        /// The old key, as text.
+        key: String,
+    },
+    /// Contradictory [`ApplyOptions`].
+    #[error("invalid apply options: {0}")]
+    Options(String),
     /// A transaction's position cannot be ordered against the recorded one.
     #[error("position of source {site} cannot be compared with the one recorded on the target")]
     Position {
@@ -313,6 +382,8 @@ impl ApplyError {
             | ApplyError::Malformed { .. }
             | ApplyError::Value(_)
             | ApplyError::RowMissing { .. }
+            | ApplyError::KeyChange { .. }
+            | ApplyError::Options(_)
             | ApplyError::Position { .. }
             | ApplyError::PartSequence(_)
             | ApplyError::Bookkeeping { .. } => false,
@@ -626,6 +697,99 @@ pub(crate) fn insert_columns<'a>(
         }
     }
     Ok(columns)
+}
+
+/// The key value of `column` a write of `event` targets: an insert's from its after-image,
+/// else the old key (see [`key_value`]).
+pub(crate) fn target_key_value<'e>(
+    event: &'e crate::ChangeEvent,
+    column: &str,
+) -> Result<&'e crate::Value, ApplyError> {
+    if event.op == Op::Insert
+        && let Some(value) = event
+            .after
+            .as_ref()
+            .and_then(|after| after.get(column))
+            .filter(|v| !matches!(v, crate::Value::Null | crate::Value::Unchanged))
+    {
+        return Ok(value);
+    }
+    key_value(event, column)
+}
+
+/// The record of a skipped write of `event`, keyed by the route's key columns (source names).
+pub(crate) fn skipped_write<'a>(
+    event: &crate::ChangeEvent,
+    key: impl Iterator<Item = &'a str>,
+) -> SkippedWrite {
+    SkippedWrite {
+        table: event.table.clone(),
+        op: event.op,
+        key: key
+            .filter_map(|c| {
+                target_key_value(event, c)
+                    .ok()
+                    .map(|v| (c.to_owned(), v.clone()))
+            })
+            .collect(),
+    }
+}
+
+/// Refuses an UPDATE that changes the key (the after-image carries a key column with another
+/// value than the old key), for conditional appliers.
+pub(crate) fn refuse_key_change<'a>(
+    event: &crate::ChangeEvent,
+    key: impl Iterator<Item = &'a str>,
+) -> Result<(), ApplyError> {
+    if event.op != Op::Update {
+        return Ok(());
+    }
+    let Some(after) = &event.after else {
+        return Ok(());
+    };
+    for column in key {
+        let new = match after.get(column) {
+            None | Some(crate::Value::Unchanged) => continue,
+            Some(new) => new,
+        };
+        if !same_key_value(key_value(event, column)?, new) {
+            return Err(ApplyError::KeyChange {
+                table: event.table.clone(),
+                key: describe_key(event.key.iter()),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Key values compared across integer signedness (`Int(5)` is `UInt(5)`).
+fn same_key_value(a: &crate::Value, b: &crate::Value) -> bool {
+    use crate::Value as V;
+    match (a, b) {
+        (V::Int(i), V::UInt(u)) | (V::UInt(u), V::Int(i)) => u64::try_from(*i) == Ok(*u),
+        _ => a == b,
+    }
+}
+
+/// The values a conditional UPDATE or DELETE compares, as (route column index, expected
+/// value): the before-image's values of the route's non-key columns (given by their source
+/// names, in route order), except `Unchanged` ones. Empty without a before-image.
+pub(crate) fn expected_values<'a, 'e>(
+    sources: impl Iterator<Item = &'a str>,
+    key: &[usize],
+    event: &'e crate::ChangeEvent,
+) -> Vec<(usize, &'e crate::Value)> {
+    let Some(before) = &event.before else {
+        return Vec::new();
+    };
+    sources
+        .enumerate()
+        .filter(|(i, _)| !key.contains(i))
+        .filter_map(|(i, source)| match before.get(source) {
+            None | Some(crate::Value::Unchanged) => None,
+            Some(value) => Some((i, value)),
+        })
+        .collect()
 }
 
 pub(crate) fn malformed(event: &crate::ChangeEvent, reason: &str) -> ApplyError {

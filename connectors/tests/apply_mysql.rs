@@ -1,15 +1,16 @@
 //! The MySQL/MariaDB applier against a real MariaDB: every supported type value by value,
 //! refusals, updates that keep Unchanged columns and change keys, deletes, idempotence by
 //! position, atomicity of a failing batch, and the applying session's settings
-//! (skip_replication and UTC seen from a trigger inside the server, strict mode by its effect).
+//! (skip_replication and UTC seen from a trigger inside the server, strict mode by its effect),
+//! conditional (no-clobber) writes.
 
 use std::str::FromStr;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use duplex_connectors::mysql::{BinlogPosition, MysqlApplier, connect};
 use duplex_connectors::{
-    Applier, ApplyError, ApplyOptions, ChangeEvent, Decimal, Op, Origin, Position, Row, TableName,
-    TableRoute, Transaction, Value,
+    Applier, ApplyError, ApplyOptions, ChangeEvent, Decimal, Op, Origin, Position, Row,
+    SkippedWrite, TableName, TableRoute, Transaction, TransactionPart, Value,
 };
 use duplex_testkit::{MariaDatabase, shared_mariadb};
 use mysql_async::Conn;
@@ -587,7 +588,12 @@ async fn mysql_inserting_an_existing_row_fails_unless_upserting() {
         .unwrap_err();
     assert!(matches!(err, ApplyError::RowMissing { .. }), "{err:?}");
 
-    let mut upsert = t.applier(ApplyOptions { upsert: true }).await;
+    let mut upsert = t
+        .applier(ApplyOptions {
+            upsert: true,
+            ..ApplyOptions::default()
+        })
+        .await;
     upsert
         .apply(&[t.txn(20, vec![insert(other_row(1)), insert(full_row(2))])])
         .await
@@ -749,4 +755,458 @@ async fn mysql_a_lost_connection_is_transient_and_the_applier_reconnects() {
     applier.apply(&batch).await.unwrap();
     assert_row(read_row(&mut conn, 1).await, Some(full_row_expected()));
     assert_eq!(applier.position(&t.source).await.unwrap(), t.position(10));
+}
+
+const CONDITIONAL: ApplyOptions = ApplyOptions {
+    upsert: false,
+    conditional: true,
+};
+
+/// An update from `before` (the expected row, `None` for none) to `after`, key unchanged.
+fn update_from(id: i64, before: Option<Row>, after: Row) -> ChangeEvent {
+    ChangeEvent {
+        table: source_table(),
+        op: Op::Update,
+        key: key(id),
+        before,
+        after: Some(after),
+    }
+}
+
+fn delete_from(id: i64, before: Option<Row>) -> ChangeEvent {
+    ChangeEvent {
+        table: source_table(),
+        op: Op::Delete,
+        key: key(id),
+        before,
+        after: None,
+    }
+}
+
+fn skipped(op: Op, id: i64) -> SkippedWrite {
+    SkippedWrite {
+        table: source_table(),
+        op,
+        key: key(id),
+    }
+}
+
+/// `expected` with the column named `column` replaced.
+fn expected_with(
+    mut expected: Vec<Option<String>>,
+    column: &str,
+    value: &str,
+) -> Vec<Option<String>> {
+    let i = COLUMNS[1..].iter().position(|c| *c == column).unwrap();
+    expected[i] = Some(value.into());
+    expected
+}
+
+#[tokio::test]
+async fn mysql_conditional_insert_skips_an_existing_key_and_reports_it() {
+    let t = setup();
+    let mut applier = t.applier(CONDITIONAL).await;
+    applier
+        .apply(&[t.txn(10, vec![insert(full_row(1))])])
+        .await
+        .unwrap();
+    assert_eq!(applier.take_skipped(), []);
+    let mut conn = t.reader().await;
+    assert_row(read_row(&mut conn, 1).await, Some(full_row_expected()));
+
+    applier
+        .apply(&[t.txn(20, vec![insert(other_row(1))])])
+        .await
+        .unwrap();
+    assert_eq!(applier.take_skipped(), [skipped(Op::Insert, 1)]);
+    assert_eq!(applier.take_skipped(), [], "taking clears");
+    assert_row(read_row(&mut conn, 1).await, Some(full_row_expected()));
+    assert_eq!(count(&mut conn).await, 1);
+    assert_eq!(applier.position(&t.source).await.unwrap(), t.position(20));
+
+    // A duplicate on another unique key is still an error, and rolls back the batch.
+    conn.query_drop("ALTER TABLE items ADD UNIQUE (vc)")
+        .await
+        .unwrap();
+    let err = applier
+        .apply(&[t.txn(30, vec![insert(null_row(2)), insert(full_row(3))])])
+        .await
+        .unwrap_err();
+    let ApplyError::MysqlWrite {
+        op: Op::Insert,
+        source,
+        ..
+    } = &err
+    else {
+        panic!("unexpected {err:?}");
+    };
+    let duplex_connectors::mysql::MysqlError::Query {
+        source: mysql_async::Error::Server(server),
+        ..
+    } = &**source
+    else {
+        panic!("unexpected {err:?}");
+    };
+    assert_eq!(server.code, 1062);
+    assert_eq!(applier.take_skipped(), []);
+    assert_eq!(count(&mut conn).await, 1);
+    assert_eq!(applier.position(&t.source).await.unwrap(), t.position(20));
+}
+
+#[tokio::test]
+async fn mysql_conditional_update_applies_only_over_the_expected_row() {
+    let t = setup();
+    let mut applier = t.applier(CONDITIONAL).await;
+    applier
+        .apply(&[t.txn(
+            10,
+            vec![
+                insert(full_row(1)),
+                insert(full_row(2)),
+                insert(null_row(3)),
+                insert(full_row(4)),
+            ],
+        )])
+        .await
+        .unwrap();
+    let mut conn = t.reader().await;
+    let changed = |id| with(full_row(id), "vc", Value::Text("changed".into()));
+
+    // The whole row as expected (floats, decimals, JSON, text, time, ...): applied.
+    applier
+        .apply(&[t.txn(20, vec![update_from(1, Some(full_row(1)), changed(1))])])
+        .await
+        .unwrap();
+    assert_eq!(applier.take_skipped(), []);
+    assert_row(
+        read_row(&mut conn, 1).await,
+        Some(expected_with(full_row_expected(), "vc", "changed")),
+    );
+
+    // One column differs from what the target holds: skipped, the row keeps its values. The
+    // server's own comparisons would call several of these equal: a DECIMAL against text is
+    // compared as doubles, and the default collations ignore case and trailing spaces.
+    let differing = [
+        ("i", Value::Int(5)),
+        ("db", Value::Float(f64::from_bits(f64::MAX.to_bits() - 1))),
+        ("f", Value::Float(f64::from(0.2f32))),
+        (
+            "dc",
+            dec("-12345678901234567890123456789012345.123456789012345678901234567891"),
+        ),
+        ("j", Value::Json(r#"{"b": 1, "a": [1, "🦀"] }"#.into())),
+        ("vc", Value::Text("VARCHAR".into())),
+        ("vc", Value::Text("varchar ".into())),
+        ("e", Value::Text("sad".into())),
+        ("bin", Value::Bytes(vec![0, 1, 0xff])),
+        ("label", Value::Null),
+    ];
+    for (offset, (column, value)) in (30..).zip(differing) {
+        let before = with(full_row(2), column, value);
+        applier
+            .apply(&[t.txn(offset, vec![update_from(2, Some(before), changed(2))])])
+            .await
+            .unwrap();
+        assert_eq!(applier.take_skipped(), [skipped(Op::Update, 2)], "{column}");
+        assert_row(read_row(&mut conn, 2).await, Some(full_row_expected()));
+    }
+
+    // An expected value the column cannot hold is refused like a write of it.
+    let before = with(full_row(2), "f", Value::Float(0.1));
+    let err = applier
+        .apply(&[t.txn(90, vec![update_from(2, Some(before), changed(2))])])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ApplyError::Value(r) if r.column == "f"),
+        "{err:?}"
+    );
+    assert_eq!(applier.take_skipped(), []);
+
+    // NULL expected where the target holds NULL: applied.
+    applier
+        .apply(&[t.txn(
+            100,
+            vec![update_from(
+                3,
+                Some(null_row(3)),
+                with(null_row(3), "i", Value::Int(3)),
+            )],
+        )])
+        .await
+        .unwrap();
+    assert_eq!(applier.take_skipped(), []);
+    assert_row(
+        read_row(&mut conn, 3).await,
+        Some(expected_with(null_row_expected(), "i", "3")),
+    );
+
+    // An Unchanged expected column is not compared, nor is a column the route does not list.
+    conn.query_drop("UPDATE items SET t = 'changed locally' WHERE id = 4")
+        .await
+        .unwrap();
+    let mut before = with(full_row(4), "label", Value::Unchanged);
+    before.push("not_routed", Value::Int(1));
+    applier
+        .apply(&[t.txn(
+            110,
+            vec![update_from(
+                4,
+                Some(before),
+                with(changed(4), "label", Value::Unchanged),
+            )],
+        )])
+        .await
+        .unwrap();
+    assert_eq!(applier.take_skipped(), []);
+    let expected = expected_with(full_row_expected(), "vc", "changed");
+    assert_row(
+        read_row(&mut conn, 4).await,
+        Some(expected_with(expected, "label", "changed locally")),
+    );
+
+    // Without a before-image the key alone decides; a missing row is skipped.
+    applier
+        .apply(&[t.txn(
+            120,
+            vec![
+                update_from(2, None, changed(2)),
+                update_from(9, None, changed(9)),
+            ],
+        )])
+        .await
+        .unwrap();
+    assert_eq!(applier.take_skipped(), [skipped(Op::Update, 9)]);
+    assert_row(
+        read_row(&mut conn, 2).await,
+        Some(expected_with(full_row_expected(), "vc", "changed")),
+    );
+    assert_eq!(count(&mut conn).await, 4);
+}
+
+#[tokio::test]
+async fn mysql_conditional_delete_applies_only_over_the_expected_row() {
+    let t = setup();
+    let mut applier = t.applier(CONDITIONAL).await;
+    applier
+        .apply(&[t.txn(
+            10,
+            vec![
+                insert(full_row(1)),
+                insert(other_row(2)),
+                insert(full_row(3)),
+            ],
+        )])
+        .await
+        .unwrap();
+    let mut conn = t.reader().await;
+    applier
+        .apply(&[t.txn(
+            20,
+            vec![
+                delete_from(1, Some(with(full_row(1), "f", Value::Float(0.5)))),
+                delete_from(2, Some(other_row(2))),
+                delete_from(3, None),
+                delete_from(7, Some(full_row(7))),
+            ],
+        )])
+        .await
+        .unwrap();
+    assert_eq!(
+        applier.take_skipped(),
+        [skipped(Op::Delete, 1), skipped(Op::Delete, 7)]
+    );
+    assert_row(read_row(&mut conn, 1).await, Some(full_row_expected()));
+    assert_row(read_row(&mut conn, 2).await, None);
+    assert_row(read_row(&mut conn, 3).await, None);
+    assert_eq!(count(&mut conn).await, 1);
+}
+
+#[tokio::test]
+async fn mysql_conditional_batch_applies_the_rest_and_records_the_position() {
+    let t = setup();
+    let mut applier = t.applier(CONDITIONAL).await;
+    applier
+        .apply(&[t.txn(10, vec![insert(full_row(1)), insert(full_row(2))])])
+        .await
+        .unwrap();
+    let mut conn = t.reader().await;
+    conn.query_drop("UPDATE items SET i = 42 WHERE id = 2")
+        .await
+        .unwrap();
+    // The skipped insert (a duplicate key the server refused) comes after a written one,
+    // which stays written.
+    let batch = [
+        t.txn(
+            20,
+            vec![
+                insert(other_row(3)),
+                insert(full_row(1)),
+                update_from(
+                    2,
+                    Some(full_row(2)),
+                    with(full_row(2), "vc", Value::Text("x".into())),
+                ),
+            ],
+        ),
+        t.txn(
+            30,
+            vec![
+                update_from(
+                    1,
+                    Some(full_row(1)),
+                    with(full_row(1), "vc", Value::Text("y".into())),
+                ),
+                delete_from(2, Some(full_row(2))),
+                insert(null_row(4)),
+            ],
+        ),
+    ];
+    applier.apply(&batch).await.unwrap();
+    assert_eq!(
+        applier.take_skipped(),
+        [
+            skipped(Op::Insert, 1),
+            skipped(Op::Update, 2),
+            skipped(Op::Delete, 2)
+        ]
+    );
+    assert_row(
+        read_row(&mut conn, 1).await,
+        Some(expected_with(full_row_expected(), "vc", "y")),
+    );
+    assert_row(
+        read_row(&mut conn, 2).await,
+        Some(expected_with(full_row_expected(), "i", "42")),
+    );
+    assert_row(read_row(&mut conn, 3).await, Some(other_row_expected()));
+    assert_row(read_row(&mut conn, 4).await, Some(null_row_expected()));
+    assert_eq!(applier.position(&t.source).await.unwrap(), t.position(30));
+
+    // Replayed: the position check skips it whole, nothing is reported.
+    applier.apply(&batch).await.unwrap();
+    assert_eq!(applier.take_skipped(), []);
+
+    // A large transaction whose first part skips a write and whose end fails: rolled back,
+    // and no stale skip is reported.
+    let part = TransactionPart {
+        source: t.source.clone(),
+        start: t.position(35).unwrap(),
+        origin: Origin::Local,
+        events: vec![insert(full_row(1)), insert(full_row(5))],
+    };
+    applier.apply_part(&part).await.unwrap();
+    let too_long = with(full_row(5), "vc", Value::Text("x".repeat(21)));
+    let err = applier
+        .apply(&[t.txn(40, vec![update_from(5, None, too_long)])])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ApplyError::MysqlWrite { .. }), "{err:?}");
+    assert_eq!(applier.take_skipped(), []);
+    assert_row(read_row(&mut conn, 5).await, None);
+    // Delivered again from its first part, it commits and reports its skip.
+    applier.apply_part(&part).await.unwrap();
+    applier
+        .apply(&[t.txn(40, vec![delete_from(5, None)])])
+        .await
+        .unwrap();
+    assert_eq!(applier.take_skipped(), [skipped(Op::Insert, 1)]);
+    assert_eq!(applier.position(&t.source).await.unwrap(), t.position(40));
+
+    // A batch fully applied reports nothing.
+    applier
+        .apply(&[t.txn(
+            50,
+            vec![insert(full_row(6)), delete_from(6, Some(full_row(6)))],
+        )])
+        .await
+        .unwrap();
+    assert_eq!(applier.take_skipped(), []);
+}
+
+#[tokio::test]
+async fn mysql_conditional_refuses_key_changes_and_upserts() {
+    let t = setup();
+    let both = ApplyOptions {
+        upsert: true,
+        conditional: true,
+    };
+    let err = MysqlApplier::connect(&t.db.url(), None, vec![t.route()], both)
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, ApplyError::Options(_)), "{err:?}");
+
+    let mut applier = t.applier(CONDITIONAL).await;
+    applier
+        .apply(&[t.txn(10, vec![insert(full_row(1))])])
+        .await
+        .unwrap();
+    let err = applier
+        .apply(&[t.txn(20, vec![update(1, full_row(2))])])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ApplyError::KeyChange { .. }), "{err:?}");
+    assert!(!err.is_transient());
+    assert_eq!(applier.position(&t.source).await.unwrap(), t.position(10));
+}
+
+/// `BINARY(n)` pads with 0x00 and `CHAR(n)` drops trailing spaces when stored: an expected
+/// value compares as it is stored.
+#[tokio::test]
+async fn mysql_conditional_compares_padded_columns_as_stored() {
+    let db = shared_mariadb().create_database();
+    db.sql("CREATE TABLE pads (id INT PRIMARY KEY, b BINARY(4), c CHAR(4), n INT) ENGINE = InnoDB")
+        .unwrap();
+    let table = TableName::new(db.name(), "pads");
+    let route = TableRoute::same_names(source_table(), table, &["id", "b", "c", "n"], &["id"]);
+    let mut applier = MysqlApplier::connect(&db.url(), None, vec![route], CONDITIONAL)
+        .await
+        .unwrap();
+    let source = format!("pads_{}", db.name());
+    let txn = |offset, events| Transaction {
+        source: source.clone(),
+        position: Position::Mysql(BinlogPosition::new("mysql-bin.000001", offset)),
+        commit_time: Utc::now(),
+        origin: Origin::Local,
+        events,
+    };
+    let pads = |b: &[u8], c: &str, n: i64| {
+        row(vec![
+            ("id", Value::Int(1)),
+            ("b", Value::Bytes(b.to_vec())),
+            ("c", Value::Text(c.into())),
+            ("n", Value::Int(n)),
+        ])
+    };
+    applier
+        .apply(&[txn(10, vec![insert(pads(&[1, 2], "ab", 0))])])
+        .await
+        .unwrap();
+    applier
+        .apply(&[txn(
+            20,
+            vec![
+                update_from(1, Some(pads(&[1, 2], "ab", 0)), pads(&[1, 2], "ab", 1)),
+                update_from(
+                    1,
+                    Some(pads(&[1, 2, 0, 0], "ab", 1)),
+                    pads(&[1, 2], "ab", 2),
+                ),
+                update_from(
+                    1,
+                    Some(pads(&[1, 2, 0, 0], "AB", 2)),
+                    pads(&[1, 2], "ab", 3),
+                ),
+            ],
+        )])
+        .await
+        .unwrap();
+    assert_eq!(applier.take_skipped().len(), 1);
+    let mut conn = connect(&db.url(), None).await.unwrap();
+    let n: Option<i64> = conn
+        .query_first("SELECT n FROM pads WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(n, Some(2));
 }

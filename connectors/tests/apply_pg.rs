@@ -1,14 +1,14 @@
 //! The PostgreSQL applier against a real server: every supported type value by value,
 //! updates that keep Unchanged columns and change keys, deletes, idempotence by position,
-//! atomicity of a failing batch, strict inserts and upserts.
+//! atomicity of a failing batch, strict inserts and upserts, conditional (no-clobber) writes.
 
 use std::str::FromStr;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use duplex_connectors::postgres::{Lsn, PgApplier, connect};
 use duplex_connectors::{
-    Applier, ApplyError, ApplyOptions, ChangeEvent, Decimal, Op, Origin, Position, Row, TableName,
-    TableRoute, Transaction, Value,
+    Applier, ApplyError, ApplyOptions, ChangeEvent, Decimal, Op, Origin, Position, Row,
+    SkippedWrite, TableName, TableRoute, Transaction, TransactionPart, Value,
 };
 use duplex_testkit::{PgDatabase, shared_pg};
 use tokio_postgres::Client;
@@ -550,7 +550,14 @@ async fn pg_inserting_an_existing_row_fails_unless_upserting() {
         .unwrap_err();
     assert!(matches!(err, ApplyError::PgWrite { .. }), "{err:?}");
 
-    let mut upsert = applier(&db, ApplyOptions { upsert: true }).await;
+    let mut upsert = applier(
+        &db,
+        ApplyOptions {
+            upsert: true,
+            ..ApplyOptions::default()
+        },
+    )
+    .await;
     upsert
         .apply(&[txn(20, vec![insert(other_row(1)), insert(full_row(2))])])
         .await
@@ -717,4 +724,392 @@ async fn pg_two_appliers_racing_on_a_new_source_do_not_both_apply() {
         .await
         .unwrap();
     assert_eq!(count(&client).await, 0);
+}
+
+const CONDITIONAL: ApplyOptions = ApplyOptions {
+    upsert: false,
+    conditional: true,
+};
+
+/// An update from `before` (the expected row, `None` for none) to `after`, key unchanged.
+fn update_from(id: i64, before: Option<Row>, after: Row) -> ChangeEvent {
+    ChangeEvent {
+        table: source_table(),
+        op: Op::Update,
+        key: key(id),
+        before,
+        after: Some(after),
+    }
+}
+
+fn delete_from(id: i64, before: Option<Row>) -> ChangeEvent {
+    ChangeEvent {
+        table: source_table(),
+        op: Op::Delete,
+        key: key(id),
+        before,
+        after: None,
+    }
+}
+
+fn skipped(op: Op, id: i64) -> SkippedWrite {
+    SkippedWrite {
+        table: source_table(),
+        op,
+        key: key(id),
+    }
+}
+
+/// `expected` with column `i` (in `read_row` order) replaced.
+fn expected_with(
+    expected: Option<Vec<Option<String>>>,
+    i: usize,
+    value: &str,
+) -> Option<Vec<Option<String>>> {
+    let mut expected = expected.unwrap();
+    expected[i] = Some(value.into());
+    Some(expected)
+}
+
+#[tokio::test]
+async fn pg_conditional_insert_skips_an_existing_key_and_reports_it() {
+    let db = setup();
+    let mut applier = applier(&db, CONDITIONAL).await;
+    applier
+        .apply(&[txn(10, vec![insert(full_row(1))])])
+        .await
+        .unwrap();
+    assert_eq!(applier.take_skipped(), []);
+    let client = reader(&db).await;
+    assert_row(read_row(&client, 1).await, full_row_expected());
+
+    applier
+        .apply(&[txn(20, vec![insert(other_row(1))])])
+        .await
+        .unwrap();
+    assert_eq!(applier.take_skipped(), [skipped(Op::Insert, 1)]);
+    assert_eq!(applier.take_skipped(), [], "taking clears");
+    assert_row(read_row(&client, 1).await, full_row_expected());
+    assert_eq!(count(&client).await, 1);
+    assert_eq!(
+        applier.position(SOURCE).await.unwrap(),
+        Some(Position::Postgres(Lsn(20)))
+    );
+}
+
+#[tokio::test]
+async fn pg_conditional_update_applies_only_over_the_expected_row() {
+    let db = setup();
+    let mut applier = applier(&db, CONDITIONAL).await;
+    applier
+        .apply(&[txn(
+            10,
+            vec![
+                insert(full_row(1)),
+                insert(full_row(2)),
+                insert(null_row(3)),
+                insert(full_row(4)),
+            ],
+        )])
+        .await
+        .unwrap();
+    let client = reader(&db).await;
+    let changed = |id| with(full_row(id), "vc", Value::Text("changed".into()));
+
+    // The whole row as expected (floats bit for bit, json by its text, jsonb, inet): applied.
+    applier
+        .apply(&[txn(20, vec![update_from(1, Some(full_row(1)), changed(1))])])
+        .await
+        .unwrap();
+    assert_eq!(applier.take_skipped(), []);
+    assert_row(
+        read_row(&client, 1).await,
+        expected_with(full_row_expected(), 9, "changed"),
+    );
+
+    // One column differs from what the target holds: skipped, the row keeps its values.
+    let differing = [
+        ("i4", Value::Int(5)),
+        ("f8", Value::Float(f64::from_bits(f64::MAX.to_bits() - 1))),
+        ("f4", Value::Float(f64::from(0.2f32))),
+        ("j", Value::Json(r#"{"b": 1, "a": [1, 2]}"#.into())),
+        ("j", Value::Json(r#"{"b": 1,  "a": [1, 2], "b": 2}"#.into())),
+        ("jb", Value::Json(r#"{"k": [1, "x", false]}"#.into())),
+        ("ip", Value::Text("192.168.0.2/24".into())),
+        ("label", Value::Null),
+    ];
+    for (lsn, (column, value)) in (30..).zip(differing) {
+        let before = with(full_row(2), column, value);
+        applier
+            .apply(&[txn(lsn, vec![update_from(2, Some(before), changed(2))])])
+            .await
+            .unwrap();
+        assert_eq!(applier.take_skipped(), [skipped(Op::Update, 2)], "{column}");
+        assert_row(read_row(&client, 2).await, full_row_expected());
+    }
+
+    // An expected value the column cannot hold is refused like a write of it.
+    let before = with(full_row(2), "f4", Value::Float(0.1));
+    let err = applier
+        .apply(&[txn(90, vec![update_from(2, Some(before), changed(2))])])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ApplyError::Value(r) if r.column == "f4"),
+        "{err:?}"
+    );
+    assert_eq!(applier.take_skipped(), []);
+
+    // NULL expected where the target holds NULL: applied.
+    applier
+        .apply(&[txn(
+            100,
+            vec![update_from(
+                3,
+                Some(null_row(3)),
+                with(null_row(3), "i2", Value::Int(3)),
+            )],
+        )])
+        .await
+        .unwrap();
+    assert_eq!(applier.take_skipped(), []);
+    let mut expected = null_row_expected().unwrap();
+    expected[1] = Some("3".into());
+    assert_row(read_row(&client, 3).await, Some(expected));
+
+    // jsonb compares as jsonb (its text is not kept), an Unchanged expected column is not
+    // compared, and a column the route does not list is ignored.
+    client
+        .execute("UPDATE items SET t = 'changed locally' WHERE id = 4", &[])
+        .await
+        .unwrap();
+    let before = with(
+        with(full_row(4), "label", Value::Unchanged),
+        "jb",
+        Value::Json(r#"{ "k" : [1,"x",null] }"#.into()),
+    );
+    let mut before: Row = before.iter().map(|(c, v)| (c, v.clone())).collect();
+    before.push("not_routed", Value::Int(1));
+    applier
+        .apply(&[txn(
+            110,
+            vec![update_from(
+                4,
+                Some(before),
+                with(changed(4), "label", Value::Unchanged),
+            )],
+        )])
+        .await
+        .unwrap();
+    assert_eq!(applier.take_skipped(), []);
+    let expected = expected_with(full_row_expected(), 9, "changed");
+    assert_row(
+        read_row(&client, 4).await,
+        expected_with(expected, 8, "changed locally"),
+    );
+
+    // Without a before-image the key alone decides; a missing row is skipped.
+    applier
+        .apply(&[txn(
+            120,
+            vec![
+                update_from(2, None, changed(2)),
+                update_from(9, None, changed(9)),
+            ],
+        )])
+        .await
+        .unwrap();
+    assert_eq!(applier.take_skipped(), [skipped(Op::Update, 9)]);
+    assert_row(
+        read_row(&client, 2).await,
+        expected_with(full_row_expected(), 9, "changed"),
+    );
+    assert_eq!(count(&client).await, 4);
+}
+
+#[tokio::test]
+async fn pg_conditional_delete_applies_only_over_the_expected_row() {
+    let db = setup();
+    let mut applier = applier(&db, CONDITIONAL).await;
+    applier
+        .apply(&[txn(
+            10,
+            vec![
+                insert(full_row(1)),
+                insert(other_row(2)),
+                insert(full_row(3)),
+            ],
+        )])
+        .await
+        .unwrap();
+    let client = reader(&db).await;
+    applier
+        .apply(&[txn(
+            20,
+            vec![
+                delete_from(1, Some(with(full_row(1), "f4", Value::Float(0.5)))),
+                delete_from(2, Some(other_row(2))),
+                delete_from(3, None),
+                delete_from(7, Some(full_row(7))),
+            ],
+        )])
+        .await
+        .unwrap();
+    assert_eq!(
+        applier.take_skipped(),
+        [skipped(Op::Delete, 1), skipped(Op::Delete, 7)]
+    );
+    assert_row(read_row(&client, 1).await, full_row_expected());
+    assert_row(read_row(&client, 2).await, None);
+    assert_row(read_row(&client, 3).await, None);
+    assert_eq!(count(&client).await, 1);
+}
+
+#[tokio::test]
+async fn pg_conditional_batch_applies_the_rest_and_records_the_position() {
+    let db = setup();
+    let mut applier = applier(&db, CONDITIONAL).await;
+    applier
+        .apply(&[txn(10, vec![insert(full_row(1)), insert(full_row(2))])])
+        .await
+        .unwrap();
+    let client = reader(&db).await;
+    client
+        .execute("UPDATE items SET i2 = 42 WHERE id = 2", &[])
+        .await
+        .unwrap();
+    let batch = [
+        txn(
+            20,
+            vec![
+                insert(full_row(1)),
+                insert(other_row(3)),
+                update_from(
+                    2,
+                    Some(full_row(2)),
+                    with(full_row(2), "vc", Value::Text("x".into())),
+                ),
+            ],
+        ),
+        txn(
+            30,
+            vec![
+                update_from(
+                    1,
+                    Some(full_row(1)),
+                    with(full_row(1), "vc", Value::Text("y".into())),
+                ),
+                delete_from(2, Some(full_row(2))),
+                insert(null_row(4)),
+            ],
+        ),
+    ];
+    applier.apply(&batch).await.unwrap();
+    assert_eq!(
+        applier.take_skipped(),
+        [
+            skipped(Op::Insert, 1),
+            skipped(Op::Update, 2),
+            skipped(Op::Delete, 2)
+        ]
+    );
+    assert_row(
+        read_row(&client, 1).await,
+        expected_with(full_row_expected(), 9, "y"),
+    );
+    assert_row(
+        read_row(&client, 2).await,
+        expected_with(full_row_expected(), 1, "42"),
+    );
+    assert_row(read_row(&client, 3).await, other_row_expected());
+    assert_row(read_row(&client, 4).await, null_row_expected());
+    assert_eq!(
+        applier.position(SOURCE).await.unwrap(),
+        Some(Position::Postgres(Lsn(30)))
+    );
+
+    // Replayed: the position check skips it whole, nothing is reported.
+    applier.apply(&batch).await.unwrap();
+    assert_eq!(applier.take_skipped(), []);
+
+    // A large transaction whose first part skips a write and whose end fails: rolled back,
+    // and no stale skip is reported.
+    let part = TransactionPart {
+        source: SOURCE.into(),
+        start: Position::Postgres(Lsn(35)),
+        origin: Origin::Local,
+        events: vec![insert(full_row(1)), insert(full_row(5))],
+    };
+    applier.apply_part(&part).await.unwrap();
+    let too_long = with(full_row(5), "vc", Value::Text("x".repeat(21)));
+    let err = applier
+        .apply(&[txn(40, vec![update_from(5, None, too_long)])])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ApplyError::PgWrite { .. }), "{err:?}");
+    assert_eq!(applier.take_skipped(), []);
+    assert_row(read_row(&client, 5).await, None);
+    // Delivered again from its first part, it commits and reports its skip.
+    applier.apply_part(&part).await.unwrap();
+    applier
+        .apply(&[txn(40, vec![delete_from(5, None)])])
+        .await
+        .unwrap();
+    assert_eq!(applier.take_skipped(), [skipped(Op::Insert, 1)]);
+    assert_eq!(
+        applier.position(SOURCE).await.unwrap(),
+        Some(Position::Postgres(Lsn(40)))
+    );
+
+    // A batch fully applied reports nothing.
+    applier
+        .apply(&[txn(
+            50,
+            vec![insert(full_row(6)), delete_from(6, Some(full_row(6)))],
+        )])
+        .await
+        .unwrap();
+    assert_eq!(applier.take_skipped(), []);
+}
+
+#[tokio::test]
+async fn pg_conditional_refuses_key_changes_and_upserts() {
+    let db = setup();
+    let both = ApplyOptions {
+        upsert: true,
+        conditional: true,
+    };
+    let err = PgApplier::connect(&db.url(), None, vec![route()], both)
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, ApplyError::Options(_)), "{err:?}");
+
+    let mut applier = applier(&db, CONDITIONAL).await;
+    applier
+        .apply(&[txn(10, vec![insert(full_row(1))])])
+        .await
+        .unwrap();
+    let err = applier
+        .apply(&[txn(20, vec![update(1, full_row(2))])])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ApplyError::KeyChange { .. }), "{err:?}");
+    assert!(!err.is_transient());
+    // The same key given as an unsigned value is not a change.
+    applier
+        .apply(&[txn(
+            20,
+            vec![update(
+                1,
+                with(with(full_row(1), "id", Value::UInt(1)), "i2", Value::Int(2)),
+            )],
+        )])
+        .await
+        .unwrap();
+    let client = reader(&db).await;
+    assert_row(
+        read_row(&client, 1).await,
+        expected_with(full_row_expected(), 1, "2"),
+    );
 }

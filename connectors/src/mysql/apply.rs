@@ -45,6 +45,27 @@
 //! inserts into one table with the same columns become multi-row INSERTs of 64, 32, ..., 1
 //! rows of at most about 4 MB each (below the default `max_allowed_packet` of 16 MB).
 //!
+//! # Conditional writes
+//!
+//! A conditional applier ([`ApplyOptions::conditional`]) writes one statement per event and
+//! reads its row count (rows *matched*, thanks to `CLIENT_FOUND_ROWS`): 0 means skipped.
+//!
+//! - An insert is a plain single-row INSERT; a duplicate-key error (1062) on it is a skip when
+//!   a row with the insert's key exists. InnoDB rolls back only the failing statement on a
+//!   duplicate key, so the target transaction goes on. Not `INSERT IGNORE` (it would turn
+//!   strict mode's value errors into warnings), and not `ON DUPLICATE KEY UPDATE k = k`: with
+//!   `CLIENT_FOUND_ROWS` a duplicate left unchanged reports 1 row, exactly like an insert.
+//! - An update or delete adds `AND <column> <=> <expected>` per expected value to its key
+//!   filter, the value bound exactly as a write binds it. Where the server's own comparison
+//!   would be looser than "the same stored value", the comparison is made exact: text
+//!   (`CHAR`, `VARCHAR`, `TEXT`, `ENUM`, `SET`, MariaDB's JSON) compares the utf8mb4 bytes
+//!   (`CAST(CONVERT(c USING utf8mb4) AS BINARY)`), since collations are usually case- and
+//!   trailing-space-insensitive; `DECIMAL` compares with the bound text cast to the column's
+//!   own `DECIMAL(p,s)` (MySQL compares a string with a decimal as doubles; MariaDB 10.11
+//!   compares them as decimals); `BINARY(n)` with the bound bytes cast to `BINARY(n)` (padded
+//!   with 0x00 as stored); MySQL's JSON type with `CAST(? AS JSON)` (JSON equality). Floats
+//!   are bound as 32- or 64-bit floats and compare exactly.
+//!
 //! # Bookkeeping
 //!
 //! `duplex.positions` lives in a database `duplex`, shared by every database on the server:
@@ -57,9 +78,10 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Params};
 
 use crate::apply::{
-    Applier, ApplyError, ApplyOptions, OpenParts, PartState, TableRoute, check_next_part,
-    declared_scale, final_of, fresh, interrupted, key_value, malformed, open_parts, parse_position,
-    position_text, recorded_before, sources,
+    Applier, ApplyError, ApplyOptions, OpenParts, PartState, SkippedWrite, TableRoute,
+    check_next_part, declared_scale, expected_values, final_of, fresh, interrupted, key_value,
+    malformed, open_parts, parse_position, position_text, recorded_before, refuse_key_change,
+    skipped_write, sources, target_key_value,
 };
 use crate::{ChangeEvent, Column, Op, Position, TableName, Transaction, TransactionPart, Value};
 
@@ -74,6 +96,8 @@ const STATEMENT_CACHE: usize = 512;
 /// The applying session's `sql_mode`.
 const SQL_MODE: &str = "STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,\
                         ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION,NO_AUTO_VALUE_ON_ZERO";
+/// MySQL's error code for a duplicate key (`ER_DUP_ENTRY`).
+const DUPLICATE_KEY: u16 = 1062;
 /// Largest MySQL `TIME` magnitude: 838:59:59.999999.
 const TIME_MAX_MICROS: i64 = (838 * 3600 + 59 * 60 + 59) * 1_000_000 + 999_999;
 
@@ -98,6 +122,10 @@ pub struct MysqlApplier {
     /// Whether a target transaction is open on `conn` (START TRANSACTION sent, no
     /// COMMIT/ROLLBACK yet).
     in_transaction: bool,
+    /// Conditional writes skipped by committed target transactions, not yet taken.
+    skipped: Vec<SkippedWrite>,
+    /// Conditional writes skipped in the open target transaction.
+    skipped_open: Vec<SkippedWrite>,
 }
 
 /// A route resolved against the target table's schema.
@@ -193,6 +221,7 @@ impl MysqlApplier {
         routes: Vec<TableRoute>,
         options: ApplyOptions,
     ) -> Result<MysqlApplier, ApplyError> {
+        options.validate()?;
         let opts = Opts::from_url(url).map_err(MysqlError::Url)?;
         let mut builder = OptsBuilder::from_opts(opts)
             .client_found_rows(true)
@@ -217,7 +246,15 @@ impl MysqlApplier {
             options,
             parts: PartState::Idle,
             in_transaction: false,
+            skipped: Vec::new(),
+            skipped_open: Vec::new(),
         })
+    }
+
+    /// The writes a conditional applier skipped in the applies committed since the last call,
+    /// in write order; a failed (rolled-back) apply leaves none.
+    pub fn take_skipped(&mut self) -> Vec<SkippedWrite> {
+        std::mem::take(&mut self.skipped)
     }
 
     /// Whether the target is MariaDB (and duplex's writes carry the skip-replication flag).
@@ -386,6 +423,7 @@ impl MysqlApplier {
     async fn end_call<T>(&mut self, result: Result<T, ApplyError>) -> Result<T, ApplyError> {
         if let Err(e) = &result {
             self.parts = PartState::Idle;
+            self.skipped_open.clear();
             if e.is_transient() {
                 self.conn = None;
                 self.in_transaction = false;
@@ -399,6 +437,7 @@ impl MysqlApplier {
     /// Rolls back a target transaction left open (by an error or a dropped call); drops the
     /// connection when even that fails.
     async fn rollback_open(&mut self) {
+        self.skipped_open.clear();
         if !self.in_transaction {
             return;
         }
@@ -439,6 +478,11 @@ impl MysqlApplier {
             .await
             .map_err(MysqlError::query(doing))?;
         self.in_transaction = false;
+        if commit {
+            self.skipped.append(&mut self.skipped_open);
+        } else {
+            self.skipped_open.clear();
+        }
         Ok(())
     }
 
@@ -493,6 +537,11 @@ impl MysqlApplier {
             routes,
             options: *options,
         };
+        if options.conditional {
+            let skipped = writer.write_conditional(events).await?;
+            self.skipped_open.extend(skipped);
+            return Ok(());
+        }
         writer.write_all(events).await
     }
 
@@ -663,32 +712,109 @@ impl Writer<'_> {
     }
 
     async fn update(&mut self, route: &MyRoute, event: &ChangeEvent) -> Result<(), ApplyError> {
-        let Some(after) = &event.after else {
-            return Err(malformed(event, "an update without an after-image"));
-        };
         let mut params = Vec::new();
-        let mut set = Vec::new();
-        for column in &route.columns {
-            match after.get(&column.source) {
-                None | Some(Value::Unchanged) => {}
-                Some(value) => {
-                    params.push(to_param(value, column, &route.target)?);
-                    set.push(format!("{} = ?", column.quoted));
-                }
-            }
-        }
-        if set.is_empty() {
-            let k = &route.columns[route.key[0]].quoted;
-            set.push(format!("{k} = {k}"));
-        }
-        let filter = key_filter(route, event, &mut params)?;
-        let sql = format!(
-            "UPDATE {} SET {} WHERE {filter}",
-            route.quoted,
-            set.join(", ")
-        );
+        let (set, filter) = update_parts(route, event, &mut params)?;
+        let sql = format!("UPDATE {} SET {set} WHERE {filter}", route.quoted);
         let n = self.execute(route, Op::Update, sql, params).await?;
         expect_one(route, event, n)
+    }
+
+    /// Writes events conditionally (see the module docs), one statement each; returns the
+    /// skipped ones, in order.
+    async fn write_conditional(
+        &mut self,
+        events: &[&ChangeEvent],
+    ) -> Result<Vec<SkippedWrite>, ApplyError> {
+        let mut skipped = Vec::new();
+        for event in events {
+            let route = self
+                .routes
+                .get(&event.table)
+                .ok_or_else(|| ApplyError::NoRoute(event.table.clone()))?;
+            let written = match event.op {
+                Op::Insert => self.insert_unless_present(route, event).await?,
+                Op::Update | Op::Delete => {
+                    let mut params = Vec::new();
+                    let sql = if event.op == Op::Update {
+                        let key = route.key.iter().map(|&k| route.columns[k].source.as_str());
+                        refuse_key_change(event, key)?;
+                        let (set, filter) = update_parts(route, event, &mut params)?;
+                        let expected = expected_filter(route, event, &mut params)?;
+                        format!("UPDATE {} SET {set} WHERE {filter}{expected}", route.quoted)
+                    } else {
+                        let filter = key_filter(route, event, &mut params)?;
+                        let expected = expected_filter(route, event, &mut params)?;
+                        format!("DELETE FROM {} WHERE {filter}{expected}", route.quoted)
+                    };
+                    let n = self.execute(route, event.op, sql, params).await?;
+                    if n != 0 {
+                        expect_one(route, event, n)?;
+                    }
+                    n != 0
+                }
+            };
+            if !written {
+                let key = route.key.iter().map(|&k| route.columns[k].source.as_str());
+                skipped.push(skipped_write(event, key));
+            }
+        }
+        Ok(skipped)
+    }
+
+    /// Inserts one row unless a row with its key exists; returns whether it was written. A
+    /// duplicate-key error rolls back only this statement (InnoDB); it is a skip when a row
+    /// with the insert's key is there, and the error itself otherwise (another unique key).
+    async fn insert_unless_present(
+        &mut self,
+        route: &MyRoute,
+        event: &ChangeEvent,
+    ) -> Result<bool, ApplyError> {
+        let columns = insert_columns(route, event)?;
+        let after = event.after.as_ref().expect("insert_columns checked it");
+        let mut params = Vec::with_capacity(columns.len());
+        for &c in &columns {
+            let column = &route.columns[c];
+            let value = after
+                .get(&column.source)
+                .expect("insert_columns checked it");
+            params.push(to_param(value, column, &route.target)?);
+        }
+        let sql = insert_sql(route, &columns, 1, false);
+        let wrap = |source| ApplyError::MysqlWrite {
+            table: route.target.clone(),
+            op: Op::Insert,
+            source: Box::new(MysqlError::Query {
+                doing: "writing rows",
+                source,
+            }),
+        };
+        let error = match self.conn.exec_drop(sql, Params::Positional(params)).await {
+            Ok(()) => return Ok(true),
+            Err(mysql_async::Error::Server(e)) if e.code == DUPLICATE_KEY => {
+                mysql_async::Error::Server(e)
+            }
+            Err(e) => return Err(wrap(e)),
+        };
+        let mut key = Vec::with_capacity(route.key.len());
+        let mut params = Vec::with_capacity(route.key.len());
+        for &k in &route.key {
+            let column = &route.columns[k];
+            let value = target_key_value(event, &column.source)?;
+            params.push(to_param(value, column, &route.target)?);
+            key.push(format!("{} = ?", column.quoted));
+        }
+        let present: Option<u8> = self
+            .conn
+            .exec_first(
+                format!("SELECT 1 FROM {} WHERE {}", route.quoted, key.join(" AND ")),
+                Params::Positional(params),
+            )
+            .await
+            .map_err(wrap)?;
+        match present {
+            Some(_) => Ok(false),
+            None => Err(wrap(error)),
+        }
     }
 
     async fn delete(&mut self, route: &MyRoute, event: &ChangeEvent) -> Result<(), ApplyError> {
@@ -698,6 +824,71 @@ impl Writer<'_> {
         let n = self.execute(route, Op::Delete, sql, params).await?;
         expect_one(route, event, n)
     }
+}
+
+/// The SET list and key filter of an UPDATE, with their parameters appended to `params`.
+fn update_parts(
+    route: &MyRoute,
+    event: &ChangeEvent,
+    params: &mut Vec<mysql_async::Value>,
+) -> Result<(String, String), ApplyError> {
+    let Some(after) = &event.after else {
+        return Err(malformed(event, "an update without an after-image"));
+    };
+    let mut set = Vec::new();
+    for column in &route.columns {
+        match after.get(&column.source) {
+            None | Some(Value::Unchanged) => {}
+            Some(value) => {
+                params.push(to_param(value, column, &route.target)?);
+                set.push(format!("{} = ?", column.quoted));
+            }
+        }
+    }
+    if set.is_empty() {
+        let k = &route.columns[route.key[0]].quoted;
+        set.push(format!("{k} = {k}"));
+    }
+    let filter = key_filter(route, event, params)?;
+    Ok((set.join(", "), filter))
+}
+
+/// `AND <column> <=> <expected> ...` for the event's expected values (its before-image),
+/// appended to `params`; empty without a before-image. See the module docs for the forms.
+fn expected_filter(
+    route: &MyRoute,
+    event: &ChangeEvent,
+    params: &mut Vec<mysql_async::Value>,
+) -> Result<String, ApplyError> {
+    let sources = route.columns.iter().map(|c| c.source.as_str());
+    let mut filter = String::new();
+    for (i, value) in expected_values(sources, &route.key, event) {
+        let column = &route.columns[i];
+        params.push(to_param(value, column, &route.target)?);
+        let q = &column.quoted;
+        let declared = column.declared.to_ascii_lowercase();
+        let parens = declared
+            .split_once('(')
+            .and_then(|(_, rest)| rest.split_once(')'))
+            .map(|(inner, _)| inner.trim());
+        filter.push_str(&match column.kind {
+            MyKind::Text if declared == "json" => format!(" AND {q} <=> CAST(? AS JSON)"),
+            MyKind::Text => {
+                format!(" AND CAST(CONVERT({q} USING utf8mb4) AS BINARY) <=> CAST(? AS BINARY)")
+            }
+            MyKind::Decimal { .. } => {
+                format!(
+                    " AND {q} <=> CAST(? AS DECIMAL({}))",
+                    parens.unwrap_or("10")
+                )
+            }
+            MyKind::Bytes if declared.starts_with("binary") => {
+                format!(" AND {q} <=> CAST(? AS BINARY({}))", parens.unwrap_or("1"))
+            }
+            _ => format!(" AND {q} <=> ?"),
+        });
+    }
+    Ok(filter)
 }
 
 /// `k1 = ? AND k2 = ?` with the event's old key values appended to `params`.

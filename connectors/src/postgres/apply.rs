@@ -33,6 +33,16 @@
 //! the first failure is the one reported (the ones after it fail only because the
 //! transaction is aborted).
 //!
+//! A conditional applier ([`ApplyOptions::conditional`]) writes one statement per event,
+//! pipelined the same way in runs of up to 256, and reads each statement's row count: 0 means
+//! skipped. An insert is `INSERT ... ON CONFLICT (<key>) DO NOTHING`; an update or delete adds
+//! `AND <column> IS NOT DISTINCT FROM $n` per expected value to its key filter, with the value
+//! bound exactly as a write binds it. `json` has no equality operator, so it is compared as
+//! its text (json keeps its input text verbatim: the exact value written); types bound with a
+//! cast are compared as the text of the cast value (their canonical form, and some, like
+//! `xml`, have no equality either); `jsonb` uses its own equality (jsonb keeps no text, only
+//! the normalised value).
+//!
 //! # Transaction control
 //!
 //! Target transactions are opened and ended with plain `BEGIN` / `COMMIT` / `ROLLBACK` on the
@@ -67,9 +77,10 @@ use tokio_postgres::{Client, Statement};
 use uuid::Uuid;
 
 use crate::apply::{
-    Applier, ApplyError, ApplyOptions, OpenParts, PartState, TableRoute, check_next_part,
-    declared_scale, final_of, fresh, interrupted, key_value, malformed, open_parts, parse_position,
-    position_text, recorded_before, sources,
+    Applier, ApplyError, ApplyOptions, OpenParts, PartState, SkippedWrite, TableRoute,
+    check_next_part, declared_scale, expected_values, final_of, fresh, interrupted, key_value,
+    malformed, open_parts, parse_position, position_text, recorded_before, refuse_key_change,
+    skipped_write, sources,
 };
 use crate::{ChangeEvent, Column, Op, Position, TableName, Transaction, TransactionPart, Value};
 
@@ -104,6 +115,10 @@ pub struct PgApplier {
     pub(super) parts: PartState,
     /// Whether a target transaction is open on `client` (BEGIN sent, no COMMIT/ROLLBACK yet).
     in_transaction: bool,
+    /// Conditional writes skipped by committed target transactions, not yet taken.
+    skipped: Vec<SkippedWrite>,
+    /// Conditional writes skipped in the open target transaction.
+    skipped_open: Vec<SkippedWrite>,
 }
 
 /// A route resolved against the target table's schema.
@@ -194,6 +209,7 @@ impl PgApplier {
         routes: Vec<TableRoute>,
         options: ApplyOptions,
     ) -> Result<PgApplier, ApplyError> {
+        options.validate()?;
         let client = connect(url, password).await?;
         ensure_positions_table(&client).await?;
         let mut resolved = HashMap::new();
@@ -211,7 +227,15 @@ impl PgApplier {
             options,
             parts: PartState::Idle,
             in_transaction: false,
+            skipped: Vec::new(),
+            skipped_open: Vec::new(),
         })
+    }
+
+    /// The writes a conditional applier skipped in the applies committed since the last call,
+    /// in write order; a failed (rolled-back) apply leaves none.
+    pub fn take_skipped(&mut self) -> Vec<SkippedWrite> {
+        std::mem::take(&mut self.skipped)
     }
 
     /// Reconnects when the connection was lost (a previous apply failed transiently).
@@ -354,12 +378,14 @@ impl PgApplier {
         if result.is_err() {
             self.parts = PartState::Idle;
             self.rollback_open().await;
+            self.skipped_open.clear();
         }
         result
     }
 
     /// Rolls back a target transaction left open (by an error or a dropped call).
     async fn rollback_open(&mut self) {
+        self.skipped_open.clear();
         if !self.in_transaction {
             return;
         }
@@ -387,6 +413,7 @@ impl PgApplier {
             .await
             .map_err(PgError::query("committing the target transaction"))?;
         self.in_transaction = false;
+        self.skipped.append(&mut self.skipped_open);
         Ok(())
     }
 
@@ -396,6 +423,7 @@ impl PgApplier {
             .await
             .map_err(PgError::query("ending the target transaction"))?;
         self.in_transaction = false;
+        self.skipped_open.clear();
         Ok(())
     }
 
@@ -443,6 +471,11 @@ impl PgApplier {
             statements: &mut self.statements,
             options: self.options,
         };
+        if self.options.conditional {
+            let skipped = writer.write_conditional(events).await?;
+            self.skipped_open.extend(skipped);
+            return Ok(());
+        }
         writer.write_all(events).await
     }
 
@@ -523,7 +556,7 @@ pub(super) struct Writer<'a> {
     pub(super) options: ApplyOptions,
 }
 
-impl Writer<'_> {
+impl<'a> Writer<'a> {
     async fn write_all(&mut self, events: &[&ChangeEvent]) -> Result<(), ApplyError> {
         let mut i = 0;
         while i < events.len() {
@@ -618,16 +651,49 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// Writes a run of updates and deletes, pipelined: every statement is sent before the
-    /// first answer is awaited. The server still runs them one after the other, in order.
+    /// Writes a run of updates and deletes, pipelined (see [`Writer::pipeline`]).
     async fn change_run(&mut self, events: &[&ChangeEvent]) -> Result<(), ApplyError> {
+        for (route, event, n) in self.pipeline(events, change_sql).await? {
+            expect_one(route, event, n)?;
+        }
+        Ok(())
+    }
+
+    /// Writes events conditionally (see the module docs), one statement each, pipelined in
+    /// runs; returns the skipped ones, in order.
+    async fn write_conditional(
+        &mut self,
+        events: &[&ChangeEvent],
+    ) -> Result<Vec<SkippedWrite>, ApplyError> {
+        let mut skipped = Vec::new();
+        for run in events.chunks(PIPELINE) {
+            for (route, event, n) in self.pipeline(run, conditional_sql).await? {
+                if n == 0 {
+                    let key = route.key.iter().map(|&k| route.columns[k].source.as_str());
+                    skipped.push(skipped_write(event, key));
+                } else {
+                    expect_one(route, event, n)?;
+                }
+            }
+        }
+        Ok(skipped)
+    }
+
+    /// Runs one statement per event (built by `sql_of`), pipelined: every statement is sent
+    /// before the first answer is awaited. The server still runs them one after the other, in
+    /// order, and the first failure is the one returned. Returns each event's row count.
+    async fn pipeline<'e>(
+        &mut self,
+        events: &[&'e ChangeEvent],
+        sql_of: SqlOf,
+    ) -> Result<Vec<(&'a PgRoute, &'e ChangeEvent, u64)>, ApplyError> {
+        let routes: &'a HashMap<TableName, PgRoute> = self.routes;
         let mut prepared = Vec::with_capacity(events.len());
         for event in events {
-            let route = self
-                .routes
+            let route = routes
                 .get(&event.table)
                 .ok_or_else(|| ApplyError::NoRoute(event.table.clone()))?;
-            let (sql, params) = change_sql(route, event)?;
+            let (sql, params) = sql_of(route, event)?;
             let statement = self
                 .statement(sql)
                 .await
@@ -647,13 +713,18 @@ impl Writer<'_> {
                 .collect(),
         )
         .await;
+        let mut counts = Vec::with_capacity(prepared.len());
         for ((route, event, _, _), result) in prepared.iter().zip(results) {
             let n = result.map_err(|source| write_error(route, event.op, source))?;
-            expect_one(route, event, n)?;
+            counts.push((*route, *event, n));
         }
-        Ok(())
+        Ok(counts)
     }
 }
+
+/// Builds the statement of one event and its parameters.
+type SqlOf =
+    for<'e> fn(&PgRoute, &'e ChangeEvent) -> Result<(String, Vec<PgParam<'e>>), ApplyError>;
 
 /// The UPDATE or DELETE statement for one event and its parameters.
 fn change_sql<'e>(
@@ -668,6 +739,92 @@ fn change_sql<'e>(
             params,
         ));
     }
+    let (set, filter) = update_parts(route, event, &mut params)?;
+    Ok((
+        format!("UPDATE {} SET {set} WHERE {filter}", route.quoted),
+        params,
+    ))
+}
+
+/// The statement of one event written conditionally (see the module docs) and its parameters;
+/// it touches no row when the write is to be skipped.
+fn conditional_sql<'e>(
+    route: &PgRoute,
+    event: &'e ChangeEvent,
+) -> Result<(String, Vec<PgParam<'e>>), ApplyError> {
+    let mut params = Vec::new();
+    let sql = match event.op {
+        Op::Insert => {
+            let columns = insert_columns(route, event)?;
+            let after = event.after.as_ref().expect("insert_columns checked it");
+            for &c in &columns {
+                let column = &route.columns[c];
+                let value = after
+                    .get(&column.source)
+                    .expect("insert_columns checked it");
+                params.push(to_param(value, column, &route.target)?);
+            }
+            let key: Vec<&str> = route
+                .key
+                .iter()
+                .map(|&k| route.columns[k].quoted.as_str())
+                .collect();
+            format!(
+                "{} ON CONFLICT ({}) DO NOTHING",
+                insert_sql(route, &columns, 1, false),
+                key.join(", ")
+            )
+        }
+        Op::Update => {
+            refuse_key_change(
+                event,
+                route.key.iter().map(|&k| route.columns[k].source.as_str()),
+            )?;
+            let (set, filter) = update_parts(route, event, &mut params)?;
+            let expected = expected_filter(route, event, &mut params)?;
+            format!("UPDATE {} SET {set} WHERE {filter}{expected}", route.quoted)
+        }
+        Op::Delete => {
+            let filter = key_filter(route, event, &mut params)?;
+            let expected = expected_filter(route, event, &mut params)?;
+            format!("DELETE FROM {} WHERE {filter}{expected}", route.quoted)
+        }
+    };
+    Ok((sql, params))
+}
+
+/// `AND <column> IS NOT DISTINCT FROM $n ...` for the event's expected values (its
+/// before-image), appended to `params`; empty without a before-image.
+fn expected_filter<'e>(
+    route: &PgRoute,
+    event: &'e ChangeEvent,
+    params: &mut Vec<PgParam<'e>>,
+) -> Result<String, ApplyError> {
+    let sources = route.columns.iter().map(|c| c.source.as_str());
+    let mut filter = String::new();
+    for (i, value) in expected_values(sources, &route.key, event) {
+        let column = &route.columns[i];
+        params.push(to_param(value, column, &route.target)?);
+        let n = params.len();
+        let q = &column.quoted;
+        filter.push_str(&match column.kind {
+            PgKind::Json => format!(" AND {q}::text IS NOT DISTINCT FROM ${n}::text"),
+            PgKind::Cast => format!(
+                " AND {q}::text IS NOT DISTINCT FROM ({})::text",
+                column.placeholder(n)
+            ),
+            _ => format!(" AND {q} IS NOT DISTINCT FROM {}", column.placeholder(n)),
+        });
+    }
+    Ok(filter)
+}
+
+/// The SET list and key filter of an UPDATE, with their parameters appended to `params`.
+fn update_parts<'e>(
+    route: &PgRoute,
+    event: &'e ChangeEvent,
+    params: &mut Vec<PgParam<'e>>,
+) -> Result<(String, String), ApplyError> {
     let Some(after) = &event.after else {
         return Err(malformed(event, "an update without an after-image"));
     };
@@ -689,13 +846,8 @@ fn change_sql<'e>(
         let k = &route.columns[route.key[0]].quoted;
         set.push(format!("{k} = {k}"));
     }
-    let filter = key_filter(route, event, &mut params)?;
-    let sql = format!(
-        "UPDATE {} SET {} WHERE {filter}",
-        route.quoted,
-        set.join(", ")
-    );
-    Ok((sql, params))
+    let filter = key_filter(route, event, params)?;
+    Ok((set.join(", "), filter))
 }
 
 /// Polls `futures` together, so tokio-postgres sends all their requests before it waits for

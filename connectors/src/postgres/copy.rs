@@ -33,6 +33,8 @@
 //! - An upserting applier (`ApplyOptions::upsert`, the backfill's `--allow-nonempty`): COPY
 //!   cannot resolve conflicts, so the whole transaction goes through `apply` (INSERT ... ON
 //!   CONFLICT).
+//! - A conditional applier (`ApplyOptions::conditional`): COPY cannot skip an existing row, so
+//!   the whole transaction goes through `apply`, which skips and reports them.
 //! - A run whose columns include a type duplex binds as text with a cast (`inet`, `xml`, ...:
 //!   no binary encoder): that run is written with the ordinary multi-row INSERT, still inside
 //!   the same transaction.
@@ -52,7 +54,8 @@ impl PgApplier {
     /// Writes a transaction of inserts (a backfill range) like [`Applier::apply`], with binary
     /// COPY for the rows; see the module docs for when it falls back to INSERT.
     pub async fn load(&mut self, txn: &Transaction) -> Result<(), ApplyError> {
-        if self.options.upsert || !matches!(self.parts, PartState::Idle) {
+        if self.options.upsert || self.options.conditional || !matches!(self.parts, PartState::Idle)
+        {
             return self.apply(std::slice::from_ref(txn)).await;
         }
         let result = self.load_copy(txn).await;
