@@ -16,4 +16,7 @@ pub struct RowVersions {
     /// Unix millis at which the row became deleted at every site; `None` while it exists
     /// anywhere. Rows deleted before a horizon are dropped by `reclaim_deleted`.
     pub deleted_at: Option<u64>,
+    /// The engine's own record of the row (its row images, a held conflict), encoded by the
+    /// engine; opaque to the store. Empty when the engine keeps nothing besides the vectors.
+    pub payload: Vec<u8>,
 }

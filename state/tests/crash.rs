@@ -105,6 +105,7 @@ fn row_of_generation(key: u64, generation: u64) -> RowVersions {
         .into(),
         merged,
         deleted_at: None,
+        payload: Vec::new(),
     }
 }
 

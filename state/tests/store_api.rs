@@ -23,6 +23,7 @@ fn converged_row(sites: &[&str], counter: u64) -> RowVersions {
             .collect(),
         merged,
         deleted_at: None,
+        payload: Vec::new(),
     }
 }
 
@@ -351,7 +352,7 @@ fn a_store_of_another_schema_version_is_refused() {
             let mut meta = txn
                 .open_table(redb::TableDefinition::<&str, &[u8]>::new("meta"))
                 .unwrap();
-            meta.insert("schema_version", 2u32.to_le_bytes().as_slice())
+            meta.insert("schema_version", 1u32.to_le_bytes().as_slice())
                 .unwrap();
         }
         txn.commit().unwrap();
@@ -361,8 +362,8 @@ fn a_store_of_another_schema_version_is_refused() {
         matches!(
             err,
             StateError::SchemaVersion {
-                found: 2,
-                expected: 1,
+                found: 1,
+                expected: 2,
                 ..
             }
         ),

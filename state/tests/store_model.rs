@@ -401,6 +401,7 @@ fn row() -> impl Strategy<Value = RowVersions> {
                 .collect(),
             merged,
             deleted_at,
+            payload: Vec::new(),
         })
 }
 

@@ -56,6 +56,8 @@ pub(crate) struct StoredRowVersions {
     held: Vec<(u32, Option<StoredVector>)>,
     /// See [`RowVersions::deleted_at`].
     pub(crate) deleted_at: Option<u64>,
+    /// See [`RowVersions::payload`].
+    payload: Vec<u8>,
 }
 
 impl StoredRowVersions {
@@ -79,6 +81,7 @@ impl StoredRowVersions {
             merged,
             held,
             deleted_at: row.deleted_at,
+            payload: row.payload.clone(),
         })
     }
 
@@ -100,6 +103,7 @@ impl StoredRowVersions {
             merged,
             held,
             deleted_at: self.deleted_at,
+            payload: self.payload,
         })
     }
 }
@@ -147,6 +151,7 @@ mod tests {
                 .collect(),
             merged,
             deleted_at: None,
+            payload: Vec::new(),
         }
     }
 

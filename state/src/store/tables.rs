@@ -6,7 +6,7 @@
 use redb::TableDefinition;
 
 /// The layout version written to every new store and checked on every open.
-pub(crate) const SCHEMA_VERSION: u32 = 1;
+pub(crate) const SCHEMA_VERSION: u32 = 2;
 
 /// Store-level facts: the schema version and the value encoding.
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
