@@ -327,7 +327,10 @@ impl Writer {
         upsert: bool,
     ) -> Result<Writer, ApplyError> {
         let password = site.password.as_ref().map(|p| p.expose());
-        let options = ApplyOptions { upsert };
+        let options = ApplyOptions {
+            upsert,
+            ..ApplyOptions::default()
+        };
         Ok(match site.kind {
             SiteKind::Postgres => Writer::Postgres(Box::new(
                 PgApplier::connect(&site.url, password, routes, options).await?,

@@ -58,6 +58,32 @@ pub enum Command {
         #[arg(long, default_value_t = crate::backfill::DEFAULT_CHUNK_ROWS, hide = true)]
         chunk_rows: u64,
     },
+    /// List the conflicts the merge engine detected (two-way mappings), or settle a held one.
+    Conflicts {
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Only the conflicts waiting for a person.
+        #[arg(long)]
+        held: bool,
+        /// What to do; lists the conflicts when omitted.
+        #[command(subcommand)]
+        action: Option<ConflictsAction>,
+    },
+}
+
+/// `duplex conflicts` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConflictsAction {
+    /// Settle a held conflict: write the version one site holds to every site (needs `duplex
+    /// run` working on the same state directory).
+    Resolve {
+        /// The conflict's id (`duplex conflicts` lists them).
+        id: u64,
+        /// The site whose version wins.
+        #[arg(long, value_name = "SITE")]
+        take: String,
+    },
 }
 
 /// Runs the CLI and turns the outcome into an exit code: 0 success, 1 not ready / failed,
@@ -66,7 +92,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // `check` prints its own report; `run` is a long-running service whose log is its voice.
     let default_filter = match cli.command {
-        Command::Check => "warn",
+        Command::Check | Command::Conflicts { .. } => "warn",
         Command::Run | Command::Backfill { .. } => "info",
     };
     tracing_subscriber::fmt()
@@ -133,6 +159,37 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::Conflicts { json, held, action } => match action {
+            None => match runtime.block_on(crate::conflicts::list(&config)) {
+                Ok(mut records) => {
+                    if held {
+                        records.retain(|(_, r)| r.status == duplex_state::ConflictStatus::Held);
+                    }
+                    if json {
+                        println!("{:#}", crate::conflicts::json(&records));
+                    } else {
+                        print!("{}", crate::conflicts::table(&records));
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("error: {}", chain(&error));
+                    ExitCode::FAILURE
+                }
+            },
+            Some(ConflictsAction::Resolve { id, take }) => {
+                match runtime.block_on(crate::conflicts::resolve(&config, id, &take)) {
+                    Ok(what) => {
+                        println!("{what}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(error) => {
+                        eprintln!("error: {}", chain(&error));
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+        },
     }
 }
 

@@ -46,6 +46,9 @@ pub struct Config {
     pub sites: IndexMap<String, Site>,
     /// Table mappings, in file order.
     pub mappings: Vec<Mapping>,
+    /// How long the merge engine keeps the version vectors of a row deleted at every site
+    /// (`state.deleted_rows_kept_for`); after that they are reclaimed.
+    pub deleted_rows_kept_for: std::time::Duration,
 }
 
 /// One database.
@@ -250,14 +253,21 @@ struct RawConfig {
 struct RawState {
     #[serde(default = "default_state_dir")]
     dir: PathBuf,
+    #[serde(default = "default_deleted_rows_kept_for")]
+    deleted_rows_kept_for: String,
 }
 
 impl Default for RawState {
     fn default() -> RawState {
         RawState {
             dir: default_state_dir(),
+            deleted_rows_kept_for: default_deleted_rows_kept_for(),
         }
     }
+}
+
+fn default_deleted_rows_kept_for() -> String {
+    "7d".to_owned()
 }
 
 fn default_state_dir() -> PathBuf {
@@ -346,6 +356,36 @@ impl Config {
                 mappings.push(mapping);
             }
         }
+        for two_way in mappings.iter().filter(|m| m.direction == Direction::Both) {
+            for one_way in &mappings {
+                if let Direction::OneWay { from, .. } = &one_way.direction
+                    && two_way.tables.contains_key(from)
+                {
+                    report(
+                        format!("mappings ({}).direction", one_way.name),
+                        format!(
+                            "site {from} is in two-way mapping {} and the source of one-way mapping {}: duplex cannot yet read one site for both kinds; make {} two-way or read it from another site",
+                            two_way.name, one_way.name, one_way.name
+                        ),
+                    );
+                }
+            }
+        }
+        let deleted_rows_kept_for = match humantime::parse_duration(
+            &raw.state.deleted_rows_kept_for,
+        ) {
+            Ok(duration) => Some(duration),
+            Err(error) => {
+                report(
+                    "state.deleted_rows_kept_for".into(),
+                    format!(
+                        "{:?} is not a duration ({error}): write e.g. \"7d\", \"12h\" or \"30min\"",
+                        raw.state.deleted_rows_kept_for
+                    ),
+                );
+                None
+            }
+        };
         if !problems.is_empty() {
             return Err(ConfigError::Invalid {
                 path: path.to_owned(),
@@ -356,6 +396,7 @@ impl Config {
             state_dir: base.join(raw.state.dir),
             sites,
             mappings,
+            deleted_rows_kept_for: deleted_rows_kept_for.unwrap_or_default(),
         })
     }
 }

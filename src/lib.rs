@@ -9,6 +9,8 @@ pub mod backoff;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod conflicts;
+pub mod engine;
 pub mod link;
 pub mod merge;
 pub mod run;

@@ -8,17 +8,15 @@ use tokio::task::JoinSet;
 
 use crate::cli::chain;
 use crate::config::{Config, Direction};
-use crate::link::{self, LinkError, LinkPlan, TargetPlan};
+use crate::link::{self, LinkPlan, TargetPlan};
 use crate::source::{self, DescribeError};
 
 /// Why `duplex run` could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// The configuration asks for something `run` cannot do yet.
-    #[error(
-        "mapping {0}: direction \"both\" needs the merge engine, which is not built yet: use a one-way direction (\"<site>-><site>\")"
-    )]
-    TwoWay(String),
+    /// The merge engine could not start.
+    #[error("starting the merge engine (two-way mappings)")]
+    Engine(#[source] crate::engine::EngineError),
     /// The state directory cannot be used.
     #[error("cannot use the state directory")]
     State(#[from] duplex_state::StateError),
@@ -41,7 +39,8 @@ pub async fn plan(config: &Config) -> Result<Vec<LinkPlan>, RunError> {
     let mut flows: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for mapping in &config.mappings {
         if mapping.direction == Direction::Both {
-            return Err(RunError::TwoWay(mapping.name.clone()));
+            // The merge engine's (see crate::engine).
+            continue;
         }
         for (from, to) in mapping.edges() {
             flows.entry(from).or_default().insert(to);
@@ -82,13 +81,16 @@ pub async fn plan(config: &Config) -> Result<Vec<LinkPlan>, RunError> {
 /// Runs every link until a shutdown signal; returns an error when a link stopped on a
 /// definite error.
 pub async fn run(config: &Config) -> Result<(), RunError> {
-    let state = duplex_state::StateStore::open(&config.state_dir)?;
+    let state = std::sync::Arc::new(open_state(config).await?);
     // Streaming into tables that were never loaded is legitimate (both sides start empty),
     // so this is said, not enforced.
     if let Some(message) = crate::backfill::never_backfilled(config, &state).await {
         tracing::warn!("{message}; streaming starts at the sources' current positions");
     }
     let plans = plan(config).await?;
+    let merge_plan = crate::engine::plan(config)
+        .await
+        .map_err(RunError::Engine)?;
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -99,7 +101,21 @@ pub async fn run(config: &Config) -> Result<(), RunError> {
     for plan in plans {
         let name = link::link_name(&plan);
         let stopped = stopped.clone();
-        links.spawn(async move { (name, link::run(plan, stopped).await) });
+        links.spawn(async move {
+            let outcome = link::run(plan, stopped).await;
+            (name, outcome.map_err(|error| chain(&error)))
+        });
+    }
+    if let Some(merge_plan) = merge_plan {
+        let stopped = stopped.clone();
+        let state = state.clone();
+        links.spawn(async move {
+            let outcome = crate::engine::run(merge_plan, state, stopped).await;
+            (
+                "merge engine".to_owned(),
+                outcome.map_err(|error| chain(&error)),
+            )
+        });
     }
     let mut failed = 0;
     while let Some(joined) = links.join_next().await {
@@ -122,8 +138,22 @@ pub async fn run(config: &Config) -> Result<(), RunError> {
     }
 }
 
-fn report_stopped(name: &str, error: &LinkError) {
-    tracing::error!(link = %name, error = %chain(error), "link stopped: fix the cause and start duplex run again (it resumes where each target got to)");
+/// Opens the state store; a store in use is waited for a few seconds, because `duplex
+/// conflicts` reads it briefly when no `run` answers on the control socket.
+async fn open_state(config: &Config) -> Result<duplex_state::StateStore, RunError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match duplex_state::StateStore::open(&config.state_dir) {
+            Err(duplex_state::StateError::InUse { .. }) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
+fn report_stopped(name: &str, error: &str) {
+    tracing::error!(link = %name, error = %error, "link stopped: fix the cause and start duplex run again (it resumes where each target got to)");
 }
 
 async fn wait_for_signal() {

@@ -91,6 +91,28 @@ impl SourceStream {
         tables: BTreeSet<TableName>,
         start: Option<Position>,
     ) -> Result<SourceStream, SourceError> {
+        Self::start_with(site, tables, start, false).await
+    }
+
+    /// Starts reading for the merge engine: like [`SourceStream::start`], but also reading
+    /// `duplex.positions`, so duplex's own transactions come out as [`duplex_connectors::Origin::Duplex`]
+    /// with their positions row (the echo marker), and whole transactions only (the origin of a
+    /// transaction is known at its commit).
+    pub async fn start_merge(
+        site: &Site,
+        tables: BTreeSet<TableName>,
+        start: Option<Position>,
+    ) -> Result<SourceStream, SourceError> {
+        Self::start_with(site, tables, start, true).await
+    }
+
+    async fn start_with(
+        site: &Site,
+        mut tables: BTreeSet<TableName>,
+        start: Option<Position>,
+        merge: bool,
+    ) -> Result<SourceStream, SourceError> {
+        let part_events = (!merge).then_some(postgres::DEFAULT_PART_EVENTS);
         let password = site.password.as_ref().map(|p| p.expose().to_owned());
         match site.kind {
             duplex_connectors::SiteKind::Postgres => {
@@ -109,15 +131,19 @@ impl SourceStream {
                 );
                 config.password = password;
                 config.start = start;
-                config.part_events = Some(postgres::DEFAULT_PART_EVENTS);
+                config.part_events = part_events;
+                config.echo_marker = merge;
                 Ok(SourceStream::Postgres(Box::new(
                     PgStream::start(config).await?,
                 )))
             }
             duplex_connectors::SiteKind::Mysql => {
+                if merge {
+                    tables.insert(TableName::new("duplex", "positions"));
+                }
                 let mut config = MysqlStreamConfig::new(&site.name, &site.url, tables);
                 config.password = password;
-                config.part_events = Some(postgres::DEFAULT_PART_EVENTS);
+                config.part_events = part_events;
                 config.start = match start {
                     None => StartPosition::Current,
                     Some(Position::Mysql(pos)) => StartPosition::At(pos),
@@ -146,6 +172,18 @@ impl SourceStream {
                 mysql::StreamItem::Heartbeat(pos) => SourceItem::Heartbeat(Position::Mysql(pos)),
             },
         })
+    }
+
+    /// Where a MySQL/MariaDB stream stands before it delivered anything (its start); `None`
+    /// for PostgreSQL, whose slot keeps its own position, and before the binlog file is known.
+    pub fn start_position(&self) -> Option<Position> {
+        match self {
+            SourceStream::Postgres(_) => None,
+            SourceStream::Mysql(stream) => {
+                let position = stream.position();
+                (!position.file.is_empty()).then(|| Position::Mysql(position.clone()))
+            }
+        }
     }
 
     /// Tells the source that every target has committed everything up to `position`, so it

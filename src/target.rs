@@ -1,6 +1,6 @@
 //! One applier per (source, target) pair, whatever the target's kind.
 
-use duplex_connectors::apply::{Applier, ApplyError, ApplyOptions, TableRoute};
+use duplex_connectors::apply::{Applier, ApplyError, ApplyOptions, SkippedWrite, TableRoute};
 use duplex_connectors::mysql::MysqlApplier;
 use duplex_connectors::postgres::PgApplier;
 use duplex_connectors::{Position, SiteKind, Transaction, TransactionPart};
@@ -18,8 +18,16 @@ pub enum Target {
 impl Target {
     /// Connects to `site` and checks `routes` against its tables.
     pub async fn connect(site: &Site, routes: Vec<TableRoute>) -> Result<Target, ApplyError> {
+        Self::connect_with(site, routes, ApplyOptions::default()).await
+    }
+
+    /// Connects with `options` (the merge engine's conditional writes).
+    pub async fn connect_with(
+        site: &Site,
+        routes: Vec<TableRoute>,
+        options: ApplyOptions,
+    ) -> Result<Target, ApplyError> {
         let password = site.password.as_ref().map(|p| p.expose());
-        let options = ApplyOptions::default();
         Ok(match site.kind {
             SiteKind::Postgres => Target::Postgres(Box::new(
                 PgApplier::connect(&site.url, password, routes, options).await?,
@@ -44,6 +52,15 @@ impl Target {
         match self {
             Target::Postgres(applier) => applier.apply_part(part).await,
             Target::Mysql(applier) => applier.apply_part(part).await,
+        }
+    }
+
+    /// The writes a conditional apply skipped since the last call (see
+    /// [`ApplyOptions::conditional`]).
+    pub fn take_skipped(&mut self) -> Vec<SkippedWrite> {
+        match self {
+            Target::Postgres(applier) => applier.take_skipped(),
+            Target::Mysql(applier) => applier.take_skipped(),
         }
     }
 

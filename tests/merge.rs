@@ -1,0 +1,469 @@
+//! Two-way replication across three sites — a PostgreSQL store, a MariaDB ERP and a second
+//! PostgreSQL database as WMS — end to end through the real binary and real servers: no echo
+//! loops, causal chains never conflict, concurrent changes always do and are resolved by each
+//! policy, held conflicts are settled with `duplex conflicts resolve`.
+
+mod harness;
+
+use std::process::Command;
+use std::time::Duration;
+
+use duplex_testkit::{MariaDatabase, PgDatabase, shared_mariadb, shared_pg};
+use harness::{Duplex, drop_slot, rows, wait_for};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+const PG_ITEMS: &str =
+    "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL, qty int NOT NULL)";
+const MY_ITEMS: &str = "CREATE TABLE items (id INT PRIMARY KEY, name VARCHAR(100) NOT NULL, qty INT NOT NULL) ENGINE=InnoDB";
+
+/// A row of `items`.
+type Item = (i64, String, i64);
+
+/// The three sites; each is named after its database, so parallel tests share nothing.
+struct Sites {
+    store: PgDatabase,
+    erp: MariaDatabase,
+    wms: PgDatabase,
+}
+
+const STORE: usize = 0;
+const ERP: usize = 1;
+const WMS: usize = 2;
+
+impl Sites {
+    fn new() -> Sites {
+        let store = shared_pg().create_database();
+        let erp = shared_mariadb().create_database();
+        let wms = shared_pg().create_database();
+        store.execute_as_duplex(PG_ITEMS).unwrap();
+        erp.sql(MY_ITEMS).unwrap();
+        wms.execute_as_duplex(PG_ITEMS).unwrap();
+        Sites { store, erp, wms }
+    }
+
+    fn name(&self, site: usize) -> String {
+        match site {
+            STORE => self.store.name().to_owned(),
+            ERP => self.erp.name().to_owned(),
+            _ => self.wms.name().to_owned(),
+        }
+    }
+
+    /// A configuration mapping `items` both ways over the three sites.
+    fn config(&self, conflict: &str, state: &str) -> String {
+        format!(
+            "[state]\n{state}\n\n\
+             [sites.{s}]\nkind = \"postgres\"\nurl = \"{su}\"\n\n\
+             [sites.{e}]\nkind = \"mysql\"\nurl = \"{eu}\"\n\n\
+             [sites.{w}]\nkind = \"postgres\"\nurl = \"{wu}\"\n\n\
+             [[mappings]]\nname = \"items\"\n\
+             tables = {{ {s} = \"public.items\", {e} = \"{edb}.items\", {w} = \"public.items\" }}\n\
+             direction = \"both\"\nconflict = \"{conflict}\"\n",
+            s = self.store.name(),
+            su = self.store.url(),
+            e = self.erp.name(),
+            eu = self.erp.url(),
+            edb = self.erp.name(),
+            w = self.wms.name(),
+            wu = self.wms.url(),
+        )
+    }
+
+    /// Runs SQL at a site as an application would.
+    fn exec(&self, site: usize, sql: &str) {
+        match site {
+            STORE => self.store.psql(sql).map(drop),
+            ERP => self.erp.sql(sql).map(drop),
+            _ => self.wms.psql(sql).map(drop),
+        }
+        .unwrap_or_else(|e| panic!("site {site}: {sql}: {e}"));
+    }
+
+    fn items(&self, site: usize) -> Result<Vec<Item>, String> {
+        let query = "SELECT id, name, qty FROM items ORDER BY id";
+        let (text, separator) = match site {
+            STORE => (self.store.psql(query), '|'),
+            ERP => (self.erp.sql(query), '\t'),
+            _ => (self.wms.psql(query), '|'),
+        };
+        let text = text.map_err(|e| e.to_string())?;
+        Ok(rows(&text, separator)
+            .into_iter()
+            .map(|r| (r[0].parse().unwrap(), r[1].clone(), r[2].parse().unwrap()))
+            .collect())
+    }
+
+    /// Waits until all three sites hold `expected` (or, with `None`, the same rows), and
+    /// returns them.
+    fn wait_converged(&self, duplex: &mut Duplex, expected: Option<&[Item]>) -> Vec<Item> {
+        wait_for("the three sites to converge", WAIT, || {
+            duplex.assert_running();
+            let all = [self.items(STORE)?, self.items(ERP)?, self.items(WMS)?];
+            let same = all[0] == all[1] && all[1] == all[2];
+            match expected {
+                Some(expected) if same && all[0] == expected => Ok(all[0].clone()),
+                None if same => Ok(all[0].clone()),
+                _ => Err(format!("{all:?}")),
+            }
+        })
+    }
+
+    /// How many writes duplex made into `site` (its outbox position).
+    fn writes(&self, site: usize) -> u64 {
+        let query = format!(
+            "SELECT position FROM duplex.positions WHERE source = 'merge:{}'",
+            self.name(site)
+        );
+        let text = match site {
+            STORE => self.store.psql(&query),
+            ERP => self.erp.sql(&query),
+            _ => self.wms.psql(&query),
+        }
+        .unwrap();
+        let text = text.trim();
+        if text.is_empty() {
+            return 0;
+        }
+        let position: serde_json::Value = serde_json::from_str(text).unwrap();
+        position["Outbox"].as_u64().unwrap()
+    }
+
+    fn drop_slots(&self) {
+        drop_slot(&self.store);
+        drop_slot(&self.wms);
+    }
+}
+
+/// Starts duplex and waits until it reads all three sites (every later commit is seen).
+fn start(config: &str) -> Duplex {
+    let mut duplex = Duplex::run(config);
+    wait_reading(&mut duplex, 3);
+    duplex
+}
+
+fn wait_reading(duplex: &mut Duplex, readers: usize) {
+    wait_for("the merge engine to read every site", WAIT, || {
+        duplex.assert_running();
+        let reading = duplex
+            .log_text()
+            .matches("merge engine reading site")
+            .count();
+        if reading >= readers {
+            Ok(())
+        } else {
+            Err(format!("{reading} reading\n{}", duplex.log_text()))
+        }
+    });
+}
+
+/// `duplex conflicts --json`, parsed.
+fn conflicts(duplex: &Duplex) -> Vec<serde_json::Value> {
+    let output = Command::new(env!("CARGO_BIN_EXE_duplex"))
+        .arg("--config")
+        .arg(duplex.config_path())
+        .args(["conflicts", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    match serde_json::from_slice(&output.stdout).unwrap() {
+        serde_json::Value::Array(list) => list,
+        other => panic!("not a list: {other}"),
+    }
+}
+
+fn wait_conflicts(duplex: &mut Duplex, count: usize) -> Vec<serde_json::Value> {
+    wait_for("the conflict log", WAIT, || {
+        duplex.assert_running();
+        let list = conflicts(duplex);
+        if list.len() >= count {
+            Ok(list)
+        } else {
+            Err(format!("{list:?}"))
+        }
+    })
+}
+
+fn item(id: i64, name: &str, qty: i64) -> Item {
+    (id, name.to_owned(), qty)
+}
+
+#[test]
+fn changes_on_all_three_sites_converge_without_echo_loops() {
+    let sites = Sites::new();
+    let mut duplex = start(&sites.config("last-writer-wins", ""));
+    let mut expected = Vec::new();
+    let mut local_changes = 0u64;
+    for site in [STORE, ERP, WMS] {
+        let base = (site as i64 + 1) * 100;
+        let mut script = String::new();
+        for i in 0..20 {
+            script.push_str(&format!(
+                "INSERT INTO items VALUES ({}, 'item {}', {i});\n",
+                base + i,
+                base + i
+            ));
+        }
+        for i in 0..5 {
+            script.push_str(&format!(
+                "UPDATE items SET qty = qty + 100 WHERE id = {};\n",
+                base + i
+            ));
+        }
+        script.push_str(&format!(
+            "DELETE FROM items WHERE id IN ({}, {});\n",
+            base + 18,
+            base + 19
+        ));
+        sites.exec(site, &script);
+        local_changes += 20 + 5 + 2;
+        for i in 0..18 {
+            let qty = if i < 5 { i + 100 } else { i };
+            expected.push(item(base + i, &format!("item {}", base + i), qty));
+        }
+    }
+    expected.sort();
+    sites.wait_converged(&mut duplex, Some(&expected));
+    // A last change through every site proves everything before it was read everywhere.
+    sites.exec(STORE, "INSERT INTO items VALUES (999, 'marker', 0)");
+    local_changes += 1;
+    expected.push(item(999, "marker", 0));
+    sites.wait_converged(&mut duplex, Some(&expected));
+    let writes: u64 = [STORE, ERP, WMS].iter().map(|s| sites.writes(*s)).sum();
+    assert_eq!(
+        writes,
+        local_changes * 2,
+        "each local change is written to the two other sites, once"
+    );
+    assert!(conflicts(&duplex).is_empty(), "{:?}", conflicts(&duplex));
+    assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
+    sites.drop_slots();
+}
+
+#[test]
+fn causal_chains_are_never_conflicts_for_any_pair_of_sites() {
+    let sites = Sites::new();
+    let mut duplex = start(&sites.config("hold", ""));
+    let mut expected = Vec::new();
+    let mut id = 0;
+    for a in [STORE, ERP, WMS] {
+        for b in [STORE, ERP, WMS] {
+            if a == b {
+                continue;
+            }
+            id += 1;
+            // A creates the row, it reaches B, B changes it, that reaches A, A changes it again.
+            sites.exec(
+                a,
+                &format!("INSERT INTO items VALUES ({id}, 'from {a}', 1)"),
+            );
+            wait_for("the row to reach b", WAIT, || {
+                let items = sites.items(b)?;
+                items
+                    .iter()
+                    .any(|r| r.0 == id)
+                    .then_some(())
+                    .ok_or_else(|| format!("{items:?}"))
+            });
+            sites.exec(
+                b,
+                &format!("UPDATE items SET qty = 2, name = 'by {b}' WHERE id = {id}"),
+            );
+            wait_for("b's change to reach a", WAIT, || {
+                let items = sites.items(a)?;
+                items
+                    .iter()
+                    .any(|r| r.0 == id && r.2 == 2)
+                    .then_some(())
+                    .ok_or_else(|| format!("{items:?}"))
+            });
+            sites.exec(a, &format!("UPDATE items SET qty = 3 WHERE id = {id}"));
+            expected.push(item(id, &format!("by {b}"), 3));
+            sites.wait_converged(&mut duplex, Some(&expected));
+        }
+    }
+    assert!(
+        conflicts(&duplex).is_empty(),
+        "a causal chain was taken for a conflict: {:?}",
+        conflicts(&duplex)
+    );
+    assert_eq!(duplex.terminate(), 0);
+    sites.drop_slots();
+}
+
+/// Makes two sites change the same row while duplex is stopped (so neither change can have
+/// seen the other), restarts it, and returns the converged rows and the conflict log.
+fn concurrent(
+    policy: &str,
+    setup: &str,
+    first: (usize, &str),
+    second: (usize, &str),
+    expect_converged: Option<&[Item]>,
+) -> (Sites, Duplex, Vec<Item>, Vec<serde_json::Value>) {
+    let sites = Sites::new();
+    let mut duplex = start(&sites.config(policy, ""));
+    if !setup.is_empty() {
+        sites.exec(STORE, setup);
+        sites.wait_converged(&mut duplex, None);
+    }
+    assert_eq!(duplex.terminate(), 0);
+    sites.exec(first.0, first.1);
+    sites.exec(second.0, second.1);
+    duplex.start();
+    let log = wait_conflicts(&mut duplex, 1);
+    let rows = match expect_converged {
+        Some(rows) => sites.wait_converged(&mut duplex, Some(rows)),
+        None => Vec::new(),
+    };
+    (sites, duplex, rows, log)
+}
+
+fn assert_one_conflict(log: &[serde_json::Value], status: &str) {
+    assert_eq!(log.len(), 1, "{log:#?}");
+    assert_eq!(log[0]["status"], status, "{log:#?}");
+    assert_eq!(log[0]["versions"].as_array().unwrap().len(), 2, "{log:#?}");
+}
+
+#[test]
+fn concurrent_updates_last_writer_wins() {
+    let (sites, mut duplex, _, log) = concurrent(
+        "last-writer-wins",
+        "INSERT INTO items VALUES (1, 'pen', 10)",
+        (ERP, "UPDATE items SET qty = 7 WHERE id = 1"),
+        (STORE, "UPDATE items SET qty = 5 WHERE id = 1"),
+        Some(&[item(1, "pen", 5)]),
+    );
+    assert_one_conflict(&log, "resolved");
+    assert_eq!(log[0]["winner"], sites.name(STORE), "the later commit wins");
+    assert_eq!(duplex.terminate(), 0);
+    sites.drop_slots();
+}
+
+#[test]
+fn concurrent_updates_prefer_a_site() {
+    // The preferred site is named in the policy, so the sites are made first.
+    let sites = Sites::new();
+    let erp_name = sites.name(ERP);
+    let mut duplex = start(&sites.config(&format!("prefer:{erp_name}"), ""));
+    sites.exec(STORE, "INSERT INTO items VALUES (1, 'pen', 10)");
+    sites.wait_converged(&mut duplex, None);
+    assert_eq!(duplex.terminate(), 0);
+    sites.exec(ERP, "UPDATE items SET qty = 7 WHERE id = 1");
+    sites.exec(STORE, "UPDATE items SET qty = 5 WHERE id = 1");
+    duplex.start();
+    let log = wait_conflicts(&mut duplex, 1);
+    sites.wait_converged(&mut duplex, Some(&[item(1, "pen", 7)]));
+    assert_one_conflict(&log, "resolved");
+    assert_eq!(log[0]["winner"], erp_name);
+    assert_eq!(duplex.terminate(), 0);
+    sites.drop_slots();
+}
+
+#[test]
+fn concurrent_updates_of_different_columns_merge() {
+    let (sites, mut duplex, _, log) = concurrent(
+        "merge-columns",
+        "INSERT INTO items VALUES (1, 'pen', 10)",
+        (ERP, "UPDATE items SET name = 'blue pen' WHERE id = 1"),
+        (WMS, "UPDATE items SET qty = 4 WHERE id = 1"),
+        Some(&[item(1, "blue pen", 4)]),
+    );
+    assert_one_conflict(&log, "resolved");
+    // The same column on both sides falls back to the later commit. (MariaDB's binlog
+    // records commit times in whole seconds, so the MariaDB change is made first: truncation
+    // can only make it earlier.)
+    assert_eq!(duplex.terminate(), 0);
+    sites.exec(ERP, "UPDATE items SET qty = 2 WHERE id = 1");
+    sites.exec(WMS, "UPDATE items SET qty = 1 WHERE id = 1");
+    duplex.start();
+    let log = wait_conflicts(&mut duplex, 2);
+    sites.wait_converged(&mut duplex, Some(&[item(1, "blue pen", 1)]));
+    assert_eq!(log.len(), 2, "{log:#?}");
+    assert_eq!(log[1]["winner"], sites.name(WMS));
+    assert_eq!(duplex.terminate(), 0);
+    sites.drop_slots();
+}
+
+#[test]
+fn held_conflicts_keep_each_value_until_resolved() {
+    let (sites, mut duplex, _, log) = concurrent(
+        "hold",
+        "INSERT INTO items VALUES (1, 'pen', 10), (2, 'ink', 3)",
+        (ERP, "UPDATE items SET qty = 7 WHERE id = 1"),
+        (STORE, "UPDATE items SET qty = 5 WHERE id = 1"),
+        None,
+    );
+    assert_one_conflict(&log, "held");
+    // Each site keeps its own value; other rows still replicate.
+    sites.exec(WMS, "UPDATE items SET qty = 30 WHERE id = 2");
+    wait_for("the other row to replicate", WAIT, || {
+        let (s, e) = (sites.items(STORE)?, sites.items(ERP)?);
+        (s.contains(&item(2, "ink", 30)) && e.contains(&item(2, "ink", 30)))
+            .then_some(())
+            .ok_or_else(|| format!("{s:?} {e:?}"))
+    });
+    assert!(sites.items(STORE).unwrap().contains(&item(1, "pen", 5)));
+    assert!(sites.items(ERP).unwrap().contains(&item(1, "pen", 7)));
+    let id = log[0]["id"].as_u64().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_duplex"))
+        .arg("--config")
+        .arg(duplex.config_path())
+        .args(["conflicts", "resolve", &id.to_string(), "--take"])
+        .arg(sites.name(ERP))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    sites.wait_converged(&mut duplex, Some(&[item(1, "pen", 7), item(2, "ink", 30)]));
+    let log = conflicts(&duplex);
+    assert_eq!(log[0]["status"], "resolved");
+    assert_eq!(log[0]["winner"], sites.name(ERP));
+    assert_eq!(log[0]["settled_by"], "operator");
+    // After the resolution the row replicates normally again: no new conflict.
+    sites.exec(WMS, "UPDATE items SET qty = 8 WHERE id = 1");
+    sites.wait_converged(&mut duplex, Some(&[item(1, "pen", 8), item(2, "ink", 30)]));
+    assert_eq!(conflicts(&duplex).len(), 1);
+    assert_eq!(duplex.terminate(), 0);
+    sites.drop_slots();
+}
+
+#[test]
+fn insert_insert_and_update_delete_conflicts_converge() {
+    // insert/insert on the same key: the later insert wins everywhere (the MariaDB one is
+    // made first: its binlog commit time has whole seconds).
+    let (sites, mut duplex, _, log) = concurrent(
+        "last-writer-wins",
+        "",
+        (ERP, "INSERT INTO items VALUES (1, 'from erp', 2)"),
+        (WMS, "INSERT INTO items VALUES (1, 'from wms', 1)"),
+        Some(&[item(1, "from wms", 1)]),
+    );
+    assert_one_conflict(&log, "resolved");
+    // update/delete: the later delete wins, the row is gone everywhere.
+    assert_eq!(duplex.terminate(), 0);
+    sites.exec(STORE, "UPDATE items SET qty = 9 WHERE id = 1");
+    sites.exec(WMS, "DELETE FROM items WHERE id = 1");
+    duplex.start();
+    let log = wait_conflicts(&mut duplex, 2);
+    sites.wait_converged(&mut duplex, Some(&[]));
+    assert_eq!(log[1]["winner"], sites.name(WMS), "{log:#?}");
+    // delete/delete: both sides agree, no write is needed anywhere.
+    sites.exec(ERP, "INSERT INTO items VALUES (2, 'x', 1)");
+    sites.wait_converged(&mut duplex, Some(&[item(2, "x", 1)]));
+    assert_eq!(duplex.terminate(), 0);
+    sites.exec(STORE, "DELETE FROM items WHERE id = 2");
+    sites.exec(ERP, "DELETE FROM items WHERE id = 2");
+    duplex.start();
+    let log = wait_conflicts(&mut duplex, 3);
+    sites.wait_converged(&mut duplex, Some(&[]));
+    assert_eq!(log[2]["decision"], "both sites made the same change");
+    assert_eq!(duplex.terminate(), 0);
+    sites.drop_slots();
+}
