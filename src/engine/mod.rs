@@ -826,24 +826,29 @@ impl Coordinator<'_> {
             Some(b) if b.len() == mapping.columns.len() => Some(b),
             _ => data.held_image(site).cloned(),
         };
+        // What the site will hold once the writes still queued for it land: a write whose
+        // condition this change happens to meet lands after it.
+        let landing = self.after_queued(site, mapping, key, after.clone());
         if let Some(id) = data.held_conflict {
             let mut local = rv.held.get(site).cloned().unwrap_or_default();
             local.increment(site);
             rv.merged.merge(&local);
             rv.held.insert(site.to_owned(), local);
-            data.set_expected(site, after.clone());
+            data.set_expected(site, landing);
             data.set_held(site, after);
             tracing::info!(mapping = %mapping.name, key = %key, site, conflict = id, "row changed while its conflict is held: kept at this site only until `duplex conflicts resolve {id}`");
             return store_row(w, mapping, key, rv, &data);
         }
-        match merge::classify(&rv, site) {
+        let classification = merge::classify(&rv, site);
+        tracing::debug!(mapping = %mapping.name, key = %key, site, ?classification, merged = %rv.merged, after = %display_image(after.as_ref()), "local change");
+        match classification {
             Classification::Seen => {
                 tracing::debug!(mapping = %mapping.name, key = %key, site, "change already accounted for");
             }
             Classification::Successor(vector) => {
                 merge::record_successor(&mut rv, site, &vector);
                 data.set_image(after.clone(), &mapping.sites);
-                data.set_expected(site, after.clone());
+                data.set_expected(site, landing);
                 data.set_held(site, after);
                 data.commit_micros = commit_micros;
                 data.writer = site.to_owned();
@@ -868,7 +873,7 @@ impl Coordinator<'_> {
                 };
                 let outcome = merge::resolve(&mapping.policy, &mapping.sites, &mine, &theirs);
                 let resolved = merge::record_resolution(&mut rv, site, &local);
-                data.set_expected(site, after.clone());
+                data.set_expected(site, landing);
                 data.set_held(site, after.clone());
                 let side =
                     |site: &str, vector: &VersionVector, micros: i64, image: Option<&Row>| {
@@ -945,6 +950,33 @@ impl Coordinator<'_> {
         store_row(w, mapping, key, rv, &data)
     }
 
+    /// The image `site` holds after the writes queued for it for this row, and not yet
+    /// echoed, have met (or missed) their conditions, starting from `image`: writes that
+    /// landed before the change being read were echoed before it, so every queued one comes
+    /// after it in the site's log.
+    fn after_queued(
+        &self,
+        site: &str,
+        mapping: &MergeMapping,
+        key: &str,
+        image: Option<Row>,
+    ) -> Option<Row> {
+        let index = self
+            .plan
+            .site_index(site)
+            .expect("mapping sites are plan sites");
+        let mut image = image;
+        for write in self.pending[index].values() {
+            if write.mapping == mapping.name
+                && write.key == key
+                && same_image(write.before.as_ref(), image.as_ref())
+            {
+                image = write.after.clone();
+            }
+        }
+        image
+    }
+
     /// Queues the newest version (`data.image`, `vector`) for every site of the mapping that
     /// does not hold it; a site that holds the same image already now holds this version.
     #[allow(clippy::too_many_arguments)]
@@ -1003,6 +1035,7 @@ impl Coordinator<'_> {
             };
             let seq = self.next_seq[index];
             self.next_seq[index] += 1;
+            tracing::debug!(mapping = %mapping.name, key = %key, site = %site, seq, op = ?write.op, before = %display_image(write.before.as_ref()), after = %display_image(write.after.as_ref()), vector = %vector, "write queued");
             w.put_pending(site, seq, &write)?;
             self.pending[index].insert(seq, write.clone());
             done.writes.push((index, seq, Arc::new(write)));
@@ -1054,6 +1087,7 @@ impl Coordinator<'_> {
             let Some(mapping) = self.plan.mapping(&write.mapping) else {
                 continue;
             };
+            tracing::debug!(mapping = %write.mapping, key = %write.key, site = %site, seq, landed = landed.contains(&(write.mapping.clone(), write.key.clone())), "echo");
             if landed.contains(&(write.mapping.clone(), write.key.clone())) {
                 self.stats.echoes += 1;
                 let (mut rv, mut data) = load(w, mapping, &write.key)?;
