@@ -260,6 +260,20 @@ pub async fn never_backfilled(config: &Config, state: &StateStore) -> Option<Str
         if meta.is_some() {
             continue;
         }
+        if mapping.direction == crate::config::Direction::Both {
+            // The merge engine records where it read each site in the state store.
+            let read_before = mapping.tables.keys().any(|site| {
+                state
+                    .position::<duplex_connectors::Position>(site)
+                    .ok()
+                    .flatten()
+                    .is_some()
+            });
+            if !read_before {
+                missing.push(mapping.name.clone());
+            }
+            continue;
+        }
         let mut any_position = false;
         for (from, to) in mapping.edges() {
             let Ok(routes) = routes(config, mapping, from, to).await else {
