@@ -31,5 +31,3 @@ CREATE TABLE inventory (
     on_hand     INT NOT NULL,
     updated_at  DATETIME(6) NOT NULL
 ) ENGINE=InnoDB;
--- Stock is the ERP's: it starts equal on both sides (duplex backfill will do this copy).
-INSERT INTO inventory VALUES ('MUG-01', 120, UTC_TIMESTAMP(6)), ('TEE-02', 40, UTC_TIMESTAMP(6));

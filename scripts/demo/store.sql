@@ -1,4 +1,5 @@
--- The online store's PostgreSQL schema (site "store").
+-- The online store's PostgreSQL schema (site "store", database shop). No rows: the demo adds
+-- them while duplex runs, so every site gets them through duplex.
 CREATE TABLE customers (
     id          bigint PRIMARY KEY,
     email       text NOT NULL UNIQUE,
@@ -31,8 +32,3 @@ CREATE TABLE inventory (
     on_hand     int NOT NULL,
     updated_at  timestamptz NOT NULL
 );
-INSERT INTO customers VALUES (1, 'ada@example.com', 'Ada Lovelace', now()), (2, 'alan@example.com', 'Alan Turing', now());
-INSERT INTO products VALUES ('MUG-01', 'Mug ☕', 9.90, true), ('TEE-02', 'T-shirt', 19.00, true);
-INSERT INTO orders VALUES (1001, 1, 'paid', 29.80, now());
-INSERT INTO order_lines VALUES (1001, 1, 'MUG-01', 1, 9.90), (1001, 2, 'TEE-02', 1, 19.00);
-INSERT INTO inventory VALUES ('MUG-01', 120, now()), ('TEE-02', 40, now());
