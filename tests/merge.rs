@@ -467,3 +467,54 @@ fn insert_insert_and_update_delete_conflicts_converge() {
     assert_eq!(duplex.terminate(), 0);
     sites.drop_slots();
 }
+
+#[test]
+fn backfilled_rows_are_the_initial_version_at_every_site() {
+    let sites = Sites::new();
+    let mut script = String::new();
+    for id in 1..=100 {
+        script.push_str(&format!(
+            "INSERT INTO items VALUES ({id}, 'item {id}', {id});\n"
+        ));
+    }
+    sites.exec(ERP, &script);
+    let mut duplex = Duplex::new(&sites.config("last-writer-wins", ""));
+    let output = duplex.command(&["backfill", "--from", &sites.name(ERP)]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Changed after the snapshot, before run: streamed from the backfill's handover position.
+    sites.exec(
+        ERP,
+        "UPDATE items SET qty = 500 WHERE id = 5; INSERT INTO items VALUES (200, 'late', 1)",
+    );
+    duplex.start();
+    wait_reading(&mut duplex, 3);
+    let mut expected: Vec<Item> = (1..=100)
+        .map(|id| item(id, &format!("item {id}"), if id == 5 { 500 } else { id }))
+        .collect();
+    expected.push(item(200, "late", 1));
+    sites.wait_converged(&mut duplex, Some(&expected));
+    // A backfilled row changed at a site the backfill wrote: a plain successor everywhere.
+    sites.exec(WMS, "UPDATE items SET qty = 7000 WHERE id = 7");
+    sites.exec(STORE, "DELETE FROM items WHERE id = 8");
+    expected[6].2 = 7000;
+    expected.remove(7);
+    sites.wait_converged(&mut duplex, Some(&expected));
+    assert!(conflicts(&duplex).is_empty(), "{:?}", conflicts(&duplex));
+    // Two sites change the same backfilled row before either is read: one conflict.
+    assert_eq!(duplex.terminate(), 0);
+    sites.exec(ERP, "UPDATE items SET qty = 1 WHERE id = 9");
+    sites.exec(STORE, "UPDATE items SET qty = 2 WHERE id = 9");
+    duplex.start();
+    let log = wait_conflicts(&mut duplex, 1);
+    let row9 = expected.iter_mut().find(|r| r.0 == 9).unwrap();
+    row9.2 = 2;
+    sites.wait_converged(&mut duplex, Some(&expected));
+    assert_one_conflict(&log, "resolved");
+    assert_eq!(log[0]["winner"], sites.name(STORE));
+    assert_eq!(duplex.terminate(), 0);
+    sites.drop_slots();
+}

@@ -351,6 +351,10 @@ enum Input {
     Control(control::Request, oneshot::Sender<control::Response>),
 }
 
+/// One row's change as the coordinator decides it: the key (row and text), whether the row
+/// existed at the site before, and the canonical before- and after-images.
+type RowChange<'k> = (&'k (Row, String), bool, Option<Row>, Option<Row>);
+
 /// Counters for the log.
 #[derive(Debug, Default, Clone)]
 struct Stats {
@@ -370,26 +374,20 @@ async fn attempt(
     let mut tasks: JoinSet<()> = JoinSet::new();
     // Writers first: they create duplex.positions where it is missing, which the readers'
     // publications need, and they say how far each outbox got.
-    let mut pending: Vec<BTreeMap<u64, OutboxWrite>> = Vec::new();
-    let mut next_seq = Vec::new();
-    let mut writers = Vec::new();
+    let mut targets = Vec::new();
     for site in &plan.sites {
         let name = &site.site.name;
-        let apply_error = |source| EngineError::Apply {
-            site: name.clone(),
-            source: Box::new(source),
-        };
         let options = ApplyOptions {
             conditional: true,
             ..ApplyOptions::default()
         };
         let mut target = Target::connect_with(&site.site, site.routes.clone(), options)
             .await
-            .map_err(apply_error)?;
+            .map_err(|e| apply_error(name, e))?;
         let written = match target
             .position(&outbox_name(name))
             .await
-            .map_err(apply_error)?
+            .map_err(|e| apply_error(name, e))?
         {
             None => 0,
             Some(Position::Outbox(seq)) => seq,
@@ -400,6 +398,49 @@ async fn attempt(
                 )));
             }
         };
+        targets.push((target, written));
+    }
+    // Where each site's reader starts: where the engine last read it; for a site it never
+    // read, the handover position a backfill from it recorded on the other sites (the lowest,
+    // if they differ), or else the site's current position.
+    let mut starts = Vec::new();
+    for site in &plan.sites {
+        let name = &site.site.name;
+        let mut start: Option<Position> = store.position(name)?;
+        if start.is_none() {
+            for (other, (target, _)) in plan.sites.iter().zip(targets.iter_mut()) {
+                if other.site.name == *name {
+                    continue;
+                }
+                let Some(handover) = target
+                    .position(name)
+                    .await
+                    .map_err(|e| apply_error(&other.site.name, e))?
+                else {
+                    continue;
+                };
+                let lower = match &start {
+                    None => true,
+                    Some(current) => handover
+                        .compare(current)
+                        .map_err(|e| EngineError::Unsupported(e.to_string()))?
+                        .is_lt(),
+                };
+                if lower {
+                    start = Some(handover);
+                }
+            }
+            if let Some(handover) = &start {
+                tracing::info!(site = %name, position = %handover, "starting at the handover position of a backfill");
+            }
+        }
+        starts.push(start);
+    }
+    let mut pending: Vec<BTreeMap<u64, OutboxWrite>> = Vec::new();
+    let mut next_seq = Vec::new();
+    let mut writers = Vec::new();
+    for (site, (target, written)) in plan.sites.iter().zip(targets) {
+        let name = &site.site.name;
         let queued: BTreeMap<u64, OutboxWrite> = store.pending(name)?.into_iter().collect();
         let last = queued.keys().next_back().copied().unwrap_or(0).max(written);
         next_seq.push(last + 1);
@@ -420,7 +461,7 @@ async fn attempt(
             writer(site_name, target, rx, canonical, report).await;
         });
         for item in unwritten {
-            // The queue is larger than any restart backlog only by luck: send, never drop.
+            // The writer drains its queue meanwhile: send, never drop.
             if tx.send(item).await.is_err() {
                 return Err(EngineError::Crashed("a writer stopped at start".into()));
             }
@@ -428,8 +469,7 @@ async fn attempt(
         writers.push(tx);
     }
     let mut acks = Vec::new();
-    for (index, site) in plan.sites.iter().enumerate() {
-        let start: Option<Position> = store.position(&site.site.name)?;
+    for ((index, site), start) in plan.sites.iter().enumerate().zip(starts) {
         let (ack_tx, ack_rx) = watch::channel::<Option<Position>>(None);
         acks.push(ack_tx);
         let report = input_tx.clone();
@@ -752,50 +792,19 @@ impl Coordinator<'_> {
                         .unwrap_or_else(|| old_key.clone());
                     if event.op == Op::Update && new_key.1 != old_key.1 {
                         // A key change is the old row's delete and the new row's insert.
-                        self.change(
-                            w,
-                            mapping,
-                            &site,
-                            &old_key,
-                            before,
-                            None,
-                            commit_micros,
-                            done,
-                        )?;
-                        self.change(
-                            w,
-                            mapping,
-                            &site,
-                            &new_key,
-                            None,
-                            after,
-                            commit_micros,
-                            done,
-                        )?;
+                        let old = (&old_key, true, before, None);
+                        self.change(w, mapping, &site, old, commit_micros, done)?;
+                        let new = (&new_key, false, None, after);
+                        self.change(w, mapping, &site, new, commit_micros, done)?;
                     } else {
-                        self.change(
-                            w,
-                            mapping,
-                            &site,
-                            &new_key,
-                            before,
-                            after,
-                            commit_micros,
-                            done,
-                        )?;
+                        let existed = event.op == Op::Update;
+                        let change = (&new_key, existed, before, after);
+                        self.change(w, mapping, &site, change, commit_micros, done)?;
                     }
                 }
                 Op::Delete => {
-                    self.change(
-                        w,
-                        mapping,
-                        &site,
-                        &old_key,
-                        before,
-                        None,
-                        commit_micros,
-                        done,
-                    )?;
+                    let change = (&old_key, true, before, None);
+                    self.change(w, mapping, &site, change, commit_micros, done)?;
                 }
             }
         }
@@ -809,14 +818,20 @@ impl Coordinator<'_> {
         w: &mut StateWriter<'_>,
         mapping: &MergeMapping,
         site: &str,
-        (key_row, key): &(Row, String),
-        before: Option<Row>,
-        mut after: Option<Row>,
+        ((key_row, key), existed, before, mut after): RowChange<'_>,
         commit_micros: i64,
         done: &mut Done,
     ) -> Result<(), EngineError> {
         self.stats.local_changes += 1;
+        let known = w.row_versions(&mapping.name, key.as_bytes())?.is_some();
         let (mut rv, mut data) = load(w, mapping, key)?;
+        if !known && existed {
+            // A row duplex has no record of (copied by a backfill, or there before duplex
+            // started) is the initial version, the same at every site, with the empty vector:
+            // as the change's before-image shows it, or, when the log carries only the key,
+            // known by its key alone (the first write of it then updates by key).
+            data.image = Some(before.clone().unwrap_or_else(|| key_row.clone()));
+        }
         if let Some(after) = &mut after {
             fill_unchanged(after, data.held_image(site));
         }
@@ -1119,6 +1134,13 @@ fn outbox_position(event: &ChangeEvent, outbox: &str) -> Option<u64> {
     match serde_json::from_str::<Position>(text).ok()? {
         Position::Outbox(seq) => Some(seq),
         _ => None,
+    }
+}
+
+fn apply_error(site: &str, source: ApplyError) -> EngineError {
+    EngineError::Apply {
+        site: site.to_owned(),
+        source: Box::new(source),
     }
 }
 

@@ -137,19 +137,23 @@ fn normal_decimal(text: &str) -> String {
     if joined == "-0" { "0".into() } else { joined }
 }
 
-/// Whether two canonical images are the same datum: both absent, or both present with equal
-/// normal values in every column both carry ([`Value::Unchanged`] matches anything).
+/// Whether two canonical images are the same datum: both absent, or both present with the
+/// same columns and equal normal values in each ([`Value::Unchanged`] matches anything). An
+/// image known only partly (by its key) is the same as no full one.
 pub fn same_image(a: Option<&Row>, b: Option<&Row>) -> bool {
     match (a, b) {
         (None, None) => true,
-        (Some(a), Some(b)) => a.iter().all(|(column, value)| match b.get(column) {
-            None => true,
-            Some(other) => {
-                matches!(value, Value::Unchanged)
-                    || matches!(other, Value::Unchanged)
-                    || normal(value) == normal(other)
-            }
-        }),
+        (Some(a), Some(b)) => {
+            a.len() == b.len()
+                && a.iter().all(|(column, value)| match b.get(column) {
+                    None => false,
+                    Some(other) => {
+                        matches!(value, Value::Unchanged)
+                            || matches!(other, Value::Unchanged)
+                            || normal(value) == normal(other)
+                    }
+                })
+        }
         _ => false,
     }
 }

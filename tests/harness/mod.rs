@@ -19,18 +19,36 @@ impl Duplex {
     /// Writes `config` to a fresh directory and starts `duplex --config <it> run`, logging to
     /// a file in that directory.
     pub fn run(config: &str) -> Duplex {
+        let mut duplex = Duplex::new(config);
+        duplex.start();
+        duplex
+    }
+
+    /// Writes `config` to a fresh directory without starting anything (run other commands
+    /// with [`Duplex::command`] first).
+    pub fn new(config: &str) -> Duplex {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("duplex.toml");
         std::fs::write(&path, config).unwrap();
         let log = dir.path().join("duplex.log");
-        let mut duplex = Duplex {
+        Duplex {
             child: None,
             config: path,
             log,
             _dir: dir,
-        };
-        duplex.start();
-        duplex
+        }
+    }
+
+    /// Runs `duplex --config <config> <args>` to completion (e.g. `backfill`).
+    pub fn command(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_duplex"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env("DUPLEX_LOG", "info,duplex=debug")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
     }
 
     /// Starts (again) `duplex run` with the same configuration and state.
