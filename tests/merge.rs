@@ -518,3 +518,33 @@ fn backfilled_rows_are_the_initial_version_at_every_site() {
     assert_eq!(duplex.terminate(), 0);
     sites.drop_slots();
 }
+
+#[test]
+fn versions_of_rows_deleted_everywhere_are_reclaimed_after_the_horizon() {
+    let sites = Sites::new();
+    let mut duplex = start(&sites.config("last-writer-wins", "deleted_rows_kept_for = \"1s\""));
+    sites.exec(
+        STORE,
+        "INSERT INTO items VALUES (1, 'gone', 1), (2, 'kept', 2)",
+    );
+    sites.wait_converged(&mut duplex, Some(&[item(1, "gone", 1), item(2, "kept", 2)]));
+    sites.exec(ERP, "DELETE FROM items WHERE id = 1");
+    sites.wait_converged(&mut duplex, Some(&[item(2, "kept", 2)]));
+    wait_for("the deleted row's versions to be reclaimed", WAIT, || {
+        duplex.assert_running();
+        let log = duplex.log_text();
+        log.contains("reclaimed the versions of rows deleted everywhere")
+            .then_some(())
+            .ok_or_else(|| "not yet".to_owned())
+    });
+    assert_eq!(duplex.terminate(), 0);
+    let state_dir = duplex.config_path().parent().unwrap().join("duplex-state");
+    let store = duplex_state::StateStore::open(&state_dir).unwrap();
+    assert_eq!(store.row_versions("items", b"id=1").unwrap(), None);
+    let kept = store.row_versions("items", b"id=2").unwrap().unwrap();
+    assert_eq!(kept.deleted_at, None);
+    assert_eq!(kept.held.len(), 3, "{kept:?}");
+    assert!(kept.held.values().all(|v| *v == kept.merged), "{kept:?}");
+    store.close().unwrap();
+    sites.drop_slots();
+}

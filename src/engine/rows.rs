@@ -304,3 +304,50 @@ mod tests {
         assert_eq!(data.expected("b"), Some(&two));
     }
 }
+
+#[cfg(test)]
+mod size {
+    use duplex_state::{RowVersions, VersionVector};
+
+    use super::*;
+
+    /// What the engine keeps for a typical converged row of three sites, as the README
+    /// documents it: printed, and bounded so that a change that bloats it is noticed.
+    #[test]
+    fn state_per_row_is_the_image_plus_a_few_bytes() {
+        let image: Row = [
+            ("id", Value::Int(123_456)),
+            ("name", Value::Text("blue pen".into())),
+            ("qty", Value::Int(42)),
+        ]
+        .into_iter()
+        .collect();
+        let data = RowData {
+            image: Some(image.clone()),
+            commit_micros: 1_790_000_000_000_000,
+            writer: "store".into(),
+            ..RowData::default()
+        };
+        let payload = duplex_state::codec::encode(&data).unwrap();
+        let image_only = duplex_state::codec::encode(&image).unwrap();
+        let merged: VersionVector = [("store", 1000u64), ("erp", 20), ("wms", 3)]
+            .into_iter()
+            .collect();
+        let versions = RowVersions {
+            held: ["store", "erp", "wms"]
+                .iter()
+                .map(|s| ((*s).to_owned(), merged.clone()))
+                .collect(),
+            merged,
+            deleted_at: None,
+            payload: payload.clone(),
+        };
+        println!(
+            "payload {} bytes (image {} bytes, data values 14 bytes), versions through the public codec {} bytes",
+            payload.len(),
+            image_only.len(),
+            duplex_state::codec::encode(&versions).unwrap().len()
+        );
+        assert!(payload.len() <= image_only.len() + 20, "{}", payload.len());
+    }
+}
