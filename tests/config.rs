@@ -15,6 +15,10 @@ password_file = "store.password"
 kind = "mysql"
 url = "mysql://duplex:hunter2@127.0.0.1:3306/erp"
 
+[sites.dock]
+kind = "mysql"
+url = "mysql://duplex@127.0.0.1:3306/dock"
+
 [[mappings]]
 name = "orders"
 tables = { store = "public.orders", erp = "erp.orders" }
@@ -25,8 +29,8 @@ rename.erp = { total = "amount" }
 
 [[mappings]]
 name = "stock"
-tables = { erp = "erp.stock", store = "public.stock" }
-direction = "erp->store"
+tables = { dock = "dock.stock", store = "public.stock" }
+direction = "dock->store"
 "#;
 
 /// Parses `text` as if it were a file in a fresh directory holding `store.password`.
@@ -55,7 +59,14 @@ fn problems(text: &str) -> Vec<String> {
 fn a_good_config_loads_with_typed_values() {
     let (config, dir) = parse_in(GOOD).unwrap();
     assert_eq!(config.state_dir, dir.path().join("state-here"));
-    assert_eq!(config.sites.keys().collect::<Vec<_>>(), ["store", "erp"]);
+    assert_eq!(
+        config.sites.keys().collect::<Vec<_>>(),
+        ["store", "erp", "dock"]
+    );
+    assert_eq!(
+        config.deleted_rows_kept_for,
+        std::time::Duration::from_secs(7 * 86_400)
+    );
     assert_eq!(
         config.sites["store"].password.as_ref().unwrap().expose(),
         "s3cret"
@@ -70,12 +81,38 @@ fn a_good_config_loads_with_typed_values() {
     assert_eq!(
         stock.direction,
         Direction::OneWay {
-            from: "erp".into(),
+            from: "dock".into(),
             to: "store".into()
         }
     );
     assert_eq!(stock.conflict, ConflictPolicy::LastWriterWins);
-    assert!(stock.reads_from("erp") && !stock.reads_from("store"));
+    assert!(stock.reads_from("dock") && !stock.reads_from("store"));
+}
+
+#[test]
+fn a_site_read_both_ways_cannot_also_be_a_one_way_source() {
+    let text = GOOD.replace("direction = \"dock->store\"", "direction = \"store->dock\"");
+    let problems = problems(&text);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with("mappings (stock).direction: site store is in two-way mapping orders and the source of one-way mapping stock"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn the_deleted_rows_horizon_is_a_duration() {
+    let text = GOOD.replace("[state]", "[state]\ndeleted_rows_kept_for = \"36h\"");
+    assert_eq!(
+        parse(&text).unwrap().deleted_rows_kept_for,
+        std::time::Duration::from_secs(36 * 3600)
+    );
+    let problems = problems(&GOOD.replace("[state]", "[state]\ndeleted_rows_kept_for = \"soon\""));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with("state.deleted_rows_kept_for: \"soon\" is not a duration"),
+        "{problems:?}"
+    );
 }
 
 #[test]
@@ -144,7 +181,7 @@ fn a_mapping_naming_an_unknown_site_is_an_error() {
             .any(|p| p.starts_with("mappings[0] (orders).conflict: prefer:wms")),
         "{problems:?}"
     );
-    let problems = self::problems(&GOOD.replace("erp->store", "erp->wms"));
+    let problems = self::problems(&GOOD.replace("dock->store", "dock->wms"));
     assert!(
         problems
             .iter()

@@ -299,9 +299,17 @@ mod tests {
             Some(&one),
             "a still holds the old image"
         );
+        assert_eq!(
+            data.held_image("b"),
+            Some(&one),
+            "b still holds the old image"
+        );
         data.set_expected("a", Some(two.clone()));
-        assert!(data.expect.is_empty(), "{data:?}");
-        assert_eq!(data.expected("b"), Some(&two));
+        assert!(!data.expect.contains_key("a"), "{data:?}");
+        assert_eq!(data.expected("a"), Some(&two));
+        assert_eq!(data.expected("b"), Some(&one));
+        data.set_held("b", Some(two.clone()));
+        assert!(!data.holds.contains_key("b"), "{data:?}");
     }
 }
 
