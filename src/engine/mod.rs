@@ -105,6 +105,44 @@ pub struct OutboxWrite {
     pub vector: VersionVector,
 }
 
+/// One site's outbox entries not yet echoed, by sequence number and by row.
+#[derive(Debug, Default)]
+struct Outbox {
+    entries: BTreeMap<u64, OutboxWrite>,
+    by_row: HashMap<(String, String), BTreeSet<u64>>,
+}
+
+impl Outbox {
+    fn insert(&mut self, seq: u64, write: OutboxWrite) {
+        self.by_row
+            .entry((write.mapping.clone(), write.key.clone()))
+            .or_default()
+            .insert(seq);
+        self.entries.insert(seq, write);
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<OutboxWrite> {
+        let write = self.entries.remove(&seq)?;
+        let row = (write.mapping.clone(), write.key.clone());
+        if let Some(seqs) = self.by_row.get_mut(&row) {
+            seqs.remove(&seq);
+            if seqs.is_empty() {
+                self.by_row.remove(&row);
+            }
+        }
+        Some(write)
+    }
+
+    /// The row's entries, oldest first.
+    fn of_row(&self, mapping: &str, key: &str) -> impl Iterator<Item = (u64, &OutboxWrite)> {
+        self.by_row
+            .get(&(mapping.to_owned(), key.to_owned()))
+            .into_iter()
+            .flatten()
+            .map(|seq| (*seq, &self.entries[seq]))
+    }
+}
+
 /// What the engine reads and writes.
 #[derive(Debug, Clone)]
 pub struct MergePlan {
@@ -436,7 +474,7 @@ async fn attempt(
         }
         starts.push(start);
     }
-    let mut pending: Vec<BTreeMap<u64, OutboxWrite>> = Vec::new();
+    let mut pending: Vec<Outbox> = Vec::new();
     let mut next_seq = Vec::new();
     let mut writers = Vec::new();
     for (site, (target, written)) in plan.sites.iter().zip(targets) {
@@ -449,7 +487,11 @@ async fn attempt(
             .range(written + 1..)
             .map(|(seq, write)| (*seq, Arc::new(write.clone())))
             .collect();
-        pending.push(queued);
+        let mut outbox = Outbox::default();
+        for (seq, write) in queued {
+            outbox.insert(seq, write);
+        }
+        pending.push(outbox);
         let report = input_tx.clone();
         let canonical: HashMap<String, TableName> = plan
             .mappings
@@ -593,7 +635,7 @@ struct Coordinator<'a> {
     plan: &'a MergePlan,
     store: &'a StateStore,
     /// Per site (plan order), the outbox entries not yet echoed.
-    pending: Vec<BTreeMap<u64, OutboxWrite>>,
+    pending: Vec<Outbox>,
     /// Per site, the next outbox sequence number.
     next_seq: Vec<u64>,
     stats: Stats,
@@ -633,11 +675,9 @@ impl Coordinator<'_> {
     fn process(&mut self, batch: Vec<Input>) -> Result<Done, EngineError> {
         let mut done = Done::default();
         let mut w = self.store.begin_write()?;
-        let before = (
-            self.pending.clone(),
-            self.next_seq.clone(),
-            self.stats.clone(),
-        );
+        // On error the state-store transaction is dropped (aborted) and the attempt ends: the
+        // next attempt rebuilds the coordinator from the store, so the in-memory outbox needs
+        // no undo here.
         let result = (|| {
             for input in batch {
                 match input {
@@ -665,16 +705,9 @@ impl Coordinator<'_> {
             }
             Ok(())
         })();
-        match result {
-            Ok(()) => {
-                w.commit()?;
-                Ok(done)
-            }
-            Err(error) => {
-                (self.pending, self.next_seq, self.stats) = before;
-                Err(error)
-            }
-        }
+        result?;
+        w.commit()?;
+        Ok(done)
     }
 
     /// A request of `duplex conflicts`.
@@ -981,11 +1014,8 @@ impl Coordinator<'_> {
             .site_index(site)
             .expect("mapping sites are plan sites");
         let mut image = image;
-        for write in self.pending[index].values() {
-            if write.mapping == mapping.name
-                && write.key == key
-                && same_image(write.before.as_ref(), image.as_ref())
-            {
+        for (_, write) in self.pending[index].of_row(&mapping.name, key) {
+            if same_image(write.before.as_ref(), image.as_ref()) {
                 image = write.after.clone();
             }
         }
@@ -1017,15 +1047,14 @@ impl Coordinator<'_> {
                 // holds this version then. (Not earlier: a local change made there before
                 // that write lands did not see it.)
                 let queued = self.pending[index]
-                    .iter_mut()
-                    .rev()
-                    .find(|(_, write)| write.mapping == mapping.name && write.key == key);
+                    .of_row(&mapping.name, key)
+                    .last()
+                    .map(|(seq, _)| seq);
                 match queued {
-                    Some((seq, write))
-                        if !same_image(data.held_image(site), data.image.as_ref()) =>
-                    {
+                    Some(seq) if !same_image(data.held_image(site), data.image.as_ref()) => {
+                        let write = self.pending[index].entries.get_mut(&seq).expect("indexed");
                         write.vector.merge(vector);
-                        w.put_pending(site, *seq, &*write)?;
+                        w.put_pending(site, seq, &*write)?;
                     }
                     _ => {
                         merge::record_echo(rv, site, vector);
@@ -1093,11 +1122,12 @@ impl Coordinator<'_> {
             }
         }
         let covered: Vec<u64> = self.pending[index]
+            .entries
             .range(..=upto)
             .map(|(s, _)| *s)
             .collect();
         for seq in covered {
-            let write = self.pending[index].remove(&seq).expect("listed above");
+            let write = self.pending[index].remove(seq).expect("listed above");
             w.remove_pending(&site, seq)?;
             let Some(mapping) = self.plan.mapping(&write.mapping) else {
                 continue;
