@@ -27,9 +27,18 @@
 //!
 //! # Ranges and exactly-once copying
 //!
-//! A table with a single integer primary-key column is split into ranges of `chunk` rows
-//! (`lo < key <= hi`, bounds taken from every `chunk`-th key in the snapshot); other tables are
-//! one range. Each range is written into each target in ONE target transaction through the
+//! Every table is split into ranges of `chunk` rows, `lo < key <= hi`, the bounds being every
+//! `chunk`-th primary key of the snapshot, numbered by the source server (`row_number() OVER
+//! (ORDER BY <key>)`, only the bounds are sent back). A single integer key column is compared
+//! as a number. Any other primary key (composite, text, uuid, dates, ...) is compared by the
+//! source database as a row of its columns (PostgreSQL `(a, b) > (x, y)`; MariaDB the same
+//! comparison spelled out as `a >= x AND (a > x OR (a = x AND b > y))` so that it reads by
+//! index), so the order the bounds were taken in and the order of the range predicates are the
+//! server's, with the columns' own collations: nothing is sorted or compared in Rust. A range
+//! read in the snapshot the bounds come from holds at most `chunk` rows, so a copy worker never
+//! holds more than one range; ranges of any key go to the `--jobs` workers alike. Only a key of
+//! a type without a literal form or a consistent order (MariaDB ENUM/SET, floats, JSON) leaves
+//! the table as one range, with a warning. Each range is written into each target in ONE target transaction through the
 //! target's applier, and that transaction also records a marker row
 //! `backfill:<mapping>:<range>` in `duplex.positions` holding the snapshot position the range
 //! was read at. So a range is either entirely on a target together with its marker, or not at
@@ -56,7 +65,12 @@
 //! the data on the targets is a mix: ranges as of `P0`, ranges as of `P1`. It is made
 //! consistent at `P1` by a catch-up: the source's stream is read from `P0` to `P1`, and each
 //! change is applied (strictly, through the normal applier, which records the position) only
-//! to rows whose range was copied at a position before that transaction's commit. A range copied
+//! to rows whose range was copied at a position before that transaction's commit. The ranges
+//! are defined once, at the first attempt, and stored in the backfill record (integer bounds,
+//! or key values per column for other keys), so every attempt cuts the same ranges. For keys
+//! other than one integer column, the range of a changed row's key is found by the source
+//! database (the key is compared with the stored bounds as rows of a union with the table's
+//! own columns, so with the same types and collations the ranges were read with). A range copied
 //! at `Pk` holds exactly the source's rows as of `Pk`, so applying exactly the transactions
 //! after `Pk` to it is exact; ranges copied at `P1` get nothing. A key-changing update between
 //! ranges of different ages is split into the delete and the insert half that each range
@@ -84,7 +98,8 @@ use duplex_connectors::postgres::{
     self, KeyRange, PgApplier, PgExportedSnapshot, PgSnapshotReader, PgStream, PgStreamConfig,
 };
 use duplex_connectors::{
-    ChangeEvent, Op, Origin, Position, Row, SiteKind, TableName, TableSchema, Transaction, Value,
+    ChangeEvent, Column, Op, Origin, Position, Row, SiteKind, TableName, TableSchema, Transaction,
+    Value,
 };
 use duplex_state::StateStore;
 use indicatif::{MultiProgress, ProgressBar, ProgressState, ProgressStyle};
@@ -187,15 +202,20 @@ pub enum BackfillError {
 }
 
 /// The durable record of one mapping's backfill (state store, per mapping).
+///
+/// Ranges are cut one of two ways: on a single integer key column (`key_column`, bounds in
+/// `ranges`), or on the whole primary key (`key_columns`, bounds as key values in
+/// `key_ranges`; `ranges` is then empty). `key_columns` and `key_ranges` were appended to the
+/// layout; records written before are read by [`load_meta`] through the old layout.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BackfillMeta {
     /// Source site.
     pub source: String,
     /// Source table.
     pub table: String,
-    /// The integer key column ranges are cut on; `None`: one range.
+    /// The integer key column ranges are cut on; `None`: `key_columns`, or one range.
     pub key_column: Option<String>,
-    /// Range bounds by range id: `lo < key <= hi`.
+    /// Range bounds by range id on `key_column`: `lo < key <= hi`.
     pub ranges: Vec<(Option<i128>, Option<i128>)>,
     /// Rows in the first snapshot.
     pub rows: u64,
@@ -205,6 +225,52 @@ pub struct BackfillMeta {
     pub copied_in: BTreeMap<u64, u32>,
     /// Whether the handover position was written.
     pub complete: bool,
+    /// The primary-key columns ranges are cut on when the key is not one integer column.
+    pub key_columns: Vec<String>,
+    /// Range bounds by range id on `key_columns`, one value per column: `lo < key <= hi`
+    /// compared as rows by the source database.
+    pub key_ranges: Vec<KeyBounds>,
+}
+
+/// The bounds of a range cut on the whole primary key: `(lo, hi)`, open when `None`.
+pub type KeyBounds = (Option<Vec<Value>>, Option<Vec<Value>>);
+
+/// The layout [`BackfillMeta`] had before `key_columns` and `key_ranges`.
+#[derive(Deserialize)]
+struct BackfillMetaV1 {
+    source: String,
+    table: String,
+    key_column: Option<String>,
+    ranges: Vec<(Option<i128>, Option<i128>)>,
+    rows: u64,
+    attempts: Vec<String>,
+    copied_in: BTreeMap<u64, u32>,
+    complete: bool,
+}
+
+/// Reads a mapping's backfill record, in the current layout or the one before.
+pub fn load_meta(
+    state: &StateStore,
+    mapping: &str,
+) -> Result<Option<BackfillMeta>, duplex_state::StateError> {
+    match state.backfill_meta::<BackfillMeta>(mapping) {
+        Ok(meta) => Ok(meta),
+        Err(error) => match state.backfill_meta::<BackfillMetaV1>(mapping) {
+            Ok(old) => Ok(old.map(|m| BackfillMeta {
+                source: m.source,
+                table: m.table,
+                key_column: m.key_column,
+                ranges: m.ranges,
+                rows: m.rows,
+                attempts: m.attempts,
+                copied_in: m.copied_in,
+                complete: m.complete,
+                key_columns: Vec::new(),
+                key_ranges: Vec::new(),
+            })),
+            Err(_) => Err(error),
+        },
+    }
 }
 
 impl BackfillMeta {
@@ -217,21 +283,74 @@ impl BackfillMeta {
             .sum()
     }
 
+    /// The number of ranges.
+    pub fn range_count(&self) -> usize {
+        if self.key_columns.is_empty() {
+            self.ranges.len()
+        } else {
+            self.key_ranges.len()
+        }
+    }
+
     fn attempt_position(&self, attempt: u32) -> Position {
         serde_json::from_str(&self.attempts[attempt as usize])
             .expect("attempt positions are written by this module")
     }
 
-    fn range(&self, id: u64) -> KeyRange {
+    fn range(&self, id: u64, schema: &TableSchema) -> KeyRange {
+        let columns = |names: &[String]| {
+            names
+                .iter()
+                .map(|n| {
+                    schema.column(n).cloned().unwrap_or_else(|| Column {
+                        name: n.clone(),
+                        type_name: String::new(),
+                        declared: String::new(),
+                        nullable: false,
+                    })
+                })
+                .collect::<Vec<_>>()
+        };
+        if !self.key_columns.is_empty() {
+            let (lo, hi) = self.key_ranges[id as usize].clone();
+            return KeyRange {
+                columns: columns(&self.key_columns),
+                lo,
+                hi,
+            };
+        }
+        let Some(column) = &self.key_column else {
+            return KeyRange::whole();
+        };
         let (lo, hi) = self.ranges[id as usize];
+        let int = |b: i128| {
+            vec![match i64::try_from(b) {
+                Ok(i) => Value::Int(i),
+                Err(_) => Value::UInt(u64::try_from(b).unwrap_or(u64::MAX)),
+            }]
+        };
         KeyRange {
-            column: self.key_column.clone(),
-            lo,
-            hi,
+            columns: columns(std::slice::from_ref(column)),
+            lo: lo.map(int),
+            hi: hi.map(int),
         }
     }
 
+    /// The cut points of a table cut on `key_columns`: every range's upper bound but the last.
+    fn cuts(&self) -> Vec<Vec<Value>> {
+        self.key_ranges
+            .iter()
+            .filter_map(|(_, hi)| hi.clone())
+            .collect()
+    }
+
+    /// The range of a key when the table is cut on one integer column or not at all; `None`
+    /// for tables cut on `key_columns` (the source database classifies those: see
+    /// [`KeyClassifier`]).
     fn range_of(&self, key: &Row) -> Option<u64> {
+        if !self.key_columns.is_empty() {
+            return None;
+        }
         let Some(column) = &self.key_column else {
             return Some(0);
         };
@@ -256,7 +375,7 @@ fn marker(mapping: &str, range: u64) -> String {
 pub async fn never_backfilled(config: &Config, state: &StateStore) -> Option<String> {
     let mut missing = Vec::new();
     for mapping in &config.mappings {
-        let meta: Option<BackfillMeta> = state.backfill_meta(&mapping.name).ok().flatten();
+        let meta: Option<BackfillMeta> = load_meta(state, &mapping.name).ok().flatten();
         if meta.is_some() {
             continue;
         }
@@ -473,7 +592,7 @@ async fn backfill_source(
         let name = mapping.name.clone();
         let state = state.clone();
         let meta: Option<BackfillMeta> =
-            tokio::task::spawn_blocking(move || state.backfill_meta(&name))
+            tokio::task::spawn_blocking(move || load_meta(&state, &name))
                 .await
                 .map_err(|e| BackfillError::Crashed(e.to_string()))??;
         metas.insert(mapping.name.clone(), meta);
@@ -865,6 +984,24 @@ impl Planner {
             _ => false,
         };
         let key_column = integer_key.then(|| schema.primary_key[0].clone());
+        let key: Option<Vec<Column>> = if integer_key || schema.primary_key.is_empty() {
+            None
+        } else {
+            let columns: Vec<Column> = schema
+                .primary_key
+                .iter()
+                .filter_map(|k| schema.column(k).cloned())
+                .collect();
+            let orderable = columns.len() == schema.primary_key.len()
+                && columns.iter().all(|c| match self {
+                    Planner::Postgres(_) => PgSnapshotReader::orderable(c),
+                    Planner::Mysql(_) => MysqlSnapshot::orderable(c),
+                });
+            if !orderable {
+                tracing::warn!(table = %schema.name, "the primary key has a type duplex cannot cut into ranges: the table is copied as one range, held in memory whole");
+            }
+            orderable.then_some(columns)
+        };
         let pg = |source| BackfillError::PgSnapshot {
             site: site.name.clone(),
             source,
@@ -873,7 +1010,7 @@ impl Planner {
             site: site.name.clone(),
             source,
         };
-        let (rows, bounds) = match self {
+        let (rows, bounds, cuts) = match self {
             Planner::Postgres(reader) => {
                 let rows = reader.count(&schema.name).await.map_err(pg)?;
                 let bounds = match &key_column {
@@ -883,7 +1020,14 @@ impl Planner {
                         .map_err(pg)?,
                     None => Vec::new(),
                 };
-                (rows, bounds)
+                let cuts = match &key {
+                    Some(key) => reader
+                        .key_boundaries(&schema.name, key, chunk)
+                        .await
+                        .map_err(pg)?,
+                    None => Vec::new(),
+                };
+                (rows, bounds, cuts)
             }
             Planner::Mysql(conn) => {
                 let mut conn = conn.lock().await;
@@ -892,19 +1036,38 @@ impl Planner {
                     Some(k) => conn.boundaries(&schema.name, k, chunk).await.map_err(my)?,
                     None => Vec::new(),
                 };
-                (rows, bounds)
+                let cuts = match &key {
+                    Some(key) => conn
+                        .key_boundaries(&schema.name, key, chunk)
+                        .await
+                        .map_err(my)?,
+                    None => Vec::new(),
+                };
+                (rows, bounds, cuts)
             }
         };
         let mut bounds = bounds;
         bounds.sort_unstable();
         bounds.dedup();
         let mut ranges = Vec::new();
-        let mut lo = None;
-        for b in bounds {
-            ranges.push((lo, Some(b)));
-            lo = Some(b);
+        let mut key_ranges = Vec::new();
+        if key.is_some() {
+            // The cut points come in the server's key order, distinct (they are keys): kept
+            // as they are, never re-sorted here.
+            let mut lo = None;
+            for cut in cuts {
+                key_ranges.push((lo, Some(cut.clone())));
+                lo = Some(cut);
+            }
+            key_ranges.push((lo, None));
+        } else {
+            let mut lo = None;
+            for b in bounds {
+                ranges.push((lo, Some(b)));
+                lo = Some(b);
+            }
+            ranges.push((lo, None));
         }
-        ranges.push((lo, None));
         Ok(BackfillMeta {
             source: site.name.clone(),
             table: schema.name.to_string(),
@@ -914,6 +1077,10 @@ impl Planner {
             attempts: Vec::new(),
             copied_in: BTreeMap::new(),
             complete: false,
+            key_columns: key
+                .map(|k| k.into_iter().map(|c| c.name).collect())
+                .unwrap_or_default(),
+            key_ranges,
         })
     }
 }
@@ -939,14 +1106,14 @@ async fn copy(
         let done = tokio::task::spawn_blocking(move || state2.done_ranges(&name, &table))
             .await
             .map_err(|e| BackfillError::Crashed(e.to_string()))??;
-        for id in 0..job.meta.ranges.len() as u64 {
+        for id in 0..job.meta.range_count() as u64 {
             if !done.contains_key(&id) {
                 work.push((index, id));
             }
         }
         let total = job.meta.rows;
         let already: u64 = done.values().sum();
-        tracing::info!(mapping = %job.mapping.name, ranges = job.meta.ranges.len(), remaining = job.meta.ranges.len() - done.len(), rows = total, copied_before = already, "copying");
+        tracing::info!(mapping = %job.mapping.name, ranges = job.meta.range_count(), remaining = job.meta.range_count() - done.len(), rows = total, copied_before = already, "copying");
     }
     let work = Arc::new(std::sync::Mutex::new(
         work.into_iter().collect::<std::collections::VecDeque<_>>(),
@@ -1161,7 +1328,7 @@ async fn worker(
         let (mapping, schema, targets, meta) = &jobs[index];
         let source_table = &schema.name;
         let columns: Vec<String> = schema.columns.iter().map(|c| c.name.clone()).collect();
-        let range = meta.range(range_id);
+        let range = meta.range(range_id, schema);
         let rows = match &mut reader {
             RangeReader::Postgres(r) => {
                 r.rows(source_table, &columns, &range)
@@ -1315,17 +1482,30 @@ async fn catch_up(site: &Site, jobs: &[Job], handover: &Position) -> Result<(), 
             ));
         }
     }
-    let copied_at = |job: &Job, key: &Row| -> Option<Position> {
-        let range = job.meta.range_of(key)?;
+    let mut classifier = if jobs.iter().any(|j| !j.meta.key_columns.is_empty()) {
+        Some(KeyClassifier::open(site).await?)
+    } else {
+        None
+    };
+    let copied_at = |job: &Job, range: Option<u64>| -> Option<Position> {
         job.meta
             .copied_in
-            .get(&range)
+            .get(&range?)
             .map(|a| job.meta.attempt_position(*a))
     };
     let after = |a: &Position, b: &Position| {
         a.compare(b)
             .map(|o| o == std::cmp::Ordering::Greater)
             .unwrap_or(false)
+    };
+    let new_key = |job: &Job, event: &ChangeEvent| -> Option<Row> {
+        event.after.as_ref().map(|row| {
+            job.schema
+                .primary_key
+                .iter()
+                .map(|k| (k.as_str(), row.get(k).cloned().unwrap_or(Value::Null)))
+                .collect()
+        })
     };
     loop {
         let (tx, heartbeat) = tokio::time::timeout(Duration::from_secs(120), stream.next())
@@ -1342,24 +1522,70 @@ async fn catch_up(site: &Site, jobs: &[Job], handover: &Position) -> Result<(), 
         if after(&tx.position, handover) {
             break;
         }
+        // The ranges of each event's old and new key.
+        let mut ranges: Vec<(Option<u64>, Option<u64>)> = vec![(None, None); tx.events.len()];
+        for job in jobs {
+            let events: Vec<usize> = (0..tx.events.len())
+                .filter(|i| tx.events[*i].table == job.schema.name)
+                .collect();
+            if events.is_empty() {
+                continue;
+            }
+            match &mut classifier {
+                Some(classifier) if !job.meta.key_columns.is_empty() => {
+                    let values = |key: &Row| -> Option<Vec<Value>> {
+                        job.meta
+                            .key_columns
+                            .iter()
+                            .map(|c| key.get(c).cloned())
+                            .collect()
+                    };
+                    let mut keys = Vec::new();
+                    let mut slots = Vec::new();
+                    for &i in &events {
+                        let event = &tx.events[i];
+                        if let Some(k) = values(&event.key) {
+                            keys.push(k);
+                            slots.push((i, false));
+                        }
+                        if let Some(k) = new_key(job, event).as_ref().and_then(values) {
+                            keys.push(k);
+                            slots.push((i, true));
+                        }
+                    }
+                    let found = classifier.ranges(&job.schema, &job.meta, &keys).await?;
+                    for ((i, is_new), range) in slots.into_iter().zip(found) {
+                        if is_new {
+                            ranges[i].1 = Some(range);
+                        } else {
+                            ranges[i].0 = Some(range);
+                        }
+                    }
+                }
+                _ => {
+                    for &i in &events {
+                        let event = &tx.events[i];
+                        ranges[i] = (
+                            job.meta.range_of(&event.key),
+                            new_key(job, event).and_then(|k| job.meta.range_of(&k)),
+                        );
+                    }
+                }
+            }
+        }
         for (table, target, writer) in &mut writers {
             let Some(job) = jobs.iter().find(|j| &j.schema.name == table) else {
                 continue;
             };
             let mut events = Vec::new();
-            for event in tx.events.iter().filter(|e| &e.table == table) {
-                let old = copied_at(job, &event.key).is_some_and(|p| after(&tx.position, &p));
-                let new_key: Option<Row> = event.after.as_ref().map(|row| {
-                    job.schema
-                        .primary_key
-                        .iter()
-                        .map(|k| (k.as_str(), row.get(k).cloned().unwrap_or(Value::Null)))
-                        .collect()
-                });
-                let new = new_key
-                    .as_ref()
-                    .and_then(|k| copied_at(job, k))
-                    .is_some_and(|p| after(&tx.position, &p));
+            for (i, event) in tx.events.iter().enumerate() {
+                if &event.table != table {
+                    continue;
+                }
+                let (old_range, new_range) = ranges[i];
+                let old = copied_at(job, old_range).is_some_and(|p| after(&tx.position, &p));
+                let new_key = new_key(job, event);
+                let new = copied_at(job, new_range).is_some_and(|p| after(&tx.position, &p));
                 match event.op {
                     Op::Insert if new => events.push(event.clone()),
                     Op::Delete if old => events.push(event.clone()),
@@ -1404,7 +1630,70 @@ async fn catch_up(site: &Site, jobs: &[Job], handover: &Position) -> Result<(), 
         }
     }
     stream.shutdown().await;
+    if let Some(KeyClassifier::Mysql(conn)) = classifier {
+        conn.close().await;
+    }
     Ok(())
+}
+
+/// Finds, in the source database, the range a key falls in for tables cut on their whole
+/// primary key: the database compares it with the cut points, with the same types and
+/// collations the ranges were read with (comparing in Rust could disagree with the server's
+/// collation).
+enum KeyClassifier {
+    Postgres(PgSnapshotReader),
+    Mysql(MysqlSnapshot),
+}
+
+impl KeyClassifier {
+    async fn open(site: &Site) -> Result<KeyClassifier, BackfillError> {
+        let password = site.password.as_ref().map(|p| p.expose());
+        Ok(match site.kind {
+            SiteKind::Postgres => KeyClassifier::Postgres(
+                PgSnapshotReader::open(&site.url, password, None)
+                    .await
+                    .map_err(|source| BackfillError::PgSnapshot {
+                        site: site.name.clone(),
+                        source,
+                    })?,
+            ),
+            SiteKind::Mysql => {
+                KeyClassifier::Mysql(MysqlSnapshot::open(&site.url, password).await.map_err(
+                    |source| BackfillError::MysqlSnapshot {
+                        site: site.name.clone(),
+                        source,
+                    },
+                )?)
+            }
+        })
+    }
+
+    /// The range of each of `keys` (values of `meta.key_columns`).
+    async fn ranges(
+        &mut self,
+        schema: &TableSchema,
+        meta: &BackfillMeta,
+        keys: &[Vec<Value>],
+    ) -> Result<Vec<u64>, BackfillError> {
+        let columns = meta.range(0, schema).columns;
+        let cuts = meta.cuts();
+        match self {
+            KeyClassifier::Postgres(reader) => reader
+                .range_indexes(&schema.name, &columns, &cuts, keys)
+                .await
+                .map_err(|source| BackfillError::PgSnapshot {
+                    site: meta.source.clone(),
+                    source,
+                }),
+            KeyClassifier::Mysql(conn) => conn
+                .range_indexes(&schema.name, &columns, &cuts, keys)
+                .await
+                .map_err(|source| BackfillError::MysqlSnapshot {
+                    site: meta.source.clone(),
+                    source,
+                }),
+        }
+    }
 }
 
 enum CatchUp {

@@ -39,6 +39,9 @@ pub enum MysqlSnapshotError {
         "the server reports no binlog position for the snapshot: enable the binary log (log_bin) and use InnoDB tables"
     )]
     NoPosition,
+    /// A key bound does not fit the key columns.
+    #[error("cutting a table into key ranges: {0}")]
+    Key(String),
     /// A value duplex will not silently change.
     #[error("column {column} of table {table}: {reason}")]
     BadValue {
@@ -151,6 +154,124 @@ impl MysqlSnapshot {
         Ok(keys.iter().filter_map(|k| k.parse().ok()).collect())
     }
 
+    /// Whether a key column of this type can cut a table into ranges: the server orders and
+    /// compares its values the same way (not ENUM/SET, which sort by index but compare with
+    /// a string as text) and they travel as parameters.
+    pub fn orderable(column: &Column) -> bool {
+        matches!(
+            base_type(column),
+            "tinyint"
+                | "smallint"
+                | "mediumint"
+                | "int"
+                | "integer"
+                | "bigint"
+                | "decimal"
+                | "numeric"
+                | "char"
+                | "varchar"
+                | "tinytext"
+                | "text"
+                | "mediumtext"
+                | "longtext"
+                | "binary"
+                | "varbinary"
+                | "date"
+                | "datetime"
+                | "timestamp"
+                | "uuid"
+        )
+    }
+
+    /// Every `every`-th key of `table` (primary-key columns `key`, in key order as the
+    /// server orders them): the cut points splitting the table into ranges of `every` rows.
+    /// The server numbers the keys; only the cut points are sent.
+    pub async fn key_boundaries(
+        &mut self,
+        table: &TableName,
+        key: &[Column],
+        every: u64,
+    ) -> Result<Vec<Vec<Value>>, MysqlSnapshotError> {
+        let list = key
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let select = key.iter().map(select_expr).collect::<Vec<_>>().join(", ");
+        let sql = format!(
+            "SELECT {select} FROM (SELECT {list}, ROW_NUMBER() OVER (ORDER BY {list}) AS duplex_n \
+             FROM {}) s WHERE duplex_n % {every} = 0 ORDER BY duplex_n",
+            qualified(table)
+        );
+        let rows = self
+            .select(
+                table,
+                key,
+                &sql,
+                Vec::new(),
+                "splitting a table into key ranges",
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| row.iter().map(|(_, v)| v.clone()).collect())
+            .collect())
+    }
+
+    /// For each of `keys`, the index of the range it falls in when `cuts` (ascending) cut
+    /// the table on its key columns `key`: the number of cut points below it. The server
+    /// compares, with the columns' own types and collations: the keys and cut points are
+    /// read as rows of a union with the (empty) table's own columns.
+    pub async fn range_indexes(
+        &mut self,
+        table: &TableName,
+        key: &[Column],
+        cuts: &[Vec<Value>],
+        keys: &[Vec<Value>],
+    ) -> Result<Vec<u64>, MysqlSnapshotError> {
+        if cuts.is_empty() || keys.is_empty() {
+            return Ok(vec![0; keys.len()]);
+        }
+        let list = key
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let marks = vec!["?"; key.len()].join(", ");
+        let mut params = Vec::new();
+        let mut b = format!("SELECT {list} FROM {} WHERE 1=0", qualified(table));
+        for cut in cuts {
+            b.push_str(&format!(" UNION ALL SELECT {marks}"));
+            params.extend(cut.iter().map(param));
+        }
+        let mut k = format!(
+            "SELECT 0 AS duplex_i, {list} FROM {} WHERE 1=0",
+            qualified(table)
+        );
+        for (i, row) in keys.iter().enumerate() {
+            k.push_str(&format!(" UNION ALL SELECT {i}, {marks}"));
+            params.extend(row.iter().map(param));
+        }
+        let side = |alias: &str| {
+            let items: Vec<String> = key
+                .iter()
+                .map(|c| format!("{alias}.{}", quote_ident(&c.name)))
+                .collect();
+            format!("({})", items.join(", "))
+        };
+        let sql = format!(
+            "SELECT k.duplex_i, (SELECT COUNT(*) FROM ({b}) b WHERE {} < {}) FROM ({k}) k ORDER BY k.duplex_i",
+            side("b"),
+            side("k")
+        );
+        let counts: Vec<(u64, u64)> = self
+            .conn
+            .exec(sql, mysql_async::Params::Positional(params))
+            .await
+            .map_err(MysqlError::query("finding the key ranges of changed rows"))?;
+        Ok(counts.into_iter().map(|(_, n)| n).collect())
+    }
+
     /// The rows of `range` of `table` with `columns` (as information_schema describes them),
     /// as canonical values.
     pub async fn rows(
@@ -164,25 +285,40 @@ impl MysqlSnapshot {
             .map(select_expr)
             .collect::<Vec<_>>()
             .join(", ");
-        let sql = format!(
-            "SELECT {list} FROM {} WHERE {}",
-            qualified(table),
-            range.condition(quote_ident)
-        );
+        let (condition, params) = condition(range)?;
+        let sql = format!("SELECT {list} FROM {} WHERE {condition}", qualified(table),);
+        self.select(table, columns, &sql, params, "reading a key range")
+            .await
+    }
+
+    /// Runs `sql` (selecting `columns`, through [`select_expr`]) and converts its rows.
+    async fn select(
+        &mut self,
+        table: &TableName,
+        columns: &[Column],
+        sql: &str,
+        params: Vec<mysql_async::Value>,
+        doing: &'static str,
+    ) -> Result<Vec<Row>, MysqlSnapshotError> {
         let names: Vec<Arc<str>> = columns.iter().map(|c| Arc::from(c.name.as_str())).collect();
+        let params = if params.is_empty() {
+            mysql_async::Params::Empty
+        } else {
+            mysql_async::Params::Positional(params)
+        };
         let mut result = self
             .conn
-            .exec_iter(sql, ())
+            .exec_iter(sql, params)
             .await
-            .map_err(MysqlError::query("reading a key range"))?;
+            .map_err(MysqlError::query(doing))?;
         let mut rows = Vec::new();
         if let Some(mut stream) = result
             .stream::<MyRow>()
             .await
-            .map_err(MysqlError::query("reading a key range"))?
+            .map_err(MysqlError::query(doing))?
         {
             while let Some(row) = stream.next().await {
-                let row = row.map_err(MysqlError::query("reading a key range"))?;
+                let row = row.map_err(MysqlError::query(doing))?;
                 let values = row.unwrap();
                 let mut out = Row::new();
                 for ((column, name), value) in columns.iter().zip(&names).zip(values) {
@@ -215,6 +351,102 @@ fn qualified(table: &TableName) -> String {
         quote_ident(&table.schema),
         quote_ident(&table.name)
     )
+}
+
+/// The SQL condition selecting `range` and its parameters: integers inline, other values as
+/// parameters; several columns as the expanded row comparison
+/// `a >= x AND (a > x OR (a = x AND b > y))`, which MariaDB reads by index (it does not use
+/// an index for a row comparison `(a, b) > (x, y)`, which means the same).
+fn condition(range: &KeyRange) -> Result<(String, Vec<mysql_async::Value>), MysqlSnapshotError> {
+    let mut params = Vec::new();
+    let mut parts = Vec::new();
+    let names: Vec<String> = range.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    for (bound, lower) in [(&range.lo, true), (&range.hi, false)] {
+        let Some(values) = bound else { continue };
+        if values.len() != names.len() {
+            return Err(MysqlSnapshotError::Key(format!(
+                "a bound of {} values for {} key columns",
+                values.len(),
+                names.len()
+            )));
+        }
+        let mut value = |v: &Value| match v {
+            Value::Int(i) => i.to_string(),
+            Value::UInt(u) => u.to_string(),
+            other => {
+                params.push(param(other));
+                "?".to_owned()
+            }
+        };
+        let (strict, last) = if lower { (">", ">") } else { ("<", "<=") };
+        if names.len() == 1 {
+            parts.push(format!("{} {last} {}", names[0], value(&values[0])));
+            continue;
+        }
+        let lead = if lower { ">=" } else { "<=" };
+        let first = format!("{} {lead} {}", names[0], value(&values[0]));
+        let mut alternatives = Vec::new();
+        for i in 0..names.len() {
+            let mut terms = Vec::new();
+            for j in 0..i {
+                terms.push(format!("{} = {}", names[j], value(&values[j])));
+            }
+            let op = if i + 1 == names.len() { last } else { strict };
+            terms.push(format!("{} {op} {}", names[i], value(&values[i])));
+            alternatives.push(format!("({})", terms.join(" AND ")));
+        }
+        parts.push(format!("{first} AND ({})", alternatives.join(" OR ")));
+    }
+    let sql = if parts.is_empty() {
+        "1=1".to_owned()
+    } else {
+        parts.join(" AND ")
+    };
+    Ok((sql, params))
+}
+
+/// A key value as a statement parameter (the session's time zone is UTC).
+fn param(value: &Value) -> mysql_async::Value {
+    use chrono::{Datelike, Timelike};
+    use mysql_async::Value as V;
+    let datetime = |t: &NaiveDateTime| {
+        V::Date(
+            t.year() as u16,
+            t.month() as u8,
+            t.day() as u8,
+            t.hour() as u8,
+            t.minute() as u8,
+            t.second() as u8,
+            t.nanosecond() / 1000,
+        )
+    };
+    match value {
+        Value::Null | Value::Unchanged => V::NULL,
+        Value::Bool(b) => V::Int(i64::from(*b)),
+        Value::Int(i) => V::Int(*i),
+        Value::UInt(u) => V::UInt(*u),
+        Value::Float(f) => V::Double(*f),
+        Value::Decimal(d) => V::Bytes(d.to_string().into_bytes()),
+        Value::Text(s) | Value::Json(s) => V::Bytes(s.clone().into_bytes()),
+        Value::Bytes(b) => V::Bytes(b.clone()),
+        Value::Uuid(u) => V::Bytes(u.to_string().into_bytes()),
+        Value::Date(d) => V::Date(d.year() as u16, d.month() as u8, d.day() as u8, 0, 0, 0, 0),
+        Value::Time(us) => {
+            let negative = *us < 0;
+            let us = us.unsigned_abs();
+            let secs = us / 1_000_000;
+            V::Time(
+                negative,
+                (secs / 86_400) as u32,
+                (secs / 3600 % 24) as u8,
+                (secs / 60 % 60) as u8,
+                (secs % 60) as u8,
+                (us % 1_000_000) as u32,
+            )
+        }
+        Value::Timestamp(t) => datetime(t),
+        Value::TimestampTz(t) => datetime(&t.naive_utc()),
+    }
 }
 
 /// The column as selected: UUIDs as their text, BIT as a number, everything else as it is.

@@ -26,7 +26,8 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::types::{Conversion, PgType, ValueError, resolve_type, text_value};
 use super::{Lsn, PgError, connect, quote_ident};
-use crate::{Row, TableName, Value};
+use crate::{Column, Row, TableName, Value};
+use chrono::Datelike;
 
 /// Why a snapshot could not be taken or read.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,9 @@ pub enum PgSnapshotError {
     /// The server answered CREATE_REPLICATION_SLOT with something unexpected.
     #[error("unexpected answer to CREATE_REPLICATION_SLOT: {0}")]
     Protocol(String),
+    /// A key bound cannot be written as SQL.
+    #[error("cutting a table into key ranges: {0}")]
+    Key(String),
     /// A value cannot be converted.
     #[error("table {table}")]
     Value {
@@ -169,39 +173,112 @@ fn session_config(
     Ok(config.with_tls(TlsConfig::disabled()))
 }
 
-/// A range of a table by its single integer key column: `lo < key <= hi`, each bound open
-/// when `None`; a range without a column is the whole table.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A range of a table by its primary key: `lo < key <= hi`, compared by the database as a row
+/// of `columns` (so with the columns' own collations and orderings), each bound open when
+/// `None`; a range without columns is the whole table. Bounds hold one value per column.
+#[derive(Debug, Clone, PartialEq)]
 pub struct KeyRange {
-    /// The integer key column, `None` for the whole table.
-    pub column: Option<String>,
+    /// The key columns, in key order; empty for the whole table.
+    pub columns: Vec<Column>,
     /// Exclusive lower bound.
-    pub lo: Option<i128>,
+    pub lo: Option<Vec<Value>>,
     /// Inclusive upper bound.
-    pub hi: Option<i128>,
+    pub hi: Option<Vec<Value>>,
 }
 
 impl KeyRange {
-    /// The SQL condition selecting the range (`TRUE` for the whole table), with `quote`
-    /// quoting the column name.
-    pub fn condition(&self, quote: impl Fn(&str) -> String) -> String {
-        let Some(column) = &self.column else {
-            return "1=1".to_owned();
-        };
-        let column = quote(column);
-        let mut parts = Vec::new();
-        if let Some(lo) = self.lo {
-            parts.push(format!("{column} > {lo}"));
-        }
-        if let Some(hi) = self.hi {
-            parts.push(format!("{column} <= {hi}"));
-        }
-        if parts.is_empty() {
-            "1=1".to_owned()
-        } else {
-            parts.join(" AND ")
+    /// The whole table.
+    pub fn whole() -> KeyRange {
+        KeyRange {
+            columns: Vec::new(),
+            lo: None,
+            hi: None,
         }
     }
+}
+
+/// The SQL condition selecting `range` (`1=1` for the whole table): a plain comparison for one
+/// column, a row comparison `(a, b) > (x, y)` for several (which PostgreSQL reads by index).
+fn condition(range: &KeyRange) -> Result<String, PgSnapshotError> {
+    if range.columns.is_empty() {
+        return Ok("1=1".to_owned());
+    }
+    let names = tuple(range.columns.iter().map(|c| quote_ident(&c.name)));
+    let mut parts = Vec::new();
+    for (bound, op) in [(&range.lo, ">"), (&range.hi, "<=")] {
+        if let Some(values) = bound {
+            parts.push(format!(
+                "{names} {op} {}",
+                literals(&range.columns, values)?
+            ));
+        }
+    }
+    Ok(if parts.is_empty() {
+        "1=1".to_owned()
+    } else {
+        parts.join(" AND ")
+    })
+}
+
+fn tuple(items: impl Iterator<Item = String>) -> String {
+    let items: Vec<String> = items.collect();
+    if items.len() == 1 {
+        items.into_iter().next().unwrap_or_default()
+    } else {
+        format!("({})", items.join(", "))
+    }
+}
+
+fn literals(columns: &[Column], values: &[Value]) -> Result<String, PgSnapshotError> {
+    if columns.len() != values.len() {
+        return Err(PgSnapshotError::Key(format!(
+            "a bound of {} values for {} key columns",
+            values.len(),
+            columns.len()
+        )));
+    }
+    Ok(tuple(
+        columns
+            .iter()
+            .zip(values)
+            .map(|(c, v)| literal(c, v))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter(),
+    ))
+}
+
+/// `value` as an SQL literal of `column`'s type (integers bare, everything else as its text
+/// cast to the declared type; `standard_conforming_strings` is on in the reader's session).
+fn literal(column: &Column, value: &Value) -> Result<String, PgSnapshotError> {
+    let text = match value {
+        Value::Int(i) => return Ok(i.to_string()),
+        Value::UInt(u) => return Ok(u.to_string()),
+        Value::Bool(b) => return Ok(b.to_string()),
+        Value::Text(s) => s.clone(),
+        Value::Decimal(d) => d.to_string(),
+        Value::Uuid(u) => u.to_string(),
+        Value::Date(d) if d.year() >= 1 => d.format("%Y-%m-%d").to_string(),
+        Value::Timestamp(t) if t.year() >= 1 => t.format("%Y-%m-%d %H:%M:%S%.6f").to_string(),
+        Value::TimestampTz(t) if t.year() >= 1 => t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string(),
+        Value::Bytes(b) => {
+            let mut hex = String::from("\\x");
+            for byte in b {
+                hex.push_str(&format!("{byte:02x}"));
+            }
+            hex
+        }
+        other => {
+            return Err(PgSnapshotError::Key(format!(
+                "{other:?} of key column {} has no literal form",
+                column.name
+            )));
+        }
+    };
+    Ok(format!(
+        "CAST('{}' AS {})",
+        text.replace('\'', "''"),
+        column.declared
+    ))
 }
 
 /// One connection reading inside a snapshot (an imported one, or its own).
@@ -211,6 +288,29 @@ pub struct PgSnapshotReader {
 }
 
 impl PgSnapshotReader {
+    /// Whether a key column of this type can cut a table into ranges: its values have a literal
+    /// form here and the database orders and compares them the same way.
+    pub fn orderable(column: &Column) -> bool {
+        matches!(
+            column.type_name.as_str(),
+            "int2"
+                | "int4"
+                | "int8"
+                | "numeric"
+                | "text"
+                | "varchar"
+                | "bpchar"
+                | "name"
+                | "uuid"
+                | "date"
+                | "timestamp"
+                | "timestamptz"
+                | "bytea"
+                | "bool"
+                | "enum"
+        )
+    }
+
     /// Connects and opens a read-only repeatable-read transaction in the exported snapshot
     /// `snapshot` (or a fresh one of its own with `None`).
     pub async fn open(
@@ -222,6 +322,7 @@ impl PgSnapshotReader {
         let mut sql = String::from(
             "SET DateStyle = ISO, MDY; SET TimeZone = UTC; SET bytea_output = hex; \
              SET extra_float_digits = 3; SET IntervalStyle = postgres; \
+             SET standard_conforming_strings = on; \
              BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;",
         );
         if let Some(name) = snapshot {
@@ -290,6 +391,101 @@ impl PgSnapshotReader {
             .collect())
     }
 
+    /// Every `every`-th key of `table` (primary-key columns `key`, in key order as the
+    /// server orders them): the cut points splitting the table into ranges of `every` rows.
+    /// The server numbers the keys; only the cut points are sent.
+    pub async fn key_boundaries(
+        &mut self,
+        table: &TableName,
+        key: &[Column],
+        every: u64,
+    ) -> Result<Vec<Vec<Value>>, PgSnapshotError> {
+        let list = key
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT {list} FROM (SELECT {list}, row_number() OVER (ORDER BY {list}) AS duplex_n \
+             FROM {}) s WHERE duplex_n % {every} = 0 ORDER BY duplex_n",
+            qualified(table)
+        );
+        let names: Vec<String> = key.iter().map(|c| c.name.clone()).collect();
+        let rows = self
+            .select(table, &sql, &names, "splitting a table into key ranges")
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| row.iter().map(|(_, v)| v.clone()).collect())
+            .collect())
+    }
+
+    /// For each of `keys`, the index of the range it falls in when `cuts` (ascending) cut
+    /// the table on its key columns `key`: the number of cut points below it. The server
+    /// compares, with the columns' own types and collations: the keys and cut points are
+    /// read as rows of a union with the (empty) table's own columns.
+    pub async fn range_indexes(
+        &self,
+        table: &TableName,
+        key: &[Column],
+        cuts: &[Vec<Value>],
+        keys: &[Vec<Value>],
+    ) -> Result<Vec<u64>, PgSnapshotError> {
+        if cuts.is_empty() || keys.is_empty() {
+            return Ok(vec![0; keys.len()]);
+        }
+        let list = key
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let values = |rows: &[Vec<Value>], numbered: bool| -> Result<String, PgSnapshotError> {
+            let mut out = Vec::with_capacity(rows.len());
+            for (i, row) in rows.iter().enumerate() {
+                let mut items = Vec::with_capacity(row.len() + 1);
+                if numbered {
+                    items.push(i.to_string());
+                }
+                for (c, v) in key.iter().zip(row) {
+                    items.push(literal(c, v)?);
+                }
+                out.push(format!("({})", items.join(", ")));
+            }
+            Ok(out.join(", "))
+        };
+        let side = |alias: &str| {
+            tuple(
+                key.iter()
+                    .map(|c| format!("{alias}.{}", quote_ident(&c.name))),
+            )
+        };
+        let sql = format!(
+            "WITH duplex_b AS (SELECT {list} FROM {t} WHERE false UNION ALL VALUES {b}), \
+             duplex_k AS (SELECT 0 AS duplex_i, {list} FROM {t} WHERE false UNION ALL VALUES {k}) \
+             SELECT (SELECT count(*) FROM duplex_b b WHERE {bs} < {ks}) FROM duplex_k k ORDER BY duplex_i",
+            t = qualified(table),
+            b = values(cuts, false)?,
+            k = values(keys, true)?,
+            bs = side("b"),
+            ks = side("k"),
+        );
+        let messages = self
+            .client
+            .simple_query(&sql)
+            .await
+            .map_err(PgError::query("finding the key ranges of changed rows"))?;
+        let mut out = Vec::with_capacity(keys.len());
+        for message in messages {
+            if let SimpleQueryMessage::Row(row) = message {
+                let n = row.get(0).and_then(|t| t.parse().ok()).ok_or_else(|| {
+                    PgSnapshotError::Key("the range count is not a number".into())
+                })?;
+                out.push(n);
+            }
+        }
+        Ok(out)
+    }
+
     /// The rows of `range` of `table`, with the listed columns, as canonical values.
     pub async fn rows(
         &mut self,
@@ -305,13 +501,26 @@ impl PgSnapshotReader {
         let sql = format!(
             "SELECT {list} FROM {} WHERE {}",
             qualified(table),
-            range.condition(quote_ident)
+            condition(range)?
         );
+        self.select(table, &sql, columns, "reading a key range")
+            .await
+    }
+
+    /// Runs `sql` (selecting `columns`) and converts its rows, read in text format, like the
+    /// change stream does.
+    async fn select(
+        &mut self,
+        table: &TableName,
+        sql: &str,
+        columns: &[String],
+        doing: &'static str,
+    ) -> Result<Vec<Row>, PgSnapshotError> {
         let statement = self
             .client
-            .prepare(&sql)
+            .prepare(sql)
             .await
-            .map_err(PgError::query("reading a key range"))?;
+            .map_err(PgError::query(doing))?;
         let mut conversions = Vec::with_capacity(columns.len());
         for column in statement.columns() {
             let oid = column.type_().oid();
@@ -324,9 +533,9 @@ impl PgSnapshotReader {
         let names: Vec<Arc<str>> = columns.iter().map(|c| Arc::from(c.as_str())).collect();
         let messages = self
             .client
-            .simple_query(&sql)
+            .simple_query(sql)
             .await
-            .map_err(PgError::query("reading a key range"))?;
+            .map_err(PgError::query(doing))?;
         let mut rows = Vec::with_capacity(messages.len());
         for message in messages {
             let SimpleQueryMessage::Row(data) = message else {
