@@ -302,9 +302,10 @@ fn resolve(route: TableRoute, columns: Option<Vec<Column>>) -> Result<PgRoute, A
     })
 }
 
-/// Creates schema `duplex` and `duplex.positions` unless they exist. Concurrent creation by
-/// another applier is not an error.
-async fn ensure_positions_table(client: &Client) -> Result<(), ApplyError> {
+/// Creates schema `duplex` and `duplex.positions` unless they exist (appliers on first use,
+/// change streams with the echo marker). A concurrent creation by another applier or stream
+/// is not an error.
+pub(super) async fn ensure_positions_table(client: &Client) -> Result<(), PgError> {
     let exists: bool = client
         .query_one("SELECT to_regclass('duplex.positions') IS NOT NULL", &[])
         .await
@@ -313,8 +314,13 @@ async fn ensure_positions_table(client: &Client) -> Result<(), ApplyError> {
     if exists {
         return Ok(());
     }
-    let created = client.batch_execute(POSITIONS_DDL).await;
-    match created {
+    match client.batch_execute(POSITIONS_DDL).await {
+        Ok(()) => {
+            tracing::info!("created duplex.positions");
+            Ok(())
+        }
+        // `IF NOT EXISTS` still races: the loser of two concurrent creations fails on the
+        // catalog's unique index.
         Err(e)
             if e.code().is_some_and(|c| {
                 *c == SqlState::UNIQUE_VIOLATION
@@ -324,7 +330,7 @@ async fn ensure_positions_table(client: &Client) -> Result<(), ApplyError> {
         {
             Ok(())
         }
-        other => Ok(other.map_err(PgError::query("creating duplex.positions"))?),
+        Err(e) => Err(PgError::query("creating duplex.positions")(e)),
     }
 }
 

@@ -102,7 +102,7 @@ use crate::{
 
 use super::pgoutput::{self, DecodeError, Message, OldTuple, Relation, TupleData};
 use super::types::{self, PgType, ValueError};
-use super::{Lsn, POSITIONS_DDL, PgError, connect, describe_table, describe_target, quote_ident};
+use super::{Lsn, PgError, connect, describe_table, describe_target, quote_ident};
 
 /// A sensible [`PgStreamConfig::part_events`]: parts of 10,000 changes (a few MB).
 pub const DEFAULT_PART_EVENTS: usize = 10_000;
@@ -457,7 +457,7 @@ impl PgStream {
         }
         let mut published = config.tables.clone();
         if config.echo_marker {
-            ensure_positions_table(&catalog).await?;
+            super::apply::ensure_positions_table(&catalog).await?;
             if !published.contains(&positions_table()) {
                 published.push(positions_table());
             }
@@ -958,38 +958,6 @@ fn positions_table() -> TableName {
 
 fn is_positions_table(table: &TableName) -> bool {
     table.schema == "duplex" && table.name == "positions"
-}
-
-/// Creates schema `duplex` and `duplex.positions` ([`super::POSITIONS_DDL`]) unless they
-/// exist, as the applier does on first use; a concurrent creation by an applier or another
-/// stream is not an error.
-async fn ensure_positions_table(client: &Client) -> Result<(), PgStreamError> {
-    let exists: bool = client
-        .query_one("SELECT to_regclass('duplex.positions') IS NOT NULL", &[])
-        .await
-        .map_err(PgError::query("looking for duplex.positions"))?
-        .get(0);
-    if exists {
-        return Ok(());
-    }
-    match client.batch_execute(POSITIONS_DDL).await {
-        Ok(()) => {
-            tracing::info!("created duplex.positions for the echo marker");
-            Ok(())
-        }
-        // `IF NOT EXISTS` still races: the loser of two concurrent creations fails on the
-        // catalog's unique index.
-        Err(e)
-            if e.code().is_some_and(|c| {
-                *c == SqlState::UNIQUE_VIOLATION
-                    || *c == SqlState::DUPLICATE_SCHEMA
-                    || *c == SqlState::DUPLICATE_TABLE
-            }) =>
-        {
-            Ok(())
-        }
-        Err(e) => Err(PgError::query("creating duplex.positions")(e).into()),
-    }
 }
 
 /// Makes sure the logical slot exists in this database (creating it with `pgoutput` when
