@@ -8,131 +8,45 @@ mod harness;
 use std::process::Command;
 use std::time::Duration;
 
-use duplex_testkit::{MariaDatabase, PgDatabase, shared_mariadb, shared_pg};
-use harness::{Duplex, drop_slot, rows, wait_for};
+use harness::sites::{self, ERP, STORE, Sites, WMS};
+use harness::{Duplex, wait_for};
 
 const WAIT: Duration = Duration::from_secs(90);
-
-const PG_ITEMS: &str =
-    "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL, qty int NOT NULL)";
-const MY_ITEMS: &str = "CREATE TABLE items (id INT PRIMARY KEY, name VARCHAR(100) NOT NULL, qty INT NOT NULL) ENGINE=InnoDB";
 
 /// A row of `items`.
 type Item = (i64, String, i64);
 
-/// The three sites; each is named after its database, so parallel tests share nothing.
-struct Sites {
-    store: PgDatabase,
-    erp: MariaDatabase,
-    wms: PgDatabase,
+fn typed(rows: &[Vec<String>]) -> Vec<Item> {
+    rows.iter()
+        .map(|r| (r[0].parse().unwrap(), r[1].clone(), r[2].parse().unwrap()))
+        .collect()
 }
 
-const STORE: usize = 0;
-const ERP: usize = 1;
-const WMS: usize = 2;
+fn items(sites: &Sites, site: usize) -> Result<Vec<Item>, String> {
+    Ok(typed(&sites.rows(site)?))
+}
 
-impl Sites {
-    fn new() -> Sites {
-        let store = shared_pg().create_database();
-        let erp = shared_mariadb().create_database();
-        let wms = shared_pg().create_database();
-        store.execute_as_duplex(PG_ITEMS).unwrap();
-        erp.sql(MY_ITEMS).unwrap();
-        wms.execute_as_duplex(PG_ITEMS).unwrap();
-        Sites { store, erp, wms }
-    }
+/// Waits until all three sites hold `expected` (or, with `None`, the same rows), and returns
+/// them.
+fn wait_converged(sites: &Sites, duplex: &mut Duplex, expected: Option<&[Item]>) -> Vec<Item> {
+    typed(&sites.wait_same(duplex, WAIT, |rows| {
+        expected.is_none_or(|expected| typed(rows) == expected)
+    }))
+}
 
-    fn name(&self, site: usize) -> String {
-        match site {
-            STORE => self.store.name().to_owned(),
-            ERP => self.erp.name().to_owned(),
-            _ => self.wms.name().to_owned(),
-        }
+/// How many writes duplex made into `site` (its outbox position).
+fn writes(sites: &Sites, site: usize) -> u64 {
+    let query = format!(
+        "SELECT position FROM duplex.positions WHERE source = 'merge:{}'",
+        sites.name(site)
+    );
+    let text = sites.try_exec(site, &query).unwrap();
+    let text = text.trim();
+    if text.is_empty() {
+        return 0;
     }
-
-    /// A configuration mapping `items` both ways over the three sites.
-    fn config(&self, conflict: &str, state: &str) -> String {
-        format!(
-            "[state]\n{state}\n\n\
-             [sites.{s}]\nkind = \"postgres\"\nurl = \"{su}\"\n\n\
-             [sites.{e}]\nkind = \"mysql\"\nurl = \"{eu}\"\n\n\
-             [sites.{w}]\nkind = \"postgres\"\nurl = \"{wu}\"\n\n\
-             [[mappings]]\nname = \"items\"\n\
-             tables = {{ {s} = \"public.items\", {e} = \"{edb}.items\", {w} = \"public.items\" }}\n\
-             direction = \"both\"\nconflict = \"{conflict}\"\n",
-            s = self.store.name(),
-            su = self.store.url(),
-            e = self.erp.name(),
-            eu = self.erp.url(),
-            edb = self.erp.name(),
-            w = self.wms.name(),
-            wu = self.wms.url(),
-        )
-    }
-
-    /// Runs SQL at a site as an application would.
-    fn exec(&self, site: usize, sql: &str) {
-        match site {
-            STORE => self.store.psql(sql).map(drop),
-            ERP => self.erp.sql(sql).map(drop),
-            _ => self.wms.psql(sql).map(drop),
-        }
-        .unwrap_or_else(|e| panic!("site {site}: {sql}: {e}"));
-    }
-
-    fn items(&self, site: usize) -> Result<Vec<Item>, String> {
-        let query = "SELECT id, name, qty FROM items ORDER BY id";
-        let (text, separator) = match site {
-            STORE => (self.store.psql(query), '|'),
-            ERP => (self.erp.sql(query), '\t'),
-            _ => (self.wms.psql(query), '|'),
-        };
-        let text = text.map_err(|e| e.to_string())?;
-        Ok(rows(&text, separator)
-            .into_iter()
-            .map(|r| (r[0].parse().unwrap(), r[1].clone(), r[2].parse().unwrap()))
-            .collect())
-    }
-
-    /// Waits until all three sites hold `expected` (or, with `None`, the same rows), and
-    /// returns them.
-    fn wait_converged(&self, duplex: &mut Duplex, expected: Option<&[Item]>) -> Vec<Item> {
-        wait_for("the three sites to converge", WAIT, || {
-            duplex.assert_running();
-            let all = [self.items(STORE)?, self.items(ERP)?, self.items(WMS)?];
-            let same = all[0] == all[1] && all[1] == all[2];
-            match expected {
-                Some(expected) if same && all[0] == expected => Ok(all[0].clone()),
-                None if same => Ok(all[0].clone()),
-                _ => Err(format!("{all:?}")),
-            }
-        })
-    }
-
-    /// How many writes duplex made into `site` (its outbox position).
-    fn writes(&self, site: usize) -> u64 {
-        let query = format!(
-            "SELECT position FROM duplex.positions WHERE source = 'merge:{}'",
-            self.name(site)
-        );
-        let text = match site {
-            STORE => self.store.psql(&query),
-            ERP => self.erp.sql(&query),
-            _ => self.wms.psql(&query),
-        }
-        .unwrap();
-        let text = text.trim();
-        if text.is_empty() {
-            return 0;
-        }
-        let position: serde_json::Value = serde_json::from_str(text).unwrap();
-        position["Outbox"].as_u64().unwrap()
-    }
-
-    fn drop_slots(&self) {
-        drop_slot(&self.store);
-        drop_slot(&self.wms);
-    }
+    let position: serde_json::Value = serde_json::from_str(text).unwrap();
+    position["Outbox"].as_u64().unwrap()
 }
 
 /// Starts duplex and waits until it reads all three sites (every later commit is seen).
@@ -143,18 +57,7 @@ fn start(config: &str) -> Duplex {
 }
 
 fn wait_reading(duplex: &mut Duplex, readers: usize) {
-    wait_for("the merge engine to read every site", WAIT, || {
-        duplex.assert_running();
-        let reading = duplex
-            .log_text()
-            .matches("merge engine reading site")
-            .count();
-        if reading >= readers {
-            Ok(())
-        } else {
-            Err(format!("{reading} reading\n{}", duplex.log_text()))
-        }
-    });
+    sites::wait_reading(duplex, readers, WAIT);
 }
 
 /// `duplex conflicts --json`, parsed.
@@ -227,13 +130,13 @@ fn changes_on_all_three_sites_converge_without_echo_loops() {
         }
     }
     expected.sort();
-    sites.wait_converged(&mut duplex, Some(&expected));
+    wait_converged(&sites, &mut duplex, Some(&expected));
     // A last change through every site proves everything before it was read everywhere.
     sites.exec(STORE, "INSERT INTO items VALUES (999, 'marker', 0)");
     local_changes += 1;
     expected.push(item(999, "marker", 0));
-    sites.wait_converged(&mut duplex, Some(&expected));
-    let writes: u64 = [STORE, ERP, WMS].iter().map(|s| sites.writes(*s)).sum();
+    wait_converged(&sites, &mut duplex, Some(&expected));
+    let writes: u64 = [STORE, ERP, WMS].iter().map(|s| writes(&sites, *s)).sum();
     assert_eq!(
         writes,
         local_changes * 2,
@@ -262,7 +165,7 @@ fn causal_chains_are_never_conflicts_for_any_pair_of_sites() {
                 &format!("INSERT INTO items VALUES ({id}, 'from {a}', 1)"),
             );
             wait_for("the row to reach b", WAIT, || {
-                let items = sites.items(b)?;
+                let items = items(&sites, b)?;
                 items
                     .iter()
                     .any(|r| r.0 == id)
@@ -274,7 +177,7 @@ fn causal_chains_are_never_conflicts_for_any_pair_of_sites() {
                 &format!("UPDATE items SET qty = 2, name = 'by {b}' WHERE id = {id}"),
             );
             wait_for("b's change to reach a", WAIT, || {
-                let items = sites.items(a)?;
+                let items = items(&sites, a)?;
                 items
                     .iter()
                     .any(|r| r.0 == id && r.2 == 2)
@@ -283,7 +186,7 @@ fn causal_chains_are_never_conflicts_for_any_pair_of_sites() {
             });
             sites.exec(a, &format!("UPDATE items SET qty = 3 WHERE id = {id}"));
             expected.push(item(id, &format!("by {b}"), 3));
-            sites.wait_converged(&mut duplex, Some(&expected));
+            wait_converged(&sites, &mut duplex, Some(&expected));
         }
     }
     assert!(
@@ -308,7 +211,7 @@ fn concurrent(
     let mut duplex = start(&sites.config(policy, ""));
     if !setup.is_empty() {
         sites.exec(STORE, setup);
-        sites.wait_converged(&mut duplex, None);
+        wait_converged(&sites, &mut duplex, None);
     }
     assert_eq!(duplex.terminate(), 0);
     sites.exec(first.0, first.1);
@@ -316,7 +219,7 @@ fn concurrent(
     duplex.start();
     let log = wait_conflicts(&mut duplex, 1);
     let rows = match expect_converged {
-        Some(rows) => sites.wait_converged(&mut duplex, Some(rows)),
+        Some(rows) => wait_converged(&sites, &mut duplex, Some(rows)),
         None => Vec::new(),
     };
     (sites, duplex, rows, log)
@@ -350,13 +253,13 @@ fn concurrent_updates_prefer_a_site() {
     let erp_name = sites.name(ERP);
     let mut duplex = start(&sites.config(&format!("prefer:{erp_name}"), ""));
     sites.exec(STORE, "INSERT INTO items VALUES (1, 'pen', 10)");
-    sites.wait_converged(&mut duplex, None);
+    wait_converged(&sites, &mut duplex, None);
     assert_eq!(duplex.terminate(), 0);
     sites.exec(ERP, "UPDATE items SET qty = 7 WHERE id = 1");
     sites.exec(STORE, "UPDATE items SET qty = 5 WHERE id = 1");
     duplex.start();
     let log = wait_conflicts(&mut duplex, 1);
-    sites.wait_converged(&mut duplex, Some(&[item(1, "pen", 7)]));
+    wait_converged(&sites, &mut duplex, Some(&[item(1, "pen", 7)]));
     assert_one_conflict(&log, "resolved");
     assert_eq!(log[0]["winner"], erp_name);
     assert_eq!(duplex.terminate(), 0);
@@ -381,7 +284,7 @@ fn concurrent_updates_of_different_columns_merge() {
     sites.exec(WMS, "UPDATE items SET qty = 1 WHERE id = 1");
     duplex.start();
     let log = wait_conflicts(&mut duplex, 2);
-    sites.wait_converged(&mut duplex, Some(&[item(1, "blue pen", 1)]));
+    wait_converged(&sites, &mut duplex, Some(&[item(1, "blue pen", 1)]));
     assert_eq!(log.len(), 2, "{log:#?}");
     assert_eq!(log[1]["winner"], sites.name(WMS));
     assert_eq!(duplex.terminate(), 0);
@@ -401,13 +304,13 @@ fn held_conflicts_keep_each_value_until_resolved() {
     // Each site keeps its own value; other rows still replicate.
     sites.exec(WMS, "UPDATE items SET qty = 30 WHERE id = 2");
     wait_for("the other row to replicate", WAIT, || {
-        let (s, e) = (sites.items(STORE)?, sites.items(ERP)?);
+        let (s, e) = (items(&sites, STORE)?, items(&sites, ERP)?);
         (s.contains(&item(2, "ink", 30)) && e.contains(&item(2, "ink", 30)))
             .then_some(())
             .ok_or_else(|| format!("{s:?} {e:?}"))
     });
-    assert!(sites.items(STORE).unwrap().contains(&item(1, "pen", 5)));
-    assert!(sites.items(ERP).unwrap().contains(&item(1, "pen", 7)));
+    assert!(items(&sites, STORE).unwrap().contains(&item(1, "pen", 5)));
+    assert!(items(&sites, ERP).unwrap().contains(&item(1, "pen", 7)));
     let id = log[0]["id"].as_u64().unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_duplex"))
         .arg("--config")
@@ -421,14 +324,22 @@ fn held_conflicts_keep_each_value_until_resolved() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    sites.wait_converged(&mut duplex, Some(&[item(1, "pen", 7), item(2, "ink", 30)]));
+    wait_converged(
+        &sites,
+        &mut duplex,
+        Some(&[item(1, "pen", 7), item(2, "ink", 30)]),
+    );
     let log = conflicts(&duplex);
     assert_eq!(log[0]["status"], "resolved");
     assert_eq!(log[0]["winner"], sites.name(ERP));
     assert_eq!(log[0]["settled_by"], "operator");
     // After the resolution the row replicates normally again: no new conflict.
     sites.exec(WMS, "UPDATE items SET qty = 8 WHERE id = 1");
-    sites.wait_converged(&mut duplex, Some(&[item(1, "pen", 8), item(2, "ink", 30)]));
+    wait_converged(
+        &sites,
+        &mut duplex,
+        Some(&[item(1, "pen", 8), item(2, "ink", 30)]),
+    );
     assert_eq!(conflicts(&duplex).len(), 1);
     assert_eq!(duplex.terminate(), 0);
     sites.drop_slots();
@@ -452,17 +363,17 @@ fn insert_insert_and_update_delete_conflicts_converge() {
     sites.exec(WMS, "DELETE FROM items WHERE id = 1");
     duplex.start();
     let log = wait_conflicts(&mut duplex, 2);
-    sites.wait_converged(&mut duplex, Some(&[]));
+    wait_converged(&sites, &mut duplex, Some(&[]));
     assert_eq!(log[1]["winner"], sites.name(WMS), "{log:#?}");
     // delete/delete: both sides agree, no write is needed anywhere.
     sites.exec(ERP, "INSERT INTO items VALUES (2, 'x', 1)");
-    sites.wait_converged(&mut duplex, Some(&[item(2, "x", 1)]));
+    wait_converged(&sites, &mut duplex, Some(&[item(2, "x", 1)]));
     assert_eq!(duplex.terminate(), 0);
     sites.exec(STORE, "DELETE FROM items WHERE id = 2");
     sites.exec(ERP, "DELETE FROM items WHERE id = 2");
     duplex.start();
     let log = wait_conflicts(&mut duplex, 3);
-    sites.wait_converged(&mut duplex, Some(&[]));
+    wait_converged(&sites, &mut duplex, Some(&[]));
     assert_eq!(log[2]["decision"], "both sites made the same change");
     assert_eq!(duplex.terminate(), 0);
     sites.drop_slots();
@@ -496,13 +407,13 @@ fn backfilled_rows_are_the_initial_version_at_every_site() {
         .map(|id| item(id, &format!("item {id}"), if id == 5 { 500 } else { id }))
         .collect();
     expected.push(item(200, "late", 1));
-    sites.wait_converged(&mut duplex, Some(&expected));
+    wait_converged(&sites, &mut duplex, Some(&expected));
     // A backfilled row changed at a site the backfill wrote: a plain successor everywhere.
     sites.exec(WMS, "UPDATE items SET qty = 7000 WHERE id = 7");
     sites.exec(STORE, "DELETE FROM items WHERE id = 8");
     expected[6].2 = 7000;
     expected.remove(7);
-    sites.wait_converged(&mut duplex, Some(&expected));
+    wait_converged(&sites, &mut duplex, Some(&expected));
     assert!(conflicts(&duplex).is_empty(), "{:?}", conflicts(&duplex));
     // Two sites change the same backfilled row before either is read: one conflict.
     assert_eq!(duplex.terminate(), 0);
@@ -512,7 +423,7 @@ fn backfilled_rows_are_the_initial_version_at_every_site() {
     let log = wait_conflicts(&mut duplex, 1);
     let row9 = expected.iter_mut().find(|r| r.0 == 9).unwrap();
     row9.2 = 2;
-    sites.wait_converged(&mut duplex, Some(&expected));
+    wait_converged(&sites, &mut duplex, Some(&expected));
     assert_one_conflict(&log, "resolved");
     assert_eq!(log[0]["winner"], sites.name(STORE));
     assert_eq!(duplex.terminate(), 0);
@@ -527,9 +438,13 @@ fn versions_of_rows_deleted_everywhere_are_reclaimed_after_the_horizon() {
         STORE,
         "INSERT INTO items VALUES (1, 'gone', 1), (2, 'kept', 2)",
     );
-    sites.wait_converged(&mut duplex, Some(&[item(1, "gone", 1), item(2, "kept", 2)]));
+    wait_converged(
+        &sites,
+        &mut duplex,
+        Some(&[item(1, "gone", 1), item(2, "kept", 2)]),
+    );
     sites.exec(ERP, "DELETE FROM items WHERE id = 1");
-    sites.wait_converged(&mut duplex, Some(&[item(2, "kept", 2)]));
+    wait_converged(&sites, &mut duplex, Some(&[item(2, "kept", 2)]));
     wait_for("the deleted row's versions to be reclaimed", WAIT, || {
         duplex.assert_running();
         let log = duplex.log_text();

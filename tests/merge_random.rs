@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use duplex_testkit::{MariaDatabase, PgDatabase, shared_mariadb, shared_pg};
-use harness::{Duplex, drop_slot, rows, wait_for};
+use harness::sites::{ERP, Sites, wait_reading};
+use harness::{Duplex, wait_for};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
 
@@ -47,57 +47,6 @@ fn sql(op: &Op, site: usize, mariadb: bool) -> String {
         Op::Update(k, q) => format!("UPDATE items SET qty = {q} WHERE id = {k}"),
         Op::Rename(k, n) => format!("UPDATE items SET name = 'named {n} at {site}' WHERE id = {k}"),
         Op::Delete(k) => format!("DELETE FROM items WHERE id = {k}"),
-    }
-}
-
-struct Sites {
-    store: PgDatabase,
-    erp: MariaDatabase,
-    wms: PgDatabase,
-}
-
-impl Sites {
-    fn new() -> Sites {
-        let pg = "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL, qty int NOT NULL)";
-        let store = shared_pg().create_database();
-        let erp = shared_mariadb().create_database();
-        let wms = shared_pg().create_database();
-        store.execute_as_duplex(pg).unwrap();
-        erp.sql("CREATE TABLE items (id INT PRIMARY KEY, name VARCHAR(100) NOT NULL, qty INT NOT NULL) ENGINE=InnoDB")
-            .unwrap();
-        wms.execute_as_duplex(pg).unwrap();
-        Sites { store, erp, wms }
-    }
-
-    fn config(&self, conflict: &str) -> String {
-        format!(
-            "[sites.{s}]\nkind = \"postgres\"\nurl = \"{su}\"\n\n\
-             [sites.{e}]\nkind = \"mysql\"\nurl = \"{eu}\"\n\n\
-             [sites.{w}]\nkind = \"postgres\"\nurl = \"{wu}\"\n\n\
-             [[mappings]]\nname = \"items\"\n\
-             tables = {{ {s} = \"public.items\", {e} = \"{e}.items\", {w} = \"public.items\" }}\n\
-             direction = \"both\"\nconflict = \"{conflict}\"\n",
-            s = self.store.name(),
-            su = self.store.url(),
-            e = self.erp.name(),
-            eu = self.erp.url(),
-            w = self.wms.name(),
-            wu = self.wms.url(),
-        )
-    }
-
-    fn exec(&self, site: usize, sql: &str) -> Result<String, String> {
-        match site {
-            0 => self.store.psql(sql),
-            1 => self.erp.sql(sql),
-            _ => self.wms.psql(sql),
-        }
-        .map_err(|e| e.to_string())
-    }
-
-    fn items(&self, site: usize) -> Result<Vec<Vec<String>>, String> {
-        let text = self.exec(site, "SELECT id, name, qty FROM items ORDER BY id")?;
-        Ok(rows(&text, if site == 1 { '\t' } else { '|' }))
     }
 }
 
@@ -136,17 +85,6 @@ fn logged_conflicts(log: &str) -> BTreeSet<u64> {
         .collect()
 }
 
-fn wait_reading(duplex: &mut Duplex, at_least: usize) {
-    wait_for("the merge engine to read every site", WAIT, || {
-        duplex.assert_running();
-        let n = duplex
-            .log_text()
-            .matches("merge engine reading site")
-            .count();
-        (n >= at_least).then_some(()).ok_or_else(|| n.to_string())
-    });
-}
-
 fn run_case(policy: &str, workload: &[Vec<Op>; 3]) -> Result<(), TestCaseError> {
     let sites = Arc::new(Sites::new());
     let policy = if policy == "prefer:erp" {
@@ -155,8 +93,8 @@ fn run_case(policy: &str, workload: &[Vec<Op>; 3]) -> Result<(), TestCaseError> 
         policy.to_owned()
     };
     let policy = policy.as_str();
-    let mut duplex = Duplex::run(&sites.config(policy));
-    wait_reading(&mut duplex, 3);
+    let mut duplex = Duplex::run(&sites.config(policy, ""));
+    wait_reading(&mut duplex, 3, WAIT);
 
     let total: usize = workload.iter().map(Vec::len).sum();
     let done = Arc::new(AtomicUsize::new(0));
@@ -165,7 +103,7 @@ fn run_case(policy: &str, workload: &[Vec<Op>; 3]) -> Result<(), TestCaseError> 
             let (sites, done, ops) = (sites.clone(), done.clone(), workload[site].clone());
             std::thread::spawn(move || {
                 for op in &ops {
-                    sites.exec(site, &sql(op, site, site == 1)).unwrap();
+                    sites.try_exec(site, &sql(op, site, site == ERP)).unwrap();
                     done.fetch_add(1, Ordering::SeqCst);
                 }
             })
@@ -181,22 +119,20 @@ fn run_case(policy: &str, workload: &[Vec<Op>; 3]) -> Result<(), TestCaseError> 
     for worker in workers {
         worker.join().unwrap();
     }
-    wait_reading(&mut duplex, 6);
+    wait_reading(&mut duplex, 6, WAIT);
     // A marker from every site: once all three are everywhere, everything each site did
     // before its marker has been read and decided, and the writes it caused made.
     for site in 0..3 {
         let id = 1000 + site as i64;
-        sites
-            .exec(
-                site,
-                &format!("INSERT INTO items VALUES ({id}, 'marker', 0)"),
-            )
-            .unwrap();
+        sites.exec(
+            site,
+            &format!("INSERT INTO items VALUES ({id}, 'marker', 0)"),
+        );
     }
     let deadline = std::time::Instant::now() + WAIT;
     let converged = loop {
         duplex.assert_running();
-        let all = [sites.items(0), sites.items(1), sites.items(2)];
+        let all = [sites.rows(0), sites.rows(1), sites.rows(2)];
         if let [Ok(a), Ok(b), Ok(c)] = &all {
             let markers = a.iter().filter(|r| r[1] == "marker").count();
             if markers == 3 && a == b && b == c {
@@ -225,8 +161,7 @@ fn run_case(policy: &str, workload: &[Vec<Op>; 3]) -> Result<(), TestCaseError> 
         logged.difference(&stored).collect::<Vec<_>>()
     );
     prop_assert_eq!(duplex.terminate(), 0);
-    drop_slot(&sites.store);
-    drop_slot(&sites.wms);
+    sites.drop_slots();
     eprintln!(
         "policy {policy}: {total} changes, {} rows at the end, {} conflicts",
         converged.len(),

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod sites;
+
 /// A `duplex` process started by a test; killed when dropped.
 pub struct Duplex {
     child: Option<Child>,
