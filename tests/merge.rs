@@ -463,3 +463,44 @@ fn versions_of_rows_deleted_everywhere_are_reclaimed_after_the_horizon() {
     store.close().unwrap();
     sites.drop_slots();
 }
+
+#[test]
+fn a_site_whose_server_goes_away_catches_up_when_it_is_back() {
+    use duplex_testkit::{MariaOptions, MariaServer, Shutdown};
+    // The ERP on a server of its own: stopping the shared one would disturb other tests.
+    let erp_server = MariaServer::start(MariaOptions::default()).unwrap();
+    let sites = Sites::with_erp(erp_server.create_database());
+    let mut duplex = start(&sites.config("last-writer-wins", ""));
+    let insert = |site: usize, ids: std::ops::RangeInclusive<i64>| {
+        let script: String = ids
+            .map(|id| format!("INSERT INTO items VALUES ({id}, 'from {site}', {id});\n"))
+            .collect();
+        sites.exec(site, &script);
+    };
+    insert(STORE, 1..=50);
+    wait_converged(&sites, &mut duplex, None);
+    erp_server.shut_down(Shutdown::Fast).unwrap();
+    insert(STORE, 51..=100);
+    insert(WMS, 101..=120);
+    // The outage itself: duplex must notice and keep retrying while the ERP is away.
+    std::thread::sleep(Duration::from_secs(5));
+    erp_server.start_again().unwrap();
+    insert(ERP, 121..=140);
+    let rows = wait_converged(&sites, &mut duplex, None);
+    let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    assert_eq!(ids, (1..=140).collect::<Vec<_>>());
+    let written: u64 = [STORE, ERP, WMS].iter().map(|s| writes(&sites, *s)).sum();
+    assert_eq!(
+        written,
+        140 * 2,
+        "every change written to the two other sites, once"
+    );
+    assert!(conflicts(&duplex).is_empty());
+    let log = duplex.log_text();
+    assert!(
+        log.contains("merge engine interrupted; restarting"),
+        "{log}"
+    );
+    assert_eq!(duplex.terminate(), 0);
+    sites.drop_slots();
+}

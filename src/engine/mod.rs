@@ -223,6 +223,9 @@ pub enum EngineError {
     /// A task of the engine crashed (a bug).
     #[error("a task of the merge engine crashed: {0}")]
     Crashed(String),
+    /// The writer of a site stopped before saying why.
+    #[error("the writer of site {0} stopped")]
+    WriterStopped(String),
 }
 
 impl EngineError {
@@ -232,6 +235,7 @@ impl EngineError {
             EngineError::Source { source, .. } => source.is_transient(),
             EngineError::Apply { source, .. } => source.is_transient(),
             EngineError::Describe { source, .. } => source.is_transient(),
+            EngineError::WriterStopped(_) => true,
             EngineError::State(_)
             | EngineError::Codec(..)
             | EngineError::Unsupported(_)
@@ -505,7 +509,7 @@ async fn attempt(
         for item in unwritten {
             // The writer drains its queue meanwhile: send, never drop.
             if tx.send(item).await.is_err() {
-                return Err(EngineError::Crashed("a writer stopped at start".into()));
+                return Err(writer_failure(&mut inputs, name));
             }
         }
         writers.push(tx);
@@ -578,11 +582,17 @@ async fn attempt(
         }
         match coordinator.process(batch) {
             Ok(done) => {
+                // Entries must reach a writer in sequence order, with no gap: a writer that
+                // stopped ends the attempt (the next one re-sends the outbox from the store).
+                let mut stopped = None;
                 for (index, seq, write) in done.writes {
                     if writers[index].send((seq, write)).await.is_err() {
-                        // The writer failed; its report is queued behind.
+                        stopped = Some(index);
                         break;
                     }
+                }
+                if let Some(index) = stopped {
+                    break Err(writer_failure(&mut inputs, &plan.sites[index].site.name));
                 }
                 for (index, position) in done.acks {
                     acks[index].send_replace(Some(position));
@@ -1167,6 +1177,16 @@ fn outbox_position(event: &ChangeEvent, outbox: &str) -> Option<u64> {
     }
 }
 
+/// Why the writer of `site` stopped: its report, if it is queued, else a transient stop.
+fn writer_failure(inputs: &mut mpsc::Receiver<Input>, site: &str) -> EngineError {
+    while let Ok(input) = inputs.try_recv() {
+        if let Input::Failed(error) = input {
+            return error;
+        }
+    }
+    EngineError::WriterStopped(site.to_owned())
+}
+
 fn apply_error(site: &str, source: ApplyError) -> EngineError {
     EngineError::Apply {
         site: site.to_owned(),
@@ -1332,6 +1352,9 @@ async fn writer(
             })
             .collect();
         if let Err(source) = target.apply(&transactions).await {
+            // Closing the queue first: the coordinator must not wait on a full queue while
+            // this report waits on a full input channel.
+            drop(queue);
             let _ = report
                 .send(Input::Failed(EngineError::Apply {
                     site: site.clone(),

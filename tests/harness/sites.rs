@@ -32,8 +32,12 @@ pub struct Sites {
 impl Sites {
     /// Fresh databases with an empty `items` table each.
     pub fn new() -> Sites {
+        Sites::with_erp(shared_mariadb().create_database())
+    }
+
+    /// Like [`Sites::new`], with the ERP in `erp` (on a server of the test's own).
+    pub fn with_erp(erp: MariaDatabase) -> Sites {
         let store = shared_pg().create_database();
-        let erp = shared_mariadb().create_database();
         let wms = shared_pg().create_database();
         store.execute_as_duplex(PG_ITEMS).unwrap();
         erp.sql(MY_ITEMS).unwrap();
