@@ -38,14 +38,15 @@
 //! One JSON object per direction on stdout (`"bench": "backfill"`, or an `error` field with
 //! the tail of duplex's log), then a Markdown table. Progress goes to stderr.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+mod harness;
+
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use duplex_testkit::{MariaDatabase, MariaOptions, MariaServer, PgDatabase, PgOptions, PgServer};
+use duplex_testkit::{MariaDatabase, PgDatabase};
+use harness::{BenchResult, DuplexProcess, Servers, env_u64, round, site_toml};
 use serde_json::{Value, json};
-
-type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 const PG_TABLE: &str =
     "CREATE TABLE bench (id bigint PRIMARY KEY, a int, b text, c numeric(12,2), d timestamptz)";
@@ -63,19 +64,10 @@ struct Sizes {
 
 impl Sizes {
     fn from_env() -> BenchResult<Sizes> {
-        let var = |name: &str, default: u64| -> BenchResult<u64> {
-            match std::env::var(name) {
-                Ok(text) => text
-                    .replace('_', "")
-                    .parse()
-                    .map_err(|e| format!("{name}={text:?}: {e}").into()),
-                Err(_) => Ok(default),
-            }
-        };
         Ok(Sizes {
-            rows: var("DUPLEX_BENCH_ROWS", 1_000_000)?.max(1),
-            jobs: var("DUPLEX_BENCH_JOBS", 4)?.max(1),
-            timeout: Duration::from_secs(var("DUPLEX_BENCH_TIMEOUT", 600)?),
+            rows: env_u64("DUPLEX_BENCH_ROWS", 1_000_000)?.max(1),
+            jobs: env_u64("DUPLEX_BENCH_JOBS", 4)?.max(1),
+            timeout: Duration::from_secs(env_u64("DUPLEX_BENCH_TIMEOUT", 600)?),
         })
     }
 }
@@ -114,10 +106,6 @@ impl Source {
             ),
         }
     }
-}
-
-fn site_toml(name: &str, kind: &str, url: &str) -> String {
-    format!("[sites.{name}]\nkind = \"{kind}\"\nurl = \"{url}\"\n\n")
 }
 
 /// A fresh source with `rows` rows, cached.
@@ -188,16 +176,7 @@ fn baseline(source: &Source, target: &PgDatabase) -> BenchResult<(&'static str, 
         }
     };
     let mut consumer = psql(&target.url(), "\\copy bench from pstdin");
-    let start = Instant::now();
-    let mut out = producer.stdout(Stdio::piped()).spawn()?;
-    let pipe = out.stdout.take().ok_or("no stdout")?;
-    let mut into = consumer.stdin(Stdio::from(pipe)).spawn()?;
-    let produced = out.wait()?;
-    let consumed = into.wait()?;
-    let took = start.elapsed();
-    if !produced.success() || !consumed.success() {
-        return Err(format!("baseline failed: {produced} | {consumed}").into());
-    }
+    let took = harness::time_pipe(&mut producer, &mut consumer, "baseline")?;
     Ok((method, took))
 }
 
@@ -208,31 +187,16 @@ fn run_backfill(
     log: &Path,
     sizes: Sizes,
 ) -> BenchResult<(Duration, u64)> {
-    let file = std::fs::File::create(log)?;
     let start = Instant::now();
-    let mut child = Command::new(bin)
-        .arg("--config")
-        .arg(config)
-        .args(["backfill", "--jobs", &sizes.jobs.to_string()])
-        .env("DUPLEX_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(file.try_clone()?)
-        .stderr(file)
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-    let status_path = format!("/proc/{}/status", child.id());
+    let jobs = sizes.jobs.to_string();
+    let mut duplex = DuplexProcess::spawn(bin, config, &["backfill", "--jobs", &jobs], log.into())?;
     let mut peak_kib = 0;
     loop {
         // VmHWM only grows; the last reading before exit is the peak (give or take 10 ms).
-        if let Ok(status) = std::fs::read_to_string(&status_path)
-            && let Some(kib) = status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmHWM:"))
-                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        {
+        if let Ok(kib) = duplex.peak_rss_kib() {
             peak_kib = kib;
         }
-        if let Some(status) = child.try_wait()? {
+        if let Some(status) = duplex.child.try_wait()? {
             let took = start.elapsed();
             if !status.success() {
                 return Err(format!("duplex backfill exited with {status}").into());
@@ -240,28 +204,11 @@ fn run_backfill(
             return Ok((took, peak_kib));
         }
         if start.elapsed() > sizes.timeout {
-            let _ = child.kill();
-            let _ = child.wait();
+            duplex.kill();
             return Err(format!("duplex backfill took over {} s", sizes.timeout.as_secs()).into());
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-fn log_tail(log: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-fn round(x: f64, digits: i32) -> f64 {
-    let scale = 10f64.powi(digits);
-    (x * scale).round() / scale
-}
-
-struct Servers {
-    pg: PgServer,
-    maria: MariaServer,
 }
 
 /// One direction from scratch: its JSON line.
@@ -327,53 +274,14 @@ fn run_case(servers: &Servers, bin: &Path, pg_source: bool, sizes: Sizes) -> Val
             "peak_rss_mib": round(peak_kib as f64 / 1024.0, 1),
         }))
     })();
-    match outcome {
-        Ok(Value::Object(fields)) => fields.into_iter().for_each(|(k, v)| result[k] = v),
-        Ok(other) => result["result"] = other,
-        Err(e) => {
-            result["error"] = json!(e.to_string());
-            result["log_tail"] = json!(log_tail(&log, 15));
-        }
-    }
+    harness::record_outcome(&mut result, outcome, || harness::log_tail(&log, 15));
     // The slot backfill created, before the database goes.
-    if let Some(Source::Pg(db)) = &source {
-        let sql = format!(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-             WHERE slot_name = 'duplex_{0}_{0}'",
-            db.name()
-        );
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while let Err(e) = db.psql(&sql) {
-            if Instant::now() > deadline {
-                result["slot_error"] = json!(e.to_string());
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    if let Some(Source::Pg(db)) = &source
+        && let Err(e) = harness::drop_slot(db, &format!("duplex_{0}_{0}", db.name()))
+    {
+        result["slot_error"] = json!(e.to_string());
     }
     result
-}
-
-/// The release `duplex` next to this bench (`target/release/deps/backfill-*`).
-fn duplex_binary() -> BenchResult<PathBuf> {
-    if let Some(path) = std::env::var_os("DUPLEX_BENCH_BIN") {
-        return Ok(PathBuf::from(path));
-    }
-    let exe = std::env::current_exe()?;
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or("cannot locate the target directory")?
-        .join("duplex");
-    if bin.is_file() {
-        Ok(bin)
-    } else {
-        Err(format!(
-            "{} is missing: run `cargo build --release --bin duplex && cargo bench --bench backfill`",
-            bin.display()
-        )
-        .into())
-    }
 }
 
 fn summary(results: &[Value]) -> String {
@@ -409,26 +317,14 @@ fn summary(results: &[Value]) -> String {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!(
-            "backfill bench: run with `cargo build --release --bin duplex && cargo bench --bench backfill`"
-        );
-        return;
-    }
-    if let Err(e) = run() {
-        eprintln!("bench: {e}");
-        std::process::exit(1);
-    }
+    harness::main_with("backfill", run);
 }
 
 fn run() -> BenchResult<()> {
     let sizes = Sizes::from_env()?;
-    let bin = duplex_binary()?;
+    let bin = harness::duplex_binary("backfill")?;
     eprintln!("bench: {sizes:?}, duplex at {}", bin.display());
-    let servers = Servers {
-        pg: PgServer::start(PgOptions::default().setting("synchronous_commit", "on"))?,
-        maria: MariaServer::start(MariaOptions::default())?,
-    };
+    let servers = Servers::start()?;
     let started = Instant::now();
     let mut results = Vec::new();
     for pg_source in [true, false] {

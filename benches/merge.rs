@@ -62,15 +62,17 @@
 //! its "merge engine stopped" log line after SIGTERM. Everything shares 2 cores with the
 //! servers and the clients.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod harness;
+
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use duplex_testkit::{MariaDatabase, MariaOptions, MariaServer, PgDatabase, PgOptions, PgServer};
+use duplex_testkit::{MariaDatabase, PgDatabase};
+use harness::{
+    BenchResult, DuplexProcess, Servers, env_u64, load_figures, percentile, round, secs, site_toml,
+};
 use mysql_async::prelude::Queryable;
 use serde_json::{Value, json};
-
-type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// How often the throughput cases poll the sites.
 const POLL: Duration = Duration::from_millis(20);
@@ -101,20 +103,11 @@ struct Sizes {
 
 impl Sizes {
     fn from_env() -> BenchResult<Sizes> {
-        let var = |name: &str, default: u64| -> BenchResult<u64> {
-            match std::env::var(name) {
-                Ok(text) => text
-                    .replace('_', "")
-                    .parse()
-                    .map_err(|e| format!("{name}={text:?}: {e}").into()),
-                Err(_) => Ok(default),
-            }
-        };
         Ok(Sizes {
-            txns: var("DUPLEX_BENCH_TXNS", 20_000)?.max(3),
-            rate: var("DUPLEX_BENCH_RATE", 200)?.max(1),
-            seconds: var("DUPLEX_BENCH_SECONDS", 10)?.max(1),
-            timeout: Duration::from_secs(var("DUPLEX_BENCH_TIMEOUT", 240)?),
+            txns: env_u64("DUPLEX_BENCH_TXNS", 20_000)?.max(3),
+            rate: env_u64("DUPLEX_BENCH_RATE", 200)?.max(1),
+            seconds: env_u64("DUPLEX_BENCH_SECONDS", 10)?.max(1),
+            timeout: Duration::from_secs(env_u64("DUPLEX_BENCH_TIMEOUT", 240)?),
         })
     }
 }
@@ -169,21 +162,9 @@ impl Db {
 
     /// Drops duplex's replication slot (PostgreSQL), retrying while its WAL sender exits.
     fn drop_slot(&self) -> BenchResult<()> {
-        let Db::Pg(db) = self else {
-            return Ok(());
-        };
-        let sql = format!(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-             WHERE slot_name = 'duplex_{0}_{0}'",
-            db.name()
-        );
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            match db.psql(&sql) {
-                Ok(_) => return Ok(()),
-                Err(e) if Instant::now() > deadline => return Err(e.into()),
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
+        match self {
+            Db::Pg(db) => harness::drop_slot(db, &format!("duplex_{0}_{0}", db.name())),
+            Db::Maria(_) => Ok(()),
         }
     }
 }
@@ -289,38 +270,7 @@ impl Conn {
     }
 }
 
-/// A running `duplex --config F run`, logging to a file.
-struct DuplexProcess {
-    child: Child,
-    log: PathBuf,
-}
-
 impl DuplexProcess {
-    fn check_running(&mut self) -> BenchResult<()> {
-        match self.child.try_wait()? {
-            None => Ok(()),
-            Some(status) => Err(format!("duplex exited with {status}").into()),
-        }
-    }
-
-    fn proc_file(&self, file: &str) -> BenchResult<String> {
-        Ok(std::fs::read_to_string(format!(
-            "/proc/{}/{file}",
-            self.child.id()
-        ))?)
-    }
-
-    /// `VmHWM` (peak resident set) in MiB.
-    fn peak_rss_mib(&self) -> BenchResult<f64> {
-        let kib: u64 = self
-            .proc_file("status")?
-            .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-            .ok_or("no VmHWM in /proc/<pid>/status")?;
-        Ok(kib as f64 / 1024.0)
-    }
-
     /// User + system CPU seconds so far (`utime`, `stime` of `/proc/<pid>/stat`, 100 Hz).
     fn cpu_s(&self) -> BenchResult<f64> {
         let stat = self.proc_file("stat")?;
@@ -338,31 +288,6 @@ impl DuplexProcess {
         };
         Ok((ticks(11) + ticks(12)) as f64 / 100.0)
     }
-
-    /// SIGTERM, then up to 30 s for a clean exit; the exit code.
-    fn terminate(&mut self) -> BenchResult<Option<i32>> {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status.code());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Err("duplex did not stop within 30 s of SIGTERM".into())
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn log_tail(&self, lines: usize) -> String {
-        let text = self.log_text();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
 }
 
 /// One case: three fresh databases, the two-way config, one duplex process. Dropping it kills
@@ -374,11 +299,11 @@ struct Case {
 }
 
 impl Case {
-    async fn create(pg: &PgServer, maria: &MariaServer, bin: &Path) -> BenchResult<Case> {
+    async fn create(servers: &Servers, bin: &Path) -> BenchResult<Case> {
         let sites = [
-            Db::Pg(pg.try_create_database()?),
-            Db::Maria(maria.try_create_database()?),
-            Db::Pg(pg.try_create_database()?),
+            Db::Pg(servers.pg.try_create_database()?),
+            Db::Maria(servers.maria.try_create_database()?),
+            Db::Pg(servers.pg.try_create_database()?),
         ];
         let mut config = String::new();
         let mut tables = Vec::new();
@@ -390,11 +315,7 @@ impl Case {
             };
             conn.execute(table).await?;
             conn.close().await;
-            config.push_str(&format!(
-                "[sites.{}]\nkind = \"{kind}\"\nurl = \"{}\"\n\n",
-                site.name(),
-                site.url()
-            ));
+            config.push_str(&site_toml(site.name(), kind, &site.url()));
             let schema = match site {
                 Db::Pg(_) => "public",
                 Db::Maria(db) => db.name(),
@@ -410,19 +331,8 @@ impl Case {
         let config_path = dir.path().join("duplex.toml");
         std::fs::write(&config_path, config)?;
         let log = dir.path().join("duplex.log");
-        let file = std::fs::File::create(&log)?;
-        let child = Command::new(bin)
-            .arg("--config")
-            .arg(&config_path)
-            .arg("run")
-            .env("DUPLEX_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
         Ok(Case {
-            duplex: DuplexProcess { child, log },
+            duplex: DuplexProcess::spawn(bin, &config_path, &["run"], log)?,
             sites,
             _dir: dir,
         })
@@ -536,7 +446,7 @@ impl Case {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        result["peak_rss_mib"] = json!(round(self.duplex.peak_rss_mib()?, 1));
+        result["peak_rss_mib"] = json!(round(self.duplex.peak_rss_kib()? as f64 / 1024.0, 1));
         result["duplex_cpu_s"] = json!(round(self.duplex.cpu_s()?, 2));
         result["local_changes"] = json!(local_changes);
         result["expected_writes"] = json!(expected);
@@ -571,10 +481,7 @@ impl Case {
 
 impl Drop for Case {
     fn drop(&mut self) {
-        if matches!(self.duplex.child.try_wait(), Ok(None)) {
-            let _ = self.duplex.child.kill();
-            let _ = self.duplex.child.wait();
-        }
+        self.duplex.kill();
         for site in &self.sites {
             if let Err(e) = site.drop_slot() {
                 eprintln!("bench: could not drop the slot of {}: {e}", site.name());
@@ -617,15 +524,6 @@ async fn load(
     }))
 }
 
-fn round(value: f64, digits: i32) -> f64 {
-    let scale = 10f64.powi(digits);
-    (value * scale).round() / scale
-}
-
-fn secs(d: Duration) -> f64 {
-    round(d.as_secs_f64(), 3)
-}
-
 fn now_micros() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -649,18 +547,7 @@ async fn two_way_txns(
     let visible = visible?;
     Case::check_counts(conns, n + 1).await?;
     let last = visible.iter().copied().max().unwrap_or(begin);
-    let source_s = source_done - begin;
-    let end_to_end = last.saturating_duration_since(begin);
-    let mut result = json!({
-        "txns": n,
-        "source_s": secs(source_s),
-        "source_txn_per_s": round(n as f64 / source_s.as_secs_f64(), 0),
-        "end_to_end_s": secs(end_to_end),
-        "txn_per_s": round(n as f64 / end_to_end.as_secs_f64(), 0),
-        "ratio_vs_source": round(end_to_end.as_secs_f64() / source_s.as_secs_f64(), 2),
-        "lag_after_source_s": secs(last.saturating_duration_since(source_done)),
-        "poll_ms": POLL.as_millis() as u64,
-    });
+    let mut result = load_figures("txn", n as u64, begin, source_done, last, POLL);
     for (site, at) in others.iter().zip(&visible) {
         result["visible_s"][ROLES[*site]] = json!(secs(at.saturating_duration_since(begin)));
     }
@@ -691,18 +578,7 @@ async fn concurrent_sites(case: &mut Case, conns: &mut [Conn], sizes: Sizes) -> 
     let begin = spans.iter().map(|s| s.0).min().ok_or("no loads")?;
     let source_done = spans.iter().map(|s| s.1).max().ok_or("no loads")?;
     let last = visible.iter().copied().max().unwrap_or(begin);
-    let source_s = source_done - begin;
-    let end_to_end = last.saturating_duration_since(begin);
-    let mut result = json!({
-        "rows": rows,
-        "source_s": secs(source_s),
-        "source_rows_per_s": round(rows as f64 / source_s.as_secs_f64(), 0),
-        "end_to_end_s": secs(end_to_end),
-        "rows_per_s": round(rows as f64 / end_to_end.as_secs_f64(), 0),
-        "ratio_vs_source": round(end_to_end.as_secs_f64() / source_s.as_secs_f64(), 2),
-        "lag_after_source_s": secs(last.saturating_duration_since(source_done)),
-        "poll_ms": POLL.as_millis() as u64,
-    });
+    let mut result = load_figures("rows", rows as u64, begin, source_done, last, POLL);
     for (site, (at, span)) in visible.iter().zip(&spans).enumerate() {
         result["visible_s"][ROLES[site]] = json!(secs(at.saturating_duration_since(begin)));
         result["site_source_s"][ROLES[site]] = json!(secs(span.1 - span.0));
@@ -809,22 +685,10 @@ async fn latency(case: &mut Case, conns: &mut [Conn], sizes: Sizes) -> BenchResu
     Ok(result)
 }
 
-/// The value at quantile `q` of sorted, non-empty `values` (nearest rank).
-fn percentile(values: &[f64], q: f64) -> f64 {
-    let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
-    values[rank - 1]
-}
-
 /// Runs one case from scratch; its JSON line (with `error` when it failed).
-async fn run_case(
-    pg: &PgServer,
-    maria: &MariaServer,
-    bin: &Path,
-    measure: Measure,
-    sizes: Sizes,
-) -> Value {
+async fn run_case(servers: &Servers, bin: &Path, measure: Measure, sizes: Sizes) -> Value {
     let mut base = json!({ "bench": "merge", "case": measure.name(), "origin": measure.origin() });
-    let mut case = match Case::create(pg, maria, bin).await {
+    let mut case = match Case::create(servers, bin).await {
         Ok(case) => case,
         Err(e) => {
             base["error"] = json!(format!("set-up: {e}"));
@@ -851,41 +715,8 @@ async fn run_case(
         result
     }
     .await;
-    match outcome {
-        Ok(Value::Object(fields)) => {
-            for (key, value) in fields {
-                base[key] = value;
-            }
-        }
-        Ok(other) => base["result"] = other,
-        Err(e) => {
-            base["error"] = json!(e.to_string());
-            base["log_tail"] = json!(case.duplex.log_tail(15));
-        }
-    }
+    harness::record_outcome(&mut base, outcome, || case.duplex.log_tail(15));
     base
-}
-
-/// The release `duplex` next to this bench (`target/release/deps/merge-*`).
-fn duplex_binary() -> BenchResult<PathBuf> {
-    if let Some(path) = std::env::var_os("DUPLEX_BENCH_BIN") {
-        return Ok(PathBuf::from(path));
-    }
-    let exe = std::env::current_exe()?;
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or("cannot locate the target directory")?
-        .join("duplex");
-    if bin.is_file() {
-        Ok(bin)
-    } else {
-        Err(format!(
-            "{} is missing: run `cargo build --release --bin duplex && cargo bench --bench merge`",
-            bin.display()
-        )
-        .into())
-    }
 }
 
 /// The human summary: one line per case.
@@ -943,28 +774,18 @@ fn summary(results: &[Value]) -> String {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!(
-            "merge bench: run with `cargo build --release --bin duplex && cargo bench --bench merge`"
-        );
-        return;
-    }
-    if let Err(e) = run() {
-        eprintln!("bench: {e}");
-        std::process::exit(1);
-    }
+    harness::main_with("merge", run);
 }
 
 fn run() -> BenchResult<()> {
     let sizes = Sizes::from_env()?;
-    let bin = duplex_binary()?;
+    let bin = harness::duplex_binary("merge")?;
     eprintln!("bench: {sizes:?}, duplex at {}", bin.display());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let pg = PgServer::start(PgOptions::default().setting("synchronous_commit", "on"))?;
-    let maria = MariaServer::start(MariaOptions::default())?;
+    let servers = Servers::start()?;
     let started = Instant::now();
     let mut results = Vec::new();
     for measure in [
@@ -979,7 +800,7 @@ fn run() -> BenchResult<()> {
             measure.origin(),
             started.elapsed().as_secs_f64()
         );
-        let result = runtime.block_on(run_case(&pg, &maria, &bin, measure, sizes));
+        let result = runtime.block_on(run_case(&servers, &bin, measure, sizes));
         println!("{result}");
         results.push(result);
     }

@@ -84,18 +84,20 @@
 //! 4. `peak_rss_mib`: `VmHWM` of the duplex process from `/proc/<pid>/status`, read at the end
 //!    of each case before it is stopped; one process per case, so it is that case's peak.
 
+mod harness;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use duplex_testkit::{MariaDatabase, MariaOptions, MariaServer, PgDatabase, PgOptions, PgServer};
+use duplex_testkit::{MariaDatabase, PgDatabase};
+use harness::{
+    BenchResult, DuplexProcess, Servers, env_u64, load_figures, percentile, round, secs, site_toml,
+};
 use mysql_async::prelude::Queryable;
 use serde_json::{Value, json};
-
-type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// How often the throughput cases poll the target.
 const THROUGHPUT_POLL: Duration = Duration::from_millis(20);
@@ -138,21 +140,12 @@ struct Sizes {
 
 impl Sizes {
     fn from_env() -> BenchResult<Sizes> {
-        let var = |name: &str, default: u64| -> BenchResult<u64> {
-            match std::env::var(name) {
-                Ok(text) => text
-                    .replace('_', "")
-                    .parse()
-                    .map_err(|e| format!("{name}={text:?}: {e}").into()),
-                Err(_) => Ok(default),
-            }
-        };
         Ok(Sizes {
-            rows: var("DUPLEX_BENCH_ROWS", 1_000_000)?,
-            txns: var("DUPLEX_BENCH_TXNS", 100_000)?,
-            seconds: var("DUPLEX_BENCH_SECONDS", 10)?,
-            rate: var("DUPLEX_BENCH_RATE", 1_000)?.max(1),
-            timeout: Duration::from_secs(var("DUPLEX_BENCH_TIMEOUT", 240)?),
+            rows: env_u64("DUPLEX_BENCH_ROWS", 1_000_000)?,
+            txns: env_u64("DUPLEX_BENCH_TXNS", 100_000)?,
+            seconds: env_u64("DUPLEX_BENCH_SECONDS", 10)?,
+            rate: env_u64("DUPLEX_BENCH_RATE", 1_000)?.max(1),
+            timeout: Duration::from_secs(env_u64("DUPLEX_BENCH_TIMEOUT", 240)?),
         })
     }
 }
@@ -206,12 +199,6 @@ impl Measure {
             Measure::Latency => "latency",
         }
     }
-}
-
-/// The two throwaway servers.
-struct Servers {
-    pg: PgServer,
-    maria: MariaServer,
 }
 
 /// A fresh database of either kind.
@@ -299,20 +286,9 @@ impl Site {
     /// Drops a replication slot of this PostgreSQL database if it exists (its reader stopped),
     /// retrying while its WAL sender exits.
     fn drop_slot(&self, slot: &str) -> BenchResult<()> {
-        let Site::Pg(db) = self else {
-            return Ok(());
-        };
-        let sql = format!(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-             WHERE slot_name = '{slot}'"
-        );
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            match db.psql(&sql) {
-                Ok(_) => return Ok(()),
-                Err(e) if Instant::now() > deadline => return Err(e.into()),
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
+        match self {
+            Site::Pg(db) => harness::drop_slot(db, slot),
+            Site::Maria(_) => Ok(()),
         }
     }
 }
@@ -439,84 +415,6 @@ impl Conn {
     }
 }
 
-/// A running `duplex --config F run`, with its log file.
-struct DuplexProcess {
-    child: Child,
-    log: PathBuf,
-}
-
-impl DuplexProcess {
-    fn spawn(bin: &Path, config: &Path, log: PathBuf) -> BenchResult<DuplexProcess> {
-        let file = std::fs::File::create(&log)?;
-        let child = Command::new(bin)
-            .arg("--config")
-            .arg(config)
-            .arg("run")
-            .env("DUPLEX_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-        Ok(DuplexProcess { child, log })
-    }
-
-    /// An error (with the log's tail) when the process has exited.
-    fn check_running(&mut self) -> BenchResult<()> {
-        match self.child.try_wait()? {
-            None => Ok(()),
-            Some(status) => Err(format!("duplex exited with {status}").into()),
-        }
-    }
-
-    /// `VmHWM` (peak resident set) in KiB.
-    fn peak_rss_kib(&self) -> BenchResult<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-            .ok_or_else(|| "no VmHWM in /proc/<pid>/status".into())
-    }
-
-    /// SIGTERM, then up to 30 s for a clean exit (SIGKILL after); the exit code.
-    fn terminate(&mut self) -> BenchResult<Option<i32>> {
-        if let Some(status) = self.child.try_wait()? {
-            return Ok(status.code());
-        }
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status.code());
-            }
-            if Instant::now() > deadline {
-                self.kill();
-                return Err("duplex did not stop within 30 s of SIGTERM".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
-    /// The last `lines` lines of the log.
-    fn log_tail(&self, lines: usize) -> String {
-        let Ok(file) = std::fs::File::open(&self.log) else {
-            return String::new();
-        };
-        let all: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-}
-
 /// One case: fresh databases, a config, one duplex process. Dropping it kills duplex, drops
 /// the slot and then the databases.
 struct Case {
@@ -549,12 +447,7 @@ impl Case {
         let config = dir.path().join("duplex.toml");
         let mut text = String::new();
         for site in [&source, &target] {
-            text.push_str(&format!(
-                "[sites.{}]\nkind = \"{}\"\nurl = \"{}\"\n\n",
-                site.name(),
-                site.kind_name(),
-                site.url()
-            ));
+            text.push_str(&site_toml(site.name(), site.kind_name(), &site.url()));
         }
         text.push_str(&format!(
             "[[mappings]]\nname = \"bench\"\ntables = {{ {src} = \"{src_table}\", {dst} = \"{dst_table}\" }}\ndirection = \"{src}->{dst}\"\n",
@@ -564,7 +457,7 @@ impl Case {
             dst_table = target.table(),
         ));
         std::fs::write(&config, text)?;
-        let duplex = DuplexProcess::spawn(bin, &config, dir.path().join("duplex.log"))?;
+        let duplex = DuplexProcess::spawn(bin, &config, &["run"], dir.path().join("duplex.log"))?;
         Ok(Case {
             duplex,
             reader_slot: None,
@@ -644,15 +537,6 @@ impl Drop for Case {
             }
         }
     }
-}
-
-fn round(value: f64, digits: i32) -> f64 {
-    let scale = 10f64.powi(digits);
-    (value * scale).round() / scale
-}
-
-fn secs(d: Duration) -> f64 {
-    round(d.as_secs_f64(), 3)
 }
 
 /// Case 1: one big transaction.
@@ -813,16 +697,7 @@ fn null_copy(source: &Site, target: &Site) -> BenchResult<(&'static str, Duratio
             return Err("no null baseline for MariaDB -> MariaDB".into());
         }
     };
-    let start = Instant::now();
-    let mut out = producer.stdout(Stdio::piped()).spawn()?;
-    let pipe = out.stdout.take().ok_or("no stdout")?;
-    let mut into = consumer.stdin(Stdio::from(pipe)).spawn()?;
-    let produced = out.wait()?;
-    let consumed = into.wait()?;
-    let took = start.elapsed();
-    if !produced.success() || !consumed.success() {
-        return Err(format!("null baseline failed: {produced} | {consumed}").into());
-    }
+    let took = harness::time_pipe(&mut producer, &mut consumer, "null baseline")?;
     Ok((method, took))
 }
 
@@ -849,18 +724,7 @@ async fn txns(
     if count != n as i64 + 1 {
         return Err(format!("the target has {count} rows, expected {}", n + 1).into());
     }
-    let source_s = source_done - begin;
-    let end_to_end = last.saturating_duration_since(begin);
-    let mut result = json!({
-        "txns": n,
-        "source_s": secs(source_s),
-        "source_txn_per_s": round(n as f64 / source_s.as_secs_f64(), 0),
-        "end_to_end_s": secs(end_to_end),
-        "txn_per_s": round(n as f64 / end_to_end.as_secs_f64(), 0),
-        "ratio_vs_source": round(end_to_end.as_secs_f64() / source_s.as_secs_f64(), 2),
-        "lag_after_source_s": secs(last.saturating_duration_since(source_done)),
-        "poll_ms": THROUGHPUT_POLL.as_millis() as u64,
-    });
+    let mut result = load_figures("txn", n, begin, source_done, last, THROUGHPUT_POLL);
     case.finish(&mut result)?;
     Ok(result)
 }
@@ -944,12 +808,6 @@ async fn latency(
     Ok(result)
 }
 
-/// The value at quantile `q` of sorted, non-empty `values` (nearest rank).
-fn percentile(values: &[f64], q: f64) -> f64 {
-    let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
-    values[rank - 1]
-}
-
 /// Runs one case from scratch; the JSON line (with `error` when it failed).
 async fn run_case(
     servers: Arc<Servers>,
@@ -984,42 +842,8 @@ async fn run_case(
         result
     }
     .await;
-    match outcome {
-        Ok(Value::Object(fields)) => {
-            for (key, value) in fields {
-                base[key] = value;
-            }
-        }
-        Ok(other) => base["result"] = other,
-        Err(e) => {
-            base["error"] = json!(e.to_string());
-            base["log_tail"] = json!(case.duplex.log_tail(15));
-        }
-    }
+    harness::record_outcome(&mut base, outcome, || case.duplex.log_tail(15));
     base
-}
-
-/// The release `duplex` next to this bench (`target/release/deps/replication-*`).
-fn duplex_binary() -> BenchResult<PathBuf> {
-    if let Some(path) = std::env::var_os("DUPLEX_BENCH_BIN") {
-        return Ok(PathBuf::from(path));
-    }
-    let exe = std::env::current_exe()?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or("cannot locate the target directory")?;
-    let bin = profile_dir.join("duplex");
-    if bin.is_file() {
-        Ok(bin)
-    } else {
-        Err(format!(
-            "{} is missing: run `cargo build --release --bin duplex` first \
-             (the whole command: cargo build --release --bin duplex && cargo bench --bench replication)",
-            bin.display()
-        )
-        .into())
-    }
 }
 
 /// The human summary: one line per case.
@@ -1075,30 +899,18 @@ fn summary(results: &[Value]) -> String {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!(
-            "replication bench: run with `cargo build --release --bin duplex && cargo bench --bench replication`"
-        );
-        return;
-    }
-    if let Err(e) = run() {
-        eprintln!("bench: {e}");
-        std::process::exit(1);
-    }
+    harness::main_with("replication", run);
 }
 
 fn run() -> BenchResult<()> {
     let sizes = Sizes::from_env()?;
-    let bin = duplex_binary()?;
+    let bin = harness::duplex_binary("replication")?;
     eprintln!("bench: {sizes:?}, duplex at {}", bin.display());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let servers = Arc::new(Servers {
-        pg: PgServer::start(PgOptions::default().setting("synchronous_commit", "on"))?,
-        maria: MariaServer::start(MariaOptions::default())?,
-    });
+    let servers = Arc::new(Servers::start()?);
     let started = Instant::now();
     let mut results = Vec::new();
     for flow in FLOWS {
