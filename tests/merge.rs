@@ -5,10 +5,9 @@
 
 mod harness;
 
-use std::process::Command;
 use std::time::Duration;
 
-use harness::sites::{self, ERP, STORE, Sites, WMS};
+use harness::sites::{self, ERP, STORE, Sites, WMS, conflicts};
 use harness::{Duplex, wait_for};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -58,25 +57,6 @@ fn start(config: &str) -> Duplex {
 
 fn wait_reading(duplex: &mut Duplex, readers: usize) {
     sites::wait_reading(duplex, readers, WAIT);
-}
-
-/// `duplex conflicts --json`, parsed.
-fn conflicts(duplex: &Duplex) -> Vec<serde_json::Value> {
-    let output = Command::new(env!("CARGO_BIN_EXE_duplex"))
-        .arg("--config")
-        .arg(duplex.config_path())
-        .args(["conflicts", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    match serde_json::from_slice(&output.stdout).unwrap() {
-        serde_json::Value::Array(list) => list,
-        other => panic!("not a list: {other}"),
-    }
 }
 
 fn wait_conflicts(duplex: &mut Duplex, count: usize) -> Vec<serde_json::Value> {
@@ -312,13 +292,13 @@ fn held_conflicts_keep_each_value_until_resolved() {
     assert!(items(&sites, STORE).unwrap().contains(&item(1, "pen", 5)));
     assert!(items(&sites, ERP).unwrap().contains(&item(1, "pen", 7)));
     let id = log[0]["id"].as_u64().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_duplex"))
-        .arg("--config")
-        .arg(duplex.config_path())
-        .args(["conflicts", "resolve", &id.to_string(), "--take"])
-        .arg(sites.name(ERP))
-        .output()
-        .unwrap();
+    let output = duplex.command(&[
+        "conflicts",
+        "resolve",
+        &id.to_string(),
+        "--take",
+        &sites.name(ERP),
+    ]);
     assert!(
         output.status.success(),
         "{}",

@@ -6,12 +6,11 @@
 mod harness;
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use harness::sites::{ERP, Sites, wait_reading};
+use harness::sites::{ERP, Sites, conflicts, wait_reading};
 use harness::{Duplex, wait_for};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
@@ -51,18 +50,7 @@ fn sql(op: &Op, site: usize, mariadb: bool) -> String {
 }
 
 fn conflict_ids(duplex: &Duplex) -> BTreeSet<u64> {
-    let output = Command::new(env!("CARGO_BIN_EXE_duplex"))
-        .arg("--config")
-        .arg(duplex.config_path())
-        .args(["conflicts", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let list: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    let list = conflicts(duplex);
     for record in &list {
         assert_eq!(record["status"], "resolved", "{record:#}");
         assert_eq!(

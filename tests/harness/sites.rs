@@ -138,3 +138,17 @@ pub fn wait_reading(duplex: &mut Duplex, readers: usize, timeout: Duration) {
         }
     });
 }
+
+/// `duplex conflicts --json` on duplex's configuration, parsed.
+pub fn conflicts(duplex: &Duplex) -> Vec<serde_json::Value> {
+    let output = duplex.command(&["conflicts", "--json"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    match serde_json::from_slice(&output.stdout).unwrap() {
+        serde_json::Value::Array(list) => list,
+        other => panic!("not a list: {other}"),
+    }
+}
