@@ -35,8 +35,9 @@ pub enum Command {
     /// Check that every site's server settings, privileges and mapped tables are ready for
     /// replication; prints the exact fix for each problem. Exits 0 only when all is ready.
     Check,
-    /// Replicate: stream every mapping's changes from its source into its target until
-    /// Ctrl-C or SIGTERM; resumes from where each target got to.
+    /// Replicate until Ctrl-C or SIGTERM: one-way mappings stream from their source into their
+    /// target, two-way mappings run through the merge engine (version vectors, conflict
+    /// policies); resumes where it stopped.
     Run,
     /// Copy the mapped tables from their source into empty targets from one consistent
     /// snapshot, and set the position `duplex run` then streams from (no gap, no duplicate).

@@ -1,7 +1,7 @@
 //! duplex: change-data-capture replication between PostgreSQL and MySQL/MariaDB, both ways.
 //!
-//! This crate is the engine and the CLI: configuration, the preflight check, and (as they
-//! land) pipeline wiring, the merge engine and backfill. Database specifics live in
+//! This crate is the engine and the CLI: configuration, the preflight check, one-way links,
+//! the two-way merge engine, backfill and the conflict log command. Database specifics live in
 //! `duplex-connectors`, durable state in `duplex-state`.
 
 pub mod backfill;

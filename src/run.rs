@@ -1,5 +1,6 @@
-//! `duplex run`: starts one link per source site and keeps them running until Ctrl-C or
-//! SIGTERM, resuming from where each target got to.
+//! `duplex run`: starts one link per source site of the one-way mappings and the merge engine
+//! for the two-way ones, and keeps them running until Ctrl-C or SIGTERM, resuming from where
+//! each got to.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -34,7 +35,7 @@ pub enum RunError {
     LinksFailed(usize),
 }
 
-/// Builds one link plan per source site.
+/// Builds one link plan per source site of the one-way mappings.
 pub async fn plan(config: &Config) -> Result<Vec<LinkPlan>, RunError> {
     let mut flows: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for mapping in &config.mappings {
