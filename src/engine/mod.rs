@@ -502,9 +502,9 @@ async fn attempt(
             .iter()
             .map(|m| (m.name.clone(), m.canonical.clone()))
             .collect();
-        let site_name = name.clone();
+        let merge_site = site.clone();
         tasks.spawn(async move {
-            writer(site_name, target, rx, canonical, report).await;
+            writer(merge_site, target, rx, canonical, report).await;
         });
         for item in unwritten {
             // The writer drains its queue meanwhile: send, never drop.
@@ -1256,7 +1256,10 @@ fn micros_to_time(micros: i64) -> DateTime<Utc> {
     Utc.timestamp_micros(micros).single().unwrap_or_default()
 }
 
-/// Streams one site into the coordinator, acknowledging what the coordinator committed.
+/// Streams one site into the coordinator, acknowledging what the coordinator committed. A
+/// site that goes away is read again, after a backoff, from just after the last item handed
+/// to the coordinator (every item handed over is decided, in order), while the other sites
+/// go on; a definite failure ends the engine's attempt.
 async fn reader(
     index: usize,
     site: MergeSite,
@@ -1265,47 +1268,84 @@ async fn reader(
     mut ack: watch::Receiver<Option<Position>>,
 ) {
     let name = site.site.name.clone();
-    let fail = |source| {
-        Input::Failed(EngineError::Source {
-            site: name.clone(),
-            source: Box::new(source),
-        })
-    };
-    let mut stream = match SourceStream::start_merge(&site.site, site.tables.clone(), start).await {
-        Ok(stream) => stream,
-        Err(error) => {
-            let _ = report.send(fail(error)).await;
+    let mut from = start;
+    let mut backoff = Backoff::default();
+    loop {
+        backoff.attempt_started();
+        let error = match read(index, &site, &mut from, &report, &mut ack).await {
+            None => return,
+            Some(error) => error,
+        };
+        if !error.is_transient() {
+            let _ = report
+                .send(Input::Failed(EngineError::Source {
+                    site: name.clone(),
+                    source: Box::new(error),
+                }))
+                .await;
             return;
         }
-    };
+        let delay = backoff.failed();
+        tracing::warn!(site = %name, error = %chain(&error), "reading site interrupted; the other sites go on; retrying in {delay:.1?}");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = report.closed() => return,
+        }
+    }
+}
+
+/// One stream of a site from just after `from`, which follows every item handed over; `None`
+/// when the engine stopped, the stream's error otherwise.
+async fn read(
+    index: usize,
+    site: &MergeSite,
+    from: &mut Option<Position>,
+    report: &mpsc::Sender<Input>,
+    ack: &mut watch::Receiver<Option<Position>>,
+) -> Option<SourceError> {
+    let name = &site.site.name;
+    let mut stream =
+        match SourceStream::start_merge(&site.site, site.tables.clone(), from.clone()).await {
+            Ok(stream) => stream,
+            Err(error) => return Some(error),
+        };
     // A binlog stream that starts at the server's current position must have that position
     // recorded before anything else, or a restart would start at a later "current" one and
     // miss what was committed in between.
-    if let Some(position) = stream.start_position()
-        && report
-            .send(Input::Item(index, SourceItem::Heartbeat(position)))
+    if from.is_none()
+        && let Some(position) = stream.start_position()
+    {
+        if report
+            .send(Input::Item(index, SourceItem::Heartbeat(position.clone())))
             .await
             .is_err()
-    {
-        return;
+        {
+            return None;
+        }
+        *from = Some(position);
     }
     tracing::info!(site = %name, "merge engine reading site");
-    loop {
+    let outcome = loop {
         tokio::select! {
             item = stream.next() => match item {
                 Ok(item) => {
+                    let position = match &item {
+                        SourceItem::Transaction(tx) => Some(tx.position.clone()),
+                        SourceItem::Heartbeat(position) => Some(position.clone()),
+                        SourceItem::Part(_) => None,
+                    };
                     if report.send(Input::Item(index, item)).await.is_err() {
-                        break;
+                        break None;
+                    }
+                    if position.is_some() {
+                        *from = position;
                     }
                 }
-                Err(error) => {
-                    let _ = report.send(fail(error)).await;
-                    break;
-                }
+                Err(error) => break Some(error),
             },
             changed = ack.changed() => {
                 if changed.is_err() {
-                    break;
+                    break None;
                 }
                 let position = ack.borrow_and_update().clone();
                 if let Some(position) = position {
@@ -1313,19 +1353,23 @@ async fn reader(
                 }
             }
         }
-    }
+    };
     stream.shutdown().await;
+    outcome
 }
 
-/// Writes one site's outbox entries, in order, conditionally.
+/// Writes one site's outbox entries, in order, conditionally. A site that goes away is
+/// retried with backoff, reconnecting, while the other sites go on (the coordinator waits for
+/// this writer only once its queue is full); a definite failure ends the engine's attempt.
 async fn writer(
-    site: String,
+    site: MergeSite,
     mut target: Target,
     mut queue: mpsc::Receiver<(u64, Arc<OutboxWrite>)>,
     canonical: HashMap<String, TableName>,
     report: mpsc::Sender<Input>,
 ) {
-    let outbox = outbox_name(&site);
+    let name = site.site.name.clone();
+    let outbox = outbox_name(&name);
     while let Some(first) = queue.recv().await {
         let mut batch = vec![first];
         while batch.len() < WRITE_BATCH {
@@ -1351,20 +1395,43 @@ async fn writer(
                 }],
             })
             .collect();
-        if let Err(source) = target.apply(&transactions).await {
+        // Applying a batch again is harmless: entries the site already holds are skipped by
+        // their outbox position (see duplex_connectors::apply).
+        let mut backoff = Backoff::default();
+        let failure = loop {
+            backoff.attempt_started();
+            let error = match target.apply(&transactions).await {
+                Ok(()) => break None,
+                Err(error) if error.is_transient() => error,
+                Err(error) => break Some(error),
+            };
+            let delay = backoff.failed();
+            tracing::warn!(site = %name, error = %chain(&error), "writing into site interrupted; the other sites go on; retrying in {delay:.1?}");
+            tokio::time::sleep(delay).await;
+            let options = ApplyOptions {
+                conditional: true,
+                ..ApplyOptions::default()
+            };
+            match Target::connect_with(&site.site, site.routes.clone(), options).await {
+                Ok(connected) => target = connected,
+                Err(error) if error.is_transient() => {}
+                Err(error) => break Some(error),
+            }
+        };
+        if let Some(source) = failure {
             // Closing the queue first: the coordinator must not wait on a full queue while
             // this report waits on a full input channel.
             drop(queue);
             let _ = report
                 .send(Input::Failed(EngineError::Apply {
-                    site: site.clone(),
+                    site: name.clone(),
                     source: Box::new(source),
                 }))
                 .await;
             return;
         }
         for skipped in target.take_skipped() {
-            tracing::debug!(site = %site, key = %display_image(Some(&skipped.key)), "conditional write skipped: the row changed there first");
+            tracing::debug!(site = %name, key = %display_image(Some(&skipped.key)), "conditional write skipped: the row changed there first");
         }
     }
 }
