@@ -105,17 +105,19 @@ pub struct OutboxWrite {
     pub vector: VersionVector,
 }
 
-/// One site's outbox entries not yet echoed, by sequence number and by row.
+/// One site's outbox entries not yet echoed, by sequence number and by row (mapping, key).
 #[derive(Debug, Default)]
 struct Outbox {
     entries: BTreeMap<u64, OutboxWrite>,
-    by_row: HashMap<(String, String), BTreeSet<u64>>,
+    by_row: HashMap<String, HashMap<String, BTreeSet<u64>>>,
 }
 
 impl Outbox {
     fn insert(&mut self, seq: u64, write: OutboxWrite) {
         self.by_row
-            .entry((write.mapping.clone(), write.key.clone()))
+            .entry(write.mapping.clone())
+            .or_default()
+            .entry(write.key.clone())
             .or_default()
             .insert(seq);
         self.entries.insert(seq, write);
@@ -123,11 +125,15 @@ impl Outbox {
 
     fn remove(&mut self, seq: u64) -> Option<OutboxWrite> {
         let write = self.entries.remove(&seq)?;
-        let row = (write.mapping.clone(), write.key.clone());
-        if let Some(seqs) = self.by_row.get_mut(&row) {
-            seqs.remove(&seq);
-            if seqs.is_empty() {
-                self.by_row.remove(&row);
+        if let Some(rows) = self.by_row.get_mut(&write.mapping) {
+            if let Some(seqs) = rows.get_mut(&write.key) {
+                seqs.remove(&seq);
+                if seqs.is_empty() {
+                    rows.remove(&write.key);
+                }
+            }
+            if rows.is_empty() {
+                self.by_row.remove(&write.mapping);
             }
         }
         Some(write)
@@ -136,7 +142,8 @@ impl Outbox {
     /// The row's entries, oldest first.
     fn of_row(&self, mapping: &str, key: &str) -> impl Iterator<Item = (u64, &OutboxWrite)> {
         self.by_row
-            .get(&(mapping.to_owned(), key.to_owned()))
+            .get(mapping)
+            .and_then(|rows| rows.get(key))
             .into_iter()
             .flatten()
             .map(|seq| (*seq, &self.entries[seq]))
@@ -419,11 +426,7 @@ async fn attempt(
     let mut targets = Vec::new();
     for site in &plan.sites {
         let name = &site.site.name;
-        let options = ApplyOptions {
-            conditional: true,
-            ..ApplyOptions::default()
-        };
-        let mut target = Target::connect_with(&site.site, site.routes.clone(), options)
+        let mut target = connect_writer(site)
             .await
             .map_err(|e| apply_error(name, e))?;
         let written = match target
@@ -556,11 +559,7 @@ async fn attempt(
                 if rest.is_empty() {
                     break Ok(());
                 }
-                break coordinator.process(rest).map(|done| {
-                    for note in done.notes {
-                        tracing::warn!("{note}");
-                    }
-                });
+                break coordinator.process(rest).map(|done| done.log_notes());
             }
             input = inputs.recv() => match input {
                 Some(input) => input,
@@ -582,6 +581,7 @@ async fn attempt(
         }
         match coordinator.process(batch) {
             Ok(done) => {
+                done.log_notes();
                 // Entries must reach a writer in sequence order, with no gap: a writer that
                 // stopped ends the attempt (the next one re-sends the outbox from the store).
                 let mut stopped = None;
@@ -596,9 +596,6 @@ async fn attempt(
                 }
                 for (index, position) in done.acks {
                     acks[index].send_replace(Some(position));
-                }
-                for note in done.notes {
-                    tracing::warn!("{note}");
                 }
                 for (reply, response) in done.replies {
                     let _ = reply.send(response);
@@ -641,6 +638,15 @@ struct Done {
     notes: Vec<String>,
 }
 
+impl Done {
+    /// Logs the decided conflicts (their records are committed).
+    fn log_notes(&self) {
+        for note in &self.notes {
+            tracing::warn!("{note}");
+        }
+    }
+}
+
 struct Coordinator<'a> {
     plan: &'a MergePlan,
     store: &'a StateStore,
@@ -672,13 +678,15 @@ impl Coordinator<'_> {
         for mapping in &self.plan.mappings {
             reclaimed += w.reclaim_deleted(&mapping.name, horizon)?;
         }
-        w.commit()?;
-        if reclaimed > 0 {
-            tracing::debug!(
-                reclaimed,
-                "reclaimed the versions of rows deleted everywhere"
-            );
+        if reclaimed == 0 {
+            // Nothing changed: dropping the batch aborts it, no commit (and fsync) needed.
+            return Ok(());
         }
+        w.commit()?;
+        tracing::debug!(
+            reclaimed,
+            "reclaimed the versions of rows deleted everywhere"
+        );
         Ok(())
     }
 
@@ -688,34 +696,30 @@ impl Coordinator<'_> {
         // On error the state-store transaction is dropped (aborted) and the attempt ends: the
         // next attempt rebuilds the coordinator from the store, so the in-memory outbox needs
         // no undo here.
-        let result = (|| {
-            for input in batch {
-                match input {
-                    Input::Failed(error) => return Err(error),
-                    Input::Item(index, SourceItem::Transaction(tx)) => {
-                        self.transaction(&mut w, index, &tx, &mut done)?;
-                        w.save_position(&self.plan.sites[index].site.name, &tx.position)?;
-                        done.acks.push((index, tx.position));
-                    }
-                    Input::Item(index, SourceItem::Heartbeat(position)) => {
-                        w.save_position(&self.plan.sites[index].site.name, &position)?;
-                        done.acks.push((index, position));
-                    }
-                    Input::Item(index, SourceItem::Part(_)) => {
-                        return Err(EngineError::Unsupported(format!(
-                            "site {} delivered part of a transaction to the merge engine, which reads whole transactions (a bug)",
-                            self.plan.sites[index].site.name
-                        )));
-                    }
-                    Input::Control(request, reply) => {
-                        let response = self.control(&mut w, request, &mut done)?;
-                        done.replies.push((reply, response));
-                    }
+        for input in batch {
+            match input {
+                Input::Failed(error) => return Err(error),
+                Input::Item(index, SourceItem::Transaction(tx)) => {
+                    self.transaction(&mut w, index, &tx, &mut done)?;
+                    w.save_position(&self.plan.sites[index].site.name, &tx.position)?;
+                    done.acks.push((index, tx.position));
+                }
+                Input::Item(index, SourceItem::Heartbeat(position)) => {
+                    w.save_position(&self.plan.sites[index].site.name, &position)?;
+                    done.acks.push((index, position));
+                }
+                Input::Item(index, SourceItem::Part(_)) => {
+                    return Err(EngineError::Unsupported(format!(
+                        "site {} delivered part of a transaction to the merge engine, which reads whole transactions (a bug)",
+                        self.plan.sites[index].site.name
+                    )));
+                }
+                Input::Control(request, reply) => {
+                    let response = self.control(&mut w, request, &mut done)?;
+                    done.replies.push((reply, response));
                 }
             }
-            Ok(())
-        })();
-        result?;
+        }
         w.commit()?;
         Ok(done)
     }
@@ -866,8 +870,9 @@ impl Coordinator<'_> {
         done: &mut Done,
     ) -> Result<(), EngineError> {
         self.stats.local_changes += 1;
-        let known = w.row_versions(&mapping.name, key.as_bytes())?.is_some();
         let (mut rv, mut data) = load(w, mapping, key)?;
+        // Every row the engine stores carries its record (see `store_row`).
+        let known = !rv.payload.is_empty();
         if !known && existed {
             // A row duplex has no record of (copied by a backfill, or there before duplex
             // started) is the initial version, the same at every site, with the empty vector:
@@ -1358,6 +1363,15 @@ async fn read(
     outcome
 }
 
+/// The engine's applier for a site: its canonical routes, conditional writes.
+async fn connect_writer(site: &MergeSite) -> Result<Target, ApplyError> {
+    let options = ApplyOptions {
+        conditional: true,
+        ..ApplyOptions::default()
+    };
+    Target::connect_with(&site.site, site.routes.clone(), options).await
+}
+
 /// Writes one site's outbox entries, in order, conditionally. A site that goes away is
 /// retried with backoff, reconnecting, while the other sites go on (the coordinator waits for
 /// this writer only once its queue is full); a definite failure ends the engine's attempt.
@@ -1408,11 +1422,7 @@ async fn writer(
             let delay = backoff.failed();
             tracing::warn!(site = %name, error = %chain(&error), "writing into site interrupted; the other sites go on; retrying in {delay:.1?}");
             tokio::time::sleep(delay).await;
-            let options = ApplyOptions {
-                conditional: true,
-                ..ApplyOptions::default()
-            };
-            match Target::connect_with(&site.site, site.routes.clone(), options).await {
+            match connect_writer(&site).await {
                 Ok(connected) => target = connected,
                 Err(error) if error.is_transient() => {}
                 Err(error) => break Some(error),
