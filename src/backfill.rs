@@ -108,7 +108,8 @@ use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinSet;
 
 use crate::config::{Config, Direction, Mapping, Site};
-use crate::source::{self, slot_name};
+use duplex_connectors::StreamItem;
+use duplex_connectors::postgres::slot_name;
 
 /// Default rows per range.
 pub const DEFAULT_CHUNK_ROWS: u64 = 10_000;
@@ -147,7 +148,7 @@ pub enum BackfillError {
         site: String,
         /// Cause.
         #[source]
-        source: source::DescribeError,
+        source: duplex_connectors::DescribeError,
     },
     /// Snapshot on PostgreSQL failed.
     #[error("snapshot of site {site}")]
@@ -432,14 +433,13 @@ async fn routes(
 ) -> Result<Vec<TableRoute>, BackfillError> {
     let site = &config.sites[from];
     let tables: BTreeSet<TableName> = mapping.tables.get(from).cloned().into_iter().collect();
-    let schemas =
-        source::describe(site, &tables)
-            .await
-            .map_err(|source| BackfillError::Describe {
-                site: from.to_owned(),
-                source,
-            })?;
-    Ok(crate::link::routes_for(
+    let schemas = duplex_connectors::describe(&site.connection(), &tables)
+        .await
+        .map_err(|source| BackfillError::Describe {
+            site: from.to_owned(),
+            source,
+        })?;
+    Ok(crate::routes::routes_for(
         std::slice::from_ref(mapping),
         from,
         to,
@@ -616,13 +616,12 @@ async fn backfill_source(
         .iter()
         .filter_map(|m| m.tables.get(&site.name).cloned())
         .collect();
-    let schemas =
-        source::describe(site, &tables)
-            .await
-            .map_err(|source| BackfillError::Describe {
-                site: site.name.clone(),
-                source,
-            })?;
+    let schemas = duplex_connectors::describe(&site.connection(), &tables)
+        .await
+        .map_err(|source| BackfillError::Describe {
+            site: site.name.clone(),
+            source,
+        })?;
     // Targets, their routes, and the checks.
     let mut jobs = Vec::new();
     for mapping in &pending {
@@ -634,7 +633,7 @@ async fn backfill_source(
             }
             let target = &config.sites[to];
             let routes =
-                crate::link::routes_for(std::slice::from_ref(*mapping), &site.name, to, &schemas);
+                crate::routes::routes_for(std::slice::from_ref(*mapping), &site.name, to, &schemas);
             if metas[&mapping.name].is_none() {
                 check_target(target, &site.name, mapping, options.allow_nonempty, &routes).await?;
             }
@@ -646,7 +645,7 @@ async fn backfill_source(
     // The snapshot.
     let (snapshot, position) = match site.kind {
         SiteKind::Postgres => {
-            let slot = slot_name(site);
+            let slot = slot_name(&site.connection());
             let all_tables: Vec<TableName> = config
                 .mappings
                 .iter()
@@ -1435,7 +1434,7 @@ async fn catch_up(site: &Site, jobs: &[Job], handover: &Position) -> Result<(), 
     let password = site.password.as_ref().map(|p| p.expose().to_owned());
     let mut stream = match (&site.kind, &oldest) {
         (SiteKind::Postgres, Position::Postgres(lsn)) => {
-            let slot = slot_name(site);
+            let slot = slot_name(&site.connection());
             let mut config = PgStreamConfig::new(
                 &site.name,
                 &site.url,
@@ -1708,16 +1707,8 @@ impl CatchUp {
     ) -> Result<(Option<Transaction>, Option<Position>), Box<dyn std::error::Error + Send + Sync>>
     {
         Ok(match self {
-            CatchUp::Postgres(s) => match s.next().await? {
-                postgres::StreamItem::Transaction(tx) => (Some(tx), None),
-                postgres::StreamItem::Heartbeat(lsn) => (None, Some(Position::Postgres(lsn))),
-                postgres::StreamItem::Part(_) => (None, None),
-            },
-            CatchUp::Mysql(s) => match s.next().await? {
-                mysql::StreamItem::Transaction(tx) => (Some(tx), None),
-                mysql::StreamItem::Heartbeat(p) => (None, Some(Position::Mysql(p))),
-                mysql::StreamItem::Part(_) => (None, None),
-            },
+            CatchUp::Postgres(s) => split(s.next().await?),
+            CatchUp::Mysql(s) => split(s.next().await?),
         })
     }
 
@@ -1728,5 +1719,14 @@ impl CatchUp {
             }
             CatchUp::Mysql(s) => s.shutdown().await,
         }
+    }
+}
+
+/// A catch-up stream item as (transaction, heartbeat position).
+fn split(item: StreamItem) -> (Option<Transaction>, Option<Position>) {
+    match item {
+        StreamItem::Transaction(tx) => (Some(tx), None),
+        StreamItem::Heartbeat(position) => (None, Some(position)),
+        StreamItem::Part(_) => (None, None),
     }
 }

@@ -11,8 +11,8 @@ use duplex_connectors::preflight::{Finding, Status};
 use duplex_connectors::typemap::{self, ColumnVerdict};
 use duplex_connectors::{SiteKind, TableName, TableSchema, mysql, postgres};
 
-use crate::cli::chain;
 use crate::config::{Config, Direction, Mapping, Site};
+use crate::report::chain;
 
 /// How long one site may take to answer before it is reported unreachable.
 const SITE_TIMEOUT: Duration = Duration::from_secs(20);

@@ -1,6 +1,6 @@
 //! Command-line interface: `duplex --config FILE <command>`.
 
-use std::error::Error;
+use crate::report::chain;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -192,19 +192,4 @@ pub fn main() -> ExitCode {
             }
         },
     }
-}
-
-/// An error and all its sources, `: `-separated.
-pub fn chain(error: &dyn Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        let more = inner.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = inner.source();
-    }
-    text
 }

@@ -69,6 +69,16 @@ impl Site {
     pub fn redacted_url(&self) -> String {
         redact_url(&self.url)
     }
+
+    /// How the connectors reach this site.
+    pub fn connection(&self) -> duplex_connectors::SiteConnection {
+        duplex_connectors::SiteConnection {
+            name: self.name.clone(),
+            kind: self.kind,
+            url: self.url.clone(),
+            password: self.password.as_ref().map(|p| p.expose().to_owned()),
+        }
+    }
 }
 
 impl fmt::Debug for Site {

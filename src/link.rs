@@ -5,7 +5,7 @@
 //! The source stream yields whole transactions in commit order. Each one gets a sequence
 //! number and is handed to one worker per target (bounded channels: a slow target slows the
 //! reader, memory stays bounded). A worker batches what is queued and writes it with its
-//! [`Target`] in one target transaction that also records the source position (see
+//! [`AnyApplier`] in one target transaction that also records the source position (see
 //! `duplex_connectors::apply`), then reports the last sequence number it committed.
 //!
 //! The source is acknowledged up to the newest item whose sequence number every target has
@@ -42,10 +42,10 @@
 //! transaction is rolled back, and the next run delivers it again from its first part.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use duplex_connectors::apply::{ApplyError, TableRoute};
+use duplex_connectors::apply::{Applier, ApplyError, ApplyOptions, TableRoute};
 use duplex_connectors::{
     ChangeEvent, Position, PositionError, TableName, Transaction, TransactionPart,
 };
@@ -53,10 +53,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::backoff::Backoff;
-use crate::cli::chain;
 use crate::config::Site;
-use crate::source::{SourceError, SourceItem, SourceStream};
-use crate::target::Target;
+use crate::report::chain;
+use crate::shutdown::stop_requested;
+use duplex_connectors::{AnyApplier, AnyStream, StreamError, StreamItem, StreamOptions};
 
 /// Transactions queued per target before the reader waits.
 const QUEUE: usize = 1024;
@@ -100,7 +100,7 @@ pub enum LinkError {
         site: String,
         /// Cause.
         #[source]
-        source: SourceError,
+        source: StreamError,
     },
     /// Writing into a target failed.
     #[error("applying into site {site}")]
@@ -164,12 +164,6 @@ pub async fn run(plan: LinkPlan, mut shutdown: watch::Receiver<bool>) -> Result<
     }
 }
 
-/// Resolves once the shutdown flag is set.
-pub async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
-    // The guard wait_for returns is dropped at once, never held across an await.
-    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
-}
-
 /// `store -> erp, wms` for logs.
 pub fn link_name(plan: &LinkPlan) -> String {
     let targets: Vec<&str> = plan.targets.iter().map(|t| t.site.name.as_str()).collect();
@@ -189,9 +183,13 @@ async fn attempt(plan: &LinkPlan, shutdown: &mut watch::Receiver<bool>) -> Resul
             site: target_plan.site.name.clone(),
             source,
         };
-        let mut target = Target::connect(&target_plan.site, target_plan.routes.clone())
-            .await
-            .map_err(apply_error)?;
+        let mut target = AnyApplier::connect(
+            &target_plan.site.connection(),
+            target_plan.routes.clone(),
+            ApplyOptions::default(),
+        )
+        .await
+        .map_err(apply_error)?;
         match target.position(source_name).await.map_err(apply_error)? {
             None => any_missing = true,
             Some(position) => {
@@ -214,12 +212,15 @@ async fn attempt(plan: &LinkPlan, shutdown: &mut watch::Receiver<bool>) -> Resul
             "some targets have never received changes from this source; they start at the position the others hold"
         );
     }
-    let mut stream = SourceStream::start(&plan.source, plan.tables.clone(), start.clone())
-        .await
-        .map_err(|source| LinkError::Source {
-            site: source_name.to_owned(),
-            source,
-        })?;
+    let mut stream = AnyStream::start(
+        &plan.source.connection(),
+        StreamOptions::link(plan.tables.clone(), start.clone()),
+    )
+    .await
+    .map_err(|source| LinkError::Source {
+        site: source_name.to_owned(),
+        source,
+    })?;
     tracing::info!(link = %link_name(plan), start = %start.as_ref().map_or("the source's current position".to_owned(), ToString::to_string), "link started");
 
     let (committed_tx, mut committed_rx) = mpsc::unbounded_channel::<Committed>();
@@ -270,11 +271,11 @@ async fn attempt(plan: &LinkPlan, shutdown: &mut watch::Receiver<bool>) -> Resul
             }
             item = stream.next() => match item {
                 Err(source) => break Err(LinkError::Source { site: source_name.to_owned(), source }),
-                Ok(SourceItem::Heartbeat(position)) => {
+                Ok(StreamItem::Heartbeat(position)) => {
                     unacked.push_back((sequence, position));
                     acknowledge(&stream, &mut unacked, progress.low_water());
                 }
-                Ok(SourceItem::Transaction(tx)) => {
+                Ok(StreamItem::Transaction(tx)) => {
                     sequence += 1;
                     progress.read(tx.events.len());
                     unacked.push_back((sequence, tx.position.clone()));
@@ -282,7 +283,7 @@ async fn attempt(plan: &LinkPlan, shutdown: &mut watch::Receiver<bool>) -> Resul
                         break Err(error);
                     }
                 }
-                Ok(SourceItem::Part(part)) => {
+                Ok(StreamItem::Part(part)) => {
                     progress.read_part(part.events.len());
                     if let Err(error) = dispatch(&senders, Piece::Part(part), &mut workers).await {
                         break Err(error);
@@ -416,7 +417,7 @@ async fn hand_over(outlet: &Outlet, piece: Piece) -> bool {
 }
 
 /// Acknowledges the newest item every target has committed.
-fn acknowledge(stream: &SourceStream, unacked: &mut VecDeque<(u64, Position)>, low_water: u64) {
+fn acknowledge(stream: &AnyStream, unacked: &mut VecDeque<(u64, Position)>, low_water: u64) {
     let mut newest = None;
     while unacked.front().is_some_and(|(seq, _)| *seq <= low_water) {
         newest = unacked.pop_front().map(|(_, position)| position);
@@ -430,7 +431,7 @@ fn acknowledge(stream: &SourceStream, unacked: &mut VecDeque<(u64, Position)>, l
 /// large transaction and then its final transaction alone.
 async fn worker(
     index: usize,
-    mut target: Target,
+    mut target: AnyApplier,
     mut queue: mpsc::Receiver<Queued>,
     committed: mpsc::UnboundedSender<Committed>,
     stop: watch::Receiver<bool>,
@@ -513,7 +514,7 @@ async fn worker(
 /// number, or `None` when the queue closed first (the reader stopped; the open target
 /// transaction is rolled back when the target is dropped).
 async fn finish_large(
-    target: &mut Target,
+    target: &mut AnyApplier,
     queue: &mut mpsc::Receiver<Queued>,
 ) -> Result<Option<u64>, ApplyError> {
     while let Some((piece, permit)) = queue.recv().await {
@@ -585,50 +586,4 @@ impl Progress {
         self.last_log = Instant::now();
         self.logged_events = self.read_events;
     }
-}
-
-/// Builds the per-target routes of a source from the mappings, given the source tables'
-/// schemas.
-pub fn routes_for(
-    mappings: &[crate::config::Mapping],
-    source: &str,
-    target: &str,
-    schemas: &HashMap<TableName, duplex_connectors::TableSchema>,
-) -> Vec<TableRoute> {
-    let mut routes = Vec::new();
-    for mapping in mappings {
-        if !mapping.edges().contains(&(source, target)) {
-            continue;
-        }
-        let (Some(from), Some(to)) = (mapping.tables.get(source), mapping.tables.get(target))
-        else {
-            continue;
-        };
-        let Some(schema) = schemas.get(from) else {
-            continue;
-        };
-        let canonical: Vec<String> = match &mapping.columns {
-            Some(columns) => columns.clone(),
-            None => schema
-                .columns
-                .iter()
-                .map(|c| mapping.canonical_column(source, &c.name).to_owned())
-                .collect(),
-        };
-        routes.push(TableRoute {
-            source: from.clone(),
-            target: to.clone(),
-            columns: canonical
-                .iter()
-                .map(|c| {
-                    (
-                        mapping.site_column(source, c).to_owned(),
-                        mapping.site_column(target, c).to_owned(),
-                    )
-                })
-                .collect(),
-            key: schema.primary_key.clone(),
-        });
-    }
-    routes
 }

@@ -7,10 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::cli::chain;
 use crate::config::{Config, Direction};
 use crate::link::{self, LinkPlan, TargetPlan};
-use crate::source::{self, DescribeError};
+use crate::report::chain;
+use duplex_connectors::DescribeError;
 
 /// Why `duplex run` could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -56,18 +56,17 @@ pub async fn plan(config: &Config) -> Result<Vec<LinkPlan>, RunError> {
             .filter_map(|m| m.tables.get(source).cloned())
             .collect();
         let site = &config.sites[source];
-        let schemas =
-            source::describe(site, &tables)
-                .await
-                .map_err(|source| RunError::Describe {
-                    site: site.name.clone(),
-                    source,
-                })?;
+        let schemas = duplex_connectors::describe(&site.connection(), &tables)
+            .await
+            .map_err(|source| RunError::Describe {
+                site: site.name.clone(),
+                source,
+            })?;
         let targets = targets
             .into_iter()
             .map(|target| TargetPlan {
                 site: config.sites[target].clone(),
-                routes: link::routes_for(&config.mappings, source, target, &schemas),
+                routes: crate::routes::routes_for(&config.mappings, source, target, &schemas),
             })
             .collect();
         plans.push(LinkPlan {
@@ -94,7 +93,7 @@ pub async fn run(config: &Config) -> Result<(), RunError> {
         .map_err(RunError::Engine)?;
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(async move {
-        wait_for_signal().await;
+        crate::shutdown::wait_for_signal().await;
         tracing::info!("shutdown requested: finishing the transactions being applied");
         let _ = stop.send(true);
     });
@@ -155,26 +154,4 @@ async fn open_state(config: &Config) -> Result<duplex_state::StateStore, RunErro
 
 fn report_stopped(name: &str, error: &str) {
     tracing::error!(link = %name, error = %error, "link stopped: fix the cause and start duplex run again (it resumes where each target got to)");
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

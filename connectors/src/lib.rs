@@ -10,6 +10,7 @@
 //! `apply.rs`).
 
 pub mod apply;
+pub mod catalog;
 pub mod change;
 pub mod mysql;
 pub mod position;
@@ -17,12 +18,17 @@ pub mod postgres;
 pub mod preflight;
 pub mod schema;
 pub mod site;
+pub mod stream;
+pub mod target;
 pub mod typemap;
 pub mod value;
 
 pub use apply::{Applier, ApplyError, ApplyOptions, SkippedWrite, TableRoute};
+pub use catalog::{DescribeError, describe};
 pub use change::{ChangeEvent, Op, Origin, Row, Transaction, TransactionPart};
 pub use position::{Position, PositionError, PositionKind};
 pub use schema::{Column, TableName, TableSchema, ValueKind};
-pub use site::SiteKind;
+pub use site::{SiteConnection, SiteKind};
+pub use stream::{AnyStream, StreamError, StreamItem, StreamOptions};
+pub use target::AnyApplier;
 pub use value::{Decimal, DecimalError, Value};

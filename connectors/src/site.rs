@@ -29,3 +29,41 @@ impl fmt::Display for SiteKind {
         f.write_str(self.name())
     }
 }
+
+/// How to reach one site: what every per-kind reader, applier and snapshot reader is given.
+#[derive(Clone)]
+pub struct SiteConnection {
+    /// The site's name in the configuration (written into [`crate::Transaction::source`]).
+    pub name: String,
+    /// The site's kind.
+    pub kind: SiteKind,
+    /// Connection URL, possibly with a password in it.
+    pub url: String,
+    /// A password overriding any in the URL.
+    pub password: Option<String>,
+}
+
+impl SiteConnection {
+    /// The password to use, if one is given apart from the URL.
+    pub fn password(&self) -> Option<&str> {
+        self.password.as_deref()
+    }
+
+    /// The database the URL names (empty when it names none).
+    pub fn database(&self) -> String {
+        url::Url::parse(&self.url)
+            .ok()
+            .map(|u| u.path().trim_start_matches('/').to_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for SiteConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SiteConnection")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish_non_exhaustive()
+    }
+}

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use chrono::Utc;
 use duplex_connectors::mysql::{
-    self, BinlogPosition, MysqlApplier, MysqlStream, MysqlStreamConfig, StartPosition,
+    BinlogPosition, MysqlApplier, MysqlStream, MysqlStreamConfig, StartPosition,
 };
-use duplex_connectors::postgres::{self, Lsn, PgApplier, PgStream, PgStreamConfig};
+use duplex_connectors::postgres::{Lsn, PgApplier, PgStream, PgStreamConfig};
 use duplex_connectors::{
-    Applier, ApplyError, ApplyOptions, ChangeEvent, Op, Origin, Position, Row, TableName,
-    TableRoute, Transaction, TransactionPart, Value,
+    Applier, ApplyError, ApplyOptions, ChangeEvent, Op, Origin, Position, Row, StreamItem,
+    TableName, TableRoute, Transaction, TransactionPart, Value,
 };
 use duplex_testkit::{MariaDatabase, PgDatabase, shared_mariadb, shared_pg};
 use tokio::time::{Instant, timeout_at};
@@ -109,9 +109,9 @@ async fn pg_until_transaction(stream: &mut PgStream) -> Vec<Piece> {
             .expect("no transaction within the deadline")
             .expect("stream error")
         {
-            postgres::StreamItem::Heartbeat(_) => {}
-            postgres::StreamItem::Part(part) => pieces.push(Piece::Part(part)),
-            postgres::StreamItem::Transaction(tx) => {
+            StreamItem::Heartbeat(_) => {}
+            StreamItem::Part(part) => pieces.push(Piece::Part(part)),
+            StreamItem::Transaction(tx) => {
                 pieces.push(Piece::Transaction(tx));
                 return pieces;
             }
@@ -188,9 +188,9 @@ async fn maria_until_transaction(stream: &mut MysqlStream) -> Vec<Piece> {
             .expect("no transaction within the deadline")
             .expect("stream error")
         {
-            mysql::StreamItem::Heartbeat(_) => {}
-            mysql::StreamItem::Part(part) => pieces.push(Piece::Part(part)),
-            mysql::StreamItem::Transaction(tx) => {
+            StreamItem::Heartbeat(_) => {}
+            StreamItem::Part(part) => pieces.push(Piece::Part(part)),
+            StreamItem::Transaction(tx) => {
                 pieces.push(Piece::Transaction(tx));
                 return pieces;
             }

@@ -8,11 +8,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use duplex_connectors::mysql::{
-    BinlogPosition, MysqlStream, MysqlStreamConfig, MysqlStreamError, StartPosition, StreamItem,
-    TypeError,
+    BinlogPosition, MysqlStream, MysqlStreamConfig, MysqlStreamError, StartPosition, TypeError,
 };
 use duplex_connectors::{
-    ChangeEvent, Decimal, Op, Origin, Position, Row, TableName, Transaction, Value,
+    ChangeEvent, Decimal, Op, Origin, Position, Row, StreamItem, TableName, Transaction, Value,
 };
 use duplex_testkit::{MariaDatabase, MariaOptions, MariaServer, Shutdown};
 use tokio::time::{Instant, timeout_at};
@@ -601,7 +600,12 @@ async fn idle_server_sends_heartbeats_with_the_position() {
         .unwrap();
     match item {
         StreamItem::Heartbeat(position) => {
-            assert!(stream.position().compare(&position).unwrap().is_eq());
+            assert!(
+                Position::Mysql(stream.position().clone())
+                    .compare(&position)
+                    .unwrap()
+                    .is_eq()
+            );
         }
         StreamItem::Transaction(txn) => panic!("unexpected {txn:?}"),
         StreamItem::Part(part) => panic!("unexpected {part:?}"),
@@ -723,7 +727,8 @@ async fn resume_by_gtid_matches_resume_by_position() {
         .expect("no heartbeat before the deadline")
         .unwrap()
     {
-        StreamItem::Heartbeat(position) => position,
+        StreamItem::Heartbeat(Position::Mysql(position)) => position,
+        StreamItem::Heartbeat(other) => panic!("not a binlog position: {other:?}"),
         StreamItem::Transaction(txn) => panic!("unexpected {txn:?}"),
         StreamItem::Part(part) => panic!("unexpected {part:?}"),
     };

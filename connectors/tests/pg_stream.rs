@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{NaiveDate, NaiveDateTime};
-use duplex_connectors::postgres::{
-    Lsn, PgStream, PgStreamConfig, PgStreamError, StreamItem, connect,
+use duplex_connectors::postgres::{Lsn, PgStream, PgStreamConfig, PgStreamError, connect};
+use duplex_connectors::{
+    ChangeEvent, Op, Origin, Position, Row, StreamItem, TableName, Transaction, Value,
 };
-use duplex_connectors::{ChangeEvent, Op, Origin, Position, Row, TableName, Transaction, Value};
 use duplex_testkit::{PgDatabase, PgOptions, PgServer};
 use tokio_postgres::Client;
 
@@ -629,7 +629,7 @@ async fn writes_to_other_tables_let_the_position_advance() {
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, stream.next()).await {
             Err(_) => panic!("no heartbeat reached {written} within {DEADLINE:?}"),
-            Ok(Ok(StreamItem::Heartbeat(lsn))) => {
+            Ok(Ok(StreamItem::Heartbeat(Position::Postgres(lsn)))) => {
                 assert!(lsn > last, "heartbeats move forward");
                 last = lsn;
                 if lsn >= written {

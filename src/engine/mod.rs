@@ -48,7 +48,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
-use duplex_connectors::apply::{ApplyError, ApplyOptions, TableRoute};
+use duplex_connectors::apply::{Applier, ApplyError, ApplyOptions, TableRoute};
 use duplex_connectors::{ChangeEvent, Op, Origin, Position, Row, TableName, Transaction, Value};
 use duplex_state::{
     ConflictRecord, ConflictSide, ConflictStatus, Resolution, RowVersions, StateError, StateStore,
@@ -59,12 +59,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::backoff::Backoff;
-use crate::cli::chain;
 use crate::config::{Config, Direction, Site};
-use crate::link::stop_requested;
 use crate::merge::{self, Classification, Outcome, Version};
-use crate::source::{self, DescribeError, SourceError, SourceItem, SourceStream};
-use crate::target::Target;
+use crate::report::chain;
+use crate::shutdown::stop_requested;
+use duplex_connectors::{
+    AnyApplier, AnyStream, DescribeError, StreamError, StreamItem, StreamOptions,
+};
 use rows::{MergeMapping, RowData, display_image, fill_unchanged, same_image};
 
 /// Inputs the coordinator takes in one state-store transaction, at most.
@@ -198,7 +199,7 @@ pub enum EngineError {
         site: String,
         /// Cause.
         #[source]
-        source: Box<SourceError>,
+        source: Box<StreamError>,
     },
     /// Writing into a site failed.
     #[error("writing into site {site}")]
@@ -274,13 +275,12 @@ pub async fn plan(config: &Config) -> Result<Option<MergePlan>, EngineError> {
             .iter()
             .filter_map(|m| m.tables.get(*name).cloned())
             .collect();
-        let described =
-            source::describe(site, &tables)
-                .await
-                .map_err(|source| EngineError::Describe {
-                    site: site.name.clone(),
-                    source,
-                })?;
+        let described = duplex_connectors::describe(&site.connection(), &tables)
+            .await
+            .map_err(|source| EngineError::Describe {
+                site: site.name.clone(),
+                source,
+            })?;
         schemas.insert(name.to_string(), described);
     }
     let mut mappings = Vec::new();
@@ -393,7 +393,7 @@ pub async fn run(
 /// What reaches the coordinator.
 enum Input {
     /// A reader's item.
-    Item(usize, SourceItem),
+    Item(usize, StreamItem),
     /// A reader or writer failed.
     Failed(EngineError),
     /// A request of `duplex conflicts` (through the control socket).
@@ -699,16 +699,16 @@ impl Coordinator<'_> {
         for input in batch {
             match input {
                 Input::Failed(error) => return Err(error),
-                Input::Item(index, SourceItem::Transaction(tx)) => {
+                Input::Item(index, StreamItem::Transaction(tx)) => {
                     self.transaction(&mut w, index, &tx, &mut done)?;
                     w.save_position(&self.plan.sites[index].site.name, &tx.position)?;
                     done.acks.push((index, tx.position));
                 }
-                Input::Item(index, SourceItem::Heartbeat(position)) => {
+                Input::Item(index, StreamItem::Heartbeat(position)) => {
                     w.save_position(&self.plan.sites[index].site.name, &position)?;
                     done.acks.push((index, position));
                 }
-                Input::Item(index, SourceItem::Part(_)) => {
+                Input::Item(index, StreamItem::Part(_)) => {
                     return Err(EngineError::Unsupported(format!(
                         "site {} delivered part of a transaction to the merge engine, which reads whole transactions (a bug)",
                         self.plan.sites[index].site.name
@@ -1307,13 +1307,17 @@ async fn read(
     from: &mut Option<Position>,
     report: &mpsc::Sender<Input>,
     ack: &mut watch::Receiver<Option<Position>>,
-) -> Option<SourceError> {
+) -> Option<StreamError> {
     let name = &site.site.name;
-    let mut stream =
-        match SourceStream::start_merge(&site.site, site.tables.clone(), from.clone()).await {
-            Ok(stream) => stream,
-            Err(error) => return Some(error),
-        };
+    let mut stream = match AnyStream::start(
+        &site.site.connection(),
+        StreamOptions::merge(site.tables.clone(), from.clone()),
+    )
+    .await
+    {
+        Ok(stream) => stream,
+        Err(error) => return Some(error),
+    };
     // A binlog stream that starts at the server's current position must have that position
     // recorded before anything else, or a restart would start at a later "current" one and
     // miss what was committed in between.
@@ -1321,7 +1325,7 @@ async fn read(
         && let Some(position) = stream.start_position()
     {
         if report
-            .send(Input::Item(index, SourceItem::Heartbeat(position.clone())))
+            .send(Input::Item(index, StreamItem::Heartbeat(position.clone())))
             .await
             .is_err()
         {
@@ -1335,9 +1339,9 @@ async fn read(
             item = stream.next() => match item {
                 Ok(item) => {
                     let position = match &item {
-                        SourceItem::Transaction(tx) => Some(tx.position.clone()),
-                        SourceItem::Heartbeat(position) => Some(position.clone()),
-                        SourceItem::Part(_) => None,
+                        StreamItem::Transaction(tx) => Some(tx.position.clone()),
+                        StreamItem::Heartbeat(position) => Some(position.clone()),
+                        StreamItem::Part(_) => None,
                     };
                     if report.send(Input::Item(index, item)).await.is_err() {
                         break None;
@@ -1364,12 +1368,12 @@ async fn read(
 }
 
 /// The engine's applier for a site: its canonical routes, conditional writes.
-async fn connect_writer(site: &MergeSite) -> Result<Target, ApplyError> {
+async fn connect_writer(site: &MergeSite) -> Result<AnyApplier, ApplyError> {
     let options = ApplyOptions {
         conditional: true,
         ..ApplyOptions::default()
     };
-    Target::connect_with(&site.site, site.routes.clone(), options).await
+    AnyApplier::connect(&site.site.connection(), site.routes.clone(), options).await
 }
 
 /// Writes one site's outbox entries, in order, conditionally. A site that goes away is
@@ -1377,7 +1381,7 @@ async fn connect_writer(site: &MergeSite) -> Result<Target, ApplyError> {
 /// this writer only once its queue is full); a definite failure ends the engine's attempt.
 async fn writer(
     site: MergeSite,
-    mut target: Target,
+    mut target: AnyApplier,
     mut queue: mpsc::Receiver<(u64, Arc<OutboxWrite>)>,
     canonical: HashMap<String, TableName>,
     report: mpsc::Sender<Input>,

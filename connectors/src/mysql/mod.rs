@@ -18,7 +18,7 @@ pub use error::MysqlError;
 pub use position::BinlogPosition;
 pub use preflight::{check_server, check_table};
 pub use snapshot::{MysqlSnapshot, MysqlSnapshotError};
-pub use stream::{MysqlStream, MysqlStreamConfig, StartPosition, StreamItem};
+pub use stream::{MysqlStream, MysqlStreamConfig, StartPosition};
 pub use types::TypeError;
 
 use mysql_async::{Conn, Opts, OptsBuilder};

@@ -84,7 +84,7 @@
 //!
 //! Without [`MysqlStreamConfig::part_events`] transactions are held in memory until their
 //! commit; [`MysqlStreamConfig::new`] leaves it unset, the engine sets
-//! [`crate::postgres::DEFAULT_PART_EVENTS`]. Compressed
+//! [`crate::stream::DEFAULT_PART_EVENTS`]. Compressed
 //! binlog events (`log_bin_compress`) and MySQL's binary JSON are refused with an error.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -99,6 +99,7 @@ use mysql_async::binlog::events::{
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn};
 
+use crate::stream::StreamItem;
 use crate::{ChangeEvent, Op, Origin, Position, Row, TableName, Transaction, TransactionPart};
 
 use super::types::{ColumnDecoder, ColumnInfo, decode_row};
@@ -204,20 +205,6 @@ fn random_server_id() -> u32 {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u32(std::process::id());
     (hasher.finish() as u32) | 0x4000_0000
-}
-
-/// What [`MysqlStream::next`] delivers.
-#[derive(Debug, Clone, PartialEq)]
-pub enum StreamItem {
-    /// A committed transaction with at least one change to a mapped table (or the end of one
-    /// whose changes came in parts before it).
-    Transaction(Transaction),
-    /// The next changes of a large transaction not yet committed; its
-    /// [`StreamItem::Transaction`] follows.
-    Part(TransactionPart),
-    /// Nothing to deliver, but the stream has read everything up to this position (the end of
-    /// the last complete transaction): an engine may treat it as acknowledged progress.
-    Heartbeat(BinlogPosition),
 }
 
 /// What information_schema says about a mapped table.
@@ -490,7 +477,9 @@ impl MysqlStream {
                     };
                     self.located = true;
                 }
-                return Ok(Some(StreamItem::Heartbeat(self.position.clone())));
+                return Ok(Some(StreamItem::Heartbeat(Position::Mysql(
+                    self.position.clone(),
+                ))));
             }
             event_type::MARIADB_GTID => {
                 let data = event.data();
@@ -640,7 +629,9 @@ impl MysqlStream {
         self.located = true;
         if txn.events.is_empty() && !txn.parted {
             if self.last_report.elapsed() >= self.heartbeat {
-                return Ok(Some(StreamItem::Heartbeat(self.position.clone())));
+                return Ok(Some(StreamItem::Heartbeat(Position::Mysql(
+                    self.position.clone(),
+                ))));
             }
             return Ok(None);
         }

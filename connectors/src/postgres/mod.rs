@@ -18,9 +18,7 @@ pub use error::PgError;
 pub use position::{Lsn, LsnParseError};
 pub use preflight::{TableUse, check_server, check_table};
 pub use snapshot::{KeyRange, PgExportedSnapshot, PgSnapshotError, PgSnapshotReader};
-pub use stream::{
-    DEFAULT_PART_EVENTS, PgStream, PgStreamConfig, PgStreamError, StreamItem, ensure_publication,
-};
+pub use stream::{PgStream, PgStreamConfig, PgStreamError, ensure_publication};
 
 use std::time::Duration;
 
@@ -66,6 +64,27 @@ fn describe_target(config: &tokio_postgres::Config) -> String {
         config.get_user().unwrap_or("?"),
         config.get_dbname().unwrap_or("?")
     )
+}
+
+/// The replication slot and publication names duplex uses for a PostgreSQL site:
+/// `duplex_<database>_<site>`, every character that is not a lower-case letter or digit
+/// written as `_`, at most 63 characters. Slot names are global to a PostgreSQL server, so
+/// the database keeps two deployments reading different databases apart.
+pub fn slot_name(site: &crate::SiteConnection) -> String {
+    let clean = |text: &str| -> String {
+        text.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    let mut name = format!("duplex_{}_{}", clean(&site.database()), clean(&site.name));
+    name.truncate(63);
+    name
 }
 
 /// Quotes an identifier for PostgreSQL (`"a""b"`).

@@ -65,7 +65,7 @@
 //! `Commit`, so a huge transaction needs memory in proportion to its size; with it the stream
 //! holds at most that many changes (plus the replication buffer) whatever the transaction's
 //! size. [`PgStreamConfig::new`] leaves it unset (whole transactions, as the stream always
-//! delivered); the engine sets [`DEFAULT_PART_EVENTS`].
+//! delivered); the engine sets [`crate::stream::DEFAULT_PART_EVENTS`].
 //!
 //! # Echoes
 //!
@@ -96,6 +96,7 @@ use pgwire_replication::{
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
+use crate::stream::StreamItem;
 use crate::{
     ChangeEvent, Op, Origin, Position, Row, TableName, Transaction, TransactionPart, Value,
 };
@@ -103,9 +104,6 @@ use crate::{
 use super::pgoutput::{self, DecodeError, Message, OldTuple, Relation, TupleData};
 use super::types::{self, PgType, ValueError};
 use super::{Lsn, PgError, connect, describe_table, describe_target, quote_ident};
-
-/// A sensible [`PgStreamConfig::part_events`]: parts of 10,000 changes (a few MB).
-pub const DEFAULT_PART_EVENTS: usize = 10_000;
 
 /// Microseconds from the Unix epoch to PostgreSQL's epoch (2000-01-01 00:00:00 UTC).
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
@@ -236,36 +234,6 @@ impl PgStreamConfig {
             ));
         }
         Ok(())
-    }
-}
-
-/// One item of the change stream.
-#[derive(Debug, Clone, PartialEq)]
-pub enum StreamItem {
-    /// A committed transaction with at least one change of a mapped table, or of
-    /// `duplex.positions` with [`PgStreamConfig::echo_marker`] (or the end of one whose
-    /// changes came in parts before it).
-    Transaction(Transaction),
-    /// The next changes of a large transaction not yet committed; its
-    /// [`StreamItem::Transaction`] follows.
-    Part(TransactionPart),
-    /// Nothing more up to this position: safe to acknowledge once everything yielded before
-    /// it is committed by every target.
-    Heartbeat(Lsn),
-}
-
-impl StreamItem {
-    /// The item's position (`None` for a part, which has none, and for a transaction with a
-    /// non-PostgreSQL position, which this stream never makes).
-    pub fn lsn(&self) -> Option<Lsn> {
-        match self {
-            StreamItem::Transaction(tx) => match tx.position {
-                Position::Postgres(lsn) => Some(lsn),
-                _ => None,
-            },
-            StreamItem::Part(_) => None,
-            StreamItem::Heartbeat(lsn) => Some(*lsn),
-        }
     }
 }
 
@@ -697,7 +665,7 @@ impl PgStream {
             return None;
         }
         self.delivered = lsn;
-        Some(StreamItem::Heartbeat(lsn))
+        Some(StreamItem::Heartbeat(Position::Postgres(lsn)))
     }
 
     fn begin(&mut self, final_lsn: u64) -> Result<(), PgStreamError> {
@@ -1125,7 +1093,7 @@ mod tests {
         let mut c = config();
         c.echo_marker = true;
         assert!(c.validate().is_ok());
-        c.part_events = Some(DEFAULT_PART_EVENTS);
+        c.part_events = Some(crate::stream::DEFAULT_PART_EVENTS);
         let error = c.validate().unwrap_err();
         assert!(
             matches!(

@@ -1,0 +1,79 @@
+//! Reading a site's table definitions, whatever its kind.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::mysql::MysqlError;
+use crate::postgres::PgError;
+use crate::{SiteConnection, SiteKind, TableName, TableSchema};
+
+/// Why a site's tables could not be described.
+#[derive(Debug, thiserror::Error)]
+pub enum DescribeError {
+    /// PostgreSQL catalog access failed.
+    #[error(transparent)]
+    Postgres(#[from] PgError),
+    /// MySQL catalog access failed.
+    #[error(transparent)]
+    Mysql(#[from] MysqlError),
+    /// A mapped table does not exist.
+    #[error(
+        "table {0} does not exist: create it or correct the mapping (duplex check lists what is missing)"
+    )]
+    Missing(TableName),
+    /// A mapped table has no primary key.
+    #[error(
+        "table {0} has no primary key: duplex identifies rows by primary key (duplex check shows the fix)"
+    )]
+    NoPrimaryKey(TableName),
+}
+
+impl DescribeError {
+    /// True when retrying may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DescribeError::Postgres(e) => e.is_transient(),
+            DescribeError::Mysql(e) => e.is_transient(),
+            DescribeError::Missing(_) | DescribeError::NoPrimaryKey(_) => false,
+        }
+    }
+}
+
+/// Reads the schemas of a site's tables; each must exist and have a primary key.
+pub async fn describe(
+    site: &SiteConnection,
+    tables: &BTreeSet<TableName>,
+) -> Result<HashMap<TableName, TableSchema>, DescribeError> {
+    let password = site.password();
+    let mut schemas = HashMap::new();
+    match site.kind {
+        SiteKind::Postgres => {
+            let client = crate::postgres::connect(&site.url, password).await?;
+            for table in tables {
+                let info = crate::postgres::describe_table(&client, table).await?;
+                schemas.insert(
+                    table.clone(),
+                    info.ok_or_else(|| DescribeError::Missing(table.clone()))?
+                        .schema,
+                );
+            }
+        }
+        SiteKind::Mysql => {
+            let mut conn = crate::mysql::connect(&site.url, password).await?;
+            for table in tables {
+                let info = crate::mysql::describe_table(&mut conn, table).await?;
+                schemas.insert(
+                    table.clone(),
+                    info.ok_or_else(|| DescribeError::Missing(table.clone()))?
+                        .schema,
+                );
+            }
+            if let Err(error) = conn.disconnect().await {
+                tracing::debug!(%error, "closing a catalog connection");
+            }
+        }
+    }
+    if let Some(schema) = schemas.values().find(|s| s.primary_key.is_empty()) {
+        return Err(DescribeError::NoPrimaryKey(schema.name.clone()));
+    }
+    Ok(schemas)
+}

@@ -1,0 +1,229 @@
+//! The change-stream contract every kind implements, and [`AnyStream`], which chooses the kind
+//! in one place.
+//!
+//! # Contract
+//!
+//! A change stream reads one site's own change log (PostgreSQL: a logical replication slot
+//! with `pgoutput`; MySQL/MariaDB: the row binlog) and yields [`StreamItem`]s:
+//!
+//! - *Whole transactions, in commit order.* Each [`StreamItem::Transaction`] is one committed
+//!   source transaction touching a mapped table. A transaction larger than the configured part
+//!   size comes as [`StreamItem::Part`]s followed by its final [`StreamItem::Transaction`]
+//!   (the rest of the events, its position and commit time); nothing else is yielded in
+//!   between.
+//! - *Positions never move backwards.* The position of every item is after the one before it;
+//!   a [`StreamItem::Heartbeat`] says nothing more will be yielded up to its position, so a
+//!   caller may treat it as progress once everything yielded before it is committed.
+//! - *Restart is exact.* Started just after a position `P` (the position of a transaction a
+//!   target committed), the stream yields exactly the transactions that committed after `P`.
+//! - *Acknowledgement releases the log.* [`AnyStream::ack`] tells the source that every target
+//!   committed everything up to a position; the source may release its log before it, and
+//!   never anything after it.
+//! - *Echoes are marked.* Started for the merge engine, a transaction duplex itself wrote comes
+//!   with [`crate::Origin::Duplex`] and its `duplex.positions` row, whole (never in parts).
+//! - `next` is cancellation safe: a dropped call loses nothing.
+
+use std::collections::BTreeSet;
+
+use crate::mysql::{MysqlStream, MysqlStreamConfig, MysqlStreamError, StartPosition};
+use crate::postgres::{self, PgStream, PgStreamConfig, PgStreamError};
+use crate::{Position, SiteConnection, SiteKind, TableName, Transaction, TransactionPart};
+
+/// Changes per [`TransactionPart`] of a large transaction (one-way links).
+pub const DEFAULT_PART_EVENTS: usize = 10_000;
+
+/// One item of a change stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamItem {
+    /// A committed transaction touching mapped tables (or the end of one that came in parts).
+    Transaction(Transaction),
+    /// The next changes of a large transaction not yet committed; its
+    /// [`StreamItem::Transaction`] follows.
+    Part(TransactionPart),
+    /// The stream has read everything up to this position and has nothing to deliver before
+    /// it.
+    Heartbeat(Position),
+}
+
+impl StreamItem {
+    /// The item's position (`None` for a part, which has none).
+    pub fn position(&self) -> Option<&Position> {
+        match self {
+            StreamItem::Transaction(tx) => Some(&tx.position),
+            StreamItem::Part(_) => None,
+            StreamItem::Heartbeat(position) => Some(position),
+        }
+    }
+}
+
+/// A change stream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The PostgreSQL change stream failed.
+    #[error(transparent)]
+    Postgres(#[from] PgStreamError),
+    /// The MySQL/MariaDB binlog stream failed.
+    #[error(transparent)]
+    Mysql(#[from] MysqlStreamError),
+    /// The position to resume from belongs to another kind of database.
+    #[error(
+        "the recorded position {0} does not belong to a {1} source: the duplex bookkeeping of this link is inconsistent"
+    )]
+    ForeignPosition(Position, SiteKind),
+}
+
+impl StreamError {
+    /// True when restarting the stream after a backoff may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StreamError::Postgres(e) => e.is_transient(),
+            StreamError::Mysql(e) => e.is_transient(),
+            StreamError::ForeignPosition(..) => false,
+        }
+    }
+}
+
+/// What a stream reads, and for whom.
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    /// The mapped tables to read.
+    pub tables: BTreeSet<TableName>,
+    /// Start just after this position; `None`: where the site's slot stands (PostgreSQL) or
+    /// at the server's current binlog position (MySQL/MariaDB).
+    pub start: Option<Position>,
+    /// For the merge engine: also read `duplex.positions`, so duplex's own transactions come
+    /// out as [`crate::Origin::Duplex`] with their positions row (the echo marker), and only
+    /// whole transactions (the origin of a transaction is known at its commit).
+    pub merge: bool,
+    /// Changes per part of a large transaction (`None`: whole transactions only; the merge
+    /// engine always reads whole transactions).
+    pub part_events: Option<usize>,
+}
+
+impl StreamOptions {
+    /// A one-way link's stream: parts of [`DEFAULT_PART_EVENTS`].
+    pub fn link(tables: BTreeSet<TableName>, start: Option<Position>) -> StreamOptions {
+        StreamOptions {
+            tables,
+            start,
+            merge: false,
+            part_events: Some(DEFAULT_PART_EVENTS),
+        }
+    }
+
+    /// The merge engine's stream: echo markers, whole transactions.
+    pub fn merge(tables: BTreeSet<TableName>, start: Option<Position>) -> StreamOptions {
+        StreamOptions {
+            tables,
+            start,
+            merge: true,
+            part_events: None,
+        }
+    }
+}
+
+/// A running change stream of any kind.
+pub enum AnyStream {
+    /// PostgreSQL logical replication.
+    Postgres(Box<PgStream>),
+    /// MySQL/MariaDB binlog.
+    Mysql(Box<MysqlStream>),
+}
+
+impl AnyStream {
+    /// Starts reading `site` as `options` say.
+    pub async fn start(
+        site: &SiteConnection,
+        options: StreamOptions,
+    ) -> Result<AnyStream, StreamError> {
+        let StreamOptions {
+            mut tables,
+            start,
+            merge,
+            part_events,
+        } = options;
+        let part_events = if merge { None } else { part_events };
+        let password = site.password.clone();
+        match site.kind {
+            SiteKind::Postgres => {
+                let start = match start {
+                    None => None,
+                    Some(Position::Postgres(lsn)) => Some(lsn),
+                    Some(other) => return Err(StreamError::ForeignPosition(other, site.kind)),
+                };
+                let name = postgres::slot_name(site);
+                let mut config = PgStreamConfig::new(
+                    &site.name,
+                    &site.url,
+                    &name,
+                    &name,
+                    tables.into_iter().collect(),
+                );
+                config.password = password;
+                config.start = start;
+                config.part_events = part_events;
+                config.echo_marker = merge;
+                Ok(AnyStream::Postgres(Box::new(
+                    PgStream::start(config).await?,
+                )))
+            }
+            SiteKind::Mysql => {
+                if merge {
+                    tables.insert(TableName::new("duplex", "positions"));
+                }
+                let mut config = MysqlStreamConfig::new(&site.name, &site.url, tables);
+                config.password = password;
+                config.part_events = part_events;
+                config.start = match start {
+                    None => StartPosition::Current,
+                    Some(Position::Mysql(pos)) => StartPosition::At(pos),
+                    Some(other) => return Err(StreamError::ForeignPosition(other, site.kind)),
+                };
+                Ok(AnyStream::Mysql(Box::new(
+                    MysqlStream::start(config).await?,
+                )))
+            }
+        }
+    }
+
+    /// The next transaction, part of a large transaction, or heartbeat. Cancellation safe.
+    pub async fn next(&mut self) -> Result<StreamItem, StreamError> {
+        Ok(match self {
+            AnyStream::Postgres(stream) => stream.next().await?,
+            AnyStream::Mysql(stream) => stream.next().await?,
+        })
+    }
+
+    /// Where a MySQL/MariaDB stream stands before it delivered anything (its start); `None`
+    /// for PostgreSQL, whose slot keeps its own position, and before the binlog file is known.
+    pub fn start_position(&self) -> Option<Position> {
+        match self {
+            AnyStream::Postgres(_) => None,
+            AnyStream::Mysql(stream) => {
+                let position = stream.position();
+                (!position.file.is_empty()).then(|| Position::Mysql(position.clone()))
+            }
+        }
+    }
+
+    /// Tells the source that every target has committed everything up to `position`, so it
+    /// may release its log before it (PostgreSQL: the slot's flush position; the MySQL binlog
+    /// is kept by the server's own retention).
+    pub fn ack(&self, position: &Position) {
+        if let (AnyStream::Postgres(stream), Position::Postgres(lsn)) = (self, position) {
+            stream.ack(*lsn);
+        }
+    }
+
+    /// Ends the stream cleanly.
+    pub async fn shutdown(self) {
+        match self {
+            AnyStream::Postgres(stream) => {
+                if let Err(error) = stream.shutdown().await {
+                    tracing::debug!(%error, "closing the PostgreSQL change stream");
+                }
+            }
+            AnyStream::Mysql(stream) => stream.shutdown().await,
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! [`AnyApplier`]: one applier per target site, whatever its kind (the kind is chosen here
+//! and nowhere else). The protocol every kind keeps is in [`crate::apply`].
+
+use crate::apply::{Applier, ApplyError, ApplyOptions, SkippedWrite, TableRoute};
+use crate::mysql::MysqlApplier;
+use crate::postgres::PgApplier;
+use crate::{Position, SiteConnection, SiteKind, Transaction, TransactionPart};
+
+/// An applier writing into one target site.
+pub enum AnyApplier {
+    /// Into PostgreSQL.
+    Postgres(Box<PgApplier>),
+    /// Into MySQL/MariaDB.
+    Mysql(Box<MysqlApplier>),
+}
+
+impl AnyApplier {
+    /// Connects to `site` and checks `routes` against its tables.
+    pub async fn connect(
+        site: &SiteConnection,
+        routes: Vec<TableRoute>,
+        options: ApplyOptions,
+    ) -> Result<AnyApplier, ApplyError> {
+        let password = site.password();
+        Ok(match site.kind {
+            SiteKind::Postgres => AnyApplier::Postgres(Box::new(
+                PgApplier::connect(&site.url, password, routes, options).await?,
+            )),
+            SiteKind::Mysql => AnyApplier::Mysql(Box::new(
+                MysqlApplier::connect(&site.url, password, routes, options).await?,
+            )),
+        })
+    }
+
+    /// The writes a conditional apply skipped since the last call (see
+    /// [`ApplyOptions::conditional`]).
+    pub fn take_skipped(&mut self) -> Vec<SkippedWrite> {
+        match self {
+            AnyApplier::Postgres(applier) => applier.take_skipped(),
+            AnyApplier::Mysql(applier) => applier.take_skipped(),
+        }
+    }
+}
+
+impl Applier for AnyApplier {
+    async fn apply(&mut self, batch: &[Transaction]) -> Result<(), ApplyError> {
+        match self {
+            AnyApplier::Postgres(applier) => applier.apply(batch).await,
+            AnyApplier::Mysql(applier) => applier.apply(batch).await,
+        }
+    }
+
+    async fn apply_part(&mut self, part: &TransactionPart) -> Result<(), ApplyError> {
+        match self {
+            AnyApplier::Postgres(applier) => applier.apply_part(part).await,
+            AnyApplier::Mysql(applier) => applier.apply_part(part).await,
+        }
+    }
+
+    async fn position(&mut self, source: &str) -> Result<Option<Position>, ApplyError> {
+        match self {
+            AnyApplier::Postgres(applier) => applier.position(source).await,
+            AnyApplier::Mysql(applier) => applier.position(source).await,
+        }
+    }
+}
