@@ -44,6 +44,29 @@ pub enum StateError {
         source: redb::DatabaseError,
     },
 
+    /// The store file exists but is empty: not something duplex ever leaves behind (a new
+    /// store is created beside it and renamed into place), so the state was lost outside
+    /// duplex, e.g. by a failed restore or copy.
+    #[error(
+        "state store at {path} is empty (0 bytes): duplex never leaves an empty store, so its state was lost outside duplex (a failed restore or copy?); restore the state directory from a backup. Starting with an empty store would resume readers at the sources' current positions and lose the changes in between"
+    )]
+    Empty {
+        /// The store file.
+        path: PathBuf,
+    },
+
+    /// Reading the store file made redb fail inside (a damaged page it did not detect as
+    /// such).
+    #[error(
+        "state store at {path} is damaged ({what}); restore the state directory from a backup, or move it aside and run `duplex backfill` again"
+    )]
+    Damaged {
+        /// The store file.
+        path: PathBuf,
+        /// What redb reported.
+        what: String,
+    },
+
     /// The store file could not be opened for another reason (permissions, I/O).
     #[error(
         "cannot open state store at {path}: {source}; check the file's permissions and the disk"

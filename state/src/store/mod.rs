@@ -110,9 +110,48 @@ impl StateStore {
             source,
         })?;
         let path = dir.join(STATE_FILE);
-        let db = redb::Builder::new()
-            .create(&path)
-            .map_err(|source| open_error(dir, &path, source))?;
+        // A panic inside redb (a damaged page it does not recognise as damaged) is a damaged
+        // store, not a crash of duplex.
+        std::panic::catch_unwind(|| Self::open_file(dir, &path, options)).unwrap_or_else(
+            |panic| {
+                Err(StateError::Damaged {
+                    path: path.clone(),
+                    what: panic_text(&panic),
+                })
+            },
+        )
+    }
+
+    /// [`StateStore::open_with`] for the store file `path`.
+    fn open_file(dir: &Path, path: &Path, options: &StoreOptions) -> Result<StateStore, StateError> {
+        let path = path.to_owned();
+        let mut db = match std::fs::metadata(&path) {
+            Ok(meta) if meta.len() == 0 => return Err(StateError::Empty { path }),
+            Ok(_) => redb::Builder::new()
+                .open(&path)
+                .map_err(|source| open_error(dir, &path, source))?,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => create_new(dir, &path)?,
+            Err(source) => {
+                return Err(StateError::Open {
+                    path,
+                    source: DatabaseError::Storage(StorageError::Io(source)),
+                });
+            }
+        };
+        // Every page's checksum, once per start: a damaged store is refused here rather than
+        // read wrongly later.
+        match db.check_integrity() {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(StateError::Damaged {
+                    path,
+                    what: "its integrity check found damaged pages and repaired them from the \
+                           previous commit; the repaired state may be older than the targets"
+                        .to_owned(),
+                });
+            }
+            Err(source) => return Err(open_error(dir, &path, source)),
+        }
         let store = StateStore {
             db,
             dir: dir.to_owned(),
@@ -544,6 +583,45 @@ fn unknown_site(path: &Path, id: u32) -> StateError {
 }
 
 /// The [`StateError`] for a failed open of the store file.
+/// Creates a new store file: written as `<file>.new` and renamed into place once redb has
+/// initialised it, so `state.redb` is never an empty or half-made file (an empty one can only
+/// come from outside duplex, and is refused).
+fn create_new(dir: &Path, path: &Path) -> Result<Database, StateError> {
+    let fresh = path.with_extension("redb.new");
+    let io_error = |source: std::io::Error| StateError::Open {
+        path: fresh.clone(),
+        source: DatabaseError::Storage(StorageError::Io(source)),
+    };
+    match std::fs::remove_file(&fresh) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(io_error(error)),
+    }
+    let db = redb::Builder::new()
+        .create(&fresh)
+        .map_err(|source| open_error(dir, &fresh, source))?;
+    drop(db);
+    std::fs::File::open(&fresh)
+        .and_then(|file| file.sync_all())
+        .map_err(io_error)?;
+    std::fs::rename(&fresh, path).map_err(io_error)?;
+    std::fs::File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(io_error)?;
+    redb::Builder::new()
+        .open(path)
+        .map_err(|source| open_error(dir, path, source))
+}
+
+/// The message of a caught panic.
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "redb panicked".to_owned())
+}
+
 fn open_error(dir: &Path, path: &Path, source: DatabaseError) -> StateError {
     match &source {
         DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
