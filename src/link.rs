@@ -43,6 +43,7 @@
 
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use duplex_connectors::apply::{Applier, ApplyError, ApplyOptions, TableRoute};
@@ -51,6 +52,8 @@ use duplex_connectors::{
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
+
+use duplex_state::StateStore;
 
 use crate::backoff::Backoff;
 use crate::config::Site;
@@ -128,6 +131,9 @@ pub enum LinkError {
     /// A worker task panicked (a bug).
     #[error("a target worker of this link crashed: {0}")]
     Crashed(String),
+    /// The state store failed while recording or reading the link's start position.
+    #[error("recording where the link starts in the state store")]
+    State(#[source] duplex_state::StateError),
 }
 
 impl LinkError {
@@ -137,19 +143,23 @@ impl LinkError {
             LinkError::Source { source, .. } => source.is_transient(),
             LinkError::Apply { source, .. } => source.is_transient(),
             LinkError::Schema { transient, .. } => *transient,
-            LinkError::Position(_) | LinkError::Crashed(_) => false,
+            LinkError::Position(_) | LinkError::Crashed(_) | LinkError::State(_) => false,
         }
     }
 }
 
 /// Runs a link until `shutdown` turns true (Ok) or it fails definitively (Err). Transient
 /// failures are logged and retried with backoff.
-pub async fn run(plan: LinkPlan, mut shutdown: watch::Receiver<bool>) -> Result<(), LinkError> {
+pub async fn run(
+    plan: LinkPlan,
+    state: Arc<StateStore>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), LinkError> {
     let name = link_name(&plan);
     let mut backoff = Backoff::default();
     loop {
         backoff.attempt_started();
-        match attempt(&plan, &mut shutdown).await {
+        match attempt(&plan, &state, &mut shutdown).await {
             Ok(()) => return Ok(()),
             Err(error) if error.is_transient() => {
                 let delay = backoff.failed();
@@ -173,7 +183,16 @@ pub fn link_name(plan: &LinkPlan) -> String {
 /// A worker's report: target index and the newest sequence number it committed.
 type Committed = (usize, u64);
 
-async fn attempt(plan: &LinkPlan, shutdown: &mut watch::Receiver<bool>) -> Result<(), LinkError> {
+/// The state-store key of the position a link without any target position started at.
+fn start_key(source: &str) -> String {
+    format!("link-start:{source}")
+}
+
+async fn attempt(
+    plan: &LinkPlan,
+    state: &Arc<StateStore>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), LinkError> {
     let source_name = plan.source.name.as_str();
     let mut targets = Vec::with_capacity(plan.targets.len());
     let mut start: Option<Position> = None;
@@ -212,6 +231,15 @@ async fn attempt(plan: &LinkPlan, shutdown: &mut watch::Receiver<bool>) -> Resul
             "some targets have never received changes from this source; they start at the position the others hold"
         );
     }
+    // No target holds a position yet: the link starts where it started the first time, if it
+    // ever did (recorded below before anything was read), so no retry or restart before the
+    // first commit ever starts from "now" again.
+    let first_start = start.is_none();
+    if first_start {
+        start = state
+            .position::<Position>(&start_key(source_name))
+            .map_err(LinkError::State)?;
+    }
     let mut stream = AnyStream::start(
         &plan.source.connection(),
         StreamOptions::link(plan.tables.clone(), start.clone()),
@@ -221,6 +249,20 @@ async fn attempt(plan: &LinkPlan, shutdown: &mut watch::Receiver<bool>) -> Resul
         site: source_name.to_owned(),
         source,
     })?;
+    if first_start
+        && start.is_none()
+        && let Some(position) = stream.start_position()
+    {
+        // Durable before the first item is read (a PostgreSQL slot keeps its own position).
+        let store = state.clone();
+        let key = start_key(source_name);
+        let saved = position.clone();
+        tokio::task::spawn_blocking(move || store.save_position(&key, &saved))
+            .await
+            .map_err(|panic| LinkError::Crashed(panic.to_string()))?
+            .map_err(LinkError::State)?;
+        tracing::info!(source = source_name, %position, "recorded where this new link starts");
+    }
     tracing::info!(link = %link_name(plan), start = %start.as_ref().map_or("the source's current position".to_owned(), ToString::to_string), "link started");
 
     let (committed_tx, mut committed_rx) = mpsc::unbounded_channel::<Committed>();
@@ -231,7 +273,7 @@ async fn attempt(plan: &LinkPlan, shutdown: &mut watch::Receiver<bool>) -> Resul
         let (tx, rx) = mpsc::channel(QUEUE);
         senders.push(Outlet {
             queue: tx,
-            budget: std::sync::Arc::new(Semaphore::new(QUEUE_EVENTS)),
+            budget: Arc::new(Semaphore::new(QUEUE_EVENTS)),
             tables: target_plan
                 .routes
                 .iter()
@@ -371,7 +413,7 @@ type Queued = (Piece, OwnedSemaphorePermit);
 /// A target worker's queue, its event budget and the source tables routed to it.
 struct Outlet {
     queue: mpsc::Sender<Queued>,
-    budget: std::sync::Arc<Semaphore>,
+    budget: Arc<Semaphore>,
     tables: BTreeSet<TableName>,
 }
 

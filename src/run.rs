@@ -101,8 +101,9 @@ pub async fn run(config: &Config) -> Result<(), RunError> {
     for plan in plans {
         let name = link::link_name(&plan);
         let stopped = stopped.clone();
+        let state = state.clone();
         links.spawn(async move {
-            let outcome = link::run(plan, stopped).await;
+            let outcome = link::run(plan, state, stopped).await;
             (name, outcome.map_err(|error| chain(&error)))
         });
     }
