@@ -47,7 +47,9 @@ fn an_empty_store_file_is_refused_not_taken_as_a_new_store() {
     assert!(text.contains("restore"), "{text}");
     // Nothing was written into it.
     assert_eq!(
-        std::fs::metadata(dir.path().join(STATE_FILE)).unwrap().len(),
+        std::fs::metadata(dir.path().join(STATE_FILE))
+            .unwrap()
+            .len(),
         0
     );
 }

@@ -423,3 +423,16 @@ fn held_vectors_that_differ_from_the_merged_one_round_trip() {
     store.put_row_versions("m", b"k", &diverged).unwrap();
     assert_eq!(store.row_versions("m", b"k").unwrap(), Some(diverged));
 }
+
+#[test]
+fn a_store_keeps_its_deployment_identity_and_a_new_store_gets_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::open(dir.path()).unwrap();
+    let id = store.deployment_id().to_owned();
+    assert_eq!(id.len(), 36, "{id}");
+    store.close().unwrap();
+    let store = StateStore::open(dir.path()).unwrap();
+    assert_eq!(store.deployment_id(), id);
+    let other = tempfile::tempdir().unwrap();
+    assert_ne!(StateStore::open(other.path()).unwrap().deployment_id(), id);
+}

@@ -55,8 +55,8 @@ use crate::row_versions::RowVersions;
 use sites::{SiteDictionary, StoredRowVersions};
 use tables::{
     BACKFILL_META, BACKFILL_RANGES, CONFLICTS, COUNTERS, DELETED_ROWS, HELD_CONFLICTS, META,
-    META_CODEC, META_SCHEMA_VERSION, PENDING, POSITIONS, ROW_VERSIONS, SCHEMA_VERSION, SITE_IDS,
-    SITE_NAMES,
+    META_CODEC, META_DEPLOYMENT, META_SCHEMA_VERSION, PENDING, POSITIONS, ROW_VERSIONS,
+    SCHEMA_VERSION, SITE_IDS, SITE_NAMES,
 };
 
 /// Name of the store file inside the state directory.
@@ -87,6 +87,7 @@ pub struct StateStore {
     path: PathBuf,
     durability: redb::Durability,
     sites: RwLock<SiteDictionary>,
+    deployment: String,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -112,18 +113,20 @@ impl StateStore {
         let path = dir.join(STATE_FILE);
         // A panic inside redb (a damaged page it does not recognise as damaged) is a damaged
         // store, not a crash of duplex.
-        std::panic::catch_unwind(|| Self::open_file(dir, &path, options)).unwrap_or_else(
-            |panic| {
-                Err(StateError::Damaged {
-                    path: path.clone(),
-                    what: panic_text(&panic),
-                })
-            },
-        )
+        std::panic::catch_unwind(|| Self::open_file(dir, &path, options)).unwrap_or_else(|panic| {
+            Err(StateError::Damaged {
+                path: path.clone(),
+                what: panic_text(&panic),
+            })
+        })
     }
 
     /// [`StateStore::open_with`] for the store file `path`.
-    fn open_file(dir: &Path, path: &Path, options: &StoreOptions) -> Result<StateStore, StateError> {
+    fn open_file(
+        dir: &Path,
+        path: &Path,
+        options: &StoreOptions,
+    ) -> Result<StateStore, StateError> {
         let path = path.to_owned();
         let mut db = match std::fs::metadata(&path) {
             Ok(meta) if meta.len() == 0 => return Err(StateError::Empty { path }),
@@ -152,7 +155,7 @@ impl StateStore {
             }
             Err(source) => return Err(open_error(dir, &path, source)),
         }
-        let store = StateStore {
+        let mut store = StateStore {
             db,
             dir: dir.to_owned(),
             path,
@@ -161,8 +164,9 @@ impl StateStore {
                 CommitDurability::Deferred => redb::Durability::None,
             },
             sites: RwLock::new(SiteDictionary::default()),
+            deployment: String::new(),
         };
-        store.prepare()?;
+        store.deployment = store.prepare()?;
         store.load_sites()?;
         Ok(store)
     }
@@ -183,6 +187,13 @@ impl StateStore {
     /// The store file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The identity of the deployment this store belongs to: a UUID made when the store was
+    /// created. duplex records it on the servers it claims (slots, publications, two-way
+    /// sites), so a second deployment, or this one after its state was lost, is recognised.
+    pub fn deployment_id(&self) -> &str {
+        &self.deployment
     }
 
     /// Starts a batch: everything written through it is committed together, or not at all.
@@ -479,8 +490,10 @@ impl StateStore {
         self.sites.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Creates the tables of a new store, or checks the versions recorded in an existing one.
-    fn prepare(&self) -> Result<(), StateError> {
+    /// Creates the tables of a new store, or checks the versions recorded in an existing one;
+    /// returns the deployment identity (made here for a new store, or for one written before
+    /// the identity was recorded).
+    fn prepare(&self) -> Result<String, StateError> {
         let path = &self.path;
         let txn = self.db.begin_write().at(path)?;
         let fresh = txn.list_tables().at(path)?.next().is_none();
@@ -536,7 +549,23 @@ impl StateStore {
         txn.open_table(CONFLICTS).at(path)?;
         txn.open_table(HELD_CONFLICTS).at(path)?;
         txn.open_table(COUNTERS).at(path)?;
-        txn.commit().at(path)
+        let deployment = {
+            let mut meta = txn.open_table(META).at(path)?;
+            let recorded = meta
+                .get(META_DEPLOYMENT)
+                .at(path)?
+                .map(|bytes| String::from_utf8_lossy(bytes.value()).into_owned());
+            match recorded {
+                Some(id) => id,
+                None => {
+                    let id = uuid::Uuid::new_v4().to_string();
+                    meta.insert(META_DEPLOYMENT, id.as_bytes()).at(path)?;
+                    id
+                }
+            }
+        };
+        txn.commit().at(path)?;
+        Ok(deployment)
     }
 
     fn load_sites(&self) -> Result<(), StateError> {

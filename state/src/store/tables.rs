@@ -14,6 +14,9 @@ pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta
 pub(crate) const META_SCHEMA_VERSION: &str = "schema_version";
 /// Key in [`META`] of the name of the value encoding (UTF-8).
 pub(crate) const META_CODEC: &str = "codec";
+/// Key in [`META`] of the deployment identity (a UUID in text form, UTF-8), made when the
+/// store is created (or first opened by a release that records it).
+pub(crate) const META_DEPLOYMENT: &str = "deployment";
 
 /// Site name → encoded position.
 pub(crate) const POSITIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("positions");
