@@ -242,7 +242,8 @@ async fn attempt(
     }
     let mut stream = AnyStream::start(
         &plan.source.connection(),
-        StreamOptions::link(plan.tables.clone(), start.clone()),
+        StreamOptions::link(plan.tables.clone(), start.clone())
+            .for_deployment(state.deployment_id()),
     )
     .await
     .map_err(|source| LinkError::Source {

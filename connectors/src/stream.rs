@@ -98,6 +98,9 @@ pub struct StreamOptions {
     /// Changes per part of a large transaction (`None`: whole transactions only; the merge
     /// engine always reads whole transactions).
     pub part_events: Option<usize>,
+    /// The reading deployment's identity, recorded on (and checked against) what the stream
+    /// claims on the source (a PostgreSQL slot and publication).
+    pub deployment: Option<String>,
 }
 
 impl StreamOptions {
@@ -108,6 +111,7 @@ impl StreamOptions {
             start,
             merge: false,
             part_events: Some(DEFAULT_PART_EVENTS),
+            deployment: None,
         }
     }
 
@@ -118,7 +122,14 @@ impl StreamOptions {
             start,
             merge: true,
             part_events: None,
+            deployment: None,
         }
+    }
+
+    /// The same, claimed for `deployment` (see [`StreamOptions::deployment`]).
+    pub fn for_deployment(mut self, deployment: &str) -> StreamOptions {
+        self.deployment = Some(deployment.to_owned());
+        self
     }
 }
 
@@ -141,6 +152,7 @@ impl AnyStream {
             start,
             merge,
             part_events,
+            deployment,
         } = options;
         let part_events = if merge { None } else { part_events };
         let password = site.password.clone();
@@ -163,6 +175,7 @@ impl AnyStream {
                 config.start = start;
                 config.part_events = part_events;
                 config.echo_marker = merge;
+                config.deployment = deployment;
                 Ok(AnyStream::Postgres(Box::new(
                     PgStream::start(config).await?,
                 )))

@@ -171,6 +171,9 @@ pub struct MergeSite {
     pub tables: BTreeSet<TableName>,
     /// Canonical table -> its table.
     pub routes: Vec<TableRoute>,
+    /// The identity of the deployment running the engine (the state store's), claimed on
+    /// the site's replication objects; set when the engine starts.
+    pub deployment: String,
 }
 
 impl MergePlan {
@@ -355,6 +358,7 @@ pub async fn plan(config: &Config) -> Result<Option<MergePlan>, EngineError> {
                     .filter_map(|m| m.tables.get(*name).cloned())
                     .collect(),
                 routes,
+                deployment: String::new(),
             }
         })
         .collect();
@@ -522,7 +526,8 @@ async fn attempt(
         let (ack_tx, ack_rx) = watch::channel::<Option<Position>>(None);
         acks.push(ack_tx);
         let report = input_tx.clone();
-        let site = site.clone();
+        let mut site = site.clone();
+        site.deployment = store.deployment_id().to_owned();
         tasks.spawn(async move {
             reader(index, site, start, report, ack_rx).await;
         });
@@ -1311,7 +1316,7 @@ async fn read(
     let name = &site.site.name;
     let mut stream = match AnyStream::start(
         &site.site.connection(),
-        StreamOptions::merge(site.tables.clone(), from.clone()),
+        StreamOptions::merge(site.tables.clone(), from.clone()).for_deployment(&site.deployment),
     )
     .await
     {

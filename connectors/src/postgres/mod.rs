@@ -3,6 +3,7 @@
 
 mod apply;
 mod catalog;
+pub mod claim;
 mod copy;
 mod error;
 pub mod pgoutput;

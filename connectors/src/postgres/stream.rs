@@ -139,6 +139,9 @@ pub struct PgStreamConfig {
     /// that change it, duplex's own writes, with [`Origin::Duplex`]; see the module docs.
     /// Cannot be combined with `part_events`.
     pub echo_marker: bool,
+    /// The identity of the deployment reading: the publication (and so the slot) is claimed
+    /// for it, and one claimed by another deployment is refused (see [`super::claim`]).
+    pub deployment: Option<String>,
 }
 
 impl std::fmt::Debug for PgStreamConfig {
@@ -160,6 +163,7 @@ impl std::fmt::Debug for PgStreamConfig {
             .field("buffer_events", &self.buffer_events)
             .field("part_events", &self.part_events)
             .field("echo_marker", &self.echo_marker)
+            .field("deployment", &self.deployment)
             .finish()
     }
 }
@@ -186,6 +190,7 @@ impl PgStreamConfig {
             buffer_events: 8192,
             part_events: None,
             echo_marker: false,
+            deployment: None,
         }
     }
 
@@ -257,6 +262,22 @@ pub enum PgStreamError {
     /// A mapped table does not exist.
     #[error("table {0} does not exist: create it, or correct the table name in the mapping")]
     TableMissing(TableName),
+    /// The publication, and so the slot of the same name, belongs to another deployment.
+    #[error(
+        "publication {publication} and the replication slot of the same name belong to another duplex \
+         deployment ({owner}; this one is {deployment}): two deployments cannot share a slot. Give \
+         this deployment's sites other names, or point it at another database; if this is that \
+         deployment and its state directory was lost, restore it; if the other deployment is gone for \
+         good, release its claim with COMMENT ON PUBLICATION {publication} IS NULL"
+    )]
+    ClaimedByOther {
+        /// Publication (and slot) name.
+        publication: String,
+        /// The deployment recorded on it.
+        owner: String,
+        /// This deployment.
+        deployment: String,
+    },
     /// The publication could not be created or changed.
     #[error("cannot set up publication {name}")]
     Publication {
@@ -430,7 +451,13 @@ impl PgStream {
                 published.push(positions_table());
             }
         }
+        if let Some(deployment) = &config.deployment {
+            super::claim::check(&catalog, &config.publication, deployment).await?;
+        }
         ensure_publication(&catalog, &config.publication, &published).await?;
+        if let Some(deployment) = &config.deployment {
+            super::claim::record(&catalog, &config.publication, deployment).await?;
+        }
         // Resuming from a position needs the slot that position belongs to: a new slot would
         // silently skip everything committed since.
         let confirmed = ensure_slot(&catalog, &config.slot, config.start.is_none()).await?;
