@@ -49,8 +49,6 @@ pub trait Target: Sized {
     /// What [`Target::hold_position`] returns: a second session inside an open transaction.
     type Held;
 
-    /// The SQLSTATE of a duplicate key.
-    const DUPLICATE_KEY: &'static str;
     /// Whether an applier that meets another's uncommitted first position of its source fails
     /// on the key once the other commits (its position check sees no row and waits for
     /// nothing), rather than waiting for that row in the check and skipping the transaction.
@@ -105,4 +103,7 @@ pub trait Target: Sized {
 
     /// The SQLSTATE the server gave for the error, if it came from the server.
     fn sqlstate(err: &ApplyError) -> Option<String>;
+
+    /// Whether the server refused a write for a duplicate key.
+    fn is_duplicate_key(err: &ApplyError) -> bool;
 }

@@ -90,9 +90,23 @@ fn canonical(kind: ValueKind, value: mysql_async::Value) -> Value {
     }
 }
 
+/// The server's error behind an apply error, if the server refused a statement.
+fn server_error(err: &ApplyError) -> Option<&mysql_async::ServerError> {
+    let error = match err {
+        ApplyError::Mysql(error) | ApplyError::MysqlWrite { source: error, .. } => error,
+        _ => return None,
+    };
+    match &**error {
+        MysqlError::Query {
+            source: mysql_async::Error::Server(server),
+            ..
+        } => Some(server),
+        _ => None,
+    }
+}
+
 impl Target for Mysql {
     type Held = Conn;
-    const DUPLICATE_KEY: &'static str = "23000";
     const RACING_FIRST_POSITION_FAILS: bool = false;
     const SMALLINT: &'static str = "smallint(6)";
 
@@ -238,16 +252,11 @@ impl Target for Mysql {
     }
 
     fn sqlstate(err: &ApplyError) -> Option<String> {
-        let error = match err {
-            ApplyError::Mysql(error) | ApplyError::MysqlWrite { source: error, .. } => error,
-            _ => return None,
-        };
-        match &**error {
-            MysqlError::Query {
-                source: mysql_async::Error::Server(server),
-                ..
-            } => Some(server.state.clone()),
-            _ => None,
-        }
+        server_error(err).map(|server| server.state.clone())
+    }
+
+    fn is_duplicate_key(err: &ApplyError) -> bool {
+        // ER_DUP_ENTRY
+        server_error(err).is_some_and(|server| server.code == 1062)
     }
 }

@@ -39,7 +39,6 @@ async fn session(url: &str) -> Client {
 
 impl Target for Postgres {
     type Held = Client;
-    const DUPLICATE_KEY: &'static str = "23505";
     const RACING_FIRST_POSITION_FAILS: bool = true;
     const SMALLINT: &'static str = "smallint";
 
@@ -220,5 +219,10 @@ impl Target for Postgres {
             _ => return None,
         };
         driver.code().map(|code| code.code().to_owned())
+    }
+
+    fn is_duplicate_key(err: &ApplyError) -> bool {
+        // unique_violation
+        Self::sqlstate(err).as_deref() == Some("23505")
     }
 }
