@@ -1,0 +1,967 @@
+//! The suite: each test takes a fresh target of some kind, applies synthetic source
+//! transactions through [`AnyApplier`] and reads back what the target holds.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use duplex_connectors::{
+    AnyApplier, Applier, ApplyError, ApplyOptions, ChangeEvent, Op, Origin, Position, Row,
+    TableRoute, Transaction, TransactionPart, Value,
+};
+
+use crate::events::{
+    CONDITIONAL, UPSERT, big_text, dec, delete, delete_from, insert, row, skipped, source_table,
+    update, update_from, with,
+};
+use crate::target::{ITEM_COLUMNS, Target};
+
+/// The routed source columns; `label` is written into target column `t`.
+const SOURCE_COLUMNS: &[&str] = &[
+    "id", "i2", "i4", "i8", "n", "f4", "f8", "label", "vc", "bs", "d", "tm", "ts", "tz", "u", "j",
+];
+
+fn route<T: Target>(t: &T) -> TableRoute {
+    let mut route =
+        TableRoute::same_names(source_table(), t.table("items"), SOURCE_COLUMNS, &["id"]);
+    for (source, target) in &mut route.columns {
+        if source == "label" {
+            *target = "t".into();
+        }
+    }
+    route
+}
+
+async fn applier<T: Target>(t: &T, options: ApplyOptions) -> AnyApplier {
+    AnyApplier::connect(&t.site(), vec![route(t)], options)
+        .await
+        .unwrap()
+}
+
+/// A transaction of the test's source ending at `offset`.
+fn txn<T: Target>(t: &T, offset: u64, events: Vec<ChangeEvent>) -> Transaction {
+    txn_of(t, t.source(), offset, events)
+}
+
+fn txn_of<T: Target>(t: &T, source: &str, offset: u64, events: Vec<ChangeEvent>) -> Transaction {
+    Transaction {
+        source: source.into(),
+        position: t.position(offset),
+        commit_time: Utc::now(),
+        origin: Origin::Local,
+        events,
+    }
+}
+
+/// The position `applier` recorded for `source`.
+async fn recorded(applier: &mut AnyApplier, source: &str) -> Option<Position> {
+    applier.position(source).await.unwrap()
+}
+
+async fn count<T: Target>(t: &T) -> i64 {
+    let rows = t.query("SELECT COUNT(*) FROM items").await;
+    rows[0][0].as_ref().unwrap().parse().unwrap()
+}
+
+fn ts(s: &str) -> Value {
+    Value::Timestamp(s.parse().unwrap())
+}
+
+fn tz(s: &str) -> Value {
+    Value::TimestampTz(DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc))
+}
+
+fn uuid(s: &str) -> Value {
+    Value::Uuid(s.parse().unwrap())
+}
+
+fn date(y: i32, m: u32, d: u32) -> Value {
+    Value::Date(NaiveDate::from_ymd_opt(y, m, d).unwrap())
+}
+
+/// Microseconds of a time of day.
+fn time(h: i64, m: i64, s: i64, us: i64) -> Value {
+    Value::Time(((h * 60 + m) * 60 + s) * 1_000_000 + us)
+}
+
+/// Extremes and awkward values every kind holds exactly.
+fn full_row(id: i64) -> Row {
+    row(vec![
+        ("id", Value::Int(id)),
+        ("i2", Value::Int(i64::from(i16::MIN))),
+        ("i4", Value::UInt(u64::from(i32::MAX as u32))),
+        ("i8", Value::Int(i64::MIN)),
+        ("n", dec("-123456789012345678901234567890.1234567890")),
+        ("f4", Value::Float(f64::from(0.1f32))),
+        ("f8", Value::Float(f64::MAX)),
+        ("label", Value::Text("héllo 🦀 wörld".into())),
+        ("vc", Value::Text("varchar".into())),
+        ("bs", Value::Bytes(vec![0, 1, 0xff, 0, 0x7f])),
+        ("d", date(2024, 2, 29)),
+        ("tm", time(23, 59, 59, 999_999)),
+        ("ts", ts("1999-12-31T23:59:59.999999")),
+        ("tz", tz("2024-06-30T23:59:59.123456+02:00")),
+        ("u", uuid("123e4567-e89b-12d3-a456-426614174000")),
+        ("j", Value::Json(r#"{"b": 1, "a": [1, "🦀"]}"#.into())),
+    ])
+}
+
+/// The other extremes, empty strings and a text far larger than a page.
+fn other_row(id: i64) -> Row {
+    row(vec![
+        ("id", Value::Int(id)),
+        ("i2", Value::Int(0)),
+        ("i4", Value::Int(i64::from(i32::MIN))),
+        ("i8", Value::Int(i64::MAX)),
+        ("n", dec("0.0000000001")),
+        ("f4", Value::Float(-3.5)),
+        ("f8", Value::Float(-0.000_000_1)),
+        ("label", Value::Text(big_text())),
+        ("vc", Value::Text(String::new())),
+        ("bs", Value::Bytes(Vec::new())),
+        ("d", date(1, 1, 1)),
+        ("tm", Value::Time(0)),
+        ("ts", ts("2038-01-19T03:14:08")),
+        ("tz", tz("1970-01-01T00:00:01.000001Z")),
+        ("u", uuid("00000000-0000-0000-0000-000000000000")),
+        ("j", Value::Json("[]".into())),
+    ])
+}
+
+fn null_row(id: i64) -> Row {
+    SOURCE_COLUMNS
+        .iter()
+        .map(|c| {
+            let v = if *c == "id" {
+                Value::Int(id)
+            } else {
+                Value::Null
+            };
+            (*c, v)
+        })
+        .collect()
+}
+
+/// What `items` holds after `written` was inserted, in [`ITEM_COLUMNS`] order: integers as
+/// `Int`, NULL where nothing was written, `untouched` at its default.
+fn stored(written: &Row) -> Option<Vec<Value>> {
+    let values = ITEM_COLUMNS
+        .iter()
+        .map(|(column, _)| {
+            let source = if *column == "t" { "label" } else { column };
+            match (*column, written.get(source)) {
+                ("untouched", _) => Value::Text("default".into()),
+                (_, Some(Value::UInt(u))) => Value::Int(i64::try_from(*u).unwrap()),
+                (_, Some(value)) => value.clone(),
+                (_, None) => Value::Null,
+            }
+        })
+        .collect();
+    Some(values)
+}
+
+/// `expected` with target column `column` set to `value`.
+fn setting(expected: Option<Vec<Value>>, column: &str, value: Value) -> Option<Vec<Value>> {
+    let mut expected = expected.unwrap();
+    let i = ITEM_COLUMNS.iter().position(|(c, _)| *c == column).unwrap();
+    expected[i] = value;
+    Some(expected)
+}
+
+/// Compares two rows column by column, floats bit for bit, naming the first difference
+/// (values shortened).
+#[track_caller]
+fn assert_item(actual: Option<Vec<Value>>, expected: Option<Vec<Value>>) {
+    let (Some(actual), Some(expected)) = (&actual, &expected) else {
+        assert_eq!(actual.is_some(), expected.is_some(), "row presence");
+        return;
+    };
+    assert_eq!(actual.len(), expected.len());
+    for ((column, _), (a, e)) in ITEM_COLUMNS.iter().zip(actual.iter().zip(expected)) {
+        let same = match (a, e) {
+            (Value::Float(a), Value::Float(e)) => a.to_bits() == e.to_bits(),
+            _ => a == e,
+        };
+        let short = |v: &Value| format!("{v:?}").chars().take(80).collect::<String>();
+        assert!(same, "column {column}: {} != {}", short(a), short(e));
+    }
+}
+
+pub async fn every_common_type_round_trips_value_by_value<T: Target>(t: T) {
+    let mut applier = applier(&t, ApplyOptions::default()).await;
+    let batch = [
+        txn(&t, 100, vec![insert(full_row(1)), insert(other_row(2))]),
+        txn(&t, 200, vec![insert(null_row(3))]),
+    ];
+    applier.apply(&batch).await.unwrap();
+    assert_item(t.read_item(1).await, stored(&full_row(1)));
+    assert_item(t.read_item(2).await, stored(&other_row(2)));
+    assert_item(t.read_item(3).await, stored(&null_row(3)));
+    assert_eq!(
+        recorded(&mut applier, t.source()).await,
+        Some(t.position(200))
+    );
+}
+
+pub async fn many_inserts_go_through_multi_row_statements<T: Target>(t: T) {
+    let mut applier = applier(&t, ApplyOptions::default()).await;
+    let events = (1..=1000)
+        .map(|id| {
+            insert(row(vec![
+                ("id", Value::Int(id)),
+                ("i8", Value::Int(id * 3)),
+                ("label", Value::Text(format!("row {id}"))),
+            ]))
+        })
+        .collect();
+    applier.apply(&[txn(&t, 10, events)]).await.unwrap();
+    let rows = t
+        .query(
+            "SELECT COUNT(*), SUM(i8), SUM(CASE WHEN t = CONCAT('row ', id) THEN 1 ELSE 0 END), \
+                    COUNT(untouched) \
+             FROM items",
+        )
+        .await;
+    let numbers: Vec<i64> = rows[0]
+        .iter()
+        .map(|v| v.as_ref().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(numbers, [1000, 3 * 500_500, 1000, 1000]);
+}
+
+pub async fn updates_keep_unchanged_columns_and_follow_key_changes<T: Target>(t: T) {
+    let mut applier = applier(&t, ApplyOptions::default()).await;
+    applier
+        .apply(&[txn(&t, 10, vec![insert(other_row(2)), insert(full_row(5))])])
+        .await
+        .unwrap();
+    // The big text was not carried by the update (Unchanged: PostgreSQL TOASTed it), the key
+    // moves from 5 to 6, and an update that changes nothing still finds its row.
+    let after = with(
+        with(other_row(2), "label", Value::Unchanged),
+        "i2",
+        Value::Int(7),
+    );
+    let moved = with(full_row(6), "vc", Value::Text("moved".into()));
+    applier
+        .apply(&[
+            txn(&t, 20, vec![update(2, after)]),
+            txn(&t, 30, vec![update(5, moved.clone())]),
+            txn(&t, 35, vec![update(6, moved.clone())]),
+        ])
+        .await
+        .unwrap();
+    assert_item(
+        t.read_item(2).await,
+        setting(stored(&other_row(2)), "i2", Value::Int(7)),
+    );
+    assert_item(t.read_item(5).await, None);
+    assert_item(t.read_item(6).await, stored(&moved));
+
+    applier
+        .apply(&[txn(&t, 40, vec![delete(2)])])
+        .await
+        .unwrap();
+    assert_item(t.read_item(2).await, None);
+    assert_eq!(count(&t).await, 1);
+    assert_eq!(
+        recorded(&mut applier, t.source()).await,
+        Some(t.position(40))
+    );
+}
+
+pub async fn a_batch_applied_twice_is_skipped_by_position<T: Target>(t: T) {
+    let mut applier = applier(&t, ApplyOptions::default()).await;
+    assert_eq!(recorded(&mut applier, t.source()).await, None);
+    let batch = [
+        txn(&t, 10, vec![insert(full_row(1))]),
+        txn(&t, 20, vec![insert(other_row(2)), delete(1)]),
+    ];
+    applier.apply(&batch).await.unwrap();
+    let first = t.applied_at().await;
+    assert!(first.is_some());
+    // Again, the same batch: nothing happens, not even a new applied_at.
+    applier.apply(&batch).await.unwrap();
+    assert_eq!(
+        t.applied_at().await,
+        first,
+        "a skipped batch writes nothing"
+    );
+    assert_item(t.read_item(2).await, stored(&other_row(2)));
+    assert_item(t.read_item(1).await, None);
+    assert_eq!(count(&t).await, 1);
+    // A new applier (after a crash) reads the committed position and skips the replay too,
+    // but applies what is new in an overlapping batch.
+    let mut restarted = self::applier(&t, ApplyOptions::default()).await;
+    assert_eq!(
+        recorded(&mut restarted, t.source()).await,
+        Some(t.position(20))
+    );
+    let overlapping = [
+        txn(&t, 20, vec![insert(other_row(2))]),
+        txn(&t, 30, vec![insert(full_row(3))]),
+    ];
+    restarted.apply(&overlapping).await.unwrap();
+    assert_eq!(count(&t).await, 2);
+    assert_item(t.read_item(3).await, stored(&full_row(3)));
+    assert_eq!(
+        recorded(&mut restarted, t.source()).await,
+        Some(t.position(30))
+    );
+}
+
+pub async fn positions_are_kept_per_source<T: Target>(t: T) {
+    let mut applier = applier(&t, ApplyOptions::default()).await;
+    let a = format!("{}_a", t.source());
+    let b = format!("{}_b", t.source());
+    let id = |n| row(vec![("id", Value::Int(n))]);
+    applier
+        .apply(&[
+            txn_of(&t, &a, 10, vec![insert(id(1))]),
+            txn_of(&t, &b, 5, vec![insert(id(2))]),
+            txn_of(&t, &a, 20, vec![insert(id(3))]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(recorded(&mut applier, &a).await, Some(t.position(20)));
+    assert_eq!(recorded(&mut applier, &b).await, Some(t.position(5)));
+    // A position of one source says nothing about another: b's 15 is new although a is at 20,
+    // a's 20 is a replay although b is only at 5.
+    applier
+        .apply(&[
+            txn_of(&t, &a, 20, vec![insert(id(3))]),
+            txn_of(&t, &b, 15, vec![insert(id(4))]),
+            txn_of(&t, &b, 5, vec![insert(id(2))]),
+            txn_of(&t, &a, 25, vec![insert(id(5))]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(count(&t).await, 5);
+    assert_eq!(recorded(&mut applier, &a).await, Some(t.position(25)));
+    assert_eq!(recorded(&mut applier, &b).await, Some(t.position(15)));
+    assert_eq!(recorded(&mut applier, t.source()).await, None);
+}
+
+pub async fn a_failing_transaction_leaves_nothing_of_its_batch<T: Target>(t: T) {
+    let mut applier = applier(&t, ApplyOptions::default()).await;
+    applier
+        .apply(&[txn(&t, 10, vec![insert(full_row(1))])])
+        .await
+        .unwrap();
+    let table = t.table("items");
+
+    // Refused before it reaches the server: a 16-bit column cannot hold 40000.
+    let bad = with(other_row(4), "i2", Value::Int(40_000));
+    let batch = [
+        txn(&t, 20, vec![insert(other_row(2)), delete(1)]),
+        txn(&t, 30, vec![insert(null_row(3))]),
+        txn(&t, 40, vec![insert(bad)]),
+    ];
+    let err = applier.apply(&batch).await.unwrap_err();
+    assert!(!err.is_transient());
+    match &err {
+        ApplyError::Value(refusal) => {
+            assert_eq!(refusal.table, table);
+            assert_eq!(refusal.column, "i2");
+            assert_eq!(refusal.value_kind, "Int");
+            assert_eq!(refusal.column_type, T::SMALLINT);
+        }
+        other => panic!("unexpected error {other:?}"),
+    }
+    assert!(err.to_string().contains(&format!("{table}.i2")), "{err}");
+
+    // Refused by the server: the third transaction inserts a row that exists, after the first
+    // two were written.
+    let batch = [
+        txn(&t, 20, vec![insert(other_row(2)), delete(1)]),
+        txn(&t, 30, vec![insert(null_row(3))]),
+        txn(&t, 40, vec![insert(null_row(2))]),
+    ];
+    let err = applier.apply(&batch).await.unwrap_err();
+    assert!(!err.is_transient());
+    assert_eq!(T::write_error(&err), Some((&table, Op::Insert)), "{err:?}");
+    assert!(T::is_duplicate_key(&err), "{err:?}");
+
+    assert_item(t.read_item(1).await, stored(&full_row(1)));
+    assert_eq!(count(&t).await, 1);
+    assert_eq!(
+        recorded(&mut applier, t.source()).await,
+        Some(t.position(10))
+    );
+    // The applier is still usable: the good part applies.
+    applier.apply(&batch[..2]).await.unwrap();
+    assert_eq!(count(&t).await, 2);
+    assert_eq!(
+        recorded(&mut applier, t.source()).await,
+        Some(t.position(30))
+    );
+}
+
+pub async fn values_the_column_cannot_hold_are_refused_by_name<T: Target>(t: T) {
+    let mut applier = applier(&t, ApplyOptions::default()).await;
+    let cases = [
+        ("i2", Value::Int(40_000), "range"),
+        ("i4", Value::UInt(u64::MAX), "range"),
+        ("f4", Value::Float(0.1), "32-bit"),
+        ("n", dec("1.00000000005"), "rounded"),
+        ("label", Value::Bytes(vec![1]), "no conversion"),
+    ];
+    let table = t.table("items");
+    for (column, value, words) in cases {
+        let row = with(full_row(1), column, value.clone());
+        let err = applier
+            .apply(&[txn(&t, 10, vec![insert(row)])])
+            .await
+            .unwrap_err();
+        let ApplyError::Value(refusal) = &err else {
+            panic!("{column} = {value:?}: unexpected {err:?}");
+        };
+        let target = if column == "label" { "t" } else { column };
+        assert_eq!(refusal.column, target);
+        assert_eq!(refusal.table, table);
+        assert!(!err.is_transient());
+        assert!(
+            err.to_string().contains(words),
+            "{column} = {value:?}: {err}"
+        );
+    }
+    assert_eq!(count(&t).await, 0);
+    assert_eq!(recorded(&mut applier, t.source()).await, None);
+}
+
+pub async fn inserting_an_existing_row_fails_unless_upserting<T: Target>(t: T) {
+    let mut strict = applier(&t, ApplyOptions::default()).await;
+    strict
+        .apply(&[txn(&t, 10, vec![insert(full_row(1))])])
+        .await
+        .unwrap();
+    let err = strict
+        .apply(&[txn(&t, 20, vec![insert(other_row(1))])])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        T::write_error(&err),
+        Some((&t.table("items"), Op::Insert)),
+        "{err:?}"
+    );
+    assert!(T::is_duplicate_key(&err), "{err:?}");
+
+    let mut upsert = applier(&t, UPSERT).await;
+    upsert
+        .apply(&[txn(&t, 20, vec![insert(other_row(1)), insert(full_row(2))])])
+        .await
+        .unwrap();
+    assert_item(t.read_item(1).await, stored(&other_row(1)));
+    assert_item(t.read_item(2).await, stored(&full_row(2)));
+    // Upserting overwrites rows, it does not invent them: a missing row is still an error.
+    let err = upsert
+        .apply(&[txn(&t, 30, vec![delete(9)])])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ApplyError::RowMissing { op: Op::Delete, .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        recorded(&mut upsert, t.source()).await,
+        Some(t.position(20))
+    );
+}
+
+pub async fn updates_and_deletes_of_missing_rows_are_errors<T: Target>(t: T) {
+    let mut applier = applier(&t, ApplyOptions::default()).await;
+    let err = applier
+        .apply(&[txn(&t, 10, vec![delete(9)])])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ApplyError::RowMissing { op: Op::Delete, table, .. } if *table == t.table("items")),
+        "{err:?}"
+    );
+    assert!(!err.is_transient());
+    let err = applier
+        .apply(&[txn(&t, 10, vec![update(9, full_row(9))])])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ApplyError::RowMissing { op: Op::Update, .. }),
+        "{err:?}"
+    );
+    assert_eq!(recorded(&mut applier, t.source()).await, None);
+}
+
+pub async fn routes_are_checked_against_the_target_table<T: Target>(t: T) {
+    let mut bad = route(&t);
+    bad.columns.push(("nope".into(), "nope".into()));
+    let err = AnyApplier::connect(&t.site(), vec![bad], ApplyOptions::default())
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, ApplyError::Route { .. }), "{err:?}");
+    assert!(err.to_string().contains("no column \"nope\""), "{err}");
+    let mut bad = route(&t);
+    bad.target = t.table("missing");
+    let err = AnyApplier::connect(&t.site(), vec![bad], ApplyOptions::default())
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("does not exist"), "{err}");
+}
+
+pub async fn a_lost_connection_is_transient_and_the_applier_reconnects<T: Target>(t: T) {
+    let mut applier = applier(&t, ApplyOptions::default()).await;
+    t.kill_applier_connections().await;
+    let batch = [txn(&t, 10, vec![insert(full_row(1))])];
+    let err = applier.apply(&batch).await.unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    // The caller retries the whole batch.
+    applier.apply(&batch).await.unwrap();
+    assert_item(t.read_item(1).await, stored(&full_row(1)));
+    assert_eq!(
+        recorded(&mut applier, t.source()).await,
+        Some(t.position(10))
+    );
+}
+
+pub async fn a_failure_inside_a_run_of_writes_is_reported_as_itself<T: Target>(t: T) {
+    let mut applier = applier(&t, ApplyOptions::default()).await;
+    applier
+        .apply(&[txn(&t, 10, vec![insert(full_row(1)), insert(full_row(2))])])
+        .await
+        .unwrap();
+    // Three updates and a delete go out together (PostgreSQL pipelines them); the second is
+    // refused by the server (varchar(20) overflow), the ones after it must not be blamed.
+    let too_long = with(full_row(1), "vc", Value::Text("x".repeat(21)));
+    let batch = [txn(
+        &t,
+        20,
+        vec![
+            update(1, with(full_row(1), "i2", Value::Int(1))),
+            update(1, too_long),
+            update(2, with(full_row(2), "i2", Value::Int(2))),
+            delete(2),
+        ],
+    )];
+    let err = applier.apply(&batch).await.unwrap_err();
+    assert_eq!(
+        T::write_error(&err),
+        Some((&t.table("items"), Op::Update)),
+        "{err:?}"
+    );
+    // String data, right truncation: an error, not a silent truncation.
+    assert_eq!(T::sqlstate(&err).as_deref(), Some("22001"), "{err:?}");
+    assert!(!err.is_transient());
+    // A delete of a missing row in the middle of a run is found too.
+    let batch = [txn(
+        &t,
+        20,
+        vec![
+            update(1, with(full_row(1), "i2", Value::Int(1))),
+            delete(7),
+            delete(2),
+        ],
+    )];
+    let err = applier.apply(&batch).await.unwrap_err();
+    assert!(
+        matches!(&err, ApplyError::RowMissing { op: Op::Delete, key, .. } if key.contains('7')),
+        "{err:?}"
+    );
+    assert_item(t.read_item(1).await, stored(&full_row(1)));
+    assert_item(t.read_item(2).await, stored(&full_row(2)));
+}
+
+pub async fn two_appliers_racing_on_a_new_source_do_not_both_apply<T: Target>(t: T) {
+    let mut applier = applier(&t, ApplyOptions::default()).await;
+    // Another applier of the same source is mid-transaction: it has recorded its first
+    // position but not committed yet, so ours sees no position either.
+    let held = t.hold_position(&t.position(10)).await;
+    let batch = [txn(&t, 10, vec![insert(full_row(1))])];
+    let ours = tokio::spawn(async move {
+        let result = applier.apply(&batch).await;
+        (applier, result)
+    });
+    t.wait_for_blocked_applier().await;
+    t.commit_held(held).await;
+    let (mut applier, result) = ours.await.unwrap();
+    if T::RACING_FIRST_POSITION_FAILS {
+        // Ours read no position, wrote, and failed on the key when the other committed.
+        let err = result.unwrap_err();
+        assert!(T::is_duplicate_key(&err), "{err:?}");
+    } else {
+        // Ours waited for the other's row in the position check, read its position and
+        // skipped the transaction.
+        result.unwrap();
+    }
+    assert_eq!(count(&t).await, 0, "ours wrote nothing");
+    // Retried, ours sees the other's position and skips the transaction.
+    applier
+        .apply(&[txn(&t, 10, vec![insert(full_row(1))])])
+        .await
+        .unwrap();
+    assert_eq!(count(&t).await, 0);
+    assert_eq!(
+        recorded(&mut applier, t.source()).await,
+        Some(t.position(10))
+    );
+}
+
+pub async fn conditional_insert_skips_an_existing_key_and_reports_it<T: Target>(t: T) {
+    let mut applier = applier(&t, CONDITIONAL).await;
+    applier
+        .apply(&[txn(&t, 10, vec![insert(full_row(1))])])
+        .await
+        .unwrap();
+    assert_eq!(applier.take_skipped(), []);
+    assert_item(t.read_item(1).await, stored(&full_row(1)));
+
+    applier
+        .apply(&[txn(&t, 20, vec![insert(other_row(1))])])
+        .await
+        .unwrap();
+    assert_eq!(applier.take_skipped(), [skipped(Op::Insert, 1)]);
+    assert_eq!(applier.take_skipped(), [], "taking clears");
+    assert_item(t.read_item(1).await, stored(&full_row(1)));
+    assert_eq!(count(&t).await, 1);
+    assert_eq!(
+        recorded(&mut applier, t.source()).await,
+        Some(t.position(20))
+    );
+
+    // A duplicate on another unique key is still an error, and rolls back the batch.
+    t.execute("ALTER TABLE items ADD UNIQUE (vc)").await;
+    let err = applier
+        .apply(&[txn(&t, 30, vec![insert(null_row(2)), insert(full_row(3))])])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        T::write_error(&err),
+        Some((&t.table("items"), Op::Insert)),
+        "{err:?}"
+    );
+    assert!(T::is_duplicate_key(&err), "{err:?}");
+    assert_eq!(applier.take_skipped(), []);
+    assert_eq!(count(&t).await, 1);
+    assert_eq!(
+        recorded(&mut applier, t.source()).await,
+        Some(t.position(20))
+    );
+}
+
+pub async fn conditional_update_applies_only_over_the_expected_row<T: Target>(t: T) {
+    let mut applier = applier(&t, CONDITIONAL).await;
+    applier
+        .apply(&[txn(
+            &t,
+            10,
+            vec![
+                insert(full_row(1)),
+                insert(full_row(2)),
+                insert(null_row(3)),
+                insert(full_row(4)),
+            ],
+        )])
+        .await
+        .unwrap();
+    let changed = |id| with(full_row(id), "vc", Value::Text("changed".into()));
+
+    // The whole row as expected (floats bit for bit, decimals, json by its text, times): applied.
+    applier
+        .apply(&[txn(
+            &t,
+            20,
+            vec![update_from(1, Some(full_row(1)), changed(1))],
+        )])
+        .await
+        .unwrap();
+    assert_eq!(applier.take_skipped(), []);
+    assert_item(t.read_item(1).await, stored(&changed(1)));
+
+    // One column differs from what the target holds: skipped, the row keeps its values. A
+    // server's own comparisons would call several of these equal (a decimal against text as
+    // doubles, collations that ignore case and trailing spaces, json by its document).
+    let differing = [
+        ("i4", Value::Int(5)),
+        ("f8", Value::Float(f64::from_bits(f64::MAX.to_bits() - 1))),
+        ("f4", Value::Float(f64::from(0.2f32))),
+        ("n", dec("-123456789012345678901234567890.1234567891")),
+        ("j", Value::Json(r#"{"b": 1, "a": [1, "🦀"] }"#.into())),
+        ("j", Value::Json(r#"{"b": 1}"#.into())),
+        ("vc", Value::Text("VARCHAR".into())),
+        ("vc", Value::Text("varchar ".into())),
+        ("bs", Value::Bytes(vec![0, 1, 0xff, 0])),
+        ("d", date(2024, 3, 1)),
+        ("tm", time(23, 59, 59, 999_998)),
+        ("ts", ts("1999-12-31T23:59:59.999998")),
+        ("tz", tz("2024-06-30T23:59:59.123457+02:00")),
+        ("u", uuid("123e4567-e89b-12d3-a456-426614174001")),
+        ("label", Value::Null),
+    ];
+    for (offset, (column, value)) in (30..).zip(differing) {
+        let before = with(full_row(2), column, value);
+        applier
+            .apply(&[txn(
+                &t,
+                offset,
+                vec![update_from(2, Some(before), changed(2))],
+            )])
+            .await
+            .unwrap();
+        assert_eq!(applier.take_skipped(), [skipped(Op::Update, 2)], "{column}");
+        assert_item(t.read_item(2).await, stored(&full_row(2)));
+    }
+
+    // An expected value the column cannot hold is refused like a write of it.
+    let before = with(full_row(2), "f4", Value::Float(0.1));
+    let err = applier
+        .apply(&[txn(&t, 90, vec![update_from(2, Some(before), changed(2))])])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ApplyError::Value(r) if r.column == "f4"),
+        "{err:?}"
+    );
+    assert_eq!(applier.take_skipped(), []);
+
+    // NULL expected where the target holds NULL: applied.
+    applier
+        .apply(&[txn(
+            &t,
+            100,
+            vec![update_from(
+                3,
+                Some(null_row(3)),
+                with(null_row(3), "i2", Value::Int(3)),
+            )],
+        )])
+        .await
+        .unwrap();
+    assert_eq!(applier.take_skipped(), []);
+    assert_item(
+        t.read_item(3).await,
+        setting(stored(&null_row(3)), "i2", Value::Int(3)),
+    );
+
+    // An Unchanged expected column is not compared, nor is a column the route does not list.
+    t.execute("UPDATE items SET t = 'changed locally' WHERE id = 4")
+        .await;
+    let mut before = with(full_row(4), "label", Value::Unchanged);
+    before.push("not_routed", Value::Int(1));
+    applier
+        .apply(&[txn(
+            &t,
+            110,
+            vec![update_from(
+                4,
+                Some(before),
+                with(changed(4), "label", Value::Unchanged),
+            )],
+        )])
+        .await
+        .unwrap();
+    assert_eq!(applier.take_skipped(), []);
+    assert_item(
+        t.read_item(4).await,
+        setting(
+            stored(&changed(4)),
+            "t",
+            Value::Text("changed locally".into()),
+        ),
+    );
+
+    // Without a before-image the key alone decides; a missing row is skipped.
+    applier
+        .apply(&[txn(
+            &t,
+            120,
+            vec![
+                update_from(2, None, changed(2)),
+                update_from(9, None, changed(9)),
+            ],
+        )])
+        .await
+        .unwrap();
+    assert_eq!(applier.take_skipped(), [skipped(Op::Update, 9)]);
+    assert_item(t.read_item(2).await, stored(&changed(2)));
+    assert_eq!(count(&t).await, 4);
+}
+
+pub async fn conditional_delete_applies_only_over_the_expected_row<T: Target>(t: T) {
+    let mut applier = applier(&t, CONDITIONAL).await;
+    applier
+        .apply(&[txn(
+            &t,
+            10,
+            vec![
+                insert(full_row(1)),
+                insert(other_row(2)),
+                insert(full_row(3)),
+            ],
+        )])
+        .await
+        .unwrap();
+    applier
+        .apply(&[txn(
+            &t,
+            20,
+            vec![
+                delete_from(1, Some(with(full_row(1), "f4", Value::Float(0.5)))),
+                delete_from(2, Some(other_row(2))),
+                delete_from(3, None),
+                delete_from(7, Some(full_row(7))),
+            ],
+        )])
+        .await
+        .unwrap();
+    assert_eq!(
+        applier.take_skipped(),
+        [skipped(Op::Delete, 1), skipped(Op::Delete, 7)]
+    );
+    assert_item(t.read_item(1).await, stored(&full_row(1)));
+    assert_item(t.read_item(2).await, None);
+    assert_item(t.read_item(3).await, None);
+    assert_eq!(count(&t).await, 1);
+}
+
+pub async fn conditional_batch_applies_the_rest_and_records_the_position<T: Target>(t: T) {
+    let mut applier = applier(&t, CONDITIONAL).await;
+    applier
+        .apply(&[txn(&t, 10, vec![insert(full_row(1)), insert(full_row(2))])])
+        .await
+        .unwrap();
+    t.execute("UPDATE items SET i2 = 42 WHERE id = 2").await;
+    // Skipped inserts before and after a written one, which stays written.
+    let batch = [
+        txn(
+            &t,
+            20,
+            vec![
+                insert(full_row(1)),
+                insert(other_row(3)),
+                insert(full_row(2)),
+                update_from(
+                    2,
+                    Some(full_row(2)),
+                    with(full_row(2), "vc", Value::Text("x".into())),
+                ),
+            ],
+        ),
+        txn(
+            &t,
+            30,
+            vec![
+                update_from(
+                    1,
+                    Some(full_row(1)),
+                    with(full_row(1), "vc", Value::Text("y".into())),
+                ),
+                delete_from(2, Some(full_row(2))),
+                insert(null_row(4)),
+            ],
+        ),
+    ];
+    applier.apply(&batch).await.unwrap();
+    assert_eq!(
+        applier.take_skipped(),
+        [
+            skipped(Op::Insert, 1),
+            skipped(Op::Insert, 2),
+            skipped(Op::Update, 2),
+            skipped(Op::Delete, 2)
+        ]
+    );
+    assert_item(
+        t.read_item(1).await,
+        setting(stored(&full_row(1)), "vc", Value::Text("y".into())),
+    );
+    assert_item(
+        t.read_item(2).await,
+        setting(stored(&full_row(2)), "i2", Value::Int(42)),
+    );
+    assert_item(t.read_item(3).await, stored(&other_row(3)));
+    assert_item(t.read_item(4).await, stored(&null_row(4)));
+    assert_eq!(
+        recorded(&mut applier, t.source()).await,
+        Some(t.position(30))
+    );
+
+    // Replayed: the position check skips it whole, nothing is reported.
+    applier.apply(&batch).await.unwrap();
+    assert_eq!(applier.take_skipped(), []);
+
+    // A large transaction whose first part skips a write and whose end fails: rolled back,
+    // and no stale skip is reported.
+    let part = TransactionPart {
+        source: t.source().into(),
+        start: t.position(35),
+        origin: Origin::Local,
+        events: vec![insert(full_row(1)), insert(full_row(5))],
+    };
+    applier.apply_part(&part).await.unwrap();
+    let too_long = with(full_row(5), "vc", Value::Text("x".repeat(21)));
+    let err = applier
+        .apply(&[txn(&t, 40, vec![update_from(5, None, too_long)])])
+        .await
+        .unwrap_err();
+    assert!(T::write_error(&err).is_some(), "{err:?}");
+    assert_eq!(applier.take_skipped(), []);
+    assert_item(t.read_item(5).await, None);
+    assert_eq!(
+        recorded(&mut applier, t.source()).await,
+        Some(t.position(30))
+    );
+    // Delivered again from its first part, it commits and reports its skip.
+    applier.apply_part(&part).await.unwrap();
+    applier
+        .apply(&[txn(&t, 40, vec![delete_from(5, None)])])
+        .await
+        .unwrap();
+    assert_eq!(applier.take_skipped(), [skipped(Op::Insert, 1)]);
+    assert_eq!(
+        recorded(&mut applier, t.source()).await,
+        Some(t.position(40))
+    );
+
+    // A batch fully applied reports nothing.
+    applier
+        .apply(&[txn(
+            &t,
+            50,
+            vec![insert(full_row(6)), delete_from(6, Some(full_row(6)))],
+        )])
+        .await
+        .unwrap();
+    assert_eq!(applier.take_skipped(), []);
+}
+
+pub async fn conditional_refuses_key_changes_and_upserts<T: Target>(t: T) {
+    let both = ApplyOptions {
+        upsert: true,
+        conditional: true,
+    };
+    let err = AnyApplier::connect(&t.site(), vec![route(&t)], both)
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, ApplyError::Options(_)), "{err:?}");
+
+    let mut applier = applier(&t, CONDITIONAL).await;
+    applier
+        .apply(&[txn(&t, 10, vec![insert(full_row(1))])])
+        .await
+        .unwrap();
+    let err = applier
+        .apply(&[txn(&t, 20, vec![update(1, full_row(2))])])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ApplyError::KeyChange { .. }), "{err:?}");
+    assert!(!err.is_transient());
+    assert_eq!(
+        recorded(&mut applier, t.source()).await,
+        Some(t.position(10))
+    );
+    // The same key given as an unsigned value is not a change.
+    let same_key = with(with(full_row(1), "id", Value::UInt(1)), "i2", Value::Int(2));
+    applier
+        .apply(&[txn(&t, 20, vec![update(1, same_key.clone())])])
+        .await
+        .unwrap();
+    assert_eq!(applier.take_skipped(), []);
+    assert_item(t.read_item(1).await, stored(&same_key));
+}
