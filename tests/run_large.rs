@@ -155,20 +155,7 @@ fn a_million_row_postgres_transaction_reaches_mariadb_and_postgres_in_bounded_me
         ("wms", "public.big"),
     ));
     let mut duplex = Duplex::run(&config);
-    let slot = format!("duplex_{0}_{0}", src);
-    wait_for("the replication slot to be active", WAIT, || {
-        duplex.assert_running();
-        let active = source
-            .psql(&format!(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = '{slot}'"
-            ))
-            .map_err(|e| e.to_string())?;
-        if active.trim() == "t" {
-            Ok(())
-        } else {
-            Err(format!("active = {active:?}"))
-        }
-    });
+    wait_slot_active(&source, &mut duplex);
     wait_flowing(
         &source,
         &mut duplex,
@@ -201,11 +188,7 @@ fn a_million_row_postgres_transaction_reaches_mariadb_and_postgres_in_bounded_me
         peak >> 20
     );
     assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
-    source
-        .psql(&format!(
-            "SELECT pg_drop_replication_slot('{slot}') FROM pg_replication_slots WHERE slot_name = '{slot}'"
-        ))
-        .unwrap();
+    drop_slot(&source);
 }
 
 #[test]
