@@ -308,6 +308,7 @@ async fn attempt(
                 });
             }
             Some((index, seq)) = committed_rx.recv() => {
+                debug_assert!(seq <= sequence, "target {index} reports committing item {seq}, only {sequence} were handed out");
                 progress.committed(index, seq);
                 acknowledge(&stream, &mut unacked, progress.low_water());
                 progress.maybe_log();
@@ -461,13 +462,45 @@ async fn hand_over(outlet: &Outlet, piece: Piece) -> bool {
 
 /// Acknowledges the newest item every target has committed.
 fn acknowledge(stream: &AnyStream, unacked: &mut VecDeque<(u64, Position)>, low_water: u64) {
-    let mut newest = None;
-    while unacked.front().is_some_and(|(seq, _)| *seq <= low_water) {
-        newest = unacked.pop_front().map(|(_, position)| position);
-    }
-    if let Some(position) = newest {
+    if let Some(position) = acknowledgeable(unacked, low_water) {
         stream.ack(&position);
     }
+}
+
+/// Takes from `unacked` (items in the order read: the sequence number every target must
+/// reach, and the item's position) every item every target has committed, `low_water`
+/// being the sequence number they all reached, and returns the newest one's position.
+///
+/// The invariant, asserted in debug builds: the position returned is never beyond an item
+/// some target has not committed. A heartbeat carries the sequence number of the transaction
+/// read before it, so it waits behind that transaction however far the source's log has
+/// moved on; and positions, read in order, never move backwards.
+fn acknowledgeable(unacked: &mut VecDeque<(u64, Position)>, low_water: u64) -> Option<Position> {
+    let mut newest: Option<Position> = None;
+    while let Some((seq, position)) = unacked.pop_front() {
+        if seq > low_water {
+            unacked.push_front((seq, position));
+            break;
+        }
+        debug_assert!(
+            newest.as_ref().is_none_or(|n| not_after(n, &position)),
+            "positions read moved backwards: {newest:?} then {position}"
+        );
+        newest = Some(position);
+    }
+    if let (Some(newest), Some((seq, next))) = (&newest, unacked.front()) {
+        debug_assert!(
+            *seq > low_water && not_after(newest, next),
+            "acknowledging {newest}, beyond item {seq} at {next} that some target has not \
+             committed (all committed up to {low_water})"
+        );
+    }
+    newest
+}
+
+/// `a` is not after `b` (positions of different kinds, which never meet in one link, pass).
+fn not_after(a: &Position, b: &Position) -> bool {
+    !matches!(a.compare(b), Ok(Ordering::Greater))
 }
 
 /// One target's writer: batches queued transactions and applies them; writes the parts of a
@@ -628,5 +661,44 @@ impl Progress {
         );
         self.last_log = Instant::now();
         self.logged_events = self.read_events;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(n: u64) -> Position {
+        Position::Outbox(n)
+    }
+
+    #[test]
+    fn a_heartbeat_waits_behind_a_transaction_some_target_has_not_committed() {
+        // Transaction 1 at 10, a heartbeat at 50 read after it, transaction 2 at 60.
+        let mut unacked = VecDeque::from([(1, at(10)), (1, at(50)), (2, at(60))]);
+        // No target committed anything: however far the heartbeat is, nothing is confirmed.
+        assert_eq!(acknowledgeable(&mut unacked, 0), None);
+        assert_eq!(unacked.len(), 3);
+        // Every target committed transaction 1: the heartbeat after it is confirmed too, not
+        // transaction 2.
+        assert_eq!(acknowledgeable(&mut unacked, 1), Some(at(50)));
+        assert_eq!(unacked, VecDeque::from([(2, at(60))]));
+        assert_eq!(acknowledgeable(&mut unacked, 1), None);
+        assert_eq!(acknowledgeable(&mut unacked, 2), Some(at(60)));
+        assert!(unacked.is_empty());
+    }
+
+    #[test]
+    fn a_heartbeat_before_any_transaction_is_confirmed_at_once() {
+        let mut unacked = VecDeque::from([(0, at(5))]);
+        assert_eq!(acknowledgeable(&mut unacked, 0), Some(at(5)));
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "moved backwards")]
+    fn positions_moving_backwards_are_a_bug() {
+        let mut unacked = VecDeque::from([(1, at(10)), (1, at(9))]);
+        acknowledgeable(&mut unacked, 1);
     }
 }

@@ -6,9 +6,10 @@ mod harness;
 use std::time::Duration;
 
 use duplex_testkit::{MariaDatabase, PgDatabase, shared_mariadb, shared_pg};
-use harness::{Duplex, drop_slot, pg_slot, rows, wait_for, wait_slot_active};
-
-const WAIT: Duration = Duration::from_secs(60);
+use harness::{
+    Duplex, REPLICATION_GUARD, commit_position, drop_slot, pg_slot, rows, wait_for,
+    wait_replicated, wait_slot_active,
+};
 
 /// A config with one PostgreSQL source and the given one-way mappings
 /// `(name, source table, target site, target table)`; sites are named after their databases
@@ -115,23 +116,35 @@ fn inserts_updates_deletes_and_key_changes_reach_mariadb_and_postgres() {
         vec!["20", "tee", "19.00", "0", "<null>", "<null>", "renumbered"],
     ];
     assert_eq!(pg_rows(&source, PG_ITEMS_ROWS), expected);
-    wait_for("MariaDB to equal the source", WAIT, || {
-        duplex.assert_running();
-        let got = my_rows(&erp, MY_ITEMS_ROWS);
-        if got == expected {
-            Ok(())
-        } else {
-            Err(format!("{got:?}"))
-        }
-    });
-    wait_for("the second PostgreSQL to equal the source", WAIT, || {
-        let got = pg_rows(&wms, PG_ITEMS_ROWS);
-        if got == expected {
-            Ok(())
-        } else {
-            Err(format!("{got:?}"))
-        }
-    });
+    let commit = commit_position(&source);
+    wait_replicated(
+        &source,
+        &mut duplex,
+        commit,
+        "MariaDB to equal the source",
+        || {
+            let got = my_rows(&erp, MY_ITEMS_ROWS);
+            if got == expected {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        },
+    );
+    wait_replicated(
+        &source,
+        &mut duplex,
+        commit,
+        "the second PostgreSQL to equal the source",
+        || {
+            let got = pg_rows(&wms, PG_ITEMS_ROWS);
+            if got == expected {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        },
+    );
     assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
     drop_slot(&source);
 }
@@ -174,23 +187,35 @@ fn an_unchanged_toasted_value_is_kept_on_the_targets() {
     let expected = pg_rows(&source, "SELECT title, length(body), md5(body) FROM docs");
     assert_eq!(expected[0][0], "final");
     assert_eq!(expected[0][1], "102400");
-    wait_for("MariaDB to keep the 100 kB body", WAIT, || {
-        duplex.assert_running();
-        let got = my_rows(&erp, "SELECT title, length(body), md5(body) FROM docs");
-        if got == expected {
-            Ok(())
-        } else {
-            Err(format!("{got:?}"))
-        }
-    });
-    wait_for("PostgreSQL to keep the 100 kB body", WAIT, || {
-        let got = pg_rows(&wms, "SELECT title, length(body), md5(body) FROM docs");
-        if got == expected {
-            Ok(())
-        } else {
-            Err(format!("{got:?}"))
-        }
-    });
+    let commit = commit_position(&source);
+    wait_replicated(
+        &source,
+        &mut duplex,
+        commit,
+        "MariaDB to keep the 100 kB body",
+        || {
+            let got = my_rows(&erp, "SELECT title, length(body), md5(body) FROM docs");
+            if got == expected {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        },
+    );
+    wait_replicated(
+        &source,
+        &mut duplex,
+        commit,
+        "PostgreSQL to keep the 100 kB body",
+        || {
+            let got = pg_rows(&wms, "SELECT title, length(body), md5(body) FROM docs");
+            if got == expected {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        },
+    );
     assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
     drop_slot(&source);
 }
@@ -275,11 +300,13 @@ fn exactly_once_across_sigkill_restarts() {
     workload.join().unwrap();
     let expected = pg_rows(&source, "SELECT id, payload, n FROM events ORDER BY id");
     assert_eq!(expected.len(), 48_000, "the workload leaves 48,000 rows");
-    wait_for(
+    let commit = commit_position(&source);
+    wait_replicated(
+        &source,
+        &mut duplex,
+        commit,
         "the target to equal the source",
-        Duration::from_secs(300),
         || {
-            duplex.assert_running();
             let got = my_rows(&erp, "SELECT id, payload, n FROM events ORDER BY id");
             if got == expected {
                 Ok(())
@@ -334,35 +361,50 @@ fn a_restarted_source_or_target_server_is_reconnected_without_loss() {
     let outage = Duration::from_secs(5);
 
     source.execute_as_duplex("CALL burst(1, 1000)").unwrap();
-    wait_for("the first burst on the target", WAIT, || match count()? {
-        1000 => Ok(()),
-        n => Err(format!("{n} rows")),
-    });
+    let commit = commit_position(&source);
+    wait_replicated(
+        &source,
+        &mut duplex,
+        commit,
+        "the first burst on the target",
+        || match count()? {
+            1000 => Ok(()),
+            n => Err(format!("{n} rows")),
+        },
+    );
     source_server.shut_down(Shutdown::Fast).unwrap();
     // The outage itself: duplex must notice and keep retrying while the server is away.
     std::thread::sleep(outage);
     source_server.start_again().unwrap();
     source.execute_as_duplex("CALL burst(1001, 1000)").unwrap();
-    wait_for("the burst after the source restart", WAIT, || {
-        duplex.assert_running();
-        match count()? {
+    let commit = commit_position(&source);
+    wait_replicated(
+        &source,
+        &mut duplex,
+        commit,
+        "the burst after the source restart",
+        || match count()? {
             2000 => Ok(()),
             n => Err(format!("{n} rows")),
-        }
-    });
+        },
+    );
 
     target_server.shut_down(Shutdown::Fast).unwrap();
     source.execute_as_duplex("CALL burst(2001, 1000)").unwrap();
     std::thread::sleep(outage);
     target_server.start_again().unwrap();
     source.execute_as_duplex("CALL burst(3001, 1000)").unwrap();
-    wait_for("every row after the target restart", WAIT, || {
-        duplex.assert_running();
-        match count()? {
+    let commit = commit_position(&source);
+    wait_replicated(
+        &source,
+        &mut duplex,
+        commit,
+        "every row after the target restart",
+        || match count()? {
             4000 => Ok(()),
             n => Err(format!("{n} rows")),
-        }
-    });
+        },
+    );
     let ids = erp
         .sql("SELECT min(id), max(id), count(DISTINCT id) FROM ticks")
         .unwrap();
@@ -403,15 +445,13 @@ fn an_idle_mapped_table_does_not_pin_wal() {
             "INSERT INTO other SELECT i, repeat('w', 200) FROM generate_series(1, 5000) i",
         )
         .unwrap();
-    let written = source
-        .psql("SELECT pg_current_wal_lsn()")
-        .unwrap()
-        .trim()
-        .to_owned();
+    // The insert position, at or past the commit's end (the write position can still be
+    // before it: the test server commits asynchronously).
+    let written = harness::format_lsn(commit_position(&source));
     let slot = pg_slot(&source);
     wait_for(
         "confirmed_flush_lsn to pass the unmapped writes",
-        WAIT,
+        REPLICATION_GUARD,
         || {
             duplex.assert_running();
             let confirmed = source

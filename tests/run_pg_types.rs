@@ -7,7 +7,9 @@ mod harness;
 use std::time::Duration;
 
 use duplex_testkit::{PgDatabase, shared_mariadb, shared_pg};
-use harness::{Duplex, drop_slot, rows, wait_for, wait_slot_active};
+use harness::{
+    Duplex, commit_position, drop_slot, rows, wait_for, wait_replicated, wait_slot_active,
+};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -116,15 +118,21 @@ fn every_supported_type_arrives_equal_on_mariadb() {
     source.execute_as_duplex(CHANGES).unwrap();
     let expected = normalise(rows(&source.psql(PG_ROWS).unwrap(), '|'));
     assert_eq!(expected.len(), 4);
-    wait_for("MariaDB to equal the source, value by value", WAIT, || {
-        duplex.assert_running();
-        let got = normalise(rows(&erp.sql(MY_ROWS).map_err(|e| e.to_string())?, '\t'));
-        if got == expected {
-            Ok(())
-        } else {
-            Err(format!("\n got: {got:?}\nwant: {expected:?}"))
-        }
-    });
+    let commit = commit_position(&source);
+    wait_replicated(
+        &source,
+        &mut duplex,
+        commit,
+        "MariaDB to equal the source, value by value",
+        || {
+            let got = normalise(rows(&erp.sql(MY_ROWS).map_err(|e| e.to_string())?, '\t'));
+            if got == expected {
+                Ok(())
+            } else {
+                Err(format!("\n got: {got:?}\nwant: {expected:?}"))
+            }
+        },
+    );
     assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
     drop_slot(&source);
 }
@@ -142,15 +150,17 @@ fn every_supported_type_arrives_equal_on_postgres_including_nan_and_infinity() {
         .execute_as_duplex("INSERT INTO t (id, num, r, d) VALUES (7, 'NaN', 'Infinity', 'NaN')")
         .unwrap();
     let expected = rows(&source.psql(PG_ROWS).unwrap(), '|');
-    wait_for(
+    let commit = commit_position(&source);
+    wait_replicated(
+        &source,
+        &mut duplex,
+        commit,
         "the second PostgreSQL to equal the source, value by value",
-        WAIT,
         || {
             let got = rows(&wms.psql(PG_ROWS).map_err(|e| e.to_string())?, '|');
             if got == expected {
                 return Ok(());
             }
-            duplex.assert_running();
             Err(format!("\n got: {got:?}\nwant: {expected:?}"))
         },
     );

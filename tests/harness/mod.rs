@@ -9,6 +9,15 @@ use std::time::{Duration, Instant};
 
 pub mod sites;
 
+/// The `duplex` binary the tests run: `DUPLEX_BIN` when set (a copy of a binary built from a
+/// known tree, since a shared target directory's binary may be rebuilt from another tree while
+/// tests run), else the one cargo built for this package.
+pub fn duplex_bin() -> PathBuf {
+    std::env::var_os("DUPLEX_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_duplex")))
+}
+
 /// A `duplex` process started by a test; killed when dropped.
 pub struct Duplex {
     child: Option<Child>,
@@ -43,7 +52,7 @@ impl Duplex {
 
     /// Runs `duplex --config <config> <args>` to completion (e.g. `backfill`).
     pub fn command(&self, args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_duplex"))
+        Command::new(duplex_bin())
             .arg("--config")
             .arg(&self.config)
             .args(args)
@@ -61,7 +70,7 @@ impl Duplex {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_duplex"))
+        let child = Command::new(duplex_bin())
             .arg("--config")
             .arg(&self.config)
             .arg("run")
@@ -192,24 +201,26 @@ pub fn pg_slot(source: &duplex_testkit::PgDatabase) -> String {
     format!("duplex_{0}_{0}", source.name())
 }
 
-/// Waits until duplex's slot on `source` is active (streaming): every later commit is
-/// replicated.
+/// Waits until duplex streams from its slot on `source`: every later commit is replicated.
+///
+/// `active` alone does not say so. `pg_create_logical_replication_slot` holds the slot while
+/// it builds its starting snapshot, which waits for every transaction running in the cluster
+/// (any database) to end; all that time the slot shows `active` (held by the creating
+/// backend) with no `confirmed_flush_lsn`, and a commit made then lies before the slot's
+/// consistent point: outside the stream, so a never-backfilled mapping never gets it (see
+/// `docs/slot-creation-window.md`). So the slot must also have its confirmed position
+/// (creation finished) and be held by a walsender (listed in `pg_stat_replication`).
 pub fn wait_slot_active(source: &duplex_testkit::PgDatabase, duplex: &mut Duplex) {
-    let slot = pg_slot(source);
     wait_for(
-        "the replication slot to be active",
-        Duration::from_secs(60),
+        "the replication slot to be created and streamed from",
+        REPLICATION_GUARD,
         || {
             duplex.assert_running();
-            let active = source
-                .psql(&format!(
-                    "SELECT active FROM pg_replication_slots WHERE slot_name = '{slot}'"
-                ))
-                .map_err(|e| e.to_string())?;
-            if active.trim() == "t" {
+            let state = slot_state(source)?;
+            if state.is_streamed() {
                 Ok(())
             } else {
-                Err(format!("active = {active:?}"))
+                Err(state.to_string())
             }
         },
     );
@@ -227,4 +238,157 @@ pub fn drop_slot(source: &duplex_testkit::PgDatabase) {
             .map(drop)
             .map_err(|e| e.to_string())
     });
+}
+
+/// A WAL position as PostgreSQL prints it (`16/B374D848`), as a number.
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (high, low) = text.trim().split_once('/')?;
+    Some(u64::from_str_radix(high, 16).ok()? << 32 | u64::from_str_radix(low, 16).ok()?)
+}
+
+/// A WAL position printed the way PostgreSQL prints it.
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
+/// The source's WAL insert position (`pg_current_wal_insert_lsn()`). Read right after a
+/// commit, it is at or past that commit's end: once a slot's `confirmed_flush_lsn` reaches it,
+/// the consumer has confirmed the transaction. (`pg_current_wal_lsn()` is the *write*
+/// position, which with `synchronous_commit = off`, as on the test servers, can still be
+/// before a commit that has returned.)
+pub fn commit_position(source: &duplex_testkit::PgDatabase) -> u64 {
+    let text = source
+        .psql("SELECT pg_current_wal_insert_lsn()")
+        .expect("reading the WAL insert position");
+    parse_lsn(&text).unwrap_or_else(|| panic!("unreadable LSN {text:?}"))
+}
+
+/// What PostgreSQL says about duplex's slot on a source (one `pg_replication_slots` row, with
+/// its walsender's `pg_stat_replication` row when one holds it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlotState {
+    /// The slot exists.
+    pub exists: bool,
+    /// A session streams from it.
+    pub active: bool,
+    /// `restart_lsn`: the oldest WAL the slot keeps (where decoding restarts).
+    pub restart: Option<u64>,
+    /// `confirmed_flush_lsn`: what the consumer confirmed; `None` while the slot is being
+    /// created (before its consistent point).
+    pub confirmed: Option<u64>,
+    /// The walsender's `sent_lsn`: how far its decoder has read the WAL.
+    pub sent: Option<u64>,
+    /// The server's WAL insert position at the time of the reading.
+    pub insert: u64,
+}
+
+impl SlotState {
+    /// Created (it has a confirmed position: its creation reached the consistent point) and
+    /// held by a walsender: what "every later commit is streamed" needs.
+    pub fn is_streamed(&self) -> bool {
+        self.active && self.confirmed.is_some() && self.sent.is_some()
+    }
+}
+
+impl std::fmt::Display for SlotState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let lsn = |l: Option<u64>| l.map_or("-".to_owned(), format_lsn);
+        if !self.exists {
+            return write!(f, "no slot (insert {})", format_lsn(self.insert));
+        }
+        write!(
+            f,
+            "active {} restart {} confirmed {} sent {} insert {}",
+            self.active,
+            lsn(self.restart),
+            lsn(self.confirmed),
+            lsn(self.sent),
+            format_lsn(self.insert)
+        )
+    }
+}
+
+/// Reads duplex's slot on `source` (see [`SlotState`]).
+pub fn slot_state(source: &duplex_testkit::PgDatabase) -> Result<SlotState, String> {
+    let slot = pg_slot(source);
+    let out = source
+        .psql(&format!(
+            "SELECT coalesce(s.active::text, ''), coalesce(s.restart_lsn::text, ''), \
+                    coalesce(s.confirmed_flush_lsn::text, ''), coalesce(r.sent_lsn::text, ''), \
+                    pg_current_wal_insert_lsn() \
+             FROM (SELECT 1) AS one \
+             LEFT JOIN pg_replication_slots s ON s.slot_name = '{slot}' \
+             LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid"
+        ))
+        .map_err(|e| e.to_string())?;
+    let fields = rows(&out, '|');
+    let [row] = fields.as_slice() else {
+        return Err(format!("unexpected slot reading {out:?}"));
+    };
+    let [active, restart, confirmed, sent, insert] = row.as_slice() else {
+        return Err(format!("unexpected slot reading {out:?}"));
+    };
+    Ok(SlotState {
+        exists: !active.is_empty(),
+        active: active == "true",
+        restart: parse_lsn(restart),
+        confirmed: parse_lsn(confirmed),
+        sent: parse_lsn(sent),
+        insert: parse_lsn(insert).ok_or_else(|| format!("unreadable insert LSN {insert:?}"))?,
+    })
+}
+
+/// How long [`wait_replicated`] waits before it gives up: a guard against a hanging test, not
+/// a synchronisation (the wait ends on proof, see there).
+pub const REPLICATION_GUARD: Duration = Duration::from_secs(600);
+
+/// Waits until the changes the source committed before `commit` (a [`commit_position`] read
+/// after the test's last commit) are on the target, as `check` tells (`Err` with what it saw
+/// while they are not).
+///
+/// The wait ends on proof, not on a clock: duplex confirms a position to PostgreSQL only once
+/// every target committed everything before it, so a slot whose `confirmed_flush_lsn` is at or
+/// past `commit` means the changes must be there. The slot is read *before* each check; if it
+/// had confirmed `commit` and the check still fails, that is lost (or wrong) data and the
+/// test fails at once, with the slot, the last observation and duplex's log. Until then a slow
+/// server (its walsender decoding other databases' WAL) is only a delay, waited for up to
+/// [`REPLICATION_GUARD`].
+pub fn wait_replicated(
+    source: &duplex_testkit::PgDatabase,
+    duplex: &mut Duplex,
+    commit: u64,
+    what: &str,
+    mut check: impl FnMut() -> Result<(), String>,
+) {
+    let started = Instant::now();
+    loop {
+        duplex.assert_running();
+        let slot = slot_state(source);
+        let seen = check();
+        let Err(last) = seen else {
+            return;
+        };
+        if let Ok(state) = &slot
+            && state.confirmed.is_some_and(|c| c >= commit)
+        {
+            panic!(
+                "{what}: the slot confirmed {} (commit at or before {}) but the target does not \
+                 hold the changes: LOST OR WRONG DATA\nslot: {state}\nlast: {last}\n\
+                 duplex log:\n{}",
+                format_lsn(state.confirmed.unwrap_or(0)),
+                format_lsn(commit),
+                duplex.log_text()
+            );
+        }
+        if started.elapsed() > REPLICATION_GUARD {
+            panic!(
+                "{what}: not replicated after {REPLICATION_GUARD:?} and the slot never confirmed \
+                 {}\nslot: {}\nlast: {last}\nduplex log:\n{}",
+                format_lsn(commit),
+                slot.map_or_else(|e| e, |s| s.to_string()),
+                duplex.log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -518,9 +518,16 @@ impl PgStream {
 
     /// Reports `lsn` to the server as flushed and applied, letting it release the WAL
     /// before it. Pass only the position of an item this stream yielded whose transaction
-    /// (and everything before it) every target has committed; a position beyond what was
-    /// yielded is ignored. Cheap: the background task sends it within `status_interval`.
+    /// (and everything before it) every target has committed. A position beyond what was
+    /// yielded is a caller's bug, since confirming it could let the server skip a transaction
+    /// no target has: debug builds panic, release builds ignore it with a warning. Cheap: the
+    /// background task sends it within `status_interval`.
     pub fn ack(&self, lsn: Lsn) {
+        debug_assert!(
+            lsn <= self.delivered,
+            "acknowledgement {lsn} beyond the delivered position {}",
+            self.delivered
+        );
         if lsn > self.delivered {
             tracing::warn!(%lsn, delivered = %self.delivered, "ignoring an acknowledgement beyond the delivered position");
             return;
