@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
 use duplex_connectors::apply::{Applier, ApplyError, ApplyOptions, TableRoute};
-use duplex_connectors::{ChangeEvent, Op, Origin, Position, Row, TableName, Transaction, Value};
+use duplex_connectors::{ChangeEvent, Op, Origin, Position, Row, TableName, Transaction};
 use duplex_state::{
     ConflictRecord, ConflictSide, ConflictStatus, Resolution, RowVersions, StateError, StateStore,
     StateWriter, VersionVector,
@@ -80,11 +80,6 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(30);
 /// The name a site's outbox position is recorded under in that site's `duplex.positions`.
 pub fn outbox_name(site: &str) -> String {
     format!("merge:{site}")
-}
-
-/// The bookkeeping table, as change events name it.
-fn positions_table() -> TableName {
-    TableName::new("duplex", "positions")
 }
 
 /// One write of the outbox: a row version for one site.
@@ -1170,19 +1165,8 @@ impl Coordinator<'_> {
 
 /// The outbox sequence number a `duplex.positions` change records for `outbox`.
 fn outbox_position(event: &ChangeEvent, outbox: &str) -> Option<u64> {
-    if event.table != positions_table() {
-        return None;
-    }
-    let row = event.after.as_ref()?;
-    match row.get("source")? {
-        Value::Text(source) if source == outbox => {}
-        _ => return None,
-    }
-    let Value::Text(text) = row.get("position")? else {
-        return None;
-    };
-    match serde_json::from_str::<Position>(text).ok()? {
-        Position::Outbox(seq) => Some(seq),
+    match duplex_connectors::apply::recorded_position(event)? {
+        (source, Position::Outbox(seq)) if source == outbox => Some(seq),
         _ => None,
     }
 }

@@ -1,5 +1,7 @@
 //! The MySQL/MariaDB applier: writes source transactions into MySQL or MariaDB tables, exactly
-//! once (see [`crate::apply`] for the protocol and why it is exactly once).
+//! once. The protocol, and why it is exactly once, is [`crate::apply`]'s, written once in
+//! [`ExactlyOnce`]; this module is its MySQL/MariaDB [`TargetSession`] ([`MysqlSession`]): the
+//! session setup, transaction control, the statements and the values.
 //!
 //! # Session
 //!
@@ -15,7 +17,7 @@
 //! it.
 //!
 //! Target transactions are opened and ended with plain `START TRANSACTION` / `COMMIT` /
-//! `ROLLBACK` statements on the applier's connection (not mysql_async's borrowed
+//! `ROLLBACK` statements on the session's connection (not mysql_async's borrowed
 //! `Transaction`), because the target transaction of a large source transaction stays open
 //! across calls (see [`crate::apply`]). An error, or a call dropped halfway, is followed by a
 //! `ROLLBACK` (or, after a transient error, a new connection) before anything else runs.
@@ -30,13 +32,7 @@
 //! # Parameters
 //!
 //! Values go through the binary protocol of prepared statements as [`mysql_async::Value`]s
-//! chosen for the target column: integers as `Int`/`UInt` after a range check for the
-//! column's width and sign, `DECIMAL` as its exact text (after checking it is finite, not
-//! negative for `UNSIGNED`, and would not be rounded to the column's scale), `FLOAT` as a
-//! 32-bit float (refused unless exact) and `DOUBLE` as a 64-bit one (NaN and ±Infinity are
-//! refused: MySQL cannot store them), text, JSON and UUIDs as UTF-8 bytes, binary data as
-//! bytes, dates and datetimes as `Date`, and `Time` (signed microseconds) as a `TIME` of up
-//! to ±838:59:59.999999.
+//! chosen for, and checked against, the target column: see [`super::param`].
 //!
 //! # Statements
 //!
@@ -69,23 +65,21 @@
 //! # Bookkeeping
 //!
 //! `duplex.positions` lives in a database `duplex`, shared by every database on the server:
-//! source site names must be unique per target server.
+//! source site names must be unique per target server. Its SQL is in [`super::positions`].
 
 use std::collections::HashMap;
 
-use chrono::{Datelike, NaiveDate, NaiveDateTime, Timelike};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Params};
 
 use crate::apply::{
-    Applier, ApplyError, ApplyOptions, OpenParts, PartState, SkippedWrite, TableRoute,
-    check_next_part, declared_scale, expected_values, final_of, fresh, interrupted, key_value,
-    malformed, open_parts, parse_position, position_text, recorded_before, refuse_key_change,
-    skipped_write, sources, target_key_value,
+    ApplyError, ApplyOptions, ExactlyOnce, SkippedWrite, TableRoute, TargetSession, declared_scale,
+    expected_values, key_value, malformed, refuse_key_change, skipped_write, target_key_value,
 };
-use crate::{ChangeEvent, Column, Op, Position, TableName, Transaction, TransactionPart, Value};
+use crate::{ChangeEvent, Column, Op, Position, TableName, Value};
 
-use super::{MysqlError, describe_table, quote_ident};
+use super::param::to_param;
+use super::{MysqlError, describe_table, positions, quote_ident};
 
 /// Rows per multi-row INSERT, largest first; every run is split into these sizes.
 const INSERT_CHUNKS: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
@@ -98,34 +92,22 @@ const SQL_MODE: &str = "STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,\
                         ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION,NO_AUTO_VALUE_ON_ZERO";
 /// MySQL's error code for a duplicate key (`ER_DUP_ENTRY`).
 const DUPLICATE_KEY: u16 = 1062;
-/// Largest MySQL `TIME` magnitude: 838:59:59.999999.
-const TIME_MAX_MICROS: i64 = (838 * 3600 + 59 * 60 + 59) * 1_000_000 + 999_999;
 
-/// The bookkeeping database and table, as the applier creates them on first use (a DBA who
-/// does not grant duplex CREATE runs this beforehand); two statements.
-pub const POSITIONS_DDL: &str = "CREATE DATABASE IF NOT EXISTS duplex CHARACTER SET utf8mb4 COLLATE utf8mb4_bin; \
-     CREATE TABLE IF NOT EXISTS duplex.positions ( \
-         source VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL PRIMARY KEY, \
-         position TEXT NOT NULL, \
-         applied_at DATETIME(6) NOT NULL \
-     ) ENGINE = InnoDB";
+/// A MySQL/MariaDB applier: the exactly-once protocol of [`crate::apply`] over a
+/// [`MysqlSession`].
+pub type MysqlApplier = ExactlyOnce<MysqlSession>;
 
-/// Writes source transactions into a MySQL or MariaDB server; see [`crate::apply`].
-pub struct MysqlApplier {
+/// One connection to a MySQL or MariaDB target and the routes written through it: the
+/// [`TargetSession`] of [`MysqlApplier`].
+pub struct MysqlSession {
     opts: Opts,
     conn: Option<Conn>,
     mariadb: bool,
     routes: HashMap<TableName, MyRoute>,
     options: ApplyOptions,
-    /// Where the applier is in a large transaction.
-    parts: PartState,
     /// Whether a target transaction is open on `conn` (START TRANSACTION sent, no
     /// COMMIT/ROLLBACK yet).
     in_transaction: bool,
-    /// Conditional writes skipped by committed target transactions, not yet taken.
-    skipped: Vec<SkippedWrite>,
-    /// Conditional writes skipped in the open target transaction.
-    skipped_open: Vec<SkippedWrite>,
 }
 
 /// A route resolved against the target table's schema.
@@ -138,17 +120,17 @@ struct MyRoute {
 }
 
 /// One written column.
-struct MyColumn {
+pub(super) struct MyColumn {
     source: String,
-    target: String,
+    pub(super) target: String,
     quoted: String,
-    declared: String,
-    kind: MyKind,
+    pub(super) declared: String,
+    pub(super) kind: MyKind,
 }
 
 /// How values of a target column are bound.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum MyKind {
+pub(super) enum MyKind {
     /// Integer types with their range.
     Int {
         min: i128,
@@ -231,37 +213,30 @@ impl MysqlApplier {
         }
         let opts = Opts::from(builder);
         let (mut conn, mariadb) = open(&opts).await?;
-        ensure_positions_table(&mut conn).await?;
+        positions::ensure_table(&mut conn).await?;
         let mut resolved = HashMap::new();
         for route in routes {
             let info = describe_table(&mut conn, &route.target).await?;
             let source = route.source.clone();
             resolved.insert(source, resolve(route, info.map(|i| i.schema.columns))?);
         }
-        Ok(MysqlApplier {
+        Ok(ExactlyOnce::new(MysqlSession {
             opts,
             conn: Some(conn),
             mariadb,
             routes: resolved,
             options,
-            parts: PartState::Idle,
             in_transaction: false,
-            skipped: Vec::new(),
-            skipped_open: Vec::new(),
-        })
-    }
-
-    /// The writes a conditional applier skipped in the applies committed since the last call,
-    /// in write order; a failed (rolled-back) apply leaves none.
-    pub fn take_skipped(&mut self) -> Vec<SkippedWrite> {
-        std::mem::take(&mut self.skipped)
+        }))
     }
 
     /// Whether the target is MariaDB (and duplex's writes carry the skip-replication flag).
     pub fn is_mariadb(&self) -> bool {
-        self.mariadb
+        self.session().mariadb
     }
+}
 
+impl MysqlSession {
     /// The connection, reconnecting (and setting the session up again) after a failure.
     async fn conn(&mut self) -> Result<&mut Conn, ApplyError> {
         if self.conn.is_none() {
@@ -270,6 +245,21 @@ impl MysqlApplier {
             self.conn = Some(conn);
         }
         Ok(self.conn.as_mut().expect("connected above"))
+    }
+
+    /// Ends the open transaction with `COMMIT` or `ROLLBACK`.
+    async fn end(&mut self, commit: bool) -> Result<(), ApplyError> {
+        let (sql, doing) = if commit {
+            ("COMMIT", "committing the target transaction")
+        } else {
+            ("ROLLBACK", "ending the target transaction")
+        };
+        let conn = self.conn().await?;
+        conn.query_drop(sql)
+            .await
+            .map_err(MysqlError::query(doing))?;
+        self.in_transaction = false;
+        Ok(())
     }
 }
 
@@ -304,26 +294,6 @@ async fn open(opts: &Opts) -> Result<(Conn, bool), ApplyError> {
             ))?;
     }
     Ok((conn, mariadb))
-}
-
-/// Creates database `duplex` and `duplex.positions` unless they exist.
-async fn ensure_positions_table(conn: &mut Conn) -> Result<(), ApplyError> {
-    let exists: Option<u8> = conn
-        .query_first(
-            "SELECT 1 FROM information_schema.TABLES \
-             WHERE TABLE_SCHEMA = 'duplex' AND TABLE_NAME = 'positions'",
-        )
-        .await
-        .map_err(MysqlError::query("looking for duplex.positions"))?;
-    if exists.is_some() {
-        return Ok(());
-    }
-    for statement in POSITIONS_DDL.split(';') {
-        conn.query_drop(statement)
-            .await
-            .map_err(MysqlError::query("creating duplex.positions"))?;
-    }
-    Ok(())
 }
 
 /// Checks a route against the target table's columns.
@@ -378,82 +348,9 @@ fn resolve(route: TableRoute, columns: Option<Vec<Column>>) -> Result<MyRoute, A
     })
 }
 
-impl Applier for MysqlApplier {
-    async fn apply(&mut self, batch: &[Transaction]) -> Result<(), ApplyError> {
-        if batch.is_empty() && matches!(self.parts, PartState::Idle) {
-            return Ok(());
-        }
-        let result = match std::mem::replace(&mut self.parts, PartState::Interrupted) {
-            PartState::Idle => self.apply_batch(batch).await,
-            PartState::Open(open) => self.finish_parts(&open, batch).await,
-            PartState::Interrupted => Err(interrupted()),
-        };
-        self.end_call(result).await
-    }
-
-    async fn apply_part(&mut self, part: &TransactionPart) -> Result<(), ApplyError> {
-        let result = match std::mem::replace(&mut self.parts, PartState::Interrupted) {
-            PartState::Idle => self.first_part(part).await,
-            PartState::Open(open) => match check_next_part(&open, part) {
-                Ok(()) => self.write_part(open, part).await,
-                Err(e) => Err(e),
-            },
-            PartState::Interrupted => Err(interrupted()),
-        };
-        self.end_call(result).await
-    }
-
-    async fn position(&mut self, source: &str) -> Result<Option<Position>, ApplyError> {
-        let conn = self.conn().await?;
-        let text: Option<String> = conn
-            .exec_first(
-                "SELECT position FROM duplex.positions WHERE source = ?",
-                (source,),
-            )
-            .await
-            .map_err(MysqlError::query("reading duplex.positions"))?;
-        text.map(|text| parse_position(source, text)).transpose()
-    }
-}
-
-impl MysqlApplier {
-    /// After every call: on error the target transaction is rolled back (a transient error
-    /// also drops the connection, which rolls back on the server) and no large transaction is
-    /// open any more.
-    async fn end_call<T>(&mut self, result: Result<T, ApplyError>) -> Result<T, ApplyError> {
-        if let Err(e) = &result {
-            self.parts = PartState::Idle;
-            self.skipped_open.clear();
-            if e.is_transient() {
-                self.conn = None;
-                self.in_transaction = false;
-            } else {
-                self.rollback_open().await;
-            }
-        }
-        result
-    }
-
-    /// Rolls back a target transaction left open (by an error or a dropped call); drops the
-    /// connection when even that fails.
-    async fn rollback_open(&mut self) {
-        self.skipped_open.clear();
-        if !self.in_transaction {
-            return;
-        }
-        self.in_transaction = false;
-        if let Some(conn) = self.conn.as_mut()
-            && let Err(error) = conn.query_drop("ROLLBACK").await
-        {
-            tracing::debug!(%error, "rolling back a failed apply failed too");
-            self.conn = None;
-        }
-    }
-
-    /// Opens a target transaction at READ COMMITTED (rolling back one a dropped call left
-    /// open).
+impl TargetSession for MysqlSession {
+    /// Opens a target transaction at READ COMMITTED (see the module docs).
     async fn begin(&mut self) -> Result<(), ApplyError> {
-        self.rollback_open().await;
         let conn = self.conn().await?;
         conn.query_drop("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
             .await
@@ -466,151 +363,80 @@ impl MysqlApplier {
         Ok(())
     }
 
-    /// Ends the open transaction with `COMMIT` or `ROLLBACK`.
-    async fn end(&mut self, commit: bool) -> Result<(), ApplyError> {
-        let (sql, doing) = if commit {
-            ("COMMIT", "committing the target transaction")
-        } else {
-            ("ROLLBACK", "ending the target transaction")
-        };
-        let conn = self.conn().await?;
-        conn.query_drop(sql)
-            .await
-            .map_err(MysqlError::query(doing))?;
-        self.in_transaction = false;
-        if commit {
-            self.skipped.append(&mut self.skipped_open);
-        } else {
-            self.skipped_open.clear();
+    async fn commit(&mut self) -> Result<(), ApplyError> {
+        self.end(true).await
+    }
+
+    async fn rollback(&mut self) -> Result<(), ApplyError> {
+        self.end(false).await
+    }
+
+    /// Drops the connection when even the rollback fails.
+    async fn rollback_open(&mut self) {
+        if !self.in_transaction {
+            return;
         }
-        Ok(())
+        self.in_transaction = false;
+        if let Some(conn) = self.conn.as_mut()
+            && let Err(error) = conn.query_drop("ROLLBACK").await
+        {
+            tracing::debug!(%error, "rolling back a failed apply failed too");
+            self.conn = None;
+        }
     }
 
-    /// The recorded position of `site`, read under a row lock inside the open transaction.
-    async fn recorded_for_update(&mut self, site: &str) -> Result<Option<Position>, ApplyError> {
-        let conn = self.conn().await?;
-        let text: Option<String> = conn
-            .exec_first(
-                "SELECT position FROM duplex.positions WHERE source = ? FOR UPDATE",
-                (site,),
-            )
-            .await
-            .map_err(MysqlError::query("reading duplex.positions"))?;
-        text.map(|t| parse_position(site, t)).transpose()
+    /// A transient error drops the connection (the server rolls back); any other rolls back on
+    /// it.
+    async fn abandon(&mut self, error: &ApplyError) {
+        if error.is_transient() {
+            self.conn = None;
+            self.in_transaction = false;
+        } else {
+            self.rollback_open().await;
+        }
     }
 
-    /// Records `position` of `site` in the open transaction. The first position of a source
-    /// is inserted, never upserted: of two appliers racing on a new source, the second fails
-    /// here instead of applying again.
+    async fn locked_position(&mut self, site: &str) -> Result<Option<Position>, ApplyError> {
+        positions::locked(self.conn().await?, site).await
+    }
+
     async fn record(
         &mut self,
         site: &str,
         position: &Position,
         update: bool,
     ) -> Result<(), ApplyError> {
-        let sql = if update {
-            "UPDATE duplex.positions SET position = ?, applied_at = UTC_TIMESTAMP(6) \
-             WHERE source = ?"
-        } else {
-            "INSERT INTO duplex.positions (position, source, applied_at) \
-             VALUES (?, ?, UTC_TIMESTAMP(6))"
-        };
-        let conn = self.conn().await?;
-        conn.exec_drop(sql, (position_text(position), site))
-            .await
-            .map_err(MysqlError::query(
-                "recording the position in duplex.positions",
-            ))?;
-        Ok(())
+        positions::record(self.conn().await?, site, position, update).await
     }
 
-    async fn write_events(&mut self, events: &[&ChangeEvent]) -> Result<(), ApplyError> {
+    async fn write_events(
+        &mut self,
+        events: &[&ChangeEvent],
+    ) -> Result<Vec<SkippedWrite>, ApplyError> {
         self.conn().await?;
-        let MysqlApplier {
-            conn,
-            routes,
-            options,
-            ..
-        } = self;
         let mut writer = Writer {
-            conn: conn.as_mut().expect("connected above"),
-            routes,
-            options: *options,
+            conn: self.conn.as_mut().expect("connected above"),
+            routes: &self.routes,
+            options: self.options,
         };
-        if options.conditional {
-            let skipped = writer.write_conditional(events).await?;
-            self.skipped_open.extend(skipped);
-            return Ok(());
+        if self.options.conditional {
+            return writer.write_conditional(events).await;
         }
-        writer.write_all(events).await
+        writer.write_all(events).await?;
+        Ok(Vec::new())
     }
 
-    /// A batch of whole transactions in one target transaction.
-    async fn apply_batch(&mut self, batch: &[Transaction]) -> Result<(), ApplyError> {
-        self.parts = PartState::Idle;
-        self.begin().await?;
-        let mut recorded = Vec::new();
-        for site in sources(batch) {
-            recorded.push((site, self.recorded_for_update(site).await?));
-        }
-        let fresh = fresh(batch, &recorded)?;
-        if fresh.transactions.is_empty() {
-            return self.end(false).await;
-        }
-        let events: Vec<&ChangeEvent> = fresh
-            .transactions
-            .iter()
-            .flat_map(|t| t.events.iter())
-            .collect();
-        self.write_events(&events).await?;
-        for (site, position) in fresh.advanced {
-            self.record(site, position, recorded_before(&recorded, site))
-                .await?;
-        }
-        self.end(true).await
-    }
-
-    /// The first part of a large transaction: opens the target transaction and decides.
-    async fn first_part(&mut self, part: &TransactionPart) -> Result<(), ApplyError> {
-        self.begin().await?;
-        let recorded = self.recorded_for_update(&part.source).await?;
-        let open = open_parts(part, recorded)?;
-        self.write_part(open, part).await
-    }
-
-    /// Writes a part into the open transaction (unless the target holds the transaction).
-    async fn write_part(
+    /// MySQL has no bulk path duplex uses: the inserts are written as `write_events` writes
+    /// them (multi-row INSERTs).
+    async fn load_events(
         &mut self,
-        open: OpenParts,
-        part: &TransactionPart,
-    ) -> Result<(), ApplyError> {
-        if !open.held {
-            let events: Vec<&ChangeEvent> = part.events.iter().collect();
-            self.write_events(&events).await?;
-        }
-        self.parts = PartState::Open(open);
-        Ok(())
+        events: &[&ChangeEvent],
+    ) -> Result<Vec<SkippedWrite>, ApplyError> {
+        self.write_events(events).await
     }
 
-    /// The final transaction of a large one: writes its events, records its position and
-    /// commits (or rolls everything back when the target already held it).
-    async fn finish_parts(
-        &mut self,
-        open: &OpenParts,
-        batch: &[Transaction],
-    ) -> Result<(), ApplyError> {
-        let last = final_of(open, batch)?;
-        if open.held {
-            self.end(false).await?;
-        } else {
-            let events: Vec<&ChangeEvent> = last.events.iter().collect();
-            self.write_events(&events).await?;
-            self.record(&last.source, &last.position, open.recorded)
-                .await?;
-            self.end(true).await?;
-        }
-        self.parts = PartState::Idle;
-        Ok(())
+    async fn position(&mut self, site: &str) -> Result<Option<Position>, ApplyError> {
+        positions::committed(self.conn().await?, site).await
     }
 }
 
@@ -965,127 +791,4 @@ fn insert_sql(route: &MyRoute, columns: &[usize], rows: usize, upsert: bool) -> 
         sql.push_str(&set.join(", "));
     }
     sql
-}
-
-/// Converts a canonical value for a target column, refusing what the column cannot hold
-/// exactly.
-fn to_param(
-    value: &Value,
-    column: &MyColumn,
-    table: &TableName,
-) -> Result<mysql_async::Value, ApplyError> {
-    use mysql_async::Value as M;
-    let refuse =
-        |reason: &str| ApplyError::refuse(table, &column.target, value, &column.declared, reason);
-    let integer = |i: i128, min: i128, max: i128| {
-        if i < min || i > max {
-            Err(refuse("out of the column's range"))
-        } else if i < 0 {
-            Ok(M::Int(i as i64))
-        } else {
-            Ok(M::UInt(i as u64))
-        }
-    };
-    // Integers have scale 0, so only a Decimal can be rounded.
-    let decimal_text = |text: String, scale: Option<usize>, unsigned: bool| {
-        if unsigned && text.starts_with('-') {
-            return Err(refuse("negative value in an UNSIGNED column"));
-        }
-        if let (Value::Decimal(d), Some(scale)) = (value, scale)
-            && d.normalized().scale() > scale
-        {
-            return Err(refuse(&format!(
-                "{d} has more than {scale} decimal places and would be rounded"
-            )));
-        }
-        Ok(M::Bytes(text.into_bytes()))
-    };
-    use MyKind as K;
-    match (column.kind, value) {
-        (_, Value::Null) => Ok(M::NULL),
-        (_, Value::Unchanged) => Err(refuse("an Unchanged value cannot be written")),
-        (K::Int { min, max }, Value::Int(i)) => integer(i128::from(*i), min, max),
-        (K::Int { min, max }, Value::UInt(u)) => integer(i128::from(*u), min, max),
-        (K::Int { min, max }, Value::Bool(b)) => integer(i128::from(*b), min, max),
-        (K::Decimal { scale, unsigned }, Value::Decimal(d)) => {
-            if !d.is_finite() {
-                return Err(refuse("MySQL DECIMAL cannot store NaN or ±Infinity"));
-            }
-            decimal_text(d.as_str().to_owned(), scale, unsigned)
-        }
-        (K::Decimal { scale, unsigned }, Value::Int(i)) => {
-            decimal_text(i.to_string(), scale, unsigned)
-        }
-        (K::Decimal { scale, unsigned }, Value::UInt(u)) => {
-            decimal_text(u.to_string(), scale, unsigned)
-        }
-        (K::Float | K::Double, Value::Float(f)) if !f.is_finite() => {
-            Err(refuse("MySQL cannot store NaN or ±Infinity"))
-        }
-        (K::Float, Value::Float(f)) => {
-            let narrow = *f as f32;
-            if f64::from(narrow) != *f {
-                return Err(refuse(&format!(
-                    "{f} is not exactly a 32-bit float (use DOUBLE)"
-                )));
-            }
-            Ok(M::Float(narrow))
-        }
-        (K::Double, Value::Float(f)) => Ok(M::Double(*f)),
-        (K::Text, Value::Text(s) | Value::Json(s)) => Ok(M::Bytes(s.as_bytes().to_vec())),
-        (K::Text | K::Uuid, Value::Uuid(u)) => Ok(M::Bytes(u.to_string().into_bytes())),
-        (K::Uuid, Value::Text(s)) => match uuid::Uuid::parse_str(s) {
-            Ok(u) => Ok(M::Bytes(u.to_string().into_bytes())),
-            Err(_) => Err(refuse("not a UUID")),
-        },
-        (K::Bytes, Value::Bytes(b)) => Ok(M::Bytes(b.clone())),
-        (K::Date, Value::Date(d)) => {
-            date_value(*d, None).ok_or_else(|| refuse("MySQL dates span the years 0000-9999"))
-        }
-        (K::DateTime, Value::Timestamp(t)) => date_value(t.date(), Some(*t))
-            .ok_or_else(|| refuse("MySQL datetimes span the years 0000-9999")),
-        (K::DateTime, Value::TimestampTz(t)) => {
-            let t = t.naive_utc();
-            date_value(t.date(), Some(t))
-                .ok_or_else(|| refuse("MySQL datetimes span the years 0000-9999"))
-        }
-        (K::Time, Value::Time(us)) => {
-            if us.abs() > TIME_MAX_MICROS {
-                return Err(refuse("outside -838:59:59.999999..=838:59:59.999999"));
-            }
-            let negative = *us < 0;
-            let abs = us.unsigned_abs();
-            let micros = (abs % 1_000_000) as u32;
-            let secs = abs / 1_000_000;
-            let days = (secs / 86_400) as u32;
-            let hours = ((secs % 86_400) / 3600) as u8;
-            let minutes = ((secs % 3600) / 60) as u8;
-            let seconds = (secs % 60) as u8;
-            Ok(M::Time(negative, days, hours, minutes, seconds, micros))
-        }
-        _ => Err(refuse("no conversion between these types")),
-    }
-}
-
-/// A MySQL `Date` value; `None` for years outside 0..=9999.
-fn date_value(date: NaiveDate, time: Option<NaiveDateTime>) -> Option<mysql_async::Value> {
-    let year = u16::try_from(date.year()).ok().filter(|y| *y <= 9999)?;
-    let (h, m, s, us) = match time {
-        Some(t) => (
-            t.hour() as u8,
-            t.minute() as u8,
-            t.second() as u8,
-            t.nanosecond() / 1000,
-        ),
-        None => (0, 0, 0, 0),
-    };
-    Some(mysql_async::Value::Date(
-        year,
-        date.month() as u8,
-        date.day() as u8,
-        h,
-        m,
-        s,
-        us,
-    ))
 }

@@ -99,6 +99,7 @@ use mysql_async::binlog::events::{
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn};
 
+use crate::apply::is_positions_table;
 use crate::stream::StreamItem;
 use crate::{ChangeEvent, Op, Origin, Position, Row, TableName, Transaction, TransactionPart};
 
@@ -192,11 +193,6 @@ impl MysqlStreamConfig {
             part_events: None,
         }
     }
-}
-
-/// Whether `table` is duplex's bookkeeping table [`crate::apply::POSITIONS_TABLE`].
-fn is_positions_table(table: &TableName) -> bool {
-    table.schema == "duplex" && table.name == "positions"
 }
 
 /// A replica server id from 2^30 to 2^32-1, unlikely to meet a DBA's own ids.

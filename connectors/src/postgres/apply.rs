@@ -1,27 +1,13 @@
-//! The PostgreSQL applier: writes source transactions into PostgreSQL tables, exactly once
-//! (see [`crate::apply`] for the protocol and why it is exactly once).
+//! The PostgreSQL applier: writes source transactions into PostgreSQL tables, exactly once.
+//! The protocol, and why it is exactly once, is [`crate::apply`]'s, written once in
+//! [`ExactlyOnce`]; this module is its PostgreSQL [`TargetSession`] ([`PgSession`]): the
+//! connection, transaction control, the statements and the values. The SQL of
+//! `duplex.positions` is in [`super::positions`].
 //!
 //! # Parameters
 //!
-//! Every value is bound as a parameter of a prepared statement, in PostgreSQL's *binary*
-//! format, encoded for the target column's actual type ([`PgParam`]): `int2`/`int4`/`int8`
-//! from `Int`/`UInt` with range checks, `numeric` in its binary base-10000 form written here
-//! from the exact decimal text (tokio-postgres has no numeric encoder; the encoding is exact
-//! by construction, including NaN and ±Infinity, and keeps the scale), `float4`/`float8`
-//! bit-exact (NaN and ±Infinity included; a `float4` column refuses a value that is not
-//! exactly a 32-bit float), `bytea` as raw bytes (0x00 included), `time` / `interval` as
-//! microseconds (so 24:00:00 fits `time` and any duration fits `interval`), `timestamptz` as
-//! UTC microseconds, `jsonb` as version 1 plus the text, `json` and text types as the text
-//! (key order and duplicates kept). Binary was chosen over "bind everything as text and
-//! cast" because nothing is parsed or printed on the way, so there is no float formatting,
-//! `DateStyle`, `bytea_output` or time zone setting that could change a value. Target types
-//! duplex has no binary encoder for (e.g. `inet`, `macaddr`, `xml`, `citext`) are bound as
-//! text with an explicit `$n::text::<type>` cast: their text form is their canonical form.
-//!
-//! Before binding, each value is checked against the target column: out-of-range integers,
-//! a `numeric(p,s)` value that would be rounded, text with a 0x00 character (PostgreSQL
-//! refuses it), a time outside 00:00:00..=24:00:00 are refused with an error naming table,
-//! column, value kind and column type.
+//! Values are bound as parameters in PostgreSQL's binary format, encoded for the target
+//! column's actual type and checked against it first: see [`super::param`].
 //!
 //! # Statements
 //!
@@ -48,7 +34,7 @@
 //! Target transactions are opened and ended with plain `BEGIN` / `COMMIT` / `ROLLBACK` on the
 //! applier's connection (not tokio-postgres's borrowed `Transaction`), because the target
 //! transaction of a large source transaction stays open across calls (see [`crate::apply`]).
-//! The applier remembers whether one is open; an error, or a call dropped halfway, is followed
+//! The session remembers whether one is open; an error, or a call dropped halfway, is followed
 //! by a `ROLLBACK` before anything else runs on the connection.
 //!
 //! # Echo marker
@@ -63,28 +49,21 @@
 //! positions row needs no privilege beyond the table, and it also says which source and
 //! position the transaction carries.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
-use std::error::Error;
 use std::pin::Pin;
 use std::task::Poll;
 
-use bytes::{BufMut, BytesMut};
-use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
-use tokio_postgres::error::SqlState;
-use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
-use uuid::Uuid;
 
 use crate::apply::{
-    Applier, ApplyError, ApplyOptions, OpenParts, PartState, SkippedWrite, TableRoute,
-    check_next_part, declared_scale, expected_values, final_of, fresh, interrupted, key_value,
-    malformed, open_parts, parse_position, position_text, recorded_before, refuse_key_change,
-    skipped_write, sources,
+    ApplyError, ApplyOptions, ExactlyOnce, SkippedWrite, TableRoute, TargetSession, declared_scale,
+    expected_values, key_value, malformed, refuse_key_change, skipped_write,
 };
-use crate::{ChangeEvent, Column, Op, Position, TableName, Transaction, TransactionPart, Value};
+use crate::{ChangeEvent, Column, Op, Position, TableName, Value};
 
-use super::{PgError, connect, describe_table, quote_ident};
+use super::param::{PgParam, to_param};
+use super::{PgError, connect, describe_table, positions, quote_ident};
 
 /// Rows per multi-row INSERT, largest first; every run is split into these sizes.
 const INSERT_CHUNKS: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
@@ -95,30 +74,20 @@ const PIPELINE: usize = 256;
 /// Prepared statements kept per connection before the cache is emptied.
 const STATEMENT_CACHE: usize = 512;
 
-/// The bookkeeping table, as the applier creates it on first use (a DBA who does not grant
-/// duplex CREATE on the database runs this beforehand).
-pub const POSITIONS_DDL: &str = "CREATE SCHEMA IF NOT EXISTS duplex; \
-     CREATE TABLE IF NOT EXISTS duplex.positions ( \
-         source text PRIMARY KEY, \
-         position text NOT NULL, \
-         applied_at timestamptz NOT NULL DEFAULT now())";
+/// A PostgreSQL applier: the exactly-once protocol of [`crate::apply`] over a [`PgSession`].
+pub type PgApplier = ExactlyOnce<PgSession>;
 
-/// Writes source transactions into a PostgreSQL database; see [`crate::apply`].
-pub struct PgApplier {
+/// One connection to a PostgreSQL target and the routes written through it: the
+/// [`TargetSession`] of [`PgApplier`].
+pub struct PgSession {
     url: String,
     password: Option<String>,
-    pub(super) client: Client,
-    pub(super) routes: HashMap<TableName, PgRoute>,
-    pub(super) statements: HashMap<String, Statement>,
-    pub(super) options: ApplyOptions,
-    /// Where the applier is in a large transaction.
-    pub(super) parts: PartState,
+    client: Client,
+    routes: HashMap<TableName, PgRoute>,
+    statements: HashMap<String, Statement>,
+    options: ApplyOptions,
     /// Whether a target transaction is open on `client` (BEGIN sent, no COMMIT/ROLLBACK yet).
     in_transaction: bool,
-    /// Conditional writes skipped by committed target transactions, not yet taken.
-    skipped: Vec<SkippedWrite>,
-    /// Conditional writes skipped in the open target transaction.
-    skipped_open: Vec<SkippedWrite>,
 }
 
 /// A route resolved against the target table's schema.
@@ -133,11 +102,11 @@ pub(super) struct PgRoute {
 /// One written column.
 pub(super) struct PgColumn {
     pub(super) source: String,
-    target: String,
+    pub(super) target: String,
     pub(super) quoted: String,
-    declared: String,
+    pub(super) declared: String,
     pub(super) kind: PgKind,
-    scale: Option<usize>,
+    pub(super) scale: Option<usize>,
 }
 
 /// How values of a target column are bound.
@@ -211,33 +180,26 @@ impl PgApplier {
     ) -> Result<PgApplier, ApplyError> {
         options.validate()?;
         let client = connect(url, password).await?;
-        ensure_positions_table(&client).await?;
+        positions::ensure_table(&client).await?;
         let mut resolved = HashMap::new();
         for route in routes {
             let info = describe_table(&client, &route.target).await?;
             let source = route.source.clone();
             resolved.insert(source, resolve(route, info.map(|i| i.schema.columns))?);
         }
-        Ok(PgApplier {
+        Ok(ExactlyOnce::new(PgSession {
             url: url.to_owned(),
             password: password.map(str::to_owned),
             client,
             routes: resolved,
             statements: HashMap::new(),
             options,
-            parts: PartState::Idle,
             in_transaction: false,
-            skipped: Vec::new(),
-            skipped_open: Vec::new(),
-        })
+        }))
     }
+}
 
-    /// The writes a conditional applier skipped in the applies committed since the last call,
-    /// in write order; a failed (rolled-back) apply leaves none.
-    pub fn take_skipped(&mut self) -> Vec<SkippedWrite> {
-        std::mem::take(&mut self.skipped)
-    }
-
+impl PgSession {
     /// Reconnects when the connection was lost (a previous apply failed transiently).
     async fn reconnect_if_closed(&mut self) -> Result<(), ApplyError> {
         if self.client.is_closed() {
@@ -246,6 +208,16 @@ impl PgApplier {
             self.in_transaction = false;
         }
         Ok(())
+    }
+
+    /// The writer of the events of the open target transaction.
+    fn writer(&mut self) -> Writer<'_> {
+        Writer {
+            session: &self.client,
+            routes: &self.routes,
+            statements: &mut self.statements,
+            options: self.options,
+        }
     }
 }
 
@@ -302,108 +274,8 @@ fn resolve(route: TableRoute, columns: Option<Vec<Column>>) -> Result<PgRoute, A
     })
 }
 
-/// Creates schema `duplex` and `duplex.positions` unless they exist (appliers on first use,
-/// change streams with the echo marker). A concurrent creation by another applier or stream
-/// is not an error.
-pub(super) async fn ensure_positions_table(client: &Client) -> Result<(), PgError> {
-    let exists: bool = client
-        .query_one("SELECT to_regclass('duplex.positions') IS NOT NULL", &[])
-        .await
-        .map_err(PgError::query("looking for duplex.positions"))?
-        .get(0);
-    if exists {
-        return Ok(());
-    }
-    match client.batch_execute(POSITIONS_DDL).await {
-        Ok(()) => {
-            tracing::info!("created duplex.positions");
-            Ok(())
-        }
-        // `IF NOT EXISTS` still races: the loser of two concurrent creations fails on the
-        // catalog's unique index.
-        Err(e)
-            if e.code().is_some_and(|c| {
-                *c == SqlState::UNIQUE_VIOLATION
-                    || *c == SqlState::DUPLICATE_SCHEMA
-                    || *c == SqlState::DUPLICATE_TABLE
-            }) =>
-        {
-            Ok(())
-        }
-        Err(e) => Err(PgError::query("creating duplex.positions")(e)),
-    }
-}
-
-impl Applier for PgApplier {
-    async fn apply(&mut self, batch: &[Transaction]) -> Result<(), ApplyError> {
-        if batch.is_empty() && matches!(self.parts, PartState::Idle) {
-            return Ok(());
-        }
-        let result = match std::mem::replace(&mut self.parts, PartState::Interrupted) {
-            PartState::Idle => self.apply_batch(batch).await,
-            PartState::Open(open) => self.finish_parts(&open, batch).await,
-            PartState::Interrupted => Err(interrupted()),
-        };
-        self.end_call(result).await
-    }
-
-    async fn apply_part(&mut self, part: &TransactionPart) -> Result<(), ApplyError> {
-        let result = match std::mem::replace(&mut self.parts, PartState::Interrupted) {
-            PartState::Idle => self.first_part(part).await,
-            PartState::Open(open) => match check_next_part(&open, part) {
-                Ok(()) => self.write_part(open, part).await,
-                Err(e) => Err(e),
-            },
-            PartState::Interrupted => Err(interrupted()),
-        };
-        self.end_call(result).await
-    }
-
-    async fn position(&mut self, source: &str) -> Result<Option<Position>, ApplyError> {
-        self.reconnect_if_closed().await?;
-        let row = self
-            .client
-            .query_opt(
-                "SELECT position FROM duplex.positions WHERE source = $1",
-                &[&source],
-            )
-            .await
-            .map_err(PgError::query("reading duplex.positions"))?;
-        row.map(|row| parse_position(source, row.get(0)))
-            .transpose()
-    }
-}
-
-impl PgApplier {
-    /// After every call: on error the target transaction is rolled back and no large
-    /// transaction is open any more.
-    pub(super) async fn end_call<T>(
-        &mut self,
-        result: Result<T, ApplyError>,
-    ) -> Result<T, ApplyError> {
-        if result.is_err() {
-            self.parts = PartState::Idle;
-            self.rollback_open().await;
-            self.skipped_open.clear();
-        }
-        result
-    }
-
-    /// Rolls back a target transaction left open (by an error or a dropped call).
-    async fn rollback_open(&mut self) {
-        self.skipped_open.clear();
-        if !self.in_transaction {
-            return;
-        }
-        if let Err(error) = self.client.batch_execute("ROLLBACK").await {
-            tracing::debug!(%error, "rolling back a failed apply failed too");
-        }
-        self.in_transaction = false;
-    }
-
-    /// Opens a target transaction (rolling back one a dropped call left open).
-    pub(super) async fn begin(&mut self) -> Result<(), ApplyError> {
-        self.rollback_open().await;
+impl TargetSession for PgSession {
+    async fn begin(&mut self) -> Result<(), ApplyError> {
         self.reconnect_if_closed().await?;
         self.in_transaction = true;
         self.client
@@ -413,144 +285,81 @@ impl PgApplier {
         Ok(())
     }
 
-    pub(super) async fn commit(&mut self) -> Result<(), ApplyError> {
+    async fn commit(&mut self) -> Result<(), ApplyError> {
         self.client
             .batch_execute("COMMIT")
             .await
             .map_err(PgError::query("committing the target transaction"))?;
         self.in_transaction = false;
-        self.skipped.append(&mut self.skipped_open);
         Ok(())
     }
 
-    pub(super) async fn rollback(&mut self) -> Result<(), ApplyError> {
+    async fn rollback(&mut self) -> Result<(), ApplyError> {
         self.client
             .batch_execute("ROLLBACK")
             .await
             .map_err(PgError::query("ending the target transaction"))?;
         self.in_transaction = false;
-        self.skipped_open.clear();
         Ok(())
     }
 
-    /// The recorded position of `site`, read under a row lock inside the open transaction.
-    pub(super) async fn recorded_for_update(
-        &self,
-        site: &str,
-    ) -> Result<Option<Position>, ApplyError> {
-        let row = self
-            .client
-            .query_opt(
-                "SELECT position FROM duplex.positions WHERE source = $1 FOR UPDATE",
-                &[&site],
-            )
-            .await
-            .map_err(PgError::query("reading duplex.positions"))?;
-        row.map(|row| parse_position(site, row.get(0))).transpose()
+    async fn rollback_open(&mut self) {
+        if !self.in_transaction {
+            return;
+        }
+        if let Err(error) = self.client.batch_execute("ROLLBACK").await {
+            tracing::debug!(%error, "rolling back a failed apply failed too");
+        }
+        self.in_transaction = false;
     }
 
-    /// Records `position` of `site` in the open transaction. The first position of a source
-    /// is inserted, never upserted: of two appliers racing on a new source, the second fails
-    /// here instead of applying again.
-    pub(super) async fn record(
-        &self,
+    /// Every failure rolls back on the same connection; a lost one is replaced by the next
+    /// `begin`.
+    async fn abandon(&mut self, _error: &ApplyError) {
+        self.rollback_open().await;
+    }
+
+    async fn locked_position(&mut self, site: &str) -> Result<Option<Position>, ApplyError> {
+        positions::locked(&self.client, site).await
+    }
+
+    async fn record(
+        &mut self,
         site: &str,
         position: &Position,
         update: bool,
     ) -> Result<(), ApplyError> {
-        let sql = if update {
-            "UPDATE duplex.positions SET position = $2, applied_at = now() WHERE source = $1"
-        } else {
-            "INSERT INTO duplex.positions (source, position, applied_at) VALUES ($1, $2, now())"
-        };
-        self.client
-            .execute(sql, &[&site, &position_text(position)])
-            .await
-            .map_err(PgError::query("recording the position in duplex.positions"))?;
-        Ok(())
+        positions::record(&self.client, site, position, update).await
     }
 
-    async fn write_events(&mut self, events: &[&ChangeEvent]) -> Result<(), ApplyError> {
-        let mut writer = Writer {
-            session: &self.client,
-            routes: &self.routes,
-            statements: &mut self.statements,
-            options: self.options,
-        };
-        if self.options.conditional {
-            let skipped = writer.write_conditional(events).await?;
-            self.skipped_open.extend(skipped);
-            return Ok(());
-        }
-        writer.write_all(events).await
-    }
-
-    /// A batch of whole transactions in one target transaction.
-    async fn apply_batch(&mut self, batch: &[Transaction]) -> Result<(), ApplyError> {
-        self.parts = PartState::Idle;
-        self.begin().await?;
-        let mut recorded = Vec::new();
-        for site in sources(batch) {
-            recorded.push((site, self.recorded_for_update(site).await?));
-        }
-        let fresh = fresh(batch, &recorded)?;
-        if fresh.transactions.is_empty() {
-            return self.rollback().await;
-        }
-        let events: Vec<&ChangeEvent> = fresh
-            .transactions
-            .iter()
-            .flat_map(|t| t.events.iter())
-            .collect();
-        self.write_events(&events).await?;
-        for (site, position) in fresh.advanced {
-            self.record(site, position, recorded_before(&recorded, site))
-                .await?;
-        }
-        self.commit().await
-    }
-
-    /// The first part of a large transaction: opens the target transaction and decides.
-    async fn first_part(&mut self, part: &TransactionPart) -> Result<(), ApplyError> {
-        self.begin().await?;
-        let recorded = self.recorded_for_update(&part.source).await?;
-        let open = open_parts(part, recorded)?;
-        self.write_part(open, part).await
-    }
-
-    /// Writes a part into the open transaction (unless the target holds the transaction).
-    async fn write_part(
+    async fn write_events(
         &mut self,
-        open: OpenParts,
-        part: &TransactionPart,
-    ) -> Result<(), ApplyError> {
-        if !open.held {
-            let events: Vec<&ChangeEvent> = part.events.iter().collect();
-            self.write_events(&events).await?;
+        events: &[&ChangeEvent],
+    ) -> Result<Vec<SkippedWrite>, ApplyError> {
+        let conditional = self.options.conditional;
+        let mut writer = self.writer();
+        if conditional {
+            return writer.write_conditional(events).await;
         }
-        self.parts = PartState::Open(open);
-        Ok(())
+        writer.write_all(events).await?;
+        Ok(Vec::new())
     }
 
-    /// The final transaction of a large one: writes its events, records its position and
-    /// commits (or rolls everything back when the target already held it).
-    async fn finish_parts(
+    /// Binary COPY where the options and columns allow it (see [`super::copy`]).
+    async fn load_events(
         &mut self,
-        open: &OpenParts,
-        batch: &[Transaction],
-    ) -> Result<(), ApplyError> {
-        let last = final_of(open, batch)?;
-        if open.held {
-            self.rollback().await?;
-        } else {
-            let events: Vec<&ChangeEvent> = last.events.iter().collect();
-            self.write_events(&events).await?;
-            self.record(&last.source, &last.position, open.recorded)
-                .await?;
-            self.commit().await?;
+        events: &[&ChangeEvent],
+    ) -> Result<Vec<SkippedWrite>, ApplyError> {
+        if self.options.upsert || self.options.conditional {
+            return self.write_events(events).await;
         }
-        self.parts = PartState::Idle;
-        Ok(())
+        self.writer().load_all(events).await?;
+        Ok(Vec::new())
+    }
+
+    async fn position(&mut self, site: &str) -> Result<Option<Position>, ApplyError> {
+        self.reconnect_if_closed().await?;
+        positions::committed(&self.client, site).await
     }
 }
 
@@ -987,278 +796,4 @@ fn insert_sql(route: &PgRoute, columns: &[usize], rows: usize, upsert: bool) -> 
         }
     }
     sql
-}
-
-/// A value encoded for one target column, in PostgreSQL's binary format.
-#[derive(Debug, Clone)]
-pub(super) enum PgParam<'a> {
-    Null,
-    Bool(bool),
-    I16(i16),
-    I32(i32),
-    I64(i64),
-    F32(f32),
-    F64(f64),
-    Numeric(Cow<'a, str>),
-    Text(Cow<'a, str>),
-    Jsonb(&'a str),
-    Bytes(&'a [u8]),
-    Date(NaiveDate),
-    /// Microseconds since midnight.
-    Time(i64),
-    /// Microseconds (no days or months).
-    Interval(i64),
-    Timestamp(NaiveDateTime),
-    TimestampTz(DateTime<Utc>),
-    Uuid(Uuid),
-}
-
-impl PgParam<'_> {
-    /// Approximate encoded size, for sizing multi-row INSERTs.
-    fn size(&self) -> usize {
-        match self {
-            PgParam::Numeric(s) | PgParam::Text(s) => s.len(),
-            PgParam::Jsonb(s) => s.len(),
-            PgParam::Bytes(b) => b.len(),
-            _ => 8,
-        }
-    }
-}
-
-/// Microseconds in a day: PostgreSQL `time` goes up to and including 24:00:00.
-const DAY_MICROS: i64 = 86_400_000_000;
-
-/// Converts a canonical value for a target column, refusing what the column cannot hold
-/// exactly.
-pub(super) fn to_param<'a>(
-    value: &'a Value,
-    column: &PgColumn,
-    table: &TableName,
-) -> Result<PgParam<'a>, ApplyError> {
-    let refuse =
-        |reason: &str| ApplyError::refuse(table, &column.target, value, &column.declared, reason);
-    let int_range = || refuse("out of the column's range");
-    let text = |s: &'a str| {
-        if s.contains('\0') {
-            Err(refuse("PostgreSQL text cannot contain the character 0x00"))
-        } else {
-            Ok(s)
-        }
-    };
-    use PgKind as K;
-    Ok(match (column.kind, value) {
-        (_, Value::Null) => PgParam::Null,
-        (_, Value::Unchanged) => return Err(refuse("an Unchanged value cannot be written")),
-        (K::Bool, Value::Bool(b)) => PgParam::Bool(*b),
-        (K::Bool, Value::Int(i @ (0 | 1))) => PgParam::Bool(*i == 1),
-        (K::Bool, Value::UInt(u @ (0 | 1))) => PgParam::Bool(*u == 1),
-        (K::Int2 | K::Int4 | K::Int8, Value::Bool(b)) => bool_as_int(column.kind, *b),
-        (K::Int2, Value::Int(i)) => PgParam::I16(i16::try_from(*i).map_err(|_| int_range())?),
-        (K::Int2, Value::UInt(u)) => PgParam::I16(i16::try_from(*u).map_err(|_| int_range())?),
-        (K::Int4, Value::Int(i)) => PgParam::I32(i32::try_from(*i).map_err(|_| int_range())?),
-        (K::Int4, Value::UInt(u)) => PgParam::I32(i32::try_from(*u).map_err(|_| int_range())?),
-        (K::Int8, Value::Int(i)) => PgParam::I64(*i),
-        (K::Int8, Value::UInt(u)) => PgParam::I64(i64::try_from(*u).map_err(|_| int_range())?),
-        (K::Numeric, Value::Int(i)) => PgParam::Numeric(Cow::Owned(i.to_string())),
-        (K::Numeric, Value::UInt(u)) => PgParam::Numeric(Cow::Owned(u.to_string())),
-        (K::Numeric, Value::Decimal(d)) => {
-            if let Some(scale) = column.scale
-                && d.normalized().scale() > scale
-            {
-                return Err(refuse(&format!(
-                    "{d} has more than {scale} decimal places and would be rounded"
-                )));
-            }
-            PgParam::Numeric(Cow::Borrowed(d.as_str()))
-        }
-        (K::Float4, Value::Float(f)) => {
-            let narrow = *f as f32;
-            if !f.is_nan() && f64::from(narrow) != *f {
-                return Err(refuse(&format!(
-                    "{f} is not exactly a 32-bit float (use float8)"
-                )));
-            }
-            PgParam::F32(narrow)
-        }
-        (K::Float8, Value::Float(f)) => PgParam::F64(*f),
-        (K::Text | K::Json | K::Cast, Value::Text(s) | Value::Json(s)) => {
-            PgParam::Text(Cow::Borrowed(text(s)?))
-        }
-        (K::Text | K::Cast, Value::Uuid(u)) => PgParam::Text(Cow::Owned(u.to_string())),
-        (K::Cast, Value::Int(i)) => PgParam::Text(Cow::Owned(i.to_string())),
-        (K::Cast, Value::UInt(u)) => PgParam::Text(Cow::Owned(u.to_string())),
-        (K::Cast, Value::Decimal(d)) => PgParam::Text(Cow::Borrowed(d.as_str())),
-        (K::Cast, Value::Bool(b)) => {
-            PgParam::Text(Cow::Borrowed(if *b { "true" } else { "false" }))
-        }
-        (K::Jsonb, Value::Text(s) | Value::Json(s)) => PgParam::Jsonb(text(s)?),
-        (K::Bytea, Value::Bytes(b)) => PgParam::Bytes(b),
-        (K::Date, Value::Date(d)) => PgParam::Date(*d),
-        (K::Time, Value::Time(us)) => {
-            if !(0..=DAY_MICROS).contains(us) {
-                return Err(refuse("outside 00:00:00..=24:00:00 (use interval)"));
-            }
-            PgParam::Time(*us)
-        }
-        (K::Interval, Value::Time(us)) => PgParam::Interval(*us),
-        (K::Timestamp, Value::Timestamp(t)) => PgParam::Timestamp(*t),
-        (K::Timestamp, Value::TimestampTz(t)) => PgParam::Timestamp(t.naive_utc()),
-        (K::TimestampTz, Value::TimestampTz(t)) => PgParam::TimestampTz(*t),
-        (K::TimestampTz, Value::Timestamp(t)) => PgParam::TimestampTz(t.and_utc()),
-        (K::Uuid, Value::Uuid(u)) => PgParam::Uuid(*u),
-        (K::Uuid, Value::Text(s)) => {
-            PgParam::Uuid(Uuid::parse_str(s).map_err(|_| refuse("not a UUID"))?)
-        }
-        _ => return Err(refuse("no conversion between these types")),
-    })
-}
-
-/// A boolean written into an integer column, as 0 or 1.
-fn bool_as_int(kind: PgKind, b: bool) -> PgParam<'static> {
-    match kind {
-        PgKind::Int2 => PgParam::I16(i16::from(b)),
-        PgKind::Int4 => PgParam::I32(i32::from(b)),
-        _ => PgParam::I64(i64::from(b)),
-    }
-}
-
-impl ToSql for PgParam<'_> {
-    fn to_sql(
-        &self,
-        ty: &Type,
-        out: &mut BytesMut,
-    ) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
-        match self {
-            PgParam::Null => return Ok(IsNull::Yes),
-            PgParam::Bool(b) => out.put_u8(u8::from(*b)),
-            PgParam::I16(i) => out.put_i16(*i),
-            PgParam::I32(i) => out.put_i32(*i),
-            PgParam::I64(i) => out.put_i64(*i),
-            PgParam::F32(f) => out.put_f32(*f),
-            PgParam::F64(f) => out.put_f64(*f),
-            PgParam::Numeric(text) => encode_numeric(text, out)?,
-            PgParam::Text(s) => out.put_slice(s.as_bytes()),
-            PgParam::Jsonb(s) => {
-                out.put_u8(1);
-                out.put_slice(s.as_bytes());
-            }
-            PgParam::Bytes(b) => out.put_slice(b),
-            PgParam::Date(d) => return d.to_sql(ty, out),
-            PgParam::Time(us) => out.put_i64(*us),
-            PgParam::Interval(us) => {
-                out.put_i64(*us);
-                out.put_i32(0);
-                out.put_i32(0);
-            }
-            PgParam::Timestamp(t) => return t.to_sql(ty, out),
-            PgParam::TimestampTz(t) => return t.to_sql(ty, out),
-            PgParam::Uuid(u) => out.put_slice(u.as_bytes()),
-        }
-        Ok(IsNull::No)
-    }
-
-    /// The conversion to the column's type was decided (and checked) by [`to_param`] from the
-    /// target schema, so any server-inferred parameter type is accepted here.
-    fn accepts(_: &Type) -> bool {
-        true
-    }
-
-    to_sql_checked!();
-}
-
-/// Writes decimal text as PostgreSQL's binary `numeric`: digit count, weight (of the first
-/// base-10000 digit), sign, display scale, then the base-10000 digits.
-fn encode_numeric(text: &str, out: &mut BytesMut) -> Result<(), Box<dyn Error + Sync + Send>> {
-    const POSITIVE: u16 = 0x0000;
-    const NEGATIVE: u16 = 0x4000;
-    let special = match text {
-        "NaN" => Some(0xC000),
-        "Infinity" => Some(0xD000),
-        "-Infinity" => Some(0xF000),
-        _ => None,
-    };
-    if let Some(sign) = special {
-        out.put_i16(0);
-        out.put_i16(0);
-        out.put_u16(sign);
-        out.put_u16(0);
-        return Ok(());
-    }
-    let (negative, body) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text),
-    };
-    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
-    if !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
-        return Err(format!("{text:?} is not a decimal number").into());
-    }
-    let int = int.trim_start_matches('0');
-    let scale = u16::try_from(frac.len()).map_err(|_| "numeric scale too large")?;
-    let mut digits: Vec<i16> = Vec::with_capacity(int.len() / 4 + frac.len() / 4 + 2);
-    let lead = (4 - int.len() % 4) % 4;
-    let padded_int: String = "0".repeat(lead) + int;
-    for group in padded_int.as_bytes().chunks(4) {
-        digits.push(group_value(group));
-    }
-    let int_groups = digits.len();
-    let trail = (4 - frac.len() % 4) % 4;
-    let padded_frac: String = frac.to_owned() + &"0".repeat(trail);
-    for group in padded_frac.as_bytes().chunks(4) {
-        digits.push(group_value(group));
-    }
-    let mut weight = i32::try_from(int_groups).map_err(|_| "numeric too large")? - 1;
-    let leading_zeros = digits.iter().take_while(|d| **d == 0).count();
-    digits.drain(..leading_zeros);
-    weight -= i32::try_from(leading_zeros).map_err(|_| "numeric too large")?;
-    while digits.last() == Some(&0) {
-        digits.pop();
-    }
-    let sign = if negative && !digits.is_empty() {
-        NEGATIVE
-    } else {
-        POSITIVE
-    };
-    if digits.is_empty() {
-        weight = 0;
-    }
-    out.put_i16(i16::try_from(digits.len()).map_err(|_| "numeric too long")?);
-    out.put_i16(i16::try_from(weight).map_err(|_| "numeric out of range")?);
-    out.put_u16(sign);
-    out.put_u16(scale);
-    for d in digits {
-        out.put_i16(d);
-    }
-    Ok(())
-}
-
-fn group_value(group: &[u8]) -> i16 {
-    group
-        .iter()
-        .fold(0i16, |acc, b| acc * 10 + i16::from(b - b'0'))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn numeric(text: &str) -> (i16, i16, u16, u16, Vec<i16>) {
-        let mut out = BytesMut::new();
-        encode_numeric(text, &mut out).unwrap();
-        let w: Vec<i16> = out
-            .chunks(2)
-            .map(|c| i16::from_be_bytes([c[0], c[1]]))
-            .collect();
-        (w[0], w[1], w[2] as u16, w[3] as u16, w[4..].to_vec())
-    }
-
-    #[test]
-    fn numerics_encode_in_base_10000() {
-        assert_eq!(numeric("0"), (0, 0, 0, 0, vec![]));
-        assert_eq!(numeric("0.000"), (0, 0, 0, 3, vec![]));
-        assert_eq!(numeric("0.5"), (1, -1, 0, 1, vec![5000]));
-        assert_eq!(numeric("12345.678"), (3, 1, 0, 3, vec![1, 2345, 6780]));
-        assert_eq!(numeric("-10000"), (1, 1, 0x4000, 0, vec![1]));
-        assert_eq!(numeric("0.00001"), (1, -2, 0, 5, vec![1000]));
-        assert_eq!(numeric("NaN"), (0, 0, 0xC000, 0, vec![]));
-    }
 }

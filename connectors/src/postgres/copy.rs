@@ -2,15 +2,16 @@
 //!
 //! # Protocol
 //!
-//! [`PgApplier::load`] writes one source transaction made only of inserts exactly as
-//! [`Applier::apply`] would (same target transaction, same exactly-once check of
-//! `duplex.positions`, same position recorded), but each run of consecutive inserts into one
-//! table with one column set is sent as `COPY <table> (<columns>) FROM STDIN (FORMAT binary)`
+//! [`ExactlyOnce::load`](crate::apply::ExactlyOnce::load) writes one source transaction made
+//! only of inserts exactly as [`Applier::apply`](crate::apply::Applier::apply) would: it runs
+//! the very same protocol steps (same target transaction, same exactly-once check of
+//! `duplex.positions`, same position recorded), and only the write step differs: the
+//! [`PgSession`](super::PgSession)'s `load_events` sends each run of consecutive inserts into
+//! one table with one column set as `COPY <table> (<columns>) FROM STDIN (FORMAT binary)`
 //! instead of multi-row INSERTs:
 //!
 //! 1. `BEGIN`, then the source's row in `duplex.positions` is read `FOR UPDATE`; a target that
-//!    already holds the position rolls back and writes nothing (the same `fresh` decision as
-//!    `apply`).
+//!    already holds the position rolls back and writes nothing (the same decision as `apply`).
 //! 2. The COPY runs inside that transaction.
 //! 3. The position is recorded and the transaction committed.
 //!
@@ -31,10 +32,10 @@
 //! # When COPY is not used
 //!
 //! - An upserting applier (`ApplyOptions::upsert`, the backfill's `--allow-nonempty`): COPY
-//!   cannot resolve conflicts, so the whole transaction goes through `apply` (INSERT ... ON
-//!   CONFLICT).
+//!   cannot resolve conflicts, so the events are written as `apply` writes them (INSERT ...
+//!   ON CONFLICT).
 //! - A conditional applier (`ApplyOptions::conditional`): COPY cannot skip an existing row, so
-//!   the whole transaction goes through `apply`, which skips and reports them.
+//!   the events are written as `apply` writes them, which skips and reports them.
 //! - A run whose columns include a type duplex binds as text with a cast (`inet`, `xml`, ...:
 //!   no binary encoder): that run is written with the ordinary multi-row INSERT, still inside
 //!   the same transaction.
@@ -43,55 +44,15 @@
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 
-use crate::apply::{Applier, ApplyError, PartState, fresh, malformed, recorded_before};
-use crate::{ChangeEvent, Op, Transaction};
+use crate::apply::{ApplyError, malformed};
+use crate::{ChangeEvent, Op};
 
-use super::apply::{
-    PgApplier, PgKind, PgParam, PgRoute, Writer, insert_columns, to_param, write_error,
-};
-
-impl PgApplier {
-    /// Writes a transaction of inserts (a backfill range) like [`Applier::apply`], with binary
-    /// COPY for the rows; see the module docs for when it falls back to INSERT.
-    pub async fn load(&mut self, txn: &Transaction) -> Result<(), ApplyError> {
-        if self.options.upsert || self.options.conditional || !matches!(self.parts, PartState::Idle)
-        {
-            return self.apply(std::slice::from_ref(txn)).await;
-        }
-        let result = self.load_copy(txn).await;
-        self.end_call(result).await
-    }
-
-    async fn load_copy(&mut self, txn: &Transaction) -> Result<(), ApplyError> {
-        let batch = std::slice::from_ref(txn);
-        self.begin().await?;
-        let recorded = vec![(
-            txn.source.as_str(),
-            self.recorded_for_update(&txn.source).await?,
-        )];
-        let fresh = fresh(batch, &recorded)?;
-        if fresh.transactions.is_empty() {
-            return self.rollback().await;
-        }
-        let mut writer = Writer {
-            session: &self.client,
-            routes: &self.routes,
-            statements: &mut self.statements,
-            options: self.options,
-        };
-        let events: Vec<&ChangeEvent> = txn.events.iter().collect();
-        writer.load_all(&events).await?;
-        for (site, position) in fresh.advanced {
-            self.record(site, position, recorded_before(&recorded, site))
-                .await?;
-        }
-        self.commit().await
-    }
-}
+use super::apply::{PgKind, PgRoute, Writer, insert_columns, write_error};
+use super::param::{PgParam, to_param};
 
 impl Writer<'_> {
     /// Writes runs of inserts, each with one COPY where the columns allow it.
-    async fn load_all(&mut self, events: &[&ChangeEvent]) -> Result<(), ApplyError> {
+    pub(super) async fn load_all(&mut self, events: &[&ChangeEvent]) -> Result<(), ApplyError> {
         let mut i = 0;
         while i < events.len() {
             let event = events[i];

@@ -96,6 +96,7 @@ use pgwire_replication::{
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
+use crate::apply::{is_positions_table, positions_table};
 use crate::stream::StreamItem;
 use crate::{
     ChangeEvent, Op, Origin, Position, Row, TableName, Transaction, TransactionPart, Value,
@@ -446,7 +447,7 @@ impl PgStream {
         }
         let mut published = config.tables.clone();
         if config.echo_marker {
-            super::apply::ensure_positions_table(&catalog).await?;
+            super::positions::ensure_table(&catalog).await?;
             if !published.contains(&positions_table()) {
                 published.push(positions_table());
             }
@@ -951,15 +952,6 @@ pub async fn ensure_publication(
         .batch_execute(&sql)
         .await
         .map_err(|e| failed(PgError::query("creating or altering the publication")(e)))
-}
-
-/// `duplex.positions` (see [`crate::apply::POSITIONS_TABLE`]).
-fn positions_table() -> TableName {
-    TableName::new("duplex", "positions")
-}
-
-fn is_positions_table(table: &TableName) -> bool {
-    table.schema == "duplex" && table.name == "positions"
 }
 
 /// Makes sure the logical slot exists in this database (creating it with `pgoutput` when

@@ -102,11 +102,28 @@
 //! caller must deliver the transaction again from its first part (the engine restarts the
 //! stream from the recorded position, which does exactly that).
 //!
+//! # Written once, for every kind
+//!
+//! The steps above, and the skipped-writes bookkeeping, are written once, in
+//! [`ExactlyOnce`] (`exactly_once.rs`), over a [`TargetSession`]: the few operations the
+//! argument needs from one connection to a target (open, commit and roll back a transaction,
+//! read a source's row of `duplex.positions` under a row lock, INSERT or UPDATE it, write
+//! events, read the committed position). The argument above relies on nothing else, so it
+//! holds for every kind whose session keeps that contract: each kind implements only the
+//! session, its statements and its values (`PgApplier` is `ExactlyOnce<PgSession>`,
+//! `MysqlApplier` is `ExactlyOnce<MysqlSession>`), and owns the SQL of `duplex.positions` in
+//! its own `positions` module. The decisions themselves ([`ExactlyOnce`]'s `fresh`,
+//! `open_parts`, `final_of`) are pure functions, unit-tested beside it.
+//!
 //! # Table routes
 //!
 //! An applier knows, per source table, where its rows go: a [`TableRoute`]. Only the columns a
 //! route lists are written; a column whose value is [`crate::Value::Unchanged`] is never
 //! written, so the target keeps its value.
+
+mod events;
+mod exactly_once;
+mod positions;
 
 use std::future::Future;
 
@@ -114,8 +131,13 @@ use crate::mysql::MysqlError;
 use crate::postgres::PgError;
 use crate::{Op, Position, PositionError, Row, TableName, Transaction, TransactionPart};
 
-/// Name of the bookkeeping table (PostgreSQL schema / MySQL database `duplex`).
-pub const POSITIONS_TABLE: &str = "duplex.positions";
+pub(crate) use events::{
+    expect_one, expected_values, insert_columns, key_value, malformed, refuse_key_change,
+    skipped_write, target_key_value,
+};
+pub use exactly_once::{ExactlyOnce, TargetSession};
+pub use positions::{POSITIONS_TABLE, is_positions_table, positions_table, recorded_position};
+pub(crate) use positions::{parse_position, position_text};
 
 /// Writes source transactions into one target database.
 ///
@@ -437,464 +459,9 @@ pub(crate) fn declared_scale(declared: &str) -> Option<usize> {
     scale.trim().parse().ok()
 }
 
-/// A transaction to write, after the position check: those at or before the recorded
-/// position of their source are dropped.
-pub(crate) struct Fresh<'a> {
-    /// Transactions to write, in batch order.
-    pub transactions: Vec<&'a Transaction>,
-    /// Per source, the position to record (the last transaction written).
-    pub advanced: Vec<(&'a str, &'a Position)>,
-}
-
-/// Drops the transactions of `batch` that the target already holds, given the recorded
-/// position of each source of the batch (a source missing from `recorded` has none yet).
-pub(crate) fn fresh<'a>(
-    batch: &'a [Transaction],
-    recorded: &[(&str, Option<Position>)],
-) -> Result<Fresh<'a>, ApplyError> {
-    // Per source: the position the target holds, then the last one written by this batch.
-    let mut last: Vec<(&'a str, Option<&Position>)> = Vec::new();
-    let mut advanced: Vec<(&'a str, &'a Position)> = Vec::new();
-    let mut transactions = Vec::new();
-    for txn in batch {
-        let site = txn.source.as_str();
-        let held = match last.iter().position(|(s, _)| *s == site) {
-            Some(i) => i,
-            None => {
-                let position = recorded
-                    .iter()
-                    .find(|(s, _)| *s == site)
-                    .and_then(|(_, p)| p.as_ref());
-                last.push((site, position));
-                last.len() - 1
-            }
-        };
-        let newer = match last[held].1 {
-            None => true,
-            Some(held) => {
-                txn.position
-                    .compare(held)
-                    .map_err(|source| ApplyError::Position {
-                        site: site.to_owned(),
-                        source,
-                    })?
-                    == std::cmp::Ordering::Greater
-            }
-        };
-        if newer {
-            last[held].1 = Some(&txn.position);
-            match advanced.iter_mut().find(|(s, _)| *s == site) {
-                Some(entry) => entry.1 = &txn.position,
-                None => advanced.push((site, &txn.position)),
-            }
-            transactions.push(txn);
-        } else {
-            tracing::debug!(
-                source = %txn.source,
-                position = %txn.position,
-                "skipping a transaction the target already holds"
-            );
-        }
-    }
-    Ok(Fresh {
-        transactions,
-        advanced,
-    })
-}
-
-/// The target transaction holding the parts of one large source transaction, between the
-/// first part and the final transaction.
-#[derive(Debug)]
-pub(crate) struct OpenParts {
-    /// Source site of the transaction.
-    pub source: String,
-    /// Its start position (the same in every part).
-    pub start: Position,
-    /// Whether the target already holds it: nothing is written and the end is a rollback.
-    pub held: bool,
-    /// Whether `duplex.positions` had a row for the source (UPDATE it, else INSERT).
-    pub recorded: bool,
-}
-
-/// Where an applier is in a large transaction.
-#[derive(Debug, Default)]
-pub(crate) enum PartState {
-    /// No large transaction in progress.
-    #[default]
-    Idle,
-    /// Parts were written into the open target transaction.
-    Open(OpenParts),
-    /// A call was dropped while writing a piece: the open target transaction lacks events.
-    Interrupted,
-}
-
-/// The decision at the first part: whether the target already holds the transaction, given
-/// the recorded position of its source (see the module docs for why `start < recorded` is
-/// exactly "already held").
-pub(crate) fn open_parts(
-    part: &TransactionPart,
-    recorded: Option<Position>,
-) -> Result<OpenParts, ApplyError> {
-    let held = match &recorded {
-        None => false,
-        Some(recorded) => {
-            part.start
-                .compare(recorded)
-                .map_err(|source| ApplyError::Position {
-                    site: part.source.clone(),
-                    source,
-                })?
-                == std::cmp::Ordering::Less
-        }
-    };
-    if held {
-        tracing::debug!(source = %part.source, start = %part.start, "skipping a large transaction the target already holds");
-    }
-    Ok(OpenParts {
-        source: part.source.clone(),
-        start: part.start.clone(),
-        held,
-        recorded: recorded.is_some(),
-    })
-}
-
-/// Checks that `part` continues the open large transaction.
-pub(crate) fn check_next_part(open: &OpenParts, part: &TransactionPart) -> Result<(), ApplyError> {
-    if open.source == part.source && open.start == part.start {
-        return Ok(());
-    }
-    Err(ApplyError::PartSequence(format!(
-        "a part of the transaction of {} starting at {} while the one of {} starting at {} is open",
-        part.source, part.start, open.source, open.start
-    )))
-}
-
-/// The final transaction that completes the open large transaction: `batch` must be exactly
-/// it, from the same source and ending after the start.
-pub(crate) fn final_of<'a>(
-    open: &OpenParts,
-    batch: &'a [Transaction],
-) -> Result<&'a Transaction, ApplyError> {
-    let [last] = batch else {
-        return Err(ApplyError::PartSequence(format!(
-            "a batch of {} transactions while the transaction of {} starting at {} is open",
-            batch.len(),
-            open.source,
-            open.start
-        )));
-    };
-    let after_start = last.source == open.source
-        && last
-            .position
-            .compare(&open.start)
-            .is_ok_and(|o| o == std::cmp::Ordering::Greater);
-    if !after_start {
-        return Err(ApplyError::PartSequence(format!(
-            "transaction of {} at {} cannot end the one of {} starting at {}",
-            last.source, last.position, open.source, open.start
-        )));
-    }
-    Ok(last)
-}
-
-/// The error for a piece that continues a transaction whose earlier call was interrupted.
-pub(crate) fn interrupted() -> ApplyError {
-    ApplyError::PartSequence(
-        "an earlier piece of this transaction was interrupted: deliver it again from its first part"
-            .into(),
-    )
-}
-
-/// Whether `site` had a recorded position when the batch started.
-pub(crate) fn recorded_before(recorded: &[(&str, Option<Position>)], site: &str) -> bool {
-    recorded.iter().any(|(s, p)| *s == site && p.is_some())
-}
-
-/// The distinct source site names of a batch, in first-seen order.
-pub(crate) fn sources(batch: &[Transaction]) -> Vec<&str> {
-    let mut out: Vec<&str> = Vec::new();
-    for txn in batch {
-        if !out.contains(&txn.source.as_str()) {
-            out.push(&txn.source);
-        }
-    }
-    out
-}
-
-/// Serialises a position for `duplex.positions`.
-pub(crate) fn position_text(position: &Position) -> String {
-    serde_json::to_string(position).expect("a Position always serialises to JSON")
-}
-
-/// Parses a position read from `duplex.positions`.
-pub(crate) fn parse_position(site: &str, text: String) -> Result<Position, ApplyError> {
-    serde_json::from_str(&text).map_err(|source| ApplyError::Bookkeeping {
-        site: site.to_owned(),
-        text,
-        source,
-    })
-}
-
-/// Formats key values for a message.
-pub(crate) fn describe_key<'a>(pairs: impl Iterator<Item = (&'a str, &'a crate::Value)>) -> String {
-    pairs
-        .map(|(c, v)| format!("{c}={v:?}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// The old key value of `column`: from the event's key, else its before-image.
-pub(crate) fn key_value<'e>(
-    event: &'e crate::ChangeEvent,
-    column: &str,
-) -> Result<&'e crate::Value, ApplyError> {
-    event
-        .key
-        .get(column)
-        .or_else(|| event.before.as_ref().and_then(|b| b.get(column)))
-        .filter(|v| !matches!(v, crate::Value::Null | crate::Value::Unchanged))
-        .ok_or_else(|| malformed(event, &format!("no value for key column {column:?}")))
-}
-
-/// Fails unless a keyed UPDATE or DELETE touched exactly one row: `n == 0` means the target
-/// lost the row (it diverged from the source, which a DBA must hear about).
-pub(crate) fn expect_one(
-    target: &TableName,
-    event: &crate::ChangeEvent,
-    n: u64,
-) -> Result<(), ApplyError> {
-    if n == 1 {
-        return Ok(());
-    }
-    Err(ApplyError::RowMissing {
-        table: target.clone(),
-        op: event.op,
-        key: describe_key(event.key.iter()),
-    })
-}
-
-/// The indexes of the route columns (given by their source names, in route order) that an
-/// insert writes: those its after-image carries. Unchanged values are refused: an insert has
-/// no old row to keep them from.
-pub(crate) fn insert_columns<'a>(
-    sources: impl Iterator<Item = &'a str>,
-    event: &crate::ChangeEvent,
-) -> Result<Vec<usize>, ApplyError> {
-    let Some(after) = &event.after else {
-        return Err(malformed(event, "an insert without an after-image"));
-    };
-    let mut columns = Vec::new();
-    for (i, source) in sources.enumerate() {
-        match after.get(source) {
-            None => {}
-            Some(crate::Value::Unchanged) => {
-                return Err(malformed(
-                    event,
-                    &format!("column {source:?} is Unchanged in an insert"),
-                ));
-            }
-            Some(_) => columns.push(i),
-        }
-    }
-    Ok(columns)
-}
-
-/// The key value of `column` a write of `event` targets: an insert's from its after-image,
-/// else the old key (see [`key_value`]).
-pub(crate) fn target_key_value<'e>(
-    event: &'e crate::ChangeEvent,
-    column: &str,
-) -> Result<&'e crate::Value, ApplyError> {
-    if event.op == Op::Insert
-        && let Some(value) = event
-            .after
-            .as_ref()
-            .and_then(|after| after.get(column))
-            .filter(|v| !matches!(v, crate::Value::Null | crate::Value::Unchanged))
-    {
-        return Ok(value);
-    }
-    key_value(event, column)
-}
-
-/// The record of a skipped write of `event`, keyed by the route's key columns (source names).
-pub(crate) fn skipped_write<'a>(
-    event: &crate::ChangeEvent,
-    key: impl Iterator<Item = &'a str>,
-) -> SkippedWrite {
-    SkippedWrite {
-        table: event.table.clone(),
-        op: event.op,
-        key: key
-            .filter_map(|c| {
-                target_key_value(event, c)
-                    .ok()
-                    .map(|v| (c.to_owned(), v.clone()))
-            })
-            .collect(),
-    }
-}
-
-/// Refuses an UPDATE that changes the key (the after-image carries a key column with another
-/// value than the old key), for conditional appliers.
-pub(crate) fn refuse_key_change<'a>(
-    event: &crate::ChangeEvent,
-    key: impl Iterator<Item = &'a str>,
-) -> Result<(), ApplyError> {
-    if event.op != Op::Update {
-        return Ok(());
-    }
-    let Some(after) = &event.after else {
-        return Ok(());
-    };
-    for column in key {
-        let new = match after.get(column) {
-            None | Some(crate::Value::Unchanged) => continue,
-            Some(new) => new,
-        };
-        if !same_key_value(key_value(event, column)?, new) {
-            return Err(ApplyError::KeyChange {
-                table: event.table.clone(),
-                key: describe_key(event.key.iter()),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Key values compared across integer signedness (`Int(5)` is `UInt(5)`).
-fn same_key_value(a: &crate::Value, b: &crate::Value) -> bool {
-    use crate::Value as V;
-    match (a, b) {
-        (V::Int(i), V::UInt(u)) | (V::UInt(u), V::Int(i)) => u64::try_from(*i) == Ok(*u),
-        _ => a == b,
-    }
-}
-
-/// The values a conditional UPDATE or DELETE compares, as (route column index, expected
-/// value): the before-image's values of the route's non-key columns (given by their source
-/// names, in route order), except `Unchanged` ones. Empty without a before-image.
-pub(crate) fn expected_values<'a, 'e>(
-    sources: impl Iterator<Item = &'a str>,
-    key: &[usize],
-    event: &'e crate::ChangeEvent,
-) -> Vec<(usize, &'e crate::Value)> {
-    let Some(before) = &event.before else {
-        return Vec::new();
-    };
-    sources
-        .enumerate()
-        .filter(|(i, _)| !key.contains(i))
-        .filter_map(|(i, source)| match before.get(source) {
-            None | Some(crate::Value::Unchanged) => None,
-            Some(value) => Some((i, value)),
-        })
-        .collect()
-}
-
-pub(crate) fn malformed(event: &crate::ChangeEvent, reason: &str) -> ApplyError {
-    ApplyError::Malformed {
-        table: event.table.clone(),
-        op: event.op,
-        reason: reason.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use chrono::Utc;
-
     use super::*;
-    use crate::Origin;
-    use crate::postgres::Lsn;
-
-    fn txn(site: &str, lsn: u64) -> Transaction {
-        Transaction {
-            source: site.into(),
-            position: Position::Postgres(Lsn(lsn)),
-            commit_time: Utc::now(),
-            origin: Origin::Local,
-            events: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn transactions_at_or_before_the_recorded_position_are_skipped() {
-        let batch = [
-            txn("a", 5),
-            txn("b", 1),
-            txn("a", 10),
-            txn("a", 10),
-            txn("a", 12),
-        ];
-        let recorded = [("a", Some(Position::Postgres(Lsn(5)))), ("b", None)];
-        let fresh = fresh(&batch, &recorded).unwrap();
-        let kept: Vec<_> = fresh
-            .transactions
-            .iter()
-            .map(|t| (t.source.as_str(), t.position.clone()))
-            .collect();
-        assert_eq!(
-            kept,
-            [
-                ("b", Position::Postgres(Lsn(1))),
-                ("a", Position::Postgres(Lsn(10))),
-                ("a", Position::Postgres(Lsn(12))),
-            ]
-        );
-        assert_eq!(
-            fresh.advanced,
-            [
-                ("b", &Position::Postgres(Lsn(1))),
-                ("a", &Position::Postgres(Lsn(12)))
-            ]
-        );
-        // A source without a recorded position is applied, never dropped.
-        let fresh = super::fresh(&batch, &[]).unwrap();
-        assert_eq!(fresh.transactions.len(), 4);
-    }
-
-    fn part(site: &str, start: u64) -> TransactionPart {
-        TransactionPart {
-            source: site.into(),
-            start: Position::Postgres(Lsn(start)),
-            origin: Origin::Local,
-            events: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn a_large_transaction_is_held_iff_it_starts_before_the_recorded_position() {
-        let recorded = || Some(Position::Postgres(Lsn(100)));
-        // Replayed: it started (commit record at 90) before the recorded end it produced.
-        assert!(open_parts(&part("a", 90), recorded()).unwrap().held);
-        // The next transaction starts at or after the previous one's end.
-        assert!(!open_parts(&part("a", 100), recorded()).unwrap().held);
-        assert!(!open_parts(&part("a", 150), recorded()).unwrap().held);
-        let first = open_parts(&part("a", 5), None).unwrap();
-        assert!(!first.held && !first.recorded);
-        let mysql = Some(Position::Mysql(crate::mysql::BinlogPosition::new(
-            "bin.000001",
-            4,
-        )));
-        assert!(matches!(
-            open_parts(&part("a", 1), mysql),
-            Err(ApplyError::Position { .. })
-        ));
-    }
-
-    #[test]
-    fn the_final_transaction_must_end_the_open_one() {
-        let open = open_parts(&part("a", 100), None).unwrap();
-        assert!(check_next_part(&open, &part("a", 100)).is_ok());
-        assert!(check_next_part(&open, &part("a", 101)).is_err());
-        assert!(check_next_part(&open, &part("b", 100)).is_err());
-        assert!(final_of(&open, &[txn("a", 120)]).is_ok());
-        assert!(final_of(&open, &[txn("a", 100)]).is_err());
-        assert!(final_of(&open, &[txn("b", 120)]).is_err());
-        assert!(final_of(&open, &[txn("a", 120), txn("a", 130)]).is_err());
-        assert!(final_of(&open, &[]).is_err());
-    }
 
     #[test]
     fn declared_scales() {

@@ -1,0 +1,173 @@
+//! What a change event asks of a target row, for every kind's writer: the key values that find
+//! the row, the columns an insert writes, the before-image a conditional write expects, and
+//! the errors for an event that lacks what its operation needs.
+//!
+//! Nothing here does I/O: each kind's applier turns these answers into its own statements, so
+//! the two kinds read events the same way (see [`crate::apply`] for the write rules).
+
+use crate::{ChangeEvent, Op, TableName, Value};
+
+use super::{ApplyError, SkippedWrite};
+
+/// Formats key values for a message.
+fn describe_key<'a>(pairs: impl Iterator<Item = (&'a str, &'a Value)>) -> String {
+    pairs
+        .map(|(c, v)| format!("{c}={v:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The old key value of `column`: from the event's key, else its before-image.
+pub(crate) fn key_value<'e>(event: &'e ChangeEvent, column: &str) -> Result<&'e Value, ApplyError> {
+    event
+        .key
+        .get(column)
+        .or_else(|| event.before.as_ref().and_then(|b| b.get(column)))
+        .filter(|v| !matches!(v, Value::Null | Value::Unchanged))
+        .ok_or_else(|| malformed(event, &format!("no value for key column {column:?}")))
+}
+
+/// Fails unless a keyed UPDATE or DELETE touched exactly one row: `n == 0` means the target
+/// lost the row (it diverged from the source, which a DBA must hear about).
+pub(crate) fn expect_one(
+    target: &TableName,
+    event: &ChangeEvent,
+    n: u64,
+) -> Result<(), ApplyError> {
+    if n == 1 {
+        return Ok(());
+    }
+    Err(ApplyError::RowMissing {
+        table: target.clone(),
+        op: event.op,
+        key: describe_key(event.key.iter()),
+    })
+}
+
+/// The indexes of the route columns (given by their source names, in route order) that an
+/// insert writes: those its after-image carries. Unchanged values are refused: an insert has
+/// no old row to keep them from.
+pub(crate) fn insert_columns<'a>(
+    sources: impl Iterator<Item = &'a str>,
+    event: &ChangeEvent,
+) -> Result<Vec<usize>, ApplyError> {
+    let Some(after) = &event.after else {
+        return Err(malformed(event, "an insert without an after-image"));
+    };
+    let mut columns = Vec::new();
+    for (i, source) in sources.enumerate() {
+        match after.get(source) {
+            None => {}
+            Some(Value::Unchanged) => {
+                return Err(malformed(
+                    event,
+                    &format!("column {source:?} is Unchanged in an insert"),
+                ));
+            }
+            Some(_) => columns.push(i),
+        }
+    }
+    Ok(columns)
+}
+
+/// The key value of `column` a write of `event` targets: an insert's from its after-image,
+/// else the old key (see [`key_value`]).
+pub(crate) fn target_key_value<'e>(
+    event: &'e ChangeEvent,
+    column: &str,
+) -> Result<&'e Value, ApplyError> {
+    if event.op == Op::Insert
+        && let Some(value) = event
+            .after
+            .as_ref()
+            .and_then(|after| after.get(column))
+            .filter(|v| !matches!(v, Value::Null | Value::Unchanged))
+    {
+        return Ok(value);
+    }
+    key_value(event, column)
+}
+
+/// The record of a skipped write of `event`, keyed by the route's key columns (source names).
+pub(crate) fn skipped_write<'a>(
+    event: &ChangeEvent,
+    key: impl Iterator<Item = &'a str>,
+) -> SkippedWrite {
+    SkippedWrite {
+        table: event.table.clone(),
+        op: event.op,
+        key: key
+            .filter_map(|c| {
+                target_key_value(event, c)
+                    .ok()
+                    .map(|v| (c.to_owned(), v.clone()))
+            })
+            .collect(),
+    }
+}
+
+/// Refuses an UPDATE that changes the key (the after-image carries a key column with another
+/// value than the old key), for conditional appliers.
+pub(crate) fn refuse_key_change<'a>(
+    event: &ChangeEvent,
+    key: impl Iterator<Item = &'a str>,
+) -> Result<(), ApplyError> {
+    if event.op != Op::Update {
+        return Ok(());
+    }
+    let Some(after) = &event.after else {
+        return Ok(());
+    };
+    for column in key {
+        let new = match after.get(column) {
+            None | Some(Value::Unchanged) => continue,
+            Some(new) => new,
+        };
+        if !same_key_value(key_value(event, column)?, new) {
+            return Err(ApplyError::KeyChange {
+                table: event.table.clone(),
+                key: describe_key(event.key.iter()),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Key values compared across integer signedness (`Int(5)` is `UInt(5)`).
+fn same_key_value(a: &Value, b: &Value) -> bool {
+    use Value as V;
+    match (a, b) {
+        (V::Int(i), V::UInt(u)) | (V::UInt(u), V::Int(i)) => u64::try_from(*i) == Ok(*u),
+        _ => a == b,
+    }
+}
+
+/// The values a conditional UPDATE or DELETE compares, as (route column index, expected
+/// value): the before-image's values of the route's non-key columns (given by their source
+/// names, in route order), except `Unchanged` ones. Empty without a before-image.
+pub(crate) fn expected_values<'a, 'e>(
+    sources: impl Iterator<Item = &'a str>,
+    key: &[usize],
+    event: &'e ChangeEvent,
+) -> Vec<(usize, &'e Value)> {
+    let Some(before) = &event.before else {
+        return Vec::new();
+    };
+    sources
+        .enumerate()
+        .filter(|(i, _)| !key.contains(i))
+        .filter_map(|(i, source)| match before.get(source) {
+            None | Some(Value::Unchanged) => None,
+            Some(value) => Some((i, value)),
+        })
+        .collect()
+}
+
+/// The error for an event that lacks what its operation needs.
+pub(crate) fn malformed(event: &ChangeEvent, reason: &str) -> ApplyError {
+    ApplyError::Malformed {
+        table: event.table.clone(),
+        op: event.op,
+        reason: reason.to_owned(),
+    }
+}

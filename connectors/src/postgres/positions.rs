@@ -1,0 +1,101 @@
+//! `duplex.positions` on PostgreSQL (schema `duplex`): the one place that spells its SQL. The
+//! applier reads a source's row under a row lock and INSERTs or UPDATEs it in its target
+//! transaction (see [`crate::apply`] for why that makes delivery exactly once), reads the
+//! committed position, and creates the table on first use; a change stream with the echo
+//! marker creates it too, to publish it (see the stream's module docs on echoes).
+//!
+//! The position is stored as the JSON text of [`Position`]; `applied_at` is the target's
+//! `now()` of the transaction that recorded it.
+
+use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
+
+use crate::Position;
+use crate::apply::{ApplyError, parse_position, position_text};
+
+use super::PgError;
+
+/// The bookkeeping table, as the applier creates it on first use (a DBA who does not grant
+/// duplex CREATE on the database runs this beforehand).
+pub const POSITIONS_DDL: &str = "CREATE SCHEMA IF NOT EXISTS duplex; \
+     CREATE TABLE IF NOT EXISTS duplex.positions ( \
+         source text PRIMARY KEY, \
+         position text NOT NULL, \
+         applied_at timestamptz NOT NULL DEFAULT now())";
+
+/// Creates schema `duplex` and `duplex.positions` unless they exist (appliers on first use,
+/// change streams with the echo marker). A concurrent creation by another applier or stream
+/// is not an error.
+pub(super) async fn ensure_table(client: &Client) -> Result<(), PgError> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass('duplex.positions') IS NOT NULL", &[])
+        .await
+        .map_err(PgError::query("looking for duplex.positions"))?
+        .get(0);
+    if exists {
+        return Ok(());
+    }
+    match client.batch_execute(POSITIONS_DDL).await {
+        Ok(()) => {
+            tracing::info!("created duplex.positions");
+            Ok(())
+        }
+        // `IF NOT EXISTS` still races: the loser of two concurrent creations fails on the
+        // catalog's unique index.
+        Err(e)
+            if e.code().is_some_and(|c| {
+                *c == SqlState::UNIQUE_VIOLATION
+                    || *c == SqlState::DUPLICATE_SCHEMA
+                    || *c == SqlState::DUPLICATE_TABLE
+            }) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(PgError::query("creating duplex.positions")(e)),
+    }
+}
+
+/// The recorded position of `site`, read under a row lock inside the open transaction.
+pub(super) async fn locked(client: &Client, site: &str) -> Result<Option<Position>, ApplyError> {
+    let row = client
+        .query_opt(
+            "SELECT position FROM duplex.positions WHERE source = $1 FOR UPDATE",
+            &[&site],
+        )
+        .await
+        .map_err(PgError::query("reading duplex.positions"))?;
+    row.map(|row| parse_position(site, row.get(0))).transpose()
+}
+
+/// The committed position of `site`.
+pub(super) async fn committed(client: &Client, site: &str) -> Result<Option<Position>, ApplyError> {
+    let row = client
+        .query_opt(
+            "SELECT position FROM duplex.positions WHERE source = $1",
+            &[&site],
+        )
+        .await
+        .map_err(PgError::query("reading duplex.positions"))?;
+    row.map(|row| parse_position(site, row.get(0))).transpose()
+}
+
+/// Records `position` of `site` in the open transaction. The first position of a source is
+/// inserted, never upserted: of two appliers racing on a new source, the second fails here
+/// instead of applying again.
+pub(super) async fn record(
+    client: &Client,
+    site: &str,
+    position: &Position,
+    update: bool,
+) -> Result<(), ApplyError> {
+    let sql = if update {
+        "UPDATE duplex.positions SET position = $2, applied_at = now() WHERE source = $1"
+    } else {
+        "INSERT INTO duplex.positions (source, position, applied_at) VALUES ($1, $2, now())"
+    };
+    client
+        .execute(sql, &[&site, &position_text(position)])
+        .await
+        .map_err(PgError::query("recording the position in duplex.positions"))?;
+    Ok(())
+}
