@@ -1,5 +1,5 @@
 //! The merge engine at work: two-way mappings across two or more sites (DESIGN.md, "Merge
-//! engine and version vectors"; the decisions themselves are [`crate::merge`]).
+//! engine and version vectors"; the decisions themselves are [`merge`]).
 //!
 //! # Shape
 //!
@@ -41,6 +41,7 @@
 //! engine has not read yet is never overwritten.
 
 pub mod control;
+pub mod merge;
 pub mod rows;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -60,12 +61,12 @@ use tokio::task::JoinSet;
 
 use crate::backoff::Backoff;
 use crate::config::{Config, Direction, Site};
-use crate::merge::{self, Classification, Outcome, Version};
 use crate::report::chain;
 use crate::shutdown::stop_requested;
 use duplex_connectors::{
     AnyApplier, AnyStream, DescribeError, StreamError, StreamItem, StreamOptions,
 };
+use merge::{Classification, Outcome, Version};
 use rows::{MergeMapping, RowData, display_image, fill_unchanged, same_image};
 
 /// Inputs the coordinator takes in one state-store transaction, at most.
