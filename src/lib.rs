@@ -12,7 +12,6 @@ pub mod config;
 pub mod conflicts;
 pub mod engine;
 pub mod link;
-pub mod merge;
 pub mod report;
 pub mod routes;
 pub mod run;

@@ -182,7 +182,7 @@ impl AnyStream {
             }
             SiteKind::Mysql => {
                 if merge {
-                    tables.insert(TableName::new("duplex", "positions"));
+                    tables.insert(crate::apply::positions_table());
                 }
                 let mut config = MysqlStreamConfig::new(&site.name, &site.url, tables);
                 config.password = password;

@@ -15,7 +15,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::Input;
+use super::coordinator::Input;
 
 /// The socket's file name in the state directory.
 pub const SOCKET: &str = "control.sock";

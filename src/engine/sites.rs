@@ -1,0 +1,284 @@
+//! The per-site tasks: one reader and one writer per site, each retrying its own site.
+//!
+//! A [`reader`] streams its site's mapped tables and `duplex.positions`, whole transactions in
+//! commit order, into the coordinator, and acknowledges to the source only what the coordinator
+//! committed. A [`writer`] applies its site's outbox entries in number order, conditionally,
+//! each batch as target transactions that record their outbox position (see
+//! `duplex_connectors::apply`).
+//!
+//! Why a site that goes away costs nothing but time: the reader restarts after a backoff from
+//! just after the last item it handed over (every item handed over is decided, in order, so
+//! none is read twice or skipped); the writer applies the same batch again after reconnecting,
+//! and entries the site already holds are skipped by their outbox position. Meanwhile the other
+//! sites' tasks go on; the coordinator waits for a writer only once its queue is full. A
+//! definite failure is reported to the coordinator, which ends the attempt.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::Utc;
+use duplex_connectors::apply::{Applier, ApplyError, ApplyOptions};
+use duplex_connectors::{
+    AnyApplier, AnyStream, ChangeEvent, Origin, Position, StreamError, StreamItem, StreamOptions,
+    TableName, Transaction,
+};
+use tokio::sync::{mpsc, watch};
+
+use super::EngineError;
+use super::coordinator::Input;
+use super::outbox::{OutboxWrite, outbox_name};
+use super::plan::{MergePlan, MergeSite};
+use super::rows::display_image;
+use crate::backoff::Backoff;
+use crate::report::chain;
+
+/// Outbox entries one writer puts into one target transaction, at most.
+const WRITE_BATCH: usize = 1000;
+/// Outbox entries queued per writer before the coordinator waits.
+pub(super) const WRITER_QUEUE: usize = 8192;
+
+/// A site's applier, connected, and how far its outbox was written there.
+pub(super) struct SiteWriter {
+    /// The applier.
+    pub(super) target: AnyApplier,
+    /// The last outbox entry the site holds (0: none).
+    pub(super) written: u64,
+}
+
+/// Connects every site's applier (plan order) and reads how far its outbox was written.
+///
+/// Writers come first: they create `duplex.positions` where it is missing, which the readers'
+/// publications need, and they say how far each outbox got.
+pub(super) async fn connect_writers(plan: &MergePlan) -> Result<Vec<SiteWriter>, EngineError> {
+    let mut writers = Vec::new();
+    for site in &plan.sites {
+        let name = &site.site.name;
+        let mut target = connect_writer(site)
+            .await
+            .map_err(|e| apply_error(name, e))?;
+        let written = match target
+            .position(&outbox_name(name))
+            .await
+            .map_err(|e| apply_error(name, e))?
+        {
+            None => 0,
+            Some(Position::Outbox(seq)) => seq,
+            Some(other) => {
+                return Err(EngineError::Unsupported(format!(
+                    "site {name}: duplex.positions holds {other} for {}, which is not an outbox position",
+                    outbox_name(name)
+                )));
+            }
+        };
+        writers.push(SiteWriter { target, written });
+    }
+    Ok(writers)
+}
+
+/// Streams one site into the coordinator, acknowledging what the coordinator committed. A
+/// site that goes away is read again, after a backoff, from just after the last item handed
+/// to the coordinator (every item handed over is decided, in order), while the other sites
+/// go on; a definite failure ends the engine's attempt.
+pub(super) async fn reader(
+    index: usize,
+    site: MergeSite,
+    start: Option<Position>,
+    report: mpsc::Sender<Input>,
+    mut ack: watch::Receiver<Option<Position>>,
+) {
+    let name = site.site.name.clone();
+    let mut from = start;
+    let mut backoff = Backoff::default();
+    loop {
+        backoff.attempt_started();
+        let error = match read(index, &site, &mut from, &report, &mut ack).await {
+            None => return,
+            Some(error) => error,
+        };
+        if !error.is_transient() {
+            let _ = report
+                .send(Input::Failed(EngineError::Source {
+                    site: name.clone(),
+                    source: Box::new(error),
+                }))
+                .await;
+            return;
+        }
+        let delay = backoff.failed();
+        tracing::warn!(site = %name, error = %chain(&error), "reading site interrupted; the other sites go on; retrying in {delay:.1?}");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = report.closed() => return,
+        }
+    }
+}
+
+/// One stream of a site from just after `from`, which follows every item handed over; `None`
+/// when the engine stopped, the stream's error otherwise.
+async fn read(
+    index: usize,
+    site: &MergeSite,
+    from: &mut Option<Position>,
+    report: &mpsc::Sender<Input>,
+    ack: &mut watch::Receiver<Option<Position>>,
+) -> Option<StreamError> {
+    let name = &site.site.name;
+    let mut stream = match AnyStream::start(
+        &site.site.connection(),
+        StreamOptions::merge(site.tables.clone(), from.clone())
+            .for_deployment(&site.deployment),
+    )
+    .await
+    {
+        Ok(stream) => stream,
+        Err(error) => return Some(error),
+    };
+    // A binlog stream that starts at the server's current position must have that position
+    // recorded before anything else, or a restart would start at a later "current" one and
+    // miss what was committed in between.
+    if from.is_none()
+        && let Some(position) = stream.start_position()
+    {
+        if report
+            .send(Input::Item(index, StreamItem::Heartbeat(position.clone())))
+            .await
+            .is_err()
+        {
+            return None;
+        }
+        *from = Some(position);
+    }
+    tracing::info!(site = %name, "merge engine reading site");
+    let outcome = loop {
+        tokio::select! {
+            item = stream.next() => match item {
+                Ok(item) => {
+                    let position = match &item {
+                        StreamItem::Transaction(tx) => Some(tx.position.clone()),
+                        StreamItem::Heartbeat(position) => Some(position.clone()),
+                        StreamItem::Part(_) => None,
+                    };
+                    if report.send(Input::Item(index, item)).await.is_err() {
+                        break None;
+                    }
+                    if position.is_some() {
+                        *from = position;
+                    }
+                }
+                Err(error) => break Some(error),
+            },
+            changed = ack.changed() => {
+                if changed.is_err() {
+                    break None;
+                }
+                let position = ack.borrow_and_update().clone();
+                if let Some(position) = position {
+                    stream.ack(&position);
+                }
+            }
+        }
+    };
+    stream.shutdown().await;
+    outcome
+}
+
+/// The engine's applier for a site: its canonical routes, conditional writes.
+async fn connect_writer(site: &MergeSite) -> Result<AnyApplier, ApplyError> {
+    let options = ApplyOptions {
+        conditional: true,
+        ..ApplyOptions::default()
+    };
+    AnyApplier::connect(&site.site.connection(), site.routes.clone(), options).await
+}
+
+/// Writes one site's outbox entries, in order, conditionally. A site that goes away is
+/// retried with backoff, reconnecting, while the other sites go on (the coordinator waits for
+/// this writer only once its queue is full); a definite failure ends the engine's attempt.
+pub(super) async fn writer(
+    site: MergeSite,
+    mut target: AnyApplier,
+    mut queue: mpsc::Receiver<(u64, Arc<OutboxWrite>)>,
+    canonical: HashMap<String, TableName>,
+    report: mpsc::Sender<Input>,
+) {
+    let name = site.site.name.clone();
+    let outbox = outbox_name(&name);
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < WRITE_BATCH {
+            match queue.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let now = Utc::now();
+        let transactions: Vec<Transaction> = batch
+            .iter()
+            .map(|(seq, write)| Transaction {
+                source: outbox.clone(),
+                position: Position::Outbox(*seq),
+                commit_time: now,
+                origin: Origin::Duplex,
+                events: vec![ChangeEvent {
+                    table: canonical[&write.mapping].clone(),
+                    op: write.op,
+                    key: write.key_row.clone(),
+                    before: write.before.clone(),
+                    after: write.after.clone(),
+                }],
+            })
+            .collect();
+        // Applying a batch again is harmless: entries the site already holds are skipped by
+        // their outbox position (see duplex_connectors::apply).
+        let mut backoff = Backoff::default();
+        let failure = loop {
+            backoff.attempt_started();
+            let error = match target.apply(&transactions).await {
+                Ok(()) => break None,
+                Err(error) if error.is_transient() => error,
+                Err(error) => break Some(error),
+            };
+            let delay = backoff.failed();
+            tracing::warn!(site = %name, error = %chain(&error), "writing into site interrupted; the other sites go on; retrying in {delay:.1?}");
+            tokio::time::sleep(delay).await;
+            match connect_writer(&site).await {
+                Ok(connected) => target = connected,
+                Err(error) if error.is_transient() => {}
+                Err(error) => break Some(error),
+            }
+        };
+        if let Some(source) = failure {
+            // Closing the queue first: the coordinator must not wait on a full queue while
+            // this report waits on a full input channel.
+            drop(queue);
+            let _ = report
+                .send(Input::Failed(EngineError::Apply {
+                    site: name.clone(),
+                    source: Box::new(source),
+                }))
+                .await;
+            return;
+        }
+        for skipped in target.take_skipped() {
+            tracing::debug!(site = %name, key = %display_image(Some(&skipped.key)), "conditional write skipped: the row changed there first");
+        }
+    }
+}
+
+/// Why the writer of `site` stopped: its report, if it is queued, else a transient stop.
+pub(super) fn writer_failure(inputs: &mut mpsc::Receiver<Input>, site: &str) -> EngineError {
+    while let Ok(input) = inputs.try_recv() {
+        if let Input::Failed(error) = input {
+            return error;
+        }
+    }
+    EngineError::WriterStopped(site.to_owned())
+}
+
+/// A failure writing into `site`.
+pub(super) fn apply_error(site: &str, source: ApplyError) -> EngineError {
+    EngineError::Apply {
+        site: site.to_owned(),
+        source: Box::new(source),
+    }
+}
