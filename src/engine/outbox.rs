@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use duplex_connectors::{ChangeEvent, Op, Position, Row, TableName};
+use duplex_connectors::{ChangeEvent, Op, Position, Row};
 use duplex_state::VersionVector;
 use serde::{Deserialize, Serialize};
 
