@@ -18,7 +18,7 @@ pub use catalog::{ReplicaIdentity, TableInfo, describe_table};
 pub use error::PgError;
 pub use load::{delete_positions_like, table_is_empty};
 pub use position::{Lsn, LsnParseError};
-pub use preflight::{TableUse, check_server, check_table};
+pub use preflight::{check_server, check_table};
 pub(crate) use snapshot::backfill_snapshot;
 pub use snapshot::{PgExportedSnapshot, PgSnapshotError, PgSnapshotReader};
 pub use stream::{PgStream, PgStreamConfig, PgStreamError, ensure_publication};
