@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
-use duplex_connectors::preflight::{Finding, Status};
+use duplex_connectors::preflight::{self, Finding, Status, TableUse};
 use duplex_connectors::typemap::{self, ColumnVerdict};
-use duplex_connectors::{SiteKind, TableName, TableSchema, mysql, postgres};
+use duplex_connectors::{TableName, TableSchema};
 
 use crate::config::{Config, Direction, Mapping, Site};
 use crate::report::chain;
@@ -78,21 +78,22 @@ pub async fn run(config: &Config) -> Report {
             site.kind,
             site.redacted_url()
         );
-        let findings = match tokio::time::timeout(
-            SITE_TIMEOUT,
-            check_site(site, config, &mut schemas),
-        )
-        .await
-        {
-            Ok(findings) => findings,
-            Err(_) => vec![Finding::fail(
-                format!("no answer within {}s", SITE_TIMEOUT.as_secs()),
-                format!(
-                    "check that the server at {} is up and reachable",
-                    site.redacted_url()
-                ),
-            )],
-        };
+        // Tables read before a timeout keep their descriptions.
+        let mut found = Vec::new();
+        let findings =
+            match tokio::time::timeout(SITE_TIMEOUT, check_site(site, config, &mut found)).await {
+                Ok(findings) => findings,
+                Err(_) => vec![Finding::fail(
+                    format!("no answer within {}s", SITE_TIMEOUT.as_secs()),
+                    format!(
+                        "check that the server at {} is up and reachable",
+                        site.redacted_url()
+                    ),
+                )],
+            };
+        for (table, schema) in found {
+            schemas.insert((site.name.clone(), table), schema);
+        }
         report.sections.push(Section { title, findings });
     }
     for mapping in &config.mappings {
@@ -136,7 +137,7 @@ fn query_failed(error: &dyn std::error::Error) -> Finding {
 }
 
 /// The mapped tables on a site with how they are used.
-fn tables_on<'a>(config: &'a Config, site: &str) -> Vec<(&'a TableName, postgres::TableUse)> {
+fn tables_on<'a>(config: &'a Config, site: &str) -> Vec<(&'a TableName, TableUse)> {
     config
         .mappings
         .iter()
@@ -144,7 +145,7 @@ fn tables_on<'a>(config: &'a Config, site: &str) -> Vec<(&'a TableName, postgres
             let table = m.tables.get(site)?;
             Some((
                 table,
-                postgres::TableUse {
+                TableUse {
                     read: m.reads_from(site),
                     write: m.writes_to(site),
                 },
@@ -156,58 +157,19 @@ fn tables_on<'a>(config: &'a Config, site: &str) -> Vec<(&'a TableName, postgres
 async fn check_site(
     site: &Site,
     config: &Config,
-    schemas: &mut HashMap<(String, TableName), TableSchema>,
+    found: &mut Vec<(TableName, TableSchema)>,
 ) -> Vec<Finding> {
-    let password = site.password.as_ref().map(|p| p.expose());
-    let mut findings = Vec::new();
-    match site.kind {
-        SiteKind::Postgres => {
-            let client = match postgres::connect(&site.url, password).await {
-                Ok(client) => client,
-                Err(error) => return vec![unreachable(site, &error)],
-            };
-            match postgres::check_server(&client).await {
-                Ok(server) => findings.extend(server),
-                Err(error) => return vec![query_failed(&error)],
-            }
-            for (table, usage) in tables_on(config, &site.name) {
-                match postgres::check_table(&client, table, usage).await {
-                    Ok((table_findings, info)) => {
-                        findings.extend(table_findings);
-                        if let Some(info) = info {
-                            schemas.insert((site.name.clone(), table.clone()), info.schema);
-                        }
-                    }
-                    Err(error) => findings.push(query_failed(&error)),
-                }
-            }
-        }
-        SiteKind::Mysql => {
-            let mut conn = match mysql::connect(&site.url, password).await {
-                Ok(conn) => conn,
-                Err(error) => return vec![unreachable(site, &error)],
-            };
-            match mysql::check_server(&mut conn).await {
-                Ok(server) => findings.extend(server),
-                Err(error) => findings.push(query_failed(&error)),
-            }
-            for (table, _) in tables_on(config, &site.name) {
-                match mysql::check_table(&mut conn, table).await {
-                    Ok((table_findings, info)) => {
-                        findings.extend(table_findings);
-                        if let Some(info) = info {
-                            schemas.insert((site.name.clone(), table.clone()), info.schema);
-                        }
-                    }
-                    Err(error) => findings.push(query_failed(&error)),
-                }
-            }
-            if let Err(error) = conn.disconnect().await {
-                tracing::debug!(%error, "closing the MySQL check connection");
-            }
-        }
+    let tables: Vec<(TableName, TableUse)> = tables_on(config, &site.name)
+        .into_iter()
+        .map(|(table, usage)| (table.clone(), usage))
+        .collect();
+    match preflight::check_site(&site.connection(), &tables, found).await {
+        Ok(items) => items
+            .into_iter()
+            .map(|item| item.unwrap_or_else(|error| query_failed(&error)))
+            .collect(),
+        Err(error) => vec![unreachable(site, &error)],
     }
-    findings
 }
 
 /// Column-level checks of one mapping: every mapped column exists on every site, the primary

@@ -82,6 +82,10 @@ pub struct LinkPlan {
     pub tables: BTreeSet<TableName>,
     /// The targets and their routes.
     pub targets: Vec<TargetPlan>,
+    /// The one-way mappings read by this link that have no backfill record, with their target
+    /// site, in configuration order: `run` warns about those whose target holds no position
+    /// of the source (they were never backfilled).
+    pub unbackfilled: Vec<(String, String)>,
 }
 
 /// One target of a link.
@@ -157,9 +161,10 @@ pub async fn run(
 ) -> Result<(), LinkError> {
     let name = link_name(&plan);
     let mut backoff = Backoff::default();
+    let mut warn_unbackfilled = true;
     loop {
         backoff.attempt_started();
-        match attempt(&plan, &state, &mut shutdown).await {
+        match attempt(&plan, &state, &mut shutdown, &mut warn_unbackfilled).await {
             Ok(()) => return Ok(()),
             Err(error) if error.is_transient() => {
                 let delay = backoff.failed();
@@ -188,15 +193,21 @@ fn start_key(source: &str) -> String {
     format!("link-start:{source}")
 }
 
+/// One run of the link until shutdown or failure. `warn_unbackfilled`: the first attempt that
+/// reads the targets' positions warns about mappings that were never backfilled (and clears
+/// it).
 async fn attempt(
     plan: &LinkPlan,
     state: &Arc<StateStore>,
     shutdown: &mut watch::Receiver<bool>,
+    warn_unbackfilled: &mut bool,
 ) -> Result<(), LinkError> {
     let source_name = plan.source.name.as_str();
     let mut targets = Vec::with_capacity(plan.targets.len());
     let mut start: Option<Position> = None;
     let mut any_missing = false;
+    // Target sites holding no position of the source.
+    let mut without_position = BTreeSet::new();
     for target_plan in &plan.targets {
         let apply_error = |source| LinkError::Apply {
             site: target_plan.site.name.clone(),
@@ -210,7 +221,10 @@ async fn attempt(
         .await
         .map_err(apply_error)?;
         match target.position(source_name).await.map_err(apply_error)? {
-            None => any_missing = true,
+            None => {
+                any_missing = true;
+                without_position.insert(target_plan.site.name.as_str());
+            }
             Some(position) => {
                 start = Some(match start {
                     Some(current)
@@ -224,6 +238,17 @@ async fn attempt(
             }
         }
         targets.push(target);
+    }
+    if std::mem::take(warn_unbackfilled) {
+        let missing: Vec<String> = plan
+            .unbackfilled
+            .iter()
+            .filter(|(_, target)| without_position.contains(target.as_str()))
+            .map(|(mapping, _)| mapping.clone())
+            .collect();
+        if !missing.is_empty() {
+            tracing::warn!("{}", crate::backfill::never_backfilled_warning(&missing));
+        }
     }
     if any_missing && start.is_some() {
         tracing::warn!(

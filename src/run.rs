@@ -35,8 +35,12 @@ pub enum RunError {
     LinksFailed(usize),
 }
 
-/// Builds one link plan per source site of the one-way mappings.
-pub async fn plan(config: &Config) -> Result<Vec<LinkPlan>, RunError> {
+/// Builds one link plan per source site of the one-way mappings; `state` says which mappings
+/// have a backfill record.
+pub async fn plan(
+    config: &Config,
+    state: &duplex_state::StateStore,
+) -> Result<Vec<LinkPlan>, RunError> {
     let mut flows: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for mapping in &config.mappings {
         if mapping.direction == Direction::Both {
@@ -69,10 +73,22 @@ pub async fn plan(config: &Config) -> Result<Vec<LinkPlan>, RunError> {
                 routes: crate::routes::routes_for(&config.mappings, source, target, &schemas),
             })
             .collect();
+        let unbackfilled = config
+            .mappings
+            .iter()
+            .filter(|m| m.direction != Direction::Both && m.reads_from(source))
+            .filter(|m| !crate::backfill::has_record(state, &m.name))
+            .flat_map(|m| {
+                m.edges()
+                    .into_iter()
+                    .map(|(_, to)| (m.name.clone(), to.to_owned()))
+            })
+            .collect();
         plans.push(LinkPlan {
             source: site.clone(),
             tables,
             targets,
+            unbackfilled,
         });
     }
     Ok(plans)
@@ -83,11 +99,13 @@ pub async fn plan(config: &Config) -> Result<Vec<LinkPlan>, RunError> {
 pub async fn run(config: &Config) -> Result<(), RunError> {
     let state = std::sync::Arc::new(open_state(config).await?);
     // Streaming into tables that were never loaded is legitimate (both sides start empty),
-    // so this is said, not enforced.
-    if let Some(message) = crate::backfill::never_backfilled(config, &state).await {
-        tracing::warn!("{message}; streaming starts at the sources' current positions");
+    // so this is said, not enforced: here for two-way mappings, by each link for its one-way
+    // mappings once it has read its targets' positions.
+    let missing = crate::backfill::never_backfilled_two_way(config, &state);
+    if !missing.is_empty() {
+        tracing::warn!("{}", crate::backfill::never_backfilled_warning(&missing));
     }
-    let plans = plan(config).await?;
+    let plans = plan(config, &state).await?;
     let merge_plan = crate::engine::plan(config)
         .await
         .map_err(RunError::Engine)?;

@@ -1,8 +1,14 @@
-//! Findings of `duplex check`: one line each, with the exact fix when something is not ready.
+//! Findings of `duplex check`: one line each, with the exact fix when something is not ready;
+//! and [`check_site`], which probes one site of any kind (each kind's own checks are in its
+//! `preflight.rs`).
+//!
+//! Nothing is changed on any server: every probe is a read of settings or catalogs.
 
 use std::fmt;
 
-use crate::{TableName, TableSchema};
+use crate::mysql::MysqlError;
+use crate::postgres::PgError;
+use crate::{SiteConnection, SiteKind, TableName, TableSchema};
 
 /// How a checked item stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -104,4 +110,85 @@ pub fn primary_key(schema: &TableSchema, quoted: &str) -> Finding {
             schema.primary_key.join(", ")
         ))
     }
+}
+
+/// What duplex does with a table on a site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableUse {
+    /// Changes are read from it (and it is copied by backfill).
+    pub read: bool,
+    /// Changes are written into it.
+    pub write: bool,
+}
+
+/// A probe of a site failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PreflightError {
+    /// On PostgreSQL.
+    #[error(transparent)]
+    Postgres(#[from] PgError),
+    /// On MySQL/MariaDB.
+    #[error(transparent)]
+    Mysql(#[from] MysqlError),
+}
+
+/// One item of a site's check: a finding, or a probe that could not finish.
+pub type Probe = Result<Finding, PreflightError>;
+
+/// Checks one site: its server settings and privileges, then each of `tables` (with how it is
+/// used). Returns `Err` when the site cannot be reached (nothing else was checked); otherwise
+/// the items in order. Each table found is added to `found` with its description as soon as
+/// it is checked, so a caller that gives up waiting keeps what was read until then.
+///
+/// PostgreSQL: a server probe that fails ends the check (the table checks need the same
+/// catalogs); MySQL/MariaDB: the tables are checked regardless.
+pub async fn check_site(
+    site: &SiteConnection,
+    tables: &[(TableName, TableUse)],
+    found: &mut Vec<(TableName, TableSchema)>,
+) -> Result<Vec<Probe>, PreflightError> {
+    let password = site.password();
+    let mut items = Vec::new();
+    match site.kind {
+        SiteKind::Postgres => {
+            let client = crate::postgres::connect(&site.url, password).await?;
+            match crate::postgres::check_server(&client).await {
+                Ok(server) => items.extend(server.into_iter().map(Ok)),
+                Err(error) => return Ok(vec![Err(error.into())]),
+            }
+            for (table, usage) in tables {
+                match crate::postgres::check_table(&client, table, *usage).await {
+                    Ok((findings, info)) => {
+                        items.extend(findings.into_iter().map(Ok));
+                        if let Some(info) = info {
+                            found.push((table.clone(), info.schema));
+                        }
+                    }
+                    Err(error) => items.push(Err(error.into())),
+                }
+            }
+        }
+        SiteKind::Mysql => {
+            let mut conn = crate::mysql::connect(&site.url, password).await?;
+            match crate::mysql::check_server(&mut conn).await {
+                Ok(server) => items.extend(server.into_iter().map(Ok)),
+                Err(error) => items.push(Err(error.into())),
+            }
+            for (table, _) in tables {
+                match crate::mysql::check_table(&mut conn, table).await {
+                    Ok((findings, info)) => {
+                        items.extend(findings.into_iter().map(Ok));
+                        if let Some(info) = info {
+                            found.push((table.clone(), info.schema));
+                        }
+                    }
+                    Err(error) => items.push(Err(error.into())),
+                }
+            }
+            if let Err(error) = conn.disconnect().await {
+                tracing::debug!(%error, "closing the MySQL check connection");
+            }
+        }
+    }
+    Ok(items)
 }

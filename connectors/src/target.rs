@@ -32,6 +32,16 @@ impl AnyApplier {
         })
     }
 
+    /// Writes a transaction made only of inserts (a backfill range and its marker) exactly as
+    /// [`Applier::apply`] would, with the target's bulk path: binary COPY on PostgreSQL (see
+    /// `postgres/copy.rs` for when it falls back to INSERT), multi-row INSERTs on MySQL/MariaDB.
+    pub async fn load(&mut self, txn: &Transaction) -> Result<(), ApplyError> {
+        match self {
+            AnyApplier::Postgres(applier) => applier.load(txn).await,
+            AnyApplier::Mysql(applier) => applier.apply(std::slice::from_ref(txn)).await,
+        }
+    }
+
     /// The writes a conditional apply skipped since the last call (see
     /// [`ApplyOptions::conditional`]).
     pub fn take_skipped(&mut self) -> Vec<SkippedWrite> {

@@ -125,8 +125,7 @@ async fn read(
     let name = &site.site.name;
     let mut stream = match AnyStream::start(
         &site.site.connection(),
-        StreamOptions::merge(site.tables.clone(), from.clone())
-            .for_deployment(&site.deployment),
+        StreamOptions::merge(site.tables.clone(), from.clone()).for_deployment(&site.deployment),
     )
     .await
     {

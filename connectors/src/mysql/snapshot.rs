@@ -25,7 +25,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row as MyRow};
 
 use super::{BinlogPosition, MysqlError, connect, quote_ident};
-use crate::postgres::KeyRange;
+use crate::snapshot::{KeyRange, SnapshotRead};
 use crate::{Column, Decimal, Row, TableName, Value};
 
 /// Why a snapshot could not be taken or read.
@@ -122,38 +122,6 @@ impl MysqlSnapshot {
         Ok(any == Some(0))
     }
 
-    /// The number of rows of `table`.
-    pub async fn count(&mut self, table: &TableName) -> Result<u64, MysqlSnapshotError> {
-        let sql = format!("SELECT COUNT(*) FROM {}", qualified(table));
-        let n: Option<u64> = self
-            .conn
-            .query_first(sql)
-            .await
-            .map_err(MysqlError::query("counting rows"))?;
-        Ok(n.unwrap_or(0))
-    }
-
-    /// Every `every`-th value of the integer column `column` in key order.
-    pub async fn boundaries(
-        &mut self,
-        table: &TableName,
-        column: &str,
-        every: u64,
-    ) -> Result<Vec<i128>, MysqlSnapshotError> {
-        let column = quote_ident(column);
-        let sql = format!(
-            "SELECT CAST(k AS CHAR) FROM (SELECT {column} AS k, ROW_NUMBER() OVER (ORDER BY {column}) AS n \
-             FROM {}) s WHERE n % {every} = 0 ORDER BY k",
-            qualified(table)
-        );
-        let keys: Vec<String> = self
-            .conn
-            .query(sql)
-            .await
-            .map_err(MysqlError::query("splitting a table into key ranges"))?;
-        Ok(keys.iter().filter_map(|k| k.parse().ok()).collect())
-    }
-
     /// Whether a key column of this type can cut a table into ranges: the server orders and
     /// compares its values the same way (not ENUM/SET, which sort by index but compare with
     /// a string as text) and they travel as parameters.
@@ -181,114 +149,6 @@ impl MysqlSnapshot {
                 | "timestamp"
                 | "uuid"
         )
-    }
-
-    /// Every `every`-th key of `table` (primary-key columns `key`, in key order as the
-    /// server orders them): the cut points splitting the table into ranges of `every` rows.
-    /// The server numbers the keys; only the cut points are sent.
-    pub async fn key_boundaries(
-        &mut self,
-        table: &TableName,
-        key: &[Column],
-        every: u64,
-    ) -> Result<Vec<Vec<Value>>, MysqlSnapshotError> {
-        let list = key
-            .iter()
-            .map(|c| quote_ident(&c.name))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let select = key.iter().map(select_expr).collect::<Vec<_>>().join(", ");
-        let sql = format!(
-            "SELECT {select} FROM (SELECT {list}, ROW_NUMBER() OVER (ORDER BY {list}) AS duplex_n \
-             FROM {}) s WHERE duplex_n % {every} = 0 ORDER BY duplex_n",
-            qualified(table)
-        );
-        let rows = self
-            .select(
-                table,
-                key,
-                &sql,
-                Vec::new(),
-                "splitting a table into key ranges",
-            )
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| row.iter().map(|(_, v)| v.clone()).collect())
-            .collect())
-    }
-
-    /// For each of `keys`, the index of the range it falls in when `cuts` (ascending) cut
-    /// the table on its key columns `key`: the number of cut points below it. The server
-    /// compares, with the columns' own types and collations: the keys and cut points are
-    /// read as rows of a union with the (empty) table's own columns.
-    pub async fn range_indexes(
-        &mut self,
-        table: &TableName,
-        key: &[Column],
-        cuts: &[Vec<Value>],
-        keys: &[Vec<Value>],
-    ) -> Result<Vec<u64>, MysqlSnapshotError> {
-        if cuts.is_empty() || keys.is_empty() {
-            return Ok(vec![0; keys.len()]);
-        }
-        let list = key
-            .iter()
-            .map(|c| quote_ident(&c.name))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let marks = vec!["?"; key.len()].join(", ");
-        let mut params = Vec::new();
-        let mut b = format!("SELECT {list} FROM {} WHERE 1=0", qualified(table));
-        for cut in cuts {
-            b.push_str(&format!(" UNION ALL SELECT {marks}"));
-            params.extend(cut.iter().map(param));
-        }
-        let mut k = format!(
-            "SELECT 0 AS duplex_i, {list} FROM {} WHERE 1=0",
-            qualified(table)
-        );
-        for (i, row) in keys.iter().enumerate() {
-            k.push_str(&format!(" UNION ALL SELECT {i}, {marks}"));
-            params.extend(row.iter().map(param));
-        }
-        let side = |alias: &str| {
-            let items: Vec<String> = key
-                .iter()
-                .map(|c| format!("{alias}.{}", quote_ident(&c.name)))
-                .collect();
-            format!("({})", items.join(", "))
-        };
-        let sql = format!(
-            "SELECT k.duplex_i, (SELECT COUNT(*) FROM ({b}) b WHERE {} < {}) FROM ({k}) k ORDER BY k.duplex_i",
-            side("b"),
-            side("k")
-        );
-        let counts: Vec<(u64, u64)> = self
-            .conn
-            .exec(sql, mysql_async::Params::Positional(params))
-            .await
-            .map_err(MysqlError::query("finding the key ranges of changed rows"))?;
-        Ok(counts.into_iter().map(|(_, n)| n).collect())
-    }
-
-    /// The rows of `range` of `table` with `columns` (as information_schema describes them),
-    /// as canonical values.
-    pub async fn rows(
-        &mut self,
-        table: &TableName,
-        columns: &[Column],
-        range: &KeyRange,
-    ) -> Result<Vec<Row>, MysqlSnapshotError> {
-        let list = columns
-            .iter()
-            .map(select_expr)
-            .collect::<Vec<_>>()
-            .join(", ");
-        let (condition, params) = condition(range)?;
-        let sql = format!("SELECT {list} FROM {} WHERE {condition}", qualified(table),);
-        self.select(table, columns, &sql, params, "reading a key range")
-            .await
     }
 
     /// Runs `sql` (selecting `columns`, through [`select_expr`]) and converts its rows.
@@ -342,6 +202,154 @@ impl MysqlSnapshot {
         if let Err(error) = self.conn.disconnect().await {
             tracing::debug!(%error, "closing the snapshot connection");
         }
+    }
+}
+
+impl SnapshotRead for MysqlSnapshot {
+    type Error = MysqlSnapshotError;
+
+    fn can_cut_on(&self, column: &Column) -> bool {
+        MysqlSnapshot::orderable(column)
+    }
+
+    /// The number of rows of `table`.
+    async fn count(&mut self, table: &TableName) -> Result<u64, MysqlSnapshotError> {
+        let sql = format!("SELECT COUNT(*) FROM {}", qualified(table));
+        let n: Option<u64> = self
+            .conn
+            .query_first(sql)
+            .await
+            .map_err(MysqlError::query("counting rows"))?;
+        Ok(n.unwrap_or(0))
+    }
+
+    /// Every `every`-th value of the integer column `column` in key order.
+    async fn boundaries(
+        &mut self,
+        table: &TableName,
+        column: &str,
+        every: u64,
+    ) -> Result<Vec<i128>, MysqlSnapshotError> {
+        let column = quote_ident(column);
+        let sql = format!(
+            "SELECT CAST(k AS CHAR) FROM (SELECT {column} AS k, ROW_NUMBER() OVER (ORDER BY {column}) AS n \
+             FROM {}) s WHERE n % {every} = 0 ORDER BY k",
+            qualified(table)
+        );
+        let keys: Vec<String> = self
+            .conn
+            .query(sql)
+            .await
+            .map_err(MysqlError::query("splitting a table into key ranges"))?;
+        Ok(keys.iter().filter_map(|k| k.parse().ok()).collect())
+    }
+
+    /// Every `every`-th key of `table` (primary-key columns `key`, in key order as the
+    /// server orders them): the cut points splitting the table into ranges of `every` rows.
+    /// The server numbers the keys; only the cut points are sent.
+    async fn key_boundaries(
+        &mut self,
+        table: &TableName,
+        key: &[Column],
+        every: u64,
+    ) -> Result<Vec<Vec<Value>>, MysqlSnapshotError> {
+        let list = key
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let select = key.iter().map(select_expr).collect::<Vec<_>>().join(", ");
+        let sql = format!(
+            "SELECT {select} FROM (SELECT {list}, ROW_NUMBER() OVER (ORDER BY {list}) AS duplex_n \
+             FROM {}) s WHERE duplex_n % {every} = 0 ORDER BY duplex_n",
+            qualified(table)
+        );
+        let rows = self
+            .select(
+                table,
+                key,
+                &sql,
+                Vec::new(),
+                "splitting a table into key ranges",
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| row.iter().map(|(_, v)| v.clone()).collect())
+            .collect())
+    }
+
+    /// For each of `keys`, the index of the range it falls in when `cuts` (ascending) cut
+    /// the table on its key columns `key`: the number of cut points below it. The server
+    /// compares, with the columns' own types and collations: the keys and cut points are
+    /// read as rows of a union with the (empty) table's own columns.
+    async fn range_indexes(
+        &mut self,
+        table: &TableName,
+        key: &[Column],
+        cuts: &[Vec<Value>],
+        keys: &[Vec<Value>],
+    ) -> Result<Vec<u64>, MysqlSnapshotError> {
+        if cuts.is_empty() || keys.is_empty() {
+            return Ok(vec![0; keys.len()]);
+        }
+        let list = key
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let marks = vec!["?"; key.len()].join(", ");
+        let mut params = Vec::new();
+        let mut b = format!("SELECT {list} FROM {} WHERE 1=0", qualified(table));
+        for cut in cuts {
+            b.push_str(&format!(" UNION ALL SELECT {marks}"));
+            params.extend(cut.iter().map(param));
+        }
+        let mut k = format!(
+            "SELECT 0 AS duplex_i, {list} FROM {} WHERE 1=0",
+            qualified(table)
+        );
+        for (i, row) in keys.iter().enumerate() {
+            k.push_str(&format!(" UNION ALL SELECT {i}, {marks}"));
+            params.extend(row.iter().map(param));
+        }
+        let side = |alias: &str| {
+            let items: Vec<String> = key
+                .iter()
+                .map(|c| format!("{alias}.{}", quote_ident(&c.name)))
+                .collect();
+            format!("({})", items.join(", "))
+        };
+        let sql = format!(
+            "SELECT k.duplex_i, (SELECT COUNT(*) FROM ({b}) b WHERE {} < {}) FROM ({k}) k ORDER BY k.duplex_i",
+            side("b"),
+            side("k")
+        );
+        let counts: Vec<(u64, u64)> = self
+            .conn
+            .exec(sql, mysql_async::Params::Positional(params))
+            .await
+            .map_err(MysqlError::query("finding the key ranges of changed rows"))?;
+        Ok(counts.into_iter().map(|(_, n)| n).collect())
+    }
+
+    /// The rows of `range` of `table` with `columns` (as information_schema describes them),
+    /// as canonical values.
+    async fn rows(
+        &mut self,
+        table: &TableName,
+        columns: &[Column],
+        range: &KeyRange,
+    ) -> Result<Vec<Row>, MysqlSnapshotError> {
+        let list = columns
+            .iter()
+            .map(select_expr)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let (condition, params) = condition(range)?;
+        let sql = format!("SELECT {list} FROM {} WHERE {condition}", qualified(table),);
+        self.select(table, columns, &sql, params, "reading a key range")
+            .await
     }
 }
 

@@ -4,7 +4,7 @@
 use tokio_postgres::Client;
 
 use crate::TableName;
-use crate::preflight::{self, Finding};
+use crate::preflight::{self, Finding, TableUse};
 
 use super::{PgError, ReplicaIdentity, TableInfo, describe_table, quote_ident};
 
@@ -75,15 +75,6 @@ pub async fn check_server(client: &Client) -> Result<Vec<Finding>, PgError> {
             ),
         ),
     ])
-}
-
-/// What duplex does with a table on this site.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TableUse {
-    /// Changes are read from it (and it is copied by backfill).
-    pub read: bool,
-    /// Changes are written into it.
-    pub write: bool,
 }
 
 /// Checks one mapped table: it exists, has a primary key, a replica identity that logs

@@ -25,8 +25,10 @@ use pgwire_replication::{ReplicationClient, ReplicationConfig, TlsConfig};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::types::{Conversion, PgType, ValueError, resolve_type, text_value};
-use super::{Lsn, PgError, connect, quote_ident};
-use crate::{Column, Row, TableName, Value};
+use super::{Lsn, PgError, connect, ensure_publication, quote_ident, slot_name};
+use crate::load::AdminError;
+use crate::snapshot::{KeyRange, SnapshotError, SnapshotRead};
+use crate::{Column, Row, SiteConnection, TableName, Value};
 use chrono::Datelike;
 
 /// Why a snapshot could not be taken or read.
@@ -136,6 +138,61 @@ impl PgExportedSnapshot {
     }
 }
 
+/// Takes the snapshot a backfill of `site` copies from: makes the publication list `tables`
+/// (pgoutput decodes with the catalog as of each change, so it must exist before the slot's
+/// start) and (re)creates the slot `duplex run` streams from with an exported snapshot. When
+/// `resuming`, the slot is kept at the interrupted backfill's position (it holds the WAL the
+/// catch-up reads) and a temporary slot exports the new snapshot.
+pub(crate) async fn backfill_snapshot(
+    site: &SiteConnection,
+    tables: &[TableName],
+    resuming: bool,
+) -> Result<PgExportedSnapshot, SnapshotError> {
+    let slot = slot_name(site);
+    let client = connect(&site.url, site.password())
+        .await
+        .map_err(AdminError::doing("connecting"))?;
+    ensure_publication(&client, &slot, tables)
+        .await
+        .map_err(AdminError::doing("creating the publication"))?;
+    let slot_exists = client
+        .query_opt(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(AdminError::doing("looking up the slot"))?;
+    let temporary = match (slot_exists, resuming) {
+        (Some(_), true) => true,
+        (None, true) => {
+            return Err(SnapshotError::Refused(format!(
+                "the interrupted backfill's replication slot {slot} is gone, so it cannot be resumed: \
+                 empty the targets and delete the state directory's backfill record (or the directory) to start over"
+            )));
+        }
+        (Some(row), false) => {
+            if row.get::<_, bool>(0) {
+                return Err(SnapshotError::Refused(format!(
+                    "replication slot {slot} is in use: stop `duplex run` before backfilling"
+                )));
+            }
+            tracing::warn!(%slot, "dropping the unused replication slot left by an earlier setup; backfill creates it anew");
+            client
+                .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                .await
+                .map_err(AdminError::doing("dropping the old slot"))?;
+            false
+        }
+        (None, false) => false,
+    };
+    let name = if temporary {
+        format!("{}_bf{}", &slot[..slot.len().min(50)], std::process::id())
+    } else {
+        slot
+    };
+    Ok(PgExportedSnapshot::create(&site.url, site.password(), &name, temporary).await?)
+}
+
 fn session_config(
     url: &str,
     password: Option<&str>,
@@ -171,30 +228,6 @@ fn session_config(
             .with_port(port),
     };
     Ok(config.with_tls(TlsConfig::disabled()))
-}
-
-/// A range of a table by its primary key: `lo < key <= hi`, compared by the database as a row
-/// of `columns` (so with the columns' own collations and orderings), each bound open when
-/// `None`; a range without columns is the whole table. Bounds hold one value per column.
-#[derive(Debug, Clone, PartialEq)]
-pub struct KeyRange {
-    /// The key columns, in key order; empty for the whole table.
-    pub columns: Vec<Column>,
-    /// Exclusive lower bound.
-    pub lo: Option<Vec<Value>>,
-    /// Inclusive upper bound.
-    pub hi: Option<Vec<Value>>,
-}
-
-impl KeyRange {
-    /// The whole table.
-    pub fn whole() -> KeyRange {
-        KeyRange {
-            columns: Vec::new(),
-            lo: None,
-            hi: None,
-        }
-    }
 }
 
 /// The SQL condition selecting `range` (`1=1` for the whole table): a plain comparison for one
@@ -352,8 +385,70 @@ impl PgSnapshotReader {
         Ok(row.get(0))
     }
 
+    /// Runs `sql` (selecting `columns`) and converts its rows, read in text format, like the
+    /// change stream does.
+    async fn select(
+        &mut self,
+        table: &TableName,
+        sql: &str,
+        columns: &[String],
+        doing: &'static str,
+    ) -> Result<Vec<Row>, PgSnapshotError> {
+        let statement = self
+            .client
+            .prepare(sql)
+            .await
+            .map_err(PgError::query(doing))?;
+        let mut conversions = Vec::with_capacity(columns.len());
+        for column in statement.columns() {
+            let oid = column.type_().oid();
+            if !self.types.contains_key(&oid) {
+                let ty = resolve_type(&self.client, oid).await?;
+                self.types.insert(oid, ty);
+            }
+            conversions.push(self.types[&oid].clone());
+        }
+        let names: Vec<Arc<str>> = columns.iter().map(|c| Arc::from(c.as_str())).collect();
+        let messages = self
+            .client
+            .simple_query(sql)
+            .await
+            .map_err(PgError::query(doing))?;
+        let mut rows = Vec::with_capacity(messages.len());
+        for message in messages {
+            let SimpleQueryMessage::Row(data) = message else {
+                continue;
+            };
+            let mut row = Row::new();
+            for (i, ty) in conversions.iter().enumerate() {
+                let value = match data.get(i) {
+                    None => Value::Null,
+                    Some(text) => convert(ty, text).map_err(|problem| PgSnapshotError::Value {
+                        table: table.clone(),
+                        source: Box::new(ValueError {
+                            column: columns[i].clone(),
+                            type_name: ty.name.clone(),
+                            problem,
+                        }),
+                    })?,
+                };
+                row.push(names[i].clone(), value);
+            }
+            rows.push(row);
+        }
+        Ok(rows)
+    }
+}
+
+impl SnapshotRead for PgSnapshotReader {
+    type Error = PgSnapshotError;
+
+    fn can_cut_on(&self, column: &Column) -> bool {
+        PgSnapshotReader::orderable(column)
+    }
+
     /// The number of rows of `table`.
-    pub async fn count(&self, table: &TableName) -> Result<u64, PgSnapshotError> {
+    async fn count(&mut self, table: &TableName) -> Result<u64, PgSnapshotError> {
         let sql = format!("SELECT count(*) FROM {}", qualified(table));
         let row = self
             .client
@@ -365,8 +460,8 @@ impl PgSnapshotReader {
 
     /// Every `every`-th value of the integer column `column` in key order: boundaries that
     /// split the table into ranges of `every` rows.
-    pub async fn boundaries(
-        &self,
+    async fn boundaries(
+        &mut self,
         table: &TableName,
         column: &str,
         every: u64,
@@ -394,7 +489,7 @@ impl PgSnapshotReader {
     /// Every `every`-th key of `table` (primary-key columns `key`, in key order as the
     /// server orders them): the cut points splitting the table into ranges of `every` rows.
     /// The server numbers the keys; only the cut points are sent.
-    pub async fn key_boundaries(
+    async fn key_boundaries(
         &mut self,
         table: &TableName,
         key: &[Column],
@@ -424,8 +519,8 @@ impl PgSnapshotReader {
     /// the table on its key columns `key`: the number of cut points below it. The server
     /// compares, with the columns' own types and collations: the keys and cut points are
     /// read as rows of a union with the (empty) table's own columns.
-    pub async fn range_indexes(
-        &self,
+    async fn range_indexes(
+        &mut self,
         table: &TableName,
         key: &[Column],
         cuts: &[Vec<Value>],
@@ -487,13 +582,14 @@ impl PgSnapshotReader {
     }
 
     /// The rows of `range` of `table`, with the listed columns, as canonical values.
-    pub async fn rows(
+    async fn rows(
         &mut self,
         table: &TableName,
-        columns: &[String],
+        columns: &[Column],
         range: &KeyRange,
     ) -> Result<Vec<Row>, PgSnapshotError> {
-        let list = columns
+        let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
+        let list = names
             .iter()
             .map(|c| quote_ident(c))
             .collect::<Vec<_>>()
@@ -503,62 +599,8 @@ impl PgSnapshotReader {
             qualified(table),
             condition(range)?
         );
-        self.select(table, &sql, columns, "reading a key range")
+        self.select(table, &sql, &names, "reading a key range")
             .await
-    }
-
-    /// Runs `sql` (selecting `columns`) and converts its rows, read in text format, like the
-    /// change stream does.
-    async fn select(
-        &mut self,
-        table: &TableName,
-        sql: &str,
-        columns: &[String],
-        doing: &'static str,
-    ) -> Result<Vec<Row>, PgSnapshotError> {
-        let statement = self
-            .client
-            .prepare(sql)
-            .await
-            .map_err(PgError::query(doing))?;
-        let mut conversions = Vec::with_capacity(columns.len());
-        for column in statement.columns() {
-            let oid = column.type_().oid();
-            if !self.types.contains_key(&oid) {
-                let ty = resolve_type(&self.client, oid).await?;
-                self.types.insert(oid, ty);
-            }
-            conversions.push(self.types[&oid].clone());
-        }
-        let names: Vec<Arc<str>> = columns.iter().map(|c| Arc::from(c.as_str())).collect();
-        let messages = self
-            .client
-            .simple_query(sql)
-            .await
-            .map_err(PgError::query(doing))?;
-        let mut rows = Vec::with_capacity(messages.len());
-        for message in messages {
-            let SimpleQueryMessage::Row(data) = message else {
-                continue;
-            };
-            let mut row = Row::new();
-            for (i, ty) in conversions.iter().enumerate() {
-                let value = match data.get(i) {
-                    None => Value::Null,
-                    Some(text) => convert(ty, text).map_err(|problem| PgSnapshotError::Value {
-                        table: table.clone(),
-                        source: Box::new(ValueError {
-                            column: columns[i].clone(),
-                            type_name: ty.name.clone(),
-                            problem,
-                        }),
-                    })?,
-                };
-                row.push(names[i].clone(), value);
-            }
-            rows.push(row);
-        }
-        Ok(rows)
     }
 }
 

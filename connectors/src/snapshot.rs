@@ -1,0 +1,326 @@
+//! The snapshot contract every kind implements for the initial load (backfill), and the types
+//! that choose the kind in one place: [`SourceSnapshot`] (taking the snapshot) and
+//! [`AnySnapshot`] (reading it).
+//!
+//! # Contract
+//!
+//! A backfill copies a source's tables as of ONE point of its change log and then streams from
+//! that point, so the snapshot and its position must be taken together:
+//!
+//! - *Taking it is per kind* ([`SourceSnapshot::take`]). PostgreSQL: the publication is made to
+//!   list the mapped tables, then the slot `duplex run` streams from is created with an
+//!   exported snapshot (`postgres::snapshot`); its consistent point is the position. MariaDB /
+//!   MySQL: a `START TRANSACTION WITH CONSISTENT SNAPSHOT` and the binlog position the server
+//!   reports for it (`mysql::snapshot`). Either way the snapshot holds exactly the transactions
+//!   committed up to [`SourceSnapshot::position`] and the stream started there delivers exactly
+//!   the ones after it.
+//! - *Reading it is shared* ([`SnapshotRead`]): counting rows, planning range boundaries,
+//!   reading a [`KeyRange`] and classifying keys into ranges. Every read of one reader sees the
+//!   same database state; readers of one [`SourceSnapshot`] ([`SourceSnapshot::reader`]) all see
+//!   the snapshot's state. Reads never write.
+//! - *Order is the server's.* Range boundaries are numbered and compared by the source
+//!   database with the key columns' own types and collations, never in Rust, so the ranges a
+//!   plan cuts, the rows a range read returns and the range a key is classified into agree.
+//! - Values come out as the change stream of the same kind delivers them: a value copied and the
+//!   same value streamed are identical.
+
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+
+use crate::load::AdminError;
+use crate::mysql::{BinlogPosition, MysqlSnapshot, MysqlSnapshotError};
+use crate::postgres::{PgExportedSnapshot, PgSnapshotError, PgSnapshotReader};
+use crate::{Column, Position, Row, SiteConnection, SiteKind, TableName, Value};
+
+/// A range of a table by its primary key: `lo < key <= hi`, compared by the database as a row
+/// of `columns` (so with the columns' own collations and orderings), each bound open when
+/// `None`; a range without columns is the whole table. Bounds hold one value per column.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyRange {
+    /// The key columns, in key order; empty for the whole table.
+    pub columns: Vec<Column>,
+    /// Exclusive lower bound.
+    pub lo: Option<Vec<Value>>,
+    /// Inclusive upper bound.
+    pub hi: Option<Vec<Value>>,
+}
+
+impl KeyRange {
+    /// The whole table.
+    pub fn whole() -> KeyRange {
+        KeyRange {
+            columns: Vec::new(),
+            lo: None,
+            hi: None,
+        }
+    }
+}
+
+/// Read-only access to one consistent snapshot of a site's tables (see the module docs).
+#[allow(async_fn_in_trait)]
+pub trait SnapshotRead {
+    /// Why a read failed.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Whether a key column of this type can cut a table into ranges: its values have a
+    /// literal or parameter form and the server orders and compares them consistently.
+    fn can_cut_on(&self, column: &Column) -> bool;
+
+    /// The number of rows of `table`.
+    async fn count(&mut self, table: &TableName) -> Result<u64, Self::Error>;
+
+    /// Every `every`-th value of the integer column `column` in key order: boundaries that
+    /// split the table into ranges of `every` rows.
+    async fn boundaries(
+        &mut self,
+        table: &TableName,
+        column: &str,
+        every: u64,
+    ) -> Result<Vec<i128>, Self::Error>;
+
+    /// Every `every`-th key of `table` (primary-key columns `key`, in key order as the server
+    /// orders them): the cut points splitting the table into ranges of `every` rows. The server
+    /// numbers the keys; only the cut points are sent.
+    async fn key_boundaries(
+        &mut self,
+        table: &TableName,
+        key: &[Column],
+        every: u64,
+    ) -> Result<Vec<Vec<Value>>, Self::Error>;
+
+    /// For each of `keys`, the index of the range it falls in when `cuts` (ascending) cut the
+    /// table on its key columns `key`: the number of cut points below it, as the server
+    /// compares them.
+    async fn range_indexes(
+        &mut self,
+        table: &TableName,
+        key: &[Column],
+        cuts: &[Vec<Value>],
+        keys: &[Vec<Value>],
+    ) -> Result<Vec<u64>, Self::Error>;
+
+    /// The rows of `range` of `table` with `columns`, as canonical values.
+    async fn rows(
+        &mut self,
+        table: &TableName,
+        columns: &[Column],
+        range: &KeyRange,
+    ) -> Result<Vec<Row>, Self::Error>;
+}
+
+/// A snapshot could not be taken or read.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// On PostgreSQL.
+    #[error(transparent)]
+    Postgres(#[from] PgSnapshotError),
+    /// On MySQL/MariaDB.
+    #[error(transparent)]
+    Mysql(#[from] MysqlSnapshotError),
+    /// Preparing the source for the snapshot failed (PostgreSQL: publication and slot).
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    /// The source cannot be snapshotted as it stands; the message says what to do.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl SnapshotError {
+    /// True when retrying may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SnapshotError::Postgres(e) => e.is_transient(),
+            SnapshotError::Mysql(e) => e.is_transient(),
+            SnapshotError::Admin(_) | SnapshotError::Refused(_) => false,
+        }
+    }
+}
+
+/// The snapshot of one source a backfill copies from, with the position it matches; it stays
+/// readable until [`SourceSnapshot::release`].
+pub enum SourceSnapshot {
+    /// A slot's exported snapshot; every reader imports it on a connection of its own.
+    Postgres {
+        /// Where readers connect.
+        site: SiteConnection,
+        /// The exporting session.
+        exported: PgExportedSnapshot,
+    },
+    /// The one consistent-snapshot transaction (MariaDB cannot share it between connections,
+    /// so every reader reads through it, one read at a time).
+    Mysql {
+        /// The snapshot's transaction.
+        conn: Arc<Mutex<MysqlSnapshot>>,
+        /// The binlog position it matches.
+        position: BinlogPosition,
+    },
+}
+
+impl SourceSnapshot {
+    /// Takes the snapshot of `site` for a backfill. `tables` are all the tables read from the
+    /// site (PostgreSQL: the publication lists them before the slot is created). `resuming`:
+    /// an interrupted backfill continues, so the slot `duplex run` streams from is kept where it
+    /// is and a temporary one exports the new snapshot.
+    pub async fn take(
+        site: &SiteConnection,
+        tables: &[TableName],
+        resuming: bool,
+    ) -> Result<SourceSnapshot, SnapshotError> {
+        Ok(match site.kind {
+            SiteKind::Postgres => SourceSnapshot::Postgres {
+                site: site.clone(),
+                exported: crate::postgres::backfill_snapshot(site, tables, resuming).await?,
+            },
+            SiteKind::Mysql => {
+                let snapshot = MysqlSnapshot::open(&site.url, site.password()).await?;
+                SourceSnapshot::Mysql {
+                    position: snapshot.position.clone(),
+                    conn: Arc::new(Mutex::new(snapshot)),
+                }
+            }
+        })
+    }
+
+    /// The position the snapshot matches: streaming from it delivers exactly the transactions
+    /// the snapshot does not hold.
+    pub fn position(&self) -> Position {
+        match self {
+            SourceSnapshot::Postgres { exported, .. } => Position::Postgres(exported.position),
+            SourceSnapshot::Mysql { position, .. } => Position::Mysql(position.clone()),
+        }
+    }
+
+    /// A reader of this snapshot (PostgreSQL: a new connection importing it; MySQL/MariaDB: the
+    /// snapshot's own connection, shared).
+    pub async fn reader(&self) -> Result<AnySnapshot, SnapshotError> {
+        Ok(match self {
+            SourceSnapshot::Postgres { site, exported } => AnySnapshot::Postgres(
+                PgSnapshotReader::open(&site.url, site.password(), Some(&exported.name)).await?,
+            ),
+            SourceSnapshot::Mysql { conn, .. } => AnySnapshot::Mysql(conn.clone()),
+        })
+    }
+
+    /// Ends the snapshot (PostgreSQL: the exporting session; a temporary slot goes with it, a
+    /// permanent one stays at its consistent point). A MySQL/MariaDB snapshot still shared with
+    /// a reader is closed when the last reader is dropped.
+    pub async fn release(self) {
+        match self {
+            SourceSnapshot::Postgres { exported, .. } => exported.release().await,
+            SourceSnapshot::Mysql { conn, .. } => {
+                if let Ok(conn) = Arc::try_unwrap(conn) {
+                    conn.into_inner().close().await;
+                }
+            }
+        }
+    }
+}
+
+/// A reader of a consistent snapshot of any kind.
+pub enum AnySnapshot {
+    /// A PostgreSQL read-only repeatable-read transaction.
+    Postgres(PgSnapshotReader),
+    /// A MySQL/MariaDB consistent-snapshot transaction, possibly shared.
+    Mysql(Arc<Mutex<MysqlSnapshot>>),
+}
+
+impl AnySnapshot {
+    /// Connects to `site` and opens a fresh snapshot of its own (for classifying keys, which
+    /// compares values only and reads no rows).
+    pub async fn open(site: &SiteConnection) -> Result<AnySnapshot, SnapshotError> {
+        Ok(match site.kind {
+            SiteKind::Postgres => AnySnapshot::Postgres(
+                PgSnapshotReader::open(&site.url, site.password(), None).await?,
+            ),
+            SiteKind::Mysql => AnySnapshot::Mysql(Arc::new(Mutex::new(
+                MysqlSnapshot::open(&site.url, site.password()).await?,
+            ))),
+        })
+    }
+
+    /// Ends the reader's transaction and closes its connection (a shared MySQL/MariaDB snapshot
+    /// stays open for the others).
+    pub async fn close(self) {
+        match self {
+            AnySnapshot::Postgres(reader) => drop(reader),
+            AnySnapshot::Mysql(conn) => {
+                if let Ok(conn) = Arc::try_unwrap(conn) {
+                    conn.into_inner().close().await;
+                }
+            }
+        }
+    }
+}
+
+impl SnapshotRead for AnySnapshot {
+    type Error = SnapshotError;
+
+    fn can_cut_on(&self, column: &Column) -> bool {
+        match self {
+            AnySnapshot::Postgres(_) => PgSnapshotReader::orderable(column),
+            AnySnapshot::Mysql(_) => MysqlSnapshot::orderable(column),
+        }
+    }
+
+    async fn count(&mut self, table: &TableName) -> Result<u64, SnapshotError> {
+        Ok(match self {
+            AnySnapshot::Postgres(reader) => reader.count(table).await?,
+            AnySnapshot::Mysql(conn) => conn.lock().await.count(table).await?,
+        })
+    }
+
+    async fn boundaries(
+        &mut self,
+        table: &TableName,
+        column: &str,
+        every: u64,
+    ) -> Result<Vec<i128>, SnapshotError> {
+        Ok(match self {
+            AnySnapshot::Postgres(reader) => reader.boundaries(table, column, every).await?,
+            AnySnapshot::Mysql(conn) => conn.lock().await.boundaries(table, column, every).await?,
+        })
+    }
+
+    async fn key_boundaries(
+        &mut self,
+        table: &TableName,
+        key: &[Column],
+        every: u64,
+    ) -> Result<Vec<Vec<Value>>, SnapshotError> {
+        Ok(match self {
+            AnySnapshot::Postgres(reader) => reader.key_boundaries(table, key, every).await?,
+            AnySnapshot::Mysql(conn) => conn.lock().await.key_boundaries(table, key, every).await?,
+        })
+    }
+
+    async fn range_indexes(
+        &mut self,
+        table: &TableName,
+        key: &[Column],
+        cuts: &[Vec<Value>],
+        keys: &[Vec<Value>],
+    ) -> Result<Vec<u64>, SnapshotError> {
+        Ok(match self {
+            AnySnapshot::Postgres(reader) => reader.range_indexes(table, key, cuts, keys).await?,
+            AnySnapshot::Mysql(conn) => {
+                conn.lock()
+                    .await
+                    .range_indexes(table, key, cuts, keys)
+                    .await?
+            }
+        })
+    }
+
+    async fn rows(
+        &mut self,
+        table: &TableName,
+        columns: &[Column],
+        range: &KeyRange,
+    ) -> Result<Vec<Row>, SnapshotError> {
+        Ok(match self {
+            AnySnapshot::Postgres(reader) => reader.rows(table, columns, range).await?,
+            AnySnapshot::Mysql(conn) => conn.lock().await.rows(table, columns, range).await?,
+        })
+    }
+}
