@@ -5,9 +5,30 @@
 //! canonical [`Value`]s; an applier writes them into another database. Nothing here knows about
 //! merging or version vectors: that is the engine's business.
 //!
-//! Each kind lives in its own folder with the same rooms (`position.rs`, `types.rs`,
-//! `catalog.rs`, `preflight.rs`, `error.rs`, and as the streams land `stream.rs`, `snapshot.rs`,
-//! `apply.rs`).
+//! # One contract per database kind
+//!
+//! The engine, links, backfill and `check` in the `duplex` crate speak only to the contracts
+//! here; none of them names a driver or matches on [`SiteKind`]. Each role has a documented
+//! contract and one enum that chooses the kind, in one place:
+//!
+//! | role | contract | chooses the kind |
+//! |---|---|---|
+//! | catalog | [`catalog`]: tables, columns, keys | [`describe`] |
+//! | preflight | [`preflight`]: server settings, privileges, tables | [`preflight::check_site`] |
+//! | change stream | [`stream`]: whole transactions in commit order, positions never backwards | [`AnyStream`] |
+//! | snapshot | [`snapshot`]: a consistent snapshot and its stream position, read-only ranges | [`snapshot::SourceSnapshot`], [`snapshot::AnySnapshot`] |
+//! | applier | [`apply`]: exactly once, written once as [`apply::ExactlyOnce`] over a per-kind [`apply::TargetSession`] | [`AnyApplier`] |
+//! | bookkeeping | `duplex.positions`, named once in [`apply::positions`]; each kind's `positions.rs` owns its DDL, locked read and record | (through the applier) |
+//! | initial load target side | [`load`] | its functions |
+//!
+//! Each kind lives in its own folder with the same rooms: `stream.rs`, `snapshot.rs`,
+//! `apply.rs` (the kind's [`apply::TargetSession`]), `positions.rs`, `position.rs`, `types.rs`,
+//! `param.rs`, `catalog.rs`, `preflight.rs`, `error.rs`.
+//!
+//! **Adding a database kind** is adding one folder under `connectors/src/` that implements
+//! these contracts, one variant (a line) per enum above and in [`SiteKind`] and [`Position`],
+//! and passing the applier conformance suite (`connectors/tests/apply_conformance/`: one fixture
+//! file under `target/` and one line in its `kinds:` list).
 
 pub mod apply;
 pub mod catalog;

@@ -4,6 +4,7 @@
 mod apply;
 mod binlog_error;
 mod catalog;
+mod ddl;
 mod error;
 mod load;
 mod param;

@@ -12,6 +12,7 @@ pub mod pgoutput;
 mod position;
 mod positions;
 mod preflight;
+mod slot;
 mod snapshot;
 mod stream;
 pub mod types;
@@ -23,9 +24,10 @@ pub use load::{delete_positions_like, table_is_empty};
 pub use position::{Lsn, LsnParseError};
 pub use positions::POSITIONS_DDL;
 pub use preflight::{check_server, check_table};
+pub use slot::ensure_publication;
 pub(crate) use snapshot::backfill_snapshot;
 pub use snapshot::{PgExportedSnapshot, PgSnapshotError, PgSnapshotReader};
-pub use stream::{PgStream, PgStreamConfig, PgStreamError, ensure_publication};
+pub use stream::{PgStream, PgStreamConfig, PgStreamError};
 
 use std::time::Duration;
 
