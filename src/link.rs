@@ -340,6 +340,8 @@ async fn attempt(
             }
             item = stream.next() => match item {
                 Err(source) => break Err(LinkError::Source { site: source_name.to_owned(), source }),
+                // Not yet yielded by any kind.
+                Ok(StreamItem::Shape(_)) => {}
                 Ok(StreamItem::Heartbeat(position)) => {
                     unacked.push_back((sequence, position));
                     acknowledge(&stream, &mut unacked, progress.low_water());

@@ -51,7 +51,7 @@ pub use catalog::{DescribeError, describe};
 pub use change::{ChangeEvent, Op, Origin, Row, Transaction, TransactionPart};
 pub use load::AdminError;
 pub use position::{Position, PositionError, PositionKind};
-pub use schema::{Column, TableName, TableSchema, ValueKind};
+pub use schema::{Column, ShapeColumn, TableName, TableSchema, TableShape, ValueKind};
 pub use site::{SiteConnection, SiteKind};
 pub use snapshot::{AnySnapshot, KeyRange, SnapshotError, SnapshotRead, SourceSnapshot};
 pub use stream::{AnyStream, StreamError, StreamItem, StreamOptions};

@@ -117,6 +117,50 @@ impl TableSchema {
     }
 }
 
+/// One column of a [`TableShape`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ShapeColumn {
+    /// Column name.
+    pub name: String,
+    /// The base type name, in the vocabulary of [`Column::type_name`] (PostgreSQL `pg_type`
+    /// names, MySQL `DATA_TYPE` with ` unsigned` for unsigned integers).
+    pub type_name: String,
+}
+
+/// A table's columns as the source's change log describes them at one point of a stream (a
+/// PostgreSQL `Relation` message, a MariaDB table map with `binlog_row_metadata=FULL`): what
+/// the changes that follow carry, which may differ from today's catalog when the stream
+/// replays changes made before a schema change.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TableShape {
+    /// The table.
+    pub table: TableName,
+    /// Columns in table order.
+    pub columns: Vec<ShapeColumn>,
+}
+
+impl TableShape {
+    /// The shape a catalog description has (what a stream started now would announce).
+    pub fn of(schema: &TableSchema) -> TableShape {
+        TableShape {
+            table: schema.name.clone(),
+            columns: schema
+                .columns
+                .iter()
+                .map(|c| ShapeColumn {
+                    name: c.name.clone(),
+                    type_name: c.type_name.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The column with this name.
+    pub fn column(&self, name: &str) -> Option<&ShapeColumn> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

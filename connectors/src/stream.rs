@@ -21,13 +21,22 @@
 //!   never anything after it.
 //! - *Echoes are marked.* Started for the merge engine, a transaction duplex itself wrote comes
 //!   with [`crate::Origin::Duplex`] and its `duplex.positions` row, whole (never in parts).
+//! - *Shapes come before the changes that have them* (when [`StreamOptions::shapes`] is set).
+//!   Before the first change of a table the stream delivers, and again before the first
+//!   change after the table's shape in the log changed, the stream yields a
+//!   [`StreamItem::Shape`] with the shape (as the log carries it, never read from today's
+//!   catalog) of the changes that follow. It comes before the part or transaction holding those
+//!   changes; a transaction whose changes of one table have two shapes is preceded by both.
+//!   A caller that cannot follow a shape stops before applying the item after it.
 //! - `next` is cancellation safe: a dropped call loses nothing.
 
 use std::collections::BTreeSet;
 
 use crate::mysql::{MysqlStream, MysqlStreamConfig, MysqlStreamError, StartPosition};
 use crate::postgres::{self, PgStream, PgStreamConfig, PgStreamError};
-use crate::{Position, SiteConnection, SiteKind, TableName, Transaction, TransactionPart};
+use crate::{
+    Position, SiteConnection, SiteKind, TableName, TableShape, Transaction, TransactionPart,
+};
 
 /// Changes per [`TransactionPart`] of a large transaction (one-way links).
 pub const DEFAULT_PART_EVENTS: usize = 10_000;
@@ -43,6 +52,9 @@ pub enum StreamItem {
     /// The stream has read everything up to this position and has nothing to deliver before
     /// it.
     Heartbeat(Position),
+    /// The shape of a mapped table's changes that follow (see the contract above); only when
+    /// [`StreamOptions::shapes`] is set.
+    Shape(TableShape),
 }
 
 impl StreamItem {
@@ -50,7 +62,7 @@ impl StreamItem {
     pub fn position(&self) -> Option<&Position> {
         match self {
             StreamItem::Transaction(tx) => Some(&tx.position),
-            StreamItem::Part(_) => None,
+            StreamItem::Part(_) | StreamItem::Shape(_) => None,
             StreamItem::Heartbeat(position) => Some(position),
         }
     }
@@ -101,6 +113,9 @@ pub struct StreamOptions {
     /// The reading deployment's identity, recorded on (and checked against) what the stream
     /// claims on the source (a PostgreSQL slot and publication).
     pub deployment: Option<String>,
+    /// Yield [`StreamItem::Shape`] before changes of a table whose shape the caller has not
+    /// been told yet.
+    pub shapes: bool,
 }
 
 impl StreamOptions {
@@ -112,6 +127,7 @@ impl StreamOptions {
             merge: false,
             part_events: Some(DEFAULT_PART_EVENTS),
             deployment: None,
+            shapes: true,
         }
     }
 
@@ -123,6 +139,7 @@ impl StreamOptions {
             merge: true,
             part_events: None,
             deployment: None,
+            shapes: true,
         }
     }
 
@@ -153,6 +170,7 @@ impl AnyStream {
             merge,
             part_events,
             deployment,
+            shapes,
         } = options;
         let part_events = if merge { None } else { part_events };
         let password = site.password.clone();
@@ -176,6 +194,7 @@ impl AnyStream {
                 config.part_events = part_events;
                 config.echo_marker = merge;
                 config.deployment = deployment;
+                config.shapes = shapes;
                 Ok(AnyStream::Postgres(Box::new(
                     PgStream::start(config).await?,
                 )))
@@ -187,6 +206,7 @@ impl AnyStream {
                 let mut config = MysqlStreamConfig::new(&site.name, &site.url, tables);
                 config.password = password;
                 config.part_events = part_events;
+                config.shapes = shapes;
                 config.start = match start {
                     None => StartPosition::Current,
                     Some(Position::Mysql(pos)) => StartPosition::At(pos),

@@ -54,6 +54,7 @@ pub(super) async fn catch_up(
         merge: false,
         part_events: None,
         deployment: None,
+        shapes: false,
     };
     let mut stream = match AnyStream::start(&site.connection(), options).await {
         Ok(stream) => stream,
@@ -121,7 +122,7 @@ pub(super) async fn catch_up(
             }
             StreamItem::Transaction(tx) => tx,
             // Not delivered: the stream was started for whole transactions.
-            StreamItem::Part(_) => continue,
+            StreamItem::Part(_) | StreamItem::Shape(_) => continue,
         };
         if after(&tx.position, handover) {
             break;

@@ -207,6 +207,8 @@ impl Coordinator {
                     w.save_position(&self.plan.sites[index].site.name, &position)?;
                     done.acks.push((index, position));
                 }
+                // Not yet yielded by any kind.
+                Input::Item(_, StreamItem::Shape(_)) => {}
                 Input::Item(index, StreamItem::Part(_)) => {
                     return Err(EngineError::Unsupported(format!(
                         "site {} delivered part of a transaction to the merge engine, which reads whole transactions (a bug)",

@@ -155,7 +155,7 @@ async fn read(
                     let position = match &item {
                         StreamItem::Transaction(tx) => Some(tx.position.clone()),
                         StreamItem::Heartbeat(position) => Some(position.clone()),
-                        StreamItem::Part(_) => None,
+                        StreamItem::Part(_) | StreamItem::Shape(_) => None,
                     };
                     if report.send(Input::Item(index, item)).await.is_err() {
                         break None;

@@ -173,6 +173,8 @@ pub struct MysqlStreamConfig {
     /// Deliver a transaction in [`StreamItem::Part`]s of about this many changes once it has
     /// that many; `None` buffers every transaction whole until its commit.
     pub part_events: Option<usize>,
+    /// Yield [`StreamItem::Shape`]s (see the contract in [`crate::stream`]).
+    pub shapes: bool,
 }
 
 impl MysqlStreamConfig {
@@ -192,6 +194,7 @@ impl MysqlStreamConfig {
             tables: tables.into_iter().collect(),
             heartbeat: Duration::from_secs(5),
             part_events: None,
+            shapes: false,
         }
     }
 }

@@ -142,6 +142,8 @@ pub struct PgStreamConfig {
     /// The identity of the deployment reading: the publication (and so the slot) is claimed
     /// for it, and one claimed by another deployment is refused (see [`super::claim`]).
     pub deployment: Option<String>,
+    /// Yield [`StreamItem::Shape`]s (see the contract in [`crate::stream`]).
+    pub shapes: bool,
 }
 
 impl std::fmt::Debug for PgStreamConfig {
@@ -164,6 +166,7 @@ impl std::fmt::Debug for PgStreamConfig {
             .field("part_events", &self.part_events)
             .field("echo_marker", &self.echo_marker)
             .field("deployment", &self.deployment)
+            .field("shapes", &self.shapes)
             .finish()
     }
 }
@@ -191,6 +194,7 @@ impl PgStreamConfig {
             part_events: None,
             echo_marker: false,
             deployment: None,
+            shapes: false,
         }
     }
 
