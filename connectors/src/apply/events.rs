@@ -10,7 +10,7 @@ use crate::{ChangeEvent, Op, TableName, Value};
 use super::{ApplyError, SkippedWrite};
 
 /// Formats key values for a message.
-fn describe_key<'a>(pairs: impl Iterator<Item = (&'a str, &'a Value)>) -> String {
+pub(crate) fn describe_key<'a>(pairs: impl Iterator<Item = (&'a str, &'a Value)>) -> String {
     pairs
         .map(|(c, v)| format!("{c}={v:?}"))
         .collect::<Vec<_>>()
@@ -86,6 +86,38 @@ pub(crate) fn target_key_value<'e>(
         return Ok(value);
     }
     key_value(event, column)
+}
+
+/// The refusal of an upserting write of `events` (one statement's rows) that met another row
+/// on a unique index other than the primary key (`key`: the key columns' source names).
+pub(crate) fn unique_collision<'a>(
+    target: &TableName,
+    events: &[&ChangeEvent],
+    key: impl Iterator<Item = &'a str> + Clone,
+    source: ApplyError,
+) -> ApplyError {
+    let describe = |event: &ChangeEvent| {
+        describe_key(
+            key.clone()
+                .filter_map(|c| target_key_value(event, c).ok().map(|v| (c, v))),
+        )
+    };
+    let key = match events {
+        [one] => describe(one),
+        [first, .., last] => format!(
+            "one of {} rows ({} to {})",
+            events.len(),
+            describe(first),
+            describe(last)
+        ),
+        [] => String::new(),
+    };
+    ApplyError::UniqueCollision {
+        table: target.clone(),
+        op: events.first().map_or(Op::Insert, |e| e.op),
+        key,
+        source: Box::new(source),
+    }
 }
 
 /// The record of a skipped write of `event`, keyed by the route's key columns (source names).

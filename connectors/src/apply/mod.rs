@@ -133,7 +133,7 @@ use crate::{Op, Position, PositionError, Row, TableName, Transaction, Transactio
 
 pub(crate) use events::{
     expect_one, expected_values, insert_columns, key_value, malformed, refuse_key_change,
-    skipped_write, target_key_value,
+    skipped_write, target_key_value, unique_collision,
 };
 pub use exactly_once::{ExactlyOnce, TargetSession};
 pub use positions::{POSITIONS_TABLE, is_positions_table, positions_table, recorded_position};
@@ -344,6 +344,27 @@ pub enum ApplyError {
         /// The key, as text.
         key: String,
     },
+    /// An upserting write ([`ApplyOptions::upsert`]) met a row with ANOTHER primary key on a
+    /// unique index other than the primary key. Upserts match rows by primary key only, so
+    /// this is refused, never written over that other row.
+    #[error(
+        "{op:?} on {table}: the row with key {key} has the same value in a unique index other \
+         than the primary key as a row with another key that the table already holds (the \
+         index and the value are named below); duplex matches rows by primary key only and \
+         never overwrites a different row: change or delete that row of the target table (or \
+         empty it), then run again"
+    )]
+    UniqueCollision {
+        /// Target table.
+        table: TableName,
+        /// The change being written.
+        op: Op,
+        /// The key of the row written (or of the rows of the statement), as text.
+        key: String,
+        /// The server's refusal, naming the index and the value.
+        #[source]
+        source: Box<ApplyError>,
+    },
     /// An UPDATE that changes the key, given to a conditional applier (which needs it as a
     /// delete and an insert).
     #[error(
@@ -400,6 +421,7 @@ impl ApplyError {
             ApplyError::Postgres(e) | ApplyError::PgWrite { source: e, .. } => e.is_transient(),
             ApplyError::Mysql(e) | ApplyError::MysqlWrite { source: e, .. } => e.is_transient(),
             ApplyError::Route { .. }
+            | ApplyError::UniqueCollision { .. }
             | ApplyError::NoRoute(_)
             | ApplyError::Malformed { .. }
             | ApplyError::Value(_)

@@ -41,6 +41,17 @@
 //! inserts into one table with the same columns become multi-row INSERTs of 64, 32, ..., 1
 //! rows of at most about 4 MB each (below the default `max_allowed_packet` of 16 MB).
 //!
+//! # Upserts
+//!
+//! An upserting applier ([`ApplyOptions::upsert`], the backfill's `--allow-nonempty`) matches
+//! rows by primary key only: each row is first an `UPDATE ... WHERE <key> = ?` (rows matched,
+//! thanks to `CLIENT_FOUND_ROWS`), and the rows that matched nothing are inserted with plain
+//! multi-row INSERTs. Never `INSERT ... ON DUPLICATE KEY UPDATE`: MySQL and MariaDB apply it to
+//! the row that collides on *any* unique key, so a source row sharing a secondary unique value
+//! with another target row would be written over that row. Here such a collision fails the
+//! write ([`ApplyError::UniqueCollision`], naming the row's key; the server's message names
+//! the index and the value).
+//!
 //! # Conditional writes
 //!
 //! A conditional applier ([`ApplyOptions::conditional`]) writes one statement per event and
@@ -75,6 +86,7 @@ use mysql_async::{Conn, Opts, OptsBuilder, Params};
 use crate::apply::{
     ApplyError, ApplyOptions, ExactlyOnce, SkippedWrite, TableRoute, TargetSession, declared_scale,
     expected_values, key_value, malformed, refuse_key_change, skipped_write, target_key_value,
+    unique_collision,
 };
 use crate::{ChangeEvent, Column, Op, Position, TableName, Value};
 
@@ -512,29 +524,126 @@ impl Writer<'_> {
         columns: &[usize],
         events: &[&ChangeEvent],
     ) -> Result<(), ApplyError> {
+        let upsert = self.options.upsert;
+        let fresh;
+        let events = if upsert {
+            fresh = self.update_existing(route, columns, events).await?;
+            &fresh[..]
+        } else {
+            events
+        };
         let mut rows = Vec::with_capacity(events.len());
         for event in events {
+            rows.push(insert_params(route, columns, event)?);
+        }
+        let mut rest = rows;
+        let mut done = 0;
+        while !rest.is_empty() {
+            let n = chunk_len(&rest);
+            let tail = rest.split_off(n);
+            let sql = insert_sql(route, columns, n);
+            let params: Vec<mysql_async::Value> = rest.into_iter().flatten().collect();
+            match self.execute(route, Op::Insert, sql, params).await {
+                Err(error) if upsert && is_duplicate_key(&error) => {
+                    return Err(self
+                        .name_collision(route, columns, &events[done..done + n], error)
+                        .await);
+                }
+                result => result?,
+            };
+            done += n;
+            rest = tail;
+        }
+        Ok(())
+    }
+
+    /// The upsert's first half: updates, by primary key only, the rows of `events` the table
+    /// already holds, and returns the events whose key matched no row (to be inserted). Not
+    /// `INSERT ... ON DUPLICATE KEY UPDATE`: MySQL and MariaDB apply that to whichever row
+    /// collides on ANY unique key, which would write a row over another row that shares a
+    /// secondary unique value. A key update that meets another row on a secondary unique
+    /// index fails, as does the insert of a new key that does.
+    async fn update_existing<'e>(
+        &mut self,
+        route: &MyRoute,
+        columns: &[usize],
+        events: &[&'e ChangeEvent],
+    ) -> Result<Vec<&'e ChangeEvent>, ApplyError> {
+        let mut fresh = Vec::new();
+        for &event in events {
             let after = event.after.as_ref().expect("insert_columns checked it");
-            let mut params = Vec::with_capacity(columns.len());
-            for &c in columns {
+            let mut params = Vec::with_capacity(columns.len() + route.key.len());
+            let mut set = Vec::new();
+            for &c in columns.iter().filter(|c| !route.key.contains(c)) {
                 let column = &route.columns[c];
                 let value = after
                     .get(&column.source)
                     .expect("insert_columns checked it");
                 params.push(to_param(value, column, &route.target)?);
+                set.push(format!("{} = ?", column.quoted));
             }
-            rows.push(params);
+            if set.is_empty() {
+                let k = &route.columns[route.key[0]].quoted;
+                set.push(format!("{k} = {k}"));
+            }
+            let mut filter = Vec::with_capacity(route.key.len());
+            for &k in &route.key {
+                let column = &route.columns[k];
+                let value = target_key_value(event, &column.source)?;
+                params.push(to_param(value, column, &route.target)?);
+                filter.push(format!("{} = ?", column.quoted));
+            }
+            let sql = format!(
+                "UPDATE {} SET {} WHERE {}",
+                route.quoted,
+                set.join(", "),
+                filter.join(" AND ")
+            );
+            match self.execute(route, Op::Insert, sql, params).await {
+                Ok(0) => fresh.push(event),
+                Ok(_) => {}
+                Err(error) if is_duplicate_key(&error) => {
+                    return Err(unique_collision(
+                        &route.target,
+                        &[event],
+                        route.key.iter().map(|&k| route.columns[k].source.as_str()),
+                        error,
+                    ));
+                }
+                Err(error) => return Err(error),
+            }
         }
-        let mut rest = rows;
-        while !rest.is_empty() {
-            let n = chunk_len(&rest);
-            let tail = rest.split_off(n);
-            let sql = insert_sql(route, columns, n, self.options.upsert);
-            let params: Vec<mysql_async::Value> = rest.into_iter().flatten().collect();
-            self.execute(route, Op::Insert, sql, params).await?;
-            rest = tail;
+        Ok(fresh)
+    }
+
+    /// The error for a multi-row upsert insert that met a duplicate key: inserts its rows one
+    /// at a time (the failed statement was rolled back alone, and the target transaction is
+    /// rolled back after this anyway) to name the row that collides.
+    async fn name_collision(
+        &mut self,
+        route: &MyRoute,
+        columns: &[usize],
+        events: &[&ChangeEvent],
+        error: ApplyError,
+    ) -> ApplyError {
+        let key = || route.key.iter().map(|&k| route.columns[k].source.as_str());
+        if events.len() > 1 {
+            for &event in events {
+                let params = match insert_params(route, columns, event) {
+                    Ok(params) => params,
+                    Err(other) => return other,
+                };
+                let sql = insert_sql(route, columns, 1);
+                match self.execute(route, Op::Insert, sql, params).await {
+                    Ok(_) => {}
+                    Err(single) if is_duplicate_key(&single) => {
+                        return unique_collision(&route.target, &[event], key(), single);
+                    }
+                    Err(other) => return other,
+                }
+            }
         }
-        Ok(())
+        unique_collision(&route.target, events, key(), error)
     }
 
     async fn update(&mut self, route: &MyRoute, event: &ChangeEvent) -> Result<(), ApplyError> {
@@ -605,7 +714,7 @@ impl Writer<'_> {
                 .expect("insert_columns checked it");
             params.push(to_param(value, column, &route.target)?);
         }
-        let sql = insert_sql(route, &columns, 1, false);
+        let sql = insert_sql(route, &columns, 1);
         let wrap = |source| ApplyError::MysqlWrite {
             table: route.target.clone(),
             op: Op::Insert,
@@ -762,33 +871,46 @@ fn chunk_len(rows: &[Vec<mysql_async::Value>]) -> usize {
     1
 }
 
-fn insert_sql(route: &MyRoute, columns: &[usize], rows: usize, upsert: bool) -> String {
+/// The values of the columns `columns` of an insert's after-image, as parameters.
+fn insert_params(
+    route: &MyRoute,
+    columns: &[usize],
+    event: &ChangeEvent,
+) -> Result<Vec<mysql_async::Value>, ApplyError> {
+    let after = event.after.as_ref().expect("insert_columns checked it");
+    let mut params = Vec::with_capacity(columns.len());
+    for &c in columns {
+        let column = &route.columns[c];
+        let value = after
+            .get(&column.source)
+            .expect("insert_columns checked it");
+        params.push(to_param(value, column, &route.target)?);
+    }
+    Ok(params)
+}
+
+/// Whether a row write failed on a duplicate key (`ER_DUP_ENTRY`).
+fn is_duplicate_key(error: &ApplyError) -> bool {
+    matches!(
+        error,
+        ApplyError::MysqlWrite { source, .. }
+            if matches!(
+                &**source,
+                MysqlError::Query { source: mysql_async::Error::Server(e), .. } if e.code == DUPLICATE_KEY
+            )
+    )
+}
+
+fn insert_sql(route: &MyRoute, columns: &[usize], rows: usize) -> String {
     let names: Vec<&str> = columns
         .iter()
         .map(|&c| route.columns[c].quoted.as_str())
         .collect();
     let row = format!("({})", vec!["?"; columns.len()].join(", "));
-    let mut sql = format!(
+    format!(
         "INSERT INTO {} ({}) VALUES {}",
         route.quoted,
         names.join(", "),
         vec![row.as_str(); rows].join(", ")
-    );
-    if upsert {
-        let mut set: Vec<String> = columns
-            .iter()
-            .filter(|c| !route.key.contains(c))
-            .map(|&c| {
-                let q = &route.columns[c].quoted;
-                format!("{q} = VALUES({q})")
-            })
-            .collect();
-        if set.is_empty() {
-            let k = &route.columns[route.key[0]].quoted;
-            set.push(format!("{k} = {k}"));
-        }
-        sql.push_str(" ON DUPLICATE KEY UPDATE ");
-        sql.push_str(&set.join(", "));
-    }
-    sql
+    )
 }

@@ -19,6 +19,11 @@
 //! the first failure is the one reported (the ones after it fail only because the
 //! transaction is aborted).
 //!
+//! An upserting applier ([`ApplyOptions::upsert`], the backfill's `--allow-nonempty`) writes
+//! `INSERT ... ON CONFLICT (<primary key>) DO UPDATE`: only a conflict on the primary key
+//! becomes an update, so a row meeting another row on a secondary unique index fails
+//! ([`ApplyError::UniqueCollision`]) instead of being written over it.
+//!
 //! A conditional applier ([`ApplyOptions::conditional`]) writes one statement per event,
 //! pipelined the same way in runs of up to 256, and reads each statement's row count: 0 means
 //! skipped. An insert is `INSERT ... ON CONFLICT (<key>) DO NOTHING`; an update or delete adds
@@ -58,7 +63,7 @@ use tokio_postgres::{Client, Statement};
 
 use crate::apply::{
     ApplyError, ApplyOptions, ExactlyOnce, SkippedWrite, TableRoute, TargetSession, declared_scale,
-    expected_values, key_value, malformed, refuse_key_change, skipped_write,
+    expected_values, key_value, malformed, refuse_key_change, skipped_write, unique_collision,
 };
 use crate::{ChangeEvent, Column, Op, Position, TableName, Value};
 
@@ -455,13 +460,27 @@ impl<'a> Writer<'a> {
             rows.push(params);
         }
         let mut rest = &rows[..];
+        let mut done = 0;
         while !rest.is_empty() {
             let n = chunk_len(rest);
             let (chunk, tail) = rest.split_at(n);
             rest = tail;
             let sql = insert_sql(route, columns, n, self.options.upsert);
             let params: Vec<PgParam<'_>> = chunk.iter().flatten().cloned().collect();
-            self.execute(route, Op::Insert, sql, &params).await?;
+            match self.execute(route, Op::Insert, sql, &params).await {
+                // `ON CONFLICT (<primary key>)` takes the primary key's conflicts, so this is
+                // another unique index: never written over, refused by name.
+                Err(error) if self.options.upsert && is_unique_violation(&error) => {
+                    return Err(unique_collision(
+                        &route.target,
+                        &events[done..done + n],
+                        route.key.iter().map(|&k| route.columns[k].source.as_str()),
+                        error,
+                    ));
+                }
+                result => result?,
+            };
+            done += n;
         }
         Ok(())
     }
@@ -691,6 +710,15 @@ async fn pipelined<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
         .into_iter()
         .map(|o| o.expect("every future completed"))
         .collect()
+}
+
+/// Whether a row write failed on a unique index (`unique_violation`).
+fn is_unique_violation(error: &ApplyError) -> bool {
+    matches!(
+        error,
+        ApplyError::PgWrite { source: PgError::Query { source, .. }, .. }
+            if source.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+    )
 }
 
 pub(super) fn write_error(route: &PgRoute, op: Op, source: tokio_postgres::Error) -> ApplyError {

@@ -49,6 +49,7 @@ conformance! {
         a_failing_transaction_leaves_nothing_of_its_batch,
         values_the_column_cannot_hold_are_refused_by_name,
         inserting_an_existing_row_fails_unless_upserting,
+        upserts_match_rows_by_primary_key_only,
         updates_and_deletes_of_missing_rows_are_errors,
         routes_are_checked_against_the_target_table,
         a_lost_connection_is_transient_and_the_applier_reconnects,

@@ -465,6 +465,95 @@ pub async fn inserting_an_existing_row_fails_unless_upserting<T: Target>(t: T) {
     );
 }
 
+/// Upserts match rows by primary key only: a row sharing a secondary unique value with a row of
+/// another key is refused by name, never written over that row (MariaDB's `INSERT ... ON
+/// DUPLICATE KEY UPDATE` would have updated whichever row collided).
+pub async fn upserts_match_rows_by_primary_key_only<T: Target>(t: T) {
+    t.execute("CREATE UNIQUE INDEX items_vc ON items (vc)")
+        .await;
+    let vc = |id: i64, value: &str| with(full_row(id), "vc", Value::Text(value.into()));
+    let mut strict = applier(&t, ApplyOptions::default()).await;
+    strict
+        .apply(&[txn(
+            &t,
+            10,
+            vec![
+                insert(vc(99, "a@x")),
+                insert(vc(5, "e@x")),
+                insert(vc(6, "f@x")),
+            ],
+        )])
+        .await
+        .unwrap();
+    let held = [
+        t.read_item(99).await,
+        t.read_item(5).await,
+        t.read_item(6).await,
+    ];
+    let mut upsert = applier(&t, UPSERT).await;
+    let unchanged = |err: &ApplyError, key: &str| {
+        assert!(
+            matches!(err, ApplyError::UniqueCollision { table, key: k, .. }
+                if *table == t.table("items") && k.contains(key)),
+            "{err:?}"
+        );
+        assert!(!err.is_transient());
+        assert!(
+            err.to_string().contains("primary key only"),
+            "the message says what happened: {err}"
+        );
+    };
+    // A new key whose secondary unique value another row holds: in a multi-row statement ...
+    let err = upsert
+        .apply(&[txn(
+            &t,
+            20,
+            vec![insert(vc(1, "a@x")), insert(vc(2, "b@x"))],
+        )])
+        .await
+        .unwrap_err();
+    unchanged(&err, "id=Int(1)");
+    // ... and alone.
+    let err = upsert
+        .apply(&[txn(&t, 20, vec![insert(vc(1, "a@x"))])])
+        .await
+        .unwrap_err();
+    unchanged(&err, "id=Int(1)");
+    // An existing key written with a secondary unique value another row holds.
+    let err = upsert
+        .apply(&[txn(&t, 20, vec![insert(vc(5, "f@x"))])])
+        .await
+        .unwrap_err();
+    unchanged(&err, "id=Int(5)");
+    assert_item(t.read_item(99).await, held[0].clone());
+    assert_item(t.read_item(5).await, held[1].clone());
+    assert_item(t.read_item(6).await, held[2].clone());
+    assert_item(t.read_item(1).await, None);
+    assert_item(t.read_item(2).await, None);
+    assert_eq!(count(&t).await, 3);
+    assert_eq!(
+        recorded(&mut upsert, t.source()).await,
+        Some(t.position(10))
+    );
+    // Without a collision the upsert overwrites by key and inserts the rest.
+    upsert
+        .apply(&[txn(
+            &t,
+            30,
+            vec![
+                insert(vc(99, "z@x")),
+                insert(vc(1, "a@x")),
+                insert(vc(2, "b@x")),
+            ],
+        )])
+        .await
+        .unwrap();
+    assert_item(t.read_item(99).await, stored(&vc(99, "z@x")));
+    assert_item(t.read_item(1).await, stored(&vc(1, "a@x")));
+    assert_item(t.read_item(2).await, stored(&vc(2, "b@x")));
+    assert_eq!(count(&t).await, 5);
+}
+
 pub async fn updates_and_deletes_of_missing_rows_are_errors<T: Target>(t: T) {
     let mut applier = applier(&t, ApplyOptions::default()).await;
     let err = applier
