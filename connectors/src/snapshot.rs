@@ -9,7 +9,8 @@
 //!
 //! - *Taking it is per kind* ([`SourceSnapshot::take`]). PostgreSQL: the publication is made to
 //!   list the mapped tables, then the slot `duplex run` streams from is created with an
-//!   exported snapshot (`postgres::snapshot`); its consistent point is the position. MariaDB /
+//!   exported snapshot, or, when it exists (a link of the site may still need it), a temporary
+//!   slot exports it (`postgres::snapshot`); its consistent point is the position. MariaDB /
 //!   MySQL: a `START TRANSACTION WITH CONSISTENT SNAPSHOT` and the binlog position the server
 //!   reports for it (`mysql::snapshot`). Either way the snapshot holds exactly the transactions
 //!   committed up to [`SourceSnapshot::position`] and the stream started there delivers exactly
@@ -158,20 +159,42 @@ pub enum SourceSnapshot {
 }
 
 impl SourceSnapshot {
-    /// Takes the snapshot of `site` for a backfill. `tables` are all the tables read from the
-    /// site (PostgreSQL: the publication lists them before the slot is created). `resuming`:
-    /// an interrupted backfill continues, so the slot `duplex run` streams from is kept where it
-    /// is and a temporary one exports the new snapshot.
+    /// Takes the snapshot of `site` for a backfill by the deployment `deployment` (the state
+    /// store's identity; PostgreSQL: the publication is checked to be no other deployment's and
+    /// claimed for this one). `tables` are all the tables read from the site (PostgreSQL: the
+    /// publication lists them before the snapshot). `resume_from`: the oldest snapshot position
+    /// of an interrupted backfill that continues (the catch-up streams from it). Nothing a link
+    /// of the site still needs is dropped or moved: PostgreSQL keeps an existing slot where it
+    /// is and exports the snapshot through a temporary one.
     pub async fn take(
         site: &SiteConnection,
         tables: &[TableName],
-        resuming: bool,
+        resume_from: Option<&Position>,
+        deployment: &str,
     ) -> Result<SourceSnapshot, SnapshotError> {
         Ok(match site.kind {
-            SiteKind::Postgres => SourceSnapshot::Postgres {
-                site: site.clone(),
-                exported: crate::postgres::backfill_snapshot(site, tables, resuming).await?,
-            },
+            SiteKind::Postgres => {
+                let resume_from = match resume_from {
+                    None => None,
+                    Some(Position::Postgres(lsn)) => Some(*lsn),
+                    Some(other) => {
+                        return Err(SnapshotError::Refused(format!(
+                            "the interrupted backfill recorded a position of another kind of \
+                             database ({other}): start the backfill over"
+                        )));
+                    }
+                };
+                SourceSnapshot::Postgres {
+                    site: site.clone(),
+                    exported: crate::postgres::backfill_snapshot(
+                        site,
+                        tables,
+                        resume_from,
+                        deployment,
+                    )
+                    .await?,
+                }
+            }
             SiteKind::Mysql => {
                 let snapshot = MysqlSnapshot::open(&site.url, site.password()).await?;
                 SourceSnapshot::Mysql {

@@ -18,11 +18,17 @@ use super::{BackfillError, snapshot_error};
 use crate::config::Site;
 
 /// Brings ranges copied in earlier attempts forward to `handover` by applying, from the
-/// source's stream, exactly the changes each of them lacks.
+/// source's stream, exactly the changes each of them lacks. `published`: every table read from
+/// the site (the stream keeps the publication listing all of them, so a link of the same site
+/// loses none of its tables); `deployment`: the state store's identity the stream claims the
+/// publication for. The stream acknowledges nothing: the slot stays where it was, for the
+/// links of the site that are behind the handover.
 pub(super) async fn catch_up(
     site: &Site,
     jobs: &[Job],
     handover: &Position,
+    published: &[TableName],
+    deployment: &str,
 ) -> Result<(), BackfillError> {
     // The oldest attempt any range was copied in.
     let oldest = jobs
@@ -45,7 +51,7 @@ pub(super) async fn catch_up(
         site: site.name.clone(),
         source: e,
     };
-    let tables: BTreeSet<TableName> = jobs.iter().map(|j| j.schema.name.clone()).collect();
+    let tables: BTreeSet<TableName> = published.iter().cloned().collect();
     // Whole transactions only (no parts): the filter below decides per transaction, at its
     // commit position, which of its changes each range needs.
     let options = StreamOptions {
@@ -53,7 +59,7 @@ pub(super) async fn catch_up(
         start: Some(oldest),
         merge: false,
         part_events: None,
-        deployment: None,
+        deployment: Some(deployment.to_owned()),
         shapes: false,
     };
     let mut stream = match AnyStream::start(&site.connection(), options).await {

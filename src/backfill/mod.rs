@@ -13,11 +13,19 @@
 //! Per source site, all selected mappings are copied from ONE consistent snapshot taken
 //! together with the stream position it matches ([`SourceSnapshot::take`]):
 //!
-//! - PostgreSQL: the publication `duplex_<db>_<site>` is made to list the mapped tables first
-//!   (pgoutput decodes with the catalog as of each change, so it must exist before the slot's
-//!   start), then the slot `duplex run` uses is created with `SNAPSHOT 'export'`; every copy
-//!   worker imports the exported snapshot, and the session that exported it stays open and
-//!   idle until every worker has imported it.
+//! - PostgreSQL: the publication `duplex_<db>_<site>` is checked to belong to no other
+//!   deployment, made to list every table read from the site (the new mappings' and those of
+//!   any link of the site, so none loses a table; pgoutput decodes with the catalog as of each
+//!   change, so it must list them before the snapshot) and claimed for this deployment (the
+//!   state store's identity). Then the slot `duplex run` uses is created with `SNAPSHOT
+//!   'export'`, or, when it already exists, a TEMPORARY slot exports the snapshot and the
+//!   permanent one is left exactly where it is: it may hold the position of a stopped link of
+//!   the same site, which still needs every change since (dropping it and creating it anew
+//!   lost those changes). Left alone it is at or before the snapshot, so it also holds what
+//!   the new targets need after the handover; `duplex run` starts the link at the lowest
+//!   position its targets hold, and each target skips what it already has. Every copy worker
+//!   imports the exported snapshot, and the session that exported it stays open and idle until
+//!   every worker has imported it.
 //! - MariaDB/MySQL: `START TRANSACTION WITH CONSISTENT SNAPSHOT` and the matching binlog
 //!   position (`binlog_snapshot_file/position`). MariaDB cannot share that snapshot between
 //!   connections, so the one snapshot connection reads every range (serialised) while the
@@ -359,7 +367,6 @@ async fn backfill_source(
     if pending.is_empty() {
         return Ok(());
     }
-    let resuming = pending.iter().any(|m| metas[&m.name].is_some());
     let tables: BTreeSet<TableName> = pending
         .iter()
         .filter_map(|m| m.tables.get(&site.name).cloned())
@@ -400,9 +407,21 @@ async fn backfill_source(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let snapshot = SourceSnapshot::take(&connection, &all_tables, resuming)
-        .await
-        .map_err(snapshot_error(site))?;
+    // The oldest snapshot of an interrupted backfill: the catch-up reads the stream from there.
+    let resume_from = pending
+        .iter()
+        .filter_map(|m| metas[&m.name].as_ref())
+        .flat_map(|meta| meta.attempts.first())
+        .min_by(|a, b| a.compare(b).unwrap_or(std::cmp::Ordering::Equal))
+        .cloned();
+    let snapshot = SourceSnapshot::take(
+        &connection,
+        &all_tables,
+        resume_from.as_ref(),
+        state.deployment_id(),
+    )
+    .await
+    .map_err(snapshot_error(site))?;
     let position = snapshot.position();
     tracing::info!(source = %site.name, %position, "snapshot taken");
 
@@ -434,7 +453,14 @@ async fn backfill_source(
     snapshot.release().await;
 
     // Catch-up of ranges copied in earlier attempts, then the handover.
-    catch_up::catch_up(site, &all_jobs, &position).await?;
+    catch_up::catch_up(
+        site,
+        &all_jobs,
+        &position,
+        &all_tables,
+        state.deployment_id(),
+    )
+    .await?;
     for job in &mut all_jobs {
         for (target, routes) in &job.targets {
             let apply_error = |source| BackfillError::Apply {

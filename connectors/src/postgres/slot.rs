@@ -118,10 +118,16 @@ pub(super) async fn ensure_slot(
     ))
 }
 
-/// The pgwire-replication settings for `config`, starting at `start`.
+/// The pgwire-replication settings for `config`, starting at `start` and reporting `ack` as
+/// flushed until the caller acknowledges more. `ack` must be a position the slot already
+/// holds (its confirmed position, or the start when that is lower): the start itself may be
+/// beyond what some reader of the slot has (a backfill's catch-up starts at its snapshot,
+/// possibly past a stopped link's position), and confirming it would let the server drop
+/// what that reader still needs.
 pub(super) fn replication_config(
     config: &PgStreamConfig,
     start: Lsn,
+    ack: Lsn,
 ) -> Result<ReplicationConfig, PgStreamError> {
     let parsed: tokio_postgres::Config = config.url.parse().map_err(PgError::Url)?;
     let user = parsed
@@ -154,11 +160,10 @@ pub(super) fn replication_config(
         None => ReplicationConfig::new("localhost", user, password, database, slot, publication)
             .with_port(port),
     };
-    let pg_lsn = pgwire_replication::Lsn(start.0);
     Ok(base
         .with_tls(TlsConfig::disabled())
-        .with_start_lsn(pg_lsn)
-        .with_ack_lsn(pg_lsn)
+        .with_start_lsn(pgwire_replication::Lsn(start.0))
+        .with_ack_lsn(pgwire_replication::Lsn(ack.0))
         .with_status_interval(config.status_interval)
         .with_wakeup_interval(config.status_interval)
         .with_buffer_size(config.buffer_events)

@@ -138,52 +138,87 @@ impl PgExportedSnapshot {
     }
 }
 
-/// Takes the snapshot a backfill of `site` copies from: makes the publication list `tables`
-/// (pgoutput decodes with the catalog as of each change, so it must exist before the slot's
-/// start) and (re)creates the slot `duplex run` streams from with an exported snapshot. When
-/// `resuming`, the slot is kept at the interrupted backfill's position (it holds the WAL the
-/// catch-up reads) and a temporary slot exports the new snapshot.
+/// Takes the snapshot a backfill of `site` copies from, for the deployment `deployment`.
+///
+/// The publication, shared by every mapping read from the site, is checked to belong to no
+/// other deployment, made to list `tables` (all of them, so a link of the same site keeps its
+/// tables; pgoutput decodes with the catalog as of each change, so it must list the new ones
+/// before the snapshot's position) and claimed for `deployment`.
+///
+/// The slot `duplex run` streams from is never dropped or moved here: it may hold the position
+/// of a stopped link of the same site (a new mapping backfilled next to it), which still needs
+/// every change since. So when it exists, a temporary slot exports the snapshot and the
+/// permanent one stays where it is: it is at or before the snapshot's position, so it also
+/// holds every change the new targets need after the handover. Only when there is no slot yet
+/// is it created with the exported snapshot. `resume_from`: the oldest snapshot position of the
+/// interrupted backfill being resumed; the catch-up reads the slot from there, so the slot must
+/// exist and must not have moved past it.
 pub(crate) async fn backfill_snapshot(
     site: &SiteConnection,
     tables: &[TableName],
-    resuming: bool,
+    resume_from: Option<Lsn>,
+    deployment: &str,
 ) -> Result<PgExportedSnapshot, SnapshotError> {
     let slot = slot_name(site);
     let client = connect(&site.url, site.password())
         .await
         .map_err(AdminError::doing("connecting"))?;
+    let claimed = |error: super::PgStreamError| match error {
+        error @ super::PgStreamError::ClaimedByOther { .. } => {
+            SnapshotError::Refused(error.to_string())
+        }
+        error => {
+            AdminError::doing("checking which deployment the publication belongs to")(error).into()
+        }
+    };
+    super::claim::check(&client, &slot, deployment)
+        .await
+        .map_err(claimed)?;
     ensure_publication(&client, &slot, tables)
         .await
         .map_err(AdminError::doing("creating the publication"))?;
-    let slot_exists = client
+    super::claim::record(&client, &slot, deployment)
+        .await
+        .map_err(claimed)?;
+    let existing = client
         .query_opt(
-            "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+            "SELECT active, confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
         .await
         .map_err(AdminError::doing("looking up the slot"))?;
-    let temporary = match (slot_exists, resuming) {
-        (Some(_), true) => true,
-        (None, true) => {
+    let temporary = match (existing, resume_from) {
+        (Some(row), _) if row.get::<_, bool>(0) => {
+            return Err(SnapshotError::Refused(format!(
+                "replication slot {slot} is in use: stop `duplex run` before backfilling"
+            )));
+        }
+        (None, Some(_)) => {
             return Err(SnapshotError::Refused(format!(
                 "the interrupted backfill's replication slot {slot} is gone, so it cannot be resumed: \
                  empty the targets and delete the state directory's backfill record (or the directory) to start over"
             )));
         }
-        (Some(row), false) => {
-            if row.get::<_, bool>(0) {
+        (Some(row), Some(oldest)) => {
+            let confirmed: Option<Lsn> = row
+                .get::<_, Option<String>>(1)
+                .and_then(|text| text.parse().ok());
+            if let Some(confirmed) = confirmed.filter(|c| *c > oldest) {
                 return Err(SnapshotError::Refused(format!(
-                    "replication slot {slot} is in use: stop `duplex run` before backfilling"
+                    "replication slot {slot} was moved to {confirmed}, past the interrupted \
+                     backfill's snapshot at {oldest}, so the changes the ranges copied then still \
+                     need cannot be read any more: empty the targets and delete the state \
+                     directory's backfill record (or the directory) to start over"
                 )));
             }
-            tracing::warn!(%slot, "dropping the unused replication slot left by an earlier setup; backfill creates it anew");
-            client
-                .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-                .await
-                .map_err(AdminError::doing("dropping the old slot"))?;
-            false
+            true
         }
-        (None, false) => false,
+        (Some(_), None) => {
+            tracing::info!(%slot, "the replication slot exists (a link of this site may still need it): \
+                           it is kept where it is, and a temporary slot exports the snapshot");
+            true
+        }
+        (None, None) => false,
     };
     let name = if temporary {
         format!("{}_bf{}", &slot[..slot.len().min(50)], std::process::id())

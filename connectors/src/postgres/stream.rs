@@ -467,7 +467,10 @@ impl PgStream {
         let confirmed = ensure_slot(&catalog, &config.slot, config.start.is_none()).await?;
         let start = config.start.unwrap_or(confirmed);
 
-        let mut replication = ReplicationClient::connect(replication_config(&config, start)?)
+        // Until the caller acknowledges, only what the slot already holds is reported as
+        // flushed (never `start`, which may be past another reader's position).
+        let ack = start.min(confirmed);
+        let mut replication = ReplicationClient::connect(replication_config(&config, start, ack)?)
             .await
             .map_err(PgStreamError::Replication)?;
         replication
@@ -1002,7 +1005,7 @@ mod tests {
     #[test]
     fn replication_settings_come_from_the_url() {
         let c = config();
-        let r = replication_config(&c, Lsn(0x10_0000_0020)).unwrap();
+        let r = replication_config(&c, Lsn(0x10_0000_0020), Lsn(0x10_0000_0010)).unwrap();
         assert_eq!(
             (
                 r.host.as_str(),
@@ -1014,11 +1017,14 @@ mod tests {
         );
         assert_eq!(r.database, "db");
         assert_eq!(r.start_lsn, pgwire_replication::Lsn(0x10_0000_0020));
-        assert_eq!(r.ack_lsn, Some(pgwire_replication::Lsn(0x10_0000_0020)));
+        assert_eq!(r.ack_lsn, Some(pgwire_replication::Lsn(0x10_0000_0010)));
         assert_eq!(r.options.as_deref(), Some(types::SESSION_OPTIONS));
         let mut c = config();
         c.password = Some("other".into());
-        assert_eq!(replication_config(&c, Lsn(0)).unwrap().password, "other");
+        assert_eq!(
+            replication_config(&c, Lsn(0), Lsn(0)).unwrap().password,
+            "other"
+        );
     }
 
     #[test]
