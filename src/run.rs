@@ -30,6 +30,9 @@ pub enum RunError {
         #[source]
         source: DescribeError,
     },
+    /// A mapping's backfill started but did not finish; the message names the command.
+    #[error("{0}")]
+    UnfinishedBackfill(String),
     /// One or more links stopped on a definite error (each was logged).
     #[error("{0} link(s) stopped on errors (see the log above)")]
     LinksFailed(usize),
@@ -98,6 +101,14 @@ pub async fn plan(
 /// definite error.
 pub async fn run(config: &Config) -> Result<(), RunError> {
     let state = std::sync::Arc::new(open_state(config).await?);
+    // A mapping whose backfill did not finish is never streamed as if it had: the stream would
+    // start past the rows not yet copied.
+    let unfinished = crate::backfill::unfinished(config, &state)?;
+    if !unfinished.is_empty() {
+        return Err(RunError::UnfinishedBackfill(
+            crate::backfill::unfinished_refusal(&unfinished),
+        ));
+    }
     // Streaming into tables that were never loaded is legitimate (both sides start empty),
     // so this is said, not enforced: here for two-way mappings, by each link for its one-way
     // mappings once it has read its targets' positions.

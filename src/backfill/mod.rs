@@ -94,7 +94,14 @@
 //! insert half that each range needs. The handover position is then `P1`. If the catch-up is
 //! interrupted, the applier's recorded position makes a re-run skip what it already applied.
 //! The backfill record keeps every attempt's position (typed [`duplex_connectors::Position`]s),
-//! so any number of interruptions work the same way.
+//! so any number of interruptions work the same way. The catch-up stream keeps the publication's
+//! full table list and acknowledges nothing, so the slot never moves past a stopped link's
+//! position; a slot found past the first attempt's position is refused (the catch-up could
+//! not read what it needs).
+//!
+//! Until the handover is written, the record says the backfill did not finish, and `duplex run`
+//! refuses the mapping with the command that resumes it ([`unfinished`]): streaming it would
+//! start past the ranges not copied.
 //!
 //! # Not done here
 //!
@@ -118,7 +125,7 @@ use duplex_connectors::{
     AdminError, AnyApplier, Applier, ApplyError, ApplyOptions, Origin, SnapshotError,
     SourceSnapshot, TableName, TableRoute, Transaction,
 };
-use duplex_state::StateStore;
+use duplex_state::{StateError, StateStore};
 
 use crate::config::{Config, Direction, Mapping, Site};
 use meta::{markers_of, save_meta};
@@ -232,6 +239,48 @@ fn snapshot_error(site: &Site) -> impl FnOnce(SnapshotError) -> BackfillError + 
 /// decides a warning).
 pub fn has_record(state: &StateStore, mapping: &str) -> bool {
     load_meta(state, mapping).ok().flatten().is_some()
+}
+
+/// The configured mappings whose backfill started but did not finish (interrupted, killed or
+/// failed), each with the command that finishes it. `duplex run` refuses to stream them: their
+/// targets hold only some of the ranges, and the stream would start past the rows not copied.
+pub fn unfinished(
+    config: &Config,
+    state: &StateStore,
+) -> Result<Vec<(String, String)>, StateError> {
+    let mut unfinished = Vec::new();
+    for mapping in &config.mappings {
+        let Some(meta) = load_meta(state, &mapping.name)? else {
+            continue;
+        };
+        if meta.complete {
+            continue;
+        }
+        let from = match mapping.direction {
+            Direction::Both => format!(" --from {}", meta.source),
+            Direction::OneWay { .. } => String::new(),
+        };
+        unfinished.push((
+            mapping.name.clone(),
+            format!("duplex backfill --mapping {}{from}", mapping.name),
+        ));
+    }
+    Ok(unfinished)
+}
+
+/// Why `duplex run` refuses the mappings [`unfinished`] found, and the commands that fix it.
+pub fn unfinished_refusal(unfinished: &[(String, String)]) -> String {
+    let names: Vec<&str> = unfinished.iter().map(|(m, _)| m.as_str()).collect();
+    let commands: Vec<String> = unfinished.iter().map(|(_, c)| format!("`{c}`")).collect();
+    format!(
+        "the backfill of mapping(s) {} did not finish (it was interrupted or failed): its targets \
+         hold only part of the rows, and streaming now would never copy the rest. Finish it \
+         first with {} (same --config; add --allow-nonempty if the first attempt had it): it \
+         resumes where it stopped and catches up on every change made since; then start \
+         `duplex run` again",
+        names.join(", "),
+        commands.join(" and ")
+    )
 }
 
 /// The two-way mappings that were never backfilled: no backfill record, and the merge engine
