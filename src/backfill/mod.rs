@@ -572,9 +572,15 @@ async fn check_target(
         .map_err(apply_error)?;
     if let Some(position) = writer.position(source).await.map_err(apply_error)? {
         return Err(BackfillError::Refused(format!(
-            "site {} already holds changes of {source} up to {position}: it is being replicated, \
-             so mapping {} cannot be backfilled into it",
-            target.name, mapping.name
+            "site {t} already holds changes of {source} up to {position}: other mappings stream \
+             from {source} into it, and its position is one per source, so a copy of mapping {m} \
+             as of a new snapshot cannot hand over to that stream without skipping or repeating \
+             changes of the others. To backfill it, backfill every mapping from {source} into {t} \
+             together: with duplex stopped, empty their tables on {t}, delete {t}'s \
+             `duplex.positions` row of {source}, and run `duplex backfill` with a --mapping for \
+             each of them (or backfill {m} into a site that does not stream from {source})",
+            t = target.name,
+            m = mapping.name
         )));
     }
     if allow_nonempty {
