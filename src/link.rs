@@ -189,7 +189,7 @@ pub fn link_name(plan: &LinkPlan) -> String {
 type Committed = (usize, u64);
 
 /// The state-store key of the position a link without any target position started at.
-fn start_key(source: &str) -> String {
+pub(crate) fn start_key(source: &str) -> String {
     format!("link-start:{source}")
 }
 

@@ -162,37 +162,34 @@ impl SourceSnapshot {
     /// Takes the snapshot of `site` for a backfill by the deployment `deployment` (the state
     /// store's identity; PostgreSQL: the publication is checked to be no other deployment's and
     /// claimed for this one). `tables` are all the tables read from the site (PostgreSQL: the
-    /// publication lists them before the snapshot). `resume_from`: the oldest snapshot position
-    /// of an interrupted backfill that continues (the catch-up streams from it). Nothing a link
-    /// of the site still needs is dropped or moved: PostgreSQL keeps an existing slot where it
-    /// is and exports the snapshot through a temporary one.
+    /// publication lists them before the snapshot). `needed`: the oldest position some reader of
+    /// the site still needs from its stream (an interrupted backfill that continues, whose
+    /// catch-up streams from it; targets of a stopped link of the site), with a description of
+    /// who needs it and what to do otherwise, for the refusal when the source no longer has
+    /// it. Nothing a reader of the site still needs is dropped or moved: PostgreSQL keeps an
+    /// existing slot where it is and exports the snapshot through a temporary one.
     pub async fn take(
         site: &SiteConnection,
         tables: &[TableName],
-        resume_from: Option<&Position>,
+        needed: Option<(&Position, &str)>,
         deployment: &str,
     ) -> Result<SourceSnapshot, SnapshotError> {
         Ok(match site.kind {
             SiteKind::Postgres => {
-                let resume_from = match resume_from {
+                let needed = match needed {
                     None => None,
-                    Some(Position::Postgres(lsn)) => Some(*lsn),
-                    Some(other) => {
+                    Some((Position::Postgres(lsn), who)) => Some((*lsn, who)),
+                    Some((other, who)) => {
                         return Err(SnapshotError::Refused(format!(
-                            "the interrupted backfill recorded a position of another kind of \
-                             database ({other}): start the backfill over"
+                            "{who} holds a position of another kind of database ({other}) for \
+                             this PostgreSQL site"
                         )));
                     }
                 };
                 SourceSnapshot::Postgres {
                     site: site.clone(),
-                    exported: crate::postgres::backfill_snapshot(
-                        site,
-                        tables,
-                        resume_from,
-                        deployment,
-                    )
-                    .await?,
+                    exported: crate::postgres::backfill_snapshot(site, tables, needed, deployment)
+                        .await?,
                 }
             }
             SiteKind::Mysql => {

@@ -456,17 +456,11 @@ async fn backfill_source(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    // The oldest snapshot of an interrupted backfill: the catch-up reads the stream from there.
-    let resume_from = pending
-        .iter()
-        .filter_map(|m| metas[&m.name].as_ref())
-        .flat_map(|meta| meta.attempts.first())
-        .min_by(|a, b| a.compare(b).unwrap_or(std::cmp::Ordering::Equal))
-        .cloned();
+    let needed = still_needed(config, site, &pending, &metas, state).await?;
     let snapshot = SourceSnapshot::take(
         &connection,
         &all_tables,
-        resume_from.as_ref(),
+        needed.as_ref().map(|(p, who)| (p, who.as_str())),
         state.deployment_id(),
     )
     .await
@@ -548,6 +542,121 @@ async fn backfill_source(
         tracing::info!(mapping = %job.mapping.name, %position, "backfill complete: duplex run starts streaming from here");
     }
     Ok(())
+}
+
+/// The oldest position some reader of `site` still needs from its change stream, and who with
+/// what to do if the source no longer has it: the first snapshot of an interrupted backfill
+/// being resumed (its catch-up reads from there), every position of `site` its targets hold
+/// (a stopped link of the site resumes from the lowest), where the link of the site started
+/// if no target holds one yet, and where the merge engine read it. The snapshot refuses a
+/// source that no longer holds it (a PostgreSQL slot gone or moved past it) instead of
+/// creating a new slot that would hide the gap.
+async fn still_needed(
+    config: &Config,
+    site: &Site,
+    pending: &[&Mapping],
+    metas: &BTreeMap<String, Option<BackfillMeta>>,
+    state: &Arc<StateStore>,
+) -> Result<Option<(duplex_connectors::Position, String)>, BackfillError> {
+    let mut needed: Vec<(duplex_connectors::Position, String)> = Vec::new();
+    for mapping in pending {
+        if let Some(first) = metas[&mapping.name]
+            .as_ref()
+            .and_then(|meta| meta.attempts.first())
+        {
+            needed.push((
+                first.clone(),
+                format!(
+                    "the interrupted backfill of mapping {} (its catch-up reads from its first \
+                     snapshot), so it cannot be resumed: to start it over, empty its target \
+                     tables and remove the state directory's backfill record (or the directory)",
+                    mapping.name
+                ),
+            ));
+        }
+    }
+    // The link of the site: its targets (one-way mappings; the merge engine keeps where it
+    // read a site in the state store, and the handover positions a backfill left on the other
+    // sites of a two-way mapping are stale once it has read on).
+    let targets: BTreeSet<&str> = config
+        .mappings
+        .iter()
+        .filter(|m| m.direction != Direction::Both)
+        .flat_map(|m| m.edges())
+        .filter(|(from, _)| *from == site.name)
+        .map(|(_, to)| to)
+        .collect();
+    let mut a_target_holds_one = false;
+    for name in targets {
+        let target = &config.sites[name];
+        let apply_error = |source| BackfillError::Apply {
+            site: target.name.clone(),
+            source,
+        };
+        let mut reader =
+            AnyApplier::connect(&target.connection(), Vec::new(), ApplyOptions::default())
+                .await
+                .map_err(apply_error)?;
+        if let Some(position) = reader.position(&site.name).await.map_err(apply_error)? {
+            a_target_holds_one = true;
+            needed.push((
+                position,
+                format!(
+                    "site {name}, which streams from {} and resumes there: re-copy the mappings \
+                     into {name} (empty their tables there, delete its `duplex.positions` row of \
+                     {}, and backfill them) before backfilling anything else from {}",
+                    site.name, site.name, site.name
+                ),
+            ));
+        }
+    }
+    let stored = {
+        let state = state.clone();
+        let keys = [crate::link::start_key(&site.name), site.name.clone()];
+        tokio::task::spawn_blocking(move || {
+            keys.map(|key| state.position::<duplex_connectors::Position>(&key))
+        })
+        .await
+        .map_err(|e| BackfillError::Crashed(e.to_string()))?
+    };
+    let [link_start, engine] = stored;
+    // Where the link started counts only while no target holds a position (then the link
+    // resumes there; afterwards at the lowest target position).
+    if let Some(position) = link_start?.filter(|_| !a_target_holds_one) {
+        needed.push((
+            position,
+            format!(
+                "the link of {} (it started there and no target has committed anything since)",
+                site.name
+            ),
+        ));
+    }
+    let two_way = config
+        .mappings
+        .iter()
+        .any(|m| m.direction == Direction::Both && m.tables.contains_key(&site.name));
+    if let Some(position) = engine?.filter(|_| two_way) {
+        needed.push((
+            position,
+            format!("the merge engine (it read {} up to there)", site.name),
+        ));
+    }
+    let mut oldest: Option<(duplex_connectors::Position, String)> = None;
+    for (position, who) in needed {
+        let older = match &oldest {
+            None => true,
+            Some((current, _)) => {
+                position
+                    .compare(current)
+                    .map_err(|e| BackfillError::Invalid(format!("{who}: {e}")))?
+                    == std::cmp::Ordering::Less
+            }
+        };
+        if older {
+            oldest = Some((position, who));
+        }
+    }
+    Ok(oldest)
 }
 
 /// Refuses a target that already streams from the source or (without `allow_nonempty`)

@@ -150,13 +150,17 @@ impl PgExportedSnapshot {
 /// every change since. So when it exists, a temporary slot exports the snapshot and the
 /// permanent one stays where it is: it is at or before the snapshot's position, so it also
 /// holds every change the new targets need after the handover. Only when there is no slot yet
-/// is it created with the exported snapshot. `resume_from`: the oldest snapshot position of the
-/// interrupted backfill being resumed; the catch-up reads the slot from there, so the slot must
-/// exist and must not have moved past it.
+/// is it created with the exported snapshot.
+///
+/// `needed`: the oldest position some reader of the site still needs from the slot (an
+/// interrupted backfill being resumed, whose catch-up reads from there; targets of a stopped
+/// link), with who needs it and what to do otherwise, for the message. The slot must then
+/// exist and be at or before it: a slot that is gone, or was moved past it, cannot give those
+/// changes any more, and creating one anew would hide that, so it is refused.
 pub(crate) async fn backfill_snapshot(
     site: &SiteConnection,
     tables: &[TableName],
-    resume_from: Option<Lsn>,
+    needed: Option<(Lsn, &str)>,
     deployment: &str,
 ) -> Result<PgExportedSnapshot, SnapshotError> {
     let slot = slot_name(site);
@@ -187,30 +191,30 @@ pub(crate) async fn backfill_snapshot(
         )
         .await
         .map_err(AdminError::doing("looking up the slot"))?;
-    let temporary = match (existing, resume_from) {
+    let temporary = match (existing, needed) {
         (Some(row), _) if row.get::<_, bool>(0) => {
             return Err(SnapshotError::Refused(format!(
                 "replication slot {slot} is in use: stop `duplex run` before backfilling"
             )));
         }
-        (None, Some(_)) => {
+        (None, Some((position, who))) => {
             return Err(SnapshotError::Refused(format!(
-                "the interrupted backfill's replication slot {slot} is gone, so it cannot be resumed: \
-                 empty the targets and delete the state directory's backfill record (or the directory) to start over"
+                "replication slot {slot} is gone, but {who} still needs the changes from \
+                 {position} on, which cannot be read any more"
             )));
         }
-        (Some(row), Some(oldest)) => {
+        (Some(row), Some((position, who))) => {
             let confirmed: Option<Lsn> = row
                 .get::<_, Option<String>>(1)
                 .and_then(|text| text.parse().ok());
-            if let Some(confirmed) = confirmed.filter(|c| *c > oldest) {
+            if let Some(confirmed) = confirmed.filter(|c| *c > position) {
                 return Err(SnapshotError::Refused(format!(
-                    "replication slot {slot} was moved to {confirmed}, past the interrupted \
-                     backfill's snapshot at {oldest}, so the changes the ranges copied then still \
-                     need cannot be read any more: empty the targets and delete the state \
-                     directory's backfill record (or the directory) to start over"
+                    "replication slot {slot} was moved to {confirmed}, past {position}, but {who} \
+                     still needs the changes from {position} on, which cannot be read any more"
                 )));
             }
+            tracing::info!(%slot, "the replication slot exists and is still needed: \
+                           it is kept where it is, and a temporary slot exports the snapshot");
             true
         }
         (Some(_), None) => {
