@@ -226,7 +226,10 @@ fn a_new_mapping_backfilled_next_to_a_stopped_link_takes_nothing_from_it() {
         &[(&src_orders, &erp_orders), (&src_stock, &wms_stock)],
     );
     assert_eq!(duplex.terminate(), 0);
-    assert!(!log.contains("dropping"), "the link's slot was kept:\n{log}");
+    assert!(
+        !log.contains("dropping"),
+        "the link's slot was kept:\n{log}"
+    );
     drop_slot(&source);
 }
 
@@ -464,4 +467,71 @@ fn allow_nonempty_never_writes_a_row_over_another_through_a_secondary_unique_key
     });
     assert_eq!(duplex.terminate(), 0);
     drop_slot(&source);
+}
+
+#[test]
+fn a_new_mapping_is_not_backfilled_over_a_gone_slot_a_stopped_link_still_needs() {
+    let source = shared_pg().create_database();
+    source
+        .execute_as_duplex(
+            "CREATE TABLE orders (id bigint PRIMARY KEY, qty int NOT NULL, name text NOT NULL); \
+             CREATE TABLE stock (id bigint PRIMARY KEY, qty int NOT NULL, name text NOT NULL); \
+             INSERT INTO orders VALUES (1, 1, 'one'); INSERT INTO stock VALUES (1, 1, 'one')",
+        )
+        .unwrap();
+    let erp = shared_pg().create_database();
+    let wms = shared_pg().create_database();
+    for db in [&erp, &wms] {
+        db.execute_as_duplex(
+            "CREATE TABLE orders (id bigint PRIMARY KEY, qty int NOT NULL, name text NOT NULL); \
+             CREATE TABLE stock (id bigint PRIMARY KEY, qty int NOT NULL, name text NOT NULL)",
+        )
+        .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = source.name();
+    let first = format!(
+        "{}{}{}{}",
+        state(dir.path()),
+        site(store, &source.url()),
+        site("erp", &erp.url()),
+        mapping("orders", (store, "public.orders"), ("erp", "public.orders"))
+    );
+    let duplex = Duplex::new(&first);
+    let out = duplex.command(&["backfill"]);
+    assert!(out.status.success(), "{}", log_of(&out));
+    // The link's slot disappears while the link is stopped (a DBA, a failover), and rows
+    // are written that only it could deliver.
+    drop_slot(&source);
+    source
+        .psql("INSERT INTO orders VALUES (2, 2, 'while stopped')")
+        .unwrap();
+
+    let second = format!(
+        "{first}{}{}",
+        site("wms", &wms.url()),
+        mapping("stock", (store, "public.stock"), ("wms", "public.stock"))
+    );
+    let duplex = Duplex::new(&second);
+    let out = duplex.command(&["backfill", "--mapping", "stock"]);
+    let log = log_of(&out);
+    assert!(
+        !out.status.success(),
+        "a new slot would hide that erp lost the rows since its position:\n{log}"
+    );
+    assert!(
+        log.contains("is gone") && log.contains("site erp"),
+        "the refusal says which slot is gone and who needs it:\n{log}"
+    );
+    assert_eq!(
+        source
+            .psql(&format!(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'duplex_{store}%'"
+            ))
+            .unwrap()
+            .trim(),
+        "0",
+        "no slot was created"
+    );
+    assert_eq!(count_pg(&wms, "stock"), 0);
 }
