@@ -535,3 +535,63 @@ fn a_new_mapping_is_not_backfilled_over_a_gone_slot_a_stopped_link_still_needs()
     );
     assert_eq!(count_pg(&wms, "stock"), 0);
 }
+
+#[test]
+fn a_publication_claimed_by_another_deployment_is_not_touched_by_backfill() {
+    let source = shared_pg().create_database();
+    source
+        .execute_as_duplex(
+            "CREATE TABLE orders (id bigint PRIMARY KEY, qty int NOT NULL, name text NOT NULL); \
+             CREATE TABLE other (id bigint PRIMARY KEY); \
+             INSERT INTO orders VALUES (1, 1, 'one')",
+        )
+        .unwrap();
+    let store = source.name();
+    // Another deployment's publication of the same name, listing its own table.
+    source
+        .execute_as_duplex(&format!(
+            "CREATE PUBLICATION duplex_{store}_{store} FOR TABLE other; \
+             COMMENT ON PUBLICATION duplex_{store}_{store} IS 'duplex deployment 00000000-0000-0000-0000-000000000001'"
+        ))
+        .unwrap();
+    let wms = shared_pg().create_database();
+    wms.execute_as_duplex(
+        "CREATE TABLE orders (id bigint PRIMARY KEY, qty int NOT NULL, name text NOT NULL)",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}{}{}{}",
+        state(dir.path()),
+        site(store, &source.url()),
+        site("wms", &wms.url()),
+        mapping("orders", (store, "public.orders"), ("wms", "public.orders"))
+    );
+    let out = Duplex::new(&text).command(&["backfill"]);
+    let log = log_of(&out);
+    assert!(!out.status.success(), "{log}");
+    assert!(
+        log.contains("00000000-0000-0000-0000-000000000001"),
+        "{log}"
+    );
+    assert_eq!(
+        source
+            .psql(&format!(
+                "SELECT string_agg(tablename, ',') FROM pg_publication_tables WHERE pubname = 'duplex_{store}_{store}'"
+            ))
+            .unwrap()
+            .trim(),
+        "other",
+        "the other deployment's table list is untouched"
+    );
+    assert_eq!(
+        source
+            .psql(&format!(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'duplex_{store}%'"
+            ))
+            .unwrap()
+            .trim(),
+        "0"
+    );
+    assert_eq!(count_pg(&wms, "orders"), 0);
+}
