@@ -55,6 +55,10 @@ pub enum Command {
         /// Copy into tables that already hold rows, overwriting rows with the same key.
         #[arg(long)]
         allow_nonempty: bool,
+        /// Give up an unfinished backfill of the selected mappings and copy them again from
+        /// scratch (empty their target tables first, or pass --allow-nonempty).
+        #[arg(long)]
+        restart: bool,
         /// Rows per key range (the unit of parallelism and of resume).
         #[arg(long, default_value_t = crate::backfill::DEFAULT_CHUNK_ROWS, hide = true)]
         chunk_rows: u64,
@@ -143,6 +147,7 @@ pub fn main() -> ExitCode {
             from,
             jobs,
             allow_nonempty,
+            restart,
             chunk_rows,
         } => {
             let options = crate::backfill::BackfillOptions {
@@ -150,6 +155,7 @@ pub fn main() -> ExitCode {
                 from,
                 jobs,
                 allow_nonempty,
+                restart,
                 chunk_rows: chunk_rows.max(1),
             };
             match runtime.block_on(crate::backfill::backfill(&config, &options)) {

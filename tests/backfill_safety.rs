@@ -298,6 +298,9 @@ fn run_refuses_a_killed_backfill_and_the_resumed_one_ends_equal() {
     let out = duplex.command(&["backfill", "--jobs", "2", "--chunk-rows", "2000"]);
     assert!(out.status.success(), "{}", log_of(&out));
     duplex.start();
+    source
+        .psql("INSERT INTO items VALUES (300002, 1, 'streamed')")
+        .unwrap();
     let src = || pg_sum(&source, "items");
     let dst = || my_sum(&erp, "items");
     wait_equal(
@@ -594,4 +597,73 @@ fn a_publication_claimed_by_another_deployment_is_not_touched_by_backfill() {
         "0"
     );
     assert_eq!(count_pg(&wms, "orders"), 0);
+}
+
+#[test]
+fn a_failed_backfill_can_be_given_up_and_copied_again_with_restart() {
+    let source = shared_pg().create_database();
+    source
+        .execute_as_duplex(
+            "CREATE TABLE items (id bigint PRIMARY KEY, qty bigint NOT NULL, name text NOT NULL); \
+             INSERT INTO items SELECT g, g % 13, 'item ' || g FROM generate_series(1, 5000) g; \
+             UPDATE items SET qty = 3000000000 WHERE id = 4000",
+        )
+        .unwrap();
+    let wms = shared_pg().create_database();
+    wms.execute_as_duplex(
+        "CREATE TABLE items (id bigint PRIMARY KEY, qty int NOT NULL, name text NOT NULL)",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = source.name();
+    let text = format!(
+        "{}{}{}{}",
+        state(dir.path()),
+        site(store, &source.url()),
+        site("wms", &wms.url()),
+        mapping("items", (store, "public.items"), ("wms", "public.items"))
+    );
+    let mut duplex = Duplex::new(&text);
+    let out = duplex.command(&["backfill", "--jobs", "1", "--chunk-rows", "1000"]);
+    assert!(!out.status.success(), "{}", log_of(&out));
+    assert_eq!(count_pg(&wms, "items"), 3000);
+    run_refuses(&mut duplex, "--restart");
+
+    // Giving it up copies from scratch, so the partial copy must go first.
+    wms.execute_as_duplex("ALTER TABLE items ALTER COLUMN qty TYPE bigint")
+        .unwrap();
+    let out = duplex.command(&["backfill", "--restart"]);
+    let log = log_of(&out);
+    assert!(
+        !out.status.success() && log.contains("is not empty"),
+        "{log}"
+    );
+    wms.psql("TRUNCATE items").unwrap();
+    source
+        .psql("UPDATE items SET name = 'changed' WHERE id = 10")
+        .unwrap();
+    let out = duplex.command(&["backfill", "--restart"]);
+    assert!(out.status.success(), "{}", log_of(&out));
+    let meta = meta(dir.path(), "items").unwrap();
+    assert!(meta.complete && meta.attempts.len() == 1, "{meta:?}");
+    assert_eq!(
+        wms.psql("SELECT count(*) FROM duplex.positions WHERE source LIKE 'backfill:%'")
+            .unwrap()
+            .trim(),
+        "0",
+        "no marker of the abandoned attempt is left"
+    );
+    duplex.start();
+    source
+        .psql("INSERT INTO items VALUES (9001, 1, 'streamed')")
+        .unwrap();
+    let src = || pg_sum(&source, "items");
+    let dst = || pg_sum(&wms, "items");
+    wait_equal(
+        &mut duplex,
+        "the target to equal the source",
+        &[(&src, &dst)],
+    );
+    assert_eq!(duplex.terminate(), 0);
+    drop_slot(&source);
 }

@@ -162,21 +162,23 @@ impl SourceSnapshot {
     /// Takes the snapshot of `site` for a backfill by the deployment `deployment` (the state
     /// store's identity; PostgreSQL: the publication is checked to be no other deployment's and
     /// claimed for this one). `tables` are all the tables read from the site (PostgreSQL: the
-    /// publication lists them before the snapshot). `needed`: the oldest position some reader of
-    /// the site still needs from its stream (an interrupted backfill that continues, whose
-    /// catch-up streams from it; targets of a stopped link of the site), with a description of
-    /// who needs it and what to do otherwise, for the refusal when the source no longer has
-    /// it. Nothing a reader of the site still needs is dropped or moved: PostgreSQL keeps an
-    /// existing slot where it is and exports the snapshot through a temporary one.
+    /// publication lists them before the snapshot). What the source's stream must still give, with
+    /// who needs it and what to do otherwise (for the refusal): `resume_from`, a position it
+    /// must be readable from exactly (an interrupted backfill that continues: its catch-up
+    /// streams from its first snapshot); `streamed_by`, readers that resume from positions of
+    /// their own (a stopped link of the site), so the stream must still exist. Nothing a reader
+    /// of the site still needs is dropped or moved: PostgreSQL keeps an existing slot where it
+    /// is and exports the snapshot through a temporary one.
     pub async fn take(
         site: &SiteConnection,
         tables: &[TableName],
-        needed: Option<(&Position, &str)>,
+        resume_from: Option<(&Position, &str)>,
+        streamed_by: Option<&str>,
         deployment: &str,
     ) -> Result<SourceSnapshot, SnapshotError> {
         Ok(match site.kind {
             SiteKind::Postgres => {
-                let needed = match needed {
+                let resume_from = match resume_from {
                     None => None,
                     Some((Position::Postgres(lsn), who)) => Some((*lsn, who)),
                     Some((other, who)) => {
@@ -188,8 +190,14 @@ impl SourceSnapshot {
                 };
                 SourceSnapshot::Postgres {
                     site: site.clone(),
-                    exported: crate::postgres::backfill_snapshot(site, tables, needed, deployment)
-                        .await?,
+                    exported: crate::postgres::backfill_snapshot(
+                        site,
+                        tables,
+                        resume_from,
+                        streamed_by,
+                        deployment,
+                    )
+                    .await?,
                 }
             }
             SiteKind::Mysql => {

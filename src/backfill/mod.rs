@@ -145,6 +145,9 @@ pub struct BackfillOptions {
     pub jobs: usize,
     /// Upsert into targets that already hold rows instead of refusing them.
     pub allow_nonempty: bool,
+    /// Forget an unfinished backfill of the selected mappings (its record, finished ranges and
+    /// range markers) and copy them from scratch.
+    pub restart: bool,
     /// Rows per range.
     pub chunk_rows: u64,
 }
@@ -277,7 +280,8 @@ pub fn unfinished_refusal(unfinished: &[(String, String)]) -> String {
          hold only part of the rows, and streaming now would never copy the rest. Finish it \
          first with {} (same --config; add --allow-nonempty if the first attempt had it): it \
          resumes where it stopped and catches up on every change made since; then start \
-         `duplex run` again",
+         `duplex run` again. To give it up and copy from scratch instead, empty the target \
+         tables and add --restart",
         names.join(", "),
         commands.join(" and ")
     )
@@ -361,6 +365,13 @@ pub async fn backfill(config: &Config, options: &BackfillOptions) -> Result<(), 
         .await
         .map_err(|e| BackfillError::Crashed(e.to_string()))??,
     );
+    if options.restart {
+        for mappings in by_source.values() {
+            for mapping in mappings {
+                restart(config, mapping, &state).await?;
+            }
+        }
+    }
     let mut summary = Vec::new();
     for (source, mappings) in by_source {
         backfill_source(
@@ -456,11 +467,12 @@ async fn backfill_source(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let needed = still_needed(config, site, &pending, &metas, state).await?;
+    let (resume_from, streamed_by) = still_needed(config, site, &pending, &metas, state).await?;
     let snapshot = SourceSnapshot::take(
         &connection,
         &all_tables,
-        needed.as_ref().map(|(p, who)| (p, who.as_str())),
+        resume_from.as_ref().map(|(p, who)| (p, who.as_str())),
+        streamed_by.as_deref(),
         state.deployment_id(),
     )
     .await
@@ -544,33 +556,93 @@ async fn backfill_source(
     Ok(())
 }
 
-/// The oldest position some reader of `site` still needs from its change stream, and who with
-/// what to do if the source no longer has it: the first snapshot of an interrupted backfill
-/// being resumed (its catch-up reads from there), every position of `site` its targets hold
-/// (a stopped link of the site resumes from the lowest), where the link of the site started
-/// if no target holds one yet, and where the merge engine read it. The snapshot refuses a
-/// source that no longer holds it (a PostgreSQL slot gone or moved past it) instead of
-/// creating a new slot that would hide the gap.
+/// `--restart`: forgets an unfinished backfill of `mapping` (the range markers on its targets,
+/// then its finished ranges and record in the state store), so it is copied from scratch like a
+/// new one (its targets must then be empty, or `--allow-nonempty` given). A finished backfill
+/// is left as it is.
+async fn restart(
+    config: &Config,
+    mapping: &Mapping,
+    state: &Arc<StateStore>,
+) -> Result<(), BackfillError> {
+    let name = mapping.name.clone();
+    let store = state.clone();
+    let meta = tokio::task::spawn_blocking(move || load_meta(&store, &name))
+        .await
+        .map_err(|e| BackfillError::Crashed(e.to_string()))??;
+    let Some(meta) = meta.filter(|meta| !meta.complete) else {
+        return Ok(());
+    };
+    for (from, to) in mapping.edges() {
+        if from != meta.source {
+            continue;
+        }
+        let target = &config.sites[to];
+        duplex_connectors::load::delete_positions_like(
+            &target.connection(),
+            &markers_of(&mapping.name),
+        )
+        .await
+        .map_err(admin_error(target))?;
+    }
+    let name = mapping.name.clone();
+    let store = state.clone();
+    tokio::task::spawn_blocking(move || store.clear_backfill(&name))
+        .await
+        .map_err(|e| BackfillError::Crashed(e.to_string()))??;
+    tracing::warn!(mapping = %mapping.name, "the unfinished backfill was given up (--restart): copying from scratch");
+    Ok(())
+}
+
+/// What the change stream of `site` must still give, for [`SourceSnapshot::take`]:
+///
+/// - the first snapshot of an interrupted backfill being resumed (its catch-up reads from
+///   there, so the stream must be readable from exactly that position), with who and the fix;
+/// - who resumes from positions of their own: the targets of the site's link holding a
+///   position of it, the link itself when it started but no target holds one yet, the merge
+///   engine when it read the site. The stream must still exist for them (a PostgreSQL slot
+///   may legitimately be past their positions: a stream acknowledges heartbeats).
+///
+/// The snapshot refuses a source that cannot give that (a PostgreSQL slot gone, or moved past
+/// the resumed backfill's snapshot) instead of creating a new slot that would hide the gap.
 async fn still_needed(
     config: &Config,
     site: &Site,
     pending: &[&Mapping],
     metas: &BTreeMap<String, Option<BackfillMeta>>,
     state: &Arc<StateStore>,
-) -> Result<Option<(duplex_connectors::Position, String)>, BackfillError> {
-    let mut needed: Vec<(duplex_connectors::Position, String)> = Vec::new();
+) -> Result<
+    (
+        Option<(duplex_connectors::Position, String)>,
+        Option<String>,
+    ),
+    BackfillError,
+> {
+    let mut resume_from: Option<(duplex_connectors::Position, String)> = None;
     for mapping in pending {
-        if let Some(first) = metas[&mapping.name]
+        let Some(first) = metas[&mapping.name]
             .as_ref()
             .and_then(|meta| meta.attempts.first())
-        {
-            needed.push((
+        else {
+            continue;
+        };
+        let older = match &resume_from {
+            None => true,
+            Some((current, _)) => {
+                first
+                    .compare(current)
+                    .map_err(|e| BackfillError::Invalid(e.to_string()))?
+                    == std::cmp::Ordering::Less
+            }
+        };
+        if older {
+            resume_from = Some((
                 first.clone(),
                 format!(
-                    "the interrupted backfill of mapping {} (its catch-up reads from its first \
+                    "the interrupted backfill of mapping {m} (its catch-up reads from its first \
                      snapshot), so it cannot be resumed: to start it over, empty its target \
-                     tables and remove the state directory's backfill record (or the directory)",
-                    mapping.name
+                     tables and run `duplex backfill --mapping {m} --restart`",
+                    m = mapping.name
                 ),
             ));
         }
@@ -586,7 +658,7 @@ async fn still_needed(
         .filter(|(from, _)| *from == site.name)
         .map(|(_, to)| to)
         .collect();
-    let mut a_target_holds_one = false;
+    let mut streamed_by = Vec::new();
     for name in targets {
         let target = &config.sites[name];
         let apply_error = |source| BackfillError::Apply {
@@ -598,16 +670,7 @@ async fn still_needed(
                 .await
                 .map_err(apply_error)?;
         if let Some(position) = reader.position(&site.name).await.map_err(apply_error)? {
-            a_target_holds_one = true;
-            needed.push((
-                position,
-                format!(
-                    "site {name}, which streams from {} and resumes there: re-copy the mappings \
-                     into {name} (empty their tables there, delete its `duplex.positions` row of \
-                     {}, and backfill them) before backfilling anything else from {}",
-                    site.name, site.name, site.name
-                ),
-            ));
+            streamed_by.push(format!("site {name} streams from it (from {position} on)"));
         }
     }
     let stored = {
@@ -622,13 +685,10 @@ async fn still_needed(
     let [link_start, engine] = stored;
     // Where the link started counts only while no target holds a position (then the link
     // resumes there; afterwards at the lowest target position).
-    if let Some(position) = link_start?.filter(|_| !a_target_holds_one) {
-        needed.push((
-            position,
-            format!(
-                "the link of {} (it started there and no target has committed anything since)",
-                site.name
-            ),
+    if let Some(position) = link_start?.filter(|_| streamed_by.is_empty()) {
+        streamed_by.push(format!(
+            "the link of {} streams from it (it started at {position})",
+            site.name
         ));
     }
     let two_way = config
@@ -636,27 +696,19 @@ async fn still_needed(
         .iter()
         .any(|m| m.direction == Direction::Both && m.tables.contains_key(&site.name));
     if let Some(position) = engine?.filter(|_| two_way) {
-        needed.push((
-            position,
-            format!("the merge engine (it read {} up to there)", site.name),
+        streamed_by.push(format!(
+            "the merge engine streams from it (it read up to {position})"
         ));
     }
-    let mut oldest: Option<(duplex_connectors::Position, String)> = None;
-    for (position, who) in needed {
-        let older = match &oldest {
-            None => true,
-            Some((current, _)) => {
-                position
-                    .compare(current)
-                    .map_err(|e| BackfillError::Invalid(format!("{who}: {e}")))?
-                    == std::cmp::Ordering::Less
-            }
-        };
-        if older {
-            oldest = Some((position, who));
-        }
-    }
-    Ok(oldest)
+    let streamed_by = (!streamed_by.is_empty()).then(|| {
+        format!(
+            "{}; to go on, re-copy what reads from {s}: empty the target tables of its mappings, \
+             delete the targets' `duplex.positions` rows of {s}, and backfill them",
+            streamed_by.join(", "),
+            s = site.name
+        )
+    });
+    Ok((resume_from, streamed_by))
 }
 
 /// Refuses a target that already streams from the source or (without `allow_nonempty`)

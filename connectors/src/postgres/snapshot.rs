@@ -152,15 +152,23 @@ impl PgExportedSnapshot {
 /// holds every change the new targets need after the handover. Only when there is no slot yet
 /// is it created with the exported snapshot.
 ///
-/// `needed`: the oldest position some reader of the site still needs from the slot (an
-/// interrupted backfill being resumed, whose catch-up reads from there; targets of a stopped
-/// link), with who needs it and what to do otherwise, for the message. The slot must then
-/// exist and be at or before it: a slot that is gone, or was moved past it, cannot give those
-/// changes any more, and creating one anew would hide that, so it is refused.
+/// What the slot must still give, with who needs it and what to do otherwise (for the
+/// refusals), is given as:
+///
+/// - `resume_from`: a position the slot must be readable from exactly (an interrupted
+///   backfill being resumed: its catch-up reads from its first snapshot). The slot must exist
+///   and be at or before it.
+/// - `streamed_by`: readers that resume from positions of their own (a stopped link's
+///   targets). The slot must exist; its confirmed position may legitimately be past theirs (a
+///   stream acknowledges heartbeats, so a slot moves on while nothing it publishes changes).
+///
+/// A slot that cannot give what is needed is refused, never created anew over the gap (that
+/// would hide it: a reader resuming from an older position is silently moved forward).
 pub(crate) async fn backfill_snapshot(
     site: &SiteConnection,
     tables: &[TableName],
-    needed: Option<(Lsn, &str)>,
+    resume_from: Option<(Lsn, &str)>,
+    streamed_by: Option<&str>,
     deployment: &str,
 ) -> Result<PgExportedSnapshot, SnapshotError> {
     let slot = slot_name(site);
@@ -191,38 +199,43 @@ pub(crate) async fn backfill_snapshot(
         )
         .await
         .map_err(AdminError::doing("looking up the slot"))?;
-    let temporary = match (existing, needed) {
-        (Some(row), _) if row.get::<_, bool>(0) => {
+    let temporary = match existing {
+        Some(row) if row.get::<_, bool>(0) => {
             return Err(SnapshotError::Refused(format!(
                 "replication slot {slot} is in use: stop `duplex run` before backfilling"
             )));
         }
-        (None, Some((position, who))) => {
-            return Err(SnapshotError::Refused(format!(
-                "replication slot {slot} is gone, but {who} still needs the changes from \
-                 {position} on, which cannot be read any more"
-            )));
+        None => {
+            if let Some((position, who)) = resume_from {
+                return Err(SnapshotError::Refused(format!(
+                    "replication slot {slot} is gone, but {who} still needs the changes from \
+                     {position} on, which cannot be read any more"
+                )));
+            }
+            if let Some(who) = streamed_by {
+                return Err(SnapshotError::Refused(format!(
+                    "replication slot {slot} is gone, so what was committed since the positions \
+                     of its readers cannot be read any more: {who}"
+                )));
+            }
+            false
         }
-        (Some(row), Some((position, who))) => {
+        Some(row) => {
             let confirmed: Option<Lsn> = row
                 .get::<_, Option<String>>(1)
                 .and_then(|text| text.parse().ok());
-            if let Some(confirmed) = confirmed.filter(|c| *c > position) {
+            if let Some((position, who)) = resume_from
+                && let Some(confirmed) = confirmed.filter(|c| *c > position)
+            {
                 return Err(SnapshotError::Refused(format!(
                     "replication slot {slot} was moved to {confirmed}, past {position}, but {who} \
                      still needs the changes from {position} on, which cannot be read any more"
                 )));
             }
-            tracing::info!(%slot, "the replication slot exists and is still needed: \
-                           it is kept where it is, and a temporary slot exports the snapshot");
-            true
-        }
-        (Some(_), None) => {
             tracing::info!(%slot, "the replication slot exists (a link of this site may still need it): \
                            it is kept where it is, and a temporary slot exports the snapshot");
             true
         }
-        (None, None) => false,
     };
     let name = if temporary {
         format!("{}_bf{}", &slot[..slot.len().min(50)], std::process::id())
