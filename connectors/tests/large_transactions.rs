@@ -111,6 +111,7 @@ async fn pg_until_transaction(stream: &mut PgStream) -> Vec<Piece> {
         {
             StreamItem::Heartbeat(_) => {}
             StreamItem::Part(part) => pieces.push(Piece::Part(part)),
+            StreamItem::Shape(shape) => panic!("unexpected {shape:?}"),
             StreamItem::Transaction(tx) => {
                 pieces.push(Piece::Transaction(tx));
                 return pieces;
@@ -190,6 +191,7 @@ async fn maria_until_transaction(stream: &mut MysqlStream) -> Vec<Piece> {
         {
             StreamItem::Heartbeat(_) => {}
             StreamItem::Part(part) => pieces.push(Piece::Part(part)),
+            StreamItem::Shape(shape) => panic!("unexpected {shape:?}"),
             StreamItem::Transaction(tx) => {
                 pieces.push(Piece::Transaction(tx));
                 return pieces;

@@ -59,6 +59,7 @@ async fn next_error(stream: &mut MysqlStream) -> MysqlStreamError {
             Ok(StreamItem::Transaction(txn)) => panic!("unexpected transaction {txn:?}"),
             Ok(StreamItem::Heartbeat(_)) => {}
             Ok(StreamItem::Part(part)) => panic!("unexpected part {part:?}"),
+            Ok(StreamItem::Shape(shape)) => panic!("unexpected shape {shape:?}"),
         }
     }
 }
@@ -609,6 +610,7 @@ async fn idle_server_sends_heartbeats_with_the_position() {
         }
         StreamItem::Transaction(txn) => panic!("unexpected {txn:?}"),
         StreamItem::Part(part) => panic!("unexpected {part:?}"),
+        StreamItem::Shape(shape) => panic!("unexpected {shape:?}"),
     }
     stream.shutdown().await;
 }
@@ -731,6 +733,7 @@ async fn resume_by_gtid_matches_resume_by_position() {
         StreamItem::Heartbeat(other) => panic!("not a binlog position: {other:?}"),
         StreamItem::Transaction(txn) => panic!("unexpected {txn:?}"),
         StreamItem::Part(part) => panic!("unexpected {part:?}"),
+        StreamItem::Shape(shape) => panic!("unexpected {shape:?}"),
     };
     assert_eq!(heartbeat.file, mysql_position(&second).file);
     assert!(

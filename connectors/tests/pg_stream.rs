@@ -86,6 +86,7 @@ async fn next_transaction(stream: &mut PgStream) -> Transaction {
             Ok(Ok(StreamItem::Heartbeat(_))) => {}
             Ok(Ok(StreamItem::Transaction(tx))) => return tx,
             Ok(Ok(StreamItem::Part(part))) => panic!("unexpected part {part:?}"),
+            Ok(Ok(StreamItem::Shape(shape))) => panic!("unexpected shape {shape:?}"),
         }
     }
 }
@@ -101,6 +102,7 @@ async fn next_error(stream: &mut PgStream) -> PgStreamError {
             Ok(Ok(StreamItem::Heartbeat(_))) => {}
             Ok(Ok(StreamItem::Transaction(tx))) => panic!("unexpected transaction {tx:?}"),
             Ok(Ok(StreamItem::Part(part))) => panic!("unexpected part {part:?}"),
+            Ok(Ok(StreamItem::Shape(shape))) => panic!("unexpected shape {shape:?}"),
         }
     }
 }
@@ -824,6 +826,7 @@ async fn cancelled_calls_to_next_lose_nothing() {
             }
             Ok(Ok(StreamItem::Heartbeat(_))) => {}
             Ok(Ok(StreamItem::Part(part))) => panic!("unexpected part {part:?}"),
+            Ok(Ok(StreamItem::Shape(shape))) => panic!("unexpected shape {shape:?}"),
             Ok(Err(e)) => panic!("stream error: {e:?}"),
         }
     }
