@@ -38,7 +38,12 @@ pub enum Command {
     /// Replicate until Ctrl-C or SIGTERM: one-way mappings stream from their source into their
     /// target, two-way mappings run through the merge engine (version vectors, conflict
     /// policies); resumes where it stopped.
-    Run,
+    Run {
+        /// Accept the current columns of this source table (`schema.table`, repeatable) after
+        /// a schema change stopped its link and the targets were changed to match.
+        #[arg(long = "accept-schema-change", value_name = "TABLE")]
+        accept_schema_change: Vec<String>,
+    },
     /// Copy the mapped tables from their source into empty targets from one consistent
     /// snapshot, and set the position `duplex run` then streams from (no gap, no duplicate).
     /// Resumes an interrupted backfill.
@@ -98,7 +103,7 @@ pub fn main() -> ExitCode {
     // `check` prints its own report; `run` is a long-running service whose log is its voice.
     let default_filter = match cli.command {
         Command::Check | Command::Conflicts { .. } => "warn",
-        Command::Run | Command::Backfill { .. } => "info",
+        Command::Run { .. } | Command::Backfill { .. } => "info",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -135,7 +140,9 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Command::Run => match runtime.block_on(crate::run::run(&config)) {
+        Command::Run {
+            accept_schema_change,
+        } => match runtime.block_on(crate::run::run(&config, &accept_schema_change)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 tracing::error!("{}", chain(&error));

@@ -15,4 +15,5 @@ pub mod link;
 pub mod report;
 pub mod routes;
 pub mod run;
+pub mod shape;
 pub mod shutdown;

@@ -42,13 +42,14 @@
 //! transaction is rolled back, and the next run delivers it again from its first part.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use duplex_connectors::apply::{Applier, ApplyError, ApplyOptions, TableRoute};
 use duplex_connectors::{
-    ChangeEvent, Position, PositionError, TableName, Transaction, TransactionPart,
+    ChangeEvent, Position, PositionError, TableName, TableSchema, TableShape, Transaction,
+    TransactionPart,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
@@ -56,8 +57,9 @@ use tokio::task::JoinSet;
 use duplex_state::StateStore;
 
 use crate::backoff::Backoff;
-use crate::config::Site;
+use crate::config::{Mapping, Site};
 use crate::report::chain;
+use crate::shape::{ShapeStop, TargetView, shape_key};
 use crate::shutdown::stop_requested;
 use duplex_connectors::{AnyApplier, AnyStream, StreamError, StreamItem, StreamOptions};
 
@@ -86,6 +88,10 @@ pub struct LinkPlan {
     /// site, in configuration order: `run` warns about those whose target holds no position
     /// of the source (they were never backfilled).
     pub unbackfilled: Vec<(String, String)>,
+    /// The mappings (routes for a changed source table are worked out from them).
+    pub mappings: Arc<Vec<Mapping>>,
+    /// The source tables as the catalog described them when the plan was made.
+    pub schemas: HashMap<TableName, TableSchema>,
 }
 
 /// One target of a link.
@@ -138,6 +144,15 @@ pub enum LinkError {
     /// The state store failed while recording or reading the link's start position.
     #[error("recording where the link starts in the state store")]
     State(#[source] duplex_state::StateError),
+    /// A schema change on the source that the link does not follow.
+    #[error("a schema change on site {site}")]
+    Shape {
+        /// Source site.
+        site: String,
+        /// What changed and what to do.
+        #[source]
+        stop: Box<ShapeStop>,
+    },
 }
 
 impl LinkError {
@@ -147,7 +162,10 @@ impl LinkError {
             LinkError::Source { source, .. } => source.is_transient(),
             LinkError::Apply { source, .. } => source.is_transient(),
             LinkError::Schema { transient, .. } => *transient,
-            LinkError::Position(_) | LinkError::Crashed(_) | LinkError::State(_) => false,
+            LinkError::Position(_)
+            | LinkError::Crashed(_)
+            | LinkError::State(_)
+            | LinkError::Shape { .. } => false,
         }
     }
 }
@@ -162,10 +180,21 @@ pub async fn run(
     let name = link_name(&plan);
     let mut backoff = Backoff::default();
     let mut warn_unbackfilled = true;
+    // Source tables whose changes are routed by a shape the log announced (see crate::shape).
+    let mut followed: HashMap<TableName, TableShape> = HashMap::new();
     loop {
         backoff.attempt_started();
-        match attempt(&plan, &state, &mut shutdown, &mut warn_unbackfilled).await {
-            Ok(()) => return Ok(()),
+        match attempt(
+            &plan,
+            &state,
+            &mut shutdown,
+            &mut warn_unbackfilled,
+            &mut followed,
+        )
+        .await
+        {
+            Ok(Ended::Stopped) => return Ok(()),
+            Ok(Ended::Rerouted) => continue,
             Err(error) if error.is_transient() => {
                 let delay = backoff.failed();
                 tracing::warn!(link = %name, error = %chain(&error), "link interrupted; retrying in {delay:.1?}");
@@ -193,29 +222,135 @@ pub(crate) fn start_key(source: &str) -> String {
     format!("link-start:{source}")
 }
 
+/// How an attempt ended without an error.
+enum Ended {
+    /// Shutdown was requested.
+    Stopped,
+    /// A source table's shape changed its routes: everything read before it was committed;
+    /// start again with the new routes.
+    Rerouted,
+}
+
+/// The routes of every target: a source table is routed by the shape its changes will have
+/// next: the one `followed` in this run, else the last one recorded in the state store, else
+/// the catalog's. A column gone from the source (not in the catalog) that the target no
+/// longer has either is left out (the DBA made the same change on the target).
+fn current_routes(
+    plan: &LinkPlan,
+    followed: &HashMap<TableName, TableShape>,
+    stored: &HashMap<TableName, TableShape>,
+    target_columns: &[HashMap<TableName, BTreeSet<String>>],
+) -> Vec<Vec<TableRoute>> {
+    let mut schemas = plan.schemas.clone();
+    for (table, catalog) in &plan.schemas {
+        if let Some(shape) = followed.get(table).or_else(|| stored.get(table)) {
+            schemas.insert(table.clone(), crate::shape::schema_of(shape, catalog));
+        }
+    }
+    plan.targets
+        .iter()
+        .zip(target_columns)
+        .map(|(t, columns)| {
+            let mut routes = crate::routes::routes_for(
+                &plan.mappings,
+                &plan.source.name,
+                &t.site.name,
+                &schemas,
+            );
+            for route in &mut routes {
+                let (Some(catalog), Some(on_target)) =
+                    (plan.schemas.get(&route.source), columns.get(&route.target))
+                else {
+                    continue;
+                };
+                route.columns.retain(|(source, target)| {
+                    catalog.column(source).is_some() || on_target.contains(target)
+                });
+            }
+            routes
+        })
+        .collect()
+}
+
+/// The columns of every target table of the plan's routes, per target.
+async fn target_columns(
+    plan: &LinkPlan,
+) -> Result<Vec<HashMap<TableName, BTreeSet<String>>>, LinkError> {
+    let mut all = Vec::with_capacity(plan.targets.len());
+    for target in &plan.targets {
+        let routes = &target.routes;
+        let tables: BTreeSet<TableName> = routes.iter().map(|r| r.target.clone()).collect();
+        let schemas = duplex_connectors::describe(&target.site.connection(), &tables)
+            .await
+            .map_err(|source| LinkError::Schema {
+                site: target.site.name.clone(),
+                transient: source.is_transient(),
+                source: Box::new(source),
+            })?;
+        all.push(
+            schemas
+                .into_iter()
+                .map(|(table, schema)| {
+                    (table, schema.columns.into_iter().map(|c| c.name).collect())
+                })
+                .collect(),
+        );
+    }
+    Ok(all)
+}
+
+/// Source tables' shapes as this attempt knows them (see `crate::shape`).
+struct Shapes {
+    /// The last shape every target committed changes of, per table (from the state store).
+    stored: HashMap<TableName, TableShape>,
+    /// The last shape announced in this attempt, per table.
+    session: HashMap<TableName, TableShape>,
+    /// Shapes to record once every target committed the item with this sequence number.
+    to_record: VecDeque<(u64, TableShape)>,
+    /// Columns of the target tables, per target.
+    target_columns: Vec<HashMap<TableName, BTreeSet<String>>>,
+}
+
 /// One run of the link until shutdown or failure. `warn_unbackfilled`: the first attempt that
 /// reads the targets' positions warns about mappings that were never backfilled (and clears
-/// it).
+/// it). `followed`: the tables routed by a shape the log announced (updated when a shape
+/// changes the routes, which ends the attempt with [`Ended::Rerouted`]).
 async fn attempt(
     plan: &LinkPlan,
     state: &Arc<StateStore>,
     shutdown: &mut watch::Receiver<bool>,
     warn_unbackfilled: &mut bool,
-) -> Result<(), LinkError> {
+    followed: &mut HashMap<TableName, TableShape>,
+) -> Result<Ended, LinkError> {
     let source_name = plan.source.name.as_str();
+    let mut shapes = Shapes {
+        stored: HashMap::new(),
+        session: HashMap::new(),
+        to_record: VecDeque::new(),
+        target_columns: target_columns(plan).await?,
+    };
+    for table in &plan.tables {
+        if let Some(shape) = state
+            .position::<TableShape>(&shape_key(source_name, table))
+            .map_err(LinkError::State)?
+        {
+            shapes.stored.insert(table.clone(), shape);
+        }
+    }
+    let routes = current_routes(plan, followed, &shapes.stored, &shapes.target_columns);
     let mut targets = Vec::with_capacity(plan.targets.len());
     let mut start: Option<Position> = None;
     let mut any_missing = false;
     // Target sites holding no position of the source.
     let mut without_position = BTreeSet::new();
-    for target_plan in &plan.targets {
+    for (target_plan, routes) in plan.targets.iter().zip(&routes) {
         let apply_error = |source| LinkError::Apply {
             site: target_plan.site.name.clone(),
             source,
         };
         let mut target = AnyApplier::connect(
             &target_plan.site.connection(),
-            target_plan.routes.clone(),
+            routes.clone(),
             ApplyOptions::default(),
         )
         .await
@@ -295,13 +430,17 @@ async fn attempt(
     let (stop_workers, _) = watch::channel(false);
     let mut senders = Vec::new();
     let mut workers = JoinSet::new();
-    for (index, (target, target_plan)) in targets.into_iter().zip(&plan.targets).enumerate() {
+    for (index, ((target, target_plan), routes)) in targets
+        .into_iter()
+        .zip(&plan.targets)
+        .zip(&routes)
+        .enumerate()
+    {
         let (tx, rx) = mpsc::channel(QUEUE);
         senders.push(Outlet {
             queue: tx,
             budget: Arc::new(Semaphore::new(QUEUE_EVENTS)),
-            tables: target_plan
-                .routes
+            tables: routes
                 .iter()
                 .map(|r| r.source.clone())
                 .collect::<BTreeSet<_>>(),
@@ -321,10 +460,12 @@ async fn attempt(
     let mut sequence = 0u64;
     // Items not yet acknowledged: (sequence number every target must reach, position).
     let mut unacked: VecDeque<(u64, Position)> = VecDeque::new();
+    // Set when the attempt ends on a shape: every target commits what was handed to it first.
+    let mut drain = false;
     let outcome = loop {
         tokio::select! {
             biased;
-            _ = stop_requested(shutdown) => break Ok(()),
+            _ = stop_requested(shutdown) => break Ok(Ended::Stopped),
             Some(joined) = workers.join_next() => {
                 break Err(match joined {
                     Ok(Err(error)) => error,
@@ -336,12 +477,37 @@ async fn attempt(
                 debug_assert!(seq <= sequence, "target {index} reports committing item {seq}, only {sequence} were handed out");
                 progress.committed(index, seq);
                 acknowledge(&stream, &mut unacked, progress.low_water());
+                if let Err(error) = record_shapes(state, source_name, &mut shapes.to_record, progress.low_water()).await {
+                    break Err(error);
+                }
                 progress.maybe_log();
             }
             item = stream.next() => match item {
                 Err(source) => break Err(LinkError::Source { site: source_name.to_owned(), source }),
-                // Not yet yielded by any kind.
-                Ok(StreamItem::Shape(_)) => {}
+                Ok(StreamItem::Shape(shape)) => {
+                    let mut judged = follow_shape(plan, &routes, &mut shapes, shape.clone(), sequence + 1);
+                    if matches!(&judged, Err(stop) if matches!(**stop, ShapeStop::Added { .. } | ShapeStop::Missing { .. })) {
+                        // The DBA may have changed the target since this attempt looked.
+                        match target_columns(plan).await {
+                            Ok(columns) => shapes.target_columns = columns,
+                            Err(error) => break Err(error),
+                        }
+                        judged = follow_shape(plan, &routes, &mut shapes, shape, sequence + 1);
+                    }
+                    match judged {
+                        Ok(None) => {}
+                        Ok(Some(shape)) => {
+                            tracing::info!(link = %link_name(plan), table = %shape.table, columns = ?shape.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), "a mapped table's columns changed on the source; following it from this change on");
+                            followed.insert(shape.table.clone(), shape);
+                            drain = true;
+                            break Ok(Ended::Rerouted);
+                        }
+                        Err(stop) => {
+                            drain = true;
+                            break Err(LinkError::Shape { site: source_name.to_owned(), stop });
+                        }
+                    }
+                }
                 Ok(StreamItem::Heartbeat(position)) => {
                     unacked.push_back((sequence, position));
                     acknowledge(&stream, &mut unacked, progress.low_water());
@@ -363,12 +529,15 @@ async fn attempt(
             }
         }
     };
-    // Let every worker finish the target transaction it is writing, then stop.
-    let _ = stop_workers.send(true);
+    // Let every worker finish the target transaction it is writing (or, on a shape, all it
+    // was handed), then stop.
+    if !drain {
+        let _ = stop_workers.send(true);
+    }
     drop(senders);
     let mut outcome = outcome;
     while let Some(joined) = workers.join_next().await {
-        if let (Ok(Err(error)), Ok(())) = (joined, &outcome) {
+        if let (Ok(Err(error)), Ok(_)) = (joined, &outcome) {
             outcome = Err(error);
         }
     }
@@ -376,9 +545,99 @@ async fn attempt(
         progress.committed(index, seq);
     }
     acknowledge(&stream, &mut unacked, progress.low_water());
+    if let Err(error) = record_shapes(
+        state,
+        source_name,
+        &mut shapes.to_record,
+        progress.low_water(),
+    )
+    .await
+        && outcome.is_ok()
+    {
+        outcome = Err(error);
+    }
     stream.shutdown().await;
     tracing::info!(link = %link_name(plan), "link stopped");
     outcome
+}
+
+/// Judges a shape the stream announced (see `crate::shape`): `None` when the routes stay,
+/// the shape when they change (the attempt ends and the next one routes by it), or why the
+/// link stops. `next` is the sequence number of the item the shape comes before.
+fn follow_shape(
+    plan: &LinkPlan,
+    routes: &[Vec<TableRoute>],
+    shapes: &mut Shapes,
+    shape: TableShape,
+    next: u64,
+) -> Result<Option<TableShape>, Box<ShapeStop>> {
+    let table = &shape.table;
+    let Some(catalog) = plan.schemas.get(table) else {
+        return Ok(None);
+    };
+    let previous = shapes
+        .session
+        .get(table)
+        .or_else(|| shapes.stored.get(table));
+    let views: Vec<(TargetView<'_>, &str)> = plan
+        .targets
+        .iter()
+        .zip(routes)
+        .zip(&shapes.target_columns)
+        .map(|((target, routes), columns)| {
+            let route = routes.iter().find(|r| &r.source == table);
+            (
+                TargetView {
+                    site: &target.site.name,
+                    route,
+                    columns: route.and_then(|r| columns.get(&r.target)),
+                },
+                target.site.name.as_str(),
+            )
+        })
+        .collect();
+    let new = crate::shape::judge(
+        &plan.mappings,
+        &plan.source.name,
+        &shape,
+        previous,
+        catalog,
+        &views,
+    )?;
+    let rerouted = views
+        .iter()
+        .zip(&new)
+        .any(|((view, _), new)| crate::shape::reroutes(&shape, view.route, new.as_ref()));
+    shapes.session.insert(table.clone(), shape.clone());
+    if rerouted {
+        return Ok(Some(shape));
+    }
+    if shapes.stored.get(table) != Some(&shape) {
+        shapes.to_record.push_back((next, shape));
+    }
+    Ok(None)
+}
+
+/// Records in the state store the shapes whose following item every target committed (so a
+/// restart compares what it reads with them).
+async fn record_shapes(
+    state: &Arc<StateStore>,
+    source: &str,
+    to_record: &mut VecDeque<(u64, TableShape)>,
+    low_water: u64,
+) -> Result<(), LinkError> {
+    while to_record.front().is_some_and(|(seq, _)| *seq <= low_water) {
+        let Some((_, shape)) = to_record.pop_front() else {
+            break;
+        };
+        let store = state.clone();
+        let key = shape_key(source, &shape.table);
+        tokio::task::spawn_blocking(move || store.save_position(&key, &shape))
+            .await
+            .map_err(|panic| LinkError::Crashed(panic.to_string()))?
+            .map_err(LinkError::State)?;
+    }
+    Ok(())
 }
 
 /// What the reader hands a target worker.

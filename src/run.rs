@@ -33,6 +33,11 @@ pub enum RunError {
     /// A mapping's backfill started but did not finish; the message names the command.
     #[error("{0}")]
     UnfinishedBackfill(String),
+    /// `--accept-schema-change` names a table no mapping has.
+    #[error(
+        "--accept-schema-change {0}: no mapping has this table; give it as schema.table (or site.schema.table) as the mapping lists it"
+    )]
+    UnknownTable(String),
     /// One or more links stopped on a definite error (each was logged).
     #[error("{0} link(s) stopped on errors (see the log above)")]
     LinksFailed(usize),
@@ -55,6 +60,7 @@ pub async fn plan(
         }
     }
     let mut plans = Vec::new();
+    let mappings = std::sync::Arc::new(config.mappings.clone());
     for (source, targets) in flows {
         let tables: BTreeSet<_> = config
             .mappings
@@ -92,6 +98,8 @@ pub async fn plan(
             tables,
             targets,
             unbackfilled,
+            mappings: mappings.clone(),
+            schemas,
         });
     }
     Ok(plans)
@@ -99,8 +107,9 @@ pub async fn plan(
 
 /// Runs every link until a shutdown signal; returns an error when a link stopped on a
 /// definite error.
-pub async fn run(config: &Config) -> Result<(), RunError> {
+pub async fn run(config: &Config, accept_schema_change: &[String]) -> Result<(), RunError> {
     let state = std::sync::Arc::new(open_state(config).await?);
+    accept_shapes(config, &state, accept_schema_change)?;
     // A mapping whose backfill did not finish is never streamed as if it had: the stream would
     // start past the rows not yet copied.
     let unfinished = crate::backfill::unfinished(config, &state)?;
@@ -166,6 +175,32 @@ pub async fn run(config: &Config) -> Result<(), RunError> {
     } else {
         Ok(())
     }
+}
+
+/// Forgets the recorded shapes of the source tables named by `--accept-schema-change`, so
+/// their links take the columns the log announces next as they are (see `crate::shape`).
+fn accept_shapes(
+    config: &Config,
+    state: &duplex_state::StateStore,
+    tables: &[String],
+) -> Result<(), RunError> {
+    for name in tables {
+        let mut known = false;
+        for mapping in &config.mappings {
+            for (site, table) in &mapping.tables {
+                if table.to_string() == *name || format!("{site}.{table}") == *name {
+                    known = true;
+                    if state.remove_position(&crate::shape::shape_key(site, table))? {
+                        tracing::info!(site = %site, %table, "accepting the table's current columns as the source's change log announces them");
+                    }
+                }
+            }
+        }
+        if !known {
+            return Err(RunError::UnknownTable(name.clone()));
+        }
+    }
+    Ok(())
 }
 
 /// Opens the state store; a store in use is waited for a few seconds, because `duplex

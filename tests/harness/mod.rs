@@ -64,6 +64,11 @@ impl Duplex {
 
     /// Starts (again) `duplex run` with the same configuration and state.
     pub fn start(&mut self) {
+        self.start_with(&[]);
+    }
+
+    /// [`Duplex::start`] with extra arguments after `run`.
+    pub fn start_with(&mut self, extra: &[&str]) {
         assert!(self.child.is_none(), "duplex is already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -74,6 +79,7 @@ impl Duplex {
             .arg("--config")
             .arg(&self.config)
             .arg("run")
+            .args(extra)
             .env("DUPLEX_LOG", "info,duplex=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -130,6 +136,24 @@ impl Duplex {
         let status = child.try_wait().unwrap()?;
         self.child = None;
         Some(status.code().unwrap_or(-1))
+    }
+
+    /// Waits (up to [`REPLICATION_GUARD`], a guard against a hanging test) for the process to
+    /// exit by itself; returns its exit code.
+    pub fn wait_exit(&mut self) -> i32 {
+        let started = Instant::now();
+        loop {
+            if let Some(code) = self.exit_code() {
+                return code;
+            }
+            if started.elapsed() > REPLICATION_GUARD {
+                panic!(
+                    "duplex did not stop by itself within {REPLICATION_GUARD:?}\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Everything the process logged.

@@ -18,7 +18,9 @@
 //! in-progress transactions). Changes refer to tables by relation id; a `Relation` message
 //! describing the table's columns precedes the first change of each table in the session and
 //! is sent again whenever the table's definition changed, so the relation cache here is
-//! replaced on every `Relation` message (that is how an added column shows up). Values are
+//! replaced on every `Relation` message (that is how an added column shows up; with
+//! [`PgStreamConfig::shapes`] a changed column list or type is also yielded as a
+//! [`StreamItem::Shape`] before the part or transaction holding the changes). Values are
 //! converted by [`super::types`]; the primary key of each relation is read once from the
 //! catalog ([`super::describe_table`]).
 //!
@@ -85,7 +87,7 @@
 //! Creating the table needs CREATE on the database, unless the applier or a DBA created it
 //! first; publishing it needs ownership of it, as for every mapped table.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,7 +99,8 @@ use tokio_postgres::error::SqlState;
 use crate::apply::{is_positions_table, positions_table};
 use crate::stream::StreamItem;
 use crate::{
-    ChangeEvent, Op, Origin, Position, Row, TableName, Transaction, TransactionPart, Value,
+    ChangeEvent, Op, Origin, Position, Row, ShapeColumn, TableName, TableShape, Transaction,
+    TransactionPart, Value,
 };
 
 use super::pgoutput::{self, DecodeError, Message, OldTuple, Relation, TupleData};
@@ -425,6 +428,14 @@ pub struct PgStream {
     /// An event taken from the channel whose handling has not finished (so a cancelled
     /// `next` loses nothing).
     pending: Option<ReplicationEvent>,
+    /// [`PgStreamConfig::shapes`].
+    shapes: bool,
+    /// The shape last announced per table (announced again only when it changes).
+    announced: HashMap<TableName, TableShape>,
+    /// Shapes to yield before the next part or transaction.
+    shapes_ready: VecDeque<TableShape>,
+    /// A part or transaction waiting for the shapes before it to be yielded.
+    held: Option<StreamItem>,
 }
 
 impl std::fmt::Debug for PgStream {
@@ -496,6 +507,10 @@ impl PgStream {
             echo_marker: config.echo_marker,
             delivered: start,
             pending: None,
+            shapes: config.shapes,
+            announced: HashMap::new(),
+            shapes_ready: VecDeque::new(),
+            held: None,
         })
     }
 
@@ -505,6 +520,14 @@ impl PgStream {
     /// position (after a backoff when [`PgStreamError::is_transient`]).
     pub async fn next(&mut self) -> Result<StreamItem, PgStreamError> {
         loop {
+            if let Some(item) = self.held.take() {
+                // Shapes come before the changes that have them.
+                if let Some(shape) = self.shapes_ready.pop_front() {
+                    self.held = Some(item);
+                    return Ok(StreamItem::Shape(shape));
+                }
+                return Ok(item);
+            }
             let event = match self.pending.take() {
                 Some(event) => event,
                 None => self
@@ -517,8 +540,11 @@ impl PgStream {
             self.pending = Some(event.clone());
             let item = self.handle(event).await;
             self.pending = None;
-            if let Some(item) = item? {
-                return Ok(item);
+            match item? {
+                None => {}
+                Some(item @ StreamItem::Heartbeat(_)) => return Ok(item),
+                // Returned at the top of the loop, after any shape it needs.
+                Some(item) => self.held = Some(item),
             }
         }
     }
@@ -856,6 +882,24 @@ impl PgStream {
             })
             .collect::<Result<Vec<_>, _>>()?;
         tracing::debug!(%table, id = relation.id, columns = relation.columns.len(), "relation");
+        if self.shapes && !is_positions_table(&table) {
+            let shape = TableShape {
+                table: table.clone(),
+                columns: relation
+                    .columns
+                    .iter()
+                    .zip(&column_types)
+                    .map(|(column, ty)| ShapeColumn {
+                        name: column.name.clone(),
+                        type_name: ty.name.clone(),
+                    })
+                    .collect(),
+            };
+            if self.announced.get(&table) != Some(&shape) {
+                self.announced.insert(table.clone(), shape.clone());
+                self.shapes_ready.push_back(shape);
+            }
+        }
         self.relations.insert(
             relation.id,
             RelationEntry {

@@ -223,6 +223,11 @@ impl StateStore {
         self.write(|w| w.save_position(site, position))
     }
 
+    /// Forgets the position stored under `site`; false when there was none.
+    pub fn remove_position(&self, site: &str) -> Result<bool, StateError> {
+        self.write(|w| w.remove_position(site))
+    }
+
     /// The stored position of `site`.
     pub fn position<T: DeserializeOwned>(&self, site: &str) -> Result<Option<T>, StateError> {
         let txn = self.read()?;

@@ -81,6 +81,13 @@ impl<'s> StateWriter<'s> {
         Ok(())
     }
 
+    /// Forgets the position stored under `site`; false when there was none.
+    pub fn remove_position(&mut self, site: &str) -> Result<bool, StateError> {
+        let mut table = self.txn.open_table(POSITIONS).at(self.path())?;
+        let removed = table.remove(site).at(self.path())?.is_some();
+        Ok(removed)
+    }
+
     /// The position of `site`, as this batch sees it.
     pub fn position<T: DeserializeOwned>(&self, site: &str) -> Result<Option<T>, StateError> {
         let table = self.txn.open_table(POSITIONS).at(self.path())?;
