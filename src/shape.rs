@@ -302,6 +302,31 @@ fn quoted_list(names: &[&str]) -> String {
         .join(", ")
 }
 
+/// What differs between two shapes of a table, for messages: `column "c" gone, column "d"
+/// added, column "a" int4 -> int8`.
+pub fn describe_change(before: &TableShape, after: &TableShape) -> String {
+    let mut parts = Vec::new();
+    for column in &before.columns {
+        match after.column(&column.name) {
+            None => parts.push(format!("column {:?} gone", column.name)),
+            Some(now) if now.type_name != column.type_name => parts.push(format!(
+                "column {:?} {} -> {}",
+                column.name, column.type_name, now.type_name
+            )),
+            Some(_) => {}
+        }
+    }
+    for column in &after.columns {
+        if before.column(&column.name).is_none() {
+            parts.push(format!("column {:?} added", column.name));
+        }
+    }
+    if parts.is_empty() {
+        parts.push("columns reordered".to_owned());
+    }
+    parts.join(", ")
+}
+
 /// Whether changes of `shape` are written differently by `new` than by `current`: another
 /// target table, or a column the shape carries written elsewhere or not at all (columns it
 /// does not carry are not written by either).

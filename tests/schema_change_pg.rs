@@ -293,3 +293,65 @@ fn a_type_change_stops_the_link_until_accepted_while_streaming_and_while_stopped
     assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
     drop_slot(&source);
 }
+
+/// Two-way `evo` between two PostgreSQL databases.
+fn two_way_config(store: &PgDatabase, wms: &PgDatabase) -> String {
+    format!(
+        "[sites.{store}]\nkind = \"postgres\"\nurl = \"{store_url}\"\n\n\
+         [sites.{wms}]\nkind = \"postgres\"\nurl = \"{wms_url}\"\n\n\
+         [[mappings]]\nname = \"evo\"\ntables = {{ {store} = \"public.evo\", {wms} = \"public.evo\" }}\n\
+         direction = \"both\"\n",
+        store = store.name(),
+        store_url = store.url(),
+        wms = wms.name(),
+        wms_url = wms.url(),
+    )
+}
+
+#[test]
+fn the_merge_engine_stops_on_a_schema_change_until_it_is_made_everywhere_and_accepted() {
+    let store = shared_pg().create_database();
+    store.execute_as_duplex(EVO).unwrap();
+    let wms = shared_pg().create_database();
+    wms.execute_as_duplex(EVO).unwrap();
+    let mut duplex = Duplex::run(&two_way_config(&store, &wms));
+    harness::sites::wait_reading(&mut duplex, 2, harness::REPLICATION_GUARD);
+    store
+        .execute_as_duplex("INSERT INTO evo VALUES (1, 1, 'c1')")
+        .unwrap();
+    wait_equal(&store, &wms, &mut duplex, "the first row");
+
+    store
+        .execute_as_duplex(
+            "ALTER TABLE evo ADD COLUMN d text;
+             INSERT INTO evo VALUES (2, 2, 'c2', 'd2');",
+        )
+        .unwrap();
+    assert_stopped(
+        &mut duplex,
+        &[
+            "the columns of",
+            "column \"d\" added",
+            "--accept-schema-change public.evo",
+        ],
+    );
+    // Nothing merged from the change on.
+    assert_eq!(evo_rows(&wms), vec![vec!["1", "1", "c1"]]);
+    wms.execute_as_duplex("ALTER TABLE evo ADD COLUMN d text")
+        .unwrap();
+    duplex.start_with(&["--accept-schema-change", "public.evo"]);
+    wait_equal(&store, &wms, &mut duplex, "the row with the added column");
+    assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
+    for db in [&store, &wms] {
+        for slot in rows(
+            &db.psql(
+                "SELECT slot_name FROM pg_replication_slots WHERE database = current_database()",
+            )
+            .unwrap(),
+            '|',
+        ) {
+            db.psql(&format!("SELECT pg_drop_replication_slot('{}')", slot[0]))
+                .unwrap();
+        }
+    }
+}

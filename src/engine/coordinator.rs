@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
-use duplex_connectors::{Op, Origin, Position, Row, StreamItem, Transaction};
+use duplex_connectors::{Op, Origin, Position, Row, StreamItem, TableShape, Transaction};
 use duplex_state::{
     ConflictRecord, ConflictSide, ConflictStatus, Resolution, RowVersions, StateStore, StateWriter,
     VersionVector,
@@ -207,8 +207,9 @@ impl Coordinator {
                     w.save_position(&self.plan.sites[index].site.name, &position)?;
                     done.acks.push((index, position));
                 }
-                // Not yet yielded by any kind.
-                Input::Item(_, StreamItem::Shape(_)) => {}
+                Input::Item(index, StreamItem::Shape(shape)) => {
+                    self.shape(&mut w, index, shape)?;
+                }
                 Input::Item(index, StreamItem::Part(_)) => {
                     return Err(EngineError::Unsupported(format!(
                         "site {} delivered part of a transaction to the merge engine, which reads whole transactions (a bug)",
@@ -223,6 +224,32 @@ impl Coordinator {
         }
         w.commit()?;
         Ok(done)
+    }
+
+    /// A table's shape as a site's log announces it. The engine does not follow schema
+    /// changes: the first shape of a table is recorded (with the site's position, in the same
+    /// state-store transaction), and a different one stops the engine before the change that
+    /// has it is decided.
+    fn shape(
+        &mut self,
+        w: &mut StateWriter<'_>,
+        index: usize,
+        shape: TableShape,
+    ) -> Result<(), EngineError> {
+        let site = &self.plan.sites[index].site.name;
+        let key = crate::shape::shape_key(site, &shape.table);
+        match w.position::<TableShape>(&key)? {
+            Some(known) if known == shape => Ok(()),
+            Some(known) => Err(EngineError::SchemaChange(format!(
+                "the columns of {site}.{table} changed in its change log ({change}); two-way mappings do not follow schema changes yet, so nothing from this change on was merged. Make the same change on the table of every site of its mapping (keep the other sites from writing to it meanwhile), then start duplex with `duplex run --accept-schema-change {table}`: it resumes at this change",
+                table = shape.table,
+                change = crate::shape::describe_change(&known, &shape),
+            ))),
+            None => {
+                w.save_position(&key, &shape)?;
+                Ok(())
+            }
+        }
     }
 
     /// A request of `duplex conflicts`.

@@ -120,6 +120,9 @@ pub enum EngineError {
     /// Something the engine cannot handle.
     #[error("{0}")]
     Unsupported(String),
+    /// A mapped table's columns changed on a site.
+    #[error("{0}")]
+    SchemaChange(String),
     /// A task of the engine crashed (a bug).
     #[error("a task of the merge engine crashed: {0}")]
     Crashed(String),
@@ -139,6 +142,7 @@ impl EngineError {
             EngineError::State(_)
             | EngineError::Codec(..)
             | EngineError::Unsupported(_)
+            | EngineError::SchemaChange(_)
             | EngineError::Crashed(_) => false,
         }
     }
