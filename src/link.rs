@@ -144,6 +144,18 @@ pub enum LinkError {
     /// The state store failed while recording or reading the link's start position.
     #[error("recording where the link starts in the state store")]
     State(#[source] duplex_state::StateError),
+    /// A mapped source table is not the one the link read before.
+    #[error(
+        "mapped table {table} on site {site} {what}: changes made to it in between are not in the replication stream, so the target may lack rows; nothing of it was applied since. Copy its rows again (see `duplex backfill` in the README), then start duplex with `duplex run --accept-schema-change {table}`"
+    )]
+    TableReplaced {
+        /// Source site.
+        site: String,
+        /// The table.
+        table: TableName,
+        /// What happened to it.
+        what: String,
+    },
     /// A schema change on the source that the link does not follow.
     #[error("a schema change on site {site}")]
     Shape {
@@ -165,6 +177,7 @@ impl LinkError {
             LinkError::Position(_)
             | LinkError::Crashed(_)
             | LinkError::State(_)
+            | LinkError::TableReplaced { .. }
             | LinkError::Shape { .. } => false,
         }
     }
@@ -424,6 +437,10 @@ async fn attempt(
             .map_err(LinkError::State)?;
         tracing::info!(source = source_name, %position, "recorded where this new link starts");
     }
+    if let Err(error) = check_table_identities(state, source_name, &stream).await {
+        stream.shutdown().await;
+        return Err(error);
+    }
     tracing::info!(link = %link_name(plan), start = %start.as_ref().map_or("the source's current position".to_owned(), ToString::to_string), "link started");
 
     let (committed_tx, mut committed_rx) = mpsc::unbounded_channel::<Committed>();
@@ -559,6 +576,59 @@ async fn attempt(
     stream.shutdown().await;
     tracing::info!(link = %link_name(plan), "link stopped");
     outcome
+}
+
+/// The state-store key of a mapped source table's identity (PostgreSQL: its oid).
+pub fn table_id_key(source: &str, table: &TableName) -> String {
+    format!("table-id:{source}:{table}")
+}
+
+/// Compares the mapped tables' identities on the source with those recorded when the link
+/// first read them: a table dropped and re-created (or one that had left the publication)
+/// since has changes that are not in the stream, which must stop the link until the DBA
+/// copied the table again and accepted it (`run --accept-schema-change`). The stop is kept
+/// (an identity of 0 is recorded for a table that had left the publication), since the
+/// stream has already put the table back.
+async fn check_table_identities(
+    state: &Arc<StateStore>,
+    source: &str,
+    stream: &AnyStream,
+) -> Result<(), LinkError> {
+    let (ids, unpublished) = stream.table_identities();
+    let store = state.clone();
+    let source_name = source.to_owned();
+    let replaced = tokio::task::spawn_blocking(move || -> Result<Option<(TableName, String)>, duplex_state::StateError> {
+        for (table, id) in ids {
+            let key = table_id_key(&source_name, &table);
+            let recorded = store.position::<u64>(&key)?;
+            let what = match recorded {
+                None => {
+                    store.save_position(&key, &id)?;
+                    continue;
+                }
+                Some(0) => "was removed from the publication or dropped while duplex was not reading it",
+                Some(known) if known != id => "was dropped and re-created since duplex last read it",
+                Some(_) if unpublished.contains(&table) => {
+                    store.save_position(&key, &0u64)?;
+                    "was removed from the publication or dropped while duplex was not reading it"
+                }
+                Some(_) => continue,
+            };
+            return Ok(Some((table, what.to_owned())));
+        }
+        Ok(None)
+    })
+    .await
+    .map_err(|panic| LinkError::Crashed(panic.to_string()))?
+    .map_err(LinkError::State)?;
+    match replaced {
+        None => Ok(()),
+        Some((table, what)) => Err(LinkError::TableReplaced {
+            site: source.to_owned(),
+            table,
+            what,
+        }),
+    }
 }
 
 /// Judges a shape the stream announced (see `crate::shape`): `None` when the routes stay,

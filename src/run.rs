@@ -193,6 +193,9 @@ fn accept_shapes(
                     if state.remove_position(&crate::shape::shape_key(site, table))? {
                         tracing::info!(site = %site, %table, "accepting the table's current columns as the source's change log announces them");
                     }
+                    if state.remove_position(&crate::link::table_id_key(site, table))? {
+                        tracing::info!(site = %site, %table, "accepting the table as it is now on the source (re-created or put back into the publication)");
+                    }
                 }
             }
         }

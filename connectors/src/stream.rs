@@ -239,6 +239,25 @@ impl AnyStream {
         }
     }
 
+    /// The mapped tables' identities on the source when the stream started (PostgreSQL: the
+    /// table's oid; empty for kinds without one), and those that had left the source's
+    /// publication before (the stream put them back: changes made to them meanwhile are not
+    /// in the stream). A caller records the identities and stops when one changed: the table
+    /// was dropped and re-created while nothing read it.
+    pub fn table_identities(&self) -> (Vec<(TableName, u64)>, Vec<TableName>) {
+        match self {
+            AnyStream::Postgres(stream) => (
+                stream
+                    .table_ids()
+                    .iter()
+                    .map(|(t, id)| (t.clone(), u64::from(*id)))
+                    .collect(),
+                stream.unpublished().to_vec(),
+            ),
+            AnyStream::Mysql(_) => (Vec::new(), Vec::new()),
+        }
+    }
+
     /// Tells the source that every target has committed everything up to `position`, so it
     /// may release its log before it (PostgreSQL: the slot's flush position; the MySQL binlog
     /// is kept by the server's own retention).

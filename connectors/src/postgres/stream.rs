@@ -345,6 +345,17 @@ pub enum PgStreamError {
         /// The missing key column.
         column: String,
     },
+    /// A mapped table was dropped, re-created or removed from the publication while the
+    /// stream ran: changes made to it meanwhile are not in the stream.
+    #[error(
+        "mapped table {table} {what}: changes made to it since are not in the replication stream (a dropped table leaves the publication; a re-created one is a new table that was never in it), so nothing of it is applied any more. Copy its rows again (see `duplex backfill` in the README), then start duplex with `duplex run --accept-schema-change {table}`"
+    )]
+    TableReplaced {
+        /// The table.
+        table: TableName,
+        /// `was dropped`, `was dropped and re-created`, `was removed from publication p`.
+        what: String,
+    },
     /// Tables were truncated: duplex does not replicate TRUNCATE.
     #[error(
         "TRUNCATE of {tables} in the transaction committing at {commit_lsn}: duplex does not \
@@ -385,6 +396,55 @@ impl PgStreamError {
 fn sqlstate(message: &str) -> Option<&str> {
     let start = message.rfind("(SQLSTATE ")? + "(SQLSTATE ".len();
     message.get(start..start + 5)
+}
+
+/// How often a stream checks that its mapped tables are still the ones it started with.
+const TABLE_CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// The oid of each table (`None`: no such table).
+async fn table_oids(
+    client: &Client,
+    tables: &[TableName],
+) -> Result<Vec<(TableName, Option<u32>)>, PgStreamError> {
+    let mut ids = Vec::with_capacity(tables.len());
+    for table in tables {
+        let row = client
+            .query_opt(
+                "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2",
+                &[&table.schema, &table.name],
+            )
+            .await
+            .map_err(PgError::query("looking up a mapped table's oid"))?;
+        ids.push((table.clone(), row.map(|r| r.get::<_, u32>(0))));
+    }
+    Ok(ids)
+}
+
+/// The tables publication `name` lists (`None`: no such publication).
+async fn published_tables(
+    client: &Client,
+    name: &str,
+) -> Result<Option<std::collections::HashSet<TableName>>, PgStreamError> {
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
+        .await
+        .map_err(PgError::query("looking up the publication"))?;
+    if exists.is_none() {
+        return Ok(None);
+    }
+    let rows = client
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+            &[&name],
+        )
+        .await
+        .map_err(PgError::query("listing the publication's tables"))?;
+    Ok(Some(
+        rows.iter()
+            .map(|r| TableName::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+            .collect(),
+    ))
 }
 
 /// A table as the current `Relation` message describes it.
@@ -436,6 +496,14 @@ pub struct PgStream {
     shapes_ready: VecDeque<TableShape>,
     /// A part or transaction waiting for the shapes before it to be yielded.
     held: Option<StreamItem>,
+    /// The mapped tables' oids when the stream started.
+    table_ids: HashMap<TableName, u32>,
+    /// Mapped tables the publication did not list when the stream started (it existed).
+    unpublished: Vec<TableName>,
+    /// The publication.
+    publication: String,
+    /// When the mapped tables were last checked against the catalog.
+    checked: tokio::time::Instant,
 }
 
 impl std::fmt::Debug for PgStream {
@@ -469,6 +537,16 @@ impl PgStream {
         if let Some(deployment) = &config.deployment {
             super::claim::check(&catalog, &config.publication, deployment).await?;
         }
+        let table_ids = table_oids(&catalog, &config.tables).await?;
+        let unpublished = match published_tables(&catalog, &config.publication).await? {
+            Some(listed) => config
+                .tables
+                .iter()
+                .filter(|t| !listed.contains(t))
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
         ensure_publication(&catalog, &config.publication, &published).await?;
         if let Some(deployment) = &config.deployment {
             super::claim::record(&catalog, &config.publication, deployment).await?;
@@ -511,6 +589,13 @@ impl PgStream {
             announced: HashMap::new(),
             shapes_ready: VecDeque::new(),
             held: None,
+            table_ids: table_ids
+                .into_iter()
+                .filter_map(|(table, id)| Some((table, id?)))
+                .collect(),
+            unpublished,
+            publication: config.publication,
+            checked: tokio::time::Instant::now(),
         })
     }
 
@@ -567,6 +652,42 @@ impl PgStream {
         }
         self.replication
             .update_applied_lsn(pgwire_replication::Lsn(lsn.0));
+    }
+
+    /// The mapped tables' oids when the stream started.
+    pub fn table_ids(&self) -> &HashMap<TableName, u32> {
+        &self.table_ids
+    }
+
+    /// Mapped tables the publication did not list when the stream started (it existed then;
+    /// the stream added them): changes made to them before are not in the stream.
+    pub fn unpublished(&self) -> &[TableName] {
+        &self.unpublished
+    }
+
+    /// Checks that every mapped table is still the one the stream started with and still in
+    /// the publication.
+    async fn check_tables(&mut self) -> Result<(), PgStreamError> {
+        let tables: Vec<TableName> = self.table_ids.keys().cloned().collect();
+        let now = table_oids(&self.catalog, &tables).await?;
+        let listed = published_tables(&self.catalog, &self.publication)
+            .await?
+            .unwrap_or_default();
+        for (table, id) in now {
+            let what = match id {
+                None => "was dropped".to_owned(),
+                Some(id) if Some(&id) != self.table_ids.get(&table) => {
+                    "was dropped and re-created".to_owned()
+                }
+                Some(_) if !listed.contains(&table) => {
+                    format!("was removed from publication {}", self.publication)
+                }
+                Some(_) => continue,
+            };
+            return Err(PgStreamError::TableReplaced { table, what });
+        }
+        self.checked = tokio::time::Instant::now();
+        Ok(())
     }
 
     /// The newest position yielded (the start position before the first item).
@@ -635,6 +756,9 @@ impl PgStream {
         &mut self,
         event: ReplicationEvent,
     ) -> Result<Option<StreamItem>, PgStreamError> {
+        if self.checked.elapsed() >= TABLE_CHECK_EVERY {
+            self.check_tables().await?;
+        }
         match event {
             ReplicationEvent::KeepAlive { wal_end, .. } => Ok(self.heartbeat(Lsn(wal_end.0))),
             ReplicationEvent::Begin { final_lsn, .. } => {
