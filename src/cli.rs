@@ -43,6 +43,11 @@ pub enum Command {
         /// a schema change stopped its link and the targets were changed to match.
         #[arg(long = "accept-schema-change", value_name = "TABLE")]
         accept_schema_change: Vec<String>,
+        /// Use this PostgreSQL source site's slot although it is confirmed beyond what duplex
+        /// recorded acknowledging (only when the state directory was restored from an older
+        /// backup: the slot is then duplex's own; repeatable).
+        #[arg(long = "trust-slot", value_name = "SITE")]
+        trust_slot: Vec<String>,
     },
     /// Copy the mapped tables from their source into empty targets from one consistent
     /// snapshot, and set the position `duplex run` then streams from (no gap, no duplicate).
@@ -142,7 +147,14 @@ pub fn main() -> ExitCode {
         }
         Command::Run {
             accept_schema_change,
-        } => match runtime.block_on(crate::run::run(&config, &accept_schema_change)) {
+            trust_slot,
+        } => match runtime.block_on(crate::run::run(
+            &config,
+            &crate::run::RunOptions {
+                accept_schema_change,
+                trust_slot,
+            },
+        )) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 tracing::error!("{}", chain(&error));

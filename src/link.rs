@@ -413,16 +413,23 @@ async fn attempt(
             .position::<Position>(&start_key(source_name))
             .map_err(LinkError::State)?;
     }
-    let mut stream = AnyStream::start(
-        &plan.source.connection(),
-        StreamOptions::link(plan.tables.clone(), start.clone())
-            .for_deployment(state.deployment_id()),
-    )
-    .await
-    .map_err(|source| LinkError::Source {
-        site: source_name.to_owned(),
-        source,
-    })?;
+    let mut acker = Acker {
+        key: acknowledged_key(source_name),
+        recorded: state
+            .position::<Position>(&acknowledged_key(source_name))
+            .map_err(LinkError::State)?,
+        ready: None,
+        sent: Instant::now(),
+    };
+    let mut options = StreamOptions::link(plan.tables.clone(), start.clone())
+        .for_deployment(state.deployment_id());
+    options.acknowledged = acker.recorded.clone();
+    let mut stream = AnyStream::start(&plan.source.connection(), options)
+        .await
+        .map_err(|source| LinkError::Source {
+            site: source_name.to_owned(),
+            source,
+        })?;
     if first_start
         && start.is_none()
         && let Some(position) = stream.start_position()
@@ -479,10 +486,16 @@ async fn attempt(
     let mut unacked: VecDeque<(u64, Position)> = VecDeque::new();
     // Set when the attempt ends on a shape: every target commits what was handed to it first.
     let mut drain = false;
+    let mut ack_tick = tokio::time::interval(ACK_EVERY);
     let outcome = loop {
         tokio::select! {
             biased;
             _ = stop_requested(shutdown) => break Ok(Ended::Stopped),
+            _ = ack_tick.tick() => {
+                if let Err(error) = acker.flush(state, &stream, false).await {
+                    break Err(error);
+                }
+            }
             Some(joined) = workers.join_next() => {
                 break Err(match joined {
                     Ok(Err(error)) => error,
@@ -493,7 +506,10 @@ async fn attempt(
             Some((index, seq)) = committed_rx.recv() => {
                 debug_assert!(seq <= sequence, "target {index} reports committing item {seq}, only {sequence} were handed out");
                 progress.committed(index, seq);
-                acknowledge(&stream, &mut unacked, progress.low_water());
+                acker.offer(&mut unacked, progress.low_water());
+                if let Err(error) = acker.flush(state, &stream, false).await {
+                    break Err(error);
+                }
                 if let Err(error) = record_shapes(state, source_name, &mut shapes.to_record, progress.low_water()).await {
                     break Err(error);
                 }
@@ -527,7 +543,10 @@ async fn attempt(
                 }
                 Ok(StreamItem::Heartbeat(position)) => {
                     unacked.push_back((sequence, position));
-                    acknowledge(&stream, &mut unacked, progress.low_water());
+                    acker.offer(&mut unacked, progress.low_water());
+                    if let Err(error) = acker.flush(state, &stream, false).await {
+                        break Err(error);
+                    }
                 }
                 Ok(StreamItem::Transaction(tx)) => {
                     sequence += 1;
@@ -561,7 +580,12 @@ async fn attempt(
     while let Ok((index, seq)) = committed_rx.try_recv() {
         progress.committed(index, seq);
     }
-    acknowledge(&stream, &mut unacked, progress.low_water());
+    acker.offer(&mut unacked, progress.low_water());
+    if let Err(error) = acker.flush(state, &stream, true).await
+        && outcome.is_ok()
+    {
+        outcome = Err(error);
+    }
     if let Err(error) = record_shapes(
         state,
         source_name,
@@ -816,10 +840,66 @@ async fn hand_over(outlet: &Outlet, piece: Piece) -> bool {
     outlet.queue.send((piece, permit)).await.is_ok()
 }
 
-/// Acknowledges the newest item every target has committed.
-fn acknowledge(stream: &AnyStream, unacked: &mut VecDeque<(u64, Position)>, low_water: u64) {
-    if let Some(position) = acknowledgeable(unacked, low_water) {
+/// How often a link acknowledges to its source at most.
+const ACK_EVERY: Duration = Duration::from_secs(1);
+
+/// The state-store key of the newest position a link acknowledged to its source.
+pub fn acknowledged_key(source: &str) -> String {
+    format!("link-acknowledged:{source}")
+}
+
+/// Acknowledges to the source the newest item every target has committed, at most every
+/// [`ACK_EVERY`]. A PostgreSQL position is recorded in the state store before it is sent, so
+/// the next start can tell a slot confirmed beyond anything duplex acknowledged (re-created
+/// or advanced by someone else; see `StreamOptions::acknowledged`).
+struct Acker {
+    key: String,
+    /// The newest position recorded.
+    recorded: Option<Position>,
+    /// The newest position every target committed, not yet sent.
+    ready: Option<Position>,
+    /// When a position was last sent.
+    sent: Instant,
+}
+
+impl Acker {
+    /// Takes every item every target has committed off `unacked`.
+    fn offer(&mut self, unacked: &mut VecDeque<(u64, Position)>, low_water: u64) {
+        if let Some(position) = acknowledgeable(unacked, low_water) {
+            self.ready = Some(position);
+        }
+    }
+
+    /// Sends the ready position when [`ACK_EVERY`] has passed (or `now`), recording it first.
+    async fn flush(
+        &mut self,
+        state: &Arc<StateStore>,
+        stream: &AnyStream,
+        now: bool,
+    ) -> Result<(), LinkError> {
+        if self.ready.is_none() || (!now && self.sent.elapsed() < ACK_EVERY) {
+            return Ok(());
+        }
+        let Some(position) = self.ready.take() else {
+            return Ok(());
+        };
+        let newer = self
+            .recorded
+            .as_ref()
+            .is_none_or(|r| r != &position && not_after(r, &position));
+        if matches!(position, Position::Postgres(_)) && newer {
+            let store = state.clone();
+            let key = self.key.clone();
+            let saved = position.clone();
+            tokio::task::spawn_blocking(move || store.save_position(&key, &saved))
+                .await
+                .map_err(|panic| LinkError::Crashed(panic.to_string()))?
+                .map_err(LinkError::State)?;
+            self.recorded = Some(position.clone());
+        }
         stream.ack(&position);
+        self.sent = Instant::now();
+        Ok(())
     }
 }
 

@@ -33,6 +33,9 @@ pub enum RunError {
     /// A mapping's backfill started but did not finish; the message names the command.
     #[error("{0}")]
     UnfinishedBackfill(String),
+    /// `--trust-slot` names no site.
+    #[error("--trust-slot {0}: there is no such site in the configuration")]
+    UnknownSite(String),
     /// `--accept-schema-change` names a table no mapping has.
     #[error(
         "--accept-schema-change {0}: no mapping has this table; give it as schema.table (or site.schema.table) as the mapping lists it"
@@ -105,11 +108,30 @@ pub async fn plan(
     Ok(plans)
 }
 
+/// What `duplex run` is told to accept on this start.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// `--accept-schema-change`: source tables whose current columns (or re-created table)
+    /// are accepted.
+    pub accept_schema_change: Vec<String>,
+    /// `--trust-slot`: PostgreSQL source sites whose slot is used although confirmed beyond
+    /// what duplex recorded acknowledging.
+    pub trust_slot: Vec<String>,
+}
+
 /// Runs every link until a shutdown signal; returns an error when a link stopped on a
 /// definite error.
-pub async fn run(config: &Config, accept_schema_change: &[String]) -> Result<(), RunError> {
+pub async fn run(config: &Config, options: &RunOptions) -> Result<(), RunError> {
     let state = std::sync::Arc::new(open_state(config).await?);
-    accept_shapes(config, &state, accept_schema_change)?;
+    accept_shapes(config, &state, &options.accept_schema_change)?;
+    for site in &options.trust_slot {
+        if !config.sites.contains_key(site) {
+            return Err(RunError::UnknownSite(site.clone()));
+        }
+        if state.remove_position(&crate::link::acknowledged_key(site))? {
+            tracing::warn!(site = %site, "trusting the slot of this site as it is (--trust-slot)");
+        }
+    }
     // A mapping whose backfill did not finish is never streamed as if it had: the stream would
     // start past the rows not yet copied.
     let unfinished = crate::backfill::unfinished(config, &state)?;

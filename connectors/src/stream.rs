@@ -116,6 +116,10 @@ pub struct StreamOptions {
     /// Yield [`StreamItem::Shape`] before changes of a table whose shape the caller has not
     /// been told yet.
     pub shapes: bool,
+    /// The newest position the caller ever acknowledged to this source, when it kept a
+    /// record: a PostgreSQL slot confirmed beyond both it and `start` was moved or re-created
+    /// outside duplex, and the stream refuses it (the changes in between are gone).
+    pub acknowledged: Option<Position>,
 }
 
 impl StreamOptions {
@@ -128,6 +132,7 @@ impl StreamOptions {
             part_events: Some(DEFAULT_PART_EVENTS),
             deployment: None,
             shapes: true,
+            acknowledged: None,
         }
     }
 
@@ -140,6 +145,7 @@ impl StreamOptions {
             part_events: None,
             deployment: None,
             shapes: true,
+            acknowledged: None,
         }
     }
 
@@ -171,6 +177,7 @@ impl AnyStream {
             part_events,
             deployment,
             shapes,
+            acknowledged,
         } = options;
         let part_events = if merge { None } else { part_events };
         let password = site.password.clone();
@@ -195,6 +202,10 @@ impl AnyStream {
                 config.echo_marker = merge;
                 config.deployment = deployment;
                 config.shapes = shapes;
+                config.acknowledged = match acknowledged {
+                    Some(Position::Postgres(lsn)) => Some(lsn),
+                    _ => None,
+                };
                 Ok(AnyStream::Postgres(Box::new(
                     PgStream::start(config).await?,
                 )))

@@ -61,6 +61,7 @@ pub(super) async fn catch_up(
         part_events: None,
         deployment: Some(deployment.to_owned()),
         shapes: false,
+        acknowledged: None,
     };
     let mut stream = match AnyStream::start(&site.connection(), options).await {
         Ok(stream) => stream,

@@ -147,6 +147,9 @@ pub struct PgStreamConfig {
     pub deployment: Option<String>,
     /// Yield [`StreamItem::Shape`]s (see the contract in [`crate::stream`]).
     pub shapes: bool,
+    /// The newest position the caller ever acknowledged on this slot (see
+    /// [`crate::StreamOptions::acknowledged`]).
+    pub acknowledged: Option<Lsn>,
 }
 
 impl std::fmt::Debug for PgStreamConfig {
@@ -170,6 +173,7 @@ impl std::fmt::Debug for PgStreamConfig {
             .field("echo_marker", &self.echo_marker)
             .field("deployment", &self.deployment)
             .field("shapes", &self.shapes)
+            .field("acknowledged", &self.acknowledged)
             .finish()
     }
 }
@@ -198,6 +202,7 @@ impl PgStreamConfig {
             echo_marker: false,
             deployment: None,
             shapes: false,
+            acknowledged: None,
         }
     }
 
@@ -554,6 +559,20 @@ impl PgStream {
         // Resuming from a position needs the slot that position belongs to: a new slot would
         // silently skip everything committed since.
         let confirmed = ensure_slot(&catalog, &config.slot, config.start.is_none()).await?;
+        if let (Some(start), Some(acknowledged)) = (config.start, config.acknowledged) {
+            // duplex never confirms beyond what it acknowledged (recorded before it is sent),
+            // nor beyond what its targets hold: a slot further on was re-created or advanced by
+            // someone else, and the changes in between are gone from it.
+            let limit = start.max(acknowledged);
+            if confirmed > limit {
+                return Err(PgStreamError::Slot {
+                    name: config.slot.clone(),
+                    problem: format!(
+                        "its confirmed position {confirmed} is beyond every position duplex confirmed to it ({limit}; the targets hold {start}): it was dropped and re-created, or advanced, outside duplex, and the changes committed between {start} and {confirmed} can no longer be read from it. Copy the mapped tables again (see `duplex backfill` in the README); until then duplex refuses the slot. (If instead duplex's state directory was restored from an older backup, the slot is duplex's own: start once with `duplex run --trust-slot <site>`)"
+                    ),
+                });
+            }
+        }
         let start = config.start.unwrap_or(confirmed);
 
         // Until the caller acknowledges, only what the slot already holds is reported as
