@@ -87,7 +87,7 @@
 //! [`crate::stream::DEFAULT_PART_EVENTS`]. Compressed
 //! binlog events (`log_bin_compress`) and MySQL's binary JSON are refused with an error.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -101,7 +101,10 @@ use mysql_async::{BinlogStream, BinlogStreamRequest, Conn};
 
 use crate::apply::is_positions_table;
 use crate::stream::StreamItem;
-use crate::{ChangeEvent, Op, Origin, Position, Row, TableName, Transaction, TransactionPart};
+use crate::{
+    ChangeEvent, Op, Origin, Position, Row, ShapeColumn, TableName, TableShape, Transaction,
+    TransactionPart,
+};
 
 use super::ddl::{DdlKind, ddl_targets};
 use super::types::{ColumnDecoder, ColumnInfo, decode_row};
@@ -269,6 +272,17 @@ pub struct MysqlStream {
     /// An event read but not yet fully handled (kept across a cancelled `next`).
     pending: Option<Event>,
     last_report: Instant,
+    /// The source's URL and password, for a fresh catalog connection.
+    url: String,
+    password: Option<String>,
+    /// [`MysqlStreamConfig::shapes`].
+    shapes: bool,
+    /// The shape last announced per table (announced again only when it changes).
+    announced: HashMap<TableName, TableShape>,
+    /// Shapes to yield before the next part or transaction.
+    shapes_ready: VecDeque<TableShape>,
+    /// A part or transaction waiting for the shapes before it to be yielded.
+    held: Option<StreamItem>,
 }
 
 impl std::fmt::Debug for MysqlStream {
@@ -403,6 +417,12 @@ impl MysqlStream {
             open: None,
             pending: None,
             last_report: Instant::now(),
+            url: config.url.clone(),
+            password: config.password.clone(),
+            shapes: config.shapes,
+            announced: HashMap::new(),
+            shapes_ready: VecDeque::new(),
+            held: None,
         })
     }
 
@@ -416,6 +436,14 @@ impl MysqlStream {
     pub async fn next(&mut self) -> Result<StreamItem, MysqlStreamError> {
         let silence = self.heartbeat * 3;
         loop {
+            if let Some(item) = self.held.take() {
+                // Shapes come before the changes that have them.
+                if let Some(shape) = self.shapes_ready.pop_front() {
+                    self.held = Some(item);
+                    return Ok(StreamItem::Shape(shape));
+                }
+                return Ok(item);
+            }
             let event = match self.pending.take() {
                 Some(event) => event,
                 None => match tokio::time::timeout(silence, self.binlog.next()).await {
@@ -439,9 +467,17 @@ impl MysqlStream {
             } else {
                 self.handle(&event).await?
             };
-            if let Some(item) = item {
-                self.last_report = Instant::now();
-                return Ok(item);
+            match item {
+                None => {}
+                Some(item @ StreamItem::Heartbeat(_)) => {
+                    self.last_report = Instant::now();
+                    return Ok(item);
+                }
+                // Returned at the top of the loop, after any shape it needs.
+                Some(item) => {
+                    self.last_report = Instant::now();
+                    self.held = Some(item);
+                }
             }
         }
     }
@@ -679,8 +715,15 @@ impl MysqlStream {
         let catalog = match self.catalogs.get(&table) {
             Some(catalog) if fits(catalog, &layout, names.as_deref()) => catalog.clone(),
             _ => {
-                let fresh = Arc::new(load_catalog(&mut self.catalog_conn, &table).await?);
-                if !fits(&fresh, &layout, names.as_deref()) {
+                let fresh = Arc::new(self.reload_catalog(&table).await?);
+                if let Some(older) = names
+                    .as_deref()
+                    .and_then(|names| leading_columns(&fresh, names))
+                {
+                    // Rows written before columns were added at the end (the catalog is
+                    // newer than this part of the binlog): decoded by the columns they have.
+                    Arc::new(older)
+                } else if !fits(&fresh, &layout, names.as_deref()) {
                     return Err(MysqlStreamError::SchemaMismatch {
                         table,
                         detail: format!(
@@ -692,8 +735,9 @@ impl MysqlStream {
                             fresh.columns.len()
                         ),
                     });
+                } else {
+                    fresh
                 }
-                fresh
             }
         };
         let columns = catalog
@@ -708,6 +752,29 @@ impl MysqlStream {
             .filter_map(|k| columns.iter().find(|c| &**c.name() == k))
             .map(|c| c.name().clone())
             .collect();
+        if self.shapes && !is_positions_table(&table) {
+            // The columns as this TABLE_MAP has them: its types, and with
+            // `binlog_row_metadata=FULL` its names, were checked against the catalog above.
+            let shape = TableShape {
+                table: table.clone(),
+                columns: catalog
+                    .columns
+                    .iter()
+                    .map(|c| ShapeColumn {
+                        name: c.name.clone(),
+                        type_name: if c.unsigned {
+                            format!("{} unsigned", c.data_type)
+                        } else {
+                            c.data_type.clone()
+                        },
+                    })
+                    .collect(),
+            };
+            if self.announced.get(&table) != Some(&shape) {
+                self.announced.insert(table.clone(), shape.clone());
+                self.shapes_ready.push_back(shape);
+            }
+        }
         self.catalogs.insert(table.clone(), catalog);
         self.decoders.insert(
             table_id,
@@ -719,6 +786,23 @@ impl MysqlStream {
             })),
         );
         Ok(())
+    }
+
+    /// Reads a mapped table's definition again, on a new catalog connection: on MariaDB 10.11 a
+    /// prepared information_schema statement cached on the old connection, executed again
+    /// after DDL changed the table, failed every time ("can't parse: buf doesn't have enough
+    /// data").
+    async fn reload_catalog(
+        &mut self,
+        table: &TableName,
+    ) -> Result<TableCatalog, MysqlStreamError> {
+        let mut conn = connect(&self.url, self.password.as_deref()).await?;
+        let catalog = load_catalog(&mut conn, table).await?;
+        let old = std::mem::replace(&mut self.catalog_conn, conn);
+        tokio::spawn(async move {
+            let _ = old.disconnect().await;
+        });
+        Ok(catalog)
     }
 
     /// Decodes a rows event of a mapped table into the open transaction; returns a part when
@@ -812,7 +896,11 @@ impl MysqlStream {
         let Some((kind, targets)) = ddl_targets(statement, schema) else {
             return Ok(());
         };
-        for table in targets.into_iter().filter(|t| self.tables.contains(t)) {
+        let mapped: Vec<TableName> = targets
+            .into_iter()
+            .filter(|t| self.tables.contains(t))
+            .collect();
+        for table in mapped {
             let changed = || MysqlStreamError::SchemaChanged {
                 table: table.clone(),
                 statement: statement.chars().take(200).collect(),
@@ -820,13 +908,18 @@ impl MysqlStream {
             if kind != DdlKind::Alter {
                 return Err(changed());
             }
-            let fresh = match load_catalog(&mut self.catalog_conn, &table).await {
+            let fresh = match self.reload_catalog(&table).await {
                 Ok(fresh) => fresh,
                 Err(MysqlStreamError::TableNotFound(_)) => return Err(changed()),
                 Err(e) => return Err(e),
             };
-            let old = self.catalogs.get(&table);
-            let compatible = old.is_some_and(|old| {
+            let Some(old) = self.catalogs.get(&table) else {
+                // Not decoded yet in this session (started between the last commit and this
+                // ALTER): the next TABLE_MAP is checked against the catalog, and its shape is
+                // judged by the caller.
+                continue;
+            };
+            let compatible = Some(old).is_some_and(|old| {
                 fresh.primary_key == old.primary_key
                     && fresh.columns.len() >= old.columns.len()
                     && fresh.columns[..old.columns.len()] == old.columns[..]
@@ -856,6 +949,32 @@ fn fits(catalog: &TableCatalog, layout: &[(u8, Vec<u8>)], names: Option<&[String
                     .zip(&catalog.columns)
                     .all(|(n, c)| *n == c.name)
         })
+}
+
+/// The catalog cut to a TABLE_MAP's columns when those (by their names from
+/// `binlog_row_metadata=FULL`) are exactly its leading columns, fewer than all, and hold the
+/// primary key: the TABLE_MAP was written before the others were added. The caller still
+/// checks each column's type against the TABLE_MAP's.
+fn leading_columns(catalog: &TableCatalog, names: &[String]) -> Option<TableCatalog> {
+    let n = names.len();
+    if n == 0 || n >= catalog.columns.len() {
+        return None;
+    }
+    let leading = &catalog.columns[..n];
+    if !names.iter().zip(leading).all(|(name, c)| *name == c.name) {
+        return None;
+    }
+    if !catalog
+        .primary_key
+        .iter()
+        .all(|k| leading.iter().any(|c| c.name == *k))
+    {
+        return None;
+    }
+    Some(TableCatalog {
+        columns: leading.to_vec(),
+        primary_key: catalog.primary_key.clone(),
+    })
 }
 
 /// Column names from the TABLE_MAP's optional metadata (`binlog_row_metadata=FULL`).

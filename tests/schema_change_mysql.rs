@@ -1,0 +1,131 @@
+//! Schema changes on a MariaDB source while `duplex run` streams and while it is stopped:
+//! each is followed exactly, or stops the link with a message naming the table, the change and
+//! the fix, before anything is applied that would lose data (issue 11). The columns come from
+//! each TABLE_MAP event (`binlog_row_metadata=FULL` names them), so DDL hidden in an
+//! executable comment is judged like any other.
+
+mod harness;
+
+use duplex_testkit::{MariaDatabase, PgDatabase, shared_mariadb, shared_pg};
+use harness::{Duplex, REPLICATION_GUARD, rows, wait_for};
+
+fn config(erp: &MariaDatabase, wms: &PgDatabase) -> String {
+    format!(
+        "[sites.{e}]\nkind = \"mysql\"\nurl = \"{eu}\"\n\n\
+         [sites.{w}]\nkind = \"postgres\"\nurl = \"{wu}\"\n\n\
+         [[mappings]]\nname = \"evo\"\ntables = {{ {e} = \"{e}.evo\", {w} = \"public.evo\" }}\n\
+         direction = \"{e}->{w}\"\n",
+        e = erp.name(),
+        eu = erp.url(),
+        w = wms.name(),
+        wu = wms.url(),
+    )
+}
+
+fn my_rows(db: &MariaDatabase) -> Vec<Vec<String>> {
+    rows(&db.sql("SELECT * FROM evo ORDER BY id").unwrap(), '\t')
+        .into_iter()
+        .map(|r| {
+            r.into_iter()
+                .map(|v| if v == "NULL" { String::new() } else { v })
+                .collect()
+        })
+        .collect()
+}
+
+fn pg_rows(db: &PgDatabase) -> Vec<Vec<String>> {
+    rows(&db.psql("SELECT * FROM evo ORDER BY id").unwrap(), '|')
+}
+
+/// Polls until the target equals the source (the guard only stops a hanging test).
+fn wait_equal(erp: &MariaDatabase, wms: &PgDatabase, duplex: &mut Duplex, what: &str) {
+    let expected = my_rows(erp);
+    wait_for(what, REPLICATION_GUARD, || {
+        duplex.assert_running();
+        let got = pg_rows(wms);
+        if got == expected {
+            Ok(())
+        } else {
+            Err(format!("expected {expected:?}, got {got:?}"))
+        }
+    });
+}
+
+fn wait_started(duplex: &mut Duplex) {
+    wait_for("the link to start", REPLICATION_GUARD, || {
+        duplex.assert_running();
+        if duplex.log_text().contains("link started") {
+            Ok(())
+        } else {
+            Err("not started".into())
+        }
+    });
+}
+
+fn streaming() -> (MariaDatabase, PgDatabase, Duplex) {
+    let erp = shared_mariadb().create_database();
+    erp.sql("CREATE TABLE evo (id INT PRIMARY KEY, a INT, c VARCHAR(20)) ENGINE=InnoDB")
+        .unwrap();
+    let wms = shared_pg().create_database();
+    wms.execute_as_duplex("CREATE TABLE evo (id int PRIMARY KEY, a int, c text)")
+        .unwrap();
+    let mut duplex = Duplex::run(&config(&erp, &wms));
+    wait_started(&mut duplex);
+    erp.sql("INSERT INTO evo VALUES (1, 1, 'c1')").unwrap();
+    wait_equal(&erp, &wms, &mut duplex, "the first row");
+    (erp, wms, duplex)
+}
+
+#[test]
+fn added_nullable_columns_the_target_has_are_followed_while_streaming_and_while_stopped() {
+    let (erp, wms, mut duplex) = streaming();
+    wms.execute_as_duplex("ALTER TABLE evo ADD COLUMN d text")
+        .unwrap();
+    erp.sql(
+        "ALTER TABLE evo ADD COLUMN d VARCHAR(20);
+         INSERT INTO evo VALUES (2, 2, 'c2', 'd2');
+         UPDATE evo SET d = 'd1' WHERE id = 1;",
+    )
+    .unwrap();
+    wait_equal(&erp, &wms, &mut duplex, "the added column while streaming");
+    assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
+
+    wms.execute_as_duplex("ALTER TABLE evo ADD COLUMN e text")
+        .unwrap();
+    erp.sql(
+        "UPDATE evo SET a = 10 WHERE id = 1;
+         ALTER TABLE evo ADD COLUMN e VARCHAR(20);
+         INSERT INTO evo VALUES (3, 3, 'c3', 'd3', 'e3');
+         UPDATE evo SET e = 'e2' WHERE id = 2;",
+    )
+    .unwrap();
+    duplex.start();
+    wait_equal(&erp, &wms, &mut duplex, "the column added while stopped");
+    assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
+}
+
+#[test]
+fn a_rename_in_an_executable_comment_stops_the_link_until_the_target_matches() {
+    let (erp, wms, mut duplex) = streaming();
+    erp.sql(&format!(
+        "/*!100000 ALTER TABLE {}.evo RENAME COLUMN c TO c2 */;
+         INSERT INTO evo VALUES (8, 9, 'c8');
+         UPDATE evo SET c2 = 'c1c' WHERE id = 1;",
+        erp.name()
+    ))
+    .unwrap();
+    let code = duplex.wait_exit();
+    let log = duplex.log_text();
+    assert_ne!(code, 0, "{log}");
+    assert!(
+        log.contains("column \"c\" of") && log.contains("dropped or renamed, perhaps to \"c2\""),
+        "the log does not name the renamed column:\n{log}"
+    );
+    // Nothing of the change was applied.
+    assert_eq!(pg_rows(&wms), vec![vec!["1", "1", "c1"]]);
+    wms.execute_as_duplex("ALTER TABLE evo RENAME COLUMN c TO c2")
+        .unwrap();
+    duplex.start();
+    wait_equal(&erp, &wms, &mut duplex, "the renamed column");
+    assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
+}
