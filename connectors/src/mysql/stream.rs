@@ -78,7 +78,13 @@
 //! with [`MysqlStreamError::SchemaChanged`]; DROP, RENAME and TRUNCATE of a mapped table stop
 //! it too. information_schema shows the table as it is now, not as it was when the ALTER was
 //! written: a reader that is behind several DDL statements judges the first by the last, so it
-//! may stop where waiting would have been enough; it never follows a change it should not.
+//! may stop where waiting would have been enough; it never follows a change it should not. A
+//! TABLE_MAP whose (FULL metadata) names are exactly the leading columns of a newer catalog
+//! was written before columns were added at the end: its rows are decoded by those columns.
+//! With [`MysqlStreamConfig::shapes`] each TABLE_MAP's columns are yielded as a
+//! [`StreamItem::Shape`] whenever they differ from the last announced, so the caller judges a
+//! rename or retype no statement parsed here saw (DDL in an executable comment, say). A
+//! catalog is re-read on a new connection (see `reload_catalog`).
 //!
 //! # Limits
 //!
