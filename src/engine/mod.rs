@@ -123,6 +123,9 @@ pub enum EngineError {
     /// A mapped table's columns changed on a site.
     #[error("{0}")]
     SchemaChange(String),
+    /// The state store has no record of sites that hold the engine's writes.
+    #[error("{0}")]
+    StateLost(String),
     /// A task of the engine crashed (a bug).
     #[error("a task of the merge engine crashed: {0}")]
     Crashed(String),
@@ -143,6 +146,7 @@ impl EngineError {
             | EngineError::Codec(..)
             | EngineError::Unsupported(_)
             | EngineError::SchemaChange(_)
+            | EngineError::StateLost(_)
             | EngineError::Crashed(_) => false,
         }
     }
@@ -206,6 +210,38 @@ async fn stored(plan: &Arc<MergePlan>, store: &Arc<StateStore>) -> Result<Stored
     }
 }
 
+/// Refuses a state store that has never read any site while a site holds writes of a merge
+/// engine: the engine's state was lost (a state directory restored empty, or deleted) or it is
+/// another engine's. Every write the engine makes follows a decision committed to the store
+/// together with the position of the site it read, so some position would be recorded.
+/// Starting anyway would read every site from its current position and lose what was
+/// committed in between.
+fn refuse_lost_state(
+    plan: &MergePlan,
+    store: &StateStore,
+    positions: &[Option<Position>],
+    writers: &[sites::SiteWriter],
+) -> Result<(), EngineError> {
+    if positions.iter().any(Option::is_some) {
+        return Ok(());
+    }
+    let Some((site, writer)) = plan
+        .sites
+        .iter()
+        .zip(writers)
+        .find(|(_, writer)| writer.written > 0)
+    else {
+        return Ok(());
+    };
+    Err(EngineError::StateLost(format!(
+        "site {site} holds {written} writes of a duplex merge engine (row {outbox:?} of duplex.positions), but the state directory {dir} has never read any site of these two-way mappings: its state was lost (restored empty, deleted) or it belongs to another duplex. Starting would read every site from its current position and lose the changes committed in between. Restore the state directory from its backup, or stop the duplex that uses the other one; to start over deliberately, delete the merge:<site> rows from duplex.positions on every site and backfill the mappings again (`duplex backfill --from <site>`)",
+        site = site.site.name,
+        written = writer.written,
+        outbox = outbox::outbox_name(&site.site.name),
+        dir = store.dir().display(),
+    )))
+}
+
 /// One run of the engine, from what the state store holds, until shutdown or a failure.
 async fn attempt(
     plan: &Arc<MergePlan>,
@@ -219,6 +255,7 @@ async fn attempt(
         positions,
         outboxes: queued,
     } = stored(plan, store).await?;
+    refuse_lost_state(plan, store, &positions, &targets)?;
     let starts = plan::start_positions(plan, positions, &mut targets).await?;
     let mut outboxes: Vec<Outbox> = Vec::new();
     let mut next_seq = Vec::new();
