@@ -129,3 +129,71 @@ fn a_rename_in_an_executable_comment_stops_the_link_until_the_target_matches() {
     wait_equal(&erp, &wms, &mut duplex, "the renamed column");
     assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
 }
+
+/// Each statement removes or replaces rows of the mapped table without row events (or logs
+/// its changes as text): the link stops, names the table, and applies nothing from it on.
+#[test]
+fn statements_that_remove_rows_without_row_events_stop_the_link() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "CREATE OR REPLACE TABLE evo (id INT PRIMARY KEY, a INT, c VARCHAR(20)) ENGINE=InnoDB",
+            "was changed by",
+        ),
+        ("/*!100000 TRUNCATE TABLE evo */", "was changed by"),
+        ("/*M!100000 DROP TABLE evo */", "was changed by"),
+        (
+            "SET SESSION binlog_format = 'STATEMENT'; DELETE FROM evo WHERE id = 1",
+            "as a statement, not as row events",
+        ),
+    ];
+    for (statement, needle) in cases {
+        let (erp, wms, mut duplex) = streaming();
+        erp.sql(&format!(
+            "{statement}; CREATE TABLE IF NOT EXISTS evo (id INT PRIMARY KEY, a INT, c VARCHAR(20)) ENGINE=InnoDB;
+             SET SESSION binlog_format = 'ROW';
+             INSERT INTO evo VALUES (7, 7, 'c7');"
+        ))
+        .unwrap();
+        let code = duplex.wait_exit();
+        let log = duplex.log_text();
+        assert_ne!(code, 0, "{statement}: duplex went on:\n{log}");
+        assert!(
+            log.contains(needle) && log.contains(&format!("{}.evo", erp.name())),
+            "{statement}: the log does not say {needle:?} with the table:\n{log}"
+        );
+        // Nothing after the statement was applied.
+        assert_eq!(pg_rows(&wms), vec![vec!["1", "1", "c1"]], "{statement}");
+    }
+}
+
+/// Partition maintenance removes rows without row events, although the columns stay.
+#[test]
+fn partition_maintenance_on_a_mapped_table_stops_the_link() {
+    let erp = shared_mariadb().create_database();
+    erp.sql(
+        "CREATE TABLE evo (id INT PRIMARY KEY, a INT, c VARCHAR(20)) ENGINE=InnoDB
+         PARTITION BY RANGE (id) (PARTITION p0 VALUES LESS THAN (100), PARTITION p1 VALUES LESS THAN MAXVALUE)",
+    )
+    .unwrap();
+    let wms = shared_pg().create_database();
+    wms.execute_as_duplex("CREATE TABLE evo (id int PRIMARY KEY, a int, c text)")
+        .unwrap();
+    let mut duplex = Duplex::run(&config(&erp, &wms));
+    wait_started(&mut duplex);
+    erp.sql("INSERT INTO evo VALUES (1, 1, 'c1'), (200, 2, 'c200')")
+        .unwrap();
+    wait_equal(&erp, &wms, &mut duplex, "the first rows");
+    erp.sql(
+        "ALTER TABLE evo TRUNCATE PARTITION p0;
+         INSERT INTO evo VALUES (300, 3, 'c300');",
+    )
+    .unwrap();
+    let code = duplex.wait_exit();
+    let log = duplex.log_text();
+    assert_ne!(code, 0, "{log}");
+    assert!(log.contains("TRUNCATE PARTITION"), "{log}");
+    assert_eq!(
+        pg_rows(&wms),
+        vec![vec!["1", "1", "c1"], vec!["200", "2", "c200"]]
+    );
+}

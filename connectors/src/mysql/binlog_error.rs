@@ -83,13 +83,22 @@ pub enum MysqlStreamError {
     },
     /// DDL changed a mapped table in a way the stream cannot follow.
     #[error(
-        "mapped table {table} was changed by `{statement}`; duplex follows only added nullable \
-         columns: update the mapping and the targets, then run `duplex backfill` for this table"
+        "mapped table {table} was changed by `{statement}`: the binlog carries no row events for what it did (rows dropped, truncated, replaced or moved, or columns changed in a way rows cannot be decoded across), so nothing from it on was applied. Make the target table equal to the source again (copy it with `duplex backfill`, see the README) and the mapping match the table, then start duplex again"
     )]
     SchemaChanged {
         /// The table.
         table: TableName,
         /// The DDL statement.
+        statement: String,
+    },
+    /// A statement on a mapped table was logged as SQL text, not as row events.
+    #[error(
+        "the binlog holds `{statement}` as a statement, not as row events, and it names mapped table {table}: its row changes cannot be read. Set binlog_format=ROW for every session (SET GLOBAL binlog_format = 'ROW', and no session may override it), make the target table equal to the source again (see `duplex backfill` in the README), then start duplex again"
+    )]
+    StatementLogged {
+        /// The mapped table.
+        table: TableName,
+        /// The statement.
         statement: String,
     },
     /// The binlog uses a feature duplex does not read.
@@ -141,6 +150,7 @@ impl MysqlStreamError {
             | MysqlStreamError::TableNotFound(_)
             | MysqlStreamError::SchemaMismatch { .. }
             | MysqlStreamError::SchemaChanged { .. }
+            | MysqlStreamError::StatementLogged { .. }
             | MysqlStreamError::Unsupported(_)
             | MysqlStreamError::PositionBackwards { .. } => false,
         }

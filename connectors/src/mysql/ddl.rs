@@ -54,6 +54,98 @@ pub(super) fn ddl_targets(statement: &str, schema: &str) -> Option<(DdlKind, Vec
     Some((kind, targets))
 }
 
+/// A statement as the server executes it: the content of executable comments (`/*!100000
+/// ... */`, `/*M!100000 ... */`, `/*! ... */`) kept, other comments dropped.
+pub(super) fn executed_text(statement: &str) -> String {
+    let mut out = String::with_capacity(statement.len());
+    let mut rest = statement;
+    while let Some(start) = rest.find("/*") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("*/") else {
+            rest = "";
+            break;
+        };
+        let body = &after[..end];
+        let executable = body.strip_prefix("M!").or_else(|| body.strip_prefix('!'));
+        if let Some(body) = executable {
+            out.push(' ');
+            out.push_str(body.trim_start_matches(|c: char| c.is_ascii_digit()));
+            out.push(' ');
+        } else {
+            out.push(' ');
+        }
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Whether `text` names `table`: its name as a whole word (case-insensitive, quoted or
+/// not), qualified with the table's database, or unqualified in a statement whose default
+/// database (`schema`, from the query event) is the table's. Deliberately loose otherwise: a
+/// statement that might touch a mapped table is looked at, never one that does touch it
+/// overlooked.
+pub(super) fn mentions(text: &str, table: &TableName, schema: &str) -> bool {
+    let haystack = text.to_lowercase();
+    let needle = table.name.to_lowercase();
+    if needle.is_empty() {
+        return false;
+    }
+    let is_word = |c: char| c.is_alphanumeric() || c == '_' || c == '$';
+    let word = |c: Option<char>| c.is_some_and(is_word);
+    let mut from = 0;
+    while let Some(found) = haystack[from..].find(&needle) {
+        let start = from + found;
+        let end = start + needle.len();
+        from = end;
+        if word(haystack[..start].chars().next_back()) || word(haystack[end..].chars().next()) {
+            continue;
+        }
+        // The qualifier before it, if any: `db`.`name`, db.name, db . name.
+        let before = haystack[..start].trim_end_matches('`').trim_end();
+        let qualifier = before.strip_suffix('.').map(|q| {
+            let q = q.trim_end().trim_end_matches('`');
+            let begin = q
+                .char_indices()
+                .rev()
+                .take_while(|(_, c)| is_word(*c))
+                .last()
+                .map_or(q.len(), |(i, _)| i);
+            &q[begin..]
+        });
+        let database = match qualifier {
+            Some(q) => q.to_owned(),
+            None => schema.to_lowercase(),
+        };
+        if database.is_empty() || database == table.schema.to_lowercase() {
+            return true;
+        }
+    }
+    false
+}
+
+/// Whether a statement (from [`executed_text`]) is partition maintenance that removes or
+/// moves rows without logging them as row events.
+pub(super) fn drops_partition_rows(text: &str) -> bool {
+    let normal = text
+        .to_lowercase()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    [
+        "truncate partition",
+        "drop partition",
+        "exchange partition",
+        "discard partition",
+        "import partition",
+        "discard tablespace",
+        "import tablespace",
+    ]
+    .iter()
+    .any(|op| normal.contains(op))
+}
+
 /// A tiny tokenizer for the head of a DDL statement.
 struct Words<'a> {
     rest: &'a str,

@@ -112,7 +112,7 @@ use crate::{
     TransactionPart,
 };
 
-use super::ddl::{DdlKind, ddl_targets};
+use super::ddl::{DdlKind, ddl_targets, drops_partition_rows, executed_text, mentions};
 use super::types::{ColumnDecoder, ColumnInfo, decode_row};
 use super::{BinlogPosition, MysqlError, MysqlStreamError, connect, describe_table};
 
@@ -578,6 +578,8 @@ impl MysqlStream {
                 } else if self.open.as_ref().is_none_or(|t| t.standalone) {
                     self.ddl(statement, &query.schema()).await?;
                     return self.commit(event);
+                } else {
+                    self.statement_in_transaction(statement, &query.schema())?;
                 }
             }
             event_type::XID => return self.commit(event),
@@ -896,52 +898,82 @@ impl MysqlStream {
         })))
     }
 
-    /// Follows DDL on mapped tables: an ALTER that only added nullable columns at the end is
-    /// accepted (the cached definition is refreshed); any other change stops the stream.
+    /// Follows DDL on mapped tables. A statement that names a mapped table (in its executed
+    /// text: executable comments count) is looked at; whatever it is, the binlog carries no
+    /// row events for what it does, so only an `ALTER TABLE` of the table's columns is
+    /// followed (the cached definition is refreshed and the next TABLE_MAP is decoded by it).
+    /// With [`MysqlStreamConfig::shapes`] the columns the TABLE_MAPs then carry are the
+    /// caller's to judge; without, only nullable columns added at the end are followed.
+    /// Everything else that names a mapped table stops the stream: DROP, TRUNCATE, RENAME,
+    /// CREATE OR REPLACE, partition maintenance, and statements it cannot read.
     async fn ddl(&mut self, statement: &str, schema: &str) -> Result<(), MysqlStreamError> {
-        let Some((kind, targets)) = ddl_targets(statement, schema) else {
+        let text = executed_text(statement);
+        let Some(named) = self
+            .tables
+            .iter()
+            .find(|t| !is_positions_table(t) && mentions(&text, t, schema))
+            .cloned()
+        else {
             return Ok(());
+        };
+        let stop = |table: &TableName| MysqlStreamError::SchemaChanged {
+            table: table.clone(),
+            statement: statement.chars().take(200).collect(),
+        };
+        let targets = match ddl_targets(&text, schema) {
+            Some((DdlKind::Alter, targets)) if !drops_partition_rows(&text) => targets,
+            _ => return Err(stop(&named)),
         };
         let mapped: Vec<TableName> = targets
             .into_iter()
             .filter(|t| self.tables.contains(t))
             .collect();
         for table in mapped {
-            let changed = || MysqlStreamError::SchemaChanged {
-                table: table.clone(),
-                statement: statement.chars().take(200).collect(),
-            };
-            if kind != DdlKind::Alter {
-                return Err(changed());
-            }
             let fresh = match self.reload_catalog(&table).await {
                 Ok(fresh) => fresh,
-                Err(MysqlStreamError::TableNotFound(_)) => return Err(changed()),
+                Err(MysqlStreamError::TableNotFound(_)) => return Err(stop(&table)),
                 Err(e) => return Err(e),
             };
-            let Some(old) = self.catalogs.get(&table) else {
-                // Not decoded yet in this session (started between the last commit and this
-                // ALTER): the next TABLE_MAP is checked against the catalog, and its shape is
-                // judged by the caller.
-                continue;
-            };
-            let compatible = Some(old).is_some_and(|old| {
-                fresh.primary_key == old.primary_key
+            if let Some(old) = self.catalogs.get(&table) {
+                let compatible = fresh.primary_key == old.primary_key
                     && fresh.columns.len() >= old.columns.len()
                     && fresh.columns[..old.columns.len()] == old.columns[..]
                     && fresh.columns[old.columns.len()..]
                         .iter()
-                        .all(|c| c.nullable)
-            });
-            if !compatible {
-                return Err(changed());
+                        .all(|c| c.nullable);
+                if !compatible && (!self.shapes || fresh.primary_key != old.primary_key) {
+                    return Err(stop(&table));
+                }
+                tracing::info!(%table, "a mapped table was altered; decoding its rows by its new definition");
             }
-            tracing::info!(%table, "mapped table gained nullable columns; following it");
+            // Else not decoded yet in this session (started between the last commit and this
+            // ALTER): the next TABLE_MAP is checked against the catalog.
             self.catalogs.insert(table.clone(), Arc::new(fresh));
             self.decoders
                 .retain(|_, d| d.as_ref().is_none_or(|d| d.table != table));
         }
         Ok(())
+    }
+
+    /// A statement logged as text inside a transaction (statement-format DML): its row changes
+    /// are not in the binlog, so one that names a mapped table stops the stream.
+    fn statement_in_transaction(
+        &self,
+        statement: &str,
+        schema: &str,
+    ) -> Result<(), MysqlStreamError> {
+        let text = executed_text(statement);
+        match self
+            .tables
+            .iter()
+            .find(|t| !is_positions_table(t) && mentions(&text, t, schema))
+        {
+            Some(table) => Err(MysqlStreamError::StatementLogged {
+                table: table.clone(),
+                statement: statement.chars().take(200).collect(),
+            }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -1114,6 +1146,30 @@ fn decode_error_io(what: &str, source: std::io::Error) -> MysqlStreamError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statements_mention_tables_of_their_database_only() {
+        use super::super::ddl::{executed_text, mentions};
+        let evo = TableName::new("erp", "evo");
+        for (text, schema, expected) in [
+            ("TRUNCATE evo", "erp", true),
+            ("TRUNCATE evo", "other", false),
+            ("TRUNCATE evo", "", true),
+            ("TRUNCATE `erp`.`evo`", "other", true),
+            ("truncate ERP . EVO", "other", true),
+            ("TRUNCATE other.evo", "erp", false),
+            ("DROP TABLE evolution", "erp", false),
+            ("DROP TABLE evo_old", "erp", false),
+            ("/*!100000 DROP TABLE evo */", "erp", true),
+            ("/* DROP TABLE evo */ SELECT 1", "erp", false),
+        ] {
+            assert_eq!(
+                mentions(&executed_text(text), &evo, schema),
+                expected,
+                "{text} in {schema}"
+            );
+        }
+    }
 
     #[test]
     fn ddl_statements_name_their_tables() {
