@@ -354,6 +354,7 @@ async fn attempt(
     let mut targets = Vec::with_capacity(plan.targets.len());
     let mut start: Option<Position> = None;
     let mut any_missing = false;
+    let mut warn_others = *warn_unbackfilled;
     // Target sites holding no position of the source.
     let mut without_position = BTreeSet::new();
     for (target_plan, routes) in plan.targets.iter().zip(&routes) {
@@ -368,7 +369,9 @@ async fn attempt(
         )
         .await
         .map_err(apply_error)?;
-        match target.position(source_name).await.map_err(apply_error)? {
+        let key = position_key(source_name, state.deployment_id());
+        claim_legacy_position(&target_plan.site, source_name, &key, &mut warn_others).await?;
+        match target.position(&key).await.map_err(apply_error)? {
             None => {
                 any_missing = true;
                 without_position.insert(target_plan.site.name.as_str());
@@ -424,6 +427,7 @@ async fn attempt(
     let mut options = StreamOptions::link(plan.tables.clone(), start.clone())
         .for_deployment(state.deployment_id());
     options.acknowledged = acker.recorded.clone();
+    options.source_key = Some(position_key(source_name, state.deployment_id()));
     let mut stream = AnyStream::start(&plan.source.connection(), options)
         .await
         .map_err(|source| LinkError::Source {
@@ -600,6 +604,61 @@ async fn attempt(
     stream.shutdown().await;
     tracing::info!(link = %link_name(plan), "link stopped");
     outcome
+}
+
+/// The source name a target's `duplex.positions` records the progress of `site` under, for
+/// the deployment `deployment` (the state store's identity): two configurations that name
+/// their sites alike never share a row, whatever servers they write into.
+pub fn position_key(site: &str, deployment: &str) -> String {
+    format!("{site}@{deployment}")
+}
+
+/// Takes over a target's row of `site` recorded under the bare site name (by duplex before
+/// positions were keyed by deployment) when none under `key` exists, and warns once about rows
+/// of a site named alike that another deployment records there.
+async fn claim_legacy_position(
+    target: &Site,
+    site: &str,
+    key: &str,
+    warn_others: &mut bool,
+) -> Result<(), LinkError> {
+    let failed = |source: duplex_connectors::load::AdminError| LinkError::Schema {
+        site: target.name.clone(),
+        transient: true,
+        source: Box::new(source),
+    };
+    let connection = target.connection();
+    let sources = duplex_connectors::load::position_sources(&connection)
+        .await
+        .map_err(failed)?;
+    if sources.iter().any(|s| s == key) {
+        return Ok(());
+    }
+    if sources.iter().any(|s| s == site)
+        && duplex_connectors::load::rename_position(&connection, site, key)
+            .await
+            .map_err(failed)?
+    {
+        tracing::info!(site = %target.name, source = site, row = key, "took over the position recorded before positions were kept per deployment");
+        return Ok(());
+    }
+    let prefix = format!("{site}@");
+    let others: Vec<&str> = sources
+        .iter()
+        .filter(|s| s.starts_with(&prefix))
+        .map(|s| &s[prefix.len()..])
+        .collect();
+    if !others.is_empty() && std::mem::take(warn_others) {
+        tracing::warn!(
+            target_site = %target.name,
+            source = site,
+            "site {} holds positions of a source site named {site} for other duplex deployments ({}), none for this one ({}): if one of them was this duplex with an earlier state directory, stop now and restore that directory (this start reads the source from where this deployment's link first started, or from its current position); if another duplex replicates another source under the same site name, this is fine",
+            target.name,
+            others.join(", "),
+            &key[prefix.len()..],
+        );
+    }
+    Ok(())
 }
 
 /// The state-store key of a mapped source table's identity (PostgreSQL: its oid).

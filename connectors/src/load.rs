@@ -54,3 +54,24 @@ pub async fn delete_positions_like(site: &SiteConnection, pattern: &str) -> Resu
         SiteKind::Mysql => crate::mysql::delete_positions_like(site, pattern).await,
     }
 }
+
+/// The sources of the `duplex.positions` rows on `site` (none when the table does not exist).
+pub async fn position_sources(site: &SiteConnection) -> Result<Vec<String>, AdminError> {
+    match site.kind {
+        SiteKind::Postgres => crate::postgres::position_sources(site).await,
+        SiteKind::Mysql => crate::mysql::position_sources(site).await,
+    }
+}
+
+/// Renames the `duplex.positions` row of `from` on `site` to `to` unless `to` has one; true
+/// when it did.
+pub async fn rename_position(
+    site: &SiteConnection,
+    from: &str,
+    to: &str,
+) -> Result<bool, AdminError> {
+    match site.kind {
+        SiteKind::Postgres => crate::postgres::rename_position(site, from, to).await,
+        SiteKind::Mysql => crate::mysql::rename_position(site, from, to).await,
+    }
+}

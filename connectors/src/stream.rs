@@ -120,6 +120,9 @@ pub struct StreamOptions {
     /// record: a PostgreSQL slot confirmed beyond both it and `start` was moved or re-created
     /// outside duplex, and the stream refuses it (the changes in between are gone).
     pub acknowledged: Option<Position>,
+    /// The name transactions carry as their source (what appliers record their position
+    /// under); the site's name when `None`.
+    pub source_key: Option<String>,
 }
 
 impl StreamOptions {
@@ -133,6 +136,7 @@ impl StreamOptions {
             deployment: None,
             shapes: true,
             acknowledged: None,
+            source_key: None,
         }
     }
 
@@ -146,6 +150,7 @@ impl StreamOptions {
             deployment: None,
             shapes: true,
             acknowledged: None,
+            source_key: None,
         }
     }
 
@@ -178,7 +183,9 @@ impl AnyStream {
             deployment,
             shapes,
             acknowledged,
+            source_key,
         } = options;
+        let source = source_key.unwrap_or_else(|| site.name.clone());
         let part_events = if merge { None } else { part_events };
         let password = site.password.clone();
         match site.kind {
@@ -190,7 +197,7 @@ impl AnyStream {
                 };
                 let name = postgres::slot_name(site);
                 let mut config = PgStreamConfig::new(
-                    &site.name,
+                    &source,
                     &site.url,
                     &name,
                     &name,
@@ -214,7 +221,7 @@ impl AnyStream {
                 if merge {
                     tables.insert(crate::apply::positions_table());
                 }
-                let mut config = MysqlStreamConfig::new(&site.name, &site.url, tables);
+                let mut config = MysqlStreamConfig::new(&source, &site.url, tables);
                 config.password = password;
                 config.part_events = part_events;
                 config.shapes = shapes;

@@ -62,6 +62,7 @@ pub(super) async fn catch_up(
         deployment: Some(deployment.to_owned()),
         shapes: false,
         acknowledged: None,
+        source_key: None,
     };
     let mut stream = match AnyStream::start(&site.connection(), options).await {
         Ok(stream) => stream,

@@ -451,7 +451,15 @@ async fn backfill_source(
             let routes =
                 crate::routes::routes_for(std::slice::from_ref(*mapping), &site.name, to, &schemas);
             if metas[&mapping.name].is_none() {
-                check_target(target, &site.name, mapping, options.allow_nonempty, &routes).await?;
+                let key = crate::link::position_key(&site.name, state.deployment_id());
+                check_target(
+                    target,
+                    (&site.name, &key),
+                    mapping,
+                    options.allow_nonempty,
+                    &routes,
+                )
+                .await?;
             }
             targets.push((target.clone(), routes));
         }
@@ -530,7 +538,7 @@ async fn backfill_source(
             .await
             .map_err(apply_error)?;
             let handover = Transaction {
-                source: site.name.clone(),
+                source: crate::link::position_key(&site.name, state.deployment_id()),
                 position: position.clone(),
                 commit_time: chrono::Utc::now(),
                 origin: Origin::Local,
@@ -669,7 +677,11 @@ async fn still_needed(
             AnyApplier::connect(&target.connection(), Vec::new(), ApplyOptions::default())
                 .await
                 .map_err(apply_error)?;
-        if let Some(position) = reader.position(&site.name).await.map_err(apply_error)? {
+        let key = crate::link::position_key(&site.name, state.deployment_id());
+        if let Some(position) = held_position(&mut reader, &site.name, &key)
+            .await
+            .map_err(apply_error)?
+        {
             streamed_by.push(format!("site {name} streams from it (from {position} on)"));
         }
     }
@@ -711,11 +723,25 @@ async fn still_needed(
     Ok((resume_from, streamed_by))
 }
 
+/// The position a target holds of `site` for this deployment (`key`, see
+/// [`crate::link::position_key`]), or under the bare site name (recorded before positions were
+/// kept per deployment).
+async fn held_position(
+    applier: &mut AnyApplier,
+    site: &str,
+    key: &str,
+) -> Result<Option<duplex_connectors::Position>, ApplyError> {
+    match applier.position(key).await? {
+        Some(position) => Ok(Some(position)),
+        None => applier.position(site).await,
+    }
+}
+
 /// Refuses a target that already streams from the source or (without `allow_nonempty`)
 /// holds rows.
 async fn check_target(
     target: &Site,
-    source: &str,
+    (source, key): (&str, &str),
     mapping: &Mapping,
     allow_nonempty: bool,
     routes: &[TableRoute],
@@ -731,14 +757,17 @@ async fn check_target(
     let mut writer = AnyApplier::connect(&target.connection(), routes.to_vec(), options)
         .await
         .map_err(apply_error)?;
-    if let Some(position) = writer.position(source).await.map_err(apply_error)? {
+    if let Some(position) = held_position(&mut writer, source, key)
+        .await
+        .map_err(apply_error)?
+    {
         return Err(BackfillError::Refused(format!(
             "site {t} already holds changes of {source} up to {position}: other mappings stream \
              from {source} into it, and its position is one per source, so a copy of mapping {m} \
              as of a new snapshot cannot hand over to that stream without skipping or repeating \
              changes of the others. To backfill it, backfill every mapping from {source} into {t} \
              together: with duplex stopped, empty their tables on {t}, delete {t}'s \
-             `duplex.positions` row of {source}, and run `duplex backfill` with a --mapping for \
+             `duplex.positions` row of {source} (source {key:?}), and run `duplex backfill` with a --mapping for \
              each of them (or backfill {m} into a site that does not stream from {source})",
             t = target.name,
             m = mapping.name

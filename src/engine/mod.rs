@@ -256,7 +256,8 @@ async fn attempt(
         outboxes: queued,
     } = stored(plan, store).await?;
     refuse_lost_state(plan, store, &positions, &targets)?;
-    let starts = plan::start_positions(plan, positions, &mut targets).await?;
+    let starts =
+        plan::start_positions(plan, positions, &mut targets, store.deployment_id()).await?;
     let mut outboxes: Vec<Outbox> = Vec::new();
     let mut next_seq = Vec::new();
     let mut writers = Vec::new();

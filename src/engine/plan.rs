@@ -192,6 +192,7 @@ pub(super) async fn start_positions(
     plan: &MergePlan,
     stored: Vec<Option<Position>>,
     writers: &mut [SiteWriter],
+    deployment: &str,
 ) -> Result<Vec<Option<Position>>, EngineError> {
     let mut starts = Vec::new();
     for (site, stored) in plan.sites.iter().zip(stored) {
@@ -202,12 +203,21 @@ pub(super) async fn start_positions(
                 if other.site.name == *name {
                     continue;
                 }
-                let Some(handover) = writer
+                let key = crate::link::position_key(name, deployment);
+                let mut handover = writer
                     .target
-                    .position(name)
+                    .position(&key)
                     .await
-                    .map_err(|e| apply_error(&other.site.name, e))?
-                else {
+                    .map_err(|e| apply_error(&other.site.name, e))?;
+                if handover.is_none() {
+                    // Recorded before positions were kept per deployment.
+                    handover = writer
+                        .target
+                        .position(name)
+                        .await
+                        .map_err(|e| apply_error(&other.site.name, e))?;
+                }
+                let Some(handover) = handover else {
                     continue;
                 };
                 let lower = match &start {

@@ -7,6 +7,8 @@ use super::{connect, quote_ident};
 
 const EMPTY: &str = "checking that the target table is empty";
 const MARKERS: &str = "deleting the backfill's range markers";
+const LIST: &str = "listing the sources of duplex.positions";
+const RENAME: &str = "taking over a duplex.positions row";
 
 /// Whether `table` holds no rows.
 pub async fn table_is_empty(site: &SiteConnection, table: &TableName) -> Result<bool, AdminError> {
@@ -38,4 +40,45 @@ pub async fn delete_positions_like(site: &SiteConnection, pattern: &str) -> Resu
         .await
         .map_err(AdminError::doing(MARKERS))?;
     Ok(())
+}
+
+/// The sources of `duplex.positions` rows (none when the table does not exist).
+pub async fn position_sources(site: &SiteConnection) -> Result<Vec<String>, AdminError> {
+    let client = connect(&site.url, site.password())
+        .await
+        .map_err(AdminError::doing(LIST))?;
+    let exists: bool = client
+        .query_one("SELECT to_regclass('duplex.positions') IS NOT NULL", &[])
+        .await
+        .map_err(AdminError::doing(LIST))?
+        .get(0);
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query("SELECT source FROM duplex.positions ORDER BY source", &[])
+        .await
+        .map_err(AdminError::doing(LIST))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Renames the `duplex.positions` row of `from` to `to`, unless a row of `to` exists; true
+/// when it did (one statement: of two processes racing, one renames).
+pub async fn rename_position(
+    site: &SiteConnection,
+    from: &str,
+    to: &str,
+) -> Result<bool, AdminError> {
+    let client = connect(&site.url, site.password())
+        .await
+        .map_err(AdminError::doing(RENAME))?;
+    let renamed = client
+        .execute(
+            "UPDATE duplex.positions SET source = $2 WHERE source = $1 \
+             AND NOT EXISTS (SELECT 1 FROM duplex.positions WHERE source = $2)",
+            &[&from, &to],
+        )
+        .await
+        .map_err(AdminError::doing(RENAME))?;
+    Ok(renamed == 1)
 }
