@@ -352,7 +352,7 @@ impl Coordinator {
                 .iter()
                 .any(|e| outbox_position(e, &outbox).is_some())
         {
-            return self.echo(w, index, tx);
+            return self.echo(w, index, tx, done);
         }
         let commit_micros = tx.commit_time.timestamp_micros();
         let plan = Arc::clone(&self.plan);
@@ -700,6 +700,7 @@ impl Coordinator {
         w: &mut StateWriter<'_>,
         index: usize,
         tx: &Transaction,
+        done: &mut Done,
     ) -> Result<(), EngineError> {
         let site = self.plan.sites[index].site.name.clone();
         let outbox = outbox_name(&site);
@@ -726,10 +727,11 @@ impl Coordinator {
             }
         }
         let covered = self.outboxes[index].up_to(upto);
+        let plan = Arc::clone(&self.plan);
         for seq in covered {
             let write = self.outboxes[index].remove(seq).expect("listed above");
             w.remove_pending(&site, seq)?;
-            let Some(mapping) = self.plan.mapping(&write.mapping) else {
+            let Some(mapping) = plan.mapping(&write.mapping) else {
                 continue;
             };
             tracing::debug!(mapping = %write.mapping, key = %write.key, site = %site, seq, landed = landed.contains(&(write.mapping.clone(), write.key.clone())), "echo");
@@ -741,10 +743,77 @@ impl Coordinator {
                 store_row(w, mapping, &write.key, rv, &data)?;
             } else {
                 self.stats.skipped += 1;
-                tracing::debug!(mapping = %write.mapping, key = %write.key, site = %site, "write skipped: the row had changed there; that change decides");
+                self.skipped(w, mapping, &site, &write, done)?;
             }
         }
         Ok(())
+    }
+}
+
+impl Coordinator {
+    /// A write the site skipped (its row did not hold what the write expected). Normally the
+    /// site changed the row first, and that change, read before this echo, decides. When the
+    /// site's log shows no such change (what the engine records the site holding is still the
+    /// image the write expected), nothing will ever decide it: a key that equals another under
+    /// the site's collation ('A' and 'a', 'b' and 'b ' in MariaDB's `_ci` collations), or a row
+    /// changed without the log. That becomes a held conflict, never silence.
+    fn skipped(
+        &mut self,
+        w: &mut StateWriter<'_>,
+        mapping: &MergeMapping,
+        site: &str,
+        write: &OutboxWrite,
+        done: &mut Done,
+    ) -> Result<(), EngineError> {
+        let (rv, mut data) = load(w, mapping, &write.key)?;
+        let unexplained = data.held_conflict.is_none()
+            && same_image(data.held_image(site), write.before.as_ref());
+        if !unexplained {
+            tracing::debug!(mapping = %write.mapping, key = %write.key, site = %site, "write skipped: the row had changed there; that change decides");
+            return Ok(());
+        }
+        let encode = |image: Option<&Row>| {
+            image
+                .map(duplex_state::codec::encode)
+                .transpose()
+                .map_err(|e| EngineError::Codec(format!("a row of {}", mapping.name), e))
+        };
+        let held = data.held_image(site).cloned();
+        let record = ConflictRecord {
+            mapping: mapping.name.clone(),
+            key: write.key.as_bytes().to_vec(),
+            key_display: write.key.clone(),
+            sites: vec![
+                ConflictSide {
+                    site: data.writer.clone(),
+                    vector: write.vector.clone(),
+                    commit_time_millis: data.commit_micros / 1000,
+                    row: encode(write.after.as_ref())?,
+                    row_display: display_image(write.after.as_ref()),
+                },
+                ConflictSide {
+                    site: site.to_owned(),
+                    vector: VersionVector::new(),
+                    commit_time_millis: data.commit_micros / 1000,
+                    row: encode(held.as_ref())?,
+                    row_display: display_image(held.as_ref()),
+                },
+            ],
+            policy: mapping.policy_name(),
+            decision: format!(
+                "held: the write into {site} was skipped because the row there was not what {site}'s log shows, and no change of it followed to decide it: another key equal to this one under the column's collation ('A' and 'a', or 'b' and 'b ', under a case- or pad-insensitive collation), or a change made without the log; each site keeps its own value until `duplex conflicts resolve`"
+            ),
+            detected_at_millis: now_millis(),
+            status: ConflictStatus::Held,
+        };
+        let id = w.record_conflict(&record)?;
+        self.stats.conflicts += 1;
+        done.notes.push(format!(
+            "conflict {id} held: mapping {}, row {}: the write into {site} was skipped with no change there to decide it (a key colliding under its collation?); settle it with `duplex conflicts resolve {id} --take <site>` after fixing the cause",
+            mapping.name, write.key
+        ));
+        data.held_conflict = Some(id);
+        store_row(w, mapping, &write.key, rv, &data)
     }
 }
 
