@@ -102,7 +102,65 @@ pub async fn run(config: &Config) -> Report {
             findings: check_mapping(config, mapping, &schemas),
         });
     }
+    for site in config.sites.values() {
+        let findings = shared_positions(config, site).await;
+        if !findings.is_empty() {
+            report.sections.push(Section {
+                title: format!("positions on site {}", site.name),
+                findings,
+            });
+        }
+    }
     report
+}
+
+/// Warns when a target holds the progress of a source site of this configuration for more
+/// than one duplex deployment (positions are kept per `<site>@<deployment>`): another duplex
+/// names a source site alike and writes here, or a state directory of this one was replaced.
+async fn shared_positions(config: &Config, target: &Site) -> Vec<Finding> {
+    let sources: std::collections::BTreeSet<&str> = config
+        .mappings
+        .iter()
+        .filter(|m| m.direction != Direction::Both)
+        .flat_map(|m| m.edges())
+        .filter(|(_, to)| *to == target.name)
+        .map(|(from, _)| from)
+        .collect();
+    if sources.is_empty() {
+        return Vec::new();
+    }
+    let rows = match tokio::time::timeout(
+        SITE_TIMEOUT,
+        duplex_connectors::load::position_sources(&target.connection()),
+    )
+    .await
+    {
+        Ok(Ok(rows)) => rows,
+        // The site's own section already says why it cannot be read.
+        _ => return Vec::new(),
+    };
+    let mut findings = Vec::new();
+    for source in sources {
+        let prefix = format!("{source}@");
+        let deployments: Vec<&str> = rows
+            .iter()
+            .filter_map(|r| r.strip_prefix(&prefix))
+            .collect();
+        if deployments.len() > 1 {
+            findings.push(Finding::warn(
+                format!(
+                    "positions of source site {source} for {} duplex deployments: {}",
+                    deployments.len(),
+                    deployments.join(", ")
+                ),
+                format!(
+                    "another duplex (another state directory) names a source site {source} and writes into {t}; each keeps its own position, so nothing collides, but if one of them is an earlier state directory of this duplex, delete its row (DELETE FROM duplex.positions WHERE source = '{source}@<id>') once it is retired",
+                    t = target.name
+                ),
+            ));
+        }
+    }
+    findings
 }
 
 fn describe_direction(mapping: &Mapping) -> String {

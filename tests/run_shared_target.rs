@@ -165,4 +165,11 @@ fn two_configurations_with_equal_site_names_into_one_postgres_database_lose_noth
     let sources: Vec<&str> = sources.lines().filter(|l| !l.is_empty()).collect();
     assert_eq!(sources.len(), 2, "{sources:?}");
     assert!(sources.iter().all(|s| s.starts_with("erp@")), "{sources:?}");
+    // `check` says that another duplex names a source site alike and writes here.
+    let check = first.command(&["check"]);
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        text.contains("positions of source site erp for 2 duplex deployments"),
+        "{text}"
+    );
 }
