@@ -94,14 +94,5 @@ fn keys_equal_under_a_case_insensitive_collation_become_held_conflicts_and_check
         duplex.log_text()
     );
     assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
-    for slot in rows(
-        &store
-            .psql("SELECT slot_name FROM pg_replication_slots WHERE database = current_database()")
-            .unwrap(),
-        '|',
-    ) {
-        store
-            .psql(&format!("SELECT pg_drop_replication_slot('{}')", slot[0]))
-            .unwrap();
-    }
+    harness::pg::drop_all_slots(&store);
 }

@@ -6,25 +6,17 @@
 mod harness;
 
 use duplex_testkit::{PgDatabase, shared_pg};
-use harness::{Duplex, REPLICATION_GUARD, rows, wait_for};
+use harness::pg::{drop_all_slots, table_rows, two_way_config};
+use harness::{Duplex, REPLICATION_GUARD, wait_for};
 
 const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, v text)";
 
 fn config(store: &PgDatabase, wms: &PgDatabase) -> String {
-    format!(
-        "[sites.{s}]\nkind = \"postgres\"\nurl = \"{su}\"\n\n\
-         [sites.{w}]\nkind = \"postgres\"\nurl = \"{wu}\"\n\n\
-         [[mappings]]\nname = \"items\"\ntables = {{ {s} = \"public.items\", {w} = \"public.items\" }}\n\
-         direction = \"both\"\n",
-        s = store.name(),
-        su = store.url(),
-        w = wms.name(),
-        wu = wms.url(),
-    )
+    two_way_config(store, wms, "items")
 }
 
 fn items(db: &PgDatabase) -> Vec<Vec<String>> {
-    rows(&db.psql("SELECT * FROM items ORDER BY id").unwrap(), '|')
+    table_rows(db, "items")
 }
 
 fn wait_same(store: &PgDatabase, wms: &PgDatabase, duplex: &mut Duplex, count: usize) {
@@ -53,16 +45,7 @@ fn sites() -> (PgDatabase, PgDatabase) {
 
 fn drop_slots(dbs: &[&PgDatabase]) {
     for db in dbs {
-        for slot in rows(
-            &db.psql(
-                "SELECT slot_name FROM pg_replication_slots WHERE database = current_database()",
-            )
-            .unwrap(),
-            '|',
-        ) {
-            db.psql(&format!("SELECT pg_drop_replication_slot('{}')", slot[0]))
-                .unwrap();
-        }
+        drop_all_slots(db);
     }
 }
 

@@ -36,17 +36,6 @@ fn source() -> MariaDatabase {
     db
 }
 
-fn wait_started(duplex: &mut Duplex) {
-    wait_for("the link to start", REPLICATION_GUARD, || {
-        duplex.assert_running();
-        if duplex.log_text().contains("link started") {
-            Ok(())
-        } else {
-            Err("not started".into())
-        }
-    });
-}
-
 /// Inserts `ROWS` rows, one transaction each, into both sources at the same time.
 fn write_both(a: &MariaDatabase, b: &MariaDatabase) {
     thread::scope(|scope| {
@@ -99,8 +88,8 @@ fn two_configurations_with_equal_site_names_into_one_mariadb_server_lose_nothing
         &tb.url(),
         &format!("{}.items", tb.name()),
     ));
-    wait_started(&mut first);
-    wait_started(&mut second);
+    first.wait_link_started();
+    second.wait_link_started();
     write_both(&a, &b);
     let count = |t: &MariaDatabase| {
         t.sql("SELECT count(*) FROM items")
@@ -138,8 +127,8 @@ fn two_configurations_with_equal_site_names_into_one_postgres_database_lose_noth
         .unwrap();
     let mut first = Duplex::run(&config(&a, "postgres", &target.url(), "public.items_a"));
     let mut second = Duplex::run(&config(&b, "postgres", &target.url(), "public.items_b"));
-    wait_started(&mut first);
-    wait_started(&mut second);
+    first.wait_link_started();
+    second.wait_link_started();
     write_both(&a, &b);
     let count = |table: &str| {
         target

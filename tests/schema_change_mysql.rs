@@ -51,17 +51,6 @@ fn wait_equal(erp: &MariaDatabase, wms: &PgDatabase, duplex: &mut Duplex, what: 
     });
 }
 
-fn wait_started(duplex: &mut Duplex) {
-    wait_for("the link to start", REPLICATION_GUARD, || {
-        duplex.assert_running();
-        if duplex.log_text().contains("link started") {
-            Ok(())
-        } else {
-            Err("not started".into())
-        }
-    });
-}
-
 fn streaming() -> (MariaDatabase, PgDatabase, Duplex) {
     let erp = shared_mariadb().create_database();
     erp.sql("CREATE TABLE evo (id INT PRIMARY KEY, a INT, c VARCHAR(20)) ENGINE=InnoDB")
@@ -70,7 +59,7 @@ fn streaming() -> (MariaDatabase, PgDatabase, Duplex) {
     wms.execute_as_duplex("CREATE TABLE evo (id int PRIMARY KEY, a int, c text)")
         .unwrap();
     let mut duplex = Duplex::run(&config(&erp, &wms));
-    wait_started(&mut duplex);
+    duplex.wait_link_started();
     erp.sql("INSERT INTO evo VALUES (1, 1, 'c1')").unwrap();
     wait_equal(&erp, &wms, &mut duplex, "the first row");
     (erp, wms, duplex)
@@ -179,7 +168,7 @@ fn partition_maintenance_on_a_mapped_table_stops_the_link() {
     wms.execute_as_duplex("CREATE TABLE evo (id int PRIMARY KEY, a int, c text)")
         .unwrap();
     let mut duplex = Duplex::run(&config(&erp, &wms));
-    wait_started(&mut duplex);
+    duplex.wait_link_started();
     erp.sql("INSERT INTO evo VALUES (1, 1, 'c1'), (200, 2, 'c200')")
         .unwrap();
     wait_equal(&erp, &wms, &mut duplex, "the first rows");
@@ -198,24 +187,12 @@ fn partition_maintenance_on_a_mapped_table_stops_the_link() {
     );
 }
 
-fn assert_stopped(duplex: &mut Duplex, needles: &[&str]) {
-    let code = duplex.wait_exit();
-    let log = duplex.log_text();
-    assert_ne!(code, 0, "duplex went on:\n{log}");
-    for needle in needles {
-        assert!(
-            log.contains(needle),
-            "the log does not say {needle:?}:\n{log}"
-        );
-    }
-}
-
 #[test]
 fn a_dropped_column_stops_the_link_until_the_target_matches() {
     let (erp, wms, mut duplex) = streaming();
     erp.sql("ALTER TABLE evo DROP COLUMN c; INSERT INTO evo VALUES (2, 2);")
         .unwrap();
-    assert_stopped(&mut duplex, &["column \"c\" of", "dropped or renamed"]);
+    duplex.assert_stopped_saying(&["column \"c\" of", "dropped or renamed"]);
     assert_eq!(pg_rows(&wms), vec![vec!["1", "1", "c1"]]);
     wms.execute_as_duplex("ALTER TABLE evo DROP COLUMN c")
         .unwrap();
@@ -229,10 +206,7 @@ fn a_type_change_stops_the_link_until_accepted() {
     let (erp, wms, mut duplex) = streaming();
     erp.sql("ALTER TABLE evo MODIFY a BIGINT; INSERT INTO evo VALUES (2, 5000000000, 'c2');")
         .unwrap();
-    assert_stopped(
-        &mut duplex,
-        &["the type of column \"a\"", "from int to bigint"],
-    );
+    duplex.assert_stopped_saying(&["the type of column \"a\"", "from int to bigint"]);
     assert_eq!(pg_rows(&wms), vec![vec!["1", "1", "c1"]]);
     wms.execute_as_duplex("ALTER TABLE evo ALTER COLUMN a TYPE bigint")
         .unwrap();
@@ -255,12 +229,9 @@ fn a_column_renamed_while_stopped_never_writes_under_the_wrong_name() {
     )
     .unwrap();
     duplex.start();
-    assert_stopped(
-        &mut duplex,
-        &[&format!(
-            "table {}.evo in the binlog does not match its definition",
-            erp.name()
-        )],
-    );
+    duplex.assert_stopped_saying(&[&format!(
+        "table {}.evo in the binlog does not match its definition",
+        erp.name()
+    )]);
     assert_eq!(pg_rows(&wms), vec![vec!["1", "1", "c1"]]);
 }

@@ -6,39 +6,21 @@
 mod harness;
 
 use duplex_testkit::{PgDatabase, shared_pg};
-use harness::{Duplex, commit_position, drop_slot, rows, wait_replicated, wait_slot_active};
+use harness::pg::{drop_all_slots, one_way_config, table_rows, two_way_config};
+use harness::{Duplex, drop_slot, wait_slot_active};
 
 const EVO: &str = "CREATE TABLE evo (id int PRIMARY KEY, a int, c text)";
 
-/// One-way `<source> -> wms` of `public.evo`, sites named after their databases' source.
 fn config(source: &PgDatabase, wms: &PgDatabase) -> String {
-    format!(
-        "[sites.{src}]\nkind = \"postgres\"\nurl = \"{src_url}\"\n\n\
-         [sites.wms]\nkind = \"postgres\"\nurl = \"{wms_url}\"\n\n\
-         [[mappings]]\nname = \"evo\"\ntables = {{ {src} = \"public.evo\", wms = \"public.evo\" }}\n\
-         direction = \"{src}->wms\"\n",
-        src = source.name(),
-        src_url = source.url(),
-        wms_url = wms.url(),
-    )
+    one_way_config(source, wms, "evo")
 }
 
 fn evo_rows(db: &PgDatabase) -> Vec<Vec<String>> {
-    rows(&db.psql("SELECT * FROM evo ORDER BY id").unwrap(), '|')
+    table_rows(db, "evo")
 }
 
-/// Waits until the target's `evo` equals the source's, row for row and column for column.
 fn wait_equal(source: &PgDatabase, wms: &PgDatabase, duplex: &mut Duplex, what: &str) {
-    let expected = evo_rows(source);
-    let commit = commit_position(source);
-    wait_replicated(source, duplex, commit, what, || {
-        let got = evo_rows(wms);
-        if got == expected {
-            Ok(())
-        } else {
-            Err(format!("expected {expected:?}, got {got:?}"))
-        }
-    });
+    harness::pg::wait_equal(source, wms, duplex, "evo", what);
 }
 
 /// Both databases with `evo`, one row replicated by a running duplex.
@@ -54,19 +36,6 @@ fn streaming() -> (PgDatabase, PgDatabase, Duplex) {
         .unwrap();
     wait_equal(&source, &wms, &mut duplex, "the first row");
     (source, wms, duplex)
-}
-
-/// Waits for duplex to stop by itself on a schema change and checks the message.
-fn assert_stopped(duplex: &mut Duplex, needles: &[&str]) {
-    let code = duplex.wait_exit();
-    let log = duplex.log_text();
-    assert_ne!(code, 0, "duplex exited 0 on a schema change:\n{log}");
-    for needle in needles {
-        assert!(
-            log.contains(needle),
-            "the log does not say {needle:?}:\n{log}"
-        );
-    }
 }
 
 #[test]
@@ -130,13 +99,10 @@ fn an_added_column_the_target_lacks_stops_the_link_until_it_is_added() {
              INSERT INTO evo VALUES (2, 2, 'c2', 'd2');",
         )
         .unwrap();
-    assert_stopped(
-        &mut duplex,
-        &[
-            "column \"d\" was added to",
-            "ALTER TABLE public.evo ADD COLUMN d",
-        ],
-    );
+    duplex.assert_stopped_saying(&[
+        "column \"d\" was added to",
+        "ALTER TABLE public.evo ADD COLUMN d",
+    ]);
     assert_eq!(evo_rows(&wms), vec![vec!["1", "1", "c1"]]);
     wms.execute_as_duplex("ALTER TABLE evo ADD COLUMN d text")
         .unwrap();
@@ -156,13 +122,10 @@ fn a_renamed_column_stops_the_link_until_the_target_matches_while_streaming_and_
              UPDATE evo SET c_renamed = 'c1c' WHERE id = 1;",
         )
         .unwrap();
-    assert_stopped(
-        &mut duplex,
-        &[
-            "column \"c\" of",
-            "dropped or renamed, perhaps to \"c_renamed\"",
-        ],
-    );
+    duplex.assert_stopped_saying(&[
+        "column \"c\" of",
+        "dropped or renamed, perhaps to \"c_renamed\"",
+    ]);
     // Nothing of the change was applied, nothing half.
     assert_eq!(evo_rows(&wms), vec![vec!["1", "1", "c1"]]);
     wms.execute_as_duplex("ALTER TABLE evo RENAME COLUMN c TO c_renamed")
@@ -180,10 +143,7 @@ fn a_renamed_column_stops_the_link_until_the_target_matches_while_streaming_and_
         )
         .unwrap();
     duplex.start();
-    assert_stopped(
-        &mut duplex,
-        &["column \"c_renamed\" of", "perhaps to \"c3\""],
-    );
+    duplex.assert_stopped_saying(&["column \"c_renamed\" of", "perhaps to \"c3\""]);
     // What came before the rename is applied, nothing after it.
     assert_eq!(
         evo_rows(&wms),
@@ -211,7 +171,7 @@ fn a_dropped_column_stops_the_link_until_the_target_matches_while_streaming_and_
              INSERT INTO evo VALUES (2, 2);",
         )
         .unwrap();
-    assert_stopped(&mut duplex, &["column \"c\" of", "dropped or renamed"]);
+    duplex.assert_stopped_saying(&["column \"c\" of", "dropped or renamed"]);
     assert_eq!(evo_rows(&wms), vec![vec!["1", "1", "c1"]]);
     wms.execute_as_duplex("ALTER TABLE evo DROP COLUMN c")
         .unwrap();
@@ -228,7 +188,7 @@ fn a_dropped_column_stops_the_link_until_the_target_matches_while_streaming_and_
         )
         .unwrap();
     duplex.start();
-    assert_stopped(&mut duplex, &["column \"a\" of", "dropped or renamed"]);
+    duplex.assert_stopped_saying(&["column \"a\" of", "dropped or renamed"]);
     wms.execute_as_duplex("ALTER TABLE evo DROP COLUMN a")
         .unwrap();
     duplex.start();
@@ -251,18 +211,15 @@ fn a_type_change_stops_the_link_until_accepted_while_streaming_and_while_stopped
              INSERT INTO evo VALUES (2, 5000000000, 'c2');",
         )
         .unwrap();
-    assert_stopped(
-        &mut duplex,
-        &[
-            "the type of column \"a\"",
-            "from int4 to int8",
-            "--accept-schema-change public.evo",
-        ],
-    );
+    duplex.assert_stopped_saying(&[
+        "the type of column \"a\"",
+        "from int4 to int8",
+        "--accept-schema-change public.evo",
+    ]);
     assert_eq!(evo_rows(&wms), vec![vec!["1", "1", "c1"]]);
     // Not accepted: it stops again.
     duplex.start();
-    assert_stopped(&mut duplex, &["from int4 to int8"]);
+    duplex.assert_stopped_saying(&["from int4 to int8"]);
     wms.execute_as_duplex("ALTER TABLE evo ALTER COLUMN a TYPE bigint")
         .unwrap();
     duplex.start_with(&["--accept-schema-change", "public.evo"]);
@@ -277,10 +234,7 @@ fn a_type_change_stops_the_link_until_accepted_while_streaming_and_while_stopped
         )
         .unwrap();
     duplex.start();
-    assert_stopped(
-        &mut duplex,
-        &["the type of column \"c\"", "from text to varchar"],
-    );
+    duplex.assert_stopped_saying(&["the type of column \"c\"", "from text to varchar"]);
     wms.execute_as_duplex("ALTER TABLE evo ALTER COLUMN c TYPE varchar(20)")
         .unwrap();
     duplex.start_with(&["--accept-schema-change", "public.evo"]);
@@ -294,27 +248,13 @@ fn a_type_change_stops_the_link_until_accepted_while_streaming_and_while_stopped
     drop_slot(&source);
 }
 
-/// Two-way `evo` between two PostgreSQL databases.
-fn two_way_config(store: &PgDatabase, wms: &PgDatabase) -> String {
-    format!(
-        "[sites.{store}]\nkind = \"postgres\"\nurl = \"{store_url}\"\n\n\
-         [sites.{wms}]\nkind = \"postgres\"\nurl = \"{wms_url}\"\n\n\
-         [[mappings]]\nname = \"evo\"\ntables = {{ {store} = \"public.evo\", {wms} = \"public.evo\" }}\n\
-         direction = \"both\"\n",
-        store = store.name(),
-        store_url = store.url(),
-        wms = wms.name(),
-        wms_url = wms.url(),
-    )
-}
-
 #[test]
 fn the_merge_engine_stops_on_a_schema_change_until_it_is_made_everywhere_and_accepted() {
     let store = shared_pg().create_database();
     store.execute_as_duplex(EVO).unwrap();
     let wms = shared_pg().create_database();
     wms.execute_as_duplex(EVO).unwrap();
-    let mut duplex = Duplex::run(&two_way_config(&store, &wms));
+    let mut duplex = Duplex::run(&two_way_config(&store, &wms, "evo"));
     harness::sites::wait_reading(&mut duplex, 2, harness::REPLICATION_GUARD);
     store
         .execute_as_duplex("INSERT INTO evo VALUES (1, 1, 'c1')")
@@ -327,14 +267,11 @@ fn the_merge_engine_stops_on_a_schema_change_until_it_is_made_everywhere_and_acc
              INSERT INTO evo VALUES (2, 2, 'c2', 'd2');",
         )
         .unwrap();
-    assert_stopped(
-        &mut duplex,
-        &[
-            "the columns of",
-            "column \"d\" added",
-            "--accept-schema-change public.evo",
-        ],
-    );
+    duplex.assert_stopped_saying(&[
+        "the columns of",
+        "column \"d\" added",
+        "--accept-schema-change public.evo",
+    ]);
     // Nothing merged from the change on.
     assert_eq!(evo_rows(&wms), vec![vec!["1", "1", "c1"]]);
     wms.execute_as_duplex("ALTER TABLE evo ADD COLUMN d text")
@@ -342,16 +279,6 @@ fn the_merge_engine_stops_on_a_schema_change_until_it_is_made_everywhere_and_acc
     duplex.start_with(&["--accept-schema-change", "public.evo"]);
     wait_equal(&store, &wms, &mut duplex, "the row with the added column");
     assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
-    for db in [&store, &wms] {
-        for slot in rows(
-            &db.psql(
-                "SELECT slot_name FROM pg_replication_slots WHERE database = current_database()",
-            )
-            .unwrap(),
-            '|',
-        ) {
-            db.psql(&format!("SELECT pg_drop_replication_slot('{}')", slot[0]))
-                .unwrap();
-        }
-    }
+    drop_all_slots(&store);
+    drop_all_slots(&wms);
 }

@@ -5,44 +5,22 @@
 mod harness;
 
 use duplex_testkit::{PgDatabase, shared_pg};
-use harness::{
-    Duplex, commit_position, drop_slot, pg_slot, rows, wait_replicated, wait_slot_active,
-};
+use harness::pg::{one_way_config, table_rows};
+use harness::{Duplex, drop_slot, pg_slot, wait_slot_active};
 
 const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, v text)";
 
-fn config(source: &PgDatabase, wms: &PgDatabase) -> String {
-    format!(
-        "[sites.{src}]\nkind = \"postgres\"\nurl = \"{src_url}\"\n\n\
-         [sites.wms]\nkind = \"postgres\"\nurl = \"{wms_url}\"\n\n\
-         [[mappings]]\nname = \"items\"\ntables = {{ {src} = \"public.items\", wms = \"public.items\" }}\n\
-         direction = \"{src}->wms\"\n",
-        src = source.name(),
-        src_url = source.url(),
-        wms_url = wms.url(),
-    )
-}
-
 fn items(db: &PgDatabase) -> Vec<Vec<String>> {
-    rows(&db.psql("SELECT * FROM items ORDER BY id").unwrap(), '|')
+    table_rows(db, "items")
 }
 
 fn wait_equal(source: &PgDatabase, wms: &PgDatabase, duplex: &mut Duplex) {
-    let expected = items(source);
-    let commit = commit_position(source);
-    wait_replicated(
+    harness::pg::wait_equal(
         source,
+        wms,
         duplex,
-        commit,
+        "items",
         "the target to equal the source",
-        || {
-            let got = items(wms);
-            if got == expected {
-                Ok(())
-            } else {
-                Err(format!("expected {expected:?}, got {got:?}"))
-            }
-        },
     );
 }
 
@@ -52,7 +30,7 @@ fn a_slot_recreated_by_hand_is_refused_with_the_gap_named() {
     source.execute_as_duplex(ITEMS).unwrap();
     let wms = shared_pg().create_database();
     wms.execute_as_duplex(ITEMS).unwrap();
-    let mut duplex = Duplex::run(&config(&source, &wms));
+    let mut duplex = Duplex::run(&one_way_config(&source, &wms, "items"));
     wait_slot_active(&source, &mut duplex);
     source
         .execute_as_duplex("INSERT INTO items VALUES (1, 'one')")

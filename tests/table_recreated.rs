@@ -7,39 +7,21 @@
 mod harness;
 
 use duplex_testkit::{PgDatabase, shared_pg};
-use harness::{
-    Duplex, commit_position, drop_slot, pg_slot, rows, wait_replicated, wait_slot_active,
-};
+use harness::pg::{one_way_config, table_rows};
+use harness::{Duplex, drop_slot, pg_slot, wait_slot_active};
 
 const GONE: &str = "CREATE TABLE gone (id int PRIMARY KEY, v text)";
 
 fn config(source: &PgDatabase, wms: &PgDatabase) -> String {
-    format!(
-        "[sites.{src}]\nkind = \"postgres\"\nurl = \"{src_url}\"\n\n\
-         [sites.wms]\nkind = \"postgres\"\nurl = \"{wms_url}\"\n\n\
-         [[mappings]]\nname = \"gone\"\ntables = {{ {src} = \"public.gone\", wms = \"public.gone\" }}\n\
-         direction = \"{src}->wms\"\n",
-        src = source.name(),
-        src_url = source.url(),
-        wms_url = wms.url(),
-    )
+    one_way_config(source, wms, "gone")
 }
 
 fn gone_rows(db: &PgDatabase) -> Vec<Vec<String>> {
-    rows(&db.psql("SELECT * FROM gone ORDER BY id").unwrap(), '|')
+    table_rows(db, "gone")
 }
 
 fn wait_equal(source: &PgDatabase, wms: &PgDatabase, duplex: &mut Duplex, what: &str) {
-    let expected = gone_rows(source);
-    let commit = commit_position(source);
-    wait_replicated(source, duplex, commit, what, || {
-        let got = gone_rows(wms);
-        if got == expected {
-            Ok(())
-        } else {
-            Err(format!("expected {expected:?}, got {got:?}"))
-        }
-    });
+    harness::pg::wait_equal(source, wms, duplex, "gone", what);
 }
 
 fn streaming() -> (PgDatabase, PgDatabase, Duplex) {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod pg;
 pub mod sites;
 
 /// The `duplex` binary the tests run: `DUPLEX_BIN` when set (a copy of a binary built from a
@@ -153,6 +154,32 @@ impl Duplex {
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits (up to [`REPLICATION_GUARD`]) until a link logged that it started streaming.
+    pub fn wait_link_started(&mut self) {
+        wait_for("the link to start", REPLICATION_GUARD, || {
+            self.assert_running();
+            if self.log_text().contains("link started") {
+                Ok(())
+            } else {
+                Err("not started".into())
+            }
+        });
+    }
+
+    /// Waits for duplex to stop by itself (non-zero) and checks its log says every one of
+    /// `needles`.
+    pub fn assert_stopped_saying(&mut self, needles: &[&str]) {
+        let code = self.wait_exit();
+        let log = self.log_text();
+        assert_ne!(code, 0, "duplex went on:\n{log}");
+        for needle in needles {
+            assert!(
+                log.contains(needle),
+                "the log does not say {needle:?}:\n{log}"
+            );
         }
     }
 
