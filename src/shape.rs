@@ -354,3 +354,156 @@ pub fn reroutes(
             .iter()
             .any(|c| written(current, &c.name) != written(new, &c.name))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use duplex_connectors::ShapeColumn;
+    use indexmap::IndexMap;
+
+    use super::*;
+    use crate::config::{ConflictPolicy, Direction};
+
+    fn table() -> TableName {
+        TableName::new("public", "evo")
+    }
+
+    fn shape(columns: &[(&str, &str)]) -> TableShape {
+        TableShape {
+            table: table(),
+            columns: columns
+                .iter()
+                .map(|(name, ty)| ShapeColumn {
+                    name: (*name).to_owned(),
+                    type_name: (*ty).to_owned(),
+                })
+                .collect(),
+        }
+    }
+
+    fn mapping(columns: Option<&[&str]>) -> Mapping {
+        Mapping {
+            name: "evo".into(),
+            tables: IndexMap::from([
+                ("store".to_owned(), table()),
+                ("wms".to_owned(), TableName::new("public", "evo")),
+            ]),
+            direction: Direction::OneWay {
+                from: "store".into(),
+                to: "wms".into(),
+            },
+            conflict: ConflictPolicy::LastWriterWins,
+            columns: columns.map(|c| c.iter().map(|s| (*s).to_owned()).collect()),
+            rename: BTreeMap::new(),
+        }
+    }
+
+    fn catalog(previous: &TableShape) -> TableSchema {
+        TableSchema {
+            primary_key: vec!["id".into()],
+            ..schema_of(
+                previous,
+                &TableSchema {
+                    name: table(),
+                    columns: Vec::new(),
+                    primary_key: Vec::new(),
+                },
+            )
+        }
+    }
+
+    /// Judges `new` after `previous` for a target whose table has `target_columns`.
+    fn judged(
+        mapping: &Mapping,
+        previous: &TableShape,
+        new: &TableShape,
+        target_columns: &[&str],
+    ) -> Result<Option<TableRoute>, Box<ShapeStop>> {
+        let mappings = [mapping.clone()];
+        let catalog = catalog(previous);
+        let schemas = HashMap::from([(table(), catalog.clone())]);
+        let current = crate::routes::routes_for(&mappings, "store", "wms", &schemas)
+            .into_iter()
+            .next();
+        let columns: BTreeSet<String> = target_columns.iter().map(|c| (*c).to_owned()).collect();
+        let view = TargetView {
+            site: "wms",
+            route: current.as_ref(),
+            columns: Some(&columns),
+        };
+        judge(
+            &mappings,
+            "store",
+            new,
+            Some(previous),
+            &catalog,
+            &[(view, "wms")],
+        )
+        .map(|mut routes| routes.remove(0))
+    }
+
+    fn written(route: &TableRoute) -> Vec<&str> {
+        route.columns.iter().map(|(s, _)| s.as_str()).collect()
+    }
+
+    #[test]
+    fn an_added_column_is_followed_when_the_target_has_it_and_stops_otherwise() {
+        let before = shape(&[("id", "int4"), ("c", "text")]);
+        let after = shape(&[("id", "int4"), ("c", "text"), ("d", "text")]);
+        let route = judged(&mapping(None), &before, &after, &["id", "c", "d"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(written(&route), ["id", "c", "d"]);
+        let stop = judged(&mapping(None), &before, &after, &["id", "c"]).unwrap_err();
+        assert!(matches!(*stop, ShapeStop::Added { ref column, .. } if column == "d"));
+        // Not replicated: followed without it, whatever the target has.
+        let route = judged(&mapping(Some(&["id", "c"])), &before, &after, &["id", "c"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(written(&route), ["id", "c"]);
+    }
+
+    #[test]
+    fn a_replicated_column_gone_stops_while_the_target_still_has_it() {
+        let before = shape(&[("id", "int4"), ("c", "text")]);
+        let renamed = shape(&[("id", "int4"), ("c2", "text")]);
+        let stop = judged(&mapping(None), &before, &renamed, &["id", "c", "c2"]).unwrap_err();
+        assert!(
+            matches!(*stop, ShapeStop::Gone { ref column, ref renamed, .. } if column == "c" && renamed.contains("\"c2\"")),
+            "{stop}"
+        );
+        // The DBA renamed it on the target too: followed.
+        let route = judged(&mapping(None), &before, &renamed, &["id", "c2"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(written(&route), ["id", "c2"]);
+        // Dropped on both.
+        let dropped = shape(&[("id", "int4")]);
+        assert!(judged(&mapping(None), &before, &dropped, &["id"]).is_ok());
+    }
+
+    #[test]
+    fn a_changed_type_or_a_gone_key_stops() {
+        let before = shape(&[("id", "int4"), ("a", "int4")]);
+        let retyped = shape(&[("id", "int4"), ("a", "int8")]);
+        let stop = judged(&mapping(None), &before, &retyped, &["id", "a"]).unwrap_err();
+        assert!(
+            matches!(*stop, ShapeStop::Retyped { ref from, ref to, .. } if from == "int4" && to == "int8")
+        );
+        let keyless = shape(&[("a", "int4")]);
+        let stop = judged(&mapping(None), &before, &keyless, &["id", "a"]).unwrap_err();
+        assert!(matches!(*stop, ShapeStop::KeyGone { .. }));
+    }
+
+    #[test]
+    fn only_columns_the_shape_carries_decide_a_reroute() {
+        let shape = shape(&[("id", "int4"), ("c", "text")]);
+        let both = TableRoute::same_names(table(), table(), &["id", "c", "d"], &["id"]);
+        let carried = TableRoute::same_names(table(), table(), &["id", "c"], &["id"]);
+        assert!(!reroutes(&shape, Some(&both), Some(&carried)));
+        let without_c = TableRoute::same_names(table(), table(), &["id"], &["id"]);
+        assert!(reroutes(&shape, Some(&carried), Some(&without_c)));
+        assert!(reroutes(&shape, None, Some(&carried)));
+    }
+}
