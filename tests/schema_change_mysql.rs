@@ -66,7 +66,7 @@ fn streaming() -> (MariaDatabase, PgDatabase, Duplex) {
 }
 
 #[test]
-fn added_nullable_columns_the_target_has_are_followed_while_streaming_and_while_stopped() {
+fn added_columns_the_target_has_are_followed_while_streaming_and_while_stopped() {
     let (erp, wms, mut duplex) = streaming();
     wms.execute_as_duplex("ALTER TABLE evo ADD COLUMN d text")
         .unwrap();
@@ -77,6 +77,16 @@ fn added_nullable_columns_the_target_has_are_followed_while_streaming_and_while_
     )
     .unwrap();
     wait_equal(&erp, &wms, &mut duplex, "the added column while streaming");
+    // NOT NULL DEFAULT, while streaming.
+    wms.execute_as_duplex("ALTER TABLE evo ADD COLUMN n int NOT NULL DEFAULT 7")
+        .unwrap();
+    erp.sql(
+        "ALTER TABLE evo ADD COLUMN n INT NOT NULL DEFAULT 7;
+         INSERT INTO evo VALUES (4, 4, 'c4', 'd4', 9);
+         UPDATE evo SET n = 8 WHERE id = 2;",
+    )
+    .unwrap();
+    wait_equal(&erp, &wms, &mut duplex, "the added NOT NULL DEFAULT column");
     assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
 
     wms.execute_as_duplex("ALTER TABLE evo ADD COLUMN e text")
@@ -84,7 +94,7 @@ fn added_nullable_columns_the_target_has_are_followed_while_streaming_and_while_
     erp.sql(
         "UPDATE evo SET a = 10 WHERE id = 1;
          ALTER TABLE evo ADD COLUMN e VARCHAR(20);
-         INSERT INTO evo VALUES (3, 3, 'c3', 'd3', 'e3');
+         INSERT INTO evo VALUES (3, 3, 'c3', 'd3', 8, 'e3');
          UPDATE evo SET e = 'e2' WHERE id = 2;",
     )
     .unwrap();
@@ -231,6 +241,24 @@ fn a_column_renamed_while_stopped_never_writes_under_the_wrong_name() {
     duplex.start();
     duplex.assert_stopped_saying(&[&format!(
         "table {}.evo in the binlog does not match its definition",
+        erp.name()
+    )]);
+    assert_eq!(pg_rows(&wms), vec![vec!["1", "1", "c1"]]);
+}
+
+#[test]
+fn a_table_dropped_and_recreated_while_stopped_stops_the_link() {
+    let (erp, wms, mut duplex) = streaming();
+    assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
+    erp.sql(
+        "DROP TABLE evo;
+         CREATE TABLE evo (id INT PRIMARY KEY, a INT, c VARCHAR(20)) ENGINE=InnoDB;
+         INSERT INTO evo VALUES (2, 2, 'c2');",
+    )
+    .unwrap();
+    duplex.start();
+    duplex.assert_stopped_saying(&[&format!(
+        "mapped table {}.evo was changed by `DROP TABLE",
         erp.name()
     )]);
     assert_eq!(pg_rows(&wms), vec![vec!["1", "1", "c1"]]);
