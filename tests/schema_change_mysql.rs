@@ -263,3 +263,39 @@ fn a_table_dropped_and_recreated_while_stopped_stops_the_link() {
     )]);
     assert_eq!(pg_rows(&wms), vec![vec!["1", "1", "c1"]]);
 }
+
+#[test]
+fn a_column_dropped_or_retyped_while_stopped_stops_the_link_until_the_target_matches() {
+    let (erp, wms, mut duplex) = streaming();
+    assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
+    erp.sql("ALTER TABLE evo DROP COLUMN c; INSERT INTO evo VALUES (2, 2);")
+        .unwrap();
+    duplex.start();
+    duplex.assert_stopped_saying(&["column \"c\" of", "dropped or renamed"]);
+    assert_eq!(pg_rows(&wms), vec![vec!["1", "1", "c1"]]);
+    wms.execute_as_duplex("ALTER TABLE evo DROP COLUMN c")
+        .unwrap();
+    duplex.start();
+    wait_equal(
+        &erp,
+        &wms,
+        &mut duplex,
+        "rows after the column dropped while stopped",
+    );
+    assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
+
+    erp.sql("ALTER TABLE evo MODIFY a BIGINT; INSERT INTO evo VALUES (3, 5000000000);")
+        .unwrap();
+    duplex.start();
+    duplex.assert_stopped_saying(&["the type of column \"a\"", "from int to bigint"]);
+    wms.execute_as_duplex("ALTER TABLE evo ALTER COLUMN a TYPE bigint")
+        .unwrap();
+    duplex.start_with(&["--accept-schema-change", &format!("{}.evo", erp.name())]);
+    wait_equal(
+        &erp,
+        &wms,
+        &mut duplex,
+        "rows after the column retyped while stopped",
+    );
+    assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
+}
