@@ -36,6 +36,17 @@
 //! conditional write (the site changed the row first; its own change is read before the echo
 //! and classified by its vector, so the write was not needed or the conflict is handled).
 //!
+//! # One engine per site: claims
+//!
+//! The outbox numbers are only exact while one engine numbers them. So before it reads how far
+//! each outbox got, the engine claims every site's `merge:<site>` counter for its deployment
+//! (the state store's identity) in `duplex.claims`, and every target transaction of its
+//! writers checks that claim under its row lock (see `duplex_connectors::apply::WriterClaim`):
+//! another engine is refused at start, and one whose claim was taken over stops at its next
+//! write. `run --take-over-from` moves the claims; the count read after the move includes
+//! every write of the previous owner, so the new engine numbers after them. A store that kept
+//! unconfirmed entries from before the move is refused: their numbers may have been reused.
+//!
 //! # No clobbering
 //!
 //! Each entry carries the image the site is expected to hold ([`rows::RowData::expect`]); the
@@ -234,7 +245,7 @@ fn refuse_lost_state(
         return Ok(());
     };
     Err(EngineError::StateLost(format!(
-        "site {site} holds {written} writes of a duplex merge engine (row {outbox:?} of duplex.positions), but the state directory {dir} has never read any site of these two-way mappings: its state was lost (restored empty, deleted) or it belongs to another duplex. Starting would read every site from its current position and lose the changes committed in between. Restore the state directory from its backup, or stop the duplex that uses the other one; to start over deliberately, delete the merge:<site> rows from duplex.positions on every site and backfill the mappings again (`duplex backfill --from <site>`)",
+        "site {site} holds {written} writes of a duplex merge engine (row {outbox:?} of duplex.positions), but the state directory {dir} has never read any site of these two-way mappings: its state was lost (restored empty, deleted) or it belongs to another duplex. Starting would read every site from its current position and lose the changes committed in between. Restore the state directory from its backup, or stop the duplex that uses the other one; to start over deliberately, delete the merge:<site> rows from duplex.positions and duplex.claims on every site and backfill the mappings again (`duplex backfill --from <site>`)",
         site = site.site.name,
         written = writer.written,
         outbox = outbox::outbox_name(&site.site.name),

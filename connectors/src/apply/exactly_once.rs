@@ -193,21 +193,21 @@ impl<S: TargetSession> ExactlyOnce<S> {
         self.session.ensure_claims().await?;
         self.begin().await?;
         let owner = self.session.locked_claim(&claim.scope).await?;
-        let moved = match owner {
-            None => {
+        let moved = match claim_step(owner, &claim.deployment, take_over_from) {
+            ClaimStep::Record => {
                 self.session
                     .record_claim(&claim.scope, &claim.deployment, false)
                     .await?;
                 None
             }
-            Some(owner) if owner == claim.deployment => None,
-            Some(owner) if Some(owner.as_str()) == take_over_from => {
+            ClaimStep::Held => None,
+            ClaimStep::Move(owner) => {
                 self.session
                     .record_claim(&claim.scope, &claim.deployment, true)
                     .await?;
                 Some(owner)
             }
-            Some(owner) => {
+            ClaimStep::Refuse(owner) => {
                 return Err(ApplyError::Claimed {
                     scope: claim.scope.clone(),
                     owner,
@@ -401,6 +401,30 @@ impl<S: TargetSession> Applier for ExactlyOnce<S> {
 
     async fn position(&mut self, source: &str) -> Result<Option<Position>, ApplyError> {
         self.session.position(source).await
+    }
+}
+
+/// What taking a claim does, given the owner `duplex.claims` records for its scope.
+#[derive(Debug, PartialEq, Eq)]
+enum ClaimStep {
+    /// No owner: record ours.
+    Record,
+    /// Ours already.
+    Held,
+    /// The deployment taken over from owns it: move it to ours.
+    Move(String),
+    /// Another deployment owns it: refuse.
+    Refuse(String),
+}
+
+/// Decides [`ClaimStep`]: `owner` as recorded, `ours` the claiming deployment,
+/// `take_over_from` the deployment it may take the claim from.
+fn claim_step(owner: Option<String>, ours: &str, take_over_from: Option<&str>) -> ClaimStep {
+    match owner {
+        None => ClaimStep::Record,
+        Some(owner) if owner == ours => ClaimStep::Held,
+        Some(owner) if Some(owner.as_str()) == take_over_from => ClaimStep::Move(owner),
+        Some(owner) => ClaimStep::Refuse(owner),
     }
 }
 
@@ -598,6 +622,29 @@ mod tests {
             origin: Origin::Local,
             events: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_claim_is_recorded_kept_moved_only_from_the_named_deployment_or_refused() {
+        assert_eq!(claim_step(None, "b", None), ClaimStep::Record);
+        assert_eq!(claim_step(None, "b", Some("a")), ClaimStep::Record);
+        assert_eq!(claim_step(Some("b".into()), "b", None), ClaimStep::Held);
+        assert_eq!(
+            claim_step(Some("b".into()), "b", Some("a")),
+            ClaimStep::Held
+        );
+        assert_eq!(
+            claim_step(Some("a".into()), "b", Some("a")),
+            ClaimStep::Move("a".into())
+        );
+        assert_eq!(
+            claim_step(Some("a".into()), "b", None),
+            ClaimStep::Refuse("a".into())
+        );
+        assert_eq!(
+            claim_step(Some("a".into()), "b", Some("c")),
+            ClaimStep::Refuse("a".into())
+        );
     }
 
     #[test]
