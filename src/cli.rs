@@ -48,6 +48,11 @@ pub enum Command {
         /// backup: the slot is then duplex's own; repeatable).
         #[arg(long = "trust-slot", value_name = "SITE")]
         trust_slot: Vec<String>,
+        /// Move the two-way merge engine of this deployment (the id its refusal names) to this
+        /// state directory: its claims on the sites are taken over and it stops writing. Stop
+        /// it first, once it has caught up.
+        #[arg(long = "take-over-from", value_name = "DEPLOYMENT")]
+        take_over_from: Option<String>,
     },
     /// Copy the mapped tables from their source into empty targets from one consistent
     /// snapshot, and set the position `duplex run` then streams from (no gap, no duplicate).
@@ -148,11 +153,13 @@ pub fn main() -> ExitCode {
         Command::Run {
             accept_schema_change,
             trust_slot,
+            take_over_from,
         } => match runtime.block_on(crate::run::run(
             &config,
             &crate::run::RunOptions {
                 accept_schema_change,
                 trust_slot,
+                take_over_from,
             },
         )) {
             Ok(()) => ExitCode::SUCCESS,

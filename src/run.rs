@@ -117,6 +117,8 @@ pub struct RunOptions {
     /// `--trust-slot`: PostgreSQL source sites whose slot is used although confirmed beyond
     /// what duplex recorded acknowledging.
     pub trust_slot: Vec<String>,
+    /// `--take-over-from`: the deployment whose merge engine claims this one takes over.
+    pub take_over_from: Option<String>,
 }
 
 /// Runs every link until a shutdown signal; returns an error when a link stopped on a
@@ -148,9 +150,12 @@ pub async fn run(config: &Config, options: &RunOptions) -> Result<(), RunError> 
         tracing::warn!("{}", crate::backfill::never_backfilled_warning(&missing));
     }
     let plans = plan(config, &state).await?;
-    let merge_plan = crate::engine::plan(config)
+    let mut merge_plan = crate::engine::plan(config)
         .await
         .map_err(RunError::Engine)?;
+    if let Some(plan) = &mut merge_plan {
+        plan.take_over_from = options.take_over_from.clone();
+    }
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(async move {
         crate::shutdown::wait_for_signal().await;

@@ -123,6 +123,9 @@ pub struct StreamOptions {
     /// The name transactions carry as their source (what appliers record their position
     /// under); the site's name when `None`.
     pub source_key: Option<String>,
+    /// A deployment whose claims on the source (a PostgreSQL slot and publication) are moved
+    /// to `deployment` (`duplex run --take-over-from`).
+    pub take_over_from: Option<String>,
 }
 
 impl StreamOptions {
@@ -137,6 +140,7 @@ impl StreamOptions {
             shapes: true,
             acknowledged: None,
             source_key: None,
+            take_over_from: None,
         }
     }
 
@@ -151,6 +155,7 @@ impl StreamOptions {
             shapes: true,
             acknowledged: None,
             source_key: None,
+            take_over_from: None,
         }
     }
 
@@ -184,6 +189,7 @@ impl AnyStream {
             shapes,
             acknowledged,
             source_key,
+            take_over_from,
         } = options;
         let source = source_key.unwrap_or_else(|| site.name.clone());
         let part_events = if merge { None } else { part_events };
@@ -208,6 +214,7 @@ impl AnyStream {
                 config.part_events = part_events;
                 config.echo_marker = merge;
                 config.deployment = deployment;
+                config.take_over_from = take_over_from;
                 config.shapes = shapes;
                 config.acknowledged = match acknowledged {
                     Some(Position::Postgres(lsn)) => Some(lsn),

@@ -1,7 +1,7 @@
 //! [`AnyApplier`]: one applier per target site, whatever its kind (the kind is chosen here
 //! and nowhere else). The protocol every kind keeps is in [`crate::apply`].
 
-use crate::apply::{Applier, ApplyError, ApplyOptions, SkippedWrite, TableRoute};
+use crate::apply::{Applier, ApplyError, ApplyOptions, SkippedWrite, TableRoute, WriterClaim};
 use crate::mysql::MysqlApplier;
 use crate::postgres::PgApplier;
 use crate::{Position, SiteConnection, SiteKind, Transaction, TransactionPart};
@@ -39,6 +39,19 @@ impl AnyApplier {
         match self {
             AnyApplier::Postgres(applier) => applier.load(txn).await,
             AnyApplier::Mysql(applier) => applier.apply(std::slice::from_ref(txn)).await,
+        }
+    }
+
+    /// Takes `claim` on the site and fences every later write with it (see
+    /// [`crate::apply::ExactlyOnce::claim`]); the previous owner when it was taken over.
+    pub async fn claim(
+        &mut self,
+        claim: WriterClaim,
+        take_over_from: Option<&str>,
+    ) -> Result<Option<String>, ApplyError> {
+        match self {
+            AnyApplier::Postgres(applier) => applier.claim(claim, take_over_from).await,
+            AnyApplier::Mysql(applier) => applier.claim(claim, take_over_from).await,
         }
     }
 

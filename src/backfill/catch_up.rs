@@ -63,6 +63,7 @@ pub(super) async fn catch_up(
         shapes: false,
         acknowledged: None,
         source_key: None,
+        take_over_from: None,
     };
     let mut stream = match AnyStream::start(&site.connection(), options).await {
         Ok(stream) => stream,

@@ -36,6 +36,17 @@
 //! conditional write (the site changed the row first; its own change is read before the echo
 //! and classified by its vector, so the write was not needed or the conflict is handled).
 //!
+//! # One engine per site: claims
+//!
+//! The outbox numbers are only exact while one engine numbers them. So before it reads how far
+//! each outbox got, the engine claims every site's `merge:<site>` counter for its deployment
+//! (the state store's identity) in `duplex.claims`, and every target transaction of its
+//! writers checks that claim under its row lock (see `duplex_connectors::apply::WriterClaim`):
+//! another engine is refused at start, and one whose claim was taken over stops at its next
+//! write. `run --take-over-from` moves the claims; the count read after the move includes
+//! every write of the previous owner, so the new engine numbers after them. A store that kept
+//! unconfirmed entries from before the move is refused: their numbers may have been reused.
+//!
 //! # No clobbering
 //!
 //! Each entry carries the image the site is expected to hold ([`rows::RowData::expect`]); the
@@ -76,7 +87,7 @@ use crate::report::chain;
 use crate::shutdown::stop_requested;
 use coordinator::{Coordinator, Input};
 use outbox::Outbox;
-use sites::{WRITER_QUEUE, connect_writers, reader, writer, writer_failure};
+use sites::{WRITER_QUEUE, claim_sites, connect_writers, reader, writer, writer_failure};
 
 pub use outbox::{OutboxWrite, outbox_name};
 pub use plan::{MergePlan, MergeSite, plan};
@@ -234,12 +245,36 @@ fn refuse_lost_state(
         return Ok(());
     };
     Err(EngineError::StateLost(format!(
-        "site {site} holds {written} writes of a duplex merge engine (row {outbox:?} of duplex.positions), but the state directory {dir} has never read any site of these two-way mappings: its state was lost (restored empty, deleted) or it belongs to another duplex. Starting would read every site from its current position and lose the changes committed in between. Restore the state directory from its backup, or stop the duplex that uses the other one; to start over deliberately, delete the merge:<site> rows from duplex.positions on every site and backfill the mappings again (`duplex backfill --from <site>`)",
+        "site {site} holds {written} writes of a duplex merge engine (row {outbox:?} of duplex.positions), but the state directory {dir} has never read any site of these two-way mappings: its state was lost (restored empty, deleted) or it belongs to another duplex. Starting would read every site from its current position and lose the changes committed in between. Restore the state directory from its backup, or stop the duplex that uses the other one; to start over deliberately, delete the merge:<site> rows from duplex.positions and duplex.claims on every site and backfill the mappings again (`duplex backfill --from <site>`)",
         site = site.site.name,
         written = writer.written,
         outbox = outbox::outbox_name(&site.site.name),
         dir = store.dir().display(),
     )))
+}
+
+/// After a take-over, refuses outbox entries this state store kept from before: they are
+/// numbered in the site's counter as it stood then, and the previous owner may have used those
+/// numbers since, so they can be neither written nor forgotten by number.
+fn refuse_renumbered_outbox(
+    plan: &MergePlan,
+    queued: &[BTreeMap<u64, OutboxWrite>],
+    writers: &[sites::SiteWriter],
+    moved: &[bool],
+) -> Result<(), EngineError> {
+    for (((site, queued), writer), moved) in plan.sites.iter().zip(queued).zip(writers).zip(moved) {
+        if !*moved || queued.is_empty() {
+            continue;
+        }
+        return Err(EngineError::StateLost(format!(
+            "site {name}: this state directory holds {n} writes that were never confirmed, numbered before another deployment wrote there (the site's counter, {outbox:?} in duplex.positions, is at {written}): they can be neither written nor forgotten by number. Take over with a new, empty state directory and backfill the two-way mappings (`duplex backfill --from <site>`)",
+            name = site.site.name,
+            n = queued.len(),
+            outbox = outbox::outbox_name(&site.site.name),
+            written = writer.written,
+        )));
+    }
+    Ok(())
 }
 
 /// One run of the engine, from what the state store holds, until shutdown or a failure.
@@ -255,7 +290,19 @@ async fn attempt(
         positions,
         outboxes: queued,
     } = stored(plan, store).await?;
-    refuse_lost_state(plan, store, &positions, &targets)?;
+    let take_over_from = plan.take_over_from.as_deref();
+    if take_over_from.is_none() {
+        refuse_lost_state(plan, store, &positions, &targets)?;
+    }
+    let moved = claim_sites(plan, &mut targets, store.deployment_id(), take_over_from).await?;
+    if moved.iter().any(|m| *m) {
+        refuse_renumbered_outbox(plan, &queued, &targets, &moved)?;
+        if positions.iter().all(Option::is_none) {
+            tracing::warn!(
+                "taking over with a state directory that never read these sites: PostgreSQL sites are read from where the previous engine's slot was confirmed; MariaDB sites from their current binlog position, so changes committed there since the previous engine last read them are not merged (take over only once it caught up and stopped, or backfill the two-way mappings)"
+            );
+        }
+    }
     let starts =
         plan::start_positions(plan, positions, &mut targets, store.deployment_id()).await?;
     let mut outboxes: Vec<Outbox> = Vec::new();
@@ -301,6 +348,7 @@ async fn attempt(
         let report = input_tx.clone();
         let mut site = site.clone();
         site.deployment = store.deployment_id().to_owned();
+        site.take_over_from = plan.take_over_from.clone();
         tasks.spawn(async move {
             reader(index, site, start, report, ack_rx).await;
         });

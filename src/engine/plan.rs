@@ -35,6 +35,9 @@ pub struct MergePlan {
     pub mappings: Vec<MergeMapping>,
     /// How long vectors of rows deleted everywhere are kept.
     pub deleted_rows_kept_for: Duration,
+    /// `duplex run --take-over-from`: the deployment whose claims on the sites this engine
+    /// takes over (see `duplex_connectors::apply::WriterClaim`).
+    pub take_over_from: Option<String>,
 }
 
 /// One site of the engine.
@@ -49,6 +52,9 @@ pub struct MergeSite {
     /// The identity of the deployment running the engine (the state store's), claimed on
     /// the site's replication objects; set when the engine starts.
     pub deployment: String,
+    /// The deployment whose claims on the site's replication objects are taken over
+    /// ([`MergePlan::take_over_from`]).
+    pub take_over_from: Option<String>,
 }
 
 impl MergePlan {
@@ -174,6 +180,7 @@ pub async fn plan(config: &Config) -> Result<Option<MergePlan>, EngineError> {
                     .collect(),
                 routes,
                 deployment: String::new(),
+                take_over_from: None,
             }
         })
         .collect();
@@ -181,6 +188,7 @@ pub async fn plan(config: &Config) -> Result<Option<MergePlan>, EngineError> {
         sites,
         mappings,
         deleted_rows_kept_for: config.deleted_rows_kept_for,
+        take_over_from: None,
     }))
 }
 

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::Utc;
-use duplex_connectors::apply::{Applier, ApplyError, ApplyOptions};
+use duplex_connectors::apply::{Applier, ApplyError, ApplyOptions, WriterClaim};
 use duplex_connectors::{
     AnyApplier, AnyStream, ChangeEvent, Origin, Position, StreamError, StreamItem, StreamOptions,
     TableName, Transaction,
@@ -56,23 +56,63 @@ pub(super) async fn connect_writers(plan: &MergePlan) -> Result<Vec<SiteWriter>,
         let mut target = connect_writer(site)
             .await
             .map_err(|e| apply_error(name, e))?;
-        let written = match target
-            .position(&outbox_name(name))
-            .await
-            .map_err(|e| apply_error(name, e))?
-        {
-            None => 0,
-            Some(Position::Outbox(seq)) => seq,
-            Some(other) => {
-                return Err(EngineError::Unsupported(format!(
-                    "site {name}: duplex.positions holds {other} for {}, which is not an outbox position",
-                    outbox_name(name)
-                )));
-            }
-        };
+        let written = written(&mut target, name).await?;
         writers.push(SiteWriter { target, written });
     }
     Ok(writers)
+}
+
+/// Takes the engine's claim on every site (plan order) for `deployment`, moving it from
+/// `take_over_from` where that deployment holds it, and reads again how far each outbox was
+/// written: read after the claim, under which no other engine writes, the count is exact (see
+/// `duplex_connectors::apply::WriterClaim`). A site claimed by another deployment refuses the
+/// engine with the fix.
+pub(super) async fn claim_sites(
+    plan: &MergePlan,
+    writers: &mut [SiteWriter],
+    deployment: &str,
+    take_over_from: Option<&str>,
+) -> Result<Vec<bool>, EngineError> {
+    let mut taken_over = Vec::new();
+    for (site, writer) in plan.sites.iter().zip(writers.iter_mut()) {
+        let name = &site.site.name;
+        let claim = WriterClaim {
+            scope: outbox_name(name),
+            deployment: deployment.to_owned(),
+        };
+        let moved = writer
+            .target
+            .claim(claim, take_over_from)
+            .await
+            .map_err(|e| apply_error(name, e))?;
+        writer.written = written(&mut writer.target, name).await?;
+        taken_over.push(moved.is_some());
+        if let Some(previous) = moved {
+            tracing::warn!(
+                site = %name,
+                previous = %previous,
+                "took over the merge engine's claim on this site (--take-over-from): the engine of deployment {previous} can no longer write here; this engine numbers its writes after the {count} written so far",
+                count = writer.written,
+            );
+        }
+    }
+    Ok(taken_over)
+}
+
+/// The last outbox entry `site` holds (0: none), as its `duplex.positions` row says.
+async fn written(target: &mut AnyApplier, name: &str) -> Result<u64, EngineError> {
+    match target
+        .position(&outbox_name(name))
+        .await
+        .map_err(|e| apply_error(name, e))?
+    {
+        None => Ok(0),
+        Some(Position::Outbox(seq)) => Ok(seq),
+        Some(other) => Err(EngineError::Unsupported(format!(
+            "site {name}: duplex.positions holds {other} for {}, which is not an outbox position",
+            outbox_name(name)
+        ))),
+    }
 }
 
 /// Streams one site into the coordinator, acknowledging what the coordinator committed. A
@@ -125,7 +165,11 @@ async fn read(
     let name = &site.site.name;
     let mut stream = match AnyStream::start(
         &site.site.connection(),
-        StreamOptions::merge(site.tables.clone(), from.clone()).for_deployment(&site.deployment),
+        StreamOptions {
+            take_over_from: site.take_over_from.clone(),
+            ..StreamOptions::merge(site.tables.clone(), from.clone())
+                .for_deployment(&site.deployment)
+        },
     )
     .await
     {

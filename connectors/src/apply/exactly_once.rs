@@ -31,7 +31,7 @@ use std::future::Future;
 
 use crate::{ChangeEvent, Position, Transaction, TransactionPart};
 
-use super::{Applier, ApplyError, SkippedWrite};
+use super::{Applier, ApplyError, SkippedWrite, WriterClaim};
 
 /// One connection to a target database, as the exactly-once protocol drives it.
 ///
@@ -59,6 +59,10 @@ use super::{Applier, ApplyError, SkippedWrite};
 /// - `load_events(events)` does what `write_events` does for a transaction of inserts only (a
 ///   backfill range), by the kind's bulk path where it has one.
 /// - `position(site)` reads the committed position of `site` (`None` before the first).
+/// - `ensure_claims()` creates `duplex.claims` where it is missing (no transaction open);
+///   `locked_claim(scope)` reads the deployment owning `scope` under a row lock held until the
+///   open transaction ends; `record_claim(scope, deployment, update)` writes it in the open
+///   transaction (UPDATE when `update`, else INSERT). See [`WriterClaim`].
 pub trait TargetSession: Send {
     /// Opens a target transaction (none is open).
     fn begin(&mut self) -> impl Future<Output = Result<(), ApplyError>> + Send;
@@ -106,6 +110,23 @@ pub trait TargetSession: Send {
         &mut self,
         site: &str,
     ) -> impl Future<Output = Result<Option<Position>, ApplyError>> + Send;
+
+    /// Creates `duplex.claims` unless it exists.
+    fn ensure_claims(&mut self) -> impl Future<Output = Result<(), ApplyError>> + Send;
+
+    /// The deployment owning `scope`, read under a row lock in the open transaction.
+    fn locked_claim(
+        &mut self,
+        scope: &str,
+    ) -> impl Future<Output = Result<Option<String>, ApplyError>> + Send;
+
+    /// Records `deployment` as the owner of `scope` in the open transaction.
+    fn record_claim(
+        &mut self,
+        scope: &str,
+        deployment: &str,
+        update: bool,
+    ) -> impl Future<Output = Result<(), ApplyError>> + Send;
 }
 
 /// How the events of a batch reach the target.
@@ -127,6 +148,8 @@ pub struct ExactlyOnce<S> {
     skipped: Vec<SkippedWrite>,
     /// Conditional writes skipped in the open target transaction.
     skipped_open: Vec<SkippedWrite>,
+    /// The claim every target transaction checks before it writes, once taken.
+    fence: Option<WriterClaim>,
 }
 
 impl<S: TargetSession> ExactlyOnce<S> {
@@ -137,7 +160,81 @@ impl<S: TargetSession> ExactlyOnce<S> {
             parts: PartState::Idle,
             skipped: Vec::new(),
             skipped_open: Vec::new(),
+            fence: None,
         }
+    }
+
+    /// Takes `claim` on the target in one target transaction: records it where `duplex.claims`
+    /// has no owner for its scope, keeps it where it is this deployment's, moves it where it
+    /// is `take_over_from`'s, and refuses it ([`ApplyError::Claimed`]) where another
+    /// deployment owns it. From then on every target transaction of this applier checks, under
+    /// the claim's row lock, that the claim is still this deployment's before it writes (see
+    /// [`WriterClaim`]). Returns the previous owner when the claim was moved.
+    pub async fn claim(
+        &mut self,
+        claim: WriterClaim,
+        take_over_from: Option<&str>,
+    ) -> Result<Option<String>, ApplyError> {
+        let result = self.take_claim(&claim, take_over_from).await;
+        let result = self.end_call(result).await;
+        if result.is_ok() {
+            self.fence = Some(claim);
+        }
+        result
+    }
+
+    async fn take_claim(
+        &mut self,
+        claim: &WriterClaim,
+        take_over_from: Option<&str>,
+    ) -> Result<Option<String>, ApplyError> {
+        self.parts = PartState::Idle;
+        self.session.rollback_open().await;
+        self.session.ensure_claims().await?;
+        self.begin().await?;
+        let owner = self.session.locked_claim(&claim.scope).await?;
+        let moved = match claim_step(owner, &claim.deployment, take_over_from) {
+            ClaimStep::Record => {
+                self.session
+                    .record_claim(&claim.scope, &claim.deployment, false)
+                    .await?;
+                None
+            }
+            ClaimStep::Held => None,
+            ClaimStep::Move(owner) => {
+                self.session
+                    .record_claim(&claim.scope, &claim.deployment, true)
+                    .await?;
+                Some(owner)
+            }
+            ClaimStep::Refuse(owner) => {
+                return Err(ApplyError::Claimed {
+                    scope: claim.scope.clone(),
+                    owner,
+                    ours: claim.deployment.clone(),
+                });
+            }
+        };
+        self.commit().await?;
+        Ok(moved)
+    }
+
+    /// Inside the open target transaction: refuses to go on when the claim this applier took
+    /// has moved to another deployment (the row lock keeps it from moving until this
+    /// transaction ends).
+    async fn check_fence(&mut self) -> Result<(), ApplyError> {
+        let Some(claim) = &self.fence else {
+            return Ok(());
+        };
+        let owner = self.session.locked_claim(&claim.scope).await?;
+        if owner.as_deref() == Some(claim.deployment.as_str()) {
+            return Ok(());
+        }
+        Err(ApplyError::ClaimTaken {
+            scope: claim.scope.clone(),
+            owner: owner.unwrap_or_default(),
+            ours: claim.deployment.clone(),
+        })
     }
 
     /// The session the applier writes through.
@@ -208,6 +305,7 @@ impl<S: TargetSession> ExactlyOnce<S> {
     async fn apply_batch(&mut self, batch: &[Transaction], path: Path) -> Result<(), ApplyError> {
         self.parts = PartState::Idle;
         self.begin().await?;
+        self.check_fence().await?;
         let mut recorded = Vec::new();
         for site in sources(batch) {
             recorded.push((site, self.session.locked_position(site).await?));
@@ -233,6 +331,7 @@ impl<S: TargetSession> ExactlyOnce<S> {
     /// The first part of a large transaction: opens the target transaction and decides.
     async fn first_part(&mut self, part: &TransactionPart) -> Result<(), ApplyError> {
         self.begin().await?;
+        self.check_fence().await?;
         let recorded = self.session.locked_position(&part.source).await?;
         let open = open_parts(part, recorded)?;
         self.write_part(open, part).await
@@ -302,6 +401,30 @@ impl<S: TargetSession> Applier for ExactlyOnce<S> {
 
     async fn position(&mut self, source: &str) -> Result<Option<Position>, ApplyError> {
         self.session.position(source).await
+    }
+}
+
+/// What taking a claim does, given the owner `duplex.claims` records for its scope.
+#[derive(Debug, PartialEq, Eq)]
+enum ClaimStep {
+    /// No owner: record ours.
+    Record,
+    /// Ours already.
+    Held,
+    /// The deployment taken over from owns it: move it to ours.
+    Move(String),
+    /// Another deployment owns it: refuse.
+    Refuse(String),
+}
+
+/// Decides [`ClaimStep`]: `owner` as recorded, `ours` the claiming deployment,
+/// `take_over_from` the deployment it may take the claim from.
+fn claim_step(owner: Option<String>, ours: &str, take_over_from: Option<&str>) -> ClaimStep {
+    match owner {
+        None => ClaimStep::Record,
+        Some(owner) if owner == ours => ClaimStep::Held,
+        Some(owner) if Some(owner.as_str()) == take_over_from => ClaimStep::Move(owner),
+        Some(owner) => ClaimStep::Refuse(owner),
     }
 }
 
@@ -499,6 +622,29 @@ mod tests {
             origin: Origin::Local,
             events: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_claim_is_recorded_kept_moved_only_from_the_named_deployment_or_refused() {
+        assert_eq!(claim_step(None, "b", None), ClaimStep::Record);
+        assert_eq!(claim_step(None, "b", Some("a")), ClaimStep::Record);
+        assert_eq!(claim_step(Some("b".into()), "b", None), ClaimStep::Held);
+        assert_eq!(
+            claim_step(Some("b".into()), "b", Some("a")),
+            ClaimStep::Held
+        );
+        assert_eq!(
+            claim_step(Some("a".into()), "b", Some("a")),
+            ClaimStep::Move("a".into())
+        );
+        assert_eq!(
+            claim_step(Some("a".into()), "b", None),
+            ClaimStep::Refuse("a".into())
+        );
+        assert_eq!(
+            claim_step(Some("a".into()), "b", Some("c")),
+            ClaimStep::Refuse("a".into())
+        );
     }
 
     #[test]

@@ -246,6 +246,26 @@ impl ApplyOptions {
     }
 }
 
+/// One writer's claim on a counter of `duplex.positions` (the merge engine's outbox of a site,
+/// `merge:<site>`): the row of `duplex.claims` for `scope` names the deployment (the state
+/// store's identity) whose writes that counter numbers.
+///
+/// Why it fences: positions make a write exactly once only while one writer numbers them. Two
+/// engines with their own state directories number from the same counter, so the writes of one
+/// numbered at or below the other's are taken as already applied. With a claim, an applier
+/// takes the row at start ([`ExactlyOnce::claim`]), and every target transaction it writes
+/// first reads the row under a lock held until it commits and refuses to write unless the row
+/// still names its deployment. A take-over updates the row under the same lock, so each of the
+/// old owner's transactions either commits before it (and the new owner, which reads the
+/// counter after taking the claim, numbers after it) or sees the new owner and writes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriterClaim {
+    /// What is claimed: the `duplex.positions` source whose counter the writer numbers.
+    pub scope: String,
+    /// The claiming deployment (the state store's identity).
+    pub deployment: String,
+}
+
 /// A write a conditional applier skipped because the target row was not what the event
 /// expected (see the module docs).
 #[derive(Debug, Clone, PartialEq)]
@@ -393,6 +413,30 @@ pub enum ApplyError {
     /// batch that is not the final transaction, a continuation after an interrupted call).
     #[error("large transaction applied out of order: {0}")]
     PartSequence(String),
+    /// Another deployment owns the claim at start.
+    #[error(
+        "duplex.claims names deployment {owner} as the duplex whose merge engine writes {scope} here, and this duplex's state directory is deployment {ours}: another duplex with its own state directory runs (or ran) these two-way mappings, and two engines numbering the same writes lose some of them. Stop that duplex and run this configuration with its state directory; to move the engine to this state directory deliberately, stop the other one and run `duplex run --take-over-from {owner}`"
+    )]
+    Claimed {
+        /// The claimed `duplex.positions` source.
+        scope: String,
+        /// The deployment owning it.
+        owner: String,
+        /// This deployment.
+        ours: String,
+    },
+    /// The claim this applier held was taken by another deployment while it ran.
+    #[error(
+        "the claim on {scope} was taken by deployment {owner} (`duplex run --take-over-from {ours}`) while this duplex (deployment {ours}) was running: it stopped writing. Use the duplex of deployment {owner}, or take the claim back with `duplex run --take-over-from {owner}` once that one is stopped"
+    )]
+    ClaimTaken {
+        /// The claimed `duplex.positions` source.
+        scope: String,
+        /// The deployment now owning it.
+        owner: String,
+        /// This deployment.
+        ours: String,
+    },
     /// `duplex.positions` holds text that is not a position.
     #[error("duplex.positions holds an unreadable position for source {site}: {text:?}")]
     Bookkeeping {
@@ -430,6 +474,8 @@ impl ApplyError {
             | ApplyError::Options(_)
             | ApplyError::Position { .. }
             | ApplyError::PartSequence(_)
+            | ApplyError::Claimed { .. }
+            | ApplyError::ClaimTaken { .. }
             | ApplyError::Bookkeeping { .. } => false,
         }
     }

@@ -421,6 +421,23 @@ impl TargetSession for MysqlSession {
         positions::record(self.conn().await?, site, position, update).await
     }
 
+    async fn ensure_claims(&mut self) -> Result<(), ApplyError> {
+        positions::ensure_claims(self.conn().await?).await
+    }
+
+    async fn locked_claim(&mut self, scope: &str) -> Result<Option<String>, ApplyError> {
+        positions::locked_claim(self.conn().await?, scope).await
+    }
+
+    async fn record_claim(
+        &mut self,
+        scope: &str,
+        deployment: &str,
+        update: bool,
+    ) -> Result<(), ApplyError> {
+        positions::record_claim(self.conn().await?, scope, deployment, update).await
+    }
+
     async fn write_events(
         &mut self,
         events: &[&ChangeEvent],

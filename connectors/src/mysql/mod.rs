@@ -21,7 +21,7 @@ pub use catalog::{TableInfo, describe_table};
 pub use error::MysqlError;
 pub use load::{delete_positions_like, position_sources, rename_position, table_is_empty};
 pub use position::BinlogPosition;
-pub use positions::POSITIONS_DDL;
+pub use positions::{CLAIMS_DDL, POSITIONS_DDL};
 pub use preflight::{check_server, check_table};
 pub use snapshot::{MysqlSnapshot, MysqlSnapshotError};
 pub use stream::{MysqlStream, MysqlStreamConfig, StartPosition};

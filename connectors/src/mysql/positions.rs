@@ -91,3 +91,67 @@ pub(super) async fn record(
         ))?;
     Ok(())
 }
+
+/// The table of engine claims (see [`crate::apply::WriterClaim`]): which deployment owns the
+/// outbox counter named by `scope`; two statements.
+pub const CLAIMS_DDL: &str = "CREATE DATABASE IF NOT EXISTS duplex CHARACTER SET utf8mb4 COLLATE utf8mb4_bin; \
+     CREATE TABLE IF NOT EXISTS duplex.claims ( \
+         scope VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL PRIMARY KEY, \
+         deployment VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, \
+         claimed_at DATETIME(6) NOT NULL \
+     ) ENGINE = InnoDB";
+
+/// Creates `duplex.claims` unless it exists.
+pub(super) async fn ensure_claims(conn: &mut Conn) -> Result<(), ApplyError> {
+    let exists: Option<u8> = conn
+        .query_first(
+            "SELECT 1 FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = 'duplex' AND TABLE_NAME = 'claims'",
+        )
+        .await
+        .map_err(MysqlError::query("looking for duplex.claims"))?;
+    if exists.is_some() {
+        return Ok(());
+    }
+    for statement in CLAIMS_DDL.split(';') {
+        conn.query_drop(statement)
+            .await
+            .map_err(MysqlError::query("creating duplex.claims"))?;
+    }
+    Ok(())
+}
+
+/// The deployment owning `scope`, read under a row lock inside the open transaction.
+pub(super) async fn locked_claim(
+    conn: &mut Conn,
+    scope: &str,
+) -> Result<Option<String>, ApplyError> {
+    let owner: Option<String> = conn
+        .exec_first(
+            "SELECT deployment FROM duplex.claims WHERE scope = ? FOR UPDATE",
+            (scope,),
+        )
+        .await
+        .map_err(MysqlError::query("reading duplex.claims"))?;
+    Ok(owner)
+}
+
+/// Records `deployment` as the owner of `scope` in the open transaction: UPDATE when
+/// `update`, else INSERT.
+pub(super) async fn record_claim(
+    conn: &mut Conn,
+    scope: &str,
+    deployment: &str,
+    update: bool,
+) -> Result<(), ApplyError> {
+    let sql = if update {
+        "UPDATE duplex.claims SET deployment = ?, claimed_at = UTC_TIMESTAMP(6) WHERE scope = ?"
+    } else {
+        "INSERT INTO duplex.claims (deployment, scope, claimed_at) \
+         VALUES (?, ?, UTC_TIMESTAMP(6))"
+    };
+    conn.exec_drop(sql, (deployment, scope))
+        .await
+        .map_err(MysqlError::query("recording the claim in duplex.claims"))?;
+    Ok(())
+}

@@ -337,6 +337,24 @@ impl TargetSession for PgSession {
         positions::record(&self.client, site, position, update).await
     }
 
+    async fn ensure_claims(&mut self) -> Result<(), ApplyError> {
+        self.reconnect_if_closed().await?;
+        positions::ensure_claims(&self.client).await
+    }
+
+    async fn locked_claim(&mut self, scope: &str) -> Result<Option<String>, ApplyError> {
+        positions::locked_claim(&self.client, scope).await
+    }
+
+    async fn record_claim(
+        &mut self,
+        scope: &str,
+        deployment: &str,
+        update: bool,
+    ) -> Result<(), ApplyError> {
+        positions::record_claim(&self.client, scope, deployment, update).await
+    }
+
     async fn write_events(
         &mut self,
         events: &[&ChangeEvent],

@@ -53,6 +53,29 @@ pub async fn check(
     }
 }
 
+/// Moves the claim on `publication` from deployment `from` to `deployment` (`duplex run
+/// --take-over-from`); a publication that `from` does not own is left as it is.
+pub async fn take_over(
+    client: &Client,
+    publication: &str,
+    deployment: &str,
+    from: &str,
+) -> Result<(), PgStreamError> {
+    if recorded(client, publication).await?.as_deref() != Some(from) {
+        return Ok(());
+    }
+    let sql = format!(
+        "COMMENT ON PUBLICATION {} IS '{PREFIX}{deployment}'",
+        quote_ident(publication)
+    );
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(PgError::query("taking over the publication's claim"))?;
+    tracing::info!(%publication, previous = %from, "took over the publication and its slot");
+    Ok(())
+}
+
 /// Records `deployment` as the owner of `publication` (which must exist) unless it already
 /// is. A role that may not comment on it gets a warning with the statement to run.
 pub async fn record(

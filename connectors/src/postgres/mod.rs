@@ -22,7 +22,7 @@ pub use catalog::{ReplicaIdentity, TableInfo, describe_table};
 pub use error::PgError;
 pub use load::{delete_positions_like, position_sources, rename_position, table_is_empty};
 pub use position::{Lsn, LsnParseError};
-pub use positions::POSITIONS_DDL;
+pub use positions::{CLAIMS_DDL, POSITIONS_DDL};
 pub use preflight::{check_server, check_table};
 pub use slot::ensure_publication;
 pub(crate) use snapshot::backfill_snapshot;

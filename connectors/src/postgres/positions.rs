@@ -99,3 +99,71 @@ pub(super) async fn record(
         .map_err(PgError::query("recording the position in duplex.positions"))?;
     Ok(())
 }
+
+/// The table of engine claims (see [`crate::apply::WriterClaim`]): which deployment owns the
+/// outbox counter named by `scope`.
+pub const CLAIMS_DDL: &str = "CREATE SCHEMA IF NOT EXISTS duplex; \
+     CREATE TABLE IF NOT EXISTS duplex.claims ( \
+         scope text PRIMARY KEY, \
+         deployment text NOT NULL, \
+         claimed_at timestamptz NOT NULL DEFAULT now())";
+
+/// Creates `duplex.claims` unless it exists (a concurrent creation is not an error).
+pub(super) async fn ensure_claims(client: &Client) -> Result<(), ApplyError> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass('duplex.claims') IS NOT NULL", &[])
+        .await
+        .map_err(PgError::query("looking for duplex.claims"))?
+        .get(0);
+    if exists {
+        return Ok(());
+    }
+    match client.batch_execute(CLAIMS_DDL).await {
+        Ok(()) => Ok(()),
+        Err(e)
+            if e.code().is_some_and(|c| {
+                *c == SqlState::UNIQUE_VIOLATION
+                    || *c == SqlState::DUPLICATE_SCHEMA
+                    || *c == SqlState::DUPLICATE_TABLE
+            }) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(PgError::query("creating duplex.claims")(e).into()),
+    }
+}
+
+/// The deployment owning `scope`, read under a row lock inside the open transaction.
+pub(super) async fn locked_claim(
+    client: &Client,
+    scope: &str,
+) -> Result<Option<String>, ApplyError> {
+    let row = client
+        .query_opt(
+            "SELECT deployment FROM duplex.claims WHERE scope = $1 FOR UPDATE",
+            &[&scope],
+        )
+        .await
+        .map_err(PgError::query("reading duplex.claims"))?;
+    Ok(row.map(|row| row.get(0)))
+}
+
+/// Records `deployment` as the owner of `scope` in the open transaction: UPDATE when
+/// `update`, else INSERT.
+pub(super) async fn record_claim(
+    client: &Client,
+    scope: &str,
+    deployment: &str,
+    update: bool,
+) -> Result<(), ApplyError> {
+    let sql = if update {
+        "UPDATE duplex.claims SET deployment = $2, claimed_at = now() WHERE scope = $1"
+    } else {
+        "INSERT INTO duplex.claims (scope, deployment, claimed_at) VALUES ($1, $2, now())"
+    };
+    client
+        .execute(sql, &[&scope, &deployment])
+        .await
+        .map_err(PgError::query("recording the claim in duplex.claims"))?;
+    Ok(())
+}

@@ -145,6 +145,9 @@ pub struct PgStreamConfig {
     /// The identity of the deployment reading: the publication (and so the slot) is claimed
     /// for it, and one claimed by another deployment is refused (see [`super::claim`]).
     pub deployment: Option<String>,
+    /// A deployment whose claim on the publication is moved to `deployment` (see
+    /// [`super::claim::take_over`]).
+    pub take_over_from: Option<String>,
     /// Yield [`StreamItem::Shape`]s (see the contract in [`crate::stream`]).
     pub shapes: bool,
     /// The newest position the caller ever acknowledged on this slot (see
@@ -201,6 +204,7 @@ impl PgStreamConfig {
             part_events: None,
             echo_marker: false,
             deployment: None,
+            take_over_from: None,
             shapes: false,
             acknowledged: None,
         }
@@ -540,6 +544,9 @@ impl PgStream {
             }
         }
         if let Some(deployment) = &config.deployment {
+            if let Some(from) = &config.take_over_from {
+                super::claim::take_over(&catalog, &config.publication, deployment, from).await?;
+            }
             super::claim::check(&catalog, &config.publication, deployment).await?;
         }
         let table_ids = table_oids(&catalog, &config.tables).await?;
