@@ -131,6 +131,9 @@ pub(super) struct Coordinator {
     outboxes: Vec<Outbox>,
     /// Per site, the next outbox sequence number.
     next_seq: Vec<u64>,
+    /// Per site, the outbox position of the last echo read in this attempt: the entries
+    /// after it, up to the next echo's, are exactly the ones that echo's transaction carried.
+    last_echo: Vec<Option<u64>>,
     stats: Stats,
 }
 
@@ -143,11 +146,13 @@ impl Coordinator {
         outboxes: Vec<Outbox>,
         next_seq: Vec<u64>,
     ) -> Self {
+        let sites = next_seq.len();
         Coordinator {
             plan,
             store,
             outboxes,
             next_seq,
+            last_echo: vec![None; sites],
             stats: Stats::default(),
         }
     }
@@ -727,6 +732,10 @@ impl Coordinator {
             }
         }
         let covered = self.outboxes[index].up_to(upto);
+        // Entries at or before the previous echo read in this attempt, or all of them at the
+        // first echo, may have landed in transactions this reader never saw (written before
+        // its stream started): only the entries this transaction carried are judged.
+        let carried_after = self.last_echo[index].replace(upto);
         let plan = Arc::clone(&self.plan);
         for seq in covered {
             let write = self.outboxes[index].remove(seq).expect("listed above");
@@ -743,7 +752,11 @@ impl Coordinator {
                 store_row(w, mapping, &write.key, rv, &data)?;
             } else {
                 self.stats.skipped += 1;
-                self.skipped(w, mapping, &site, &write, done)?;
+                if carried_after.is_some_and(|after| seq > after) {
+                    self.skipped(w, mapping, &site, &write, done)?;
+                } else {
+                    tracing::debug!(mapping = %write.mapping, key = %write.key, site = %site, seq, "write not in this echo; its own transaction was not read in this attempt");
+                }
             }
         }
         Ok(())
@@ -753,8 +766,7 @@ impl Coordinator {
 impl Coordinator {
     /// A write the site skipped (its row did not hold what the write expected). Normally the
     /// site changed the row first, and that change, read before this echo, decides. When the
-    /// site's log shows no such change (what the engine records the site holding is still the
-    /// image the write expected), nothing will ever decide it: a key that equals another under
+    /// site's log never showed the row at all, nothing will ever decide it: a key that equals another under
     /// the site's collation ('A' and 'a', 'b' and 'b ' in MariaDB's `_ci` collations), or a row
     /// changed without the log. That becomes a held conflict, never silence.
     fn skipped(
@@ -766,8 +778,14 @@ impl Coordinator {
         done: &mut Done,
     ) -> Result<(), EngineError> {
         let (rv, mut data) = load(w, mapping, &write.key)?;
+        // The site's log never showed this row: no local change of it (the site's own counter
+        // of the row is 0) and no write of duplex landed there (it holds no version). Then the
+        // row the write met there is another key's, or one changed without the log, and no
+        // change of the site will ever decide the write. (A site whose log showed the row may
+        // skip a write the engine's bookkeeping expected differently; its changes decide.)
         let unexplained = data.held_conflict.is_none()
-            && same_image(data.held_image(site), write.before.as_ref());
+            && rv.merged.get(site) == 0
+            && rv.held.get(site).is_none_or(VersionVector::is_empty);
         if !unexplained {
             tracing::debug!(mapping = %write.mapping, key = %write.key, site = %site, "write skipped: the row had changed there; that change decides");
             return Ok(());
