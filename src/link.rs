@@ -732,21 +732,18 @@ fn follow_shape(
         .session
         .get(table)
         .or_else(|| shapes.stored.get(table));
-    let views: Vec<(TargetView<'_>, &str)> = plan
+    let views: Vec<TargetView<'_>> = plan
         .targets
         .iter()
         .zip(routes)
         .zip(&shapes.target_columns)
         .map(|((target, routes), columns)| {
             let route = routes.iter().find(|r| &r.source == table);
-            (
-                TargetView {
-                    site: &target.site.name,
-                    route,
-                    columns: route.and_then(|r| columns.get(&r.target)),
-                },
-                target.site.name.as_str(),
-            )
+            TargetView {
+                site: &target.site.name,
+                route,
+                columns: route.and_then(|r| columns.get(&r.target)),
+            }
         })
         .collect();
     let new = crate::shape::judge(
@@ -760,7 +757,7 @@ fn follow_shape(
     let rerouted = views
         .iter()
         .zip(&new)
-        .any(|((view, _), new)| crate::shape::reroutes(&shape, view.route, new.as_ref()));
+        .any(|(view, new)| crate::shape::reroutes(&shape, view.route, new.as_ref()));
     shapes.session.insert(table.clone(), shape.clone());
     if rerouted {
         return Ok(Some(shape));

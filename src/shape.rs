@@ -173,7 +173,7 @@ pub fn judge(
     shape: &TableShape,
     previous: Option<&TableShape>,
     catalog: &TableSchema,
-    targets: &[(TargetView<'_>, &str)],
+    targets: &[TargetView<'_>],
 ) -> Result<Vec<Option<TableRoute>>, Box<ShapeStop>> {
     let table = &shape.table;
     let carried: BTreeSet<&str> = shape.columns.iter().map(|c| c.name.as_str()).collect();
@@ -189,7 +189,8 @@ pub fn judge(
     }
     let schemas = HashMap::from([(table.clone(), schema_of(shape, catalog))]);
     let mut routes = Vec::with_capacity(targets.len());
-    for (view, target_site) in targets {
+    for view in targets {
+        let target_site = view.site;
         let new = crate::routes::routes_for(mappings, source, target_site, &schemas)
             .into_iter()
             .find(|r| &r.source == table);
@@ -230,7 +231,7 @@ pub fn judge(
                             [] => String::new(),
                             names => format!(", perhaps to {}", quoted_list(names)),
                         },
-                        target_site: (*target_site).to_owned(),
+                        target_site: target_site.to_owned(),
                         target_table: old.target.clone(),
                         target_column: target_column.clone(),
                     }));
@@ -257,7 +258,7 @@ pub fn judge(
                             source_site: source.to_owned(),
                             table: table.clone(),
                             column: source_column.clone(),
-                            target_site: (*target_site).to_owned(),
+                            target_site: target_site.to_owned(),
                             target_table: new.target.clone(),
                             target_column: target_column.clone(),
                         }));
@@ -267,7 +268,7 @@ pub fn judge(
                             source_site: source.to_owned(),
                             table: table.clone(),
                             column: source_column.clone(),
-                            target_site: (*target_site).to_owned(),
+                            target_site: target_site.to_owned(),
                             target_table: new.target.clone(),
                             target_column: target_column.clone(),
                         }));
@@ -279,7 +280,7 @@ pub fn judge(
                             column: source_column.clone(),
                             from: before.type_name,
                             to: now.type_name.clone(),
-                            target_site: (*target_site).to_owned(),
+                            target_site: target_site.to_owned(),
                             target_table: new.target.clone(),
                             target_column: target_column.clone(),
                         }));
@@ -432,15 +433,8 @@ mod tests {
             route: current.as_ref(),
             columns: Some(&columns),
         };
-        judge(
-            &mappings,
-            "store",
-            new,
-            Some(previous),
-            &catalog,
-            &[(view, "wms")],
-        )
-        .map(|mut routes| routes.remove(0))
+        judge(&mappings, "store", new, Some(previous), &catalog, &[view])
+            .map(|mut routes| routes.remove(0))
     }
 
     fn written(route: &TableRoute) -> Vec<&str> {

@@ -26,20 +26,37 @@ pub const POSITIONS_DDL: &str = "CREATE DATABASE IF NOT EXISTS duplex CHARACTER 
 
 /// Creates database `duplex` and `duplex.positions` unless they exist.
 pub(super) async fn ensure_table(conn: &mut Conn) -> Result<(), ApplyError> {
+    ensure(
+        conn,
+        "positions",
+        POSITIONS_DDL,
+        "creating duplex.positions",
+    )
+    .await
+}
+
+/// Runs the statements of `ddl` unless `duplex.<table>` exists.
+async fn ensure(
+    conn: &mut Conn,
+    table: &'static str,
+    ddl: &str,
+    creating: &'static str,
+) -> Result<(), ApplyError> {
+    // `table` is one of this module's names, never input.
     let exists: Option<u8> = conn
-        .query_first(
+        .query_first(format!(
             "SELECT 1 FROM information_schema.TABLES \
-             WHERE TABLE_SCHEMA = 'duplex' AND TABLE_NAME = 'positions'",
-        )
+             WHERE TABLE_SCHEMA = 'duplex' AND TABLE_NAME = '{table}'"
+        ))
         .await
-        .map_err(MysqlError::query("looking for duplex.positions"))?;
+        .map_err(MysqlError::query("looking for a duplex bookkeeping table"))?;
     if exists.is_some() {
         return Ok(());
     }
-    for statement in POSITIONS_DDL.split(';') {
+    for statement in ddl.split(';') {
         conn.query_drop(statement)
             .await
-            .map_err(MysqlError::query("creating duplex.positions"))?;
+            .map_err(MysqlError::query(creating))?;
     }
     Ok(())
 }
@@ -103,22 +120,7 @@ pub const CLAIMS_DDL: &str = "CREATE DATABASE IF NOT EXISTS duplex CHARACTER SET
 
 /// Creates `duplex.claims` unless it exists.
 pub(super) async fn ensure_claims(conn: &mut Conn) -> Result<(), ApplyError> {
-    let exists: Option<u8> = conn
-        .query_first(
-            "SELECT 1 FROM information_schema.TABLES \
-             WHERE TABLE_SCHEMA = 'duplex' AND TABLE_NAME = 'claims'",
-        )
-        .await
-        .map_err(MysqlError::query("looking for duplex.claims"))?;
-    if exists.is_some() {
-        return Ok(());
-    }
-    for statement in CLAIMS_DDL.split(';') {
-        conn.query_drop(statement)
-            .await
-            .map_err(MysqlError::query("creating duplex.claims"))?;
-    }
-    Ok(())
+    ensure(conn, "claims", CLAIMS_DDL, "creating duplex.claims").await
 }
 
 /// The deployment owning `scope`, read under a row lock inside the open transaction.

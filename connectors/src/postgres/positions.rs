@@ -27,17 +27,33 @@ pub const POSITIONS_DDL: &str = "CREATE SCHEMA IF NOT EXISTS duplex; \
 /// change streams with the echo marker). A concurrent creation by another applier or stream
 /// is not an error.
 pub(super) async fn ensure_table(client: &Client) -> Result<(), PgError> {
+    ensure(
+        client,
+        "duplex.positions",
+        POSITIONS_DDL,
+        "creating duplex.positions",
+    )
+    .await
+}
+
+/// Runs `ddl` unless `table` exists; a concurrent creation is not an error.
+async fn ensure(
+    client: &Client,
+    table: &str,
+    ddl: &str,
+    creating: &'static str,
+) -> Result<(), PgError> {
     let exists: bool = client
-        .query_one("SELECT to_regclass('duplex.positions') IS NOT NULL", &[])
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
         .await
-        .map_err(PgError::query("looking for duplex.positions"))?
+        .map_err(PgError::query("looking for a duplex bookkeeping table"))?
         .get(0);
     if exists {
         return Ok(());
     }
-    match client.batch_execute(POSITIONS_DDL).await {
+    match client.batch_execute(ddl).await {
         Ok(()) => {
-            tracing::info!("created duplex.positions");
+            tracing::info!("created {table}");
             Ok(())
         }
         // `IF NOT EXISTS` still races: the loser of two concurrent creations fails on the
@@ -51,7 +67,7 @@ pub(super) async fn ensure_table(client: &Client) -> Result<(), PgError> {
         {
             Ok(())
         }
-        Err(e) => Err(PgError::query("creating duplex.positions")(e)),
+        Err(e) => Err(PgError::query(creating)(e)),
     }
 }
 
@@ -110,27 +126,13 @@ pub const CLAIMS_DDL: &str = "CREATE SCHEMA IF NOT EXISTS duplex; \
 
 /// Creates `duplex.claims` unless it exists (a concurrent creation is not an error).
 pub(super) async fn ensure_claims(client: &Client) -> Result<(), ApplyError> {
-    let exists: bool = client
-        .query_one("SELECT to_regclass('duplex.claims') IS NOT NULL", &[])
-        .await
-        .map_err(PgError::query("looking for duplex.claims"))?
-        .get(0);
-    if exists {
-        return Ok(());
-    }
-    match client.batch_execute(CLAIMS_DDL).await {
-        Ok(()) => Ok(()),
-        Err(e)
-            if e.code().is_some_and(|c| {
-                *c == SqlState::UNIQUE_VIOLATION
-                    || *c == SqlState::DUPLICATE_SCHEMA
-                    || *c == SqlState::DUPLICATE_TABLE
-            }) =>
-        {
-            Ok(())
-        }
-        Err(e) => Err(PgError::query("creating duplex.claims")(e).into()),
-    }
+    Ok(ensure(
+        client,
+        "duplex.claims",
+        CLAIMS_DDL,
+        "creating duplex.claims",
+    )
+    .await?)
 }
 
 /// The deployment owning `scope`, read under a row lock inside the open transaction.
