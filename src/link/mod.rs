@@ -59,9 +59,22 @@ use duplex_state::StateStore;
 use crate::backoff::Backoff;
 use crate::config::{Mapping, Site};
 use crate::report::chain;
-use crate::shape::{ShapeStop, TargetView, shape_key};
+use crate::shape::{ShapeStop, shape_key};
+
+/// Acknowledging to the source, each position recorded in the state store first.
+mod ack;
+/// The checks before a link reads: its position rows and the mapped tables' identities.
+mod identity;
+/// The routes by the shapes the stream announces.
+mod shapes;
+
 use crate::shutdown::stop_requested;
+pub use ack::acknowledged_key;
+use ack::{ACK_EVERY, Acker};
 use duplex_connectors::{AnyApplier, AnyStream, StreamError, StreamItem, StreamOptions};
+use identity::{check_table_identities, claim_legacy_position};
+pub use identity::{position_key, table_id_key};
+use shapes::{Shapes, current_routes, follow_shape, record_shapes, target_columns};
 
 /// Transactions queued per target before the reader waits.
 const QUEUE: usize = 1024;
@@ -242,86 +255,6 @@ enum Ended {
     /// A source table's shape changed its routes: everything read before it was committed;
     /// start again with the new routes.
     Rerouted,
-}
-
-/// The routes of every target: a source table is routed by the shape its changes will have
-/// next: the one `followed` in this run, else the last one recorded in the state store, else
-/// the catalog's. A column gone from the source (not in the catalog) that the target no
-/// longer has either is left out (the DBA made the same change on the target).
-fn current_routes(
-    plan: &LinkPlan,
-    followed: &HashMap<TableName, TableShape>,
-    stored: &HashMap<TableName, TableShape>,
-    target_columns: &[HashMap<TableName, BTreeSet<String>>],
-) -> Vec<Vec<TableRoute>> {
-    let mut schemas = plan.schemas.clone();
-    for (table, catalog) in &plan.schemas {
-        if let Some(shape) = followed.get(table).or_else(|| stored.get(table)) {
-            schemas.insert(table.clone(), crate::shape::schema_of(shape, catalog));
-        }
-    }
-    plan.targets
-        .iter()
-        .zip(target_columns)
-        .map(|(t, columns)| {
-            let mut routes = crate::routes::routes_for(
-                &plan.mappings,
-                &plan.source.name,
-                &t.site.name,
-                &schemas,
-            );
-            for route in &mut routes {
-                let (Some(catalog), Some(on_target)) =
-                    (plan.schemas.get(&route.source), columns.get(&route.target))
-                else {
-                    continue;
-                };
-                route.columns.retain(|(source, target)| {
-                    catalog.column(source).is_some() || on_target.contains(target)
-                });
-            }
-            routes
-        })
-        .collect()
-}
-
-/// The columns of every target table of the plan's routes, per target.
-async fn target_columns(
-    plan: &LinkPlan,
-) -> Result<Vec<HashMap<TableName, BTreeSet<String>>>, LinkError> {
-    let mut all = Vec::with_capacity(plan.targets.len());
-    for target in &plan.targets {
-        let routes = &target.routes;
-        let tables: BTreeSet<TableName> = routes.iter().map(|r| r.target.clone()).collect();
-        let schemas = duplex_connectors::describe(&target.site.connection(), &tables)
-            .await
-            .map_err(|source| LinkError::Schema {
-                site: target.site.name.clone(),
-                transient: source.is_transient(),
-                source: Box::new(source),
-            })?;
-        all.push(
-            schemas
-                .into_iter()
-                .map(|(table, schema)| {
-                    (table, schema.columns.into_iter().map(|c| c.name).collect())
-                })
-                .collect(),
-        );
-    }
-    Ok(all)
-}
-
-/// Source tables' shapes as this attempt knows them (see `crate::shape`).
-struct Shapes {
-    /// The last shape every target committed changes of, per table (from the state store).
-    stored: HashMap<TableName, TableShape>,
-    /// The last shape announced in this attempt, per table.
-    session: HashMap<TableName, TableShape>,
-    /// Shapes to record once every target committed the item with this sequence number.
-    to_record: VecDeque<(u64, TableShape)>,
-    /// Columns of the target tables, per target.
-    target_columns: Vec<HashMap<TableName, BTreeSet<String>>>,
 }
 
 /// One run of the link until shutdown or failure. `warn_unbackfilled`: the first attempt that
@@ -606,190 +539,6 @@ async fn attempt(
     outcome
 }
 
-/// The source name a target's `duplex.positions` records the progress of `site` under, for
-/// the deployment `deployment` (the state store's identity): two configurations that name
-/// their sites alike never share a row, whatever servers they write into.
-pub fn position_key(site: &str, deployment: &str) -> String {
-    format!("{site}@{deployment}")
-}
-
-/// Takes over a target's row of `site` recorded under the bare site name (by duplex before
-/// positions were keyed by deployment) when none under `key` exists, and warns once about rows
-/// of a site named alike that another deployment records there.
-async fn claim_legacy_position(
-    target: &Site,
-    site: &str,
-    key: &str,
-    warn_others: &mut bool,
-) -> Result<(), LinkError> {
-    let failed = |source: duplex_connectors::load::AdminError| LinkError::Schema {
-        site: target.name.clone(),
-        transient: true,
-        source: Box::new(source),
-    };
-    let connection = target.connection();
-    let sources = duplex_connectors::load::position_sources(&connection)
-        .await
-        .map_err(failed)?;
-    if sources.iter().any(|s| s == key) {
-        return Ok(());
-    }
-    if sources.iter().any(|s| s == site)
-        && duplex_connectors::load::rename_position(&connection, site, key)
-            .await
-            .map_err(failed)?
-    {
-        tracing::info!(site = %target.name, source = site, row = key, "took over the position recorded before positions were kept per deployment");
-        return Ok(());
-    }
-    let prefix = format!("{site}@");
-    let others: Vec<&str> = sources
-        .iter()
-        .filter(|s| s.starts_with(&prefix))
-        .map(|s| &s[prefix.len()..])
-        .collect();
-    if !others.is_empty() && std::mem::take(warn_others) {
-        tracing::warn!(
-            target_site = %target.name,
-            source = site,
-            "site {} holds positions of a source site named {site} for other duplex deployments ({}), none for this one ({}): if one of them was this duplex with an earlier state directory, stop now and restore that directory (this start reads the source from where this deployment's link first started, or from its current position); if another duplex replicates another source under the same site name, this is fine",
-            target.name,
-            others.join(", "),
-            &key[prefix.len()..],
-        );
-    }
-    Ok(())
-}
-
-/// The state-store key of a mapped source table's identity (PostgreSQL: its oid).
-pub fn table_id_key(source: &str, table: &TableName) -> String {
-    format!("table-id:{source}:{table}")
-}
-
-/// Compares the mapped tables' identities on the source with those recorded when the link
-/// first read them: a table dropped and re-created (or one that had left the publication)
-/// since has changes that are not in the stream, which must stop the link until the DBA
-/// copied the table again and accepted it (`run --accept-schema-change`). The stop is kept
-/// (an identity of 0 is recorded for a table that had left the publication), since the
-/// stream has already put the table back.
-async fn check_table_identities(
-    state: &Arc<StateStore>,
-    source: &str,
-    stream: &AnyStream,
-) -> Result<(), LinkError> {
-    let (ids, unpublished) = stream.table_identities();
-    let store = state.clone();
-    let source_name = source.to_owned();
-    let replaced = tokio::task::spawn_blocking(move || -> Result<Option<(TableName, String)>, duplex_state::StateError> {
-        for (table, id) in ids {
-            let key = table_id_key(&source_name, &table);
-            let recorded = store.position::<u64>(&key)?;
-            let what = match recorded {
-                None => {
-                    store.save_position(&key, &id)?;
-                    continue;
-                }
-                Some(0) => "was removed from the publication or dropped while duplex was not reading it",
-                Some(known) if known != id => "was dropped and re-created since duplex last read it",
-                Some(_) if unpublished.contains(&table) => {
-                    store.save_position(&key, &0u64)?;
-                    "was removed from the publication or dropped while duplex was not reading it"
-                }
-                Some(_) => continue,
-            };
-            return Ok(Some((table, what.to_owned())));
-        }
-        Ok(None)
-    })
-    .await
-    .map_err(|panic| LinkError::Crashed(panic.to_string()))?
-    .map_err(LinkError::State)?;
-    match replaced {
-        None => Ok(()),
-        Some((table, what)) => Err(LinkError::TableReplaced {
-            site: source.to_owned(),
-            table,
-            what,
-        }),
-    }
-}
-
-/// Judges a shape the stream announced (see `crate::shape`): `None` when the routes stay,
-/// the shape when they change (the attempt ends and the next one routes by it), or why the
-/// link stops. `next` is the sequence number of the item the shape comes before.
-fn follow_shape(
-    plan: &LinkPlan,
-    routes: &[Vec<TableRoute>],
-    shapes: &mut Shapes,
-    shape: TableShape,
-    next: u64,
-) -> Result<Option<TableShape>, Box<ShapeStop>> {
-    let table = &shape.table;
-    let Some(catalog) = plan.schemas.get(table) else {
-        return Ok(None);
-    };
-    let previous = shapes
-        .session
-        .get(table)
-        .or_else(|| shapes.stored.get(table));
-    let views: Vec<TargetView<'_>> = plan
-        .targets
-        .iter()
-        .zip(routes)
-        .zip(&shapes.target_columns)
-        .map(|((target, routes), columns)| {
-            let route = routes.iter().find(|r| &r.source == table);
-            TargetView {
-                site: &target.site.name,
-                route,
-                columns: route.and_then(|r| columns.get(&r.target)),
-            }
-        })
-        .collect();
-    let new = crate::shape::judge(
-        &plan.mappings,
-        &plan.source.name,
-        &shape,
-        previous,
-        catalog,
-        &views,
-    )?;
-    let rerouted = views
-        .iter()
-        .zip(&new)
-        .any(|(view, new)| crate::shape::reroutes(&shape, view.route, new.as_ref()));
-    shapes.session.insert(table.clone(), shape.clone());
-    if rerouted {
-        return Ok(Some(shape));
-    }
-    if shapes.stored.get(table) != Some(&shape) {
-        shapes.to_record.push_back((next, shape));
-    }
-    Ok(None)
-}
-
-/// Records in the state store the shapes whose following item every target committed (so a
-/// restart compares what it reads with them).
-async fn record_shapes(
-    state: &Arc<StateStore>,
-    source: &str,
-    to_record: &mut VecDeque<(u64, TableShape)>,
-    low_water: u64,
-) -> Result<(), LinkError> {
-    while to_record.front().is_some_and(|(seq, _)| *seq <= low_water) {
-        let Some((_, shape)) = to_record.pop_front() else {
-            break;
-        };
-        let store = state.clone();
-        let key = shape_key(source, &shape.table);
-        tokio::task::spawn_blocking(move || store.save_position(&key, &shape))
-            .await
-            .map_err(|panic| LinkError::Crashed(panic.to_string()))?
-            .map_err(LinkError::State)?;
-    }
-    Ok(())
-}
-
 /// What the reader hands a target worker.
 #[derive(Debug)]
 enum Piece {
@@ -894,105 +643,6 @@ async fn hand_over(outlet: &Outlet, piece: Piece) -> bool {
         return false;
     };
     outlet.queue.send((piece, permit)).await.is_ok()
-}
-
-/// How often a link acknowledges to its source at most.
-const ACK_EVERY: Duration = Duration::from_secs(1);
-
-/// The state-store key of the newest position a link acknowledged to its source.
-pub fn acknowledged_key(source: &str) -> String {
-    format!("link-acknowledged:{source}")
-}
-
-/// Acknowledges to the source the newest item every target has committed, at most every
-/// [`ACK_EVERY`]. A PostgreSQL position is recorded in the state store before it is sent, so
-/// the next start can tell a slot confirmed beyond anything duplex acknowledged (re-created
-/// or advanced by someone else; see `StreamOptions::acknowledged`).
-struct Acker {
-    key: String,
-    /// The newest position recorded.
-    recorded: Option<Position>,
-    /// The newest position every target committed, not yet sent.
-    ready: Option<Position>,
-    /// When a position was last sent.
-    sent: Instant,
-}
-
-impl Acker {
-    /// Takes every item every target has committed off `unacked`.
-    fn offer(&mut self, unacked: &mut VecDeque<(u64, Position)>, low_water: u64) {
-        if let Some(position) = acknowledgeable(unacked, low_water) {
-            self.ready = Some(position);
-        }
-    }
-
-    /// Sends the ready position when [`ACK_EVERY`] has passed (or `now`), recording it first.
-    async fn flush(
-        &mut self,
-        state: &Arc<StateStore>,
-        stream: &AnyStream,
-        now: bool,
-    ) -> Result<(), LinkError> {
-        if self.ready.is_none() || (!now && self.sent.elapsed() < ACK_EVERY) {
-            return Ok(());
-        }
-        let Some(position) = self.ready.take() else {
-            return Ok(());
-        };
-        let newer = self
-            .recorded
-            .as_ref()
-            .is_none_or(|r| r != &position && not_after(r, &position));
-        if matches!(position, Position::Postgres(_)) && newer {
-            let store = state.clone();
-            let key = self.key.clone();
-            let saved = position.clone();
-            tokio::task::spawn_blocking(move || store.save_position(&key, &saved))
-                .await
-                .map_err(|panic| LinkError::Crashed(panic.to_string()))?
-                .map_err(LinkError::State)?;
-            self.recorded = Some(position.clone());
-        }
-        stream.ack(&position);
-        self.sent = Instant::now();
-        Ok(())
-    }
-}
-
-/// Takes from `unacked` (items in the order read: the sequence number every target must
-/// reach, and the item's position) every item every target has committed, `low_water`
-/// being the sequence number they all reached, and returns the newest one's position.
-///
-/// The invariant, asserted in debug builds: the position returned is never beyond an item
-/// some target has not committed. A heartbeat carries the sequence number of the transaction
-/// read before it, so it waits behind that transaction however far the source's log has
-/// moved on; and positions, read in order, never move backwards.
-fn acknowledgeable(unacked: &mut VecDeque<(u64, Position)>, low_water: u64) -> Option<Position> {
-    let mut newest: Option<Position> = None;
-    while let Some((seq, position)) = unacked.pop_front() {
-        if seq > low_water {
-            unacked.push_front((seq, position));
-            break;
-        }
-        debug_assert!(
-            newest.as_ref().is_none_or(|n| not_after(n, &position)),
-            "positions read moved backwards: {newest:?} then {position}"
-        );
-        newest = Some(position);
-    }
-    if let (Some(newest), Some((seq, next))) = (&newest, unacked.front()) {
-        debug_assert!(
-            *seq > low_water && not_after(newest, next),
-            "acknowledging {newest}, beyond item {seq} at {next} that some target has not \
-             committed (all committed up to {low_water})"
-        );
-    }
-    newest
-}
-
-/// `a` is not after `b` (positions of different kinds, which never meet in one link, pass).
-fn not_after(a: &Position, b: &Position) -> bool {
-    !matches!(a.compare(b), Ok(Ordering::Greater))
 }
 
 /// One target's writer: batches queued transactions and applies them; writes the parts of a
@@ -1153,44 +803,5 @@ impl Progress {
         );
         self.last_log = Instant::now();
         self.logged_events = self.read_events;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn at(n: u64) -> Position {
-        Position::Outbox(n)
-    }
-
-    #[test]
-    fn a_heartbeat_waits_behind_a_transaction_some_target_has_not_committed() {
-        // Transaction 1 at 10, a heartbeat at 50 read after it, transaction 2 at 60.
-        let mut unacked = VecDeque::from([(1, at(10)), (1, at(50)), (2, at(60))]);
-        // No target committed anything: however far the heartbeat is, nothing is confirmed.
-        assert_eq!(acknowledgeable(&mut unacked, 0), None);
-        assert_eq!(unacked.len(), 3);
-        // Every target committed transaction 1: the heartbeat after it is confirmed too, not
-        // transaction 2.
-        assert_eq!(acknowledgeable(&mut unacked, 1), Some(at(50)));
-        assert_eq!(unacked, VecDeque::from([(2, at(60))]));
-        assert_eq!(acknowledgeable(&mut unacked, 1), None);
-        assert_eq!(acknowledgeable(&mut unacked, 2), Some(at(60)));
-        assert!(unacked.is_empty());
-    }
-
-    #[test]
-    fn a_heartbeat_before_any_transaction_is_confirmed_at_once() {
-        let mut unacked = VecDeque::from([(0, at(5))]);
-        assert_eq!(acknowledgeable(&mut unacked, 0), Some(at(5)));
-    }
-
-    #[test]
-    #[cfg(debug_assertions)]
-    #[should_panic(expected = "moved backwards")]
-    fn positions_moving_backwards_are_a_bug() {
-        let mut unacked = VecDeque::from([(1, at(10)), (1, at(9))]);
-        acknowledgeable(&mut unacked, 1);
     }
 }
