@@ -1,6 +1,7 @@
 //! The server-side objects a PostgreSQL change stream reads through: the publication that
 //! lists the mapped tables, the logical replication slot that keeps the position, and the
-//! settings of the replication session that streams from them.
+//! settings of the replication session that streams from them; and what the publication lists
+//! and the mapped tables' oids, which a stream checks to notice a table re-created under it.
 
 use pgwire_replication::{ReplicationConfig, TlsConfig};
 use tokio_postgres::Client;
@@ -169,4 +170,50 @@ pub(super) fn replication_config(
         .with_buffer_size(config.buffer_events)
         .with_options(types::SESSION_OPTIONS)
         .with_application_name(format!("duplex {}", config.source)))
+}
+
+/// The oid of each table (`None`: no such table).
+pub(super) async fn table_oids(
+    client: &Client,
+    tables: &[TableName],
+) -> Result<Vec<(TableName, Option<u32>)>, PgStreamError> {
+    let mut ids = Vec::with_capacity(tables.len());
+    for table in tables {
+        let row = client
+            .query_opt(
+                "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2",
+                &[&table.schema, &table.name],
+            )
+            .await
+            .map_err(PgError::query("looking up a mapped table's oid"))?;
+        ids.push((table.clone(), row.map(|r| r.get::<_, u32>(0))));
+    }
+    Ok(ids)
+}
+
+/// The tables publication `name` lists (`None`: no such publication).
+pub(super) async fn published_tables(
+    client: &Client,
+    name: &str,
+) -> Result<Option<std::collections::HashSet<TableName>>, PgStreamError> {
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
+        .await
+        .map_err(PgError::query("looking up the publication"))?;
+    if exists.is_none() {
+        return Ok(None);
+    }
+    let rows = client
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+            &[&name],
+        )
+        .await
+        .map_err(PgError::query("listing the publication's tables"))?;
+    Ok(Some(
+        rows.iter()
+            .map(|r| TableName::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+            .collect(),
+    ))
 }

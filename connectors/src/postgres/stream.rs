@@ -104,7 +104,9 @@ use crate::{
 };
 
 use super::pgoutput::{self, DecodeError, Message, OldTuple, Relation, TupleData};
-use super::slot::{ensure_publication, ensure_slot, replication_config};
+use super::slot::{
+    ensure_publication, ensure_slot, published_tables, replication_config, table_oids,
+};
 use super::types::{self, PgType, ValueError};
 use super::{Lsn, PgError, connect, describe_table, describe_target};
 
@@ -409,52 +411,6 @@ fn sqlstate(message: &str) -> Option<&str> {
 
 /// How often a stream checks that its mapped tables are still the ones it started with.
 const TABLE_CHECK_EVERY: Duration = Duration::from_secs(5);
-
-/// The oid of each table (`None`: no such table).
-async fn table_oids(
-    client: &Client,
-    tables: &[TableName],
-) -> Result<Vec<(TableName, Option<u32>)>, PgStreamError> {
-    let mut ids = Vec::with_capacity(tables.len());
-    for table in tables {
-        let row = client
-            .query_opt(
-                "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = $1 AND c.relname = $2",
-                &[&table.schema, &table.name],
-            )
-            .await
-            .map_err(PgError::query("looking up a mapped table's oid"))?;
-        ids.push((table.clone(), row.map(|r| r.get::<_, u32>(0))));
-    }
-    Ok(ids)
-}
-
-/// The tables publication `name` lists (`None`: no such publication).
-async fn published_tables(
-    client: &Client,
-    name: &str,
-) -> Result<Option<std::collections::HashSet<TableName>>, PgStreamError> {
-    let exists = client
-        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
-        .await
-        .map_err(PgError::query("looking up the publication"))?;
-    if exists.is_none() {
-        return Ok(None);
-    }
-    let rows = client
-        .query(
-            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
-            &[&name],
-        )
-        .await
-        .map_err(PgError::query("listing the publication's tables"))?;
-    Ok(Some(
-        rows.iter()
-            .map(|r| TableName::new(r.get::<_, String>(0), r.get::<_, String>(1)))
-            .collect(),
-    ))
-}
 
 /// A table as the current `Relation` message describes it.
 struct RelationEntry {
