@@ -15,7 +15,11 @@ use crate::shape::{ShapeStop, TargetView, shape_key};
 /// The routes of every target: a source table is routed by the shape its changes will have
 /// next: the one `followed` in this run, else the last one recorded in the state store, else
 /// the catalog's. A column gone from the source (not in the catalog) that the target no
-/// longer has either is left out (the DBA made the same change on the target).
+/// longer has either is left out (the DBA made the same change on the target). For a table
+/// routed by a known shape, every column the target does not have is left out: the changes may
+/// no longer carry it (renamed since, the target renamed to follow), and the stream announces
+/// the shape of the changes before the first of them, which is judged against that known shape
+/// and stops the link ([`ShapeStop::Missing`]) when they still carry it.
 pub(super) fn current_routes(
     plan: &LinkPlan,
     followed: &HashMap<TableName, TableShape>,
@@ -44,8 +48,10 @@ pub(super) fn current_routes(
                 else {
                     continue;
                 };
+                let shaped =
+                    followed.contains_key(&route.source) || stored.contains_key(&route.source);
                 route.columns.retain(|(source, target)| {
-                    catalog.column(source).is_some() || on_target.contains(target)
+                    on_target.contains(target) || !shaped && catalog.column(source).is_some()
                 });
             }
             routes

@@ -81,6 +81,9 @@
 //! may stop where waiting would have been enough; it never follows a change it should not. A
 //! TABLE_MAP whose (FULL metadata) names are exactly the leading columns of a newer catalog
 //! was written before columns were added at the end: its rows are decoded by those columns.
+//! One whose names differ from the catalog's while the columns are as many, of the same binlog
+//! types and signedness, was written before (or after) a rename: its rows are decoded by
+//! position under the TABLE_MAP's names, so the shape announced shows the rename.
 //! With [`MysqlStreamConfig::shapes`] each TABLE_MAP's columns are yielded as a
 //! [`StreamItem::Shape`] whenever they differ from the last announced, so the caller judges a
 //! rename or retype no statement parsed here saw (DDL in an executable comment, say). A
@@ -731,6 +734,13 @@ impl MysqlStream {
                     // Rows written before columns were added at the end (the catalog is
                     // newer than this part of the binlog): decoded by the columns they have.
                     Arc::new(older)
+                } else if let Some(renamed) = names.as_deref().and_then(|names| {
+                    renamed_columns(&fresh, &layout, names, full_metadata_signedness(&tme))
+                }) {
+                    // The same columns (by position, binlog type and signedness) under the
+                    // names they had when these rows were written: decoded by the log's own
+                    // names, so the shape they announce shows the rename to the caller.
+                    Arc::new(renamed)
                 } else if !fits(&fresh, &layout, names.as_deref()) {
                     return Err(MysqlStreamError::SchemaMismatch {
                         table,
@@ -1015,6 +1025,88 @@ fn leading_columns(catalog: &TableCatalog, names: &[String]) -> Option<TableCata
     })
 }
 
+/// The catalog under the TABLE_MAP's column names, when those differ from today's but the
+/// columns are otherwise the same: as many, each of the binlog type the catalog's type is
+/// written as (checked again by the column decoders) and, where FULL metadata gives it, of the
+/// same signedness. The rows were written before columns were renamed (or after, by a reader
+/// whose catalog is older): their bytes decode by the types, which the log itself carries, and
+/// the names are the log's, so the shape announced for them shows the rename and the caller
+/// judges it. The primary key is named by position.
+fn renamed_columns(
+    catalog: &TableCatalog,
+    layout: &[(u8, Vec<u8>)],
+    names: &[String],
+    signedness: Option<Vec<bool>>,
+) -> Option<TableCatalog> {
+    if names.len() != catalog.columns.len() || layout.len() != names.len() {
+        return None;
+    }
+    if let Some(signedness) = signedness {
+        let numeric: Vec<&ColumnInfo> = catalog
+            .columns
+            .iter()
+            .zip(layout)
+            .filter(|(_, (code, _))| is_numeric_code(*code))
+            .map(|(c, _)| c)
+            .collect();
+        // One bit per numeric column, padded to whole bytes.
+        if signedness.len() < numeric.len()
+            || signedness.len() >= numeric.len() + 8
+            || numeric
+                .iter()
+                .zip(&signedness)
+                .any(|(c, unsigned)| c.unsigned != *unsigned)
+        {
+            return None;
+        }
+    }
+    let columns: Vec<ColumnInfo> = catalog
+        .columns
+        .iter()
+        .zip(names)
+        .map(|(c, name)| ColumnInfo {
+            name: name.clone(),
+            ..c.clone()
+        })
+        .collect();
+    let primary_key = catalog
+        .primary_key
+        .iter()
+        .map(|k| {
+            let i = catalog.columns.iter().position(|c| c.name == *k)?;
+            Some(names[i].clone())
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(TableCatalog {
+        columns,
+        primary_key,
+    })
+}
+
+/// The binlog column types FULL metadata's signedness bits are given for, in column order.
+fn is_numeric_code(code: u8) -> bool {
+    use super::types::code;
+    matches!(
+        code,
+        code::TINY
+            | code::SHORT
+            | code::INT24
+            | code::LONG
+            | code::LONGLONG
+            | code::FLOAT
+            | code::DOUBLE
+            | code::NEWDECIMAL
+    )
+}
+
+/// Per numeric column, whether it is UNSIGNED, from the TABLE_MAP's optional metadata.
+fn full_metadata_signedness(tme: &TableMapEvent<'_>) -> Option<Vec<bool>> {
+    tme.iter_optional_meta().find_map(|field| match field {
+        Ok(OptionalMetadataField::Signedness(bits)) => Some(bits.iter().map(|b| *b).collect()),
+        _ => None,
+    })
+}
+
 /// Column names from the TABLE_MAP's optional metadata (`binlog_row_metadata=FULL`).
 fn full_metadata_names(tme: &TableMapEvent<'_>) -> Option<Vec<String>> {
     tme.iter_optional_meta().find_map(|field| match field {
@@ -1146,6 +1238,36 @@ fn decode_error_io(what: &str, source: std::io::Error) -> MysqlStreamError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renamed_columns_keep_positions_types_and_signedness() {
+        use super::super::types::code;
+        let column = |name: &str, data_type: &str, unsigned: bool| ColumnInfo {
+            name: name.into(),
+            data_type: data_type.into(),
+            column_type: data_type.into(),
+            unsigned,
+            charset: None,
+            nullable: true,
+        };
+        let catalog = TableCatalog {
+            columns: vec![column("id", "int", false), column("c2", "int", true)],
+            primary_key: vec!["id".into()],
+        };
+        let layout = vec![(code::LONG, vec![]), (code::LONG, vec![])];
+        let names = vec!["key".to_owned(), "c".to_owned()];
+        let renamed = renamed_columns(&catalog, &layout, &names, None).unwrap();
+        assert_eq!(renamed.columns[1].name, "c");
+        assert!(renamed.columns[1].unsigned);
+        assert_eq!(renamed.primary_key, vec!["key".to_owned()]);
+        // Signedness bits come padded to whole bytes.
+        let bits = |b: [bool; 8]| Some(b.to_vec());
+        let signed_unsigned = [false, true, false, false, false, false, false, false];
+        let unsigned_signed = [true, false, false, false, false, false, false, false];
+        assert!(renamed_columns(&catalog, &layout, &names, bits(signed_unsigned)).is_some());
+        assert!(renamed_columns(&catalog, &layout, &names, bits(unsigned_signed)).is_none());
+        assert!(renamed_columns(&catalog, &layout, &names[..1], None).is_none());
+    }
 
     #[test]
     fn statements_mention_tables_of_their_database_only() {

@@ -172,7 +172,8 @@ pub struct ColumnDecoder {
 }
 
 /// Binlog column type codes (`enum_field_types`).
-mod code {
+/// Binlog column type codes.
+pub(super) mod code {
     pub const TINY: u8 = 1;
     pub const SHORT: u8 = 2;
     pub const LONG: u8 = 3;
