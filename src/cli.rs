@@ -90,6 +90,27 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<ConflictsAction>,
     },
+    /// List the changes targets refused under mappings with `on_error = "dead-letter"`, or
+    /// write them again once the cause is fixed (reads the state store: stop `duplex run`).
+    DeadLetters {
+        /// Print JSON instead of the list.
+        #[arg(long)]
+        json: bool,
+        /// Only this mapping's.
+        #[arg(long, value_name = "NAME")]
+        mapping: Option<String>,
+        /// What to do; lists the dead letters when omitted.
+        #[command(subcommand)]
+        action: Option<DeadLettersAction>,
+    },
+}
+
+/// `duplex dead-letters` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DeadLettersAction {
+    /// Write the dead letters into their targets, in order, each row's letters until one is
+    /// refused again (exits 1 when some still are).
+    Retry,
 }
 
 /// `duplex conflicts` subcommands.
@@ -112,7 +133,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // `check` prints its own report; `run` is a long-running service whose log is its voice.
     let default_filter = match cli.command {
-        Command::Check | Command::Conflicts { .. } => "warn",
+        Command::Check | Command::Conflicts { .. } | Command::DeadLetters { .. } => "warn",
         Command::Run { .. } | Command::Backfill { .. } => "info",
     };
     tracing_subscriber::fmt()
@@ -215,6 +236,50 @@ pub fn main() -> ExitCode {
                     Ok(what) => {
                         println!("{what}");
                         ExitCode::SUCCESS
+                    }
+                    Err(error) => {
+                        eprintln!("error: {}", chain(&error));
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+        },
+        Command::DeadLetters {
+            json,
+            mapping,
+            action,
+        } => match action {
+            None => match crate::dead_letters::list(&config, mapping.as_deref()) {
+                Ok(letters) => {
+                    if json {
+                        println!("{:#}", crate::dead_letters::json(&letters));
+                    } else {
+                        print!("{}", crate::dead_letters::table(&letters));
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("error: {}", chain(&error));
+                    ExitCode::FAILURE
+                }
+            },
+            Some(DeadLettersAction::Retry) => {
+                match runtime.block_on(crate::dead_letters::retry(&config, mapping.as_deref())) {
+                    Ok(report) => {
+                        for (id, error) in &report.refused {
+                            println!("dead letter #{id} was refused again: {error}");
+                        }
+                        println!(
+                            "{} dead letter(s) written, {} refused again, {} waiting behind a refused one",
+                            report.written,
+                            report.refused.len(),
+                            report.waiting
+                        );
+                        if report.refused.is_empty() {
+                            ExitCode::SUCCESS
+                        } else {
+                            ExitCode::FAILURE
+                        }
                     }
                     Err(error) => {
                         eprintln!("error: {}", chain(&error));

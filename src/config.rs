@@ -145,6 +145,20 @@ pub struct Mapping {
     pub columns: Option<Vec<String>>,
     /// Per site: canonical column name -> that site's column name.
     pub rename: BTreeMap<String, BTreeMap<String, String>>,
+    /// What a change a target refuses does.
+    pub on_error: OnError,
+}
+
+/// What a change a target refuses (a constraint, a value that does not fit) does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnError {
+    /// The link stops at that source transaction, naming the row, the position and the fix.
+    #[default]
+    Stop,
+    /// The refused change is set aside in the state store (with every later change of the same
+    /// row, so rows never go out of order) and the link goes on; `duplex dead-letters` lists
+    /// them and `duplex dead-letters retry` writes them in order once the cause is fixed.
+    DeadLetter,
 }
 
 impl Mapping {
@@ -304,6 +318,12 @@ struct RawMapping {
     columns: Option<Vec<String>>,
     #[serde(default)]
     rename: BTreeMap<String, BTreeMap<String, String>>,
+    #[serde(default = "default_on_error")]
+    on_error: String,
+}
+
+fn default_on_error() -> String {
+    "stop".to_owned()
 }
 
 fn default_conflict() -> String {
@@ -702,7 +722,25 @@ fn validate_mapping(
             }
         }
     }
-    let (direction, conflict) = (direction?, conflict?);
+    let on_error = match raw.on_error.as_str() {
+        "stop" => Some(OnError::Stop),
+        "dead-letter" if raw.direction == "both" => {
+            report(
+                format!("{field}.on_error"),
+                "\"dead-letter\" is for one-way mappings; a two-way mapping stops on a refused row (the merge engine must keep every site's version in step)".into(),
+            );
+            None
+        }
+        "dead-letter" => Some(OnError::DeadLetter),
+        other => {
+            report(
+                format!("{field}.on_error"),
+                format!("{other:?} is not a choice: use \"stop\" or \"dead-letter\""),
+            );
+            None
+        }
+    };
+    let (direction, conflict, on_error) = (direction?, conflict?, on_error?);
     valid.then(|| Mapping {
         name: raw.name.clone(),
         tables,
@@ -710,6 +748,7 @@ fn validate_mapping(
         conflict,
         columns: raw.columns.clone(),
         rename: raw.rename.clone(),
+        on_error,
     })
 }
 

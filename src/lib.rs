@@ -10,6 +10,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod conflicts;
+pub mod dead_letters;
 pub mod engine;
 pub mod link;
 pub mod report;

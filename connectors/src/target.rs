@@ -55,6 +55,18 @@ impl AnyApplier {
         }
     }
 
+    /// Which change of `txn` this target refuses, and why; nothing is applied (see
+    /// [`crate::apply::ExactlyOnce::locate_refusal`]).
+    pub async fn locate_refusal(
+        &mut self,
+        txn: &Transaction,
+    ) -> Result<Option<(usize, ApplyError)>, ApplyError> {
+        match self {
+            AnyApplier::Postgres(applier) => applier.locate_refusal(txn).await,
+            AnyApplier::Mysql(applier) => applier.locate_refusal(txn).await,
+        }
+    }
+
     /// The writes a conditional apply skipped since the last call (see
     /// [`ApplyOptions::conditional`]).
     pub fn take_skipped(&mut self) -> Vec<SkippedWrite> {

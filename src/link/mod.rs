@@ -65,6 +65,7 @@ use crate::shape::{ShapeStop, shape_key};
 mod ack;
 /// The checks before a link reads: its position rows and the mapped tables' identities.
 mod identity;
+pub(crate) mod refusal;
 /// The routes by the shapes the stream announces.
 mod shapes;
 
@@ -169,6 +170,21 @@ pub enum LinkError {
         /// What happened to it.
         what: String,
     },
+    /// A target refused a change definitely (see [`refusal`]).
+    #[error(transparent)]
+    Refused(Box<refusal::Refusal>),
+    /// A large transaction changes a row whose earlier changes are dead letters.
+    #[error(
+        "a large source transaction changes row {key} of {table}, which has dead letters for site {target}: its changes cannot be set aside behind them (a part of a transaction has no position of its own), and writing it would put the row out of order. Fix the cause of the dead letters and run `duplex dead-letters retry` (with duplex run stopped), then start duplex run again: it resumes at this transaction"
+    )]
+    DeadLetterOrder {
+        /// The target site.
+        target: String,
+        /// The source table.
+        table: TableName,
+        /// The row's key.
+        key: String,
+    },
     /// A schema change on the source that the link does not follow.
     #[error("a schema change on site {site}")]
     Shape {
@@ -191,6 +207,8 @@ impl LinkError {
             | LinkError::Crashed(_)
             | LinkError::State(_)
             | LinkError::TableReplaced { .. }
+            | LinkError::Refused(_)
+            | LinkError::DeadLetterOrder { .. }
             | LinkError::Shape { .. } => false,
         }
     }
@@ -406,14 +424,26 @@ async fn attempt(
                 .map(|r| r.source.clone())
                 .collect::<BTreeSet<_>>(),
         });
-        let site = target_plan.site.name.clone();
+        let mut target = target;
+        let refusals = refusal::Refusals::start(
+            source_name,
+            &position_key(source_name, state.deployment_id()),
+            &target_plan.site.name,
+            plan.mappings.clone(),
+            state.clone(),
+            &mut target,
+        )
+        .await;
+        let refusals = match refusals {
+            Ok(refusals) => refusals,
+            Err(error) => {
+                stream.shutdown().await;
+                return Err(error);
+            }
+        };
         let committed = committed_tx.clone();
         let stop = stop_workers.subscribe();
-        workers.spawn(async move {
-            worker(index, target, rx, committed, stop)
-                .await
-                .map_err(|source| LinkError::Apply { site, source })
-        });
+        workers.spawn(worker(index, target, refusals, rx, committed, stop));
     }
     drop(committed_tx);
 
@@ -650,10 +680,11 @@ async fn hand_over(outlet: &Outlet, piece: Piece) -> bool {
 async fn worker(
     index: usize,
     mut target: AnyApplier,
+    mut refusals: refusal::Refusals,
     mut queue: mpsc::Receiver<Queued>,
     committed: mpsc::UnboundedSender<Committed>,
     stop: watch::Receiver<bool>,
-) -> Result<(), ApplyError> {
+) -> Result<(), LinkError> {
     let mut batch = Vec::new();
     // Permits of the batch's transactions, released once it is written.
     let mut held = Vec::new();
@@ -672,9 +703,16 @@ async fn worker(
         };
         let (mut last, first) = match piece {
             Piece::Part(part) => {
-                target.apply_part(&part).await?;
+                if let Some(error) = refusals.check_part(&part.events) {
+                    return Err(error);
+                }
+                target
+                    .apply_part(&part)
+                    .await
+                    .map_err(|e| refusals.refused_large(e, &part.start))?;
                 drop((part, permit));
-                let Some(sequence) = finish_large(&mut target, &mut queue).await? else {
+                let Some(sequence) = finish_large(&mut target, &mut queue, &mut refusals).await?
+                else {
                     return Ok(());
                 };
                 if committed.send((index, sequence)).is_err() {
@@ -704,20 +742,29 @@ async fn worker(
                 Err(_) => break,
             }
         }
+        if refusals.any_parked() {
+            for tx in &mut batch {
+                refusals.divert(tx).await?;
+            }
+        }
         if let Err(error) = target.apply(&batch).await {
-            if error.is_transient() || batch.len() == 1 {
-                return Err(error);
+            if error.is_transient() {
+                return Err(refusals.apply_error(error));
             }
             // A definite failure: apply the batch's transactions one by one so that every
-            // transaction before the offending one lands and the link stops exactly there.
-            for (offset, tx) in batch.iter().enumerate() {
-                target.apply(std::slice::from_ref(tx)).await?;
-                let seq = last + 1 + offset as u64 - batch.len() as u64;
+            // transaction before the offending one lands and the link stops exactly there
+            // (or, for a dead-letter mapping, sets the refused change aside and goes on).
+            let count = batch.len() as u64;
+            for (offset, tx) in batch.drain(..).enumerate() {
+                refusals.divert_owned(tx, &mut target).await?;
+                let seq = last + 1 + offset as u64 - count;
                 if committed.send((index, seq)).is_err() {
                     return Ok(());
                 }
             }
-            tracing::warn!(error = %chain(&error), "a batch failed but each of its transactions applied alone");
+            if count > 1 {
+                tracing::debug!(error = %chain(&error), "a batch failed; its transactions were applied one at a time");
+            }
             continue;
         }
         held.clear();
@@ -734,12 +781,27 @@ async fn worker(
 async fn finish_large(
     target: &mut AnyApplier,
     queue: &mut mpsc::Receiver<Queued>,
-) -> Result<Option<u64>, ApplyError> {
+    refusals: &mut refusal::Refusals,
+) -> Result<Option<u64>, LinkError> {
     while let Some((piece, permit)) = queue.recv().await {
         match piece {
-            Piece::Part(part) => target.apply_part(&part).await?,
+            Piece::Part(part) => {
+                if let Some(error) = refusals.check_part(&part.events) {
+                    return Err(error);
+                }
+                target
+                    .apply_part(&part)
+                    .await
+                    .map_err(|e| refusals.refused_large(e, &part.start))?;
+            }
             Piece::Transaction(seq, tx) => {
-                target.apply(std::slice::from_ref(&tx)).await?;
+                if let Some(error) = refusals.check_part(&tx.events) {
+                    return Err(error);
+                }
+                target
+                    .apply(std::slice::from_ref(&tx))
+                    .await
+                    .map_err(|e| refusals.refused_large(e, &tx.position))?;
                 return Ok(Some(seq));
             }
         }

@@ -259,6 +259,43 @@ impl<S: TargetSession> ExactlyOnce<S> {
         self.end_call(result).await
     }
 
+    /// Which change of `txn` the target refuses, and why: writes its changes one at a time
+    /// into a target transaction that is always rolled back, so nothing is applied, and the
+    /// first write that fails definitely names the change (its index in `txn.events`). `None`
+    /// when each change is accepted in turn (the refusal came at the commit: a deferred
+    /// constraint). A transient failure is returned as the error; so is any call while a large
+    /// transaction is open.
+    pub async fn locate_refusal(
+        &mut self,
+        txn: &Transaction,
+    ) -> Result<Option<(usize, ApplyError)>, ApplyError> {
+        if !matches!(self.parts, PartState::Idle) {
+            return Err(interrupted());
+        }
+        let result = self.locate(txn).await;
+        let result = self.end_call(result).await;
+        if let Ok(Some((_, error))) = &result {
+            self.session.abandon(error).await;
+        }
+        result
+    }
+
+    async fn locate(
+        &mut self,
+        txn: &Transaction,
+    ) -> Result<Option<(usize, ApplyError)>, ApplyError> {
+        self.begin().await?;
+        for (index, event) in txn.events.iter().enumerate() {
+            match self.write(&[event], Path::Statements).await {
+                Ok(()) => {}
+                Err(error) if !error.is_transient() => return Ok(Some((index, error))),
+                Err(error) => return Err(error),
+            }
+        }
+        self.rollback().await?;
+        Ok(None)
+    }
+
     /// After every call: on error the target transaction is rolled back (or its connection
     /// dropped), its skipped writes forgotten, and no large transaction is open any more.
     async fn end_call<T>(&mut self, result: Result<T, ApplyError>) -> Result<T, ApplyError> {

@@ -294,6 +294,15 @@ pub struct ValueRefusal {
     pub reason: String,
 }
 
+/// A database server's refusal of a statement (see [`ApplyError::server_refusal`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerRefusal {
+    /// PostgreSQL SQLSTATE (`23505`) or MySQL/MariaDB error number (`1062`).
+    pub code: String,
+    /// The server's whole message.
+    pub text: String,
+}
+
 /// An apply that failed; the target transaction was rolled back.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -477,6 +486,52 @@ impl ApplyError {
             | ApplyError::Claimed { .. }
             | ApplyError::ClaimTaken { .. }
             | ApplyError::Bookkeeping { .. } => false,
+        }
+    }
+
+    /// The database server's own refusal inside this error, when a server refused a
+    /// statement: its code (PostgreSQL SQLSTATE, MySQL/MariaDB error number) and its whole
+    /// text (PostgreSQL: message, DETAIL, HINT and the constraint it names).
+    pub fn server_refusal(&self) -> Option<ServerRefusal> {
+        match self {
+            ApplyError::Postgres(e) | ApplyError::PgWrite { source: e, .. } => {
+                let (PgError::Connect { source, .. } | PgError::Query { source, .. }) = e else {
+                    return None;
+                };
+                let db = source.as_db_error()?;
+                let mut text = format!("{}: {}", db.severity(), db.message());
+                if let Some(detail) = db.detail() {
+                    text.push_str(&format!(" DETAIL: {detail}"));
+                }
+                if let Some(hint) = db.hint() {
+                    text.push_str(&format!(" HINT: {hint}"));
+                }
+                if let Some(constraint) = db.constraint() {
+                    text.push_str(&format!(" (constraint {constraint})"));
+                }
+                Some(ServerRefusal {
+                    code: db.code().code().to_owned(),
+                    text,
+                })
+            }
+            ApplyError::Mysql(e) | ApplyError::MysqlWrite { source: e, .. } => {
+                let (MysqlError::Connect { source, .. } | MysqlError::Query { source, .. }) = &**e
+                else {
+                    return None;
+                };
+                let mysql_async::Error::Server(server) = source else {
+                    return None;
+                };
+                Some(ServerRefusal {
+                    code: server.code.to_string(),
+                    text: format!(
+                        "ERROR {} ({}): {}",
+                        server.code, server.state, server.message
+                    ),
+                })
+            }
+            ApplyError::UniqueCollision { source, .. } => source.server_refusal(),
+            _ => None,
         }
     }
 

@@ -1,0 +1,350 @@
+//! Rows a target refuses (issue 12): a UNIQUE, CHECK or length constraint, an out-of-range
+//! value, a NUL byte. With `on_error = "stop"` the link stops at the refused source
+//! transaction with a message naming the mapping, the target, the row's key, the source
+//! position and commit time, the server's whole message (PostgreSQL's DETAIL too) and the fix;
+//! every transaction before it landed, nothing of it did, and after the fix it resumes exactly
+//! there. With `on_error = "dead-letter"` the refused change (and every later change of its
+//! row) is set aside, the link goes on, and `duplex dead-letters retry` writes them in order.
+
+mod harness;
+
+use duplex_testkit::{MariaDatabase, PgDatabase, shared_mariadb, shared_pg};
+use harness::pg::{table_rows, wait_equal};
+use harness::{Duplex, REPLICATION_GUARD, rows, wait_for};
+
+fn pg_to_my_config(store: &PgDatabase, erp: &MariaDatabase) -> String {
+    format!(
+        "[sites.{s}]\nkind = \"postgres\"\nurl = \"{su}\"\n\n\
+         [sites.erp]\nkind = \"mysql\"\nurl = \"{eu}\"\n\n\
+         [[mappings]]\nname = \"items\"\ntables = {{ {s} = \"public.items\", erp = \"{e}.items\" }}\n\
+         direction = \"{s}->erp\"\n",
+        s = store.name(),
+        su = store.url(),
+        e = erp.name(),
+        eu = erp.url(),
+    )
+}
+
+fn my_rows(db: &MariaDatabase) -> Vec<Vec<String>> {
+    rows(&db.sql("SELECT * FROM items ORDER BY id").unwrap(), '\t')
+}
+
+/// Waits until the MariaDB target holds `expected` (the source's rows).
+fn wait_my_rows(erp: &MariaDatabase, duplex: &mut Duplex, expected: &[Vec<String>], what: &str) {
+    wait_for(what, REPLICATION_GUARD, || {
+        duplex.assert_running();
+        let got = my_rows(erp);
+        if got == expected {
+            Ok(())
+        } else {
+            Err(format!("expected {expected:?}, got {got:?}"))
+        }
+    });
+}
+
+fn pg_source_rows(store: &PgDatabase) -> Vec<Vec<String>> {
+    rows(
+        &store
+            .psql("SELECT id, code, qty, coalesce(note, 'NULL') FROM items ORDER BY id")
+            .unwrap(),
+        '|',
+    )
+}
+
+/// The position the source's WAL is at now, as duplex prints positions (`0/1D9D3E0`).
+fn wal_position(store: &PgDatabase) -> String {
+    store
+        .psql("SELECT pg_current_wal_lsn()")
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn each_refused_row_stops_the_link_naming_mapping_key_position_and_server_message() {
+    let store = shared_pg().create_database();
+    store
+        .execute_as_duplex(
+            "CREATE TABLE items (id int PRIMARY KEY, code text, qty bigint, note text)",
+        )
+        .unwrap();
+    let erp = shared_mariadb().create_database();
+    erp.execute_as_duplex(
+        "CREATE TABLE items (id INT PRIMARY KEY, code VARCHAR(5) UNIQUE, qty INT CHECK (qty >= 0), note TEXT) ENGINE=InnoDB",
+    )
+    .unwrap();
+    let mut duplex = Duplex::run(&pg_to_my_config(&store, &erp));
+    duplex.wait_link_started();
+    store
+        .psql("INSERT INTO items VALUES (1, 'a', 1, 'n1'), (2, 'dup', 2, NULL)")
+        .unwrap();
+    wait_my_rows(&erp, &mut duplex, &pg_source_rows(&store), "the first rows");
+
+    // Each refusal: a transaction with a good row and a refused one; the stop names the refused
+    // row; the fix on the target lets the link resume exactly there.
+    let cases: [(&str, &str, &str, &[&str], &str); 4] = [
+        (
+            "INSERT INTO items VALUES (10, 'ok10', 1, NULL), (11, 'dup', 1, NULL)",
+            "id=11",
+            "the insert of",
+            &["Duplicate entry 'dup'", "unique value"],
+            "ALTER TABLE items DROP INDEX code",
+        ),
+        (
+            "INSERT INTO items VALUES (20, 'ok20', 1, NULL), (21, 'toolong', 1, NULL)",
+            "id=21",
+            "the insert of",
+            &["Data too long for column 'code'", "widen the target column"],
+            "ALTER TABLE items MODIFY code VARCHAR(20)",
+        ),
+        (
+            "UPDATE items SET note = 'x' WHERE id = 1; UPDATE items SET qty = -5 WHERE id = 2",
+            "id=2",
+            "the update of",
+            &["CONSTRAINT", "CHECK constraint"],
+            "ALTER TABLE items MODIFY qty INT",
+        ),
+        (
+            "INSERT INTO items VALUES (30, 'ok30', 1, NULL), (31, 'big', 5000000000, NULL)",
+            "id=31",
+            "the insert of",
+            &[
+                "items.qty: cannot store",
+                "out of the column's range",
+                "qty=5000000000",
+            ],
+            "ALTER TABLE items MODIFY qty BIGINT",
+        ),
+    ];
+    for (change, key, what, says, fix) in cases {
+        let before_target = my_rows(&erp);
+        let position = wal_position(&store);
+        store.psql(&format!("BEGIN; {change}; COMMIT")).unwrap();
+        duplex.assert_stopped_saying(&[
+            "mapping items: site erp refused",
+            &format!(
+                "{what} {}.public.items row {key} (source position ",
+                store.name()
+            ),
+            "committed at ",
+            "Nothing of this source transaction was applied on erp",
+        ]);
+        let log = duplex.log_text();
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.contains(&format!("row {key} (source position ")))
+            .unwrap();
+        for needle in says {
+            assert!(line.contains(needle), "{needle:?} not in {line}");
+        }
+        // The position named is the refused transaction's: after the WAL position before it.
+        let named = line
+            .split("(source position ")
+            .nth(1)
+            .and_then(|rest| rest.split(',').next())
+            .unwrap();
+        assert!(
+            harness::parse_lsn(named) > harness::parse_lsn(&position),
+            "{named} is not after {position}"
+        );
+        assert_eq!(
+            my_rows(&erp),
+            before_target,
+            "a part of the refused transaction landed"
+        );
+        erp.execute_as_duplex(fix).unwrap();
+        duplex.start();
+        wait_my_rows(&erp, &mut duplex, &pg_source_rows(&store), "after the fix");
+    }
+    assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
+}
+
+#[test]
+fn a_postgresql_refusal_names_its_detail_and_a_nul_byte_from_mariadb_names_its_row() {
+    // PostgreSQL -> PostgreSQL: the unique violation's DETAIL line is in the message.
+    let store = shared_pg().create_database();
+    store
+        .execute_as_duplex(
+            "CREATE TABLE items (id int PRIMARY KEY, code text, qty bigint, note text)",
+        )
+        .unwrap();
+    let wms = shared_pg().create_database();
+    wms.execute_as_duplex(
+        "CREATE TABLE items (id int PRIMARY KEY, code text UNIQUE, qty bigint, note text)",
+    )
+    .unwrap();
+    let config = harness::pg::one_way_config(&store, &wms, "items");
+    let mut duplex = Duplex::run(&config);
+    duplex.wait_link_started();
+    store
+        .psql("INSERT INTO items VALUES (1, 'same', 1, NULL)")
+        .unwrap();
+    wait_equal(&store, &wms, &mut duplex, "items", "the first row");
+    store
+        .psql("INSERT INTO items VALUES (2, 'same', 2, NULL)")
+        .unwrap();
+    duplex.assert_stopped_saying(&[
+        "mapping items: site wms refused the insert of",
+        "row id=2 (source position ",
+        "DETAIL: Key (code)=(same) already exists.",
+        "constraint items_code_key",
+    ]);
+    assert_eq!(table_rows(&wms, "items").len(), 1);
+
+    // MariaDB -> PostgreSQL: a NUL byte in text.
+    let erp = shared_mariadb().create_database();
+    erp.sql("CREATE TABLE notes (id INT PRIMARY KEY, body VARCHAR(20)) ENGINE=InnoDB")
+        .unwrap();
+    let pg = shared_pg().create_database();
+    pg.execute_as_duplex("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+        .unwrap();
+    let config = format!(
+        "[sites.{e}]\nkind = \"mysql\"\nurl = \"{eu}\"\n\n\
+         [sites.{p}]\nkind = \"postgres\"\nurl = \"{pu}\"\n\n\
+         [[mappings]]\nname = \"notes\"\ntables = {{ {e} = \"{e}.notes\", {p} = \"public.notes\" }}\n\
+         direction = \"{e}->{p}\"\n",
+        e = erp.name(),
+        eu = erp.url(),
+        p = pg.name(),
+        pu = pg.url(),
+    );
+    let mut duplex = Duplex::run(&config);
+    duplex.wait_link_started();
+    erp.sql("INSERT INTO notes VALUES (1, 'fine'), (7, CONCAT('a', CHAR(0), 'b'))")
+        .unwrap();
+    duplex.assert_stopped_saying(&[
+        &format!("mapping notes: site {} refused the insert of", pg.name()),
+        "row id=7 (source position ",
+        "cannot contain the character 0x00",
+        r#"body="a\0b""#,
+    ]);
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM notes").unwrap().trim(),
+        "0",
+        "a part of the refused transaction landed"
+    );
+}
+
+fn dead_letter_config(store: &PgDatabase, wms: &PgDatabase) -> String {
+    harness::pg::one_way_config(store, wms, "items") + "on_error = \"dead-letter\"\n"
+}
+
+#[test]
+fn dead_letters_set_refused_rows_aside_in_order_and_retry_writes_them_once_fixed() {
+    let store = shared_pg().create_database();
+    store
+        .execute_as_duplex(
+            "CREATE TABLE items (id int PRIMARY KEY, code text, qty bigint, note text)",
+        )
+        .unwrap();
+    let wms = shared_pg().create_database();
+    wms.execute_as_duplex(
+        "CREATE TABLE items (id int PRIMARY KEY, code text, qty bigint CHECK (qty >= 0), note text)",
+    )
+    .unwrap();
+    let mut duplex = Duplex::run(&dead_letter_config(&store, &wms));
+    duplex.wait_link_started();
+    store
+        .psql(
+            "INSERT INTO items VALUES (1, 'a', 5, NULL);
+             BEGIN; INSERT INTO items VALUES (2, 'b', -1, NULL); INSERT INTO items VALUES (3, 'c', 3, NULL); COMMIT;
+             UPDATE items SET qty = -2 WHERE id = 2;
+             UPDATE items SET qty = 4, note = 'fixed at source' WHERE id = 2;
+             UPDATE items SET qty = 6 WHERE id = 1;
+             INSERT INTO items VALUES (4, 'd', 7, NULL);",
+        )
+        .unwrap();
+    // The link goes on: every row but id 2 arrives, with its latest values.
+    let expected: Vec<Vec<String>> = table_rows(&store, "items")
+        .into_iter()
+        .filter(|r| r[0] != "2")
+        .collect();
+    wait_for("the rows around the refused one", REPLICATION_GUARD, || {
+        duplex.assert_running();
+        let got = table_rows(&wms, "items");
+        if got == expected {
+            Ok(())
+        } else {
+            Err(format!("expected {expected:?}, got {got:?}"))
+        }
+    });
+    assert!(
+        duplex.log_text().contains("set aside as dead letter"),
+        "{}",
+        duplex.log_text()
+    );
+    assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
+
+    // Listed: the refused insert, then the two later changes of its row, in order.
+    let out = duplex.command(&["dead-letters", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let letters: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let summary: Vec<(String, String, bool)> = letters
+        .iter()
+        .map(|l| {
+            (
+                l["op"].as_str().unwrap().to_owned(),
+                l["key"].as_str().unwrap().to_owned(),
+                l["behind"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("Insert".to_owned(), "id=2".to_owned(), false),
+            ("Update".to_owned(), "id=2".to_owned(), true),
+            ("Update".to_owned(), "id=2".to_owned(), true),
+        ],
+        "{letters:#?}"
+    );
+    assert!(
+        letters[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("items_qty_check"),
+        "{letters:#?}"
+    );
+
+    // Retried before the fix: refused again, nothing written, the rest waits.
+    let out = duplex.command(&["dead-letters", "retry"]);
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("0 dead letter(s) written, 1 refused again, 2 waiting"),
+        "{text}"
+    );
+    assert!(!table_rows(&wms, "items").iter().any(|r| r[0] == "2"));
+
+    // Fixed: written in order, the row ends as the source has it.
+    wms.execute_as_duplex("ALTER TABLE items DROP CONSTRAINT items_qty_check")
+        .unwrap();
+    let out = duplex.command(&["dead-letters", "retry"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("3 dead letter(s) written, 0 refused again"),
+        "{text}"
+    );
+    assert_eq!(table_rows(&wms, "items"), table_rows(&store, "items"));
+    let out = duplex.command(&["dead-letters"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no dead letters"));
+
+    // The row streams normally again.
+    duplex.start();
+    duplex.wait_link_started();
+    store.psql("UPDATE items SET qty = 9 WHERE id = 2").unwrap();
+    wait_equal(
+        &store,
+        &wms,
+        &mut duplex,
+        "items",
+        "the retried row's next change",
+    );
+    assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
+}
