@@ -348,3 +348,45 @@ fn dead_letters_set_refused_rows_aside_in_order_and_retry_writes_them_once_fixed
     );
     assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
 }
+
+#[test]
+fn a_write_the_merge_engine_makes_that_a_site_refuses_stops_it_naming_the_row() {
+    let store = shared_pg().create_database();
+    store
+        .execute_as_duplex("CREATE TABLE items (id int PRIMARY KEY, qty int)")
+        .unwrap();
+    let wms = shared_pg().create_database();
+    wms.execute_as_duplex("CREATE TABLE items (id int PRIMARY KEY, qty int CHECK (qty >= 0))")
+        .unwrap();
+    let mut duplex = Duplex::run(&harness::pg::two_way_config(&store, &wms, "items"));
+    harness::sites::wait_reading(&mut duplex, 2, REPLICATION_GUARD);
+    store.psql("INSERT INTO items VALUES (1, 1)").unwrap();
+    wait_for("the first row at both sites", REPLICATION_GUARD, || {
+        duplex.assert_running();
+        let got = table_rows(&wms, "items");
+        if got == vec![vec!["1".to_owned(), "1".to_owned()]] {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    });
+    store
+        .psql("INSERT INTO items VALUES (2, 2), (3, -3), (4, 4)")
+        .unwrap();
+    duplex.assert_stopped_saying(&[
+        &format!(
+            "mapping items: site {} refused the merge engine's Insert of row id=3",
+            wms.name()
+        ),
+        "items_qty_check",
+        "The row: id=3, qty=-3",
+        "CHECK constraint",
+    ]);
+    assert_eq!(
+        table_rows(&wms, "items"),
+        vec![vec!["1", "1"], vec!["2", "2"]],
+        "the writes before the refused one landed, none after"
+    );
+    harness::pg::drop_all_slots(&store);
+    harness::pg::drop_all_slots(&wms);
+}

@@ -143,6 +143,26 @@ pub enum EngineError {
     /// The writer of a site stopped before saying why.
     #[error("the writer of site {0} stopped")]
     WriterStopped(String),
+    /// A site refused a write definitely: the row, the server's message and the fix.
+    #[error(
+        "mapping {mapping}: site {site} refused the merge engine's {op:?} of row {key}: {error}. The row: {row}. Every write before it landed there; this one and those after wait. {fix} Then start duplex run again: the engine writes it again"
+    )]
+    Refused {
+        /// The site.
+        site: String,
+        /// The mapping.
+        mapping: String,
+        /// The write.
+        op: duplex_connectors::Op,
+        /// The row's key.
+        key: String,
+        /// The row's values written.
+        row: String,
+        /// The error with the server's whole message.
+        error: String,
+        /// What to do.
+        fix: &'static str,
+    },
 }
 
 impl EngineError {
@@ -158,6 +178,7 @@ impl EngineError {
             | EngineError::Unsupported(_)
             | EngineError::SchemaChange(_)
             | EngineError::StateLost(_)
+            | EngineError::Refused { .. }
             | EngineError::Crashed(_) => false,
         }
     }

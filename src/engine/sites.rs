@@ -294,17 +294,61 @@ pub(super) async fn writer(
             // Closing the queue first: the coordinator must not wait on a full queue while
             // this report waits on a full input channel.
             drop(queue);
-            let _ = report
-                .send(Input::Failed(EngineError::Apply {
-                    site: name.clone(),
-                    source: Box::new(source),
-                }))
-                .await;
+            let error = refused_write(&name, &mut target, &batch, &transactions, source).await;
+            let _ = report.send(Input::Failed(error)).await;
             return;
         }
         for skipped in target.take_skipped() {
             tracing::debug!(site = %name, key = %display_image(Some(&skipped.key)), "conditional write skipped: the row changed there first");
         }
+    }
+}
+
+/// The error for a batch of writes `site` refused definitely: each is written alone (the
+/// ones before the refused write land, exactly once by their outbox positions), and the
+/// refused one is named with its mapping, row and the server's message.
+async fn refused_write(
+    site: &str,
+    target: &mut AnyApplier,
+    batch: &[(u64, Arc<OutboxWrite>)],
+    transactions: &[Transaction],
+    error: ApplyError,
+) -> EngineError {
+    use crate::link::refusal::{fix_for, full_error, show_row};
+    let (index, error) = if transactions.len() == 1 {
+        (0, error)
+    } else {
+        let mut refused = None;
+        for (index, tx) in transactions.iter().enumerate() {
+            match target.apply(std::slice::from_ref(tx)).await {
+                Ok(()) => {}
+                Err(error) if error.is_transient() => return apply_error(site, error),
+                Err(error) => {
+                    refused = Some((index, error));
+                    break;
+                }
+            }
+        }
+        match refused {
+            Some(refused) => refused,
+            // Each write landed alone: nothing is refused; the engine starts again.
+            None => return EngineError::WriterStopped(site.to_owned()),
+        }
+    };
+    let write = &batch[index].1;
+    let event = &transactions[index].events[0];
+    EngineError::Refused {
+        site: site.to_owned(),
+        mapping: write.mapping.clone(),
+        op: write.op,
+        key: show_row(event.key.iter()),
+        row: event
+            .after
+            .as_ref()
+            .or(event.before.as_ref())
+            .map_or_else(String::new, |row| show_row(row.iter())),
+        error: full_error(&error),
+        fix: fix_for(&error),
     }
 }
 
