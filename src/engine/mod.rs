@@ -144,25 +144,30 @@ pub enum EngineError {
     #[error("the writer of site {0} stopped")]
     WriterStopped(String),
     /// A site refused a write definitely: the row, the server's message and the fix.
-    #[error(
-        "mapping {mapping}: site {site} refused the merge engine's {op:?} of row {key}: {error}. The row: {row}. Every write before it landed there; this one and those after wait. {fix} Then start duplex run again: the engine writes it again"
-    )]
-    Refused {
-        /// The site.
-        site: String,
-        /// The mapping.
-        mapping: String,
-        /// The write.
-        op: duplex_connectors::Op,
-        /// The row's key.
-        key: String,
-        /// The row's values written.
-        row: String,
-        /// The error with the server's whole message.
-        error: String,
-        /// What to do.
-        fix: &'static str,
-    },
+    #[error(transparent)]
+    Refused(Box<RefusedWrite>),
+}
+
+/// A write of the merge engine that a site refused definitely.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "mapping {mapping}: site {site} refused the merge engine's {op:?} of row {key}: {error}. The row: {row}. Every write before it landed there; this one and those after wait. {fix} Then start duplex run again: the engine writes it again"
+)]
+pub struct RefusedWrite {
+    /// The site.
+    pub site: String,
+    /// The mapping.
+    pub mapping: String,
+    /// The write.
+    pub op: duplex_connectors::Op,
+    /// The row's key.
+    pub key: String,
+    /// The row's values written.
+    pub row: String,
+    /// The error with the server's whole message.
+    pub error: String,
+    /// What to do.
+    pub fix: &'static str,
 }
 
 impl EngineError {
@@ -178,7 +183,7 @@ impl EngineError {
             | EngineError::Unsupported(_)
             | EngineError::SchemaChange(_)
             | EngineError::StateLost(_)
-            | EngineError::Refused { .. }
+            | EngineError::Refused(_)
             | EngineError::Crashed(_) => false,
         }
     }

@@ -337,7 +337,7 @@ async fn refused_write(
     };
     let write = &batch[index].1;
     let event = &transactions[index].events[0];
-    EngineError::Refused {
+    EngineError::Refused(Box::new(super::RefusedWrite {
         site: site.to_owned(),
         mapping: write.mapping.clone(),
         op: write.op,
@@ -349,7 +349,7 @@ async fn refused_write(
             .map_or_else(String::new, |row| show_row(row.iter())),
         error: full_error(&error),
         fix: fix_for(&error),
-    }
+    }))
 }
 
 /// Why the writer of `site` stopped: its report, if it is queued, else a transient stop.
