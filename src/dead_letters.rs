@@ -377,3 +377,64 @@ async fn connect(
         source: Box::new(e),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use duplex_connectors::postgres::Lsn;
+    use duplex_connectors::{Op, Row, Value};
+
+    use super::*;
+
+    fn letter(lsn: u64) -> DeadLetter {
+        DeadLetter {
+            mapping: "items".into(),
+            source: "store".into(),
+            target: "wms".into(),
+            position: Position::Postgres(Lsn(lsn)),
+            commit_time: Utc::now(),
+            event: ChangeEvent {
+                table: TableName::new("public", "items"),
+                op: Op::Insert,
+                key: [("id", Value::Int(1))].into_iter().collect::<Row>(),
+                before: None,
+                after: Some([("id", Value::Int(1))].into_iter().collect()),
+            },
+            error: "refused".into(),
+            behind: false,
+            recorded_at: Utc::now(),
+            attempt: None,
+        }
+    }
+
+    /// Letters of transactions the target did not commit (the process stopped between setting
+    /// them aside and the commit) are forgotten; the others are kept, in order.
+    #[test]
+    fn settle_keeps_exactly_the_letters_of_committed_transactions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let scope = scope("store", "wms");
+        for (seq, lsn) in [(1, 10), (2, 20), (3, 20), (4, 30)] {
+            store.put_pending(&scope, seq, &letter(lsn)).unwrap();
+        }
+        store
+            .put_pending(&super::scope("store", "erp"), 1, &letter(99))
+            .unwrap();
+        let kept = settle(&store, &scope, Some(&Position::Postgres(Lsn(20)))).unwrap();
+        assert_eq!(
+            kept.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        let left: Vec<(u64, DeadLetter)> = store.pending(&scope).unwrap();
+        assert_eq!(left.len(), 3);
+        assert!(settle(&store, &scope, None).unwrap().is_empty());
+        assert!(store.pending::<DeadLetter>(&scope).unwrap().is_empty());
+        // Another target's letters are untouched.
+        assert_eq!(
+            store
+                .pending::<DeadLetter>(&super::scope("store", "erp"))
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+}
