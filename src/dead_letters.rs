@@ -20,6 +20,12 @@
 //!   target committed and before the letter was removed finds the target at or past that
 //!   number next time, and removes the letter without writing it again.
 //!
+//! - *Not lost with the state directory.* The target transaction that leaves a change out also
+//!   records in `duplex.positions` (source `dead-lettered:<source>@<deployment>`) the highest
+//!   letter number set aside, and the store keeps the highest number it ever gave. A state
+//!   directory that was replaced or restored from an older backup gave fewer: the link stops
+//!   at start, naming the changes that are gone, instead of streaming on without them.
+//!
 //! The store is held by `duplex run`, so listing and retrying read it while `run` is stopped
 //! (the run's log shows each letter as it is set aside).
 
@@ -67,6 +73,19 @@ pub struct DeadLetter {
 /// The state-store scope of the letters of one source and target.
 pub fn scope(source: &str, target: &str) -> String {
     format!("dead-letter:{source}->{target}")
+}
+
+/// The state-store key of the highest sequence number ever given to a letter of `scope`
+/// (retried letters are removed; this stays).
+pub fn assigned_key(scope: &str) -> String {
+    format!("{scope}:assigned")
+}
+
+/// The `duplex.positions` source under which a target records the highest letter sequence
+/// number set aside from `source_key`'s transactions, in the same target transaction that
+/// leaves the change out: a state directory that lost letters is recognised at the next start.
+pub fn marker_source(source_key: &str) -> String {
+    format!("dead-lettered:{source_key}")
 }
 
 /// Why `duplex dead-letters` failed.

@@ -390,3 +390,69 @@ fn a_write_the_merge_engine_makes_that_a_site_refuses_stops_it_naming_the_row() 
     harness::pg::drop_all_slots(&store);
     harness::pg::drop_all_slots(&wms);
 }
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// A state directory restored from a backup older than some dead letters has lost them: the
+/// target recorded setting them aside, so the link stops at start naming the loss instead of
+/// streaming on without those rows.
+#[test]
+fn a_state_directory_restored_from_before_dead_letters_stops_the_link() {
+    let store = shared_pg().create_database();
+    store
+        .execute_as_duplex(
+            "CREATE TABLE items (id int PRIMARY KEY, code text, qty bigint, note text)",
+        )
+        .unwrap();
+    let wms = shared_pg().create_database();
+    wms.execute_as_duplex(
+        "CREATE TABLE items (id int PRIMARY KEY, code text, qty bigint CHECK (qty >= 0), note text)",
+    )
+    .unwrap();
+    let mut duplex = Duplex::run(&dead_letter_config(&store, &wms));
+    duplex.wait_link_started();
+    store
+        .psql("INSERT INTO items VALUES (1, 'a', 1, NULL)")
+        .unwrap();
+    wait_equal(&store, &wms, &mut duplex, "items", "the first row");
+    assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
+    let state = duplex.config_path().parent().unwrap().join("duplex-state");
+    let backup = duplex.config_path().parent().unwrap().join("backup");
+    copy_dir(&state, &backup);
+
+    duplex.start();
+    duplex.wait_link_started();
+    store
+        .psql("INSERT INTO items VALUES (2, 'b', -1, NULL); INSERT INTO items VALUES (3, 'c', 3, NULL)")
+        .unwrap();
+    wait_for("the row after the refused one", REPLICATION_GUARD, || {
+        duplex.assert_running();
+        let got = table_rows(&wms, "items").len();
+        if got == 2 {
+            Ok(())
+        } else {
+            Err(format!("{got} rows"))
+        }
+    });
+    assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
+
+    std::fs::remove_dir_all(&state).unwrap();
+    copy_dir(&backup, &state);
+    duplex.start_with(&["--trust-slot", store.name()]);
+    duplex.assert_stopped_saying(&[
+        &format!(
+            "recorded that changes from {} up to dead letter 1 were set aside",
+            store.name()
+        ),
+        "has given out only 0",
+        "DELETE FROM duplex.positions WHERE source = 'dead-lettered:",
+    ]);
+}

@@ -173,6 +173,22 @@ pub enum LinkError {
     /// A target refused a change definitely (see [`refusal`]).
     #[error(transparent)]
     Refused(Box<refusal::Refusal>),
+    /// The state directory lacks dead letters a target recorded setting aside.
+    #[error(
+        "site {target} recorded that changes from {source_site} up to dead letter {marked} were set aside and left out of it, but this state directory has given out only {assigned}: it was replaced or restored from an older backup, and the changes set aside after that are lost with it, so those rows are missing or old on {target}. Copy the mappings from {source_site} into {target} again (see `duplex backfill` in the README), then remove the record with `DELETE FROM duplex.positions WHERE source = '{marker}'` on {target} and start duplex run again"
+    )]
+    DeadLettersLost {
+        /// The source site.
+        source_site: String,
+        /// The target site.
+        target: String,
+        /// The highest letter number the target recorded.
+        marked: u64,
+        /// The highest this state directory gave.
+        assigned: u64,
+        /// The `duplex.positions` source of the record.
+        marker: String,
+    },
     /// A large transaction changes a row whose earlier changes are dead letters.
     #[error(
         "a large source transaction changes row {key} of {table}, which has dead letters for site {target}: its changes cannot be set aside behind them (a part of a transaction has no position of its own), and writing it would put the row out of order. Fix the cause of the dead letters and run `duplex dead-letters retry` (with duplex run stopped), then start duplex run again: it resumes at this transaction"
@@ -209,6 +225,7 @@ impl LinkError {
             | LinkError::TableReplaced { .. }
             | LinkError::Refused(_)
             | LinkError::DeadLetterOrder { .. }
+            | LinkError::DeadLettersLost { .. }
             | LinkError::Shape { .. } => false,
         }
     }
@@ -747,7 +764,7 @@ async fn worker(
                 refusals.divert(tx).await?;
             }
         }
-        if let Err(error) = target.apply(&batch).await {
+        if let Err(error) = target.apply(&refusals.marked(&batch)).await {
             if error.is_transient() {
                 return Err(refusals.apply_error(error));
             }
@@ -767,6 +784,7 @@ async fn worker(
             }
             continue;
         }
+        refusals.landed();
         held.clear();
         if committed.send((index, last)).is_err() {
             return Ok(());

@@ -216,6 +216,10 @@ pub(super) struct Refusals {
     scope: String,
     next_seq: u64,
     parked: HashSet<(TableName, String)>,
+    /// Where the target records the highest letter number set aside.
+    marker_source: String,
+    /// Changes were set aside since the last batch handed to the target: it must record it.
+    unmarked: bool,
 }
 
 impl Refusals {
@@ -236,7 +240,29 @@ impl Refusals {
             source,
         };
         let committed = applier.position(source_key).await.map_err(apply_error)?;
+        let marker_source = dead_letters::marker_source(source_key);
+        let marked = match applier
+            .position(&marker_source)
+            .await
+            .map_err(apply_error)?
+        {
+            Some(Position::Outbox(n)) => n,
+            _ => 0,
+        };
         let scope = dead_letters::scope(source, target);
+        let assigned: u64 = state
+            .position(&dead_letters::assigned_key(&scope))
+            .map_err(LinkError::State)?
+            .unwrap_or(0);
+        if marked > assigned {
+            return Err(LinkError::DeadLettersLost {
+                source_site: source.to_owned(),
+                target: target.to_owned(),
+                marked,
+                assigned,
+                marker: marker_source,
+            });
+        }
         let store = state.clone();
         let key = scope.clone();
         let letters = tokio::task::spawn_blocking(move || {
@@ -248,7 +274,7 @@ impl Refusals {
             dead_letters::SettleError::State(e) => LinkError::State(e),
             dead_letters::SettleError::Position(e) => LinkError::Position(e),
         })?;
-        let next_seq = letters.last().map_or(1, |(seq, _)| seq + 1);
+        let next_seq = letters.last().map_or(0, |(seq, _)| *seq).max(marked) + 1;
         let parked = letters
             .iter()
             .flat_map(|(_, letter)| touched(&letter.event))
@@ -261,7 +287,36 @@ impl Refusals {
             scope,
             next_seq,
             parked,
+            marker_source,
+            unmarked: false,
         })
+    }
+
+    /// `batch` as the target must write it: with, when changes were set aside from it, a last
+    /// transaction recording the highest letter number under [`dead_letters::marker_source`]
+    /// (in the same target transaction; see [`crate::dead_letters`]).
+    pub(super) fn marked<'b>(
+        &self,
+        batch: &'b [Transaction],
+    ) -> std::borrow::Cow<'b, [Transaction]> {
+        if !self.unmarked {
+            return std::borrow::Cow::Borrowed(batch);
+        }
+        let mut marked = batch.to_vec();
+        let last = batch.last();
+        marked.push(Transaction {
+            source: self.marker_source.clone(),
+            position: Position::Outbox(self.next_seq - 1),
+            commit_time: last.map_or_else(Utc::now, |t| t.commit_time),
+            origin: duplex_connectors::Origin::Duplex,
+            events: Vec::new(),
+        });
+        std::borrow::Cow::Owned(marked)
+    }
+
+    /// A batch handed out by [`Refusals::marked`] committed: the target holds the record.
+    pub(super) fn landed(&mut self) {
+        self.unmarked = false;
     }
 
     /// The error for a failed apply into this target.
@@ -369,8 +424,12 @@ impl Refusals {
         mut tx: Transaction,
     ) -> Result<(), LinkError> {
         loop {
-            let error = match applier.apply(std::slice::from_ref(&tx)).await {
-                Ok(()) => return Ok(()),
+            let batch = self.marked(std::slice::from_ref(&tx)).into_owned();
+            let error = match applier.apply(&batch).await {
+                Ok(()) => {
+                    self.landed();
+                    return Ok(());
+                }
                 Err(error) if error.is_transient() => return Err(self.apply_error(error)),
                 Err(error) => error,
             };
@@ -418,13 +477,19 @@ impl Refusals {
         };
         let seq = self.next_seq;
         self.next_seq += 1;
+        self.unmarked = true;
         let store = self.state.clone();
         let scope = self.scope.clone();
         let record = letter.clone();
-        tokio::task::spawn_blocking(move || store.put_pending(&scope, seq, &record))
-            .await
-            .map_err(|panic| LinkError::Crashed(panic.to_string()))?
-            .map_err(LinkError::State)?;
+        tokio::task::spawn_blocking(move || {
+            store.write(|w| {
+                w.put_pending(&scope, seq, &record)?;
+                w.save_position(&dead_letters::assigned_key(&scope), &seq)
+            })
+        })
+        .await
+        .map_err(|panic| LinkError::Crashed(panic.to_string()))?
+        .map_err(LinkError::State)?;
         if !behind {
             tracing::warn!(
                 mapping = %letter.mapping,
