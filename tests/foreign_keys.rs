@@ -438,3 +438,138 @@ fn a_self_referencing_key_is_refused_in_dependency_order() {
     );
     assert_eq!(pg_rows(&target, "categories").len(), 0);
 }
+
+#[test]
+fn check_warns_about_cascades_the_binlog_does_not_carry_and_cascades_run_in_dependency_order() {
+    let source = shared_mariadb().create_database();
+    source
+        .sql(
+            "CREATE TABLE orders (id INT PRIMARY KEY, status VARCHAR(20) NOT NULL) ENGINE=InnoDB; \
+             CREATE TABLE order_lines (id INT PRIMARY KEY, order_id INT NOT NULL, qty INT NOT NULL, \
+               CONSTRAINT lines_cascade FOREIGN KEY (order_id) REFERENCES orders(id) ON DELETE CASCADE) ENGINE=InnoDB",
+        )
+        .unwrap();
+    let target = shared_pg().create_database();
+    target
+        .psql(
+            "CREATE TABLE orders (id int PRIMARY KEY, status varchar(20) NOT NULL); \
+             CREATE TABLE order_lines (id int PRIMARY KEY, \
+                 order_id int NOT NULL REFERENCES orders(id) ON DELETE CASCADE, qty int NOT NULL)",
+        )
+        .unwrap();
+    let role = PgRole::create(&target, false);
+    let duplex = Duplex::new(&config(
+        ("erp", "mysql", &source.url()),
+        ("store", "postgres", &role.url()),
+        (source.name(), "public"),
+    ));
+    let report = check(&duplex);
+    assert!(
+        report.contains(&format!(
+            "warn  foreign key lines_cascade on {}.order_lines (read from erp): ON DELETE CASCADE",
+            source.name()
+        )) && report
+            .contains("InnoDB does not write the rows a referential action changes to the binlog"),
+        "{report}"
+    );
+    assert!(
+        report.contains(
+            "warn  foreign key order_lines_order_id_fkey on public.order_lines: ON DELETE CASCADE runs in duplex's sessions"
+        ),
+        "{report}"
+    );
+}
+
+#[test]
+fn two_way_with_checks_off_on_postgresql_keeps_recognising_its_echoes() {
+    let store = shared_pg().create_database();
+    store
+        .psql(
+            "CREATE TABLE orders (id int PRIMARY KEY, status varchar(20) NOT NULL); \
+             CREATE TABLE order_lines (id int PRIMARY KEY, \
+                 order_id int NOT NULL REFERENCES orders(id) ON DELETE CASCADE, qty int NOT NULL)",
+        )
+        .unwrap();
+    let role = PgRole::create(&store, true);
+    // The publication is created by duplex, which PostgreSQL allows only the tables' owner.
+    store
+        .psql(&format!(
+            "ALTER TABLE orders OWNER TO {r}; ALTER TABLE order_lines OWNER TO {r}",
+            r = role.name
+        ))
+        .unwrap();
+    let erp = shared_mariadb().create_database();
+    erp.sql(
+        "CREATE TABLE orders (id INT PRIMARY KEY, status VARCHAR(20) NOT NULL) ENGINE=InnoDB; \
+         CREATE TABLE order_lines (id INT PRIMARY KEY, order_id INT NOT NULL, qty INT NOT NULL, \
+           FOREIGN KEY (order_id) REFERENCES orders(id)) ENGINE=InnoDB",
+    )
+    .unwrap();
+    // Sites named after their databases: MariaDB keeps one duplex.positions per server, and the
+    // merge engine's rows there are named after the site.
+    let site = store.name().to_owned();
+    let erp_site = erp.name().to_owned();
+    let mut config = format!(
+        "[sites.{site}]\nkind = \"postgres\"\nurl = \"{}\"\n\n[sites.{erp_site}]\nkind = \"mysql\"\nurl = \"{}\"\n\n",
+        role.url(),
+        erp.url()
+    );
+    for table in ["order_lines", "orders"] {
+        config.push_str(&format!(
+            "[[mappings]]\nname = \"{table}\"\ntables = {{ {site} = \"public.{table}\", {erp_site} = \"{db}.{table}\" }}\ndirection = \"both\"\n\n",
+            db = erp.name()
+        ));
+    }
+    let mut duplex = Duplex::new(&config);
+    let report = check(&duplex);
+    assert!(
+        report.contains("checks off in duplex's sessions (session_replication_role = replica)")
+            && report.contains("checks off in duplex's sessions (foreign_key_checks = 0)"),
+        "{report}"
+    );
+    duplex.start();
+    harness::sites::wait_reading(&mut duplex, 2, WAIT);
+    // A parent and its lines at each site; the ERP's arrive on PostgreSQL lines first.
+    erp.sql(
+        "SET SESSION foreign_key_checks = 0; START TRANSACTION; \
+         INSERT INTO order_lines VALUES (11, 1, 1), (12, 1, 2); INSERT INTO orders VALUES (1, 'new'); \
+         COMMIT",
+    )
+    .unwrap();
+    store
+        .psql(
+            "BEGIN; INSERT INTO orders VALUES (2, 'new'); \
+             INSERT INTO order_lines VALUES (21, 2, 1), (22, 2, 2); COMMIT",
+        )
+        .unwrap();
+    let pg = |t: &str| pg_rows(&store, t);
+    let my = |t: &str| my_rows(&erp, t);
+    wait_same("both orders at both sites", &mut duplex, pg, my);
+    // The PostgreSQL cascade arrives at the ERP as the rows it deleted; the ERP's change of
+    // order 1 arrives at the store.
+    store.psql("DELETE FROM orders WHERE id = 2").unwrap();
+    erp.sql("UPDATE orders SET status = 'paid' WHERE id = 1")
+        .unwrap();
+    wait_same(
+        "the delete and the update at both sites",
+        &mut duplex,
+        pg,
+        my,
+    );
+    assert_eq!(pg("order_lines").len(), 2);
+    assert_eq!(pg("orders"), vec![vec!["1".to_owned(), "paid".to_owned()]]);
+    // No write came back as a change (an echo taken for one would be written back again, or
+    // be a conflict): the store got the ERP's four changes, the ERP the store's six.
+    let written = |at: &str, sql: &dyn Fn(&str) -> String| -> u64 {
+        let text = sql(&format!(
+            "SELECT position FROM duplex.positions WHERE source = 'merge:{at}'"
+        ));
+        let position: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        position["Outbox"].as_u64().unwrap()
+    };
+    assert_eq!(written(&site, &|q| store.psql(q).unwrap()), 4);
+    assert_eq!(written(&erp_site, &|q| erp.sql(q).unwrap()), 6);
+    assert!(harness::sites::conflicts(&duplex).is_empty());
+    assert_eq!(duplex.terminate(), 0);
+    harness::pg::drop_all_slots(&store);
+}

@@ -5,7 +5,7 @@ use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 
 use crate::TableName;
-use crate::preflight::{self, Finding, TableUse};
+use crate::preflight::{self, Finding};
 
 use super::{MysqlError, TableInfo, describe_table, quote_ident};
 
@@ -108,7 +108,6 @@ pub async fn check_server(conn: &mut Conn) -> Result<Vec<Finding>, MysqlError> {
 pub async fn check_table(
     conn: &mut Conn,
     table: &TableName,
-    _usage: TableUse,
 ) -> Result<(Vec<Finding>, Option<TableInfo>), MysqlError> {
     let Some(info) = describe_table(conn, table).await? else {
         return Ok((vec![preflight::missing_table(table)], None));

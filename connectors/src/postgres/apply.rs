@@ -217,11 +217,6 @@ impl PgApplier {
             foreign_key_checks,
         }))
     }
-
-    /// Whether this applier's session checks foreign keys.
-    pub fn foreign_key_checks(&self) -> ForeignKeyChecks {
-        self.session().foreign_key_checks
-    }
 }
 
 /// Turns foreign-key checks off in this session if the role may (`session_replication_role =
