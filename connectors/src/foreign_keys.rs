@@ -56,7 +56,11 @@
 //!   referenced table lands before any range of a table referencing it. Ranges of one table
 //!   still go in parallel. A self-referencing key or a cycle cannot be ordered by table
 //!   (a range may hold a child whose parent is in a later range), so the backfill refuses it
-//!   with the fix (the grant) before it copies anything.
+//!   with the fix (the grant) before it copies anything. Not covered: the catch-up of a
+//!   resumed backfill applies each transaction only to the rows of ranges copied before it,
+//!   so a child in an older range can arrive while its parent (in a range copied after the
+//!   parent was deleted again) is absent, and the catch-up stops with the database's message;
+//!   with the checks off it converges to the source's rows.
 //! - *Referential actions* run in that mode: a target `ON DELETE CASCADE` deletes the children
 //!   of a replicated parent delete, and the source's own child deletes that follow in the log
 //!   then find no row and stop the link. `check` warns about every target key with an action
