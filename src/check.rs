@@ -7,9 +7,11 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
+use duplex_connectors::catalog::ColumnCollation;
+use duplex_connectors::foreign_keys::{self, ForeignKeyChecks};
 use duplex_connectors::preflight::{self, Finding, Status, TableUse};
 use duplex_connectors::typemap::{self, ColumnVerdict};
-use duplex_connectors::{TableName, TableSchema};
+use duplex_connectors::{SiteKind, TableName, TableSchema};
 
 use crate::config::{Config, Direction, Mapping, Site};
 use crate::report::chain;
@@ -96,11 +98,26 @@ pub async fn run(config: &Config) -> Report {
         }
         report.sections.push(Section { title, findings });
     }
+    let collations = read_collations(config, &schemas).await;
     for mapping in &config.mappings {
+        let mut findings = check_mapping(config, mapping, &schemas);
+        findings.extend(key_collations(config, mapping, &schemas, &collations));
         report.sections.push(Section {
             title: format!("mapping {} ({})", mapping.name, describe_direction(mapping)),
-            findings: check_mapping(config, mapping, &schemas),
+            findings,
         });
+    }
+    for site in config.sites.values() {
+        // A site that does not answer: its own section already says so.
+        let findings = tokio::time::timeout(SITE_TIMEOUT, foreign_keys(config, site))
+            .await
+            .unwrap_or_default();
+        if !findings.is_empty() {
+            report.sections.push(Section {
+                title: format!("foreign keys on site {}", site.name),
+                findings,
+            });
+        }
     }
     for site in config.sites.values() {
         let findings = shared_positions(config, site).await;
@@ -158,6 +175,265 @@ async fn shared_positions(config: &Config, target: &Site) -> Vec<Finding> {
                     t = target.name
                 ),
             ));
+        }
+    }
+    findings
+}
+
+/// The collations of every mapped table that was read, by site and table (a table whose
+/// collations cannot be read is left out: its site's section already says why).
+async fn read_collations(
+    config: &Config,
+    schemas: &HashMap<(String, TableName), TableSchema>,
+) -> HashMap<(String, TableName), Vec<ColumnCollation>> {
+    let mut found = HashMap::new();
+    for (site, table) in schemas.keys() {
+        let read = tokio::time::timeout(
+            SITE_TIMEOUT,
+            duplex_connectors::catalog::collations(&config.sites[site].connection(), table),
+        )
+        .await;
+        if let Ok(Ok(collations)) = read {
+            found.insert((site.clone(), table.clone()), collations);
+        }
+    }
+    found
+}
+
+/// Warns about primary-key columns compared differently on the two ends of a flow: a target
+/// that ignores letter case or trailing spaces where the source does not makes distinct
+/// source keys one key (`Duplicate entry 'ABC' for key 'PRIMARY'` stops `run` and `backfill`;
+/// a two-way mapping holds such writes as conflicts), and the reverse makes keys one row on
+/// the source but two on the target, so a two-way flow collides there.
+fn key_collations(
+    config: &Config,
+    mapping: &Mapping,
+    schemas: &HashMap<(String, TableName), TableSchema>,
+    collations: &HashMap<(String, TableName), Vec<ColumnCollation>>,
+) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let both = mapping.direction == Direction::Both;
+    for (from, to) in mapping.edges() {
+        let (Some(from_table), Some(to_table)) = (mapping.tables.get(from), mapping.tables.get(to))
+        else {
+            continue;
+        };
+        let (Some(from_schema), Some(to_schema)) = (
+            schemas.get(&(from.to_owned(), from_table.clone())),
+            schemas.get(&(to.to_owned(), to_table.clone())),
+        ) else {
+            continue;
+        };
+        let from_collations = collations.get(&(from.to_owned(), from_table.clone()));
+        let to_collations = collations.get(&(to.to_owned(), to_table.clone()));
+        let (Some(from_collations), Some(to_collations)) = (from_collations, to_collations) else {
+            continue;
+        };
+        for from_column in &from_schema.primary_key {
+            let canonical = mapping.canonical_column(from, from_column);
+            let to_column = mapping.site_column(to, canonical);
+            let source = from_collations.iter().find(|c| &c.column == from_column);
+            let target = to_collations.iter().find(|c| c.column == to_column);
+            let (Some(source), Some(target)) = (source, target) else {
+                continue;
+            };
+            let describe = |c: &ColumnCollation| match c.ignores() {
+                Some(ignores) => format!("{} (ignores {ignores})", c.collation),
+                None => format!("{} (exact)", c.collation),
+            };
+            let what = format!(
+                "key column {from}:{from_table}.{from_column} collation {} -> {to}:{to_table}.{to_column} collation {}",
+                describe(source),
+                describe(target)
+            );
+            let target_loses = (target.case_insensitive && !source.case_insensitive)
+                || (target.pads && !source.pads);
+            let source_loses = (source.case_insensitive && !target.case_insensitive)
+                || (source.pads && !target.pads);
+            if target_loses {
+                let fix = exact_key_fix(config.sites[to].kind, to_schema, to_column, target);
+                findings.push(Finding::warn(
+                    what,
+                    format!(
+                        "mapping {}: keys that differ on {from} only in {} are one key on {to}, so the second such row stops `duplex run` and `duplex backfill` with a duplicate key ({}); make the key exact on {to}: {fix}",
+                        mapping.name,
+                        target.ignores().unwrap_or_default(),
+                        if both { "two-way: held as a conflict" } else { "nothing is lost, the link stops" },
+                    ),
+                ));
+            } else if source_loses && !both {
+                let fix = exact_key_fix(config.sites[from].kind, from_schema, from_column, source);
+                findings.push(Finding::warn(
+                    what,
+                    format!(
+                        "mapping {}: {from} holds keys differing only in {} as one row, {to} would hold them as two: nothing collides in this direction, but the sites disagree on which keys are equal (a mapping written back into {from} would collide); to compare alike: {fix}",
+                        mapping.name,
+                        source.ignores().unwrap_or_default(),
+                    ),
+                ));
+            }
+        }
+    }
+    findings
+}
+
+/// The statement that makes a key column compare exactly on a site of `kind`.
+fn exact_key_fix(
+    kind: SiteKind,
+    schema: &TableSchema,
+    column: &str,
+    collation: &ColumnCollation,
+) -> String {
+    let declared = schema
+        .column(column)
+        .map_or("<its type>", |c| c.declared.as_str());
+    match kind {
+        SiteKind::Mysql => format!(
+            "ALTER TABLE {}.{} MODIFY {} {declared} CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL (utf8mb4_bin still ignores trailing spaces)",
+            duplex_connectors::mysql::quote_ident(&schema.name.schema),
+            duplex_connectors::mysql::quote_ident(&schema.name.name),
+            duplex_connectors::mysql::quote_ident(column),
+        ),
+        SiteKind::Postgres => {
+            let ty = if collation.pads { "text" } else { declared };
+            format!(
+                "ALTER TABLE {}.{} ALTER COLUMN {} TYPE {ty} COLLATE \"C\"{}",
+                duplex_connectors::postgres::quote_ident(&schema.name.schema),
+                duplex_connectors::postgres::quote_ident(&schema.name.name),
+                duplex_connectors::postgres::quote_ident(column),
+                if collation.pads {
+                    " (char(n) ignores trailing spaces under any collation)"
+                } else {
+                    ""
+                },
+            )
+        }
+    }
+}
+
+/// Foreign keys on the tables of `site`: for a site written into, whether duplex's sessions
+/// there turn checks off or write in dependency order, and the keys that reference a table no
+/// mapping carries to it (or that this order cannot serve); for a MariaDB/MySQL source, the
+/// keys whose referential actions its binlog does not carry.
+async fn foreign_keys(config: &Config, site: &Site) -> Vec<Finding> {
+    let on_site = tables_on(config, &site.name);
+    let written: Vec<TableName> = on_site
+        .iter()
+        .filter(|(_, usage)| usage.write)
+        .map(|(t, _)| (*t).clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let read: Vec<TableName> = on_site
+        .iter()
+        .filter(|(_, usage)| usage.read)
+        .map(|(t, _)| (*t).clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let carried: std::collections::BTreeSet<TableName> =
+        on_site.iter().map(|(t, _)| (*t).clone()).collect();
+    let connection = site.connection();
+    let mut findings = Vec::new();
+    if !written.is_empty() {
+        let found = match foreign_keys::target_foreign_keys(&connection, &written).await {
+            Ok(found) => found,
+            Err(error) => return vec![query_failed(&error)],
+        };
+        let count = format!(
+            "{} foreign key(s) on the tables duplex writes here",
+            found.keys.len()
+        );
+        match found.checks {
+            ForeignKeyChecks::Off { setting } => findings.push(Finding::ok(format!(
+                "foreign keys: checks off in duplex's sessions ({setting}); {count}"
+            ))),
+            ForeignKeyChecks::On if found.keys.is_empty() => findings.push(Finding::ok(format!(
+                "foreign keys: dependency order (duplex's role may not set session_replication_role); {count}"
+            ))),
+            ForeignKeyChecks::On => findings.push(Finding::warn(
+                format!(
+                    "foreign keys: dependency order (duplex's role may not set session_replication_role); {count}"
+                ),
+                "backfill copies referenced tables first and streaming writes in the source's order (DEFERRABLE keys checked at commit); to turn the checks off in duplex's sessions instead (and not run referential actions and triggers for replicated rows), as a superuser: GRANT SET ON PARAMETER session_replication_role TO <duplex's role> (PostgreSQL 15+)",
+            )),
+        }
+        for key in foreign_keys::references_outside(&found.keys, &carried) {
+            findings.push(Finding::warn(
+                format!(
+                    "foreign key {} on {} references {}, which no mapping carries to site {}",
+                    key.name, key.table, key.references, site.name
+                ),
+                match found.checks {
+                    ForeignKeyChecks::Off { .. } => format!(
+                        "duplex's sessions do not check it, so replicated rows are accepted even where {} lacks the row they reference (the table then breaks its own key); map {} too, or drop the constraint",
+                        key.references, key.references
+                    ),
+                    ForeignKeyChecks::On => format!(
+                        "a replicated row whose referenced row {} lacks is refused and stops the link: map {} too, or drop the constraint",
+                        key.references, key.references
+                    ),
+                },
+            ));
+        }
+        if found.checks == ForeignKeyChecks::On {
+            let in_order: Vec<_> = found
+                .keys
+                .iter()
+                .filter(|k| written.contains(&k.references))
+                .cloned()
+                .collect();
+            if let Err(cycle) = foreign_keys::dependency_levels(&written, &in_order) {
+                let names: Vec<String> = cycle
+                    .keys
+                    .iter()
+                    .map(|k| format!("{} on {}", k.name, k.table))
+                    .collect();
+                findings.push(Finding::warn(
+                    format!(
+                        "foreign key(s) {}: a table referencing itself or tables referencing each other",
+                        names.join(", ")
+                    ),
+                    "no table order satisfies them while duplex's sessions check foreign keys: `duplex backfill` refuses to copy these tables; GRANT SET ON PARAMETER session_replication_role TO <duplex's role> (as a superuser) lifts it",
+                ));
+            }
+            for key in &found.keys {
+                let actions = key.actions();
+                if actions.is_empty() {
+                    continue;
+                }
+                findings.push(Finding::warn(
+                    format!(
+                        "foreign key {} on {}: {} runs in duplex's sessions",
+                        key.name,
+                        key.table,
+                        actions.join(", ")
+                    ),
+                    "a replicated parent delete or update also changes its children here, and the source's own changes of those children that follow then find no row and stop the link: GRANT SET ON PARAMETER session_replication_role TO <duplex's role> (as a superuser), or drop the action on this target",
+                ));
+            }
+        }
+    }
+    if !read.is_empty() {
+        match foreign_keys::unlogged_source_actions(&connection, &read).await {
+            Ok(keys) => {
+                for key in keys {
+                    findings.push(Finding::warn(
+                        format!(
+                            "foreign key {} on {} (read from {}): {}",
+                            key.name,
+                            key.table,
+                            site.name,
+                            key.actions().join(", ")
+                        ),
+                        format!(
+                            "InnoDB does not write the rows a referential action changes to the binlog, so the targets never see them (a parent deleted on {} keeps its children on the targets): delete or update the children explicitly before the parent in the same transaction (the action then finds nothing to do and every change is in the binlog)",
+                            site.name
+                        ),
+                    ));
+                }
+            }
+            Err(error) => findings.push(query_failed(&error)),
         }
     }
     findings

@@ -77,3 +77,53 @@ pub async fn describe(
     }
     Ok(schemas)
 }
+
+/// How a site compares the values of one text column: two values it holds equal are one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnCollation {
+    /// Column name.
+    pub column: String,
+    /// The collation's name (PostgreSQL's database default as `default (<lc_collate>)`).
+    pub collation: String,
+    /// `'A'` equals `'a'` (MariaDB `_ci` collations; PostgreSQL nondeterministic collations,
+    /// which may also ignore accents).
+    pub case_insensitive: bool,
+    /// `'b'` equals `'b '` (every MariaDB collation but the `_nopad_` ones, `utf8mb4_bin`
+    /// included; PostgreSQL `char(n)`).
+    pub pads: bool,
+}
+
+impl ColumnCollation {
+    /// What the collation ignores when comparing, e.g. `letter case and trailing spaces`;
+    /// `None` when it compares exactly.
+    pub fn ignores(&self) -> Option<&'static str> {
+        match (self.case_insensitive, self.pads) {
+            (true, true) => Some("letter case and trailing spaces"),
+            (true, false) => Some("letter case"),
+            (false, true) => Some("trailing spaces"),
+            (false, false) => None,
+        }
+    }
+}
+
+/// The collations of `table`'s columns that have one (text columns), in table order.
+pub async fn collations(
+    site: &SiteConnection,
+    table: &TableName,
+) -> Result<Vec<ColumnCollation>, DescribeError> {
+    let password = site.password();
+    Ok(match site.kind {
+        SiteKind::Postgres => {
+            let client = crate::postgres::connect(&site.url, password).await?;
+            crate::postgres::collations(&client, table).await?
+        }
+        SiteKind::Mysql => {
+            let mut conn = crate::mysql::connect(&site.url, password).await?;
+            let found = crate::mysql::collations(&mut conn, table).await?;
+            if let Err(error) = conn.disconnect().await {
+                tracing::debug!(%error, "closing a catalog connection");
+            }
+            found
+        }
+    })
+}

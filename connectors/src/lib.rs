@@ -20,6 +20,7 @@
 //! | applier | [`apply`]: exactly once, written once as [`apply::ExactlyOnce`] over a per-kind [`apply::TargetSession`] | [`AnyApplier`] |
 //! | bookkeeping | `duplex.positions`, named once in [`apply::positions`]; each kind's `positions.rs` owns its DDL, locked read and record | (through the applier) |
 //! | initial load target side | [`load`] | its functions |
+//! | foreign keys on targets | [`foreign_keys`]: how duplex's sessions treat them | [`foreign_keys::target_foreign_keys`] |
 //!
 //! Each kind lives in its own folder with the same rooms: `stream.rs`, `snapshot.rs`,
 //! `apply.rs` (the kind's [`apply::TargetSession`]), `positions.rs`, `position.rs`, `types.rs`,
@@ -33,6 +34,7 @@
 pub mod apply;
 pub mod catalog;
 pub mod change;
+pub mod foreign_keys;
 pub mod load;
 pub mod mysql;
 pub mod position;

@@ -174,8 +174,8 @@ pub async fn check_site(
                 Ok(server) => items.extend(server.into_iter().map(Ok)),
                 Err(error) => items.push(Err(error.into())),
             }
-            for (table, usage) in tables {
-                match crate::mysql::check_table(&mut conn, table, *usage).await {
+            for (table, _) in tables {
+                match crate::mysql::check_table(&mut conn, table).await {
                     Ok((findings, info)) => {
                         items.extend(findings.into_iter().map(Ok));
                         if let Some(info) = info {

@@ -35,15 +35,32 @@ type SharedJobs = Arc<
 >;
 
 /// Copies every range not done yet with `options.jobs` workers; returns rows per mapping.
+///
+/// `levels` (one per job, see [`super::order`]): the ranges are taken level by level, and a
+/// worker holding a range of level `n` writes it only once every range of lower levels is on
+/// every target.
 pub(super) async fn copy(
     site: &Site,
     snapshot: &SourceSnapshot,
     jobs: &mut [Job],
+    levels: &[usize],
     options: &BackfillOptions,
     state: &Arc<StateStore>,
 ) -> Result<BTreeMap<String, u64>, BackfillError> {
     let position = snapshot.position();
     let work = work_queue(jobs, state).await?;
+    let gate = {
+        let mut queue = work.lock().unwrap_or_else(|e| e.into_inner());
+        queue
+            .make_contiguous()
+            .sort_by_key(|(index, _)| levels[*index]);
+        let mut remaining = vec![0u64; levels.iter().max().map_or(1, |m| m + 1)];
+        for (index, _) in queue.iter() {
+            remaining[levels[*index]] += 1;
+        }
+        Arc::new(tokio::sync::watch::channel(remaining).0)
+    };
+    let levels: Arc<Vec<usize>> = Arc::new(levels.to_vec());
     let shared: SharedJobs = Arc::new(
         jobs.iter()
             .map(|j| {
@@ -68,6 +85,10 @@ pub(super) async fn copy(
         let upsert = options.allow_nonempty;
         let attempt_positions: Vec<Vec<Position>> =
             jobs.iter().map(|j| j.meta.attempts.clone()).collect();
+        let order = Order {
+            levels: levels.clone(),
+            remaining: gate.clone(),
+        };
         workers.spawn(async move {
             worker(
                 site,
@@ -78,6 +99,7 @@ pub(super) async fn copy(
                 position,
                 upsert,
                 attempt_positions,
+                order,
             )
             .await
         });
@@ -196,6 +218,30 @@ fn progress_bars(jobs: &[Job], totals: &[u64]) -> (MultiProgress, Vec<ProgressBa
     (multi, bars)
 }
 
+/// The copy order the workers keep: each job's level, and the ranges not yet on every target
+/// per level.
+struct Order {
+    levels: Arc<Vec<usize>>,
+    remaining: Arc<tokio::sync::watch::Sender<Vec<u64>>>,
+}
+
+impl Order {
+    /// Waits until every range of a level below `level` is on every target.
+    async fn wait_below(&self, level: usize) {
+        let mut rx = self.remaining.subscribe();
+        // The sender lives as long as `self`, so waiting cannot fail.
+        let _ = rx
+            .wait_for(|remaining| remaining[..level].iter().all(|&r| r == 0))
+            .await;
+    }
+
+    /// Records that one range of `level` is on every target.
+    fn landed(&self, level: usize) {
+        self.remaining
+            .send_modify(|remaining| remaining[level] -= 1);
+    }
+}
+
 /// Copies ranges from the queue until it is empty: reads each in the snapshot and writes it
 /// into every target with its marker, unless a target already holds it from an earlier
 /// attempt (recognised by its marker).
@@ -209,6 +255,7 @@ async fn worker(
     position: Position,
     upsert: bool,
     attempt_positions: Vec<Vec<Position>>,
+    order: Order,
 ) -> Result<(), BackfillError> {
     let mut writers: HashMap<(usize, usize), AnyApplier> = HashMap::new();
     loop {
@@ -216,6 +263,8 @@ async fn worker(
         let Some((index, range_id)) = next else {
             return Ok(());
         };
+        let level = order.levels[index];
+        order.wait_below(level).await;
         let (mapping, schema, targets, meta) = &jobs[index];
         let source_table = &schema.name;
         let range = meta.range(range_id, schema);
@@ -280,6 +329,7 @@ async fn worker(
             }
             writer.load(&txn).await.map_err(apply_error)?;
         }
+        order.landed(level);
         if done.send((index, range_id, count, copied_in)).is_err() {
             return Ok(());
         }

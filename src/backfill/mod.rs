@@ -67,6 +67,14 @@
 //! same store transaction, the attempt it was copied in (in the backfill record). Markers are
 //! deleted when the backfill completes.
 //!
+//! # Foreign keys
+//!
+//! Target sessions turn foreign-key checks off where they may (MariaDB always, PostgreSQL when
+//! the role may set `session_replication_role`), so ranges of all tables go in parallel. On a
+//! PostgreSQL target whose role may not, tables are copied by levels ([`order`]): every range
+//! of a referenced table lands before any range of a table referencing it; a self-reference or
+//! a cycle there is refused before the snapshot (see [`duplex_connectors::foreign_keys`]).
+//!
 //! # Progress
 //!
 //! On a terminal (stderr), one progress bar per mapping: rows copied of the planned total,
@@ -113,6 +121,7 @@
 mod catch_up;
 mod copy;
 mod meta;
+mod order;
 mod plan;
 
 pub use meta::{BackfillMeta, KeyBounds, load_meta};
@@ -465,6 +474,15 @@ async fn backfill_source(
         }
         jobs.push((mapping, table.clone(), targets));
     }
+    // Foreign keys on targets that check them: referenced tables first (refused before the
+    // snapshot when no order works).
+    let levels = order::copy_levels(
+        &jobs
+            .iter()
+            .map(|(m, _, targets)| (m.name.as_str(), targets.as_slice()))
+            .collect::<Vec<_>>(),
+    )
+    .await?;
 
     // The snapshot (PostgreSQL: the publication lists every table read from the site).
     let all_tables: Vec<TableName> = config
@@ -512,7 +530,7 @@ async fn backfill_source(
 
     // Copy.
     let started = Instant::now();
-    let copied = copy::copy(site, &snapshot, &mut all_jobs, options, state).await?;
+    let copied = copy::copy(site, &snapshot, &mut all_jobs, &levels, options, state).await?;
     snapshot.release().await;
 
     // Catch-up of ranges copied in earlier attempts, then the handover.

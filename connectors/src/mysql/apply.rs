@@ -14,7 +14,10 @@
 //! `skip_replication = 1`: every binlog event duplex writes carries the skip-replication flag
 //! (0x8000), which is how the binlog reader recognises duplex's own writes (echoes). MySQL
 //! has no such flag; there the upsert of `duplex.positions` in the same transaction marks
-//! it.
+//! it. It also sets `foreign_key_checks = 0`: InnoDB then neither checks foreign keys nor runs
+//! their referential actions for duplex's writes, so rows arrive in any order (a backfill's
+//! parallel ranges) and a replicated parent delete does not cascade into the children the
+//! source deletes itself (see [`crate::foreign_keys`]).
 //!
 //! Target transactions are opened and ended with plain `START TRANSACTION` / `COMMIT` /
 //! `ROLLBACK` statements on the session's connection (not mysql_async's borrowed
@@ -294,7 +297,8 @@ async fn open(opts: &Opts) -> Result<(Conn, bool), ApplyError> {
         .unwrap_or_default();
     let mariadb = version.to_ascii_lowercase().contains("mariadb");
     conn.query_drop(format!(
-        "SET NAMES utf8mb4, SESSION time_zone = '+00:00', SESSION sql_mode = '{SQL_MODE}'"
+        "SET NAMES utf8mb4, SESSION time_zone = '+00:00', SESSION sql_mode = '{SQL_MODE}', \
+         SESSION foreign_key_checks = 0"
     ))
     .await
     .map_err(MysqlError::query("setting up the applying session"))?;

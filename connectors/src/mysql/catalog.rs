@@ -75,3 +75,63 @@ pub async fn describe_table(
         engine: engine.unwrap_or_default(),
     }))
 }
+
+/// The foreign keys declared on `table` (the referencing side), in constraint-name order.
+pub async fn foreign_keys(
+    conn: &mut Conn,
+    table: &TableName,
+) -> Result<Vec<crate::foreign_keys::ForeignKey>, MysqlError> {
+    let rows: Vec<(String, String, String, String, String)> = conn
+        .exec(
+            "SELECT CONSTRAINT_NAME, UNIQUE_CONSTRAINT_SCHEMA, REFERENCED_TABLE_NAME, \
+                    DELETE_RULE, UPDATE_RULE \
+             FROM information_schema.REFERENTIAL_CONSTRAINTS \
+             WHERE CONSTRAINT_SCHEMA = ? AND TABLE_NAME = ? ORDER BY CONSTRAINT_NAME",
+            (&table.schema, &table.name),
+        )
+        .await
+        .map_err(MysqlError::query("reading a table's foreign keys"))?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(name, schema, referenced, on_delete, on_update)| crate::foreign_keys::ForeignKey {
+                name,
+                table: table.clone(),
+                references: TableName::new(schema, referenced),
+                on_delete: on_delete.to_ascii_uppercase(),
+                on_update: on_update.to_ascii_uppercase(),
+                deferrable: false,
+            },
+        )
+        .collect())
+}
+
+/// The collations of `table`'s columns that have one (see [`crate::catalog::collations`]).
+/// MariaDB's collation names say how they compare: `_ci` ignores letter case, and every
+/// collation but the `_nopad_` ones ignores trailing spaces.
+pub async fn collations(
+    conn: &mut Conn,
+    table: &TableName,
+) -> Result<Vec<crate::catalog::ColumnCollation>, MysqlError> {
+    let rows: Vec<(String, String)> = conn
+        .exec(
+            "SELECT COLUMN_NAME, COLLATION_NAME FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND COLLATION_NAME IS NOT NULL \
+             ORDER BY ORDINAL_POSITION",
+            (&table.schema, &table.name),
+        )
+        .await
+        .map_err(MysqlError::query("reading a table's column collations"))?;
+    Ok(rows
+        .into_iter()
+        .map(|(column, collation)| {
+            let lower = collation.to_ascii_lowercase();
+            crate::catalog::ColumnCollation {
+                column,
+                case_insensitive: lower.ends_with("_ci"),
+                pads: !lower.contains("_nopad_"),
+                collation,
+            }
+        })
+        .collect())
+}

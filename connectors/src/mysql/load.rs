@@ -2,6 +2,7 @@
 
 use mysql_async::prelude::Queryable;
 
+use crate::foreign_keys::{ForeignKeyChecks, TargetForeignKeys};
 use crate::load::AdminError;
 use crate::{SiteConnection, TableName};
 
@@ -11,6 +12,7 @@ const EMPTY: &str = "checking that the target table is empty";
 const MARKERS: &str = "deleting the backfill's range markers";
 const LIST: &str = "listing the sources of duplex.positions";
 const RENAME: &str = "taking over a duplex.positions row";
+const FOREIGN_KEYS: &str = "reading the tables' foreign keys";
 
 /// Whether `table` holds no rows.
 pub async fn table_is_empty(site: &SiteConnection, table: &TableName) -> Result<bool, AdminError> {
@@ -94,4 +96,30 @@ pub async fn rename_position(
     };
     let _ = conn.disconnect().await;
     Ok(renamed)
+}
+
+/// The foreign keys of `tables`; duplex's sessions always turn their checks off here
+/// (`foreign_key_checks = 0` needs no privilege, see [`crate::foreign_keys`]).
+pub async fn target_foreign_keys(
+    site: &SiteConnection,
+    tables: &[TableName],
+) -> Result<TargetForeignKeys, AdminError> {
+    let mut conn = connect(&site.url, site.password())
+        .await
+        .map_err(AdminError::doing(FOREIGN_KEYS))?;
+    let mut keys = Vec::new();
+    for table in tables {
+        keys.extend(
+            super::catalog::foreign_keys(&mut conn, table)
+                .await
+                .map_err(AdminError::doing(FOREIGN_KEYS))?,
+        );
+    }
+    let _ = conn.disconnect().await;
+    Ok(TargetForeignKeys {
+        checks: ForeignKeyChecks::Off {
+            setting: "foreign_key_checks = 0",
+        },
+        keys,
+    })
 }

@@ -5,7 +5,7 @@ use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 
 use crate::TableName;
-use crate::preflight::{self, Finding, TableUse};
+use crate::preflight::{self, Finding};
 
 use super::{MysqlError, TableInfo, describe_table, quote_ident};
 
@@ -108,7 +108,6 @@ pub async fn check_server(conn: &mut Conn) -> Result<Vec<Finding>, MysqlError> {
 pub async fn check_table(
     conn: &mut Conn,
     table: &TableName,
-    usage: TableUse,
 ) -> Result<(Vec<Finding>, Option<TableInfo>), MysqlError> {
     let Some(info) = describe_table(conn, table).await? else {
         return Ok((vec![preflight::missing_table(table)], None));
@@ -127,47 +126,5 @@ pub async fn check_table(
              ALTER TABLE {quoted} ENGINE = InnoDB"
         ),
     ));
-    if usage.write {
-        findings.extend(key_collations(conn, table, &info.schema.primary_key).await?);
-    }
     Ok((findings, Some(info)))
-}
-
-/// Warns about text key columns whose collation makes keys that differ on a source equal
-/// here: a case-insensitive one ('A' = 'a') or one that pads (`'b' = 'b '`, every collation
-/// but the `_nopad_` ones). Two source rows would be one row on this site.
-async fn key_collations(
-    conn: &mut Conn,
-    table: &TableName,
-    key: &[String],
-) -> Result<Vec<Finding>, MysqlError> {
-    let columns: Vec<(String, Option<String>)> = conn
-        .exec(
-            "SELECT COLUMN_NAME, COLLATION_NAME FROM information_schema.COLUMNS \
-             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
-            (&table.schema, &table.name),
-        )
-        .await
-        .map_err(MysqlError::query("reading the key columns' collations"))?;
-    Ok(columns
-        .into_iter()
-        .filter(|(name, _)| key.contains(name))
-        .filter_map(|(name, collation)| {
-            let collation = collation?;
-            let lower = collation.to_ascii_lowercase();
-            let case_insensitive = lower.ends_with("_ci");
-            let pads = !lower.contains("_nopad_");
-            (case_insensitive || pads).then(|| {
-                Finding::warn(
-                    format!("table {table}: key column {}.{name} collation {collation}", table.name),
-                    format!(
-                        "keys that differ only in {} are one key here, so two rows of another site would be one row on this one (a write that collides is held as a conflict); for an exact key use a binary no-pad collation: ALTER TABLE {} MODIFY {} ... COLLATE utf8mb4_nopad_bin",
-                        if case_insensitive { "letter case or trailing spaces" } else { "trailing spaces" },
-                        quote_ident(&table.schema) + "." + &quote_ident(&table.name),
-                        quote_ident(&name),
-                    ),
-                )
-            })
-        })
-        .collect())
 }

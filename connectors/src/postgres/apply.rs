@@ -42,6 +42,16 @@
 //! The session remembers whether one is open; an error, or a call dropped halfway, is followed
 //! by a `ROLLBACK` before anything else runs on the connection.
 //!
+//! # Foreign keys
+//!
+//! Every session (after each reconnect too) first tries `SET session_replication_role =
+//! replica`, which turns foreign-key checks and referential actions off in it (and ordinary
+//! triggers: see [`crate::foreign_keys`] for why that is the replica's contract). A role that
+//! may not set it (neither superuser nor granted `SET ON PARAMETER session_replication_role`)
+//! keeps the checks, and every target transaction then starts with `SET CONSTRAINTS ALL
+//! DEFERRED` in the same round trip as its `BEGIN`, so `DEFERRABLE` keys are checked at commit;
+//! the events are written in the source's order either way.
+//!
 //! # Echo marker
 //!
 //! duplex's own writes are recognisable in the WAL by the upsert of `duplex.positions` in the
@@ -65,6 +75,7 @@ use crate::apply::{
     ApplyError, ApplyOptions, ExactlyOnce, SkippedWrite, TableRoute, TargetSession, declared_scale,
     expected_values, key_value, malformed, refuse_key_change, skipped_write, unique_collision,
 };
+use crate::foreign_keys::ForeignKeyChecks;
 use crate::{ChangeEvent, Column, Op, Position, TableName, Value};
 
 use super::param::{PgParam, to_param};
@@ -93,6 +104,8 @@ pub struct PgSession {
     options: ApplyOptions,
     /// Whether a target transaction is open on `client` (BEGIN sent, no COMMIT/ROLLBACK yet).
     in_transaction: bool,
+    /// Whether this session checks foreign keys (see the module docs).
+    foreign_key_checks: ForeignKeyChecks,
 }
 
 /// A route resolved against the target table's schema.
@@ -185,6 +198,7 @@ impl PgApplier {
     ) -> Result<PgApplier, ApplyError> {
         options.validate()?;
         let client = connect(url, password).await?;
+        let foreign_key_checks = relax_foreign_keys(&client).await?;
         positions::ensure_table(&client).await?;
         let mut resolved = HashMap::new();
         for route in routes {
@@ -200,7 +214,31 @@ impl PgApplier {
             statements: HashMap::new(),
             options,
             in_transaction: false,
+            foreign_key_checks,
         }))
+    }
+}
+
+/// Turns foreign-key checks off in this session if the role may (`session_replication_role =
+/// replica`, see the module docs); says which way it went. Only a refusal for lack of
+/// privilege means "checks stay on": any other error is one.
+pub(super) async fn relax_foreign_keys(client: &Client) -> Result<ForeignKeyChecks, PgError> {
+    match client
+        .batch_execute("SET session_replication_role = replica")
+        .await
+    {
+        Ok(()) => Ok(ForeignKeyChecks::Off {
+            setting: "session_replication_role = replica",
+        }),
+        Err(error)
+            if error.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) =>
+        {
+            Ok(ForeignKeyChecks::On)
+        }
+        Err(source) => Err(PgError::Query {
+            doing: "setting session_replication_role on the applying session",
+            source,
+        }),
     }
 }
 
@@ -209,6 +247,7 @@ impl PgSession {
     async fn reconnect_if_closed(&mut self) -> Result<(), ApplyError> {
         if self.client.is_closed() {
             self.client = connect(&self.url, self.password.as_deref()).await?;
+            self.foreign_key_checks = relax_foreign_keys(&self.client).await?;
             self.statements.clear();
             self.in_transaction = false;
         }
@@ -283,8 +322,12 @@ impl TargetSession for PgSession {
     async fn begin(&mut self) -> Result<(), ApplyError> {
         self.reconnect_if_closed().await?;
         self.in_transaction = true;
+        let begin = match self.foreign_key_checks {
+            ForeignKeyChecks::Off { .. } => "BEGIN",
+            ForeignKeyChecks::On => "BEGIN; SET CONSTRAINTS ALL DEFERRED",
+        };
         self.client
-            .batch_execute("BEGIN")
+            .batch_execute(begin)
             .await
             .map_err(PgError::query("starting the target transaction"))?;
         Ok(())

@@ -103,3 +103,79 @@ pub async fn describe_table(
         oid,
     }))
 }
+
+/// The foreign keys declared on `table` (the referencing side), in constraint-name order.
+pub async fn foreign_keys(
+    client: &Client,
+    table: &TableName,
+) -> Result<Vec<crate::foreign_keys::ForeignKey>, PgError> {
+    let action = |code: &str| {
+        match code {
+            "r" => "RESTRICT",
+            "c" => "CASCADE",
+            "n" => "SET NULL",
+            "d" => "SET DEFAULT",
+            _ => "NO ACTION",
+        }
+        .to_owned()
+    };
+    Ok(client
+        .query(
+            "SELECT c.conname::text, rn.nspname::text, rt.relname::text, \
+                    c.confdeltype::text, c.confupdtype::text, c.condeferrable \
+             FROM pg_constraint c \
+             JOIN pg_class t ON t.oid = c.conrelid \
+             JOIN pg_namespace n ON n.oid = t.relnamespace \
+             JOIN pg_class rt ON rt.oid = c.confrelid \
+             JOIN pg_namespace rn ON rn.oid = rt.relnamespace \
+             WHERE c.contype = 'f' AND n.nspname = $1 AND t.relname = $2 \
+             ORDER BY c.conname",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .map_err(PgError::query("reading a table's foreign keys"))?
+        .into_iter()
+        .map(|r| crate::foreign_keys::ForeignKey {
+            name: r.get(0),
+            table: table.clone(),
+            references: TableName::new(r.get::<_, String>(1), r.get::<_, String>(2)),
+            on_delete: action(r.get(3)),
+            on_update: action(r.get(4)),
+            deferrable: r.get(5),
+        })
+        .collect())
+}
+
+/// The collations of `table`'s columns that have one (see [`crate::catalog::collations`]).
+pub async fn collations(
+    client: &Client,
+    table: &TableName,
+) -> Result<Vec<crate::catalog::ColumnCollation>, PgError> {
+    Ok(client
+        .query(
+            "SELECT a.attname::text, \
+                    CASE WHEN co.collname = 'default' \
+                         THEN 'default (' || (SELECT datcollate FROM pg_database \
+                                              WHERE datname = current_database()) || ')' \
+                         ELSE co.collname::text END, \
+                    NOT co.collisdeterministic, t.typname = 'bpchar' \
+             FROM pg_attribute a \
+             JOIN pg_class c ON c.oid = a.attrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_collation co ON co.oid = a.attcollation \
+             JOIN pg_type t ON t.oid = a.atttypid \
+             WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped \
+             ORDER BY a.attnum",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .map_err(PgError::query("reading a table's column collations"))?
+        .into_iter()
+        .map(|r| crate::catalog::ColumnCollation {
+            column: r.get(0),
+            collation: r.get(1),
+            case_insensitive: r.get(2),
+            pads: r.get(3),
+        })
+        .collect())
+}

@@ -1,5 +1,6 @@
 //! The backfill's target-side statements on PostgreSQL (see [`crate::load`]).
 
+use crate::foreign_keys::TargetForeignKeys;
 use crate::load::AdminError;
 use crate::{SiteConnection, TableName};
 
@@ -9,6 +10,7 @@ const EMPTY: &str = "checking that the target table is empty";
 const MARKERS: &str = "deleting the backfill's range markers";
 const LIST: &str = "listing the sources of duplex.positions";
 const RENAME: &str = "taking over a duplex.positions row";
+const FOREIGN_KEYS: &str = "reading the target tables' foreign keys";
 
 /// Whether `table` holds no rows.
 pub async fn table_is_empty(site: &SiteConnection, table: &TableName) -> Result<bool, AdminError> {
@@ -81,4 +83,27 @@ pub async fn rename_position(
         .await
         .map_err(AdminError::doing(RENAME))?;
     Ok(renamed == 1)
+}
+
+/// The foreign keys of `tables` and whether duplex's sessions may turn their checks off (see
+/// [`crate::foreign_keys`]): tried on a session of this call's own, closed afterwards.
+pub async fn target_foreign_keys(
+    site: &SiteConnection,
+    tables: &[TableName],
+) -> Result<TargetForeignKeys, AdminError> {
+    let client = connect(&site.url, site.password())
+        .await
+        .map_err(AdminError::doing(FOREIGN_KEYS))?;
+    let checks = super::apply::relax_foreign_keys(&client)
+        .await
+        .map_err(AdminError::doing(FOREIGN_KEYS))?;
+    let mut keys = Vec::new();
+    for table in tables {
+        keys.extend(
+            super::catalog::foreign_keys(&client, table)
+                .await
+                .map_err(AdminError::doing(FOREIGN_KEYS))?,
+        );
+    }
+    Ok(TargetForeignKeys { checks, keys })
 }

@@ -18,9 +18,11 @@ mod stream;
 pub mod types;
 
 pub use apply::{PgApplier, PgSession};
-pub use catalog::{ReplicaIdentity, TableInfo, describe_table};
+pub use catalog::{ReplicaIdentity, TableInfo, collations, describe_table};
 pub use error::PgError;
-pub use load::{delete_positions_like, position_sources, rename_position, table_is_empty};
+pub use load::{
+    delete_positions_like, position_sources, rename_position, table_is_empty, target_foreign_keys,
+};
 pub use position::{Lsn, LsnParseError};
 pub use positions::{CLAIMS_DDL, POSITIONS_DDL};
 pub use preflight::{check_server, check_table};
