@@ -161,6 +161,7 @@ enum Kind {
     },
     Bit {
         bytes: usize,
+        len: usize,
     },
 }
 
@@ -376,8 +377,11 @@ impl ColumnDecoder {
             }
             "bit" => {
                 expect(&[code::BIT])?;
+                // Metadata: bits beyond whole bytes, then whole bytes.
+                let (bits, bytes) = (usize::from(meta_byte(0)?), usize::from(meta_byte(1)?));
                 Kind::Bit {
-                    bytes: usize::from(meta_byte(1)?) + usize::from(meta_byte(0)? > 0),
+                    bytes: bytes + usize::from(bits > 0),
+                    len: bytes * 8 + bits,
                 }
             }
             _ => return Err(unsupported("no canonical mapping for this type")),
@@ -520,7 +524,12 @@ impl ColumnDecoder {
                     .collect();
                 Value::Text(chosen.join(","))
             }
-            Kind::Bit { bytes } => Value::UInt(be_uint(take(*bytes)?)),
+            Kind::Bit { bytes, len } => {
+                let number = be_uint(take(*bytes)?);
+                Value::Bits(crate::Bits::from_uint(number, *len).ok_or_else(|| {
+                    ValueError::Bad(format!("{number:#x} does not fit BIT({len})"))
+                })?)
+            }
         })
     }
 }
@@ -1014,6 +1023,25 @@ mod tests {
         assert_eq!(uuid_from_record(record), v1);
         let plain: Uuid = "00000000-0000-0000-0000-000000000001".parse().unwrap();
         assert_eq!(uuid_from_record(*plain.as_bytes()), plain);
+    }
+
+    #[test]
+    fn bits_keep_their_length() {
+        let b = |n: usize, meta: [u8; 2], image: &[u8]| {
+            decode(
+                &info("bit", &format!("bit({n})"), false, None),
+                code::BIT,
+                &meta,
+                image,
+            )
+        };
+        let bits = |s: &str| Value::Bits(s.parse().unwrap());
+        assert_eq!(b(1, [1, 0], &[1]), bits("1"));
+        assert_eq!(b(1, [1, 0], &[0]), bits("0"));
+        assert_eq!(b(7, [7, 0], &[0b101_0101]), bits("1010101"));
+        assert_eq!(b(8, [0, 1], &[0x80]), bits("10000000"));
+        assert_eq!(b(10, [2, 1], &[0b10, 0x01]), bits("1000000001"));
+        assert_eq!(b(64, [0, 8], &[0xff; 8]), bits(&"1".repeat(64)));
     }
 
     #[test]

@@ -62,8 +62,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
 use crate::apply::{
-    ApplyError, ApplyOptions, ExactlyOnce, SkippedWrite, TableRoute, TargetSession, declared_scale,
-    expected_values, key_value, malformed, refuse_key_change, skipped_write, unique_collision,
+    ApplyError, ApplyOptions, ExactlyOnce, SkippedWrite, TableRoute, TargetSession,
+    declared_length, declared_scale, expected_values, key_value, malformed, refuse_key_change,
+    skipped_write, unique_collision,
 };
 use crate::{ChangeEvent, Column, Op, Position, TableName, Value};
 
@@ -134,6 +135,16 @@ pub(super) enum PgKind {
     Uuid,
     Json,
     Jsonb,
+    /// `bit(n)` (`varying: false`) or `varbit(n)`; `len` is n (`None`: no limit). Bound as
+    /// text with `$n::text::varbit`, so the column's own assignment cast refuses a wrong
+    /// length instead of padding or truncating (an explicit cast to `bit(n)` would).
+    Bits {
+        len: Option<usize>,
+        varying: bool,
+    },
+    /// A one-dimensional array, bound as its array literal with `$n::text::<declared type
+    /// without type modifiers>` (an explicit cast to `varchar(n)[]` would truncate).
+    Array,
     /// Bound as text with `$n::text::<declared type>`.
     Cast,
 }
@@ -158,10 +169,36 @@ impl PgKind {
             "uuid" => PgKind::Uuid,
             "json" => PgKind::Json,
             "jsonb" => PgKind::Jsonb,
-            "array" | "composite" => return None,
+            "bit" | "varbit" => PgKind::Bits {
+                len: declared_length(&column.declared),
+                varying: column.type_name == "varbit",
+            },
+            "array" => PgKind::Array,
+            "composite" => return None,
             _ => PgKind::Cast,
         })
     }
+
+    /// Whether values are bound as text and cast (no binary encoder: COPY cannot take them).
+    pub(super) fn bound_as_text(self) -> bool {
+        matches!(self, PgKind::Cast | PgKind::Bits { .. } | PgKind::Array)
+    }
+}
+
+/// A declared type without its type modifiers: `character varying(10)[]` ->
+/// `character varying[]`.
+fn without_modifiers(declared: &str) -> String {
+    let mut out = String::with_capacity(declared.len());
+    let mut depth = 0;
+    for c in declared.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            c if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    out
 }
 
 impl PgColumn {
@@ -169,6 +206,8 @@ impl PgColumn {
     fn placeholder(&self, n: usize) -> String {
         match self.kind {
             PgKind::Cast => format!("${n}::text::{}", self.declared),
+            PgKind::Bits { .. } => format!("${n}::text::varbit"),
+            PgKind::Array => format!("${n}::text::{}", without_modifiers(&self.declared)),
             _ => format!("${n}"),
         }
     }
@@ -662,6 +701,12 @@ fn expected_filter<'e>(
         filter.push_str(&match column.kind {
             PgKind::Json => format!(" AND {q}::text IS NOT DISTINCT FROM ${n}::text"),
             PgKind::Cast => format!(
+                " AND {q}::text IS NOT DISTINCT FROM ({})::text",
+                column.placeholder(n)
+            ),
+            // json has no equality operator; other arrays and bit strings compare typed
+            // (numeric elements 1.5 and 1.50 are equal).
+            PgKind::Array if column.declared.starts_with("json[") => format!(
                 " AND {q}::text IS NOT DISTINCT FROM ({})::text",
                 column.placeholder(n)
             ),
