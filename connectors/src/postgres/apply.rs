@@ -142,8 +142,8 @@ pub(super) enum PgKind {
         len: Option<usize>,
         varying: bool,
     },
-    /// A one-dimensional array, bound as its array literal with `$n::text::<declared type
-    /// without type modifiers>` (an explicit cast to `varchar(n)[]` would truncate).
+    /// A one-dimensional array, bound as its array literal with `$n::text::<element type
+    /// without modifiers>[]` (an explicit cast to `varchar(n)[]` would truncate).
     Array,
     /// Bound as text with `$n::text::<declared type>`.
     Cast,
@@ -185,9 +185,10 @@ impl PgKind {
     }
 }
 
-/// A declared type without its type modifiers: `character varying(10)[]` ->
-/// `character varying[]`.
-fn without_modifiers(declared: &str) -> String {
+/// An array's element type without its modifiers, as a type that takes any element of the
+/// declared one unchanged: `character varying(10)[]` -> `character varying`, `bit(3)[]` ->
+/// `varbit` and `character(5)[]` -> `bpchar` (a bare `bit` or `character` means length 1).
+fn unmodified_element(declared: &str) -> String {
     let mut out = String::with_capacity(declared.len());
     let mut depth = 0;
     for c in declared.chars() {
@@ -198,7 +199,12 @@ fn without_modifiers(declared: &str) -> String {
             _ => {}
         }
     }
-    out
+    let element = out.trim_end_matches("[]").trim();
+    match element {
+        "bit" => "varbit".to_owned(),
+        "character" => "bpchar".to_owned(),
+        other => other.to_owned(),
+    }
 }
 
 impl PgColumn {
@@ -207,7 +213,7 @@ impl PgColumn {
         match self.kind {
             PgKind::Cast => format!("${n}::text::{}", self.declared),
             PgKind::Bits { .. } => format!("${n}::text::varbit"),
-            PgKind::Array => format!("${n}::text::{}", without_modifiers(&self.declared)),
+            PgKind::Array => format!("${n}::text::{}[]", unmodified_element(&self.declared)),
             _ => format!("${n}"),
         }
     }
@@ -887,4 +893,26 @@ fn insert_sql(route: &PgRoute, columns: &[usize], rows: usize, upsert: bool) -> 
         }
     }
     sql
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn array_casts_drop_modifiers_that_would_truncate() {
+        assert_eq!(
+            unmodified_element("character varying(10)[]"),
+            "character varying"
+        );
+        assert_eq!(unmodified_element("bit(3)[]"), "varbit");
+        assert_eq!(unmodified_element("character(5)[]"), "bpchar");
+        assert_eq!(unmodified_element("numeric(12,2)[]"), "numeric");
+        assert_eq!(
+            unmodified_element("timestamp(3) without time zone[]"),
+            "timestamp without time zone"
+        );
+        assert_eq!(unmodified_element("integer[][]"), "integer");
+        assert_eq!(unmodified_element("public.mood[]"), "public.mood");
+    }
 }

@@ -16,9 +16,12 @@
 //! duplex has no binary encoder for (e.g. `inet`, `macaddr`, `xml`, `citext`) are bound as
 //! text with an explicit `$n::text::<type>` cast: their text form is their canonical form.
 //! Bit strings are bound as their digits cast to `varbit` (the column's assignment cast then
-//! refuses a wrong length; duplex checks it first to say so clearly), and arrays as their
-//! array literal ([`array_literal`]) cast to the column's array type: from a canonical array,
-//! or from a JSON array (how arrays are stored in MySQL/MariaDB, see [`json_array_literal`]).
+//! refuses a wrong length; duplex checks it first to say so clearly). Arrays are bound as their
+//! array literal ([`array_literal`]) cast to the array of the element type *without* its
+//! modifiers (`varbit[]`, `bpchar[]`, `varchar[]`, `numeric[]`: an explicit cast to
+//! `bit(3)[]` or `varchar(8)[]` would pad or truncate elements), so the assignment to the
+//! column refuses what does not fit: from a canonical array, or from a JSON array (how arrays
+//! are stored in MySQL/MariaDB, see [`json_array_literal`]).
 //! `interval` is written in binary with its three fields (months, days, microseconds).
 //!
 //! Before binding, each value is checked against the target column: out-of-range integers,
@@ -51,6 +54,7 @@ pub(super) enum PgParam<'a> {
     F64(f64),
     Numeric(Cow<'a, str>),
     Text(Cow<'a, str>),
+
     Jsonb(&'a str),
     Bytes(&'a [u8]),
     Date(NaiveDate),
