@@ -329,6 +329,28 @@ fn multi_dimensional(column: &Column) -> Option<ColumnVerdict> {
     })
 }
 
+/// Bit strings whose declared lengths cannot match: every value of a fixed-length source
+/// (`bit(n)`, MySQL `BIT(n)`) would be refused by a fixed target of another length, a
+/// `varbit(m)` shorter than n, or a boolean unless n is 1.
+fn bit_lengths(source: &Column, target: &Column) -> Option<ColumnVerdict> {
+    if source.type_name != "bit" {
+        return None;
+    }
+    let n = crate::apply::declared_length(&source.declared)?;
+    let fits = match target.type_name.as_str() {
+        "bit" => crate::apply::declared_length(&target.declared).is_none_or(|m| m == n),
+        "varbit" => crate::apply::declared_length(&target.declared).is_none_or(|m| m >= n),
+        "bool" => n == 1,
+        _ => return None,
+    };
+    (!fits).then(|| {
+        ColumnVerdict::Refused(format!(
+            "{} cannot hold the {n} bits of every {} value: give it the same length",
+            target.declared, source.declared
+        ))
+    })
+}
+
 /// An array's element type as declared, without modifiers (`character varying(10)[]` ->
 /// `character varying`).
 fn element_type(declared: &str) -> String {
@@ -358,7 +380,10 @@ pub enum ColumnVerdict {
 
 /// Judges replicating `source` (on a `from` database) into `target` (on a `to` database).
 pub fn judge(from: SiteKind, source: &Column, to: SiteKind, target: &Column) -> ColumnVerdict {
-    if let Some(refusal) = multi_dimensional(source).or_else(|| multi_dimensional(target)) {
+    if let Some(refusal) = multi_dimensional(source)
+        .or_else(|| multi_dimensional(target))
+        .or_else(|| bit_lengths(source, target))
+    {
         return refusal;
     }
     let Some(table) = rules(from, to) else {
@@ -595,6 +620,35 @@ mod tests {
             V::Converted(_)
         ));
         assert_eq!(judge(my, &col("bit"), my, &col("bit")), V::Exact);
+        let bits = |type_name: &str, declared: &str| Column {
+            declared: declared.into(),
+            ..col(type_name)
+        };
+        assert!(matches!(
+            judge(my, &bits("bit", "bit(8)"), pg, &bits("bit", "bit(7)")),
+            V::Refused(m) if m.contains("8 bits")
+        ));
+        assert!(matches!(
+            judge(my, &bits("bit", "bit(8)"), pg, &bits("bool", "boolean")),
+            V::Refused(_)
+        ));
+        assert!(matches!(
+            judge(my, &bits("bit", "bit(1)"), pg, &bits("bool", "boolean")),
+            V::Converted(_)
+        ));
+        assert!(matches!(
+            judge(
+                my,
+                &bits("bit", "bit(8)"),
+                pg,
+                &bits("varbit", "bit varying(10)")
+            ),
+            V::Converted(_)
+        ));
+        assert!(matches!(
+            judge(pg, &bits("bit", "bit(3)"), pg, &bits("bit", "bit(4)")),
+            V::Refused(_)
+        ));
         assert!(matches!(
             judge(pg, &col("interval"), my, &col("time")),
             V::Refused(m) if m.contains("PostgreSQL -> PostgreSQL")
