@@ -518,3 +518,74 @@ fn a_two_dimensional_array_value_stops_the_link_naming_table_column_and_key() {
     );
     drop_slot(&source);
 }
+
+#[test]
+fn a_bit_string_of_another_length_stops_the_link_instead_of_being_padded() {
+    let source = shared_pg().create_database();
+    source
+        .execute_as_duplex("CREATE TABLE v (id int PRIMARY KEY, vb varbit(10))")
+        .unwrap();
+    let erp = shared_mariadb().create_database();
+    erp.sql("CREATE TABLE v (id INT PRIMARY KEY, vb BIT(10)) ENGINE=InnoDB")
+        .unwrap();
+    let config = config(
+        (source.name(), source.url(), "public.v".into()),
+        (erp.name(), erp.url(), format!("{}.v", erp.name())),
+    );
+    let mut duplex = Duplex::run(&config);
+    duplex.wait_link_started();
+    source
+        .execute_as_duplex(
+            "INSERT INTO v VALUES (1, B'0000000101'); INSERT INTO v VALUES (2, B'101'); \
+             INSERT INTO v VALUES (3, B'1111111111');",
+        )
+        .unwrap();
+    duplex.assert_stopped_saying(&[
+        "B'101' has 3 bits, the column 10: it would be padded or truncated",
+        "vb",
+    ]);
+    assert_eq!(
+        erp.sql("SELECT id, bin(vb + 0) FROM v ORDER BY id")
+            .unwrap()
+            .trim(),
+        "1\t101",
+        "nothing after the refused row is applied"
+    );
+    drop_slot(&source);
+}
+
+#[test]
+fn json_that_is_not_an_array_of_scalars_stops_the_link_naming_it() {
+    let source = shared_mariadb().create_database();
+    source
+        .sql("CREATE TABLE j (id INT PRIMARY KEY, ia JSON) ENGINE=InnoDB")
+        .unwrap();
+    let store = shared_pg().create_database();
+    store
+        .execute_as_duplex("CREATE TABLE j (id int PRIMARY KEY, ia int[])")
+        .unwrap();
+    let config = config(
+        (source.name(), source.url(), format!("{}.j", source.name())),
+        (store.name(), store.url(), "public.j".into()),
+    );
+    let mut duplex = Duplex::run(&config);
+    duplex.wait_link_started();
+    source
+        .sql(
+            "INSERT INTO j VALUES (1, '[1, 2]'); INSERT INTO j VALUES (2, '[[1], [2]]'); \
+             INSERT INTO j VALUES (3, '[3]');",
+        )
+        .unwrap();
+    duplex.assert_stopped_saying(&[
+        "element 1 is an array: multi-dimensional arrays are not replicated",
+        "ia",
+    ]);
+    assert_eq!(
+        store
+            .psql("SELECT id, ia FROM j ORDER BY id")
+            .unwrap()
+            .trim(),
+        "1|{1,2}",
+        "nothing after the refused row is applied"
+    );
+}
