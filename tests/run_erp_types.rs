@@ -589,3 +589,60 @@ fn json_that_is_not_an_array_of_scalars_stops_the_link_naming_it() {
         "nothing after the refused row is applied"
     );
 }
+
+/// Two-way: a PostgreSQL boolean and int[] against MariaDB BIT(1) and JSON, changed at both
+/// sites in turn (each change reaches the other site, and the conditional writes find the
+/// values they expect there, whichever way the JSON was spaced).
+#[test]
+fn two_way_boolean_and_array_against_bit_and_json() {
+    let store = shared_pg().create_database();
+    store
+        .execute_as_duplex("CREATE TABLE w (id int PRIMARY KEY, flag boolean, tags int[])")
+        .unwrap();
+    let erp = shared_mariadb().create_database();
+    erp.sql("CREATE TABLE w (id INT PRIMARY KEY, flag BIT(1), tags JSON) ENGINE=InnoDB")
+        .unwrap();
+    let config = format!(
+        "[sites.{s}]\nkind = \"postgres\"\nurl = \"{su}\"\n\n\
+         [sites.{e}]\nkind = \"mysql\"\nurl = \"{eu}\"\n\n\
+         [[mappings]]\nname = \"w\"\ntables = {{ {s} = \"public.w\", {e} = \"{e}.w\" }}\n\
+         direction = \"both\"\n",
+        s = store.name(),
+        su = store.url(),
+        e = erp.name(),
+        eu = erp.url(),
+    );
+    let mut duplex = Duplex::run(&config);
+    harness::sites::wait_reading(&mut duplex, 2, WAIT);
+    let both = |want_pg: &str, want_my: &str, duplex: &mut Duplex| {
+        wait_for("both sites to hold the change", WAIT, || {
+            duplex.assert_running();
+            let pg = store
+                .psql("SELECT id, flag, tags FROM w ORDER BY id")
+                .map_err(|e| e.to_string())?;
+            let my = erp
+                .sql("SELECT id, flag + 0, tags FROM w ORDER BY id")
+                .map_err(|e| e.to_string())?;
+            if pg.trim() == want_pg && my.trim() == want_my {
+                Ok(())
+            } else {
+                Err(format!("store {pg:?}, erp {my:?}"))
+            }
+        });
+    };
+    store
+        .execute_as_duplex("INSERT INTO w VALUES (1, true, '{1,2}')")
+        .unwrap();
+    both("1|t|{1,2}", "1\t1\t[1, 2]", &mut duplex);
+    erp.sql("UPDATE w SET flag = b'0', tags = '[3,null]' WHERE id = 1")
+        .unwrap();
+    both("1|f|{3,NULL}", "1\t0\t[3,null]", &mut duplex);
+    store
+        .execute_as_duplex("UPDATE w SET tags = '{4}' WHERE id = 1")
+        .unwrap();
+    both("1|f|{4}", "1\t0\t[4]", &mut duplex);
+    erp.sql("UPDATE w SET flag = b'1' WHERE id = 1").unwrap();
+    both("1|t|{4}", "1\t1\t[4]", &mut duplex);
+    assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
+    drop_slot(&store);
+}
