@@ -3,8 +3,10 @@
 //! The model is deliberately lossless for everything duplex replicates: exact decimals are kept
 //! as their decimal text (never `f64`), JSON as its text (so `json` keeps key order and
 //! duplicates), times as signed microseconds (MySQL `TIME` spans -838:59:59 to 838:59:59 and
-//! PostgreSQL allows 24:00:00). A value the log did not carry is [`Value::Unchanged`], which an
-//! applier must leave alone rather than write as NULL.
+//! PostgreSQL allows 24:00:00), bit strings with their length (`BIT(7)` keeps its leading
+//! zeros), intervals as PostgreSQL's three separate fields, arrays as their elements. A value
+//! the log did not carry is [`Value::Unchanged`], which an applier must leave alone rather than
+//! write as NULL.
 
 use std::fmt;
 use std::str::FromStr;

@@ -15,6 +15,10 @@
 //!   columns on MariaDB;
 //! - ENUM and SET arrive as an index and a bitmask, JSON (MariaDB's LONGTEXT) as bytes.
 //!
+//! BIT(n) arrives as ceil(n/8) big-endian bytes; its TABLE_MAP metadata gives n (bits beyond
+//! whole bytes, then whole bytes), and it becomes a [`Value::Bits`] of exactly n bits, so
+//! BIT(1) can be written as a boolean and BIT(7) keeps its leading zeros.
+//!
 //! Which bytes belong to which column comes from the TABLE_MAP event, which describes the table
 //! as it was when the row was written. What the bytes *mean* — signedness, character set, ENUM
 //! and SET labels, whether a BINARY(16) is a MariaDB `UUID` — comes from information_schema
