@@ -58,4 +58,6 @@ pub use site::{SiteConnection, SiteKind};
 pub use snapshot::{AnySnapshot, KeyRange, SnapshotError, SnapshotRead, SourceSnapshot};
 pub use stream::{AnyStream, StreamError, StreamItem, StreamOptions};
 pub use target::AnyApplier;
-pub use value::{Decimal, DecimalError, Value};
+pub use value::{
+    ArrayJsonError, Bits, BitsError, Decimal, DecimalError, Interval, Value, array_json,
+};

@@ -81,6 +81,12 @@ pub enum ValueKind {
     Uuid,
     /// `Value::Json`.
     Json,
+    /// `Value::Bits`.
+    Bits,
+    /// `Value::Array`.
+    Array,
+    /// `Value::Interval`.
+    Interval,
 }
 
 /// One column as the source catalog describes it.

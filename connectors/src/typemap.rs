@@ -5,7 +5,9 @@
 //! and how faithful the mapping is: [`Fidelity::Exact`] (every value arrives unchanged),
 //! [`Fidelity::Converted`] (values arrive in an equivalent form, explained) or
 //! [`Fidelity::Refused`] (`duplex check` fails and says what to do). A source type that has no
-//! rule is refused too. Between two databases of the same kind a supported type maps to itself.
+//! rule is refused too. Between two databases of the same kind a supported type maps to itself
+//! (and [`SAME_KIND_ONLY`] lists the types replicated only between databases of one kind).
+//! [`MYSQL_TO_POSTGRES_INTO`] lists the conversions that hold only for one target type.
 //!
 //! `docs/type-mapping.md` is rendered from these tables by [`render_markdown`]; a test keeps it
 //! in step.
@@ -148,25 +150,38 @@ pub const POSTGRES_TO_MYSQL: &[TypeRule] = &[
         "timetz",
         "time with time zone has no MySQL equivalent: change the column to time or timestamptz, or leave it out of the mapping",
     ),
-    refused(
-        "interval",
-        "MySQL has no interval type: leave the column out of the mapping or store it as numeric seconds",
+    converted(
+        "array",
+        &["json", "longtext"],
+        "a one-dimensional array as the JSON array of its elements (NULL as null, numbers with \
+         every digit, booleans as true/false, JSON as itself, anything else as a string of its \
+         PostgreSQL text: dates 2024-01-31, instants 2024-01-31 13:45:07.5+00, bytea \\\\x00ff); \
+         NaN and ±Infinity elements, arrays of arrays and lower bounds other than 1 are refused \
+         when met (a column declared with more dimensions is refused here)",
+    ),
+    converted(
+        "bit",
+        &["bit"],
+        "into BIT(n) of the same length n (MySQL BIT holds at most 64 bits); a value of another \
+         length is refused when met, never padded or truncated",
+    ),
+    converted(
+        "varbit",
+        &["bit"],
+        "into BIT(n); a value whose length is not n is refused when met (MySQL BIT has a fixed \
+         length)",
     ),
     refused(
-        "array",
-        "MySQL has no array type: leave the column out of the mapping",
+        "interval",
+        "MySQL has no interval type (PostgreSQL -> PostgreSQL replicates it exactly): \
+         leave the column out of the mapping, or store it as numeric seconds (extract(epoch from \
+         c)) in another column",
     ),
     refused(
         "money",
-        "money's text depends on lc_monetary: change the column to numeric",
-    ),
-    refused(
-        "bit",
-        "bit strings are not replicated yet: leave the column out of the mapping",
-    ),
-    refused(
-        "varbit",
-        "bit strings are not replicated yet: leave the column out of the mapping",
+        "money's text is printed and read in each session's lc_monetary, so no exact conversion \
+         exists: change the column to numeric (ALTER TABLE ... ALTER COLUMN ... TYPE numeric(14,2)) \
+         or leave it out of the mapping",
     ),
     refused(
         "composite",
@@ -221,8 +236,8 @@ pub const MYSQL_TO_POSTGRES: &[TypeRule] = &[
     exact("tinytext", PG_TEXT),
     exact("text", PG_TEXT),
     exact("mediumtext", PG_TEXT),
-    exact("longtext", &["text", "varchar", "jsonb", "json"]),
-    exact("json", &["jsonb", "json", "text"]),
+    exact("longtext", &["text", "varchar", "jsonb", "json", "array"]),
+    exact("json", &["jsonb", "json", "text", "array"]),
     exact("binary", &["bytea"]),
     exact("varbinary", &["bytea"]),
     exact("tinyblob", &["bytea"]),
@@ -236,9 +251,11 @@ pub const MYSQL_TO_POSTGRES: &[TypeRule] = &[
         "by label; a target enum type must have the same labels",
     ),
     converted("set", &["text", "varchar"], "as its comma-separated labels"),
-    refused(
+    converted(
         "bit",
-        "BIT columns are not replicated yet: leave the column out of the mapping",
+        &["bit", "varbit", "bool"],
+        "BIT(n) as a bit string of n bits into bit(n) or bit varying(m >= n); BIT(1) into \
+         boolean (1 = true); a value of another length is refused when met",
     ),
     refused(
         "geometry",
@@ -258,6 +275,26 @@ pub const MYSQL_TO_POSTGRES: &[TypeRule] = &[
     ),
 ];
 
+/// Conversions from a MySQL/MariaDB source type into one particular PostgreSQL target type:
+/// (source, target, how).
+pub const MYSQL_TO_POSTGRES_INTO: &[(&str, &str, &str)] = &[
+    ("json", "array", JSON_INTO_ARRAY),
+    // MariaDB's JSON is LONGTEXT with a json_valid CHECK; its catalog says longtext.
+    ("longtext", "array", JSON_INTO_ARRAY),
+];
+
+const JSON_INTO_ARRAY: &str = "a JSON array of scalars into a one-dimensional array, each \
+     element read by the array's element type (null as NULL, strings as their text, numbers \
+     with every digit); anything else (not an array, nested arrays, elements the type cannot \
+     read) is refused when met";
+
+/// Types replicated only between two databases of the same kind, with how.
+pub const SAME_KIND_ONLY: &[(SiteKind, &str, &str)] = &[(
+    SiteKind::Postgres,
+    "interval",
+    "exact: months, days and microseconds kept apart",
+)];
+
 /// The rule table for one direction between two different kinds.
 pub fn rules(from: SiteKind, to: SiteKind) -> Option<&'static [TypeRule]> {
     match (from, to) {
@@ -276,6 +313,58 @@ pub fn readable(kind: SiteKind, type_name: &str) -> bool {
     table
         .iter()
         .any(|r| r.source == type_name && !matches!(r.fidelity, Fidelity::Refused(_)))
+        || SAME_KIND_ONLY
+            .iter()
+            .any(|(k, t, _)| *k == kind && *t == type_name)
+}
+
+/// A PostgreSQL array column declared with more than one dimension (`int[][]`).
+fn multi_dimensional(column: &Column) -> Option<ColumnVerdict> {
+    (column.type_name == "array" && column.declared.ends_with("[][]")).then(|| {
+        ColumnVerdict::Refused(format!(
+            "{}: multi-dimensional arrays are not replicated: store one dimension per column \
+             or leave the column out of the mapping",
+            column.declared
+        ))
+    })
+}
+
+/// Bit strings whose declared lengths cannot match: every value of a fixed-length source
+/// (`bit(n)`, MySQL `BIT(n)`) would be refused by a fixed target of another length, a
+/// `varbit(m)` shorter than n, or a boolean unless n is 1.
+fn bit_lengths(source: &Column, target: &Column) -> Option<ColumnVerdict> {
+    if source.type_name != "bit" {
+        return None;
+    }
+    let n = crate::apply::declared_length(&source.declared)?;
+    let fits = match target.type_name.as_str() {
+        "bit" => crate::apply::declared_length(&target.declared).is_none_or(|m| m == n),
+        "varbit" => crate::apply::declared_length(&target.declared).is_none_or(|m| m >= n),
+        "bool" => n == 1,
+        _ => return None,
+    };
+    (!fits).then(|| {
+        ColumnVerdict::Refused(format!(
+            "{} cannot hold the {n} bits of every {} value: give it the same length",
+            target.declared, source.declared
+        ))
+    })
+}
+
+/// An array's element type as declared, without modifiers (`character varying(10)[]` ->
+/// `character varying`).
+fn element_type(declared: &str) -> String {
+    let mut out = String::new();
+    let mut depth = 0;
+    for c in declared.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            c if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    out.trim_end_matches("[]").trim().to_owned()
 }
 
 /// The verdict on replicating one source column into one target column.
@@ -291,6 +380,12 @@ pub enum ColumnVerdict {
 
 /// Judges replicating `source` (on a `from` database) into `target` (on a `to` database).
 pub fn judge(from: SiteKind, source: &Column, to: SiteKind, target: &Column) -> ColumnVerdict {
+    if let Some(refusal) = multi_dimensional(source)
+        .or_else(|| multi_dimensional(target))
+        .or_else(|| bit_lengths(source, target))
+    {
+        return refusal;
+    }
     let Some(table) = rules(from, to) else {
         return judge_same_kind(from, source, target);
     };
@@ -316,6 +411,16 @@ pub fn judge(from: SiteKind, source: &Column, to: SiteKind, target: &Column) -> 
             rule.targets.join(", ")
         ));
     }
+    let into = match (from, to) {
+        (SiteKind::Mysql, SiteKind::Postgres) => MYSQL_TO_POSTGRES_INTO,
+        _ => &[],
+    };
+    if let Some((_, _, how)) = into
+        .iter()
+        .find(|(s, t, _)| *s == source.type_name && *t == target.type_name)
+    {
+        return ColumnVerdict::Converted((*how).to_owned());
+    }
     match how {
         None => ColumnVerdict::Exact,
         Some(how) => ColumnVerdict::Converted(how.to_owned()),
@@ -324,12 +429,26 @@ pub fn judge(from: SiteKind, source: &Column, to: SiteKind, target: &Column) -> 
 
 fn judge_same_kind(kind: SiteKind, source: &Column, target: &Column) -> ColumnVerdict {
     if !readable(kind, &source.type_name) {
+        let table = match kind {
+            SiteKind::Postgres => POSTGRES_TO_MYSQL,
+            SiteKind::Mysql => MYSQL_TO_POSTGRES,
+        };
+        let reason = table
+            .iter()
+            .find_map(|r| match r.fidelity {
+                Fidelity::Refused(why) if r.source == source.type_name => Some(why),
+                _ => None,
+            })
+            .unwrap_or("leave the column out of the mapping");
         return ColumnVerdict::Refused(format!(
-            "type {} is not supported: leave the column out of the mapping",
+            "type {} is not supported: {reason}",
             source.declared
         ));
     }
-    if source.type_name == target.type_name {
+    let same = source.type_name == target.type_name
+        && (source.type_name != "array"
+            || element_type(&source.declared) == element_type(&target.declared));
+    if same {
         ColumnVerdict::Exact
     } else {
         ColumnVerdict::Refused(format!(
@@ -363,6 +482,26 @@ pub fn render_markdown() -> String {
             out.push_str(&format!("| `{}` | {targets} | {fidelity} |\n", rule.source));
         }
     }
+    out.push_str(
+        "\n## Into particular target types\n\n| direction | source type | target type | fidelity |\n|---|---|---|---|\n",
+    );
+    for (source, target, how) in MYSQL_TO_POSTGRES_INTO {
+        out.push_str(&format!(
+            "| MySQL/MariaDB -> PostgreSQL | `{source}` | `{target}` | converted: {how} |\n"
+        ));
+    }
+    out.push_str(
+        "\n## Between databases of the same kind only\n\n| kind | type | fidelity |\n|---|---|---|\n",
+    );
+    for (kind, type_name, how) in SAME_KIND_ONLY {
+        out.push_str(&format!("| {kind} | `{type_name}` | {how} |\n"));
+    }
+    out.push_str(
+        "\nPostgreSQL arrays (one dimension, lower bound 1) of the supported element types \
+         replicate to PostgreSQL arrays exactly (NULL elements, empty arrays, any text); arrays \
+         declared with more dimensions are refused by `duplex check`, and a value with more \
+         dimensions or another lower bound stops the link naming table, column and key.\n",
+    );
     out
 }
 
@@ -442,9 +581,77 @@ mod tests {
             V::Refused(_)
         ));
         assert_eq!(judge(pg, &col("numeric"), pg, &col("numeric")), V::Exact);
+        assert_eq!(judge(pg, &col("array"), pg, &col("array")), V::Exact);
+        assert_eq!(judge(pg, &col("interval"), pg, &col("interval")), V::Exact);
         assert!(matches!(
-            judge(pg, &col("array"), pg, &col("array")),
+            judge(pg, &col("money"), pg, &col("money")),
+            V::Refused(m) if m.contains("lc_monetary") && m.contains("numeric")
+        ));
+        let mut ints = col("array");
+        ints.declared = "integer[]".into();
+        let mut texts = col("array");
+        texts.declared = "text[]".into();
+        let mut grid = col("array");
+        grid.declared = "integer[][]".into();
+        assert!(matches!(judge(pg, &ints, pg, &texts), V::Refused(_)));
+        assert!(matches!(
+            judge(pg, &grid, pg, &grid),
+            V::Refused(m) if m.contains("multi-dimensional")
+        ));
+        assert!(matches!(
+            judge(pg, &grid, my, &col("json")),
+            V::Refused(m) if m.contains("multi-dimensional")
+        ));
+        assert!(matches!(
+            judge(pg, &ints, my, &col("json")),
+            V::Converted(_)
+        ));
+        assert!(matches!(
+            judge(my, &col("json"), pg, &ints),
+            V::Converted(m) if m.contains("JSON array")
+        ));
+        assert_eq!(judge(my, &col("json"), pg, &col("jsonb")), V::Exact);
+        assert!(matches!(
+            judge(my, &col("bit"), pg, &col("bool")),
+            V::Converted(_)
+        ));
+        assert!(matches!(
+            judge(pg, &col("bit"), my, &col("bit")),
+            V::Converted(_)
+        ));
+        assert_eq!(judge(my, &col("bit"), my, &col("bit")), V::Exact);
+        let bits = |type_name: &str, declared: &str| Column {
+            declared: declared.into(),
+            ..col(type_name)
+        };
+        assert!(matches!(
+            judge(my, &bits("bit", "bit(8)"), pg, &bits("bit", "bit(7)")),
+            V::Refused(m) if m.contains("8 bits")
+        ));
+        assert!(matches!(
+            judge(my, &bits("bit", "bit(8)"), pg, &bits("bool", "boolean")),
             V::Refused(_)
+        ));
+        assert!(matches!(
+            judge(my, &bits("bit", "bit(1)"), pg, &bits("bool", "boolean")),
+            V::Converted(_)
+        ));
+        assert!(matches!(
+            judge(
+                my,
+                &bits("bit", "bit(8)"),
+                pg,
+                &bits("varbit", "bit varying(10)")
+            ),
+            V::Converted(_)
+        ));
+        assert!(matches!(
+            judge(pg, &bits("bit", "bit(3)"), pg, &bits("bit", "bit(4)")),
+            V::Refused(_)
+        ));
+        assert!(matches!(
+            judge(pg, &col("interval"), my, &col("time")),
+            V::Refused(m) if m.contains("PostgreSQL -> PostgreSQL")
         ));
         assert!(matches!(
             judge(my, &col("int"), my, &col("bigint")),

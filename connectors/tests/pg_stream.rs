@@ -655,7 +655,7 @@ async fn truncate_and_unsupported_types_stop_the_stream_with_a_clear_error() {
     client
         .batch_execute(
             "CREATE DOMAIN qty AS int CHECK (VALUE > 0); \
-             CREATE TABLE t (id int PRIMARY KEY, waited interval, n qty)",
+             CREATE TABLE t (id int PRIMARY KEY, price money, n qty)",
         )
         .await
         .unwrap();
@@ -664,7 +664,7 @@ async fn truncate_and_unsupported_types_stop_the_stream_with_a_clear_error() {
         &client,
         &[
             "INSERT INTO t VALUES (1, NULL, 5)",
-            "INSERT INTO t VALUES (2, '1 day', 6)",
+            "INSERT INTO t VALUES (2, '1.00', 6)",
         ],
     )
     .await;
@@ -673,7 +673,7 @@ async fn truncate_and_unsupported_types_stop_the_stream_with_a_clear_error() {
         tx.events[0].after,
         Some(row(&[
             ("id", Value::Int(1)),
-            ("waited", Value::Null),
+            ("price", Value::Null),
             ("n", Value::Int(5))
         ]))
     );
@@ -682,8 +682,8 @@ async fn truncate_and_unsupported_types_stop_the_stream_with_a_clear_error() {
     let text = format!("{error}: {}", std::error::Error::source(&error).unwrap());
     assert_eq!(
         text,
-        "table public.t: column waited of type interval: duplex does not replicate this type: \
-         leave the column out of the publication or change its type"
+        "table public.t, row with key (id)=(2): column price of type money: duplex does not \
+         replicate this type: leave the column out of the publication or change its type"
     );
     fx.finish(stream).await;
 

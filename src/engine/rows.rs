@@ -88,7 +88,8 @@ impl MergeMapping {
 
 /// A value's normal text: equal for values that are the same datum whatever database they
 /// came from (integers of any signedness and decimals by numeric value, JSON by content,
-/// timestamps with and without time zone by their UTC wall time, UUIDs as text).
+/// timestamps with and without time zone by their UTC wall time, UUIDs as text, BIT(1) as a
+/// boolean, arrays as their JSON array).
 pub fn normal(value: &Value) -> String {
     match value {
         Value::Null => "NULL".into(),
@@ -116,6 +117,15 @@ pub fn normal(value: &Value) -> String {
         Value::Time(micros) => format!("time:{micros}"),
         Value::Timestamp(t) => t.format("%Y-%m-%d %H:%M:%S%.6f").to_string(),
         Value::TimestampTz(t) => t.naive_utc().format("%Y-%m-%d %H:%M:%S%.6f").to_string(),
+        // BIT(1) and boolean are the same datum; longer bit strings keep their length.
+        Value::Bits(b) if b.len() == 1 => b.as_str().to_owned(),
+        Value::Bits(b) => format!("bits:{}", b.as_str()),
+        // An array is stored as its JSON array where there are no arrays.
+        Value::Array(elements) => match duplex_connectors::array_json(elements) {
+            Ok(json) => normal(&Value::Json(json)),
+            Err(_) => format!("array:{elements:?}"),
+        },
+        Value::Interval(i) => format!("interval:{}:{}:{}", i.months, i.days, i.micros),
     }
 }
 

@@ -571,6 +571,9 @@ pub(crate) fn value_kind_name(value: &crate::Value) -> &'static str {
         V::TimestampTz(_) => "TimestampTz",
         V::Uuid(_) => "Uuid",
         V::Json(_) => "Json",
+        V::Bits(_) => "Bits",
+        V::Array(_) => "Array",
+        V::Interval(_) => "Interval",
         V::Unchanged => "Unchanged",
     }
 }
@@ -582,9 +585,23 @@ pub(crate) fn declared_scale(declared: &str) -> Option<usize> {
     scale.trim().parse().ok()
 }
 
+/// The length in a declared type (`bit(7)` -> 7, `varbit(12)` / `bit varying(12)` -> 12).
+pub(crate) fn declared_length(declared: &str) -> Option<usize> {
+    let inner = declared.split_once('(')?.1.split_once(')')?.0;
+    inner.trim().parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn declared_lengths() {
+        assert_eq!(declared_length("bit(7)"), Some(7));
+        assert_eq!(declared_length("bit varying(64)"), Some(64));
+        assert_eq!(declared_length("bit varying"), None);
+        assert_eq!(declared_length("numeric(12,2)"), None);
+    }
 
     #[test]
     fn declared_scales() {

@@ -87,9 +87,9 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Params};
 
 use crate::apply::{
-    ApplyError, ApplyOptions, ExactlyOnce, SkippedWrite, TableRoute, TargetSession, declared_scale,
-    expected_values, key_value, malformed, refuse_key_change, skipped_write, target_key_value,
-    unique_collision,
+    ApplyError, ApplyOptions, ExactlyOnce, SkippedWrite, TableRoute, TargetSession,
+    declared_length, declared_scale, expected_values, key_value, malformed, refuse_key_change,
+    skipped_write, target_key_value, unique_collision,
 };
 use crate::{ChangeEvent, Column, Op, Position, TableName, Value};
 
@@ -164,6 +164,10 @@ pub(super) enum MyKind {
     Date,
     Time,
     DateTime,
+    /// `BIT(len)`.
+    Bit {
+        len: usize,
+    },
 }
 
 impl MyKind {
@@ -203,6 +207,9 @@ impl MyKind {
             "date" => MyKind::Date,
             "time" => MyKind::Time,
             "datetime" | "timestamp" => MyKind::DateTime,
+            "bit" => MyKind::Bit {
+                len: declared_length(&column.declared).unwrap_or(1),
+            },
             _ => return None,
         })
     }

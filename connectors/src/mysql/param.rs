@@ -8,7 +8,9 @@
 //! 32-bit float (refused unless exact) and `DOUBLE` as a 64-bit one (NaN and ±Infinity are
 //! refused: MySQL cannot store them), text, JSON and UUIDs as UTF-8 bytes, binary data as
 //! bytes, dates and datetimes as `Date`, and `Time` (signed microseconds) as a `TIME` of up
-//! to ±838:59:59.999999.
+//! to ±838:59:59.999999. `BIT(n)` takes a bit string of exactly n bits (no silent padding or
+//! truncation) or a boolean, bound as the unsigned number the bits spell; a text or JSON
+//! column takes an array as its JSON array ([`crate::array_json`]).
 
 use chrono::{Datelike, NaiveDate, NaiveDateTime, Timelike};
 
@@ -91,6 +93,22 @@ pub(super) fn to_param(
             Ok(u) => Ok(M::Bytes(u.to_string().into_bytes())),
             Err(_) => Err(refuse("not a UUID")),
         },
+        (K::Text, Value::Array(elements)) => match crate::array_json(elements) {
+            Ok(json) => Ok(M::Bytes(json.into_bytes())),
+            Err(e) => Err(refuse(&e.to_string())),
+        },
+        (K::Bit { .. }, Value::Bool(b)) => Ok(M::UInt(u64::from(*b))),
+        (K::Bit { len }, Value::Bits(bits)) => {
+            if bits.len() != len {
+                return Err(refuse(&format!(
+                    "{bits} has {} bits, the column {len}: it would be padded or truncated",
+                    bits.len()
+                )));
+            }
+            bits.to_uint()
+                .map(M::UInt)
+                .ok_or_else(|| refuse("MySQL BIT holds at most 64 bits"))
+        }
         (K::Bytes, Value::Bytes(b)) => Ok(M::Bytes(b.clone())),
         (K::Date, Value::Date(d)) => {
             date_value(*d, None).ok_or_else(|| refuse("MySQL dates span the years 0000-9999"))

@@ -15,7 +15,7 @@
 //! FLOAT and DOUBLE exactly, and converted by the column's information_schema type the same
 //! way the binlog decoder does: DECIMAL as exact text, UNSIGNED as [`Value::UInt`], negative
 //! and long TIME as signed microseconds, TIMESTAMP as UTC instants (the session's time zone is
-//! `+00:00`), zero dates refused, BIT as an unsigned number, ENUM and SET as their labels.
+//! `+00:00`), zero dates refused, BIT(n) as a bit string of n bits (read as a number), ENUM and SET as their labels.
 
 use std::sync::Arc;
 
@@ -454,6 +454,9 @@ fn param(value: &Value) -> mysql_async::Value {
         }
         Value::Timestamp(t) => datetime(t),
         Value::TimestampTz(t) => datetime(&t.naive_utc()),
+        Value::Bits(b) => b.to_uint().map_or(V::NULL, V::UInt),
+        Value::Interval(i) => V::Bytes(i.to_string().into_bytes()),
+        Value::Array(_) => V::NULL,
     }
 }
 
@@ -481,6 +484,14 @@ fn is_binary(column: &Column) -> bool {
     )
 }
 
+/// A `BIT(n)` value (selected as a number) as a bit string of n bits.
+fn bits(column: &Column, value: u64) -> Result<Value, String> {
+    let len = crate::apply::declared_length(&column.declared).unwrap_or(1);
+    crate::Bits::from_uint(value, len)
+        .map(Value::Bits)
+        .ok_or_else(|| format!("{value} does not fit {}", column.declared))
+}
+
 /// Converts one binary-protocol value of `column` to its canonical form.
 fn convert(column: &Column, value: mysql_async::Value) -> Result<Value, String> {
     use mysql_async::Value as V;
@@ -499,11 +510,15 @@ fn convert(column: &Column, value: mysql_async::Value) -> Result<Value, String> 
         V::Int(i) => match ty {
             "float" | "double" | "real" => Value::Float(i as f64),
             _ if unsigned => Value::UInt(u64::try_from(i).map_err(|_| format!("{i} is negative"))?),
-            "bit" => Value::UInt(u64::try_from(i).map_err(|_| format!("{i} is negative"))?),
+            "bit" => bits(
+                column,
+                u64::try_from(i).map_err(|_| format!("{i} is negative"))?,
+            )?,
             _ => Value::Int(i),
         },
         V::UInt(u) => match ty {
-            _ if unsigned || ty == "bit" => Value::UInt(u),
+            "bit" => bits(column, u)?,
+            _ if unsigned => Value::UInt(u),
             _ => Value::Int(i64::try_from(u).map_err(|_| format!("{u} is out of range"))?),
         },
         V::Float(f) => Value::Float(f64::from(f)),
@@ -512,10 +527,16 @@ fn convert(column: &Column, value: mysql_async::Value) -> Result<Value, String> 
             "decimal" | "numeric" => {
                 Value::Decimal(text(bytes)?.parse::<Decimal>().map_err(|e| e.to_string())?)
             }
-            "tinyint" | "smallint" | "mediumint" | "int" | "integer" | "bigint" | "year"
-            | "bit" => {
+            "bit" => {
                 let t = text(bytes)?;
-                if unsigned || ty == "bit" {
+                bits(
+                    column,
+                    t.parse().map_err(|_| format!("{t:?} is not a number"))?,
+                )?
+            }
+            "tinyint" | "smallint" | "mediumint" | "int" | "integer" | "bigint" | "year" => {
+                let t = text(bytes)?;
+                if unsigned {
                     Value::UInt(t.parse().map_err(|_| format!("{t:?} is not a number"))?)
                 } else {
                     Value::Int(t.parse().map_err(|_| format!("{t:?} is not a number"))?)

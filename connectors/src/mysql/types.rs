@@ -15,6 +15,10 @@
 //!   columns on MariaDB;
 //! - ENUM and SET arrive as an index and a bitmask, JSON (MariaDB's LONGTEXT) as bytes.
 //!
+//! BIT(n) arrives as ceil(n/8) big-endian bytes; its TABLE_MAP metadata gives n (bits beyond
+//! whole bytes, then whole bytes), and it becomes a [`Value::Bits`] of exactly n bits, so
+//! BIT(1) can be written as a boolean and BIT(7) keeps its leading zeros.
+//!
 //! Which bytes belong to which column comes from the TABLE_MAP event, which describes the table
 //! as it was when the row was written. What the bytes *mean* — signedness, character set, ENUM
 //! and SET labels, whether a BINARY(16) is a MariaDB `UUID` — comes from information_schema
@@ -161,6 +165,7 @@ enum Kind {
     },
     Bit {
         bytes: usize,
+        len: usize,
     },
 }
 
@@ -377,8 +382,11 @@ impl ColumnDecoder {
             }
             "bit" => {
                 expect(&[code::BIT])?;
+                // Metadata: bits beyond whole bytes, then whole bytes.
+                let (bits, bytes) = (usize::from(meta_byte(0)?), usize::from(meta_byte(1)?));
                 Kind::Bit {
-                    bytes: usize::from(meta_byte(1)?) + usize::from(meta_byte(0)? > 0),
+                    bytes: bytes + usize::from(bits > 0),
+                    len: bytes * 8 + bits,
                 }
             }
             _ => return Err(unsupported("no canonical mapping for this type")),
@@ -521,7 +529,12 @@ impl ColumnDecoder {
                     .collect();
                 Value::Text(chosen.join(","))
             }
-            Kind::Bit { bytes } => Value::UInt(be_uint(take(*bytes)?)),
+            Kind::Bit { bytes, len } => {
+                let number = be_uint(take(*bytes)?);
+                Value::Bits(crate::Bits::from_uint(number, *len).ok_or_else(|| {
+                    ValueError::Bad(format!("{number:#x} does not fit BIT({len})"))
+                })?)
+            }
         })
     }
 }
@@ -1015,6 +1028,25 @@ mod tests {
         assert_eq!(uuid_from_record(record), v1);
         let plain: Uuid = "00000000-0000-0000-0000-000000000001".parse().unwrap();
         assert_eq!(uuid_from_record(*plain.as_bytes()), plain);
+    }
+
+    #[test]
+    fn bits_keep_their_length() {
+        let b = |n: usize, meta: [u8; 2], image: &[u8]| {
+            decode(
+                &info("bit", &format!("bit({n})"), false, None),
+                code::BIT,
+                &meta,
+                image,
+            )
+        };
+        let bits = |s: &str| Value::Bits(s.parse().unwrap());
+        assert_eq!(b(1, [1, 0], &[1]), bits("1"));
+        assert_eq!(b(1, [1, 0], &[0]), bits("0"));
+        assert_eq!(b(7, [7, 0], &[0b101_0101]), bits("1010101"));
+        assert_eq!(b(8, [0, 1], &[0x80]), bits("10000000"));
+        assert_eq!(b(10, [2, 1], &[0b10, 0x01]), bits("1000000001"));
+        assert_eq!(b(64, [0, 8], &[0xff; 8]), bits(&"1".repeat(64)));
     }
 
     #[test]

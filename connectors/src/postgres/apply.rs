@@ -72,8 +72,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
 use crate::apply::{
-    ApplyError, ApplyOptions, ExactlyOnce, SkippedWrite, TableRoute, TargetSession, declared_scale,
-    expected_values, key_value, malformed, refuse_key_change, skipped_write, unique_collision,
+    ApplyError, ApplyOptions, ExactlyOnce, SkippedWrite, TableRoute, TargetSession,
+    declared_length, declared_scale, expected_values, key_value, malformed, refuse_key_change,
+    skipped_write, unique_collision,
 };
 use crate::foreign_keys::ForeignKeyChecks;
 use crate::{ChangeEvent, Column, Op, Position, TableName, Value};
@@ -147,6 +148,16 @@ pub(super) enum PgKind {
     Uuid,
     Json,
     Jsonb,
+    /// `bit(n)` (`varying: false`) or `varbit(n)`; `len` is n (`None`: no limit). Bound as
+    /// text with `$n::text::varbit`, so the column's own assignment cast refuses a wrong
+    /// length instead of padding or truncating (an explicit cast to `bit(n)` would).
+    Bits {
+        len: Option<usize>,
+        varying: bool,
+    },
+    /// A one-dimensional array, bound as its array literal with `$n::text::<element type
+    /// without modifiers>[]` (an explicit cast to `varchar(n)[]` would truncate).
+    Array,
     /// Bound as text with `$n::text::<declared type>`.
     Cast,
 }
@@ -171,9 +182,41 @@ impl PgKind {
             "uuid" => PgKind::Uuid,
             "json" => PgKind::Json,
             "jsonb" => PgKind::Jsonb,
-            "array" | "composite" => return None,
+            "bit" | "varbit" => PgKind::Bits {
+                len: declared_length(&column.declared),
+                varying: column.type_name == "varbit",
+            },
+            "array" => PgKind::Array,
+            "composite" => return None,
             _ => PgKind::Cast,
         })
+    }
+
+    /// Whether values are bound as text and cast (no binary encoder: COPY cannot take them).
+    pub(super) fn bound_as_text(self) -> bool {
+        matches!(self, PgKind::Cast | PgKind::Bits { .. } | PgKind::Array)
+    }
+}
+
+/// An array's element type without its modifiers, as a type that takes any element of the
+/// declared one unchanged: `character varying(10)[]` -> `character varying`, `bit(3)[]` ->
+/// `varbit` and `character(5)[]` -> `bpchar` (a bare `bit` or `character` means length 1).
+fn unmodified_element(declared: &str) -> String {
+    let mut out = String::with_capacity(declared.len());
+    let mut depth = 0;
+    for c in declared.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            c if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    let element = out.trim_end_matches("[]").trim();
+    match element {
+        "bit" => "varbit".to_owned(),
+        "character" => "bpchar".to_owned(),
+        other => other.to_owned(),
     }
 }
 
@@ -182,6 +225,8 @@ impl PgColumn {
     fn placeholder(&self, n: usize) -> String {
         match self.kind {
             PgKind::Cast => format!("${n}::text::{}", self.declared),
+            PgKind::Bits { .. } => format!("${n}::text::varbit"),
+            PgKind::Array => format!("${n}::text::{}[]", unmodified_element(&self.declared)),
             _ => format!("${n}"),
         }
     }
@@ -708,6 +753,12 @@ fn expected_filter<'e>(
                 " AND {q}::text IS NOT DISTINCT FROM ({})::text",
                 column.placeholder(n)
             ),
+            // json has no equality operator; other arrays and bit strings compare typed
+            // (numeric elements 1.5 and 1.50 are equal).
+            PgKind::Array if column.declared.starts_with("json[") => format!(
+                " AND {q}::text IS NOT DISTINCT FROM ({})::text",
+                column.placeholder(n)
+            ),
             _ => format!(" AND {q} IS NOT DISTINCT FROM {}", column.placeholder(n)),
         });
     }
@@ -885,4 +936,26 @@ fn insert_sql(route: &PgRoute, columns: &[usize], rows: usize, upsert: bool) -> 
         }
     }
     sql
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn array_casts_drop_modifiers_that_would_truncate() {
+        assert_eq!(
+            unmodified_element("character varying(10)[]"),
+            "character varying"
+        );
+        assert_eq!(unmodified_element("bit(3)[]"), "varbit");
+        assert_eq!(unmodified_element("character(5)[]"), "bpchar");
+        assert_eq!(unmodified_element("numeric(12,2)[]"), "numeric");
+        assert_eq!(
+            unmodified_element("timestamp(3) without time zone[]"),
+            "timestamp without time zone"
+        );
+        assert_eq!(unmodified_element("integer[][]"), "integer");
+        assert_eq!(unmodified_element("public.mood[]"), "public.mood");
+    }
 }

@@ -61,7 +61,8 @@ pub async fn describe_table(
                          WHEN b.typtype = 'e' THEN 'enum' \
                          WHEN b.typtype = 'c' THEN 'composite' \
                          ELSE b.typname::text END, \
-                    format_type(a.atttypid, a.atttypmod), \
+                    format_type(a.atttypid, a.atttypmod) \
+                      || repeat('[]', greatest(a.attndims - 1, 0)), \
                     NOT a.attnotnull \
              FROM pg_attribute a \
              JOIN pg_type t ON t.oid = a.atttypid \

@@ -36,8 +36,8 @@
 //!   ON CONFLICT).
 //! - A conditional applier (`ApplyOptions::conditional`): COPY cannot skip an existing row, so
 //!   the events are written as `apply` writes them, which skips and reports them.
-//! - A run whose columns include a type duplex binds as text with a cast (`inet`, `xml`, ...:
-//!   no binary encoder): that run is written with the ordinary multi-row INSERT, still inside
+//! - A run whose columns include a type duplex binds as text with a cast (`inet`, `xml`, bit
+//!   strings, arrays, ...: no binary encoder): that run is written with the ordinary multi-row INSERT, still inside
 //!   the same transaction.
 //! - An applier in the middle of a large transaction: `apply` decides (it refuses).
 
@@ -47,7 +47,7 @@ use tokio_postgres::types::Type;
 use crate::apply::{ApplyError, malformed};
 use crate::{ChangeEvent, Op};
 
-use super::apply::{PgKind, PgRoute, Writer, insert_columns, write_error};
+use super::apply::{PgRoute, Writer, insert_columns, write_error};
 use super::param::{PgParam, to_param};
 
 impl Writer<'_> {
@@ -74,7 +74,7 @@ impl Writer<'_> {
             }
             if columns
                 .iter()
-                .any(|&c| route.columns[c].kind == PgKind::Cast)
+                .any(|&c| route.columns[c].kind.bound_as_text())
             {
                 self.insert_run(route, &columns, &events[i..end]).await?;
             } else {

@@ -15,6 +15,14 @@
 //! `DateStyle`, `bytea_output` or time zone setting that could change a value. Target types
 //! duplex has no binary encoder for (e.g. `inet`, `macaddr`, `xml`, `citext`) are bound as
 //! text with an explicit `$n::text::<type>` cast: their text form is their canonical form.
+//! Bit strings are bound as their digits cast to `varbit` (the column's assignment cast then
+//! refuses a wrong length; duplex checks it first to say so clearly). Arrays are bound as their
+//! array literal ([`array_literal`]) cast to the array of the element type *without* its
+//! modifiers (`varbit[]`, `bpchar[]`, `varchar[]`, `numeric[]`: an explicit cast to
+//! `bit(3)[]` or `varchar(8)[]` would pad or truncate elements), so the assignment to the
+//! column refuses what does not fit: from a canonical array, or from a JSON array (how arrays
+//! are stored in MySQL/MariaDB, see [`json_array_literal`]).
+//! `interval` is written in binary with its three fields (months, days, microseconds).
 //!
 //! Before binding, each value is checked against the target column: out-of-range integers,
 //! a `numeric(p,s)` value that would be rounded, text with a 0x00 character (PostgreSQL
@@ -46,13 +54,14 @@ pub(super) enum PgParam<'a> {
     F64(f64),
     Numeric(Cow<'a, str>),
     Text(Cow<'a, str>),
+
     Jsonb(&'a str),
     Bytes(&'a [u8]),
     Date(NaiveDate),
     /// Microseconds since midnight.
     Time(i64),
-    /// Microseconds (no days or months).
-    Interval(i64),
+    /// Microseconds, days, months.
+    Interval(i64, i32, i32),
     Timestamp(NaiveDateTime),
     TimestampTz(DateTime<Utc>),
     Uuid(Uuid),
@@ -145,7 +154,37 @@ pub(super) fn to_param<'a>(
             }
             PgParam::Time(*us)
         }
-        (K::Interval, Value::Time(us)) => PgParam::Interval(*us),
+        (K::Interval, Value::Time(us)) => PgParam::Interval(*us, 0, 0),
+        (K::Interval, Value::Interval(i)) => PgParam::Interval(i.micros, i.days, i.months),
+        (K::Bool, Value::Bits(b)) if b.len() == 1 => PgParam::Bool(b.as_str() == "1"),
+        (K::Bits { len, varying }, Value::Bits(_) | Value::Bool(_)) => {
+            let digits = match value {
+                Value::Bits(b) => b.as_str(),
+                Value::Bool(true) => "1",
+                _ => "0",
+            };
+            match len {
+                Some(n) if !varying && digits.len() != n => {
+                    return Err(refuse(&format!(
+                        "{} bits do not fit bit({n}), which holds exactly {n}",
+                        digits.len()
+                    )));
+                }
+                Some(n) if varying && digits.len() > n => {
+                    return Err(refuse(&format!(
+                        "{} bits do not fit bit varying({n})",
+                        digits.len()
+                    )));
+                }
+                _ => PgParam::Text(Cow::Borrowed(digits)),
+            }
+        }
+        (K::Array, Value::Array(elements)) => PgParam::Text(Cow::Owned(
+            array_literal(elements, column.scale).map_err(|e| refuse(&e))?,
+        )),
+        (K::Array, Value::Json(s) | Value::Text(s)) => PgParam::Text(Cow::Owned(
+            json_array_literal(s, column.scale).map_err(|e| refuse(&e))?,
+        )),
         (K::Timestamp, Value::Timestamp(t)) => PgParam::Timestamp(*t),
         (K::Timestamp, Value::TimestampTz(t)) => PgParam::Timestamp(t.naive_utc()),
         (K::TimestampTz, Value::TimestampTz(t)) => PgParam::TimestampTz(*t),
@@ -156,6 +195,116 @@ pub(super) fn to_param<'a>(
         }
         _ => return Err(refuse("no conversion between these types")),
     })
+}
+
+/// A one-dimensional array literal (`{"1",NULL,"a \\"b\\""}`) of canonical elements: every
+/// non-null element quoted, with `"` and `\\` escaped, as its [`Value::element_text`].
+/// Refuses nested arrays, text with 0x00 and, for `numeric(p,s)[]` (`scale`), decimals the
+/// column would round.
+pub(super) fn array_literal(elements: &[Value], scale: Option<usize>) -> Result<String, String> {
+    let mut out = String::from("{");
+    for (i, element) in elements.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        match element {
+            Value::Null => out.push_str("NULL"),
+            Value::Array(_) => {
+                return Err(format!(
+                    "element {} is an array: multi-dimensional arrays are not replicated",
+                    i + 1
+                ));
+            }
+            Value::Decimal(d) if scale.is_some_and(|s| d.normalized().scale() > s) => {
+                return Err(format!(
+                    "element {} ({d}) has more decimal places than the column and would be rounded",
+                    i + 1
+                ));
+            }
+            other => {
+                let text = other
+                    .element_text()
+                    .ok_or_else(|| format!("element {} has no value", i + 1))?;
+                quote_element(&text, &mut out).map_err(|e| format!("element {}: {e}", i + 1))?;
+            }
+        }
+    }
+    out.push('}');
+    Ok(out)
+}
+
+/// The array literal of a JSON array of scalars (a MySQL/MariaDB JSON column): `null` is the
+/// NULL element, strings their text, numbers their exact digits, `true`/`false` themselves,
+/// objects their JSON text (for `json[]`/`jsonb[]`); the column's element type reads them.
+/// Anything but an array, and nested arrays, are refused.
+pub(super) fn json_array_literal(json: &str, scale: Option<usize>) -> Result<String, String> {
+    use serde_json::value::RawValue;
+    let items: Vec<&RawValue> = serde_json::from_str(json).map_err(|_| {
+        format!(
+            "{} is not a JSON array: an array column takes a JSON array of scalars",
+            shorten(json)
+        )
+    })?;
+    let mut out = String::from("{");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let raw = item.get().trim();
+        let text = match raw.as_bytes().first() {
+            Some(b'n') => {
+                out.push_str("NULL");
+                continue;
+            }
+            Some(b'[') => {
+                return Err(format!(
+                    "element {} is an array: multi-dimensional arrays are not replicated",
+                    i + 1
+                ));
+            }
+            Some(b'"') => serde_json::from_str::<String>(raw)
+                .map_err(|e| format!("element {}: {e}", i + 1))?,
+            Some(b'-' | b'0'..=b'9') => {
+                if let (Some(s), Ok(d)) = (scale, raw.parse::<crate::Decimal>())
+                    && d.normalized().scale() > s
+                {
+                    return Err(format!(
+                        "element {} ({raw}) has more decimal places than the column and would be rounded",
+                        i + 1
+                    ));
+                }
+                raw.to_owned()
+            }
+            _ => raw.to_owned(),
+        };
+        quote_element(&text, &mut out).map_err(|e| format!("element {}: {e}", i + 1))?;
+    }
+    out.push('}');
+    Ok(out)
+}
+
+/// Appends `"text"` with `"` and `\\` escaped.
+fn quote_element(text: &str, out: &mut String) -> Result<(), &'static str> {
+    if text.contains('\0') {
+        return Err("PostgreSQL text cannot contain the character 0x00");
+    }
+    out.push('"');
+    for c in text.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    Ok(())
+}
+
+/// At most 64 characters of a value, for messages.
+fn shorten(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
 }
 
 /// A boolean written into an integer column, as 0 or 1.
@@ -190,10 +339,10 @@ impl ToSql for PgParam<'_> {
             PgParam::Bytes(b) => out.put_slice(b),
             PgParam::Date(d) => return d.to_sql(ty, out),
             PgParam::Time(us) => out.put_i64(*us),
-            PgParam::Interval(us) => {
+            PgParam::Interval(us, days, months) => {
                 out.put_i64(*us);
-                out.put_i32(0);
-                out.put_i32(0);
+                out.put_i32(*days);
+                out.put_i32(*months);
             }
             PgParam::Timestamp(t) => return t.to_sql(ty, out),
             PgParam::TimestampTz(t) => return t.to_sql(ty, out),
@@ -294,6 +443,39 @@ mod tests {
             .map(|c| i16::from_be_bytes([c[0], c[1]]))
             .collect();
         (w[0], w[1], w[2] as u16, w[3] as u16, w[4..].to_vec())
+    }
+
+    #[test]
+    fn array_literals_quote_every_element() {
+        let elements = [
+            Value::Int(1),
+            Value::Null,
+            Value::Text(r#"a "b", \c {} NULL 🙂"#.into()),
+            Value::Text("NULL".into()),
+            Value::Text(String::new()),
+        ];
+        assert_eq!(
+            array_literal(&elements, None).unwrap(),
+            r#"{"1",NULL,"a \"b\", \\c {} NULL 🙂","NULL",""}"#
+        );
+        assert_eq!(array_literal(&[], None).unwrap(), "{}");
+        assert!(array_literal(&[Value::Array(vec![])], None).is_err());
+        assert!(array_literal(&[Value::Decimal("1.505".parse().unwrap())], Some(2)).is_err());
+        assert!(array_literal(&[Value::Decimal("1.500".parse().unwrap())], Some(2)).is_ok());
+        assert!(array_literal(&[Value::Text("a\0b".into())], None).is_err());
+    }
+
+    #[test]
+    fn json_arrays_become_literals_with_exact_numbers() {
+        assert_eq!(
+            json_array_literal(r#"[1, null, 1.50, "x\"y", true, {"a": [1]}, 1e400]"#, None)
+                .unwrap(),
+            r#"{"1",NULL,"1.50","x\"y","true","{\"a\": [1]}","1e400"}"#
+        );
+        assert_eq!(json_array_literal("[]", None).unwrap(), "{}");
+        assert!(json_array_literal("[[1], [2]]", None).is_err());
+        assert!(json_array_literal(r#"{"a": 1}"#, None).is_err());
+        assert!(json_array_literal("[1.505]", Some(2)).is_err());
     }
 
     #[test]

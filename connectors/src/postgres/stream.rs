@@ -103,7 +103,7 @@ use crate::{
     TransactionPart, Value,
 };
 
-use super::pgoutput::{self, DecodeError, Message, OldTuple, Relation, TupleData};
+use super::pgoutput::{self, DecodeError, Message, OldTuple, Relation, TupleData, TupleValue};
 use super::slot::{
     ensure_publication, ensure_slot, published_tables, replication_config, table_oids,
 };
@@ -332,10 +332,12 @@ pub enum PgStreamError {
     #[error("pgoutput protocol violation: {0}")]
     Protocol(String),
     /// A column value cannot be converted.
-    #[error("table {table}")]
+    #[error("table {table}, row with key {key}")]
     Value {
         /// The table.
         table: TableName,
+        /// The row's primary key as `(id)=(7)`, as far as the log carried it.
+        key: String,
         /// The column, type and problem.
         #[source]
         source: Box<ValueError>,
@@ -1045,12 +1047,29 @@ impl RelationEntry {
                 types::column_value(&self.columns[i], &self.types[i], value).map_err(|source| {
                     PgStreamError::Value {
                         table: self.table.clone(),
+                        key: self.describe_key(tuple),
                         source: Box::new(source),
                     }
                 })?;
             row.push(self.columns[i].clone(), converted);
         }
         Ok(row)
+    }
+
+    /// The primary key of a tuple as `(a, b)=(1, x)` (the log's text of each key column), for
+    /// messages.
+    fn describe_key(&self, tuple: &TupleData) -> String {
+        let names: Vec<&str> = self.key.iter().map(|&k| &*self.columns[k]).collect();
+        let values: Vec<String> = self
+            .key
+            .iter()
+            .map(|&k| match tuple.get(k) {
+                Some(TupleValue::Text(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+                Some(TupleValue::Null) => "NULL".to_owned(),
+                _ => "?".to_owned(),
+            })
+            .collect();
+        format!("({})=({})", names.join(", "), values.join(", "))
     }
 
     /// The primary-key columns of `row`, which must carry them.

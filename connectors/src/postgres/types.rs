@@ -8,10 +8,17 @@
 //!
 //! Builtin types are known by oid ([`builtin_type`]); any other oid is resolved through the
 //! catalog ([`resolve_type`]): enum types carry their label as [`Value::Text`], domains take
-//! their base type's conversion. Types duplex does not replicate (interval, timetz, money, bit
-//! strings, arrays, composites, extension types) convert NULL but refuse any other value with
-//! an error naming the column and the type, never a guess. So do values no target can hold
-//! faithfully: BC dates and `±infinity` dates and timestamps.
+//! their base type's conversion, one-dimensional arrays of a supported element type become
+//! [`Value::Array`] (see [`parse_array`]). Bit strings (`bit(n)`, `varbit`) become
+//! [`Value::Bits`], `interval` (printed with `IntervalStyle=postgres`) [`Value::Interval`]
+//! with its three fields. Types duplex does not replicate (timetz, money, composites, arrays
+//! of unsupported elements, extension types) convert NULL but refuse any other value with an
+//! error naming the column and the type, never a guess. So do values no target can hold
+//! faithfully: BC dates and `±infinity` dates and timestamps, arrays of more than one
+//! dimension or with a lower bound other than 1.
+//!
+//! `money` is refused on purpose: its text is printed in the session's `lc_monetary`, and
+//! PostgreSQL would read it back in the target session's, so no text form is exact.
 
 use std::str::FromStr;
 
@@ -58,6 +65,12 @@ pub enum Conversion {
     Uuid,
     /// `json`, `jsonb` into [`Value::Json`] (the text as the server prints it).
     Json,
+    /// `bit`, `varbit` into [`Value::Bits`].
+    Bits,
+    /// `interval` into [`Value::Interval`].
+    Interval,
+    /// A one-dimensional array of elements converted as given, into [`Value::Array`].
+    Array(&'static Conversion),
     /// A type duplex does not replicate: values other than NULL are refused.
     Unsupported,
 }
@@ -103,6 +116,9 @@ pub fn builtin_type(oid: u32) -> Option<PgType> {
         1042 => ("bpchar", C::Text),
         1043 => ("varchar", C::Text),
         1082 => ("date", C::Date),
+        1186 => ("interval", C::Interval),
+        1560 => ("bit", C::Bits),
+        1562 => ("varbit", C::Bits),
         1083 => ("time", C::Time),
         1114 => ("timestamp", C::Timestamp),
         1184 => ("timestamptz", C::TimestampTz),
@@ -115,8 +131,59 @@ pub fn builtin_type(oid: u32) -> Option<PgType> {
 }
 
 /// Resolves any type oid: builtin types directly, others through `pg_type` (enums become
-/// text, domains take their base type's conversion, everything else is unsupported).
+/// text, domains take their base type's conversion, arrays of a supported element type
+/// convert their elements, everything else is unsupported).
 pub async fn resolve_type(client: &Client, oid: u32) -> Result<PgType, PgError> {
+    if let Some(ty) = builtin_type(oid) {
+        return Ok(ty);
+    }
+    let row = client
+        .query_opt(
+            "SELECT format_type(t.oid, NULL), t.typcategory = 'A' AND t.typelem <> 0, t.typelem \
+             FROM pg_type t WHERE t.oid = $1",
+            &[&oid],
+        )
+        .await
+        .map_err(PgError::query("looking up a column type"))?;
+    if let Some(row) = row
+        && row.get::<_, bool>(1)
+    {
+        let name: String = row.get(0);
+        let element = resolve_scalar(client, row.get(2)).await?;
+        let conversion = match element.conversion {
+            Conversion::Unsupported | Conversion::Array(_) => Conversion::Unsupported,
+            scalar => Conversion::Array(element_ref(scalar)),
+        };
+        return Ok(PgType::new(name, conversion));
+    }
+    resolve_scalar(client, oid).await
+}
+
+/// The `'static` reference an array's element conversion is kept as.
+fn element_ref(conversion: Conversion) -> &'static Conversion {
+    use Conversion as C;
+    match conversion {
+        C::Bool => &C::Bool,
+        C::Int => &C::Int,
+        C::Numeric => &C::Numeric,
+        C::Float4 => &C::Float4,
+        C::Float8 => &C::Float8,
+        C::Text => &C::Text,
+        C::Bytea => &C::Bytea,
+        C::Date => &C::Date,
+        C::Time => &C::Time,
+        C::Timestamp => &C::Timestamp,
+        C::TimestampTz => &C::TimestampTz,
+        C::Uuid => &C::Uuid,
+        C::Json => &C::Json,
+        C::Bits => &C::Bits,
+        C::Interval => &C::Interval,
+        C::Array(_) | C::Unsupported => &C::Unsupported,
+    }
+}
+
+/// Resolves a type that is not an array.
+async fn resolve_scalar(client: &Client, oid: u32) -> Result<PgType, PgError> {
     if let Some(ty) = builtin_type(oid) {
         return Ok(ty);
     }
@@ -187,6 +254,18 @@ pub enum ValueProblem {
     /// The value arrived in binary format, which the reader does not request.
     #[error("the value arrived in binary format; the reader expects text format")]
     Binary,
+    /// An array of arrays.
+    #[error(
+        "multi-dimensional arrays are not replicated ({0}): store one dimension per column \
+         or leave the column out of the mapping"
+    )]
+    MultiDimensional(String),
+    /// An array whose lower bound is not 1.
+    #[error(
+        "arrays with a lower bound other than 1 are not replicated ({0}): renumber it from 1 \
+         (UPDATE ... SET c = array(SELECT unnest(c)))"
+    )]
+    ArrayBounds(String),
 }
 
 /// Converts one `pgoutput` column value of a column of type `ty`.
@@ -230,7 +309,131 @@ pub fn text_value(conversion: Conversion, text: &str) -> Result<Value, ValueProb
         Conversion::TimestampTz => Value::TimestampTz(parse_timestamptz(text)?),
         Conversion::Uuid => Value::Uuid(Uuid::parse_str(text).map_err(|_| malformed())?),
         Conversion::Json => Value::Json(text.to_owned()),
+        Conversion::Bits => Value::Bits(text.parse().map_err(|_| malformed())?),
+        Conversion::Interval => Value::Interval(parse_interval(text).ok_or_else(malformed)?),
+        Conversion::Array(element) => Value::Array(parse_array(text, *element)?),
         Conversion::Unsupported => return Err(ValueProblem::UnsupportedType),
+    })
+}
+
+/// An array's text output (`{1,NULL,"a \"b\""}`) into its elements. Elements are separated
+/// by `,` (the delimiter of every type duplex converts), unquoted ones are trimmed and `NULL`
+/// (any case) is the null element; quoted ones keep everything, with `\` escaping the next
+/// character. A nested `{` (an array of arrays) and a leading `[lo:hi]=` (a lower bound other
+/// than 1) are refused.
+pub fn parse_array(text: &str, element: Conversion) -> Result<Vec<Value>, ValueProblem> {
+    let malformed = || ValueProblem::Malformed(shorten(text));
+    if text.starts_with('[') {
+        return Err(ValueProblem::ArrayBounds(shorten(text)));
+    }
+    let inner = text
+        .strip_prefix('{')
+        .and_then(|t| t.strip_suffix('}'))
+        .ok_or_else(malformed)?;
+    let mut values = Vec::new();
+    if inner.trim().is_empty() {
+        return Ok(values);
+    }
+    let mut chars = inner.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_ascii_whitespace()).is_some() {}
+        let mut item = String::new();
+        let quoted = chars.next_if_eq(&'"').is_some();
+        if quoted {
+            loop {
+                match chars.next().ok_or_else(malformed)? {
+                    '\\' => item.push(chars.next().ok_or_else(malformed)?),
+                    '"' => break,
+                    c => item.push(c),
+                }
+            }
+            while chars.next_if(|c| c.is_ascii_whitespace()).is_some() {}
+        } else {
+            if chars.peek() == Some(&'{') {
+                return Err(ValueProblem::MultiDimensional(shorten(text)));
+            }
+            while let Some(c) = chars.next_if(|c| *c != ',') {
+                match c {
+                    '\\' => item.push(chars.next().ok_or_else(malformed)?),
+                    '"' | '{' | '}' => return Err(malformed()),
+                    c => item.push(c),
+                }
+            }
+            let trimmed = item.trim_end_matches(|c: char| c.is_ascii_whitespace());
+            item.truncate(trimmed.len());
+        }
+        values.push(if !quoted && item.eq_ignore_ascii_case("NULL") {
+            Value::Null
+        } else if !quoted && item.is_empty() {
+            return Err(malformed());
+        } else {
+            text_value(element, &item)?
+        });
+        match chars.next() {
+            None => return Ok(values),
+            Some(',') => {}
+            Some(_) => return Err(malformed()),
+        }
+    }
+}
+
+/// `interval` as printed with `IntervalStyle=postgres`: `[N year[s]] [N mon[s]] [N day[s]]
+/// [[+|-]H:MM:SS[.ffffff]]`, each part with its own sign (`-1 years +2 mons -3 days
+/// +04:05:06.5`), or `00:00:00`.
+pub fn parse_interval(text: &str) -> Option<crate::Interval> {
+    let mut months: i64 = 0;
+    let mut days: i64 = 0;
+    let mut micros: Option<i64> = None;
+    let mut words = text.split(' ');
+    while let Some(word) = words.next() {
+        if word.contains(':') {
+            if micros.is_some() {
+                return None;
+            }
+            let (negative, body) = match word.as_bytes().first()? {
+                b'-' => (true, &word[1..]),
+                b'+' => (false, &word[1..]),
+                _ => (false, word),
+            };
+            let (hms, frac) = body.split_once('.').unwrap_or((body, ""));
+            let mut parts = hms.split(':');
+            let (Some(h), Some(m), Some(s), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                return None;
+            };
+            let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+            if !digits(h) || m.len() != 2 || s.len() != 2 || !digits(m) || !digits(s) {
+                return None;
+            }
+            if !frac.is_empty() && (frac.len() > 6 || !digits(frac)) {
+                return None;
+            }
+            let fraction = if frac.is_empty() {
+                0
+            } else {
+                frac.parse::<i64>().ok()? * 10_i64.pow(6 - frac.len() as u32)
+            };
+            let total = i128::from(h.parse::<i64>().ok()?) * 3_600_000_000
+                + i128::from(m.parse::<i64>().ok()?) * 60_000_000
+                + i128::from(s.parse::<i64>().ok()?) * 1_000_000
+                + i128::from(fraction);
+            micros = Some(i64::try_from(if negative { -total } else { total }).ok()?);
+            continue;
+        }
+        let n: i64 = word.parse().ok()?;
+        let unit = words.next()?;
+        match unit {
+            "year" | "years" => months = months.checked_add(n.checked_mul(12)?)?,
+            "mon" | "mons" => months = months.checked_add(n)?,
+            "day" | "days" => days = days.checked_add(n)?,
+            _ => return None,
+        }
+    }
+    Some(crate::Interval {
+        months: i32::try_from(months).ok()?,
+        days: i32::try_from(days).ok()?,
+        micros: micros.unwrap_or(0),
     })
 }
 
@@ -643,7 +846,106 @@ mod tests {
 
     #[test]
     fn unknown_oids_are_not_builtin() {
-        assert_eq!(builtin_type(1186), None, "interval");
+        assert_eq!(builtin_type(790), None, "money");
         assert_eq!(builtin_type(16_384), None);
+    }
+
+    #[test]
+    fn bit_strings() {
+        assert_eq!(ok(1560, "0101"), Value::Bits("0101".parse().unwrap()));
+        assert_eq!(ok(1562, ""), Value::Bits("".parse().unwrap()));
+        assert!(conv(1560, "0102").is_err());
+    }
+
+    #[test]
+    fn intervals_keep_months_days_and_microseconds_apart() {
+        let i = |months, days, micros| {
+            Value::Interval(crate::Interval {
+                months,
+                days,
+                micros,
+            })
+        };
+        assert_eq!(ok(1186, "00:00:00"), i(0, 0, 0));
+        assert_eq!(
+            ok(1186, "1 year 2 mons 3 days 04:05:06.5"),
+            i(14, 3, 14_706_500_000)
+        );
+        assert_eq!(
+            ok(1186, "-1 years +2 mons -3 days -00:00:00.000001"),
+            i(-10, -3, -1)
+        );
+        assert_eq!(ok(1186, "1 mon"), i(1, 0, 0));
+        assert_eq!(ok(1186, "30 days"), i(0, 30, 0));
+        assert_eq!(ok(1186, "720:00:00"), i(0, 0, 720 * 3_600_000_000));
+        assert_eq!(
+            ok(
+                1186,
+                "-178956970 years -8 mons -2147483648 days -2562047788:00:54.775808"
+            ),
+            i(i32::MIN, i32::MIN, i64::MIN)
+        );
+        assert_eq!(
+            ok(
+                1186,
+                "178956970 years 7 mons 2147483647 days 2562047788:00:54.775807"
+            ),
+            i(i32::MAX, i32::MAX, i64::MAX)
+        );
+        for bad in [
+            "1 week",
+            "1 day 2 days 3",
+            "12:00",
+            "1:2:3",
+            "1 day 01:00:00 02:00:00",
+        ] {
+            assert!(conv(1186, bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn arrays_of_any_element_with_nulls_quotes_and_unicode() {
+        let text = |s: &str| Value::Text(s.into());
+        assert_eq!(parse_array("{}", Conversion::Int), Ok(vec![]));
+        assert_eq!(
+            parse_array("{1,NULL,-3}", Conversion::Int),
+            Ok(vec![Value::Int(1), Value::Null, Value::Int(-3)])
+        );
+        assert_eq!(
+            parse_array(
+                r#"{"a,b","say \"hi\"","back\\slash",NULL,"NULL",plain,"",🙂,"{x}"," sp "}"#,
+                Conversion::Text
+            ),
+            Ok(vec![
+                text("a,b"),
+                text("say \"hi\""),
+                text("back\\slash"),
+                Value::Null,
+                text("NULL"),
+                text("plain"),
+                text(""),
+                text("🙂"),
+                text("{x}"),
+                text(" sp "),
+            ])
+        );
+        assert_eq!(
+            parse_array(r#"{"2024-01-01 00:00:00+00"}"#, Conversion::TimestampTz),
+            Ok(vec![Value::TimestampTz(
+                ts("2024-01-01 00:00:00").and_utc()
+            )])
+        );
+        assert_eq!(
+            parse_array("{{1,2},{3,4}}", Conversion::Int),
+            Err(ValueProblem::MultiDimensional("{{1,2},{3,4}}".into()))
+        );
+        assert_eq!(
+            parse_array("[0:1]={1,2}", Conversion::Int),
+            Err(ValueProblem::ArrayBounds("[0:1]={1,2}".into()))
+        );
+        for bad in ["1,2", "{1,,2}", "{\"a}", "{a\"b}", "{1}x"] {
+            assert!(parse_array(bad, Conversion::Int).is_err(), "{bad:?}");
+        }
+        assert!(parse_array("{x}", Conversion::Int).is_err());
     }
 }
