@@ -401,6 +401,14 @@ pub struct ReplicationConfig {
     /// Default: 10 seconds
     pub idle_wakeup_interval: Duration,
 
+    /// Whether the standby status update sent on an idle wakeup asks the
+    /// server to reply (the reply-requested byte). The server then answers
+    /// with a keepalive at once, so a consumer that sees no message at all
+    /// for a few wakeup intervals knows the connection (or the server) is dead.
+    ///
+    /// Default: false
+    pub request_reply_when_idle: bool,
+
     /// Size of the bounded event buffer between replication worker and consumer.
     ///
     /// Larger buffers can smooth out processing latency spikes but use more memory.
@@ -506,6 +514,7 @@ impl Default for ReplicationConfig {
             stop_at_lsn: None,
             status_interval: Duration::from_secs(10),
             idle_wakeup_interval: Duration::from_secs(10),
+            request_reply_when_idle: false,
             buffer_events: 8192,
             binary: false,
             options: None,
@@ -661,6 +670,13 @@ impl ReplicationConfig {
     /// Set the idle wakeup interval.
     pub fn with_wakeup_interval(mut self, timeout: Duration) -> Self {
         self.idle_wakeup_interval = timeout;
+        self
+    }
+
+    /// Ask the server for a reply on every idle wakeup (see
+    /// [`ReplicationConfig::request_reply_when_idle`]).
+    pub fn with_reply_requested_when_idle(mut self, request: bool) -> Self {
+        self.request_reply_when_idle = request;
         self
     }
 

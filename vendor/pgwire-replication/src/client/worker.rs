@@ -471,7 +471,8 @@ impl WorkerState {
                         Err(_) => {
                             let applied = self.progress.load_applied();
                             last_applied = applied;
-                            self.send_feedback(stream, applied, false).await?;
+                            let request = self.cfg.request_reply_when_idle;
+                            self.send_feedback(stream, applied, request).await?;
                             last_status_sent = Instant::now();
                             continue;
                         }
@@ -1558,6 +1559,7 @@ mod tests {
         let cfg = ReplicationConfig {
             status_interval: Duration::from_millis(40),
             idle_wakeup_interval: Duration::from_secs(10),
+            request_reply_when_idle: false,
             buffer_events: 2,
             ..Default::default()
         };
@@ -1633,6 +1635,7 @@ mod tests {
         let cfg = ReplicationConfig {
             status_interval: interval,
             idle_wakeup_interval: Duration::from_secs(10),
+            request_reply_when_idle: false,
             buffer_events: 2,
             ..Default::default()
         };
@@ -1756,6 +1759,7 @@ mod tests {
         ReplicationConfig {
             status_interval: std::time::Duration::from_secs(1),
             idle_wakeup_interval: std::time::Duration::from_secs(10),
+            request_reply_when_idle: false,
             ..Default::default()
         }
     }
@@ -1964,6 +1968,7 @@ mod tests {
         let cfg = ReplicationConfig {
             status_interval: interval,
             idle_wakeup_interval: Duration::from_secs(60),
+            request_reply_when_idle: false,
             ..Default::default()
         };
         let progress = Arc::new(SharedProgress::new(Lsn(0)));
