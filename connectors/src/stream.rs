@@ -31,6 +31,7 @@
 //! - `next` is cancellation safe: a dropped call loses nothing.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use crate::mysql::{MysqlStream, MysqlStreamConfig, MysqlStreamError, StartPosition};
 use crate::postgres::{self, PgStream, PgStreamConfig, PgStreamError};
@@ -126,7 +127,16 @@ pub struct StreamOptions {
     /// A deployment whose claims on the source (a PostgreSQL slot and publication) are moved
     /// to `deployment` (`duplex run --take-over-from`).
     pub take_over_from: Option<String>,
+    /// How long the stream waits without any message from the source before it presumes the
+    /// connection dead and fails with a transient error (see [`DEFAULT_STREAM_TIMEOUT`]). A
+    /// PostgreSQL stream asks the server for a reply every third of it; a MySQL/MariaDB
+    /// stream asks for a heartbeat every third of it.
+    pub timeout: Duration,
 }
+
+/// The default of [`StreamOptions::timeout`]: a source silent for this long (no change, no
+/// keepalive, no heartbeat, though asked for one every 5 s) is presumed unreachable.
+pub const DEFAULT_STREAM_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl StreamOptions {
     /// A one-way link's stream: parts of [`DEFAULT_PART_EVENTS`].
@@ -141,6 +151,7 @@ impl StreamOptions {
             acknowledged: None,
             source_key: None,
             take_over_from: None,
+            timeout: DEFAULT_STREAM_TIMEOUT,
         }
     }
 
@@ -156,6 +167,7 @@ impl StreamOptions {
             acknowledged: None,
             source_key: None,
             take_over_from: None,
+            timeout: DEFAULT_STREAM_TIMEOUT,
         }
     }
 
@@ -190,6 +202,7 @@ impl AnyStream {
             acknowledged,
             source_key,
             take_over_from,
+            timeout,
         } = options;
         let source = source_key.unwrap_or_else(|| site.name.clone());
         let part_events = if merge { None } else { part_events };
@@ -216,6 +229,7 @@ impl AnyStream {
                 config.deployment = deployment;
                 config.take_over_from = take_over_from;
                 config.shapes = shapes;
+                config.inactivity_timeout = timeout;
                 config.acknowledged = match acknowledged {
                     Some(Position::Postgres(lsn)) => Some(lsn),
                     _ => None,
@@ -232,6 +246,8 @@ impl AnyStream {
                 config.password = password;
                 config.part_events = part_events;
                 config.shapes = shapes;
+                // Silence for three heartbeat periods is an error.
+                config.heartbeat = timeout / 3;
                 config.start = match start {
                     None => StartPosition::Current,
                     Some(Position::Mysql(pos)) => StartPosition::At(pos),

@@ -167,6 +167,7 @@ async fn read(
         &site.site.connection(),
         StreamOptions {
             take_over_from: site.take_over_from.clone(),
+            timeout: site.site.stream_timeout,
             ..StreamOptions::merge(site.tables.clone(), from.clone())
                 .for_deployment(&site.deployment)
         },

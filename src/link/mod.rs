@@ -360,6 +360,7 @@ async fn attempt(
     let mut options = StreamOptions::link(plan.tables.clone(), start.clone())
         .for_deployment(state.deployment_id());
     options.acknowledged = acker.recorded.clone();
+    options.timeout = plan.source.stream_timeout;
     options.source_key = Some(position_key(source_name, state.deployment_id()));
     let mut stream = AnyStream::start(&plan.source.connection(), options)
         .await
