@@ -1,21 +1,25 @@
-//! Dead connections, end to end through the real binary: a PostgreSQL source whose walsender
-//! is frozen or whose network turns into a black hole is presumed dead within its
-//! `stream_timeout` and read again from where the target got to. Every test ends with the
-//! targets equal to their sources, row for row.
+//! Dead connections and sites down at start, end to end through the real binary: a PostgreSQL
+//! source whose walsender is frozen or whose network turns into a black hole is presumed dead
+//! within its `stream_timeout` and read again from where the target got to; a source or a
+//! two-way site down when `duplex run` starts is waited for while the rest streams. Every test
+//! ends with the targets equal to their sources, row for row.
 
 mod harness;
 
 use std::time::{Duration, Instant};
 
-use duplex_testkit::{PgDatabase, PgOptions, PgServer, shared_pg};
-use harness::pg::{table_rows, wait_equal};
+use duplex_testkit::{PgDatabase, PgOptions, PgServer, Shutdown, shared_pg};
+use harness::pg::{drop_all_slots, table_rows, wait_equal};
 use harness::proxy::Proxy;
-use harness::{Duplex, REPLICATION_GUARD, pg_slot, wait_for, wait_slot_active};
+use harness::{Duplex, REPLICATION_GUARD, drop_slot, pg_slot, wait_for, wait_slot_active};
 
 const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, v text NOT NULL)";
 
 /// What the PostgreSQL stream logs when it presumes its connection dead.
 const SILENT: &str = "no message from the PostgreSQL server";
+
+/// What `run` logs while a link or the merge engine waits for an unreachable site.
+const WAITING: &str = "cannot start yet (a site is unreachable)";
 
 /// The `stream_timeout` the tests give their PostgreSQL sources.
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -208,4 +212,127 @@ fn a_black_holed_connection_is_presumed_dead_and_the_link_reconnects_exactly() {
     );
     assert_items(&target, 30);
     duplex.terminate();
+}
+
+#[test]
+fn a_source_down_at_start_is_waited_for_while_the_other_mapping_streams() {
+    // Own server for the source that is down at start.
+    let server = PgServer::start(PgOptions::default().setting("synchronous_commit", "on")).unwrap();
+    let down = server.create_database();
+    down.execute_as_duplex(ITEMS).unwrap();
+    let up = shared_pg().create_database();
+    up.execute_as_duplex(ITEMS).unwrap();
+    let (down_target, up_target) = (shared_pg().create_database(), shared_pg().create_database());
+    down_target.execute_as_duplex(ITEMS).unwrap();
+    up_target.execute_as_duplex(ITEMS).unwrap();
+    let config = site(&down, &down.url())
+        + &site(&up, &up.url())
+        + &site(&down_target, &down_target.url())
+        + &site(&up_target, &up_target.url())
+        + &mapping(
+            "from-down",
+            &down,
+            &down_target,
+            &format!("{}->{}", down.name(), down_target.name()),
+        )
+        + &mapping(
+            "from-up",
+            &up,
+            &up_target,
+            &format!("{}->{}", up.name(), up_target.name()),
+        );
+
+    // Both links have streamed once, so each has its slot and position.
+    let mut duplex = Duplex::run(&config);
+    wait_slot_active(&down, &mut duplex);
+    wait_slot_active(&up, &mut duplex);
+    insert(&down, 1..=5);
+    insert(&up, 1..=5);
+    wait_equal(&down, &down_target, &mut duplex, "items", "first run, down");
+    wait_equal(&up, &up_target, &mut duplex, "items", "first run, up");
+    assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
+
+    // Written while duplex is stopped, then the server goes down.
+    insert(&down, 6..=10);
+    server.shut_down(Shutdown::Fast).unwrap();
+    duplex.start();
+    // Counted from the second run's log lines on.
+    let before = duplex.log_text().matches(WAITING).count();
+    wait_logged(&mut duplex, WAITING, before + 2, REPLICATION_GUARD);
+    let log = duplex.log_text();
+    assert!(
+        log.contains(&format!("link={} ->", down.name())),
+        "the waiting link is not named:\n{log}"
+    );
+    insert(&up, 6..=10);
+    wait_equal(&up, &up_target, &mut duplex, "items", "the other mapping");
+    assert_items(&up_target, 10);
+
+    server.start_again().unwrap();
+    insert(&down, 11..=15);
+    wait_equal(
+        &down,
+        &down_target,
+        &mut duplex,
+        "items",
+        "the source once up",
+    );
+    assert_items(&down_target, 15);
+    duplex.terminate();
+    drop_slot(&up);
+}
+
+#[test]
+fn a_two_way_site_down_at_start_is_waited_for_and_the_sites_become_equal() {
+    let server = PgServer::start(PgOptions::default().setting("synchronous_commit", "on")).unwrap();
+    let a = server.create_database();
+    a.execute_as_duplex(ITEMS).unwrap();
+    let b = shared_pg().create_database();
+    b.execute_as_duplex(ITEMS).unwrap();
+    let config = site(&a, &a.url()) + &site(&b, &b.url()) + &mapping("items", &a, &b, "both");
+    let same = |count: usize, duplex: &mut Duplex| {
+        wait_for(
+            "both sites to hold the same rows",
+            REPLICATION_GUARD,
+            || {
+                duplex.assert_running();
+                let (rows_a, rows_b) = (table_rows(&a, "items"), table_rows(&b, "items"));
+                if rows_a == rows_b && rows_a.len() == count {
+                    Ok(())
+                } else {
+                    Err(format!("a {rows_a:?}, b {rows_b:?}"))
+                }
+            },
+        );
+    };
+
+    let mut duplex = Duplex::run(&config);
+    harness::sites::wait_reading(&mut duplex, 2, REPLICATION_GUARD);
+    insert(&a, 1..=3);
+    b.psql("INSERT INTO items SELECT i, 'v' || i FROM generate_series(4, 6) i")
+        .unwrap();
+    same(6, &mut duplex);
+    assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
+
+    // Written at both sites while duplex is stopped; then site a goes down.
+    insert(&a, 7..=8);
+    b.psql("INSERT INTO items VALUES (9, 'v9'), (10, 'v10')")
+        .unwrap();
+    server.shut_down(Shutdown::Fast).unwrap();
+    duplex.start();
+    let before = duplex.log_text().matches(WAITING).count();
+    wait_logged(&mut duplex, WAITING, before + 2, REPLICATION_GUARD);
+    let log = duplex.log_text();
+    assert!(
+        log.contains("link=merge engine"),
+        "the merge engine does not say it waits:\n{log}"
+    );
+    b.psql("INSERT INTO items VALUES (11, 'v11')").unwrap();
+
+    server.start_again().unwrap();
+    insert(&a, 12..=12);
+    same(12, &mut duplex);
+    assert_items(&a, 12);
+    duplex.terminate();
+    drop_all_slots(&b);
 }
