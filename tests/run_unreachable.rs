@@ -215,6 +215,45 @@ fn a_black_holed_connection_is_presumed_dead_and_the_link_reconnects_exactly() {
 }
 
 #[test]
+fn a_long_silent_replay_of_another_tables_transaction_is_waited_out() {
+    // PostgreSQL replays a committed transaction at its commit; the changes of a table the
+    // publication does not list are filtered out, so a large one means a long silence. The
+    // restarted stream meets it again: only a longer wait gets past it.
+    let server = PgServer::start(PgOptions::default()).unwrap();
+    let source = server.create_database();
+    source.execute_as_duplex(ITEMS).unwrap();
+    source
+        .execute_as_duplex("CREATE TABLE other (id int PRIMARY KEY, pad text NOT NULL)")
+        .unwrap();
+    let target = shared_pg().create_database();
+    target.execute_as_duplex(ITEMS).unwrap();
+    let config = one_way(&source, &source.url(), &target).replace(
+        &format!("stream_timeout = \"{}s\"", TIMEOUT.as_secs()),
+        "stream_timeout = \"1s\"",
+    );
+    let mut duplex = Duplex::run(&config);
+    wait_slot_active(&source, &mut duplex);
+    insert(&source, 1..=3);
+    wait_equal(&source, &target, &mut duplex, "items", "rows before");
+
+    source
+        .psql("INSERT INTO other SELECT i, repeat('x', 100) FROM generate_series(1, 2000000) i")
+        .unwrap();
+    insert(&source, 4..=6);
+    wait_equal(
+        &source,
+        &target,
+        &mut duplex,
+        "items",
+        "rows after the large transaction",
+    );
+    assert_items(&target, 6);
+    let log = duplex.log_text();
+    eprintln!("silences: {}", log.matches(SILENT).count());
+    duplex.terminate();
+}
+
+#[test]
 fn a_source_down_at_start_is_waited_for_while_the_other_mapping_streams() {
     // Own server for the source that is down at start.
     let server = PgServer::start(PgOptions::default().setting("synchronous_commit", "on")).unwrap();

@@ -86,6 +86,12 @@
 //! the caller was busy are taken first. MySQL/MariaDB does the same with heartbeats of a
 //! third of the same timeout (see `crate::mysql::stream`).
 //!
+//! One silence is legitimate: the server replays a committed transaction when it decodes its
+//! commit, and while it replays a large one whose changes the publication filters out it sends
+//! nothing and leaves the requested replies unanswered (seen on PostgreSQL 15 for a 3M-row
+//! insert into another table). A restarted stream meets the same silence again, so callers
+//! give each restart after a silence twice the timeout ([`crate::stream::SilenceTimeout`]).
+//!
 //! # Echoes
 //!
 //! duplex's applier (`super::apply`) writes every batch in one transaction that also upserts
