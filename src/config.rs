@@ -62,6 +62,10 @@ pub struct Site {
     pub url: String,
     /// Password from `password_env` or `password_file`, overriding one in the URL.
     pub password: Option<Secret>,
+    /// `stream_timeout`: how long the change stream read from this site may go without any
+    /// message (though it asks for one every third of it) before the connection is presumed
+    /// dead and the stream reconnects.
+    pub stream_timeout: std::time::Duration,
 }
 
 impl Site {
@@ -88,6 +92,7 @@ impl fmt::Debug for Site {
             .field("kind", &self.kind)
             .field("url", &self.redacted_url())
             .field("password", &self.password)
+            .field("stream_timeout", &self.stream_timeout)
             .finish()
     }
 }
@@ -305,6 +310,7 @@ struct RawSite {
     url: String,
     password_env: Option<String>,
     password_file: Option<PathBuf>,
+    stream_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -540,11 +546,30 @@ fn validate_site(
         }
         (None, None) => None,
     };
+    let stream_timeout = match raw.stream_timeout.as_deref().map(humantime::parse_duration) {
+        None => Some(duplex_connectors::stream::DEFAULT_STREAM_TIMEOUT),
+        Some(Ok(timeout)) if timeout >= std::time::Duration::from_secs(1) => Some(timeout),
+        Some(Ok(_)) => {
+            report(
+                format!("{field}.stream_timeout"),
+                "must be at least 1s (default 15s)".into(),
+            );
+            None
+        }
+        Some(Err(error)) => {
+            report(
+                format!("{field}.stream_timeout"),
+                format!("not a duration ({error}): write e.g. \"15s\" or \"1min\""),
+            );
+            None
+        }
+    };
     Some(Site {
         name: name.to_owned(),
         kind: kind?,
         url: raw.url.clone(),
         password,
+        stream_timeout: stream_timeout?,
     })
     .filter(|_| url_ok)
 }

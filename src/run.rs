@@ -1,15 +1,30 @@
 //! `duplex run`: starts one link per source site of the one-way mappings and the merge engine
 //! for the two-way ones, and keeps them running until Ctrl-C or SIGTERM, resuming from where
 //! each got to.
+//!
+//! # Sites down at start
+//!
+//! Starting a link or the merge engine first reads the mapped tables of its sources (sites).
+//! When that fails on a definite error (a missing table, a wrong password) `run` stops at once
+//! with the message. When it fails on a transient one (the site is unreachable: refused, no
+//! route, a timeout, a server starting up; [`RunError::is_transient`]), only that link or the
+//! merge engine waits: it tries again with the engine's one backoff, logging each failure,
+//! while everything else streams. The merge engine starts once every site of its two-way
+//! mappings is reachable: its decisions compare a row's versions at all sites, and a site it
+//! cannot read may hold the newer version, so merging the others alone could write back what
+//! that site has already replaced (and it would need a plan per subset of sites). Once
+//! started, links and the engine retry transient failures themselves (see `crate::link`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::backoff::Backoff;
 use crate::config::{Config, Direction};
 use crate::link::{self, LinkPlan, TargetPlan};
 use crate::report::chain;
+use crate::shutdown::stop_requested;
 use duplex_connectors::DescribeError;
 
 /// Why `duplex run` could not start or stopped with an error.
@@ -46,66 +61,117 @@ pub enum RunError {
     LinksFailed(usize),
 }
 
-/// Builds one link plan per source site of the one-way mappings; `state` says which mappings
-/// have a backfill record.
-pub async fn plan(
-    config: &Config,
-    state: &duplex_state::StateStore,
-) -> Result<Vec<LinkPlan>, RunError> {
-    let mut flows: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+impl RunError {
+    /// True when starting again later may succeed: a site was unreachable.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RunError::Describe { source, .. } => source.is_transient(),
+            RunError::Engine(error) => error.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+/// The source sites of the one-way mappings, each with its target sites.
+pub fn flows(config: &Config) -> BTreeMap<String, BTreeSet<String>> {
+    let mut flows: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for mapping in &config.mappings {
         if mapping.direction == Direction::Both {
             // The merge engine's (see crate::engine).
             continue;
         }
         for (from, to) in mapping.edges() {
-            flows.entry(from).or_default().insert(to);
+            flows
+                .entry(from.to_owned())
+                .or_default()
+                .insert(to.to_owned());
         }
     }
-    let mut plans = Vec::new();
+    flows
+}
+
+/// Builds the link plan of one source site of the one-way mappings (reading its mapped
+/// tables); `state` says which mappings have a backfill record.
+pub async fn plan(
+    config: &Config,
+    state: &duplex_state::StateStore,
+    source: &str,
+    targets: &BTreeSet<String>,
+) -> Result<LinkPlan, RunError> {
     let mappings = std::sync::Arc::new(config.mappings.clone());
-    for (source, targets) in flows {
-        let tables: BTreeSet<_> = config
-            .mappings
-            .iter()
-            .filter(|m| m.reads_from(source))
-            .filter_map(|m| m.tables.get(source).cloned())
-            .collect();
-        let site = &config.sites[source];
-        let schemas = duplex_connectors::describe(&site.connection(), &tables)
-            .await
-            .map_err(|source| RunError::Describe {
-                site: site.name.clone(),
-                source,
-            })?;
-        let targets = targets
-            .into_iter()
-            .map(|target| TargetPlan {
-                site: config.sites[target].clone(),
-                routes: crate::routes::routes_for(&config.mappings, source, target, &schemas),
-            })
-            .collect();
-        let unbackfilled = config
-            .mappings
-            .iter()
-            .filter(|m| m.direction != Direction::Both && m.reads_from(source))
-            .filter(|m| !crate::backfill::has_record(state, &m.name))
-            .flat_map(|m| {
-                m.edges()
-                    .into_iter()
-                    .map(|(_, to)| (m.name.clone(), to.to_owned()))
-            })
-            .collect();
-        plans.push(LinkPlan {
-            source: site.clone(),
-            tables,
-            targets,
-            unbackfilled,
-            mappings: mappings.clone(),
-            schemas,
-        });
+    let tables: BTreeSet<_> = config
+        .mappings
+        .iter()
+        .filter(|m| m.reads_from(source))
+        .filter_map(|m| m.tables.get(source).cloned())
+        .collect();
+    let site = &config.sites[source];
+    let schemas = duplex_connectors::describe(&site.connection(), &tables)
+        .await
+        .map_err(|source| RunError::Describe {
+            site: site.name.clone(),
+            source,
+        })?;
+    let targets = targets
+        .iter()
+        .map(|target| TargetPlan {
+            site: config.sites[target].clone(),
+            routes: crate::routes::routes_for(&config.mappings, source, target, &schemas),
+        })
+        .collect();
+    let unbackfilled = config
+        .mappings
+        .iter()
+        .filter(|m| m.direction != Direction::Both && m.reads_from(source))
+        .filter(|m| !crate::backfill::has_record(state, &m.name))
+        .flat_map(|m| {
+            m.edges()
+                .into_iter()
+                .map(|(_, to)| (m.name.clone(), to.to_owned()))
+        })
+        .collect();
+    Ok(LinkPlan {
+        source: site.clone(),
+        tables,
+        targets,
+        unbackfilled,
+        mappings,
+        schemas,
+    })
+}
+
+/// After a start failed on a transient error, tries `again` with the engine's backoff until it
+/// succeeds (`Some`), fails on a definite error, or shutdown is requested (`None`). Every
+/// failure is logged (at the backoff's pace, at most one line per 30 s once it has grown).
+async fn retry_start<T, F, Fut>(
+    name: &str,
+    first: RunError,
+    shutdown: &mut watch::Receiver<bool>,
+    mut again: F,
+) -> Result<Option<T>, RunError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, RunError>>,
+{
+    let mut backoff = Backoff::default();
+    let mut error = first;
+    loop {
+        let delay = backoff.failed();
+        tracing::warn!(link = %name, error = %chain(&error), "cannot start yet (a site is unreachable); the other links run meanwhile; retrying in {delay:.1?}");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop_requested(shutdown) => return Ok(None),
+        }
+        backoff.attempt_started();
+        match again().await {
+            Ok(planned) => {
+                tracing::info!(link = %name, "the unreachable site answers: starting");
+                return Ok(Some(planned));
+            }
+            Err(next) if next.is_transient() => error = next,
+            Err(next) => return Err(next),
+        }
     }
-    Ok(plans)
 }
 
 /// What `duplex run` is told to accept on this start.
@@ -149,38 +215,89 @@ pub async fn run(config: &Config, options: &RunOptions) -> Result<(), RunError> 
     if !missing.is_empty() {
         tracing::warn!("{}", crate::backfill::never_backfilled_warning(&missing));
     }
-    let plans = plan(config, &state).await?;
-    let mut merge_plan = crate::engine::plan(config)
-        .await
-        .map_err(RunError::Engine)?;
-    if let Some(plan) = &mut merge_plan {
-        plan.take_over_from = options.take_over_from.clone();
+    // Every plan is tried once before anything starts, so a definite error stops `run` at once;
+    // what failed on a transient error is retried by its own task (see the module docs).
+    let mut plans = Vec::new();
+    for (source, targets) in flows(config) {
+        match plan(config, &state, &source, &targets).await {
+            Ok(planned) => plans.push(Ok(planned)),
+            Err(error) if error.is_transient() => plans.push(Err((source, targets, error))),
+            Err(error) => return Err(error),
+        }
     }
+    let merge_plan = match crate::engine::plan(config).await {
+        Ok(planned) => planned.map(Ok),
+        Err(error) if error.is_transient() => Some(Err(RunError::Engine(error))),
+        Err(error) => return Err(RunError::Engine(error)),
+    };
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(async move {
         crate::shutdown::wait_for_signal().await;
         tracing::info!("shutdown requested: finishing the transactions being applied");
         let _ = stop.send(true);
     });
+    let shared = std::sync::Arc::new(config.clone());
     let mut links = JoinSet::new();
-    for plan in plans {
-        let name = link::link_name(&plan);
-        let stopped = stopped.clone();
+    for planned in plans {
+        let mut stopped = stopped.clone();
         let state = state.clone();
+        let config = shared.clone();
         links.spawn(async move {
-            let outcome = link::run(plan, state, stopped).await;
+            let planned = match planned {
+                Ok(planned) => planned,
+                Err((source, targets, error)) => {
+                    let name = format!(
+                        "{source} -> {}",
+                        targets.iter().cloned().collect::<Vec<_>>().join(", ")
+                    );
+                    let again = || {
+                        let (config, state) = (config.clone(), state.clone());
+                        let (source, targets) = (source.clone(), targets.clone());
+                        async move { plan(&config, &state, &source, &targets).await }
+                    };
+                    match retry_start(&name, error, &mut stopped, again).await {
+                        Ok(Some(planned)) => planned,
+                        Ok(None) => return (name, Ok(())),
+                        Err(error) => return (name, Err(chain(&error))),
+                    }
+                }
+            };
+            let name = link::link_name(&planned);
+            let outcome = link::run(planned, state, stopped).await;
             (name, outcome.map_err(|error| chain(&error)))
         });
     }
     if let Some(merge_plan) = merge_plan {
-        let stopped = stopped.clone();
+        let mut stopped = stopped.clone();
         let state = state.clone();
+        let config = shared.clone();
+        let take_over_from = options.take_over_from.clone();
         links.spawn(async move {
+            let name = "merge engine".to_owned();
+            let mut merge_plan = match merge_plan {
+                Ok(planned) => planned,
+                Err(error) => {
+                    let again = || {
+                        let config = config.clone();
+                        async move {
+                            match crate::engine::plan(&config).await {
+                                Ok(planned) => {
+                                    Ok(planned.expect("the configuration has two-way mappings"))
+                                }
+                                Err(error) => Err(RunError::Engine(error)),
+                            }
+                        }
+                    };
+                    match retry_start(&name, error, &mut stopped, again).await {
+                        Ok(Some(planned)) => planned,
+                        Ok(None) => return (name, Ok(())),
+                        Err(error) => return (name, Err(chain(&error))),
+                    }
+                }
+            };
+            merge_plan.take_over_from = take_over_from;
             let outcome = crate::engine::run(merge_plan, state, stopped).await;
-            (
-                "merge engine".to_owned(),
-                outcome.map_err(|error| chain(&error)),
-            )
+            (name, outcome.map_err(|error| chain(&error)))
         });
     }
     let mut failed = 0;

@@ -116,6 +116,35 @@ fn the_deleted_rows_horizon_is_a_duration() {
 }
 
 #[test]
+fn a_sites_stream_timeout_is_a_duration_of_at_least_a_second() {
+    let config = parse(GOOD).unwrap();
+    assert_eq!(
+        config.sites["store"].stream_timeout,
+        std::time::Duration::from_secs(15)
+    );
+    let text = GOOD.replace(
+        "password_file = \"store.password\"",
+        "password_file = \"store.password\"\nstream_timeout = \"1min\"",
+    );
+    assert_eq!(
+        parse(&text).unwrap().sites["store"].stream_timeout,
+        std::time::Duration::from_secs(60)
+    );
+    for (value, rule) in [("soon", "not a duration"), ("500ms", "at least 1s")] {
+        let text = GOOD.replace(
+            "url = \"mysql://duplex@127.0.0.1:3306/dock\"",
+            &format!("url = \"mysql://duplex@127.0.0.1:3306/dock\"\nstream_timeout = \"{value}\""),
+        );
+        let problems = problems(&text);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("sites.dock.stream_timeout: ") && problems[0].contains(rule),
+            "{problems:?}"
+        );
+    }
+}
+
+#[test]
 fn secrets_never_show_in_debug_output() {
     let config = parse(GOOD).unwrap();
     let debug = format!("{config:?}");

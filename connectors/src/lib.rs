@@ -56,7 +56,7 @@ pub use position::{Position, PositionError, PositionKind};
 pub use schema::{Column, ShapeColumn, TableName, TableSchema, TableShape, ValueKind};
 pub use site::{SiteConnection, SiteKind};
 pub use snapshot::{AnySnapshot, KeyRange, SnapshotError, SnapshotRead, SourceSnapshot};
-pub use stream::{AnyStream, StreamError, StreamItem, StreamOptions};
+pub use stream::{AnyStream, SilenceTimeout, StreamError, StreamItem, StreamOptions};
 pub use target::AnyApplier;
 pub use value::{
     ArrayJsonError, Bits, BitsError, Decimal, DecimalError, Interval, Value, array_json,

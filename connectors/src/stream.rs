@@ -31,6 +31,7 @@
 //! - `next` is cancellation safe: a dropped call loses nothing.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use crate::mysql::{MysqlStream, MysqlStreamConfig, MysqlStreamError, StartPosition};
 use crate::postgres::{self, PgStream, PgStreamConfig, PgStreamError};
@@ -93,6 +94,65 @@ impl StreamError {
             StreamError::ForeignPosition(..) => false,
         }
     }
+
+    /// True when the stream failed because nothing arrived for [`StreamOptions::timeout`].
+    pub fn is_silence(&self) -> bool {
+        matches!(
+            self,
+            StreamError::Postgres(PgStreamError::Silent { .. })
+                | StreamError::Mysql(MysqlStreamError::HeartbeatTimeout(_))
+        )
+    }
+}
+
+/// The [`StreamOptions::timeout`] of a source's successive streams.
+///
+/// A silence is not always a dead connection: PostgreSQL replays a committed transaction in
+/// one piece when it reaches its commit, and while it replays a large one whose changes the
+/// publication filters out (other tables) it sends nothing and may leave requested replies
+/// unanswered for as long as that takes. The restarted stream meets the same silence at the
+/// same place, so a fixed timeout would restart it forever. So each silence that ends a stream
+/// which delivered no transaction doubles the next stream's timeout (up to
+/// [`SilenceTimeout::MAX_DOUBLINGS`] times); the first transaction delivered brings it back to
+/// the configured one. A dead connection is still noticed, later only after silences in a row.
+#[derive(Debug, Clone)]
+pub struct SilenceTimeout {
+    base: Duration,
+    doublings: u32,
+}
+
+impl SilenceTimeout {
+    /// The most times the timeout is doubled (64 times the configured one).
+    pub const MAX_DOUBLINGS: u32 = 6;
+
+    /// Starts at `base` (the site's `stream_timeout`).
+    pub fn new(base: Duration) -> SilenceTimeout {
+        SilenceTimeout { base, doublings: 0 }
+    }
+
+    /// The timeout for the next stream.
+    pub fn current(&self) -> Duration {
+        self.base * 2u32.pow(self.doublings)
+    }
+
+    /// Notes an item the stream delivered: a transaction (or part of one) resets the timeout.
+    pub fn delivered(&mut self, item: &StreamItem) {
+        if matches!(item, StreamItem::Transaction(_) | StreamItem::Part(_)) {
+            self.delivered_transaction();
+        }
+    }
+
+    /// Notes that the stream delivered a transaction or part: the timeout is reset.
+    pub fn delivered_transaction(&mut self) {
+        self.doublings = 0;
+    }
+
+    /// Notes the error that ended a stream: a silence doubles the next stream's timeout.
+    pub fn ended(&mut self, error: &StreamError) {
+        if error.is_silence() && self.doublings < Self::MAX_DOUBLINGS {
+            self.doublings += 1;
+        }
+    }
 }
 
 /// What a stream reads, and for whom.
@@ -126,7 +186,16 @@ pub struct StreamOptions {
     /// A deployment whose claims on the source (a PostgreSQL slot and publication) are moved
     /// to `deployment` (`duplex run --take-over-from`).
     pub take_over_from: Option<String>,
+    /// How long the stream waits without any message from the source before it presumes the
+    /// connection dead and fails with a transient error (see [`DEFAULT_STREAM_TIMEOUT`]). A
+    /// PostgreSQL stream asks the server for a reply every third of it; a MySQL/MariaDB
+    /// stream asks for a heartbeat every third of it.
+    pub timeout: Duration,
 }
+
+/// The default of [`StreamOptions::timeout`]: a source silent for this long (no change, no
+/// keepalive, no heartbeat, though asked for one every 5 s) is presumed unreachable.
+pub const DEFAULT_STREAM_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl StreamOptions {
     /// A one-way link's stream: parts of [`DEFAULT_PART_EVENTS`].
@@ -141,6 +210,7 @@ impl StreamOptions {
             acknowledged: None,
             source_key: None,
             take_over_from: None,
+            timeout: DEFAULT_STREAM_TIMEOUT,
         }
     }
 
@@ -156,6 +226,7 @@ impl StreamOptions {
             acknowledged: None,
             source_key: None,
             take_over_from: None,
+            timeout: DEFAULT_STREAM_TIMEOUT,
         }
     }
 
@@ -190,6 +261,7 @@ impl AnyStream {
             acknowledged,
             source_key,
             take_over_from,
+            timeout,
         } = options;
         let source = source_key.unwrap_or_else(|| site.name.clone());
         let part_events = if merge { None } else { part_events };
@@ -216,6 +288,7 @@ impl AnyStream {
                 config.deployment = deployment;
                 config.take_over_from = take_over_from;
                 config.shapes = shapes;
+                config.inactivity_timeout = timeout;
                 config.acknowledged = match acknowledged {
                     Some(Position::Postgres(lsn)) => Some(lsn),
                     _ => None,
@@ -232,6 +305,8 @@ impl AnyStream {
                 config.password = password;
                 config.part_events = part_events;
                 config.shapes = shapes;
+                // Silence for three heartbeat periods is an error.
+                config.heartbeat = timeout / 3;
                 config.start = match start {
                     None => StartPosition::Current,
                     Some(Position::Mysql(pos)) => StartPosition::At(pos),
@@ -302,5 +377,45 @@ impl AnyStream {
             }
             AnyStream::Mysql(stream) => stream.shutdown().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn silence() -> StreamError {
+        StreamError::Postgres(PgStreamError::Silent {
+            what: "replication connection",
+            after: Duration::from_secs(1),
+        })
+    }
+
+    #[test]
+    fn silences_in_a_row_double_the_timeout_up_to_the_limit_and_a_transaction_resets_it() {
+        let mut timeout = SilenceTimeout::new(Duration::from_secs(15));
+        assert_eq!(timeout.current(), Duration::from_secs(15));
+        timeout.ended(&silence());
+        timeout.ended(&silence());
+        assert_eq!(timeout.current(), Duration::from_secs(60));
+        // Other errors and heartbeats change nothing.
+        timeout.ended(&StreamError::Postgres(PgStreamError::Ended));
+        timeout.delivered(&StreamItem::Heartbeat(Position::Postgres(
+            crate::postgres::Lsn(1),
+        )));
+        assert_eq!(timeout.current(), Duration::from_secs(60));
+        for _ in 0..20 {
+            timeout.ended(&silence());
+        }
+        assert_eq!(timeout.current(), Duration::from_secs(15 * 64));
+        let tx = Transaction {
+            source: "pg1".into(),
+            position: Position::Postgres(crate::postgres::Lsn(2)),
+            commit_time: chrono::DateTime::UNIX_EPOCH,
+            origin: crate::Origin::Local,
+            events: Vec::new(),
+        };
+        timeout.delivered(&StreamItem::Transaction(tx));
+        assert_eq!(timeout.current(), Duration::from_secs(15));
     }
 }

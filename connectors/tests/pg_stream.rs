@@ -785,6 +785,41 @@ async fn keepalives_are_answered_while_the_caller_is_not_polling() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_stream_that_confirmed_everything_is_not_presumed_dead() {
+    // An idle server of its own, with the server's own keepalives far away: once the stream
+    // has confirmed everything the server sent, only the replies it requests keep it alive.
+    let server = PgServer::start(PgOptions::default().setting("wal_sender_timeout", "10min"))
+        .expect("start a server");
+    let fx = Fixture::in_database(server.create_database());
+    let client = fx.client().await;
+    client
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let mut config = fx.config(&["public.t"]);
+    config.inactivity_timeout = Duration::from_secs(1);
+    let mut stream = PgStream::start(config).await.unwrap();
+    // Ten timeouts of silence from the tables, every heartbeat confirmed at once (an idle
+    // server then has nothing to send of its own).
+    let quiet_until = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(quiet_until, stream.next()).await {
+            Err(_) => break,
+            Ok(Ok(StreamItem::Heartbeat(Position::Postgres(lsn)))) => stream.ack(lsn),
+            Ok(Ok(other)) => panic!("unexpected item {other:?}"),
+            Ok(Err(error)) => panic!("an idle, healthy stream failed: {error}"),
+        }
+    }
+    client
+        .execute("INSERT INTO t VALUES (1)", &[])
+        .await
+        .unwrap();
+    let tx = next_transaction(&mut stream).await;
+    assert_eq!(tx.events[0].key, key(1));
+    fx.finish(stream).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_calls_to_next_lose_nothing() {
     let fx = Fixture::new();
     let client = fx.client().await;

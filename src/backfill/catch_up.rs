@@ -64,6 +64,7 @@ pub(super) async fn catch_up(
         acknowledged: None,
         source_key: None,
         take_over_from: None,
+        timeout: site.stream_timeout,
     };
     let mut stream = match AnyStream::start(&site.connection(), options).await {
         Ok(stream) => stream,

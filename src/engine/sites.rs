@@ -19,8 +19,8 @@ use std::sync::Arc;
 use chrono::Utc;
 use duplex_connectors::apply::{Applier, ApplyError, ApplyOptions, WriterClaim};
 use duplex_connectors::{
-    AnyApplier, AnyStream, ChangeEvent, Origin, Position, StreamError, StreamItem, StreamOptions,
-    TableName, Transaction,
+    AnyApplier, AnyStream, ChangeEvent, Origin, Position, SilenceTimeout, StreamError, StreamItem,
+    StreamOptions, TableName, Transaction,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -129,12 +129,14 @@ pub(super) async fn reader(
     let name = site.site.name.clone();
     let mut from = start;
     let mut backoff = Backoff::default();
+    let mut silence = SilenceTimeout::new(site.site.stream_timeout);
     loop {
         backoff.attempt_started();
-        let error = match read(index, &site, &mut from, &report, &mut ack).await {
+        let error = match read(index, &site, &mut from, &report, &mut ack, &mut silence).await {
             None => return,
             Some(error) => error,
         };
+        silence.ended(&error);
         if !error.is_transient() {
             let _ = report
                 .send(Input::Failed(EngineError::Source {
@@ -154,19 +156,22 @@ pub(super) async fn reader(
 }
 
 /// One stream of a site from just after `from`, which follows every item handed over; `None`
-/// when the engine stopped, the stream's error otherwise.
+/// when the engine stopped, the stream's error otherwise. `silence`: the stream's timeout
+/// (told of every item read).
 async fn read(
     index: usize,
     site: &MergeSite,
     from: &mut Option<Position>,
     report: &mpsc::Sender<Input>,
     ack: &mut watch::Receiver<Option<Position>>,
+    silence: &mut SilenceTimeout,
 ) -> Option<StreamError> {
     let name = &site.site.name;
     let mut stream = match AnyStream::start(
         &site.site.connection(),
         StreamOptions {
             take_over_from: site.take_over_from.clone(),
+            timeout: silence.current(),
             ..StreamOptions::merge(site.tables.clone(), from.clone())
                 .for_deployment(&site.deployment)
         },
@@ -196,6 +201,7 @@ async fn read(
         tokio::select! {
             item = stream.next() => match item {
                 Ok(item) => {
+                    silence.delivered(&item);
                     let position = match &item {
                         StreamItem::Transaction(tx) => Some(tx.position.clone()),
                         StreamItem::Heartbeat(position) => Some(position.clone()),

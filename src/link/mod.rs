@@ -48,8 +48,8 @@ use std::time::{Duration, Instant};
 
 use duplex_connectors::apply::{Applier, ApplyError, ApplyOptions, TableRoute};
 use duplex_connectors::{
-    ChangeEvent, Position, PositionError, TableName, TableSchema, TableShape, Transaction,
-    TransactionPart,
+    ChangeEvent, Position, PositionError, SilenceTimeout, TableName, TableSchema, TableShape,
+    Transaction, TransactionPart,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
@@ -243,6 +243,7 @@ pub async fn run(
     let mut warn_unbackfilled = true;
     // Source tables whose changes are routed by a shape the log announced (see crate::shape).
     let mut followed: HashMap<TableName, TableShape> = HashMap::new();
+    let mut silence = SilenceTimeout::new(plan.source.stream_timeout);
     loop {
         backoff.attempt_started();
         match attempt(
@@ -251,12 +252,16 @@ pub async fn run(
             &mut shutdown,
             &mut warn_unbackfilled,
             &mut followed,
+            &mut silence,
         )
         .await
         {
             Ok(Ended::Stopped) => return Ok(()),
             Ok(Ended::Rerouted) => continue,
             Err(error) if error.is_transient() => {
+                if let LinkError::Source { source, .. } = &error {
+                    silence.ended(source);
+                }
                 let delay = backoff.failed();
                 tracing::warn!(link = %name, error = %chain(&error), "link interrupted; retrying in {delay:.1?}");
                 tokio::select! {
@@ -295,13 +300,15 @@ enum Ended {
 /// One run of the link until shutdown or failure. `warn_unbackfilled`: the first attempt that
 /// reads the targets' positions warns about mappings that were never backfilled (and clears
 /// it). `followed`: the tables routed by a shape the log announced (updated when a shape
-/// changes the routes, which ends the attempt with [`Ended::Rerouted`]).
+/// changes the routes, which ends the attempt with [`Ended::Rerouted`]). `silence`: the
+/// stream's timeout (told of every item read).
 async fn attempt(
     plan: &LinkPlan,
     state: &Arc<StateStore>,
     shutdown: &mut watch::Receiver<bool>,
     warn_unbackfilled: &mut bool,
     followed: &mut HashMap<TableName, TableShape>,
+    silence: &mut SilenceTimeout,
 ) -> Result<Ended, LinkError> {
     let source_name = plan.source.name.as_str();
     let mut shapes = Shapes {
@@ -395,6 +402,7 @@ async fn attempt(
     let mut options = StreamOptions::link(plan.tables.clone(), start.clone())
         .for_deployment(state.deployment_id());
     options.acknowledged = acker.recorded.clone();
+    options.timeout = silence.current();
     options.source_key = Some(position_key(source_name, state.deployment_id()));
     let mut stream = AnyStream::start(&plan.source.connection(), options)
         .await
@@ -533,6 +541,7 @@ async fn attempt(
                     }
                 }
                 Ok(StreamItem::Transaction(tx)) => {
+                    silence.delivered_transaction();
                     sequence += 1;
                     progress.read(tx.events.len());
                     unacked.push_back((sequence, tx.position.clone()));
@@ -541,6 +550,7 @@ async fn attempt(
                     }
                 }
                 Ok(StreamItem::Part(part)) => {
+                    silence.delivered_transaction();
                     progress.read_part(part.events.len());
                     if let Err(error) = dispatch(&senders, Piece::Part(part), &mut workers).await {
                         break Err(error);

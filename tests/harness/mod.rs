@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod pg;
+pub mod proxy;
 pub mod sites;
 
 /// The `duplex` binary the tests run: `DUPLEX_BIN` when set (a copy of a binary built from a

@@ -227,7 +227,7 @@ impl MysqlApplier {
     ) -> Result<MysqlApplier, ApplyError> {
         options.validate()?;
         let opts = Opts::from_url(url).map_err(MysqlError::Url)?;
-        let mut builder = OptsBuilder::from_opts(opts)
+        let mut builder = super::with_keepalive(OptsBuilder::from_opts(opts))
             .client_found_rows(true)
             .stmt_cache_size(STATEMENT_CACHE);
         if let Some(password) = password {
@@ -294,9 +294,7 @@ async fn open(opts: &Opts) -> Result<(Conn, bool), ApplyError> {
         opts.tcp_port(),
         opts.db_name().unwrap_or("")
     );
-    let mut conn = Conn::new(opts.clone())
-        .await
-        .map_err(|source| MysqlError::Connect { target, source })?;
+    let mut conn = super::open_conn(opts.clone(), target).await?;
     let version: String = conn
         .query_first("SELECT VERSION()")
         .await

@@ -42,13 +42,40 @@ pub async fn connect(url: &str, password: Option<&str>) -> Result<Conn, MysqlErr
         opts.tcp_port(),
         opts.db_name().unwrap_or("")
     );
-    let mut builder = OptsBuilder::from_opts(opts);
+    let mut builder = with_keepalive(OptsBuilder::from_opts(opts));
     if let Some(password) = password {
         builder = builder.pass(Some(password));
     }
-    Conn::new(builder)
-        .await
-        .map_err(|source| MysqlError::Connect { target, source })
+    open_conn(builder, target).await
+}
+
+/// How long opening a connection may take (PostgreSQL connections have the same limit).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// TCP keepalives after 30 s of silence unless the URL chose (`tcp_keepalive=<ms>`): a peer gone
+/// silently is noticed in about a minute instead of the kernel's two hours. Only the peer's
+/// kernel answers them, so a long statement is never cut short.
+pub(crate) fn with_keepalive(builder: OptsBuilder) -> OptsBuilder {
+    if Opts::from(builder.clone()).tcp_keepalive().is_some() {
+        return builder;
+    }
+    builder.tcp_keepalive(Some(std::time::Duration::from_secs(30)))
+}
+
+/// Opens a connection, giving up after [`CONNECT_TIMEOUT`] (an unreachable host that drops
+/// packets would otherwise take the kernel's minutes).
+pub(crate) async fn open_conn(opts: impl Into<Opts>, target: String) -> Result<Conn, MysqlError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(opts.into())).await {
+        Ok(conn) => conn.map_err(|source| MysqlError::Connect { target, source }),
+        Err(_) => Err(MysqlError::Connect {
+            target,
+            source: std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no connection within {CONNECT_TIMEOUT:?}"),
+            )
+            .into(),
+        }),
+    }
 }
 
 /// Quotes an identifier for MySQL (`` `a``b` ``).

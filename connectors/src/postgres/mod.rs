@@ -45,6 +45,16 @@ pub async fn connect(url: &str, password: Option<&str>) -> Result<Client, PgErro
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(10));
     }
+    // A peer gone silently (a partition, a host powered off) is noticed by TCP keepalives
+    // within about a minute instead of the kernel's two hours, unless the URL chose its own
+    // (keepalives_idle=...). Only the peer's kernel answers them, so a long statement or COPY
+    // is never cut short.
+    if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(30));
+        config.keepalives_interval(Duration::from_secs(10));
+        config.keepalives_retries(3);
+    }
     config.application_name("duplex");
     let target = describe_target(&config);
     let (client, connection) = config

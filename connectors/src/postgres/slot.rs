@@ -166,7 +166,10 @@ pub(super) fn replication_config(
         .with_start_lsn(pgwire_replication::Lsn(start.0))
         .with_ack_lsn(pgwire_replication::Lsn(ack.0))
         .with_status_interval(config.status_interval)
-        .with_wakeup_interval(config.status_interval)
+        // Every third of the inactivity timeout without a message, the status update asks
+        // for a reply: a live server always answers within the timeout.
+        .with_wakeup_interval(config.inactivity_timeout / 3)
+        .with_reply_requested_when_idle(true)
         .with_buffer_size(config.buffer_events)
         .with_options(types::SESSION_OPTIONS)
         .with_application_name(format!("duplex {}", config.source)))

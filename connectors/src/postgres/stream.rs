@@ -69,6 +69,29 @@
 //! size. [`PgStreamConfig::new`] leaves it unset (whole transactions, as the stream always
 //! delivered); the engine sets [`crate::stream::DEFAULT_PART_EVENTS`].
 //!
+//! # Dead connections
+//!
+//! A silent network partition or a frozen server sends no error: a read would wait forever.
+//! So the replication session asks for a reply: whenever a third of
+//! [`PgStreamConfig::inactivity_timeout`] passes without a message, the standby status update
+//! it sends has the reply-requested byte set, and a live walsender answers it at once with a
+//! keepalive (`ProcessStandbyReplyMessage`), even while it is busy decoding (it reads its
+//! socket between WAL records). A healthy session therefore delivers some message at least
+//! every third of the timeout; when none at all arrived for the whole timeout,
+//! [`PgStream::next`] fails with [`PgStreamError::Silent`], which is transient: the caller
+//! restarts from its last acknowledged position as after any broken connection, and the
+//! exactly-once appliers make the restart neither lose nor repeat a transaction. Catalog
+//! queries made while handling a message get the same limit. The caller's own pace does not
+//! count: the time is measured from the last message received, and messages buffered while
+//! the caller was busy are taken first. MySQL/MariaDB does the same with heartbeats of a
+//! third of the same timeout (see `crate::mysql::stream`).
+//!
+//! One silence is legitimate: the server replays a committed transaction when it decodes its
+//! commit, and while it replays a large one whose changes the publication filters out it sends
+//! nothing and leaves the requested replies unanswered (seen on PostgreSQL 15 for a 3M-row
+//! insert into another table). A restarted stream meets the same silence again, so callers
+//! give each restart after a silence twice the timeout ([`crate::stream::SilenceTimeout`]).
+//!
 //! # Echoes
 //!
 //! duplex's applier (`super::apply`) writes every batch in one transaction that also upserts
@@ -155,6 +178,10 @@ pub struct PgStreamConfig {
     /// The newest position the caller ever acknowledged on this slot (see
     /// [`crate::StreamOptions::acknowledged`]).
     pub acknowledged: Option<Lsn>,
+    /// No message at all from the server for this long fails [`PgStream::next`] with the
+    /// transient [`PgStreamError::Silent`]; a reply is requested every third of it (see
+    /// [Dead connections](self#dead-connections)).
+    pub inactivity_timeout: Duration,
 }
 
 impl std::fmt::Debug for PgStreamConfig {
@@ -179,6 +206,7 @@ impl std::fmt::Debug for PgStreamConfig {
             .field("deployment", &self.deployment)
             .field("shapes", &self.shapes)
             .field("acknowledged", &self.acknowledged)
+            .field("inactivity_timeout", &self.inactivity_timeout)
             .finish()
     }
 }
@@ -209,6 +237,7 @@ impl PgStreamConfig {
             take_over_from: None,
             shapes: false,
             acknowledged: None,
+            inactivity_timeout: crate::stream::DEFAULT_STREAM_TIMEOUT,
         }
     }
 
@@ -245,6 +274,9 @@ impl PgStreamConfig {
         }
         if self.part_events == Some(0) {
             return Err(invalid("part_events", "at least 1"));
+        }
+        if self.inactivity_timeout < Duration::from_millis(300) {
+            return Err(invalid("inactivity_timeout", "at least 300 ms"));
         }
         if self.status_interval.is_zero() {
             return Err(invalid("status_interval", "longer than zero"));
@@ -325,6 +357,18 @@ pub enum PgStreamError {
     /// The server ended the replication session.
     #[error("the PostgreSQL replication session ended")]
     Ended,
+    /// Nothing at all arrived from the server for the inactivity timeout, though a reply was
+    /// requested every third of it: the connection (or the server) is presumed dead.
+    #[error(
+        "no message from the PostgreSQL server on the {what} for {after:.1?} (a reply was requested every {:.1?}): presuming the connection dead; it is reopened (stream_timeout of the site sets this limit)",
+        *after / 3
+    )]
+    Silent {
+        /// `replication connection` or `catalog connection`.
+        what: &'static str,
+        /// The inactivity timeout.
+        after: Duration,
+    },
     /// A `pgoutput` message does not decode.
     #[error("undecodable pgoutput message")]
     Decode(#[from] DecodeError),
@@ -391,7 +435,7 @@ impl PgStreamError {
         match self {
             PgStreamError::Catalog(e) => e.is_transient(),
             PgStreamError::Publication { source, .. } => source.is_transient(),
-            PgStreamError::Ended => true,
+            PgStreamError::Ended | PgStreamError::Silent { .. } => true,
             PgStreamError::Replication(e) => match e {
                 PgWireError::Io(_) | PgWireError::Task(_) => true,
                 PgWireError::Server(message) => sqlstate(message).is_some_and(|code| {
@@ -471,6 +515,10 @@ pub struct PgStream {
     publication: String,
     /// When the mapped tables were last checked against the catalog.
     checked: tokio::time::Instant,
+    /// [`PgStreamConfig::inactivity_timeout`].
+    inactivity: Duration,
+    /// When the last message arrived from the server (or the stream started).
+    heard: tokio::time::Instant,
 }
 
 impl std::fmt::Debug for PgStream {
@@ -580,6 +628,8 @@ impl PgStream {
             unpublished,
             publication: config.publication,
             checked: tokio::time::Instant::now(),
+            inactivity: config.inactivity_timeout,
+            heard: tokio::time::Instant::now(),
         })
     }
 
@@ -599,15 +649,35 @@ impl PgStream {
             }
             let event = match self.pending.take() {
                 Some(event) => event,
-                None => self
-                    .replication
-                    .recv()
+                None => {
+                    // Measured from the last message, not from this call: a caller that
+                    // polls in a select loop restarts its calls often. Buffered events are
+                    // taken first, so a caller that was busy is not misled.
+                    let received = tokio::time::timeout_at(
+                        self.heard + self.inactivity,
+                        self.replication.recv(),
+                    )
                     .await
-                    .map_err(PgStreamError::Replication)?
-                    .ok_or(PgStreamError::Ended)?,
+                    .map_err(|_| PgStreamError::Silent {
+                        what: "replication connection",
+                        after: self.inactivity,
+                    })?;
+                    let event = received
+                        .map_err(PgStreamError::Replication)?
+                        .ok_or(PgStreamError::Ended)?;
+                    self.heard = tokio::time::Instant::now();
+                    event
+                }
             };
             self.pending = Some(event.clone());
-            let item = self.handle(event).await;
+            // Handling reads the catalog at times (tables, types, the table check): a catalog
+            // connection to a dead server must not hang the stream either.
+            let item = tokio::time::timeout(self.inactivity, self.handle(event))
+                .await
+                .map_err(|_| PgStreamError::Silent {
+                    what: "catalog connection",
+                    after: self.inactivity,
+                })?;
             self.pending = None;
             match item? {
                 None => {}
@@ -682,10 +752,18 @@ impl PgStream {
     /// Ends the replication session cleanly (CopyDone). An open transaction is dropped; it
     /// is delivered again after a restart, since it was never acknowledged.
     pub async fn shutdown(mut self) -> Result<(), PgStreamError> {
-        self.replication
-            .shutdown()
-            .await
-            .map_err(PgStreamError::Replication)
+        // A dead connection may never answer: the session is then dropped without CopyDone
+        // (the server ends it on its own wal_sender_timeout, or at once when it notices).
+        match tokio::time::timeout(self.inactivity, self.replication.shutdown()).await {
+            Ok(result) => result.map_err(PgStreamError::Replication),
+            Err(_) => {
+                self.replication.abort();
+                Err(PgStreamError::Silent {
+                    what: "replication connection",
+                    after: self.inactivity,
+                })
+            }
+        }
     }
 
     /// Drops a replication slot, waiting (up to `wait`) for a session that still holds it
