@@ -508,7 +508,12 @@ async fn attempt(
                 progress.maybe_log();
             }
             item = stream.next() => match item {
-                Err(source) => break Err(LinkError::Source { site: source_name.to_owned(), source }),
+                Err(source) => {
+                    // A definite failure (a value that cannot be decoded, say) stops the link
+                    // after every target committed what came before it.
+                    drain = !source.is_transient();
+                    break Err(LinkError::Source { site: source_name.to_owned(), source });
+                }
                 Ok(StreamItem::Shape(shape)) => {
                     let mut judged = follow_shape(plan, &routes, &mut shapes, shape.clone(), sequence + 1);
                     if matches!(&judged, Err(stop) if matches!(**stop, ShapeStop::Added { .. } | ShapeStop::Missing { .. })) {
@@ -559,8 +564,8 @@ async fn attempt(
             }
         }
     };
-    // Let every worker finish the target transaction it is writing (or, on a shape, all it
-    // was handed), then stop.
+    // Let every worker finish the target transaction it is writing (or, on a shape or a
+    // definite source failure, all it was handed), then stop.
     if !drain {
         let _ = stop_workers.send(true);
     }
