@@ -126,7 +126,7 @@ pub fn main() -> ExitCode {
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
         Err(error) => {
-            eprintln!("error: {}", chain(&error));
+            crate::output::stderr(&format!("error: {}\n", chain(&error)));
             return ExitCode::from(2);
         }
     };
@@ -136,14 +136,14 @@ pub fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
+            crate::output::stderr(&format!("error: cannot start the async runtime: {error}\n"));
             return ExitCode::FAILURE;
         }
     };
     match cli.command {
         Command::Check => {
             let report = runtime.block_on(check::run(&config));
-            print!("{report}");
+            crate::output::stdout(&report.to_string());
             if report.ready() {
                 ExitCode::SUCCESS
             } else {
@@ -199,25 +199,25 @@ pub fn main() -> ExitCode {
                         records.retain(|(_, r)| r.status == duplex_state::ConflictStatus::Held);
                     }
                     if json {
-                        println!("{:#}", crate::conflicts::json(&records));
+                        crate::output::stdout(&format!("{:#}\n", crate::conflicts::json(&records)));
                     } else {
-                        print!("{}", crate::conflicts::table(&records));
+                        crate::output::stdout(&crate::conflicts::table(&records));
                     }
                     ExitCode::SUCCESS
                 }
                 Err(error) => {
-                    eprintln!("error: {}", chain(&error));
+                    crate::output::stderr(&format!("error: {}\n", chain(&error)));
                     ExitCode::FAILURE
                 }
             },
             Some(ConflictsAction::Resolve { id, take }) => {
                 match runtime.block_on(crate::conflicts::resolve(&config, id, &take)) {
                     Ok(what) => {
-                        println!("{what}");
+                        crate::output::stdout(&format!("{what}\n"));
                         ExitCode::SUCCESS
                     }
                     Err(error) => {
-                        eprintln!("error: {}", chain(&error));
+                        crate::output::stderr(&format!("error: {}\n", chain(&error)));
                         ExitCode::FAILURE
                     }
                 }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod conflicts;
 pub mod engine;
 pub mod link;
+pub mod output;
 pub mod report;
 pub mod routes;
 pub mod run;
