@@ -90,6 +90,18 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<ConflictsAction>,
     },
+    /// Remove what this deployment (this state directory) created on the sites: PostgreSQL
+    /// replication slots and publications, its rows of duplex.positions and duplex.claims, and
+    /// the duplex schema/database when no other deployment's rows are in it. Refused while a
+    /// `run` uses the state directory or a slot is streamed from.
+    Teardown {
+        /// Only this site.
+        #[arg(long, value_name = "SITE")]
+        site: Option<String>,
+        /// Print what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// `duplex conflicts` subcommands.
@@ -112,7 +124,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // `check` prints its own report; `run` is a long-running service whose log is its voice.
     let default_filter = match cli.command {
-        Command::Check | Command::Conflicts { .. } => "warn",
+        Command::Check | Command::Conflicts { .. } | Command::Teardown { .. } => "warn",
         Command::Run { .. } | Command::Backfill { .. } => "info",
     };
     tracing_subscriber::fmt()
@@ -223,5 +235,18 @@ pub fn main() -> ExitCode {
                 }
             }
         },
+        Command::Teardown { site, dry_run } => {
+            let options = crate::teardown::TeardownOptions { site, dry_run };
+            match runtime.block_on(crate::teardown::teardown(&config, &options)) {
+                Ok(report) => {
+                    crate::output::stdout(&report);
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    crate::output::stderr(&format!("error: {}\n", chain(&error)));
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }

@@ -18,3 +18,4 @@ pub mod routes;
 pub mod run;
 pub mod shape;
 pub mod shutdown;
+pub mod teardown;

@@ -43,6 +43,7 @@ pub mod site;
 pub mod snapshot;
 pub mod stream;
 pub mod target;
+pub mod teardown;
 pub mod typemap;
 pub mod value;
 

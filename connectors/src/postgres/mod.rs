@@ -15,6 +15,7 @@ mod preflight;
 mod slot;
 mod snapshot;
 mod stream;
+pub mod teardown;
 pub mod types;
 
 pub use apply::{PgApplier, PgSession};
