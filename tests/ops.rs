@@ -221,23 +221,19 @@ fn state_files_and_the_control_socket_are_private_and_guarded() {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o777)).unwrap();
+        // Reading only (-u): the refusal comes before any request is read.
         let output = Command::new("setpriv")
             .args([
                 "--reuid=65534",
                 "--regid=65534",
                 "--clear-groups",
                 "socat",
-                "-",
+                "-u",
             ])
             .arg(format!("UNIX-CONNECT:{}", socket.display()))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .and_then(|mut child| {
-                child.stdin.take().unwrap().write_all(b"\"Conflicts\"\n")?;
-                child.wait_with_output()
-            })
+            .arg("STDOUT")
+            .stdin(Stdio::null())
+            .output()
             .unwrap();
         let answer = String::from_utf8_lossy(&output.stdout);
         assert!(
