@@ -254,11 +254,79 @@ fn state_files_and_the_control_socket_are_private_and_guarded() {
     } else {
         eprintln!("not root: the peer check is covered by control::tests only");
     }
+
+    // Out of file descriptors: `accept` fails with EMFILE while a connection waits, and the
+    // loop backs off (logging it) instead of spinning on the ready listener.
+    let pid = duplex.child.id();
+    let (soft, hard) = nofile(pid);
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    // Only the soft limit: raising a hard limit again needs a privilege containers may lack.
+    set_nofile(pid, &open.to_string(), &hard);
+    let _waiting = UnixStream::connect(&socket).unwrap();
+    wait_for(
+        "the accept failure in the log",
+        Duration::from_secs(20),
+        || {
+            let log = duplex.log_text();
+            if log.contains("the control socket cannot accept connections") {
+                Ok(())
+            } else {
+                Err(log)
+            }
+        },
+    );
+    let before = cpu_ticks(pid);
+    let started = Instant::now();
+    // Measuring CPU use over a stretch of time: the sleep is the measurement, not a wait.
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(pid) - before;
+    let seconds = started.elapsed().as_secs_f64();
+    set_nofile(pid, &soft, &hard);
+    // 100 ticks per second: a spinning loop uses about one core (about 200 ticks here).
+    assert!(
+        (used as f64) < 0.25 * 100.0 * seconds,
+        "{used} CPU ticks in {seconds:.1} s while out of file descriptors"
+    );
+    // With descriptors back, the control socket answers again.
+    let answer = exchange(&socket, b"\"Conflicts\"\n");
+    assert!(answer.starts_with("{\"Conflicts\":"), "{answer}");
     assert!(
         duplex.child.try_wait().unwrap().is_none(),
         "{}",
         duplex.log_text()
     );
+}
+
+/// Sets the open-files limits of process `pid`.
+fn set_nofile(pid: u32, soft: &str, hard: &str) {
+    let status = Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={soft}:{hard}"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// The process's user and system CPU time, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// The process's soft and hard limits on open files.
+fn nofile(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    (fields[3].to_owned(), fields[4].to_owned())
 }
 
 fn is_root() -> bool {
