@@ -137,10 +137,55 @@ fn teardown_removes_one_deployments_objects_and_keeps_anothers() {
     assert_eq!(slots(&pg).len(), 2);
     assert_eq!(a.terminate(), 0, "{}", a.log_text());
 
+    // A slot being streamed from (here by pg_recvlogical) is refused, naming it.
+    let a_slot = format!("duplex_{0}_{0}", a_pg.name());
+    let mut reader = std::process::Command::new("pg_recvlogical")
+        .arg("-d")
+        .arg(a_pg.url())
+        .args(["--slot", &a_slot, "--start", "-o", "proto_version=1", "-o"])
+        .arg(format!("publication_names={a_slot}"))
+        .args(["-f", "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let active = format!(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{a_slot}' AND active"
+    );
+    wait_for("pg_recvlogical on A's slot", REPLICATION_GUARD, || {
+        if one(&a_pg, &active) == "1" {
+            Ok(())
+        } else {
+            Err("inactive".into())
+        }
+    });
+    let refused = a.command(&["teardown"]);
+    let text = output_text(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("replication slot {a_slot} is being streamed from"))
+            && text.contains("nothing was removed"),
+        "{text}"
+    );
+    reader.kill().unwrap();
+    reader.wait().unwrap();
+    wait_for("A's slot released", REPLICATION_GUARD, || {
+        if one(&a_pg, &active) == "0" {
+            Ok(())
+        } else {
+            Err("active".into())
+        }
+    });
+    assert_eq!(slots(&pg).len(), 2);
+    assert_eq!(
+        a_my.sql("SELECT count(*) FROM duplex.claims")
+            .unwrap()
+            .trim(),
+        "1"
+    );
+
     // check warns about both inactive slots: A's own with its site, B's as another's.
     let check = a.command(&["check"]);
     let text = output_text(&check);
-    let a_slot = format!("duplex_{0}_{0}", a_pg.name());
     let b_slot = format!("duplex_{0}_{0}", b_pg.name());
     assert!(
         text.contains(&format!(
