@@ -127,23 +127,14 @@ pub async fn run(config: &Config) -> Report {
 async fn idle_slots(config: &Config) -> Vec<(String, Vec<Finding>)> {
     let mut ours: HashMap<(String, String), &str> = HashMap::new();
     for site in config.sites.values() {
-        if site.kind != duplex_connectors::SiteKind::Postgres {
-            continue;
-        }
         let connection = site.connection();
-        let database = connection.database();
-        let names = std::iter::once(duplex_connectors::postgres::slot_name(&connection))
-            .chain(duplex_connectors::postgres::legacy_slot_name(&connection));
-        for name in names {
-            ours.insert((database.clone(), name), &site.name);
+        for name in duplex_connectors::teardown::slot_names(&connection) {
+            ours.insert((connection.database(), name), &site.name);
         }
     }
     let mut servers = std::collections::BTreeSet::new();
     let mut sections = Vec::new();
     for site in config.sites.values() {
-        if site.kind != duplex_connectors::SiteKind::Postgres {
-            continue;
-        }
         let Ok(url) = url::Url::parse(&site.url) else {
             continue;
         };
@@ -152,7 +143,7 @@ async fn idle_slots(config: &Config) -> Vec<(String, Vec<Finding>)> {
         }
         let slots = match tokio::time::timeout(
             SITE_TIMEOUT,
-            duplex_connectors::postgres::teardown::duplex_slots(&site.connection()),
+            duplex_connectors::teardown::slots(&site.connection()),
         )
         .await
         {

@@ -20,6 +20,7 @@
 //! | applier | [`apply`]: exactly once, written once as [`apply::ExactlyOnce`] over a per-kind [`apply::TargetSession`] | [`AnyApplier`] |
 //! | bookkeeping | `duplex.positions`, named once in [`apply::positions`]; each kind's `positions.rs` owns its DDL, locked read and record | (through the applier) |
 //! | initial load target side | [`load`] | its functions |
+//! | leftovers | [`teardown`]: what a deployment created on a site, removing it, duplex's slots | [`teardown::find`], [`teardown::remove`], [`teardown::slots`] |
 //!
 //! Each kind lives in its own folder with the same rooms: `stream.rs`, `snapshot.rs`,
 //! `apply.rs` (the kind's [`apply::TargetSession`]), `positions.rs`, `position.rs`, `types.rs`,

@@ -111,6 +111,26 @@ pub fn sort_rows(
     }
 }
 
+/// Every replication slot duplex made (`duplex_%`) on the server of `site`, active or not, with
+/// the WAL each keeps; none for kinds without slots (MySQL/MariaDB).
+pub async fn slots(site: &SiteConnection) -> Result<Vec<Slot>, AdminError> {
+    match site.kind {
+        SiteKind::Postgres => crate::postgres::teardown::duplex_slots(site).await,
+        SiteKind::Mysql => Ok(Vec::new()),
+    }
+}
+
+/// The names the slot of `site`'s stream has (current, and the one earlier releases gave it
+/// when different); none for kinds without slots.
+pub fn slot_names(site: &SiteConnection) -> Vec<String> {
+    match site.kind {
+        SiteKind::Postgres => std::iter::once(crate::postgres::slot_name(site))
+            .chain(crate::postgres::legacy_slot_name(site))
+            .collect(),
+        SiteKind::Mysql => Vec::new(),
+    }
+}
+
 /// What `deployment` left on `site`.
 pub async fn find(site: &SiteConnection, deployment: &str) -> Result<Leftovers, AdminError> {
     match site.kind {
