@@ -128,7 +128,101 @@ pub async fn run(config: &Config) -> Report {
             });
         }
     }
+    for (site, findings) in idle_slots(config).await {
+        report.sections.push(Section {
+            title: format!("duplex replication slots on the server of site {site}"),
+            findings,
+        });
+    }
     report
+}
+
+/// Warns about every inactive `duplex_%` replication slot on the configuration's PostgreSQL
+/// servers (each server once): a slot nobody streams from keeps all WAL since its position, so
+/// a forgotten one (a retired deployment, a demo's `--keep`) fills the disk. This
+/// configuration's own slots are named with their site; the others with the way to drop them.
+async fn idle_slots(config: &Config) -> Vec<(String, Vec<Finding>)> {
+    let mut ours: HashMap<(String, String), &str> = HashMap::new();
+    for site in config.sites.values() {
+        let connection = site.connection();
+        for name in duplex_connectors::teardown::slot_names(&connection) {
+            ours.insert((connection.database(), name), &site.name);
+        }
+    }
+    let mut servers = std::collections::BTreeSet::new();
+    let mut sections = Vec::new();
+    for site in config.sites.values() {
+        let Ok(url) = url::Url::parse(&site.url) else {
+            continue;
+        };
+        if !servers.insert((url.host_str().unwrap_or_default().to_owned(), url.port())) {
+            continue;
+        }
+        let slots = match tokio::time::timeout(
+            SITE_TIMEOUT,
+            duplex_connectors::teardown::slots(&site.connection()),
+        )
+        .await
+        {
+            Ok(Ok(slots)) => slots,
+            // The site's own section already says why it cannot be read.
+            _ => continue,
+        };
+        let findings: Vec<Finding> = slots
+            .iter()
+            .filter(|slot| !slot.active)
+            .map(|slot| {
+                let retained = slot
+                    .retained_bytes
+                    .map(human_bytes)
+                    .unwrap_or_else(|| "an unknown amount".to_owned());
+                match ours.get(&(slot.database.clone(), slot.name.clone())) {
+                    Some(owner) => Finding::warn(
+                        format!(
+                            "replication slot {} (site {owner}) is not active and retains {retained} of WAL",
+                            slot.name
+                        ),
+                        format!(
+                            "it is this configuration's: while duplex is stopped its source keeps every change for it; start `duplex run`, or if site {owner} is retired remove it with `duplex teardown --site {owner}`"
+                        ),
+                    ),
+                    None => Finding::warn(
+                        format!(
+                            "replication slot {} (database {}) is not active and retains {retained} of WAL; no site of this configuration uses it",
+                            slot.name, slot.database
+                        ),
+                        format!(
+                            "if the duplex deployment it belongs to{} is retired, run `duplex teardown` with that deployment's configuration, or drop it: SELECT pg_drop_replication_slot('{}')",
+                            slot.claimed_by
+                                .as_deref()
+                                .map(|d| format!(" ({d})"))
+                                .unwrap_or_default(),
+                            slot.name
+                        ),
+                    ),
+                }
+            })
+            .collect();
+        if !findings.is_empty() {
+            sections.push((site.name.clone(), findings));
+        }
+    }
+    sections
+}
+
+/// Bytes for people: `512 B`, `1.5 KiB`, `16.0 MiB`, `2.3 GiB`.
+pub fn human_bytes(bytes: i64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes.unsigned_abs() < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value.abs() >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 /// Warns when a target holds the progress of a source site of this configuration for more
@@ -650,4 +744,16 @@ fn check_mapping(
         )));
     }
     findings
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bytes_are_written_for_people() {
+        assert_eq!(super::human_bytes(0), "0 B");
+        assert_eq!(super::human_bytes(1023), "1023 B");
+        assert_eq!(super::human_bytes(1536), "1.5 KiB");
+        assert_eq!(super::human_bytes(16 * 1024 * 1024), "16.0 MiB");
+        assert_eq!(super::human_bytes(5 * 1024 * 1024 * 1024 / 2), "2.5 GiB");
+    }
 }

@@ -90,6 +90,18 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<ConflictsAction>,
     },
+    /// Remove what this deployment (this state directory) created on the sites: PostgreSQL
+    /// replication slots and publications, its rows of duplex.positions and duplex.claims, and
+    /// the duplex schema/database when no other deployment's rows are in it. Refused while a
+    /// `run` uses the state directory or a slot is streamed from.
+    Teardown {
+        /// Only this site.
+        #[arg(long, value_name = "SITE")]
+        site: Option<String>,
+        /// Print what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// List the changes targets refused under mappings with `on_error = "dead-letter"`, or
     /// write them again once the cause is fixed (reads the state store: stop `duplex run`).
     DeadLetters {
@@ -133,7 +145,10 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // `check` prints its own report; `run` is a long-running service whose log is its voice.
     let default_filter = match cli.command {
-        Command::Check | Command::Conflicts { .. } | Command::DeadLetters { .. } => "warn",
+        Command::Check
+        | Command::Conflicts { .. }
+        | Command::DeadLetters { .. }
+        | Command::Teardown { .. } => "warn",
         Command::Run { .. } | Command::Backfill { .. } => "info",
     };
     tracing_subscriber::fmt()
@@ -147,7 +162,7 @@ pub fn main() -> ExitCode {
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
         Err(error) => {
-            eprintln!("error: {}", chain(&error));
+            crate::output::stderr(&format!("error: {}\n", chain(&error)));
             return ExitCode::from(2);
         }
     };
@@ -157,14 +172,14 @@ pub fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
+            crate::output::stderr(&format!("error: cannot start the async runtime: {error}\n"));
             return ExitCode::FAILURE;
         }
     };
     match cli.command {
         Command::Check => {
             let report = runtime.block_on(check::run(&config));
-            print!("{report}");
+            crate::output::stdout(&report.to_string());
             if report.ready() {
                 ExitCode::SUCCESS
             } else {
@@ -220,25 +235,25 @@ pub fn main() -> ExitCode {
                         records.retain(|(_, r)| r.status == duplex_state::ConflictStatus::Held);
                     }
                     if json {
-                        println!("{:#}", crate::conflicts::json(&records));
+                        crate::output::stdout(&format!("{:#}\n", crate::conflicts::json(&records)));
                     } else {
-                        print!("{}", crate::conflicts::table(&records));
+                        crate::output::stdout(&crate::conflicts::table(&records));
                     }
                     ExitCode::SUCCESS
                 }
                 Err(error) => {
-                    eprintln!("error: {}", chain(&error));
+                    crate::output::stderr(&format!("error: {}\n", chain(&error)));
                     ExitCode::FAILURE
                 }
             },
             Some(ConflictsAction::Resolve { id, take }) => {
                 match runtime.block_on(crate::conflicts::resolve(&config, id, &take)) {
                     Ok(what) => {
-                        println!("{what}");
+                        crate::output::stdout(&format!("{what}\n"));
                         ExitCode::SUCCESS
                     }
                     Err(error) => {
-                        eprintln!("error: {}", chain(&error));
+                        crate::output::stderr(&format!("error: {}\n", chain(&error)));
                         ExitCode::FAILURE
                     }
                 }
@@ -252,29 +267,36 @@ pub fn main() -> ExitCode {
             None => match crate::dead_letters::list(&config, mapping.as_deref()) {
                 Ok(letters) => {
                     if json {
-                        println!("{:#}", crate::dead_letters::json(&letters));
+                        crate::output::stdout(&format!(
+                            "{:#}\n",
+                            crate::dead_letters::json(&letters)
+                        ));
                     } else {
-                        print!("{}", crate::dead_letters::table(&letters));
+                        crate::output::stdout(&crate::dead_letters::table(&letters));
                     }
                     ExitCode::SUCCESS
                 }
                 Err(error) => {
-                    eprintln!("error: {}", chain(&error));
+                    crate::output::stderr(&format!("error: {}\n", chain(&error)));
                     ExitCode::FAILURE
                 }
             },
             Some(DeadLettersAction::Retry) => {
                 match runtime.block_on(crate::dead_letters::retry(&config, mapping.as_deref())) {
                     Ok(report) => {
+                        let mut text = String::new();
                         for (id, error) in &report.refused {
-                            println!("dead letter #{id} was refused again: {error}");
+                            text.push_str(&format!(
+                                "dead letter #{id} was refused again: {error}\n"
+                            ));
                         }
-                        println!(
-                            "{} dead letter(s) written, {} refused again, {} waiting behind a refused one",
+                        text.push_str(&format!(
+                            "{} dead letter(s) written, {} refused again, {} waiting behind a refused one\n",
                             report.written,
                             report.refused.len(),
                             report.waiting
-                        );
+                        ));
+                        crate::output::stdout(&text);
                         if report.refused.is_empty() {
                             ExitCode::SUCCESS
                         } else {
@@ -282,11 +304,24 @@ pub fn main() -> ExitCode {
                         }
                     }
                     Err(error) => {
-                        eprintln!("error: {}", chain(&error));
+                        crate::output::stderr(&format!("error: {}\n", chain(&error)));
                         ExitCode::FAILURE
                     }
                 }
             }
         },
+        Command::Teardown { site, dry_run } => {
+            let options = crate::teardown::TeardownOptions { site, dry_run };
+            match runtime.block_on(crate::teardown::teardown(&config, &options)) {
+                Ok(report) => {
+                    crate::output::stdout(&report);
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    crate::output::stderr(&format!("error: {}\n", chain(&error)));
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }

@@ -66,6 +66,8 @@ pub struct Site {
     /// message (though it asks for one every third of it) before the connection is presumed
     /// dead and the stream reconnects.
     pub stream_timeout: std::time::Duration,
+    /// The replication slot names of the other PostgreSQL sites on this site's server.
+    pub slot_names_taken: Vec<String>,
 }
 
 impl Site {
@@ -81,6 +83,7 @@ impl Site {
             kind: self.kind,
             url: self.url.clone(),
             password: self.password.as_ref().map(|p| p.expose().to_owned()),
+            slot_names_taken: self.slot_names_taken.clone(),
         }
     }
 }
@@ -370,6 +373,7 @@ impl Config {
                 sites.insert(name.clone(), site);
             }
         }
+        slot_names_apart(&mut sites, &mut report);
         if raw.mappings.is_empty() {
             report(
                 "mappings".into(),
@@ -434,6 +438,53 @@ impl Config {
             mappings,
             deleted_rows_kept_for: deleted_rows_kept_for.unwrap_or_default(),
         })
+    }
+}
+
+/// Reports two PostgreSQL sites on one server (host and port as their URLs say) whose
+/// replication slots would have one name: they would read each other's changes.
+/// Also records on each such site the slot names of the others on its server.
+fn slot_names_apart(sites: &mut IndexMap<String, Site>, report: &mut impl FnMut(String, String)) {
+    let server = |site: &Site| {
+        url::Url::parse(&site.url).ok().map(|url| {
+            (
+                url.host_str().unwrap_or_default().to_owned(),
+                url.port().unwrap_or(5432),
+            )
+        })
+    };
+    // (site, server, slot name)
+    type Server = Option<(String, u16)>;
+    let slots: Vec<(String, Server, String)> = sites
+        .values()
+        .filter(|s| s.kind == SiteKind::Postgres)
+        .map(|s| {
+            let slot = duplex_connectors::postgres::slot_name(&s.connection());
+            (s.name.clone(), server(s), slot)
+        })
+        .collect();
+    for (name, at, _) in &slots {
+        let taken = slots
+            .iter()
+            .filter(|(other, other_at, _)| other != name && other_at == at)
+            .map(|(_, _, slot)| slot.clone())
+            .collect();
+        sites[name].slot_names_taken = taken;
+    }
+    let mut seen: std::collections::HashMap<(String, u16, String), &str> = Default::default();
+    for (name, at, slot) in &slots {
+        let Some(at) = at else {
+            continue;
+        };
+        if let Some(other) = seen.insert((at.0.clone(), at.1, slot.clone()), name) {
+            report(
+                format!("sites.{name}"),
+                format!(
+                    "sites {other} and {name} on one PostgreSQL server would use one replication slot \
+                     and publication, {slot}: rename one of them"
+                ),
+            );
+        }
     }
 }
 
@@ -570,6 +621,7 @@ fn validate_site(
         url: raw.url.clone(),
         password,
         stream_timeout: stream_timeout?,
+        slot_names_taken: Vec::new(),
     })
     .filter(|_| url_ok)
 }

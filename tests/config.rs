@@ -278,3 +278,27 @@ fn other_rules_are_named_and_all_problems_are_listed_at_once() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn two_postgres_sites_meeting_on_one_slot_name_are_refused() {
+    // Site x_y of database a and site y of database a_x both make duplex_a_x_y.
+    let text = "[sites.x_y]\nkind = \"postgres\"\nurl = \"postgres://duplex@10.0.0.1/a\"\n\n\
+         [sites.y]\nkind = \"postgres\"\nurl = \"postgres://duplex@10.0.0.1:5432/a_x\"\n\n\
+         [[mappings]]\nname = \"t\"\ntables = { x_y = \"public.t\", y = \"public.t\" }\n\
+         direction = \"x_y->y\"\n";
+    let problems = problems(text);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with(
+            "sites.y: sites x_y and y on one PostgreSQL server would use one replication slot and publication, duplex_a_x_y"
+        ),
+        "{problems:?}"
+    );
+    // On another server they are apart, and so are a-b and a_b on one server.
+    parse(&text.replace("10.0.0.1:5432", "10.0.0.2")).unwrap();
+    let apart = "[sites.a-b]\nkind = \"postgres\"\nurl = \"postgres://duplex@10.0.0.1/shop\"\n\n\
+         [sites.a_b]\nkind = \"postgres\"\nurl = \"postgres://duplex@10.0.0.1/shop\"\n\n\
+         [[mappings]]\nname = \"t\"\ntables = { a-b = \"public.t\", a_b = \"public.u\" }\n\
+         direction = \"a-b->a_b\"\n";
+    parse(apart).unwrap();
+}

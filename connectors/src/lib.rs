@@ -21,6 +21,7 @@
 //! | bookkeeping | `duplex.positions`, named once in [`apply::positions`]; each kind's `positions.rs` owns its DDL, locked read and record | (through the applier) |
 //! | initial load target side | [`load`] | its functions |
 //! | foreign keys on targets | [`foreign_keys`]: how duplex's sessions treat them | [`foreign_keys::target_foreign_keys`] |
+//! | leftovers | [`teardown`]: what a deployment created on a site, removing it, duplex's slots | [`teardown::find`], [`teardown::remove`], [`teardown::slots`] |
 //!
 //! Each kind lives in its own folder with the same rooms: `stream.rs`, `snapshot.rs`,
 //! `apply.rs` (the kind's [`apply::TargetSession`]), `positions.rs`, `position.rs`, `types.rs`,
@@ -45,6 +46,7 @@ pub mod site;
 pub mod snapshot;
 pub mod stream;
 pub mod target;
+pub mod teardown;
 pub mod typemap;
 pub mod value;
 

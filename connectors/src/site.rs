@@ -41,6 +41,11 @@ pub struct SiteConnection {
     pub url: String,
     /// A password overriding any in the URL.
     pub password: Option<String>,
+    /// The replication slot names the configuration's other sites use on this site's server
+    /// (PostgreSQL): a slot named as an earlier release named this site's is never taken for
+    /// this site's when another site uses that name now (see
+    /// [`crate::postgres::choose_slot_name`]).
+    pub slot_names_taken: Vec<String>,
 }
 
 impl SiteConnection {

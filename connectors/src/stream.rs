@@ -273,7 +273,10 @@ impl AnyStream {
                     Some(Position::Postgres(lsn)) => Some(lsn),
                     Some(other) => return Err(StreamError::ForeignPosition(other, site.kind)),
                 };
-                let name = postgres::slot_name(site);
+                let name = match &deployment {
+                    Some(deployment) => postgres::choose_slot_name(site, deployment).await?,
+                    None => postgres::slot_name(site),
+                };
                 let mut config = PgStreamConfig::new(
                     &source,
                     &site.url,

@@ -393,14 +393,15 @@ pub async fn backfill(config: &Config, options: &BackfillOptions) -> Result<(), 
         )
         .await?;
     }
-    eprintln!("backfill summary:");
+    let mut report = String::from("backfill summary:\n");
     for (mapping, rows, elapsed) in &summary {
         let secs = elapsed.as_secs_f64().max(1e-9);
-        eprintln!(
-            "  {mapping}: {rows} rows in {secs:.1} s ({:.0} rows/s)",
+        report.push_str(&format!(
+            "  {mapping}: {rows} rows in {secs:.1} s ({:.0} rows/s)\n",
             *rows as f64 / secs
-        );
+        ));
     }
+    crate::output::stderr(&report);
     Ok(())
 }
 

@@ -8,9 +8,9 @@ use crate::codec::CodecError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StateError {
-    /// The state directory could not be created.
+    /// The state directory could not be created or made private.
     #[error(
-        "cannot create state directory {dir}: {source}; check that the path is right and writable by the user duplex runs as"
+        "cannot create state directory {dir} or make it private (mode 0700, files 0600): {source}; check that the path is right and owned by the user duplex runs as"
     )]
     CreateDir {
         /// The state directory.

@@ -13,6 +13,7 @@ mod positions;
 mod preflight;
 mod snapshot;
 mod stream;
+pub mod teardown;
 mod types;
 
 pub use apply::{MysqlApplier, MysqlSession};

@@ -24,7 +24,10 @@ use crate::postgres::PgStreamError;
 const PREFIX: &str = "duplex deployment ";
 
 /// The deployment recorded on `publication`, if it exists and carries a duplex claim.
-async fn recorded(client: &Client, publication: &str) -> Result<Option<String>, PgError> {
+pub(super) async fn recorded(
+    client: &Client,
+    publication: &str,
+) -> Result<Option<String>, PgError> {
     let row = client
         .query_opt(
             "SELECT obj_description(oid, 'pg_publication') FROM pg_publication WHERE pubname = $1",

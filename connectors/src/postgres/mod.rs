@@ -15,6 +15,7 @@ mod preflight;
 mod slot;
 mod snapshot;
 mod stream;
+pub mod teardown;
 pub mod types;
 
 pub use apply::{PgApplier, PgSession};
@@ -26,7 +27,7 @@ pub use load::{
 pub use position::{Lsn, LsnParseError};
 pub use positions::{CLAIMS_DDL, POSITIONS_DDL};
 pub use preflight::{check_server, check_table};
-pub use slot::ensure_publication;
+pub use slot::{choose_slot_name, ensure_publication};
 pub(crate) use snapshot::backfill_snapshot;
 pub use snapshot::{PgExportedSnapshot, PgSnapshotError, PgSnapshotReader};
 pub use stream::{PgStream, PgStreamConfig, PgStreamError};
@@ -87,12 +88,45 @@ fn describe_target(config: &tokio_postgres::Config) -> String {
     )
 }
 
-/// The replication slot and publication names duplex uses for a PostgreSQL site:
-/// `duplex_<database>_<site>`, every character that is not a lower-case letter or digit
-/// written as `_`, at most 63 characters. Slot names are global to a PostgreSQL server, so
-/// the database keeps two deployments reading different databases apart.
+/// The longest identifier PostgreSQL keeps (NAMEDATALEN - 1).
+const MAX_NAME: usize = 63;
+
+/// The replication slot and publication names duplex uses for a PostgreSQL site.
+///
+/// Slot names are global to a PostgreSQL server and may hold only lower-case letters, digits
+/// and `_`, at most 63 characters, while site and database names may hold anything. The name is
+/// `duplex_<database>_<site>` when both are already made of lower-case letters, digits and `_`
+/// and it fits: existing slots of such sites keep their names. Otherwise every other character is
+/// written as `_`, the result is cut to leave room, and `_` plus 8 hex digits of a stable hash
+/// (64-bit FNV-1a, [`name_hash`]) of the original database and site names are appended, so sites
+/// `a-b` and `a_b` (or `Shop` and `shop`, or two long names alike in their first 63 characters)
+/// get different names. A clean name cannot end in such a suffix by accident unless the site is
+/// named so; two sites of one configuration that still meet on one server are refused by the
+/// configuration check. The database keeps two deployments reading different databases apart.
+///
+/// Earlier releases wrote the escaped name without the hash ([`legacy_slot_name`]); a stream
+/// keeps using a slot of that name when its publication is claimed by its deployment (see
+/// [`choose_slot_name`]).
 pub fn slot_name(site: &crate::SiteConnection) -> String {
-    let clean = |text: &str| -> String {
+    let database = site.database();
+    let (clean_db, db_changed) = clean(&database);
+    let (clean_site, site_changed) = clean(&site.name);
+    let name = format!("duplex_{clean_db}_{clean_site}");
+    if !db_changed && !site_changed && name.len() <= MAX_NAME {
+        return name;
+    }
+    let suffix = format!("_{:08x}", name_hash(&database, &site.name) as u32);
+    let mut name = name;
+    name.truncate(MAX_NAME - suffix.len());
+    name.push_str(&suffix);
+    name
+}
+
+/// The name earlier releases of duplex gave the slot of `site` when it differs from
+/// [`slot_name`]: every character that is not a lower-case letter or digit written as `_`, cut
+/// at 63 characters.
+pub fn legacy_slot_name(site: &crate::SiteConnection) -> Option<String> {
+    let legacy = |text: &str| -> String {
         text.chars()
             .map(|c| {
                 if c.is_ascii_alphanumeric() {
@@ -103,9 +137,38 @@ pub fn slot_name(site: &crate::SiteConnection) -> String {
             })
             .collect()
     };
-    let mut name = format!("duplex_{}_{}", clean(&site.database()), clean(&site.name));
-    name.truncate(63);
-    name
+    let mut name = format!("duplex_{}_{}", legacy(&site.database()), legacy(&site.name));
+    name.truncate(MAX_NAME);
+    (name != slot_name(site)).then_some(name)
+}
+
+/// `text` with every character but lower-case letters, digits and `_` written as `_`, and
+/// whether any was.
+fn clean(text: &str) -> (String, bool) {
+    let mut changed = false;
+    let cleaned = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' {
+                c
+            } else {
+                changed = true;
+                '_'
+            }
+        })
+        .collect();
+    (cleaned, changed)
+}
+
+/// 64-bit FNV-1a of the database and site names (with a separator no name holds): stable
+/// across releases and platforms, unlike `std`'s hasher.
+pub fn name_hash(database: &str, site: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in database.bytes().chain([0]).chain(site.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
 }
 
 /// Quotes an identifier for PostgreSQL (`"a""b"`).
@@ -115,8 +178,85 @@ pub fn quote_ident(ident: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::{legacy_slot_name, slot_name};
+    use crate::{SiteConnection, SiteKind};
+
+    fn site(name: &str, database: &str) -> SiteConnection {
+        SiteConnection {
+            name: name.to_owned(),
+            kind: SiteKind::Postgres,
+            url: format!("postgres://duplex@localhost:5432/{database}"),
+            password: None,
+            slot_names_taken: Vec::new(),
+        }
+    }
+
+    fn plain(name: &str) -> bool {
+        name.len() <= 63
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    }
+
     #[test]
     fn identifiers_are_quoted() {
         assert_eq!(super::quote_ident(r#"we"ird"#), r#""we""ird""#);
+    }
+
+    #[test]
+    fn clean_names_keep_the_name_earlier_releases_gave_them() {
+        assert_eq!(slot_name(&site("store", "shop")), "duplex_shop_store");
+        assert_eq!(slot_name(&site("a_b", "shop")), "duplex_shop_a_b");
+        assert_eq!(legacy_slot_name(&site("a_b", "shop")), None);
+    }
+
+    #[test]
+    fn names_that_needed_escaping_get_a_stable_hash() {
+        let dashed = slot_name(&site("a-b", "shop"));
+        assert_eq!(dashed, "duplex_shop_a_b_8f2a33b1");
+        assert_ne!(dashed, slot_name(&site("a_b", "shop")));
+        assert_eq!(
+            legacy_slot_name(&site("a-b", "shop")).as_deref(),
+            Some("duplex_shop_a_b")
+        );
+        assert_ne!(
+            slot_name(&site("Store", "shop")),
+            slot_name(&site("store", "shop"))
+        );
+        assert_ne!(
+            slot_name(&site("store", "Shop")),
+            slot_name(&site("store", "shop"))
+        );
+        assert!(plain(&dashed));
+        assert!(plain(&slot_name(&site("Ünïcode site", "shop"))));
+    }
+
+    #[test]
+    fn long_names_are_cut_and_told_apart_by_the_hash() {
+        let long = "x".repeat(80);
+        let a = slot_name(&site(&format!("{long}a"), "shop"));
+        let b = slot_name(&site(&format!("{long}b"), "shop"));
+        assert_eq!(a.len(), 63);
+        assert_eq!(b.len(), 63);
+        assert_ne!(a, b);
+        assert!(plain(&a) && plain(&b));
+    }
+
+    #[test]
+    fn the_name_is_injective_over_many_similar_names() {
+        let mut seen = std::collections::HashMap::new();
+        let alphabet = ["a", "A", "-", "_", ".", " ", "b", "é"];
+        for x in alphabet {
+            for y in alphabet {
+                for z in alphabet {
+                    let name = format!("{x}{y}{z}");
+                    let slot = slot_name(&site(&name, "db"));
+                    assert!(plain(&slot), "{slot}");
+                    if let Some(other) = seen.insert(slot.clone(), name.clone()) {
+                        panic!("{other:?} and {name:?} both map to {slot}");
+                    }
+                }
+            }
+        }
     }
 }

@@ -220,3 +220,130 @@ pub(super) async fn published_tables(
             .collect(),
     ))
 }
+
+/// Which slot name a site's stream uses (see [`super::slot_name`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum NameChoice {
+    /// The current name.
+    Current,
+    /// The name an earlier release gave it: a slot of that name is this deployment's.
+    Legacy,
+    /// A slot of the earlier name exists and claims no deployment: nobody can tell whose it is.
+    Unclaimed,
+}
+
+/// Decides between the current and the legacy name of a site's slot. The current name wins
+/// once a slot or publication of that name exists (the site moved to it already), when another
+/// site of the configuration uses the legacy name now (sites `a-b` and `a_b`: the slot is
+/// `a_b`'s), or when no slot of the legacy name exists (nothing to keep); a legacy slot is used only when its
+/// publication names `deployment`: a slot claimed by another deployment is theirs (possibly of
+/// a site whose clean name is the legacy name), and an unclaimed one, made by a release before
+/// claims, may belong to either of the sites that shared it.
+pub(super) fn choose(
+    current_exists: bool,
+    legacy_taken: bool,
+    legacy_slot_exists: bool,
+    legacy_owner: Option<&str>,
+    deployment: &str,
+) -> NameChoice {
+    if current_exists || legacy_taken || !legacy_slot_exists {
+        NameChoice::Current
+    } else {
+        match legacy_owner {
+            Some(owner) if owner == deployment => NameChoice::Legacy,
+            Some(_) => NameChoice::Current,
+            None => NameChoice::Unclaimed,
+        }
+    }
+}
+
+/// The slot (and publication) name the stream of `site` uses for `deployment`: the current
+/// one, or the one an earlier release gave it when that slot is this deployment's (see
+/// [`choose`]), so that a site whose name needed escaping never silently starts from a new
+/// empty slot. An unclaimed legacy slot is refused with the statements that settle it.
+pub async fn choose_slot_name(
+    site: &crate::SiteConnection,
+    deployment: &str,
+) -> Result<String, PgStreamError> {
+    let current = super::slot_name(site);
+    let Some(legacy) = super::legacy_slot_name(site) else {
+        return Ok(current);
+    };
+    let client = &super::connect(&site.url, site.password()).await?;
+    let exists = |sql: &'static str, name: String| async move {
+        client
+            .query_opt(sql, &[&name])
+            .await
+            .map(|row| row.is_some())
+            .map_err(PgError::query("looking up a replication slot"))
+    };
+    let slot = "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1";
+    let publication = "SELECT 1 FROM pg_publication WHERE pubname = $1";
+    let current_exists =
+        exists(slot, current.clone()).await? || exists(publication, current.clone()).await?;
+    let taken = site.slot_names_taken.contains(&legacy);
+    let legacy_exists = !current_exists && !taken && exists(slot, legacy.clone()).await?;
+    let owner = if legacy_exists {
+        super::claim::recorded(client, &legacy).await?
+    } else {
+        None
+    };
+    match choose(
+        current_exists,
+        taken,
+        legacy_exists,
+        owner.as_deref(),
+        deployment,
+    ) {
+        NameChoice::Current => Ok(current),
+        NameChoice::Legacy => {
+            tracing::info!(site = %site.name, slot = %legacy, "keeping the replication slot and publication named as earlier releases of duplex named them (this deployment's)");
+            Ok(legacy)
+        }
+        NameChoice::Unclaimed => Err(PgStreamError::Slot {
+            name: legacy.clone(),
+            problem: format!(
+                "it is named as earlier releases of duplex named the slot of site {site} (now \
+                 {current}, since names that needed escaping could collide), and its publication \
+                 records no deployment, so duplex cannot tell whether it holds this site's \
+                 position or that of another site whose name escapes alike. If it is site \
+                 {site}'s, claim it for this deployment and start again: COMMENT ON PUBLICATION \
+                 {legacy} IS 'duplex deployment {deployment}'; if it is not, start again after \
+                 claiming it for its own deployment the same way (this site then gets a new slot \
+                 {current}: copy its tables with `duplex backfill`)",
+                site = site.name,
+            ),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{NameChoice, choose};
+
+    #[test]
+    fn the_legacy_name_is_kept_only_for_this_deployments_slot() {
+        assert_eq!(
+            choose(true, false, true, Some("me"), "me"),
+            NameChoice::Current
+        );
+        assert_eq!(choose(false, false, false, None, "me"), NameChoice::Current);
+        assert_eq!(
+            choose(false, false, true, Some("me"), "me"),
+            NameChoice::Legacy
+        );
+        assert_eq!(
+            choose(false, true, true, Some("me"), "me"),
+            NameChoice::Current
+        );
+        assert_eq!(
+            choose(false, false, true, Some("other"), "me"),
+            NameChoice::Current
+        );
+        assert_eq!(
+            choose(false, false, true, None, "me"),
+            NameChoice::Unclaimed
+        );
+        assert_eq!(choose(false, true, true, None, "me"), NameChoice::Current);
+    }
+}

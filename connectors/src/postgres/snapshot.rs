@@ -25,7 +25,7 @@ use pgwire_replication::{ReplicationClient, ReplicationConfig, TlsConfig};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::types::{Conversion, PgType, ValueError, resolve_type, text_value};
-use super::{Lsn, PgError, connect, ensure_publication, quote_ident, slot_name};
+use super::{Lsn, PgError, connect, ensure_publication, quote_ident};
 use crate::load::AdminError;
 use crate::snapshot::{KeyRange, SnapshotError, SnapshotRead};
 use crate::{Column, Row, SiteConnection, TableName, Value};
@@ -171,7 +171,12 @@ pub(crate) async fn backfill_snapshot(
     streamed_by: Option<&str>,
     deployment: &str,
 ) -> Result<PgExportedSnapshot, SnapshotError> {
-    let slot = slot_name(site);
+    let slot = super::choose_slot_name(site, deployment)
+        .await
+        .map_err(|error| match error {
+            error @ super::PgStreamError::Slot { .. } => SnapshotError::Refused(error.to_string()),
+            error => AdminError::doing("choosing the replication slot's name")(error).into(),
+        })?;
     let client = connect(&site.url, site.password())
         .await
         .map_err(AdminError::doing("connecting"))?;

@@ -23,6 +23,11 @@
 //! [`StateError::InUse`]. The lock is the kernel's: it goes away with the process, even after
 //! SIGKILL.
 //!
+//! # Privacy
+//!
+//! The directory is made 0700 and its files 0600 whatever the umask, and looser modes found
+//! at open are tightened with a warning; see [`modes`].
+//!
 //! # Versioning
 //!
 //! A new store records its layout version and the name of the value encoding
@@ -31,6 +36,7 @@
 //! items, backfill records) are encoded through [`codec`]; keeping their shape
 //! compatible is the caller's business.
 
+pub mod modes;
 mod sites;
 mod tables;
 mod writer;
@@ -106,10 +112,20 @@ impl StateStore {
 
     /// Opens (creating if needed) the store in `dir` with `options`.
     pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<StateStore, StateError> {
-        std::fs::create_dir_all(dir).map_err(|source| StateError::CreateDir {
+        let tightened = modes::secure_dir(dir).map_err(|source| StateError::CreateDir {
             dir: dir.to_owned(),
             source,
         })?;
+        for change in tightened {
+            tracing::warn!(
+                path = %change.path.display(),
+                "{} had mode {:04o}, readable or writable by other users (the state holds row \
+                 images and the conflict log): set to {:04o}",
+                change.path.display(),
+                change.old_mode,
+                change.new_mode
+            );
+        }
         let path = dir.join(STATE_FILE);
         // A panic inside redb (a damaged page it does not recognise as damaged) is a damaged
         // store, not a crash of duplex.
@@ -141,6 +157,11 @@ impl StateStore {
                 });
             }
         };
+        // A store file just created has the umask's mode (inside the private directory).
+        modes::restrict(&path, modes::FILE_MODE).map_err(|source| StateError::Open {
+            path: path.clone(),
+            source: DatabaseError::Storage(StorageError::Io(source)),
+        })?;
         // Every page's checksum, once per start: a damaged store is refused here rather than
         // read wrongly later.
         match db.check_integrity() {

@@ -124,6 +124,7 @@ impl Target for Mysql {
             kind: SiteKind::Mysql,
             url: self.db.url(),
             password: None,
+            slot_names_taken: Vec::new(),
         }
     }
 

@@ -56,6 +56,7 @@ impl Target for Postgres {
             kind: SiteKind::Postgres,
             url: self.db.url(),
             password: None,
+            slot_names_taken: Vec::new(),
         }
     }
 

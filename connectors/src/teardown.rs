@@ -1,0 +1,204 @@
+//! What a duplex deployment leaves on a site, and removing it (`duplex teardown`).
+//!
+//! A deployment (one state directory, identified by its UUID) leaves on its sites:
+//! - PostgreSQL sources: a publication and a logical replication slot of one name each, the
+//!   publication's comment `duplex deployment <uuid>` claiming both (see
+//!   [`crate::postgres::claim`]);
+//! - every target: rows of `duplex.positions` keyed `<site>@<uuid>`; two-way sites also a row
+//!   `merge:<site>` (the merge engine's outbox position) and a row of `duplex.claims` for scope
+//!   `merge:<site>` naming the deployment, which also tells whose that positions row is;
+//! - the `duplex` schema (PostgreSQL) or database (MySQL/MariaDB) holding those tables, shared
+//!   by every deployment writing into the database (PostgreSQL) or server (MariaDB).
+//!
+//! Only what is provably this deployment's is removed: a publication claimed by another
+//! deployment or by none, or another deployment's rows, are left and listed, and the `duplex`
+//! schema or database is dropped only when nothing but this deployment's rows was in it. A slot
+//! being streamed from is never dropped: [`Leftovers::active_slots`] lets the caller refuse
+//! before anything is removed. MySQL/MariaDB binlogs hold nothing of duplex's (a replica
+//! connection registers nothing that outlives it), so there only bookkeeping is removed.
+
+use crate::load::AdminError;
+use crate::{SiteConnection, SiteKind};
+
+/// A replication slot on a PostgreSQL server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    /// Its name.
+    pub name: String,
+    /// The database it decodes.
+    pub database: String,
+    /// A session streams from it now.
+    pub active: bool,
+    /// WAL it keeps from being removed (`pg_current_wal_lsn() - restart_lsn`), in bytes.
+    pub retained_bytes: Option<i64>,
+    /// The deployment its publication (same name, same database) records, if any.
+    pub claimed_by: Option<String>,
+}
+
+/// What one deployment left on one site.
+#[derive(Debug, Clone, Default)]
+pub struct Leftovers {
+    /// Replication slots of this deployment (PostgreSQL).
+    pub slots: Vec<Slot>,
+    /// Publications of this deployment (PostgreSQL).
+    pub publications: Vec<String>,
+    /// Sources of this deployment's `duplex.positions` rows.
+    pub positions: Vec<String>,
+    /// Scopes of this deployment's `duplex.claims` rows.
+    pub claims: Vec<String>,
+    /// `schema duplex` / `database duplex` when it exists.
+    pub bookkeeping: Option<String>,
+    /// What else is in it (other deployments' rows, other tables): it is kept when any.
+    pub others: Vec<String>,
+    /// Objects named like this site's that record no deployment: left, and said.
+    pub unclaimed: Vec<String>,
+}
+
+impl Leftovers {
+    /// Whether the `duplex` schema or database goes too.
+    pub fn drops_bookkeeping(&self) -> bool {
+        self.bookkeeping.is_some() && self.others.is_empty()
+    }
+
+    /// Slots of this deployment that a session streams from now.
+    pub fn active_slots(&self) -> Vec<&str> {
+        self.slots
+            .iter()
+            .filter(|s| s.active)
+            .map(|s| s.name.as_str())
+            .collect()
+    }
+
+    /// Whether nothing of this deployment is there.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+            && self.publications.is_empty()
+            && self.positions.is_empty()
+            && self.claims.is_empty()
+            && !self.drops_bookkeeping()
+    }
+}
+
+/// Sorts `duplex.positions` sources and `duplex.claims` rows into this deployment's and
+/// others': a position is this deployment's when keyed `<site>@<deployment>`, or when it is a
+/// merge engine's outbox row (`merge:<site>`) whose claim names the deployment.
+pub fn sort_rows(
+    positions: &[String],
+    claims: &[(String, String)],
+    deployment: &str,
+    leftovers: &mut Leftovers,
+) {
+    let suffix = format!("@{deployment}");
+    for (scope, owner) in claims {
+        if owner == deployment {
+            leftovers.claims.push(scope.clone());
+        } else {
+            leftovers
+                .others
+                .push(format!("duplex.claims row {scope} of deployment {owner}"));
+        }
+    }
+    for source in positions {
+        let ours = source.ends_with(&suffix)
+            || (source.starts_with("merge:") && leftovers.claims.contains(source));
+        if ours {
+            leftovers.positions.push(source.clone());
+        } else {
+            leftovers
+                .others
+                .push(format!("duplex.positions row {source}"));
+        }
+    }
+}
+
+/// Every replication slot duplex made (`duplex_%`) on the server of `site`, active or not, with
+/// the WAL each keeps; none for kinds without slots (MySQL/MariaDB).
+pub async fn slots(site: &SiteConnection) -> Result<Vec<Slot>, AdminError> {
+    match site.kind {
+        SiteKind::Postgres => crate::postgres::teardown::duplex_slots(site).await,
+        SiteKind::Mysql => Ok(Vec::new()),
+    }
+}
+
+/// The names the slot of `site`'s stream has (current, and the one earlier releases gave it
+/// when different); none for kinds without slots.
+pub fn slot_names(site: &SiteConnection) -> Vec<String> {
+    match site.kind {
+        SiteKind::Postgres => std::iter::once(crate::postgres::slot_name(site))
+            .chain(crate::postgres::legacy_slot_name(site))
+            .collect(),
+        SiteKind::Mysql => Vec::new(),
+    }
+}
+
+/// What `deployment` left on `site`.
+pub async fn find(site: &SiteConnection, deployment: &str) -> Result<Leftovers, AdminError> {
+    match site.kind {
+        SiteKind::Postgres => crate::postgres::teardown::find(site, deployment).await,
+        SiteKind::Mysql => crate::mysql::teardown::find(site).await.map(
+            |(positions, claims, bookkeeping, tables)| {
+                let mut leftovers = Leftovers {
+                    bookkeeping,
+                    ..Leftovers::default()
+                };
+                sort_rows(&positions, &claims, deployment, &mut leftovers);
+                leftovers.others.extend(tables);
+                leftovers
+            },
+        ),
+    }
+}
+
+/// Removes `leftovers` (as [`find`] found them) from `site`; returns what was removed, one
+/// line each, for people. The `duplex` schema or database is dropped only if, under a lock,
+/// nothing but this deployment's rows is still in it.
+pub async fn remove(
+    site: &SiteConnection,
+    leftovers: &Leftovers,
+) -> Result<Vec<String>, AdminError> {
+    match site.kind {
+        SiteKind::Postgres => crate::postgres::teardown::remove(site, leftovers).await,
+        SiteKind::Mysql => crate::mysql::teardown::remove(site, leftovers).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_this_deployments_only_by_key_or_claim() {
+        let positions = [
+            "store@me".to_owned(),
+            "store@other".to_owned(),
+            "merge:erp".to_owned(),
+            "merge:wms".to_owned(),
+            "backfill:orders:3".to_owned(),
+            "store".to_owned(),
+        ];
+        let claims = [
+            ("merge:erp".to_owned(), "me".to_owned()),
+            ("merge:wms".to_owned(), "other".to_owned()),
+        ];
+        let mut leftovers = Leftovers {
+            bookkeeping: Some("schema duplex".into()),
+            ..Leftovers::default()
+        };
+        sort_rows(&positions, &claims, "me", &mut leftovers);
+        assert_eq!(leftovers.positions, ["store@me", "merge:erp"]);
+        assert_eq!(leftovers.claims, ["merge:erp"]);
+        assert_eq!(leftovers.others.len(), 5, "{:?}", leftovers.others);
+        assert!(!leftovers.drops_bookkeeping());
+    }
+
+    #[test]
+    fn the_bookkeeping_goes_only_when_nothing_else_is_in_it() {
+        let mut leftovers = Leftovers {
+            bookkeeping: Some("schema duplex".into()),
+            ..Leftovers::default()
+        };
+        sort_rows(&["a@me".to_owned()], &[], "me", &mut leftovers);
+        assert!(leftovers.drops_bookkeeping());
+        assert!(!leftovers.is_empty());
+    }
+}
