@@ -19,7 +19,9 @@ pub use apply::{MysqlApplier, MysqlSession};
 pub use binlog_error::MysqlStreamError;
 pub use catalog::{TableInfo, describe_table};
 pub use error::MysqlError;
-pub use load::{delete_positions_like, position_sources, rename_position, table_is_empty};
+pub use load::{
+    delete_position, delete_positions_like, position_sources, rename_position, table_is_empty,
+};
 pub use position::BinlogPosition;
 pub use positions::{CLAIMS_DDL, POSITIONS_DDL};
 pub use preflight::{check_server, check_table};

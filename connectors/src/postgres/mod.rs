@@ -20,7 +20,9 @@ pub mod types;
 pub use apply::{PgApplier, PgSession};
 pub use catalog::{ReplicaIdentity, TableInfo, describe_table};
 pub use error::PgError;
-pub use load::{delete_positions_like, position_sources, rename_position, table_is_empty};
+pub use load::{
+    delete_position, delete_positions_like, position_sources, rename_position, table_is_empty,
+};
 pub use position::{Lsn, LsnParseError};
 pub use positions::{CLAIMS_DDL, POSITIONS_DDL};
 pub use preflight::{check_server, check_table};
