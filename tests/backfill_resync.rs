@@ -184,7 +184,7 @@ fn a_dropped_slot_is_recovered_by_resync_and_the_rows_deleted_meanwhile_are_gone
             .all(|r| !r.starts_with("1:") && !r.starts_with("499:")),
         "the first range was resynced, its deleted rows gone:\n{log}"
     );
-    let refused = "duplex backfill --resync --mapping items";
+    let refused = resync.as_str();
     let before = duplex.log_text().len();
     duplex.start();
     assert_eq!(duplex.wait_exit(), 1);
@@ -206,8 +206,8 @@ fn a_dropped_slot_is_recovered_by_resync_and_the_rows_deleted_meanwhile_are_gone
     let out = duplex.command(&[
         "backfill",
         "--resync",
-        "--mapping",
-        "items",
+        "--from",
+        store,
         "--jobs",
         "2",
         "--chunk-rows",

@@ -315,11 +315,13 @@ pub fn unfinished(
             Direction::Both => format!(" --from {}", meta.source),
             Direction::OneWay { .. } => String::new(),
         };
-        let resync = if meta.resync { " --resync" } else { "" };
-        unfinished.push((
-            mapping.name.clone(),
-            format!("duplex backfill{resync} --mapping {}{from}", mapping.name),
-        ));
+        // A resync covers every mapping from the source into its targets at once.
+        let command = if meta.resync {
+            crate::link::resync_command(&meta.source)
+        } else {
+            format!("duplex backfill --mapping {}{from}", mapping.name)
+        };
+        unfinished.push((mapping.name.clone(), command));
     }
     Ok(unfinished)
 }
@@ -327,7 +329,13 @@ pub fn unfinished(
 /// Why `duplex run` refuses the mappings [`unfinished`] found, and the commands that fix it.
 pub fn unfinished_refusal(unfinished: &[(String, String)]) -> String {
     let names: Vec<&str> = unfinished.iter().map(|(m, _)| m.as_str()).collect();
-    let commands: Vec<String> = unfinished.iter().map(|(_, c)| format!("`{c}`")).collect();
+    let mut commands: Vec<String> = Vec::new();
+    for (_, command) in unfinished {
+        let command = format!("`{command}`");
+        if !commands.contains(&command) {
+            commands.push(command);
+        }
+    }
     format!(
         "the backfill of mapping(s) {} did not finish (it was interrupted or failed): its targets \
          hold only part of the rows, and streaming now would never copy the rest. Finish it \
