@@ -392,15 +392,7 @@ pub async fn backfill(config: &Config, options: &BackfillOptions) -> Result<(), 
             )));
         }
     }
-    let selected: Vec<&Mapping> = config
-        .mappings
-        .iter()
-        .filter(|m| options.mappings.is_empty() || options.mappings.contains(&m.name))
-        .filter(|m| !options.resync || !options.mappings.is_empty() || resyncable(m, options))
-        .collect();
-    if options.resync {
-        check_resync_selection(config, &selected, options).map_err(BackfillError::Invalid)?;
-    }
+    let selected = selection(config, options).map_err(BackfillError::Invalid)?;
     let mut by_source: BTreeMap<String, Vec<&Mapping>> = BTreeMap::new();
     for mapping in selected {
         let from = match (&mapping.direction, &options.from) {
@@ -458,6 +450,25 @@ pub async fn backfill(config: &Config, options: &BackfillOptions) -> Result<(), 
         );
     }
     Ok(())
+}
+
+/// The mappings `options` select: those named by `--mapping`, else all; a resync without
+/// `--mapping` takes the one-way mappings (of the `--from` site, if given), and its selection
+/// is checked ([`check_resync_selection`]).
+fn selection<'a>(
+    config: &'a Config,
+    options: &BackfillOptions,
+) -> Result<Vec<&'a Mapping>, String> {
+    let selected: Vec<&Mapping> = config
+        .mappings
+        .iter()
+        .filter(|m| options.mappings.is_empty() || options.mappings.contains(&m.name))
+        .filter(|m| !options.resync || !options.mappings.is_empty() || resyncable(m, options))
+        .collect();
+    if options.resync {
+        check_resync_selection(config, &selected, options)?;
+    }
+    Ok(selected)
 }
 
 /// Without `--mapping`, a resync takes the one-way mappings (of the `--from` site, if given).
@@ -1020,4 +1031,71 @@ async fn check_target(
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn config() -> Config {
+        let text = "[sites.store]\nkind = \"postgres\"\nurl = \"postgres://duplex@127.0.0.1/shop\"\n\
+             [sites.erp]\nkind = \"mysql\"\nurl = \"mysql://duplex@127.0.0.1/erp\"\n\
+             [sites.wms]\nkind = \"postgres\"\nurl = \"postgres://duplex@127.0.0.1/wms\"\n\
+             [[mappings]]\nname = \"orders\"\ntables = { store = \"public.orders\", erp = \"erp.orders\" }\ndirection = \"store->erp\"\n\
+             [[mappings]]\nname = \"lines\"\ntables = { store = \"public.lines\", erp = \"erp.lines\" }\ndirection = \"store->erp\"\n\
+             [[mappings]]\nname = \"stock\"\ntables = { store = \"public.stock\", wms = \"public.stock\" }\ndirection = \"store->wms\"\n\
+             [[mappings]]\nname = \"items\"\ntables = { erp = \"erp.items\", wms = \"public.items\" }\ndirection = \"both\"\n";
+        Config::from_toml(text, Path::new("duplex.toml"), Path::new(".")).unwrap()
+    }
+
+    fn options(mappings: &[&str], from: Option<&str>) -> BackfillOptions {
+        BackfillOptions {
+            mappings: mappings.iter().map(|m| (*m).to_owned()).collect(),
+            from: from.map(str::to_owned),
+            jobs: 1,
+            allow_nonempty: false,
+            restart: false,
+            chunk_rows: DEFAULT_CHUNK_ROWS,
+            resync: true,
+        }
+    }
+
+    fn names(selected: Result<Vec<&Mapping>, String>) -> Vec<String> {
+        selected.unwrap().iter().map(|m| m.name.clone()).collect()
+    }
+
+    #[test]
+    fn a_resync_takes_every_one_way_mapping_sharing_a_target_position() {
+        let config = config();
+        assert_eq!(
+            names(selection(&config, &options(&[], Some("store")))),
+            ["orders", "lines", "stock"]
+        );
+        assert_eq!(
+            names(selection(&config, &options(&[], None))),
+            ["orders", "lines", "stock"]
+        );
+        assert_eq!(
+            names(selection(&config, &options(&["stock"], None))),
+            ["stock"]
+        );
+        assert_eq!(
+            names(selection(&config, &options(&["orders", "lines"], None))),
+            ["orders", "lines"]
+        );
+        let refused = selection(&config, &options(&["orders"], None)).unwrap_err();
+        assert!(
+            refused.contains("lines") && refused.contains("duplex backfill --resync --from store"),
+            "{refused}"
+        );
+        let refused = selection(&config, &options(&["items"], None)).unwrap_err();
+        assert!(refused.contains("two-way"), "{refused}");
+        let refused = selection(&config, &options(&[], Some("wms"))).unwrap_err();
+        assert!(
+            refused.contains("no one-way mapping copies from site wms"),
+            "{refused}"
+        );
+    }
 }
