@@ -6,7 +6,8 @@
 //!
 //! The first attempt is interrupted by a real condition: a row in the last range holds a name
 //! longer than the target's column, so the ranges before it are on the target, that range is
-//! not; the column is widened before the resumed attempt.
+//! not; the column is widened before the resumed attempt. Also: two mappings into one target
+//! resumed, both caught up.
 
 mod harness;
 
@@ -164,5 +165,71 @@ fn a_resumed_backfill_into_postgres_is_exact_after_unique_values_moved() {
         wms.execute_as_duplex("ALTER TABLE customers ALTER COLUMN name TYPE text")
             .unwrap();
     });
+    drop_slot(&source);
+}
+
+/// Two mappings from one source into one target, the first attempt interrupted in the second
+/// mapping's ranges (the first one's are all copied): the catch-up brings the ranges of both forward (each mapping's catch-up
+/// records how far it got under its own key, so one never takes the other's progress for its
+/// own), and the target ends equal.
+#[test]
+fn a_resumed_backfill_of_two_mappings_into_one_target_catches_up_both() {
+    let source = shared_pg().create_database();
+    source
+        .execute_as_duplex(
+            "CREATE TABLE orders (id bigint PRIMARY KEY, email text NOT NULL UNIQUE, name text NOT NULL); \
+             CREATE TABLE customers (id bigint PRIMARY KEY, email text NOT NULL UNIQUE, name text NOT NULL); \
+             INSERT INTO orders SELECT g, 'o' || g, 'order ' || g FROM generate_series(1, 40) g; \
+             INSERT INTO customers SELECT g, 'e' || g, 'customer ' || g FROM generate_series(1, 40) g; \
+             UPDATE orders SET name = repeat('n', 30) WHERE id = 35",
+        )
+        .unwrap();
+    let wms = shared_pg().create_database();
+    wms.execute_as_duplex(
+        "CREATE TABLE orders (id bigint PRIMARY KEY, email text NOT NULL UNIQUE, name varchar(20) NOT NULL); \
+         CREATE TABLE customers (id bigint PRIMARY KEY, email text NOT NULL UNIQUE, name text NOT NULL)",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = source.name();
+    let text = format!(
+        "{}[[mappings]]\nname = \"orders\"\ntables = {{ {store} = \"public.orders\", erp = \"public.orders\" }}\n\
+         direction = \"{store}->erp\"\n",
+        config(
+            dir.path(),
+            &source,
+            ("postgres", &wms.url(), "public.customers")
+        )
+    );
+    let duplex = Duplex::new(&text);
+    let args = ["backfill", "--jobs", "1", "--chunk-rows", "10"];
+    let out = duplex.command(&args);
+    assert!(!out.status.success(), "{}", log_of(&out));
+    // Changes in rows of both mappings that are on the target, in one transaction and apart.
+    source
+        .psql(
+            "BEGIN; UPDATE orders SET name = 'changed' WHERE id IN (1, 15, 39); \
+             UPDATE customers SET name = 'changed' WHERE id IN (2, 16); \
+             DELETE FROM customers WHERE id = 3; DELETE FROM orders WHERE id = 4; COMMIT; \
+             UPDATE customers SET email = 'moved' WHERE id = 5; \
+             UPDATE customers SET email = 'e5' WHERE id = 36; \
+             INSERT INTO orders VALUES (41, 'o41', 'new')",
+        )
+        .unwrap();
+    wms.execute_as_duplex("ALTER TABLE orders ALTER COLUMN name TYPE text")
+        .unwrap();
+    let out = duplex.command(&args);
+    assert!(out.status.success(), "{}", log_of(&out));
+    let rows = |db: &PgDatabase, table: &str| -> Vec<String> {
+        db.psql(&format!(
+            "SELECT id || ':' || email || ':' || name FROM {table} ORDER BY id"
+        ))
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+    };
+    assert_eq!(rows(&wms, "customers"), rows(&source, "customers"));
+    assert_eq!(rows(&wms, "orders"), rows(&source, "orders"));
     drop_slot(&source);
 }

@@ -60,7 +60,7 @@ pub(super) async fn catch_up(
         deployment: Some(deployment.to_owned()),
         shapes: false,
         acknowledged: None,
-        source_key: Some(catch_up_key(&site.name, deployment)),
+        source_key: None,
         take_over_from: None,
     };
     let mut stream = match AnyStream::start(&site.connection(), options).await {
@@ -72,11 +72,14 @@ pub(super) async fn catch_up(
         }
         Err(e) => return Err(stream_error(Box::new(e))),
     };
+    // One applier per mapping and target, each recording how far it applied under a key of
+    // its own: the same source transaction goes to each, filtered to its table, and with one
+    // key per target the second would take it as already applied.
     let mut writers = Vec::new();
-    for job in jobs {
+    for (index, job) in jobs.iter().enumerate() {
         for (target, routes) in &job.targets {
             writers.push((
-                job.schema.name.clone(),
+                index,
                 target.name.clone(),
                 AnyApplier::connect(
                     &target.connection(),
@@ -183,10 +186,9 @@ pub(super) async fn catch_up(
                 }
             }
         }
-        for (table, target, writer) in &mut writers {
-            let Some(job) = jobs.iter().find(|j| &j.schema.name == table) else {
-                continue;
-            };
+        for (index, target, writer) in &mut writers {
+            let job = &jobs[*index];
+            let table = &job.schema.name;
             let mut events = Vec::new();
             for (i, event) in tx.events.iter().enumerate() {
                 if &event.table != table {
@@ -227,6 +229,7 @@ pub(super) async fn catch_up(
                 }
             }
             let filtered = Transaction {
+                source: catch_up_key(&job.mapping.name, &site.name, deployment),
                 events,
                 ..tx.clone()
             };

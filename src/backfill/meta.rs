@@ -227,10 +227,14 @@ pub(super) fn marker(mapping: &str, range: u64) -> String {
     format!("backfill:{mapping}:{range}")
 }
 
-/// The source name under which the catch-up of a resumed backfill from `site` records on a
-/// target how far it applied (for the deployment `deployment`, like [`crate::link::position_key`]).
-pub(super) fn catch_up_key(site: &str, deployment: &str) -> String {
-    format!("catch-up:{}", crate::link::position_key(site, deployment))
+/// The source name under which the catch-up of a resumed backfill of `mapping` from `site`
+/// records on a target how far it applied (for the deployment `deployment`, like
+/// [`crate::link::position_key`]).
+pub(super) fn catch_up_key(mapping: &str, site: &str, deployment: &str) -> String {
+    format!(
+        "catch-up:{mapping}:{}",
+        crate::link::position_key(site, deployment)
+    )
 }
 
 /// The SQL `LIKE` pattern of every marker of `mapping`.

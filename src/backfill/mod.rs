@@ -84,7 +84,8 @@
 //!
 //! The catch-up: the source's stream is read from the oldest snapshot a copied range is as of
 //! to `P1`, whole transactions only, and each change is applied (strictly, through the normal
-//! applier, which records how far it got under `catch-up:<site>@<deployment>`) only to rows
+//! applier, which records how far it got under `catch-up:<mapping>:<site>@<deployment>`, one
+//! key per mapping and target) only to rows
 //! whose range is as of a position before that transaction's commit. The ranges are defined
 //! once, at the first attempt, and stored in the backfill record (integer bounds, or key values
 //! per column for other keys), so every attempt cuts the same ranges. For keys other than one
@@ -610,7 +611,8 @@ async fn backfill_source(
                 None
             });
             if metas[&mapping.name].is_none() && resync {
-                forget_catch_up_position(target, &site.name, state.deployment_id()).await?;
+                forget_catch_up_position(target, mapping, &site.name, state.deployment_id())
+                    .await?;
             } else if metas[&mapping.name].is_none() {
                 check_target(
                     target,
@@ -713,12 +715,13 @@ async fn backfill_source(
             if job.meta.resync {
                 // The position the target held of the lost stream is replaced, never kept
                 // (a position beyond the snapshot would skip the changes after it).
-                forget_catch_up_position(target, &site.name, state.deployment_id()).await?;
+                forget_catch_up_position(target, &job.mapping, &site.name, state.deployment_id())
+                    .await?;
                 forget_position(target, &key).await?;
             } else {
                 forget_position(
                     target,
-                    &meta::catch_up_key(&site.name, state.deployment_id()),
+                    &meta::catch_up_key(&job.mapping.name, &site.name, state.deployment_id()),
                 )
                 .await?;
             }
@@ -812,7 +815,7 @@ async fn forget_position(target: &Site, source: &str) -> Result<(), BackfillErro
     Ok(())
 }
 
-/// Deletes the target's row of this deployment's catch-up from `site` (a resync's catch-up
+/// Deletes the target's row of this deployment's catch-up of `mapping` from `site` (a resync's catch-up
 /// must not skip what it lists), and, when the target holds no position of `site` for this
 /// deployment, the one under the bare site name: duplex before per-deployment keys kept the
 /// link's position there, and `duplex run` would take it over. With a row of this deployment,
@@ -820,6 +823,7 @@ async fn forget_position(target: &Site, source: &str) -> Result<(), BackfillErro
 /// stays.
 async fn forget_catch_up_position(
     target: &Site,
+    mapping: &Mapping,
     site: &str,
     deployment: &str,
 ) -> Result<(), BackfillError> {
@@ -828,7 +832,7 @@ async fn forget_catch_up_position(
         .await
         .map_err(admin_error(target))?;
     let ours = crate::link::position_key(site, deployment);
-    let mut forget = vec![meta::catch_up_key(site, deployment)];
+    let mut forget = vec![meta::catch_up_key(&mapping.name, site, deployment)];
     if !sources.contains(&ours) {
         forget.push(site.to_owned());
     }
