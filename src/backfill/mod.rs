@@ -498,7 +498,7 @@ fn check_resync_selection(
     for mapping in selected {
         let Direction::OneWay { from, to } = &mapping.direction else {
             return Err(format!(
-                "mapping {} is two-way: --resync is for one-way mappings (the merge engine keeps                  where it read each site in its state directory); leave it out",
+                "mapping {} is two-way: --resync is for one-way mappings (the merge engine keeps where it read each site in its state directory); leave it out",
                 mapping.name
             ));
         };
@@ -513,7 +513,7 @@ fn check_resync_selection(
             .collect();
         if !missing.is_empty() {
             return Err(format!(
-                "mapping(s) {} also stream from {from} into {to}, whose position of {from} a                  resync replaces: resync them together (`{}`, or add --mapping for each)",
+                "mapping(s) {} also stream from {from} into {to}, whose position of {from} a resync replaces: resync them together (`{}`, or add --mapping for each)",
                 missing.join(", "),
                 crate::link::resync_command(from)
             ));
