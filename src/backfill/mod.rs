@@ -892,8 +892,9 @@ async fn still_needed(
                 first.clone(),
                 format!(
                     "the interrupted backfill of mapping {m} (its catch-up reads from its first \
-                     snapshot), so it cannot be resumed: to start it over, empty its target \
-                     tables and run `duplex backfill --mapping {m} --restart`",
+                     snapshot), so it cannot be resumed: to start it over into the tables as \
+                     they are, run `{} --restart`",
+                    crate::link::resync_command(&site.name),
                     m = mapping.name
                 ),
             ));
@@ -958,9 +959,10 @@ async fn still_needed(
     }
     let streamed_by = (!streamed_by.is_empty()).then(|| {
         format!(
-            "{}; to go on, re-copy what reads from {s}: empty the target tables of its mappings, \
-             delete the targets' `duplex.positions` rows of {s}, and backfill them",
+            "{}; to go on, copy what reads from {s} again, into the tables as they are, with \
+             `{}` (it takes the mappings being backfilled along)",
             streamed_by.join(", "),
+            crate::link::resync_command(&site.name),
             s = site.name
         )
     });
