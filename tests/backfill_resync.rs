@@ -2,7 +2,8 @@
 //! a MariaDB binlog purged. `duplex run` stops naming `duplex backfill --resync --from <site>`;
 //! that command (interrupted once and resumed, in the PostgreSQL case) makes the target
 //! row-for-row equal to the source, the rows deleted at the source meanwhile gone, and `run`
-//! then streams on from the new snapshot with nothing lost and nothing twice.
+//! then streams on from the new snapshot with nothing lost and nothing twice. A resync with
+//! the slot still there is not needed, and correct.
 //!
 //! Every test runs the real binary (`$DUPLEX_BIN`, else this build's): against the shared test
 //! servers in databases of their own, and, for the purge (the shared MariaDB server's binlog
@@ -324,4 +325,59 @@ fn a_purged_binlog_is_recovered_by_resync_and_the_rows_deleted_meanwhile_are_gon
         .unwrap();
     wait_equal(&mut duplex, "the stream after the resync", &src, &dst);
     assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
+}
+
+/// A resync when nothing was lost (the slot still exists, changes are waiting in it) is not
+/// needed, but correct: the target equals the source, and what streams afterwards is applied
+/// once.
+#[test]
+fn a_resync_with_the_slot_still_there_is_correct() {
+    let source = shared_pg().create_database();
+    let wms = shared_pg().create_database();
+    for db in [&source, &wms] {
+        db.execute_as_duplex(
+            "CREATE TABLE items (id bigint PRIMARY KEY, qty int NOT NULL, name text NOT NULL)",
+        )
+        .unwrap();
+    }
+    source
+        .psql("INSERT INTO items SELECT g, g % 7, 'item ' || g FROM generate_series(1, 300) g")
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = source.name();
+    let text = config(
+        dir.path(),
+        (store, &source.url()),
+        ("wms", &wms.url()),
+        ("public.items", "public.items"),
+    );
+    let mut duplex = Duplex::new(&text);
+    let out = duplex.command(&["backfill"]);
+    assert!(out.status.success(), "{}", log_of(&out));
+    // Changes wait in the slot, and the target gets a row the source never had.
+    source
+        .psql("INSERT INTO items VALUES (301, 1, 'waiting'); DELETE FROM items WHERE id = 2; UPDATE items SET qty = 50 WHERE id = 3")
+        .unwrap();
+    wms.execute_as_duplex("INSERT INTO items VALUES (999, 9, 'not at the source')")
+        .unwrap();
+    let out = duplex.command(&[
+        "backfill",
+        "--resync",
+        "--from",
+        store,
+        "--chunk-rows",
+        "100",
+    ]);
+    assert!(out.status.success(), "{}", log_of(&out));
+    assert_eq!(pg_rows(&wms), pg_rows(&source));
+    duplex.start();
+    duplex.wait_link_started();
+    source
+        .psql("INSERT INTO items VALUES (302, 1, 'streamed'); UPDATE items SET qty = qty + 1 WHERE id <= 10")
+        .unwrap();
+    let src = || pg_rows(&source);
+    let dst = || pg_rows(&wms);
+    wait_equal(&mut duplex, "the stream after the resync", &src, &dst);
+    assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
+    drop_slot(&source);
 }
