@@ -74,6 +74,12 @@ pub enum Command {
         /// scratch (empty their target tables first, or pass --allow-nonempty).
         #[arg(long)]
         restart: bool,
+        /// Copy again into targets that already stream from the source, after its log lost
+        /// their positions (slot gone, binlog purged): makes them row-for-row equal to a new
+        /// snapshot (deleting rows the source no longer has) and hands over to `duplex run`
+        /// there. With --from SITE: every one-way mapping from SITE.
+        #[arg(long)]
+        resync: bool,
         /// Rows per key range (the unit of parallelism and of resume).
         #[arg(long, default_value_t = crate::backfill::DEFAULT_CHUNK_ROWS, hide = true)]
         chunk_rows: u64,
@@ -210,6 +216,7 @@ pub fn main() -> ExitCode {
             jobs,
             allow_nonempty,
             restart,
+            resync,
             chunk_rows,
         } => {
             let options = crate::backfill::BackfillOptions {
@@ -219,6 +226,7 @@ pub fn main() -> ExitCode {
                 allow_nonempty,
                 restart,
                 chunk_rows: chunk_rows.max(1),
+                resync,
             };
             match runtime.block_on(crate::backfill::backfill(&config, &options)) {
                 Ok(()) => ExitCode::SUCCESS,

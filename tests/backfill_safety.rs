@@ -1,7 +1,8 @@
 //! `duplex backfill` never harms what already streams, and `duplex run` never streams a
 //! backfill that did not finish: a new mapping backfilled next to a stopped link of the same
 //! PostgreSQL source (the link keeps its slot and its tables, and gets every row inserted while
-//! it was stopped); `run` after a killed and after a failed backfill (refused, naming the
+//! it was stopped), and one refused over a gone slot a stopped link needs (then resynced with
+//! the command the refusal names); `run` after a killed and after a failed backfill (refused, naming the
 //! command; the resumed backfill and `run` then end row-for-row equal); `--allow-nonempty`
 //! with a secondary unique key that collides (refused by name, no row written over another).
 //!
@@ -537,6 +538,31 @@ fn a_new_mapping_is_not_backfilled_over_a_gone_slot_a_stopped_link_still_needs()
         "no slot was created"
     );
     assert_eq!(count_pg(&wms, "stock"), 0);
+
+    // The command the refusal names copies both mappings, and `run` streams on from there.
+    let resync = format!("duplex backfill --resync --from {store}");
+    assert!(
+        log.contains(&resync),
+        "the refusal names `{resync}`:\n{log}"
+    );
+    let out = duplex.command(&["backfill", "--resync", "--from", store]);
+    assert!(out.status.success(), "{}", log_of(&out));
+    let mut duplex = duplex;
+    duplex.start();
+    source
+        .psql("INSERT INTO orders VALUES (3, 3, 'streamed'); INSERT INTO stock VALUES (2, 2, 'streamed')")
+        .unwrap();
+    let orders = || pg_sum(&source, "orders");
+    let orders_erp = || pg_sum(&erp, "orders");
+    let stock = || pg_sum(&source, "stock");
+    let stock_wms = || pg_sum(&wms, "stock");
+    wait_equal(
+        &mut duplex,
+        "both targets to equal the source",
+        &[(&orders, &orders_erp), (&stock, &stock_wms)],
+    );
+    assert_eq!(duplex.terminate(), 0);
+    drop_slot(&source);
 }
 
 #[test]

@@ -55,6 +55,15 @@ pub async fn delete_positions_like(site: &SiteConnection, pattern: &str) -> Resu
     }
 }
 
+/// Deletes the `duplex.positions` row of `source` (exactly that name) on `site`; the table
+/// must exist.
+pub async fn delete_position(site: &SiteConnection, source: &str) -> Result<(), AdminError> {
+    match site.kind {
+        SiteKind::Postgres => crate::postgres::delete_position(site, source).await,
+        SiteKind::Mysql => crate::mysql::delete_position(site, source).await,
+    }
+}
+
 /// The sources of the `duplex.positions` rows on `site` (none when the table does not exist).
 pub async fn position_sources(site: &SiteConnection) -> Result<Vec<String>, AdminError> {
     match site.kind {

@@ -103,6 +103,18 @@ impl StreamError {
                 | StreamError::Mysql(MysqlStreamError::HeartbeatTimeout(_))
         )
     }
+
+    /// True when the source's log no longer holds the changes since the requested position (a
+    /// PostgreSQL slot gone, re-created or advanced outside duplex; a MariaDB binlog purged):
+    /// streaming cannot go on, and only copying the mapped tables again (`duplex backfill
+    /// --resync`) recovers.
+    pub fn is_position_lost(&self) -> bool {
+        match self {
+            StreamError::Postgres(e) => e.is_position_lost(),
+            StreamError::Mysql(e) => matches!(e, MysqlStreamError::PositionPurged { .. }),
+            StreamError::ForeignPosition(..) => false,
+        }
+    }
 }
 
 /// The [`StreamOptions::timeout`] of a source's successive streams.

@@ -3,7 +3,8 @@
 //! each of them lacks (see the module docs of [`super`]).
 
 use std::cmp::Ordering;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use duplex_connectors::{
@@ -12,7 +13,9 @@ use duplex_connectors::{
     Value,
 };
 
-use super::meta::BackfillMeta;
+use duplex_state::StateStore;
+
+use super::meta::{BackfillMeta, catch_up_key, marker, markers_of};
 use super::plan::Job;
 use super::{BackfillError, snapshot_error};
 use crate::config::Site;
@@ -30,15 +33,10 @@ pub(super) async fn catch_up(
     published: &[TableName],
     deployment: &str,
 ) -> Result<(), BackfillError> {
-    // The oldest attempt any range was copied in.
+    // The oldest snapshot any range's rows are as of.
     let oldest = jobs
         .iter()
-        .flat_map(|j| {
-            j.meta
-                .copied_in
-                .values()
-                .map(move |a| j.meta.attempt_position(*a))
-        })
+        .flat_map(|j| j.meta.copied_in.keys().filter_map(|r| j.meta.as_of(*r)))
         .min_by(|a, b| a.compare(b).unwrap_or(Ordering::Equal));
     let Some(oldest) = oldest.cloned() else {
         return Ok(());
@@ -75,11 +73,14 @@ pub(super) async fn catch_up(
         }
         Err(e) => return Err(stream_error(Box::new(e))),
     };
+    // One applier per mapping and target, each recording how far it applied under a key of
+    // its own: the same source transaction goes to each, filtered to its table, and with one
+    // key per target the second would take it as already applied.
     let mut writers = Vec::new();
-    for job in jobs {
+    for (index, job) in jobs.iter().enumerate() {
         for (target, routes) in &job.targets {
             writers.push((
-                job.schema.name.clone(),
+                index,
                 target.name.clone(),
                 AnyApplier::connect(
                     &target.connection(),
@@ -107,12 +108,8 @@ pub(super) async fn catch_up(
     } else {
         None
     };
-    let copied_at = |job: &Job, range: Option<u64>| -> Option<Position> {
-        job.meta
-            .copied_in
-            .get(&range?)
-            .map(|a| job.meta.attempt_position(*a).clone())
-    };
+    let copied_at =
+        |job: &Job, range: Option<u64>| -> Option<Position> { job.meta.as_of(range?).cloned() };
     let after = |a: &Position, b: &Position| {
         a.compare(b)
             .map(|o| o == Ordering::Greater)
@@ -190,10 +187,9 @@ pub(super) async fn catch_up(
                 }
             }
         }
-        for (table, target, writer) in &mut writers {
-            let Some(job) = jobs.iter().find(|j| &j.schema.name == table) else {
-                continue;
-            };
+        for (index, target, writer) in &mut writers {
+            let job = &jobs[*index];
+            let table = &job.schema.name;
             let mut events = Vec::new();
             for (i, event) in tx.events.iter().enumerate() {
                 if &event.table != table {
@@ -234,6 +230,7 @@ pub(super) async fn catch_up(
                 }
             }
             let filtered = Transaction {
+                source: catch_up_key(&job.mapping.name, &site.name, deployment),
                 events,
                 ..tx.clone()
             };
@@ -249,6 +246,85 @@ pub(super) async fn catch_up(
     stream.shutdown().await;
     if let Some(classifier) = classifier {
         classifier.close().await;
+    }
+    Ok(())
+}
+
+/// Records the ranges a target holds from an earlier attempt (by its marker, which names the
+/// snapshot the range was read at) but the state store does not (the process died between the
+/// target's commit and the store's), with that attempt, so that the catch-up before copying
+/// brings them forward like the others. With several targets a range is recorded only when
+/// every target holds it from the same attempt; otherwise it is left to the copy, which
+/// refuses it.
+pub(super) async fn reconcile_markers(
+    jobs: &mut [Job],
+    state: &Arc<StateStore>,
+) -> Result<(), BackfillError> {
+    for job in jobs.iter_mut() {
+        let current = job.meta.attempts.len().saturating_sub(1);
+        let done = super::plan::done_ranges(state, job).await?;
+        let prefix = markers_of(&job.mapping.name);
+        let prefix = prefix.trim_end_matches('%');
+        let mut held: Vec<BTreeMap<u64, usize>> = Vec::new();
+        for (target, _) in &job.targets {
+            let connection = target.connection();
+            let sources = duplex_connectors::load::position_sources(&connection)
+                .await
+                .map_err(super::admin_error(target))?;
+            let ranges: Vec<u64> = sources
+                .iter()
+                .filter_map(|s| s.strip_prefix(prefix)?.parse().ok())
+                .filter(|range| !done.contains_key(range))
+                .collect();
+            let mut found = BTreeMap::new();
+            if !ranges.is_empty() {
+                let apply_error = |source| BackfillError::Apply {
+                    site: target.name.clone(),
+                    source,
+                };
+                let mut reader =
+                    AnyApplier::connect(&connection, Vec::new(), ApplyOptions::default())
+                        .await
+                        .map_err(apply_error)?;
+                for range in ranges {
+                    let position = reader
+                        .position(&marker(&job.mapping.name, range))
+                        .await
+                        .map_err(apply_error)?;
+                    if let Some(attempt) = position
+                        .and_then(|p| job.meta.attempts[..current].iter().position(|a| *a == p))
+                    {
+                        found.insert(range, attempt);
+                    }
+                }
+            }
+            held.push(found);
+        }
+        let Some((first, others)) = held.split_first() else {
+            continue;
+        };
+        for (range, attempt) in first {
+            if others.iter().any(|o| o.get(range) != Some(attempt)) {
+                continue;
+            }
+            tracing::info!(mapping = %job.mapping.name, range, "a range copied before the interruption but not recorded: recorded from its marker");
+            job.meta.copied_in.insert(*range, *attempt as u32);
+            let (name, table, meta) = (
+                job.mapping.name.clone(),
+                job.meta.table.clone(),
+                job.meta.clone(),
+            );
+            let range = *range;
+            let store = state.clone();
+            tokio::task::spawn_blocking(move || {
+                store.write(|w| {
+                    w.mark_range_done(&name, &table, range, 0)?;
+                    w.save_backfill_meta(&name, &meta)
+                })
+            })
+            .await
+            .map_err(|e| BackfillError::Crashed(e.to_string()))??;
+        }
     }
     Ok(())
 }

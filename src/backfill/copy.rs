@@ -2,14 +2,14 @@
 //! write it into every target in one target transaction together with its marker; one place
 //! records finished ranges in the state store and shows progress.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use duplex_connectors::{
-    AnyApplier, AnySnapshot, Applier, ApplyOptions, ChangeEvent, Op, Origin, Position,
-    SnapshotRead, SourceSnapshot, TableRoute, TableSchema, Transaction, Value,
+    AnyApplier, AnySnapshot, Applier, ApplyOptions, ChangeEvent, Column, KeyRange, Op, Origin,
+    Position, SnapshotRead, SourceSnapshot, TableRoute, TableSchema, Transaction, Value,
 };
 use duplex_state::StateStore;
 use indicatif::{MultiProgress, ProgressBar, ProgressState, ProgressStyle};
@@ -31,6 +31,7 @@ type SharedJobs = Arc<
         TableSchema,
         Vec<(Site, Vec<TableRoute>)>,
         BackfillMeta,
+        Vec<Option<TableSchema>>,
     )>,
 >;
 
@@ -69,6 +70,7 @@ pub(super) async fn copy(
                     j.schema.clone(),
                     j.targets.clone(),
                     j.meta.clone(),
+                    j.target_schemas.clone(),
                 )
             })
             .collect(),
@@ -218,6 +220,54 @@ fn progress_bars(jobs: &[Job], totals: &[u64]) -> (MultiProgress, Vec<ProgressBa
     (multi, bars)
 }
 
+/// Copies ranges from the queue until it is empty: reads each in the snapshot and writes it
+/// into every target with its marker, unless a target already holds it from an earlier
+/// attempt (recognised by its marker).
+#[allow(clippy::too_many_arguments)]
+async fn worker(
+    site: Site,
+    mut reader: AnySnapshot,
+    work: WorkQueue,
+    jobs: SharedJobs,
+    done: mpsc::UnboundedSender<Done>,
+    position: Position,
+    upsert: bool,
+    attempt_positions: Vec<Vec<Position>>,
+    order: Order,
+) -> Result<(), BackfillError> {
+    let mut writers: HashMap<(usize, usize), AnyApplier> = HashMap::new();
+    let mut target_readers: HashMap<(usize, usize), AnySnapshot> = HashMap::new();
+    let result = loop {
+        let next = work.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+        let Some((index, range_id)) = next else {
+            break Ok(());
+        };
+        let level = order.levels[index];
+        order.wait_below(level).await;
+        if let Err(error) = copy_range(
+            &site,
+            &mut reader,
+            &jobs,
+            (index, range_id),
+            &position,
+            upsert,
+            &attempt_positions,
+            &mut writers,
+            &mut target_readers,
+            &done,
+        )
+        .await
+        {
+            break Err(error);
+        }
+        order.landed(level);
+    };
+    for (_, target_reader) in target_readers {
+        target_reader.close().await;
+    }
+    result
+}
+
 /// The copy order the workers keep: each job's level, and the ranges not yet on every target
 /// per level.
 struct Order {
@@ -242,36 +292,29 @@ impl Order {
     }
 }
 
-/// Copies ranges from the queue until it is empty: reads each in the snapshot and writes it
-/// into every target with its marker, unless a target already holds it from an earlier
-/// attempt (recognised by its marker).
+/// Copies one range into every target (see [`worker`]).
 #[allow(clippy::too_many_arguments)]
-async fn worker(
-    site: Site,
-    mut reader: AnySnapshot,
-    work: WorkQueue,
-    jobs: SharedJobs,
-    done: mpsc::UnboundedSender<Done>,
-    position: Position,
+async fn copy_range(
+    site: &Site,
+    reader: &mut AnySnapshot,
+    jobs: &SharedJobs,
+    (index, range_id): (usize, u64),
+    position: &Position,
     upsert: bool,
-    attempt_positions: Vec<Vec<Position>>,
-    order: Order,
+    attempt_positions: &[Vec<Position>],
+    writers: &mut HashMap<(usize, usize), AnyApplier>,
+    target_readers: &mut HashMap<(usize, usize), AnySnapshot>,
+    done: &mpsc::UnboundedSender<Done>,
 ) -> Result<(), BackfillError> {
-    let mut writers: HashMap<(usize, usize), AnyApplier> = HashMap::new();
-    loop {
-        let next = work.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
-        let Some((index, range_id)) = next else {
-            return Ok(());
-        };
-        let level = order.levels[index];
-        order.wait_below(level).await;
-        let (mapping, schema, targets, meta) = &jobs[index];
+    {
+        let (mapping, schema, targets, meta, target_schemas) = &jobs[index];
+        let upsert = upsert || meta.resync;
         let source_table = &schema.name;
         let range = meta.range(range_id, schema);
         let rows = reader
             .rows(source_table, &schema.columns, &range)
             .await
-            .map_err(snapshot_error(&site))?;
+            .map_err(snapshot_error(site))?;
         let count = rows.len() as u64;
         let events: Vec<ChangeEvent> = rows
             .into_iter()
@@ -294,7 +337,7 @@ async fn worker(
             origin: Origin::Local,
             events,
         };
-        let mut copied_in = attempt_positions[index].len() as u32 - 1;
+        let copied_in = attempt_positions[index].len() as u32 - 1;
         for (t, (target, routes)) in targets.iter().enumerate() {
             let apply_error = |source| BackfillError::Apply {
                 site: target.name.clone(),
@@ -312,26 +355,147 @@ async fn worker(
                 );
             }
             let writer = writers.get_mut(&(index, t)).expect("just inserted");
-            // A range an interrupted run wrote but did not record: its marker says when.
+            // A range an interrupted run wrote but did not record was recorded from its marker
+            // before the catch-up (`catch_up::reconcile_markers`) unless the targets disagree.
             if let Some(held) = writer.position(&txn.source).await.map_err(apply_error)?
-                && let Some(earlier) = attempt_positions[index].iter().position(|p| *p == held)
-                && held != position
+                && attempt_positions[index].contains(&held)
+                && held != *position
             {
-                if targets.len() > 1 {
-                    return Err(BackfillError::Refused(format!(
-                        "range {range_id} of mapping {} is on {} from an earlier attempt but not in the state store; \
-                         with several targets this cannot be reconciled automatically: start the backfill over",
-                        mapping.name, target.name
-                    )));
-                }
-                copied_in = earlier as u32;
-                continue;
+                return Err(BackfillError::Refused(format!(
+                    "range {range_id} of mapping {} is on {} from an earlier attempt but not in the state store, \
+                     and not on every target from the same attempt: this cannot be reconciled automatically; \
+                     empty the mapping's target tables and start it over with `duplex backfill --mapping {} --restart`",
+                    mapping.name, target.name, mapping.name
+                )));
             }
-            writer.load(&txn).await.map_err(apply_error)?;
+            // A resync replaces the target's rows of the range: the rows the source does not
+            // have are deleted in the range's own target transaction, before it upserts.
+            let mut replacing;
+            let mut written = &txn;
+            if meta.resync {
+                let target_schema = target_schemas[t].as_ref().ok_or_else(|| {
+                    BackfillError::Invalid(format!(
+                        "the table of mapping {} on site {} was not described",
+                        mapping.name, target.name
+                    ))
+                })?;
+                if let std::collections::hash_map::Entry::Vacant(slot) =
+                    target_readers.entry((index, t))
+                {
+                    slot.insert(
+                        AnySnapshot::open(&target.connection())
+                            .await
+                            .map_err(snapshot_error(target))?,
+                    );
+                }
+                let target_reader = target_readers.get_mut(&(index, t)).expect("just inserted");
+                let route = routes
+                    .iter()
+                    .find(|r| r.source == *source_table)
+                    .ok_or_else(|| duplex_connectors::ApplyError::NoRoute(source_table.clone()))
+                    .map_err(apply_error)?;
+                let stale = stale_rows(target_reader, route, target_schema, &range, &txn)
+                    .await
+                    .map_err(snapshot_error(target))?;
+                if !stale.is_empty() {
+                    tracing::debug!(mapping = %mapping.name, target = %target.name, range = range_id, rows = stale.len(), "deleting target rows the source does not have");
+                    replacing = txn.clone();
+                    replacing.events = stale;
+                    replacing.events.extend(txn.events.iter().cloned());
+                    written = &replacing;
+                }
+            }
+            writer.load(written).await.map_err(apply_error)?;
         }
-        order.landed(level);
-        if done.send((index, range_id, count, copied_in)).is_err() {
-            return Ok(());
-        }
+        // A closed channel: the copy is being abandoned.
+        let _ = done.send((index, range_id, count, copied_in));
+        Ok(())
     }
+}
+
+/// For a resync: a delete of every row of `range` in the target table (`route`, `target`)
+/// whose key is not among the keys of `txn`'s rows (the source's rows of the range), read in
+/// `reader`. The range is selected by the target database: the ranges of a resync are cut
+/// only on integer keys (or the table is one range), which every kind orders alike.
+async fn stale_rows(
+    reader: &mut AnySnapshot,
+    route: &TableRoute,
+    target: &TableSchema,
+    range: &KeyRange,
+    txn: &Transaction,
+) -> Result<Vec<ChangeEvent>, duplex_connectors::SnapshotError> {
+    let target_name = |source: &str| -> String {
+        route
+            .columns
+            .iter()
+            .find(|(s, _)| s == source)
+            .map_or_else(|| source.to_owned(), |(_, t)| t.clone())
+    };
+    let column = |source: &str| -> Column {
+        let name = target_name(source);
+        target.column(&name).cloned().unwrap_or(Column {
+            name,
+            type_name: String::new(),
+            declared: String::new(),
+            nullable: false,
+        })
+    };
+    let key_columns: Vec<Column> = route.key.iter().map(|k| column(k)).collect();
+    let target_range = KeyRange {
+        columns: range.columns.iter().map(|c| column(&c.name)).collect(),
+        lo: range.lo.clone(),
+        hi: range.hi.clone(),
+    };
+    let held: HashSet<String> = txn
+        .events
+        .iter()
+        .map(|e| key_text(route.key.iter().map(|k| e.key.get(k))))
+        .collect();
+    let rows = reader
+        .rows(&route.target, &key_columns, &target_range)
+        .await?;
+    let table = txn
+        .events
+        .first()
+        .map_or_else(|| route.source.clone(), |e| e.table.clone());
+    Ok(rows
+        .into_iter()
+        .filter(|row| {
+            !held.contains(&key_text(
+                key_columns.iter().map(|c| row.get(c.name.as_str())),
+            ))
+        })
+        .map(|row| ChangeEvent {
+            table: table.clone(),
+            op: Op::Delete,
+            key: route
+                .key
+                .iter()
+                .zip(&key_columns)
+                .map(|(k, c)| {
+                    (
+                        k.as_str(),
+                        row.get(c.name.as_str()).cloned().unwrap_or(Value::Null),
+                    )
+                })
+                .collect(),
+            before: None,
+            after: None,
+        })
+        .collect())
+}
+
+/// A key as text for comparing keys read on different kinds of database: integers by value
+/// (a signed and an unsigned column holding the same number are the same key), anything else
+/// by its canonical value.
+fn key_text<'a>(values: impl Iterator<Item = Option<&'a Value>>) -> String {
+    values
+        .map(|v| match v {
+            Some(Value::Int(i)) => i.to_string(),
+            Some(Value::UInt(u)) => u.to_string(),
+            Some(other) => format!("{other:?}"),
+            None => "NULL".to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\u{1f}")
 }

@@ -12,7 +12,8 @@
 //!
 //! - V1: no `key_columns` / `key_ranges`.
 //! - V2: attempt positions as JSON text of [`Position`].
-//! - current: attempt positions as [`Position`]s.
+//! - V3: attempt positions as [`Position`]s, no `resync`.
+//! - current: with `resync` and `caught_up`.
 
 use std::collections::BTreeMap;
 
@@ -49,6 +50,46 @@ pub struct BackfillMeta {
     /// Range bounds by range id on `key_columns`, one value per column: `lo < key <= hi`
     /// compared as rows by the source database.
     pub key_ranges: Vec<KeyBounds>,
+    /// A `--resync` (into targets that hold rows): every range replaces the target's rows of
+    /// its key range, deleting those the source does not have.
+    pub resync: bool,
+    /// The attempt whose snapshot every range copied in it or before it was caught up to (0:
+    /// none was): a range's rows are as of the snapshot of the later of the two.
+    pub caught_up: u32,
+}
+
+/// The layout [`BackfillMeta`] had before `resync` and `caught_up`.
+#[derive(Deserialize)]
+struct BackfillMetaV3 {
+    source: String,
+    table: String,
+    key_column: Option<String>,
+    ranges: Vec<(Option<i128>, Option<i128>)>,
+    rows: u64,
+    attempts: Vec<Position>,
+    copied_in: BTreeMap<u64, u32>,
+    complete: bool,
+    key_columns: Vec<String>,
+    key_ranges: Vec<KeyBounds>,
+}
+
+impl From<BackfillMetaV3> for BackfillMeta {
+    fn from(m: BackfillMetaV3) -> BackfillMeta {
+        BackfillMeta {
+            source: m.source,
+            table: m.table,
+            key_column: m.key_column,
+            ranges: m.ranges,
+            rows: m.rows,
+            attempts: m.attempts,
+            copied_in: m.copied_in,
+            complete: m.complete,
+            key_columns: m.key_columns,
+            key_ranges: m.key_ranges,
+            resync: false,
+            caught_up: 0,
+        }
+    }
 }
 
 /// The bounds of a range cut on the whole primary key: `(lo, hi)`, open when `None`.
@@ -119,6 +160,8 @@ impl BackfillMetaV2 {
             complete: self.complete,
             key_columns: self.key_columns,
             key_ranges: self.key_ranges,
+            resync: false,
+            caught_up: 0,
         })
     }
 }
@@ -130,6 +173,9 @@ pub fn load_meta(state: &StateStore, mapping: &str) -> Result<Option<BackfillMet
         Ok(meta) => return Ok(meta),
         Err(error) => error,
     };
+    if let Ok(old) = state.backfill_meta::<BackfillMetaV3>(mapping) {
+        return Ok(old.map(BackfillMeta::from));
+    }
     let old = match state.backfill_meta::<BackfillMetaV2>(mapping) {
         Ok(old) => old,
         Err(_) => match state.backfill_meta::<BackfillMetaV1>(mapping) {
@@ -166,12 +212,29 @@ impl BackfillMeta {
     pub(super) fn attempt_position(&self, attempt: u32) -> &Position {
         &self.attempts[attempt as usize]
     }
+
+    /// The snapshot the rows of range `range` on the targets are as of: the one it was copied
+    /// in, or a later one the ranges were caught up to; `None` when it was not copied.
+    pub(super) fn as_of(&self, range: u64) -> Option<&Position> {
+        let copied = *self.copied_in.get(&range)?;
+        Some(self.attempt_position(copied.max(self.caught_up)))
+    }
 }
 
 /// The source name under which a range and the position it was read at are recorded on a
 /// target (in `duplex.positions`, in the range's own target transaction).
 pub(super) fn marker(mapping: &str, range: u64) -> String {
     format!("backfill:{mapping}:{range}")
+}
+
+/// The source name under which the catch-up of a resumed backfill of `mapping` from `site`
+/// records on a target how far it applied (for the deployment `deployment`, like
+/// [`crate::link::position_key`]).
+pub(super) fn catch_up_key(mapping: &str, site: &str, deployment: &str) -> String {
+    format!(
+        "catch-up:{mapping}:{}",
+        crate::link::position_key(site, deployment)
+    )
 }
 
 /// The SQL `LIKE` pattern of every marker of `mapping`.
@@ -210,6 +273,21 @@ mod tests {
         ranges: Vec<(Option<i128>, Option<i128>)>,
         rows: u64,
         attempts: Vec<String>,
+        copied_in: BTreeMap<u64, u32>,
+        complete: bool,
+        key_columns: Vec<String>,
+        key_ranges: Vec<KeyBounds>,
+    }
+
+    /// The V3 layout as it was written.
+    #[derive(Serialize)]
+    struct WrittenV3 {
+        source: String,
+        table: String,
+        key_column: Option<String>,
+        ranges: Vec<(Option<i128>, Option<i128>)>,
+        rows: u64,
+        attempts: Vec<Position>,
         copied_in: BTreeMap<u64, u32>,
         complete: bool,
         key_columns: Vec<String>,
@@ -297,8 +375,27 @@ mod tests {
             complete: false,
             key_columns: Vec::new(),
             key_ranges: Vec::new(),
+            resync: true,
+            caught_up: 1,
         };
         state.save_backfill_meta("current", &current).unwrap();
+        state
+            .save_backfill_meta(
+                "v3",
+                &WrittenV3 {
+                    source: "store".into(),
+                    table: "public.items".into(),
+                    key_column: Some("id".into()),
+                    ranges: vec![(None, None)],
+                    rows: 1,
+                    attempts: positions(),
+                    copied_in: BTreeMap::new(),
+                    complete: false,
+                    key_columns: Vec::new(),
+                    key_ranges: Vec::new(),
+                },
+            )
+            .unwrap();
 
         let v2 = load_meta(&state, "v2").unwrap().unwrap();
         assert_eq!(v2.attempts, positions());
@@ -312,7 +409,16 @@ mod tests {
         assert_eq!(v1.ranges, vec![(None, Some(10)), (Some(10), None)]);
         assert!(v1.complete && v1.key_columns.is_empty() && v1.key_ranges.is_empty());
 
-        assert_eq!(load_meta(&state, "current").unwrap(), Some(current));
+        assert_eq!(load_meta(&state, "current").unwrap(), Some(current.clone()));
+        let v3 = load_meta(&state, "v3").unwrap().unwrap();
+        assert_eq!(
+            v3,
+            BackfillMeta {
+                resync: false,
+                caught_up: 0,
+                ..current
+            }
+        );
         assert_eq!(load_meta(&state, "none").unwrap(), None);
     }
 

@@ -85,31 +85,80 @@
 //! A killed backfill loses its snapshot (the exporting session, or the snapshot transaction,
 //! died with the process), so the remaining ranges cannot be read at the old position `P0`.
 //! A re-run takes a new snapshot at `P1` (PostgreSQL: through a TEMPORARY slot, so the
-//! permanent slot stays at `P0` and keeps the WAL from there), copies only the ranges not done
-//! (ranges done on a target but not yet in the store are recognised by their marker), and then
-//! the data on the targets is a mix: ranges as of `P0`, ranges as of `P1`. It is made
-//! consistent at `P1` by a catch-up: the source's stream is read from `P0` to `P1`, whole
-//! transactions only, and each change is applied (strictly, through the normal applier, which
-//! records the position) only to rows whose range was copied at a position before that
-//! transaction's commit. The ranges are defined once, at the first attempt, and stored in the
-//! backfill record (integer bounds, or key values per column for other keys), so every attempt
-//! cuts the same ranges. For keys other than one integer column, the range of a changed row's
-//! key is found by the source database (the key is compared with the stored bounds as rows of
-//! a union with the table's own columns, so with the same types and collations the ranges were
-//! read with). A range copied at `Pk` holds exactly the source's rows as of `Pk`, so applying
-//! exactly the transactions after `Pk` to it is exact; ranges copied at `P1` get nothing. A
-//! key-changing update between ranges of different ages is split into the delete and the
-//! insert half that each range needs. The handover position is then `P1`. If the catch-up is
-//! interrupted, the applier's recorded position makes a re-run skip what it already applied.
-//! The backfill record keeps every attempt's position (typed [`duplex_connectors::Position`]s),
-//! so any number of interruptions work the same way. The catch-up stream keeps the publication's
-//! full table list and acknowledges nothing, so the slot never moves past a stopped link's
-//! position; a slot found past the first attempt's position is refused (the catch-up could
-//! not read what it needs).
+//! permanent slot stays at `P0` and keeps the WAL from there). Before it copies anything, it
+//! brings the ranges copied earlier forward to `P1` (ranges done on a target but not yet in the
+//! state store are first recorded from their marker, `catch_up::reconcile_markers`), and only
+//! then copies the ranges not done, at `P1`.
+//!
+//! The catch-up: the source's stream is read from the oldest snapshot a copied range is as of
+//! to `P1`, whole transactions only, and each change is applied (strictly, through the normal
+//! applier, which records how far it got under `catch-up:<mapping>:<site>@<deployment>`, one
+//! key per mapping and target) only to rows
+//! whose range is as of a position before that transaction's commit. The ranges are defined
+//! once, at the first attempt, and stored in the backfill record (integer bounds, or key values
+//! per column for other keys), so every attempt cuts the same ranges. For keys other than one
+//! integer column, the range of a changed row's key is found by the source database (the key is
+//! compared with the stored bounds as rows of a union with the table's own columns, so with the
+//! same types and collations the ranges were read with). A range as of `Pk` holds exactly the
+//! source's rows of the range as of `Pk`, so applying exactly the transactions after `Pk` to it
+//! is exact. A key-changing update between ranges of different ages is split into the delete
+//! and the insert half that each range needs. Once it reached `P1`, the record says so
+//! (`caught_up`: every range copied in an attempt up to this one is as of its snapshot), in
+//! one state-store write; if the catch-up is interrupted before, the applier's recorded
+//! position makes the next catch-up skip what it already applied. The record keeps every
+//! attempt's position (typed [`duplex_connectors::Position`]s), so any number of interruptions
+//! work the same way. The catch-up stream keeps the publication's full table list and
+//! acknowledges nothing, so the slot never moves past a stopped link's position; a slot found
+//! past the first attempt's position is refused (the catch-up could not read what it needs).
+//!
+//! Why catch up first, and not after copying the rest: the targets' unique indexes. Say
+//! customer 5 (copied at `P0`) gave its email `e5` to customer 25 (not copied) after `P0`. At
+//! `P1` the source holds `25: e5`, but the target still holds `5: e5` until the catch-up
+//! corrects it, so copying customer 25's range first fails on the email index, every time. With
+//! the catch-up first, at every moment the target's rows of the mapping are the source's rows
+//! of some set of ranges as of ONE snapshot (`P1`; while catching up, every copied range is at
+//! the same transaction boundary: each attempt leaves all its ranges as of its own snapshot,
+//! so the catch-up starts with all of them at one position and applies each transaction to
+//! all of them): a subset of a state the source's own unique
+//! indexes accepted, which the target's accept too (unless they are stricter, e.g. a
+//! case-insensitive collation). Ranges are then copied at `P1`, so the handover needs no
+//! further catch-up: the handover position is `P1`.
 //!
 //! Until the handover is written, the record says the backfill did not finish, and `duplex run`
 //! refuses the mapping with the command that resumes it ([`unfinished`]): streaming it would
 //! start past the ranges not copied.
+//!
+//! # Resync: after the source's log lost the targets' positions
+//!
+//! When a PostgreSQL slot is gone (or re-created or advanced outside duplex) or a MariaDB
+//! binlog purged, the changes since the targets' positions cannot be read any more, and the
+//! link stops naming `duplex backfill --resync --from <site>`. A resync is a backfill of every
+//! one-way mapping from the site into those targets (positions are one per source and target,
+//! so all of them at once; the selection is checked) into targets that hold rows:
+//!
+//! - A finished backfill record is replaced by a new one (marked `resync`), so an interrupted
+//!   resync resumes like any backfill (and `duplex run` refuses the mappings meanwhile).
+//! - The snapshot is taken like a backfill's, except that the readers of the lost stream are
+//!   not protected (their positions are what is replaced): PostgreSQL creates the slot again
+//!   with the exported snapshot when it is gone, or exports through a temporary slot when it
+//!   exists (the permanent one is at or before the snapshot, so it also serves the stream after
+//!   the handover); MariaDB reads the current binlog position. So a resync is correct whether
+//!   or not the slot still exists (it is then merely not needed), and is not refused.
+//! - Each range REPLACES the target's rows of its key range: in the range's one target
+//!   transaction, the target rows of the range whose key the snapshot's rows of the range lack
+//!   are deleted, and the snapshot's rows upserted. The target's keys of the range are read by
+//!   the target database with the same bounds, which is why a resync cuts only on integer key
+//!   columns (every kind orders integers alike; a text key under another collation could put a
+//!   row in another range on the target, and the range written later would delete it) and
+//!   copies any other table as one range. A range is then exactly the source's rows of the
+//!   range as of the snapshot, like a range copied into an empty table, so resume and
+//!   catch-up argue the same. A target row of a range not yet written can still hold a unique
+//!   value the source moved to a row of a range being written: that stops the resync with the
+//!   index and the value named (a row of the target is never written over another).
+//! - The handover replaces the target's position of the lost stream (and this deployment's
+//!   catch-up row) with the snapshot position, so `duplex run` streams exactly what committed
+//!   after it. `duplex run` holds the state store's lock while it works, so a resync refuses
+//!   then.
 //!
 //! # Not done here
 //!
@@ -159,6 +208,10 @@ pub struct BackfillOptions {
     pub restart: bool,
     /// Rows per range.
     pub chunk_rows: u64,
+    /// Copy again into targets that already stream from the source (after its log lost their
+    /// positions): every range replaces the target's rows of its key range, and the targets'
+    /// positions are replaced by the new snapshot's.
+    pub resync: bool,
 }
 
 /// Why a backfill failed.
@@ -272,10 +325,13 @@ pub fn unfinished(
             Direction::Both => format!(" --from {}", meta.source),
             Direction::OneWay { .. } => String::new(),
         };
-        unfinished.push((
-            mapping.name.clone(),
-            format!("duplex backfill --mapping {}{from}", mapping.name),
-        ));
+        // A resync covers every mapping from the source into its targets at once.
+        let command = if meta.resync {
+            crate::link::resync_command(&meta.source)
+        } else {
+            format!("duplex backfill --mapping {}{from}", mapping.name)
+        };
+        unfinished.push((mapping.name.clone(), command));
     }
     Ok(unfinished)
 }
@@ -283,7 +339,13 @@ pub fn unfinished(
 /// Why `duplex run` refuses the mappings [`unfinished`] found, and the commands that fix it.
 pub fn unfinished_refusal(unfinished: &[(String, String)]) -> String {
     let names: Vec<&str> = unfinished.iter().map(|(m, _)| m.as_str()).collect();
-    let commands: Vec<String> = unfinished.iter().map(|(_, c)| format!("`{c}`")).collect();
+    let mut commands: Vec<String> = Vec::new();
+    for (_, command) in unfinished {
+        let command = format!("`{command}`");
+        if !commands.contains(&command) {
+            commands.push(command);
+        }
+    }
     format!(
         "the backfill of mapping(s) {} did not finish (it was interrupted or failed): its targets \
          hold only part of the rows, and streaming now would never copy the rest. Finish it \
@@ -340,11 +402,7 @@ pub async fn backfill(config: &Config, options: &BackfillOptions) -> Result<(), 
             )));
         }
     }
-    let selected: Vec<&Mapping> = config
-        .mappings
-        .iter()
-        .filter(|m| options.mappings.is_empty() || options.mappings.contains(&m.name))
-        .collect();
+    let selected = selection(config, options).map_err(BackfillError::Invalid)?;
     let mut by_source: BTreeMap<String, Vec<&Mapping>> = BTreeMap::new();
     for mapping in selected {
         let from = match (&mapping.direction, &options.from) {
@@ -405,6 +463,75 @@ pub async fn backfill(config: &Config, options: &BackfillOptions) -> Result<(), 
     Ok(())
 }
 
+/// The mappings `options` select: those named by `--mapping`, else all; a resync without
+/// `--mapping` takes the one-way mappings (of the `--from` site, if given), and its selection
+/// is checked ([`check_resync_selection`]).
+fn selection<'a>(
+    config: &'a Config,
+    options: &BackfillOptions,
+) -> Result<Vec<&'a Mapping>, String> {
+    let selected: Vec<&Mapping> = config
+        .mappings
+        .iter()
+        .filter(|m| options.mappings.is_empty() || options.mappings.contains(&m.name))
+        .filter(|m| !options.resync || !options.mappings.is_empty() || resyncable(m, options))
+        .collect();
+    if options.resync {
+        check_resync_selection(config, &selected, options)?;
+    }
+    Ok(selected)
+}
+
+/// Without `--mapping`, a resync takes the one-way mappings (of the `--from` site, if given).
+fn resyncable(mapping: &Mapping, options: &BackfillOptions) -> bool {
+    match &mapping.direction {
+        Direction::OneWay { from, .. } => options.from.as_ref().is_none_or(|f| f == from),
+        Direction::Both => false,
+    }
+}
+
+/// A resync replaces the positions its targets hold of the source, which are one per source
+/// and target: every one-way mapping from the source into a target resynced must be resynced
+/// with it, or the others would skip (or repeat) the changes between the old positions and the
+/// new snapshot. Two-way mappings keep their positions in the merge engine: not resynced.
+fn check_resync_selection(
+    config: &Config,
+    selected: &[&Mapping],
+    options: &BackfillOptions,
+) -> Result<(), String> {
+    if selected.is_empty() {
+        return Err(match &options.from {
+            Some(from) => format!("no one-way mapping copies from site {from}: nothing to resync"),
+            None => "no one-way mapping to resync".into(),
+        });
+    }
+    for mapping in selected {
+        let Direction::OneWay { from, to } = &mapping.direction else {
+            return Err(format!(
+                "mapping {} is two-way: --resync is for one-way mappings (the merge engine keeps where it read each site in its state directory); leave it out",
+                mapping.name
+            ));
+        };
+        let missing: Vec<&str> = config
+            .mappings
+            .iter()
+            .filter(|m| {
+                matches!(&m.direction, Direction::OneWay { from: f, to: t } if f == from && t == to)
+            })
+            .filter(|m| !selected.iter().any(|s| s.name == m.name))
+            .map(|m| m.name.as_str())
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "mapping(s) {} also stream from {from} into {to}, whose position of {from} a resync replaces: resync them together (`{}`, or add --mapping for each)",
+                missing.join(", "),
+                crate::link::resync_command(from)
+            ));
+        }
+    }
+    Ok(())
+}
+
 async fn backfill_source(
     config: &Config,
     site: &Site,
@@ -416,11 +543,23 @@ async fn backfill_source(
     let mut metas: BTreeMap<String, Option<BackfillMeta>> = BTreeMap::new();
     for mapping in mappings {
         let name = mapping.name.clone();
-        let state = state.clone();
+        let store = state.clone();
         let meta: Option<BackfillMeta> =
-            tokio::task::spawn_blocking(move || load_meta(&state, &name))
+            tokio::task::spawn_blocking(move || load_meta(&store, &name))
                 .await
                 .map_err(|e| BackfillError::Crashed(e.to_string()))??;
+        // A resync copies a backfilled mapping again, from a new record.
+        let meta = match meta {
+            Some(meta) if options.resync && meta.complete => {
+                let name = mapping.name.clone();
+                let store = state.clone();
+                tokio::task::spawn_blocking(move || store.clear_backfill(&name))
+                    .await
+                    .map_err(|e| BackfillError::Crashed(e.to_string()))??;
+                None
+            }
+            meta => meta,
+        };
         metas.insert(mapping.name.clone(), meta);
     }
     let pending: Vec<&Mapping> = mappings
@@ -429,7 +568,7 @@ async fn backfill_source(
         .filter(|m| {
             let complete = metas[&m.name].as_ref().is_some_and(|meta| meta.complete);
             if complete {
-                tracing::info!(mapping = %m.name, "already backfilled: nothing to do (duplex run streams from its handover position)");
+                tracing::info!(mapping = %m.name, "already backfilled: nothing to do (duplex run streams from its handover position; if the source's log lost the targets' positions, copy it again with `{}`)", crate::link::resync_command(&site.name));
             }
             !complete
         })
@@ -449,10 +588,16 @@ async fn backfill_source(
             source,
         })?;
     // Targets, their routes, and the checks.
+    let key = crate::link::position_key(&site.name, state.deployment_id());
     let mut jobs = Vec::new();
     for mapping in &pending {
         let table = &mapping.tables[&site.name];
+        let resync = match &metas[&mapping.name] {
+            Some(meta) => meta.resync || options.resync,
+            None => options.resync,
+        };
         let mut targets = Vec::new();
+        let mut target_schemas = Vec::new();
         for (from, to) in mapping.edges() {
             if from != site.name {
                 continue;
@@ -460,8 +605,25 @@ async fn backfill_source(
             let target = &config.sites[to];
             let routes =
                 crate::routes::routes_for(std::slice::from_ref(*mapping), &site.name, to, &schemas);
-            if metas[&mapping.name].is_none() {
-                let key = crate::link::position_key(&site.name, state.deployment_id());
+            target_schemas.push(if resync {
+                let table = mapping.tables[to].clone();
+                let mut described = duplex_connectors::describe(
+                    &target.connection(),
+                    &BTreeSet::from([table.clone()]),
+                )
+                .await
+                .map_err(|source| BackfillError::Describe {
+                    site: target.name.clone(),
+                    source,
+                })?;
+                described.remove(&table)
+            } else {
+                None
+            });
+            if metas[&mapping.name].is_none() && resync {
+                forget_catch_up_position(target, mapping, &site.name, state.deployment_id())
+                    .await?;
+            } else if metas[&mapping.name].is_none() {
                 check_target(
                     target,
                     (&site.name, &key),
@@ -473,14 +635,14 @@ async fn backfill_source(
             }
             targets.push((target.clone(), routes));
         }
-        jobs.push((mapping, table.clone(), targets));
+        jobs.push((mapping, table.clone(), targets, target_schemas, resync));
     }
     // Foreign keys on targets that check them: referenced tables first (refused before the
     // snapshot when no order works).
     let levels = order::copy_levels(
         &jobs
             .iter()
-            .map(|(m, _, targets)| (m.name.as_str(), targets.as_slice()))
+            .map(|(m, _, targets, ..)| (m.name.as_str(), targets.as_slice()))
             .collect::<Vec<_>>(),
     )
     .await?;
@@ -494,7 +656,12 @@ async fn backfill_source(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let (resume_from, streamed_by) = still_needed(config, site, &pending, &metas, state).await?;
+    let (resume_from, mut streamed_by) =
+        still_needed(config, site, &pending, &metas, state).await?;
+    if options.resync {
+        // The positions those readers resume from are what a resync replaces.
+        streamed_by = None;
+    }
     let snapshot = SourceSnapshot::take(
         &connection,
         &all_tables,
@@ -510,14 +677,21 @@ async fn backfill_source(
     // Plans (new mappings) and the new attempt.
     let mut planner = snapshot.reader().await.map_err(snapshot_error(site))?;
     let mut all_jobs = Vec::new();
-    for (mapping, table, targets) in jobs {
+    for (mapping, table, targets, target_schemas, resync) in jobs {
         let schema = schemas[&table].clone();
         let mut meta = match metas[&mapping.name].clone() {
             Some(meta) => meta,
-            None => plan::plan(&mut planner, &site.name, &schema, options.chunk_rows)
-                .await
-                .map_err(snapshot_error(site))?,
+            None => plan::plan(
+                &mut planner,
+                &site.name,
+                &schema,
+                options.chunk_rows,
+                resync,
+            )
+            .await
+            .map_err(snapshot_error(site))?,
         };
+        meta.resync = resync;
         meta.attempts.push(position.clone());
         save_meta(state, &mapping.name, &meta).await?;
         all_jobs.push(Job {
@@ -525,16 +699,14 @@ async fn backfill_source(
             schema,
             targets,
             meta,
+            target_schemas,
         });
     }
     planner.close().await;
 
-    // Copy.
-    let started = Instant::now();
-    let copied = copy::copy(site, &snapshot, &mut all_jobs, &levels, options, state).await?;
-    snapshot.release().await;
-
-    // Catch-up of ranges copied in earlier attempts, then the handover.
+    // Ranges copied in earlier attempts are brought to the new snapshot first, so that every
+    // range on the targets is as of it before any other is copied (see "Resume").
+    catch_up::reconcile_markers(&mut all_jobs, state).await?;
     catch_up::catch_up(
         site,
         &all_jobs,
@@ -544,7 +716,34 @@ async fn backfill_source(
     )
     .await?;
     for job in &mut all_jobs {
+        let current = job.meta.attempts.len() as u32 - 1;
+        if !job.meta.copied_in.is_empty() && job.meta.caught_up != current {
+            job.meta.caught_up = current;
+            save_meta(state, &job.mapping.name, &job.meta).await?;
+        }
+    }
+
+    // Copy.
+    let started = Instant::now();
+    let copied = copy::copy(site, &snapshot, &mut all_jobs, &levels, options, state).await?;
+    snapshot.release().await;
+
+    // The handover (every range is as of the snapshot).
+    for job in &mut all_jobs {
         for (target, routes) in &job.targets {
+            if job.meta.resync {
+                // The position the target held of the lost stream is replaced, never kept
+                // (a position beyond the snapshot would skip the changes after it).
+                forget_catch_up_position(target, &job.mapping, &site.name, state.deployment_id())
+                    .await?;
+                forget_position(target, &key).await?;
+            } else {
+                forget_position(
+                    target,
+                    &meta::catch_up_key(&job.mapping.name, &site.name, state.deployment_id()),
+                )
+                .await?;
+            }
             let apply_error = |source| BackfillError::Apply {
                 site: target.name.clone(),
                 source,
@@ -621,6 +820,51 @@ async fn restart(
     Ok(())
 }
 
+/// Deletes the target's `duplex.positions` row of `source` (exactly that name), if any.
+async fn forget_position(target: &Site, source: &str) -> Result<(), BackfillError> {
+    let connection = target.connection();
+    let sources = duplex_connectors::load::position_sources(&connection)
+        .await
+        .map_err(admin_error(target))?;
+    if sources.iter().any(|s| s == source) {
+        duplex_connectors::load::delete_position(&connection, source)
+            .await
+            .map_err(admin_error(target))?;
+    }
+    Ok(())
+}
+
+/// Deletes the target's row of this deployment's catch-up of `mapping` from `site` (a resync's catch-up
+/// must not skip what it lists), and, when the target holds no position of `site` for this
+/// deployment, the one under the bare site name: duplex before per-deployment keys kept the
+/// link's position there, and `duplex run` would take it over. With a row of this deployment,
+/// a bare row is another deployment's (MariaDB keeps one `duplex.positions` per server) and
+/// stays.
+async fn forget_catch_up_position(
+    target: &Site,
+    mapping: &Mapping,
+    site: &str,
+    deployment: &str,
+) -> Result<(), BackfillError> {
+    let connection = target.connection();
+    let sources = duplex_connectors::load::position_sources(&connection)
+        .await
+        .map_err(admin_error(target))?;
+    let ours = crate::link::position_key(site, deployment);
+    let mut forget = vec![meta::catch_up_key(&mapping.name, site, deployment)];
+    if !sources.contains(&ours) {
+        forget.push(site.to_owned());
+    }
+    for source in forget {
+        if sources.contains(&source) {
+            duplex_connectors::load::delete_position(&connection, &source)
+                .await
+                .map_err(admin_error(target))?;
+        }
+    }
+    Ok(())
+}
+
 /// What the change stream of `site` must still give, for [`SourceSnapshot::take`]:
 ///
 /// - the first snapshot of an interrupted backfill being resumed (its catch-up reads from
@@ -667,8 +911,9 @@ async fn still_needed(
                 first.clone(),
                 format!(
                     "the interrupted backfill of mapping {m} (its catch-up reads from its first \
-                     snapshot), so it cannot be resumed: to start it over, empty its target \
-                     tables and run `duplex backfill --mapping {m} --restart`",
+                     snapshot), so it cannot be resumed: to start it over into the tables as \
+                     they are, run `{} --restart`",
+                    crate::link::resync_command(&site.name),
                     m = mapping.name
                 ),
             ));
@@ -733,9 +978,10 @@ async fn still_needed(
     }
     let streamed_by = (!streamed_by.is_empty()).then(|| {
         format!(
-            "{}; to go on, re-copy what reads from {s}: empty the target tables of its mappings, \
-             delete the targets' `duplex.positions` rows of {s}, and backfill them",
+            "{}; to go on, copy what reads from {s} again, into the tables as they are, with \
+             `{}` (it takes the mappings being backfilled along)",
             streamed_by.join(", "),
+            crate::link::resync_command(&site.name),
             s = site.name
         )
     });
@@ -787,7 +1033,10 @@ async fn check_target(
              changes of the others. To backfill it, backfill every mapping from {source} into {t} \
              together: with duplex stopped, empty their tables on {t}, delete {t}'s \
              `duplex.positions` row of {source} (source {key:?}), and run `duplex backfill` with a --mapping for \
-             each of them (or backfill {m} into a site that does not stream from {source})",
+             each of them (or backfill {m} into a site that does not stream from {source}). If \
+             {source}'s log lost {t}'s position (slot gone, binlog purged), `{resync}` copies \
+             them again into the tables as they are instead",
+            resync = crate::link::resync_command(source),
             t = target.name,
             m = mapping.name
         )));
@@ -807,4 +1056,71 @@ async fn check_target(
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn config() -> Config {
+        let text = "[sites.store]\nkind = \"postgres\"\nurl = \"postgres://duplex@127.0.0.1/shop\"\n\
+             [sites.erp]\nkind = \"mysql\"\nurl = \"mysql://duplex@127.0.0.1/erp\"\n\
+             [sites.wms]\nkind = \"postgres\"\nurl = \"postgres://duplex@127.0.0.1/wms\"\n\
+             [[mappings]]\nname = \"orders\"\ntables = { store = \"public.orders\", erp = \"erp.orders\" }\ndirection = \"store->erp\"\n\
+             [[mappings]]\nname = \"lines\"\ntables = { store = \"public.lines\", erp = \"erp.lines\" }\ndirection = \"store->erp\"\n\
+             [[mappings]]\nname = \"stock\"\ntables = { store = \"public.stock\", wms = \"public.stock\" }\ndirection = \"store->wms\"\n\
+             [[mappings]]\nname = \"items\"\ntables = { erp = \"erp.items\", wms = \"public.items\" }\ndirection = \"both\"\n";
+        Config::from_toml(text, Path::new("duplex.toml"), Path::new(".")).unwrap()
+    }
+
+    fn options(mappings: &[&str], from: Option<&str>) -> BackfillOptions {
+        BackfillOptions {
+            mappings: mappings.iter().map(|m| (*m).to_owned()).collect(),
+            from: from.map(str::to_owned),
+            jobs: 1,
+            allow_nonempty: false,
+            restart: false,
+            chunk_rows: DEFAULT_CHUNK_ROWS,
+            resync: true,
+        }
+    }
+
+    fn names(selected: Result<Vec<&Mapping>, String>) -> Vec<String> {
+        selected.unwrap().iter().map(|m| m.name.clone()).collect()
+    }
+
+    #[test]
+    fn a_resync_takes_every_one_way_mapping_sharing_a_target_position() {
+        let config = config();
+        assert_eq!(
+            names(selection(&config, &options(&[], Some("store")))),
+            ["orders", "lines", "stock"]
+        );
+        assert_eq!(
+            names(selection(&config, &options(&[], None))),
+            ["orders", "lines", "stock"]
+        );
+        assert_eq!(
+            names(selection(&config, &options(&["stock"], None))),
+            ["stock"]
+        );
+        assert_eq!(
+            names(selection(&config, &options(&["orders", "lines"], None))),
+            ["orders", "lines"]
+        );
+        let refused = selection(&config, &options(&["orders"], None)).unwrap_err();
+        assert!(
+            refused.contains("lines") && refused.contains("duplex backfill --resync --from store"),
+            "{refused}"
+        );
+        let refused = selection(&config, &options(&["items"], None)).unwrap_err();
+        assert!(refused.contains("two-way"), "{refused}");
+        let refused = selection(&config, &options(&[], Some("wms"))).unwrap_err();
+        assert!(
+            refused.contains("no one-way mapping copies from site wms"),
+            "{refused}"
+        );
+    }
 }

@@ -23,6 +23,9 @@ pub(super) struct Job {
     pub targets: Vec<(Site, Vec<TableRoute>)>,
     /// Its record.
     pub meta: BackfillMeta,
+    /// The target tables (for a resync, which reads their keys to delete what the source
+    /// does not have), by target site.
+    pub target_schemas: Vec<Option<TableSchema>>,
 }
 
 /// The ranges still to copy, as (job index, range id), shared by the copy workers.
@@ -64,34 +67,41 @@ pub(super) async fn done_ranges(
     )
 }
 
+/// Whether `column` is an integer column (compared as a number by every kind of database).
+fn is_integer(column: &Column) -> bool {
+    let ty = column
+        .type_name
+        .strip_suffix(" unsigned")
+        .unwrap_or(&column.type_name);
+    matches!(
+        ty,
+        "int2"
+            | "int4"
+            | "int8"
+            | "tinyint"
+            | "smallint"
+            | "mediumint"
+            | "int"
+            | "integer"
+            | "bigint"
+    )
+}
+
 /// Cuts `schema`'s table into ranges of about `chunk` rows, read in `reader`'s snapshot: on a
 /// single integer key column by its values, on any other primary key by the key values the
-/// server numbers, and as one range when the key has a type that cannot be cut.
+/// server numbers, and as one range when the key has a type that cannot be cut. A `resync`
+/// cuts only on integer key columns (its ranges are also selected on the target, which must
+/// order the keys like the source: integers do, text under another collation need not), so
+/// any other key is one range.
 pub(super) async fn plan(
     reader: &mut AnySnapshot,
     source: &str,
     schema: &TableSchema,
     chunk: u64,
+    resync: bool,
 ) -> Result<BackfillMeta, SnapshotError> {
     let integer_key = match schema.primary_key.as_slice() {
-        [only] => schema.column(only).is_some_and(|c| {
-            let ty = c
-                .type_name
-                .strip_suffix(" unsigned")
-                .unwrap_or(&c.type_name);
-            matches!(
-                ty,
-                "int2"
-                    | "int4"
-                    | "int8"
-                    | "tinyint"
-                    | "smallint"
-                    | "mediumint"
-                    | "int"
-                    | "integer"
-                    | "bigint"
-            )
-        }),
+        [only] => schema.column(only).is_some_and(is_integer),
         _ => false,
     };
     let key_column = integer_key.then(|| schema.primary_key[0].clone());
@@ -105,9 +115,13 @@ pub(super) async fn plan(
             .collect();
         let orderable = columns.len() == schema.primary_key.len()
             && columns.iter().all(|c| reader.can_cut_on(c));
+        let alike = !resync || columns.iter().all(is_integer);
         if !orderable {
             tracing::warn!(table = %schema.name, "the primary key has a type duplex cannot cut into ranges: the table is copied as one range, held in memory whole");
+        } else if !alike {
+            tracing::warn!(table = %schema.name, "a resync cuts tables into ranges only on integer key columns (the target must order the keys like the source): the table is copied as one range, held in memory whole");
         }
+        let orderable = orderable && alike;
         orderable.then_some(columns)
     };
     let rows = reader.count(&schema.name).await?;
@@ -153,6 +167,8 @@ pub(super) async fn plan(
             .map(|k| k.into_iter().map(|c| c.name).collect())
             .unwrap_or_default(),
         key_ranges,
+        resync,
+        caught_up: 0,
     })
 }
 

@@ -201,6 +201,20 @@ pub enum LinkError {
         /// The row's key.
         key: String,
     },
+    /// The source's log no longer holds the changes since the targets' positions (a slot
+    /// gone, a binlog purged): the link cannot go on, `duplex backfill --resync` recovers.
+    #[error(
+        "site {site}'s change log no longer holds what its targets need: recover with `{command}` (same --config, with `duplex run` stopped): it copies the mapped tables from a new snapshot into the targets, making them row-for-row equal to the source (rows the source no longer has are deleted), and `duplex run` then streams from that snapshot"
+    )]
+    PositionLost {
+        /// Source site.
+        site: String,
+        /// The command that recovers.
+        command: String,
+        /// What the source said.
+        #[source]
+        source: StreamError,
+    },
     /// A schema change on the source that the link does not follow.
     #[error("a schema change on site {site}")]
     Shape {
@@ -226,6 +240,7 @@ impl LinkError {
             | LinkError::Refused(_)
             | LinkError::DeadLetterOrder { .. }
             | LinkError::DeadLettersLost { .. }
+            | LinkError::PositionLost { .. }
             | LinkError::Shape { .. } => false,
         }
     }
@@ -269,9 +284,21 @@ pub async fn run(
                     _ = stop_requested(&mut shutdown) => return Ok(()),
                 }
             }
+            Err(LinkError::Source { site, source }) if source.is_position_lost() => {
+                return Err(LinkError::PositionLost {
+                    command: resync_command(&site),
+                    site,
+                    source,
+                });
+            }
             Err(error) => return Err(error),
         }
     }
+}
+
+/// The command that recovers the targets of `site` after its change log lost their positions.
+pub fn resync_command(site: &str) -> String {
+    format!("duplex backfill --resync --from {site}")
 }
 
 /// `store -> erp, wms` for logs.

@@ -36,8 +36,8 @@ pub enum MysqlStreamError {
     /// The requested position is no longer (or never was) in the server's binlog.
     #[error(
         "binlog position {position} is not available on the server (the file was purged, or the \
-         position belongs to another server): the changes since then are lost to the stream; \
-         run `duplex backfill` for this link to copy the tables again and restart streaming"
+         position belongs to another server): the changes since then are lost to the stream, so \
+         the mapped tables must be copied again"
     )]
     PositionPurged {
         /// Where the reader asked to start.

@@ -13,6 +13,7 @@ const MARKERS: &str = "deleting the backfill's range markers";
 const LIST: &str = "listing the sources of duplex.positions";
 const RENAME: &str = "taking over a duplex.positions row";
 const FOREIGN_KEYS: &str = "reading the tables' foreign keys";
+const FORGET: &str = "deleting a duplex.positions row";
 
 /// Whether `table` holds no rows.
 pub async fn table_is_empty(site: &SiteConnection, table: &TableName) -> Result<bool, AdminError> {
@@ -43,6 +44,18 @@ pub async fn delete_positions_like(site: &SiteConnection, pattern: &str) -> Resu
     )
     .await
     .map_err(AdminError::doing(MARKERS))?;
+    let _ = conn.disconnect().await;
+    Ok(())
+}
+
+/// Deletes the `duplex.positions` row of `source` (exactly that name).
+pub async fn delete_position(site: &SiteConnection, source: &str) -> Result<(), AdminError> {
+    let mut conn = connect(&site.url, site.password())
+        .await
+        .map_err(AdminError::doing(FORGET))?;
+    conn.exec_drop("DELETE FROM duplex.positions WHERE source = ?", (source,))
+        .await
+        .map_err(AdminError::doing(FORGET))?;
     let _ = conn.disconnect().await;
     Ok(())
 }

@@ -21,7 +21,8 @@ pub use binlog_error::MysqlStreamError;
 pub use catalog::{TableInfo, collations, describe_table};
 pub use error::MysqlError;
 pub use load::{
-    delete_positions_like, position_sources, rename_position, table_is_empty, target_foreign_keys,
+    delete_position, delete_positions_like, position_sources, rename_position, table_is_empty,
+    target_foreign_keys,
 };
 pub use position::BinlogPosition;
 pub use positions::{CLAIMS_DDL, POSITIONS_DDL};

@@ -11,6 +11,7 @@ const MARKERS: &str = "deleting the backfill's range markers";
 const LIST: &str = "listing the sources of duplex.positions";
 const RENAME: &str = "taking over a duplex.positions row";
 const FOREIGN_KEYS: &str = "reading the target tables' foreign keys";
+const FORGET: &str = "deleting a duplex.positions row";
 
 /// Whether `table` holds no rows.
 pub async fn table_is_empty(site: &SiteConnection, table: &TableName) -> Result<bool, AdminError> {
@@ -41,6 +42,18 @@ pub async fn delete_positions_like(site: &SiteConnection, pattern: &str) -> Resu
         )
         .await
         .map_err(AdminError::doing(MARKERS))?;
+    Ok(())
+}
+
+/// Deletes the `duplex.positions` row of `source` (exactly that name).
+pub async fn delete_position(site: &SiteConnection, source: &str) -> Result<(), AdminError> {
+    let client = connect(&site.url, site.password())
+        .await
+        .map_err(AdminError::doing(FORGET))?;
+    client
+        .execute("DELETE FROM duplex.positions WHERE source = $1", &[&source])
+        .await
+        .map_err(AdminError::doing(FORGET))?;
     Ok(())
 }
 

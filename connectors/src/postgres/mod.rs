@@ -22,7 +22,8 @@ pub use apply::{PgApplier, PgSession};
 pub use catalog::{ReplicaIdentity, TableInfo, collations, describe_table};
 pub use error::PgError;
 pub use load::{
-    delete_positions_like, position_sources, rename_position, table_is_empty, target_foreign_keys,
+    delete_position, delete_positions_like, position_sources, rename_position, table_is_empty,
+    target_foreign_keys,
 };
 pub use position::{Lsn, LsnParseError};
 pub use positions::{CLAIMS_DDL, POSITIONS_DDL};

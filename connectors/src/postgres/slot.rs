@@ -95,11 +95,12 @@ pub(super) async fn ensure_slot(
                 .map_err(|_| problem(format!("unreadable confirmed_flush_lsn {confirmed:?}")));
         }
         if !create {
-            return Err(problem(
-                "does not exist, so the changes since the stored position cannot be read: \
-                 re-copy the tables with `duplex backfill`, which creates a new slot"
+            return Err(PgStreamError::SlotLost {
+                name: slot.to_owned(),
+                problem: "does not exist, so the changes since the targets' positions cannot be \
+                          read any more: the mapped tables must be copied again"
                     .into(),
-            ));
+            });
         }
         match client
             .execute(

@@ -351,6 +351,15 @@ pub enum PgStreamError {
         /// What is wrong and what to do.
         problem: String,
     },
+    /// The slot that held the changes since the targets' positions is gone (dropped, or
+    /// re-created or advanced outside duplex): those changes can no longer be read.
+    #[error("replication slot {name}: {problem}")]
+    SlotLost {
+        /// Slot name.
+        name: String,
+        /// What happened.
+        problem: String,
+    },
     /// The replication session failed (connect, authentication, START_REPLICATION, I/O).
     #[error("PostgreSQL replication session failed")]
     Replication(#[source] PgWireError),
@@ -444,6 +453,20 @@ impl PgStreamError {
                 }),
                 _ => false,
             },
+            _ => false,
+        }
+    }
+
+    /// True when the slot no longer holds the changes since the requested position (gone,
+    /// re-created or advanced outside duplex, or dropped while streaming): only copying the
+    /// mapped tables again recovers.
+    pub fn is_position_lost(&self) -> bool {
+        match self {
+            PgStreamError::SlotLost { .. } => true,
+            PgStreamError::Replication(PgWireError::Server(message)) => {
+                message.contains("replication slot")
+                    && sqlstate(message) == Some(SqlState::UNDEFINED_OBJECT.code())
+            }
             _ => false,
         }
     }
@@ -578,10 +601,10 @@ impl PgStream {
             // someone else, and the changes in between are gone from it.
             let limit = start.max(acknowledged);
             if confirmed > limit {
-                return Err(PgStreamError::Slot {
+                return Err(PgStreamError::SlotLost {
                     name: config.slot.clone(),
                     problem: format!(
-                        "its confirmed position {confirmed} is beyond every position duplex confirmed to it ({limit}; the targets hold {start}): it was dropped and re-created, or advanced, outside duplex, and the changes committed between {start} and {confirmed} can no longer be read from it. Copy the mapped tables again (see `duplex backfill` in the README); until then duplex refuses the slot. (If instead duplex's state directory was restored from an older backup, the slot is duplex's own: start once with `duplex run --trust-slot <site>`)"
+                        "its confirmed position {confirmed} is beyond every position duplex confirmed to it ({limit}; the targets hold {start}): it was dropped and re-created, or advanced, outside duplex, and the changes committed between {start} and {confirmed} can no longer be read from it, so the mapped tables must be copied again; until then duplex refuses the slot. (If instead duplex's state directory was restored from an older backup, the slot is duplex's own: start once with `duplex run --trust-slot <site>`)"
                     ),
                 });
             }
@@ -1285,6 +1308,10 @@ mod tests {
             server("replication slot \"s\" is active for PID 7 (SQLSTATE 55006)").is_transient()
         );
         assert!(!server("replication slot \"s\" does not exist (SQLSTATE 42704)").is_transient());
+        assert!(
+            server("replication slot \"s\" does not exist (SQLSTATE 42704)").is_position_lost()
+        );
+        assert!(!server("canceling statement (SQLSTATE 57014)").is_position_lost());
         assert!(!server("canceling statement (SQLSTATE 57014)").is_transient());
         assert!(
             PgStreamError::Replication(PgWireError::Io(Arc::new(std::io::Error::other("reset"))))
