@@ -148,6 +148,16 @@ pub fn settle(
     Ok(kept)
 }
 
+/// Removes every letter of `scope` (a backfill made the target equal to a newer snapshot of
+/// the source); returns how many there were.
+pub fn discard(store: &StateStore, scope: &str) -> Result<usize, StateError> {
+    let letters: Vec<(u64, DeadLetter)> = store.pending(scope)?;
+    for (seq, _) in &letters {
+        store.remove_pending(scope, *seq)?;
+    }
+    Ok(letters.len())
+}
+
 /// Why [`settle`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SettleError {

@@ -456,3 +456,63 @@ fn a_state_directory_restored_from_before_dead_letters_stops_the_link() {
         "DELETE FROM duplex.positions WHERE source = 'dead-lettered:",
     ]);
 }
+
+/// A resync makes the target equal to a new snapshot: the dead letters of the stream it
+/// replaces are older than that snapshot, and are discarded, never written over it later.
+#[test]
+fn a_resync_discards_the_dead_letters_it_makes_obsolete() {
+    let store = shared_pg().create_database();
+    store
+        .execute_as_duplex(
+            "CREATE TABLE items (id int PRIMARY KEY, code text, qty bigint, note text)",
+        )
+        .unwrap();
+    let wms = shared_pg().create_database();
+    wms.execute_as_duplex(
+        "CREATE TABLE items (id int PRIMARY KEY, code text, qty bigint CHECK (qty >= 0), note text)",
+    )
+    .unwrap();
+    let mut duplex = Duplex::run(&dead_letter_config(&store, &wms));
+    duplex.wait_link_started();
+    store
+        .psql("INSERT INTO items VALUES (1, 'a', -1, NULL); INSERT INTO items VALUES (2, 'b', 2, NULL)")
+        .unwrap();
+    wait_for("the row after the refused one", REPLICATION_GUARD, || {
+        duplex.assert_running();
+        let got = table_rows(&wms, "items").len();
+        if got == 1 {
+            Ok(())
+        } else {
+            Err(format!("{got} rows"))
+        }
+    });
+    assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
+    // The source moves on while duplex is stopped: the letter's insert is stale.
+    store.psql("UPDATE items SET qty = 1 WHERE id = 1").unwrap();
+    wms.execute_as_duplex("ALTER TABLE items DROP CONSTRAINT items_qty_check")
+        .unwrap();
+    let out = duplex.command(&["backfill", "--resync", "--from", store.name()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = duplex.command(&["dead-letters"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("no dead letters"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(table_rows(&wms, "items"), table_rows(&store, "items"));
+    duplex.start();
+    duplex.wait_link_started();
+    store.psql("UPDATE items SET qty = 5 WHERE id = 1").unwrap();
+    wait_equal(
+        &store,
+        &wms,
+        &mut duplex,
+        "items",
+        "the row after the resync",
+    );
+    assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
+}

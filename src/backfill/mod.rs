@@ -731,6 +731,18 @@ async fn backfill_source(
     // The handover (every range is as of the snapshot).
     for job in &mut all_jobs {
         for (target, routes) in &job.targets {
+            // Changes this source's stream set aside for the target (dead letters) are older
+            // than the snapshot the target now holds: writing them later would put old rows
+            // back. They go before the handover commits (a crash in between redoes both).
+            let store = state.clone();
+            let scope = crate::dead_letters::scope(&site.name, &target.name);
+            let discarded =
+                tokio::task::spawn_blocking(move || crate::dead_letters::discard(&store, &scope))
+                    .await
+                    .map_err(|e| BackfillError::Crashed(e.to_string()))??;
+            if discarded > 0 {
+                tracing::info!(source = %site.name, target = %target.name, discarded, "dead letters of this source and target discarded: the target holds the snapshot's rows");
+            }
             if job.meta.resync {
                 // The position the target held of the lost stream is replaced, never kept
                 // (a position beyond the snapshot would skip the changes after it).
