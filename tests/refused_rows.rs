@@ -226,12 +226,8 @@ fn a_postgresql_refusal_names_its_detail_and_a_nul_byte_from_mariadb_names_its_r
     );
 }
 
-fn dead_letter_config(store: &PgDatabase, wms: &PgDatabase) -> String {
-    harness::pg::one_way_config(store, wms, "items") + "on_error = \"dead-letter\"\n"
-}
-
-#[test]
-fn dead_letters_set_refused_rows_aside_in_order_and_retry_writes_them_once_fixed() {
+/// A source `items` table and a target one that refuses a negative `qty`.
+fn items_with_a_check() -> (PgDatabase, PgDatabase) {
     let store = shared_pg().create_database();
     store
         .execute_as_duplex(
@@ -243,6 +239,16 @@ fn dead_letters_set_refused_rows_aside_in_order_and_retry_writes_them_once_fixed
         "CREATE TABLE items (id int PRIMARY KEY, code text, qty bigint CHECK (qty >= 0), note text)",
     )
     .unwrap();
+    (store, wms)
+}
+
+fn dead_letter_config(store: &PgDatabase, wms: &PgDatabase) -> String {
+    harness::pg::one_way_config(store, wms, "items") + "on_error = \"dead-letter\"\n"
+}
+
+#[test]
+fn dead_letters_set_refused_rows_aside_in_order_and_retry_writes_them_once_fixed() {
+    let (store, wms) = items_with_a_check();
     let mut duplex = Duplex::run(&dead_letter_config(&store, &wms));
     duplex.wait_link_started();
     store
@@ -406,17 +412,7 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 /// streaming on without those rows.
 #[test]
 fn a_state_directory_restored_from_before_dead_letters_stops_the_link() {
-    let store = shared_pg().create_database();
-    store
-        .execute_as_duplex(
-            "CREATE TABLE items (id int PRIMARY KEY, code text, qty bigint, note text)",
-        )
-        .unwrap();
-    let wms = shared_pg().create_database();
-    wms.execute_as_duplex(
-        "CREATE TABLE items (id int PRIMARY KEY, code text, qty bigint CHECK (qty >= 0), note text)",
-    )
-    .unwrap();
+    let (store, wms) = items_with_a_check();
     let mut duplex = Duplex::run(&dead_letter_config(&store, &wms));
     duplex.wait_link_started();
     store
@@ -461,17 +457,7 @@ fn a_state_directory_restored_from_before_dead_letters_stops_the_link() {
 /// replaces are older than that snapshot, and are discarded, never written over it later.
 #[test]
 fn a_resync_discards_the_dead_letters_it_makes_obsolete() {
-    let store = shared_pg().create_database();
-    store
-        .execute_as_duplex(
-            "CREATE TABLE items (id int PRIMARY KEY, code text, qty bigint, note text)",
-        )
-        .unwrap();
-    let wms = shared_pg().create_database();
-    wms.execute_as_duplex(
-        "CREATE TABLE items (id int PRIMARY KEY, code text, qty bigint CHECK (qty >= 0), note text)",
-    )
-    .unwrap();
+    let (store, wms) = items_with_a_check();
     let mut duplex = Duplex::run(&dead_letter_config(&store, &wms));
     duplex.wait_link_started();
     store

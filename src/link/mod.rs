@@ -762,13 +762,7 @@ async fn worker(
         };
         let (mut last, first) = match piece {
             Piece::Part(part) => {
-                if let Some(error) = refusals.check_part(&part.events) {
-                    return Err(error);
-                }
-                target
-                    .apply_part(&part)
-                    .await
-                    .map_err(|e| refusals.refused_large(e, &part.start))?;
+                write_part(&mut target, &refusals, &part).await?;
                 drop((part, permit));
                 let Some(sequence) = finish_large(&mut target, &mut queue, &mut refusals).await?
                 else {
@@ -834,6 +828,22 @@ async fn worker(
     }
 }
 
+/// Writes a part of a large transaction into the open target transaction (unless it changes a
+/// row with dead letters, which stops the link).
+async fn write_part(
+    target: &mut AnyApplier,
+    refusals: &refusal::Refusals,
+    part: &TransactionPart,
+) -> Result<(), LinkError> {
+    if let Some(error) = refusals.check_part(&part.events) {
+        return Err(error);
+    }
+    target
+        .apply_part(part)
+        .await
+        .map_err(|e| refusals.refused_large(e, &part.start))
+}
+
 /// After the first part of a large transaction: writes the following parts and applies the
 /// final transaction alone, which commits them all. Returns the final transaction's sequence
 /// number, or `None` when the queue closed first (the reader stopped; the open target
@@ -845,15 +855,7 @@ async fn finish_large(
 ) -> Result<Option<u64>, LinkError> {
     while let Some((piece, permit)) = queue.recv().await {
         match piece {
-            Piece::Part(part) => {
-                if let Some(error) = refusals.check_part(&part.events) {
-                    return Err(error);
-                }
-                target
-                    .apply_part(&part)
-                    .await
-                    .map_err(|e| refusals.refused_large(e, &part.start))?;
-            }
+            Piece::Part(part) => write_part(target, refusals, &part).await?,
             Piece::Transaction(seq, tx) => {
                 if let Some(error) = refusals.check_part(&tx.events) {
                     return Err(error);
