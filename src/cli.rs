@@ -13,7 +13,11 @@ use crate::config::Config;
 
 /// Change-data-capture replication between PostgreSQL and MySQL/MariaDB, both ways.
 #[derive(Debug, Parser)]
-#[command(name = "duplex", version, about)]
+#[command(
+    name = "duplex",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("DUPLEX_GIT_COMMIT"), ")"),
+    about
+)]
 pub struct Cli {
     /// The configuration file (TOML).
     #[arg(
@@ -24,9 +28,28 @@ pub struct Cli {
         global = true
     )]
     pub config: PathBuf,
+    /// How the log on standard error is written: `text` for people, `json` (one object per
+    /// line, with the fields of the event and of its spans) for log collectors.
+    #[arg(
+        long,
+        env = "DUPLEX_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text,
+        global = true
+    )]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The log's format (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Lines for people.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The subcommands.
@@ -108,6 +131,12 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Print the shell completion script for `shell` (e.g. `duplex completions bash >
+    /// /etc/bash_completion.d/duplex`); needs no configuration.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// List the changes targets refused under mappings with `on_error = "dead-letter"`, or
     /// write them again once the cause is fixed (reads the state store: stop `duplex run`).
     DeadLetters {
@@ -154,17 +183,35 @@ pub fn main() -> ExitCode {
         Command::Check
         | Command::Conflicts { .. }
         | Command::DeadLetters { .. }
-        | Command::Teardown { .. } => "warn",
+        | Command::Teardown { .. }
+        | Command::Completions { .. } => "warn",
         Command::Run { .. } | Command::Backfill { .. } => "info",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("DUPLEX_LOG")
-                .unwrap_or_else(|_| EnvFilter::new(default_filter)),
-        )
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    if let Command::Completions { shell } = cli.command {
+        let mut text = Vec::new();
+        clap_complete::generate(
+            shell,
+            &mut <Cli as clap::CommandFactory>::command(),
+            "duplex",
+            &mut text,
+        );
+        crate::output::stdout(&String::from_utf8_lossy(&text));
+        return ExitCode::SUCCESS;
+    }
+    let filter =
+        EnvFilter::try_from_env("DUPLEX_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let log = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => log.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => log
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+    }
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
         Err(error) => {
@@ -318,6 +365,7 @@ pub fn main() -> ExitCode {
                 }
             }
         },
+        Command::Completions { .. } => ExitCode::SUCCESS,
         Command::Teardown { site, dry_run } => {
             let options = crate::teardown::TeardownOptions { site, dry_run };
             match runtime.block_on(crate::teardown::teardown(&config, &options)) {

@@ -16,6 +16,7 @@
 //! started, links and the engine retry transient failures themselves (see `crate::link`).
 
 use std::collections::{BTreeMap, BTreeSet};
+use tracing::Instrument;
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -263,7 +264,8 @@ pub async fn run(config: &Config, options: &RunOptions) -> Result<(), RunError> 
                 }
             };
             let name = link::link_name(&planned);
-            let outcome = link::run(planned, state, stopped).await;
+            let span = tracing::info_span!("link", link = %name, source = %planned.source.name);
+            let outcome = link::run(planned, state, stopped).instrument(span).await;
             (name, outcome.map_err(|error| chain(&error)))
         });
     }
@@ -296,7 +298,9 @@ pub async fn run(config: &Config, options: &RunOptions) -> Result<(), RunError> 
                 }
             };
             merge_plan.take_over_from = take_over_from;
-            let outcome = crate::engine::run(merge_plan, state, stopped).await;
+            let outcome = crate::engine::run(merge_plan, state, stopped)
+                .instrument(tracing::info_span!("merge_engine"))
+                .await;
             (name, outcome.map_err(|error| chain(&error)))
         });
     }
