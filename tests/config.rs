@@ -302,3 +302,32 @@ fn two_postgres_sites_meeting_on_one_slot_name_are_refused() {
          direction = \"a-b->a_b\"\n";
     parse(apart).unwrap();
 }
+
+/// The annotated example in deploy/ is a configuration duplex accepts (its password files
+/// pointed at files that exist).
+#[test]
+fn the_example_configuration_in_deploy_is_valid() {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/duplex.example.toml"),
+    )
+    .unwrap();
+    let text = text
+        .replace(
+            "/run/credentials/duplex.service/store.password",
+            "store.password",
+        )
+        .replace(
+            "/run/credentials/duplex.service/erp.password",
+            "store.password",
+        );
+    let (config, _dir) = parse_in(&text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.sites.len(), 2);
+    assert_eq!(
+        config
+            .mappings
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect::<Vec<_>>(),
+        ["orders", "stock"]
+    );
+}
