@@ -1,7 +1,7 @@
 //! The configuration file: sites (databases) and mappings (which tables replicate where).
 //!
-//! Parsing is strict (`deny_unknown_fields`: a misspelt key is an error, not a silently ignored
-//! setting) and [`Config::from_toml`] validates everything it can without connecting: every
+//! Parsing is strict (every key duplex does not know is an error, all of them reported at once:
+//! a misspelt key is never a silently ignored setting) and [`Config::from_toml`] validates everything it can without connecting: every
 //! problem is reported with the field it concerns and the rule it broke, all at once.
 //! Passwords come from an environment variable or a file and live in [`Secret`], whose `Debug`
 //! and `Display` print `***`.
@@ -270,7 +270,6 @@ fn list_problems(problems: &[Problem]) -> String {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default)]
     state: RawState,
@@ -281,7 +280,6 @@ struct RawConfig {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawState {
     #[serde(default = "default_state_dir")]
     dir: PathBuf,
@@ -307,7 +305,6 @@ fn default_state_dir() -> PathBuf {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawSite {
     kind: String,
     url: String,
@@ -317,7 +314,6 @@ struct RawSite {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawMapping {
     name: String,
     tables: IndexMap<String, String>,
@@ -354,12 +350,41 @@ impl Config {
     /// Parses and validates configuration text; `path` is only used in messages, `base` is
     /// the directory relative paths are resolved against.
     pub fn from_toml(text: &str, path: &Path, base: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        let parse_error = |source| ConfigError::Parse {
             path: path.to_owned(),
             source,
-        })?;
+        };
+        // Every key duplex does not know is collected (not only the first), and reported with
+        // the other problems: a misspelt key never silently does nothing.
+        let mut unknown = Vec::new();
+        let raw: RawConfig = serde_ignored::deserialize(
+            toml::Deserializer::parse(text).map_err(parse_error)?,
+            |key| unknown.push(key.to_string()),
+        )
+        .map_err(parse_error)?;
         let mut problems = Vec::new();
         let mut report = |field: String, rule: String| problems.push(Problem { field, rule });
+        for key in unknown {
+            // `mappings.0.x` as the other problems name a mapping: `mappings[0] (orders).x`.
+            let key = match key
+                .strip_prefix("mappings.")
+                .and_then(|rest| rest.split_once('.'))
+            {
+                Some((index, rest)) => match index
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| raw.mappings.get(i))
+                {
+                    Some(mapping) => format!("mappings[{index}] ({}).{rest}", mapping.name),
+                    None => key,
+                },
+                None => key,
+            };
+            report(
+                key,
+                "unknown key: duplex has no such setting here (see the configuration reference in README.md; check the spelling and the section)".into(),
+            );
+        }
 
         if raw.sites.is_empty() {
             report(

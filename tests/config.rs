@@ -154,20 +154,33 @@ fn secrets_never_show_in_debug_output() {
 }
 
 #[test]
-fn an_unknown_key_is_an_error_naming_it() {
-    let text = GOOD.replace(
-        "direction = \"both\"",
-        "direction = \"both\"\nconflicts = \"hold\"",
-    );
-    let error = parse(&text).unwrap_err();
-    let message = error.to_string();
-    assert!(matches!(error, ConfigError::Parse { .. }), "{message}");
-    assert!(message.contains("unknown field `conflicts`"), "{message}");
-    let error = parse(&GOOD.replace("[state]", "[state]\ndirectory = \"x\"")).unwrap_err();
-    assert!(
-        error.to_string().contains("unknown field `directory`"),
-        "{error}"
-    );
+fn every_unknown_key_is_an_error_naming_it_all_at_once() {
+    let text = GOOD
+        .replace(
+            "direction = \"both\"",
+            "direction = \"both\"\nconflicts = \"hold\"",
+        )
+        .replace("[state]", "[state]\ndirectory = \"x\"")
+        .replace(
+            "password_file = \"store.password\"",
+            "password_file = \"store.password\"\npasword_env = \"X\"",
+        );
+    let problems = problems(&text);
+    let unknown: Vec<&String> = problems
+        .iter()
+        .filter(|p| p.contains("unknown key"))
+        .collect();
+    assert_eq!(unknown.len(), 3, "{problems:#?}");
+    for field in [
+        "mappings[0] (orders).conflicts: unknown key",
+        "state.directory: unknown key",
+        "sites.store.pasword_env: unknown key",
+    ] {
+        assert!(
+            problems.iter().any(|p| p.starts_with(field)),
+            "{field} not in {problems:#?}"
+        );
+    }
 }
 
 #[test]
