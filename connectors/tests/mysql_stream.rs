@@ -660,7 +660,12 @@ async fn purged_position_says_to_backfill() {
         matches!(error, MysqlStreamError::PositionPurged { .. }),
         "{error:?}"
     );
-    assert!(error.to_string().contains("backfill"), "{error}");
+    // The link names the command that recovers (`duplex backfill --resync`); the stream says
+    // what was lost.
+    assert!(
+        error.to_string().contains("must be copied again"),
+        "{error}"
+    );
     assert!(!error.is_transient());
 }
 

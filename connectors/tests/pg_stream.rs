@@ -720,9 +720,10 @@ async fn missing_tables_and_slots_are_definite_errors() {
     config.start = Some(Lsn(0x100_0000));
     let error = PgStream::start(config).await.unwrap_err();
     assert!(
-        matches!(&error, PgStreamError::Slot { name, .. } if *name == fx.slot),
+        matches!(&error, PgStreamError::SlotLost { name, .. } if *name == fx.slot),
         "{error:?}"
     );
+    assert!(error.is_position_lost(), "{error:?}");
     assert!(!error.is_transient());
     let slots: i64 = client
         .query_one(
