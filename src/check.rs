@@ -72,6 +72,30 @@ impl fmt::Display for Report {
 /// Runs every check of the configuration.
 pub async fn run(config: &Config) -> Report {
     let mut report = Report::default();
+    // Schema-wide mappings are checked as the mappings of one table they stand for.
+    let expanded;
+    let config = match crate::expand::expand(config).await {
+        Ok((config, expansions)) => {
+            for expansion in expansions {
+                report.sections.push(expansion_section(&expansion));
+            }
+            expanded = config;
+            &expanded
+        }
+        Err(error) => {
+            report.sections.push(Section {
+                title: format!("mapping {} (schema-wide)", error.mapping),
+                findings: vec![Finding::fail(
+                    format!("cannot list its tables: {}", chain(&error)),
+                    format!(
+                        "check that site {} is up and reachable and that {} exists there",
+                        error.site, error.schema
+                    ),
+                )],
+            });
+            return report;
+        }
+    };
     let mut schemas: HashMap<(String, TableName), TableSchema> = HashMap::new();
     for site in config.sites.values() {
         let title = format!(
@@ -744,6 +768,42 @@ fn check_mapping(
         )));
     }
     findings
+}
+
+/// What a schema-wide mapping stands for: its tables, and those only some sites have.
+fn expansion_section(expansion: &crate::expand::Expanded) -> Section {
+    let mut findings = Vec::new();
+    if expansion.tables.is_empty() {
+        findings.push(Finding::warn(
+            "it matches no table present on all its sites",
+            "create the tables, or correct the schema names and include / exclude globs",
+        ));
+    } else {
+        findings.push(Finding::ok(format!(
+            "expands to {} table(s), each its own mapping {}.<table>: {}",
+            expansion.tables.len(),
+            expansion.mapping,
+            expansion.tables.join(", ")
+        )));
+    }
+    for (table, sites) in &expansion.one_sided {
+        findings.push(Finding::warn(
+            format!(
+                "table {table} is only on {}: not replicated",
+                sites.join(", ")
+            ),
+            "create it on the other sites (then restart duplex run), or add it to `exclude`",
+        ));
+    }
+    for table in &expansion.mapped_elsewhere {
+        findings.push(Finding::ok(format!(
+            "table {table} is left to the mapping that names it"
+        )));
+    }
+    Section {
+        title: format!("mapping {} (schema-wide)", expansion.mapping),
+        findings,
+    }
 }
 
 #[cfg(test)]

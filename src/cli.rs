@@ -229,6 +229,24 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let expand = match &cli.command {
+        Command::Run { .. } => Some(true),
+        Command::Backfill { .. }
+        | Command::DeadLetters {
+            action: Some(_), ..
+        } => Some(false),
+        _ => None,
+    };
+    let config = match expand {
+        None => config,
+        Some(retry) => match runtime.block_on(expanded(&config, retry)) {
+            Ok(config) => config,
+            Err(error) => {
+                crate::output::stderr(&format!("error: {}\n", chain(&error)));
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     match cli.command {
         Command::Check => {
             let report = runtime.block_on(check::run(&config));
@@ -378,6 +396,32 @@ pub fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// The configuration with its schema-wide mappings expanded (see [`crate::expand`]), saying
+/// what each stands for; with `retry` (`run`), an unreachable site is waited for with backoff.
+async fn expanded(config: &Config, retry: bool) -> Result<Config, crate::expand::ExpandError> {
+    let mut backoff = crate::backoff::Backoff::default();
+    loop {
+        backoff.attempt_started();
+        match crate::expand::expand(config).await {
+            Ok((config, report)) => {
+                for expanded in report {
+                    tracing::info!(mapping = %expanded.mapping, tables = ?expanded.tables, "schema-wide mapping expanded: one mapping <mapping>.<table> per table");
+                    for (table, sites) in &expanded.one_sided {
+                        tracing::warn!(mapping = %expanded.mapping, %table, present_on = ?sites, "a table only some sites of a schema-wide mapping have is not replicated: create it on the others (and restart duplex), or exclude it");
+                    }
+                }
+                return Ok(config);
+            }
+            Err(error) if retry && error.is_transient() => {
+                let delay = backoff.failed();
+                tracing::warn!(error = %chain(&error), "cannot expand a schema-wide mapping yet (a site is unreachable); retrying in {delay:.1?}");
+                tokio::time::sleep(delay).await;
+            }
+            Err(error) => return Err(error),
         }
     }
 }

@@ -155,6 +155,34 @@ pub struct Mapping {
     pub rename: BTreeMap<String, BTreeMap<String, String>>,
     /// What a change a target refuses does.
     pub on_error: OnError,
+    /// A schema-wide mapping (`tables = { store = "public.*", ... }`): which tables it stands
+    /// for; `None` for a mapping of one table. Expanded into one mapping per table by
+    /// [`crate::expand`] before anything connects to replicate.
+    pub pattern: Option<TablePattern>,
+}
+
+/// The tables a schema-wide mapping stands for: every table present under the same name in
+/// the schema (database) named on each of its sites, whose name matches one of `include` (all
+/// when empty) and none of `exclude` (globs: `*`, `?`, `[a-z]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TablePattern {
+    /// Globs a table name must match one of (every name when empty).
+    pub include: Vec<String>,
+    /// Globs a table name must match none of.
+    pub exclude: Vec<String>,
+}
+
+impl TablePattern {
+    /// Whether the table named `name` is one of the pattern's.
+    pub fn matches(&self, name: &str) -> bool {
+        let matching = |globs: &[String]| {
+            globs
+                .iter()
+                .filter_map(|g| glob::Pattern::new(g).ok())
+                .any(|p| p.matches(name))
+        };
+        (self.include.is_empty() || matching(&self.include)) && !matching(&self.exclude)
+    }
 }
 
 /// What a change a target refuses (a constraint, a value that does not fit) does.
@@ -325,6 +353,10 @@ struct RawMapping {
     rename: BTreeMap<String, BTreeMap<String, String>>,
     #[serde(default = "default_on_error")]
     on_error: String,
+    #[serde(default)]
+    include: Vec<String>,
+    #[serde(default)]
+    exclude: Vec<String>,
 }
 
 fn default_on_error() -> String {
@@ -842,6 +874,51 @@ fn validate_mapping(
             None
         }
     };
+    let wildcard = tables
+        .values()
+        .filter(|t: &&TableName| t.name == "*")
+        .count();
+    let pattern = if wildcard == 0 {
+        if !raw.include.is_empty() || !raw.exclude.is_empty() {
+            report(
+                format!("{field}.include"),
+                "include / exclude are for schema-wide mappings (tables = { site = \"schema.*\", ... })".into(),
+            );
+            valid = false;
+        }
+        None
+    } else {
+        if wildcard != tables.len() {
+            report(
+                format!("{field}.tables"),
+                "a schema-wide mapping names \"schema.*\" on every site (or a table on every site)"
+                    .into(),
+            );
+            valid = false;
+        }
+        if raw.columns.is_some() {
+            report(
+                format!("{field}.columns"),
+                "a schema-wide mapping replicates every column of each table: remove `columns`, or map the table on its own".into(),
+            );
+            valid = false;
+        }
+        for (key, globs) in [("include", &raw.include), ("exclude", &raw.exclude)] {
+            for glob in globs {
+                if let Err(error) = glob::Pattern::new(glob) {
+                    report(
+                        format!("{field}.{key}"),
+                        format!("{glob:?} is not a table-name glob: {error}"),
+                    );
+                    valid = false;
+                }
+            }
+        }
+        Some(TablePattern {
+            include: raw.include.clone(),
+            exclude: raw.exclude.clone(),
+        })
+    };
     let (direction, conflict, on_error) = (direction?, conflict?, on_error?);
     valid.then(|| Mapping {
         name: raw.name.clone(),
@@ -851,6 +928,7 @@ fn validate_mapping(
         columns: raw.columns.clone(),
         rename: raw.rename.clone(),
         on_error,
+        pattern,
     })
 }
 

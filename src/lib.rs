@@ -12,6 +12,7 @@ pub mod config;
 pub mod conflicts;
 pub mod dead_letters;
 pub mod engine;
+pub mod expand;
 pub mod link;
 pub mod output;
 pub mod report;

@@ -38,6 +38,29 @@ impl DescribeError {
     }
 }
 
+/// The names of the tables of `schema` on a site (PostgreSQL: ordinary and partitioned tables
+/// of the schema; MySQL/MariaDB: base tables of the database), sorted.
+pub async fn table_names(
+    site: &SiteConnection,
+    schema: &str,
+) -> Result<Vec<String>, DescribeError> {
+    let password = site.password();
+    Ok(match site.kind {
+        SiteKind::Postgres => {
+            let client = crate::postgres::connect(&site.url, password).await?;
+            crate::postgres::table_names(&client, schema).await?
+        }
+        SiteKind::Mysql => {
+            let mut conn = crate::mysql::connect(&site.url, password).await?;
+            let names = crate::mysql::table_names(&mut conn, schema).await?;
+            if let Err(error) = conn.disconnect().await {
+                tracing::debug!(%error, "closing a catalog connection");
+            }
+            names
+        }
+    })
+}
+
 /// Reads the schemas of a site's tables; each must exist and have a primary key.
 pub async fn describe(
     site: &SiteConnection,

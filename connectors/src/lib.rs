@@ -51,7 +51,7 @@ pub mod typemap;
 pub mod value;
 
 pub use apply::{Applier, ApplyError, ApplyOptions, SkippedWrite, TableRoute};
-pub use catalog::{DescribeError, describe};
+pub use catalog::{DescribeError, describe, table_names};
 pub use change::{ChangeEvent, Op, Origin, Row, Transaction, TransactionPart};
 pub use load::AdminError;
 pub use position::{Position, PositionError, PositionKind};

@@ -16,6 +16,17 @@ pub struct TableInfo {
     pub engine: String,
 }
 
+/// The base tables of database `schema`, by name.
+pub async fn table_names(conn: &mut Conn, schema: &str) -> Result<Vec<String>, MysqlError> {
+    conn.exec(
+        "SELECT TABLE_NAME FROM information_schema.TABLES \
+         WHERE TABLE_SCHEMA = ? AND TABLE_TYPE = 'BASE TABLE' ORDER BY 1",
+        (schema,),
+    )
+    .await
+    .map_err(MysqlError::query("listing the tables of a database"))
+}
+
 /// Describes a base table; `None` when it does not exist.
 pub async fn describe_table(
     conn: &mut Conn,

@@ -18,7 +18,7 @@ mod types;
 
 pub use apply::{MysqlApplier, MysqlSession};
 pub use binlog_error::MysqlStreamError;
-pub use catalog::{TableInfo, collations, describe_table};
+pub use catalog::{TableInfo, collations, describe_table, table_names};
 pub use error::MysqlError;
 pub use load::{
     delete_position, delete_positions_like, position_sources, rename_position, table_is_empty,

@@ -30,6 +30,20 @@ pub struct TableInfo {
     pub oid: u32,
 }
 
+/// The ordinary and partitioned tables of `schema` (not partitions themselves), by name.
+pub async fn table_names(client: &Client, schema: &str) -> Result<Vec<String>, PgError> {
+    let rows = client
+        .query(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition \
+             ORDER BY 1",
+            &[&schema],
+        )
+        .await
+        .map_err(PgError::query("listing the tables of a schema"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// Describes an ordinary or partitioned table; `None` when it does not exist.
 pub async fn describe_table(
     client: &Client,

@@ -19,7 +19,7 @@ pub mod teardown;
 pub mod types;
 
 pub use apply::{PgApplier, PgSession};
-pub use catalog::{ReplicaIdentity, TableInfo, collations, describe_table};
+pub use catalog::{ReplicaIdentity, TableInfo, collations, describe_table, table_names};
 pub use error::PgError;
 pub use load::{
     delete_position, delete_positions_like, position_sources, rename_position, table_is_empty,
