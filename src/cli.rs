@@ -215,7 +215,7 @@ pub fn main() -> ExitCode {
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
         Err(error) => {
-            crate::output::stderr(&format!("error: {}\n", chain(&error)));
+            report_error(&error);
             return ExitCode::from(2);
         }
     };
@@ -242,7 +242,7 @@ pub fn main() -> ExitCode {
         Some(retry) => match runtime.block_on(expanded(&config, retry)) {
             Ok(config) => config,
             Err(error) => {
-                crate::output::stderr(&format!("error: {}\n", chain(&error)));
+                report_error(&error);
                 return ExitCode::FAILURE;
             }
         },
@@ -271,7 +271,7 @@ pub fn main() -> ExitCode {
         )) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
-                tracing::error!("{}", chain(&error));
+                report_error(&error);
                 ExitCode::FAILURE
             }
         },
@@ -296,7 +296,7 @@ pub fn main() -> ExitCode {
             match runtime.block_on(crate::backfill::backfill(&config, &options)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
-                    tracing::error!("{}", chain(&error));
+                    report_error(&error);
                     ExitCode::FAILURE
                 }
             }
@@ -315,7 +315,7 @@ pub fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(error) => {
-                    crate::output::stderr(&format!("error: {}\n", chain(&error)));
+                    report_error(&error);
                     ExitCode::FAILURE
                 }
             },
@@ -326,7 +326,7 @@ pub fn main() -> ExitCode {
                         ExitCode::SUCCESS
                     }
                     Err(error) => {
-                        crate::output::stderr(&format!("error: {}\n", chain(&error)));
+                        report_error(&error);
                         ExitCode::FAILURE
                     }
                 }
@@ -350,7 +350,7 @@ pub fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(error) => {
-                    crate::output::stderr(&format!("error: {}\n", chain(&error)));
+                    report_error(&error);
                     ExitCode::FAILURE
                 }
             },
@@ -377,7 +377,7 @@ pub fn main() -> ExitCode {
                         }
                     }
                     Err(error) => {
-                        crate::output::stderr(&format!("error: {}\n", chain(&error)));
+                        report_error(&error);
                         ExitCode::FAILURE
                     }
                 }
@@ -392,7 +392,7 @@ pub fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(error) => {
-                    crate::output::stderr(&format!("error: {}\n", chain(&error)));
+                    report_error(&error);
                     ExitCode::FAILURE
                 }
             }
@@ -424,4 +424,11 @@ async fn expanded(config: &Config, retry: bool) -> Result<Config, crate::expand:
             Err(error) => return Err(error),
         }
     }
+}
+
+/// Reports why a command failed: one ERROR event of the log (text, or a JSON object with
+/// `--log-format json`) on standard error, the same for every command and for configuration
+/// errors.
+fn report_error(error: &dyn std::error::Error) {
+    tracing::error!("{}", chain(error));
 }

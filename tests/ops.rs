@@ -259,16 +259,22 @@ fn state_files_and_the_control_socket_are_private_and_guarded() {
     // loop backs off (logging it) instead of spinning on the ready listener.
     let pid = duplex.child.id();
     let (soft, hard) = nofile(pid);
-    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count();
+    let open = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
     // Only the soft limit: raising a hard limit again needs a privilege containers may lack.
-    set_nofile(pid, &open.to_string(), &hard);
-    let _waiting = UnixStream::connect(&socket).unwrap();
+    // duplex opens and closes connections of its own meanwhile, so the limit is set to what is
+    // open at each poll (a descriptor closed since would let `accept` succeed), and a new
+    // connection waits each time.
+    let mut waiting = Vec::new();
     wait_for(
         "the accept failure in the log",
         Duration::from_secs(20),
         || {
+            set_nofile(pid, &open().to_string(), &hard);
+            waiting.push(UnixStream::connect(&socket).unwrap());
             let log = duplex.log_text();
             if log.contains("the control socket cannot accept connections") {
                 Ok(())
