@@ -169,9 +169,11 @@
 
 mod catch_up;
 mod copy;
+mod guard;
 mod meta;
 mod order;
 mod plan;
+mod select;
 
 pub use meta::{BackfillMeta, KeyBounds, load_meta};
 
@@ -181,13 +183,15 @@ use std::time::{Duration, Instant};
 
 use duplex_connectors::{
     AdminError, AnyApplier, Applier, ApplyError, ApplyOptions, Origin, SnapshotError,
-    SourceSnapshot, TableName, TableRoute, Transaction,
+    SourceSnapshot, TableName, Transaction,
 };
 use duplex_state::{StateError, StateStore};
 
 use crate::config::{Config, Direction, Mapping, Site};
+use guard::{check_target, still_needed};
 use meta::{markers_of, save_meta};
 use plan::Job;
+use select::selection;
 
 /// Default rows per range.
 pub const DEFAULT_CHUNK_ROWS: u64 = 10_000;
@@ -460,75 +464,6 @@ pub async fn backfill(config: &Config, options: &BackfillOptions) -> Result<(), 
         ));
     }
     crate::output::stderr(&report);
-    Ok(())
-}
-
-/// The mappings `options` select: those named by `--mapping`, else all; a resync without
-/// `--mapping` takes the one-way mappings (of the `--from` site, if given), and its selection
-/// is checked ([`check_resync_selection`]).
-fn selection<'a>(
-    config: &'a Config,
-    options: &BackfillOptions,
-) -> Result<Vec<&'a Mapping>, String> {
-    let selected: Vec<&Mapping> = config
-        .mappings
-        .iter()
-        .filter(|m| options.mappings.is_empty() || options.mappings.contains(&m.name))
-        .filter(|m| !options.resync || !options.mappings.is_empty() || resyncable(m, options))
-        .collect();
-    if options.resync {
-        check_resync_selection(config, &selected, options)?;
-    }
-    Ok(selected)
-}
-
-/// Without `--mapping`, a resync takes the one-way mappings (of the `--from` site, if given).
-fn resyncable(mapping: &Mapping, options: &BackfillOptions) -> bool {
-    match &mapping.direction {
-        Direction::OneWay { from, .. } => options.from.as_ref().is_none_or(|f| f == from),
-        Direction::Both => false,
-    }
-}
-
-/// A resync replaces the positions its targets hold of the source, which are one per source
-/// and target: every one-way mapping from the source into a target resynced must be resynced
-/// with it, or the others would skip (or repeat) the changes between the old positions and the
-/// new snapshot. Two-way mappings keep their positions in the merge engine: not resynced.
-fn check_resync_selection(
-    config: &Config,
-    selected: &[&Mapping],
-    options: &BackfillOptions,
-) -> Result<(), String> {
-    if selected.is_empty() {
-        return Err(match &options.from {
-            Some(from) => format!("no one-way mapping copies from site {from}: nothing to resync"),
-            None => "no one-way mapping to resync".into(),
-        });
-    }
-    for mapping in selected {
-        let Direction::OneWay { from, to } = &mapping.direction else {
-            return Err(format!(
-                "mapping {} is two-way: --resync is for one-way mappings (the merge engine keeps where it read each site in its state directory); leave it out",
-                mapping.name
-            ));
-        };
-        let missing: Vec<&str> = config
-            .mappings
-            .iter()
-            .filter(|m| {
-                matches!(&m.direction, Direction::OneWay { from: f, to: t } if f == from && t == to)
-            })
-            .filter(|m| !selected.iter().any(|s| s.name == m.name))
-            .map(|m| m.name.as_str())
-            .collect();
-        if !missing.is_empty() {
-            return Err(format!(
-                "mapping(s) {} also stream from {from} into {to}, whose position of {from} a resync replaces: resync them together (`{}`, or add --mapping for each)",
-                missing.join(", "),
-                crate::link::resync_command(from)
-            ));
-        }
-    }
     Ok(())
 }
 
@@ -875,264 +810,4 @@ async fn forget_catch_up_position(
         }
     }
     Ok(())
-}
-
-/// What the change stream of `site` must still give, for [`SourceSnapshot::take`]:
-///
-/// - the first snapshot of an interrupted backfill being resumed (its catch-up reads from
-///   there, so the stream must be readable from exactly that position), with who and the fix;
-/// - who resumes from positions of their own: the targets of the site's link holding a
-///   position of it, the link itself when it started but no target holds one yet, the merge
-///   engine when it read the site. The stream must still exist for them (a PostgreSQL slot
-///   may legitimately be past their positions: a stream acknowledges heartbeats).
-///
-/// The snapshot refuses a source that cannot give that (a PostgreSQL slot gone, or moved past
-/// the resumed backfill's snapshot) instead of creating a new slot that would hide the gap.
-async fn still_needed(
-    config: &Config,
-    site: &Site,
-    pending: &[&Mapping],
-    metas: &BTreeMap<String, Option<BackfillMeta>>,
-    state: &Arc<StateStore>,
-) -> Result<
-    (
-        Option<(duplex_connectors::Position, String)>,
-        Option<String>,
-    ),
-    BackfillError,
-> {
-    let mut resume_from: Option<(duplex_connectors::Position, String)> = None;
-    for mapping in pending {
-        let Some(first) = metas[&mapping.name]
-            .as_ref()
-            .and_then(|meta| meta.attempts.first())
-        else {
-            continue;
-        };
-        let older = match &resume_from {
-            None => true,
-            Some((current, _)) => {
-                first
-                    .compare(current)
-                    .map_err(|e| BackfillError::Invalid(e.to_string()))?
-                    == std::cmp::Ordering::Less
-            }
-        };
-        if older {
-            resume_from = Some((
-                first.clone(),
-                format!(
-                    "the interrupted backfill of mapping {m} (its catch-up reads from its first \
-                     snapshot), so it cannot be resumed: to start it over into the tables as \
-                     they are, run `{} --restart`",
-                    crate::link::resync_command(&site.name),
-                    m = mapping.name
-                ),
-            ));
-        }
-    }
-    // The link of the site: its targets (one-way mappings; the merge engine keeps where it
-    // read a site in the state store, and the handover positions a backfill left on the other
-    // sites of a two-way mapping are stale once it has read on).
-    let targets: BTreeSet<&str> = config
-        .mappings
-        .iter()
-        .filter(|m| m.direction != Direction::Both)
-        .flat_map(|m| m.edges())
-        .filter(|(from, _)| *from == site.name)
-        .map(|(_, to)| to)
-        .collect();
-    let mut streamed_by = Vec::new();
-    for name in targets {
-        let target = &config.sites[name];
-        let apply_error = |source| BackfillError::Apply {
-            site: target.name.clone(),
-            source,
-        };
-        let mut reader =
-            AnyApplier::connect(&target.connection(), Vec::new(), ApplyOptions::default())
-                .await
-                .map_err(apply_error)?;
-        let key = crate::link::position_key(&site.name, state.deployment_id());
-        if let Some(position) = held_position(&mut reader, &site.name, &key)
-            .await
-            .map_err(apply_error)?
-        {
-            streamed_by.push(format!("site {name} streams from it (from {position} on)"));
-        }
-    }
-    let stored = {
-        let state = state.clone();
-        let keys = [crate::link::start_key(&site.name), site.name.clone()];
-        tokio::task::spawn_blocking(move || {
-            keys.map(|key| state.position::<duplex_connectors::Position>(&key))
-        })
-        .await
-        .map_err(|e| BackfillError::Crashed(e.to_string()))?
-    };
-    let [link_start, engine] = stored;
-    // Where the link started counts only while no target holds a position (then the link
-    // resumes there; afterwards at the lowest target position).
-    if let Some(position) = link_start?.filter(|_| streamed_by.is_empty()) {
-        streamed_by.push(format!(
-            "the link of {} streams from it (it started at {position})",
-            site.name
-        ));
-    }
-    let two_way = config
-        .mappings
-        .iter()
-        .any(|m| m.direction == Direction::Both && m.tables.contains_key(&site.name));
-    if let Some(position) = engine?.filter(|_| two_way) {
-        streamed_by.push(format!(
-            "the merge engine streams from it (it read up to {position})"
-        ));
-    }
-    let streamed_by = (!streamed_by.is_empty()).then(|| {
-        format!(
-            "{}; to go on, copy what reads from {s} again, into the tables as they are, with \
-             `{}` (it takes the mappings being backfilled along)",
-            streamed_by.join(", "),
-            crate::link::resync_command(&site.name),
-            s = site.name
-        )
-    });
-    Ok((resume_from, streamed_by))
-}
-
-/// The position a target holds of `site` for this deployment (`key`, see
-/// [`crate::link::position_key`]), or under the bare site name (recorded before positions were
-/// kept per deployment).
-async fn held_position(
-    applier: &mut AnyApplier,
-    site: &str,
-    key: &str,
-) -> Result<Option<duplex_connectors::Position>, ApplyError> {
-    match applier.position(key).await? {
-        Some(position) => Ok(Some(position)),
-        None => applier.position(site).await,
-    }
-}
-
-/// Refuses a target that already streams from the source or (without `allow_nonempty`)
-/// holds rows.
-async fn check_target(
-    target: &Site,
-    (source, key): (&str, &str),
-    mapping: &Mapping,
-    allow_nonempty: bool,
-    routes: &[TableRoute],
-) -> Result<(), BackfillError> {
-    let apply_error = |source| BackfillError::Apply {
-        site: target.name.clone(),
-        source,
-    };
-    let options = ApplyOptions {
-        upsert: allow_nonempty,
-        ..ApplyOptions::default()
-    };
-    let mut writer = AnyApplier::connect(&target.connection(), routes.to_vec(), options)
-        .await
-        .map_err(apply_error)?;
-    if let Some(position) = held_position(&mut writer, source, key)
-        .await
-        .map_err(apply_error)?
-    {
-        return Err(BackfillError::Refused(format!(
-            "site {t} already holds changes of {source} up to {position}: other mappings stream \
-             from {source} into it, and its position is one per source, so a copy of mapping {m} \
-             as of a new snapshot cannot hand over to that stream without skipping or repeating \
-             changes of the others. To backfill it, backfill every mapping from {source} into {t} \
-             together: with duplex stopped, empty their tables on {t}, delete {t}'s \
-             `duplex.positions` row of {source} (source {key:?}), and run `duplex backfill` with a --mapping for \
-             each of them (or backfill {m} into a site that does not stream from {source}). If \
-             {source}'s log lost {t}'s position (slot gone, binlog purged), `{resync}` copies \
-             them again into the tables as they are instead",
-            resync = crate::link::resync_command(source),
-            t = target.name,
-            m = mapping.name
-        )));
-    }
-    if allow_nonempty {
-        return Ok(());
-    }
-    let table = &mapping.tables[&target.name];
-    let empty = duplex_connectors::load::table_is_empty(&target.connection(), table)
-        .await
-        .map_err(admin_error(target))?;
-    if !empty {
-        return Err(BackfillError::Refused(format!(
-            "table {table} on site {} is not empty: backfill copies into empty tables; \
-             empty it, or pass --allow-nonempty to overwrite rows with the same key (rows the source does not have stay)",
-            target.name
-        )));
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    use super::*;
-
-    fn config() -> Config {
-        let text = "[sites.store]\nkind = \"postgres\"\nurl = \"postgres://duplex@127.0.0.1/shop\"\n\
-             [sites.erp]\nkind = \"mysql\"\nurl = \"mysql://duplex@127.0.0.1/erp\"\n\
-             [sites.wms]\nkind = \"postgres\"\nurl = \"postgres://duplex@127.0.0.1/wms\"\n\
-             [[mappings]]\nname = \"orders\"\ntables = { store = \"public.orders\", erp = \"erp.orders\" }\ndirection = \"store->erp\"\n\
-             [[mappings]]\nname = \"lines\"\ntables = { store = \"public.lines\", erp = \"erp.lines\" }\ndirection = \"store->erp\"\n\
-             [[mappings]]\nname = \"stock\"\ntables = { store = \"public.stock\", wms = \"public.stock\" }\ndirection = \"store->wms\"\n\
-             [[mappings]]\nname = \"items\"\ntables = { erp = \"erp.items\", wms = \"public.items\" }\ndirection = \"both\"\n";
-        Config::from_toml(text, Path::new("duplex.toml"), Path::new(".")).unwrap()
-    }
-
-    fn options(mappings: &[&str], from: Option<&str>) -> BackfillOptions {
-        BackfillOptions {
-            mappings: mappings.iter().map(|m| (*m).to_owned()).collect(),
-            from: from.map(str::to_owned),
-            jobs: 1,
-            allow_nonempty: false,
-            restart: false,
-            chunk_rows: DEFAULT_CHUNK_ROWS,
-            resync: true,
-        }
-    }
-
-    fn names(selected: Result<Vec<&Mapping>, String>) -> Vec<String> {
-        selected.unwrap().iter().map(|m| m.name.clone()).collect()
-    }
-
-    #[test]
-    fn a_resync_takes_every_one_way_mapping_sharing_a_target_position() {
-        let config = config();
-        assert_eq!(
-            names(selection(&config, &options(&[], Some("store")))),
-            ["orders", "lines", "stock"]
-        );
-        assert_eq!(
-            names(selection(&config, &options(&[], None))),
-            ["orders", "lines", "stock"]
-        );
-        assert_eq!(
-            names(selection(&config, &options(&["stock"], None))),
-            ["stock"]
-        );
-        assert_eq!(
-            names(selection(&config, &options(&["orders", "lines"], None))),
-            ["orders", "lines"]
-        );
-        let refused = selection(&config, &options(&["orders"], None)).unwrap_err();
-        assert!(
-            refused.contains("lines") && refused.contains("duplex backfill --resync --from store"),
-            "{refused}"
-        );
-        let refused = selection(&config, &options(&["items"], None)).unwrap_err();
-        assert!(refused.contains("two-way"), "{refused}");
-        let refused = selection(&config, &options(&[], Some("wms"))).unwrap_err();
-        assert!(
-            refused.contains("no one-way mapping copies from site wms"),
-            "{refused}"
-        );
-    }
 }
