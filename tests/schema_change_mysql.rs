@@ -299,11 +299,28 @@ fn a_table_dropped_and_recreated_while_stopped_stops_the_link() {
     )
     .unwrap();
     duplex.start();
-    duplex.assert_stopped_saying(&[&format!(
-        "mapped table {}.evo was changed by `DROP TABLE",
-        erp.name()
-    )]);
+    duplex.assert_stopped_saying(&[
+        &format!("mapped table {}.evo was changed by `DROP TABLE", erp.name()),
+        &format!(
+            "recover with `duplex backfill --resync --from {}`",
+            erp.name()
+        ),
+    ]);
     assert_eq!(pg_rows(&wms), vec![vec!["1", "1", "c1"]]);
+    // The command it names makes the target equal (row 1 is gone at the source) and `run`
+    // streams on from there.
+    let out = duplex.command(&["backfill", "--resync", "--from", erp.name()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(pg_rows(&wms), my_rows(&erp));
+    duplex.start();
+    duplex.wait_link_started();
+    erp.sql("INSERT INTO evo VALUES (3, 3, 'c3')").unwrap();
+    wait_equal(&erp, &wms, &mut duplex, "rows after the resync");
+    assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
 }
 
 #[test]

@@ -104,6 +104,20 @@ impl StreamError {
         )
     }
 
+    /// True when the source's log holds changes of a mapped table that cannot be read exactly
+    /// (MySQL/MariaDB: rows of another definition than the table's, DDL that removed rows
+    /// without row events, statement-format DML): only copying the table again recovers.
+    pub fn needs_copy(&self) -> bool {
+        matches!(
+            self,
+            StreamError::Mysql(
+                MysqlStreamError::SchemaMismatch { .. }
+                    | MysqlStreamError::SchemaChanged { .. }
+                    | MysqlStreamError::StatementLogged { .. }
+            )
+        )
+    }
+
     /// True when the source's log no longer holds the changes since the requested position (a
     /// PostgreSQL slot gone, re-created or advanced outside duplex; a MariaDB binlog purged):
     /// streaming cannot go on, and only copying the mapped tables again (`duplex backfill

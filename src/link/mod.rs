@@ -215,6 +215,19 @@ pub enum LinkError {
         #[source]
         source: StreamError,
     },
+    /// Changes in the source's log that cannot be read exactly: the tables must be copied
+    /// again.
+    #[error(
+        "site {site}'s change log holds changes of a mapped table that cannot be read exactly: {source}. Once the target tables match the source's definition, recover with `{command}` (same --config, with `duplex run` stopped): it copies the mapped tables from a new snapshot into the targets, making them row-for-row equal to the source, and `duplex run` then streams from that snapshot"
+    )]
+    CopyAgain {
+        /// Source site.
+        site: String,
+        /// The command that recovers.
+        command: String,
+        /// What the source said.
+        source: StreamError,
+    },
     /// A schema change on the source that the link does not follow.
     #[error("a schema change on site {site}")]
     Shape {
@@ -241,6 +254,7 @@ impl LinkError {
             | LinkError::DeadLetterOrder { .. }
             | LinkError::DeadLettersLost { .. }
             | LinkError::PositionLost { .. }
+            | LinkError::CopyAgain { .. }
             | LinkError::Shape { .. } => false,
         }
     }
@@ -283,6 +297,13 @@ pub async fn run(
                     _ = tokio::time::sleep(delay) => {}
                     _ = stop_requested(&mut shutdown) => return Ok(()),
                 }
+            }
+            Err(LinkError::Source { site, source }) if source.needs_copy() => {
+                return Err(LinkError::CopyAgain {
+                    command: resync_command(&site),
+                    site,
+                    source,
+                });
             }
             Err(LinkError::Source { site, source }) if source.is_position_lost() => {
                 return Err(LinkError::PositionLost {
