@@ -192,7 +192,7 @@ pub struct RunOptions {
 /// definite error.
 pub async fn run(config: &Config, options: &RunOptions) -> Result<(), RunError> {
     let state = std::sync::Arc::new(open_state(config).await?);
-    accept_shapes(config, &state, &options.accept_schema_change)?;
+    let accepted_shapes = accept_shapes(config, &state, &options.accept_schema_change)?;
     for site in &options.trust_slot {
         if !config.sites.contains_key(site) {
             return Err(RunError::UnknownSite(site.clone()));
@@ -298,6 +298,7 @@ pub async fn run(config: &Config, options: &RunOptions) -> Result<(), RunError> 
                 }
             };
             merge_plan.take_over_from = take_over_from;
+            merge_plan.accepted_shapes = accepted_shapes;
             let outcome = crate::engine::run(merge_plan, state, stopped)
                 .instrument(tracing::info_span!("merge_engine"))
                 .await;
@@ -331,13 +332,21 @@ fn accept_shapes(
     config: &Config,
     state: &duplex_state::StateStore,
     tables: &[String],
-) -> Result<(), RunError> {
+) -> Result<BTreeSet<(String, duplex_connectors::TableName)>, RunError> {
+    let mut accepted = BTreeSet::new();
     for name in tables {
         let mut known = false;
         for mapping in &config.mappings {
             for (site, table) in &mapping.tables {
                 if table.to_string() == *name || format!("{site}.{table}") == *name {
                     known = true;
+                    if mapping.direction == crate::config::Direction::Both {
+                        // The merge engine keeps the recorded shape and follows the next
+                        // change of it (see `engine::coordinator`).
+                        tracing::info!(site = %site, %table, "accepting the next change of the table's columns");
+                        accepted.insert((site.clone(), table.clone()));
+                        continue;
+                    }
                     if state.remove_position(&crate::shape::shape_key(site, table))? {
                         tracing::info!(site = %site, %table, "accepting the table's current columns as the source's change log announces them");
                     }
@@ -351,7 +360,7 @@ fn accept_shapes(
             return Err(RunError::UnknownTable(name.clone()));
         }
     }
-    Ok(())
+    Ok(accepted)
 }
 
 /// Opens the state store; a store in use is waited for a few seconds, because `duplex

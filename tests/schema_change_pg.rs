@@ -278,7 +278,50 @@ fn the_merge_engine_stops_on_a_schema_change_until_it_is_made_everywhere_and_acc
         .unwrap();
     duplex.start_with(&["--accept-schema-change", "public.evo"]);
     wait_equal(&store, &wms, &mut duplex, "the row with the added column");
-    assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
+    // The acceptance was for that change only: the next one stops the engine again.
+    store
+        .execute_as_duplex(
+            "ALTER TABLE evo ADD COLUMN e text;
+             INSERT INTO evo VALUES (3, 3, 'c3', 'd3', 'e3');",
+        )
+        .unwrap();
+    duplex.assert_stopped_saying(&["column \"e\" added"]);
+    assert_eq!(
+        evo_rows(&wms).len(),
+        2,
+        "a row of the unaccepted change was merged"
+    );
     drop_all_slots(&store);
     drop_all_slots(&wms);
+}
+
+/// A TRUNCATE (its rows are not in the log) stops the link naming the command that recovers;
+/// that command copies the table again and `run` streams on from its snapshot.
+#[test]
+fn a_truncate_stops_the_link_until_the_resync_it_names_copies_the_table_again() {
+    let (source, wms, mut duplex) = streaming();
+    source
+        .psql("TRUNCATE evo; INSERT INTO evo (id, a, c) VALUES (7, 7, 'c7')")
+        .unwrap();
+    duplex.assert_stopped_saying(&[
+        "TRUNCATE of public.evo",
+        &format!(
+            "recover with `duplex backfill --resync --from {}`",
+            source.name()
+        ),
+    ]);
+    let out = duplex.command(&["backfill", "--resync", "--from", source.name()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(evo_rows(&wms), evo_rows(&source));
+    duplex.start();
+    wait_slot_active(&source, &mut duplex);
+    source
+        .psql("INSERT INTO evo (id, a, c) VALUES (8, 8, 'c8')")
+        .unwrap();
+    wait_equal(&source, &wms, &mut duplex, "rows after the resync");
+    assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
 }

@@ -105,16 +105,18 @@ impl StreamError {
     }
 
     /// True when the source's log holds changes of a mapped table that cannot be read exactly
-    /// (MySQL/MariaDB: rows of another definition than the table's, DDL that removed rows
-    /// without row events, statement-format DML): only copying the table again recovers.
+    /// (PostgreSQL: a TRUNCATE; MySQL/MariaDB: rows of another definition than the table's, DDL
+    /// that removed rows without row events, statement-format DML): only copying the table
+    /// again recovers.
     pub fn needs_copy(&self) -> bool {
         matches!(
             self,
-            StreamError::Mysql(
-                MysqlStreamError::SchemaMismatch { .. }
-                    | MysqlStreamError::SchemaChanged { .. }
-                    | MysqlStreamError::StatementLogged { .. }
-            )
+            StreamError::Postgres(PgStreamError::Truncate { .. })
+                | StreamError::Mysql(
+                    MysqlStreamError::SchemaMismatch { .. }
+                        | MysqlStreamError::SchemaChanged { .. }
+                        | MysqlStreamError::StatementLogged { .. }
+                )
         )
     }
 

@@ -134,6 +134,9 @@ pub(super) struct Coordinator {
     /// Per site, the outbox position of the last echo read in this attempt: the entries
     /// after it, up to the next echo's, are exactly the ones that echo's transaction carried.
     last_echo: Vec<Option<u64>>,
+    /// (site index, table) whose next change of columns is followed, once
+    /// ([`MergePlan::accepted_shapes`]).
+    accepting: std::collections::HashSet<(usize, duplex_connectors::TableName)>,
     stats: Stats,
 }
 
@@ -147,12 +150,21 @@ impl Coordinator {
         next_seq: Vec<u64>,
     ) -> Self {
         let sites = next_seq.len();
+        let accepting = plan
+            .accepted_shapes
+            .iter()
+            .filter_map(|(site, table)| {
+                let index = plan.sites.iter().position(|s| s.site.name == *site)?;
+                Some((index, table.clone()))
+            })
+            .collect();
         Coordinator {
             plan,
             store,
             outboxes,
             next_seq,
             last_echo: vec![None; sites],
+            accepting,
             stats: Stats::default(),
         }
     }
@@ -234,7 +246,10 @@ impl Coordinator {
     /// A table's shape as a site's log announces it. The engine does not follow schema
     /// changes: the first shape of a table is recorded (with the site's position, in the same
     /// state-store transaction), and a different one stops the engine before the change that
-    /// has it is decided.
+    /// has it is decided, unless it is the first change of a table accepted in this run
+    /// (`--accept-schema-change`: the DBA made it on every site), which is recorded instead.
+    /// Changes read before it (an echo of a write made before the change, say) still carry
+    /// the recorded shape, so the change accepted is the one the engine stopped at.
     fn shape(
         &mut self,
         w: &mut StateWriter<'_>,
@@ -245,6 +260,11 @@ impl Coordinator {
         let key = crate::shape::shape_key(site, &shape.table);
         match w.position::<TableShape>(&key)? {
             Some(known) if known == shape => Ok(()),
+            Some(known) if self.accepting.remove(&(index, shape.table.clone())) => {
+                tracing::info!(%site, table = %shape.table, change = %crate::shape::describe_change(&known, &shape), "following the schema change accepted with --accept-schema-change");
+                w.save_position(&key, &shape)?;
+                Ok(())
+            }
             Some(known) => Err(EngineError::SchemaChange(format!(
                 "the columns of {site}.{table} changed in its change log ({change}); two-way mappings do not follow schema changes yet, so nothing from this change on was merged. Make the same change on the table of every site of its mapping (keep the other sites from writing to it meanwhile), then start duplex with `duplex run --accept-schema-change {table}`: it resumes at this change",
                 table = shape.table,

@@ -38,6 +38,9 @@ pub struct MergePlan {
     /// `duplex run --take-over-from`: the deployment whose claims on the sites this engine
     /// takes over (see `duplex_connectors::apply::WriterClaim`).
     pub take_over_from: Option<String>,
+    /// `duplex run --accept-schema-change`: per site, the tables whose next change of columns
+    /// the engine follows in this run (the DBA made it on every site).
+    pub accepted_shapes: BTreeSet<(String, TableName)>,
 }
 
 /// One site of the engine.
@@ -189,6 +192,7 @@ pub async fn plan(config: &Config) -> Result<Option<MergePlan>, EngineError> {
         mappings,
         deleted_rows_kept_for: config.deleted_rows_kept_for,
         take_over_from: None,
+        accepted_shapes: BTreeSet::new(),
     }))
 }
 

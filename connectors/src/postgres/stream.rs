@@ -425,7 +425,7 @@ pub enum PgStreamError {
     /// Tables were truncated: duplex does not replicate TRUNCATE.
     #[error(
         "TRUNCATE of {tables} in the transaction committing at {commit_lsn}: duplex does not \
-         replicate TRUNCATE; re-copy the tables with `duplex backfill`, then recreate the slot"
+         replicate TRUNCATE (the log carries no rows of it), so the tables must be copied again"
     )]
     Truncate {
         /// The truncated mapped tables, comma-separated.
