@@ -267,6 +267,9 @@ impl Coordinator {
         use control::Response;
         let (id, take) = match request {
             control::Request::Conflicts => return Ok(Response::Conflicts(self.store.conflicts()?)),
+            control::Request::Status => {
+                return Ok(Response::Status(crate::telemetry::global().snapshot()));
+            }
             control::Request::Resolve { id, take } => (id, take),
         };
         let Some(record) = self.store.conflict(id)? else {
