@@ -218,17 +218,16 @@ impl TargetTelemetry {
         transactions: u64,
         events: impl IntoIterator<Item = &'a ChangeEvent>,
     ) {
-        let (mut inserts, mut updates, mut deletes) = (0, 0, 0);
-        for event in events {
-            match event.op {
-                Op::Insert => inserts += 1,
-                Op::Update => updates += 1,
-                Op::Delete => deletes += 1,
-            }
-        }
-        self.inserts.fetch_add(inserts, Ordering::Relaxed);
-        self.updates.fetch_add(updates, Ordering::Relaxed);
-        self.deletes.fetch_add(deletes, Ordering::Relaxed);
+        let mut tally = Tally::default();
+        tally.add(events);
+        self.committed_tally(transactions, &tally);
+    }
+
+    /// The target committed `transactions` whose row changes `tally` counted.
+    pub fn committed_tally(&self, transactions: u64, tally: &Tally) {
+        self.inserts.fetch_add(tally.inserts, Ordering::Relaxed);
+        self.updates.fetch_add(tally.updates, Ordering::Relaxed);
+        self.deletes.fetch_add(tally.deletes, Ordering::Relaxed);
         self.transactions.fetch_add(transactions, Ordering::Relaxed);
     }
 
@@ -259,6 +258,30 @@ impl TargetTelemetry {
             transactions: self.transactions.load(Ordering::Relaxed),
             apply_errors: self.apply_errors.load(Ordering::Relaxed),
             lag_seconds,
+        }
+    }
+}
+
+/// Row changes counted by operation (e.g. the parts of a large transaction until it commits).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    /// Inserts.
+    pub inserts: u64,
+    /// Updates.
+    pub updates: u64,
+    /// Deletes.
+    pub deletes: u64,
+}
+
+impl Tally {
+    /// Counts `events` too.
+    pub fn add<'a>(&mut self, events: impl IntoIterator<Item = &'a ChangeEvent>) {
+        for event in events {
+            match event.op {
+                Op::Insert => self.inserts += 1,
+                Op::Update => self.updates += 1,
+                Op::Delete => self.deletes += 1,
+            }
         }
     }
 }

@@ -119,7 +119,8 @@ fn metrics_health_and_status_follow_replication_and_a_target_down() {
         }
     });
 
-    // 5 inserts, 2 updates and 1 delete, each its own transaction.
+    // 5 inserts, 2 updates and 1 delete, each its own transaction, then one transaction of
+    // 25,000 inserts (streamed to the target in parts).
     insert(&source, 1..=5);
     source
         .psql("UPDATE items SET v = 'w1' WHERE id = 1")
@@ -128,6 +129,9 @@ fn metrics_health_and_status_follow_replication_and_a_target_down() {
         .psql("UPDATE items SET v = 'w2' WHERE id = 2")
         .unwrap();
     source.psql("DELETE FROM items WHERE id = 5").unwrap();
+    source
+        .psql("INSERT INTO items SELECT g, 'big' FROM generate_series(100, 25099) g")
+        .unwrap();
     wait_equal(&source, &target, &mut duplex, "items", "the first rows");
     let text = wait_for(
         "the counters to show every transaction",
@@ -135,14 +139,14 @@ fn metrics_health_and_status_follow_replication_and_a_target_down() {
         || {
             let (_, text) = get(port, "/metrics")?;
             match sample(&text, "duplex_transactions_total", &labels("")) {
-                Some(8.0) => Ok(text),
+                Some(9.0) => Ok(text),
                 other => Err(format!("{other:?} transactions in:\n{text}")),
             }
         },
     );
     let op =
         |text: &str, op: &str| sample(text, "duplex_rows_total", &labels(&format!(",op=\"{op}\"")));
-    assert_eq!(op(&text, "insert"), Some(5.0), "{text}");
+    assert_eq!(op(&text, "insert"), Some(25_005.0), "{text}");
     assert_eq!(op(&text, "update"), Some(2.0), "{text}");
     assert_eq!(op(&text, "delete"), Some(1.0), "{text}");
     assert_eq!(
@@ -196,10 +200,10 @@ fn metrics_health_and_status_follow_replication_and_a_target_down() {
         ),
         (
             &serde_json::json!("wms"),
-            &serde_json::json!(5),
+            &serde_json::json!(25_005),
             &serde_json::json!(2),
             &serde_json::json!(1),
-            &serde_json::json!(8)
+            &serde_json::json!(9)
         ),
         "{json}"
     );
@@ -265,17 +269,17 @@ fn metrics_health_and_status_follow_replication_and_a_target_down() {
         "items",
         "the rows written while down",
     );
-    let text = wait_for("lag 0 and 11 transactions", REPLICATION_GUARD, || {
+    let text = wait_for("lag 0 and 12 transactions", REPLICATION_GUARD, || {
         let (_, text) = get(port, "/metrics")?;
         match (
             sample(&text, "duplex_lag_seconds", &labels("")),
             sample(&text, "duplex_transactions_total", &labels("")),
         ) {
-            (Some(0.0), Some(11.0)) => Ok(text),
+            (Some(0.0), Some(12.0)) => Ok(text),
             other => Err(format!("{other:?}")),
         }
     });
-    assert_eq!(op(&text, "insert"), Some(8.0), "{text}");
+    assert_eq!(op(&text, "insert"), Some(25_008.0), "{text}");
     assert_eq!(op(&text, "update"), Some(2.0), "{text}");
     assert_eq!(op(&text, "delete"), Some(1.0), "{text}");
     wait_for(

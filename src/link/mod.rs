@@ -70,7 +70,7 @@ pub(crate) mod refusal;
 mod shapes;
 
 use crate::shutdown::stop_requested;
-use crate::telemetry::{LinkTelemetry, TargetTelemetry};
+use crate::telemetry::{LinkTelemetry, Tally, TargetTelemetry};
 pub use ack::acknowledged_key;
 use ack::{ACK_EVERY, Acker};
 use chrono::{DateTime, Utc};
@@ -805,8 +805,12 @@ async fn worker(
         let (mut last, first) = match piece {
             Piece::Part(part) => {
                 write_part(&mut target, &refusals, &part).await?;
+                let mut tally = Tally::default();
+                tally.add(&part.events);
                 drop((part, permit));
-                let Some(sequence) = finish_large(&mut target, &mut queue, &mut refusals).await?
+                let Some(sequence) =
+                    finish_large(&mut target, &mut queue, &mut refusals, &mut counters, tally)
+                        .await?
                 else {
                     return Ok(());
                 };
@@ -899,10 +903,15 @@ async fn finish_large(
     target: &mut AnyApplier,
     queue: &mut mpsc::Receiver<Queued>,
     refusals: &mut refusal::Refusals,
+    counters: &mut Counting,
+    mut tally: Tally,
 ) -> Result<Option<u64>, LinkError> {
     while let Some((piece, permit)) = queue.recv().await {
         match piece {
-            Piece::Part(part) => write_part(target, refusals, &part).await?,
+            Piece::Part(part) => {
+                write_part(target, refusals, &part).await?;
+                tally.add(&part.events);
+            }
             Piece::Transaction(seq, tx) => {
                 if let Some(error) = refusals.check_part(&tx.events) {
                     return Err(error);
@@ -911,6 +920,10 @@ async fn finish_large(
                     .apply(std::slice::from_ref(&tx))
                     .await
                     .map_err(|e| refusals.refused_large(e, &tx.position))?;
+                if counters.fresh(&tx) {
+                    tally.add(&tx.events);
+                    counters.telemetry.committed_tally(1, &tally);
+                }
                 return Ok(Some(seq));
             }
         }
