@@ -37,6 +37,8 @@ pub const NAMES: &[&str] = &[
     "duplex_transactions_total",
     "duplex_apply_errors_total",
     "duplex_lag_seconds",
+    "duplex_conflicts_total",
+    "duplex_held_conflicts",
 ];
 
 /// Why the endpoint could not be opened.
@@ -233,6 +235,32 @@ impl Collector for SnapshotCollector {
                 }
             }
         }
+        {
+            let mut family = encoder.encode_descriptor(
+                "duplex_conflicts",
+                "Conflicts the merge engine decided, by mapping, policy and outcome (resolved or held)",
+                None,
+                MetricType::Counter,
+            )?;
+            for conflict in &self.0.conflicts {
+                let labels = [
+                    ("mapping", conflict.mapping.as_str()),
+                    ("policy", &conflict.policy),
+                    ("outcome", &conflict.outcome),
+                ];
+                ConstCounter::new(conflict.count).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        // Declared always (a dashboard may ask for it); a sample only with a merge engine.
+        let family = encoder.encode_descriptor(
+            "duplex_held_conflicts",
+            "Conflicts waiting for `duplex conflicts resolve` (two-way mappings)",
+            None,
+            MetricType::Gauge,
+        )?;
+        if let Some(held) = self.0.held_conflicts {
+            ConstGauge::new(held as i64).encode(family)?;
+        }
         Ok(())
     }
 }
@@ -246,10 +274,14 @@ mod tests {
         let telemetry = telemetry::Telemetry::default();
         let link = telemetry.link("a -> b", "a", &["b".into()]);
         link.streaming();
+        telemetry.held_conflicts(0);
+        telemetry.conflict("items", "hold", "held");
         let text = render(telemetry.snapshot());
         for name in NAMES {
             assert!(
-                text.lines().any(|l| l.starts_with(&format!("{name}{{"))),
+                text.lines()
+                    .any(|l| l.starts_with(&format!("{name}{{"))
+                        || l.starts_with(&format!("{name} "))),
                 "{name} missing from:\n{text}"
             );
         }
@@ -259,5 +291,12 @@ mod tests {
             ),
             "{text}"
         );
+        assert!(
+            text.contains(
+                r#"duplex_conflicts_total{mapping="items",policy="hold",outcome="held"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains("duplex_held_conflicts 1\n"), "{text}");
     }
 }

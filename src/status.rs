@@ -134,6 +134,17 @@ pub fn table(status: &Status) -> String {
     let Some(report) = &status.report else {
         return text;
     };
+    if let Some(held) = report.held_conflicts {
+        text.push_str(&format!(
+            "\nmerge engine: {held} held conflict(s) (see `duplex conflicts --held`)\n"
+        ));
+        for conflict in &report.conflicts {
+            text.push_str(&format!(
+                "  mapping {}: {} conflict(s) {} by {}\n",
+                conflict.mapping, conflict.count, conflict.outcome, conflict.policy
+            ));
+        }
+    }
     for link in &report.links {
         let state = match &link.state {
             LinkState::Starting { since, error: None } => format!("starting since {since}"),

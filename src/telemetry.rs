@@ -34,10 +34,15 @@ pub fn global() -> &'static Telemetry {
     GLOBAL.get_or_init(Telemetry::default)
 }
 
-/// Every link's telemetry, by link name.
+/// Every link's telemetry, by link name, and the merge engine's conflicts.
 #[derive(Debug, Default)]
 pub struct Telemetry {
     links: Mutex<BTreeMap<String, Arc<LinkTelemetry>>>,
+    /// Conflicts decided by this process: (mapping, policy, outcome) -> count. Conflicts are
+    /// rare, so a lock per conflict costs nothing.
+    conflicts: Mutex<BTreeMap<(String, String, String), u64>>,
+    /// Conflicts waiting for a person; `None` until a merge engine started.
+    held: Mutex<Option<u64>>,
 }
 
 impl Telemetry {
@@ -69,13 +74,51 @@ impl Telemetry {
             .clone()
     }
 
+    /// The merge engine decided a conflict of `mapping` by `policy`: `outcome` is
+    /// `resolved` (by the policy) or `held` (waiting for a person).
+    pub fn conflict(&self, mapping: &str, policy: &str, outcome: &str) {
+        let mut conflicts = self.conflicts.lock().unwrap_or_else(|e| e.into_inner());
+        *conflicts
+            .entry((mapping.to_owned(), policy.to_owned(), outcome.to_owned()))
+            .or_default() += 1;
+        if outcome == "held" {
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            *held = Some(held.unwrap_or(0) + 1);
+        }
+    }
+
+    /// The merge engine started with `count` held conflicts in its log.
+    pub fn held_conflicts(&self, count: u64) {
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(count);
+    }
+
+    /// An operator settled a held conflict.
+    pub fn conflict_settled(&self) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        *held = Some(held.unwrap_or(0).saturating_sub(1));
+    }
+
     /// What every link reports now.
     pub fn snapshot(&self) -> Snapshot {
         let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         let now = Utc::now();
+        let conflicts = self
+            .conflicts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|((mapping, policy, outcome), count)| ConflictCount {
+                mapping: mapping.clone(),
+                policy: policy.clone(),
+                outcome: outcome.clone(),
+                count: *count,
+            })
+            .collect();
         Snapshot {
             taken: now,
             links: links.values().map(|link| link.snapshot(now)).collect(),
+            conflicts,
+            held_conflicts: *self.held.lock().unwrap_or_else(|e| e.into_inner()),
         }
     }
 }
@@ -293,6 +336,23 @@ pub struct Snapshot {
     pub taken: DateTime<Utc>,
     /// Every link, by name.
     pub links: Vec<LinkSnapshot>,
+    /// Conflicts the merge engine decided since the process started.
+    pub conflicts: Vec<ConflictCount>,
+    /// Conflicts waiting for `duplex conflicts resolve`; `None` without a merge engine.
+    pub held_conflicts: Option<u64>,
+}
+
+/// How many conflicts of one mapping one policy decided one way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConflictCount {
+    /// The mapping.
+    pub mapping: String,
+    /// The policy (`last-writer-wins`, `prefer:<site>`, `merge-columns`, `hold`).
+    pub policy: String,
+    /// `resolved` or `held`.
+    pub outcome: String,
+    /// How many.
+    pub count: u64,
 }
 
 impl Snapshot {
@@ -382,6 +442,22 @@ mod tests {
         assert_eq!(telemetry.snapshot().links[0].retries, 1);
         link.streaming();
         assert_eq!(telemetry.snapshot().unhealthy(), None);
+    }
+
+    #[test]
+    fn conflicts_are_counted_and_held_ones_followed() {
+        let telemetry = Telemetry::default();
+        assert_eq!(telemetry.snapshot().held_conflicts, None);
+        telemetry.held_conflicts(2);
+        telemetry.conflict("items", "hold", "held");
+        telemetry.conflict("items", "hold", "held");
+        telemetry.conflict("items", "last-writer-wins", "resolved");
+        telemetry.conflict_settled();
+        let snapshot = telemetry.snapshot();
+        assert_eq!(snapshot.held_conflicts, Some(3));
+        assert_eq!(snapshot.conflicts.len(), 2);
+        assert_eq!(snapshot.conflicts[0].policy, "hold");
+        assert_eq!(snapshot.conflicts[0].count, 2);
     }
 
     #[test]

@@ -11,7 +11,8 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use duplex_testkit::{PgOptions, PgServer, Shutdown, shared_pg};
-use harness::pg::{one_way_config, wait_equal};
+use harness::pg::{drop_all_slots, one_way_config, table_rows, two_way_config, wait_equal};
+use harness::sites::{conflicts, wait_reading};
 use harness::{Duplex, REPLICATION_GUARD, drop_slot, wait_for, wait_slot_active};
 
 const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, v text NOT NULL)";
@@ -58,6 +59,17 @@ fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(&prefix))
         .and_then(|value| value.trim().parse().ok())
+}
+
+/// Whether `/metrics` text exports `name`: a sample of it, or its declaration (a counter with
+/// no labelled sample yet is declared without `_total`).
+fn exported(text: &str, name: &str) -> bool {
+    let family = name.strip_suffix("_total").unwrap_or(name);
+    text.lines().any(|l| {
+        l.starts_with(&format!("{name}{{"))
+            || l.starts_with(&format!("{name} "))
+            || l.starts_with(&format!("# TYPE {family} "))
+    })
 }
 
 /// `duplex status --json`: (exit code, parsed output).
@@ -176,7 +188,7 @@ fn metrics_health_and_status_follow_replication_and_a_target_down() {
     assert!(used.len() >= 5, "the dashboard uses {used:?}");
     for name in &used {
         assert!(
-            text.lines().any(|l| l.starts_with(&format!("{name}{{"))),
+            exported(&text, name),
             "the dashboard uses {name}, which /metrics does not export:\n{text}"
         );
     }
@@ -301,6 +313,65 @@ fn metrics_health_and_status_follow_replication_and_a_target_down() {
     let (code, _) = status(&duplex);
     assert_eq!(code, 2);
     drop_slot(&source);
+}
+
+#[test]
+fn conflicts_and_held_conflicts_are_counted_until_settled() {
+    let (a, b) = (shared_pg().create_database(), shared_pg().create_database());
+    a.execute_as_duplex(ITEMS).unwrap();
+    b.execute_as_duplex(ITEMS).unwrap();
+    let port = free_port();
+    let config = format!(
+        "[metrics]\nlisten = \"127.0.0.1:{port}\"\n\n{}conflict = \"hold\"\n",
+        two_way_config(&a, &b, "items")
+    );
+    let mut duplex = Duplex::run(&config);
+    wait_reading(&mut duplex, 2, REPLICATION_GUARD);
+    a.psql("INSERT INTO items VALUES (1, 'pen')").unwrap();
+    wait_for("the row to reach b", REPLICATION_GUARD, || {
+        duplex.assert_running();
+        let rows = table_rows(&b, "items");
+        (rows.len() == 1).then_some(()).ok_or(format!("{rows:?}"))
+    });
+    let (_, text) = get(port, "/metrics").unwrap();
+    assert!(text.contains("duplex_held_conflicts 0\n"), "{text}");
+    assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
+
+    // Both sites change the row while duplex is stopped: one held conflict.
+    a.psql("UPDATE items SET v = 'red' WHERE id = 1").unwrap();
+    b.psql("UPDATE items SET v = 'blue' WHERE id = 1").unwrap();
+    duplex.start();
+    wait_reading(&mut duplex, 4, REPLICATION_GUARD);
+    let held = "duplex_conflicts_total{mapping=\"items\",policy=\"hold\",outcome=\"held\"} 1\n";
+    wait_for("the held conflict in /metrics", REPLICATION_GUARD, || {
+        duplex.assert_running();
+        let (_, text) = get(port, "/metrics")?;
+        (text.contains(held) && text.contains("duplex_held_conflicts 1\n"))
+            .then_some(())
+            .ok_or(text)
+    });
+    let (code, json) = status(&duplex);
+    assert_eq!(code, 0, "{json}");
+    assert_eq!(json["report"]["held_conflicts"], 1, "{json}");
+    assert_eq!(json["report"]["conflicts"][0]["outcome"], "held", "{json}");
+
+    // Settled by the operator: none held, the count of decided conflicts stays.
+    let id = conflicts(&duplex)[0]["id"].as_u64().unwrap();
+    let output = duplex.command(&["conflicts", "resolve", &id.to_string(), "--take", a.name()]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    wait_for("no held conflict in /metrics", REPLICATION_GUARD, || {
+        let (_, text) = get(port, "/metrics")?;
+        (text.contains(held) && text.contains("duplex_held_conflicts 0\n"))
+            .then_some(())
+            .ok_or(text)
+    });
+    assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
+    drop_all_slots(&a);
+    drop_all_slots(&b);
 }
 
 /// Every `duplex_...` metric name in the dashboard's queries.

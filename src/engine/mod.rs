@@ -379,6 +379,16 @@ async fn attempt(
             reader(index, site, start, report, ack_rx).await;
         });
     }
+    match store.conflicts() {
+        Ok(all) => crate::telemetry::global().held_conflicts(
+            all.iter()
+                .filter(|(_, record)| record.status == duplex_state::ConflictStatus::Held)
+                .count() as u64,
+        ),
+        Err(error) => {
+            tracing::warn!(%error, "cannot count the held conflicts for duplex status and /metrics")
+        }
+    }
     let control = control::serve(store.dir(), input_tx.clone());
     drop(input_tx);
     tracing::info!(
