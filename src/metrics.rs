@@ -37,6 +37,7 @@ pub const NAMES: &[&str] = &[
     "duplex_transactions_total",
     "duplex_apply_errors_total",
     "duplex_lag_seconds",
+    "duplex_dead_letters",
     "duplex_conflicts_total",
     "duplex_held_conflicts",
 ];
@@ -251,6 +252,27 @@ impl Collector for SnapshotCollector {
                 ConstCounter::new(conflict.count).encode(family.encode_family(&labels)?)?;
             }
         }
+        {
+            let mut family = encoder.encode_descriptor(
+                "duplex_dead_letters",
+                "Changes set aside for the target (on_error = dead-letter), waiting for `duplex dead-letters retry`",
+                None,
+                MetricType::Gauge,
+            )?;
+            for link in links {
+                for target in &link.targets {
+                    let Some(count) = target.dead_letters else {
+                        continue;
+                    };
+                    let labels = [
+                        ("link", link.name.as_str()),
+                        ("source", &link.source),
+                        ("target", &target.site),
+                    ];
+                    ConstGauge::new(count as i64).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
         // Declared always (a dashboard may ask for it); a sample only with a merge engine.
         let family = encoder.encode_descriptor(
             "duplex_held_conflicts",
@@ -276,6 +298,9 @@ mod tests {
         link.streaming();
         telemetry.held_conflicts(0);
         telemetry.conflict("items", "hold", "held");
+        let dir = tempfile::tempdir().unwrap();
+        let store = duplex_state::StateStore::open(&dir.path().join("state")).unwrap();
+        telemetry.attach_store(std::sync::Arc::new(store));
         let text = render(telemetry.snapshot());
         for name in NAMES {
             assert!(

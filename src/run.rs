@@ -194,6 +194,7 @@ pub struct RunOptions {
 /// definite error.
 pub async fn run(config: &Config, options: &RunOptions) -> Result<(), RunError> {
     let state = std::sync::Arc::new(open_state(config).await?);
+    crate::telemetry::global().attach_store(state.clone());
     accept_shapes(config, &state, &options.accept_schema_change)?;
     for site in &options.trust_slot {
         if !config.sites.contains_key(site) {

@@ -165,19 +165,29 @@ pub fn table(status: &Status) -> String {
             link.name, link.retries
         ));
         text.push_str(&format!(
-            "  {:<20} {:>10} {:>10} {:>10} {:>12} {:>8} {:>10}\n",
-            "target", "inserts", "updates", "deletes", "transactions", "errors", "lag (s)"
+            "  {:<20} {:>10} {:>10} {:>10} {:>12} {:>8} {:>10} {:>12}\n",
+            "target",
+            "inserts",
+            "updates",
+            "deletes",
+            "transactions",
+            "errors",
+            "lag (s)",
+            "dead letters"
         ));
         for target in &link.targets {
             text.push_str(&format!(
-                "  {:<20} {:>10} {:>10} {:>10} {:>12} {:>8} {:>10.1}\n",
+                "  {:<20} {:>10} {:>10} {:>10} {:>12} {:>8} {:>10.1} {:>12}\n",
                 target.site,
                 target.inserts,
                 target.updates,
                 target.deletes,
                 target.transactions,
                 target.apply_errors,
-                target.lag_seconds
+                target.lag_seconds,
+                target
+                    .dead_letters
+                    .map_or_else(|| "?".to_owned(), |n| n.to_string())
             ));
         }
     }

@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use chrono::{DateTime, Utc};
 use duplex_connectors::{ChangeEvent, Op};
+use duplex_state::StateStore;
 use serde::{Deserialize, Serialize};
 
 /// The process's telemetry.
@@ -43,6 +44,8 @@ pub struct Telemetry {
     conflicts: Mutex<BTreeMap<(String, String, String), u64>>,
     /// Conflicts waiting for a person; `None` until a merge engine started.
     held: Mutex<Option<u64>>,
+    /// The state store, where dead letters are counted when a snapshot is taken.
+    store: OnceLock<Arc<StateStore>>,
 }
 
 impl Telemetry {
@@ -98,10 +101,16 @@ impl Telemetry {
         *held = Some(held.unwrap_or(0).saturating_sub(1));
     }
 
+    /// The state store of this process (dead letters are counted in it).
+    pub fn attach_store(&self, store: Arc<StateStore>) {
+        let _ = self.store.set(store);
+    }
+
     /// What every link reports now.
     pub fn snapshot(&self) -> Snapshot {
         let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         let now = Utc::now();
+        let store = self.store.get().map(Arc::as_ref);
         let conflicts = self
             .conflicts
             .lock()
@@ -116,7 +125,10 @@ impl Telemetry {
             .collect();
         Snapshot {
             taken: now,
-            links: links.values().map(|link| link.snapshot(now)).collect(),
+            links: links
+                .values()
+                .map(|link| link.snapshot(now, store))
+                .collect(),
             conflicts,
             held_conflicts: *self.held.lock().unwrap_or_else(|e| e.into_inner()),
         }
@@ -229,13 +241,25 @@ impl LinkTelemetry {
         }
     }
 
-    fn snapshot(&self, now: DateTime<Utc>) -> LinkSnapshot {
+    fn snapshot(&self, now: DateTime<Utc>, store: Option<&StateStore>) -> LinkSnapshot {
         LinkSnapshot {
             name: self.name.clone(),
             source: self.source.clone(),
             state: self.state.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             retries: self.retries.load(Ordering::Relaxed),
-            targets: self.targets.iter().map(|t| t.snapshot(now)).collect(),
+            targets: self
+                .targets
+                .iter()
+                .map(|t| {
+                    let mut target = t.snapshot(now);
+                    target.dead_letters = store.and_then(|store| {
+                        store
+                            .pending_count(&crate::dead_letters::scope(&self.source, &t.site))
+                            .ok()
+                    });
+                    target
+                })
+                .collect(),
         }
     }
 }
@@ -301,6 +325,7 @@ impl TargetTelemetry {
             transactions: self.transactions.load(Ordering::Relaxed),
             apply_errors: self.apply_errors.load(Ordering::Relaxed),
             lag_seconds,
+            dead_letters: None,
         }
     }
 }
@@ -414,6 +439,9 @@ pub struct TargetSnapshot {
     /// Seconds since the source committed the oldest transaction read and not yet committed
     /// here; 0 when none is waiting.
     pub lag_seconds: f64,
+    /// Changes from this source set aside for this target (`on_error = "dead-letter"`),
+    /// waiting for `duplex dead-letters retry`; `None` when they could not be counted.
+    pub dead_letters: Option<u64>,
 }
 
 #[cfg(test)]

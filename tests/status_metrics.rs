@@ -98,12 +98,17 @@ fn metrics_health_and_status_follow_replication_and_a_target_down() {
     // Own server for the target: it is shut down and started again.
     let server = PgServer::start(PgOptions::default()).unwrap();
     let target = server.create_database();
-    target.execute_as_duplex(ITEMS).unwrap();
+    // The target refuses the value 'bad': such a change becomes a dead letter.
+    target
+        .execute_as_duplex(
+            "CREATE TABLE items (id int PRIMARY KEY, v text NOT NULL CHECK (v <> 'bad'))",
+        )
+        .unwrap();
     let source = shared_pg().create_database();
     source.execute_as_duplex(ITEMS).unwrap();
     let port = free_port();
     let config = format!(
-        "{}\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
+        "[metrics]\nlisten = \"127.0.0.1:{port}\"\n\n{}on_error = \"dead-letter\"\n",
         one_way_config(&source, &target, "items")
     );
     let mut duplex = Duplex::new(&config);
@@ -220,6 +225,30 @@ fn metrics_health_and_status_follow_replication_and_a_target_down() {
         "{json}"
     );
 
+    // A row the target refuses is set aside, and its delete behind it: two dead letters, two
+    // transactions committed without rows, the tables equal again.
+    source.psql("INSERT INTO items VALUES (50, 'bad')").unwrap();
+    source.psql("DELETE FROM items WHERE id = 50").unwrap();
+    wait_equal(&source, &target, &mut duplex, "items", "the refused row");
+    let text = wait_for("two dead letters", REPLICATION_GUARD, || {
+        let (_, text) = get(port, "/metrics")?;
+        match (
+            sample(&text, "duplex_dead_letters", &labels("")),
+            sample(&text, "duplex_transactions_total", &labels("")),
+        ) {
+            (Some(2.0), Some(11.0)) => Ok(text),
+            other => Err(format!("{other:?} in:\n{text}")),
+        }
+    });
+    assert_eq!(op(&text, "insert"), Some(25_005.0), "{text}");
+    assert_eq!(op(&text, "delete"), Some(1.0), "{text}");
+    let (code, json) = status(&duplex);
+    assert_eq!(code, 0, "{json}");
+    assert_eq!(
+        json["report"]["links"][0]["targets"][0]["dead_letters"], 2,
+        "{json}"
+    );
+
     // The target's server goes down while the source is written: lag rises, health is 503
     // naming the link, status is degraded (exit 1).
     server.shut_down(Shutdown::Fast).unwrap();
@@ -281,13 +310,13 @@ fn metrics_health_and_status_follow_replication_and_a_target_down() {
         "items",
         "the rows written while down",
     );
-    let text = wait_for("lag 0 and 12 transactions", REPLICATION_GUARD, || {
+    let text = wait_for("lag 0 and 14 transactions", REPLICATION_GUARD, || {
         let (_, text) = get(port, "/metrics")?;
         match (
             sample(&text, "duplex_lag_seconds", &labels("")),
             sample(&text, "duplex_transactions_total", &labels("")),
         ) {
-            (Some(0.0), Some(12.0)) => Ok(text),
+            (Some(0.0), Some(14.0)) => Ok(text),
             other => Err(format!("{other:?}")),
         }
     });

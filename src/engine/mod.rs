@@ -379,12 +379,8 @@ async fn attempt(
             reader(index, site, start, report, ack_rx).await;
         });
     }
-    match store.conflicts() {
-        Ok(all) => crate::telemetry::global().held_conflicts(
-            all.iter()
-                .filter(|(_, record)| record.status == duplex_state::ConflictStatus::Held)
-                .count() as u64,
-        ),
+    match store.held_conflict_count() {
+        Ok(held) => crate::telemetry::global().held_conflicts(held),
         Err(error) => {
             tracing::warn!(%error, "cannot count the held conflicts for duplex status and /metrics")
         }

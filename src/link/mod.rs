@@ -856,10 +856,8 @@ async fn worker(
             // (or, for a dead-letter mapping, sets the refused change aside and goes on).
             let count = batch.len() as u64;
             for (offset, tx) in batch.drain(..).enumerate() {
-                let fresh = counters.fresh(&tx);
-                let rows = if fresh { tx.events.clone() } else { Vec::new() };
-                refusals.divert_owned(tx, &mut target).await?;
-                counters.telemetry.committed(u64::from(fresh), &rows);
+                let written = refusals.divert_owned(tx, &mut target).await?;
+                counters.committed(std::slice::from_ref(&written));
                 let seq = last + 1 + offset as u64 - count;
                 if committed.send((index, seq)).is_err() {
                     return Ok(());
