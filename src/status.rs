@@ -65,6 +65,66 @@ pub struct Status {
     pub running: bool,
     /// The running process's report (`None` when nothing runs).
     pub report: Option<Snapshot>,
+    /// The replication slot of each PostgreSQL site, read from the sites by `status` itself
+    /// (so it is shown whether or not `duplex run` runs).
+    pub slots: Vec<SiteSlot>,
+}
+
+/// A PostgreSQL site's duplex replication slot.
+#[derive(Debug, Clone, Serialize)]
+pub struct SiteSlot {
+    /// The site.
+    pub site: String,
+    /// The slot's name.
+    pub slot: Option<String>,
+    /// A session streams from it now.
+    pub active: Option<bool>,
+    /// WAL the slot keeps from being removed, in bytes (current WAL position minus the slot's
+    /// restart position).
+    pub retained_bytes: Option<i64>,
+    /// Why it could not be read, or that the site has no slot yet.
+    pub note: Option<String>,
+}
+
+/// How long `status` waits for a site's slot.
+const SLOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The duplex slot of every PostgreSQL site of `config`.
+async fn slots(config: &Config) -> Vec<SiteSlot> {
+    let mut found = Vec::new();
+    for site in config.sites.values() {
+        let connection = site.connection();
+        let names = duplex_connectors::teardown::slot_names(&connection);
+        if names.is_empty() {
+            continue;
+        }
+        let read = tokio::time::timeout(
+            SLOT_TIMEOUT,
+            duplex_connectors::teardown::slots(&connection),
+        )
+        .await;
+        let mut slot = SiteSlot {
+            site: site.name.clone(),
+            slot: None,
+            active: None,
+            retained_bytes: None,
+            note: None,
+        };
+        match read {
+            Err(_) => slot.note = Some(format!("no answer within {SLOT_TIMEOUT:?}")),
+            Ok(Err(error)) => slot.note = Some(crate::report::chain(&error)),
+            Ok(Ok(all)) => match all.into_iter().find(|s| names.contains(&s.name)) {
+                None => slot.note = Some("no slot yet (created when its link first starts)".into()),
+                Some(found) => {
+                    slot.slot = Some(found.name);
+                    slot.active = Some(found.active);
+                    slot.retained_bytes = found.retained_bytes;
+                }
+            },
+        }
+        found.push(slot);
+    }
+    found
 }
 
 /// Asks the running `duplex run` of `config`'s state directory.
@@ -77,8 +137,9 @@ pub async fn status(config: &Config) -> Result<Status, StatusError> {
                 .to_string(),
             source,
         })?;
-    match answer {
-        None => Ok(Status {
+    let slots = slots(config).await;
+    let mut status = match answer {
+        None => Status {
             health: Health::Stopped,
             reason: Some(format!(
                 "no duplex run is running on state directory {}",
@@ -86,13 +147,18 @@ pub async fn status(config: &Config) -> Result<Status, StatusError> {
             )),
             running: false,
             report: None,
-        }),
-        Some(Response::Status(snapshot)) => Ok(judge(snapshot)),
-        Some(Response::Refused(why)) => Err(StatusError::Refused(why)),
-        Some(Response::Done(_) | Response::Conflicts(_)) => Err(StatusError::Refused(
-            "the engine answered something else".into(),
-        )),
-    }
+            slots: Vec::new(),
+        },
+        Some(Response::Status(snapshot)) => judge(snapshot),
+        Some(Response::Refused(why)) => return Err(StatusError::Refused(why)),
+        Some(Response::Done(_) | Response::Conflicts(_)) => {
+            return Err(StatusError::Refused(
+                "the engine answered something else".into(),
+            ));
+        }
+    };
+    status.slots = slots;
+    Ok(status)
 }
 
 /// The health of a running process's report.
@@ -113,6 +179,7 @@ pub fn judge(snapshot: Snapshot) -> Status {
         reason,
         running: true,
         report: Some(snapshot),
+        slots: Vec::new(),
     }
 }
 
@@ -131,6 +198,26 @@ pub fn table(status: &Status) -> String {
             .map(|r| format!(": {r}"))
             .unwrap_or_default()
     );
+    for slot in &status.slots {
+        text.push_str(&format!(
+            "slot of {}: {}\n",
+            slot.site,
+            match (&slot.slot, &slot.note) {
+                (Some(name), _) => format!(
+                    "{name}, {}, retains {} of WAL",
+                    if slot.active == Some(true) {
+                        "active"
+                    } else {
+                        "inactive"
+                    },
+                    slot.retained_bytes
+                        .map_or_else(|| "?".to_owned(), |b| format!("{b} bytes"))
+                ),
+                (None, Some(note)) => note.clone(),
+                (None, None) => "?".to_owned(),
+            }
+        ));
+    }
     let Some(report) = &status.report else {
         return text;
     };

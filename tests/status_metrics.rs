@@ -206,6 +206,14 @@ fn metrics_health_and_status_follow_replication_and_a_target_down() {
     assert_eq!(links.len(), 1, "{json}");
     assert_eq!(links[0]["name"], link.as_str());
     assert_eq!(links[0]["state"]["state"], "streaming");
+    let slot = json["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["site"] == source.name())
+        .unwrap_or_else(|| panic!("no slot of the source in {json}"));
+    assert_eq!(slot["active"], true, "{json}");
+    assert!(slot["retained_bytes"].as_i64().unwrap() >= 0, "{json}");
     let wms = &links[0]["targets"][0];
     assert_eq!(
         (
