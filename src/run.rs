@@ -195,6 +195,13 @@ pub struct RunOptions {
 pub async fn run(config: &Config, options: &RunOptions) -> Result<(), RunError> {
     let state = std::sync::Arc::new(open_state(config).await?);
     crate::telemetry::global().attach_store(state.clone());
+    tokio::spawn(async {
+        let mut every = tokio::time::interval(crate::telemetry::SAMPLE_EVERY);
+        loop {
+            every.tick().await;
+            crate::telemetry::global().sample();
+        }
+    });
     accept_shapes(config, &state, &options.accept_schema_change)?;
     for site in &options.trust_slot {
         if !config.sites.contains_key(site) {

@@ -252,7 +252,7 @@ pub fn table(status: &Status) -> String {
             link.name, link.retries
         ));
         text.push_str(&format!(
-            "  {:<20} {:>10} {:>10} {:>10} {:>12} {:>8} {:>10} {:>12}\n",
+            "  {:<20} {:>10} {:>10} {:>10} {:>12} {:>8} {:>10} {:>12} {:>10}\n",
             "target",
             "inserts",
             "updates",
@@ -260,11 +260,12 @@ pub fn table(status: &Status) -> String {
             "transactions",
             "errors",
             "lag (s)",
-            "dead letters"
+            "dead letters",
+            "rows/s 1m"
         ));
         for target in &link.targets {
             text.push_str(&format!(
-                "  {:<20} {:>10} {:>10} {:>10} {:>12} {:>8} {:>10.1} {:>12}\n",
+                "  {:<20} {:>10} {:>10} {:>10} {:>12} {:>8} {:>10.1} {:>12} {:>10.1}\n",
                 target.site,
                 target.inserts,
                 target.updates,
@@ -274,7 +275,8 @@ pub fn table(status: &Status) -> String {
                 target.lag_seconds,
                 target
                     .dead_letters
-                    .map_or_else(|| "?".to_owned(), |n| n.to_string())
+                    .map_or_else(|| "?".to_owned(), |n| n.to_string()),
+                target.rows_per_second
             ));
         }
     }

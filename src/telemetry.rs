@@ -13,6 +13,13 @@
 //! taken when a link starts, changes state (retrying, stopped) or a snapshot is read, never
 //! per row or per transaction.
 //!
+//! # Rates
+//!
+//! Rows and transactions per second over the last minute come from samples of the totals that
+//! [`Telemetry::sample`] takes every [`SAMPLE_EVERY`] (a task of `duplex run`), never from the
+//! hot path: the rate is the difference between the totals now and the oldest sample of the
+//! last minute, over the time between them.
+//!
 //! # Lag in seconds
 //!
 //! A target's lag is now minus the source commit time of the oldest transaction the link
@@ -21,13 +28,20 @@
 //! transaction stays what it was, so the lag keeps growing until that target commits it.
 
 use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use duplex_connectors::{ChangeEvent, Op};
 use duplex_state::StateStore;
 use serde::{Deserialize, Serialize};
+
+/// How often the totals are sampled for the rates.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+/// The window of the rates.
+pub const RATE_WINDOW: Duration = Duration::from_secs(60);
 
 /// The process's telemetry.
 pub fn global() -> &'static Telemetry {
@@ -66,10 +80,13 @@ impl Telemetry {
                     targets: targets
                         .iter()
                         .map(|site| {
-                            Arc::new(TargetTelemetry {
+                            let target = TargetTelemetry {
                                 site: site.clone(),
                                 ..TargetTelemetry::default()
-                            })
+                            };
+                            // Nothing was committed before it existed.
+                            target.sample(Instant::now());
+                            Arc::new(target)
                         })
                         .collect(),
                 })
@@ -99,6 +116,17 @@ impl Telemetry {
     pub fn conflict_settled(&self) {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         *held = Some(held.unwrap_or(0).saturating_sub(1));
+    }
+
+    /// Records every target's totals now, for the rates (see the module docs).
+    pub fn sample(&self) {
+        let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        for link in links.values() {
+            for target in &link.targets {
+                target.sample(now);
+            }
+        }
     }
 
     /// The state store of this process (dead letters are counted in it).
@@ -276,6 +304,8 @@ pub struct TargetTelemetry {
     /// Commit time (microseconds since the epoch) of the oldest transaction read and not
     /// committed by this target; 0 when none.
     oldest_pending: AtomicI64,
+    /// (when, rows, transactions) over the last [`RATE_WINDOW`], oldest first.
+    samples: Mutex<VecDeque<(Instant, u64, u64)>>,
 }
 
 impl TargetTelemetry {
@@ -310,7 +340,44 @@ impl TargetTelemetry {
         self.oldest_pending.store(micros, Ordering::Relaxed);
     }
 
+    fn rows(&self) -> u64 {
+        self.inserts.load(Ordering::Relaxed)
+            + self.updates.load(Ordering::Relaxed)
+            + self.deletes.load(Ordering::Relaxed)
+    }
+
+    fn sample(&self, now: Instant) {
+        let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        samples.push_back((now, self.rows(), self.transactions.load(Ordering::Relaxed)));
+        while samples
+            .front()
+            .is_some_and(|(at, _, _)| now.duration_since(*at) > RATE_WINDOW)
+        {
+            samples.pop_front();
+        }
+    }
+
+    /// Rows and transactions per second since the oldest sample of the last minute.
+    fn rates(&self) -> (f64, f64) {
+        let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(&(at, rows, transactions)) = samples.front() else {
+            return (0.0, 0.0);
+        };
+        let seconds = at.elapsed().as_secs_f64();
+        if seconds < 1.0 {
+            return (0.0, 0.0);
+        }
+        (
+            self.rows().saturating_sub(rows) as f64 / seconds,
+            self.transactions
+                .load(Ordering::Relaxed)
+                .saturating_sub(transactions) as f64
+                / seconds,
+        )
+    }
+
     fn snapshot(&self, now: DateTime<Utc>) -> TargetSnapshot {
+        let (rows_per_second, transactions_per_second) = self.rates();
         let pending = self.oldest_pending.load(Ordering::Relaxed);
         let lag_seconds = if pending == 0 {
             0.0
@@ -326,6 +393,8 @@ impl TargetTelemetry {
             apply_errors: self.apply_errors.load(Ordering::Relaxed),
             lag_seconds,
             dead_letters: None,
+            rows_per_second,
+            transactions_per_second,
         }
     }
 }
@@ -442,6 +511,10 @@ pub struct TargetSnapshot {
     /// Changes from this source set aside for this target (`on_error = "dead-letter"`),
     /// waiting for `duplex dead-letters retry`; `None` when they could not be counted.
     pub dead_letters: Option<u64>,
+    /// Rows committed per second over the last minute.
+    pub rows_per_second: f64,
+    /// Source transactions committed per second over the last minute.
+    pub transactions_per_second: f64,
 }
 
 #[cfg(test)]
@@ -486,6 +559,37 @@ mod tests {
         assert_eq!(snapshot.conflicts.len(), 2);
         assert_eq!(snapshot.conflicts[0].policy, "hold");
         assert_eq!(snapshot.conflicts[0].count, 2);
+    }
+
+    #[test]
+    fn rates_are_over_the_samples_of_the_last_minute() {
+        let telemetry = Telemetry::default();
+        let target = telemetry.link("a -> b", "a", &["b".into()]).target(0);
+        assert_eq!(
+            telemetry.snapshot().links[0].targets[0].rows_per_second,
+            0.0
+        );
+        // A sample taken 10 s ago (instead of the one at creation), then 100 rows in 4
+        // transactions.
+        target.samples.lock().unwrap().clear();
+        target.sample(Instant::now() - Duration::from_secs(10));
+        let event = ChangeEvent {
+            table: duplex_connectors::TableName::new("public", "t"),
+            op: Op::Insert,
+            key: Default::default(),
+            before: None,
+            after: None,
+        };
+        target.committed(4, std::iter::repeat_n(&event, 100));
+        let snapshot = &telemetry.snapshot().links[0].targets[0];
+        assert!(
+            (9.0..=10.1).contains(&snapshot.rows_per_second),
+            "{snapshot:?}"
+        );
+        assert!(
+            (0.3..=0.41).contains(&snapshot.transactions_per_second),
+            "{snapshot:?}"
+        );
     }
 
     #[test]

@@ -215,6 +215,12 @@ fn metrics_health_and_status_follow_replication_and_a_target_down() {
     assert_eq!(slot["active"], true, "{json}");
     assert!(slot["retained_bytes"].as_i64().unwrap() >= 0, "{json}");
     let wms = &links[0]["targets"][0];
+    // The first sample of the totals was taken at start (0 rows), within the last minute.
+    assert!(wms["rows_per_second"].as_f64().unwrap() > 0.0, "{json}");
+    assert!(
+        wms["transactions_per_second"].as_f64().unwrap() > 0.0,
+        "{json}"
+    );
     assert_eq!(
         (
             &wms["site"],
