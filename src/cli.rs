@@ -107,6 +107,17 @@ pub enum Command {
         #[arg(long, default_value_t = crate::backfill::DEFAULT_CHUNK_ROWS, hide = true)]
         chunk_rows: u64,
     },
+    /// Show each link's state, targets' committed rows and transactions, and lag, as the
+    /// running `duplex run` reports them. Exits 0 healthy, 1 degraded, 2 stopped (or not
+    /// running).
+    Status {
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Print again every this many seconds until Ctrl-C.
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<u64>,
+    },
     /// List the conflicts the merge engine detected (two-way mappings), or settle a held one.
     Conflicts {
         /// Print JSON instead of the table.
@@ -182,6 +193,7 @@ pub fn main() -> ExitCode {
     let default_filter = match cli.command {
         Command::Check
         | Command::Conflicts { .. }
+        | Command::Status { .. }
         | Command::DeadLetters { .. }
         | Command::Teardown { .. }
         | Command::Completions { .. } => "warn",
@@ -301,6 +313,7 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::Status { json, watch } => runtime.block_on(status(&config, json, watch)),
         Command::Conflicts { json, held, action } => match action {
             None => match runtime.block_on(crate::conflicts::list(&config)) {
                 Ok(mut records) => {
@@ -431,4 +444,38 @@ async fn expanded(config: &Config, retry: bool) -> Result<Config, crate::expand:
 /// errors.
 fn report_error(error: &dyn std::error::Error) {
     tracing::error!("{}", chain(error));
+}
+
+/// `duplex status`, once or every `watch` seconds until Ctrl-C; the exit code is the last
+/// status's.
+async fn status(config: &Config, json: bool, watch: Option<u64>) -> ExitCode {
+    loop {
+        let code = match crate::status::status(config).await {
+            Ok(status) => {
+                if watch.is_some() && std::io::stdout().is_terminal() {
+                    crate::output::stdout("\x1b[2J\x1b[H");
+                }
+                if json {
+                    match serde_json::to_string_pretty(&status) {
+                        Ok(text) => crate::output::stdout(&format!("{text}\n")),
+                        Err(error) => crate::output::stderr(&format!("error: {error}\n")),
+                    }
+                } else {
+                    crate::output::stdout(&crate::status::table(&status));
+                }
+                status.health.code()
+            }
+            Err(error) => {
+                report_error(&error);
+                ExitCode::from(2)
+            }
+        };
+        let Some(seconds) = watch else {
+            return code;
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(seconds.max(1))) => {}
+            _ = tokio::signal::ctrl_c() => return code,
+        }
+    }
 }

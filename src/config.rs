@@ -49,6 +49,8 @@ pub struct Config {
     /// How long the merge engine keeps the version vectors of a row deleted at every site
     /// (`state.deleted_rows_kept_for`); after that they are reclaimed.
     pub deleted_rows_kept_for: std::time::Duration,
+    /// `[metrics] listen`: where `/metrics` and `/health` are served (none when absent).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// One database.
@@ -305,6 +307,13 @@ struct RawConfig {
     sites: IndexMap<String, RawSite>,
     #[serde(default)]
     mappings: Vec<RawMapping>,
+    metrics: Option<RawMetrics>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: String,
 }
 
 #[derive(Deserialize)]
@@ -483,6 +492,22 @@ impl Config {
                 None
             }
         };
+        let metrics_listen = match &raw.metrics {
+            None => None,
+            Some(metrics) => match metrics.listen.parse::<std::net::SocketAddr>() {
+                Ok(listen) => Some(listen),
+                Err(error) => {
+                    report(
+                        "metrics.listen".into(),
+                        format!(
+                            "{:?} is not an address and port ({error}): write e.g. \"127.0.0.1:9464\"",
+                            metrics.listen
+                        ),
+                    );
+                    None
+                }
+            },
+        };
         if !problems.is_empty() {
             return Err(ConfigError::Invalid {
                 path: path.to_owned(),
@@ -494,6 +519,7 @@ impl Config {
             sites,
             mappings,
             deleted_rows_kept_for: deleted_rows_kept_for.unwrap_or_default(),
+            metrics_listen,
         })
     }
 }

@@ -57,6 +57,9 @@ pub enum RunError {
         "--accept-schema-change {0}: no mapping has this table; give it as schema.table (or site.schema.table) as the mapping lists it"
     )]
     UnknownTable(String),
+    /// The metrics endpoint cannot listen.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::ListenError),
     /// One or more links stopped on a definite error (each was logged).
     #[error("{0} link(s) stopped on errors (see the log above)")]
     LinksFailed(usize),
@@ -192,6 +195,14 @@ pub struct RunOptions {
 /// definite error.
 pub async fn run(config: &Config, options: &RunOptions) -> Result<(), RunError> {
     let state = std::sync::Arc::new(open_state(config).await?);
+    crate::telemetry::global().attach_store(state.clone());
+    tokio::spawn(async {
+        let mut every = tokio::time::interval(crate::telemetry::SAMPLE_EVERY);
+        loop {
+            every.tick().await;
+            crate::telemetry::global().sample();
+        }
+    });
     let accepted_shapes = accept_shapes(config, &state, &options.accept_schema_change)?;
     for site in &options.trust_slot {
         if !config.sites.contains_key(site) {
@@ -231,6 +242,14 @@ pub async fn run(config: &Config, options: &RunOptions) -> Result<(), RunError> 
         Err(error) if error.is_transient() => Some(Err(RunError::Engine(error))),
         Err(error) => return Err(RunError::Engine(error)),
     };
+    if let Some(listen) = config.metrics_listen {
+        crate::metrics::serve(listen).await?;
+    }
+    // The merge engine serves the control socket itself once it starts (conflicts too).
+    let _control = merge_plan
+        .is_none()
+        .then(|| crate::engine::control::serve_without_engine(&config.state_dir))
+        .flatten();
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(async move {
         crate::shutdown::wait_for_signal().await;
@@ -251,6 +270,12 @@ pub async fn run(config: &Config, options: &RunOptions) -> Result<(), RunError> 
                         "{source} -> {}",
                         targets.iter().cloned().collect::<Vec<_>>().join(", ")
                     );
+                    let telemetry = crate::telemetry::global().link(
+                        &name,
+                        &source,
+                        &targets.iter().cloned().collect::<Vec<_>>(),
+                    );
+                    telemetry.waiting(chain(&error));
                     let again = || {
                         let (config, state) = (config.clone(), state.clone());
                         let (source, targets) = (source.clone(), targets.clone());

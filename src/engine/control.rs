@@ -1,11 +1,14 @@
-//! The control socket of a running engine: how `duplex conflicts` reaches `duplex run`.
+//! The control socket of a running engine: how `duplex conflicts` and `duplex status` reach
+//! `duplex run`.
 //!
 //! The state store is locked by the process that has it open, so while `duplex run` works
 //! another process cannot read the conflict log or settle a conflict itself. `run` therefore
 //! listens on a Unix socket in the state directory (`control.sock`), and each connection carries
 //! one JSON request line and gets one JSON response line. Requests are handled by the
 //! coordinator between batches, so a resolution is decided in order with everything else and
-//! written like any other version.
+//! written like any other version. A `run` without two-way mappings serves the socket too
+//! ([`serve_without_engine`]): it answers [`Request::Status`] from the telemetry
+//! (`crate::telemetry`) and refuses conflict requests, having none.
 //!
 //! # Who may ask
 //!
@@ -51,9 +54,11 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// At most one log line per this interval about failing `accept`s.
 pub const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// What `duplex conflicts` asks.
+/// What `duplex conflicts` and `duplex status` ask.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
+    /// What every link reports now (`duplex status`).
+    Status,
     /// The whole conflict log.
     Conflicts,
     /// Settle held conflict `id` with the version `take` holds.
@@ -70,6 +75,8 @@ pub enum Request {
 pub enum Response {
     /// The conflict log, by id.
     Conflicts(Vec<(u64, ConflictRecord)>),
+    /// What every link reports.
+    Status(crate::telemetry::Snapshot),
     /// The request was carried out; what happened, for people.
     Done(String),
     /// The request was refused; why, for people.
@@ -90,6 +97,16 @@ pub fn may_ask(peer: u32, owner: u32) -> bool {
 /// Listens on the state directory's socket and hands requests to the coordinator. `None`
 /// (with a warning) when the socket cannot be made; the engine works on without it.
 pub(super) fn serve(state_dir: &Path, coordinator: mpsc::Sender<Input>) -> Option<JoinHandle<()>> {
+    listen(state_dir, Some(coordinator))
+}
+
+/// Listens on the state directory's socket for a `run` without a merge engine: status
+/// requests are answered, conflict requests refused.
+pub(crate) fn serve_without_engine(state_dir: &Path) -> Option<JoinHandle<()>> {
+    listen(state_dir, None)
+}
+
+fn listen(state_dir: &Path, coordinator: Option<mpsc::Sender<Input>>) -> Option<JoinHandle<()>> {
     let path = socket_path(state_dir);
     // A socket file left by a process that died: this process holds the state store's lock,
     // so no other duplex is listening on it.
@@ -201,7 +218,7 @@ async fn read_request(
 }
 
 /// Reads the request of `stream`, hands it to the coordinator and writes the response.
-async fn answer(stream: tokio::net::UnixStream, coordinator: mpsc::Sender<Input>) {
+async fn answer(stream: tokio::net::UnixStream, coordinator: Option<mpsc::Sender<Input>>) {
     let (read, mut write) = stream.into_split();
     let line = match read_request(read, MAX_REQUEST, REQUEST_TIMEOUT).await {
         Ok(line) => line,
@@ -226,7 +243,12 @@ async fn answer(stream: tokio::net::UnixStream, coordinator: mpsc::Sender<Input>
     };
     let response = match serde_json::from_slice::<Request>(&line) {
         Err(error) => Response::Refused(format!("unreadable request: {error}")),
+        Ok(Request::Status) => Response::Status(crate::telemetry::global().snapshot()),
+        Ok(_) if coordinator.is_none() => Response::Refused(
+            "this duplex run has no two-way mappings, so it holds no conflicts".into(),
+        ),
         Ok(request) => {
+            let coordinator = coordinator.expect("checked above");
             let (reply, answer) = oneshot::channel();
             if coordinator
                 .send(Input::Control(request, reply))

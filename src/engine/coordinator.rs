@@ -111,6 +111,10 @@ struct Done {
     replies: Vec<(oneshot::Sender<control::Response>, control::Response)>,
     /// Conflicts decided, logged once their records are committed.
     notes: Vec<String>,
+    /// The same conflicts as (mapping, policy, outcome), counted once committed.
+    decided: Vec<(String, String, &'static str)>,
+    /// Held conflicts settled by an operator, counted once committed.
+    settled: u64,
 }
 
 impl Done {
@@ -118,6 +122,13 @@ impl Done {
     fn log_notes(&self) {
         for note in &self.notes {
             tracing::warn!("{note}");
+        }
+        let telemetry = crate::telemetry::global();
+        for (mapping, policy, outcome) in &self.decided {
+            telemetry.conflict(mapping, policy, outcome);
+        }
+        for _ in 0..self.settled {
+            telemetry.conflict_settled();
         }
     }
 }
@@ -287,6 +298,9 @@ impl Coordinator {
         use control::Response;
         let (id, take) = match request {
             control::Request::Conflicts => return Ok(Response::Conflicts(self.store.conflicts()?)),
+            control::Request::Status => {
+                return Ok(Response::Status(crate::telemetry::global().snapshot()));
+            }
             control::Request::Resolve { id, take } => (id, take),
         };
         let Some(record) = self.store.conflict(id)? else {
@@ -353,6 +367,7 @@ impl Coordinator {
             },
         )?;
         tracing::info!(conflict = id, mapping = %mapping.name, key = %key, site = %take, "held conflict resolved by the operator");
+        done.settled += 1;
         Ok(Response::Done(format!(
             "conflict {id} resolved: the version of {take} ({}) is being written to every site",
             display_image(winner.as_ref())
@@ -595,6 +610,11 @@ impl Coordinator {
                             "conflict {id} resolved: mapping {}, row {key}, sites {theirs_site} and {site}: {decision}",
                             mapping.name
                         ));
+                        done.decided.push((
+                            mapping.name.clone(),
+                            record.policy.clone(),
+                            "resolved",
+                        ));
                         data.set_image(row, &mapping.sites);
                         data.commit_micros = data.commit_micros.max(commit_micros);
                         data.writer = winner.unwrap_or_else(|| site.to_owned());
@@ -617,6 +637,8 @@ impl Coordinator {
                             "conflict {id} held: mapping {}, row {key}, sites {theirs_site} and {site} keep their own values; settle it with `duplex conflicts resolve {id} --take <site>`",
                             mapping.name
                         ));
+                        done.decided
+                            .push((mapping.name.clone(), record.policy.clone(), "held"));
                         data.held_conflict = Some(id);
                     }
                 }
@@ -846,6 +868,8 @@ impl Coordinator {
         };
         let id = w.record_conflict(&record)?;
         self.stats.conflicts += 1;
+        done.decided
+            .push((mapping.name.clone(), record.policy.clone(), "held"));
         done.notes.push(format!(
             "conflict {id} held: mapping {}, row {}: the write into {site} was skipped with no change there to decide it (a key colliding under its collation?); settle it with `duplex conflicts resolve {id} --take <site>` after fixing the cause",
             mapping.name, write.key

@@ -379,6 +379,12 @@ async fn attempt(
             reader(index, site, start, report, ack_rx).await;
         });
     }
+    match store.held_conflict_count() {
+        Ok(held) => crate::telemetry::global().held_conflicts(held),
+        Err(error) => {
+            tracing::warn!(%error, "cannot count the held conflicts for duplex status and /metrics")
+        }
+    }
     let control = control::serve(store.dir(), input_tx.clone());
     drop(input_tx);
     tracing::info!(

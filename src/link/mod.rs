@@ -70,8 +70,10 @@ pub(crate) mod refusal;
 mod shapes;
 
 use crate::shutdown::stop_requested;
+use crate::telemetry::{LinkTelemetry, Tally, TargetTelemetry};
 pub use ack::acknowledged_key;
 use ack::{ACK_EVERY, Acker};
+use chrono::{DateTime, Utc};
 use duplex_connectors::{AnyApplier, AnyStream, StreamError, StreamItem, StreamOptions};
 use identity::{check_table_identities, claim_legacy_position};
 pub use identity::{position_key, table_id_key};
@@ -268,6 +270,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), LinkError> {
     let name = link_name(&plan);
+    let telemetry = link_telemetry(&plan);
     let mut backoff = Backoff::default();
     let mut warn_unbackfilled = true;
     // Source tables whose changes are routed by a shape the log announced (see crate::shape).
@@ -282,20 +285,28 @@ pub async fn run(
             &mut warn_unbackfilled,
             &mut followed,
             &mut silence,
+            &telemetry,
         )
         .await
         {
-            Ok(Ended::Stopped) => return Ok(()),
+            Ok(Ended::Stopped) => {
+                telemetry.stopped(None);
+                return Ok(());
+            }
             Ok(Ended::Rerouted) => continue,
             Err(error) if error.is_transient() => {
                 if let LinkError::Source { source, .. } = &error {
                     silence.ended(source);
                 }
+                telemetry.retrying(chain(&error));
                 let delay = backoff.failed();
                 tracing::warn!(link = %name, error = %chain(&error), "link interrupted; retrying in {delay:.1?}");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = stop_requested(&mut shutdown) => return Ok(()),
+                    _ = stop_requested(&mut shutdown) => {
+                        telemetry.stopped(None);
+                        return Ok(());
+                    }
                 }
             }
             Err(LinkError::Source { site, source }) if source.needs_copy() => {
@@ -306,15 +317,26 @@ pub async fn run(
                 });
             }
             Err(LinkError::Source { site, source }) if source.is_position_lost() => {
-                return Err(LinkError::PositionLost {
+                let error = LinkError::PositionLost {
                     command: resync_command(&site),
                     site,
                     source,
-                });
+                };
+                telemetry.stopped(Some(chain(&error)));
+                return Err(error);
             }
-            Err(error) => return Err(error),
+            Err(error) => {
+                telemetry.stopped(Some(chain(&error)));
+                return Err(error);
+            }
         }
     }
+}
+
+/// The telemetry of the link `plan` describes (see `crate::telemetry`).
+pub fn link_telemetry(plan: &LinkPlan) -> Arc<LinkTelemetry> {
+    let targets: Vec<String> = plan.targets.iter().map(|t| t.site.name.clone()).collect();
+    crate::telemetry::global().link(&link_name(plan), &plan.source.name, &targets)
 }
 
 /// The command that recovers the targets of `site` after its change log lost their positions.
@@ -357,6 +379,7 @@ async fn attempt(
     warn_unbackfilled: &mut bool,
     followed: &mut HashMap<TableName, TableShape>,
     silence: &mut SilenceTimeout,
+    telemetry: &LinkTelemetry,
 ) -> Result<Ended, LinkError> {
     let source_name = plan.source.name.as_str();
     let mut shapes = Shapes {
@@ -380,6 +403,9 @@ async fn attempt(
     let mut warn_others = *warn_unbackfilled;
     // Target sites holding no position of the source.
     let mut without_position = BTreeSet::new();
+    // What each target holds already: redelivered transactions up to it are skipped by the
+    // applier, so they are not counted as committed (see crate::telemetry).
+    let mut held_positions = Vec::new();
     for (target_plan, routes) in plan.targets.iter().zip(&routes) {
         let apply_error = |source| LinkError::Apply {
             site: target_plan.site.name.clone(),
@@ -394,7 +420,9 @@ async fn attempt(
         .map_err(apply_error)?;
         let key = position_key(source_name, state.deployment_id());
         claim_legacy_position(&target_plan.site, source_name, &key, &mut warn_others).await?;
-        match target.position(&key).await.map_err(apply_error)? {
+        let held = target.position(&key).await.map_err(apply_error)?;
+        held_positions.push(held.clone());
+        match held {
             None => {
                 any_missing = true;
                 without_position.insert(target_plan.site.name.as_str());
@@ -482,10 +510,11 @@ async fn attempt(
     let (stop_workers, _) = watch::channel(false);
     let mut senders = Vec::new();
     let mut workers = JoinSet::new();
-    for (index, ((target, target_plan), routes)) in targets
+    for (index, (((target, target_plan), routes), held)) in targets
         .into_iter()
         .zip(&plan.targets)
         .zip(&routes)
+        .zip(held_positions)
         .enumerate()
     {
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -516,7 +545,13 @@ async fn attempt(
         };
         let committed = committed_tx.clone();
         let stop = stop_workers.subscribe();
-        workers.spawn(worker(index, target, refusals, rx, committed, stop));
+        let counters = Counting {
+            telemetry: telemetry.target(index),
+            held,
+        };
+        workers.spawn(worker(
+            index, target, refusals, rx, committed, stop, counters,
+        ));
     }
     drop(committed_tx);
 
@@ -527,6 +562,9 @@ async fn attempt(
     // Set when the attempt ends on a shape: every target commits what was handed to it first.
     let mut drain = false;
     let mut ack_tick = tokio::time::interval(ACK_EVERY);
+    // Transactions read that some target has not committed: (sequence number, commit time).
+    let mut pending: VecDeque<(u64, DateTime<Utc>)> = VecDeque::new();
+    telemetry.streaming();
     let outcome = loop {
         tokio::select! {
             biased;
@@ -546,6 +584,7 @@ async fn attempt(
             Some((index, seq)) = committed_rx.recv() => {
                 debug_assert!(seq <= sequence, "target {index} reports committing item {seq}, only {sequence} were handed out");
                 progress.committed(index, seq);
+                report_pending(&mut pending, &progress, telemetry);
                 acker.offer(&mut unacked, progress.low_water());
                 if let Err(error) = acker.flush(state, &stream, false).await {
                     break Err(error);
@@ -597,6 +636,8 @@ async fn attempt(
                     silence.delivered_transaction();
                     sequence += 1;
                     progress.read(tx.events.len());
+                    pending.push_back((sequence, tx.commit_time));
+                    report_pending(&mut pending, &progress, telemetry);
                     unacked.push_back((sequence, tx.position.clone()));
                     if let Err(error) = dispatch(&senders, Piece::Transaction(sequence, tx), &mut workers).await {
                         break Err(error);
@@ -764,6 +805,7 @@ async fn worker(
     mut queue: mpsc::Receiver<Queued>,
     committed: mpsc::UnboundedSender<Committed>,
     stop: watch::Receiver<bool>,
+    mut counters: Counting,
 ) -> Result<(), LinkError> {
     let mut batch = Vec::new();
     // Permits of the batch's transactions, released once it is written.
@@ -784,8 +826,12 @@ async fn worker(
         let (mut last, first) = match piece {
             Piece::Part(part) => {
                 write_part(&mut target, &refusals, &part).await?;
+                let mut tally = Tally::default();
+                tally.add(&part.events);
                 drop((part, permit));
-                let Some(sequence) = finish_large(&mut target, &mut queue, &mut refusals).await?
+                let Some(sequence) =
+                    finish_large(&mut target, &mut queue, &mut refusals, &mut counters, tally)
+                        .await?
                 else {
                     return Ok(());
                 };
@@ -822,6 +868,7 @@ async fn worker(
             }
         }
         if let Err(error) = target.apply(&refusals.marked(&batch)).await {
+            counters.telemetry.apply_failed();
             if error.is_transient() {
                 return Err(refusals.apply_error(error));
             }
@@ -830,7 +877,8 @@ async fn worker(
             // (or, for a dead-letter mapping, sets the refused change aside and goes on).
             let count = batch.len() as u64;
             for (offset, tx) in batch.drain(..).enumerate() {
-                refusals.divert_owned(tx, &mut target).await?;
+                let written = refusals.divert_owned(tx, &mut target).await?;
+                counters.committed(std::slice::from_ref(&written));
                 let seq = last + 1 + offset as u64 - count;
                 if committed.send((index, seq)).is_err() {
                     return Ok(());
@@ -842,6 +890,7 @@ async fn worker(
             continue;
         }
         refusals.landed();
+        counters.committed(&batch);
         held.clear();
         if committed.send((index, last)).is_err() {
             return Ok(());
@@ -873,10 +922,15 @@ async fn finish_large(
     target: &mut AnyApplier,
     queue: &mut mpsc::Receiver<Queued>,
     refusals: &mut refusal::Refusals,
+    counters: &mut Counting,
+    mut tally: Tally,
 ) -> Result<Option<u64>, LinkError> {
     while let Some((piece, permit)) = queue.recv().await {
         match piece {
-            Piece::Part(part) => write_part(target, refusals, &part).await?,
+            Piece::Part(part) => {
+                write_part(target, refusals, &part).await?;
+                tally.add(&part.events);
+            }
             Piece::Transaction(seq, tx) => {
                 if let Some(error) = refusals.check_part(&tx.events) {
                     return Err(error);
@@ -885,12 +939,64 @@ async fn finish_large(
                     .apply(std::slice::from_ref(&tx))
                     .await
                     .map_err(|e| refusals.refused_large(e, &tx.position))?;
+                if counters.fresh(&tx) {
+                    tally.add(&tx.events);
+                    counters.telemetry.committed_tally(1, &tally);
+                }
                 return Ok(Some(seq));
             }
         }
         drop(permit);
     }
     Ok(None)
+}
+
+/// A worker's telemetry, and the position its target held when the attempt started.
+struct Counting {
+    telemetry: Arc<TargetTelemetry>,
+    held: Option<Position>,
+}
+
+impl Counting {
+    /// Whether `tx` is beyond what the target held at the start (the applier skips the rest).
+    fn fresh(&mut self, tx: &Transaction) -> bool {
+        let fresh = self.held.as_ref().is_none_or(|held| {
+            tx.position
+                .compare(held)
+                .is_ok_and(|order| order == Ordering::Greater)
+        });
+        if fresh {
+            // Positions only grow: every later transaction is beyond it too.
+            self.held = None;
+        }
+        fresh
+    }
+
+    /// The target committed `batch`.
+    fn committed(&mut self, batch: &[Transaction]) {
+        let fresh: Vec<&Transaction> = batch.iter().filter(|tx| self.fresh(tx)).collect();
+        self.telemetry
+            .committed(fresh.len() as u64, fresh.iter().flat_map(|tx| &tx.events));
+    }
+}
+
+/// Drops from `pending` what every target committed and tells each target's telemetry the
+/// commit time of the oldest transaction it has not committed.
+fn report_pending(
+    pending: &mut VecDeque<(u64, DateTime<Utc>)>,
+    progress: &Progress,
+    telemetry: &LinkTelemetry,
+) {
+    let low_water = progress.low_water();
+    while pending.front().is_some_and(|(seq, _)| *seq <= low_water) {
+        pending.pop_front();
+    }
+    for (index, committed) in progress.committed.iter().enumerate() {
+        let first = pending.partition_point(|(seq, _)| seq <= committed);
+        telemetry
+            .target(index)
+            .pending_since(pending.get(first).map(|(_, time)| *time));
+    }
 }
 
 /// Counters for the periodic progress line.

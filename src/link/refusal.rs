@@ -369,12 +369,12 @@ impl Refusals {
     }
 
     /// Sets aside the changes of `tx` to rows with dead letters, then applies it alone (see
-    /// [`Refusals::apply_alone`]).
+    /// [`Refusals::apply_alone`]); returns it as written (without the changes set aside).
     pub(super) async fn divert_owned(
         &mut self,
         mut tx: Transaction,
         applier: &mut AnyApplier,
-    ) -> Result<(), LinkError> {
+    ) -> Result<Transaction, LinkError> {
         self.divert(&mut tx).await?;
         self.apply_alone(applier, tx).await
     }
@@ -417,18 +417,19 @@ impl Refusals {
     }
 
     /// Applies one transaction alone after a definite failure: finds the refused change and
-    /// stops the link with it, or (`dead-letter`) sets it aside and applies the rest.
+    /// stops the link with it, or (`dead-letter`) sets it aside and applies the rest; returns
+    /// the transaction as written.
     pub(super) async fn apply_alone(
         &mut self,
         applier: &mut AnyApplier,
         mut tx: Transaction,
-    ) -> Result<(), LinkError> {
+    ) -> Result<Transaction, LinkError> {
         loop {
             let batch = self.marked(std::slice::from_ref(&tx)).into_owned();
             let error = match applier.apply(&batch).await {
                 Ok(()) => {
                     self.landed();
-                    return Ok(());
+                    return Ok(tx);
                 }
                 Err(error) if error.is_transient() => return Err(self.apply_error(error)),
                 Err(error) => error,

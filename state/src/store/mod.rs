@@ -346,6 +346,18 @@ impl StateStore {
         Ok(items)
     }
 
+    /// How many items are queued for `site` (counted without decoding them).
+    pub fn pending_count(&self, site: &str) -> Result<u64, StateError> {
+        let txn = self.read()?;
+        let table = txn.open_table(PENDING).at(&self.path)?;
+        let mut count = 0;
+        for entry in table.range((site, 0)..=(site, u64::MAX)).at(&self.path)? {
+            entry.at(&self.path)?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
     /// Removes the item `seq` queued for `site`; returns whether it was there.
     pub fn remove_pending(&self, site: &str, seq: u64) -> Result<bool, StateError> {
         self.write(|w| w.remove_pending(site, seq))

@@ -1,0 +1,327 @@
+//! The Prometheus endpoint of `duplex run` (`[metrics] listen`): `/metrics` in the Prometheus
+//! text format and `/health` for load balancers and probes.
+//!
+//! Both read one [`crate::telemetry::Snapshot`] per request, the same numbers `duplex status`
+//! shows. The metrics are encoded with `prometheus-client` from that snapshot (a collector,
+//! so nothing is kept twice); the HTTP side is `hyper`'s HTTP/1 server.
+//!
+//! `/health` answers 200 `{"healthy":true}` while every link streams (an idle link streams
+//! too) and 503 `{"healthy":false,"reason":"..."}` naming each link that starts, retries or
+//! stopped, and why.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::telemetry::{self, Snapshot};
+
+/// Every metric name `/metrics` exports (as it appears in the text, counters with `_total`).
+pub const NAMES: &[&str] = &[
+    "duplex_link_streaming",
+    "duplex_link_retries_total",
+    "duplex_rows_total",
+    "duplex_transactions_total",
+    "duplex_apply_errors_total",
+    "duplex_lag_seconds",
+    "duplex_dead_letters",
+    "duplex_conflicts_total",
+    "duplex_held_conflicts",
+];
+
+/// Why the endpoint could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot listen on {listen} for metrics ([metrics] listen): choose a free address and port, or remove [metrics]"
+)]
+pub struct ListenError {
+    /// The address.
+    pub listen: SocketAddr,
+    /// Cause.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Binds `listen` and serves `/metrics` and `/health` until the process ends.
+pub async fn serve(listen: SocketAddr) -> Result<JoinHandle<()>, ListenError> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| ListenError { listen, source })?;
+    tracing::info!(%listen, "serving Prometheus metrics on /metrics and health on /health");
+    Ok(tokio::spawn(async move {
+        let mut backoff = crate::backoff::Backoff::new(
+            std::time::Duration::from_millis(10),
+            std::time::Duration::from_secs(1),
+        );
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::debug!(%error, "the metrics endpoint cannot accept a connection");
+                    tokio::time::sleep(backoff.failed()).await;
+                    continue;
+                }
+            };
+            tokio::spawn(async move {
+                let served = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service_fn(handle))
+                    .await;
+                if let Err(error) = served {
+                    tracing::debug!(%error, "a metrics connection failed");
+                }
+            });
+        }
+    }))
+}
+
+async fn handle(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let snapshot = telemetry::global().snapshot();
+    let (status, kind, body) = match request.uri().path() {
+        "/metrics" => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            render(snapshot),
+        ),
+        "/health" => match snapshot.unhealthy() {
+            None => (
+                StatusCode::OK,
+                "application/json",
+                serde_json::json!({ "healthy": true }).to_string(),
+            ),
+            Some(reason) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "application/json",
+                serde_json::json!({ "healthy": false, "reason": reason }).to_string(),
+            ),
+        },
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: duplex serves /metrics and /health\n".to_owned(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = hyper::header::HeaderValue::from_str(kind) {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
+    }
+    Ok(response)
+}
+
+/// The Prometheus text of a snapshot.
+pub fn render(snapshot: Snapshot) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(SnapshotCollector(snapshot)));
+    let mut text = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+    text
+}
+
+#[derive(Debug)]
+struct SnapshotCollector(Snapshot);
+
+/// A metric with one sample per link target: name, help, type, and the value.
+type PerTarget = (
+    &'static str,
+    &'static str,
+    MetricType,
+    fn(&telemetry::TargetSnapshot) -> f64,
+);
+
+impl Collector for SnapshotCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let links = &self.0.links;
+        {
+            let mut family = encoder.encode_descriptor(
+                "duplex_link_streaming",
+                "1 while the link streams (idle included), 0 while it starts, retries or stopped",
+                None,
+                MetricType::Gauge,
+            )?;
+            for link in links {
+                let labels = [("link", link.name.as_str()), ("source", &link.source)];
+                ConstGauge::new(i64::from(link.state.healthy()))
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "duplex_link_retries",
+                "Transient failures the link retried",
+                None,
+                MetricType::Counter,
+            )?;
+            for link in links {
+                let labels = [("link", link.name.as_str()), ("source", &link.source)];
+                ConstCounter::new(link.retries).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "duplex_rows",
+                "Row changes committed on the target, by operation",
+                None,
+                MetricType::Counter,
+            )?;
+            for link in links {
+                for target in &link.targets {
+                    for (op, count) in [
+                        ("insert", target.inserts),
+                        ("update", target.updates),
+                        ("delete", target.deletes),
+                    ] {
+                        let labels = [
+                            ("link", link.name.as_str()),
+                            ("source", &link.source),
+                            ("target", &target.site),
+                            ("op", op),
+                        ];
+                        ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+                    }
+                }
+            }
+        }
+        let per_target: [PerTarget; 3] = [
+            (
+                "duplex_transactions",
+                "Source transactions committed on the target",
+                MetricType::Counter,
+                |t| t.transactions as f64,
+            ),
+            (
+                "duplex_apply_errors",
+                "Failed applies on the target (retried, set aside, or stopping the link)",
+                MetricType::Counter,
+                |t| t.apply_errors as f64,
+            ),
+            (
+                "duplex_lag_seconds",
+                "Seconds since the source committed the oldest transaction not yet committed on the target",
+                MetricType::Gauge,
+                |t| t.lag_seconds,
+            ),
+        ];
+        for (name, help, kind, value) in per_target {
+            let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+            for link in links {
+                for target in &link.targets {
+                    let labels = [
+                        ("link", link.name.as_str()),
+                        ("source", &link.source),
+                        ("target", &target.site),
+                    ];
+                    let metric = family.encode_family(&labels)?;
+                    match kind {
+                        MetricType::Counter => {
+                            ConstCounter::new(value(target) as u64).encode(metric)?
+                        }
+                        _ => ConstGauge::new(value(target)).encode(metric)?,
+                    }
+                }
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "duplex_conflicts",
+                "Conflicts the merge engine decided, by mapping, policy and outcome (resolved or held)",
+                None,
+                MetricType::Counter,
+            )?;
+            for conflict in &self.0.conflicts {
+                let labels = [
+                    ("mapping", conflict.mapping.as_str()),
+                    ("policy", &conflict.policy),
+                    ("outcome", &conflict.outcome),
+                ];
+                ConstCounter::new(conflict.count).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "duplex_dead_letters",
+                "Changes set aside for the target (on_error = dead-letter), waiting for `duplex dead-letters retry`",
+                None,
+                MetricType::Gauge,
+            )?;
+            for link in links {
+                for target in &link.targets {
+                    let Some(count) = target.dead_letters else {
+                        continue;
+                    };
+                    let labels = [
+                        ("link", link.name.as_str()),
+                        ("source", &link.source),
+                        ("target", &target.site),
+                    ];
+                    ConstGauge::new(count as i64).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        // Declared always (a dashboard may ask for it); a sample only with a merge engine.
+        let family = encoder.encode_descriptor(
+            "duplex_held_conflicts",
+            "Conflicts waiting for `duplex conflicts resolve` (two-way mappings)",
+            None,
+            MetricType::Gauge,
+        )?;
+        if let Some(held) = self.0.held_conflicts {
+            ConstGauge::new(held as i64).encode(family)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_name_is_rendered() {
+        let telemetry = telemetry::Telemetry::default();
+        let link = telemetry.link("a -> b", "a", &["b".into()]);
+        link.streaming();
+        telemetry.held_conflicts(0);
+        telemetry.conflict("items", "hold", "held");
+        let dir = tempfile::tempdir().unwrap();
+        let store = duplex_state::StateStore::open(&dir.path().join("state")).unwrap();
+        telemetry.attach_store(std::sync::Arc::new(store));
+        let text = render(telemetry.snapshot());
+        for name in NAMES {
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(&format!("{name}{{"))
+                        || l.starts_with(&format!("{name} "))),
+                "{name} missing from:\n{text}"
+            );
+        }
+        assert!(
+            text.contains(
+                r#"duplex_rows_total{link="a -> b",source="a",target="b",op="insert"} 0"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"duplex_conflicts_total{mapping="items",policy="hold",outcome="held"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains("duplex_held_conflicts 1\n"), "{text}");
+    }
+}

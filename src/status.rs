@@ -1,0 +1,307 @@
+//! `duplex status`: what the running `duplex run` reports of each link, asked through the
+//! control socket (`crate::engine::control`), or that nothing runs.
+//!
+//! The numbers are the telemetry's ([`crate::telemetry::Snapshot`]), the same `/metrics`
+//! exports. The exit code is for monitoring scripts: [`Health::code`].
+
+use std::process::ExitCode;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::engine::control::{self, Request, Response};
+use crate::telemetry::{LinkState, Snapshot};
+
+/// Why the status could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// The control socket exists but cannot be used.
+    #[error(
+        "cannot ask the running duplex through {path}: check that this user runs it (the socket answers only that user and root)"
+    )]
+    Socket {
+        /// The socket.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The running process refused or answered something else.
+    #[error("the running duplex refused: {0}")]
+    Refused(String),
+}
+
+/// The overall state, as the exit code says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// Every link streams (or is idle): exit 0.
+    Healthy,
+    /// Running, but some link starts, retries or stopped: exit 1.
+    Degraded,
+    /// Nothing runs, or every link stopped: exit 2.
+    Stopped,
+}
+
+impl Health {
+    /// 0 healthy, 1 degraded, 2 stopped.
+    pub fn code(self) -> ExitCode {
+        ExitCode::from(match self {
+            Health::Healthy => 0,
+            Health::Degraded => 1,
+            Health::Stopped => 2,
+        })
+    }
+}
+
+/// What `duplex status` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// Healthy, degraded or stopped.
+    pub health: Health,
+    /// Why not healthy, for people.
+    pub reason: Option<String>,
+    /// Whether a `duplex run` answered.
+    pub running: bool,
+    /// The running process's report (`None` when nothing runs).
+    pub report: Option<Snapshot>,
+    /// The replication slot of each PostgreSQL site, read from the sites by `status` itself
+    /// (so it is shown whether or not `duplex run` runs).
+    pub slots: Vec<SiteSlot>,
+}
+
+/// A PostgreSQL site's duplex replication slot.
+#[derive(Debug, Clone, Serialize)]
+pub struct SiteSlot {
+    /// The site.
+    pub site: String,
+    /// The slot's name.
+    pub slot: Option<String>,
+    /// A session streams from it now.
+    pub active: Option<bool>,
+    /// WAL the slot keeps from being removed, in bytes (current WAL position minus the slot's
+    /// restart position).
+    pub retained_bytes: Option<i64>,
+    /// Why it could not be read, or that the site has no slot yet.
+    pub note: Option<String>,
+}
+
+/// How long `status` waits for a site's slot.
+const SLOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The duplex slot of every PostgreSQL site of `config`.
+async fn slots(config: &Config) -> Vec<SiteSlot> {
+    let mut found = Vec::new();
+    for site in config.sites.values() {
+        let connection = site.connection();
+        let names = duplex_connectors::teardown::slot_names(&connection);
+        if names.is_empty() {
+            continue;
+        }
+        let read = tokio::time::timeout(
+            SLOT_TIMEOUT,
+            duplex_connectors::teardown::slots(&connection),
+        )
+        .await;
+        let mut slot = SiteSlot {
+            site: site.name.clone(),
+            slot: None,
+            active: None,
+            retained_bytes: None,
+            note: None,
+        };
+        match read {
+            Err(_) => slot.note = Some(format!("no answer within {SLOT_TIMEOUT:?}")),
+            Ok(Err(error)) => slot.note = Some(crate::report::chain(&error)),
+            Ok(Ok(all)) => match all.into_iter().find(|s| names.contains(&s.name)) {
+                None => slot.note = Some("no slot yet (created when its link first starts)".into()),
+                Some(found) => {
+                    slot.slot = Some(found.name);
+                    slot.active = Some(found.active);
+                    slot.retained_bytes = found.retained_bytes;
+                }
+            },
+        }
+        found.push(slot);
+    }
+    found
+}
+
+/// Asks the running `duplex run` of `config`'s state directory.
+pub async fn status(config: &Config) -> Result<Status, StatusError> {
+    let answer = control::ask(&config.state_dir, &Request::Status)
+        .await
+        .map_err(|source| StatusError::Socket {
+            path: control::socket_path(&config.state_dir)
+                .display()
+                .to_string(),
+            source,
+        })?;
+    let slots = slots(config).await;
+    let mut status = match answer {
+        None => Status {
+            health: Health::Stopped,
+            reason: Some(format!(
+                "no duplex run is running on state directory {}",
+                config.state_dir.display()
+            )),
+            running: false,
+            report: None,
+            slots: Vec::new(),
+        },
+        Some(Response::Status(snapshot)) => judge(snapshot),
+        Some(Response::Refused(why)) => return Err(StatusError::Refused(why)),
+        Some(Response::Done(_) | Response::Conflicts(_)) => {
+            return Err(StatusError::Refused(
+                "the engine answered something else".into(),
+            ));
+        }
+    };
+    status.slots = slots;
+    Ok(status)
+}
+
+/// The health of a running process's report.
+pub fn judge(snapshot: Snapshot) -> Status {
+    let reason = snapshot.unhealthy();
+    let all_stopped = !snapshot.links.is_empty()
+        && snapshot
+            .links
+            .iter()
+            .all(|l| matches!(l.state, LinkState::Stopped { .. }));
+    let health = match (&reason, all_stopped) {
+        (None, _) => Health::Healthy,
+        (Some(_), true) => Health::Stopped,
+        (Some(_), false) => Health::Degraded,
+    };
+    Status {
+        health,
+        reason,
+        running: true,
+        report: Some(snapshot),
+        slots: Vec::new(),
+    }
+}
+
+/// The status as a table for people.
+pub fn table(status: &Status) -> String {
+    let mut text = format!(
+        "{}{}\n",
+        match status.health {
+            Health::Healthy => "healthy",
+            Health::Degraded => "degraded",
+            Health::Stopped => "stopped",
+        },
+        status
+            .reason
+            .as_ref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default()
+    );
+    for slot in &status.slots {
+        text.push_str(&format!(
+            "slot of {}: {}\n",
+            slot.site,
+            match (&slot.slot, &slot.note) {
+                (Some(name), _) => format!(
+                    "{name}, {}, retains {} of WAL",
+                    if slot.active == Some(true) {
+                        "active"
+                    } else {
+                        "inactive"
+                    },
+                    slot.retained_bytes
+                        .map_or_else(|| "?".to_owned(), |b| format!("{b} bytes"))
+                ),
+                (None, Some(note)) => note.clone(),
+                (None, None) => "?".to_owned(),
+            }
+        ));
+    }
+    let Some(report) = &status.report else {
+        return text;
+    };
+    if let Some(held) = report.held_conflicts {
+        text.push_str(&format!(
+            "\nmerge engine: {held} held conflict(s) (see `duplex conflicts --held`)\n"
+        ));
+        for conflict in &report.conflicts {
+            text.push_str(&format!(
+                "  mapping {}: {} conflict(s) {} by {}\n",
+                conflict.mapping, conflict.count, conflict.outcome, conflict.policy
+            ));
+        }
+    }
+    for link in &report.links {
+        let state = match &link.state {
+            LinkState::Starting { since, error: None } => format!("starting since {since}"),
+            LinkState::Starting {
+                since,
+                error: Some(e),
+            } => format!("waiting for a site since {since}: {e}"),
+            LinkState::Streaming { since } => format!("streaming since {since}"),
+            LinkState::Retrying { since, error } => format!("retrying since {since}: {error}"),
+            LinkState::Stopped { since, error: None } => format!("stopped at {since}"),
+            LinkState::Stopped {
+                since,
+                error: Some(e),
+            } => format!("stopped at {since}: {e}"),
+        };
+        text.push_str(&format!(
+            "\n{}: {state} ({} retries)\n",
+            link.name, link.retries
+        ));
+        text.push_str(&format!(
+            "  {:<20} {:>10} {:>10} {:>10} {:>12} {:>8} {:>10} {:>12} {:>10}\n",
+            "target",
+            "inserts",
+            "updates",
+            "deletes",
+            "transactions",
+            "errors",
+            "lag (s)",
+            "dead letters",
+            "rows/s 1m"
+        ));
+        for target in &link.targets {
+            text.push_str(&format!(
+                "  {:<20} {:>10} {:>10} {:>10} {:>12} {:>8} {:>10.1} {:>12} {:>10.1}\n",
+                target.site,
+                target.inserts,
+                target.updates,
+                target.deletes,
+                target.transactions,
+                target.apply_errors,
+                target.lag_seconds,
+                target
+                    .dead_letters
+                    .map_or_else(|| "?".to_owned(), |n| n.to_string()),
+                target.rows_per_second
+            ));
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::Telemetry;
+
+    #[test]
+    fn health_is_healthy_degraded_or_stopped() {
+        let telemetry = Telemetry::default();
+        let one = telemetry.link("a -> b", "a", &["b".into()]);
+        let two = telemetry.link("c -> d", "c", &["d".into()]);
+        one.streaming();
+        two.streaming();
+        assert_eq!(judge(telemetry.snapshot()).health, Health::Healthy);
+        two.retrying("site d is unreachable".into());
+        assert_eq!(judge(telemetry.snapshot()).health, Health::Degraded);
+        one.stopped(Some("a definite error".into()));
+        two.stopped(None);
+        let status = judge(telemetry.snapshot());
+        assert_eq!(status.health, Health::Stopped);
+        assert!(table(&status).contains("a definite error"));
+    }
+}
