@@ -302,6 +302,18 @@ pub async fn run(config: &Config, options: &RunOptions) -> Result<(), RunError> 
             let mut merge_plan = match merge_plan {
                 Ok(planned) => planned,
                 Err(error) => {
+                    let sites: Vec<String> = config
+                        .sites
+                        .keys()
+                        .filter(|site| {
+                            config
+                                .mappings
+                                .iter()
+                                .any(|m| m.direction == Direction::Both && m.reads_from(site))
+                        })
+                        .cloned()
+                        .collect();
+                    crate::engine::telemetry(&sites).waiting(chain(&error));
                     let again = || {
                         let config = config.clone();
                         async move {
