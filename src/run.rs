@@ -245,7 +245,7 @@ pub async fn run(config: &Config, options: &RunOptions) -> Result<(), RunError> 
         crate::metrics::serve(listen).await?;
     }
     // The merge engine serves the control socket itself once it starts (conflicts too).
-    let _control = merge_plan
+    let control = merge_plan
         .is_none()
         .then(|| crate::engine::control::serve_without_engine(&config.state_dir))
         .flatten();
@@ -350,6 +350,9 @@ pub async fn run(config: &Config, options: &RunOptions) -> Result<(), RunError> 
                 tracing::error!(%panic, "a link crashed");
             }
         }
+    }
+    if let Some(control) = control {
+        control.abort();
     }
     if failed > 0 {
         Err(RunError::LinksFailed(failed))
