@@ -246,7 +246,7 @@ pub async fn run(config: &Config, options: &RunOptions) -> Result<(), RunError> 
         crate::metrics::serve(listen).await?;
     }
     // The merge engine serves the control socket itself once it starts (conflicts too).
-    let _control = merge_plan
+    let control = merge_plan
         .is_none()
         .then(|| crate::engine::control::serve_without_engine(&config.state_dir))
         .flatten();
@@ -304,6 +304,18 @@ pub async fn run(config: &Config, options: &RunOptions) -> Result<(), RunError> 
             let mut merge_plan = match merge_plan {
                 Ok(planned) => planned,
                 Err(error) => {
+                    let sites: Vec<String> = config
+                        .sites
+                        .keys()
+                        .filter(|site| {
+                            config
+                                .mappings
+                                .iter()
+                                .any(|m| m.direction == Direction::Both && m.reads_from(site))
+                        })
+                        .cloned()
+                        .collect();
+                    crate::engine::telemetry(&sites).waiting(chain(&error));
                     let again = || {
                         let config = config.clone();
                         async move {
@@ -343,6 +355,9 @@ pub async fn run(config: &Config, options: &RunOptions) -> Result<(), RunError> 
                 tracing::error!(%panic, "a link crashed");
             }
         }
+    }
+    if let Some(control) = control {
+        control.abort();
     }
     if failed > 0 {
         Err(RunError::LinksFailed(failed))

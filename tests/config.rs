@@ -344,3 +344,24 @@ fn the_example_configuration_in_deploy_is_valid() {
         ["orders", "stock"]
     );
 }
+
+#[test]
+fn the_metrics_address_is_an_address_and_port() {
+    assert_eq!(parse(GOOD).unwrap().metrics_listen, None);
+    let text = format!("[metrics]\nlisten = \"127.0.0.1:9464\"\n{GOOD}");
+    assert_eq!(
+        parse(&text).unwrap().metrics_listen,
+        Some("127.0.0.1:9464".parse().unwrap())
+    );
+    let problems = problems(&format!("[metrics]\nlisten = \"localhost\"\n{GOOD}"));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with("metrics.listen: \"localhost\" is not an address and port"),
+        "{problems:?}"
+    );
+    let error = parse(&format!("[metrics]\nport = 9464\n{GOOD}")).unwrap_err();
+    assert!(
+        error.to_string().contains("port"),
+        "an unknown key in [metrics] is named: {error}"
+    );
+}

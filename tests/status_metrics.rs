@@ -378,6 +378,14 @@ fn conflicts_and_held_conflicts_are_counted_until_settled() {
     });
     let (_, text) = get(port, "/metrics").unwrap();
     assert!(text.contains("duplex_held_conflicts 0\n"), "{text}");
+    assert_eq!(get(port, "/health").unwrap().0, 200);
+    let (code, json) = status(&duplex);
+    assert_eq!(code, 0, "{json}");
+    assert_eq!(json["report"]["links"][0]["name"], "merge engine", "{json}");
+    assert_eq!(
+        json["report"]["links"][0]["state"]["state"], "streaming",
+        "{json}"
+    );
     assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
 
     // Both sites change the row while duplex is stopped: one held conflict.

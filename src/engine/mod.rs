@@ -197,22 +197,48 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), EngineError> {
     let plan = Arc::new(plan);
+    let telemetry = telemetry(
+        &plan
+            .sites
+            .iter()
+            .map(|s| s.site.name.clone())
+            .collect::<Vec<_>>(),
+    );
     let mut backoff = Backoff::default();
     loop {
         backoff.attempt_started();
         match attempt(&plan, &store, &mut shutdown).await {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                telemetry.stopped(None);
+                return Ok(());
+            }
             Err(error) if error.is_transient() => {
+                telemetry.retrying(chain(&error));
                 let delay = backoff.failed();
                 tracing::warn!(error = %chain(&error), "merge engine interrupted; restarting in {delay:.1?}");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = stop_requested(&mut shutdown) => return Ok(()),
+                    _ = stop_requested(&mut shutdown) => {
+                        telemetry.stopped(None);
+                        return Ok(());
+                    }
                 }
             }
-            Err(error) => return Err(error),
+            Err(error) => {
+                telemetry.stopped(Some(chain(&error)));
+                return Err(error);
+            }
         }
     }
+}
+
+/// The name the merge engine has in `duplex status`, `/metrics` and `/health`.
+pub const TELEMETRY_NAME: &str = "merge engine";
+
+/// The merge engine's telemetry (state only: its rows and lag are not reported yet), its
+/// "source" the two-way sites, in configuration order.
+pub fn telemetry(sites: &[String]) -> Arc<crate::telemetry::LinkTelemetry> {
+    crate::telemetry::global().link(TELEMETRY_NAME, &sites.join(", "), &[])
 }
 
 /// What the state store holds of the engine's progress, per site (plan order): where its reader
@@ -387,6 +413,14 @@ async fn attempt(
     }
     let control = control::serve(store.dir(), input_tx.clone());
     drop(input_tx);
+    telemetry(
+        &plan
+            .sites
+            .iter()
+            .map(|s| s.site.name.clone())
+            .collect::<Vec<_>>(),
+    )
+    .streaming();
     tracing::info!(
         sites = %plan.sites.iter().map(|s| s.site.name.as_str()).collect::<Vec<_>>().join(", "),
         mappings = %plan.mappings.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", "),

@@ -959,11 +959,13 @@ struct Counting {
 
 impl Counting {
     /// Whether `tx` is beyond what the target held at the start (the applier skips the rest).
+    /// Positions that cannot be compared count it (the applier then decided, not this).
     fn fresh(&mut self, tx: &Transaction) -> bool {
         let fresh = self.held.as_ref().is_none_or(|held| {
-            tx.position
-                .compare(held)
-                .is_ok_and(|order| order == Ordering::Greater)
+            !matches!(
+                tx.position.compare(held),
+                Ok(Ordering::Less | Ordering::Equal)
+            )
         });
         if fresh {
             // Positions only grow: every later transaction is beyond it too.
