@@ -90,6 +90,8 @@ pub struct PgOptions {
     pub settings: Vec<(String, String)>,
     /// How long startup may take before it is an error.
     pub start_timeout: Duration,
+    /// TLS on (`ssl=on`) with this server certificate and key (PEM).
+    pub tls: Option<(String, String)>,
 }
 
 impl Default for PgOptions {
@@ -98,6 +100,7 @@ impl Default for PgOptions {
             wal_level: "logical".to_owned(),
             settings: Vec::new(),
             start_timeout: Duration::from_secs(60),
+            tls: None,
         }
     }
 }
@@ -112,6 +115,12 @@ impl PgOptions {
     /// Adds a `postgresql.conf` setting; later settings win over earlier ones.
     pub fn setting(mut self, name: &str, value: &str) -> Self {
         self.settings.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Turns TLS on (`ssl=on`) with the server certificate of `certs`.
+    pub fn tls(mut self, certs: &crate::TlsCerts) -> Self {
+        self.tls = Some((certs.server_cert_pem.clone(), certs.server_key_pem.clone()));
         self
     }
 
@@ -462,6 +471,17 @@ impl PgServer {
         };
         write("pg_hba.conf", PG_HBA, false)?;
         write("postgresql.conf", &options.config_lines(&root), true)?;
+        if let Some((cert, key)) = &options.tls {
+            write("server.crt", cert, false)?;
+            write("server.key", key, false)?;
+            process::make_private(&data.join("server.crt"), run_as)?;
+            process::make_private(&data.join("server.key"), run_as)?;
+            write(
+                "postgresql.conf",
+                "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+                true,
+            )?;
+        }
 
         let mut server = PgServer {
             endpoint: PgEndpoint {

@@ -18,6 +18,9 @@ pub enum PgError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// The TLS parameters of the URL are wrong (the message names the parameter).
+    #[error("invalid PostgreSQL TLS setting: {0}")]
+    Tls(String),
     /// A statement failed.
     #[error("PostgreSQL query failed while {doing}")]
     Query {
@@ -39,7 +42,7 @@ impl PgError {
     /// server is starting or shutting down, or a serialization failure / deadlock.
     pub fn is_transient(&self) -> bool {
         let source = match self {
-            PgError::Url(_) => return false,
+            PgError::Url(_) | PgError::Tls(_) => return false,
             PgError::Connect { source, .. } | PgError::Query { source, .. } => source,
         };
         match source.code() {
