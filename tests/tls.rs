@@ -62,6 +62,13 @@ fn chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// The whole error of a refused connection, which must be definite (retrying cannot help).
+fn definite(error: &dyn std::error::Error, transient: bool) -> String {
+    let text = chain(error);
+    assert!(!transient, "a TLS refusal must not be retried: {text}");
+    text
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -75,7 +82,7 @@ fn pg_connect(url: &str) -> Result<Option<String>, String> {
     runtime().block_on(async {
         let client = duplex_connectors::postgres::connect(url, None)
             .await
-            .map_err(|e| chain(&e))?;
+            .map_err(|e| definite(&e, e.is_transient()))?;
         let row = client
             .query_one(
                 "SELECT ssl, coalesce(version, '') FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
@@ -95,7 +102,7 @@ fn my_connect(url: &str) -> Result<Option<String>, String> {
     runtime().block_on(async {
         let mut conn = duplex_connectors::mysql::connect(url, None)
             .await
-            .map_err(|e| chain(&e))?;
+            .map_err(|e| definite(&e, e.is_transient()))?;
         let row: Option<(String, String)> = conn
             .query_first("SHOW SESSION STATUS LIKE 'Ssl_version'")
             .await

@@ -41,6 +41,19 @@ impl MysqlError {
     pub fn is_transient(&self) -> bool {
         let source = match self {
             MysqlError::Url(_) | MysqlError::Tls(_) => return false,
+            // A server certificate the URL's TLS settings refuse, or a server without TLS
+            // under ssl-mode=REQUIRED or stricter: the same on every attempt.
+            MysqlError::Connect { source, .. }
+                if crate::tls::certificate_refused(source)
+                    || matches!(
+                        source,
+                        mysql_async::Error::Driver(
+                            mysql_async::DriverError::NoClientSslFlagFromServer
+                        )
+                    ) =>
+            {
+                return false;
+            }
             MysqlError::Connect { source, .. } | MysqlError::Query { source, .. } => source,
         };
         match source {
