@@ -254,6 +254,10 @@ fn require_against_servers_without_tls_fails_and_prefer_falls_back() {
         my_connect(&with(&my.url(), false, "ssl-mode=PREFERRED")).unwrap(),
         None
     );
+    assert_eq!(my_connect(&my.url()).unwrap(), None);
+    // mysql_async's own parameter keeps its meaning: TLS or nothing (no panic).
+    let error = my_connect(&with(&my.url(), false, "require_ssl=true")).unwrap_err();
+    assert!(error.contains("cannot connect"), "{error}");
 }
 
 fn site(name: &str, kind: &str, url: &str) -> String {

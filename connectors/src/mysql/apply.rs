@@ -228,12 +228,11 @@ impl MysqlApplier {
         options: ApplyOptions,
     ) -> Result<MysqlApplier, ApplyError> {
         options.validate()?;
-        let (builder, tls) = super::options(url, password)?;
+        let (builder, tls_preferred) = super::options(url, password)?;
         let builder = builder
             .client_found_rows(true)
             .stmt_cache_size(STATEMENT_CACHE);
         let opts = Opts::from(builder);
-        let tls_preferred = tls.preferred();
         let (mut conn, mariadb) = open(&opts, tls_preferred).await?;
         positions::ensure_table(&mut conn).await?;
         let mut resolved = HashMap::new();

@@ -38,24 +38,25 @@ use mysql_async::{Conn, Opts, OptsBuilder};
 /// Connects with an ordinary session. `password`, when given, overrides any password in the
 /// URL.
 pub async fn connect(url: &str, password: Option<&str>) -> Result<Conn, MysqlError> {
-    let (builder, tls) = options(url, password)?;
-    let opts = Opts::from(builder);
-    open_conn(opts, tls.preferred()).await
+    let (builder, tls_preferred) = options(url, password)?;
+    open_conn(Opts::from(builder), tls_preferred).await
 }
 
-/// The driver options of `url` (TLS parameters applied, keepalives set) and its TLS settings.
-/// `password`, when given, overrides any password in the URL.
+/// The driver options of `url` (TLS parameters applied, keepalives set) and whether its TLS
+/// setting is PREFERRED (see [`open_conn`]). `password`, when given, overrides any password in
+/// the URL.
 pub(crate) fn options(
     url: &str,
     password: Option<&str>,
-) -> Result<(OptsBuilder, MysqlTls), MysqlError> {
+) -> Result<(OptsBuilder, bool), MysqlError> {
     let (url, tls) = split_url(url)?;
     let opts = Opts::from_url(&url).map_err(MysqlError::Url)?;
+    let preferred = tls.preferred(&opts);
     let mut builder = tls.apply(with_keepalive(OptsBuilder::from_opts(opts)));
     if let Some(password) = password {
         builder = builder.pass(Some(password));
     }
-    Ok((builder, tls))
+    Ok((builder, preferred))
 }
 
 /// `user@host:port/database` for messages (never the password).

@@ -23,6 +23,7 @@ pub async fn check_encryption(conn: &mut Conn, url: &str) -> Result<Finding, Mys
         .ok()
         .and_then(|u| u.host_str().map(str::to_owned));
     let setting = match tls.mode {
+        None if url.contains("require_ssl=true") => "require_ssl=true".to_owned(),
         None => "ssl-mode=PREFERRED, the default".to_owned(),
         Some(super::MysqlSslMode::Disabled) => "ssl-mode=DISABLED".to_owned(),
         Some(super::MysqlSslMode::Preferred) => "ssl-mode=PREFERRED".to_owned(),

@@ -106,9 +106,14 @@ pub fn split_url(url: &str) -> Result<(String, MysqlTls), MysqlError> {
 }
 
 impl MysqlTls {
-    /// Whether a server without TLS is connected to in plaintext (`PREFERRED`, the default).
-    pub(super) fn preferred(&self) -> bool {
-        matches!(self.mode, None | Some(MysqlSslMode::Preferred))
+    /// Whether a server without TLS is connected to in plaintext (`PREFERRED`, the default),
+    /// given the driver options of the stripped URL (mysql_async's own `require_ssl=true`
+    /// without `ssl-mode` requires TLS).
+    pub(super) fn preferred(&self, url_opts: &mysql_async::Opts) -> bool {
+        match self.mode {
+            Some(mode) => mode == MysqlSslMode::Preferred,
+            None => url_opts.ssl_opts().is_none(),
+        }
     }
 
     /// Sets the driver's TLS options on `builder` (built from the stripped URL).
@@ -161,7 +166,9 @@ mod tests {
         assert_eq!(tls.ca, Some(PathBuf::from("/ca.pem")));
         let (url, tls) = split_url("mysql://u@db/shop").unwrap();
         assert_eq!(url, "mysql://u@db/shop");
-        assert!(tls.preferred());
+        assert!(tls.preferred(&mysql_async::Opts::from_url(&url).unwrap()));
+        let (url, tls) = split_url("mysql://u@db/shop?require_ssl=true").unwrap();
+        assert!(!tls.preferred(&mysql_async::Opts::from_url(&url).unwrap()));
     }
 
     #[test]
