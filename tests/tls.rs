@@ -25,12 +25,21 @@ struct TlsServers {
     _dir: tempfile::TempDir,
 }
 
+/// Both servers refuse plaintext from `duplex` (PostgreSQL: `hostssl` only; MariaDB: `REQUIRE
+/// SSL`), so a connection path that ignored the URL's TLS settings would fail, not pass
+/// unnoticed.
 fn tls_servers() -> TlsServers {
     let certs = TlsCerts::generate().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let files = certs.write_client_files(dir.path()).unwrap();
     let pg = PgServer::start(PgOptions::default().tls(&certs)).unwrap();
     let maria = MariaServer::start(MariaOptions::default().tls(&certs)).unwrap();
+    maria
+        .sql(
+            "mysql",
+            "ALTER USER 'duplex'@'127.0.0.1' REQUIRE SSL; ALTER USER 'duplex'@'localhost' REQUIRE SSL",
+        )
+        .unwrap();
     TlsServers {
         pg,
         maria,
@@ -131,10 +140,9 @@ fn postgres_modes_connect_and_verify_as_libpq() {
             "{query}: {version:?}"
         );
     }
-    assert_eq!(
-        pg_connect(&with(&url, false, "sslmode=disable")).unwrap(),
-        None
-    );
+    // The server refuses plaintext (hostssl only): disable is refused, not silently upgraded.
+    let error = pg_connect(&with(&url, false, "sslmode=disable")).unwrap_err();
+    assert!(error.contains("no encryption"), "{error}");
     let full = with(&url, true, &format!("sslmode=verify-full&sslrootcert={ca}"));
     assert!(pg_connect(&full).unwrap().is_some());
     // verify-ca checks the chain only: the address is not the certificate's name.
@@ -196,10 +204,9 @@ fn mariadb_modes_connect_and_verify_as_the_mysql_client() {
             "{query}: {version:?}"
         );
     }
-    assert_eq!(
-        my_connect(&with(&url, false, "ssl-mode=DISABLED")).unwrap(),
-        None
-    );
+    // The user requires SSL: DISABLED is refused, not silently upgraded.
+    let error = my_connect(&with(&url, false, "ssl-mode=DISABLED")).unwrap_err();
+    assert!(error.contains("Access denied"), "{error}");
     let full = with(&url, true, &format!("ssl-mode=VERIFY_IDENTITY&ssl-ca={ca}"));
     assert!(my_connect(&full).unwrap().is_some());
     let verify_ca = with(&url, true, &format!("ssl-mode=VERIFY_CA&ssl-ca={ca}"));
@@ -242,6 +249,10 @@ fn require_against_servers_without_tls_fails_and_prefer_falls_back() {
         pg_connect(&with(&pg.url(), false, "sslmode=prefer")).unwrap(),
         None
     );
+    assert_eq!(
+        pg_connect(&with(&pg.url(), false, "sslmode=disable")).unwrap(),
+        None
+    );
 
     let my = shared_mariadb().create_database();
     let error = my_connect(&with(&my.url(), false, "ssl-mode=REQUIRED")).unwrap_err();
@@ -255,6 +266,10 @@ fn require_against_servers_without_tls_fails_and_prefer_falls_back() {
         None
     );
     assert_eq!(my_connect(&my.url()).unwrap(), None);
+    assert_eq!(
+        my_connect(&with(&my.url(), false, "ssl-mode=DISABLED")).unwrap(),
+        None
+    );
     // mysql_async's own parameter keeps its meaning: TLS or nothing (no panic).
     let error = my_connect(&with(&my.url(), false, "require_ssl=true")).unwrap_err();
     assert!(error.contains("cannot connect"), "{error}");
@@ -420,4 +435,35 @@ fn backfill_stream_and_apply_over_tls_both_ways() {
     assert_eq!(walsenders.trim(), "1");
     duplex.terminate();
     drop_slot(&store);
+}
+
+/// Invalid TLS values are configuration errors naming the site's URL field, the parameter and
+/// the accepted values, all at once; no panic.
+#[test]
+fn invalid_tls_values_are_configuration_errors() {
+    let config = format!(
+        "{}{}[[mappings]]\nname = \"x\"\ntables = {{ store = \"public.x\", erp = \"erp.x\" }}\ndirection = \"store->erp\"\n",
+        site(
+            "store",
+            "postgres",
+            "postgres://duplex@db.example.com/shop?sslmode=verify"
+        ),
+        site(
+            "erp",
+            "mysql",
+            "mysql://duplex@db.example.com/erp?ssl-mode=VERIFY&ssl-ca=/ca.pem"
+        ),
+    );
+    let duplex = Duplex::new(&config);
+    let out = duplex.command(&["check"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("sites.store.url: invalid PostgreSQL TLS setting: the URL parameter sslmode=verify is not one of disable, prefer, require, verify-ca, verify-full"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("sites.erp.url: invalid MySQL/MariaDB TLS setting: the URL parameter ssl-mode=VERIFY is not one of DISABLED, PREFERRED, REQUIRED, VERIFY_CA, VERIFY_IDENTITY"),
+        "{stderr}"
+    );
 }

@@ -238,3 +238,40 @@ pub async fn check_site(
     }
     Ok(items)
 }
+
+#[cfg(test)]
+mod encryption_tests {
+    use super::{Status, encryption};
+
+    #[test]
+    fn plaintext_is_a_warning_only_off_the_loopback() {
+        let setting = "sslmode=prefer, the default";
+        assert_eq!(
+            encryption(Some("db.example.com"), None, setting).status,
+            Status::Warn
+        );
+        assert_eq!(
+            encryption(Some("10.0.0.7"), None, setting).status,
+            Status::Warn
+        );
+        for host in [
+            "127.0.0.1",
+            "::1",
+            "[::1]",
+            "localhost",
+            "/var/run/postgresql",
+        ] {
+            assert_eq!(
+                encryption(Some(host), None, setting).status,
+                Status::Ok,
+                "{host}"
+            );
+        }
+        let encrypted = encryption(Some("db.example.com"), Some("TLSv1.3"), setting);
+        assert_eq!(encrypted.status, Status::Ok);
+        assert_eq!(
+            encrypted.what,
+            "connection encrypted (TLSv1.3, sslmode=prefer, the default)"
+        );
+    }
+}

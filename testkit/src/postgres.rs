@@ -90,7 +90,8 @@ pub struct PgOptions {
     pub settings: Vec<(String, String)>,
     /// How long startup may take before it is an error.
     pub start_timeout: Duration,
-    /// TLS on (`ssl=on`) with this server certificate and key (PEM).
+    /// TLS on (`ssl=on`) with this server certificate and key (PEM); TCP connections must
+    /// then be encrypted (`hostssl` lines in `pg_hba.conf`), so a plaintext path fails.
     pub tls: Option<(String, String)>,
 }
 
@@ -118,7 +119,8 @@ impl PgOptions {
         self
     }
 
-    /// Turns TLS on (`ssl=on`) with the server certificate of `certs`.
+    /// Turns TLS on (`ssl=on`) with the server certificate of `certs`; TCP connections in
+    /// plaintext are refused.
     pub fn tls(mut self, certs: &crate::TlsCerts) -> Self {
         self.tls = Some((certs.server_cert_pem.clone(), certs.server_key_pem.clone()));
         self
@@ -469,7 +471,15 @@ impl PgServer {
             };
             result.map_err(|e| TestkitError::io(format!("write {}", path.display()), e))
         };
-        write("pg_hba.conf", PG_HBA, false)?;
+        if options.tls.is_some() {
+            write(
+                "pg_hba.conf",
+                &PG_HBA.replace("\nhost ", "\nhostssl "),
+                false,
+            )?;
+        } else {
+            write("pg_hba.conf", PG_HBA, false)?;
+        }
         write("postgresql.conf", &options.config_lines(&root), true)?;
         if let Some((cert, key)) = &options.tls {
             write("server.crt", cert, false)?;
