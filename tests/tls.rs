@@ -467,3 +467,71 @@ fn invalid_tls_values_are_configuration_errors() {
         "{stderr}"
     );
 }
+
+/// `sslcert` / `sslkey` and `ssl-cert` / `ssl-key` present the client certificate: a login that
+/// requires one succeeds with it and is refused without.
+#[test]
+fn client_certificates_are_presented() {
+    let servers = tls_servers();
+    let ca = path(&servers.files.ca);
+    let (cert, key) = (
+        path(&servers.files.client_cert),
+        path(&servers.files.client_key),
+    );
+
+    // PostgreSQL: `cert` authentication for duplex (the certificate's CN), no password.
+    let hba = servers.pg.data_dir().join("pg_hba.conf");
+    let text = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!("hostssl all duplex 127.0.0.1/32 cert\n{text}"),
+    )
+    .unwrap();
+    servers
+        .pg
+        .psql("postgres", "SELECT pg_reload_conf()")
+        .unwrap();
+    let db = servers.pg.create_database();
+    let url = db.url().replacen("duplex:duplex@", "duplex@", 1);
+    let with_cert = with(
+        &url,
+        true,
+        &format!("sslmode=verify-full&sslrootcert={ca}&sslcert={cert}&sslkey={key}"),
+    );
+    wait_for("pg_hba.conf to be reloaded", WAIT, || {
+        match pg_connect(&with(
+            &url,
+            true,
+            &format!("sslmode=verify-full&sslrootcert={ca}"),
+        )) {
+            Err(e) if e.contains("certificate") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    assert!(pg_connect(&with_cert).unwrap().is_some());
+
+    // MariaDB: an account that requires a certificate signed by the CA.
+    let db = servers.maria.create_database();
+    servers
+        .maria
+        .sql(
+            "mysql",
+            "CREATE USER 'certified'@'127.0.0.1' IDENTIFIED BY 'pw' REQUIRE X509; \
+             GRANT ALL PRIVILEGES ON *.* TO 'certified'@'127.0.0.1'",
+        )
+        .unwrap();
+    let url = db.url().replacen("duplex:duplex@", "certified:pw@", 1);
+    let error = my_connect(&with(
+        &url,
+        true,
+        &format!("ssl-mode=VERIFY_IDENTITY&ssl-ca={ca}"),
+    ))
+    .unwrap_err();
+    assert!(error.contains("Access denied"), "{error}");
+    let with_cert = with(
+        &url,
+        true,
+        &format!("ssl-mode=VERIFY_IDENTITY&ssl-ca={ca}&ssl-cert={cert}&ssl-key={key}"),
+    );
+    assert!(my_connect(&with_cert).unwrap().is_some());
+}

@@ -90,9 +90,10 @@ pub struct PgOptions {
     pub settings: Vec<(String, String)>,
     /// How long startup may take before it is an error.
     pub start_timeout: Duration,
-    /// TLS on (`ssl=on`) with this server certificate and key (PEM); TCP connections must
-    /// then be encrypted (`hostssl` lines in `pg_hba.conf`), so a plaintext path fails.
-    pub tls: Option<(String, String)>,
+    /// TLS on (`ssl=on`) with these certificates (the server certificate and key, and the CA
+    /// as `ssl_ca_file` for client certificates); TCP connections must then be encrypted
+    /// (`hostssl` lines in `pg_hba.conf`), so a plaintext path fails.
+    pub tls: Option<crate::TlsCerts>,
 }
 
 impl Default for PgOptions {
@@ -122,7 +123,7 @@ impl PgOptions {
     /// Turns TLS on (`ssl=on`) with the server certificate of `certs`; TCP connections in
     /// plaintext are refused.
     pub fn tls(mut self, certs: &crate::TlsCerts) -> Self {
-        self.tls = Some((certs.server_cert_pem.clone(), certs.server_key_pem.clone()));
+        self.tls = Some(certs.clone());
         self
     }
 
@@ -481,14 +482,19 @@ impl PgServer {
             write("pg_hba.conf", PG_HBA, false)?;
         }
         write("postgresql.conf", &options.config_lines(&root), true)?;
-        if let Some((cert, key)) = &options.tls {
-            write("server.crt", cert, false)?;
-            write("server.key", key, false)?;
-            process::make_private(&data.join("server.crt"), run_as)?;
-            process::make_private(&data.join("server.key"), run_as)?;
+        if let Some(certs) = &options.tls {
+            for (name, contents) in [
+                ("server.crt", &certs.server_cert_pem),
+                ("server.key", &certs.server_key_pem),
+                ("root.crt", &certs.ca_pem),
+            ] {
+                write(name, contents, false)?;
+                process::make_private(&data.join(name), run_as)?;
+            }
             write(
                 "postgresql.conf",
-                "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+                "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n\
+                 ssl_ca_file = 'root.crt'\n",
                 true,
             )?;
         }
