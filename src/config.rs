@@ -641,6 +641,18 @@ fn validate_site(
                 );
                 ok = false;
             }
+            let tls = match kind {
+                SiteKind::Postgres => duplex_connectors::postgres::split_url(&raw.url)
+                    .err()
+                    .map(|e| e.to_string()),
+                SiteKind::Mysql => duplex_connectors::mysql::split_url(&raw.url)
+                    .err()
+                    .map(|e| e.to_string()),
+            };
+            if let Some(message) = tls {
+                report(format!("{field}.url"), message);
+                ok = false;
+            }
             ok
         }
         (None, Ok(_)) => false,

@@ -47,6 +47,7 @@ pub mod snapshot;
 pub mod stream;
 pub mod target;
 pub mod teardown;
+mod tls;
 pub mod typemap;
 pub mod value;
 

@@ -112,6 +112,42 @@ pub fn primary_key(schema: &TableSchema, quoted: &str) -> Finding {
     }
 }
 
+/// The finding about a connection's encryption: `version` is the TLS protocol version the
+/// server reports (`None` for plaintext), `host` the URL's host, `setting` the URL's TLS
+/// parameter as written (e.g. `sslmode=verify-full`, or the default). Plaintext is a warning
+/// unless the host is a loopback address or a unix socket (nothing crosses a network).
+pub fn encryption(host: Option<&str>, version: Option<&str>, setting: &str) -> Finding {
+    match version {
+        Some(version) => Finding::ok(format!("connection encrypted ({version}, {setting})")),
+        None => {
+            let loopback = match host {
+                None => true,
+                Some(host) => {
+                    let bare = host.trim_start_matches('[').trim_end_matches(']');
+                    bare == "localhost"
+                        || bare.starts_with('/')
+                        || bare
+                            .parse::<std::net::IpAddr>()
+                            .is_ok_and(|ip| ip.is_loopback())
+                }
+            };
+            if loopback {
+                Finding::ok(format!(
+                    "connection not encrypted ({setting}; loopback host, nothing crosses a network)"
+                ))
+            } else {
+                Finding::warn(
+                    format!(
+                        "connection to {} is not encrypted ({setting})",
+                        host.unwrap_or_default()
+                    ),
+                    "passwords and rows cross the network in plaintext: turn TLS on at the server and set the URL's sslmode=verify-full (PostgreSQL) or ssl-mode=VERIFY_IDENTITY (MySQL/MariaDB)",
+                )
+            }
+        }
+    }
+}
+
 /// What duplex does with a table on a site.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TableUse {
@@ -152,6 +188,11 @@ pub async fn check_site(
     match site.kind {
         SiteKind::Postgres => {
             let client = crate::postgres::connect(&site.url, password).await?;
+            items.push(
+                crate::postgres::check_encryption(&client, &site.url)
+                    .await
+                    .map_err(Into::into),
+            );
             match crate::postgres::check_server(&client).await {
                 Ok(server) => items.extend(server.into_iter().map(Ok)),
                 Err(error) => return Ok(vec![Err(error.into())]),
@@ -170,6 +211,11 @@ pub async fn check_site(
         }
         SiteKind::Mysql => {
             let mut conn = crate::mysql::connect(&site.url, password).await?;
+            items.push(
+                crate::mysql::check_encryption(&mut conn, &site.url)
+                    .await
+                    .map_err(Into::into),
+            );
             match crate::mysql::check_server(&mut conn).await {
                 Ok(server) => items.extend(server.into_iter().map(Ok)),
                 Err(error) => items.push(Err(error.into())),
@@ -191,4 +237,41 @@ pub async fn check_site(
         }
     }
     Ok(items)
+}
+
+#[cfg(test)]
+mod encryption_tests {
+    use super::{Status, encryption};
+
+    #[test]
+    fn plaintext_is_a_warning_only_off_the_loopback() {
+        let setting = "sslmode=prefer, the default";
+        assert_eq!(
+            encryption(Some("db.example.com"), None, setting).status,
+            Status::Warn
+        );
+        assert_eq!(
+            encryption(Some("10.0.0.7"), None, setting).status,
+            Status::Warn
+        );
+        for host in [
+            "127.0.0.1",
+            "::1",
+            "[::1]",
+            "localhost",
+            "/var/run/postgresql",
+        ] {
+            assert_eq!(
+                encryption(Some(host), None, setting).status,
+                Status::Ok,
+                "{host}"
+            );
+        }
+        let encrypted = encryption(Some("db.example.com"), Some("TLSv1.3"), setting);
+        assert_eq!(encrypted.status, Status::Ok);
+        assert_eq!(
+            encrypted.what,
+            "connection encrypted (TLSv1.3, sslmode=prefer, the default)"
+        );
+    }
 }

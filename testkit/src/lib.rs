@@ -71,6 +71,7 @@ mod postgres;
 mod process;
 mod scratch;
 pub mod shared;
+mod tls;
 
 pub use error::TestkitError;
 pub use mariadb::{MariaDatabase, MariaOptions, MariaServer, SharedMariaDb};
@@ -79,6 +80,7 @@ pub use shared::{
     shared_mariadb, shared_pg, stop_shared_servers, testservers_dir, try_shared_mariadb,
     try_shared_pg,
 };
+pub use tls::{ClientFiles, TlsCerts};
 
 /// The account duplex uses on every test server.
 pub const DUPLEX_USER: &str = "duplex";

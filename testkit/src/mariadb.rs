@@ -87,6 +87,8 @@ pub struct MariaOptions {
     pub extra_args: Vec<String>,
     /// How long startup may take before it is an error.
     pub start_timeout: Duration,
+    /// TLS on with these certificates (the server certificate, its key, the CA).
+    pub tls: Option<crate::TlsCerts>,
 }
 
 impl Default for MariaOptions {
@@ -99,6 +101,7 @@ impl Default for MariaOptions {
             server_id: None,
             extra_args: Vec::new(),
             start_timeout: Duration::from_secs(60),
+            tls: None,
         }
     }
 }
@@ -137,6 +140,12 @@ impl MariaOptions {
     /// Adds a mariadbd argument, e.g. `--gtid-domain-id=3`.
     pub fn arg(mut self, arg: &str) -> Self {
         self.extra_args.push(arg.to_owned());
+        self
+    }
+
+    /// Turns TLS on (`--ssl-cert`, `--ssl-key`, `--ssl-ca`) with the certificates of `certs`.
+    pub fn tls(mut self, certs: &crate::TlsCerts) -> Self {
+        self.tls = Some(certs.clone());
         self
     }
 
@@ -371,6 +380,18 @@ impl MariaServer {
         fs::write(&log, "")
             .map_err(|e| TestkitError::io(format!("create {}", log.display()), e))?;
         process::make_private(&log, run_as)?;
+        if let Some(certs) = &options.tls {
+            for (name, contents) in [
+                ("server-cert.pem", &certs.server_cert_pem),
+                ("server-key.pem", &certs.server_key_pem),
+                ("ca.pem", &certs.ca_pem),
+            ] {
+                let path = root.join(name);
+                fs::write(&path, contents)
+                    .map_err(|e| TestkitError::io(format!("write {}", path.display()), e))?;
+                process::make_private(&path, run_as)?;
+            }
+        }
 
         let mut server = MariaServer {
             endpoint: MariaEndpoint {
@@ -438,6 +459,13 @@ impl MariaServer {
             format!("--binlog-row-image={}", options.binlog_row_image),
             format!("--binlog-row-metadata={}", options.binlog_row_metadata),
         ]);
+        if options.tls.is_some() {
+            args.extend([
+                format!("--ssl-cert={}", path("server-cert.pem")),
+                format!("--ssl-key={}", path("server-key.pem")),
+                format!("--ssl-ca={}", path("ca.pem")),
+            ]);
+        }
         args.extend(INNODB_ARGS.iter().map(|a| (*a).to_owned()));
         if options.binlog {
             args.push(format!("--log-bin={}", path("binlog")));

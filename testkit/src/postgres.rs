@@ -90,6 +90,10 @@ pub struct PgOptions {
     pub settings: Vec<(String, String)>,
     /// How long startup may take before it is an error.
     pub start_timeout: Duration,
+    /// TLS on (`ssl=on`) with these certificates (the server certificate and key, and the CA
+    /// as `ssl_ca_file` for client certificates); TCP connections must then be encrypted
+    /// (`hostssl` lines in `pg_hba.conf`), so a plaintext path fails.
+    pub tls: Option<crate::TlsCerts>,
 }
 
 impl Default for PgOptions {
@@ -98,6 +102,7 @@ impl Default for PgOptions {
             wal_level: "logical".to_owned(),
             settings: Vec::new(),
             start_timeout: Duration::from_secs(60),
+            tls: None,
         }
     }
 }
@@ -112,6 +117,13 @@ impl PgOptions {
     /// Adds a `postgresql.conf` setting; later settings win over earlier ones.
     pub fn setting(mut self, name: &str, value: &str) -> Self {
         self.settings.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Turns TLS on (`ssl=on`) with the server certificate of `certs`; TCP connections in
+    /// plaintext are refused.
+    pub fn tls(mut self, certs: &crate::TlsCerts) -> Self {
+        self.tls = Some(certs.clone());
         self
     }
 
@@ -460,8 +472,32 @@ impl PgServer {
             };
             result.map_err(|e| TestkitError::io(format!("write {}", path.display()), e))
         };
-        write("pg_hba.conf", PG_HBA, false)?;
+        if options.tls.is_some() {
+            write(
+                "pg_hba.conf",
+                &PG_HBA.replace("\nhost ", "\nhostssl "),
+                false,
+            )?;
+        } else {
+            write("pg_hba.conf", PG_HBA, false)?;
+        }
         write("postgresql.conf", &options.config_lines(&root), true)?;
+        if let Some(certs) = &options.tls {
+            for (name, contents) in [
+                ("server.crt", &certs.server_cert_pem),
+                ("server.key", &certs.server_key_pem),
+                ("root.crt", &certs.ca_pem),
+            ] {
+                write(name, contents, false)?;
+                process::make_private(&data.join(name), run_as)?;
+            }
+            write(
+                "postgresql.conf",
+                "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n\
+                 ssl_ca_file = 'root.crt'\n",
+                true,
+            )?;
+        }
 
         let mut server = PgServer {
             endpoint: PgEndpoint {

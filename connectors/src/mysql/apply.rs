@@ -84,7 +84,7 @@
 use std::collections::HashMap;
 
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Opts, OptsBuilder, Params};
+use mysql_async::{Conn, Opts, Params};
 
 use crate::apply::{
     ApplyError, ApplyOptions, ExactlyOnce, SkippedWrite, TableRoute, TargetSession,
@@ -116,6 +116,8 @@ pub type MysqlApplier = ExactlyOnce<MysqlSession>;
 /// [`TargetSession`] of [`MysqlApplier`].
 pub struct MysqlSession {
     opts: Opts,
+    /// `ssl-mode` PREFERRED: plaintext when the server offers no TLS.
+    tls_preferred: bool,
     conn: Option<Conn>,
     mariadb: bool,
     routes: HashMap<TableName, MyRoute>,
@@ -226,15 +228,12 @@ impl MysqlApplier {
         options: ApplyOptions,
     ) -> Result<MysqlApplier, ApplyError> {
         options.validate()?;
-        let opts = Opts::from_url(url).map_err(MysqlError::Url)?;
-        let mut builder = super::with_keepalive(OptsBuilder::from_opts(opts))
+        let (builder, tls_preferred) = super::options(url, password)?;
+        let builder = builder
             .client_found_rows(true)
             .stmt_cache_size(STATEMENT_CACHE);
-        if let Some(password) = password {
-            builder = builder.pass(Some(password));
-        }
         let opts = Opts::from(builder);
-        let (mut conn, mariadb) = open(&opts).await?;
+        let (mut conn, mariadb) = open(&opts, tls_preferred).await?;
         positions::ensure_table(&mut conn).await?;
         let mut resolved = HashMap::new();
         for route in routes {
@@ -244,6 +243,7 @@ impl MysqlApplier {
         }
         Ok(ExactlyOnce::new(MysqlSession {
             opts,
+            tls_preferred,
             conn: Some(conn),
             mariadb,
             routes: resolved,
@@ -262,7 +262,7 @@ impl MysqlSession {
     /// The connection, reconnecting (and setting the session up again) after a failure.
     async fn conn(&mut self) -> Result<&mut Conn, ApplyError> {
         if self.conn.is_none() {
-            let (conn, mariadb) = open(&self.opts).await?;
+            let (conn, mariadb) = open(&self.opts, self.tls_preferred).await?;
             self.mariadb = mariadb;
             self.conn = Some(conn);
         }
@@ -286,15 +286,8 @@ impl MysqlSession {
 }
 
 /// Connects and sets up the applying session; reports whether the server is MariaDB.
-async fn open(opts: &Opts) -> Result<(Conn, bool), ApplyError> {
-    let target = format!(
-        "{}@{}:{}/{}",
-        opts.user().unwrap_or("?"),
-        opts.ip_or_hostname(),
-        opts.tcp_port(),
-        opts.db_name().unwrap_or("")
-    );
-    let mut conn = super::open_conn(opts.clone(), target).await?;
+async fn open(opts: &Opts, tls_preferred: bool) -> Result<(Conn, bool), ApplyError> {
+    let mut conn = super::open_conn(opts.clone(), tls_preferred).await?;
     let version: String = conn
         .query_first("SELECT VERSION()")
         .await

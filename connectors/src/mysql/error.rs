@@ -16,6 +16,9 @@ pub enum MysqlError {
         #[source]
         source: mysql_async::Error,
     },
+    /// The TLS parameters of the URL are wrong (the message names the parameter).
+    #[error("invalid MySQL/MariaDB TLS setting: {0}")]
+    Tls(String),
     /// A statement failed.
     #[error("MySQL/MariaDB query failed while {doing}")]
     Query {
@@ -37,7 +40,20 @@ impl MysqlError {
     /// deadlocks and lock wait timeouts, the server going away or shutting down.
     pub fn is_transient(&self) -> bool {
         let source = match self {
-            MysqlError::Url(_) => return false,
+            MysqlError::Url(_) | MysqlError::Tls(_) => return false,
+            // A server certificate the URL's TLS settings refuse, or a server without TLS
+            // under ssl-mode=REQUIRED or stricter: the same on every attempt.
+            MysqlError::Connect { source, .. }
+                if crate::tls::certificate_refused(source)
+                    || matches!(
+                        source,
+                        mysql_async::Error::Driver(
+                            mysql_async::DriverError::NoClientSslFlagFromServer
+                        )
+                    ) =>
+            {
+                return false;
+            }
             MysqlError::Connect { source, .. } | MysqlError::Query { source, .. } => source,
         };
         match source {

@@ -14,6 +14,7 @@ mod preflight;
 mod snapshot;
 mod stream;
 pub mod teardown;
+mod tls;
 mod types;
 
 pub use apply::{MysqlApplier, MysqlSession};
@@ -26,9 +27,10 @@ pub use load::{
 };
 pub use position::BinlogPosition;
 pub use positions::{CLAIMS_DDL, POSITIONS_DDL};
-pub use preflight::{check_server, check_table};
+pub use preflight::{check_encryption, check_server, check_table};
 pub use snapshot::{MysqlSnapshot, MysqlSnapshotError};
 pub use stream::{MysqlStream, MysqlStreamConfig, StartPosition};
+pub use tls::{MysqlSslMode, MysqlTls, split_url};
 pub use types::TypeError;
 
 use mysql_async::{Conn, Opts, OptsBuilder};
@@ -36,19 +38,36 @@ use mysql_async::{Conn, Opts, OptsBuilder};
 /// Connects with an ordinary session. `password`, when given, overrides any password in the
 /// URL.
 pub async fn connect(url: &str, password: Option<&str>) -> Result<Conn, MysqlError> {
-    let opts = Opts::from_url(url).map_err(MysqlError::Url)?;
-    let target = format!(
+    let (builder, tls_preferred) = options(url, password)?;
+    open_conn(Opts::from(builder), tls_preferred).await
+}
+
+/// The driver options of `url` (TLS parameters applied, keepalives set) and whether its TLS
+/// setting is PREFERRED (see [`open_conn`]). `password`, when given, overrides any password in
+/// the URL.
+pub(crate) fn options(
+    url: &str,
+    password: Option<&str>,
+) -> Result<(OptsBuilder, bool), MysqlError> {
+    let (url, tls) = split_url(url)?;
+    let opts = Opts::from_url(&url).map_err(MysqlError::Url)?;
+    let preferred = tls.preferred(&opts);
+    let mut builder = tls.apply(with_keepalive(OptsBuilder::from_opts(opts)));
+    if let Some(password) = password {
+        builder = builder.pass(Some(password));
+    }
+    Ok((builder, preferred))
+}
+
+/// `user@host:port/database` for messages (never the password).
+fn describe_target(opts: &Opts) -> String {
+    format!(
         "{}@{}:{}/{}",
         opts.user().unwrap_or("?"),
         opts.ip_or_hostname(),
         opts.tcp_port(),
         opts.db_name().unwrap_or("")
-    );
-    let mut builder = with_keepalive(OptsBuilder::from_opts(opts));
-    if let Some(password) = password {
-        builder = builder.pass(Some(password));
-    }
-    open_conn(builder, target).await
+    )
 }
 
 /// How long opening a connection may take (PostgreSQL connections have the same limit).
@@ -65,9 +84,24 @@ pub(crate) fn with_keepalive(builder: OptsBuilder) -> OptsBuilder {
 }
 
 /// Opens a connection, giving up after [`CONNECT_TIMEOUT`] (an unreachable host that drops
-/// packets would otherwise take the kernel's minutes).
-pub(crate) async fn open_conn(opts: impl Into<Opts>, target: String) -> Result<Conn, MysqlError> {
-    match tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(opts.into())).await {
+/// packets would otherwise take the kernel's minutes). With `tls_preferred` (`ssl-mode`
+/// PREFERRED), a server whose handshake offers no TLS is connected to again in plaintext; a
+/// server that offers TLS is never.
+pub(crate) async fn open_conn(opts: Opts, tls_preferred: bool) -> Result<Conn, MysqlError> {
+    match open_once(opts.clone()).await {
+        Err(MysqlError::Connect {
+            source: mysql_async::Error::Driver(mysql_async::DriverError::NoClientSslFlagFromServer),
+            ..
+        }) if tls_preferred && opts.ssl_opts().is_some() => {
+            open_once(OptsBuilder::from_opts(opts).ssl_opts(None).into()).await
+        }
+        other => other,
+    }
+}
+
+async fn open_once(opts: Opts) -> Result<Conn, MysqlError> {
+    let target = describe_target(&opts);
+    match tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(opts)).await {
         Ok(conn) => conn.map_err(|source| MysqlError::Connect { target, source }),
         Err(_) => Err(MysqlError::Connect {
             target,

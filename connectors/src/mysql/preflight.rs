@@ -9,6 +9,41 @@ use crate::preflight::{self, Finding};
 
 use super::{MysqlError, TableInfo, describe_table, quote_ident};
 
+/// Whether the connection `conn` (opened from `url`) is encrypted, and with which TLS version.
+pub async fn check_encryption(conn: &mut Conn, url: &str) -> Result<Finding, MysqlError> {
+    let row: Option<(String, String)> = conn
+        .query_first("SHOW SESSION STATUS LIKE 'Ssl_version'")
+        .await
+        .map_err(MysqlError::query(
+            "reading the connection's encryption (Ssl_version)",
+        ))?;
+    let version = row.map(|(_, v)| v).filter(|v| !v.is_empty());
+    let (_, tls) = super::split_url(url)?;
+    let host = url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned));
+    let setting = match tls.mode {
+        None if url.contains("require_ssl=true") => "require_ssl=true".to_owned(),
+        None => "ssl-mode=PREFERRED, the default".to_owned(),
+        Some(super::MysqlSslMode::Disabled) => "ssl-mode=DISABLED".to_owned(),
+        Some(super::MysqlSslMode::Preferred) => "ssl-mode=PREFERRED".to_owned(),
+        Some(super::MysqlSslMode::Required) => {
+            "ssl-mode=REQUIRED: the certificate is not verified".to_owned()
+        }
+        Some(super::MysqlSslMode::VerifyCa) => {
+            "ssl-mode=VERIFY_CA: chain verified, host name not".to_owned()
+        }
+        Some(super::MysqlSslMode::VerifyIdentity) => {
+            "ssl-mode=VERIFY_IDENTITY: chain and host name verified".to_owned()
+        }
+    };
+    Ok(preflight::encryption(
+        host.as_deref(),
+        version.as_deref(),
+        &setting,
+    ))
+}
+
 /// Server-wide readiness: binlog on, ROW format, FULL row image and metadata, a server id,
 /// and the replication privileges of the connecting user.
 pub async fn check_server(conn: &mut Conn) -> Result<Vec<Finding>, MysqlError> {

@@ -18,6 +18,9 @@ pub enum PgError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// The TLS parameters of the URL are wrong (the message names the parameter).
+    #[error("invalid PostgreSQL TLS setting: {0}")]
+    Tls(String),
     /// A statement failed.
     #[error("PostgreSQL query failed while {doing}")]
     Query {
@@ -36,10 +39,19 @@ impl PgError {
     }
 
     /// True when retrying later may succeed: the connection broke or could not be made, the
-    /// server is starting or shutting down, or a serialization failure / deadlock.
+    /// server is starting or shutting down, or a serialization failure / deadlock. A server
+    /// certificate the URL's TLS settings refuse, or a server without TLS under
+    /// `sslmode=require` or stricter, is definite.
     pub fn is_transient(&self) -> bool {
+        if let PgError::Connect { source, .. } = self
+            && (crate::tls::certificate_refused(source)
+                || std::error::Error::source(source)
+                    .is_some_and(|e| e.to_string() == "server does not support TLS"))
+        {
+            return false;
+        }
         let source = match self {
-            PgError::Url(_) => return false,
+            PgError::Url(_) | PgError::Tls(_) => return false,
             PgError::Connect { source, .. } | PgError::Query { source, .. } => source,
         };
         match source.code() {

@@ -16,6 +16,7 @@ mod slot;
 mod snapshot;
 mod stream;
 pub mod teardown;
+mod tls;
 pub mod types;
 
 pub use apply::{PgApplier, PgSession};
@@ -27,20 +28,23 @@ pub use load::{
 };
 pub use position::{Lsn, LsnParseError};
 pub use positions::{CLAIMS_DDL, POSITIONS_DDL};
-pub use preflight::{check_server, check_table};
+pub use preflight::{check_encryption, check_server, check_table};
 pub use slot::{choose_slot_name, ensure_publication};
 pub(crate) use snapshot::backfill_snapshot;
 pub use snapshot::{PgExportedSnapshot, PgSnapshotError, PgSnapshotReader};
 pub use stream::{PgStream, PgStreamConfig, PgStreamError};
+pub use tls::{PgSslMode, PgTls, split_url};
 
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 /// Connects as an ordinary (non-replication) session. `password`, when given, overrides any
 /// password in the URL. The connection task runs on the current tokio runtime.
 pub async fn connect(url: &str, password: Option<&str>) -> Result<Client, PgError> {
+    let (url, tls) = split_url(url)?;
     let mut config: tokio_postgres::Config = url.parse().map_err(PgError::Url)?;
+    config.ssl_mode(tls.driver_mode());
     if let Some(password) = password {
         config.password(password);
     }
@@ -60,7 +64,9 @@ pub async fn connect(url: &str, password: Option<&str>) -> Result<Client, PgErro
     config.application_name("duplex");
     let target = describe_target(&config);
     let (client, connection) = config
-        .connect(NoTls)
+        .connect(tokio_postgres_rustls::MakeRustlsConnect::new(
+            tls.rustls_config()?,
+        ))
         .await
         .map_err(|source| PgError::Connect {
             target: target.clone(),

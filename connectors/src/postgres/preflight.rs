@@ -8,6 +8,46 @@ use crate::preflight::{self, Finding, TableUse};
 
 use super::{PgError, ReplicaIdentity, TableInfo, describe_table, quote_ident};
 
+/// Whether the connection `client` (opened from `url`) is encrypted, and with which TLS version.
+pub async fn check_encryption(client: &Client, url: &str) -> Result<Finding, PgError> {
+    let row = client
+        .query_one(
+            "SELECT ssl, coalesce(version, '') FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .map_err(PgError::query(
+            "reading the connection's encryption (pg_stat_ssl)",
+        ))?;
+    let (ssl, version): (bool, String) = (row.get(0), row.get(1));
+    let (stripped, tls) = super::split_url(url)?;
+    let host = stripped
+        .parse::<tokio_postgres::Config>()
+        .ok()
+        .and_then(|c| {
+            c.get_hosts().first().map(|h| match h {
+                tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+            })
+        });
+    let setting = match (tls.mode, url.contains("sslmode")) {
+        (_, false) => "sslmode=prefer, the default".to_owned(),
+        (super::PgSslMode::Disable, _) => "sslmode=disable".to_owned(),
+        (super::PgSslMode::Prefer, _) => "sslmode=prefer".to_owned(),
+        (super::PgSslMode::Require, _) => {
+            "sslmode=require: the certificate is not verified".to_owned()
+        }
+        (super::PgSslMode::VerifyCa, _) => {
+            "sslmode=verify-ca: chain verified, host name not".to_owned()
+        }
+        (super::PgSslMode::VerifyFull, _) => {
+            "sslmode=verify-full: chain and host name verified".to_owned()
+        }
+    };
+    let version = ssl.then_some(version.as_str());
+    Ok(preflight::encryption(host.as_deref(), version, &setting))
+}
+
 /// Server-wide readiness: version, `wal_level`, free replication slots and WAL senders, and the
 /// REPLICATION privilege of the connecting role.
 pub async fn check_server(client: &Client) -> Result<Vec<Finding>, PgError> {

@@ -3,7 +3,7 @@
 //! settings of the replication session that streams from them; and what the publication lists
 //! and the mapped tables' oids, which a stream checks to notice a table re-created under it.
 
-use pgwire_replication::{ReplicationConfig, TlsConfig};
+use pgwire_replication::ReplicationConfig;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
@@ -131,7 +131,8 @@ pub(super) fn replication_config(
     start: Lsn,
     ack: Lsn,
 ) -> Result<ReplicationConfig, PgStreamError> {
-    let parsed: tokio_postgres::Config = config.url.parse().map_err(PgError::Url)?;
+    let (url, tls) = super::split_url(&config.url)?;
+    let parsed: tokio_postgres::Config = url.parse().map_err(PgError::Url)?;
     let user = parsed
         .get_user()
         .ok_or(PgStreamError::Url("the URL names no user"))?;
@@ -163,7 +164,7 @@ pub(super) fn replication_config(
             .with_port(port),
     };
     Ok(base
-        .with_tls(TlsConfig::disabled())
+        .with_tls(tls.replication())
         .with_start_lsn(pgwire_replication::Lsn(start.0))
         .with_ack_lsn(pgwire_replication::Lsn(ack.0))
         .with_status_interval(config.status_interval)

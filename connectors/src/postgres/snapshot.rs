@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use pgwire_replication::{ReplicationClient, ReplicationConfig, TlsConfig};
+use pgwire_replication::{ReplicationClient, ReplicationConfig};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::types::{Conversion, PgType, ValueError, resolve_type, text_value};
@@ -255,6 +255,7 @@ fn session_config(
     password: Option<&str>,
     slot: &str,
 ) -> Result<ReplicationConfig, PgSnapshotError> {
+    let (url, tls) = super::split_url(url)?;
     let parsed: tokio_postgres::Config = url.parse().map_err(PgError::Url)?;
     let user = parsed
         .get_user()
@@ -284,7 +285,7 @@ fn session_config(
         None => ReplicationConfig::new("localhost", user, password, database, slot, slot)
             .with_port(port),
     };
-    Ok(config.with_tls(TlsConfig::disabled()))
+    Ok(config.with_tls(tls.replication()))
 }
 
 /// The SQL condition selecting `range` (`1=1` for the whole table): a plain comparison for one

@@ -186,10 +186,11 @@ pub struct PgStreamConfig {
 
 impl std::fmt::Debug for PgStreamConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let target = self
-            .url
-            .parse::<tokio_postgres::Config>()
+        let target = super::split_url(&self.url)
+            .ok()
+            .and_then(|(url, _)| url.parse::<tokio_postgres::Config>().ok())
             .map(|c| describe_target(&c))
+            .ok_or(())
             .unwrap_or_else(|_| "<invalid URL>".to_owned());
         f.debug_struct("PgStreamConfig")
             .field("source", &self.source)
