@@ -82,6 +82,9 @@ pub struct SiteSlot {
     /// WAL the slot keeps from being removed, in bytes (current WAL position minus the slot's
     /// restart position).
     pub retained_bytes: Option<i64>,
+    /// The link's lag in bytes: WAL written since the position every target committed and
+    /// duplex confirmed to the slot (current WAL position minus its confirmed position).
+    pub behind_bytes: Option<i64>,
     /// Why it could not be read, or that the site has no slot yet.
     pub note: Option<String>,
 }
@@ -108,6 +111,7 @@ async fn slots(config: &Config) -> Vec<SiteSlot> {
             slot: None,
             active: None,
             retained_bytes: None,
+            behind_bytes: None,
             note: None,
         };
         match read {
@@ -119,6 +123,7 @@ async fn slots(config: &Config) -> Vec<SiteSlot> {
                     slot.slot = Some(found.name);
                     slot.active = Some(found.active);
                     slot.retained_bytes = found.retained_bytes;
+                    slot.behind_bytes = found.behind_bytes;
                 }
             },
         }
@@ -204,13 +209,15 @@ pub fn table(status: &Status) -> String {
             slot.site,
             match (&slot.slot, &slot.note) {
                 (Some(name), _) => format!(
-                    "{name}, {}, retains {} of WAL",
+                    "{name}, {}, retains {} of WAL, {} behind",
                     if slot.active == Some(true) {
                         "active"
                     } else {
                         "inactive"
                     },
                     slot.retained_bytes
+                        .map_or_else(|| "?".to_owned(), |b| format!("{b} bytes")),
+                    slot.behind_bytes
                         .map_or_else(|| "?".to_owned(), |b| format!("{b} bytes"))
                 ),
                 (None, Some(note)) => note.clone(),

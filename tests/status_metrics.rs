@@ -214,6 +214,7 @@ fn metrics_health_and_status_follow_replication_and_a_target_down() {
         .unwrap_or_else(|| panic!("no slot of the source in {json}"));
     assert_eq!(slot["active"], true, "{json}");
     assert!(slot["retained_bytes"].as_i64().unwrap() >= 0, "{json}");
+    assert!(slot["behind_bytes"].as_i64().unwrap() >= 0, "{json}");
     let wms = &links[0]["targets"][0];
     // The first sample of the totals was taken at start (0 rows), within the last minute.
     assert!(wms["rows_per_second"].as_f64().unwrap() > 0.0, "{json}");
@@ -313,6 +314,14 @@ fn metrics_health_and_status_follow_replication_and_a_target_down() {
             .unwrap()
             > 1.0
     );
+    // In bytes too: the rows written meanwhile are WAL past what the slot had confirmed.
+    let slot = json["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["site"] == source.name())
+        .unwrap_or_else(|| panic!("no slot of the source in {json}"));
+    assert!(slot["behind_bytes"].as_i64().unwrap() > 0, "{json}");
 
     // Back up: the rows land, the lag falls to zero, health and status are back, the
     // counters moved by exactly the 3 rows written meanwhile.

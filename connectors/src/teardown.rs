@@ -31,6 +31,9 @@ pub struct Slot {
     pub active: bool,
     /// WAL it keeps from being removed (`pg_current_wal_lsn() - restart_lsn`), in bytes.
     pub retained_bytes: Option<i64>,
+    /// WAL written since the position its reader confirmed (`pg_current_wal_lsn() -
+    /// confirmed_flush_lsn`), in bytes: how far behind duplex's targets are.
+    pub behind_bytes: Option<i64>,
     /// The deployment its publication (same name, same database) records, if any.
     pub claimed_by: Option<String>,
 }

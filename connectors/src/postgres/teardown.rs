@@ -32,6 +32,7 @@ async fn slots(client: &Client, name: Option<&str>) -> Result<Vec<Slot>, tokio_p
         .query(
             "SELECT s.slot_name::text, s.database::text, s.active, \
                     pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint, \
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint, \
                     CASE WHEN s.database = current_database() THEN \
                         (SELECT obj_description(p.oid, 'pg_publication') FROM pg_publication p \
                          WHERE p.pubname = s.slot_name) END \
@@ -48,8 +49,9 @@ async fn slots(client: &Client, name: Option<&str>) -> Result<Vec<Slot>, tokio_p
             database: row.get::<_, Option<String>>(1).unwrap_or_default(),
             active: row.get(2),
             retained_bytes: row.get(3),
+            behind_bytes: row.get(4),
             claimed_by: row
-                .get::<_, Option<String>>(4)
+                .get::<_, Option<String>>(5)
                 .and_then(|c| c.strip_prefix(CLAIM).map(str::to_owned)),
         })
         .collect())
