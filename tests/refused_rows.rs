@@ -226,6 +226,19 @@ fn a_postgresql_refusal_names_its_detail_and_a_nul_byte_from_mariadb_names_its_r
     );
 }
 
+/// Waits until the target's `items` holds `count` rows (duplex still running).
+fn wait_row_count(wms: &PgDatabase, duplex: &mut Duplex, count: usize, what: &str) {
+    wait_for(what, REPLICATION_GUARD, || {
+        duplex.assert_running();
+        let got = table_rows(wms, "items").len();
+        if got == count {
+            Ok(())
+        } else {
+            Err(format!("{got} rows"))
+        }
+    });
+}
+
 /// A source `items` table and a target one that refuses a negative `qty`.
 fn items_with_a_check() -> (PgDatabase, PgDatabase) {
     let store = shared_pg().create_database();
@@ -429,15 +442,7 @@ fn a_state_directory_restored_from_before_dead_letters_stops_the_link() {
     store
         .psql("INSERT INTO items VALUES (2, 'b', -1, NULL); INSERT INTO items VALUES (3, 'c', 3, NULL)")
         .unwrap();
-    wait_for("the row after the refused one", REPLICATION_GUARD, || {
-        duplex.assert_running();
-        let got = table_rows(&wms, "items").len();
-        if got == 2 {
-            Ok(())
-        } else {
-            Err(format!("{got} rows"))
-        }
-    });
+    wait_row_count(&wms, &mut duplex, 2, "the row after the refused one");
     assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
 
     std::fs::remove_dir_all(&state).unwrap();
@@ -463,15 +468,7 @@ fn a_resync_discards_the_dead_letters_it_makes_obsolete() {
     store
         .psql("INSERT INTO items VALUES (1, 'a', -1, NULL); INSERT INTO items VALUES (2, 'b', 2, NULL)")
         .unwrap();
-    wait_for("the row after the refused one", REPLICATION_GUARD, || {
-        duplex.assert_running();
-        let got = table_rows(&wms, "items").len();
-        if got == 1 {
-            Ok(())
-        } else {
-            Err(format!("{got} rows"))
-        }
-    });
+    wait_row_count(&wms, &mut duplex, 1, "the row after the refused one");
     assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
     // The source moves on while duplex is stopped: the letter's insert is stale.
     store.psql("UPDATE items SET qty = 1 WHERE id = 1").unwrap();

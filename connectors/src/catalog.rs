@@ -38,27 +38,45 @@ impl DescribeError {
     }
 }
 
+/// A catalog connection to a site, of its kind; closed with [`Catalog::close`].
+enum Catalog {
+    Postgres(tokio_postgres::Client),
+    Mysql(mysql_async::Conn),
+}
+
+impl Catalog {
+    async fn open(site: &SiteConnection) -> Result<Catalog, DescribeError> {
+        let password = site.password();
+        Ok(match site.kind {
+            SiteKind::Postgres => {
+                Catalog::Postgres(crate::postgres::connect(&site.url, password).await?)
+            }
+            SiteKind::Mysql => Catalog::Mysql(crate::mysql::connect(&site.url, password).await?),
+        })
+    }
+
+    async fn close(self) {
+        if let Catalog::Mysql(conn) = self
+            && let Err(error) = conn.disconnect().await
+        {
+            tracing::debug!(%error, "closing a catalog connection");
+        }
+    }
+}
+
 /// The names of the tables of `schema` on a site (PostgreSQL: ordinary and partitioned tables
 /// of the schema; MySQL/MariaDB: base tables of the database), sorted.
 pub async fn table_names(
     site: &SiteConnection,
     schema: &str,
 ) -> Result<Vec<String>, DescribeError> {
-    let password = site.password();
-    Ok(match site.kind {
-        SiteKind::Postgres => {
-            let client = crate::postgres::connect(&site.url, password).await?;
-            crate::postgres::table_names(&client, schema).await?
-        }
-        SiteKind::Mysql => {
-            let mut conn = crate::mysql::connect(&site.url, password).await?;
-            let names = crate::mysql::table_names(&mut conn, schema).await?;
-            if let Err(error) = conn.disconnect().await {
-                tracing::debug!(%error, "closing a catalog connection");
-            }
-            names
-        }
-    })
+    let mut catalog = Catalog::open(site).await?;
+    let names = match &mut catalog {
+        Catalog::Postgres(client) => crate::postgres::table_names(client, schema).await?,
+        Catalog::Mysql(conn) => crate::mysql::table_names(conn, schema).await?,
+    };
+    catalog.close().await;
+    Ok(names)
 }
 
 /// Reads the schemas of a site's tables; each must exist and have a primary key.
@@ -66,35 +84,23 @@ pub async fn describe(
     site: &SiteConnection,
     tables: &BTreeSet<TableName>,
 ) -> Result<HashMap<TableName, TableSchema>, DescribeError> {
-    let password = site.password();
+    let mut catalog = Catalog::open(site).await?;
     let mut schemas = HashMap::new();
-    match site.kind {
-        SiteKind::Postgres => {
-            let client = crate::postgres::connect(&site.url, password).await?;
-            for table in tables {
-                let info = crate::postgres::describe_table(&client, table).await?;
-                schemas.insert(
-                    table.clone(),
-                    info.ok_or_else(|| DescribeError::Missing(table.clone()))?
-                        .schema,
-                );
-            }
-        }
-        SiteKind::Mysql => {
-            let mut conn = crate::mysql::connect(&site.url, password).await?;
-            for table in tables {
-                let info = crate::mysql::describe_table(&mut conn, table).await?;
-                schemas.insert(
-                    table.clone(),
-                    info.ok_or_else(|| DescribeError::Missing(table.clone()))?
-                        .schema,
-                );
-            }
-            if let Err(error) = conn.disconnect().await {
-                tracing::debug!(%error, "closing a catalog connection");
-            }
-        }
+    for table in tables {
+        let schema = match &mut catalog {
+            Catalog::Postgres(client) => crate::postgres::describe_table(client, table)
+                .await?
+                .map(|info| info.schema),
+            Catalog::Mysql(conn) => crate::mysql::describe_table(conn, table)
+                .await?
+                .map(|info| info.schema),
+        };
+        schemas.insert(
+            table.clone(),
+            schema.ok_or_else(|| DescribeError::Missing(table.clone()))?,
+        );
     }
+    catalog.close().await;
     if let Some(schema) = schemas.values().find(|s| s.primary_key.is_empty()) {
         return Err(DescribeError::NoPrimaryKey(schema.name.clone()));
     }
@@ -134,19 +140,11 @@ pub async fn collations(
     site: &SiteConnection,
     table: &TableName,
 ) -> Result<Vec<ColumnCollation>, DescribeError> {
-    let password = site.password();
-    Ok(match site.kind {
-        SiteKind::Postgres => {
-            let client = crate::postgres::connect(&site.url, password).await?;
-            crate::postgres::collations(&client, table).await?
-        }
-        SiteKind::Mysql => {
-            let mut conn = crate::mysql::connect(&site.url, password).await?;
-            let found = crate::mysql::collations(&mut conn, table).await?;
-            if let Err(error) = conn.disconnect().await {
-                tracing::debug!(%error, "closing a catalog connection");
-            }
-            found
-        }
-    })
+    let mut catalog = Catalog::open(site).await?;
+    let found = match &mut catalog {
+        Catalog::Postgres(client) => crate::postgres::collations(client, table).await?,
+        Catalog::Mysql(conn) => crate::mysql::collations(conn, table).await?,
+    };
+    catalog.close().await;
+    Ok(found)
 }
