@@ -37,9 +37,13 @@ pub const NAMES: &[&str] = &[
     "duplex_transactions_total",
     "duplex_apply_errors_total",
     "duplex_lag_seconds",
+    "duplex_lag_bytes",
+    "duplex_slot_retained_bytes",
     "duplex_dead_letters",
     "duplex_conflicts_total",
     "duplex_held_conflicts",
+    "duplex_backfill_rows_copied",
+    "duplex_backfill_rows_planned",
 ];
 
 /// Why the endpoint could not be opened.
@@ -238,6 +242,43 @@ impl Collector for SnapshotCollector {
         }
         {
             let mut family = encoder.encode_descriptor(
+                "duplex_lag_bytes",
+                "Bytes of the source's log after the position the target holds (read every few seconds)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for link in links {
+                for target in &link.targets {
+                    let Some(bytes) = target.lag_bytes else {
+                        continue;
+                    };
+                    let labels = [
+                        ("link", link.name.as_str()),
+                        ("source", &link.source),
+                        ("target", &target.site),
+                    ];
+                    ConstGauge::new(i64::try_from(bytes).unwrap_or(i64::MAX))
+                        .encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "duplex_slot_retained_bytes",
+                "WAL the source's duplex replication slot keeps from being removed (PostgreSQL)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for link in links {
+                let Some(retained) = link.slot.and_then(|slot| slot.retained_bytes) else {
+                    continue;
+                };
+                let labels = [("link", link.name.as_str()), ("source", &link.source)];
+                ConstGauge::new(retained).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
                 "duplex_conflicts",
                 "Conflicts the merge engine decided, by mapping, policy and outcome (resolved or held)",
                 None,
@@ -273,6 +314,28 @@ impl Collector for SnapshotCollector {
                 }
             }
         }
+        for (name, help, value) in [
+            (
+                "duplex_backfill_rows_copied",
+                "Rows a running duplex backfill copied, by mapping (ranges of earlier runs included)",
+                (|b| b.copied) as fn(&telemetry::BackfillProgress) -> u64,
+            ),
+            (
+                "duplex_backfill_rows_planned",
+                "Rows the source table held when the backfill was planned (an estimate of the total)",
+                |b| b.planned,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for backfill in &self.0.backfills {
+                let labels = [
+                    ("mapping", backfill.mapping.as_str()),
+                    ("source", &backfill.source),
+                ];
+                ConstGauge::new(i64::try_from(value(backfill)).unwrap_or(i64::MAX))
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
         // Declared always (a dashboard may ask for it); a sample only with a merge engine.
         let family = encoder.encode_descriptor(
             "duplex_held_conflicts",
@@ -296,8 +359,29 @@ mod tests {
         let telemetry = telemetry::Telemetry::default();
         let link = telemetry.link("a -> b", "a", &["b".into()]);
         link.streaming();
+        link.head(Ok(duplex_connectors::head::LogHead::Postgres {
+            current: duplex_connectors::postgres::Lsn(5000),
+            slot: Some(duplex_connectors::head::SlotWal {
+                retained_bytes: Some(7000),
+                behind_bytes: Some(4000),
+                active: true,
+            }),
+        }));
+        link.target(0)
+            .committed_at(&duplex_connectors::Position::Postgres(
+                duplex_connectors::postgres::Lsn(1000),
+            ));
         telemetry.held_conflicts(0);
         telemetry.conflict("items", "hold", "held");
+        telemetry.backfill(telemetry::BackfillProgress {
+            mapping: "items".into(),
+            source: "a".into(),
+            copied: 10,
+            planned: 20,
+            ranges_done: 1,
+            ranges: 2,
+            complete: false,
+        });
         let dir = tempfile::tempdir().unwrap();
         let store = duplex_state::StateStore::open(&dir.path().join("state")).unwrap();
         telemetry.attach_store(std::sync::Arc::new(store));
@@ -323,5 +407,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("duplex_held_conflicts 1\n"), "{text}");
+        // Nothing read yet: the target's own position counts.
+        assert!(
+            text.contains(r#"duplex_lag_bytes{link="a -> b",source="a",target="b"} 4000"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"duplex_slot_retained_bytes{link="a -> b",source="a"} 7000"#),
+            "{text}"
+        );
     }
 }

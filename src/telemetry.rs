@@ -8,10 +8,11 @@
 //! # Cost on the hot path
 //!
 //! A target worker counts the rows of a batch it committed in locals and adds them to
-//! atomics once per batch; the reader stores the commit time of the oldest transaction some
-//! target has not committed in one atomic per target when it changes. The only locks are
-//! taken when a link starts, changes state (retrying, stopped) or a snapshot is read, never
-//! per row or per transaction.
+//! atomics once per batch, and stores the batch's last position under an uncontended lock;
+//! the reader stores the commit time of the oldest transaction some target has not committed
+//! in one atomic per target when it changes, and its last position (a transaction's or a
+//! heartbeat's) under an uncontended lock. Other locks are taken when a link starts, changes
+//! state (retrying, stopped), its log head is read or a snapshot is taken, never per row.
 //!
 //! # Rates
 //!
@@ -26,6 +27,20 @@
 //! has read and that target has not committed yet, and zero when it committed everything
 //! read. While a link retries (a target unreachable, say), the oldest uncommitted
 //! transaction stays what it was, so the lag keeps growing until that target commits it.
+//!
+//! # Lag in bytes
+//!
+//! Every [`SAMPLE_EVERY`] the link reads where its source's log ends
+//! ([`duplex_connectors::head`]). A target's lag in bytes is the log written after its
+//! position: the position of the last transaction it committed while some transaction read is
+//! waiting for it, and the reader's own position (heartbeats included) once it committed
+//! everything read, so log of tables duplex does not replicate does not count as lag once the
+//! reader passed it. The reader passes the WAL of a transaction still being written or decoded
+//! before the transaction arrives (PostgreSQL reports how far it read), so while a large
+//! transaction is on its way the lag in bytes can show less than is still to come; the lag in
+//! seconds shows it once the transaction arrived. A new attempt (after a retry) counts from
+//! what the targets committed until its reader reads again. PostgreSQL sites also report what
+//! duplex's slot retains.
 
 use std::collections::BTreeMap;
 use std::collections::VecDeque;
@@ -34,7 +49,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use duplex_connectors::{ChangeEvent, Op};
+use duplex_connectors::head::{LogHead, SlotWal};
+use duplex_connectors::{ChangeEvent, Op, Position};
 use duplex_state::StateStore;
 use serde::{Deserialize, Serialize};
 
@@ -60,6 +76,8 @@ pub struct Telemetry {
     held: Mutex<Option<u64>>,
     /// The state store, where dead letters are counted when a snapshot is taken.
     store: OnceLock<Arc<StateStore>>,
+    /// Backfills of this process (`duplex backfill`), by mapping; updated once per range.
+    backfills: Mutex<BTreeMap<String, BackfillProgress>>,
 }
 
 impl Telemetry {
@@ -77,6 +95,8 @@ impl Telemetry {
                         error: None,
                     }),
                     retries: AtomicU64::new(0),
+                    read: Mutex::new(None),
+                    head: Mutex::new(None),
                     targets: targets
                         .iter()
                         .map(|site| {
@@ -116,6 +136,26 @@ impl Telemetry {
     pub fn conflict_settled(&self) {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         *held = Some(held.unwrap_or(0).saturating_sub(1));
+    }
+
+    /// A backfill's progress: `progress.copied` of about `progress.planned` rows copied.
+    pub fn backfill(&self, progress: BackfillProgress) {
+        self.backfills
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(progress.mapping.clone(), progress);
+    }
+
+    /// The backfill of `mapping` copied every range and wrote its handover.
+    pub fn backfill_complete(&self, mapping: &str) {
+        if let Some(progress) = self
+            .backfills
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(mapping)
+        {
+            progress.complete = true;
+        }
     }
 
     /// Records every target's totals now, for the rates (see the module docs).
@@ -159,6 +199,13 @@ impl Telemetry {
                 .collect(),
             conflicts,
             held_conflicts: *self.held.lock().unwrap_or_else(|e| e.into_inner()),
+            backfills: self
+                .backfills
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .cloned()
+                .collect(),
         }
     }
 }
@@ -209,6 +256,10 @@ pub struct LinkTelemetry {
     source: String,
     state: Mutex<LinkState>,
     retries: AtomicU64,
+    /// The reader's last position: of the last transaction or heartbeat read.
+    read: Mutex<Option<Position>>,
+    /// The source's log head, when it was last read, or why it could not be.
+    head: Mutex<Option<Result<LogHead, String>>>,
     targets: Vec<Arc<TargetTelemetry>>,
 }
 
@@ -216,6 +267,22 @@ impl LinkTelemetry {
     /// The telemetry of the link's target number `index` (in the link's target order).
     pub fn target(&self, index: usize) -> Arc<TargetTelemetry> {
         self.targets[index].clone()
+    }
+
+    /// The reader reached `position` (a transaction's, or a heartbeat's).
+    pub fn read(&self, position: &Position) {
+        *self.read.lock().unwrap_or_else(|e| e.into_inner()) = Some(position.clone());
+    }
+
+    /// A new attempt starts reading from the targets' positions: what an earlier attempt read
+    /// is no longer as far as the link got.
+    pub fn attempt_started(&self) {
+        *self.read.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// The source's log head was read (`Err` says why it could not be).
+    pub fn head(&self, head: Result<LogHead, String>) {
+        *self.head.lock().unwrap_or_else(|e| e.into_inner()) = Some(head);
     }
 
     /// The link streams (again).
@@ -270,16 +337,26 @@ impl LinkTelemetry {
     }
 
     fn snapshot(&self, now: DateTime<Utc>, store: Option<&StateStore>) -> LinkSnapshot {
+        let read = self.read.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let head = self.head.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (head, head_error) = match head {
+            Some(Ok(head)) => (Some(head), None),
+            Some(Err(error)) => (None, Some(error)),
+            None => (None, None),
+        };
         LinkSnapshot {
             name: self.name.clone(),
             source: self.source.clone(),
             state: self.state.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             retries: self.retries.load(Ordering::Relaxed),
+            source_position: read.as_ref().map(ToString::to_string),
+            slot: head.as_ref().and_then(LogHead::slot),
+            head_error,
             targets: self
                 .targets
                 .iter()
                 .map(|t| {
-                    let mut target = t.snapshot(now);
+                    let mut target = t.snapshot(now, read.as_ref(), head.as_ref());
                     target.dead_letters = store.and_then(|store| {
                         store
                             .pending_count(&crate::dead_letters::scope(&self.source, &t.site))
@@ -301,6 +378,8 @@ pub struct TargetTelemetry {
     deletes: AtomicU64,
     transactions: AtomicU64,
     apply_errors: AtomicU64,
+    /// The position of the last transaction committed (or held when the link started).
+    position: Mutex<Option<Position>>,
     /// Commit time (microseconds since the epoch) of the oldest transaction read and not
     /// committed by this target; 0 when none.
     oldest_pending: AtomicI64,
@@ -326,6 +405,12 @@ impl TargetTelemetry {
         self.updates.fetch_add(tally.updates, Ordering::Relaxed);
         self.deletes.fetch_add(tally.deletes, Ordering::Relaxed);
         self.transactions.fetch_add(transactions, Ordering::Relaxed);
+    }
+
+    /// The target holds the source's changes up to `position`: the last transaction of a
+    /// batch it committed, or what it held when the link started.
+    pub fn committed_at(&self, position: &Position) {
+        *self.position.lock().unwrap_or_else(|e| e.into_inner()) = Some(position.clone());
     }
 
     /// Applying to the target failed.
@@ -376,7 +461,12 @@ impl TargetTelemetry {
         )
     }
 
-    fn snapshot(&self, now: DateTime<Utc>) -> TargetSnapshot {
+    fn snapshot(
+        &self,
+        now: DateTime<Utc>,
+        read: Option<&Position>,
+        head: Option<&LogHead>,
+    ) -> TargetSnapshot {
         let (rows_per_second, transactions_per_second) = self.rates();
         let pending = self.oldest_pending.load(Ordering::Relaxed);
         let lag_seconds = if pending == 0 {
@@ -384,6 +474,23 @@ impl TargetTelemetry {
         } else {
             ((now.timestamp_micros() - pending) as f64 / 1e6).max(0.0)
         };
+        let position = self
+            .position
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        // Caught up: as far as the reader got (see the module docs).
+        let effective = match (&position, read) {
+            (Some(committed), Some(read)) if pending == 0 => Some(match committed.compare(read) {
+                Ok(std::cmp::Ordering::Greater) => committed,
+                _ => read,
+            }),
+            (None, Some(read)) if pending == 0 => Some(read),
+            (committed, _) => committed.as_ref(),
+        };
+        let lag_bytes = head
+            .zip(effective)
+            .and_then(|(head, at)| head.bytes_after(at));
         TargetSnapshot {
             site: self.site.clone(),
             inserts: self.inserts.load(Ordering::Relaxed),
@@ -392,6 +499,8 @@ impl TargetTelemetry {
             transactions: self.transactions.load(Ordering::Relaxed),
             apply_errors: self.apply_errors.load(Ordering::Relaxed),
             lag_seconds,
+            position: position.as_ref().map(ToString::to_string),
+            lag_bytes,
             dead_letters: None,
             rows_per_second,
             transactions_per_second,
@@ -434,6 +543,28 @@ pub struct Snapshot {
     pub conflicts: Vec<ConflictCount>,
     /// Conflicts waiting for `duplex conflicts resolve`; `None` without a merge engine.
     pub held_conflicts: Option<u64>,
+    /// Backfills (a `duplex backfill` process reports these; `duplex run` none).
+    #[serde(default)]
+    pub backfills: Vec<BackfillProgress>,
+}
+
+/// How far the backfill of one mapping got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackfillProgress {
+    /// The mapping.
+    pub mapping: String,
+    /// The site it copies from.
+    pub source: String,
+    /// Rows copied (ranges finished by earlier runs included).
+    pub copied: u64,
+    /// Rows the source table held when the backfill was planned (an estimate of the total).
+    pub planned: u64,
+    /// Key ranges copied.
+    pub ranges_done: u64,
+    /// Key ranges in all.
+    pub ranges: u64,
+    /// Every range copied and the handover written.
+    pub complete: bool,
 }
 
 /// How many conflicts of one mapping one policy decided one way.
@@ -450,26 +581,39 @@ pub struct ConflictCount {
 }
 
 impl Snapshot {
-    /// Why the process is not healthy (a link neither streaming nor idle); `None` when it is.
+    /// Why the process is not healthy (a link neither streaming nor idle, or a backfill
+    /// copying, during which nothing streams); `None` when it is.
     pub fn unhealthy(&self) -> Option<String> {
-        let reasons: Vec<String> = self
-            .links
+        let copying = self
+            .backfills
             .iter()
-            .filter(|link| !link.state.healthy())
-            .map(|link| match &link.state {
-                LinkState::Starting { error: Some(e), .. } => {
-                    format!("link {} cannot start yet: {e}", link.name)
-                }
-                LinkState::Starting { .. } => format!("link {} is starting", link.name),
-                LinkState::Retrying { since, error } => {
-                    format!("link {} retrying since {since}: {error}", link.name)
-                }
-                LinkState::Stopped { error: Some(e), .. } => {
-                    format!("link {} stopped: {e}", link.name)
-                }
-                LinkState::Stopped { .. } => format!("link {} stopped", link.name),
-                LinkState::Streaming { .. } => unreachable!("filtered out"),
-            })
+            .filter(|b| !b.complete)
+            .map(|b| {
+                format!(
+                    "duplex backfill is copying mapping {} ({} of about {} rows); nothing streams until it ends and `duplex run` starts",
+                    b.mapping, b.copied, b.planned
+                )
+            });
+        let reasons: Vec<String> = copying
+            .chain(
+                self.links
+                    .iter()
+                    .filter(|link| !link.state.healthy())
+                    .map(|link| match &link.state {
+                        LinkState::Starting { error: Some(e), .. } => {
+                            format!("link {} cannot start yet: {e}", link.name)
+                        }
+                        LinkState::Starting { .. } => format!("link {} is starting", link.name),
+                        LinkState::Retrying { since, error } => {
+                            format!("link {} retrying since {since}: {error}", link.name)
+                        }
+                        LinkState::Stopped { error: Some(e), .. } => {
+                            format!("link {} stopped: {e}", link.name)
+                        }
+                        LinkState::Stopped { .. } => format!("link {} stopped", link.name),
+                        LinkState::Streaming { .. } => unreachable!("filtered out"),
+                    }),
+            )
             .collect();
         (!reasons.is_empty()).then(|| reasons.join("; "))
     }
@@ -486,6 +630,13 @@ pub struct LinkSnapshot {
     pub state: LinkState,
     /// Transient failures retried since start.
     pub retries: u64,
+    /// The reader's last position (a transaction's or a heartbeat's); `None` before it read
+    /// anything.
+    pub source_position: Option<String>,
+    /// What duplex's replication slot retains (PostgreSQL sources), as last read.
+    pub slot: Option<SlotWal>,
+    /// Why the source's log head could not be read last time (lag in bytes is then unknown).
+    pub head_error: Option<String>,
     /// Each target.
     pub targets: Vec<TargetSnapshot>,
 }
@@ -508,6 +659,11 @@ pub struct TargetSnapshot {
     /// Seconds since the source committed the oldest transaction read and not yet committed
     /// here; 0 when none is waiting.
     pub lag_seconds: f64,
+    /// The position of the last source transaction committed here (or held at start).
+    pub position: Option<String>,
+    /// Bytes of the source's log after this target's position (see the module docs); `None`
+    /// until the log head was read.
+    pub lag_bytes: Option<u64>,
     /// Changes from this source set aside for this target (`on_error = "dead-letter"`),
     /// waiting for `duplex dead-letters retry`; `None` when they could not be counted.
     pub dead_letters: Option<u64>,

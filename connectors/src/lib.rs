@@ -21,11 +21,12 @@
 //! | bookkeeping | `duplex.positions`, named once in [`apply::positions`]; each kind's `positions.rs` owns its DDL, locked read and record | (through the applier) |
 //! | initial load target side | [`load`] | its functions |
 //! | foreign keys on targets | [`foreign_keys`]: how duplex's sessions treat them | [`foreign_keys::target_foreign_keys`] |
+//! | log head | [`head`]: where the log ends now, bytes after a position, the slot's WAL | [`head::HeadReader`] |
 //! | leftovers | [`teardown`]: what a deployment created on a site, removing it, duplex's slots | [`teardown::find`], [`teardown::remove`], [`teardown::slots`] |
 //!
 //! Each kind lives in its own folder with the same rooms: `stream.rs`, `snapshot.rs`,
 //! `apply.rs` (the kind's [`apply::TargetSession`]), `positions.rs`, `position.rs`, `types.rs`,
-//! `param.rs`, `catalog.rs`, `preflight.rs`, `error.rs`.
+//! `param.rs`, `catalog.rs`, `preflight.rs`, `head.rs`, `error.rs`.
 //!
 //! **Adding a database kind** is adding one folder under `connectors/src/` that implements
 //! these contracts, one variant (a line) per enum above and in [`SiteKind`] and [`Position`],
@@ -36,6 +37,7 @@ pub mod apply;
 pub mod catalog;
 pub mod change;
 pub mod foreign_keys;
+pub mod head;
 pub mod load;
 pub mod mysql;
 pub mod position;

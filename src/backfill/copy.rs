@@ -116,6 +116,9 @@ pub(super) async fn copy(
     for job in jobs.iter() {
         totals.push(done_ranges(state, job).await?.values().sum());
     }
+    for (job, total) in jobs.iter().zip(&totals) {
+        report_progress(job, *total);
+    }
     let bars = terminal.then(|| progress_bars(jobs, &totals));
     let mut failure = None;
     loop {
@@ -138,6 +141,7 @@ pub(super) async fn copy(
                 .map_err(|e| BackfillError::Crashed(e.to_string()))??;
                 *copied.entry(job.mapping.name.clone()).or_default() += rows;
                 totals[index] += rows;
+                report_progress(job, totals[index]);
                 tracing::debug!(mapping = %job.mapping.name, range, rows, "range done");
                 if let Some((_, bars)) = &bars {
                     let bar = &bars[index];
@@ -187,6 +191,21 @@ pub(super) async fn copy(
         }
     }
     Ok(copied)
+}
+
+/// Tells the process's telemetry (`duplex status`, `/metrics`) how far `job` got: `copied`
+/// rows in all.
+pub(super) fn report_progress(job: &Job, copied: u64) {
+    let meta = &job.meta;
+    crate::telemetry::global().backfill(crate::telemetry::BackfillProgress {
+        mapping: job.mapping.name.clone(),
+        source: meta.source.clone(),
+        copied,
+        planned: meta.rows.max(copied),
+        ranges_done: meta.copied_in.len() as u64,
+        ranges: meta.range_count().max(1) as u64,
+        complete: meta.complete,
+    });
 }
 
 /// One progress bar per mapping (on a terminal): rows copied of the planned total, rate, ETA.

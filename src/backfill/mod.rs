@@ -310,6 +310,31 @@ pub fn has_record(state: &StateStore, mapping: &str) -> bool {
     load_meta(state, mapping).ok().flatten().is_some()
 }
 
+/// How far every recorded backfill got, from the state store (what `duplex status` shows
+/// while nothing runs).
+pub fn recorded_progress(
+    state: &StateStore,
+) -> Result<Vec<crate::telemetry::BackfillProgress>, StateError> {
+    let mut found = Vec::new();
+    for mapping in state.backfill_mappings()? {
+        let Some(meta) = load_meta(state, &mapping)? else {
+            continue;
+        };
+        let done = state.done_ranges(&mapping, &meta.table)?;
+        let copied: u64 = done.values().sum();
+        found.push(crate::telemetry::BackfillProgress {
+            planned: meta.rows.max(copied),
+            ranges_done: done.len() as u64,
+            ranges: meta.range_count().max(1) as u64,
+            complete: meta.complete,
+            source: meta.source,
+            copied,
+            mapping,
+        });
+    }
+    Ok(found)
+}
+
 /// The configured mappings whose backfill started but did not finish (interrupted, killed or
 /// failed), each with the command that finishes it. `duplex run` refuses to stream them: their
 /// targets hold only some of the ranges, and the stream would start past the rows not copied.
@@ -436,6 +461,20 @@ pub async fn backfill(config: &Config, options: &BackfillOptions) -> Result<(), 
         .await
         .map_err(|e| BackfillError::Crashed(e.to_string()))??,
     );
+    // `duplex status` and `/metrics` follow the copy (see crate::telemetry).
+    let _control = Served(crate::engine::control::serve_without_engine(
+        &config.state_dir,
+    ));
+    let _metrics = match config.metrics_listen {
+        Some(listen) => match crate::metrics::serve(listen).await {
+            Ok(served) => Served(Some(served)),
+            Err(error) => {
+                tracing::warn!(error = %crate::report::chain(&error), "the backfill goes on without metrics");
+                Served(None)
+            }
+        },
+        None => Served(None),
+    };
     if options.restart {
         for mappings in by_source.values() {
             for mapping in mappings {
@@ -723,10 +762,22 @@ async fn backfill_source(
         job.meta.complete = true;
         save_meta(state, &job.mapping.name, &job.meta).await?;
         let rows = copied.get(&job.mapping.name).copied().unwrap_or(0);
+        crate::telemetry::global().backfill_complete(&job.mapping.name);
         summary.push((job.mapping.name.clone(), rows, started.elapsed()));
         tracing::info!(mapping = %job.mapping.name, %position, "backfill complete: duplex run starts streaming from here");
     }
     Ok(())
+}
+
+/// A task serving the process's status, stopped when the backfill ends.
+struct Served(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
 }
 
 /// `--restart`: forgets an unfinished backfill of `mapping` (the range markers on its targets,

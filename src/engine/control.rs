@@ -245,7 +245,7 @@ async fn answer(stream: tokio::net::UnixStream, coordinator: Option<mpsc::Sender
         Err(error) => Response::Refused(format!("unreadable request: {error}")),
         Ok(Request::Status) => Response::Status(crate::telemetry::global().snapshot()),
         Ok(_) if coordinator.is_none() => Response::Refused(
-            "this duplex run has no two-way mappings, so it holds no conflicts".into(),
+            "this process (a duplex run without two-way mappings, or a duplex backfill) holds no conflicts".into(),
         ),
         Ok(request) => {
             let coordinator = coordinator.expect("checked above");

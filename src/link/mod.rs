@@ -272,6 +272,11 @@ pub async fn run(
 ) -> Result<(), LinkError> {
     let name = link_name(&plan);
     let telemetry = link_telemetry(&plan);
+    // Aborted when the link ends.
+    let _head = AbortOnDrop(tokio::spawn(read_heads(
+        plan.source.connection(),
+        telemetry.clone(),
+    )));
     let mut backoff = Backoff::default();
     let mut warn_unbackfilled = true;
     // Source tables whose changes are routed by a shape the log announced (see crate::shape).
@@ -334,6 +339,35 @@ pub async fn run(
     }
 }
 
+/// Reads where the source's log ends every [`crate::telemetry::SAMPLE_EVERY`], for the
+/// targets' lag in bytes (see `crate::telemetry`).
+async fn read_heads(source: duplex_connectors::SiteConnection, telemetry: Arc<LinkTelemetry>) {
+    let mut reader = duplex_connectors::head::HeadReader::new(source);
+    let mut every = tokio::time::interval(crate::telemetry::SAMPLE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let head = match tokio::time::timeout(crate::telemetry::SAMPLE_EVERY, reader.read()).await {
+            Ok(Ok(head)) => Ok(head),
+            Ok(Err(error)) => Err(chain(&error)),
+            Err(_) => Err(format!(
+                "the source did not answer within {:?}",
+                crate::telemetry::SAMPLE_EVERY
+            )),
+        };
+        telemetry.head(head);
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The telemetry of the link `plan` describes (see `crate::telemetry`).
 pub fn link_telemetry(plan: &LinkPlan) -> Arc<LinkTelemetry> {
     let targets: Vec<String> = plan.targets.iter().map(|t| t.site.name.clone()).collect();
@@ -383,6 +417,7 @@ async fn attempt(
     telemetry: &LinkTelemetry,
 ) -> Result<Ended, LinkError> {
     let source_name = plan.source.name.as_str();
+    telemetry.attempt_started();
     let mut shapes = Shapes {
         stored: HashMap::new(),
         session: HashMap::new(),
@@ -546,8 +581,12 @@ async fn attempt(
         };
         let committed = committed_tx.clone();
         let stop = stop_workers.subscribe();
+        let target_telemetry = telemetry.target(index);
+        if let Some(held) = &held {
+            target_telemetry.committed_at(held);
+        }
         let counters = Counting {
-            telemetry: telemetry.target(index),
+            telemetry: target_telemetry,
             held,
         };
         workers.spawn(worker(
@@ -627,6 +666,7 @@ async fn attempt(
                     }
                 }
                 Ok(StreamItem::Heartbeat(position)) => {
+                    telemetry.read(&position);
                     unacked.push_back((sequence, position));
                     acker.offer(&mut unacked, progress.low_water());
                     if let Err(error) = acker.flush(state, &stream, false).await {
@@ -638,6 +678,7 @@ async fn attempt(
                     sequence += 1;
                     progress.read(tx.events.len());
                     pending.push_back((sequence, tx.commit_time));
+                    telemetry.read(&tx.position);
                     report_pending(&mut pending, &progress, telemetry);
                     unacked.push_back((sequence, tx.position.clone()));
                     if let Err(error) = dispatch(&senders, Piece::Transaction(sequence, tx), &mut workers).await {

@@ -270,6 +270,7 @@ async fn finish_large(
                 if counters.fresh(&tx) {
                     tally.add(&tx.events);
                     counters.telemetry.committed_tally(1, &tally);
+                    counters.telemetry.committed_at(&tx.position);
                 }
                 return Ok(Some(seq));
             }
@@ -307,5 +308,8 @@ impl Counting {
         let fresh: Vec<&Transaction> = batch.iter().filter(|tx| self.fresh(tx)).collect();
         self.telemetry
             .committed(fresh.len() as u64, fresh.iter().flat_map(|tx| &tx.events));
+        if let Some(last) = fresh.last() {
+            self.telemetry.committed_at(&last.position);
+        }
     }
 }

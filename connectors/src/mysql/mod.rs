@@ -6,6 +6,7 @@ mod binlog_error;
 mod catalog;
 mod ddl;
 mod error;
+pub(crate) mod head;
 mod load;
 mod param;
 mod position;

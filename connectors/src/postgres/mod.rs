@@ -6,6 +6,7 @@ mod catalog;
 pub mod claim;
 mod copy;
 mod error;
+pub(crate) mod head;
 mod load;
 mod param;
 pub mod pgoutput;

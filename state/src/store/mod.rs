@@ -425,6 +425,18 @@ impl StateStore {
         .map(Some)
     }
 
+    /// The mappings with a backfill record, sorted.
+    pub fn backfill_mappings(&self) -> Result<Vec<String>, StateError> {
+        let txn = self.read()?;
+        let table = txn.open_table(BACKFILL_META).at(&self.path)?;
+        let mut names = Vec::new();
+        for entry in table.iter().at(&self.path)? {
+            let (name, _) = entry.at(&self.path)?;
+            names.push(name.value().to_owned());
+        }
+        Ok(names)
+    }
+
     // --- conflict log ---
 
     /// Appends `record` to the conflict log and returns its id (ids start at 1 and grow).

@@ -1,8 +1,11 @@
-//! `duplex status`: what the running `duplex run` reports of each link, asked through the
-//! control socket (`crate::engine::control`), or that nothing runs.
+//! `duplex status`: what the running `duplex run` (or `duplex backfill`) reports of each link,
+//! asked through the control socket (`crate::engine::control`), or, when nothing runs, what the
+//! state store recorded ([`stored`]).
 //!
 //! The numbers are the telemetry's ([`crate::telemetry::Snapshot`]), the same `/metrics`
 //! exports. The exit code is for monitoring scripts: [`Health::code`].
+
+pub mod stored;
 
 use std::process::ExitCode;
 
@@ -65,6 +68,11 @@ pub struct Status {
     pub running: bool,
     /// The running process's report (`None` when nothing runs).
     pub report: Option<Snapshot>,
+    /// What the state store recorded, when nothing runs (`None` while something runs or
+    /// when there is no store yet).
+    pub stored: Option<stored::Stored>,
+    /// Why the state store could not be read, when nothing runs.
+    pub stored_error: Option<String>,
     /// The replication slot of each PostgreSQL site, read from the sites by `status` itself
     /// (so it is shown whether or not `duplex run` runs).
     pub slots: Vec<SiteSlot>,
@@ -92,10 +100,23 @@ pub struct SiteSlot {
 /// How long `status` waits for a site's slot.
 const SLOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The duplex slot of every PostgreSQL site of `config`.
+/// Whether duplex reads `site`'s change log: a source of a one-way mapping or a site of a
+/// two-way one.
+fn is_source(config: &Config, site: &str) -> bool {
+    config.mappings.iter().any(|m| match &m.direction {
+        crate::config::Direction::OneWay { from, .. } => from == site,
+        crate::config::Direction::Both => m.tables.contains_key(site),
+    })
+}
+
+/// The duplex slot of every PostgreSQL site of `config` duplex reads from.
 async fn slots(config: &Config) -> Vec<SiteSlot> {
     let mut found = Vec::new();
-    for site in config.sites.values() {
+    for site in config
+        .sites
+        .values()
+        .filter(|site| is_source(config, &site.name))
+    {
         let connection = site.connection();
         let names = duplex_connectors::teardown::slot_names(&connection);
         if names.is_empty() {
@@ -144,16 +165,24 @@ pub async fn status(config: &Config) -> Result<Status, StatusError> {
         })?;
     let slots = slots(config).await;
     let mut status = match answer {
-        None => Status {
-            health: Health::Stopped,
-            reason: Some(format!(
-                "no duplex run is running on state directory {}",
-                config.state_dir.display()
-            )),
-            running: false,
-            report: None,
-            slots: Vec::new(),
-        },
+        None => {
+            let (stored, stored_error) = match stored::read(config).await {
+                Ok(stored) => (stored, None),
+                Err(error) => (None, Some(error)),
+            };
+            Status {
+                health: Health::Stopped,
+                reason: Some(format!(
+                    "no duplex run is running on state directory {}",
+                    config.state_dir.display()
+                )),
+                running: false,
+                report: None,
+                stored,
+                stored_error,
+                slots: Vec::new(),
+            }
+        }
         Some(Response::Status(snapshot)) => judge(snapshot),
         Some(Response::Refused(why)) => return Err(StatusError::Refused(why)),
         Some(Response::Done(_) | Response::Conflicts(_)) => {
@@ -184,6 +213,8 @@ pub fn judge(snapshot: Snapshot) -> Status {
         reason,
         running: true,
         report: Some(snapshot),
+        stored: None,
+        stored_error: None,
         slots: Vec::new(),
     }
 }
@@ -225,9 +256,19 @@ pub fn table(status: &Status) -> String {
             }
         ));
     }
+    if let Some(error) = &status.stored_error {
+        text.push_str(&format!("\ncannot read the state store: {error}\n"));
+    }
+    if let Some(stored) = &status.stored {
+        text.push_str(&stored::table(stored));
+    }
     let Some(report) = &status.report else {
         return text;
     };
+    if !report.backfills.is_empty() {
+        text.push('\n');
+        text.push_str(&stored::backfills(&report.backfills));
+    }
     if let Some(held) = report.held_conflicts {
         text.push_str(&format!(
             "\nmerge engine: {held} held conflict(s) (see `duplex conflicts --held`)\n"
@@ -259,7 +300,16 @@ pub fn table(status: &Status) -> String {
             link.name, link.retries
         ));
         text.push_str(&format!(
-            "  {:<20} {:>10} {:>10} {:>10} {:>12} {:>8} {:>10} {:>12} {:>10}\n",
+            "  source read up to {}\n",
+            link.source_position.as_deref().unwrap_or("(nothing yet)")
+        ));
+        if let Some(error) = &link.head_error {
+            text.push_str(&format!(
+                "  lag in bytes unknown: cannot read where the source's log ends: {error}\n"
+            ));
+        }
+        text.push_str(&format!(
+            "  {:<20} {:>10} {:>10} {:>10} {:>12} {:>8} {:>10} {:>12} {:>12} {:>10}\n",
             "target",
             "inserts",
             "updates",
@@ -267,12 +317,14 @@ pub fn table(status: &Status) -> String {
             "transactions",
             "errors",
             "lag (s)",
+            "lag (bytes)",
             "dead letters",
             "rows/s 1m"
         ));
+        let unknown = || "?".to_owned();
         for target in &link.targets {
             text.push_str(&format!(
-                "  {:<20} {:>10} {:>10} {:>10} {:>12} {:>8} {:>10.1} {:>12} {:>10.1}\n",
+                "  {:<20} {:>10} {:>10} {:>10} {:>12} {:>8} {:>10.1} {:>12} {:>12} {:>10.1}\n",
                 target.site,
                 target.inserts,
                 target.updates,
@@ -280,10 +332,14 @@ pub fn table(status: &Status) -> String {
                 target.transactions,
                 target.apply_errors,
                 target.lag_seconds,
-                target
-                    .dead_letters
-                    .map_or_else(|| "?".to_owned(), |n| n.to_string()),
+                target.lag_bytes.map_or_else(unknown, |n| n.to_string()),
+                target.dead_letters.map_or_else(unknown, |n| n.to_string()),
                 target.rows_per_second
+            ));
+            text.push_str(&format!(
+                "  {:<20} committed up to {}\n",
+                "",
+                target.position.as_deref().unwrap_or("(nothing yet)")
             ));
         }
     }
