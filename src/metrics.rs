@@ -37,6 +37,7 @@ pub const NAMES: &[&str] = &[
     "duplex_transactions_total",
     "duplex_apply_errors_total",
     "duplex_lag_seconds",
+    "duplex_queued_transactions",
     "duplex_dead_letters",
     "duplex_conflicts_total",
     "duplex_held_conflicts",
@@ -197,7 +198,7 @@ impl Collector for SnapshotCollector {
                 }
             }
         }
-        let per_target: [PerTarget; 3] = [
+        let per_target: [PerTarget; 4] = [
             (
                 "duplex_transactions",
                 "Source transactions committed on the target",
@@ -215,6 +216,12 @@ impl Collector for SnapshotCollector {
                 "Seconds since the source committed the oldest transaction not yet committed on the target",
                 MetricType::Gauge,
                 |t| t.lag_seconds,
+            ),
+            (
+                "duplex_queued_transactions",
+                "Transactions waiting for the target's writer (the merge engine: its writes for the site)",
+                MetricType::Gauge,
+                |t| t.queued_transactions as f64,
             ),
         ];
         for (name, help, kind, value) in per_target {

@@ -259,7 +259,7 @@ pub fn table(status: &Status) -> String {
             link.name, link.retries
         ));
         text.push_str(&format!(
-            "  {:<20} {:>10} {:>10} {:>10} {:>12} {:>8} {:>10} {:>12} {:>10}\n",
+            "  {:<20} {:>10} {:>10} {:>10} {:>12} {:>8} {:>10} {:>12} {:>10} {:>8}\n",
             "target",
             "inserts",
             "updates",
@@ -268,11 +268,12 @@ pub fn table(status: &Status) -> String {
             "errors",
             "lag (s)",
             "dead letters",
-            "rows/s 1m"
+            "rows/s 1m",
+            "queued"
         ));
         for target in &link.targets {
             text.push_str(&format!(
-                "  {:<20} {:>10} {:>10} {:>10} {:>12} {:>8} {:>10.1} {:>12} {:>10.1}\n",
+                "  {:<20} {:>10} {:>10} {:>10} {:>12} {:>8} {:>10.1} {:>12} {:>10.1} {:>8}\n",
                 target.site,
                 target.inserts,
                 target.updates,
@@ -283,7 +284,8 @@ pub fn table(status: &Status) -> String {
                 target
                     .dead_letters
                     .map_or_else(|| "?".to_owned(), |n| n.to_string()),
-                target.rows_per_second
+                target.rows_per_second,
+                target.queued_transactions
             ));
         }
     }

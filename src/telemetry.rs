@@ -1,7 +1,8 @@
 //! What a running `duplex run` knows about itself, in one place: each link's state and, per
 //! target, the rows and transactions it committed and how far behind it is.
 //!
-//! Links report into it (see `crate::link`); `duplex status` (through the control socket,
+//! Links and the merge engine report into it (see `crate::link`, and `crate::engine` for the
+//! engine's rows, lag and queue per site); `duplex status` (through the control socket,
 //! `crate::engine::control`) and the Prometheus endpoint (`crate::metrics`) both read a
 //! [`Snapshot`] of it, so the two never disagree.
 //!
@@ -218,6 +219,11 @@ impl LinkTelemetry {
         self.targets[index].clone()
     }
 
+    /// The telemetry of the link's target `site`, if it is one.
+    pub fn target_of(&self, site: &str) -> Option<Arc<TargetTelemetry>> {
+        self.targets.iter().find(|t| t.site == site).cloned()
+    }
+
     /// The link streams (again).
     pub fn streaming(&self) {
         self.set(|state| match state {
@@ -301,6 +307,8 @@ pub struct TargetTelemetry {
     deletes: AtomicU64,
     transactions: AtomicU64,
     apply_errors: AtomicU64,
+    /// Transactions waiting for the target's writer.
+    queued: AtomicU64,
     /// Commit time (microseconds since the epoch) of the oldest transaction read and not
     /// committed by this target; 0 when none.
     oldest_pending: AtomicI64,
@@ -338,6 +346,11 @@ impl TargetTelemetry {
     pub fn pending_since(&self, commit_time: Option<DateTime<Utc>>) {
         let micros = commit_time.map_or(0, |t| t.timestamp_micros().max(1));
         self.oldest_pending.store(micros, Ordering::Relaxed);
+    }
+
+    /// `n` transactions wait for the target's writer.
+    pub fn queued(&self, n: u64) {
+        self.queued.store(n, Ordering::Relaxed);
     }
 
     fn rows(&self) -> u64 {
@@ -392,6 +405,7 @@ impl TargetTelemetry {
             transactions: self.transactions.load(Ordering::Relaxed),
             apply_errors: self.apply_errors.load(Ordering::Relaxed),
             lag_seconds,
+            queued_transactions: self.queued.load(Ordering::Relaxed),
             dead_letters: None,
             rows_per_second,
             transactions_per_second,
@@ -508,6 +522,10 @@ pub struct TargetSnapshot {
     /// Seconds since the source committed the oldest transaction read and not yet committed
     /// here; 0 when none is waiting.
     pub lag_seconds: f64,
+    /// Transactions waiting for the target's writer (the merge engine: its outbox entries
+    /// for this site not yet committed there).
+    #[serde(default)]
+    pub queued_transactions: u64,
     /// Changes from this source set aside for this target (`on_error = "dead-letter"`),
     /// waiting for `duplex dead-letters retry`; `None` when they could not be counted.
     pub dead_letters: Option<u64>,
