@@ -35,6 +35,7 @@ use duplex_state::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::EngineError;
+use super::backlog::Backlog;
 use super::control;
 use super::merge::{self, Classification, Outcome, Version};
 use super::outbox::{Outbox, OutboxWrite, outbox_name, outbox_position};
@@ -91,6 +92,9 @@ struct Propagation<'a> {
     data: &'a mut RowData,
     /// The version vector of the newest image.
     vector: &'a VersionVector,
+    /// The commit time (µs since the epoch) of the change that made the writes necessary:
+    /// they are pending at their sites since then.
+    since: i64,
 }
 
 /// Counters for the log.
@@ -106,7 +110,8 @@ struct Stats {
 /// What one processed batch produced, to be carried out after its state commit.
 #[derive(Default)]
 struct Done {
-    writes: Vec<(usize, u64, Arc<OutboxWrite>)>,
+    /// (site index, number, entry, the commit time in µs of the change it carries out).
+    writes: Vec<(usize, u64, Arc<OutboxWrite>, i64)>,
     acks: Vec<(usize, Position)>,
     replies: Vec<(oneshot::Sender<control::Response>, control::Response)>,
     /// Conflicts decided, logged once their records are committed.
@@ -348,6 +353,7 @@ impl Coordinator {
         data.set_image(winner.clone(), &mapping.sites);
         data.writer = take.clone();
         data.commit_micros = Utc::now().timestamp_micros();
+        let since = data.commit_micros;
         let newest = Propagation {
             mapping,
             key_row: &key_row,
@@ -355,6 +361,7 @@ impl Coordinator {
             rv: &mut rv,
             data: &mut data,
             vector: &vector,
+            since,
         };
         self.propagate(w, newest, done)?;
         store_row(w, mapping, &key, rv, &data)?;
@@ -535,6 +542,7 @@ impl Coordinator {
                     rv: &mut rv,
                     data: &mut data,
                     vector: &vector,
+                    since: commit_micros,
                 };
                 self.propagate(w, newest, done)?;
             }
@@ -625,6 +633,7 @@ impl Coordinator {
                             rv: &mut rv,
                             data: &mut data,
                             vector: &resolved,
+                            since: commit_micros,
                         };
                         self.propagate(w, newest, done)?;
                     }
@@ -686,6 +695,7 @@ impl Coordinator {
             rv,
             data,
             vector,
+            since,
         } = newest;
         for site in &mapping.sites {
             let expected = data.expected(site).cloned();
@@ -733,7 +743,7 @@ impl Coordinator {
             tracing::debug!(mapping = %mapping.name, key = %key, site = %site, seq, op = ?write.op, before = %display_image(write.before.as_ref()), after = %display_image(write.after.as_ref()), vector = %vector, "write queued");
             w.put_pending(site, seq, &write)?;
             self.outboxes[index].insert(seq, write.clone());
-            done.writes.push((index, seq, Arc::new(write)));
+            done.writes.push((index, seq, Arc::new(write), since));
             data.set_expected(site, data.image.clone());
             self.stats.writes += 1;
         }
@@ -907,12 +917,13 @@ async fn off_runtime<T: Send + 'static>(
 }
 
 /// Takes the inputs until `shutdown` turns true (Ok) or the attempt fails (Err): each batch is
-/// decided and committed, then its outbox entries go to the writers (`writers`, plan order) and
-/// its positions to the readers (`acks`).
+/// decided and committed, then its outbox entries go to the writers (`writers`, plan order;
+/// counted in each site's `backlogs`) and its positions to the readers (`acks`).
 pub(super) async fn coordinate(
     coordinator: &SharedCoordinator,
     inputs: &mut mpsc::Receiver<Input>,
     writers: &[mpsc::Sender<(u64, Arc<OutboxWrite>)>],
+    backlogs: &[Arc<Backlog>],
     acks: &[watch::Sender<Option<Position>>],
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), EngineError> {
@@ -957,8 +968,10 @@ pub(super) async fn coordinate(
         let done = off_runtime(coordinator, |c| c.process(batch)).await?;
         done.log_notes();
         // Entries must reach a writer in sequence order, with no gap: a writer that stopped
-        // ends the attempt (the next one re-sends the outbox from the store).
-        for (index, seq, write) in done.writes {
+        // ends the attempt (the next one re-sends the outbox from the store). They wait for it
+        // from now on (before it can commit them).
+        super::backlog::queue(backlogs, &done.writes);
+        for (index, seq, write, _) in done.writes {
             if writers[index].send((seq, write)).await.is_err() {
                 return Err(writer_failure(inputs, &plan.sites[index].site.name));
             }

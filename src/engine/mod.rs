@@ -51,6 +51,16 @@
 //!
 //! Each entry carries the image the site is expected to hold ([`rows::RowData::expect`]); the
 //! applier writes it only if the row there still equals that image, so a local change the
+//! engine has not read yet is never overwritten: it is read before the echo and decides.
+//!
+//! # What it reports
+//!
+//! `duplex status` and `/metrics` show the engine as the link [`TELEMETRY_NAME`] whose targets
+//! are its sites: per site, the rows and entries its writer committed there (each once, never
+//! a write skipped by its condition or an entry the site held already), the lag (the oldest
+//! change whose entry waits for that site) and the queue depth (the entries waiting). The
+//! coordinator adds the entries of each decided batch, the writer takes away what it
+//! committed, each once per batch (see `backlog`).
 //!
 //! # Where each part lives
 //!
@@ -60,6 +70,8 @@
 //! - `coordinator`: the batches, each decided and committed in one state-store transaction off
 //!   the runtime's threads, then carried out;
 //! - `sites`: the per-site reader and writer tasks, each retrying its own site;
+//! - `backlog`: what each site's writer committed and what still waits for it, for the
+//!   telemetry;
 //! - [`merge`]: the decisions, pure functions over version vectors; [`rows`]: canonical rows
 //!   and what the engine keeps per row; [`control`]: the socket `duplex conflicts` talks to.
 
@@ -67,6 +79,7 @@ pub mod control;
 pub mod merge;
 pub mod rows;
 
+mod backlog;
 mod coordinator;
 mod outbox;
 mod plan;
@@ -85,6 +98,7 @@ use tokio::task::JoinSet;
 use crate::backoff::Backoff;
 use crate::report::chain;
 use crate::shutdown::stop_requested;
+use backlog::Backlog;
 use coordinator::{Coordinator, Input};
 use outbox::Outbox;
 use sites::{WRITER_QUEUE, claim_sites, connect_writers, reader, writer, writer_failure};
@@ -204,10 +218,23 @@ pub async fn run(
             .map(|s| s.site.name.clone())
             .collect::<Vec<_>>(),
     );
+    // Kept across attempts: the entries an attempt queued keep their commit times in the next.
+    let backlogs: Vec<Arc<Backlog>> =
+        plan.sites
+            .iter()
+            .map(|site| {
+                let name = &site.site.name;
+                Arc::new(Backlog::new(telemetry.target_of(name).unwrap_or_else(|| {
+                // Registered earlier with other sites (a bug): counted, but not shown.
+                tracing::debug!(site = %name, "the merge engine's telemetry has no such site");
+                Arc::default()
+            })))
+            })
+            .collect();
     let mut backoff = Backoff::default();
     loop {
         backoff.attempt_started();
-        match attempt(&plan, &store, &mut shutdown).await {
+        match attempt(&plan, &store, &backlogs, &mut shutdown).await {
             Ok(()) => {
                 telemetry.stopped(None);
                 return Ok(());
@@ -235,10 +262,11 @@ pub async fn run(
 /// The name the merge engine has in `duplex status`, `/metrics` and `/health`.
 pub const TELEMETRY_NAME: &str = "merge engine";
 
-/// The merge engine's telemetry (state only: its rows and lag are not reported yet), its
-/// "source" the two-way sites, in configuration order.
+/// The merge engine's telemetry: its state, its "source" the two-way sites in configuration
+/// order, and one target per site it writes to (all of them), with the rows and outbox entries
+/// committed there, the lag and the entries waiting for that site's writer (see `backlog`).
 pub fn telemetry(sites: &[String]) -> Arc<crate::telemetry::LinkTelemetry> {
-    crate::telemetry::global().link(TELEMETRY_NAME, &sites.join(", "), &[])
+    crate::telemetry::global().link(TELEMETRY_NAME, &sites.join(", "), sites)
 }
 
 /// What the state store holds of the engine's progress, per site (plan order): where its reader
@@ -333,6 +361,7 @@ fn refuse_renumbered_outbox(
 async fn attempt(
     plan: &Arc<MergePlan>,
     store: &Arc<StateStore>,
+    backlogs: &[Arc<Backlog>],
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), EngineError> {
     let (input_tx, mut inputs) = mpsc::channel::<Input>(4096);
@@ -360,7 +389,10 @@ async fn attempt(
     let mut outboxes: Vec<Outbox> = Vec::new();
     let mut next_seq = Vec::new();
     let mut writers = Vec::new();
-    for ((site, target), queued) in plan.sites.iter().zip(targets).zip(queued) {
+    let now_micros = chrono::Utc::now().timestamp_micros();
+    for (((site, target), queued), backlog) in
+        plan.sites.iter().zip(targets).zip(queued).zip(backlogs)
+    {
         let name = &site.site.name;
         let written = target.written;
         let last = queued.keys().next_back().copied().unwrap_or(0).max(written);
@@ -370,6 +402,8 @@ async fn attempt(
             .range(written + 1..)
             .map(|(seq, write)| (*seq, Arc::new(write.clone())))
             .collect();
+        let numbers: Vec<u64> = unwritten.iter().map(|(seq, _)| *seq).collect();
+        backlog.restart(written, &numbers, now_micros);
         let mut outbox = Outbox::default();
         for (seq, write) in queued {
             outbox.insert(seq, write);
@@ -382,8 +416,9 @@ async fn attempt(
             .map(|m| (m.name.clone(), m.canonical.clone()))
             .collect();
         let merge_site = site.clone();
+        let backlog = Arc::clone(backlog);
         tasks.spawn(async move {
-            writer(merge_site, target.target, rx, canonical, report).await;
+            writer(merge_site, target.target, rx, canonical, report, backlog).await;
         });
         for item in unwritten {
             // The writer drains its queue meanwhile: send, never drop.
@@ -433,8 +468,15 @@ async fn attempt(
         outboxes,
         next_seq,
     )));
-    let outcome =
-        coordinator::coordinate(&coordinator, &mut inputs, &writers, &acks, shutdown).await;
+    let outcome = coordinator::coordinate(
+        &coordinator,
+        &mut inputs,
+        &writers,
+        backlogs,
+        &acks,
+        shutdown,
+    )
+    .await;
     if let Some(control) = control {
         control.abort();
     }

@@ -25,6 +25,7 @@ use duplex_connectors::{
 use tokio::sync::{mpsc, watch};
 
 use super::EngineError;
+use super::backlog::Backlog;
 use super::coordinator::Input;
 use super::outbox::{OutboxWrite, outbox_name};
 use super::plan::{MergePlan, MergeSite};
@@ -240,15 +241,17 @@ async fn connect_writer(site: &MergeSite) -> Result<AnyApplier, ApplyError> {
     AnyApplier::connect(&site.site.connection(), site.routes.clone(), options).await
 }
 
-/// Writes one site's outbox entries, in order, conditionally. A site that goes away is
-/// retried with backoff, reconnecting, while the other sites go on (the coordinator waits for
-/// this writer only once its queue is full); a definite failure ends the engine's attempt.
+/// Writes one site's outbox entries, in order, conditionally, and counts what landed in
+/// `backlog`. A site that goes away is retried with backoff, reconnecting, while the other
+/// sites go on (the coordinator waits for this writer only once its queue is full); a definite
+/// failure ends the engine's attempt.
 pub(super) async fn writer(
     site: MergeSite,
     mut target: AnyApplier,
     mut queue: mpsc::Receiver<(u64, Arc<OutboxWrite>)>,
     canonical: HashMap<String, TableName>,
     report: mpsc::Sender<Input>,
+    backlog: Arc<Backlog>,
 ) {
     let name = site.site.name.clone();
     let outbox = outbox_name(&name);
@@ -284,8 +287,13 @@ pub(super) async fn writer(
             backoff.attempt_started();
             let error = match target.apply(&transactions).await {
                 Ok(()) => break None,
-                Err(error) if error.is_transient() => error,
-                Err(error) => break Some(error),
+                Err(error) => {
+                    backlog.apply_failed();
+                    if !error.is_transient() {
+                        break Some(error);
+                    }
+                    error
+                }
             };
             let delay = backoff.failed();
             tracing::warn!(site = %name, error = %chain(&error), "writing into site interrupted; the other sites go on; retrying in {delay:.1?}");
@@ -300,25 +308,29 @@ pub(super) async fn writer(
             // Closing the queue first: the coordinator must not wait on a full queue while
             // this report waits on a full input channel.
             drop(queue);
-            let error = refused_write(&name, &mut target, &batch, &transactions, source).await;
+            let error =
+                refused_write(&name, &mut target, &batch, &transactions, source, &backlog).await;
             let _ = report.send(Input::Failed(error)).await;
             return;
         }
-        for skipped in target.take_skipped() {
-            tracing::debug!(site = %name, key = %display_image(Some(&skipped.key)), "conditional write skipped: the row changed there first");
+        let skipped = target.take_skipped();
+        for write in &skipped {
+            tracing::debug!(site = %name, key = %display_image(Some(&write.key)), "conditional write skipped: the row changed there first");
         }
+        backlog.committed(&batch, &skipped);
     }
 }
 
 /// The error for a batch of writes `site` refused definitely: each is written alone (the
-/// ones before the refused write land, exactly once by their outbox positions), and the
-/// refused one is named with its mapping, row and the server's message.
+/// ones before the refused write land, exactly once by their outbox positions, and are counted
+/// in `backlog`), and the refused one is named with its mapping, row and the server's message.
 async fn refused_write(
     site: &str,
     target: &mut AnyApplier,
     batch: &[(u64, Arc<OutboxWrite>)],
     transactions: &[Transaction],
     error: ApplyError,
+    backlog: &Backlog,
 ) -> EngineError {
     use crate::link::refusal::{fix_for, full_error, show_row};
     let (index, error) = if transactions.len() == 1 {
@@ -327,9 +339,12 @@ async fn refused_write(
         let mut refused = None;
         for (index, tx) in transactions.iter().enumerate() {
             match target.apply(std::slice::from_ref(tx)).await {
-                Ok(()) => {}
-                Err(error) if error.is_transient() => return apply_error(site, error),
+                Ok(()) => backlog.committed(&batch[index..=index], &target.take_skipped()),
                 Err(error) => {
+                    backlog.apply_failed();
+                    if error.is_transient() {
+                        return apply_error(site, error);
+                    }
                     refused = Some((index, error));
                     break;
                 }
