@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 pub mod pg;
 pub mod proxy;
+pub mod scrape;
 pub mod sites;
 
 /// The `duplex` binary the tests run: `DUPLEX_BIN` when set (a copy of a binary built from a
