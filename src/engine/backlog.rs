@@ -33,9 +33,10 @@
 //! the oldest waiting change. Each entry enters and leaves the deque once, so the cost is
 //! constant per entry, under one lock taken once per batch on each side.
 //!
-//! Entries written before this process started, read back from the state store, carry no
-//! commit time: they count from when this process queued them again, so after a restart the
-//! lag of a site with such entries starts from the restart, never from later.
+//! Entries queued before this process started, read back from the state store, carry no
+//! commit time of their own: they count from the commit time of their row's newest version
+//! (the change they carry out, or a later change of the row, so the lag is never overstated),
+//! or from when this process queued them again where the row cannot be read.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -43,7 +44,10 @@ use std::sync::{Arc, Mutex};
 use duplex_connectors::Op;
 use duplex_connectors::apply::SkippedWrite;
 
+use duplex_state::StateStore;
+
 use super::outbox::OutboxWrite;
+use super::rows::RowData;
 use crate::telemetry::{Tally, TargetTelemetry};
 
 /// One site's waiting entries and its telemetry.
@@ -95,23 +99,23 @@ impl Backlog {
     }
 
     /// An attempt of the engine starts: the site holds the entries up to `written`, and
-    /// `unwritten` (in number order) are queued for its writer again. Those this process
-    /// queued before keep their commit time; the others are taken as committed on their
-    /// source at `now_micros` (see the module doc).
-    pub(super) fn restart(&self, written: u64, unwritten: &[u64], now_micros: i64) {
+    /// `unwritten` (number, commit time in µs as the state store knows it; in number order)
+    /// are queued for its writer again. Those this process queued before keep the commit time
+    /// it knew (see the module doc).
+    pub(super) fn restart(&self, written: u64, unwritten: &[(u64, i64)]) {
         let mut waiting = self.lock();
         waiting.upto = written;
         waiting.written(written);
         // Entries queued in an earlier attempt but never recorded cannot be waiting.
-        let newest = unwritten.last().copied().unwrap_or(written);
+        let newest = unwritten.last().map_or(written, |&(seq, _)| seq);
         while waiting.oldest.back().is_some_and(|&(seq, _)| seq > newest) {
             waiting.oldest.pop_back();
         }
         let known = waiting.last;
         waiting.count = 0;
-        for &seq in unwritten {
+        for &(seq, micros) in unwritten {
             if seq > known {
-                waiting.push(seq, now_micros);
+                waiting.push(seq, micros);
             } else {
                 waiting.count += 1;
             }
@@ -184,6 +188,21 @@ impl Backlog {
                 .and_then(|&(_, micros)| chrono::DateTime::from_timestamp_micros(micros)),
         );
     }
+}
+
+/// The source commit time (µs) of the newest version of `write`'s row, as the state store
+/// holds it: the time of the change `write` carries out, or of a later change of the row.
+/// `None` when the row cannot be read.
+pub(super) fn commit_micros(store: &StateStore, write: &OutboxWrite) -> Option<i64> {
+    let versions = match store.row_versions(&write.mapping, write.key.as_bytes()) {
+        Ok(versions) => versions?,
+        Err(error) => {
+            tracing::debug!(%error, mapping = %write.mapping, key = %write.key, "cannot read the commit time of a queued write");
+            return None;
+        }
+    };
+    let data: RowData = duplex_state::codec::decode(&versions.payload).ok()?;
+    Some(data.commit_micros)
 }
 
 /// The entries a batch decided, (site index, number, entry, commit time in µs), queued in each
@@ -278,19 +297,42 @@ mod tests {
     }
 
     #[test]
-    fn a_restart_keeps_known_commit_times_and_dates_the_others_now() {
+    fn a_restart_keeps_known_commit_times_and_takes_the_stored_ones_for_the_others() {
         let (telemetry, backlog) = backlog();
         let now = chrono::Utc::now().timestamp_micros();
         backlog.queued([(5, now - 400_000_000), (6, now - 100_000_000)]);
-        // The site held entry 5 already; 6 and 7 (7 never queued by this process) wait.
-        backlog.restart(5, &[6, 7], now);
+        // The site held entry 5 already; 6 and 7 wait: 6 keeps the time this process knew,
+        // 7 (never queued by it) takes the time the store knows.
+        backlog.restart(5, &[(6, now - 900_000_000), (7, now - 20_000_000)]);
         assert_eq!(waiting(&telemetry), (100, 2));
         // Entry 5, applied again, counts nothing: the site held it.
         backlog.committed(&[(5, write(Op::Insert)), (6, write(Op::Insert))], &[]);
-        assert_eq!(waiting(&telemetry), (0, 1));
+        assert_eq!(waiting(&telemetry), (20, 1));
         assert_eq!(counted(&telemetry), (1, 0, 0, 1));
-        backlog.restart(7, &[], now);
+        backlog.restart(7, &[]);
         assert_eq!(waiting(&telemetry), (0, 0));
         assert_eq!(counted(&telemetry), (1, 0, 0, 1));
+    }
+
+    #[test]
+    fn a_stored_write_is_dated_by_its_rows_newest_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(&dir.path().join("state")).unwrap();
+        let data = RowData {
+            commit_micros: 1_790_000_000_000_000,
+            ..RowData::default()
+        };
+        let versions = duplex_state::RowVersions {
+            payload: duplex_state::codec::encode(&data).unwrap(),
+            ..Default::default()
+        };
+        store.put_row_versions("items", b"1", &versions).unwrap();
+        let stored = write(Op::Insert);
+        assert_eq!(commit_micros(&store, &stored), Some(1_790_000_000_000_000));
+        let unknown = OutboxWrite {
+            key: "2".into(),
+            ..(*stored).clone()
+        };
+        assert_eq!(commit_micros(&store, &unknown), None);
     }
 }

@@ -274,6 +274,8 @@ pub fn telemetry(sites: &[String]) -> Arc<crate::telemetry::LinkTelemetry> {
 struct Stored {
     positions: Vec<Option<Position>>,
     outboxes: Vec<BTreeMap<u64, OutboxWrite>>,
+    /// Per site, the source commit time (µs) of each outbox entry's row, where it is known.
+    commit_times: Vec<BTreeMap<u64, i64>>,
 }
 
 /// Reads [`Stored`] on tokio's blocking pool (the store reads from disk).
@@ -283,13 +285,19 @@ async fn stored(plan: &Arc<MergePlan>, store: &Arc<StateStore>) -> Result<Stored
         let mut stored = Stored {
             positions: Vec::new(),
             outboxes: Vec::new(),
+            commit_times: Vec::new(),
         };
         for site in &plan.sites {
             let name = &site.site.name;
             stored.positions.push(store.position(name)?);
-            stored
-                .outboxes
-                .push(store.pending(name)?.into_iter().collect());
+            let outbox: BTreeMap<u64, OutboxWrite> = store.pending(name)?.into_iter().collect();
+            stored.commit_times.push(
+                outbox
+                    .iter()
+                    .filter_map(|(seq, write)| Some((*seq, backlog::commit_micros(&store, write)?)))
+                    .collect(),
+            );
+            stored.outboxes.push(outbox);
         }
         Ok::<_, EngineError>(stored)
     })
@@ -370,6 +378,7 @@ async fn attempt(
     let Stored {
         positions,
         outboxes: queued,
+        commit_times,
     } = stored(plan, store).await?;
     let take_over_from = plan.take_over_from.as_deref();
     if take_over_from.is_none() {
@@ -390,8 +399,13 @@ async fn attempt(
     let mut next_seq = Vec::new();
     let mut writers = Vec::new();
     let now_micros = chrono::Utc::now().timestamp_micros();
-    for (((site, target), queued), backlog) in
-        plan.sites.iter().zip(targets).zip(queued).zip(backlogs)
+    for ((((site, target), queued), backlog), commit_times) in plan
+        .sites
+        .iter()
+        .zip(targets)
+        .zip(queued)
+        .zip(backlogs)
+        .zip(commit_times)
     {
         let name = &site.site.name;
         let written = target.written;
@@ -402,8 +416,11 @@ async fn attempt(
             .range(written + 1..)
             .map(|(seq, write)| (*seq, Arc::new(write.clone())))
             .collect();
-        let numbers: Vec<u64> = unwritten.iter().map(|(seq, _)| *seq).collect();
-        backlog.restart(written, &numbers, now_micros);
+        let waiting: Vec<(u64, i64)> = unwritten
+            .iter()
+            .map(|(seq, _)| (*seq, commit_times.get(seq).copied().unwrap_or(now_micros)))
+            .collect();
+        backlog.restart(written, &waiting);
         let mut outbox = Outbox::default();
         for (seq, write) in queued {
             outbox.insert(seq, write);
