@@ -260,7 +260,12 @@ pub fn table(status: &Status) -> String {
         ));
         text.push_str(&format!(
             "  {:<20} {:>10} {:>10} {:>10} {:>12} {:>8} {:>10} {:>12} {:>10} {:>8}\n",
-            "target",
+            // The merge engine's targets are its sites, each written to from the others.
+            if link.name == crate::engine::TELEMETRY_NAME {
+                "site"
+            } else {
+                "target"
+            },
             "inserts",
             "updates",
             "deletes",

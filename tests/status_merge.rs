@@ -163,10 +163,20 @@ fn merge_engine_rows_lag_and_queue_per_site() {
     );
     let table = duplex.command(&["status"]);
     let table = String::from_utf8_lossy(&table.stdout);
+    // The table has a row per site under a header naming sites, with the queue.
     assert!(
-        table.contains("merge engine") && table.contains("queued"),
+        table.contains("merge engine: streaming")
+            && table
+                .lines()
+                .any(|l| l.trim_start().starts_with("site ") && l.ends_with("queued")),
         "{table}"
     );
+    for site in [STORE, ERP, WMS] {
+        assert!(
+            table.contains(&format!("  {} ", sites.name(site))),
+            "{table}"
+        );
+    }
 
     // The ERP's server goes down; 20 rows inserted at the store reach the WMS, and wait for the
     // ERP: its lag rises and keeps rising, its queue holds exactly those 20 writes, the others
