@@ -68,7 +68,8 @@
 //!   starts;
 //! - `outbox`: the numbered writes of each site until their echo;
 //! - `coordinator`: the batches, each decided and committed in one state-store transaction off
-//!   the runtime's threads, then carried out;
+//!   the runtime's threads, then carried out (held conflicts, settled or made, in
+//!   `coordinator::held`);
 //! - `sites`: the per-site reader and writer tasks, each retrying its own site;
 //! - `backlog`: what each site's writer committed and what still waits for it, for the
 //!   telemetry;
