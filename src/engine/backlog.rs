@@ -19,9 +19,11 @@
 //!
 //! A site's lag is now minus the source commit time of the oldest change whose outcome waits
 //! to be committed there: every entry the coordinator queued for the site and its writer has
-//! not committed. An echo queues nothing, and a change that needs no write at a site (the site
-//! made it, or holds its image already) queues nothing there, so neither is pending there. The
-//! queue depth is the number of those entries.
+//! not committed, and every change of the other sites of its mappings that their readers
+//! handed over and the coordinator has not decided yet (`undecided`). An echo queues nothing,
+//! and a change that needs no write at a site (the site made it, or holds its image already)
+//! queues nothing there, so once decided neither is pending there. The queue depth is the
+//! number of those entries.
 //!
 //! Entries are queued in number order and committed in number order, so the waiting ones are
 //! a window that grows at the back (the coordinator, once per batch it decided) and shrinks at
@@ -48,6 +50,7 @@ use duplex_state::StateStore;
 
 use super::outbox::OutboxWrite;
 use super::rows::RowData;
+use super::undecided::Undecided;
 use crate::telemetry::{Tally, TargetTelemetry};
 
 /// One site's waiting entries and its telemetry.
@@ -55,6 +58,11 @@ use crate::telemetry::{Tally, TargetTelemetry};
 pub(super) struct Backlog {
     telemetry: Arc<TargetTelemetry>,
     waiting: Mutex<Waiting>,
+    /// The changes the readers handed over and the coordinator has not decided yet.
+    undecided: Arc<Undecided>,
+    /// The other sites of this site's mappings (plan order), whose undecided changes are
+    /// pending here.
+    sources: Vec<usize>,
 }
 
 /// The entries queued for a site's writer and not committed there yet.
@@ -90,11 +98,18 @@ impl Waiting {
 }
 
 impl Backlog {
-    /// The backlog of a site reporting into `telemetry`; nothing waits yet.
-    pub(super) fn new(telemetry: Arc<TargetTelemetry>) -> Backlog {
+    /// The backlog of a site reporting into `telemetry`, where the undecided changes of the
+    /// sites `sources` are pending too; nothing waits yet.
+    pub(super) fn new(
+        telemetry: Arc<TargetTelemetry>,
+        undecided: Arc<Undecided>,
+        sources: Vec<usize>,
+    ) -> Backlog {
         Backlog {
             telemetry,
             waiting: Mutex::new(Waiting::default()),
+            undecided,
+            sources,
         }
     }
 
@@ -179,14 +194,24 @@ impl Backlog {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Publishes again, after an undecided change of a source site came or went.
+    pub(super) fn refresh(&self) {
+        let waiting = self.lock();
+        self.publish(&waiting);
+    }
+
+    /// Called under the lock, so the last publication is of the latest state.
     fn publish(&self, waiting: &Waiting) {
         self.telemetry.queued(waiting.count);
-        self.telemetry.pending_since(
-            waiting
-                .oldest
-                .front()
-                .and_then(|&(_, micros)| chrono::DateTime::from_timestamp_micros(micros)),
-        );
+        let oldest = waiting
+            .oldest
+            .front()
+            .map(|&(_, micros)| micros)
+            .into_iter()
+            .chain(self.sources.iter().filter_map(|s| self.undecided.since(*s)))
+            .min();
+        self.telemetry
+            .pending_since(oldest.and_then(chrono::DateTime::from_timestamp_micros));
     }
 }
 
@@ -250,7 +275,11 @@ mod tests {
     fn backlog() -> (Telemetry, Backlog) {
         let telemetry = Telemetry::default();
         let link = telemetry.link("merge engine", "a, b", &["b".into()]);
-        let backlog = Backlog::new(link.target_of("b").unwrap());
+        let backlog = Backlog::new(
+            link.target_of("b").unwrap(),
+            Arc::new(Undecided::new(2)),
+            vec![0],
+        );
         (telemetry, backlog)
     }
 

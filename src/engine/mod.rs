@@ -58,9 +58,10 @@
 //! `duplex status` and `/metrics` show the engine as the link [`TELEMETRY_NAME`] whose targets
 //! are its sites: per site, the rows and entries its writer committed there (each once, never
 //! a write skipped by its condition or an entry the site held already), the lag (the oldest
-//! change whose entry waits for that site) and the queue depth (the entries waiting). The
-//! coordinator adds the entries of each decided batch, the writer takes away what it
-//! committed, each once per batch (see `backlog`).
+//! change whose entry waits for that site, or that another site's reader handed over and the
+//! coordinator has not decided yet) and the queue depth (the entries waiting). The coordinator
+//! adds the entries of each decided batch, the writer takes away what it committed, each once
+//! per batch (see `backlog`); the readers follow what they handed over (see `undecided`).
 //!
 //! # Where each part lives
 //!
@@ -72,7 +73,7 @@
 //!   `coordinator::held`);
 //! - `sites`: the per-site reader and writer tasks, each retrying its own site;
 //! - `backlog`: what each site's writer committed and what still waits for it, for the
-//!   telemetry;
+//!   telemetry; `undecided`: the changes read and not decided yet, for the same;
 //! - [`merge`]: the decisions, pure functions over version vectors; [`rows`]: canonical rows
 //!   and what the engine keeps per row; [`control`]: the socket `duplex conflicts` talks to.
 
@@ -85,6 +86,7 @@ mod coordinator;
 mod outbox;
 mod plan;
 mod sites;
+mod undecided;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -103,6 +105,7 @@ use backlog::Backlog;
 use coordinator::{Coordinator, Input};
 use outbox::Outbox;
 use sites::{WRITER_QUEUE, claim_sites, connect_writers, reader, writer, writer_failure};
+use undecided::{Handed, Undecided};
 
 pub use outbox::{OutboxWrite, outbox_name};
 pub use plan::{MergePlan, MergeSite, plan};
@@ -220,15 +223,23 @@ pub async fn run(
             .collect::<Vec<_>>(),
     );
     // Kept across attempts: the entries an attempt queued keep their commit times in the next.
+    let undecided = Arc::new(Undecided::new(plan.sites.len()));
     let backlogs: Vec<Arc<Backlog>> = plan
         .sites
         .iter()
-        .map(|site| Arc::new(Backlog::new(site_telemetry(&telemetry, &site.site.name))))
+        .map(|site| {
+            let name = &site.site.name;
+            Arc::new(Backlog::new(
+                site_telemetry(&telemetry, name),
+                Arc::clone(&undecided),
+                partners(&plan, name),
+            ))
+        })
         .collect();
     let mut backoff = Backoff::default();
     loop {
         backoff.attempt_started();
-        match attempt(&plan, &store, &backlogs, &mut shutdown).await {
+        match attempt(&plan, &store, &backlogs, &undecided, &mut shutdown).await {
             Ok(()) => {
                 telemetry.stopped(None);
                 return Ok(());
@@ -261,6 +272,19 @@ pub const TELEMETRY_NAME: &str = "merge engine";
 /// committed there, the lag and the entries waiting for that site's writer (see `backlog`).
 pub fn telemetry(sites: &[String]) -> Arc<crate::telemetry::LinkTelemetry> {
     crate::telemetry::global().link(TELEMETRY_NAME, &sites.join(", "), sites)
+}
+
+/// The other sites of `site`'s mappings (plan order).
+fn partners(plan: &MergePlan, site: &str) -> Vec<usize> {
+    (0..plan.sites.len())
+        .filter(|index| {
+            let other = &plan.sites[*index].site.name;
+            other != site
+                && plan.mappings.iter().any(|m| {
+                    m.sites.iter().any(|s| s == site) && m.sites.iter().any(|s| s == other)
+                })
+        })
+        .collect()
 }
 
 /// The telemetry of `site` among the engine's targets.
@@ -376,6 +400,7 @@ async fn attempt(
     plan: &Arc<MergePlan>,
     store: &Arc<StateStore>,
     backlogs: &[Arc<Backlog>],
+    undecided: &Arc<Undecided>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), EngineError> {
     let (input_tx, mut inputs) = mpsc::channel::<Input>(4096);
@@ -452,15 +477,23 @@ async fn attempt(
         writers.push(tx);
     }
     let mut acks = Vec::new();
+    // The readers of an earlier attempt are gone; what they handed over is read again.
+    undecided.reset();
     for ((index, site), start) in plan.sites.iter().enumerate().zip(starts) {
         let (ack_tx, ack_rx) = watch::channel::<Option<Position>>(None);
         acks.push(ack_tx);
         let report = input_tx.clone();
+        let name = site.site.name.clone();
+        let affected = partners(plan, &name)
+            .into_iter()
+            .map(|other| Arc::clone(&backlogs[other]))
+            .collect();
+        let handed = Handed::new(index, &name, Arc::clone(undecided), affected);
         let mut site = site.clone();
         site.deployment = store.deployment_id().to_owned();
         site.take_over_from = plan.take_over_from.clone();
         tasks.spawn(async move {
-            reader(index, site, start, report, ack_rx).await;
+            reader(index, site, start, report, ack_rx, handed).await;
         });
     }
     match store.held_conflict_count() {

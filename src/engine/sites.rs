@@ -30,6 +30,7 @@ use super::coordinator::Input;
 use super::outbox::{OutboxWrite, outbox_name};
 use super::plan::{MergePlan, MergeSite};
 use super::rows::display_image;
+use super::undecided::Handed;
 use crate::backoff::Backoff;
 use crate::report::chain;
 
@@ -126,6 +127,7 @@ pub(super) async fn reader(
     start: Option<Position>,
     report: mpsc::Sender<Input>,
     mut ack: watch::Receiver<Option<Position>>,
+    mut handed: Handed,
 ) {
     let name = site.site.name.clone();
     let mut from = start;
@@ -133,7 +135,17 @@ pub(super) async fn reader(
     let mut silence = SilenceTimeout::new(site.site.stream_timeout);
     loop {
         backoff.attempt_started();
-        let error = match read(index, &site, &mut from, &report, &mut ack, &mut silence).await {
+        let error = match read(
+            index,
+            &site,
+            &mut from,
+            &report,
+            &mut ack,
+            &mut silence,
+            &mut handed,
+        )
+        .await
+        {
             None => return,
             Some(error) => error,
         };
@@ -149,16 +161,48 @@ pub(super) async fn reader(
         }
         let delay = backoff.failed();
         tracing::warn!(site = %name, error = %chain(&error), "reading site interrupted; the other sites go on; retrying in {delay:.1?}");
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = report.closed() => return,
+        if !back_off(delay, &report, &mut ack, &mut handed).await {
+            return;
         }
     }
 }
 
+/// Waits `delay` before a reader reads its site again; false when the engine stopped
+/// meanwhile. What the coordinator decides meanwhile is no longer undecided (`handed`), and
+/// its acknowledgement is left for the next stream.
+async fn back_off(
+    delay: std::time::Duration,
+    report: &mpsc::Sender<Input>,
+    ack: &mut watch::Receiver<Option<Position>>,
+    handed: &mut Handed,
+) -> bool {
+    let wake = tokio::time::sleep(delay);
+    tokio::pin!(wake);
+    let mut decided = false;
+    let awake = loop {
+        tokio::select! {
+            _ = &mut wake => break true,
+            _ = report.closed() => break false,
+            changed = ack.changed() => {
+                if changed.is_err() {
+                    break false;
+                }
+                if let Some(position) = ack.borrow_and_update().clone() {
+                    handed.decided(&position);
+                    decided = true;
+                }
+            }
+        }
+    };
+    if decided {
+        ack.mark_changed();
+    }
+    awake
+}
+
 /// One stream of a site from just after `from`, which follows every item handed over; `None`
 /// when the engine stopped, the stream's error otherwise. `silence`: the stream's timeout
-/// (told of every item read).
+/// (told of every item read); `handed`: the changes handed over and not yet decided.
 async fn read(
     index: usize,
     site: &MergeSite,
@@ -166,6 +210,7 @@ async fn read(
     report: &mpsc::Sender<Input>,
     ack: &mut watch::Receiver<Option<Position>>,
     silence: &mut SilenceTimeout,
+    handed: &mut Handed,
 ) -> Option<StreamError> {
     let name = &site.site.name;
     let mut stream = match AnyStream::start(
@@ -204,7 +249,10 @@ async fn read(
                 Ok(item) => {
                     silence.delivered(&item);
                     let position = match &item {
-                        StreamItem::Transaction(tx) => Some(tx.position.clone()),
+                        StreamItem::Transaction(tx) => {
+                            handed.handed(tx);
+                            Some(tx.position.clone())
+                        }
                         StreamItem::Heartbeat(position) => Some(position.clone()),
                         StreamItem::Part(_) | StreamItem::Shape(_) => None,
                     };
@@ -224,6 +272,7 @@ async fn read(
                 let position = ack.borrow_and_update().clone();
                 if let Some(position) = position {
                     stream.ack(&position);
+                    handed.decided(&position);
                 }
             }
         }
