@@ -3,7 +3,9 @@
 //! server of the test's own, a PostgreSQL WMS): each site's row counters move by exactly the
 //! rows the engine wrote into it (never by the changes made there), and while the ERP's server
 //! is down its lag rises and its queue holds exactly the writes waiting for it, both back to
-//! zero once it caught up, while the other sites stay at zero.
+//! zero once it caught up, while the other sites stay at zero. Away long enough to fill its
+//! writer's queue, it stalls the engine: the other sites' queues and lag show it too (a change
+//! read and not decided is pending at the other sites).
 
 mod harness;
 
@@ -227,6 +229,58 @@ fn merge_engine_rows_lag_and_queue_per_site() {
     );
     assert!(erp["apply_errors"].as_u64().unwrap() >= 1, "{erp}");
 
+    assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
+    sites.drop_slots();
+}
+
+#[test]
+fn a_site_away_long_enough_to_stall_the_engine_shows_in_every_sites_lag() {
+    // More writes for the ERP than its writer holds and queues (1,000 + 8,192): the engine
+    // waits for it, and what it has read meanwhile waits undecided.
+    const BULK: u64 = 12_000;
+    let erp_server = MariaServer::start(MariaOptions::default()).unwrap();
+    let sites = Sites::with_erp(erp_server.create_database());
+    let port = free_port();
+    let config = format!(
+        "[metrics]\nlisten = \"127.0.0.1:{port}\"\n\n{}",
+        sites.config("last-writer-wins", "")
+    );
+    let mut duplex = Duplex::run(&config);
+    sites::wait_reading(&mut duplex, 3, WAIT);
+    let (store_name, erp_name, wms_name) = (sites.name(STORE), sites.name(ERP), sites.name(WMS));
+
+    erp_server.shut_down(Shutdown::Fast).unwrap();
+    sites.exec(
+        STORE,
+        &format!("INSERT INTO items SELECT g, 'bulk', g FROM generate_series(1, {BULK}) g"),
+    );
+    // Every write for the ERP waits; the WMS's writes after the one the engine waits at too.
+    wait_for("the engine to wait for the ERP", WAIT, || {
+        duplex.assert_running();
+        let (erp, wms) = (scrape(port, &erp_name)?, scrape(port, &wms_name)?);
+        (erp.queued == BULK && wms.queued > 0 && wms.queued < BULK)
+            .then_some(())
+            .ok_or_else(|| format!("ERP {erp:?}, WMS {wms:?}"))
+    });
+    // A change at the WMS is read but not decided: the store, with nothing queued, lags.
+    sites.exec(WMS, "INSERT INTO items VALUES (20000, 'from the WMS', 0)");
+    wait_for("the store's lag to rise above 1 s", WAIT, || {
+        duplex.assert_running();
+        let store = scrape(port, &store_name)?;
+        (store.lag > 1.0 && store.queued == 0)
+            .then_some(())
+            .ok_or_else(|| format!("{store:?}"))
+    });
+
+    // Back up: everything lands, every lag and queue back to zero, every count exact.
+    erp_server.start_again().unwrap();
+    sites.wait_same(&mut duplex, WAIT, |rows| rows.len() as u64 == BULK + 1);
+    let expected = [
+        caught_up(1, 0, 0),
+        caught_up(BULK + 1, 0, 0),
+        caught_up(BULK, 0, 0),
+    ];
+    wait_metrics(&mut duplex, &sites, port, expected, "every site caught up");
     assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
     sites.drop_slots();
 }
