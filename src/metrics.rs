@@ -39,6 +39,7 @@ pub const NAMES: &[&str] = &[
     "duplex_lag_seconds",
     "duplex_lag_bytes",
     "duplex_slot_retained_bytes",
+    "duplex_queued_transactions",
     "duplex_dead_letters",
     "duplex_conflicts_total",
     "duplex_held_conflicts",
@@ -201,7 +202,7 @@ impl Collector for SnapshotCollector {
                 }
             }
         }
-        let per_target: [PerTarget; 3] = [
+        let per_target: [PerTarget; 4] = [
             (
                 "duplex_transactions",
                 "Source transactions committed on the target",
@@ -219,6 +220,12 @@ impl Collector for SnapshotCollector {
                 "Seconds since the source committed the oldest transaction not yet committed on the target",
                 MetricType::Gauge,
                 |t| t.lag_seconds,
+            ),
+            (
+                "duplex_queued_transactions",
+                "Transactions waiting for the target's writer (the merge engine: its writes for the site)",
+                MetricType::Gauge,
+                |t| t.queued_transactions as f64,
             ),
         ];
         for (name, help, kind, value) in per_target {

@@ -1,7 +1,8 @@
 //! What a running `duplex run` knows about itself, in one place: each link's state and, per
 //! target, the rows and transactions it committed and how far behind it is.
 //!
-//! Links report into it (see `crate::link`); `duplex status` (through the control socket,
+//! Links and the merge engine report into it (see `crate::link`, and `crate::engine` for the
+//! engine's rows, lag and queue per site); `duplex status` (through the control socket,
 //! `crate::engine::control`) and the Prometheus endpoint (`crate::metrics`) both read a
 //! [`Snapshot`] of it, so the two never disagree.
 //!
@@ -285,6 +286,11 @@ impl LinkTelemetry {
         *self.head.lock().unwrap_or_else(|e| e.into_inner()) = Some(head);
     }
 
+    /// The telemetry of the link's target `site`, if it is one.
+    pub fn target_of(&self, site: &str) -> Option<Arc<TargetTelemetry>> {
+        self.targets.iter().find(|t| t.site == site).cloned()
+    }
+
     /// The link streams (again).
     pub fn streaming(&self) {
         self.set(|state| match state {
@@ -380,6 +386,8 @@ pub struct TargetTelemetry {
     apply_errors: AtomicU64,
     /// The position of the last transaction committed (or held when the link started).
     position: Mutex<Option<Position>>,
+    /// Transactions waiting for the target's writer.
+    queued: AtomicU64,
     /// Commit time (microseconds since the epoch) of the oldest transaction read and not
     /// committed by this target; 0 when none.
     oldest_pending: AtomicI64,
@@ -423,6 +431,11 @@ impl TargetTelemetry {
     pub fn pending_since(&self, commit_time: Option<DateTime<Utc>>) {
         let micros = commit_time.map_or(0, |t| t.timestamp_micros().max(1));
         self.oldest_pending.store(micros, Ordering::Relaxed);
+    }
+
+    /// `n` transactions wait for the target's writer.
+    pub fn queued(&self, n: u64) {
+        self.queued.store(n, Ordering::Relaxed);
     }
 
     fn rows(&self) -> u64 {
@@ -501,6 +514,7 @@ impl TargetTelemetry {
             lag_seconds,
             position: position.as_ref().map(ToString::to_string),
             lag_bytes,
+            queued_transactions: self.queued.load(Ordering::Relaxed),
             dead_letters: None,
             rows_per_second,
             transactions_per_second,
@@ -664,6 +678,10 @@ pub struct TargetSnapshot {
     /// Bytes of the source's log after this target's position (see the module docs); `None`
     /// until the log head was read.
     pub lag_bytes: Option<u64>,
+    /// Transactions waiting for the target's writer (the merge engine: its outbox entries
+    /// for this site not yet committed there).
+    #[serde(default)]
+    pub queued_transactions: u64,
     /// Changes from this source set aside for this target (`on_error = "dead-letter"`),
     /// waiting for `duplex dead-letters retry`; `None` when they could not be counted.
     pub dead_letters: Option<u64>,

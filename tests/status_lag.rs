@@ -3,8 +3,9 @@
 //! what the test writes.
 //!
 //! - MariaDB -> PostgreSQL: while the target's server is down, the lag in bytes is at least
-//!   the binlog written meanwhile; once it caught up it is exactly 0 again, and the target's
-//!   position is the source's binlog position.
+//!   the binlog written meanwhile and the transaction waits in the target's queue; once it
+//!   caught up the lag is exactly 0 again, nothing is queued, and the target's position is the
+//!   source's binlog position.
 //! - PostgreSQL -> PostgreSQL: the same in WAL, and the slot retains at least that WAL while
 //!   the target is down; the target's committed position passes the WAL position read before
 //!   it went down.
@@ -127,6 +128,19 @@ fn mariadb_lag_in_bytes_rises_while_the_target_is_down_and_returns_to_zero() {
         },
     );
 
+    let queued = format!("link=\"{link}\",source=\"store\",target=\"erp\"");
+    wait_for(
+        "the transaction to wait in the target's queue",
+        REPLICATION_GUARD,
+        || {
+            let (_, text) = get(port, "/metrics")?;
+            match sample(&text, "duplex_queued_transactions", &queued) {
+                Some(n) if n >= 1.0 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    );
+
     pg.start_again().unwrap();
     wait_for("every row", REPLICATION_GUARD, count(2001));
     wait_for("no lag in bytes again", REPLICATION_GUARD, || {
@@ -138,6 +152,10 @@ fn mariadb_lag_in_bytes_rises_while_the_target_is_down_and_returns_to_zero() {
     });
     let (code, json) = status(&duplex);
     assert_eq!(code, 0, "{json}");
+    assert_eq!(
+        json["report"]["links"][0]["targets"][0]["queued_transactions"], 0,
+        "{json}"
+    );
     assert!(
         json["report"]["links"][0]["targets"][0]["position"]
             .as_str()

@@ -35,6 +35,7 @@ use duplex_state::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::EngineError;
+use super::backlog::Backlog;
 use super::control;
 use super::merge::{self, Classification, Outcome, Version};
 use super::outbox::{Outbox, OutboxWrite, outbox_name, outbox_position};
@@ -42,6 +43,8 @@ use super::plan::MergePlan;
 use super::rows::{MergeMapping, RowData, display_image, fill_unchanged, same_image};
 use super::sites::writer_failure;
 use crate::shutdown::stop_requested;
+
+mod held;
 
 /// Inputs the coordinator takes in one state-store transaction, at most.
 const BATCH_INPUTS: usize = 512;
@@ -91,6 +94,9 @@ struct Propagation<'a> {
     data: &'a mut RowData,
     /// The version vector of the newest image.
     vector: &'a VersionVector,
+    /// The commit time (µs since the epoch) of the change that made the writes necessary:
+    /// they are pending at their sites since then.
+    since: i64,
 }
 
 /// Counters for the log.
@@ -106,7 +112,8 @@ struct Stats {
 /// What one processed batch produced, to be carried out after its state commit.
 #[derive(Default)]
 struct Done {
-    writes: Vec<(usize, u64, Arc<OutboxWrite>)>,
+    /// (site index, number, entry, the commit time in µs of the change it carries out).
+    writes: Vec<(usize, u64, Arc<OutboxWrite>, i64)>,
     acks: Vec<(usize, Position)>,
     replies: Vec<(oneshot::Sender<control::Response>, control::Response)>,
     /// Conflicts decided, logged once their records are committed.
@@ -288,92 +295,6 @@ impl Coordinator {
         }
     }
 
-    /// A request of `duplex conflicts`.
-    fn control(
-        &mut self,
-        w: &mut StateWriter<'_>,
-        request: control::Request,
-        done: &mut Done,
-    ) -> Result<control::Response, EngineError> {
-        use control::Response;
-        let (id, take) = match request {
-            control::Request::Conflicts => return Ok(Response::Conflicts(self.store.conflicts()?)),
-            control::Request::Status => {
-                return Ok(Response::Status(crate::telemetry::global().snapshot()));
-            }
-            control::Request::Resolve { id, take } => (id, take),
-        };
-        let Some(record) = self.store.conflict(id)? else {
-            return Ok(Response::Refused(format!("there is no conflict {id}")));
-        };
-        if record.status != ConflictStatus::Held {
-            return Ok(Response::Refused(format!(
-                "conflict {id} is not held: it was settled already ({})",
-                record.decision
-            )));
-        }
-        let plan = Arc::clone(&self.plan);
-        let Some(mapping) = plan.mapping(&record.mapping) else {
-            return Ok(Response::Refused(format!(
-                "conflict {id} belongs to mapping {}, which is not a two-way mapping of this configuration",
-                record.mapping
-            )));
-        };
-        if !mapping.sites.contains(&take) {
-            return Ok(Response::Refused(format!(
-                "site {take} is not a site of mapping {}: choose one of {}",
-                mapping.name,
-                mapping.sites.join(", ")
-            )));
-        }
-        let key = String::from_utf8_lossy(&record.key).into_owned();
-        let (mut rv, mut data) = load(w, mapping, &key)?;
-        if data.held_conflict != Some(id) {
-            return Ok(Response::Refused(format!(
-                "row {key} of mapping {} is not held by conflict {id}",
-                mapping.name
-            )));
-        }
-        let winner = data.expected(&take).cloned();
-        let key_row = winner
-            .as_ref()
-            .or(data.image.as_ref())
-            .or_else(|| mapping.sites.iter().find_map(|s| data.expected(s)))
-            .and_then(|row| mapping.key_of(row))
-            .map(|(row, _)| row)
-            .ok_or_else(|| missing_key(mapping, &take))?;
-        let vector = rv.merged.clone();
-        rv.held.insert(take.clone(), vector.clone());
-        data.held_conflict = None;
-        data.set_image(winner.clone(), &mapping.sites);
-        data.writer = take.clone();
-        data.commit_micros = Utc::now().timestamp_micros();
-        let newest = Propagation {
-            mapping,
-            key_row: &key_row,
-            key: &key,
-            rv: &mut rv,
-            data: &mut data,
-            vector: &vector,
-        };
-        self.propagate(w, newest, done)?;
-        store_row(w, mapping, &key, rv, &data)?;
-        w.resolve_conflict(
-            id,
-            &Resolution {
-                winner: Some(take.clone()),
-                by: "operator".into(),
-                at_millis: now_millis(),
-            },
-        )?;
-        tracing::info!(conflict = id, mapping = %mapping.name, key = %key, site = %take, "held conflict resolved by the operator");
-        done.settled += 1;
-        Ok(Response::Done(format!(
-            "conflict {id} resolved: the version of {take} ({}) is being written to every site",
-            display_image(winner.as_ref())
-        )))
-    }
-
     /// One transaction read from site `index`.
     fn transaction(
         &mut self,
@@ -535,6 +456,7 @@ impl Coordinator {
                     rv: &mut rv,
                     data: &mut data,
                     vector: &vector,
+                    since: commit_micros,
                 };
                 self.propagate(w, newest, done)?;
             }
@@ -625,6 +547,7 @@ impl Coordinator {
                             rv: &mut rv,
                             data: &mut data,
                             vector: &resolved,
+                            since: commit_micros,
                         };
                         self.propagate(w, newest, done)?;
                     }
@@ -686,6 +609,7 @@ impl Coordinator {
             rv,
             data,
             vector,
+            since,
         } = newest;
         for site in &mapping.sites {
             let expected = data.expected(site).cloned();
@@ -733,7 +657,7 @@ impl Coordinator {
             tracing::debug!(mapping = %mapping.name, key = %key, site = %site, seq, op = ?write.op, before = %display_image(write.before.as_ref()), after = %display_image(write.after.as_ref()), vector = %vector, "write queued");
             w.put_pending(site, seq, &write)?;
             self.outboxes[index].insert(seq, write.clone());
-            done.writes.push((index, seq, Arc::new(write)));
+            done.writes.push((index, seq, Arc::new(write), since));
             data.set_expected(site, data.image.clone());
             self.stats.writes += 1;
         }
@@ -805,80 +729,6 @@ impl Coordinator {
     }
 }
 
-impl Coordinator {
-    /// A write the site skipped (its row did not hold what the write expected). Normally the
-    /// site changed the row first, and that change, read before this echo, decides. When the
-    /// site's log never showed the row at all, nothing will ever decide it: a key that equals another under
-    /// the site's collation ('A' and 'a', 'b' and 'b ' in MariaDB's `_ci` collations), or a row
-    /// changed without the log. That becomes a held conflict, never silence.
-    fn skipped(
-        &mut self,
-        w: &mut StateWriter<'_>,
-        mapping: &MergeMapping,
-        site: &str,
-        write: &OutboxWrite,
-        done: &mut Done,
-    ) -> Result<(), EngineError> {
-        let (rv, mut data) = load(w, mapping, &write.key)?;
-        // The site's log never showed this row: no local change of it (the site's own counter
-        // of the row is 0) and no write of duplex landed there (it holds no version). Then the
-        // row the write met there is another key's, or one changed without the log, and no
-        // change of the site will ever decide the write. (A site whose log showed the row may
-        // skip a write the engine's bookkeeping expected differently; its changes decide.)
-        let unexplained = data.held_conflict.is_none()
-            && rv.merged.get(site) == 0
-            && rv.held.get(site).is_none_or(VersionVector::is_empty);
-        if !unexplained {
-            tracing::debug!(mapping = %write.mapping, key = %write.key, site = %site, "write skipped: the row had changed there; that change decides");
-            return Ok(());
-        }
-        let encode = |image: Option<&Row>| {
-            image
-                .map(duplex_state::codec::encode)
-                .transpose()
-                .map_err(|e| EngineError::Codec(format!("a row of {}", mapping.name), e))
-        };
-        let held = data.held_image(site).cloned();
-        let record = ConflictRecord {
-            mapping: mapping.name.clone(),
-            key: write.key.as_bytes().to_vec(),
-            key_display: write.key.clone(),
-            sites: vec![
-                ConflictSide {
-                    site: data.writer.clone(),
-                    vector: write.vector.clone(),
-                    commit_time_millis: data.commit_micros / 1000,
-                    row: encode(write.after.as_ref())?,
-                    row_display: display_image(write.after.as_ref()),
-                },
-                ConflictSide {
-                    site: site.to_owned(),
-                    vector: VersionVector::new(),
-                    commit_time_millis: data.commit_micros / 1000,
-                    row: encode(held.as_ref())?,
-                    row_display: display_image(held.as_ref()),
-                },
-            ],
-            policy: mapping.policy_name(),
-            decision: format!(
-                "held: the write into {site} was skipped because the row there was not what {site}'s log shows, and no change of it followed to decide it: another key equal to this one under the column's collation ('A' and 'a', or 'b' and 'b ', under a case- or pad-insensitive collation), or a change made without the log; each site keeps its own value until `duplex conflicts resolve`"
-            ),
-            detected_at_millis: now_millis(),
-            status: ConflictStatus::Held,
-        };
-        let id = w.record_conflict(&record)?;
-        self.stats.conflicts += 1;
-        done.decided
-            .push((mapping.name.clone(), record.policy.clone(), "held"));
-        done.notes.push(format!(
-            "conflict {id} held: mapping {}, row {}: the write into {site} was skipped with no change there to decide it (a key colliding under its collation?); settle it with `duplex conflicts resolve {id} --take <site>` after fixing the cause",
-            mapping.name, write.key
-        ));
-        data.held_conflict = Some(id);
-        store_row(w, mapping, &write.key, rv, &data)
-    }
-}
-
 /// The coordinator between batches. It lives behind a mutex only so that each state-store
 /// transaction can borrow it on a blocking thread (`spawn_blocking` takes `'static` work): the
 /// loop awaits every such transaction before it starts the next or looks at the coordinator,
@@ -907,12 +757,13 @@ async fn off_runtime<T: Send + 'static>(
 }
 
 /// Takes the inputs until `shutdown` turns true (Ok) or the attempt fails (Err): each batch is
-/// decided and committed, then its outbox entries go to the writers (`writers`, plan order) and
-/// its positions to the readers (`acks`).
+/// decided and committed, then its outbox entries go to the writers (`writers`, plan order;
+/// counted in each site's `backlogs`) and its positions to the readers (`acks`).
 pub(super) async fn coordinate(
     coordinator: &SharedCoordinator,
     inputs: &mut mpsc::Receiver<Input>,
     writers: &[mpsc::Sender<(u64, Arc<OutboxWrite>)>],
+    backlogs: &[Arc<Backlog>],
     acks: &[watch::Sender<Option<Position>>],
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), EngineError> {
@@ -957,8 +808,10 @@ pub(super) async fn coordinate(
         let done = off_runtime(coordinator, |c| c.process(batch)).await?;
         done.log_notes();
         // Entries must reach a writer in sequence order, with no gap: a writer that stopped
-        // ends the attempt (the next one re-sends the outbox from the store).
-        for (index, seq, write) in done.writes {
+        // ends the attempt (the next one re-sends the outbox from the store). They wait for it
+        // from now on (before it can commit them).
+        super::backlog::queue(backlogs, &done.writes);
+        for (index, seq, write, _) in done.writes {
             if writers[index].send((seq, write)).await.is_err() {
                 return Err(writer_failure(inputs, &plan.sites[index].site.name));
             }

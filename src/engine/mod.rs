@@ -51,6 +51,17 @@
 //!
 //! Each entry carries the image the site is expected to hold ([`rows::RowData::expect`]); the
 //! applier writes it only if the row there still equals that image, so a local change the
+//! engine has not read yet is never overwritten: it is read before the echo and decides.
+//!
+//! # What it reports
+//!
+//! `duplex status` and `/metrics` show the engine as the link [`TELEMETRY_NAME`] whose targets
+//! are its sites: per site, the rows and entries its writer committed there (each once, never
+//! a write skipped by its condition or an entry the site held already), the lag (the oldest
+//! change whose entry waits for that site, or that another site's reader handed over and the
+//! coordinator has not decided yet) and the queue depth (the entries waiting). The coordinator
+//! adds the entries of each decided batch, the writer takes away what it committed, each once
+//! per batch (see `backlog`); the readers follow what they handed over (see `undecided`).
 //!
 //! # Where each part lives
 //!
@@ -58,8 +69,11 @@
 //!   starts;
 //! - `outbox`: the numbered writes of each site until their echo;
 //! - `coordinator`: the batches, each decided and committed in one state-store transaction off
-//!   the runtime's threads, then carried out;
+//!   the runtime's threads, then carried out (held conflicts, settled or made, in
+//!   `coordinator::held`);
 //! - `sites`: the per-site reader and writer tasks, each retrying its own site;
+//! - `backlog`: what each site's writer committed and what still waits for it, for the
+//!   telemetry; `undecided`: the changes read and not decided yet, for the same;
 //! - [`merge`]: the decisions, pure functions over version vectors; [`rows`]: canonical rows
 //!   and what the engine keeps per row; [`control`]: the socket `duplex conflicts` talks to.
 
@@ -67,10 +81,12 @@ pub mod control;
 pub mod merge;
 pub mod rows;
 
+mod backlog;
 mod coordinator;
 mod outbox;
 mod plan;
 mod sites;
+mod undecided;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -85,9 +101,11 @@ use tokio::task::JoinSet;
 use crate::backoff::Backoff;
 use crate::report::chain;
 use crate::shutdown::stop_requested;
+use backlog::Backlog;
 use coordinator::{Coordinator, Input};
 use outbox::Outbox;
 use sites::{WRITER_QUEUE, claim_sites, connect_writers, reader, writer, writer_failure};
+use undecided::{Handed, Undecided};
 
 pub use outbox::{OutboxWrite, outbox_name};
 pub use plan::{MergePlan, MergeSite, plan};
@@ -204,10 +222,24 @@ pub async fn run(
             .map(|s| s.site.name.clone())
             .collect::<Vec<_>>(),
     );
+    // Kept across attempts: the entries an attempt queued keep their commit times in the next.
+    let undecided = Arc::new(Undecided::new(plan.sites.len()));
+    let backlogs: Vec<Arc<Backlog>> = plan
+        .sites
+        .iter()
+        .map(|site| {
+            let name = &site.site.name;
+            Arc::new(Backlog::new(
+                site_telemetry(&telemetry, name),
+                Arc::clone(&undecided),
+                partners(&plan, name),
+            ))
+        })
+        .collect();
     let mut backoff = Backoff::default();
     loop {
         backoff.attempt_started();
-        match attempt(&plan, &store, &mut shutdown).await {
+        match attempt(&plan, &store, &backlogs, &undecided, &mut shutdown).await {
             Ok(()) => {
                 telemetry.stopped(None);
                 return Ok(());
@@ -235,10 +267,36 @@ pub async fn run(
 /// The name the merge engine has in `duplex status`, `/metrics` and `/health`.
 pub const TELEMETRY_NAME: &str = "merge engine";
 
-/// The merge engine's telemetry (state only: its rows and lag are not reported yet), its
-/// "source" the two-way sites, in configuration order.
+/// The merge engine's telemetry: its state, its "source" the two-way sites in configuration
+/// order, and one target per site it writes to (all of them), with the rows and outbox entries
+/// committed there, the lag and the entries waiting for that site's writer (see `backlog`).
 pub fn telemetry(sites: &[String]) -> Arc<crate::telemetry::LinkTelemetry> {
-    crate::telemetry::global().link(TELEMETRY_NAME, &sites.join(", "), &[])
+    crate::telemetry::global().link(TELEMETRY_NAME, &sites.join(", "), sites)
+}
+
+/// The other sites of `site`'s mappings (plan order).
+fn partners(plan: &MergePlan, site: &str) -> Vec<usize> {
+    (0..plan.sites.len())
+        .filter(|index| {
+            let other = &plan.sites[*index].site.name;
+            other != site
+                && plan.mappings.iter().any(|m| {
+                    m.sites.iter().any(|s| s == site) && m.sites.iter().any(|s| s == other)
+                })
+        })
+        .collect()
+}
+
+/// The telemetry of `site` among the engine's targets.
+fn site_telemetry(
+    telemetry: &crate::telemetry::LinkTelemetry,
+    site: &str,
+) -> Arc<crate::telemetry::TargetTelemetry> {
+    telemetry.target_of(site).unwrap_or_else(|| {
+        // Registered earlier with other sites (a bug): counted, but not shown.
+        tracing::warn!(%site, "duplex status and /metrics do not show this site of the merge engine (a bug)");
+        Arc::default()
+    })
 }
 
 /// What the state store holds of the engine's progress, per site (plan order): where its reader
@@ -246,6 +304,8 @@ pub fn telemetry(sites: &[String]) -> Arc<crate::telemetry::LinkTelemetry> {
 struct Stored {
     positions: Vec<Option<Position>>,
     outboxes: Vec<BTreeMap<u64, OutboxWrite>>,
+    /// Per site, the source commit time (µs) of each outbox entry's row, where it is known.
+    commit_times: Vec<BTreeMap<u64, i64>>,
 }
 
 /// Reads [`Stored`] on tokio's blocking pool (the store reads from disk).
@@ -255,13 +315,19 @@ async fn stored(plan: &Arc<MergePlan>, store: &Arc<StateStore>) -> Result<Stored
         let mut stored = Stored {
             positions: Vec::new(),
             outboxes: Vec::new(),
+            commit_times: Vec::new(),
         };
         for site in &plan.sites {
             let name = &site.site.name;
             stored.positions.push(store.position(name)?);
-            stored
-                .outboxes
-                .push(store.pending(name)?.into_iter().collect());
+            let outbox: BTreeMap<u64, OutboxWrite> = store.pending(name)?.into_iter().collect();
+            stored.commit_times.push(
+                outbox
+                    .iter()
+                    .filter_map(|(seq, write)| Some((*seq, backlog::commit_micros(&store, write)?)))
+                    .collect(),
+            );
+            stored.outboxes.push(outbox);
         }
         Ok::<_, EngineError>(stored)
     })
@@ -333,6 +399,8 @@ fn refuse_renumbered_outbox(
 async fn attempt(
     plan: &Arc<MergePlan>,
     store: &Arc<StateStore>,
+    backlogs: &[Arc<Backlog>],
+    undecided: &Arc<Undecided>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), EngineError> {
     let (input_tx, mut inputs) = mpsc::channel::<Input>(4096);
@@ -341,6 +409,7 @@ async fn attempt(
     let Stored {
         positions,
         outboxes: queued,
+        commit_times,
     } = stored(plan, store).await?;
     let take_over_from = plan.take_over_from.as_deref();
     if take_over_from.is_none() {
@@ -360,7 +429,15 @@ async fn attempt(
     let mut outboxes: Vec<Outbox> = Vec::new();
     let mut next_seq = Vec::new();
     let mut writers = Vec::new();
-    for ((site, target), queued) in plan.sites.iter().zip(targets).zip(queued) {
+    let now_micros = chrono::Utc::now().timestamp_micros();
+    for ((((site, target), queued), backlog), commit_times) in plan
+        .sites
+        .iter()
+        .zip(targets)
+        .zip(queued)
+        .zip(backlogs)
+        .zip(commit_times)
+    {
         let name = &site.site.name;
         let written = target.written;
         let last = queued.keys().next_back().copied().unwrap_or(0).max(written);
@@ -370,6 +447,11 @@ async fn attempt(
             .range(written + 1..)
             .map(|(seq, write)| (*seq, Arc::new(write.clone())))
             .collect();
+        let waiting: Vec<(u64, i64)> = unwritten
+            .iter()
+            .map(|(seq, _)| (*seq, commit_times.get(seq).copied().unwrap_or(now_micros)))
+            .collect();
+        backlog.restart(written, &waiting);
         let mut outbox = Outbox::default();
         for (seq, write) in queued {
             outbox.insert(seq, write);
@@ -382,8 +464,9 @@ async fn attempt(
             .map(|m| (m.name.clone(), m.canonical.clone()))
             .collect();
         let merge_site = site.clone();
+        let backlog = Arc::clone(backlog);
         tasks.spawn(async move {
-            writer(merge_site, target.target, rx, canonical, report).await;
+            writer(merge_site, target.target, rx, canonical, report, backlog).await;
         });
         for item in unwritten {
             // The writer drains its queue meanwhile: send, never drop.
@@ -394,15 +477,23 @@ async fn attempt(
         writers.push(tx);
     }
     let mut acks = Vec::new();
+    // The readers of an earlier attempt are gone; what they handed over is read again.
+    undecided.reset();
     for ((index, site), start) in plan.sites.iter().enumerate().zip(starts) {
         let (ack_tx, ack_rx) = watch::channel::<Option<Position>>(None);
         acks.push(ack_tx);
         let report = input_tx.clone();
+        let name = site.site.name.clone();
+        let affected = partners(plan, &name)
+            .into_iter()
+            .map(|other| Arc::clone(&backlogs[other]))
+            .collect();
+        let handed = Handed::new(index, &name, Arc::clone(undecided), affected);
         let mut site = site.clone();
         site.deployment = store.deployment_id().to_owned();
         site.take_over_from = plan.take_over_from.clone();
         tasks.spawn(async move {
-            reader(index, site, start, report, ack_rx).await;
+            reader(index, site, start, report, ack_rx, handed).await;
         });
     }
     match store.held_conflict_count() {
@@ -433,8 +524,15 @@ async fn attempt(
         outboxes,
         next_seq,
     )));
-    let outcome =
-        coordinator::coordinate(&coordinator, &mut inputs, &writers, &acks, shutdown).await;
+    let outcome = coordinator::coordinate(
+        &coordinator,
+        &mut inputs,
+        &writers,
+        backlogs,
+        &acks,
+        shutdown,
+    )
+    .await;
     if let Some(control) = control {
         control.abort();
     }

@@ -25,10 +25,12 @@ use duplex_connectors::{
 use tokio::sync::{mpsc, watch};
 
 use super::EngineError;
+use super::backlog::Backlog;
 use super::coordinator::Input;
 use super::outbox::{OutboxWrite, outbox_name};
 use super::plan::{MergePlan, MergeSite};
 use super::rows::display_image;
+use super::undecided::Handed;
 use crate::backoff::Backoff;
 use crate::report::chain;
 
@@ -125,6 +127,7 @@ pub(super) async fn reader(
     start: Option<Position>,
     report: mpsc::Sender<Input>,
     mut ack: watch::Receiver<Option<Position>>,
+    mut handed: Handed,
 ) {
     let name = site.site.name.clone();
     let mut from = start;
@@ -132,7 +135,17 @@ pub(super) async fn reader(
     let mut silence = SilenceTimeout::new(site.site.stream_timeout);
     loop {
         backoff.attempt_started();
-        let error = match read(index, &site, &mut from, &report, &mut ack, &mut silence).await {
+        let error = match read(
+            index,
+            &site,
+            &mut from,
+            &report,
+            &mut ack,
+            &mut silence,
+            &mut handed,
+        )
+        .await
+        {
             None => return,
             Some(error) => error,
         };
@@ -148,16 +161,48 @@ pub(super) async fn reader(
         }
         let delay = backoff.failed();
         tracing::warn!(site = %name, error = %chain(&error), "reading site interrupted; the other sites go on; retrying in {delay:.1?}");
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = report.closed() => return,
+        if !back_off(delay, &report, &mut ack, &mut handed).await {
+            return;
         }
     }
 }
 
+/// Waits `delay` before a reader reads its site again; false when the engine stopped
+/// meanwhile. What the coordinator decides meanwhile is no longer undecided (`handed`), and
+/// its acknowledgement is left for the next stream.
+async fn back_off(
+    delay: std::time::Duration,
+    report: &mpsc::Sender<Input>,
+    ack: &mut watch::Receiver<Option<Position>>,
+    handed: &mut Handed,
+) -> bool {
+    let wake = tokio::time::sleep(delay);
+    tokio::pin!(wake);
+    let mut decided = false;
+    let awake = loop {
+        tokio::select! {
+            _ = &mut wake => break true,
+            _ = report.closed() => break false,
+            changed = ack.changed() => {
+                if changed.is_err() {
+                    break false;
+                }
+                if let Some(position) = ack.borrow_and_update().clone() {
+                    handed.decided(&position);
+                    decided = true;
+                }
+            }
+        }
+    };
+    if decided {
+        ack.mark_changed();
+    }
+    awake
+}
+
 /// One stream of a site from just after `from`, which follows every item handed over; `None`
 /// when the engine stopped, the stream's error otherwise. `silence`: the stream's timeout
-/// (told of every item read).
+/// (told of every item read); `handed`: the changes handed over and not yet decided.
 async fn read(
     index: usize,
     site: &MergeSite,
@@ -165,6 +210,7 @@ async fn read(
     report: &mpsc::Sender<Input>,
     ack: &mut watch::Receiver<Option<Position>>,
     silence: &mut SilenceTimeout,
+    handed: &mut Handed,
 ) -> Option<StreamError> {
     let name = &site.site.name;
     let mut stream = match AnyStream::start(
@@ -203,7 +249,10 @@ async fn read(
                 Ok(item) => {
                     silence.delivered(&item);
                     let position = match &item {
-                        StreamItem::Transaction(tx) => Some(tx.position.clone()),
+                        StreamItem::Transaction(tx) => {
+                            handed.handed(tx);
+                            Some(tx.position.clone())
+                        }
                         StreamItem::Heartbeat(position) => Some(position.clone()),
                         StreamItem::Part(_) | StreamItem::Shape(_) => None,
                     };
@@ -223,6 +272,7 @@ async fn read(
                 let position = ack.borrow_and_update().clone();
                 if let Some(position) = position {
                     stream.ack(&position);
+                    handed.decided(&position);
                 }
             }
         }
@@ -240,15 +290,17 @@ async fn connect_writer(site: &MergeSite) -> Result<AnyApplier, ApplyError> {
     AnyApplier::connect(&site.site.connection(), site.routes.clone(), options).await
 }
 
-/// Writes one site's outbox entries, in order, conditionally. A site that goes away is
-/// retried with backoff, reconnecting, while the other sites go on (the coordinator waits for
-/// this writer only once its queue is full); a definite failure ends the engine's attempt.
+/// Writes one site's outbox entries, in order, conditionally, and counts what landed in
+/// `backlog`. A site that goes away is retried with backoff, reconnecting, while the other
+/// sites go on (the coordinator waits for this writer only once its queue is full); a definite
+/// failure ends the engine's attempt.
 pub(super) async fn writer(
     site: MergeSite,
     mut target: AnyApplier,
     mut queue: mpsc::Receiver<(u64, Arc<OutboxWrite>)>,
     canonical: HashMap<String, TableName>,
     report: mpsc::Sender<Input>,
+    backlog: Arc<Backlog>,
 ) {
     let name = site.site.name.clone();
     let outbox = outbox_name(&name);
@@ -284,8 +336,13 @@ pub(super) async fn writer(
             backoff.attempt_started();
             let error = match target.apply(&transactions).await {
                 Ok(()) => break None,
-                Err(error) if error.is_transient() => error,
-                Err(error) => break Some(error),
+                Err(error) => {
+                    backlog.apply_failed();
+                    if !error.is_transient() {
+                        break Some(error);
+                    }
+                    error
+                }
             };
             let delay = backoff.failed();
             tracing::warn!(site = %name, error = %chain(&error), "writing into site interrupted; the other sites go on; retrying in {delay:.1?}");
@@ -300,25 +357,29 @@ pub(super) async fn writer(
             // Closing the queue first: the coordinator must not wait on a full queue while
             // this report waits on a full input channel.
             drop(queue);
-            let error = refused_write(&name, &mut target, &batch, &transactions, source).await;
+            let error =
+                refused_write(&name, &mut target, &batch, &transactions, source, &backlog).await;
             let _ = report.send(Input::Failed(error)).await;
             return;
         }
-        for skipped in target.take_skipped() {
-            tracing::debug!(site = %name, key = %display_image(Some(&skipped.key)), "conditional write skipped: the row changed there first");
+        let skipped = target.take_skipped();
+        for write in &skipped {
+            tracing::debug!(site = %name, key = %display_image(Some(&write.key)), "conditional write skipped: the row changed there first");
         }
+        backlog.committed(&batch, &skipped);
     }
 }
 
 /// The error for a batch of writes `site` refused definitely: each is written alone (the
-/// ones before the refused write land, exactly once by their outbox positions), and the
-/// refused one is named with its mapping, row and the server's message.
+/// ones before the refused write land, exactly once by their outbox positions, and are counted
+/// in `backlog`), and the refused one is named with its mapping, row and the server's message.
 async fn refused_write(
     site: &str,
     target: &mut AnyApplier,
     batch: &[(u64, Arc<OutboxWrite>)],
     transactions: &[Transaction],
     error: ApplyError,
+    backlog: &Backlog,
 ) -> EngineError {
     use crate::link::refusal::{fix_for, full_error, show_row};
     let (index, error) = if transactions.len() == 1 {
@@ -327,9 +388,12 @@ async fn refused_write(
         let mut refused = None;
         for (index, tx) in transactions.iter().enumerate() {
             match target.apply(std::slice::from_ref(tx)).await {
-                Ok(()) => {}
-                Err(error) if error.is_transient() => return apply_error(site, error),
+                Ok(()) => backlog.committed(&batch[index..=index], &target.take_skipped()),
                 Err(error) => {
+                    backlog.apply_failed();
+                    if error.is_transient() {
+                        return apply_error(site, error);
+                    }
                     refused = Some((index, error));
                     break;
                 }

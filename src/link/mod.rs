@@ -790,8 +790,8 @@ impl Progress {
     }
 }
 
-/// Drops from `pending` what every target committed and tells each target's telemetry the
-/// commit time of the oldest transaction it has not committed.
+/// Drops from `pending` what every target committed and tells each target's telemetry how
+/// many transactions wait for it and the commit time of the oldest one.
 fn report_pending(
     pending: &mut VecDeque<(u64, DateTime<Utc>)>,
     progress: &Progress,
@@ -803,8 +803,8 @@ fn report_pending(
     }
     for (index, committed) in progress.committed.iter().enumerate() {
         let first = pending.partition_point(|(seq, _)| seq <= committed);
-        telemetry
-            .target(index)
-            .pending_since(pending.get(first).map(|(_, time)| *time));
+        let target = telemetry.target(index);
+        target.pending_since(pending.get(first).map(|(_, time)| *time));
+        target.queued((pending.len() - first) as u64);
     }
 }

@@ -309,8 +309,13 @@ pub fn table(status: &Status) -> String {
             ));
         }
         text.push_str(&format!(
-            "  {:<20} {:>10} {:>10} {:>10} {:>12} {:>8} {:>10} {:>12} {:>12} {:>10}\n",
-            "target",
+            "  {:<20} {:>10} {:>10} {:>10} {:>12} {:>8} {:>10} {:>12} {:>12} {:>10} {:>8}\n",
+            // The merge engine's targets are its sites, each written to from the others.
+            if link.name == crate::engine::TELEMETRY_NAME {
+                "site"
+            } else {
+                "target"
+            },
             "inserts",
             "updates",
             "deletes",
@@ -319,12 +324,13 @@ pub fn table(status: &Status) -> String {
             "lag (s)",
             "lag (bytes)",
             "dead letters",
-            "rows/s 1m"
+            "rows/s 1m",
+            "queued"
         ));
         let unknown = || "?".to_owned();
         for target in &link.targets {
             text.push_str(&format!(
-                "  {:<20} {:>10} {:>10} {:>10} {:>12} {:>8} {:>10.1} {:>12} {:>12} {:>10.1}\n",
+                "  {:<20} {:>10} {:>10} {:>10} {:>12} {:>8} {:>10.1} {:>12} {:>12} {:>10.1} {:>8}\n",
                 target.site,
                 target.inserts,
                 target.updates,
@@ -334,7 +340,8 @@ pub fn table(status: &Status) -> String {
                 target.lag_seconds,
                 target.lag_bytes.map_or_else(unknown, |n| n.to_string()),
                 target.dead_letters.map_or_else(unknown, |n| n.to_string()),
-                target.rows_per_second
+                target.rows_per_second,
+                target.queued_transactions
             ));
             text.push_str(&format!(
                 "  {:<20} committed up to {}\n",

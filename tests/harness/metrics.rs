@@ -72,3 +72,17 @@ pub fn status(duplex: &Duplex) -> (i32, serde_json::Value) {
     });
     (output.status.code().unwrap_or(-1), json)
 }
+
+/// The value of the first sample of metric `name` in a `/metrics` text whose labels include
+/// every `key="value"` of `labels`.
+pub fn sample_with(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let prefix = format!("{name}{{");
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(&prefix)?;
+        let (set, value) = rest.rsplit_once("} ")?;
+        labels
+            .iter()
+            .all(|(key, value)| set.contains(&format!("{key}=\"{value}\"")))
+            .then(|| value.trim().parse().ok())?
+    })
+}
