@@ -226,6 +226,39 @@ fn a_postgresql_refusal_names_its_detail_and_a_nul_byte_from_mariadb_names_its_r
     );
 }
 
+#[test]
+fn a_refused_row_inside_a_long_run_of_inserts_is_named() {
+    // 500 inserts in one transaction are written with one COPY; the row the target refuses is
+    // still named, and nothing of the transaction lands.
+    let store = shared_pg().create_database();
+    store
+        .execute_as_duplex(
+            "CREATE TABLE items (id int PRIMARY KEY, code text, qty bigint, note text)",
+        )
+        .unwrap();
+    let wms = shared_pg().create_database();
+    wms.execute_as_duplex(
+        "CREATE TABLE items (id int PRIMARY KEY, code text UNIQUE, qty bigint, note text);
+         INSERT INTO items VALUES (1000, 'taken', 0, 'made on the target');",
+    )
+    .unwrap();
+    let config = harness::pg::one_way_config(&store, &wms, "items");
+    let mut duplex = Duplex::run(&config);
+    duplex.wait_link_started();
+    store
+        .psql(
+            "INSERT INTO items SELECT g, CASE WHEN g = 300 THEN 'taken' ELSE 'c' || g END, g, NULL \
+             FROM generate_series(1, 500) g",
+        )
+        .unwrap();
+    duplex.assert_stopped_saying(&[
+        "mapping items: site wms refused the insert of",
+        "row id=300 (source position ",
+        "DETAIL: Key (code)=(taken) already exists.",
+    ]);
+    assert_eq!(table_rows(&wms, "items").len(), 1);
+}
+
 /// Waits until the target's `items` holds `count` rows (duplex still running).
 fn wait_row_count(wms: &PgDatabase, duplex: &mut Duplex, count: usize, what: &str) {
     wait_for(what, REPLICATION_GUARD, || {

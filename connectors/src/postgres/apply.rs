@@ -19,6 +19,18 @@
 //! the first failure is the one reported (the ones after it fail only because the
 //! transaction is aborted).
 //!
+//! # Long runs of inserts
+//!
+//! A run of at least 128 consecutive inserts into one table with one column set (a backlog of
+//! small transactions grouped into one batch, or a large transaction) is written with one
+//! binary `COPY ... FROM STDIN` instead ([`super::copy`]): the values are encoded exactly as for
+//! an INSERT, streamed while the server stores the rows (rather than one multi-row INSERT's
+//! round trip after another, each waiting for the previous), and the server's per-row cost is
+//! lower. COPY inserts like INSERT: the same constraints, triggers (none under
+//! `session_replication_role = replica`) and unique violations, which fail the batch the same
+//! way (the link then locates the refused change by applying alone, see `duplex` `link`).
+//! Not for an upserting or conditional applier, nor for a column bound as text.
+//!
 //! An upserting applier ([`ApplyOptions::upsert`], the backfill's `--allow-nonempty`) writes
 //! `INSERT ... ON CONFLICT (<primary key>) DO UPDATE`: only a conflict on the primary key
 //! becomes an update, so a row meeting another row on a secondary unique index fails
@@ -86,6 +98,9 @@ use super::{PgError, connect, describe_table, positions, quote_ident};
 const INSERT_CHUNKS: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
 /// Rough upper bound on the parameter bytes of one multi-row INSERT.
 const INSERT_BYTES: usize = 4 << 20;
+/// Inserts in a run from which it is written with one binary COPY (see "Long runs of
+/// inserts").
+const COPY_ROWS: usize = 128;
 /// Updates and deletes sent together before their answers are awaited.
 const PIPELINE: usize = 256;
 /// Prepared statements kept per connection before the cache is emptied.
@@ -502,7 +517,12 @@ impl<'a> Writer<'a> {
                     {
                         end += 1;
                     }
-                    self.insert_run(route, &columns, &events[i..end]).await?;
+                    let run = &events[i..end];
+                    if self.copies(route, &columns, run.len()) {
+                        self.copy_run(route, &columns, run).await?;
+                    } else {
+                        self.insert_run(route, &columns, run).await?;
+                    }
                     i = end;
                 }
                 Op::Update | Op::Delete => {
@@ -516,6 +536,17 @@ impl<'a> Writer<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Whether a run of `rows` inserts carrying `columns` is written with one binary COPY
+    /// rather than multi-row INSERTs: long enough to pay for the COPY's round trip, not
+    /// upserting (COPY cannot resolve a conflict), every column binary-encodable.
+    fn copies(&self, route: &PgRoute, columns: &[usize], rows: usize) -> bool {
+        rows >= COPY_ROWS
+            && !self.options.upsert
+            && !columns
+                .iter()
+                .any(|&c| route.columns[c].kind.bound_as_text())
     }
 
     pub(super) async fn statement(

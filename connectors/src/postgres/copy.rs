@@ -1,4 +1,5 @@
-//! Bulk loading into PostgreSQL with binary `COPY` (the backfill's write path).
+//! Bulk loading into PostgreSQL with binary `COPY`: the backfill's write path, and the
+//! stream's for long runs of inserts (see [`super::apply`], "Long runs of inserts").
 //!
 //! # Protocol
 //!
@@ -86,8 +87,8 @@ impl Writer<'_> {
     }
 
     /// One `COPY ... FROM STDIN (FORMAT binary)` of `events` (inserts into `route`'s table
-    /// carrying exactly `columns`).
-    async fn copy_run(
+    /// carrying exactly `columns`, none of them bound as text).
+    pub(super) async fn copy_run(
         &mut self,
         route: &PgRoute,
         columns: &[usize],
