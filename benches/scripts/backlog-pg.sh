@@ -1,5 +1,7 @@
 #!/bin/bash
 # Backlog catch-up experiment: duplex stopped while N txns x 100 rows commit, then started.
+# STREAM=1: duplex keeps running while they commit; reports how far behind the target was
+# when the source finished.
 set -e
 # Needs the test servers: eval "$(cargo run -q -p duplex-testkit --bin duplex-testservers -- start)"
 : "${DUPLEX_TEST_PG_PORT:?start the test servers first (see above)}"
@@ -31,14 +33,18 @@ TOML
 DUPLEX_LOG=info $BIN --config $DIR/duplex.toml run > $DIR/log1 2>&1 &
 PID=$!
 until grep -q "link started" $DIR/log1; do kill -0 $PID || { cat $DIR/log1; exit 1; }; sleep 0.2; done
-kill -TERM $PID; wait $PID || true
+if [ -z "$STREAM" ]; then kill -TERM $PID; wait $PID || true; fi
 $P -d $S -c "CREATE PROCEDURE load(n int) LANGUAGE plpgsql AS \$\$ BEGIN FOR i IN 0..n-1 LOOP INSERT INTO orders SELECT g, g % 5000, 'new', (g % 100000)/100.0, now(), md5(g::text) FROM generate_series(i*100+1, i*100+100) g; COMMIT; END LOOP; END \$\$;"
 t0=$(date +%s.%N); $P -d $S -c "CALL load($TXNS)"; t1=$(date +%s.%N)
 echo "source committed $TXNS txns in $(echo "$t1-$t0"|bc) s"
 WANT=$((TXNS*100))
-DUPLEX_LOG=info $BIN --config $DIR/duplex.toml run > $DIR/log2 2>&1 &
-PID=$!
-t0=$(date +%s.%N)
+if [ -z "$STREAM" ]; then
+  DUPLEX_LOG=info $BIN --config $DIR/duplex.toml run > $DIR/log2 2>&1 &
+  PID=$!
+  t0=$(date +%s.%N)
+else
+  t0=$t1
+fi
 if [ -n "$PERF" ]; then perf record -g -p $PID -o ${PERF_DATA:-perf.data} 2>/dev/null & PERFPID=$!; fi
 while true; do
   n=$($P -d $T -At -c "select count(*) from orders")
@@ -48,7 +54,11 @@ done
 t1=$(date +%s.%N)
 el=$(echo "$t1-$t0"|bc)
 cpu=$(awk '{print ($14+$15)/100}' /proc/$PID/stat)
-echo "caught up $WANT rows in $el s: $(echo "$WANT/$el"|bc) rows/s; duplex cpu ${cpu}s"
+if [ -z "$STREAM" ]; then
+  echo "caught up $WANT rows in $el s: $(echo "$WANT/$el"|bc) rows/s; duplex cpu ${cpu}s"
+else
+  echo "streaming: the target had every row $el s after the source finished"
+fi
 [ -n "$PERF" ] && kill -INT $PERFPID && wait $PERFPID
 kill -TERM $PID; wait $PID || true
 $P -d $S -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database='$S'" >/dev/null
