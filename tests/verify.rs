@@ -43,7 +43,9 @@ const SEED: &str = "
 fn reports(duplex: &Duplex, args: &[&str]) -> (i32, Vec<serde_json::Value>) {
     let mut all = vec!["verify", "--json"];
     all.extend_from_slice(args);
+    let started = std::time::Instant::now();
     let out = duplex.command(&all);
+    eprintln!("verify {args:?} took {:?}", started.elapsed());
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let reports = stdout
         .lines()
@@ -255,5 +257,149 @@ fn verify_reports_exactly_the_planted_differences_while_run_streams_and_repair_f
     // A configuration error is exit code 2.
     let out = duplex.command(&["verify", "--mapping", "nope"]);
     assert_eq!(out.status.code(), Some(2));
+    assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
+}
+
+/// From a MariaDB source into PostgreSQL, under a steady MariaDB write load: the re-checks
+/// wait on the binlog position the target recorded; planted differences are reported
+/// exactly, every time, and `--repair` fixes them.
+#[test]
+fn verify_from_mariadb_reports_exactly_the_planted_differences_and_repairs_them() {
+    let erp = shared_mariadb().create_database();
+    erp.sql(
+        "CREATE TABLE items (id INT UNSIGNED PRIMARY KEY, qty INT NOT NULL, price DECIMAL(10,2),
+             note VARCHAR(40), seen DATETIME(6), flag TINYINT, day DATE) ENGINE=InnoDB;
+         CREATE TABLE codes (code VARCHAR(20) COLLATE utf8mb4_nopad_bin PRIMARY KEY, v INT) ENGINE=InnoDB;",
+    )
+    .unwrap();
+    let store = shared_pg().create_database();
+    store
+        .execute_as_duplex(
+            "CREATE TABLE items (id bigint PRIMARY KEY, qty int NOT NULL, price numeric(10,2),
+                 note text, seen timestamp, flag int2, day date);
+             CREATE TABLE codes (code text PRIMARY KEY, v int);",
+        )
+        .unwrap();
+    let (e, s) = (erp.name(), store.name());
+    let mut config = format!(
+        "[sites.{e}]\nkind = \"mysql\"\nurl = \"{}\"\n\n[sites.{s}]\nkind = \"postgres\"\nurl = \"{}\"\n\n",
+        erp.url(),
+        store.url()
+    );
+    for table in ["items", "codes"] {
+        config.push_str(&format!(
+            "[[mappings]]\nname = \"{table}\"\ntables = {{ {e} = \"{e}.{table}\", {s} = \"public.{table}\" }}\ndirection = \"{e}->{s}\"\n\n"
+        ));
+    }
+    let mut duplex = Duplex::run(&config);
+    wait_for("the link to start", WAIT, || {
+        duplex.assert_running();
+        if duplex.log_text().contains("link started") {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    });
+    erp.sql(
+        "INSERT INTO items SELECT seq, seq, seq * 1.25, IF(seq % 7 = 4, NULL, CONCAT('note ', seq)),
+             TIMESTAMP '2026-01-02 03:04:05.123456' + INTERVAL seq MINUTE, seq % 3, DATE '2026-01-01' + INTERVAL seq DAY
+             FROM seq_1_to_1500;
+         INSERT INTO codes SELECT CONCAT('k', seq), seq FROM seq_1_to_200;",
+    )
+    .unwrap();
+    wait_for("the seed rows to arrive", WAIT, || {
+        duplex.assert_running();
+        let a = store
+            .psql("SELECT count(*) FROM items")
+            .map_err(|e| e.to_string())?;
+        let b = store
+            .psql("SELECT count(*) FROM codes")
+            .map_err(|e| e.to_string())?;
+        if a.trim() == "1500" && b.trim() == "200" {
+            Ok(())
+        } else {
+            Err(format!("{a} {b}"))
+        }
+    });
+    store
+        .psql(
+            "DELETE FROM items WHERE id = 1;
+             INSERT INTO items (id, qty) VALUES (77777, 1);
+             UPDATE items SET qty = 0 WHERE id = 2;
+             UPDATE items SET price = 9.99 WHERE id = 3;
+             UPDATE items SET note = '' WHERE id = 4;
+             UPDATE items SET seen = '2020-01-01 00:00:00' WHERE id = 5;
+             UPDATE items SET flag = 2 WHERE id = 6;
+             UPDATE items SET day = '2020-02-02' WHERE id = 8;
+             UPDATE items SET id = 66666 WHERE id = 9;
+             UPDATE codes SET v = -1 WHERE code = 'k5';",
+        )
+        .unwrap();
+    let stop = AtomicBool::new(false);
+    let written = AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                erp.sql(&format!(
+                    "INSERT INTO items (id, qty, price) VALUES ({}, 1, 2.50);
+                     UPDATE items SET qty = qty + 1, note = 'busy {n}' WHERE id = {};
+                     UPDATE codes SET v = v + 1 WHERE code = 'k{}';",
+                    100_000 + n,
+                    500 + n % 1000,
+                    100 + n % 100
+                ))
+                .unwrap();
+                written.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        wait_for("the load to run", WAIT, || {
+            (written.load(Ordering::Relaxed) > 20)
+                .then_some(())
+                .ok_or_else(|| "slow".to_owned())
+        });
+        for round in 0..3 {
+            let (code, found) = reports(&duplex, &[]);
+            assert_eq!(code, 1, "round {round}: {found:?}");
+            assert_eq!(found.len(), 2, "{found:?}");
+            for report in &found {
+                let got = (
+                    keys(report, "missing"),
+                    keys(report, "extra"),
+                    differing(report),
+                );
+                let want = if report["mapping"] == "items" {
+                    (
+                        set(&["id=1", "id=9"]),
+                        set(&["id=66666", "id=77777"]),
+                        set(&[
+                            "id=2: qty",
+                            "id=3: price",
+                            "id=4: note",
+                            "id=5: seen",
+                            "id=6: flag",
+                            "id=8: day",
+                        ]),
+                    )
+                } else {
+                    (set(&[]), set(&[]), set(&["code=\"k5\": v"]))
+                };
+                assert_eq!(got, want, "round {round}: {report}");
+                assert_eq!(report["confirmed"], true, "{report}");
+            }
+        }
+        let out = duplex.command(&["verify", "--repair"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (code, found) = reports(&duplex, &[]);
+        assert_eq!(code, 0, "{found:?}");
+        stop.store(true, Ordering::Relaxed);
+    });
     assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
 }

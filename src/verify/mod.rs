@@ -341,6 +341,7 @@ async fn verify_mapping(
         }
     }
     let scanned = started.elapsed();
+    tracing::debug!(mapping = %mapping.name, rows, differing = found.len(), seconds = scanned.as_secs_f64(), "compared every range");
     let key = position_key(target_site, from, deployment).await?;
     let progress = Progress {
         source: &source.connection,
@@ -362,6 +363,7 @@ async fn verify_mapping(
     .await?;
     source_reader.close().await;
     target_reader.close().await;
+    tracing::debug!(mapping = %mapping.name, still = rechecked.differences.len(), confirmed = rechecked.confirmed, seconds = started.elapsed().as_secs_f64(), "re-checked the differing keys");
     let mut repaired = 0;
     if options.repair && !rechecked.differences.is_empty() {
         repaired = repair(target_site, &route, &source, &rechecked.differences).await?;
