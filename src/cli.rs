@@ -136,6 +136,10 @@ pub enum Command {
         /// (and delete rows the source does not have), through duplex's normal write path.
         #[arg(long)]
         repair: bool,
+        /// How long, in seconds, to wait for a target to apply past the source's position
+        /// before a differing row is re-read.
+        #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+        wait: u64,
         /// Rows per key range.
         #[arg(long, default_value_t = crate::verify::DEFAULT_CHUNK_ROWS, hide = true)]
         chunk_rows: u64,
@@ -342,6 +346,7 @@ pub fn main() -> ExitCode {
             jobs,
             json,
             repair,
+            wait,
             chunk_rows,
         } => {
             let options = crate::verify::VerifyOptions {
@@ -349,6 +354,7 @@ pub fn main() -> ExitCode {
                 jobs,
                 chunk_rows,
                 repair,
+                wait: std::time::Duration::from_secs(wait),
                 ..Default::default()
             };
             runtime.block_on(crate::verify::command(&config, &options, json))

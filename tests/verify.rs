@@ -402,4 +402,15 @@ fn verify_from_mariadb_reports_exactly_the_planted_differences_and_repairs_them(
         stop.store(true, Ordering::Relaxed);
     });
     assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
+    // With run stopped, a change the target never got is reported, as not confirmed, after
+    // one wait.
+    erp.sql("INSERT INTO codes VALUES ('new', 1)").unwrap();
+    let (code, found) = reports(&duplex, &["--mapping", "codes", "--wait", "1"]);
+    assert_eq!(code, 1, "{found:?}");
+    assert_eq!(
+        keys(&found[0], "missing"),
+        set(&["code=\"new\""]),
+        "{found:?}"
+    );
+    assert_eq!(found[0]["confirmed"], false, "{found:?}");
 }

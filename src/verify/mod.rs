@@ -16,6 +16,7 @@
 //! a two-way or chained setup recognises it as duplex's own and does not echo it).
 
 pub mod compare;
+pub mod last;
 pub mod report;
 pub mod scan;
 
@@ -61,8 +62,8 @@ impl Default for VerifyOptions {
             mappings: Vec::new(),
             jobs: 4,
             chunk_rows: DEFAULT_CHUNK_ROWS,
-            rounds: 3,
-            wait: Duration::from_secs(10),
+            rounds: 4,
+            wait: Duration::from_secs(30),
             repair: false,
         }
     }
@@ -128,6 +129,9 @@ impl VerifyError {
 pub async fn command(config: &Config, options: &VerifyOptions, json: bool) -> ExitCode {
     match verify(config, options).await {
         Ok(reports) => {
+            if let Err(error) = last::record(&config.state_dir, &last::LastVerify::of(&reports)) {
+                tracing::warn!(dir = %config.state_dir.display(), %error, "cannot record the verify's result in the state directory");
+            }
             for report in &reports {
                 crate::output::stdout(&if json { report.json() } else { report.text() });
             }

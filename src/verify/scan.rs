@@ -10,10 +10,10 @@
 //! (its `duplex.positions` row for the source, or for a PostgreSQL source the slot's
 //! confirmed position, see [`duplex_connectors::verify`]), the target. A target that holds
 //! everything the source had at P and still differs from the source's row as of P differs for
-//! real, unless the row changed again on the source in between (a row changed in every round
-//! is reported, with the note that it kept changing). A key equal in any round is dropped.
-//! If the target does not get past P within the wait (the link is stopped or far behind), the
-//! remaining differences are reported as unconfirmed.
+//! real, unless the row changed again on the source in between: the rounds go on (up to a
+//! bound) until two of them read the same rows on both sides. A key equal in any round is
+//! dropped. If the target does not get past P within the wait (the link is stopped or far
+//! behind), the remaining differences are reported as unconfirmed at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -261,7 +261,7 @@ pub async fn recheck(
     progress: &Progress<'_>,
 ) -> Result<Rechecked, VerifyError> {
     let mut confirmed = true;
-    for _ in 0..rounds {
+    for round in 0..rounds {
         if found.is_empty() {
             break;
         }
@@ -280,7 +280,7 @@ pub async fn recheck(
             Some(p) => wait_applied(progress, p).await?,
             None => true,
         };
-        let mut still = BTreeMap::new();
+        let mut still: BTreeMap<String, (usize, KeyDifference)> = BTreeMap::new();
         for (r, source) in sources {
             let (target, _) = read(readers.1, sides.1, route, &ranges[r], false).await?;
             let keep = |row: &Canonical| found.get(&row.key).is_some_and(|(fr, _)| *fr == r);
@@ -290,7 +290,18 @@ pub async fn recheck(
                 still.insert(difference.key.clone(), (r, difference));
             }
         }
+        // Two confirmed rounds that read the same rows on both sides: nothing was in flight.
+        let settled = confirmed
+            && round > 0
+            && still.len() == found.len()
+            && still
+                .iter()
+                .all(|(key, (_, d))| found.get(key).is_some_and(|(_, before)| before == d));
         found = still;
+        // A target that did not get past the position will not within another wait either.
+        if settled || !confirmed {
+            break;
+        }
     }
     Ok(Rechecked {
         differences: found.into_values().map(|(_, d)| d).collect(),
