@@ -68,6 +68,8 @@ pub struct Status {
     /// The replication slot of each PostgreSQL site, read from the sites by `status` itself
     /// (so it is shown whether or not `duplex run` runs).
     pub slots: Vec<SiteSlot>,
+    /// The last `duplex verify`'s time and result (read from the state directory).
+    pub last_verify: Option<crate::verify::last::LastVerify>,
 }
 
 /// A PostgreSQL site's duplex replication slot.
@@ -153,6 +155,7 @@ pub async fn status(config: &Config) -> Result<Status, StatusError> {
             running: false,
             report: None,
             slots: Vec::new(),
+            last_verify: None,
         },
         Some(Response::Status(snapshot)) => judge(snapshot),
         Some(Response::Refused(why)) => return Err(StatusError::Refused(why)),
@@ -163,6 +166,7 @@ pub async fn status(config: &Config) -> Result<Status, StatusError> {
         }
     };
     status.slots = slots;
+    status.last_verify = crate::verify::last::read(&config.state_dir);
     Ok(status)
 }
 
@@ -185,6 +189,7 @@ pub fn judge(snapshot: Snapshot) -> Status {
         running: true,
         report: Some(snapshot),
         slots: Vec::new(),
+        last_verify: None,
     }
 }
 
@@ -286,6 +291,9 @@ pub fn table(status: &Status) -> String {
                 target.rows_per_second
             ));
         }
+    }
+    if let Some(last) = &status.last_verify {
+        text.push_str(&crate::verify::last::line(last));
     }
     text
 }

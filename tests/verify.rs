@@ -413,4 +413,15 @@ fn verify_from_mariadb_reports_exactly_the_planted_differences_and_repairs_them(
         "{found:?}"
     );
     assert_eq!(found[0]["confirmed"], false, "{found:?}");
+    // `status` shows the last verify's time and result.
+    let out = duplex.command(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let last = &status["last_verify"];
+    let differences = ["missing", "extra", "differing"]
+        .iter()
+        .map(|f| found[0][f].as_array().unwrap().len())
+        .sum::<usize>();
+    assert_eq!(last["equal"], false, "{status}");
+    assert_eq!(last["mappings"], 1, "{status}");
+    assert_eq!(last["differences"], differences, "{status}");
 }

@@ -66,6 +66,23 @@ pub fn record(state_dir: &Path, last: &LastVerify) -> std::io::Result<()> {
     std::fs::rename(&temporary, &path)
 }
 
+/// The status line of `last`: `last verify: <time>: equal (3 mappings)`, or with the number
+/// of rows that differed and whether they were repaired.
+pub fn line(last: &LastVerify) -> String {
+    let what = if last.equal && last.differences == 0 {
+        "equal".to_owned()
+    } else if last.repaired {
+        format!("{} row(s) differed, repaired", last.differences)
+    } else {
+        format!("{} row(s) differ", last.differences)
+    };
+    format!(
+        "\nlast verify: {}: {what} ({} mapping(s))\n",
+        last.at.format("%Y-%m-%d %H:%M:%S UTC"),
+        last.mappings
+    )
+}
+
 /// The last verify recorded in `state_dir`, if any.
 pub fn read(state_dir: &Path) -> Option<LastVerify> {
     let text = std::fs::read(state_dir.join(FILE)).ok()?;
