@@ -15,26 +15,29 @@ const WAIT: Duration = Duration::from_secs(90);
 
 const PG_TABLES: &str = "
     CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL, price numeric(10,2), note text,
-        seen timestamptz, flag bool, day date, doc jsonb);
+        seen timestamptz, flag bool, day date, doc jsonb, u uuid, b bytea, f float8, t time);
     CREATE TABLE pairs (a int, b text, v text, PRIMARY KEY (a, b));
     CREATE TABLE codes (code text PRIMARY KEY, v int);";
 
 const MY_TABLES: &str = "
     CREATE TABLE items (id INT PRIMARY KEY, quantity INT NOT NULL, price DECIMAL(10,2), note TEXT,
-        seen DATETIME(6), flag TINYINT(1), day DATE, doc JSON) ENGINE=InnoDB;
+        seen DATETIME(6), flag TINYINT(1), day DATE, doc JSON, u CHAR(36), b BLOB, f DOUBLE, t TIME(6))
+        ENGINE=InnoDB;
     CREATE TABLE pairs (a INT, b VARCHAR(20) COLLATE utf8mb4_nopad_bin, v TEXT, PRIMARY KEY (a, b)) ENGINE=InnoDB;
     CREATE TABLE codes (code VARCHAR(20) COLLATE utf8mb4_nopad_bin PRIMARY KEY, v INT) ENGINE=InnoDB;";
 
 const PG_TARGET_TABLES: &str = "
     CREATE TABLE items (id int PRIMARY KEY, quantity int NOT NULL, price numeric(12,3), note text,
-        seen timestamptz, flag bool, day date, doc jsonb);
+        seen timestamptz, flag bool, day date, doc jsonb, u uuid, b bytea, f float8, t time);
     CREATE TABLE pairs (a int, b text, v text, PRIMARY KEY (a, b));
     CREATE TABLE codes (code text PRIMARY KEY, v int);";
 
 const SEED: &str = "
     INSERT INTO items SELECT i, i, i * 1.25, CASE WHEN i % 7 = 4 THEN NULL ELSE 'note ' || i END,
         '2026-01-02 03:04:05.123456+02'::timestamptz + i * interval '1 minute', i % 2 = 0,
-        date '2026-01-01' + i, jsonb_build_object('n', i, 'tags', jsonb_build_array('a', 'b'))
+        date '2026-01-01' + i, jsonb_build_object('n', i, 'tags', jsonb_build_array('a', 'b')),
+        md5(i::text)::uuid, decode(md5(i::text), 'hex'), i / 3.0::float8,
+        time '00:00:00.5' + i * interval '1 second'
         FROM generate_series(1, 2500) i;
     INSERT INTO pairs SELECT i % 10, 'b' || i, 'v' || i FROM generate_series(1, 300) i;
     INSERT INTO codes SELECT 'k' || i, i FROM generate_series(1, 300) i;";
@@ -142,7 +145,7 @@ fn verify_reports_exactly_the_planted_differences_while_run_streams_and_repair_f
     // each type, NULL made '', a changed key; a composite-key and a text-key difference.
     erp.sql(
         "DELETE FROM items WHERE id = 1;
-         INSERT INTO items VALUES (99999, 1, NULL, NULL, NULL, NULL, NULL, NULL);
+         INSERT INTO items (id, quantity) VALUES (99999, 1);
          UPDATE items SET quantity = 0 WHERE id = 2;
          UPDATE items SET price = 1.26 WHERE id = 3;
          UPDATE items SET note = '' WHERE id = 4;
@@ -151,6 +154,10 @@ fn verify_reports_exactly_the_planted_differences_while_run_streams_and_repair_f
          UPDATE items SET day = '2020-02-02' WHERE id = 8;
          UPDATE items SET doc = '{\"n\": 9}' WHERE id = 9;
          UPDATE items SET id = 88888 WHERE id = 10;
+         UPDATE items SET u = '00000000-0000-0000-0000-000000000011' WHERE id = 11;
+         UPDATE items SET b = X'00' WHERE id = 12;
+         UPDATE items SET f = 0.25 WHERE id = 13;
+         UPDATE items SET t = '01:02:03' WHERE id = 14;
          UPDATE pairs SET v = 'changed' WHERE a = 1 AND b = 'b1';
          DELETE FROM codes WHERE code = 'k7';",
     )
@@ -166,6 +173,10 @@ fn verify_reports_exactly_the_planted_differences_while_run_streams_and_repair_f
          UPDATE items SET day = '2020-02-02' WHERE id = 8;
          UPDATE items SET doc = '{\"n\": 9}' WHERE id = 9;
          UPDATE items SET id = 88888 WHERE id = 10;
+         UPDATE items SET u = '00000000-0000-0000-0000-000000000011' WHERE id = 11;
+         UPDATE items SET b = '\\x00' WHERE id = 12;
+         UPDATE items SET f = 0.25 WHERE id = 13;
+         UPDATE items SET t = '01:02:03' WHERE id = 14;
          UPDATE pairs SET v = 'changed' WHERE a = 1 AND b = 'b1';
          INSERT INTO codes VALUES ('zz-extra', 1);",
     )
@@ -206,6 +217,10 @@ fn verify_reports_exactly_the_planted_differences_while_run_streams_and_repair_f
             "id=7: flag",
             "id=8: day",
             "id=9: doc",
+            "id=11: u",
+            "id=12: b",
+            "id=13: f",
+            "id=14: t",
         ]);
         for round in 0..3 {
             let (code, found) = reports(&duplex, &[]);
