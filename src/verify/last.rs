@@ -36,7 +36,7 @@ impl LastVerify {
     pub fn of(reports: &[MappingReport]) -> LastVerify {
         LastVerify {
             at: Utc::now(),
-            equal: reports.iter().all(|r| r.equal || r.repaired.is_some()),
+            equal: reports.iter().all(MappingReport::settled),
             mappings: reports.len(),
             differences: reports
                 .iter()

@@ -39,6 +39,9 @@ use scan::{Progress, Side};
 /// Rows per key range.
 pub const DEFAULT_CHUNK_ROWS: u64 = 10_000;
 
+/// How often `--repair` writes a key that still differs after its repair.
+const REPAIR_ATTEMPTS: usize = 3;
+
 /// What `duplex verify` was asked.
 #[derive(Debug, Clone)]
 pub struct VerifyOptions {
@@ -135,7 +138,7 @@ pub async fn command(config: &Config, options: &VerifyOptions, json: bool) -> Ex
             for report in &reports {
                 crate::output::stdout(&if json { report.json() } else { report.text() });
             }
-            if reports.iter().all(|r| r.equal || r.repaired.is_some()) {
+            if reports.iter().all(MappingReport::settled) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -365,13 +368,41 @@ async fn verify_mapping(
         &progress,
     )
     .await?;
+    tracing::debug!(mapping = %mapping.name, still = rechecked.differences.len(), confirmed = rechecked.confirmed, seconds = started.elapsed().as_secs_f64(), "re-checked the differing keys");
+    let mut repaired = BTreeSet::new();
+    let mut unrepaired = Vec::new();
+    if options.repair && !rechecked.differences.is_empty() {
+        // A change replicated between the last read and the repair's commit would be
+        // overwritten by an older version: the repaired keys are checked again like any
+        // difference, and repaired again from a fresh read while they differ (a bounded number
+        // of times; what still differs is reported).
+        let mut pending = rechecked.differences.clone();
+        for _ in 0..REPAIR_ATTEMPTS {
+            repair(target_site, from, &route, &pending).await?;
+            repaired.extend(pending.iter().map(|d| d.key.clone()));
+            let found = pending
+                .into_iter()
+                .map(|d| (d.key.clone(), (rechecked.ranges[&d.key], d)))
+                .collect();
+            let again = scan::recheck(
+                (&mut source_reader, &mut target_reader),
+                (&source, &target),
+                &route,
+                &ranges,
+                found,
+                2,
+                &progress,
+            )
+            .await?;
+            pending = again.differences;
+            if pending.is_empty() || !again.confirmed {
+                break;
+            }
+        }
+        unrepaired = pending.into_iter().map(|d| d.key).collect();
+    }
     source_reader.close().await;
     target_reader.close().await;
-    tracing::debug!(mapping = %mapping.name, still = rechecked.differences.len(), confirmed = rechecked.confirmed, seconds = started.elapsed().as_secs_f64(), "re-checked the differing keys");
-    let mut repaired = 0;
-    if options.repair && !rechecked.differences.is_empty() {
-        repaired = repair(target_site, &route, &source, &rechecked.differences).await?;
-    }
     Ok(MappingReport::new(
         &mapping.name,
         from,
@@ -379,7 +410,7 @@ async fn verify_mapping(
         rows,
         scanned,
         rechecked,
-        options.repair.then_some(repaired),
+        options.repair.then_some((repaired.len(), unrepaired)),
     ))
 }
 
@@ -390,8 +421,8 @@ async fn verify_mapping(
 /// `verify:<source>` in `duplex.positions`, which marks it as duplex's own write.
 async fn repair(
     target: &crate::config::Site,
+    source: &str,
     route: &TableRoute,
-    source: &Side,
     differences: &[KeyDifference],
 ) -> Result<usize, VerifyError> {
     let failed = |source| VerifyError::Repair {
@@ -445,7 +476,7 @@ async fn repair(
         .map_err(failed)?;
     // Repairs are numbered by time, after the last one this target recorded: a repair is never
     // taken for one already applied.
-    let name = format!("verify:{}", source.site);
+    let name = format!("verify:{source}");
     let last = match applier.position(&name).await.map_err(failed)? {
         Some(Position::Outbox(n)) => n,
         _ => 0,

@@ -36,6 +36,9 @@ pub struct MappingReport {
     /// With `--repair`: rows written into the target.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repaired: Option<usize>,
+    /// With `--repair`: keys that still differed after it (changed again while repaired).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unrepaired: Vec<String>,
     /// True when nothing differs.
     pub equal: bool,
 }
@@ -58,7 +61,7 @@ impl MappingReport {
         rows: u64,
         took: Duration,
         rechecked: Rechecked,
-        repaired: Option<usize>,
+        repaired: Option<(usize, Vec<String>)>,
     ) -> MappingReport {
         let mut missing = Vec::new();
         let mut extra = Vec::new();
@@ -90,9 +93,18 @@ impl MappingReport {
             extra,
             differing,
             confirmed: equal || rechecked.confirmed,
-            repaired,
+            unrepaired: repaired
+                .as_ref()
+                .map(|(_, u)| u.clone())
+                .unwrap_or_default(),
+            repaired: repaired.map(|(n, _)| n),
             equal,
         }
+    }
+
+    /// Whether the mapping is equal now: nothing differed, or `--repair` fixed all of it.
+    pub fn settled(&self) -> bool {
+        self.equal || (self.repaired.is_some() && self.unrepaired.is_empty())
     }
 
     /// The report for people.
@@ -143,6 +155,13 @@ impl MappingReport {
                 out,
                 "mapping {}: repaired {n} row(s) at {}",
                 self.mapping, self.target
+            );
+        }
+        for key in &self.unrepaired {
+            let _ = writeln!(
+                out,
+                "  still differs at {} after the repair (changed meanwhile; verify again): {key}",
+                self.target
             );
         }
         out

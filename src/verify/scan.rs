@@ -231,6 +231,8 @@ pub async fn compare_range(
 pub struct Rechecked {
     /// What still differs.
     pub differences: Vec<KeyDifference>,
+    /// The range of each differing key.
+    pub ranges: BTreeMap<String, usize>,
     /// Whether the target got past the source's position in the last round (the differences
     /// are then proven, not possibly in flight).
     pub confirmed: bool,
@@ -304,6 +306,7 @@ pub async fn recheck(
         }
     }
     Ok(Rechecked {
+        ranges: found.iter().map(|(k, (r, _))| (k.clone(), *r)).collect(),
         differences: found.into_values().map(|(_, d)| d).collect(),
         confirmed,
     })
