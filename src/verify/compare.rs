@@ -4,12 +4,16 @@
 //! in their normal text ([`crate::engine::rows::normal`]: decimals without trailing zeros,
 //! integers whatever their signedness, JSON by content, instants in UTC, BIT(1) as a boolean),
 //! so `10.50` in PostgreSQL and `10.5` in MariaDB are equal, while NULL and `''` are not. A
-//! range's fingerprint is the wrapping sum of its rows' hashes (the reads carry no order) and
-//! its row count: ranges whose fingerprints agree are equal; only the others are compared row
-//! by row, by key.
+//! range's fingerprint is the wrapping sum of its rows' hashes (a fast non-cryptographic hash,
+//! foldhash, of each column's normal text; the reads carry no order) and its row count: ranges
+//! whose fingerprints agree are equal; only the others are brought into compared form and
+//! compared row by row, by key.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::fmt::Write as _;
+use std::hash::{BuildHasher, Hasher};
+
+use foldhash::fast::FixedState;
 
 use duplex_connectors::{Row, TableRoute, Value};
 use serde::Serialize;
@@ -27,12 +31,12 @@ pub struct Canonical {
 }
 
 impl Canonical {
-    /// The row's hash: its key and every column's normal text.
+    /// The row's hash: every column's normal text (the key columns are among them).
     fn hash(&self) -> u64 {
-        let mut hasher = DefaultHasher::new();
-        self.key.hash(&mut hasher);
+        let mut hasher = FixedState::default().build_hasher();
+        let mut buffer = String::new();
         for (_, value) in &self.columns {
-            normal(value).hash(&mut hasher);
+            hash_value(value, false, &mut buffer, &mut hasher);
         }
         hasher.finish()
     }
@@ -88,6 +92,47 @@ fn convert(
 pub fn fingerprint(rows: &[Canonical]) -> (usize, u64) {
     let sum = rows.iter().fold(0u64, |sum, r| sum.wrapping_add(r.hash()));
     (rows.len(), sum)
+}
+
+/// The fingerprint of rows as a reader returned them (the route's columns in route order),
+/// equal to [`fingerprint`] of the same rows in compared form without building it: `as_json`
+/// marks the columns whose text is read as JSON (see [`super::scan::Side::as_json`]).
+pub fn raw_fingerprint(rows: &[Row], as_json: &[bool]) -> (usize, u64) {
+    let state = FixedState::default();
+    let mut buffer = String::new();
+    let sum = rows.iter().fold(0u64, |sum, row| {
+        let mut hasher = state.build_hasher();
+        let mut json = as_json.iter();
+        for (_, value) in row.iter() {
+            let as_json = json.next().copied().unwrap_or(false);
+            hash_value(value, as_json, &mut buffer, &mut hasher);
+        }
+        sum.wrapping_add(hasher.finish())
+    });
+    (rows.len(), sum)
+}
+
+/// Hashes the normal text of `value` ([`normal`]; text read as JSON when `as_json`), written
+/// into `buffer` without allocating for the common kinds, and a separator.
+fn hash_value(value: &Value, as_json: bool, buffer: &mut String, hasher: &mut impl Hasher) {
+    buffer.clear();
+    match value {
+        Value::Null => buffer.push_str("NULL"),
+        Value::Bool(b) => buffer.push(if *b { '1' } else { '0' }),
+        Value::Int(i) => {
+            let _ = write!(buffer, "{i}");
+        }
+        Value::UInt(u) => {
+            let _ = write!(buffer, "{u}");
+        }
+        Value::Text(text) if as_json => buffer.push_str(&normal(&Value::Json(text.clone()))),
+        Value::Text(text) => {
+            let _ = write!(buffer, "{text:?}");
+        }
+        other => buffer.push_str(&normal(other)),
+    }
+    hasher.write(buffer.as_bytes());
+    hasher.write_u8(0xff);
 }
 
 /// How a key differs between the source and a target.
@@ -220,6 +265,46 @@ mod tests {
         .into_iter()
         .collect();
         from_target(&route(), &row)
+    }
+
+    #[test]
+    fn the_fast_hash_is_the_hash_of_the_normal_text() {
+        let values = [
+            Value::Null,
+            Value::Bool(true),
+            Value::Int(-7),
+            Value::UInt(7),
+            Value::Text("a \"quoted\" ☺\n".into()),
+            Value::Decimal("10.50".parse().unwrap()),
+            Value::Json("{\"a\": 1}".into()),
+        ];
+        for value in &values {
+            let (mut fast, mut plain) = (
+                FixedState::default().build_hasher(),
+                FixedState::default().build_hasher(),
+            );
+            hash_value(value, false, &mut String::new(), &mut fast);
+            plain.write(normal(value).as_bytes());
+            plain.write_u8(0xff);
+            assert_eq!(fast.finish(), plain.finish(), "{value:?}");
+        }
+        let (mut text, mut json) = (
+            FixedState::default().build_hasher(),
+            FixedState::default().build_hasher(),
+        );
+        hash_value(
+            &Value::Text("{\"a\": 1}".into()),
+            true,
+            &mut String::new(),
+            &mut text,
+        );
+        hash_value(
+            &Value::Json("{\"a\":1}".into()),
+            false,
+            &mut String::new(),
+            &mut json,
+        );
+        assert_eq!(text.finish(), json.finish());
     }
 
     #[test]

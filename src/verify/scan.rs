@@ -19,12 +19,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use duplex_connectors::{
-    AnySnapshot, Column, KeyRange, Position, SiteConnection, SnapshotRead, TableRoute, TableSchema,
-    Value,
+    AnySnapshot, Column, KeyRange, Position, Row, SiteConnection, SnapshotRead, TableRoute,
+    TableSchema, Value,
 };
 
 use super::VerifyError;
-use super::compare::{Canonical, KeyDifference, differences, from_source, from_target};
+use super::compare::{
+    Canonical, KeyDifference, differences, from_source, from_target, raw_fingerprint,
+};
 
 /// One side of a mapping: its site, table and the columns read.
 #[derive(Debug, Clone)]
@@ -166,22 +168,24 @@ pub async fn plan(
     Ok(ranges)
 }
 
-/// Reads `range` on `side` in a fresh snapshot: the rows in compared form and the position
-/// the read stands at.
-pub async fn read(
+/// Reads `range` on `side` in a fresh snapshot: the rows as read (the route's columns in
+/// route order) and the position the read stands at.
+pub async fn read_rows(
     reader: &mut AnySnapshot,
     side: &Side,
-    route: &TableRoute,
     range: &Bounds,
-    source: bool,
-) -> Result<(Vec<Canonical>, Position), VerifyError> {
+) -> Result<(Vec<Row>, Position), VerifyError> {
     let position = reader.renew().await.map_err(side.snapshot_error())?;
     let rows = reader
         .rows(&side.schema.name, &side.columns, &side.range(range))
         .await
         .map_err(side.snapshot_error())?;
-    let rows = rows
-        .iter()
+    Ok((rows, position))
+}
+
+/// `rows` read on `side` in compared form.
+pub fn canonical(side: &Side, route: &TableRoute, rows: &[Row], source: bool) -> Vec<Canonical> {
+    rows.iter()
         .map(|row| {
             let mut row = if source {
                 from_source(route, row)
@@ -195,8 +199,20 @@ pub async fn read(
             }
             row
         })
-        .collect();
-    Ok((rows, position))
+        .collect()
+}
+
+/// Reads `range` on `side` in a fresh snapshot: the rows in compared form and the position
+/// the read stands at.
+pub async fn read(
+    reader: &mut AnySnapshot,
+    side: &Side,
+    route: &TableRoute,
+    range: &Bounds,
+    source: bool,
+) -> Result<(Vec<Canonical>, Position), VerifyError> {
+    let (rows, position) = read_rows(reader, side, range).await?;
+    Ok((canonical(side, route, &rows, source), position))
 }
 
 /// The result of comparing one range in the first pass.
@@ -215,15 +231,24 @@ pub async fn compare_range(
     range: &Bounds,
 ) -> Result<RangeResult, VerifyError> {
     let (source, target) = tokio::join!(
-        read(readers.0, sides.0, route, range, true),
-        read(readers.1, sides.1, route, range, false)
+        read_rows(readers.0, sides.0, range),
+        read_rows(readers.1, sides.1, range)
     );
     let (source, _) = source?;
     let (target, _) = target?;
     let rows = source.len() as u64;
+    if raw_fingerprint(&source, &sides.0.as_json) == raw_fingerprint(&target, &sides.1.as_json) {
+        return Ok(RangeResult {
+            rows,
+            differences: Vec::new(),
+        });
+    }
     Ok(RangeResult {
         rows,
-        differences: differences(source, target),
+        differences: differences(
+            canonical(sides.0, route, &source, true),
+            canonical(sides.1, route, &target, false),
+        ),
     })
 }
 
