@@ -118,6 +118,32 @@ pub enum Command {
         #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
         watch: Option<u64>,
     },
+    /// Compare every one-way mapping's target with its source, row by row by meaning, while
+    /// `duplex run` replicates (no locks); rows still in flight are re-checked, not reported.
+    /// Exits 0 when every mapping is equal, 1 when something differs, 2 on a configuration
+    /// error.
+    Verify {
+        /// Only this mapping (repeatable); all mappings when omitted.
+        #[arg(long = "mapping", value_name = "NAME")]
+        mappings: Vec<String>,
+        /// Parallel range readers per mapping.
+        #[arg(long, default_value_t = 4)]
+        jobs: usize,
+        /// One JSON object per mapping instead of the report.
+        #[arg(long)]
+        json: bool,
+        /// Make each target equal to its source: write the source's rows over what differs
+        /// (and delete rows the source does not have), through duplex's normal write path.
+        #[arg(long)]
+        repair: bool,
+        /// How long, in seconds, to wait for a target to apply past the source's position
+        /// before a differing row is re-read.
+        #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+        wait: u64,
+        /// Rows per key range.
+        #[arg(long, default_value_t = crate::verify::DEFAULT_CHUNK_ROWS, hide = true)]
+        chunk_rows: u64,
+    },
     /// List the conflicts the merge engine detected (two-way mappings), or settle a held one.
     Conflicts {
         /// Print JSON instead of the table.
@@ -196,6 +222,7 @@ pub fn main() -> ExitCode {
         | Command::Status { .. }
         | Command::DeadLetters { .. }
         | Command::Teardown { .. }
+        | Command::Verify { .. }
         | Command::Completions { .. } => "warn",
         Command::Run { .. } | Command::Backfill { .. } => "info",
     };
@@ -314,6 +341,24 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Status { json, watch } => runtime.block_on(status(&config, json, watch)),
+        Command::Verify {
+            mappings,
+            jobs,
+            json,
+            repair,
+            wait,
+            chunk_rows,
+        } => {
+            let options = crate::verify::VerifyOptions {
+                mappings,
+                jobs,
+                chunk_rows,
+                repair,
+                wait: std::time::Duration::from_secs(wait),
+                ..Default::default()
+            };
+            runtime.block_on(crate::verify::command(&config, &options, json))
+        }
         Command::Conflicts { json, held, action } => match action {
             None => match runtime.block_on(crate::conflicts::list(&config)) {
                 Ok(mut records) => {

@@ -24,3 +24,4 @@ pub mod shutdown;
 pub mod status;
 pub mod teardown;
 pub mod telemetry;
+pub mod verify;

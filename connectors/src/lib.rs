@@ -52,6 +52,7 @@ pub mod teardown;
 mod tls;
 pub mod typemap;
 pub mod value;
+pub mod verify;
 
 pub use apply::{Applier, ApplyError, ApplyOptions, SkippedWrite, TableRoute};
 pub use catalog::{DescribeError, describe, table_names};

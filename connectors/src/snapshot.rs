@@ -267,6 +267,17 @@ impl AnySnapshot {
         })
     }
 
+    /// Ends the reader's transaction and starts a fresh one of its own; returns a position of
+    /// the site's log at or after the end of every transaction the new one sees (PostgreSQL:
+    /// the WAL insert position read by the statement that takes its snapshot; MySQL/MariaDB:
+    /// the binlog position matching the consistent snapshot exactly). See [`crate::verify`].
+    pub async fn renew(&mut self) -> Result<Position, SnapshotError> {
+        Ok(match self {
+            AnySnapshot::Postgres(reader) => Position::Postgres(reader.renew().await?),
+            AnySnapshot::Mysql(conn) => Position::Mysql(conn.lock().await.renew().await?),
+        })
+    }
+
     /// Ends the reader's transaction and closes its connection (a shared MySQL/MariaDB snapshot
     /// stays open for the others).
     pub async fn close(self) {

@@ -76,6 +76,8 @@ pub struct Status {
     /// The replication slot of each PostgreSQL site, read from the sites by `status` itself
     /// (so it is shown whether or not `duplex run` runs).
     pub slots: Vec<SiteSlot>,
+    /// The last `duplex verify`'s time and result (read from the state directory).
+    pub last_verify: Option<crate::verify::last::LastVerify>,
 }
 
 /// A PostgreSQL site's duplex replication slot.
@@ -181,6 +183,7 @@ pub async fn status(config: &Config) -> Result<Status, StatusError> {
                 stored,
                 stored_error,
                 slots: Vec::new(),
+                last_verify: None,
             }
         }
         Some(Response::Status(snapshot)) => judge(snapshot),
@@ -192,6 +195,7 @@ pub async fn status(config: &Config) -> Result<Status, StatusError> {
         }
     };
     status.slots = slots;
+    status.last_verify = crate::verify::last::read(&config.state_dir);
     Ok(status)
 }
 
@@ -216,6 +220,7 @@ pub fn judge(snapshot: Snapshot) -> Status {
         stored: None,
         stored_error: None,
         slots: Vec::new(),
+        last_verify: None,
     }
 }
 
@@ -349,6 +354,9 @@ pub fn table(status: &Status) -> String {
                 target.position.as_deref().unwrap_or("(nothing yet)")
             ));
         }
+    }
+    if let Some(last) = &status.last_verify {
+        text.push_str(&crate::verify::last::line(last));
     }
     text
 }

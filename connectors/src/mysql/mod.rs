@@ -17,6 +17,7 @@ mod stream;
 pub mod teardown;
 mod tls;
 mod types;
+mod verify;
 
 pub use apply::{MysqlApplier, MysqlSession};
 pub use binlog_error::MysqlStreamError;
@@ -33,6 +34,7 @@ pub use snapshot::{MysqlSnapshot, MysqlSnapshotError};
 pub use stream::{MysqlStream, MysqlStreamConfig, StartPosition};
 pub use tls::{MysqlSslMode, MysqlTls, split_url};
 pub use types::TypeError;
+pub use verify::recorded_position;
 
 use mysql_async::{Conn, Opts, OptsBuilder};
 

@@ -84,30 +84,7 @@ impl MysqlSnapshot {
         )
         .await
         .map_err(MysqlError::query("preparing the snapshot session"))?;
-        conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
-            .await
-            .map_err(MysqlError::query("starting the consistent snapshot"))?;
-        let status: Vec<(String, String)> = conn
-            .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
-            .await
-            .map_err(MysqlError::query("reading the snapshot's binlog position"))?;
-        let get = |name: &str| {
-            status
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.clone())
-        };
-        let file = get("binlog_snapshot_file").filter(|f| !f.is_empty());
-        let offset = get("binlog_snapshot_position").and_then(|p| p.parse::<u64>().ok());
-        let (Some(file), Some(offset)) = (file, offset) else {
-            return Err(MysqlSnapshotError::NoPosition);
-        };
-        let gtid: Option<Option<String>> = conn
-            .exec_first("SELECT BINLOG_GTID_POS(?, ?)", (&file, offset))
-            .await
-            .map_err(MysqlError::query("reading the snapshot's GTID position"))?;
-        let mut position = BinlogPosition::new(file, offset);
-        position.gtid = gtid.flatten().filter(|g| !g.is_empty());
+        let position = start(&mut conn).await?;
         Ok(MysqlSnapshot { conn, position })
     }
 
@@ -196,6 +173,17 @@ impl MysqlSnapshot {
         Ok(rows)
     }
 
+    /// Ends the snapshot transaction and starts a fresh one; returns the binlog position that
+    /// matches the new one exactly (`duplex verify` reads each range in a snapshot of its own).
+    pub async fn renew(&mut self) -> Result<BinlogPosition, MysqlSnapshotError> {
+        self.conn
+            .query_drop("COMMIT")
+            .await
+            .map_err(MysqlError::query("ending the snapshot"))?;
+        self.position = start(&mut self.conn).await?;
+        Ok(self.position.clone())
+    }
+
     /// Ends the snapshot transaction and closes the connection.
     pub async fn close(mut self) {
         let _ = self.conn.query_drop("COMMIT").await;
@@ -203,6 +191,36 @@ impl MysqlSnapshot {
             tracing::debug!(%error, "closing the snapshot connection");
         }
     }
+}
+
+/// Starts a consistent-snapshot transaction on `conn` and returns the binlog position that
+/// matches it exactly.
+async fn start(conn: &mut Conn) -> Result<BinlogPosition, MysqlSnapshotError> {
+    conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+        .await
+        .map_err(MysqlError::query("starting the consistent snapshot"))?;
+    let status: Vec<(String, String)> = conn
+        .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
+        .await
+        .map_err(MysqlError::query("reading the snapshot's binlog position"))?;
+    let get = |name: &str| {
+        status
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let file = get("binlog_snapshot_file").filter(|f| !f.is_empty());
+    let offset = get("binlog_snapshot_position").and_then(|p| p.parse::<u64>().ok());
+    let (Some(file), Some(offset)) = (file, offset) else {
+        return Err(MysqlSnapshotError::NoPosition);
+    };
+    let gtid: Option<Option<String>> = conn
+        .exec_first("SELECT BINLOG_GTID_POS(?, ?)", (&file, offset))
+        .await
+        .map_err(MysqlError::query("reading the snapshot's GTID position"))?;
+    let mut position = BinlogPosition::new(file, offset);
+    position.gtid = gtid.flatten().filter(|g| !g.is_empty());
+    Ok(position)
 }
 
 impl SnapshotRead for MysqlSnapshot {

@@ -19,6 +19,7 @@ mod stream;
 pub mod teardown;
 mod tls;
 pub mod types;
+mod verify;
 
 pub use apply::{PgApplier, PgSession};
 pub use catalog::{ReplicaIdentity, TableInfo, collations, describe_table, table_names};
@@ -35,6 +36,7 @@ pub(crate) use snapshot::backfill_snapshot;
 pub use snapshot::{PgExportedSnapshot, PgSnapshotError, PgSnapshotReader};
 pub use stream::{PgStream, PgStreamConfig, PgStreamError};
 pub use tls::{PgSslMode, PgTls, split_url};
+pub use verify::{confirmed_position, recorded_position};
 
 use std::time::Duration;
 

@@ -432,6 +432,13 @@ impl PgSnapshotReader {
         })
     }
 
+    /// Ends this reader's transaction and starts a fresh repeatable-read one; returns a WAL
+    /// position at or after the end of every transaction the new one sees (see
+    /// `postgres/verify.rs`).
+    pub async fn renew(&mut self) -> Result<super::Lsn, PgSnapshotError> {
+        super::verify::renew(&self.client).await
+    }
+
     /// Whether `table` has no rows.
     pub async fn is_empty(&self, table: &TableName) -> Result<bool, PgSnapshotError> {
         let sql = format!("SELECT NOT EXISTS (SELECT 1 FROM {})", qualified(table));

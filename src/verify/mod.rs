@@ -1,0 +1,497 @@
+//! `duplex verify`: proves that each target of a one-way mapping holds exactly the source's
+//! rows, while `duplex run` keeps replicating, and with `--repair` makes it so.
+//!
+//! Each mapping's source table is cut into key ranges ([`scan::plan`]: ranges of about
+//! 10,000 rows on a single integer key, the whole table otherwise); `--jobs` workers read each
+//! range from the source and the target in parallel, each side in a fresh snapshot of its own
+//! (no lock), bring both into one form through the mapping's column renames and compare them
+//! by meaning ([`compare`]): a fingerprint per range, row by row only where fingerprints
+//! differ. A key that differs may be a change in flight; it is read again after the target has
+//! applied past the source's position ([`scan`] argues why what is then still different is
+//! real). Only that is reported ([`report`]).
+//!
+//! `--repair` writes, for each difference still found, the source's row (or the delete of a
+//! row the source does not have) into the target through the target's applier, in one target
+//! transaction that records its position in `duplex.positions` like every write of duplex (so
+//! a two-way or chained setup recognises it as duplex's own and does not echo it).
+
+pub mod compare;
+pub mod last;
+pub mod report;
+pub mod scan;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use duplex_connectors::{
+    AnyApplier, AnySnapshot, Applier, ApplyOptions, ChangeEvent, Op, Origin, Position, TableRoute,
+    Transaction, Value,
+};
+use tokio::task::JoinSet;
+
+use crate::config::{Config, Direction, Mapping};
+use compare::{Difference, KeyDifference};
+use report::MappingReport;
+use scan::{Progress, Side};
+
+/// Rows per key range.
+pub const DEFAULT_CHUNK_ROWS: u64 = 10_000;
+
+/// How often `--repair` writes a key that still differs after its repair.
+const REPAIR_ATTEMPTS: usize = 3;
+
+/// What `duplex verify` was asked.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// Only these mappings (all when empty).
+    pub mappings: Vec<String>,
+    /// Parallel range readers per mapping.
+    pub jobs: usize,
+    /// Rows per key range.
+    pub chunk_rows: u64,
+    /// Re-check rounds for differing keys.
+    pub rounds: u32,
+    /// How long each re-check round waits for the target to apply past the source's position.
+    pub wait: Duration,
+    /// Write the source's rows over what differs.
+    pub repair: bool,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        VerifyOptions {
+            mappings: Vec::new(),
+            jobs: 4,
+            chunk_rows: DEFAULT_CHUNK_ROWS,
+            rounds: 4,
+            wait: Duration::from_secs(30),
+            repair: false,
+        }
+    }
+}
+
+/// Why verify could not compare.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The request does not fit the configuration (exit code 2).
+    #[error("{0}")]
+    Invalid(String),
+    /// A table could not be described.
+    #[error("describing the tables of site {site}")]
+    Describe {
+        /// The site.
+        site: String,
+        /// Cause.
+        #[source]
+        source: duplex_connectors::DescribeError,
+    },
+    /// Reading rows failed.
+    #[error("reading site {site}")]
+    Read {
+        /// The site.
+        site: String,
+        /// Cause.
+        #[source]
+        source: duplex_connectors::SnapshotError,
+    },
+    /// Reading a position failed.
+    #[error("reading positions on site {site}")]
+    Admin {
+        /// The site.
+        site: String,
+        /// Cause.
+        #[source]
+        source: duplex_connectors::AdminError,
+    },
+    /// Writing a repair failed.
+    #[error("repairing site {site}")]
+    Repair {
+        /// The site.
+        site: String,
+        /// Cause.
+        #[source]
+        source: Box<duplex_connectors::ApplyError>,
+    },
+    /// A worker crashed.
+    #[error("a verify worker failed: {0}")]
+    Crashed(String),
+}
+
+impl VerifyError {
+    /// Whether this is a configuration problem (exit code 2) rather than a failure.
+    pub fn is_config(&self) -> bool {
+        matches!(self, VerifyError::Invalid(_))
+    }
+}
+
+/// `duplex verify`: prints each mapping's report (`json`: one object per line) and returns the
+/// exit code: 0 when every mapping is equal (or was repaired), 1 when something differs or
+/// could not be compared, 2 when the request does not fit the configuration.
+pub async fn command(config: &Config, options: &VerifyOptions, json: bool) -> ExitCode {
+    match verify(config, options).await {
+        Ok(reports) => {
+            if let Err(error) = last::record(&config.state_dir, &last::LastVerify::of(&reports)) {
+                tracing::warn!(dir = %config.state_dir.display(), %error, "cannot record the verify's result in the state directory");
+            }
+            for report in &reports {
+                crate::output::stdout(&if json { report.json() } else { report.text() });
+            }
+            if reports.iter().all(MappingReport::settled) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(error) => {
+            tracing::error!("{}", crate::report::chain(&error));
+            if error.is_config() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// Verifies (and with `options.repair` repairs) the selected mappings; one report per mapping.
+pub async fn verify(
+    config: &Config,
+    options: &VerifyOptions,
+) -> Result<Vec<MappingReport>, VerifyError> {
+    let selected = select(config, &options.mappings)?;
+    let deployment = deployment(config);
+    let mut reports = Vec::new();
+    for mapping in selected {
+        let Direction::OneWay { from, to } = &mapping.direction else {
+            unreachable!("select refuses two-way mappings");
+        };
+        reports
+            .push(verify_mapping(config, mapping, from, to, options, deployment.as_deref()).await?);
+    }
+    Ok(reports)
+}
+
+/// The mappings `names` select (all when empty); unknown names and two-way mappings refused.
+fn select<'a>(config: &'a Config, names: &[String]) -> Result<Vec<&'a Mapping>, VerifyError> {
+    for name in names {
+        if !config.mappings.iter().any(|m| &m.name == name) {
+            return Err(VerifyError::Invalid(format!(
+                "no mapping named {name} in the configuration"
+            )));
+        }
+    }
+    let selected: Vec<&Mapping> = config
+        .mappings
+        .iter()
+        .filter(|m| names.is_empty() || names.contains(&m.name))
+        .collect();
+    if let Some(two_way) = selected
+        .iter()
+        .find(|m| matches!(m.direction, Direction::Both))
+    {
+        return Err(VerifyError::Invalid(format!(
+            "mapping {} is two-way: verify compares one-way mappings only so far; name the one-way mappings with --mapping",
+            two_way.name
+        )));
+    }
+    if selected.iter().any(|m| m.pattern.is_some()) {
+        return Err(VerifyError::Invalid(
+            "schema-wide mappings (tables = \"schema.*\") are not verified yet; map the tables one by one to verify them"
+                .into(),
+        ));
+    }
+    Ok(selected)
+}
+
+/// The deployment's identity from the state store, when it can be opened (not while `duplex
+/// run` holds it; then the targets' rows tell, see [`position_key`]).
+fn deployment(config: &Config) -> Option<String> {
+    if !config.state_dir.join(duplex_state::STATE_FILE).exists() {
+        return None;
+    }
+    let store = duplex_state::StateStore::open(&config.state_dir).ok()?;
+    let id = store.deployment_id().to_owned();
+    let _ = store.close();
+    Some(id)
+}
+
+/// The name `target`'s `duplex.positions` records `source` under: this deployment's when
+/// known, else the only `<source>@...` row there (none when there are several).
+async fn position_key(
+    target: &crate::config::Site,
+    source: &str,
+    deployment: Option<&str>,
+) -> Result<Option<String>, VerifyError> {
+    if let Some(deployment) = deployment {
+        return Ok(Some(crate::link::position_key(source, deployment)));
+    }
+    let rows = duplex_connectors::load::position_sources(&target.connection())
+        .await
+        .map_err(|source| VerifyError::Admin {
+            site: target.name.clone(),
+            source,
+        })?;
+    let prefix = format!("{source}@");
+    let mut ours = rows.into_iter().filter(|r| r.starts_with(&prefix));
+    Ok(match (ours.next(), ours.next()) {
+        (Some(only), None) => Some(only),
+        _ => None,
+    })
+}
+
+async fn verify_mapping(
+    config: &Config,
+    mapping: &Mapping,
+    from: &str,
+    to: &str,
+    options: &VerifyOptions,
+    deployment: Option<&str>,
+) -> Result<MappingReport, VerifyError> {
+    let started = Instant::now();
+    let (source_site, target_site) = (&config.sites[from], &config.sites[to]);
+    let describe = |site: &crate::config::Site, table: duplex_connectors::TableName| {
+        let connection = site.connection();
+        let name = site.name.clone();
+        async move {
+            let mut schemas =
+                duplex_connectors::describe(&connection, &BTreeSet::from([table.clone()]))
+                    .await
+                    .map_err(|source| VerifyError::Describe {
+                        site: name.clone(),
+                        source,
+                    })?;
+            schemas.remove(&table).ok_or_else(|| {
+                VerifyError::Invalid(format!(
+                    "mapping {}: table {table} does not exist on site {name}",
+                    mapping.name
+                ))
+            })
+        }
+    };
+    let source_schema = describe(source_site, mapping.tables[from].clone()).await?;
+    let target_schema = describe(target_site, mapping.tables[to].clone()).await?;
+    let schemas = HashMap::from([(source_schema.name.clone(), source_schema.clone())]);
+    let route = crate::routes::routes_for(std::slice::from_ref(mapping), from, to, &schemas)
+        .into_iter()
+        .next()
+        .ok_or_else(|| VerifyError::Invalid(format!("mapping {} has no route", mapping.name)))?;
+    if route.key.is_empty() {
+        return Err(VerifyError::Invalid(format!(
+            "mapping {}: table {} has no primary key; verify compares rows by key",
+            mapping.name, source_schema.name
+        )));
+    }
+    let source = Side::new(from, source_site.connection(), source_schema, &route, true);
+    let mut target = Side::new(to, target_site.connection(), target_schema, &route, false);
+    target.as_json = source
+        .columns
+        .iter()
+        .map(|c| matches!(c.type_name.as_str(), "json" | "jsonb"))
+        .collect();
+    let open = |side: &Side| {
+        let connection = side.connection.clone();
+        let site = side.site.clone();
+        async move {
+            AnySnapshot::open(&connection)
+                .await
+                .map_err(|source| VerifyError::Read { site, source })
+        }
+    };
+    let mut planner = open(&source).await?;
+    let ranges = scan::plan(&mut planner, &source, &target, options.chunk_rows.max(1)).await?;
+    planner.close().await;
+    // First pass: every range, in parallel.
+    let ranges = Arc::new(ranges);
+    let queue = Arc::new(std::sync::Mutex::new((0..ranges.len()).collect::<Vec<_>>()));
+    let shared = Arc::new((source.clone(), target.clone(), route.clone()));
+    let mut workers = JoinSet::new();
+    for _ in 0..options.jobs.clamp(1, ranges.len().max(1)) {
+        let mut source_reader = open(&source).await?;
+        let mut target_reader = open(&target).await?;
+        let (queue, ranges, shared) = (queue.clone(), ranges.clone(), shared.clone());
+        workers.spawn(async move {
+            let mut rows = 0u64;
+            let mut found = Vec::new();
+            let result = loop {
+                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                let Some(r) = next else { break Ok(()) };
+                let (source, target, route) = &*shared;
+                match scan::compare_range(
+                    (&mut source_reader, &mut target_reader),
+                    (source, target),
+                    route,
+                    &ranges[r],
+                )
+                .await
+                {
+                    Ok(result) => {
+                        rows += result.rows;
+                        found.extend(result.differences.into_iter().map(|d| (r, d)));
+                    }
+                    Err(error) => break Err(error),
+                }
+            };
+            source_reader.close().await;
+            target_reader.close().await;
+            result.map(|()| (rows, found))
+        });
+    }
+    let mut rows = 0u64;
+    let mut found: BTreeMap<String, (usize, KeyDifference)> = BTreeMap::new();
+    while let Some(joined) = workers.join_next().await {
+        let (r, f) = joined.map_err(|e| VerifyError::Crashed(e.to_string()))??;
+        rows += r;
+        for (range, difference) in f {
+            found.insert(difference.key.clone(), (range, difference));
+        }
+    }
+    let scanned = started.elapsed();
+    tracing::debug!(mapping = %mapping.name, rows, differing = found.len(), seconds = scanned.as_secs_f64(), "compared every range");
+    let key = position_key(target_site, from, deployment).await?;
+    let progress = Progress {
+        source: &source.connection,
+        target: &target.connection,
+        position_key: key.as_deref(),
+        wait: options.wait,
+    };
+    let mut source_reader = open(&source).await?;
+    let mut target_reader = open(&target).await?;
+    let rechecked = scan::recheck(
+        (&mut source_reader, &mut target_reader),
+        (&source, &target),
+        &route,
+        &ranges,
+        found,
+        options.rounds,
+        &progress,
+    )
+    .await?;
+    tracing::debug!(mapping = %mapping.name, still = rechecked.differences.len(), confirmed = rechecked.confirmed, seconds = started.elapsed().as_secs_f64(), "re-checked the differing keys");
+    let mut repaired = BTreeSet::new();
+    let mut unrepaired = Vec::new();
+    if options.repair && !rechecked.differences.is_empty() {
+        // A change replicated between the last read and the repair's commit would be
+        // overwritten by an older version: the repaired keys are checked again like any
+        // difference, and repaired again from a fresh read while they differ (a bounded number
+        // of times; what still differs is reported).
+        let mut pending = rechecked.differences.clone();
+        for _ in 0..REPAIR_ATTEMPTS {
+            repair(target_site, from, &route, &pending).await?;
+            repaired.extend(pending.iter().map(|d| d.key.clone()));
+            let found = pending
+                .into_iter()
+                .map(|d| (d.key.clone(), (rechecked.ranges[&d.key], d)))
+                .collect();
+            let again = scan::recheck(
+                (&mut source_reader, &mut target_reader),
+                (&source, &target),
+                &route,
+                &ranges,
+                found,
+                2,
+                &progress,
+            )
+            .await?;
+            pending = again.differences;
+            if pending.is_empty() || !again.confirmed {
+                break;
+            }
+        }
+        unrepaired = pending.into_iter().map(|d| d.key).collect();
+    }
+    source_reader.close().await;
+    target_reader.close().await;
+    Ok(MappingReport::new(
+        &mapping.name,
+        from,
+        to,
+        rows,
+        scanned,
+        rechecked,
+        options.repair.then_some((repaired.len(), unrepaired)),
+    ))
+}
+
+/// Writes the source's version of every difference into the target in one target
+/// transaction through its applier (inserts overwrite a row with the same key; rows the
+/// source does not have are deleted); returns the rows changed. The transaction records a
+/// repair number (microseconds since the epoch, above the last one recorded) under
+/// `verify:<source>` in `duplex.positions`, which marks it as duplex's own write.
+async fn repair(
+    target: &crate::config::Site,
+    source: &str,
+    route: &TableRoute,
+    differences: &[KeyDifference],
+) -> Result<usize, VerifyError> {
+    let failed = |source| VerifyError::Repair {
+        site: target.name.clone(),
+        source: Box::new(source),
+    };
+    let key_of = |row: &duplex_connectors::Row| -> duplex_connectors::Row {
+        route
+            .key
+            .iter()
+            .map(|k| (k.as_str(), row.get(k).cloned().unwrap_or(Value::Null)))
+            .collect()
+    };
+    let mut events = Vec::new();
+    for difference in differences {
+        match (
+            &difference.difference,
+            &difference.source,
+            &difference.target,
+        ) {
+            (Difference::Extra, _, Some(row)) => {
+                let row = row.row();
+                events.push(ChangeEvent {
+                    table: route.source.clone(),
+                    op: Op::Delete,
+                    key: key_of(&row),
+                    before: Some(row),
+                    after: None,
+                });
+            }
+            (_, Some(row), _) => {
+                let row = row.row();
+                events.push(ChangeEvent {
+                    table: route.source.clone(),
+                    op: Op::Insert,
+                    key: key_of(&row),
+                    before: None,
+                    after: Some(row),
+                });
+            }
+            _ => {}
+        }
+    }
+    let count = events.len();
+    let options = ApplyOptions {
+        upsert: true,
+        ..ApplyOptions::default()
+    };
+    let mut applier = AnyApplier::connect(&target.connection(), vec![route.clone()], options)
+        .await
+        .map_err(failed)?;
+    // Repairs are numbered by time, after the last one this target recorded: a repair is never
+    // taken for one already applied.
+    let name = format!("verify:{source}");
+    let last = match applier.position(&name).await.map_err(failed)? {
+        Some(Position::Outbox(n)) => n,
+        _ => 0,
+    };
+    let now = u64::try_from(chrono::Utc::now().timestamp_micros()).unwrap_or(0);
+    let txn = Transaction {
+        source: name,
+        position: Position::Outbox(now.max(last + 1)),
+        commit_time: chrono::Utc::now(),
+        origin: Origin::Local,
+        events,
+    };
+    applier
+        .apply(std::slice::from_ref(&txn))
+        .await
+        .map_err(failed)?;
+    Ok(count)
+}
