@@ -45,6 +45,9 @@ pub const NAMES: &[&str] = &[
     "duplex_held_conflicts",
     "duplex_backfill_rows_copied",
     "duplex_backfill_rows_planned",
+    "duplex_last_verify_timestamp_seconds",
+    "duplex_last_verify_equal",
+    "duplex_last_verify_differences",
 ];
 
 /// Why the endpoint could not be opened.
@@ -343,6 +346,30 @@ impl Collector for SnapshotCollector {
                     .encode(family.encode_family(&labels)?)?;
             }
         }
+        let last = self.0.last_verify.as_ref();
+        for (name, help, value) in [
+            (
+                "duplex_last_verify_timestamp_seconds",
+                "When the last `duplex verify` finished (seconds since the epoch)",
+                last.map(|l| l.at.timestamp()),
+            ),
+            (
+                "duplex_last_verify_equal",
+                "1 when the last `duplex verify` found every mapping equal (or repaired), else 0",
+                last.map(|l| i64::from(l.equal)),
+            ),
+            (
+                "duplex_last_verify_differences",
+                "Rows missing, extra or differing that the last `duplex verify` found (before any repair)",
+                last.map(|l| i64::try_from(l.differences).unwrap_or(i64::MAX)),
+            ),
+        ] {
+            // Declared always; a sample once a verify ran.
+            let family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            if let Some(value) = value {
+                ConstGauge::new(value).encode(family)?;
+            }
+        }
         // Declared always (a dashboard may ask for it); a sample only with a merge engine.
         let family = encoder.encode_descriptor(
             "duplex_held_conflicts",
@@ -391,6 +418,17 @@ mod tests {
         });
         let dir = tempfile::tempdir().unwrap();
         let store = duplex_state::StateStore::open(&dir.path().join("state")).unwrap();
+        crate::verify::last::record(
+            store.dir(),
+            &crate::verify::last::LastVerify {
+                at: chrono::Utc::now(),
+                equal: false,
+                mappings: 2,
+                differences: 3,
+                repaired: false,
+            },
+        )
+        .unwrap();
         telemetry.attach_store(std::sync::Arc::new(store));
         let text = render(telemetry.snapshot());
         for name in NAMES {
@@ -414,6 +452,11 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("duplex_held_conflicts 1\n"), "{text}");
+        assert!(
+            text.contains("duplex_last_verify_differences 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("duplex_last_verify_equal 0\n"), "{text}");
         // Nothing read yet: the target's own position counts.
         assert!(
             text.contains(r#"duplex_lag_bytes{link="a -> b",source="a",target="b"} 4000"#),

@@ -200,6 +200,7 @@ impl Telemetry {
                 .collect(),
             conflicts,
             held_conflicts: *self.held.lock().unwrap_or_else(|e| e.into_inner()),
+            last_verify: store.and_then(|store| crate::verify::last::read(store.dir())),
             backfills: self
                 .backfills
                 .lock()
@@ -560,6 +561,9 @@ pub struct Snapshot {
     /// Backfills (a `duplex backfill` process reports these; `duplex run` none).
     #[serde(default)]
     pub backfills: Vec<BackfillProgress>,
+    /// The last `duplex verify`'s time and result, from the state directory.
+    #[serde(default)]
+    pub last_verify: Option<crate::verify::last::LastVerify>,
 }
 
 /// How far the backfill of one mapping got.

@@ -378,7 +378,13 @@ async fn verify_mapping(
         // of times; what still differs is reported).
         let mut pending = rechecked.differences.clone();
         for _ in 0..REPAIR_ATTEMPTS {
-            repair(target_site, from, &route, &pending).await?;
+            repair(
+                target_site,
+                key.as_deref().unwrap_or(from),
+                &route,
+                &pending,
+            )
+            .await?;
             repaired.extend(pending.iter().map(|d| d.key.clone()));
             let found = pending
                 .into_iter()
@@ -418,7 +424,9 @@ async fn verify_mapping(
 /// transaction through its applier (inserts overwrite a row with the same key; rows the
 /// source does not have are deleted); returns the rows changed. The transaction records a
 /// repair number (microseconds since the epoch, above the last one recorded) under
-/// `verify:<source>` in `duplex.positions`, which marks it as duplex's own write.
+/// `verify:<source>` in `duplex.positions`, which marks it as duplex's own write; `source` is
+/// the source's position key (`<site>@<deployment>`) when known, so `duplex teardown` removes
+/// the row with the deployment's others.
 async fn repair(
     target: &crate::config::Site,
     source: &str,
