@@ -720,6 +720,7 @@ fn check_mapping(
             "give the tables the same primary-key columns (or map the names with [mappings.rename.<site>])",
         ));
     }
+    findings.extend(crate::column_policy::check(mapping, &found));
     if !complete {
         return findings;
     }

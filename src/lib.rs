@@ -8,6 +8,7 @@ pub mod backfill;
 pub mod backoff;
 pub mod check;
 pub mod cli;
+pub mod column_policy;
 pub mod config;
 pub mod conflicts;
 pub mod dead_letters;

@@ -36,6 +36,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::EngineError;
 use super::backlog::Backlog;
+use super::column_merge;
 use super::control;
 use super::merge::{self, Classification, Outcome, Version};
 use super::outbox::{Outbox, OutboxWrite, outbox_name, outbox_position};
@@ -477,7 +478,13 @@ impl Coordinator {
                     before: base.as_ref(),
                     after: theirs_image.as_ref(),
                 };
-                let outcome = merge::resolve(&mapping.policy, &mapping.sites, &mine, &theirs);
+                let outcome = column_merge::resolve(
+                    &mapping.policy,
+                    &mapping.column_policies,
+                    &mapping.sites,
+                    &mine,
+                    &theirs,
+                );
                 let resolved = merge::record_resolution(&mut rv, site, &local);
                 data.set_expected(site, landing);
                 data.set_held(site, after.clone());
@@ -506,7 +513,7 @@ impl Coordinator {
                         )?,
                         side(site, &local, commit_micros, after.as_ref())?,
                     ],
-                    policy: mapping.policy_name(),
+                    policy: mapping.policies_name(),
                     decision: String::new(),
                     detected_at_millis: now_millis(),
                     status: ConflictStatus::Held,
@@ -534,7 +541,7 @@ impl Coordinator {
                         ));
                         done.decided.push((
                             mapping.name.clone(),
-                            record.policy.clone(),
+                            mapping.policy_name(),
                             "resolved",
                         ));
                         data.set_image(row, &mapping.sites);
@@ -561,7 +568,7 @@ impl Coordinator {
                             mapping.name
                         ));
                         done.decided
-                            .push((mapping.name.clone(), record.policy.clone(), "held"));
+                            .push((mapping.name.clone(), mapping.policy_name(), "held"));
                         data.held_conflict = Some(id);
                     }
                 }

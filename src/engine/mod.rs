@@ -77,6 +77,7 @@
 //! - [`merge`]: the decisions, pure functions over version vectors; [`rows`]: canonical rows
 //!   and what the engine keeps per row; [`control`]: the socket `duplex conflicts` talks to.
 
+pub mod column_merge;
 pub mod control;
 pub mod merge;
 pub mod rows;

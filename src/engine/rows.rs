@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use duplex_connectors::{Row, TableName, Value};
 use serde::{Deserialize, Serialize};
 
+use crate::column_policy::ColumnPolicy;
 use crate::config::ConflictPolicy;
 
 /// The schema duplex names the canonical tables in (routes of the merge engine's writers).
@@ -34,6 +35,8 @@ pub struct MergeMapping {
     pub key: Vec<String>,
     /// Conflict policy.
     pub policy: ConflictPolicy,
+    /// Column-level conflict policies, in configuration order (replicated columns only).
+    pub column_policies: Vec<(String, ColumnPolicy)>,
     /// Per site: its table.
     pub tables: BTreeMap<String, TableName>,
     /// Per site: its column name -> canonical name (only replicated columns).
@@ -83,6 +86,16 @@ impl MergeMapping {
             ConflictPolicy::MergeColumns => "merge-columns".into(),
             ConflictPolicy::Hold => "hold".into(),
         }
+    }
+
+    /// The policies a conflict of this mapping is decided by, for the conflict log: the row
+    /// policy, then each column policy (`last-writer-wins, on_hand: delta`).
+    pub fn policies_name(&self) -> String {
+        let mut name = self.policy_name();
+        for (column, policy) in &self.column_policies {
+            name.push_str(&format!(", {column}: {}", policy.name()));
+        }
+        name
     }
 }
 
