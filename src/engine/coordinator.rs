@@ -531,7 +531,7 @@ impl Coordinator {
                         record.decision = decision.clone();
                         record.status = ConflictStatus::Resolved(Resolution {
                             winner: winner.clone(),
-                            by: mapping.policy_name(),
+                            by: mapping.policies_name(),
                             at_millis: now_millis(),
                         });
                         let id = w.record_conflict(&record)?;
