@@ -721,6 +721,7 @@ fn check_mapping(
         ));
     }
     findings.extend(crate::column_policy::check(mapping, &found));
+    findings.extend(crate::value_map::check(mapping, &found));
     if !complete {
         return findings;
     }

@@ -149,7 +149,7 @@ fn numeric(type_name: &str) -> bool {
 }
 
 /// Why a column of this type cannot hold `value` of a precedence list, if it cannot.
-fn refuses(schema_column: &duplex_connectors::Column, value: &Value) -> Option<String> {
+pub(crate) fn refuses(schema_column: &duplex_connectors::Column, value: &Value) -> Option<String> {
     let type_name = schema_column.type_name.as_str();
     let declared = schema_column.declared.as_str();
     match value {

@@ -158,6 +158,8 @@ pub struct Mapping {
     /// Column-level conflict policies by canonical column name; other columns follow
     /// `conflict`.
     pub column_conflict: IndexMap<String, ColumnPolicy>,
+    /// Per site, per canonical column: the site's codes for the column's values.
+    pub values: BTreeMap<String, crate::value_map::SiteValues>,
     /// Per site: canonical column name -> that site's column name.
     pub rename: BTreeMap<String, BTreeMap<String, String>>,
     /// What a change a target refuses does.
@@ -365,6 +367,8 @@ struct RawMapping {
     columns: Option<Vec<String>>,
     #[serde(default)]
     column_conflict: IndexMap<String, toml::Value>,
+    #[serde(default)]
+    values: BTreeMap<String, BTreeMap<String, IndexMap<String, String>>>,
     #[serde(default)]
     rename: BTreeMap<String, BTreeMap<String, String>>,
     #[serde(default = "default_on_error")]
@@ -971,8 +975,16 @@ fn validate_mapping(
         raw.direction == "both",
         &mut |at, message| report(at, message),
     );
+    let values = crate::value_map::parse(
+        field,
+        &raw.values,
+        &raw.tables.keys().collect::<Vec<_>>(),
+        raw.columns.as_deref(),
+        raw.direction == "both",
+        &mut |at, message| report(at, message),
+    );
     let (direction, conflict, on_error) = (direction?, conflict?, on_error?);
-    let column_conflict = column_conflict?;
+    let (column_conflict, values) = (column_conflict?, values?);
     valid.then(|| Mapping {
         name: raw.name.clone(),
         tables,
@@ -980,6 +992,7 @@ fn validate_mapping(
         conflict,
         columns: raw.columns.clone(),
         column_conflict,
+        values,
         rename: raw.rename.clone(),
         on_error,
         pattern,

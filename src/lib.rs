@@ -25,3 +25,4 @@ pub mod shutdown;
 pub mod status;
 pub mod teardown;
 pub mod telemetry;
+pub mod value_map;

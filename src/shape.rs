@@ -397,6 +397,7 @@ mod tests {
             conflict: ConflictPolicy::LastWriterWins,
             columns: columns.map(|c| c.iter().map(|s| (*s).to_owned()).collect()),
             column_conflict: IndexMap::new(),
+            values: BTreeMap::new(),
             rename: BTreeMap::new(),
             on_error: Default::default(),
             pattern: None,

@@ -240,7 +240,7 @@ fn check_with_an_invalid_config_exits_2_naming_the_field() {
 }
 
 #[test]
-fn check_refuses_delta_on_text_and_precedence_values_a_column_cannot_hold() {
+fn check_refuses_delta_on_text_and_values_a_column_cannot_hold() {
     let pg = shared_pg().create_database();
     pg.execute_as_duplex(PG_ORDERS).unwrap();
     let my = shared_mariadb().create_database();
@@ -257,7 +257,8 @@ fn check_refuses_delta_on_text_and_precedence_values_a_column_cannot_hold() {
     );
     let (code, out) = run_check(&format!(
         "{config}\n[mappings.column_conflict]\ntotal = \"delta\"\nnote = \"delta\"\n\
-         status = {{ precedence = [\"new\", \"paid\", \"shipped\"] }}\n"
+         status = {{ precedence = [\"new\", \"paid\", \"shipped\"] }}\n\
+         [mappings.values.erp]\nstatus = {{ new = \"new\", paid = \"P\" }}\n"
     ));
     assert_eq!(code, 1, "{out}");
     assert!(
@@ -281,4 +282,12 @@ fn check_refuses_delta_on_text_and_precedence_values_a_column_cannot_hold() {
         "{out}"
     );
     assert!(!out.contains("column policy total"), "{out}");
+    assert!(
+        out.contains("FAIL  value map of status: erp:orders.status is enum('new','paid')"),
+        "{out}"
+    );
+    assert!(
+        out.contains("\"P\" is not one of the column's values"),
+        "{out}"
+    );
 }

@@ -323,11 +323,11 @@ impl Coordinator {
                 continue;
             };
             let canonical =
-                |row: &Option<Row>| row.as_ref().map(|r| mapping.canonical_row(&site, r));
-            let before = canonical(&event.before);
-            let after = canonical(&event.after);
+                |row: &Option<Row>| row.as_ref().map(|r| mapping.read_row(&site, r)).transpose();
+            let before = canonical(&event.before)?;
+            let after = canonical(&event.after)?;
             let old_key = mapping
-                .key_of(&mapping.canonical_row(&site, &event.key))
+                .key_of(&mapping.read_row(&site, &event.key)?)
                 .ok_or_else(|| missing_key(mapping, &site))?;
             match event.op {
                 Op::Insert | Op::Update => {
@@ -699,7 +699,10 @@ impl Coordinator {
                 .into_iter()
                 .flatten()
             {
-                if let Some((_, key)) = mapping.key_of(&mapping.canonical_row(&site, row)) {
+                let row = mapping
+                    .read_row(&site, row)
+                    .unwrap_or_else(|_| mapping.canonical_row(&site, row));
+                if let Some((_, key)) = mapping.key_of(&row) {
                     landed.insert((mapping.name.clone(), key));
                 }
             }

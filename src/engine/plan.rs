@@ -155,6 +155,7 @@ pub async fn plan(config: &Config) -> Result<Option<MergePlan>, EngineError> {
             key,
             policy: mapping.conflict.clone(),
             column_policies,
+            values: mapping.values.clone(),
             tables: mapping.tables.clone().into_iter().collect(),
             to_canonical,
         });

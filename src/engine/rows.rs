@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::column_policy::ColumnPolicy;
 use crate::config::ConflictPolicy;
+use crate::value_map::{self, SiteValues};
+
+use super::EngineError;
 
 /// The schema duplex names the canonical tables in (routes of the merge engine's writers).
 pub const CANONICAL_SCHEMA: &str = "duplex_merge";
@@ -37,6 +40,8 @@ pub struct MergeMapping {
     pub policy: ConflictPolicy,
     /// Column-level conflict policies, in configuration order (replicated columns only).
     pub column_policies: Vec<(String, ColumnPolicy)>,
+    /// Per site: its codes for columns whose values it spells its own way.
+    pub values: BTreeMap<String, SiteValues>,
     /// Per site: its table.
     pub tables: BTreeMap<String, TableName>,
     /// Per site: its column name -> canonical name (only replicated columns).
@@ -58,6 +63,18 @@ impl MergeMapping {
             .iter()
             .filter_map(|c| by_name.get(c.as_str()).map(|v| (c.as_str(), (*v).clone())))
             .collect()
+    }
+
+    /// A row as `site`'s log carries it, in canonical form with canonical values
+    /// ([`MergeMapping::canonical_row`], then the site's value maps); an error names a code
+    /// the site's value map does not list.
+    pub fn read_row(&self, site: &str, row: &Row) -> Result<Row, EngineError> {
+        let row = self.canonical_row(site, row);
+        match self.values.get(site) {
+            None => Ok(row),
+            Some(maps) => value_map::from_site(site, maps, &row)
+                .map_err(|e| EngineError::Unsupported(format!("mapping {}: {e}", self.name))),
+        }
     }
 
     /// The key columns of a canonical row and their normal text (`id=5`, `a=1, b="x"`), or
