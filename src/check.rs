@@ -722,6 +722,7 @@ fn check_mapping(
     }
     findings.extend(crate::column_policy::check(mapping, &found));
     findings.extend(crate::value_map::check(mapping, &found));
+    findings.extend(crate::filter::check(mapping, &found));
     if !complete {
         return findings;
     }

@@ -127,7 +127,7 @@ fn parse_one(value: &toml::Value) -> Result<ColumnPolicy, String> {
 
 /// Whether a column of this base type (PostgreSQL `pg_type` name or MySQL `DATA_TYPE`, see
 /// [`duplex_connectors::Column::type_name`]) holds numbers `delta` can add.
-fn numeric(type_name: &str) -> bool {
+pub(crate) fn numeric(type_name: &str) -> bool {
     let base = type_name.strip_suffix(" unsigned").unwrap_or(type_name);
     matches!(
         base,

@@ -160,6 +160,8 @@ pub struct Mapping {
     pub column_conflict: IndexMap<String, ColumnPolicy>,
     /// Per site, per canonical column: the site's codes for the column's values.
     pub values: BTreeMap<String, crate::value_map::SiteValues>,
+    /// Per site: which rows it receives (two-way mappings).
+    pub filters: BTreeMap<String, crate::filter::Filter>,
     /// Per site: canonical column name -> that site's column name.
     pub rename: BTreeMap<String, BTreeMap<String, String>>,
     /// What a change a target refuses does.
@@ -369,6 +371,8 @@ struct RawMapping {
     column_conflict: IndexMap<String, toml::Value>,
     #[serde(default)]
     values: BTreeMap<String, BTreeMap<String, IndexMap<String, String>>>,
+    #[serde(default)]
+    filter: BTreeMap<String, String>,
     #[serde(default)]
     rename: BTreeMap<String, BTreeMap<String, String>>,
     #[serde(default = "default_on_error")]
@@ -983,6 +987,50 @@ fn validate_mapping(
         raw.direction == "both",
         &mut |at, message| report(at, message),
     );
+    let mut filters = BTreeMap::new();
+    for (site, text) in &raw.filter {
+        let at = format!("{field}.filter.{site}");
+        if raw.direction != "both" {
+            report(
+                at,
+                "row filters are supported on two-way mappings only (direction = \"both\")".into(),
+            );
+            valid = false;
+            continue;
+        }
+        if !raw.tables.contains_key(site) {
+            report(
+                at,
+                format!(
+                    "site {site:?} has no table in this mapping (tables are on: {})",
+                    names(raw.tables.keys())
+                ),
+            );
+            valid = false;
+            continue;
+        }
+        match crate::filter::Filter::parse(text) {
+            Ok(filter) => {
+                if let Some(columns) = &raw.columns
+                    && let Some((column, _)) = filter
+                        .columns()
+                        .into_iter()
+                        .find(|(c, _)| !columns.iter().any(|l| l == c))
+                {
+                    report(
+                        at,
+                        format!("column {column:?} is not in this mapping's columns list"),
+                    );
+                    valid = false;
+                }
+                filters.insert(site.clone(), filter);
+            }
+            Err(error) => {
+                report(at, format!("{text:?} is not a filter: {error}"));
+                valid = false;
+            }
+        }
+    }
     let (direction, conflict, on_error) = (direction?, conflict?, on_error?);
     let (column_conflict, values) = (column_conflict?, values?);
     valid.then(|| Mapping {
@@ -993,6 +1041,7 @@ fn validate_mapping(
         columns: raw.columns.clone(),
         column_conflict,
         values,
+        filters,
         rename: raw.rename.clone(),
         on_error,
         pattern,

@@ -14,6 +14,7 @@ pub mod conflicts;
 pub mod dead_letters;
 pub mod engine;
 pub mod expand;
+pub mod filter;
 pub mod link;
 pub mod metrics;
 pub mod output;

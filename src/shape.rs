@@ -398,6 +398,7 @@ mod tests {
             columns: columns.map(|c| c.iter().map(|s| (*s).to_owned()).collect()),
             column_conflict: IndexMap::new(),
             values: BTreeMap::new(),
+            filters: BTreeMap::new(),
             rename: BTreeMap::new(),
             on_error: Default::default(),
             pattern: None,

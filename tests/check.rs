@@ -258,7 +258,8 @@ fn check_refuses_delta_on_text_and_values_a_column_cannot_hold() {
     let (code, out) = run_check(&format!(
         "{config}\n[mappings.column_conflict]\ntotal = \"delta\"\nnote = \"delta\"\n\
          status = {{ precedence = [\"new\", \"paid\", \"shipped\"] }}\n\
-         [mappings.values.erp]\nstatus = {{ new = \"new\", paid = \"P\" }}\n"
+         [mappings.values.erp]\nstatus = {{ new = \"new\", paid = \"P\" }}\n\
+         [mappings.filter]\nstore = \"total > 'x' AND nope IS NULL\"\n"
     ));
     assert_eq!(code, 1, "{out}");
     assert!(

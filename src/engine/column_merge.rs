@@ -251,7 +251,7 @@ fn decimal(mantissa: i128, scale: u32) -> Decimal {
 
 /// The order of two values of comparable kinds: numbers by value, text by its bytes, dates,
 /// times and timestamps by time; `None` for anything else.
-fn compare(a: &Value, b: &Value) -> Option<Ordering> {
+pub(crate) fn compare(a: &Value, b: &Value) -> Option<Ordering> {
     if let (Some(x), Some(y)) = (number(a), number(b)) {
         return match (x, y) {
             (Number::Exact(mx, sx), Number::Exact(my, sy)) => {

@@ -45,7 +45,10 @@ use super::rows::{MergeMapping, RowData, display_image, fill_unchanged, same_ima
 use super::sites::writer_failure;
 use crate::shutdown::stop_requested;
 
+mod filtered;
 mod held;
+
+use filtered::Outside;
 
 /// Inputs the coordinator takes in one state-store transaction, at most.
 const BATCH_INPUTS: usize = 512;
@@ -427,6 +430,20 @@ impl Coordinator {
         // What the site will hold once the writes still queued for it land: a write whose
         // condition this change happens to meet lands after it.
         let landing = self.after_queued(site, mapping, key, after.clone());
+        if let (Some(filter), Some(row)) = (mapping.filters.get(site), after.as_ref())
+            && !filter.matches(row)
+        {
+            let outside = Outside {
+                site,
+                commit_micros,
+                key,
+                row,
+            };
+            self.refuse_outside(w, mapping, outside, &rv, done)?;
+            data.set_expected(site, landing);
+            data.set_held(site, after);
+            return store_row(w, mapping, key, rv, &data);
+        }
         if let Some(id) = data.held_conflict {
             let mut local = rv.held.get(site).cloned().unwrap_or_default();
             local.increment(site);
@@ -620,11 +637,13 @@ impl Coordinator {
         } = newest;
         for site in &mapping.sites {
             let expected = data.expected(site).cloned();
+            // What the site is to hold: nothing of a row its filter does not pass.
+            let image = mapping.visible(site, data.image.as_ref());
             let index = self
                 .plan
                 .site_index(site)
                 .expect("mapping sites are plan sites");
-            if same_image(expected.as_ref(), data.image.as_ref()) {
+            if same_image(expected.as_ref(), image.as_ref()) {
                 // The site holds this image already, or will once a queued write lands: it
                 // holds this version then. (Not earlier: a local change made there before
                 // that write lands did not see it.)
@@ -633,19 +652,19 @@ impl Coordinator {
                     .last()
                     .map(|(seq, _)| seq);
                 match queued {
-                    Some(seq) if !same_image(data.held_image(site), data.image.as_ref()) => {
+                    Some(seq) if !same_image(data.held_image(site), image.as_ref()) => {
                         let write = self.outboxes[index].get_mut(seq).expect("indexed");
                         write.vector.merge(vector);
                         w.put_pending(site, seq, &*write)?;
                     }
                     _ => {
                         merge::record_echo(rv, site, vector);
-                        data.set_held(site, data.image.clone());
+                        data.set_held(site, image);
                     }
                 }
                 continue;
             }
-            let op = match (&expected, &data.image) {
+            let op = match (&expected, &image) {
                 (None, Some(_)) => Op::Insert,
                 (Some(_), None) => Op::Delete,
                 _ => Op::Update,
@@ -656,7 +675,7 @@ impl Coordinator {
                 op,
                 key_row: key_row.clone(),
                 before: expected,
-                after: data.image.clone(),
+                after: image.clone(),
                 vector: vector.clone(),
             };
             let seq = self.next_seq[index];
@@ -665,7 +684,7 @@ impl Coordinator {
             w.put_pending(site, seq, &write)?;
             self.outboxes[index].insert(seq, write.clone());
             done.writes.push((index, seq, Arc::new(write), since));
-            data.set_expected(site, data.image.clone());
+            data.set_expected(site, image);
             self.stats.writes += 1;
         }
         Ok(())

@@ -156,6 +156,7 @@ pub async fn plan(config: &Config) -> Result<Option<MergePlan>, EngineError> {
             policy: mapping.conflict.clone(),
             column_policies,
             values: mapping.values.clone(),
+            filters: mapping.filters.clone(),
             tables: mapping.tables.clone().into_iter().collect(),
             to_canonical,
         });

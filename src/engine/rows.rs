@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::column_policy::ColumnPolicy;
 use crate::config::ConflictPolicy;
+use crate::filter::Filter;
 use crate::value_map::{self, SiteValues};
 
 use super::EngineError;
@@ -42,6 +43,8 @@ pub struct MergeMapping {
     pub column_policies: Vec<(String, ColumnPolicy)>,
     /// Per site: its codes for columns whose values it spells its own way.
     pub values: BTreeMap<String, SiteValues>,
+    /// Per site: which rows it receives; a site without one receives every row.
+    pub filters: BTreeMap<String, Filter>,
     /// Per site: its table.
     pub tables: BTreeMap<String, TableName>,
     /// Per site: its column name -> canonical name (only replicated columns).
@@ -74,6 +77,15 @@ impl MergeMapping {
             None => Ok(row),
             Some(maps) => value_map::from_site(site, maps, &row)
                 .map_err(|e| EngineError::Unsupported(format!("mapping {}: {e}", self.name))),
+        }
+    }
+
+    /// The image `site` is to hold of a row whose newest version is `image`: the image, or
+    /// none when the site's filter does not pass it.
+    pub fn visible(&self, site: &str, image: Option<&Row>) -> Option<Row> {
+        match (self.filters.get(site), image) {
+            (Some(filter), Some(row)) if !filter.matches(row) => None,
+            _ => image.cloned(),
         }
     }
 
