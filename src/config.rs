@@ -987,52 +987,16 @@ fn validate_mapping(
         raw.direction == "both",
         &mut |at, message| report(at, message),
     );
-    let mut filters = BTreeMap::new();
-    for (site, text) in &raw.filter {
-        let at = format!("{field}.filter.{site}");
-        if raw.direction != "both" {
-            report(
-                at,
-                "row filters are supported on two-way mappings only (direction = \"both\")".into(),
-            );
-            valid = false;
-            continue;
-        }
-        if !raw.tables.contains_key(site) {
-            report(
-                at,
-                format!(
-                    "site {site:?} has no table in this mapping (tables are on: {})",
-                    names(raw.tables.keys())
-                ),
-            );
-            valid = false;
-            continue;
-        }
-        match crate::filter::Filter::parse(text) {
-            Ok(filter) => {
-                if let Some(columns) = &raw.columns
-                    && let Some((column, _)) = filter
-                        .columns()
-                        .into_iter()
-                        .find(|(c, _)| !columns.iter().any(|l| l == c))
-                {
-                    report(
-                        at,
-                        format!("column {column:?} is not in this mapping's columns list"),
-                    );
-                    valid = false;
-                }
-                filters.insert(site.clone(), filter);
-            }
-            Err(error) => {
-                report(at, format!("{text:?} is not a filter: {error}"));
-                valid = false;
-            }
-        }
-    }
+    let filters = crate::filter::parse_all(
+        field,
+        &raw.filter,
+        &raw.tables.keys().collect::<Vec<_>>(),
+        raw.columns.as_deref(),
+        raw.direction == "both",
+        &mut |at, message| report(at, message),
+    );
     let (direction, conflict, on_error) = (direction?, conflict?, on_error?);
-    let (column_conflict, values) = (column_conflict?, values?);
+    let (column_conflict, values, filters) = (column_conflict?, values?, filters?);
     valid.then(|| Mapping {
         name: raw.name.clone(),
         tables,

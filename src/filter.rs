@@ -6,6 +6,7 @@
 //! comparison with NULL is unknown, and a row is received only when the filter is true.
 
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 
 use duplex_connectors::preflight::Finding;
 use duplex_connectors::{Row, TableSchema, Value};
@@ -342,6 +343,56 @@ fn order(value: &Value, literal: &Value) -> Option<Ordering> {
         .or_else(|| (normal(value) == normal(literal)).then_some(Ordering::Equal))
 }
 
+/// Reads `filter.<site>` of the mapping at `field` (`sites`: the sites with a table in it;
+/// `columns`: its column list, if any). Problems go to `report`; `None` when there was one.
+pub(crate) fn parse_all(
+    field: &str,
+    raw: &BTreeMap<String, String>,
+    sites: &[&String],
+    columns: Option<&[String]>,
+    two_way: bool,
+    report: &mut dyn FnMut(String, String),
+) -> Option<BTreeMap<String, Filter>> {
+    let mut ok = true;
+    let mut filters = BTreeMap::new();
+    for (site, text) in raw {
+        let at = format!("{field}.filter.{site}");
+        if !two_way {
+            report(
+                at,
+                "row filters are supported on two-way mappings only (direction = \"both\")".into(),
+            );
+            ok = false;
+        } else if !sites.contains(&site) {
+            report(at, format!("site {site:?} has no table in this mapping"));
+            ok = false;
+        } else {
+            match Filter::parse(text) {
+                Ok(filter) => {
+                    if let Some(columns) = columns
+                        && let Some((column, _)) = filter
+                            .columns()
+                            .into_iter()
+                            .find(|(c, _)| !columns.iter().any(|l| l == c))
+                    {
+                        report(
+                            at,
+                            format!("column {column:?} is not in this mapping's columns list"),
+                        );
+                        ok = false;
+                    }
+                    filters.insert(site.clone(), filter);
+                }
+                Err(error) => {
+                    report(at, format!("{text:?} is not a filter: {error}"));
+                    ok = false;
+                }
+            }
+        }
+    }
+    ok.then_some(filters)
+}
+
 /// `duplex check`'s findings on a mapping's row filters, given each site's table: every
 /// column a filter names exists on every site, and each literal is of the column's kind.
 pub fn check(mapping: &Mapping, tables: &[(&str, &TableSchema)]) -> Vec<Finding> {
@@ -439,5 +490,47 @@ mod tests {
             let error = Filter::parse(bad).unwrap_err();
             assert!(error.contains(says), "{bad}: {error}");
         }
+    }
+
+    #[test]
+    fn bad_filters_in_the_configuration_are_named() {
+        let raw: BTreeMap<String, String> = [
+            ("store", "channel = 'web'"),
+            ("erp", "channel ="),
+            ("pos", "total > 1"),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .collect();
+        let (store, erp) = ("store".to_owned(), "erp".to_owned());
+        let columns = vec!["id".to_owned(), "total".to_owned()];
+        let mut problems = Vec::new();
+        let parsed = parse_all(
+            "m",
+            &raw,
+            &[&store, &erp],
+            Some(&columns),
+            true,
+            &mut |f, m| problems.push(format!("{f}: {m}")),
+        );
+        assert!(parsed.is_none());
+        let text = problems.join("\n");
+        for expected in [
+            "m.filter.store: column \"channel\" is not in this mapping's columns list",
+            "m.filter.erp: \"channel =\" is not a filter: expected a value",
+            "m.filter.pos: site \"pos\" has no table in this mapping",
+        ] {
+            assert!(text.contains(expected), "{expected} missing from {text}");
+        }
+        let mut problems = Vec::new();
+        assert!(
+            parse_all("m", &raw, &[&store], None, false, &mut |f, m| problems
+                .push(format!("{f}: {m}")))
+            .is_none()
+        );
+        assert!(
+            problems.iter().all(|p| p.contains("two-way mappings only")),
+            "{problems:?}"
+        );
     }
 }
