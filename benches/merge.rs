@@ -53,6 +53,13 @@
 //!    time. It includes the store's commit round trip (`source_commit_p50_ms`) and over-states
 //!    by up to one poll interval plus a poll round trip; the `b` the erp shows is checked to
 //!    carry the send time the generator recorded for that `a`.
+//! 4. `concurrent_counts` (twice: under last-writer-wins, then with `a = "delta"`): the three
+//!    sites add 1 to the same 20 rows at once, `TXNS / 3` updates each, so most changes
+//!    conflict; done when every site shows the same sum and a marker from each site. It
+//!    reports the sum against the number of updates (`lost_updates`: what last-writer-wins
+//!    drops, 0 with delta) and the throughput of the two, whose ratio is delta's overhead
+//!    (see benches/merge_conflicts/mod.rs). Writes exceed `expected_writes` here: a
+//!    conflict's decision goes to every site that does not hold it.
 //!
 //! Every case also reports `peak_rss_mib` (`VmHWM` of the duplex process), `duplex_cpu_s`
 //! (its user + system time, at 100 ticks/s), the engine's writes per site (the
@@ -63,6 +70,7 @@
 //! servers and the clients.
 
 mod harness;
+mod merge_conflicts;
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -119,6 +127,8 @@ enum Measure {
     TwoWayTxns(usize),
     ConcurrentSites,
     Latency,
+    /// The three sites increment the same rows at once; with `a = "delta"` when true.
+    ConcurrentCounts(bool),
 }
 
 impl Measure {
@@ -127,6 +137,7 @@ impl Measure {
             Measure::TwoWayTxns(_) => "two_way_txns",
             Measure::ConcurrentSites => "concurrent_sites",
             Measure::Latency => "latency",
+            Measure::ConcurrentCounts(_) => "concurrent_counts",
         }
     }
 
@@ -135,6 +146,8 @@ impl Measure {
             Measure::TwoWayTxns(site) => ROLES[site],
             Measure::ConcurrentSites => "all",
             Measure::Latency => "store",
+            Measure::ConcurrentCounts(true) => "all, a: delta",
+            Measure::ConcurrentCounts(false) => "all, last-writer-wins",
         }
     }
 }
@@ -299,7 +312,7 @@ struct Case {
 }
 
 impl Case {
-    async fn create(servers: &Servers, bin: &Path) -> BenchResult<Case> {
+    async fn create(servers: &Servers, bin: &Path, columns: &str) -> BenchResult<Case> {
         let sites = [
             Db::Pg(servers.pg.try_create_database()?),
             Db::Maria(servers.maria.try_create_database()?),
@@ -324,7 +337,7 @@ impl Case {
         }
         config.push_str(&format!(
             "[[mappings]]\nname = \"bench\"\ntables = {{ {} }}\n\
-             direction = \"both\"\nconflict = \"last-writer-wins\"\n",
+             direction = \"both\"\nconflict = \"last-writer-wins\"\n{columns}",
             tables.join(", ")
         ));
         let dir = tempfile::tempdir()?;
@@ -688,7 +701,11 @@ async fn latency(case: &mut Case, conns: &mut [Conn], sizes: Sizes) -> BenchResu
 /// Runs one case from scratch; its JSON line (with `error` when it failed).
 async fn run_case(servers: &Servers, bin: &Path, measure: Measure, sizes: Sizes) -> Value {
     let mut base = json!({ "bench": "merge", "case": measure.name(), "origin": measure.origin() });
-    let mut case = match Case::create(servers, bin).await {
+    let columns = match measure {
+        Measure::ConcurrentCounts(delta) => merge_conflicts::columns(delta),
+        _ => "",
+    };
+    let mut case = match Case::create(servers, bin, columns).await {
         Ok(case) => case,
         Err(e) => {
             base["error"] = json!(format!("set-up: {e}"));
@@ -707,6 +724,9 @@ async fn run_case(servers: &Servers, bin: &Path, measure: Measure, sizes: Sizes)
                 Measure::TwoWayTxns(site) => two_way_txns(&mut case, &mut conns, site, sizes).await,
                 Measure::ConcurrentSites => concurrent_sites(&mut case, &mut conns, sizes).await,
                 Measure::Latency => latency(&mut case, &mut conns, sizes).await,
+                Measure::ConcurrentCounts(delta) => {
+                    merge_conflicts::concurrent_counts(&mut case, &mut conns, sizes, delta).await
+                }
             },
         };
         for conn in conns {
@@ -793,6 +813,8 @@ fn run() -> BenchResult<()> {
         Measure::TwoWayTxns(ERP),
         Measure::ConcurrentSites,
         Measure::Latency,
+        Measure::ConcurrentCounts(false),
+        Measure::ConcurrentCounts(true),
     ] {
         eprintln!(
             "bench: {} from {} ({:.0} s so far)",

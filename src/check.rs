@@ -720,6 +720,9 @@ fn check_mapping(
             "give the tables the same primary-key columns (or map the names with [mappings.rename.<site>])",
         ));
     }
+    findings.extend(crate::column_policy::check(mapping, &found));
+    findings.extend(crate::value_map::check(mapping, &found));
+    findings.extend(crate::filter::check(mapping, &found));
     if !complete {
         return findings;
     }

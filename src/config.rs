@@ -14,6 +14,8 @@ use duplex_connectors::{SiteKind, TableName};
 use indexmap::IndexMap;
 use serde::Deserialize;
 
+use crate::column_policy::ColumnPolicy;
+
 /// A secret value (a password). Never printed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -153,6 +155,13 @@ pub struct Mapping {
     pub conflict: ConflictPolicy,
     /// Replicated columns by their canonical names; `None` means all columns.
     pub columns: Option<Vec<String>>,
+    /// Column-level conflict policies by canonical column name; other columns follow
+    /// `conflict`.
+    pub column_conflict: IndexMap<String, ColumnPolicy>,
+    /// Per site, per canonical column: the site's codes for the column's values.
+    pub values: BTreeMap<String, crate::value_map::SiteValues>,
+    /// Per site: which rows it receives (two-way mappings).
+    pub filters: BTreeMap<String, crate::filter::Filter>,
     /// Per site: canonical column name -> that site's column name.
     pub rename: BTreeMap<String, BTreeMap<String, String>>,
     /// What a change a target refuses does.
@@ -358,6 +367,12 @@ struct RawMapping {
     #[serde(default = "default_conflict")]
     conflict: String,
     columns: Option<Vec<String>>,
+    #[serde(default)]
+    column_conflict: IndexMap<String, toml::Value>,
+    #[serde(default)]
+    values: BTreeMap<String, BTreeMap<String, IndexMap<String, String>>>,
+    #[serde(default)]
+    filter: BTreeMap<String, String>,
     #[serde(default)]
     rename: BTreeMap<String, BTreeMap<String, String>>,
     #[serde(default = "default_on_error")]
@@ -957,13 +972,40 @@ fn validate_mapping(
             exclude: raw.exclude.clone(),
         })
     };
+    let column_conflict = crate::column_policy::parse(
+        field,
+        &raw.column_conflict,
+        raw.columns.as_deref(),
+        raw.direction == "both",
+        &mut |at, message| report(at, message),
+    );
+    let values = crate::value_map::parse(
+        field,
+        &raw.values,
+        &raw.tables.keys().collect::<Vec<_>>(),
+        raw.columns.as_deref(),
+        raw.direction == "both",
+        &mut |at, message| report(at, message),
+    );
+    let filters = crate::filter::parse_all(
+        field,
+        &raw.filter,
+        &raw.tables.keys().collect::<Vec<_>>(),
+        raw.columns.as_deref(),
+        raw.direction == "both",
+        &mut |at, message| report(at, message),
+    );
     let (direction, conflict, on_error) = (direction?, conflict?, on_error?);
+    let (column_conflict, values, filters) = (column_conflict?, values?, filters?);
     valid.then(|| Mapping {
         name: raw.name.clone(),
         tables,
         direction,
         conflict,
         columns: raw.columns.clone(),
+        column_conflict,
+        values,
+        filters,
         rename: raw.rename.clone(),
         on_error,
         pattern,

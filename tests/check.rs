@@ -238,3 +238,57 @@ fn check_with_an_invalid_config_exits_2_naming_the_field() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("sites.store.url:"), "{out}");
 }
+
+#[test]
+fn check_refuses_delta_on_text_and_values_a_column_cannot_hold() {
+    let pg = shared_pg().create_database();
+    pg.execute_as_duplex(PG_ORDERS).unwrap();
+    let my = shared_mariadb().create_database();
+    my.sql(
+        "CREATE TABLE orders (id BIGINT PRIMARY KEY, status ENUM('new','paid') NOT NULL, \
+         total DECIMAL(12,2), placed_at DATETIME(6), note VARCHAR(200)) ENGINE=InnoDB",
+    )
+    .unwrap();
+    let config = config(
+        &pg.url(),
+        "public.orders",
+        &my.url(),
+        &format!("{}.orders", my.name()),
+    );
+    let (code, out) = run_check(&format!(
+        "{config}\n[mappings.column_conflict]\ntotal = \"delta\"\nnote = \"delta\"\n\
+         status = {{ precedence = [\"new\", \"paid\", \"shipped\"] }}\n\
+         [mappings.values.erp]\nstatus = {{ new = \"new\", paid = \"P\" }}\n\
+         [mappings.filter]\nstore = \"total > 'x' AND nope IS NULL\"\n"
+    ));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(
+            "FAIL  column policy note = delta: store:orders.note is character varying(200)"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("delta adds numbers: use it on a numeric column"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "FAIL  column policy status = precedence: erp:orders.status is enum('new','paid')"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("\"shipped\" is not one of the column's values enum('new','paid')"),
+        "{out}"
+    );
+    assert!(!out.contains("column policy total"), "{out}");
+    assert!(
+        out.contains("FAIL  value map of status: erp:orders.status is enum('new','paid')"),
+        "{out}"
+    );
+    assert!(
+        out.contains("\"P\" is not one of the column's values"),
+        "{out}"
+    );
+}

@@ -434,6 +434,18 @@ pub async fn backfill(config: &Config, options: &BackfillOptions) -> Result<(), 
     let selected = selection(config, options).map_err(BackfillError::Invalid)?;
     let mut by_source: BTreeMap<String, Vec<&Mapping>> = BTreeMap::new();
     for mapping in selected {
+        if !mapping.values.is_empty() {
+            return Err(BackfillError::Invalid(format!(
+                "mapping {} has value maps ([mappings.values]), which a backfill does not translate yet: fill its tables with the sites' own codes by other means, or remove the value maps for the copy",
+                mapping.name
+            )));
+        }
+        if !mapping.filters.is_empty() {
+            return Err(BackfillError::Invalid(format!(
+                "mapping {} has row filters (filter.<site>), which a backfill does not apply yet: fill its tables by other means, or remove the filters for the copy",
+                mapping.name
+            )));
+        }
         let from = match (&mapping.direction, &options.from) {
             (Direction::OneWay { from, .. }, None) => from.clone(),
             (Direction::OneWay { from, .. }, Some(asked)) if asked == from => from.clone(),

@@ -22,7 +22,6 @@
 //! read through it, so the whole synchronous decision moves, and the loop awaits it before it
 //! hands anything on. Nothing else changes: the order is still decide, commit, then send.
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,6 +35,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::EngineError;
 use super::backlog::Backlog;
+use super::column_merge;
 use super::control;
 use super::merge::{self, Classification, Outcome, Version};
 use super::outbox::{Outbox, OutboxWrite, outbox_name, outbox_position};
@@ -44,7 +44,11 @@ use super::rows::{MergeMapping, RowData, display_image, fill_unchanged, same_ima
 use super::sites::writer_failure;
 use crate::shutdown::stop_requested;
 
+mod echo;
+mod filtered;
 mod held;
+
+use filtered::Outside;
 
 /// Inputs the coordinator takes in one state-store transaction, at most.
 const BATCH_INPUTS: usize = 512;
@@ -322,11 +326,11 @@ impl Coordinator {
                 continue;
             };
             let canonical =
-                |row: &Option<Row>| row.as_ref().map(|r| mapping.canonical_row(&site, r));
-            let before = canonical(&event.before);
-            let after = canonical(&event.after);
+                |row: &Option<Row>| row.as_ref().map(|r| mapping.read_row(&site, r)).transpose();
+            let before = canonical(&event.before)?;
+            let after = canonical(&event.after)?;
             let old_key = mapping
-                .key_of(&mapping.canonical_row(&site, &event.key))
+                .key_of(&mapping.read_row(&site, &event.key)?)
                 .ok_or_else(|| missing_key(mapping, &site))?;
             match event.op {
                 Op::Insert | Op::Update => {
@@ -426,6 +430,20 @@ impl Coordinator {
         // What the site will hold once the writes still queued for it land: a write whose
         // condition this change happens to meet lands after it.
         let landing = self.after_queued(site, mapping, key, after.clone());
+        if let (Some(filter), Some(row)) = (mapping.filters.get(site), after.as_ref())
+            && !filter.matches(row)
+        {
+            let outside = Outside {
+                site,
+                commit_micros,
+                key,
+                row,
+            };
+            self.refuse_outside(w, mapping, outside, &rv, done)?;
+            data.set_expected(site, landing);
+            data.set_held(site, after);
+            return store_row(w, mapping, key, rv, &data);
+        }
         if let Some(id) = data.held_conflict {
             let mut local = rv.held.get(site).cloned().unwrap_or_default();
             local.increment(site);
@@ -477,7 +495,13 @@ impl Coordinator {
                     before: base.as_ref(),
                     after: theirs_image.as_ref(),
                 };
-                let outcome = merge::resolve(&mapping.policy, &mapping.sites, &mine, &theirs);
+                let outcome = column_merge::resolve(
+                    &mapping.policy,
+                    &mapping.column_policies,
+                    &mapping.sites,
+                    &mine,
+                    &theirs,
+                );
                 let resolved = merge::record_resolution(&mut rv, site, &local);
                 data.set_expected(site, landing);
                 data.set_held(site, after.clone());
@@ -506,7 +530,7 @@ impl Coordinator {
                         )?,
                         side(site, &local, commit_micros, after.as_ref())?,
                     ],
-                    policy: mapping.policy_name(),
+                    policy: mapping.policies_name(),
                     decision: String::new(),
                     detected_at_millis: now_millis(),
                     status: ConflictStatus::Held,
@@ -524,7 +548,7 @@ impl Coordinator {
                         record.decision = decision.clone();
                         record.status = ConflictStatus::Resolved(Resolution {
                             winner: winner.clone(),
-                            by: mapping.policy_name(),
+                            by: mapping.policies_name(),
                             at_millis: now_millis(),
                         });
                         let id = w.record_conflict(&record)?;
@@ -534,7 +558,7 @@ impl Coordinator {
                         ));
                         done.decided.push((
                             mapping.name.clone(),
-                            record.policy.clone(),
+                            mapping.policy_name(),
                             "resolved",
                         ));
                         data.set_image(row, &mapping.sites);
@@ -561,7 +585,7 @@ impl Coordinator {
                             mapping.name
                         ));
                         done.decided
-                            .push((mapping.name.clone(), record.policy.clone(), "held"));
+                            .push((mapping.name.clone(), mapping.policy_name(), "held"));
                         data.held_conflict = Some(id);
                     }
                 }
@@ -613,11 +637,13 @@ impl Coordinator {
         } = newest;
         for site in &mapping.sites {
             let expected = data.expected(site).cloned();
+            // What the site is to hold: nothing of a row its filter does not pass.
+            let image = mapping.visible(site, data.image.as_ref());
             let index = self
                 .plan
                 .site_index(site)
                 .expect("mapping sites are plan sites");
-            if same_image(expected.as_ref(), data.image.as_ref()) {
+            if same_image(expected.as_ref(), image.as_ref()) {
                 // The site holds this image already, or will once a queued write lands: it
                 // holds this version then. (Not earlier: a local change made there before
                 // that write lands did not see it.)
@@ -626,19 +652,19 @@ impl Coordinator {
                     .last()
                     .map(|(seq, _)| seq);
                 match queued {
-                    Some(seq) if !same_image(data.held_image(site), data.image.as_ref()) => {
+                    Some(seq) if !same_image(data.held_image(site), image.as_ref()) => {
                         let write = self.outboxes[index].get_mut(seq).expect("indexed");
                         write.vector.merge(vector);
                         w.put_pending(site, seq, &*write)?;
                     }
                     _ => {
                         merge::record_echo(rv, site, vector);
-                        data.set_held(site, data.image.clone());
+                        data.set_held(site, image);
                     }
                 }
                 continue;
             }
-            let op = match (&expected, &data.image) {
+            let op = match (&expected, &image) {
                 (None, Some(_)) => Op::Insert,
                 (Some(_), None) => Op::Delete,
                 _ => Op::Update,
@@ -649,7 +675,7 @@ impl Coordinator {
                 op,
                 key_row: key_row.clone(),
                 before: expected,
-                after: data.image.clone(),
+                after: image.clone(),
                 vector: vector.clone(),
             };
             let seq = self.next_seq[index];
@@ -658,72 +684,8 @@ impl Coordinator {
             w.put_pending(site, seq, &write)?;
             self.outboxes[index].insert(seq, write.clone());
             done.writes.push((index, seq, Arc::new(write), since));
-            data.set_expected(site, data.image.clone());
+            data.set_expected(site, image);
             self.stats.writes += 1;
-        }
-        Ok(())
-    }
-
-    /// A transaction duplex wrote into site `index`: the site now holds the versions of the
-    /// writes that landed; the outbox entries it covers are done.
-    fn echo(
-        &mut self,
-        w: &mut StateWriter<'_>,
-        index: usize,
-        tx: &Transaction,
-        done: &mut Done,
-    ) -> Result<(), EngineError> {
-        let site = self.plan.sites[index].site.name.clone();
-        let outbox = outbox_name(&site);
-        let Some(upto) = tx
-            .events
-            .iter()
-            .find_map(|event| outbox_position(event, &outbox))
-        else {
-            // Another outbox's or a one-way link's transaction: nothing of this engine.
-            return Ok(());
-        };
-        let mut landed: HashSet<(String, String)> = HashSet::new();
-        for event in &tx.events {
-            let Some(mapping) = self.plan.mapping_for(&site, &event.table) else {
-                continue;
-            };
-            for row in [Some(&event.key), event.after.as_ref()]
-                .into_iter()
-                .flatten()
-            {
-                if let Some((_, key)) = mapping.key_of(&mapping.canonical_row(&site, row)) {
-                    landed.insert((mapping.name.clone(), key));
-                }
-            }
-        }
-        let covered = self.outboxes[index].up_to(upto);
-        // Entries at or before the previous echo read in this attempt, or all of them at the
-        // first echo, may have landed in transactions this reader never saw (written before
-        // its stream started): only the entries this transaction carried are judged.
-        let carried_after = self.last_echo[index].replace(upto);
-        let plan = Arc::clone(&self.plan);
-        for seq in covered {
-            let write = self.outboxes[index].remove(seq).expect("listed above");
-            w.remove_pending(&site, seq)?;
-            let Some(mapping) = plan.mapping(&write.mapping) else {
-                continue;
-            };
-            tracing::debug!(mapping = %write.mapping, key = %write.key, site = %site, seq, landed = landed.contains(&(write.mapping.clone(), write.key.clone())), "echo");
-            if landed.contains(&(write.mapping.clone(), write.key.clone())) {
-                self.stats.echoes += 1;
-                let (mut rv, mut data) = load(w, mapping, &write.key)?;
-                merge::record_echo(&mut rv, &site, &write.vector);
-                data.set_held(&site, write.after.clone());
-                store_row(w, mapping, &write.key, rv, &data)?;
-            } else {
-                self.stats.skipped += 1;
-                if carried_after.is_some_and(|after| seq > after) {
-                    self.skipped(w, mapping, &site, &write, done)?;
-                } else {
-                    tracing::debug!(mapping = %write.mapping, key = %write.key, site = %site, seq, "write not in this echo; its own transaction was not read in this attempt");
-                }
-            }
         }
         Ok(())
     }

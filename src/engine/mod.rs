@@ -77,6 +77,7 @@
 //! - [`merge`]: the decisions, pure functions over version vectors; [`rows`]: canonical rows
 //!   and what the engine keeps per row; [`control`]: the socket `duplex conflicts` talks to.
 
+pub mod column_merge;
 pub mod control;
 pub mod merge;
 pub mod rows;
@@ -101,6 +102,7 @@ use tokio::task::JoinSet;
 use crate::backoff::Backoff;
 use crate::report::chain;
 use crate::shutdown::stop_requested;
+use crate::value_map::SiteValues;
 use backlog::Backlog;
 use coordinator::{Coordinator, Input};
 use outbox::Outbox;
@@ -458,10 +460,13 @@ async fn attempt(
         }
         outboxes.push(outbox);
         let report = input_tx.clone();
-        let canonical: HashMap<String, TableName> = plan
+        let canonical: HashMap<String, (TableName, Option<SiteValues>)> = plan
             .mappings
             .iter()
-            .map(|m| (m.name.clone(), m.canonical.clone()))
+            .map(|m| {
+                let values = m.values.get(name).cloned();
+                (m.name.clone(), (m.canonical.clone(), values))
+            })
             .collect();
         let merge_site = site.clone();
         let backlog = Arc::clone(backlog);

@@ -141,6 +141,12 @@ pub async fn plan(config: &Config) -> Result<Option<MergePlan>, EngineError> {
                 .collect();
             to_canonical.insert(site.clone(), names);
         }
+        let column_policies = mapping
+            .column_conflict
+            .iter()
+            .filter(|(column, _)| columns.contains(column))
+            .map(|(column, policy)| (column.clone(), policy.clone()))
+            .collect();
         mappings.push(MergeMapping {
             name: mapping.name.clone(),
             canonical: TableName::new(rows::CANONICAL_SCHEMA, &mapping.name),
@@ -148,6 +154,9 @@ pub async fn plan(config: &Config) -> Result<Option<MergePlan>, EngineError> {
             columns,
             key,
             policy: mapping.conflict.clone(),
+            column_policies,
+            values: mapping.values.clone(),
+            filters: mapping.filters.clone(),
             tables: mapping.tables.clone().into_iter().collect(),
             to_canonical,
         });

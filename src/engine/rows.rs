@@ -13,7 +13,12 @@ use std::collections::{BTreeMap, HashMap};
 use duplex_connectors::{Row, TableName, Value};
 use serde::{Deserialize, Serialize};
 
+use crate::column_policy::ColumnPolicy;
 use crate::config::ConflictPolicy;
+use crate::filter::Filter;
+use crate::value_map::{self, SiteValues};
+
+use super::EngineError;
 
 /// The schema duplex names the canonical tables in (routes of the merge engine's writers).
 pub const CANONICAL_SCHEMA: &str = "duplex_merge";
@@ -34,6 +39,12 @@ pub struct MergeMapping {
     pub key: Vec<String>,
     /// Conflict policy.
     pub policy: ConflictPolicy,
+    /// Column-level conflict policies, in configuration order (replicated columns only).
+    pub column_policies: Vec<(String, ColumnPolicy)>,
+    /// Per site: its codes for columns whose values it spells its own way.
+    pub values: BTreeMap<String, SiteValues>,
+    /// Per site: which rows it receives; a site without one receives every row.
+    pub filters: BTreeMap<String, Filter>,
     /// Per site: its table.
     pub tables: BTreeMap<String, TableName>,
     /// Per site: its column name -> canonical name (only replicated columns).
@@ -55,6 +66,27 @@ impl MergeMapping {
             .iter()
             .filter_map(|c| by_name.get(c.as_str()).map(|v| (c.as_str(), (*v).clone())))
             .collect()
+    }
+
+    /// A row as `site`'s log carries it, in canonical form with canonical values
+    /// ([`MergeMapping::canonical_row`], then the site's value maps); an error names a code
+    /// the site's value map does not list.
+    pub fn read_row(&self, site: &str, row: &Row) -> Result<Row, EngineError> {
+        let row = self.canonical_row(site, row);
+        match self.values.get(site) {
+            None => Ok(row),
+            Some(maps) => value_map::from_site(site, maps, &row)
+                .map_err(|e| EngineError::Unsupported(format!("mapping {}: {e}", self.name))),
+        }
+    }
+
+    /// The image `site` is to hold of a row whose newest version is `image`: the image, or
+    /// none when the site's filter does not pass it.
+    pub fn visible(&self, site: &str, image: Option<&Row>) -> Option<Row> {
+        match (self.filters.get(site), image) {
+            (Some(filter), Some(row)) if !filter.matches(row) => None,
+            _ => image.cloned(),
+        }
     }
 
     /// The key columns of a canonical row and their normal text (`id=5`, `a=1, b="x"`), or
@@ -83,6 +115,16 @@ impl MergeMapping {
             ConflictPolicy::MergeColumns => "merge-columns".into(),
             ConflictPolicy::Hold => "hold".into(),
         }
+    }
+
+    /// The policies a conflict of this mapping is decided by, for the conflict log: the row
+    /// policy, then each column policy (`last-writer-wins, on_hand: delta`).
+    pub fn policies_name(&self) -> String {
+        let mut name = self.policy_name();
+        for (column, policy) in &self.column_policies {
+            name.push_str(&format!(", {column}: {}", policy.name()));
+        }
+        name
     }
 }
 

@@ -19,8 +19,8 @@ use std::sync::Arc;
 use chrono::Utc;
 use duplex_connectors::apply::{Applier, ApplyError, ApplyOptions, WriterClaim};
 use duplex_connectors::{
-    AnyApplier, AnyStream, ChangeEvent, Origin, Position, SilenceTimeout, StreamError, StreamItem,
-    StreamOptions, TableName, Transaction,
+    AnyApplier, AnyStream, ChangeEvent, Origin, Position, Row, SilenceTimeout, StreamError,
+    StreamItem, StreamOptions, TableName, Transaction,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -33,6 +33,7 @@ use super::rows::display_image;
 use super::undecided::Handed;
 use crate::backoff::Backoff;
 use crate::report::chain;
+use crate::value_map::{self, SiteValues};
 
 /// Outbox entries one writer puts into one target transaction, at most.
 const WRITE_BATCH: usize = 1000;
@@ -298,7 +299,7 @@ pub(super) async fn writer(
     site: MergeSite,
     mut target: AnyApplier,
     mut queue: mpsc::Receiver<(u64, Arc<OutboxWrite>)>,
-    canonical: HashMap<String, TableName>,
+    canonical: HashMap<String, (TableName, Option<SiteValues>)>,
     report: mpsc::Sender<Input>,
     backlog: Arc<Backlog>,
 ) {
@@ -313,22 +314,41 @@ pub(super) async fn writer(
             }
         }
         let now = Utc::now();
-        let transactions: Vec<Transaction> = batch
+        let transactions: Result<Vec<Transaction>, String> = batch
             .iter()
-            .map(|(seq, write)| Transaction {
-                source: outbox.clone(),
-                position: Position::Outbox(*seq),
-                commit_time: now,
-                origin: Origin::Duplex,
-                events: vec![ChangeEvent {
-                    table: canonical[&write.mapping].clone(),
-                    op: write.op,
-                    key: write.key_row.clone(),
-                    before: write.before.clone(),
-                    after: write.after.clone(),
-                }],
+            .map(|(seq, write)| {
+                let (table, values) = &canonical[&write.mapping];
+                // The site's codes for values it spells its own way.
+                let coded = |row: &Row| match values {
+                    Some(maps) => value_map::to_site(&name, maps, row)
+                        .map_err(|e| format!("mapping {}: {e}", write.mapping)),
+                    None => Ok(row.clone()),
+                };
+                Ok(Transaction {
+                    source: outbox.clone(),
+                    position: Position::Outbox(*seq),
+                    commit_time: now,
+                    origin: Origin::Duplex,
+                    events: vec![ChangeEvent {
+                        table: table.clone(),
+                        op: write.op,
+                        key: coded(&write.key_row)?,
+                        before: write.before.as_ref().map(coded).transpose()?,
+                        after: write.after.as_ref().map(coded).transpose()?,
+                    }],
+                })
             })
             .collect();
+        let transactions = match transactions {
+            Ok(transactions) => transactions,
+            Err(message) => {
+                drop(queue);
+                let _ = report
+                    .send(Input::Failed(EngineError::Unsupported(message)))
+                    .await;
+                return;
+            }
+        };
         // Applying a batch again is harmless: entries the site already holds are skipped by
         // their outbox position (see duplex_connectors::apply).
         let mut backoff = Backoff::default();
