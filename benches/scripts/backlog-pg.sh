@@ -1,5 +1,6 @@
 #!/bin/bash
 # Backlog catch-up experiment: duplex stopped while N txns x 100 rows commit, then started.
+# TARGET=mariadb: into a MariaDB database instead of a PostgreSQL one.
 # STREAM=1: duplex keeps running while they commit; reports how far behind the target was
 # when the source finished.
 set -e
@@ -10,10 +11,24 @@ BIN=${BIN:-target/release/duplex}
 TXNS=${TXNS:-2000}
 P="psql -h 127.0.0.1 -p $DUPLEX_TEST_PG_PORT -U postgres -X -q -v ON_ERROR_STOP=1"
 S=bl_src_$$; T=bl_tgt_$$
-$P -d postgres -c "CREATE DATABASE $S OWNER duplex" -c "CREATE DATABASE $T OWNER duplex"
+M="mariadb -S ${DUPLEX_TEST_MARIADB_SOCKET:-} -uroot --batch --skip-column-names"
+$P -d postgres -c "CREATE DATABASE $S OWNER duplex"
+if [ "${TARGET:-}" = mariadb ]; then $M -e "CREATE DATABASE $T"; else $P -d postgres -c "CREATE DATABASE $T OWNER duplex"; fi
 DDL="CREATE TABLE orders (id bigint PRIMARY KEY, customer int NOT NULL, status text NOT NULL, total numeric(12,2), created timestamptz NOT NULL, note text); CREATE INDEX ON orders (customer);"
 PGPASSWORD=duplex psql -h 127.0.0.1 -p $DUPLEX_TEST_PG_PORT -U duplex -X -q -d $S -c "$DDL"
-PGPASSWORD=duplex psql -h 127.0.0.1 -p $DUPLEX_TEST_PG_PORT -U duplex -X -q -d $T -c "$DDL"
+if [ "${TARGET:-}" = mariadb ]; then
+  $M $T -e "CREATE TABLE orders (id bigint PRIMARY KEY, customer int NOT NULL, status varchar(20) NOT NULL, total decimal(12,2), created datetime(6) NOT NULL, note text, KEY (customer)) ENGINE=InnoDB"
+  TARGET_SITE="kind = \"mysql\"
+url = \"mysql://duplex:duplex@127.0.0.1:$DUPLEX_TEST_MARIADB_PORT/$T\""
+  TARGET_TABLE="$T.orders"
+  count() { $M $T -e "select count(*) from orders"; }
+else
+  PGPASSWORD=duplex psql -h 127.0.0.1 -p $DUPLEX_TEST_PG_PORT -U duplex -X -q -d $T -c "$DDL"
+  TARGET_SITE="kind = \"postgres\"
+url = \"postgres://duplex:duplex@127.0.0.1:$DUPLEX_TEST_PG_PORT/$T\""
+  TARGET_TABLE="public.orders"
+  count() { $P -d $T -At -c "select count(*) from orders"; }
+fi
 DIR=$(mktemp -d)
 cat > $DIR/duplex.toml <<TOML
 [state]
@@ -22,11 +37,10 @@ dir = "$DIR/state"
 kind = "postgres"
 url = "postgres://duplex:duplex@127.0.0.1:$DUPLEX_TEST_PG_PORT/$S"
 [sites.$T]
-kind = "postgres"
-url = "postgres://duplex:duplex@127.0.0.1:$DUPLEX_TEST_PG_PORT/$T"
+$TARGET_SITE
 [[mappings]]
 name = "orders"
-tables = { $S = "public.orders", $T = "public.orders" }
+tables = { $S = "public.orders", $T = "$TARGET_TABLE" }
 direction = "$S->$T"
 TOML
 
@@ -47,7 +61,7 @@ else
 fi
 if [ -n "$PERF" ]; then perf record -g -p $PID -o ${PERF_DATA:-perf.data} 2>/dev/null & PERFPID=$!; fi
 while true; do
-  n=$($P -d $T -At -c "select count(*) from orders")
+  n=$(count)
   [ "$n" = "$WANT" ] && break
   sleep 0.05
 done
@@ -62,5 +76,6 @@ fi
 [ -n "$PERF" ] && kill -INT $PERFPID && wait $PERFPID
 kill -TERM $PID; wait $PID || true
 $P -d $S -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database='$S'" >/dev/null
-$P -d postgres -c "DROP DATABASE $S" -c "DROP DATABASE $T"
+$P -d postgres -c "DROP DATABASE $S"
+if [ "${TARGET:-}" = mariadb ]; then $M -e "DROP DATABASE $T"; else $P -d postgres -c "DROP DATABASE $T"; fi
 rm -rf $DIR

@@ -173,6 +173,8 @@ mod guard;
 mod meta;
 mod order;
 mod plan;
+
+pub(crate) use plan::is_integer;
 mod select;
 
 pub use meta::{BackfillMeta, KeyBounds, load_meta};

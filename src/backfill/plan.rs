@@ -67,8 +67,9 @@ pub(super) async fn done_ranges(
     )
 }
 
-/// Whether `column` is an integer column (compared as a number by every kind of database).
-fn is_integer(column: &Column) -> bool {
+/// Whether `column` is an integer column (compared as a number by every kind of database, so
+/// both sides of a mapping order it alike).
+pub(crate) fn is_integer(column: &Column) -> bool {
     let ty = column
         .type_name
         .strip_suffix(" unsigned")

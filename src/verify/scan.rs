@@ -118,26 +118,6 @@ fn int_bound(b: i128) -> Vec<Value> {
     }]
 }
 
-/// Whether `column` is an integer column (ordered alike by every kind of database).
-fn is_integer(column: &Column) -> bool {
-    let ty = column
-        .type_name
-        .strip_suffix(" unsigned")
-        .unwrap_or(&column.type_name);
-    matches!(
-        ty,
-        "int2"
-            | "int4"
-            | "int8"
-            | "tinyint"
-            | "smallint"
-            | "mediumint"
-            | "int"
-            | "integer"
-            | "bigint"
-    )
-}
-
 /// The ranges `source`'s table is cut into: about `chunk` rows each on a single integer key
 /// (both sides select them by value), otherwise the whole table as one range (another key's
 /// order may differ between the two databases, e.g. by collation).
@@ -148,7 +128,7 @@ pub async fn plan(
     chunk: u64,
 ) -> Result<Vec<Bounds>, VerifyError> {
     let integer = matches!((source.key.as_slice(), target.key.as_slice()),
-        ([s], [t]) if is_integer(s) && is_integer(t));
+        ([s], [t]) if crate::backfill::is_integer(s) && crate::backfill::is_integer(t));
     if !integer {
         return Ok(vec![None]);
     }
