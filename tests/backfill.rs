@@ -362,12 +362,30 @@ fn a_non_empty_target_is_refused_without_allow_nonempty() {
 
 #[test]
 fn every_column_type_survives_the_copy_path_into_postgres() {
-    // Binary COPY for every type with a binary encoder; `inet` has none, so the ranges of
-    // `hosts` go through the INSERT fallback inside the same transaction.
-    let ddl = "CREATE TABLE kinds (id int PRIMARY KEY, b bool, s int2, big int8, n numeric(12,4), \
+    copy_every_column_type_into_postgres(false);
+}
+
+#[test]
+fn every_column_type_survives_the_unread_copy_into_postgres() {
+    copy_every_column_type_into_postgres(true);
+}
+
+/// A PostgreSQL -> PostgreSQL backfill of every column type. `bulk`: the way duplex copies by
+/// default, `kinds` (identical column types on both sides) unread in binary COPY format and
+/// `hosts` (whose `note` is `varchar(50)` on the target) as canonical rows. Otherwise
+/// (`DUPLEX_BACKFILL_BULK=off`) both as canonical rows: binary COPY for every type with a
+/// binary encoder; `inet` has none, so the ranges of `hosts` go through the INSERT fallback
+/// inside the same transaction.
+fn copy_every_column_type_into_postgres(bulk: bool) {
+    let kinds = "CREATE TABLE kinds (id int PRIMARY KEY, b bool, s int2, big int8, n numeric(12,4), \
                f4 float4, f8 float8, t text, vc varchar(20), raw bytea, d date, tm time, \
-               ts timestamp, tz timestamptz, u uuid, j json, jb jsonb); \
-               CREATE TABLE hosts (id int PRIMARY KEY, addr inet, note text)";
+               ts timestamp, tz timestamptz, u uuid, j json, jb jsonb)";
+    let ddl = format!("{kinds}; CREATE TABLE hosts (id int PRIMARY KEY, addr inet, note text)");
+    let target_ddl = if bulk {
+        format!("{kinds}; CREATE TABLE hosts (id int PRIMARY KEY, addr inet, note varchar(50))")
+    } else {
+        ddl.clone()
+    };
     let source = shared_pg().create_database();
     source
         .execute_as_duplex(&format!(
@@ -385,7 +403,7 @@ fn every_column_type_survives_the_copy_path_into_postgres() {
         ))
         .unwrap();
     let wms = shared_pg().create_database();
-    wms.execute_as_duplex(ddl).unwrap();
+    wms.execute_as_duplex(&target_ddl).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let text = format!(
@@ -401,9 +419,23 @@ fn every_column_type_survives_the_copy_path_into_postgres() {
     let path = dir.path().join("duplex.toml");
     std::fs::write(&path, &text).unwrap();
 
-    let out = backfill(&path, &["--jobs", "2", "--chunk-rows", "1000"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_duplex"))
+        .arg("--config")
+        .arg(&path)
+        .args(["backfill", "--jobs", "2", "--chunk-rows", "1000"])
+        .env("DUPLEX_LOG", "info,duplex=debug")
+        .env("DUPLEX_BACKFILL_BULK", if bulk { "on" } else { "off" })
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "backfill failed:\n{log}");
+    let unread = |mapping: &str| {
+        log.lines()
+            .any(|l| l.contains("copying unread") && l.contains(&format!("mapping={mapping}")))
+    };
+    assert_eq!(unread("kinds"), bulk, "how kinds was copied:\n{log}");
+    assert!(!unread("hosts"), "hosts was copied unread:\n{log}");
     for table in ["kinds", "hosts"] {
         let query = format!(
             "SELECT count(*), md5(coalesce(string_agg(k::text, E'\\n' ORDER BY id), '')) FROM {table} k"

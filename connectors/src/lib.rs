@@ -34,6 +34,7 @@
 //! file under `target/` and one line in its `kinds:` list).
 
 pub mod apply;
+pub mod bulk;
 pub mod catalog;
 pub mod change;
 pub mod foreign_keys;

@@ -29,6 +29,7 @@ use std::sync::Arc;
 
 use tokio::sync::Mutex;
 
+use crate::bulk::{BulkRows, BulkShape};
 use crate::load::AdminError;
 use crate::mysql::{BinlogPosition, MysqlSnapshot, MysqlSnapshotError};
 use crate::postgres::{PgExportedSnapshot, PgSnapshotError, PgSnapshotReader};
@@ -275,6 +276,37 @@ impl AnySnapshot {
         Ok(match self {
             AnySnapshot::Postgres(reader) => Position::Postgres(reader.renew().await?),
             AnySnapshot::Mysql(conn) => Position::Mysql(conn.lock().await.renew().await?),
+        })
+    }
+
+    /// The shape of a bulk read of `columns` of `table` (see [`crate::bulk`]); `None` when this
+    /// kind has no bulk format.
+    pub async fn bulk_shape(
+        &mut self,
+        table: &TableName,
+        columns: &[Column],
+    ) -> Result<Option<BulkShape>, SnapshotError> {
+        Ok(match self {
+            AnySnapshot::Postgres(reader) => Some(reader.bulk_shape(table, columns).await?),
+            AnySnapshot::Mysql(_) => None,
+        })
+    }
+
+    /// The rows of `range` in `shape` (from [`AnySnapshot::bulk_shape`] of this kind), in
+    /// the same snapshot as [`SnapshotRead::rows`] reads.
+    pub async fn bulk_rows(
+        &mut self,
+        shape: &Arc<BulkShape>,
+        range: &KeyRange,
+    ) -> Result<BulkRows, SnapshotError> {
+        Ok(match self {
+            AnySnapshot::Postgres(reader) => reader.bulk_rows(shape, range).await?,
+            AnySnapshot::Mysql(_) => {
+                return Err(SnapshotError::Refused(format!(
+                    "MySQL/MariaDB has no bulk format: {} is read as rows",
+                    shape.table
+                )));
+            }
         })
     }
 

@@ -2,6 +2,7 @@
 //! and nowhere else). The protocol every kind keeps is in [`crate::apply`].
 
 use crate::apply::{Applier, ApplyError, ApplyOptions, SkippedWrite, TableRoute, WriterClaim};
+use crate::bulk::{BulkRows, BulkShape};
 use crate::mysql::MysqlApplier;
 use crate::postgres::PgApplier;
 use crate::{Position, SiteConnection, SiteKind, Transaction, TransactionPart};
@@ -39,6 +40,29 @@ impl AnyApplier {
         match self {
             AnyApplier::Postgres(applier) => applier.load(txn).await,
             AnyApplier::Mysql(applier) => applier.apply(std::slice::from_ref(txn)).await,
+        }
+    }
+
+    /// Whether this target writes rows of `shape` unread (see [`crate::bulk`]): a target of
+    /// the source's kind whose columns have the very same types, neither upserting nor
+    /// writing conditionally.
+    pub async fn takes_bulk(&mut self, shape: &BulkShape) -> Result<bool, ApplyError> {
+        match self {
+            AnyApplier::Postgres(applier) => applier.takes_bulk(shape).await,
+            AnyApplier::Mysql(applier) => applier.takes_bulk(shape).await,
+        }
+    }
+
+    /// Writes `rows` (whose shape [`AnyApplier::takes_bulk`] accepted) with `marker`'s source
+    /// and position exactly as [`AnyApplier::load`] writes a range (see [`crate::bulk`]).
+    pub async fn load_bulk(
+        &mut self,
+        marker: &Transaction,
+        rows: &BulkRows,
+    ) -> Result<(), ApplyError> {
+        match self {
+            AnyApplier::Postgres(applier) => applier.load_bulk(marker, rows).await,
+            AnyApplier::Mysql(applier) => applier.load_bulk(marker, rows).await,
         }
     }
 

@@ -7,6 +7,7 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use duplex_connectors::bulk::{BulkRows, BulkShape};
 use duplex_connectors::{
     AnyApplier, AnySnapshot, Applier, ApplyOptions, ChangeEvent, Column, KeyRange, Op, Origin,
     Position, SnapshotRead, SourceSnapshot, TableRoute, TableSchema, Transaction, Value,
@@ -77,7 +78,9 @@ pub(super) async fn copy(
     );
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     let mut workers = JoinSet::new();
+    let bulk: BulkDecisions = Arc::new(jobs.iter().map(|_| Default::default()).collect());
     for _ in 0..options.jobs.max(1) {
+        let bulk = bulk.clone();
         let reader = snapshot.reader().await.map_err(snapshot_error(site))?;
         let work = work.clone();
         let shared = shared.clone();
@@ -102,6 +105,7 @@ pub(super) async fn copy(
                 upsert,
                 attempt_positions,
                 order,
+                bulk,
             )
             .await
         });
@@ -253,9 +257,9 @@ async fn worker(
     upsert: bool,
     attempt_positions: Vec<Vec<Position>>,
     order: Order,
+    bulk: BulkDecisions,
 ) -> Result<(), BackfillError> {
-    let mut writers: HashMap<(usize, usize), AnyApplier> = HashMap::new();
-    let mut target_readers: HashMap<(usize, usize), AnySnapshot> = HashMap::new();
+    let mut sessions = Sessions::default();
     let result = loop {
         let next = work.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
         let Some((index, range_id)) = next else {
@@ -271,8 +275,8 @@ async fn worker(
             &position,
             upsert,
             &attempt_positions,
-            &mut writers,
-            &mut target_readers,
+            &mut sessions,
+            &bulk,
             &done,
         )
         .await
@@ -281,7 +285,7 @@ async fn worker(
         }
         order.landed(level);
     };
-    for (_, target_reader) in target_readers {
+    for (_, target_reader) in sessions.target_readers {
         target_reader.close().await;
     }
     result
@@ -321,114 +325,218 @@ async fn copy_range(
     position: &Position,
     upsert: bool,
     attempt_positions: &[Vec<Position>],
-    writers: &mut HashMap<(usize, usize), AnyApplier>,
-    target_readers: &mut HashMap<(usize, usize), AnySnapshot>,
+    sessions: &mut Sessions,
+    bulk: &BulkDecisions,
     done: &mpsc::UnboundedSender<Done>,
 ) -> Result<(), BackfillError> {
-    {
-        let (mapping, schema, targets, meta, target_schemas) = &jobs[index];
-        let upsert = upsert || meta.resync;
-        let source_table = &schema.name;
-        let range = meta.range(range_id, schema);
-        let rows = reader
-            .rows(source_table, &schema.columns, &range)
-            .await
-            .map_err(snapshot_error(site))?;
-        let count = rows.len() as u64;
-        let events: Vec<ChangeEvent> = rows
-            .into_iter()
-            .map(|row| ChangeEvent {
-                table: source_table.clone(),
-                op: Op::Insert,
-                key: schema
-                    .primary_key
-                    .iter()
-                    .map(|k| (k.as_str(), row.get(k).cloned().unwrap_or(Value::Null)))
-                    .collect(),
-                before: None,
-                after: Some(row),
-            })
-            .collect();
-        let txn = Transaction {
-            source: marker(&mapping.name, range_id),
-            position: position.clone(),
-            commit_time: chrono::Utc::now(),
-            origin: Origin::Local,
-            events,
-        };
-        let copied_in = attempt_positions[index].len() as u32 - 1;
-        for (t, (target, routes)) in targets.iter().enumerate() {
-            let apply_error = |source| BackfillError::Apply {
-                site: target.name.clone(),
-                source,
+    let (mapping, schema, targets, meta, target_schemas) = &jobs[index];
+    let upsert = upsert || meta.resync;
+    let source_table = &schema.name;
+    let range = meta.range(range_id, schema);
+    for (t, (target, routes)) in targets.iter().enumerate() {
+        if let std::collections::hash_map::Entry::Vacant(slot) = sessions.writers.entry((index, t))
+        {
+            let options = ApplyOptions {
+                upsert,
+                ..ApplyOptions::default()
             };
-            if let std::collections::hash_map::Entry::Vacant(slot) = writers.entry((index, t)) {
-                let options = ApplyOptions {
-                    upsert,
-                    ..ApplyOptions::default()
-                };
+            slot.insert(
+                AnyApplier::connect(&target.connection(), routes.clone(), options)
+                    .await
+                    .map_err(apply_error(target))?,
+            );
+        }
+    }
+    let bulk = bulk[index]
+        .get_or_try_init(|| bulk_shape(site, reader, jobs, index, upsert, sessions))
+        .await?
+        .clone();
+    let read = match &bulk {
+        Some(shape) => Read::Bulk(
+            reader
+                .bulk_rows(shape, &range)
+                .await
+                .map_err(snapshot_error(site))?,
+        ),
+        None => Read::Rows(
+            reader
+                .rows(source_table, &schema.columns, &range)
+                .await
+                .map_err(snapshot_error(site))?,
+        ),
+    };
+    let count = match &read {
+        Read::Bulk(rows) => rows.rows,
+        Read::Rows(rows) => rows.len() as u64,
+    };
+    let (events, bulk_rows) = match read {
+        Read::Bulk(rows) => (Vec::new(), Some(rows)),
+        Read::Rows(rows) => (
+            rows.into_iter()
+                .map(|row| ChangeEvent {
+                    table: source_table.clone(),
+                    op: Op::Insert,
+                    key: schema
+                        .primary_key
+                        .iter()
+                        .map(|k| (k.as_str(), row.get(k).cloned().unwrap_or(Value::Null)))
+                        .collect(),
+                    before: None,
+                    after: Some(row),
+                })
+                .collect(),
+            None,
+        ),
+    };
+    let txn = Transaction {
+        source: marker(&mapping.name, range_id),
+        position: position.clone(),
+        commit_time: chrono::Utc::now(),
+        origin: Origin::Local,
+        events,
+    };
+    let copied_in = attempt_positions[index].len() as u32 - 1;
+    for (t, (target, routes)) in targets.iter().enumerate() {
+        let writer = sessions
+            .writers
+            .get_mut(&(index, t))
+            .expect("connected above");
+        // A range an interrupted run wrote but did not record was recorded from its marker
+        // before the catch-up (`catch_up::reconcile_markers`) unless the targets disagree.
+        if let Some(held) = writer
+            .position(&txn.source)
+            .await
+            .map_err(apply_error(target))?
+            && attempt_positions[index].contains(&held)
+            && held != *position
+        {
+            return Err(BackfillError::Refused(format!(
+                "range {range_id} of mapping {} is on {} from an earlier attempt but not in the state store, \
+                 and not on every target from the same attempt: this cannot be reconciled automatically; \
+                 empty the mapping's target tables and start it over with `duplex backfill --mapping {} --restart`",
+                mapping.name, target.name, mapping.name
+            )));
+        }
+        if let Some(rows) = &bulk_rows {
+            writer
+                .load_bulk(&txn, rows)
+                .await
+                .map_err(apply_error(target))?;
+            continue;
+        }
+        // A resync replaces the target's rows of the range: the rows the source does not
+        // have are deleted in the range's own target transaction, before it upserts.
+        let mut replacing;
+        let mut written = &txn;
+        if meta.resync {
+            let target_schema = target_schemas[t].as_ref().ok_or_else(|| {
+                BackfillError::Invalid(format!(
+                    "the table of mapping {} on site {} was not described",
+                    mapping.name, target.name
+                ))
+            })?;
+            if let std::collections::hash_map::Entry::Vacant(slot) =
+                sessions.target_readers.entry((index, t))
+            {
                 slot.insert(
-                    AnyApplier::connect(&target.connection(), routes.clone(), options)
+                    AnySnapshot::open(&target.connection())
                         .await
-                        .map_err(apply_error)?,
+                        .map_err(snapshot_error(target))?,
                 );
             }
-            let writer = writers.get_mut(&(index, t)).expect("just inserted");
-            // A range an interrupted run wrote but did not record was recorded from its marker
-            // before the catch-up (`catch_up::reconcile_markers`) unless the targets disagree.
-            if let Some(held) = writer.position(&txn.source).await.map_err(apply_error)?
-                && attempt_positions[index].contains(&held)
-                && held != *position
-            {
-                return Err(BackfillError::Refused(format!(
-                    "range {range_id} of mapping {} is on {} from an earlier attempt but not in the state store, \
-                     and not on every target from the same attempt: this cannot be reconciled automatically; \
-                     empty the mapping's target tables and start it over with `duplex backfill --mapping {} --restart`",
-                    mapping.name, target.name, mapping.name
-                )));
+            let target_reader = sessions
+                .target_readers
+                .get_mut(&(index, t))
+                .expect("just inserted");
+            let route = routes
+                .iter()
+                .find(|r| r.source == *source_table)
+                .ok_or_else(|| duplex_connectors::ApplyError::NoRoute(source_table.clone()))
+                .map_err(apply_error(target))?;
+            let stale = stale_rows(target_reader, route, target_schema, &range, &txn)
+                .await
+                .map_err(snapshot_error(target))?;
+            if !stale.is_empty() {
+                tracing::debug!(mapping = %mapping.name, target = %target.name, range = range_id, rows = stale.len(), "deleting target rows the source does not have");
+                replacing = txn.clone();
+                replacing.events = stale;
+                replacing.events.extend(txn.events.iter().cloned());
+                written = &replacing;
             }
-            // A resync replaces the target's rows of the range: the rows the source does not
-            // have are deleted in the range's own target transaction, before it upserts.
-            let mut replacing;
-            let mut written = &txn;
-            if meta.resync {
-                let target_schema = target_schemas[t].as_ref().ok_or_else(|| {
-                    BackfillError::Invalid(format!(
-                        "the table of mapping {} on site {} was not described",
-                        mapping.name, target.name
-                    ))
-                })?;
-                if let std::collections::hash_map::Entry::Vacant(slot) =
-                    target_readers.entry((index, t))
-                {
-                    slot.insert(
-                        AnySnapshot::open(&target.connection())
-                            .await
-                            .map_err(snapshot_error(target))?,
-                    );
-                }
-                let target_reader = target_readers.get_mut(&(index, t)).expect("just inserted");
-                let route = routes
-                    .iter()
-                    .find(|r| r.source == *source_table)
-                    .ok_or_else(|| duplex_connectors::ApplyError::NoRoute(source_table.clone()))
-                    .map_err(apply_error)?;
-                let stale = stale_rows(target_reader, route, target_schema, &range, &txn)
-                    .await
-                    .map_err(snapshot_error(target))?;
-                if !stale.is_empty() {
-                    tracing::debug!(mapping = %mapping.name, target = %target.name, range = range_id, rows = stale.len(), "deleting target rows the source does not have");
-                    replacing = txn.clone();
-                    replacing.events = stale;
-                    replacing.events.extend(txn.events.iter().cloned());
-                    written = &replacing;
-                }
-            }
-            writer.load(written).await.map_err(apply_error)?;
         }
-        // A closed channel: the copy is being abandoned.
-        let _ = done.send((index, range_id, count, copied_in));
-        Ok(())
+        let writer = sessions
+            .writers
+            .get_mut(&(index, t))
+            .expect("connected above");
+        writer.load(written).await.map_err(apply_error(target))?;
+    }
+    // A closed channel: the copy is being abandoned.
+    let _ = done.send((index, range_id, count, copied_in));
+    Ok(())
+}
+
+/// A range as read: canonical rows, or the source's bulk format.
+enum Read {
+    Rows(Vec<duplex_connectors::Row>),
+    Bulk(BulkRows),
+}
+
+/// A worker's connections to the targets, per (job, target).
+#[derive(Default)]
+struct Sessions {
+    writers: HashMap<(usize, usize), AnyApplier>,
+    target_readers: HashMap<(usize, usize), AnySnapshot>,
+}
+
+/// Per job, whether its ranges go through unread (see `duplex_connectors::bulk`), decided
+/// by the first worker that copies one of them.
+type BulkDecisions = Arc<Vec<tokio::sync::OnceCell<Option<Arc<BulkShape>>>>>;
+
+/// The bulk shape job `index`'s ranges are copied in, when every target takes it unread: not
+/// for a resync or an upserting copy (they write row by row), not when `DUPLEX_BACKFILL_BULK=off`
+/// (for comparing the two paths), otherwise as the source's and every target's kind decide.
+async fn bulk_shape(
+    site: &Site,
+    reader: &mut AnySnapshot,
+    jobs: &SharedJobs,
+    index: usize,
+    upsert: bool,
+    sessions: &mut Sessions,
+) -> Result<Option<Arc<BulkShape>>, BackfillError> {
+    let (mapping, schema, targets, _, _) = &jobs[index];
+    if upsert || std::env::var("DUPLEX_BACKFILL_BULK").is_ok_and(|v| v == "off") {
+        return Ok(None);
+    }
+    let Some(shape) = reader
+        .bulk_shape(&schema.name, &schema.columns)
+        .await
+        .map_err(snapshot_error(site))?
+    else {
+        return Ok(None);
+    };
+    for (t, (target, _)) in targets.iter().enumerate() {
+        let writer = sessions
+            .writers
+            .get_mut(&(index, t))
+            .expect("connected above");
+        if !writer
+            .takes_bulk(&shape)
+            .await
+            .map_err(apply_error(target))?
+        {
+            tracing::info!(mapping = %mapping.name, target = %target.name, "copying as canonical rows: the target's column types are not exactly the source's, or its kind differs");
+            return Ok(None);
+        }
+    }
+    tracing::info!(mapping = %mapping.name, "copying unread in the source's bulk format (every target has the very same column types)");
+    Ok(Some(Arc::new(shape)))
+}
+
+/// Wraps an applier error of `target`.
+fn apply_error(target: &Site) -> impl Fn(duplex_connectors::ApplyError) -> BackfillError + '_ {
+    move |source| BackfillError::Apply {
+        site: target.name.clone(),
+        source,
     }
 }
 

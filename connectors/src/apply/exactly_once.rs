@@ -29,7 +29,8 @@
 
 use std::future::Future;
 
-use crate::{ChangeEvent, Position, Transaction, TransactionPart};
+use crate::bulk::{BulkRows, BulkShape};
+use crate::{ChangeEvent, Op, Position, Transaction, TransactionPart};
 
 use super::{Applier, ApplyError, SkippedWrite, WriterClaim};
 
@@ -105,6 +106,32 @@ pub trait TargetSession: Send {
         events: &[&ChangeEvent],
     ) -> impl Future<Output = Result<Vec<SkippedWrite>, ApplyError>> + Send;
 
+    /// Whether the rows of `shape` can be written unread by [`TargetSession::load_bulk`] (see
+    /// [`crate::bulk`]). Kinds without a bulk format keep the default: no.
+    fn takes_bulk(
+        &mut self,
+        shape: &BulkShape,
+    ) -> impl Future<Output = Result<bool, ApplyError>> + Send {
+        let _ = shape;
+        async { Ok(false) }
+    }
+
+    /// Writes `rows`, whose shape `takes_bulk` accepted, into the open transaction; fails
+    /// unless the target wrote exactly `rows.rows` rows.
+    fn load_bulk(
+        &mut self,
+        rows: &BulkRows,
+    ) -> impl Future<Output = Result<(), ApplyError>> + Send {
+        let table = rows.shape.table.clone();
+        async move {
+            Err(ApplyError::Malformed {
+                table,
+                op: Op::Insert,
+                reason: "this kind of target takes no bulk rows".into(),
+            })
+        }
+    }
+
     /// The committed position of `site`.
     fn position(
         &mut self,
@@ -130,12 +157,14 @@ pub trait TargetSession: Send {
 }
 
 /// How the events of a batch reach the target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Path {
+#[derive(Debug, Clone, Copy)]
+enum Path<'a> {
     /// [`TargetSession::write_events`].
     Statements,
     /// [`TargetSession::load_events`].
     Load,
+    /// [`TargetSession::load_bulk`]: these rows instead of the batch's events (it has none).
+    Bulk(&'a BulkRows),
 }
 
 /// An applier for any kind of target: the exactly-once protocol (see the module docs) over a
@@ -259,6 +288,29 @@ impl<S: TargetSession> ExactlyOnce<S> {
         self.end_call(result).await
     }
 
+    /// Whether this target writes rows of `shape` unread (see [`crate::bulk`]).
+    pub async fn takes_bulk(&mut self, shape: &BulkShape) -> Result<bool, ApplyError> {
+        self.session.takes_bulk(shape).await
+    }
+
+    /// Writes `rows` (a backfill range in a bulk format `takes_bulk` accepted) exactly like
+    /// [`ExactlyOnce::load`] writes `marker` (a transaction with no events, naming the
+    /// range's source and position) with those rows: one target transaction, skipped when the
+    /// target already holds the position.
+    pub async fn load_bulk(
+        &mut self,
+        marker: &Transaction,
+        rows: &BulkRows,
+    ) -> Result<(), ApplyError> {
+        if !matches!(self.parts, PartState::Idle) {
+            return Err(interrupted());
+        }
+        let result = self
+            .apply_batch(std::slice::from_ref(marker), Path::Bulk(rows))
+            .await;
+        self.end_call(result).await
+    }
+
     /// Which change of `txn` the target refuses, and why: writes its changes one at a time
     /// into a target transaction that is always rolled back, so nothing is applied, and the
     /// first write that fails definitely names the change (its index in `txn.events`). `None`
@@ -329,17 +381,25 @@ impl<S: TargetSession> ExactlyOnce<S> {
     }
 
     /// Writes events into the open target transaction, keeping the skipped ones aside.
-    async fn write(&mut self, events: &[&ChangeEvent], path: Path) -> Result<(), ApplyError> {
+    async fn write(&mut self, events: &[&ChangeEvent], path: Path<'_>) -> Result<(), ApplyError> {
         let skipped = match path {
             Path::Statements => self.session.write_events(events).await?,
             Path::Load => self.session.load_events(events).await?,
+            Path::Bulk(rows) => {
+                self.session.load_bulk(rows).await?;
+                Vec::new()
+            }
         };
         self.skipped_open.extend(skipped);
         Ok(())
     }
 
     /// A batch of whole transactions in one target transaction.
-    async fn apply_batch(&mut self, batch: &[Transaction], path: Path) -> Result<(), ApplyError> {
+    async fn apply_batch(
+        &mut self,
+        batch: &[Transaction],
+        path: Path<'_>,
+    ) -> Result<(), ApplyError> {
         self.parts = PartState::Idle;
         self.begin().await?;
         self.check_fence().await?;

@@ -88,6 +88,7 @@ use crate::apply::{
     declared_length, declared_scale, expected_values, key_value, malformed, refuse_key_change,
     skipped_write, unique_collision,
 };
+use crate::bulk::{BulkRows, BulkShape};
 use crate::foreign_keys::ForeignKeyChecks;
 use crate::{ChangeEvent, Column, Op, Position, TableName, Value};
 
@@ -481,6 +482,15 @@ impl TargetSession for PgSession {
         }
         self.writer().load_all(events).await?;
         Ok(Vec::new())
+    }
+
+    async fn takes_bulk(&mut self, shape: &BulkShape) -> Result<bool, ApplyError> {
+        self.reconnect_if_closed().await?;
+        self.writer().takes_bulk(shape).await
+    }
+
+    async fn load_bulk(&mut self, rows: &BulkRows) -> Result<(), ApplyError> {
+        self.writer().load_bulk(rows).await
     }
 
     async fn position(&mut self, site: &str) -> Result<Option<Position>, ApplyError> {

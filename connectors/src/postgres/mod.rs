@@ -2,6 +2,7 @@
 //! applier build on these).
 
 mod apply;
+mod bulk;
 mod catalog;
 pub mod claim;
 mod copy;

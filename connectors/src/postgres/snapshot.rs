@@ -290,7 +290,7 @@ fn session_config(
 
 /// The SQL condition selecting `range` (`1=1` for the whole table): a plain comparison for one
 /// column, a row comparison `(a, b) > (x, y)` for several (which PostgreSQL reads by index).
-fn condition(range: &KeyRange) -> Result<String, PgSnapshotError> {
+pub(super) fn condition(range: &KeyRange) -> Result<String, PgSnapshotError> {
     if range.columns.is_empty() {
         return Ok("1=1".to_owned());
     }
@@ -374,7 +374,7 @@ fn literal(column: &Column, value: &Value) -> Result<String, PgSnapshotError> {
 
 /// One connection reading inside a snapshot (an imported one, or its own).
 pub struct PgSnapshotReader {
-    client: Client,
+    pub(super) client: Client,
     types: HashMap<u32, PgType>,
 }
 
@@ -676,7 +676,7 @@ fn convert(ty: &PgType, text: &str) -> Result<Value, super::types::ValueProblem>
     }
 }
 
-fn qualified(table: &TableName) -> String {
+pub(super) fn qualified(table: &TableName) -> String {
     format!(
         "{}.{}",
         quote_ident(&table.schema),
