@@ -29,7 +29,13 @@
 //!    slot creation, copy, state store), with its peak RSS (`VmHWM` from `/proc/<pid>/status`,
 //!    polled every 10 ms while it runs).
 //!
-//! Both targets are checked against the source (count, sum(id), sum(a), sum(c)). The sites are
+//! 3. PostgreSQL → PostgreSQL only: PostgreSQL's own initial sync (a publication and a
+//!    subscription with `copy_data = true` on a slot made beforehand), from `ALTER
+//!    SUBSCRIPTION ... ENABLE` until the table is synchronised with every row;
+//! 4. PostgreSQL → PostgreSQL only: duplex again with `DUPLEX_BACKFILL_BULK=off`, every range
+//!    decoded to canonical rows and encoded again (the path other pairs of kinds take).
+//!
+//! Every target is checked against the source (count, sum(id), sum(a), sum(c)). The sites are
 //! named after their databases, so a PostgreSQL source's slot is `duplex_<db>_<db>`; it is
 //! dropped at the end of the case, also when the case failed.
 //!
@@ -180,16 +186,74 @@ fn baseline(source: &Source, target: &PgDatabase) -> BenchResult<(&'static str, 
     Ok((method, took))
 }
 
+/// PostgreSQL's own initial sync into `target`: a publication of `bench` on the source and a
+/// subscription on the target (`copy_data = true`, on a slot made beforehand because both
+/// databases are on one server), timed from `ALTER SUBSCRIPTION ... ENABLE` until the table
+/// is synchronised (`pg_subscription_rel` ready) with every row.
+fn native_initial_sync(
+    source: &PgDatabase,
+    target: &PgDatabase,
+    rows: u64,
+    timeout: Duration,
+) -> BenchResult<Duration> {
+    let slot = format!("native_{}", source.name());
+    source.psql(&format!(
+        "CREATE PUBLICATION native FOR TABLE bench; \
+         SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"
+    ))?;
+    let result = (|| -> BenchResult<Duration> {
+        target.psql(&format!(
+            "CREATE SUBSCRIPTION native CONNECTION '{}' PUBLICATION native \
+             WITH (create_slot = false, slot_name = '{slot}', copy_data = true, enabled = false)",
+            source.admin_url()
+        ))?;
+        let start = Instant::now();
+        target.psql("ALTER SUBSCRIPTION native ENABLE")?;
+        let want = format!("t|{rows}");
+        loop {
+            let state = target.psql(
+                "SELECT bool_and(srsubstate IN ('r', 's')) AND count(*) > 0, \
+                 (SELECT count(*) FROM bench) FROM pg_subscription_rel",
+            )?;
+            if state.trim() == want {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > timeout {
+                return Err(
+                    format!("the native initial sync took over {} s", timeout.as_secs()).into(),
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    })();
+    let _ = target.psql(
+        "ALTER SUBSCRIPTION native DISABLE; ALTER SUBSCRIPTION native SET (slot_name = NONE); \
+         DROP SUBSCRIPTION native",
+    );
+    harness::drop_slot(source, &slot)?;
+    result
+}
+
 /// Runs `duplex --config F backfill --jobs N` to its end: wall time and peak RSS in KiB.
+///
+/// `rows_only`: with `DUPLEX_BACKFILL_BULK=off`, every range read and written as canonical
+/// rows (the path before the unread copy, and the one any other pair of kinds takes).
 fn run_backfill(
     bin: &Path,
     config: &Path,
     log: &Path,
     sizes: Sizes,
+    rows_only: bool,
 ) -> BenchResult<(Duration, u64)> {
     let start = Instant::now();
     let jobs = sizes.jobs.to_string();
-    let mut duplex = DuplexProcess::spawn(bin, config, &["backfill", "--jobs", &jobs], log.into())?;
+    let env: &[(&str, &str)] = if rows_only {
+        &[("DUPLEX_BACKFILL_BULK", "off")]
+    } else {
+        &[]
+    };
+    let mut duplex =
+        DuplexProcess::spawn_with(bin, config, &["backfill", "--jobs", &jobs], log.into(), env)?;
     let mut peak_kib = 0;
     loop {
         // VmHWM only grows; the last reading before exit is the peak (give or take 10 ms).
@@ -231,10 +295,9 @@ fn run_case(servers: &Servers, bin: &Path, pg_source: bool, sizes: Sizes) -> Val
     let mut source = None;
     let outcome = (|| -> BenchResult<Value> {
         eprintln!("bench: {direction}: loading {} source rows", sizes.rows);
-        let src = source.insert(create_source(servers, pg_source, sizes.rows)?);
+        let src = &*source.insert(create_source(servers, pg_source, sizes.rows)?);
         let expected = src.checksum()?;
         let base_db = create_target(servers)?;
-        let target = create_target(servers)?;
 
         eprintln!("bench: {direction}: baseline");
         let (method, base_took) = baseline(src, &base_db)?;
@@ -244,35 +307,86 @@ fn run_case(servers: &Servers, bin: &Path, pg_source: bool, sizes: Sizes) -> Val
         }
         drop(base_db);
 
-        eprintln!("bench: {direction}: duplex backfill --jobs {}", sizes.jobs);
+        let native = match src {
+            Source::Pg(db) => {
+                eprintln!("bench: {direction}: PostgreSQL's own initial sync");
+                let native_db = create_target(servers)?;
+                let took = native_initial_sync(db, &native_db, sizes.rows, sizes.timeout)?;
+                let native_sum = pg_checksum(&native_db)?;
+                if native_sum != expected {
+                    return Err(format!(
+                        "the native sync copied {native_sum}, source has {expected}"
+                    )
+                    .into());
+                }
+                Some(took)
+            }
+            Source::Maria(_) => None,
+        };
+
         let (site, table) = src.site();
-        let config = dir.path().join("duplex.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "{site}{target_site}[[mappings]]\nname = \"bench\"\n\
-                 tables = {{ {s} = \"{table}\", {t} = \"public.bench\" }}\n\
-                 direction = \"{s}->{t}\"\n",
-                target_site = site_toml(target.name(), "postgres", &target.url()),
-                s = src.name(),
-                t = target.name(),
-            ),
-        )?;
-        let (took, peak_kib) = run_backfill(bin, &config, &log, sizes)?;
-        let copied = pg_checksum(&target)?;
-        if copied != expected {
-            return Err(format!("duplex copied {copied}, source has {expected}").into());
-        }
+        let duplex = |rows_only: bool| -> BenchResult<(Duration, u64)> {
+            eprintln!(
+                "bench: {direction}: duplex backfill --jobs {}{}",
+                sizes.jobs,
+                if rows_only { " (rows only)" } else { "" }
+            );
+            let target = create_target(servers)?;
+            let case = tempfile::tempdir()?;
+            let config = case.path().join("duplex.toml");
+            std::fs::write(
+                &config,
+                format!(
+                    "[state]\ndir = \"{state}\"\n\n{site}{target_site}[[mappings]]\nname = \"bench\"\n\
+                     tables = {{ {s} = \"{table}\", {t} = \"public.bench\" }}\n\
+                     direction = \"{s}->{t}\"\n",
+                    state = case.path().join("state").display(),
+                    target_site = site_toml(target.name(), "postgres", &target.url()),
+                    s = src.name(),
+                    t = target.name(),
+                ),
+            )?;
+            let measured = run_backfill(bin, &config, &log, sizes, rows_only)?;
+            let copied = pg_checksum(&target)?;
+            if copied != expected {
+                return Err(format!("duplex copied {copied}, source has {expected}").into());
+            }
+            // The slot and publication this backfill made (claimed by its deployment), so that
+            // the next one starts from scratch too.
+            if let Source::Pg(db) = src {
+                let name = format!("duplex_{0}_{0}", db.name());
+                harness::drop_slot(db, &name)?;
+                db.psql(&format!("DROP PUBLICATION IF EXISTS {name}"))?;
+            }
+            Ok(measured)
+        };
+        let (took, peak_kib) = duplex(false)?;
+        let rows_only = if pg_source {
+            Some(duplex(true)?.0)
+        } else {
+            None
+        };
         let rows = sizes.rows as f64;
-        Ok(json!({
+        let per_s = |d: Duration| round(rows / d.as_secs_f64(), 0);
+        let mut out = json!({
             "duplex_s": round(took.as_secs_f64(), 3),
-            "duplex_rows_per_s": round(rows / took.as_secs_f64(), 0),
+            "duplex_rows_per_s": per_s(took),
             "baseline": method,
             "baseline_s": round(base_took.as_secs_f64(), 3),
-            "baseline_rows_per_s": round(rows / base_took.as_secs_f64(), 0),
+            "baseline_rows_per_s": per_s(base_took),
             "ratio": round(base_took.as_secs_f64() / took.as_secs_f64(), 2),
             "peak_rss_mib": round(peak_kib as f64 / 1024.0, 1),
-        }))
+        });
+        if let Some(native) = native {
+            out["native_initial_sync_s"] = json!(round(native.as_secs_f64(), 3));
+            out["native_rows_per_s"] = json!(per_s(native));
+            out["ratio_to_native"] = json!(round(native.as_secs_f64() / took.as_secs_f64(), 2));
+        }
+        if let Some(rows_only) = rows_only {
+            out["duplex_rows_only_s"] = json!(round(rows_only.as_secs_f64(), 3));
+            out["duplex_rows_only_rows_per_s"] = json!(per_s(rows_only));
+        }
+        Ok(out)
     })();
     harness::record_outcome(&mut result, outcome, || harness::log_tail(&log, 15));
     // The slot backfill created, before the database goes.
@@ -286,8 +400,8 @@ fn run_case(servers: &Servers, bin: &Path, pg_source: bool, sizes: Sizes) -> Val
 
 fn summary(results: &[Value]) -> String {
     let mut out = String::from(
-        "| direction | rows | duplex backfill | same-run baseline | duplex / baseline | peak RSS |\n\
-         |---|---|---|---|---|---|\n",
+        "| direction | rows | duplex backfill | same-run baseline | duplex / baseline | native initial sync | duplex / native | duplex, rows only | peak RSS |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
     );
     for r in results {
         let direction = match r["direction"].as_str() {
@@ -296,13 +410,18 @@ fn summary(results: &[Value]) -> String {
         };
         if let Some(error) = r["error"].as_str() {
             let first = error.lines().next().unwrap_or("");
-            out.push_str(&format!("| {direction} | | error: {first} | | | |\n"));
+            out.push_str(&format!("| {direction} | | error: {first} | | | | | | |\n"));
             continue;
         }
         let num = |key: &str| r[key].as_f64().unwrap_or(f64::NAN);
         let baseline = r["baseline"].as_str().unwrap_or("").replace('|', "\\|");
+        let optional = |key: &str, digits: usize, unit: &str| {
+            r[key]
+                .as_f64()
+                .map_or_else(|| "n/a".to_owned(), |v| format!("{v:.digits$}{unit}"))
+        };
         out.push_str(&format!(
-            "| {direction} | {} | {:.0} rows/s ({:.1} s, `--jobs {}`) | {:.0} rows/s ({:.1} s, `{baseline}`) | {:.2}× | {:.0} MiB |\n",
+            "| {direction} | {} | {:.0} rows/s ({:.1} s, `--jobs {}`) | {:.0} rows/s ({:.1} s, `{baseline}`) | {:.2}× | {} | {} | {} | {:.0} MiB |\n",
             r["rows"],
             num("duplex_rows_per_s"),
             num("duplex_s"),
@@ -310,6 +429,9 @@ fn summary(results: &[Value]) -> String {
             num("baseline_rows_per_s"),
             num("baseline_s"),
             num("ratio"),
+            optional("native_rows_per_s", 0, " rows/s"),
+            optional("ratio_to_native", 2, "×"),
+            optional("duplex_rows_only_rows_per_s", 0, " rows/s"),
             num("peak_rss_mib"),
         ));
     }

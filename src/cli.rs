@@ -87,8 +87,8 @@ pub enum Command {
         /// The site to copy from (needed for two-way mappings).
         #[arg(long, value_name = "SITE")]
         from: Option<String>,
-        /// Parallel copy workers.
-        #[arg(long, default_value_t = 4)]
+        /// Parallel copy workers (default: this machine's cores, at least 2, at most 8).
+        #[arg(long, default_value_t = crate::backfill::default_jobs())]
         jobs: usize,
         /// Copy into tables that already hold rows, overwriting rows with the same key.
         #[arg(long)]

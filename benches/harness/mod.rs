@@ -120,12 +120,24 @@ impl DuplexProcess {
         args: &[&str],
         log: PathBuf,
     ) -> BenchResult<DuplexProcess> {
+        DuplexProcess::spawn_with(bin, config, args, log, &[])
+    }
+
+    /// [`DuplexProcess::spawn`] with these environment variables set too.
+    pub fn spawn_with(
+        bin: &Path,
+        config: &Path,
+        args: &[&str],
+        log: PathBuf,
+        env: &[(&str, &str)],
+    ) -> BenchResult<DuplexProcess> {
         let file = std::fs::File::create(&log)?;
         let child = Command::new(bin)
             .arg("--config")
             .arg(config)
             .args(args)
             .env("DUPLEX_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)

@@ -198,6 +198,13 @@ use select::selection;
 /// Default rows per range.
 pub const DEFAULT_CHUNK_ROWS: u64 = 10_000;
 
+/// The default `--jobs`: one copy worker per core of this machine, at least 2 (so one range is
+/// read while another is written) and at most 8 (the servers do most of the work; more workers
+/// only compete for their cores and hold more ranges in memory).
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8))
+}
+
 /// What `duplex backfill` was asked to do.
 #[derive(Debug, Clone)]
 pub struct BackfillOptions {
