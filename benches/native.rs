@@ -7,7 +7,8 @@
 //! cargo build --release --bin duplex && cargo bench --bench native
 //! ```
 //!
-//! Sizes: `DUPLEX_BENCH_SCALE` (default 1: 1.35M rows loaded), `DUPLEX_BENCH_TXNS` (2,000
+//! `DUPLEX_BENCH_CASES` (default `initial,backlog,stream`) picks the cases. Sizes:
+//! `DUPLEX_BENCH_SCALE` (default 1: 1.35M rows loaded), `DUPLEX_BENCH_TXNS` (2,000
 //! transactions of 100 changes: 200,000 changes), `DUPLEX_BENCH_TIMEOUT` (seconds one wait may
 //! take, 600). Like the other end-to-end benches it runs `target/release/duplex` (or
 //! `$DUPLEX_BENCH_BIN`) and without `--bench` only prints how to run it.
@@ -44,8 +45,10 @@
 //! # Output
 //!
 //! One JSON object per case on stdout (`"bench": "native"`, `case`, `duplex_s`, `native_s`,
-//! `ratio` = native time / duplex time, so above 1 means duplex is faster), then a Markdown
-//! table. Progress goes to stderr.
+//! `ratio` = native time / duplex time, so above 1 means duplex is faster; `duplex_cpu_s`,
+//! duplex's own CPU seconds while it caught up or streamed, and `*_server_cpu_s`, the
+//! PostgreSQL server's CPU seconds over each replicator's whole case, both source and target
+//! sides), then a Markdown table. Progress goes to stderr.
 
 mod harness;
 
@@ -114,6 +117,20 @@ impl Sizes {
     fn changes(&self) -> u64 {
         self.txns * 100
     }
+}
+
+/// What one replicator's run of a case measured.
+#[derive(Debug, Default, Clone, Copy)]
+struct Timed {
+    /// The case's time (for `stream`: how far behind the target was when the source finished).
+    took: Duration,
+    /// For `stream`: the workload's time on the source.
+    source: Option<Duration>,
+    /// duplex's own CPU seconds during the timed part (`backlog` and `stream`).
+    duplex_cpu: Option<f64>,
+    /// The PostgreSQL server's CPU seconds over the whole case (set-up, workload and checks
+    /// included: compare the two replicators' figures, not with the time).
+    server_cpu: f64,
 }
 
 /// Loads the template: schema, rows, the workload procedure.
@@ -386,15 +403,20 @@ fn run_case(
     let log = dir.path().join("duplex.log");
     let outcome = (|| -> BenchResult<Value> {
         eprintln!("bench: {case}: duplex");
-        let (duplex_s, duplex_source_s) =
-            duplex_case(case, servers, template, bin, &log, dir.path(), sizes)?;
+        let duplex = duplex_case(case, servers, template, bin, &log, dir.path(), sizes)?;
         eprintln!("bench: {case}: native");
-        let (native_s, native_source_s) = native_case(case, servers, template, sizes)?;
+        let native = native_case(case, servers, template, sizes)?;
+        let (duplex_s, native_s) = (duplex.took.as_secs_f64(), native.took.as_secs_f64());
         let mut out = json!({
-            "duplex_s": round(duplex_s.as_secs_f64(), 3),
-            "native_s": round(native_s.as_secs_f64(), 3),
-            "ratio": round(native_s.as_secs_f64() / duplex_s.as_secs_f64(), 2),
+            "duplex_s": round(duplex_s, 3),
+            "native_s": round(native_s, 3),
+            "ratio": round(native_s / duplex_s, 2),
+            "duplex_server_cpu_s": round(duplex.server_cpu, 2),
+            "native_server_cpu_s": round(native.server_cpu, 2),
         });
+        if let Some(cpu) = duplex.duplex_cpu {
+            out["duplex_cpu_s"] = json!(round(cpu, 2));
+        }
         let changes = sizes.changes() as f64;
         match case {
             "initial" => {
@@ -403,26 +425,22 @@ fn run_case(
                     + 4 * sizes.orders()
                     + sizes.orders() / 5) as f64;
                 out["rows"] = json!(rows);
-                out["duplex_rows_per_s"] = json!(round(rows / duplex_s.as_secs_f64(), 0));
-                out["native_rows_per_s"] = json!(round(rows / native_s.as_secs_f64(), 0));
+                out["duplex_rows_per_s"] = json!(round(rows / duplex_s, 0));
+                out["native_rows_per_s"] = json!(round(rows / native_s, 0));
             }
             "backlog" => {
-                out["duplex_changes_per_s"] = json!(round(changes / duplex_s.as_secs_f64(), 0));
-                out["native_changes_per_s"] = json!(round(changes / native_s.as_secs_f64(), 0));
+                out["duplex_changes_per_s"] = json!(round(changes / duplex_s, 0));
+                out["native_changes_per_s"] = json!(round(changes / native_s, 0));
             }
             _ => {
-                let (ds, ns) = (
-                    duplex_source_s.unwrap_or_default(),
-                    native_source_s.unwrap_or_default(),
-                );
-                out["duplex_source_s"] = json!(round(ds.as_secs_f64(), 3));
-                out["native_source_s"] = json!(round(ns.as_secs_f64(), 3));
-                out["duplex_behind_s"] = json!(round(duplex_s.as_secs_f64(), 3));
-                out["native_behind_s"] = json!(round(native_s.as_secs_f64(), 3));
-                out["duplex_changes_per_s"] =
-                    json!(round(changes / (ds + duplex_s).as_secs_f64(), 0));
-                out["native_changes_per_s"] =
-                    json!(round(changes / (ns + native_s).as_secs_f64(), 0));
+                let ds = duplex.source.unwrap_or_default().as_secs_f64();
+                let ns = native.source.unwrap_or_default().as_secs_f64();
+                out["duplex_source_s"] = json!(round(ds, 3));
+                out["native_source_s"] = json!(round(ns, 3));
+                out["duplex_behind_s"] = json!(round(duplex_s, 3));
+                out["native_behind_s"] = json!(round(native_s, 3));
+                out["duplex_changes_per_s"] = json!(round(changes / (ds + duplex_s), 0));
+                out["native_changes_per_s"] = json!(round(changes / (ns + native_s), 0));
             }
         }
         Ok(out)
@@ -431,7 +449,8 @@ fn run_case(
     result
 }
 
-/// duplex's time for `case` (for `stream`: how far behind it was, and the source's time).
+/// duplex's run of `case`.
+#[allow(clippy::too_many_arguments)]
 fn duplex_case(
     case: &str,
     servers: &Servers,
@@ -440,7 +459,11 @@ fn duplex_case(
     log: &Path,
     dir: &Path,
     sizes: Sizes,
-) -> BenchResult<(Duration, Option<Duration>)> {
+) -> BenchResult<Timed> {
+    let postmaster = servers
+        .pg
+        .pid()
+        .ok_or("the PostgreSQL server is not running")?;
     let source = copy_of(servers, template)?;
     let target = if case == "initial" {
         empty(servers)?
@@ -448,7 +471,8 @@ fn duplex_case(
         copy_of(servers, template)?
     };
     let config = duplex_config(dir, &source, &target)?;
-    let timed = (|| -> BenchResult<(Duration, Option<Duration>)> {
+    let cpu_before = harness::server_cpu_seconds(postmaster);
+    let timed = (|| -> BenchResult<Timed> {
         match case {
             "initial" => {
                 let start = Instant::now();
@@ -458,7 +482,10 @@ fn duplex_case(
                         if !status.success() {
                             return Err(format!("duplex backfill exited with {status}").into());
                         }
-                        return Ok((start.elapsed(), None));
+                        return Ok(Timed {
+                            took: start.elapsed(),
+                            ..Timed::default()
+                        });
                     }
                     if start.elapsed() > sizes.timeout {
                         duplex.kill();
@@ -473,12 +500,19 @@ fn duplex_case(
                 workload(&source, sizes)?;
                 let start = Instant::now();
                 let mut duplex = start_run(bin, &config, log, sizes.timeout)?;
+                let cpu = duplex.cpu_seconds();
                 let took = wait_for_shipment(&target, sizes.last_shipment(), start, sizes.timeout);
+                let duplex_cpu = duplex.cpu_seconds().zip(cpu).map(|(b, a)| b - a);
                 duplex.terminate()?;
-                Ok((took?, None))
+                Ok(Timed {
+                    took: took?,
+                    duplex_cpu,
+                    ..Timed::default()
+                })
             }
             _ => {
                 let mut duplex = start_run(bin, &config, log, sizes.timeout)?;
+                let cpu = duplex.cpu_seconds();
                 let source_s = workload(&source, sizes)?;
                 let behind = wait_for_shipment(
                     &target,
@@ -486,29 +520,43 @@ fn duplex_case(
                     Instant::now(),
                     sizes.timeout,
                 );
+                let duplex_cpu = duplex.cpu_seconds().zip(cpu).map(|(b, a)| b - a);
                 duplex.terminate()?;
-                Ok((behind?, Some(source_s)))
+                Ok(Timed {
+                    took: behind?,
+                    source: Some(source_s),
+                    duplex_cpu,
+                    ..Timed::default()
+                })
             }
         }
     })();
     let checked = timed.and_then(|t| check_equal(&source, &target, "duplex").map(|()| t));
     drop_slots(&source)?;
-    checked
+    checked.map(|t| Timed {
+        server_cpu: harness::server_cpu_seconds(postmaster) - cpu_before,
+        ..t
+    })
 }
 
-/// The native replication's time for `case`, like [`duplex_case`].
+/// The native replication's run of `case`, like [`duplex_case`].
 fn native_case(
     case: &str,
     servers: &Servers,
     template: &PgDatabase,
     sizes: Sizes,
-) -> BenchResult<(Duration, Option<Duration>)> {
+) -> BenchResult<Timed> {
+    let postmaster = servers
+        .pg
+        .pid()
+        .ok_or("the PostgreSQL server is not running")?;
     let source = copy_of(servers, template)?;
     let target = if case == "initial" {
         empty(servers)?
     } else {
         copy_of(servers, template)?
     };
+    let cpu_before = harness::server_cpu_seconds(postmaster);
     let timed = {
         let native = Native::set_up(&source, &target, case == "initial")?;
         match case {
@@ -516,33 +564,42 @@ fn native_case(
                 let start = Instant::now();
                 native.enable()?;
                 native.wait_synchronised(start, sizes.timeout)?;
-                (start.elapsed(), None)
+                Timed {
+                    took: start.elapsed(),
+                    ..Timed::default()
+                }
             }
             "backlog" => {
                 workload(&source, sizes)?;
                 let start = Instant::now();
                 native.enable()?;
-                (
-                    wait_for_shipment(&target, sizes.last_shipment(), start, sizes.timeout)?,
-                    None,
-                )
+                Timed {
+                    took: wait_for_shipment(&target, sizes.last_shipment(), start, sizes.timeout)?,
+                    ..Timed::default()
+                }
             }
             _ => {
                 native.enable()?;
                 native.wait_active(sizes.timeout)?;
                 let source_s = workload(&source, sizes)?;
-                let behind = wait_for_shipment(
-                    &target,
-                    sizes.last_shipment(),
-                    Instant::now(),
-                    sizes.timeout,
-                )?;
-                (behind, Some(source_s))
+                Timed {
+                    took: wait_for_shipment(
+                        &target,
+                        sizes.last_shipment(),
+                        Instant::now(),
+                        sizes.timeout,
+                    )?,
+                    source: Some(source_s),
+                    ..Timed::default()
+                }
             }
         }
     };
     check_equal(&source, &target, "native")?;
-    Ok(timed)
+    Ok(Timed {
+        server_cpu: harness::server_cpu_seconds(postmaster) - cpu_before,
+        ..timed
+    })
 }
 
 fn summary(results: &[Value]) -> String {
@@ -621,7 +678,15 @@ fn run() -> BenchResult<()> {
     let template = servers.pg.try_create_database()?;
     load_template(&template, sizes)?;
     let mut results = Vec::new();
-    for case in ["initial", "backlog", "stream"] {
+    let cases =
+        std::env::var("DUPLEX_BENCH_CASES").unwrap_or_else(|_| "initial,backlog,stream".into());
+    for case in cases.split(',').filter(|c| !c.is_empty()) {
+        if !["initial", "backlog", "stream"].contains(&case) {
+            return Err(format!(
+                "DUPLEX_BENCH_CASES: unknown case {case:?} (initial, backlog, stream)"
+            )
+            .into());
+        }
         let result = run_case(case, &servers, &template, &bin, sizes);
         println!("{result}");
         results.push(result);

@@ -259,6 +259,72 @@ fn a_refused_row_inside_a_long_run_of_inserts_is_named() {
     assert_eq!(table_rows(&wms, "items").len(), 1);
 }
 
+#[test]
+fn a_refused_row_inside_a_run_of_updates_written_together_is_named() {
+    // 50 updates of one table in one transaction go as one statement over arrays (and 20
+    // deletes as another); a row missing on the target, and then a row the target's CHECK
+    // refuses, are still named exactly, and nothing of their transaction lands.
+    let (store, wms) = items_with_a_check();
+    let config = harness::pg::one_way_config(&store, &wms, "items");
+    let mut duplex = Duplex::run(&config);
+    duplex.wait_link_started();
+    store
+        .psql("INSERT INTO items SELECT g, 'c' || g, g, NULL FROM generate_series(1, 50) g")
+        .unwrap();
+    wait_row_count(&wms, &mut duplex, 50, "the first rows");
+    store
+        .psql("BEGIN; UPDATE items SET note = 'x'; DELETE FROM items WHERE id > 30; COMMIT")
+        .unwrap();
+    wait_for("the updates and deletes", REPLICATION_GUARD, || {
+        duplex.assert_running();
+        let rows = table_rows(&wms, "items");
+        let noted = rows
+            .iter()
+            .filter(|r| r.last().map(String::as_str) == Some("x"))
+            .count();
+        if rows.len() == 30 && noted == 30 {
+            Ok(())
+        } else {
+            Err(format!("{} rows, {noted} noted", rows.len()))
+        }
+    });
+    wms.psql("DELETE FROM items WHERE id = 17").unwrap();
+    store.psql("UPDATE items SET qty = qty + 1").unwrap();
+    duplex.assert_stopped_saying(&[
+        "mapping items: site wms refused the update of",
+        "row id=17 (source position ",
+    ]);
+    assert_eq!(
+        wms.psql("SELECT sum(qty) FROM items").unwrap().trim(),
+        "448",
+        "a part of the refused transaction landed"
+    );
+
+    wms.psql("INSERT INTO items VALUES (17, 'c17', 17, 'x')")
+        .unwrap();
+    duplex.start();
+    wait_for("the increments", REPLICATION_GUARD, || {
+        duplex.assert_running();
+        let sum = wms.psql("SELECT sum(qty) FROM items").unwrap();
+        if sum.trim() == "495" {
+            Ok(())
+        } else {
+            Err(sum)
+        }
+    });
+    // Only id 1 (qty 2) goes below zero.
+    store.psql("UPDATE items SET qty = qty - 3").unwrap();
+    duplex.assert_stopped_saying(&[
+        "mapping items: site wms refused the update of",
+        "row id=1 (source position ",
+        "check constraint",
+    ]);
+    assert_eq!(
+        wms.psql("SELECT sum(qty) FROM items").unwrap().trim(),
+        "495"
+    );
+}
+
 /// Waits until the target's `items` holds `count` rows (duplex still running).
 fn wait_row_count(wms: &PgDatabase, duplex: &mut Duplex, count: usize, what: &str) {
     wait_for(what, REPLICATION_GUARD, || {

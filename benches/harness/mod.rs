@@ -106,6 +106,52 @@ pub fn drop_slot(db: &PgDatabase, slot: &str) -> BenchResult<()> {
     }
 }
 
+/// The CPU seconds (user + system) of process `pid` from `/proc/<pid>/stat`: its own, and with
+/// `reaped` also those of its children that exited and were waited for.
+pub fn cpu_seconds(pid: u32, reaped: bool) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces), from field 3 (state) on.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i - 3)?.parse::<f64>().ok();
+    let mut total = ticks(14)? + ticks(15)?;
+    if reaped {
+        total += ticks(16)? + ticks(17)?;
+    }
+    // The kernel's USER_HZ is 100 on every Linux this runs on.
+    Some(total / 100.0)
+}
+
+/// The CPU seconds of a whole server: the process `pid` (the postmaster), every child it has
+/// reaped (backends that ended) and every child still running.
+pub fn server_cpu_seconds(pid: u32) -> f64 {
+    let mut total = cpu_seconds(pid, true).unwrap_or(0.0);
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(child) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let parent = std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')?
+                        .1
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse::<u32>()
+                        .ok()
+                });
+            if parent == Some(pid) {
+                total += cpu_seconds(child, false).unwrap_or(0.0);
+            }
+        }
+    }
+    total
+}
+
 /// A running `duplex --config F <args>`, its stdout and stderr in a log file.
 pub struct DuplexProcess {
     pub child: Child,
@@ -113,6 +159,11 @@ pub struct DuplexProcess {
 }
 
 impl DuplexProcess {
+    /// This process's CPU seconds so far (user + system).
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        cpu_seconds(self.child.id(), false)
+    }
+
     /// Starts `bin --config <config> <args>` with `DUPLEX_LOG=info`, logging to `log`.
     pub fn spawn(
         bin: &Path,

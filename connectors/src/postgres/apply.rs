@@ -131,7 +131,7 @@ pub(super) struct PgRoute {
     pub(super) quoted: String,
     pub(super) columns: Vec<PgColumn>,
     /// Indexes into `columns` of the key columns.
-    key: Vec<usize>,
+    pub(super) key: Vec<usize>,
 }
 
 /// One written column.
@@ -632,14 +632,6 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
-    /// Writes a run of updates and deletes, pipelined (see [`Writer::pipeline`]).
-    async fn change_run(&mut self, events: &[&ChangeEvent]) -> Result<(), ApplyError> {
-        for (route, event, n) in self.pipeline(events, change_sql).await? {
-            expect_one(route, event, n)?;
-        }
-        Ok(())
-    }
-
     /// Writes events conditionally (see the module docs), one statement each, pipelined in
     /// runs; returns the skipped ones, in order.
     async fn write_conditional(
@@ -659,56 +651,14 @@ impl<'a> Writer<'a> {
         }
         Ok(skipped)
     }
-
-    /// Runs one statement per event (built by `sql_of`), pipelined: every statement is sent
-    /// before the first answer is awaited. The server still runs them one after the other, in
-    /// order, and the first failure is the one returned. Returns each event's row count.
-    async fn pipeline<'e>(
-        &mut self,
-        events: &[&'e ChangeEvent],
-        sql_of: SqlOf,
-    ) -> Result<Vec<(&'a PgRoute, &'e ChangeEvent, u64)>, ApplyError> {
-        let routes: &'a HashMap<TableName, PgRoute> = self.routes;
-        let mut prepared = Vec::with_capacity(events.len());
-        for event in events {
-            let route = routes
-                .get(&event.table)
-                .ok_or_else(|| ApplyError::NoRoute(event.table.clone()))?;
-            let (sql, params) = sql_of(route, event)?;
-            let statement = self
-                .statement(sql)
-                .await
-                .map_err(|source| write_error(route, event.op, source))?;
-            prepared.push((route, *event, statement, params));
-        }
-        let refs: Vec<Vec<&(dyn ToSql + Sync)>> = prepared
-            .iter()
-            .map(|(_, _, _, params)| params.iter().map(|p| p as _).collect())
-            .collect();
-        let session = self.session;
-        let results = pipelined(
-            prepared
-                .iter()
-                .zip(&refs)
-                .map(|((_, _, statement, _), refs)| session.execute(statement, refs))
-                .collect(),
-        )
-        .await;
-        let mut counts = Vec::with_capacity(prepared.len());
-        for ((route, event, _, _), result) in prepared.iter().zip(results) {
-            let n = result.map_err(|source| write_error(route, event.op, source))?;
-            counts.push((*route, *event, n));
-        }
-        Ok(counts)
-    }
 }
 
 /// Builds the statement of one event and its parameters.
-type SqlOf =
+pub(super) type SqlOf =
     for<'e> fn(&PgRoute, &'e ChangeEvent) -> Result<(String, Vec<PgParam<'e>>), ApplyError>;
 
 /// The UPDATE or DELETE statement for one event and its parameters.
-fn change_sql<'e>(
+pub(super) fn change_sql<'e>(
     route: &PgRoute,
     event: &'e ChangeEvent,
 ) -> Result<(String, Vec<PgParam<'e>>), ApplyError> {
@@ -839,7 +789,7 @@ fn update_parts<'e>(
 
 /// Polls `futures` together, so tokio-postgres sends all their requests before it waits for
 /// the first answer (one round trip for the lot), and returns their outputs in order.
-async fn pipelined<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+pub(super) async fn pipelined<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
     let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
     let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
     std::future::poll_fn(|cx| {

@@ -2,6 +2,7 @@
 //! applier build on these).
 
 mod apply;
+mod batch;
 mod bulk;
 mod catalog;
 pub mod claim;
