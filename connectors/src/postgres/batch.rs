@@ -361,3 +361,133 @@ fn plain_type(kind: PgKind, declared: &str) -> Option<&'static str> {
         PgKind::Bits { .. } | PgKind::Array | PgKind::Cast => return None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Row, TableName};
+
+    use super::super::apply::PgColumn;
+
+    fn column(name: &str, kind: PgKind, declared: &str) -> PgColumn {
+        PgColumn {
+            source: name.into(),
+            target: name.into(),
+            quoted: format!("\"{name}\""),
+            declared: declared.into(),
+            kind,
+            scale: None,
+        }
+    }
+
+    fn route() -> PgRoute {
+        PgRoute {
+            target: TableName::new("public", "stock"),
+            quoted: "public.stock".into(),
+            columns: vec![
+                column("id", PgKind::Int8, "bigint"),
+                column("qty", PgKind::Int4, "integer"),
+                column("note", PgKind::Text, "text"),
+            ],
+            key: vec![0],
+        }
+    }
+
+    fn row(values: &[(&str, Value)]) -> Row {
+        let mut row = Row::new();
+        for (name, value) in values {
+            row.push(*name, value.clone());
+        }
+        row
+    }
+
+    fn update(id: i64, new_id: i64, note: Value) -> ChangeEvent {
+        ChangeEvent {
+            table: TableName::new("public", "stock"),
+            op: Op::Update,
+            key: row(&[("id", Value::Int(id))]),
+            before: None,
+            after: Some(row(&[
+                ("id", Value::Int(new_id)),
+                ("qty", Value::Int(1)),
+                ("note", note),
+            ])),
+        }
+    }
+
+    fn delete(id: i64) -> ChangeEvent {
+        ChangeEvent {
+            table: TableName::new("public", "stock"),
+            op: Op::Delete,
+            key: row(&[("id", Value::Int(id))]),
+            before: None,
+            after: None,
+        }
+    }
+
+    fn ends(events: &[ChangeEvent]) -> Vec<usize> {
+        let refs: Vec<&ChangeEvent> = events.iter().collect();
+        let route = route();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < refs.len() {
+            i = group_end(&route, &refs, i).unwrap();
+            out.push(i);
+        }
+        out
+    }
+
+    #[test]
+    fn a_group_ends_at_a_repeated_key_a_key_change_another_column_set_or_operation() {
+        let text = || Value::Text("x".into());
+        let events: Vec<ChangeEvent> = vec![
+            update(1, 1, text()),
+            update(2, 2, text()),
+            update(3, 3, text()),
+            update(1, 1, text()), // key 1 again: a new group
+            update(4, 4, text()),
+            update(5, 50, text()),          // changes its key: alone
+            update(6, 6, Value::Unchanged), // another column set
+            update(7, 7, Value::Unchanged),
+            delete(8),
+            delete(9),
+        ];
+        assert_eq!(ends(&events), vec![3, 5, 6, 8, 10]);
+    }
+
+    #[test]
+    fn a_group_is_one_statement_over_arrays_of_base_types() {
+        let events = [
+            update(1, 1, Value::Text("a".into())),
+            update(2, 2, Value::Null),
+        ];
+        let refs: Vec<&ChangeEvent> = events.iter().collect();
+        let route = route();
+        let step = group_step(&route, &refs).unwrap();
+        assert_eq!(
+            step.sql,
+            "UPDATE public.stock AS t SET \"id\" = v.c0, \"qty\" = v.c1, \"note\" = v.c2 FROM \
+             unnest($1::int8[], $2::int8[], $3::int4[], $4::text[]) AS v(k0, c0, c1, c2) \
+             WHERE t.\"id\" = v.k0"
+        );
+        assert!(matches!(&step.params[3], Bound::Many(values) if values.len() == 2));
+        let deletes = [delete(1), delete(2)];
+        let refs: Vec<&ChangeEvent> = deletes.iter().collect();
+        assert_eq!(
+            group_step(&route, &refs).unwrap().sql,
+            "DELETE FROM public.stock AS t USING unnest($1::int8[]) AS v(k0) WHERE t.\"id\" = v.k0"
+        );
+    }
+
+    #[test]
+    fn enums_domains_and_text_cast_columns_go_alone() {
+        assert_eq!(plain_type(PgKind::Text, "mood"), None);
+        assert_eq!(
+            plain_type(PgKind::Text, "character varying(20)"),
+            Some("varchar")
+        );
+        assert_eq!(plain_type(PgKind::Text, "character(3)"), Some("bpchar"));
+        assert_eq!(plain_type(PgKind::Array, "integer[]"), None);
+        assert_eq!(plain_type(PgKind::Cast, "inet"), None);
+    }
+}
