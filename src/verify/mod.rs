@@ -2,7 +2,8 @@
 //! rows, while `duplex run` keeps replicating, and with `--repair` makes it so.
 //!
 //! Each mapping's source table is cut into key ranges ([`scan::plan`]: ranges of about
-//! 10,000 rows on a single integer key, the whole table otherwise); `--jobs` workers read each
+//! 10,000 rows at every 10,000th key in the source's order, on any key whose columns both
+//! sides can cut on: integers, text, composite keys; the whole table otherwise); `--jobs` workers read each
 //! range from the source and the target in parallel, each side in a fresh snapshot of its own
 //! (no lock), bring both into one form through the mapping's column renames and compare them
 //! by meaning ([`compare`]): a fingerprint per range, row by row only where fingerprints
@@ -300,8 +301,16 @@ async fn verify_mapping(
         }
     };
     let mut planner = open(&source).await?;
-    let ranges = scan::plan(&mut planner, &source, &target, options.chunk_rows.max(1)).await?;
+    let target_planner = open(&target).await?;
+    let (ranges, lookup) = scan::plan(
+        (&mut planner, &target_planner),
+        &source,
+        &target,
+        options.chunk_rows.max(1),
+    )
+    .await?;
     planner.close().await;
+    target_planner.close().await;
     // First pass: every range, in parallel.
     let ranges = Arc::new(ranges);
     let queue = Arc::new(std::sync::Mutex::new((0..ranges.len()).collect::<Vec<_>>()));
@@ -328,7 +337,7 @@ async fn verify_mapping(
                 {
                     Ok(result) => {
                         rows += result.rows;
-                        found.extend(result.differences.into_iter().map(|d| (r, d)));
+                        found.extend(result.differences);
                     }
                     Err(error) => break Err(error),
                 }
@@ -339,12 +348,14 @@ async fn verify_mapping(
         });
     }
     let mut rows = 0u64;
-    let mut found: BTreeMap<String, (usize, KeyDifference)> = BTreeMap::new();
+    // A key read in two ranges (one on each side, see [`scan::plan`]) is one candidate: the
+    // re-check reads it by key.
+    let mut found: BTreeMap<String, KeyDifference> = BTreeMap::new();
     while let Some(joined) = workers.join_next().await {
         let (r, f) = joined.map_err(|e| VerifyError::Crashed(e.to_string()))??;
         rows += r;
-        for (range, difference) in f {
-            found.insert(difference.key.clone(), (range, difference));
+        for difference in f {
+            found.insert(difference.key.clone(), difference);
         }
     }
     let scanned = started.elapsed();
@@ -362,7 +373,7 @@ async fn verify_mapping(
         (&mut source_reader, &mut target_reader),
         (&source, &target),
         &route,
-        &ranges,
+        lookup,
         found,
         options.rounds,
         &progress,
@@ -386,15 +397,12 @@ async fn verify_mapping(
             )
             .await?;
             repaired.extend(pending.iter().map(|d| d.key.clone()));
-            let found = pending
-                .into_iter()
-                .map(|d| (d.key.clone(), (rechecked.ranges[&d.key], d)))
-                .collect();
+            let found = pending.into_iter().map(|d| (d.key.clone(), d)).collect();
             let again = scan::recheck(
                 (&mut source_reader, &mut target_reader),
                 (&source, &target),
                 &route,
-                &ranges,
+                lookup,
                 found,
                 2,
                 &progress,
