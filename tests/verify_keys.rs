@@ -2,6 +2,7 @@
 //! target orders the key differently (MariaDB's case-insensitive default collation against
 //! PostgreSQL's): with ranges of 20 rows, planted differences are reported exactly, and
 //! nothing else, while `run` streams; `--repair` fixes them and the next verify is clean.
+//! Schema-wide mappings are verified table by table.
 
 mod harness;
 
@@ -177,5 +178,65 @@ fn verify_cuts_text_and_composite_keys_into_ranges_whatever_order_the_target_kee
         assert_eq!(code, 0, "{reports:?}");
         stop.store(true, Ordering::Relaxed);
     });
+    assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
+}
+
+/// A schema-wide mapping is verified table by table (`<mapping>.<table>`), selected by its
+/// own name or one table's.
+#[test]
+fn verify_expands_a_schema_wide_mapping_into_its_tables() {
+    let store = shared_pg().create_database();
+    let erp = shared_mariadb().create_database();
+    for table in ["a", "b"] {
+        store
+            .execute_as_duplex(&format!(
+                "CREATE TABLE {table} (id int PRIMARY KEY, v text)"
+            ))
+            .unwrap();
+        erp.sql(&format!(
+            "CREATE TABLE {table} (id INT PRIMARY KEY, v VARCHAR(20)) ENGINE=InnoDB"
+        ))
+        .unwrap();
+    }
+    let config = format!(
+        "[sites.{s}]\nkind = \"postgres\"\nurl = \"{su}\"\n\n\
+         [sites.erp]\nkind = \"mysql\"\nurl = \"{eu}\"\n\n\
+         [[mappings]]\nname = \"shop\"\ntables = {{ {s} = \"public.*\", erp = \"{e}.*\" }}\n\
+         direction = \"{s}->erp\"\n",
+        s = store.name(),
+        su = store.url(),
+        e = erp.name(),
+        eu = erp.url(),
+    );
+    let mut duplex = Duplex::run(&config);
+    duplex.wait_link_started();
+    store
+        .psql(
+            "INSERT INTO a SELECT i, 'a' || i FROM generate_series(1, 50) i;
+             INSERT INTO b SELECT i, 'b' || i FROM generate_series(1, 50) i;",
+        )
+        .unwrap();
+    wait_for("the rows to arrive", WAIT, || {
+        duplex.assert_running();
+        let n = erp
+            .sql("SELECT (SELECT COUNT(*) FROM a) + (SELECT COUNT(*) FROM b)")
+            .map_err(|e| e.to_string())?;
+        (n.trim() == "100").then_some(()).ok_or(n)
+    });
+    erp.sql("DELETE FROM b WHERE id = 7").unwrap();
+    let (code, all) = reports(&duplex, &[]);
+    assert_eq!(code, 1, "{all:?}");
+    let names: Vec<&str> = all.iter().map(|r| r["mapping"].as_str().unwrap()).collect();
+    assert_eq!(names, ["shop.a", "shop.b"], "{all:?}");
+    assert_eq!(found(&all[0]), [set(&[]), set(&[]), set(&[])], "{all:?}");
+    assert_eq!(
+        found(&all[1]),
+        [set(&["id=7"]), set(&[]), set(&[])],
+        "{all:?}"
+    );
+    let (code, by_name) = reports(&duplex, &["--mapping", "shop"]);
+    assert_eq!((code, by_name.len()), (1, 2), "{by_name:?}");
+    let (code, one) = reports(&duplex, &["--mapping", "shop.a"]);
+    assert_eq!((code, one.len()), (0, 1), "{one:?}");
     assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
 }

@@ -118,6 +118,9 @@ pub enum VerifyError {
     /// A worker crashed.
     #[error("a verify worker failed: {0}")]
     Crashed(String),
+    /// A schema-wide mapping could not be expanded.
+    #[error(transparent)]
+    Expand(#[from] Box<crate::expand::ExpandError>),
 }
 
 impl VerifyError {
@@ -161,7 +164,14 @@ pub async fn verify(
     config: &Config,
     options: &VerifyOptions,
 ) -> Result<Vec<MappingReport>, VerifyError> {
-    let selected = select(config, &options.mappings)?;
+    let (expanded, report) = crate::expand::expand(config).await.map_err(Box::new)?;
+    for expansion in report {
+        for (table, sites) in &expansion.one_sided {
+            tracing::warn!(mapping = %expansion.mapping, %table, present_on = ?sites, "a table only some sites of a schema-wide mapping have is not replicated, and not verified");
+        }
+    }
+    let selected = select(config, &expanded, &options.mappings)?;
+    let config = &expanded;
     let deployment = deployment(config);
     let mut reports = Vec::new();
     for mapping in selected {
@@ -174,20 +184,38 @@ pub async fn verify(
     Ok(reports)
 }
 
-/// The mappings `names` select (all when empty); unknown names and two-way mappings refused.
-fn select<'a>(config: &'a Config, names: &[String]) -> Result<Vec<&'a Mapping>, VerifyError> {
+/// The mappings of `expanded` (`config` with its schema-wide mappings expanded) that `names`
+/// select, all when empty: a mapping by its name, a schema-wide mapping by its name (all its
+/// tables) or one of its tables as `<mapping>.<table>`; unknown names and two-way mappings
+/// refused.
+fn select<'a>(
+    config: &Config,
+    expanded: &'a Config,
+    names: &[String],
+) -> Result<Vec<&'a Mapping>, VerifyError> {
+    let schema_wide = |name: &str| {
+        config
+            .mappings
+            .iter()
+            .any(|m| m.name == name && m.pattern.is_some())
+    };
+    let chosen = |m: &Mapping| {
+        names.is_empty()
+            || names.contains(&m.name)
+            || m.name
+                .split_once('.')
+                .is_some_and(|(parent, _)| names.iter().any(|n| n == parent) && schema_wide(parent))
+    };
     for name in names {
-        if !config.mappings.iter().any(|m| &m.name == name) {
+        let known = config.mappings.iter().any(|m| &m.name == name)
+            || expanded.mappings.iter().any(|m| &m.name == name);
+        if !known {
             return Err(VerifyError::Invalid(format!(
                 "no mapping named {name} in the configuration"
             )));
         }
     }
-    let selected: Vec<&Mapping> = config
-        .mappings
-        .iter()
-        .filter(|m| names.is_empty() || names.contains(&m.name))
-        .collect();
+    let selected: Vec<&Mapping> = expanded.mappings.iter().filter(|m| chosen(m)).collect();
     if let Some(two_way) = selected
         .iter()
         .find(|m| matches!(m.direction, Direction::Both))
@@ -196,12 +224,6 @@ fn select<'a>(config: &'a Config, names: &[String]) -> Result<Vec<&'a Mapping>, 
             "mapping {} is two-way: verify compares one-way mappings only so far; name the one-way mappings with --mapping",
             two_way.name
         )));
-    }
-    if selected.iter().any(|m| m.pattern.is_some()) {
-        return Err(VerifyError::Invalid(
-            "schema-wide mappings (tables = \"schema.*\") are not verified yet; map the tables one by one to verify them"
-                .into(),
-        ));
     }
     Ok(selected)
 }
