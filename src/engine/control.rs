@@ -68,6 +68,22 @@ pub enum Request {
         /// The site whose version wins.
         take: String,
     },
+    /// How far the engine has decided each site's log and numbered its writes (`duplex
+    /// verify` waits on it).
+    Progress,
+}
+
+/// How far the engine got with one site, as the coordinator knows it between two batches.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SiteProgress {
+    /// The site.
+    pub site: String,
+    /// The position of the site's log up to which every change is decided, and its writes
+    /// queued, in this attempt (none before the first input of the attempt).
+    pub decided: Option<duplex_connectors::Position>,
+    /// The number of the last write queued for the site (0: none yet); it is committed there
+    /// once the site's `duplex.positions` row `merge:<site>` reaches it.
+    pub queued: u64,
 }
 
 /// What the engine answers.
@@ -81,6 +97,8 @@ pub enum Response {
     Done(String),
     /// The request was refused; why, for people.
     Refused(String),
+    /// How far the engine got, per site.
+    Progress(Vec<SiteProgress>),
 }
 
 /// The socket's path for a state directory.

@@ -267,10 +267,20 @@ pub struct Progress<'a> {
     pub source: &'a SiteConnection,
     /// The target's connection.
     pub target: &'a SiteConnection,
-    /// The name the target's `duplex.positions` records the source under, when known.
-    pub position_key: Option<&'a str>,
+    /// Who carries changes between the two.
+    pub carrier: Carrier<'a>,
     /// How long to wait for the target each round.
     pub wait: Duration,
+}
+
+/// Who carries changes between the two sides of a comparison.
+pub enum Carrier<'a> {
+    /// A one-way link from the source to the target: the name the target's
+    /// `duplex.positions` records the source under, when known.
+    Link(Option<&'a str>),
+    /// The merge engine of a two-way mapping, reached through the control socket of the
+    /// `duplex run` holding this state directory ([`super::engine`]).
+    Engine(&'a std::path::Path),
 }
 
 /// Keys looked up in one statement.
@@ -351,9 +361,32 @@ pub async fn recheck(
             .iter()
             .map(|(k, d)| (k.clone(), key_values(route, d)))
             .collect();
-        let (source, at) = read_keys(readers.0, sides.0, route, lookup, &keys, true).await?;
-        confirmed = wait_applied(progress, &at).await?;
-        let (target, _) = read_keys(readers.1, sides.1, route, lookup, &keys, false).await?;
+        let (source, target);
+        match progress.carrier {
+            Carrier::Link(position_key) => {
+                let at;
+                (source, at) = read_keys(readers.0, sides.0, route, lookup, &keys, true).await?;
+                confirmed = wait_applied(progress, position_key, &at).await?;
+                (target, _) = read_keys(readers.1, sides.1, route, lookup, &keys, false).await?;
+            }
+            Carrier::Engine(state_dir) => {
+                // Both sides' logs up to now decided, and every write that decided landed:
+                // then each side holds all the other had now (see [`super::engine`]).
+                let at = [
+                    (
+                        progress.source,
+                        readers.0.renew().await.map_err(sides.0.snapshot_error())?,
+                    ),
+                    (
+                        progress.target,
+                        readers.1.renew().await.map_err(sides.1.snapshot_error())?,
+                    ),
+                ];
+                confirmed = super::engine::wait_settled(state_dir, &at, progress.wait).await?;
+                (source, _) = read_keys(readers.0, sides.0, route, lookup, &keys, true).await?;
+                (target, _) = read_keys(readers.1, sides.1, route, lookup, &keys, false).await?;
+            }
+        }
         let still: BTreeMap<String, KeyDifference> = differences(source, target)
             .into_iter()
             .map(|d| (d.key.clone(), d))
@@ -378,16 +411,20 @@ pub async fn recheck(
 }
 
 /// Whether `a` is after `b` (positions of one source; incomparable ones count as not).
-fn later(a: &Position, b: &Position) -> bool {
+pub(super) fn later(a: &Position, b: &Position) -> bool {
     a.compare(b).is_ok_and(|o| o.is_gt())
 }
 
 /// Waits until the target has committed everything of the source up to `at`; false when
 /// `progress.wait` passed first.
-async fn wait_applied(progress: &Progress<'_>, at: &Position) -> Result<bool, VerifyError> {
+async fn wait_applied(
+    progress: &Progress<'_>,
+    position_key: Option<&str>,
+    at: &Position,
+) -> Result<bool, VerifyError> {
     let deadline = Instant::now() + progress.wait;
     loop {
-        if let Some(key) = progress.position_key {
+        if let Some(key) = position_key {
             let held = duplex_connectors::verify::recorded_position(progress.target, key)
                 .await
                 .map_err(|source| VerifyError::Admin {

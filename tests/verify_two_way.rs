@@ -1,0 +1,132 @@
+//! `duplex verify` of a two-way mapping across three sites (PostgreSQL, MariaDB, PostgreSQL)
+//! while the merge engine carries a steady write load on two of them: every site is compared
+//! with the first, rows the engine is still carrying are not reported, and rows one site
+//! changed behind duplex's back (without its binlog) are reported exactly, every time.
+
+mod harness;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use harness::sites::{self, ERP, STORE, Sites, WMS};
+use harness::wait_for;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// Missing, extra and differing (`key: column`) keys of a report.
+fn found(report: &serde_json::Value) -> [BTreeSet<String>; 3] {
+    let keys = |field: &str| -> BTreeSet<String> {
+        report[field]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let mut differing = BTreeSet::new();
+    for row in report["differing"].as_array().unwrap() {
+        for column in row["columns"].as_array().unwrap() {
+            differing.insert(format!(
+                "{}: {}",
+                row["key"].as_str().unwrap(),
+                column["column"].as_str().unwrap()
+            ));
+        }
+    }
+    [keys("missing"), keys("extra"), differing]
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[test]
+fn two_way_verify_reports_exactly_what_one_site_changed_behind_duplex_while_the_engine_streams() {
+    let sites = Sites::new();
+    let mut duplex = harness::Duplex::run(&sites.config("last-writer-wins", ""));
+    sites::wait_reading(&mut duplex, 3, WAIT);
+    sites.exec(
+        STORE,
+        "INSERT INTO items SELECT i, 'item ' || i, i FROM generate_series(1, 300) i",
+    );
+    sites.wait_same(&mut duplex, WAIT, |rows| rows.len() == 300);
+    // Behind duplex's back on the ERP: nothing of it reaches the binlog.
+    sites.exec(
+        ERP,
+        "SET SESSION sql_log_bin = 0;
+         DELETE FROM items WHERE id = 5;
+         INSERT INTO items VALUES (9001, 'ghost', 1);
+         UPDATE items SET qty = -7 WHERE id = 6;",
+    );
+    let stop = AtomicBool::new(false);
+    let written = AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        // A steady load of new rows and updates on the store and the WMS.
+        scope.spawn(|| {
+            let mut n = 0i64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let site = if n % 2 == 0 { STORE } else { WMS };
+                sites.exec(
+                    site,
+                    &format!(
+                        "INSERT INTO items VALUES ({}, 'new', 1);
+                         UPDATE items SET qty = qty + 1, name = 'busy {n}' WHERE id = {};",
+                        10_000 + n,
+                        100 + n % 150
+                    ),
+                );
+                written.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        wait_for("the load to run", WAIT, || {
+            (written.load(Ordering::Relaxed) > 10)
+                .then_some(())
+                .ok_or_else(|| "slow".to_owned())
+        });
+        for round in 0..3 {
+            let out = duplex.command(&["verify", "--json"]);
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let reports: Vec<serde_json::Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "round {round}: {text}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let pairs: Vec<(String, String)> = reports
+                .iter()
+                .map(|r| (r["source"].to_string(), r["target"].to_string()))
+                .collect();
+            let name = |site: usize| format!("\"{}\"", sites.name(site));
+            assert_eq!(
+                pairs,
+                [(name(STORE), name(ERP)), (name(STORE), name(WMS))],
+                "{text}"
+            );
+            assert_eq!(
+                found(&reports[0]),
+                [set(&["id=5"]), set(&["id=9001"]), set(&["id=6: qty"])],
+                "round {round}: {text}"
+            );
+            assert_eq!(
+                found(&reports[1]),
+                [set(&[]), set(&[]), set(&[])],
+                "round {round}: {text}"
+            );
+            for report in &reports {
+                assert_eq!(report["confirmed"], true, "{text}");
+                assert_eq!(report["two_way"], true, "{text}");
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    // Repairing a two-way mapping needs the site whose rows win.
+    let out = duplex.command(&["verify", "--repair"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
+}
