@@ -1,7 +1,8 @@
 //! `duplex verify` of a two-way mapping across three sites (PostgreSQL, MariaDB, PostgreSQL)
 //! while the merge engine carries a steady write load on two of them: every site is compared
 //! with the first, rows the engine is still carrying are not reported, and rows one site
-//! changed behind duplex's back (without its binlog) are reported exactly, every time.
+//! changed behind duplex's back (without its binlog) are reported exactly, every time;
+//! `--repair --take` makes all three hold that site's rows through the engine, for good.
 
 mod harness;
 
@@ -123,10 +124,43 @@ fn two_way_verify_reports_exactly_what_one_site_changed_behind_duplex_while_the_
                 assert_eq!(report["two_way"], true, "{text}");
             }
         }
+        // Repairing a two-way mapping needs the site whose rows win.
+        let out = duplex.command(&["verify", "--repair"]);
+        assert_eq!(out.status.code(), Some(2));
+        // The ERP's rows everywhere, through the engine, while the load goes on.
+        let erp = sites.name(ERP);
+        let out = duplex.command(&["verify", "--repair", "--take", &erp]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("repaired 3 row(s)"), "{text}");
+        // Clean right after, and again later: the engine does not undo the repair.
+        for round in 0..2 {
+            let out = duplex.command(&["verify"]);
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "round {round}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
         stop.store(true, Ordering::Relaxed);
     });
-    // Repairing a two-way mapping needs the site whose rows win.
-    let out = duplex.command(&["verify", "--repair"]);
-    assert_eq!(out.status.code(), Some(2));
+    let rows = sites.wait_same(&mut duplex, WAIT, |_| true);
+    let ids: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    assert!(!ids.contains(&"5") && ids.contains(&"9001"), "{ids:?}");
+    let six = rows.iter().find(|r| r[0] == "6").unwrap();
+    assert_eq!(six[2], "-7", "{six:?}");
+    // Logged like an operator's resolution.
+    let log = sites::conflicts(&duplex);
+    let taken: Vec<&serde_json::Value> = log
+        .iter()
+        .filter(|c| c["decision"].as_str().unwrap_or("").contains("--take"))
+        .collect();
+    assert_eq!(taken.len(), 3, "{log:?}");
     assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
 }

@@ -71,6 +71,17 @@ pub enum Request {
     /// How far the engine has decided each site's log and numbered its writes (`duplex
     /// verify` waits on it).
     Progress,
+    /// Make every site hold `take`'s rows of mapping `mapping` (`duplex verify --repair
+    /// --take`), recorded as an operator's resolution.
+    Take {
+        /// The two-way mapping.
+        mapping: String,
+        /// The site whose rows win.
+        take: String,
+        /// Per row, what each site read holds now as verify read it there (its own column
+        /// names; `None`: no such row); `take` is always among them.
+        rows: Vec<std::collections::BTreeMap<String, Option<duplex_connectors::Row>>>,
+    },
 }
 
 /// How far the engine got with one site, as the coordinator knows it between two batches.
@@ -99,6 +110,14 @@ pub enum Response {
     Refused(String),
     /// How far the engine got, per site.
     Progress(Vec<SiteProgress>),
+    /// What a [`Request::Take`] did.
+    Taken {
+        /// Rows whose version of the taken site is now being written where it differs.
+        written: Vec<String>,
+        /// Rows left alone because writes of the engine to them are still on their way (ask
+        /// again once they landed).
+        busy: Vec<String>,
+    },
 }
 
 /// The socket's path for a state directory.

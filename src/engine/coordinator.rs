@@ -47,6 +47,7 @@ use crate::shutdown::stop_requested;
 mod echo;
 mod filtered;
 mod held;
+mod take;
 
 use filtered::Outside;
 

@@ -25,6 +25,7 @@ pub mod engine;
 pub mod last;
 pub mod report;
 pub mod scan;
+pub mod take;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::process::ExitCode;
@@ -61,8 +62,10 @@ pub struct VerifyOptions {
     pub rounds: u32,
     /// How long each re-check round waits for the target to apply past the source's position.
     pub wait: Duration,
-    /// Write the source's rows over what differs.
+    /// Write the source's rows over what differs (two-way: `take`'s rows).
     pub repair: bool,
+    /// With `repair` of two-way mappings: the site whose rows every site is made to hold.
+    pub take: Option<String>,
 }
 
 impl Default for VerifyOptions {
@@ -74,6 +77,7 @@ impl Default for VerifyOptions {
             rounds: 4,
             wait: Duration::from_secs(30),
             repair: false,
+            take: None,
         }
     }
 }
@@ -123,6 +127,9 @@ pub enum VerifyError {
     /// A worker crashed.
     #[error("a verify worker failed: {0}")]
     Crashed(String),
+    /// The merge engine refused or did not answer a `--take` repair.
+    #[error("{0}")]
+    Engine(String),
     /// A schema-wide mapping could not be expanded.
     #[error(transparent)]
     Expand(#[from] Box<crate::expand::ExpandError>),
@@ -175,7 +182,13 @@ pub async fn verify(
             tracing::warn!(mapping = %expansion.mapping, %table, present_on = ?sites, "a table only some sites of a schema-wide mapping have is not replicated, and not verified");
         }
     }
-    let selected = select(config, &expanded, &options.mappings, options.repair)?;
+    let selected = select(
+        config,
+        &expanded,
+        &options.mappings,
+        options.repair,
+        options.take.as_deref(),
+    )?;
     let config = &expanded;
     let deployment = deployment(config);
     let mut reports = Vec::new();
@@ -209,7 +222,13 @@ fn select<'a>(
     expanded: &'a Config,
     names: &[String],
     repair: bool,
+    take: Option<&str>,
 ) -> Result<Vec<&'a Mapping>, VerifyError> {
+    if take.is_some() && !repair {
+        return Err(VerifyError::Invalid(
+            "--take SITE goes with --repair: it names the site whose rows a repair writes everywhere".into(),
+        ));
+    }
     let schema_wide = |name: &str| {
         config
             .mappings
@@ -233,16 +252,35 @@ fn select<'a>(
         }
     }
     let selected: Vec<&Mapping> = expanded.mappings.iter().filter(|m| chosen(m)).collect();
+    if let Some(one_way) = selected
+        .iter()
+        .find(|m| take.is_some() && !matches!(m.direction, Direction::Both))
+    {
+        return Err(VerifyError::Invalid(format!(
+            "--take applies to two-way mappings; mapping {} is one-way (repaired from its source): name the two-way mappings with --mapping",
+            one_way.name
+        )));
+    }
     for two_way in selected
         .iter()
         .filter(|m| matches!(m.direction, Direction::Both))
     {
-        if repair {
-            return Err(VerifyError::Invalid(format!(
-                "mapping {} is two-way: --repair of a two-way mapping (making every site equal to one, --take SITE) is not built yet; \
-                 verify it without --repair, or name the one-way mappings with --mapping",
-                two_way.name
-            )));
+        match take {
+            None if repair => {
+                return Err(VerifyError::Invalid(format!(
+                    "mapping {} is two-way: name the site whose rows every site is to hold with --take SITE (one of {})",
+                    two_way.name,
+                    site_list(two_way)
+                )));
+            }
+            Some(site) if !two_way.tables.contains_key(site) => {
+                return Err(VerifyError::Invalid(format!(
+                    "--take {site}: not a site of mapping {} (one of {})",
+                    two_way.name,
+                    site_list(two_way)
+                )));
+            }
+            _ => {}
         }
         if !two_way.values.is_empty() || !two_way.filters.is_empty() {
             return Err(VerifyError::Invalid(format!(
@@ -253,6 +291,16 @@ fn select<'a>(
         }
     }
     Ok(selected)
+}
+
+/// A mapping's sites, for messages.
+fn site_list(mapping: &Mapping) -> String {
+    mapping
+        .tables
+        .keys()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The deployment's identity from the state store, when it can be opened (not while `duplex
@@ -302,32 +350,9 @@ async fn verify_mapping(
 ) -> Result<MappingReport, VerifyError> {
     let started = Instant::now();
     let (source_site, target_site) = (&config.sites[from], &config.sites[to]);
-    let describe = |site: &crate::config::Site, table: duplex_connectors::TableName| {
-        let connection = site.connection();
-        let name = site.name.clone();
-        async move {
-            let mut schemas =
-                duplex_connectors::describe(&connection, &BTreeSet::from([table.clone()]))
-                    .await
-                    .map_err(|source| VerifyError::Describe {
-                        site: name.clone(),
-                        source,
-                    })?;
-            schemas.remove(&table).ok_or_else(|| {
-                VerifyError::Invalid(format!(
-                    "mapping {}: table {table} does not exist on site {name}",
-                    mapping.name
-                ))
-            })
-        }
-    };
-    let source_schema = describe(source_site, mapping.tables[from].clone()).await?;
-    let target_schema = describe(target_site, mapping.tables[to].clone()).await?;
-    let schemas = HashMap::from([(source_schema.name.clone(), source_schema.clone())]);
-    let route = crate::routes::routes_for(std::slice::from_ref(mapping), from, to, &schemas)
-        .into_iter()
-        .next()
-        .ok_or_else(|| VerifyError::Invalid(format!("mapping {} has no route", mapping.name)))?;
+    let source_schema = describe(source_site, mapping).await?;
+    let target_schema = describe(target_site, mapping).await?;
+    let route = route(mapping, from, to, &source_schema)?;
     if route.key.is_empty() {
         return Err(VerifyError::Invalid(format!(
             "mapping {}: table {} has no primary key; verify compares rows by key",
@@ -445,13 +470,21 @@ async fn verify_mapping(
         // of times; what still differs is reported).
         let mut pending = rechecked.differences.clone();
         for _ in 0..REPAIR_ATTEMPTS {
-            repair(
-                target_site,
-                key.as_deref().unwrap_or(from),
-                &route,
-                &pending,
-            )
-            .await?;
+            match options.take.as_deref().filter(|_| two_way) {
+                Some(take) => {
+                    let sides = (&source, &target);
+                    take::repair(config, mapping, take, sides, &route, lookup, &pending).await?;
+                }
+                None => {
+                    repair(
+                        target_site,
+                        key.as_deref().unwrap_or(from),
+                        &route,
+                        &pending,
+                    )
+                    .await?;
+                }
+            }
             repaired.extend(pending.iter().map(|d| d.key.clone()));
             let found = pending.into_iter().map(|d| (d.key.clone(), d)).collect();
             let again = scan::recheck(
@@ -484,6 +517,41 @@ async fn verify_mapping(
     );
     report.two_way = two_way;
     Ok(report)
+}
+
+/// The table of `mapping` on `site`.
+async fn describe(
+    site: &crate::config::Site,
+    mapping: &Mapping,
+) -> Result<duplex_connectors::TableSchema, VerifyError> {
+    let table = mapping.tables[&site.name].clone();
+    let mut schemas =
+        duplex_connectors::describe(&site.connection(), &BTreeSet::from([table.clone()]))
+            .await
+            .map_err(|source| VerifyError::Describe {
+                site: site.name.clone(),
+                source,
+            })?;
+    schemas.remove(&table).ok_or_else(|| {
+        VerifyError::Invalid(format!(
+            "mapping {}: table {table} does not exist on site {}",
+            mapping.name, site.name
+        ))
+    })
+}
+
+/// The route of `mapping` from `from` (whose table is `schema`) to `to`.
+fn route(
+    mapping: &Mapping,
+    from: &str,
+    to: &str,
+    schema: &duplex_connectors::TableSchema,
+) -> Result<TableRoute, VerifyError> {
+    let schemas = HashMap::from([(schema.name.clone(), schema.clone())]);
+    crate::routes::routes_for(std::slice::from_ref(mapping), from, to, &schemas)
+        .into_iter()
+        .next()
+        .ok_or_else(|| VerifyError::Invalid(format!("mapping {} has no route", mapping.name)))
 }
 
 /// Writes the source's version of every difference into the target in one target

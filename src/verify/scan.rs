@@ -288,7 +288,7 @@ const KEYS_PER_READ: usize = 500;
 
 /// The key values of a differing key (source column names, key order), from whichever row
 /// was read.
-fn key_values(route: &TableRoute, difference: &KeyDifference) -> Vec<Value> {
+pub(super) fn key_values(route: &TableRoute, difference: &KeyDifference) -> Vec<Value> {
     let row = difference
         .source
         .as_ref()
@@ -314,6 +314,21 @@ async fn read_keys(
     keys: &BTreeMap<String, Vec<Value>>,
     source: bool,
 ) -> Result<(Vec<Canonical>, Position), VerifyError> {
+    let (rows, position) = read_rows_of_keys(reader, side, lookup, keys).await?;
+    let mut rows = canonical(side, route, &rows, source);
+    rows.retain(|row| keys.contains_key(&row.key));
+    rows.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok((rows, position))
+}
+
+/// Reads the rows of `keys` on `side` in a fresh snapshot, as read (the route's columns named
+/// as there; with [`Lookup::Whole`] every row), and the position the read stands at.
+pub(super) async fn read_rows_of_keys(
+    reader: &mut AnySnapshot,
+    side: &Side,
+    lookup: Lookup,
+    keys: &BTreeMap<String, Vec<Value>>,
+) -> Result<(Vec<Row>, Position), VerifyError> {
     let position = reader.renew().await.map_err(side.snapshot_error())?;
     let mut rows = Vec::new();
     match lookup {
@@ -335,9 +350,6 @@ async fn read_keys(
             }
         }
     }
-    let mut rows = canonical(side, route, &rows, source);
-    rows.retain(|row| keys.contains_key(&row.key));
-    rows.sort_by(|a, b| a.key.cmp(&b.key));
     Ok((rows, position))
 }
 

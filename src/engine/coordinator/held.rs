@@ -32,6 +32,11 @@ impl Coordinator {
                 return Ok(Response::Status(crate::telemetry::global().snapshot()));
             }
             control::Request::Progress => return Ok(Response::Progress(self.progress())),
+            control::Request::Take {
+                mapping,
+                take,
+                rows,
+            } => return self.take(w, &mapping, &take, rows, done),
             control::Request::Resolve { id, take } => (id, take),
         };
         let Some(record) = self.store.conflict(id)? else {
