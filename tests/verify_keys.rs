@@ -93,9 +93,9 @@ fn verify_cuts_text_and_composite_keys_into_ranges_whatever_order_the_target_kee
     store
         .psql(
             "INSERT INTO codes SELECT CASE i % 3 WHEN 0 THEN 'K' WHEN 1 THEN 'k' ELSE '_x-' END || i, i
-                 FROM generate_series(1, 400) i;
+                 FROM generate_series(1, 200) i;
              INSERT INTO pairs SELECT CASE i % 3 WHEN 0 THEN 'Ab' WHEN 1 THEN 'aC' ELSE 'b_' END, i, 'v' || i
-                 FROM generate_series(1, 300) i;",
+                 FROM generate_series(1, 150) i;",
         )
         .unwrap();
     wait_for("the seed rows to arrive", WAIT, || {
@@ -106,7 +106,7 @@ fn verify_cuts_text_and_composite_keys_into_ranges_whatever_order_the_target_kee
         let b = wms
             .psql("SELECT (SELECT count(*) FROM codes) + (SELECT count(*) FROM pairs)")
             .map_err(|e| e.to_string())?;
-        if a.trim() == "700" && b.trim() == "700" {
+        if a.trim() == "350" && b.trim() == "350" {
             Ok(())
         } else {
             Err(format!("{a} {b}"))
@@ -132,8 +132,8 @@ fn verify_cuts_text_and_composite_keys_into_ranges_whatever_order_the_target_kee
                         "INSERT INTO codes VALUES ('New{n}', 1);
                          UPDATE codes SET v = v + 1 WHERE code = 'k{}';
                          UPDATE pairs SET v = 'n{n}' WHERE a = 'aC' AND b = {};",
-                        100 + 3 * (n % 90),
-                        100 + 3 * (n % 60)
+                        100 + 3 * (n % 30),
+                        100 + 3 * (n % 15)
                     ))
                     .unwrap();
                 written.fetch_add(1, Ordering::Relaxed);
