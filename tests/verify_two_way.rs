@@ -163,4 +163,23 @@ fn two_way_verify_reports_exactly_what_one_site_changed_behind_duplex_while_the_
         .collect();
     assert_eq!(taken.len(), 3, "{log:?}");
     assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
+    // Without `duplex run` nothing carries changes: a difference is reported at once, as not
+    // confirmed, and --take refuses to write.
+    sites.exec(WMS, "UPDATE items SET qty = 0 WHERE id = 7");
+    let started = std::time::Instant::now();
+    let out = duplex.command(&["verify", "--json"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(25), "{text}");
+    let wms: serde_json::Value = serde_json::from_str(text.lines().nth(1).unwrap()).unwrap();
+    assert_eq!(
+        found(&wms),
+        [set(&[]), set(&[]), set(&["id=7: qty"])],
+        "{text}"
+    );
+    assert_eq!(wms["confirmed"], false, "{text}");
+    let out = duplex.command(&["verify", "--repair", "--take", &sites.name(STORE)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("start `duplex run`"), "{stderr}");
 }

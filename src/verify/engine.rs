@@ -31,8 +31,8 @@ use crate::engine::control::{self, Request, Response};
 use crate::engine::outbox_name;
 
 /// Waits until the engine of `state_dir` has decided each site's log up to its position in
-/// `at` and every write it queued for those sites by then has landed; false when no engine
-/// answers or `wait` passed first.
+/// `at` and every write it queued for those sites by then has landed; false at once when no
+/// `duplex run` holds the state directory, or when `wait` passed first.
 pub async fn wait_settled(
     state_dir: &Path,
     at: &[(&SiteConnection, Position)],
@@ -43,7 +43,12 @@ pub async fn wait_settled(
     let mut queued: Option<Vec<u64>> = None;
     loop {
         if queued.is_none() {
-            queued = decided_up_to(state_dir, at).await;
+            match control::ask(state_dir, &Request::Progress).await {
+                Ok(Some(Response::Progress(progress))) => queued = decided_up_to(&progress, at),
+                // No `duplex run` holds the state directory: nothing will carry the changes.
+                Ok(None) => return Ok(false),
+                Ok(Some(_)) | Err(_) => {}
+            }
         }
         if let Some(numbers) = &queued {
             let mut landed = true;
@@ -74,13 +79,12 @@ pub async fn wait_settled(
     }
 }
 
-/// The last write number queued per site of `at` when the engine reports every site's log
-/// decided up to its position there; `None` while it does not (or no engine answers).
-async fn decided_up_to(state_dir: &Path, at: &[(&SiteConnection, Position)]) -> Option<Vec<u64>> {
-    let Ok(Some(Response::Progress(progress))) = control::ask(state_dir, &Request::Progress).await
-    else {
-        return None;
-    };
+/// The last write number queued per site of `at` when `progress` reports every site's log
+/// decided up to its position there; `None` while it does not.
+fn decided_up_to(
+    progress: &[control::SiteProgress],
+    at: &[(&SiteConnection, Position)],
+) -> Option<Vec<u64>> {
     at.iter()
         .map(|(site, position)| {
             let known = progress.iter().find(|p| p.site == site.name)?;

@@ -1,24 +1,26 @@
 //! `duplex verify`: proves that each target of a one-way mapping holds exactly the source's
 //! rows, and every site of a two-way mapping the same rows as its first site (so all hold the
-//! same), while `duplex run` keeps replicating, and with `--repair` makes it so (one-way).
+//! same), while `duplex run` keeps replicating, and with `--repair` makes it so.
 //!
-//! Each mapping's source table is cut into key ranges ([`scan::plan`]: ranges of about
-//! 10,000 rows at every 10,000th key in the source's order, on any key whose columns both
-//! sides can cut on: integers, text, composite keys; the whole table otherwise); `--jobs` workers read each
+//! Each mapping's source table is cut into key ranges ([`scan::plan`]: about 10,000 rows each,
+//! cut at every 10,000th key in the source's order on any key whose columns both sides can cut
+//! on, integer, text or composite; the whole table otherwise); `--jobs` workers read each
 //! range from the source and the target in parallel, each side in a fresh snapshot of its own
 //! (no lock), bring both into one form through the mapping's column renames and compare them
 //! by meaning ([`compare`]): a fingerprint per range, row by row only where fingerprints
-//! differ. A key that differs may be a change in flight; it is read again after the target has
-//! applied past the source's position ([`scan`] argues why what is then still different is
-//! real). Only that is reported ([`report`]). For a two-way mapping each other site is
-//! compared with the first the same way; a key that differs is read again once the merge
-//! engine has carried every change of both sites up to the moment of the read ([`engine`]
-//! argues it).
+//! differ. A key that differs may be a change in flight; it is read again, by its key value,
+//! after the target has applied past the source's position ([`scan`] argues why what is then
+//! still different is real). Only that is reported ([`report`]). For a two-way mapping each
+//! other site is compared with the first the same way; a key that differs is read again once
+//! the merge engine has carried every change of both sites up to the moment of the read
+//! ([`engine`] argues it).
 //!
 //! `--repair` writes, for each difference still found, the source's row (or the delete of a
 //! row the source does not have) into the target through the target's applier, in one target
 //! transaction that records its position in `duplex.positions` like every write of duplex (so
-//! a two-way or chained setup recognises it as duplex's own and does not echo it).
+//! a two-way or chained setup recognises it as duplex's own and does not echo it). For a
+//! two-way mapping `--repair --take SITE` has the running merge engine write SITE's rows
+//! ([`take`] argues why the engine and not verify writes them).
 
 pub mod compare;
 pub mod engine;

@@ -7,9 +7,10 @@
 //! source's read comes with a position at or after the end of every transaction it saw
 //! ([`duplex_connectors::AnySnapshot::renew`]). A key that differs is read again in later
 //! rounds, by its key value on each side (not by range: the two sides may order the key
-//! differently, see [`plan`]): the source first (a new position P), then, once the target has committed past P
-//! (its `duplex.positions` row for the source, or for a PostgreSQL source the slot's
-//! confirmed position, see [`duplex_connectors::verify`]), the target. A target that holds
+//! differently, see [`plan`]): the source first (a new position P), then, once the target
+//! has committed past P (its `duplex.positions` row for the source, or for a PostgreSQL
+//! source the slot's confirmed position, see [`duplex_connectors::verify`]), the target. (A
+//! two-way mapping waits for the merge engine instead, see [`super::engine`].) A target that holds
 //! everything the source had at P and still differs from the source's row as of P differs for
 //! real, unless the row changed again on the source in between: the rounds go on (up to a
 //! bound) until two of them read the same rows on both sides. A key equal in any round is

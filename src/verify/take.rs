@@ -69,16 +69,34 @@ pub async fn repair(
             images.insert(side.site.clone(), found.remove(*key));
         }
     }
-    let request = Request::Take {
-        mapping: mapping.name.clone(),
-        take: take.to_owned(),
-        rows: rows.into_values().collect(),
-    };
-    let engine = |why: String| VerifyError::Engine(why);
-    match control::ask(&config.state_dir, &request).await {
+    // In parts: a control request is one line of at most 1 MiB.
+    let rows: Vec<BTreeMap<String, Option<Row>>> = rows.into_values().collect();
+    let mut written = Vec::new();
+    for part in rows.chunks(ROWS_PER_REQUEST) {
+        let request = Request::Take {
+            mapping: mapping.name.clone(),
+            take: take.to_owned(),
+            rows: part.to_vec(),
+        };
+        written.extend(ask(config, &mapping.name, &request).await?);
+    }
+    Ok(written)
+}
+
+/// Rows sent to the engine in one request.
+const ROWS_PER_REQUEST: usize = 50;
+
+/// Sends one [`Request::Take`]; the keys the engine is writing.
+async fn ask(
+    config: &Config,
+    mapping: &str,
+    request: &Request,
+) -> Result<Vec<String>, VerifyError> {
+    let engine = VerifyError::Engine;
+    match control::ask(&config.state_dir, request).await {
         Ok(Some(Response::Taken { written, busy })) => {
             if !busy.is_empty() {
-                tracing::info!(mapping = %mapping.name, keys = ?busy, "rows the engine is still writing to: repaired after they landed");
+                tracing::info!(%mapping, keys = ?busy, "rows the engine is still writing to: repaired after they landed");
             }
             Ok(written)
         }

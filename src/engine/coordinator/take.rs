@@ -4,7 +4,8 @@
 //! inside a batch is exact).
 //!
 //! Verify reads each differing row on the sites it compared and sends what it read. Those
-//! images replace what the engine expected each site to hold: a row changed without the log
+//! images replace what the engine expected each site to hold (and the image it knew each to
+//! hold, which a later change there is made on): a row changed without the log
 //! (the reason verify found it) is a row whose expected image is wrong, and a write
 //! conditioned on the wrong image would be skipped. With the images verify read, the write to
 //! each site that differs is conditioned on what the site really held; if the site changed the
@@ -109,8 +110,11 @@ impl Coordinator {
             let vector = rv.merged.clone();
             rv.held.insert(take.to_owned(), vector.clone());
             data.set_image(winner.clone(), &mapping.sites);
+            // What each site read really holds (verify read it; its log may never have shown
+            // it): the condition of the write there, and what a change there is made on.
             for (site, image) in images {
-                data.set_expected(&site, image);
+                data.set_expected(&site, image.clone());
+                data.set_held(&site, image);
             }
             data.writer = take.to_owned();
             data.commit_micros = Utc::now().timestamp_micros();
