@@ -118,8 +118,9 @@ pub enum Command {
         #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
         watch: Option<u64>,
     },
-    /// Compare every one-way mapping's target with its source, row by row by meaning, while
-    /// `duplex run` replicates (no locks); rows still in flight are re-checked, not reported.
+    /// Compare every one-way mapping's target with its source, and every site of a two-way
+    /// mapping with its first, row by row by meaning, while `duplex run` replicates (no
+    /// locks); rows still in flight are re-checked, not reported.
     /// Exits 0 when every mapping is equal, 1 when something differs, 2 on a configuration
     /// error.
     Verify {
@@ -136,6 +137,10 @@ pub enum Command {
         /// (and delete rows the source does not have), through duplex's normal write path.
         #[arg(long)]
         repair: bool,
+        /// With --repair of a two-way mapping: the site whose rows every site is made to hold
+        /// (written by the running merge engine, logged as a resolved conflict).
+        #[arg(long, value_name = "SITE")]
+        take: Option<String>,
         /// How long, in seconds, to wait for a target to apply past the source's position
         /// before a differing row is re-read.
         #[arg(long, value_name = "SECONDS", default_value_t = 30)]
@@ -346,6 +351,7 @@ pub fn main() -> ExitCode {
             jobs,
             json,
             repair,
+            take,
             wait,
             chunk_rows,
         } => {
@@ -354,6 +360,7 @@ pub fn main() -> ExitCode {
                 jobs,
                 chunk_rows,
                 repair,
+                take,
                 wait: std::time::Duration::from_secs(wait),
                 ..Default::default()
             };

@@ -47,7 +47,12 @@ pub async fn list(config: &Config) -> Result<Vec<(u64, ConflictRecord)>, Conflic
         match ask(config, &Request::Conflicts).await? {
             Some(Response::Conflicts(records)) => return Ok(records),
             Some(Response::Refused(why)) => return Err(ConflictsError::Refused(why)),
-            Some(Response::Done(_) | Response::Status(_)) => {
+            Some(
+                Response::Done(_)
+                | Response::Status(_)
+                | Response::Progress(_)
+                | Response::Taken { .. },
+            ) => {
                 return Err(ConflictsError::Refused(
                     "the engine answered something else".into(),
                 ));
@@ -80,7 +85,12 @@ pub async fn resolve(config: &Config, id: u64, take: &str) -> Result<String, Con
     match ask(config, &request).await? {
         Some(Response::Done(what)) => Ok(what),
         Some(Response::Refused(why)) => Err(ConflictsError::Refused(why)),
-        Some(Response::Conflicts(_) | Response::Status(_)) => Err(ConflictsError::Refused(
+        Some(
+            Response::Conflicts(_)
+            | Response::Status(_)
+            | Response::Progress(_)
+            | Response::Taken { .. },
+        ) => Err(ConflictsError::Refused(
             "the engine answered something else".into(),
         )),
         None => Err(ConflictsError::NotRunning(

@@ -109,6 +109,17 @@ pub trait SnapshotRead {
         columns: &[Column],
         range: &KeyRange,
     ) -> Result<Vec<Row>, Self::Error>;
+
+    /// The rows of `table` with `columns` whose primary key (columns `key`) equals one of
+    /// `keys` as the server compares them (a case-insensitive collation may return a row whose
+    /// key differs in case), in no particular order.
+    async fn rows_with_keys(
+        &mut self,
+        table: &TableName,
+        columns: &[Column],
+        key: &[Column],
+        keys: &[Vec<Value>],
+    ) -> Result<Vec<Row>, Self::Error>;
 }
 
 /// A snapshot could not be taken or read.
@@ -392,6 +403,26 @@ impl SnapshotRead for AnySnapshot {
         Ok(match self {
             AnySnapshot::Postgres(reader) => reader.rows(table, columns, range).await?,
             AnySnapshot::Mysql(conn) => conn.lock().await.rows(table, columns, range).await?,
+        })
+    }
+
+    async fn rows_with_keys(
+        &mut self,
+        table: &TableName,
+        columns: &[Column],
+        key: &[Column],
+        keys: &[Vec<Value>],
+    ) -> Result<Vec<Row>, SnapshotError> {
+        Ok(match self {
+            AnySnapshot::Postgres(reader) => {
+                reader.rows_with_keys(table, columns, key, keys).await?
+            }
+            AnySnapshot::Mysql(conn) => {
+                conn.lock()
+                    .await
+                    .rows_with_keys(table, columns, key, keys)
+                    .await?
+            }
         })
     }
 }

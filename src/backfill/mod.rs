@@ -173,8 +173,6 @@ mod guard;
 mod meta;
 mod order;
 mod plan;
-
-pub(crate) use plan::is_integer;
 mod select;
 
 pub use meta::{BackfillMeta, KeyBounds, load_meta};

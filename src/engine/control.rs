@@ -68,6 +68,33 @@ pub enum Request {
         /// The site whose version wins.
         take: String,
     },
+    /// How far the engine has decided each site's log and numbered its writes (`duplex
+    /// verify` waits on it).
+    Progress,
+    /// Make every site hold `take`'s rows of mapping `mapping` (`duplex verify --repair
+    /// --take`), recorded as an operator's resolution.
+    Take {
+        /// The two-way mapping.
+        mapping: String,
+        /// The site whose rows win.
+        take: String,
+        /// Per row, what each site read holds now as verify read it there (its own column
+        /// names; `None`: no such row); `take` is always among them.
+        rows: Vec<std::collections::BTreeMap<String, Option<duplex_connectors::Row>>>,
+    },
+}
+
+/// How far the engine got with one site, as the coordinator knows it between two batches.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SiteProgress {
+    /// The site.
+    pub site: String,
+    /// The position of the site's log up to which every change is decided, and its writes
+    /// queued, in this attempt (none before the first input of the attempt).
+    pub decided: Option<duplex_connectors::Position>,
+    /// The number of the last write queued for the site (0: none yet); it is committed there
+    /// once the site's `duplex.positions` row `merge:<site>` reaches it.
+    pub queued: u64,
 }
 
 /// What the engine answers.
@@ -81,6 +108,16 @@ pub enum Response {
     Done(String),
     /// The request was refused; why, for people.
     Refused(String),
+    /// How far the engine got, per site.
+    Progress(Vec<SiteProgress>),
+    /// What a [`Request::Take`] did.
+    Taken {
+        /// Rows whose version of the taken site is now being written where it differs.
+        written: Vec<String>,
+        /// Rows left alone because writes of the engine to them are still on their way (ask
+        /// again once they landed).
+        busy: Vec<String>,
+    },
 }
 
 /// The socket's path for a state directory.

@@ -47,6 +47,7 @@ use crate::shutdown::stop_requested;
 mod echo;
 mod filtered;
 mod held;
+mod take;
 
 use filtered::Outside;
 
@@ -153,6 +154,8 @@ pub(super) struct Coordinator {
     outboxes: Vec<Outbox>,
     /// Per site, the next outbox sequence number.
     next_seq: Vec<u64>,
+    /// Per site, the position up to which its log is decided in this attempt.
+    decided: Vec<Option<Position>>,
     /// Per site, the outbox position of the last echo read in this attempt: the entries
     /// after it, up to the next echo's, are exactly the ones that echo's transaction carried.
     last_echo: Vec<Option<u64>>,
@@ -186,6 +189,7 @@ impl Coordinator {
             outboxes,
             next_seq,
             last_echo: vec![None; sites],
+            decided: vec![None; sites],
             accepting,
             stats: Stats::default(),
         }
@@ -240,10 +244,12 @@ impl Coordinator {
                 Input::Item(index, StreamItem::Transaction(tx)) => {
                     self.transaction(&mut w, index, &tx, &mut done)?;
                     w.save_position(&self.plan.sites[index].site.name, &tx.position)?;
+                    self.decided[index] = Some(tx.position.clone());
                     done.acks.push((index, tx.position));
                 }
                 Input::Item(index, StreamItem::Heartbeat(position)) => {
                     w.save_position(&self.plan.sites[index].site.name, &position)?;
+                    self.decided[index] = Some(position.clone());
                     done.acks.push((index, position));
                 }
                 Input::Item(index, StreamItem::Shape(shape)) => {

@@ -188,7 +188,12 @@ pub async fn status(config: &Config) -> Result<Status, StatusError> {
         }
         Some(Response::Status(snapshot)) => judge(snapshot),
         Some(Response::Refused(why)) => return Err(StatusError::Refused(why)),
-        Some(Response::Done(_) | Response::Conflicts(_)) => {
+        Some(
+            Response::Done(_)
+            | Response::Conflicts(_)
+            | Response::Progress(_)
+            | Response::Taken { .. },
+        ) => {
             return Err(StatusError::Refused(
                 "the engine answered something else".into(),
             ));

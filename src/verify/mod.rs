@@ -1,24 +1,33 @@
 //! `duplex verify`: proves that each target of a one-way mapping holds exactly the source's
-//! rows, while `duplex run` keeps replicating, and with `--repair` makes it so.
+//! rows, and every site of a two-way mapping the same rows as its first site (so all hold the
+//! same), while `duplex run` keeps replicating, and with `--repair` makes it so.
 //!
-//! Each mapping's source table is cut into key ranges ([`scan::plan`]: ranges of about
-//! 10,000 rows on a single integer key, the whole table otherwise); `--jobs` workers read each
+//! Each mapping's source table is cut into key ranges ([`scan::plan`]: about 10,000 rows each,
+//! cut at every 10,000th key in the source's order on any key whose columns both sides can cut
+//! on, integer, text or composite; the whole table otherwise); `--jobs` workers read each
 //! range from the source and the target in parallel, each side in a fresh snapshot of its own
 //! (no lock), bring both into one form through the mapping's column renames and compare them
 //! by meaning ([`compare`]): a fingerprint per range, row by row only where fingerprints
-//! differ. A key that differs may be a change in flight; it is read again after the target has
-//! applied past the source's position ([`scan`] argues why what is then still different is
-//! real). Only that is reported ([`report`]).
+//! differ. A key that differs may be a change in flight; it is read again, by its key value,
+//! after the target has applied past the source's position ([`scan`] argues why what is then
+//! still different is real). Only that is reported ([`report`]). For a two-way mapping each
+//! other site is compared with the first the same way; a key that differs is read again once
+//! the merge engine has carried every change of both sites up to the moment of the read
+//! ([`engine`] argues it).
 //!
 //! `--repair` writes, for each difference still found, the source's row (or the delete of a
 //! row the source does not have) into the target through the target's applier, in one target
 //! transaction that records its position in `duplex.positions` like every write of duplex (so
-//! a two-way or chained setup recognises it as duplex's own and does not echo it).
+//! a two-way or chained setup recognises it as duplex's own and does not echo it). For a
+//! two-way mapping `--repair --take SITE` has the running merge engine write SITE's rows
+//! ([`take`] argues why the engine and not verify writes them).
 
 pub mod compare;
+pub mod engine;
 pub mod last;
 pub mod report;
 pub mod scan;
+pub mod take;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::process::ExitCode;
@@ -34,7 +43,7 @@ use tokio::task::JoinSet;
 use crate::config::{Config, Direction, Mapping};
 use compare::{Difference, KeyDifference};
 use report::MappingReport;
-use scan::{Progress, Side};
+use scan::{Carrier, Progress, Side};
 
 /// Rows per key range.
 pub const DEFAULT_CHUNK_ROWS: u64 = 10_000;
@@ -55,8 +64,10 @@ pub struct VerifyOptions {
     pub rounds: u32,
     /// How long each re-check round waits for the target to apply past the source's position.
     pub wait: Duration,
-    /// Write the source's rows over what differs.
+    /// Write the source's rows over what differs (two-way: `take`'s rows).
     pub repair: bool,
+    /// With `repair` of two-way mappings: the site whose rows every site is made to hold.
+    pub take: Option<String>,
 }
 
 impl Default for VerifyOptions {
@@ -68,6 +79,7 @@ impl Default for VerifyOptions {
             rounds: 4,
             wait: Duration::from_secs(30),
             repair: false,
+            take: None,
         }
     }
 }
@@ -117,6 +129,12 @@ pub enum VerifyError {
     /// A worker crashed.
     #[error("a verify worker failed: {0}")]
     Crashed(String),
+    /// The merge engine refused or did not answer a `--take` repair.
+    #[error("{0}")]
+    Engine(String),
+    /// A schema-wide mapping could not be expanded.
+    #[error(transparent)]
+    Expand(#[from] Box<crate::expand::ExpandError>),
 }
 
 impl VerifyError {
@@ -160,49 +178,131 @@ pub async fn verify(
     config: &Config,
     options: &VerifyOptions,
 ) -> Result<Vec<MappingReport>, VerifyError> {
-    let selected = select(config, &options.mappings)?;
+    let (expanded, report) = crate::expand::expand(config).await.map_err(Box::new)?;
+    for expansion in report {
+        for (table, sites) in &expansion.one_sided {
+            tracing::warn!(mapping = %expansion.mapping, %table, present_on = ?sites, "a table only some sites of a schema-wide mapping have is not replicated, and not verified");
+        }
+    }
+    let selected = select(
+        config,
+        &expanded,
+        &options.mappings,
+        options.repair,
+        options.take.as_deref(),
+    )?;
+    let config = &expanded;
     let deployment = deployment(config);
     let mut reports = Vec::new();
     for mapping in selected {
-        let Direction::OneWay { from, to } = &mapping.direction else {
-            unreachable!("select refuses two-way mappings");
+        let pairs: Vec<(&str, &str)> = match &mapping.direction {
+            Direction::OneWay { from, to } => vec![(from, to)],
+            // Every site against the first: equal to it is equal to each other.
+            Direction::Both => {
+                let mut sites = mapping.tables.keys().map(String::as_str);
+                let first = sites.next().unwrap_or_default();
+                sites.map(|other| (first, other)).collect()
+            }
         };
-        reports
-            .push(verify_mapping(config, mapping, from, to, options, deployment.as_deref()).await?);
+        let two_way = matches!(mapping.direction, Direction::Both);
+        for (from, to) in pairs {
+            let deployment = deployment.as_deref();
+            reports.push(
+                verify_mapping(config, mapping, from, to, options, deployment, two_way).await?,
+            );
+        }
     }
     Ok(reports)
 }
 
-/// The mappings `names` select (all when empty); unknown names and two-way mappings refused.
-fn select<'a>(config: &'a Config, names: &[String]) -> Result<Vec<&'a Mapping>, VerifyError> {
+/// The mappings of `expanded` (`config` with its schema-wide mappings expanded) that `names`
+/// select, all when empty: a mapping by its name, a schema-wide mapping by its name (all its
+/// tables) or one of its tables as `<mapping>.<table>`. Refused: unknown names; two-way
+/// mappings with `repair`, or with value maps or row filters.
+fn select<'a>(
+    config: &Config,
+    expanded: &'a Config,
+    names: &[String],
+    repair: bool,
+    take: Option<&str>,
+) -> Result<Vec<&'a Mapping>, VerifyError> {
+    if take.is_some() && !repair {
+        return Err(VerifyError::Invalid(
+            "--take SITE goes with --repair: it names the site whose rows a repair writes everywhere".into(),
+        ));
+    }
+    let schema_wide = |name: &str| {
+        config
+            .mappings
+            .iter()
+            .any(|m| m.name == name && m.pattern.is_some())
+    };
+    let chosen = |m: &Mapping| {
+        names.is_empty()
+            || names.contains(&m.name)
+            || m.name
+                .split_once('.')
+                .is_some_and(|(parent, _)| names.iter().any(|n| n == parent) && schema_wide(parent))
+    };
     for name in names {
-        if !config.mappings.iter().any(|m| &m.name == name) {
+        let known = config.mappings.iter().any(|m| &m.name == name)
+            || expanded.mappings.iter().any(|m| &m.name == name);
+        if !known {
             return Err(VerifyError::Invalid(format!(
                 "no mapping named {name} in the configuration"
             )));
         }
     }
-    let selected: Vec<&Mapping> = config
-        .mappings
+    let selected: Vec<&Mapping> = expanded.mappings.iter().filter(|m| chosen(m)).collect();
+    if let Some(one_way) = selected
         .iter()
-        .filter(|m| names.is_empty() || names.contains(&m.name))
-        .collect();
-    if let Some(two_way) = selected
-        .iter()
-        .find(|m| matches!(m.direction, Direction::Both))
+        .find(|m| take.is_some() && !matches!(m.direction, Direction::Both))
     {
         return Err(VerifyError::Invalid(format!(
-            "mapping {} is two-way: verify compares one-way mappings only so far; name the one-way mappings with --mapping",
-            two_way.name
+            "--take applies to two-way mappings; mapping {} is one-way (repaired from its source): name the two-way mappings with --mapping",
+            one_way.name
         )));
     }
-    if selected.iter().any(|m| m.pattern.is_some()) {
-        return Err(VerifyError::Invalid(
-            "schema-wide mappings (tables = \"schema.*\") are not verified yet; map the tables one by one to verify them"
-                .into(),
-        ));
+    for two_way in selected
+        .iter()
+        .filter(|m| matches!(m.direction, Direction::Both))
+    {
+        match take {
+            None if repair => {
+                return Err(VerifyError::Invalid(format!(
+                    "mapping {} is two-way: name the site whose rows every site is to hold with --take SITE (one of {})",
+                    two_way.name,
+                    site_list(two_way)
+                )));
+            }
+            Some(site) if !two_way.tables.contains_key(site) => {
+                return Err(VerifyError::Invalid(format!(
+                    "--take {site}: not a site of mapping {} (one of {})",
+                    two_way.name,
+                    site_list(two_way)
+                )));
+            }
+            _ => {}
+        }
+        if !two_way.values.is_empty() || !two_way.filters.is_empty() {
+            return Err(VerifyError::Invalid(format!(
+                "mapping {} translates values or filters rows per site, which verify does not follow yet (it would report them as differences); \
+                 name the other mappings with --mapping",
+                two_way.name
+            )));
+        }
     }
     Ok(selected)
+}
+
+/// A mapping's sites, for messages.
+fn site_list(mapping: &Mapping) -> String {
+    mapping
+        .tables
+        .keys()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The deployment's identity from the state store, when it can be opened (not while `duplex
@@ -248,35 +348,13 @@ async fn verify_mapping(
     to: &str,
     options: &VerifyOptions,
     deployment: Option<&str>,
+    two_way: bool,
 ) -> Result<MappingReport, VerifyError> {
     let started = Instant::now();
     let (source_site, target_site) = (&config.sites[from], &config.sites[to]);
-    let describe = |site: &crate::config::Site, table: duplex_connectors::TableName| {
-        let connection = site.connection();
-        let name = site.name.clone();
-        async move {
-            let mut schemas =
-                duplex_connectors::describe(&connection, &BTreeSet::from([table.clone()]))
-                    .await
-                    .map_err(|source| VerifyError::Describe {
-                        site: name.clone(),
-                        source,
-                    })?;
-            schemas.remove(&table).ok_or_else(|| {
-                VerifyError::Invalid(format!(
-                    "mapping {}: table {table} does not exist on site {name}",
-                    mapping.name
-                ))
-            })
-        }
-    };
-    let source_schema = describe(source_site, mapping.tables[from].clone()).await?;
-    let target_schema = describe(target_site, mapping.tables[to].clone()).await?;
-    let schemas = HashMap::from([(source_schema.name.clone(), source_schema.clone())]);
-    let route = crate::routes::routes_for(std::slice::from_ref(mapping), from, to, &schemas)
-        .into_iter()
-        .next()
-        .ok_or_else(|| VerifyError::Invalid(format!("mapping {} has no route", mapping.name)))?;
+    let source_schema = describe(source_site, mapping).await?;
+    let target_schema = describe(target_site, mapping).await?;
+    let route = route(mapping, from, to, &source_schema)?;
     if route.key.is_empty() {
         return Err(VerifyError::Invalid(format!(
             "mapping {}: table {} has no primary key; verify compares rows by key",
@@ -300,8 +378,16 @@ async fn verify_mapping(
         }
     };
     let mut planner = open(&source).await?;
-    let ranges = scan::plan(&mut planner, &source, &target, options.chunk_rows.max(1)).await?;
+    let target_planner = open(&target).await?;
+    let (ranges, lookup) = scan::plan(
+        (&mut planner, &target_planner),
+        &source,
+        &target,
+        options.chunk_rows.max(1),
+    )
+    .await?;
     planner.close().await;
+    target_planner.close().await;
     // First pass: every range, in parallel.
     let ranges = Arc::new(ranges);
     let queue = Arc::new(std::sync::Mutex::new((0..ranges.len()).collect::<Vec<_>>()));
@@ -328,7 +414,7 @@ async fn verify_mapping(
                 {
                     Ok(result) => {
                         rows += result.rows;
-                        found.extend(result.differences.into_iter().map(|d| (r, d)));
+                        found.extend(result.differences);
                     }
                     Err(error) => break Err(error),
                 }
@@ -339,21 +425,29 @@ async fn verify_mapping(
         });
     }
     let mut rows = 0u64;
-    let mut found: BTreeMap<String, (usize, KeyDifference)> = BTreeMap::new();
+    // A key read in two ranges (one on each side, see [`scan::plan`]) is one candidate: the
+    // re-check reads it by key.
+    let mut found: BTreeMap<String, KeyDifference> = BTreeMap::new();
     while let Some(joined) = workers.join_next().await {
         let (r, f) = joined.map_err(|e| VerifyError::Crashed(e.to_string()))??;
         rows += r;
-        for (range, difference) in f {
-            found.insert(difference.key.clone(), (range, difference));
+        for difference in f {
+            found.insert(difference.key.clone(), difference);
         }
     }
     let scanned = started.elapsed();
     tracing::debug!(mapping = %mapping.name, rows, differing = found.len(), seconds = scanned.as_secs_f64(), "compared every range");
-    let key = position_key(target_site, from, deployment).await?;
+    let key = match two_way {
+        false => position_key(target_site, from, deployment).await?,
+        true => None,
+    };
     let progress = Progress {
         source: &source.connection,
         target: &target.connection,
-        position_key: key.as_deref(),
+        carrier: match two_way {
+            false => Carrier::Link(key.as_deref()),
+            true => Carrier::Engine(&config.state_dir),
+        },
         wait: options.wait,
     };
     let mut source_reader = open(&source).await?;
@@ -362,7 +456,7 @@ async fn verify_mapping(
         (&mut source_reader, &mut target_reader),
         (&source, &target),
         &route,
-        &ranges,
+        lookup,
         found,
         options.rounds,
         &progress,
@@ -378,23 +472,28 @@ async fn verify_mapping(
         // of times; what still differs is reported).
         let mut pending = rechecked.differences.clone();
         for _ in 0..REPAIR_ATTEMPTS {
-            repair(
-                target_site,
-                key.as_deref().unwrap_or(from),
-                &route,
-                &pending,
-            )
-            .await?;
+            match options.take.as_deref().filter(|_| two_way) {
+                Some(take) => {
+                    let sides = (&source, &target);
+                    take::repair(config, mapping, take, sides, &route, lookup, &pending).await?;
+                }
+                None => {
+                    repair(
+                        target_site,
+                        key.as_deref().unwrap_or(from),
+                        &route,
+                        &pending,
+                    )
+                    .await?;
+                }
+            }
             repaired.extend(pending.iter().map(|d| d.key.clone()));
-            let found = pending
-                .into_iter()
-                .map(|d| (d.key.clone(), (rechecked.ranges[&d.key], d)))
-                .collect();
+            let found = pending.into_iter().map(|d| (d.key.clone(), d)).collect();
             let again = scan::recheck(
                 (&mut source_reader, &mut target_reader),
                 (&source, &target),
                 &route,
-                &ranges,
+                lookup,
                 found,
                 2,
                 &progress,
@@ -409,7 +508,7 @@ async fn verify_mapping(
     }
     source_reader.close().await;
     target_reader.close().await;
-    Ok(MappingReport::new(
+    let mut report = MappingReport::new(
         &mapping.name,
         from,
         to,
@@ -417,7 +516,44 @@ async fn verify_mapping(
         scanned,
         rechecked,
         options.repair.then_some((repaired.len(), unrepaired)),
-    ))
+    );
+    report.two_way = two_way;
+    Ok(report)
+}
+
+/// The table of `mapping` on `site`.
+async fn describe(
+    site: &crate::config::Site,
+    mapping: &Mapping,
+) -> Result<duplex_connectors::TableSchema, VerifyError> {
+    let table = mapping.tables[&site.name].clone();
+    let mut schemas =
+        duplex_connectors::describe(&site.connection(), &BTreeSet::from([table.clone()]))
+            .await
+            .map_err(|source| VerifyError::Describe {
+                site: site.name.clone(),
+                source,
+            })?;
+    schemas.remove(&table).ok_or_else(|| {
+        VerifyError::Invalid(format!(
+            "mapping {}: table {table} does not exist on site {}",
+            mapping.name, site.name
+        ))
+    })
+}
+
+/// The route of `mapping` from `from` (whose table is `schema`) to `to`.
+fn route(
+    mapping: &Mapping,
+    from: &str,
+    to: &str,
+    schema: &duplex_connectors::TableSchema,
+) -> Result<TableRoute, VerifyError> {
+    let schemas = HashMap::from([(schema.name.clone(), schema.clone())]);
+    crate::routes::routes_for(std::slice::from_ref(mapping), from, to, &schemas)
+        .into_iter()
+        .next()
+        .ok_or_else(|| VerifyError::Invalid(format!("mapping {} has no route", mapping.name)))
 }
 
 /// Writes the source's version of every difference into the target in one target

@@ -14,10 +14,12 @@ use super::scan::Rechecked;
 pub struct MappingReport {
     /// The mapping.
     pub mapping: String,
-    /// Its source site.
+    /// Its source site (of a two-way mapping: its first site).
     pub source: String,
-    /// Its target site.
+    /// Its target site (of a two-way mapping: the site compared with the first).
     pub target: String,
+    /// Whether the mapping is two-way (the merge engine carries changes both ways).
+    pub two_way: bool,
     /// Source rows compared.
     pub rows: u64,
     /// Seconds the comparison took (first pass).
@@ -82,6 +84,7 @@ impl MappingReport {
             mapping: mapping.to_owned(),
             source: source.to_owned(),
             target: target.to_owned(),
+            two_way: false,
             rows,
             seconds,
             rows_per_second: if seconds > 0.0 {
@@ -112,8 +115,14 @@ impl MappingReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "mapping {}: {} -> {}: {} rows compared in {:.1} s ({:.0} rows/s)",
-            self.mapping, self.source, self.target, self.rows, self.seconds, self.rows_per_second
+            "mapping {}: {} {} {}: {} rows compared in {:.1} s ({:.0} rows/s)",
+            self.mapping,
+            self.source,
+            if self.two_way { "<->" } else { "->" },
+            self.target,
+            self.rows,
+            self.seconds,
+            self.rows_per_second
         );
         for key in &self.missing {
             let _ = writeln!(out, "  missing at {}: {key}", self.target);
@@ -130,7 +139,13 @@ impl MappingReport {
                 );
             }
         }
-        if !self.confirmed {
+        if !self.confirmed && self.two_way {
+            let _ = writeln!(
+                out,
+                "  (not confirmed: the merge engine did not carry every change of {} and {} while verify waited; is duplex run running?)",
+                self.source, self.target
+            );
+        } else if !self.confirmed {
             let _ = writeln!(
                 out,
                 "  (not confirmed: {} did not apply past the source's position while verify waited; is duplex run streaming?)",

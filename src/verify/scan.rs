@@ -6,16 +6,18 @@
 //! Every range is read on each side in a fresh snapshot of its own (no lock is taken); the
 //! source's read comes with a position at or after the end of every transaction it saw
 //! ([`duplex_connectors::AnySnapshot::renew`]). A key that differs is read again in later
-//! rounds: the source first (a new position P), then, once the target has committed past P
-//! (its `duplex.positions` row for the source, or for a PostgreSQL source the slot's
-//! confirmed position, see [`duplex_connectors::verify`]), the target. A target that holds
+//! rounds, by its key value on each side (not by range: the two sides may order the key
+//! differently, see [`plan`]): the source first (a new position P), then, once the target
+//! has committed past P (its `duplex.positions` row for the source, or for a PostgreSQL
+//! source the slot's confirmed position, see [`duplex_connectors::verify`]), the target. (A
+//! two-way mapping waits for the merge engine instead, see [`super::engine`].) A target that holds
 //! everything the source had at P and still differs from the source's row as of P differs for
 //! real, unless the row changed again on the source in between: the rounds go on (up to a
 //! bound) until two of them read the same rows on both sides. A key equal in any round is
 //! dropped. If the target does not get past P within the wait (the link is stopped or far
 //! behind), the remaining differences are reported as unconfirmed at once.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use duplex_connectors::{
@@ -96,8 +98,8 @@ impl Side {
             None => KeyRange::whole(),
             Some((lo, hi)) => KeyRange {
                 columns: self.key.clone(),
-                lo: lo.map(int_bound),
-                hi: hi.map(int_bound),
+                lo: lo.clone(),
+                hi: hi.clone(),
             },
         }
     }
@@ -108,44 +110,63 @@ impl Side {
     }
 }
 
-/// A range's bounds on a single integer key (`lo < key <= hi`), or `None` for the whole table.
-pub type Bounds = Option<(Option<i128>, Option<i128>)>;
+/// A range's bounds on the source's key columns (`lo < key <= hi`, one value per key column),
+/// or `None` for the whole table.
+pub type Bounds = Option<(Option<Vec<Value>>, Option<Vec<Value>>)>;
 
-fn int_bound(b: i128) -> Vec<Value> {
-    vec![match i64::try_from(b) {
-        Ok(i) => Value::Int(i),
-        Err(_) => Value::UInt(u64::try_from(b).unwrap_or(u64::MAX)),
-    }]
+/// How the keys of a table are found again in the re-checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// By their key values, on both sides ([`duplex_connectors::SnapshotRead::rows_with_keys`]).
+    Keys,
+    /// By reading the whole table again (the key has a type that cannot be cut or looked up
+    /// on both sides).
+    Whole,
 }
 
-/// The ranges `source`'s table is cut into: about `chunk` rows each on a single integer key
-/// (both sides select them by value), otherwise the whole table as one range (another key's
-/// order may differ between the two databases, e.g. by collation).
+/// The ranges `source`'s table is cut into and how differing keys are looked up again: about
+/// `chunk` rows each, cut at every `chunk`-th key in the source's key order, when every key
+/// column can be cut on both sides ([`duplex_connectors::SnapshotRead::can_cut_on`]); else the
+/// whole table as one range.
+///
+/// The target selects each range by the same bounds in its own order, which for text under
+/// another collation (or a composite key containing text) need not be the source's: a row can
+/// then fall in another range on the target than on the source, or in two (bounds out of
+/// order on the target make neighbouring ranges overlap there). No row escapes the
+/// comparison: the ranges `(c[i-1], c[i]]` with `c[0] = -inf`, `c[n] = +inf` cover every
+/// key in any order (a key lies in the first range whose upper bound is not below it); and a
+/// key that really differs always shows in the first pass (its source row lies in exactly one
+/// range, whose target rows then cannot equal the source's; a key only on the target makes
+/// the ranges holding it differ). A key that merely sits in different ranges also shows
+/// there, which is why every differing key is then read again by its key value on both sides
+/// ([`recheck`]), never by range: what is reported was compared row against row.
 pub async fn plan(
-    reader: &mut AnySnapshot,
+    readers: (&mut AnySnapshot, &AnySnapshot),
     source: &Side,
     target: &Side,
     chunk: u64,
-) -> Result<Vec<Bounds>, VerifyError> {
-    let integer = matches!((source.key.as_slice(), target.key.as_slice()),
-        ([s], [t]) if crate::backfill::is_integer(s) && crate::backfill::is_integer(t));
-    if !integer {
-        return Ok(vec![None]);
+) -> Result<(Vec<Bounds>, Lookup), VerifyError> {
+    let cuttable = source.key.len() == target.key.len()
+        && source.key.iter().all(|c| readers.0.can_cut_on(c))
+        && target.key.iter().all(|c| readers.1.can_cut_on(c));
+    if !cuttable {
+        tracing::warn!(table = %source.schema.name, "the primary key has a type verify cannot cut into ranges on both sides: the table is compared as one range, held in memory whole");
+        return Ok((vec![None], Lookup::Whole));
     }
-    let mut cuts = reader
-        .boundaries(&source.schema.name, &source.key[0].name, chunk)
+    // The cut points come in the source's key order, distinct (they are keys).
+    let cuts = readers
+        .0
+        .key_boundaries(&source.schema.name, &source.key, chunk)
         .await
         .map_err(source.snapshot_error())?;
-    cuts.sort_unstable();
-    cuts.dedup();
     let mut ranges = Vec::with_capacity(cuts.len() + 1);
     let mut lo = None;
     for cut in cuts {
-        ranges.push(Some((lo, Some(cut))));
+        ranges.push(Some((lo, Some(cut.clone()))));
         lo = Some(cut);
     }
     ranges.push(Some((lo, None)));
-    Ok(ranges)
+    Ok((ranges, Lookup::Keys))
 }
 
 /// Reads `range` on `side` in a fresh snapshot: the rows as read (the route's columns in
@@ -236,8 +257,6 @@ pub async fn compare_range(
 pub struct Rechecked {
     /// What still differs.
     pub differences: Vec<KeyDifference>,
-    /// The range of each differing key.
-    pub ranges: BTreeMap<String, usize>,
     /// Whether the target got past the source's position in the last round (the differences
     /// are then proven, not possibly in flight).
     pub confirmed: bool,
@@ -249,21 +268,100 @@ pub struct Progress<'a> {
     pub source: &'a SiteConnection,
     /// The target's connection.
     pub target: &'a SiteConnection,
-    /// The name the target's `duplex.positions` records the source under, when known.
-    pub position_key: Option<&'a str>,
+    /// Who carries changes between the two.
+    pub carrier: Carrier<'a>,
     /// How long to wait for the target each round.
     pub wait: Duration,
 }
 
-/// Re-checks the keys of `found` (their ranges in `ranges`) for up to `rounds` rounds (see the
+/// Who carries changes between the two sides of a comparison.
+pub enum Carrier<'a> {
+    /// A one-way link from the source to the target: the name the target's
+    /// `duplex.positions` records the source under, when known.
+    Link(Option<&'a str>),
+    /// The merge engine of a two-way mapping, reached through the control socket of the
+    /// `duplex run` holding this state directory ([`super::engine`]).
+    Engine(&'a std::path::Path),
+}
+
+/// Keys looked up in one statement.
+const KEYS_PER_READ: usize = 500;
+
+/// The key values of a differing key (source column names, key order), from whichever row
+/// was read.
+pub(super) fn key_values(route: &TableRoute, difference: &KeyDifference) -> Vec<Value> {
+    let row = difference
+        .source
+        .as_ref()
+        .or(difference.target.as_ref())
+        .map(|c| &c.columns);
+    route
+        .key
+        .iter()
+        .map(|k| {
+            row.and_then(|columns| columns.iter().find(|(c, _)| c == k))
+                .map_or(Value::Null, |(_, v)| v.clone())
+        })
+        .collect()
+}
+
+/// Reads the rows of `keys` (their key text, and values) on `side` in a fresh snapshot: in
+/// compared form, only those keys, and the position the read stands at.
+async fn read_keys(
+    reader: &mut AnySnapshot,
+    side: &Side,
+    route: &TableRoute,
+    lookup: Lookup,
+    keys: &BTreeMap<String, Vec<Value>>,
+    source: bool,
+) -> Result<(Vec<Canonical>, Position), VerifyError> {
+    let (rows, position) = read_rows_of_keys(reader, side, lookup, keys).await?;
+    let mut rows = canonical(side, route, &rows, source);
+    rows.retain(|row| keys.contains_key(&row.key));
+    rows.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok((rows, position))
+}
+
+/// Reads the rows of `keys` on `side` in a fresh snapshot, as read (the route's columns named
+/// as there; with [`Lookup::Whole`] every row), and the position the read stands at.
+pub(super) async fn read_rows_of_keys(
+    reader: &mut AnySnapshot,
+    side: &Side,
+    lookup: Lookup,
+    keys: &BTreeMap<String, Vec<Value>>,
+) -> Result<(Vec<Row>, Position), VerifyError> {
+    let position = reader.renew().await.map_err(side.snapshot_error())?;
+    let mut rows = Vec::new();
+    match lookup {
+        Lookup::Whole => {
+            rows = reader
+                .rows(&side.schema.name, &side.columns, &KeyRange::whole())
+                .await
+                .map_err(side.snapshot_error())?;
+        }
+        Lookup::Keys => {
+            let values: Vec<Vec<Value>> = keys.values().cloned().collect();
+            for batch in values.chunks(KEYS_PER_READ) {
+                rows.extend(
+                    reader
+                        .rows_with_keys(&side.schema.name, &side.columns, &side.key, batch)
+                        .await
+                        .map_err(side.snapshot_error())?,
+                );
+            }
+        }
+    }
+    Ok((rows, position))
+}
+
+/// Re-checks the keys of `found` for up to `rounds` rounds, reading them by key (see the
 /// module docs).
-#[allow(clippy::too_many_arguments)]
 pub async fn recheck(
     readers: (&mut AnySnapshot, &mut AnySnapshot),
     sides: (&Side, &Side),
     route: &TableRoute,
-    ranges: &[Bounds],
-    mut found: BTreeMap<String, (usize, KeyDifference)>,
+    lookup: Lookup,
+    mut found: BTreeMap<String, KeyDifference>,
     rounds: u32,
     progress: &Progress<'_>,
 ) -> Result<Rechecked, VerifyError> {
@@ -272,38 +370,47 @@ pub async fn recheck(
         if found.is_empty() {
             break;
         }
-        let wanted: BTreeSet<usize> = found.values().map(|(r, _)| *r).collect();
-        let mut sources = Vec::new();
-        let mut at: Option<Position> = None;
-        for &r in &wanted {
-            let (rows, position) = read(readers.0, sides.0, route, &ranges[r], true).await?;
-            at = Some(match at {
-                Some(p) if !later(&position, &p) => p,
-                _ => position,
-            });
-            sources.push((r, rows));
-        }
-        confirmed = match &at {
-            Some(p) => wait_applied(progress, p).await?,
-            None => true,
-        };
-        let mut still: BTreeMap<String, (usize, KeyDifference)> = BTreeMap::new();
-        for (r, source) in sources {
-            let (target, _) = read(readers.1, sides.1, route, &ranges[r], false).await?;
-            let keep = |row: &Canonical| found.get(&row.key).is_some_and(|(fr, _)| *fr == r);
-            let source: Vec<Canonical> = source.into_iter().filter(keep).collect();
-            let target: Vec<Canonical> = target.into_iter().filter(keep).collect();
-            for difference in differences(source, target) {
-                still.insert(difference.key.clone(), (r, difference));
+        let keys: BTreeMap<String, Vec<Value>> = found
+            .iter()
+            .map(|(k, d)| (k.clone(), key_values(route, d)))
+            .collect();
+        let (source, target);
+        match progress.carrier {
+            Carrier::Link(position_key) => {
+                let at;
+                (source, at) = read_keys(readers.0, sides.0, route, lookup, &keys, true).await?;
+                confirmed = wait_applied(progress, position_key, &at).await?;
+                (target, _) = read_keys(readers.1, sides.1, route, lookup, &keys, false).await?;
+            }
+            Carrier::Engine(state_dir) => {
+                // Both sides' logs up to now decided, and every write that decided landed:
+                // then each side holds all the other had now (see [`super::engine`]).
+                let at = [
+                    (
+                        progress.source,
+                        readers.0.renew().await.map_err(sides.0.snapshot_error())?,
+                    ),
+                    (
+                        progress.target,
+                        readers.1.renew().await.map_err(sides.1.snapshot_error())?,
+                    ),
+                ];
+                confirmed = super::engine::wait_settled(state_dir, &at, progress.wait).await?;
+                (source, _) = read_keys(readers.0, sides.0, route, lookup, &keys, true).await?;
+                (target, _) = read_keys(readers.1, sides.1, route, lookup, &keys, false).await?;
             }
         }
+        let still: BTreeMap<String, KeyDifference> = differences(source, target)
+            .into_iter()
+            .map(|d| (d.key.clone(), d))
+            .collect();
         // Two confirmed rounds that read the same rows on both sides: nothing was in flight.
         let settled = confirmed
             && round > 0
             && still.len() == found.len()
             && still
                 .iter()
-                .all(|(key, (_, d))| found.get(key).is_some_and(|(_, before)| before == d));
+                .all(|(key, d)| found.get(key).is_some_and(|before| before == d));
         found = still;
         // A target that did not get past the position will not within another wait either.
         if settled || !confirmed {
@@ -311,23 +418,26 @@ pub async fn recheck(
         }
     }
     Ok(Rechecked {
-        ranges: found.iter().map(|(k, (r, _))| (k.clone(), *r)).collect(),
-        differences: found.into_values().map(|(_, d)| d).collect(),
+        differences: found.into_values().collect(),
         confirmed,
     })
 }
 
 /// Whether `a` is after `b` (positions of one source; incomparable ones count as not).
-fn later(a: &Position, b: &Position) -> bool {
+pub(super) fn later(a: &Position, b: &Position) -> bool {
     a.compare(b).is_ok_and(|o| o.is_gt())
 }
 
 /// Waits until the target has committed everything of the source up to `at`; false when
 /// `progress.wait` passed first.
-async fn wait_applied(progress: &Progress<'_>, at: &Position) -> Result<bool, VerifyError> {
+async fn wait_applied(
+    progress: &Progress<'_>,
+    position_key: Option<&str>,
+    at: &Position,
+) -> Result<bool, VerifyError> {
     let deadline = Instant::now() + progress.wait;
     loop {
-        if let Some(key) = progress.position_key {
+        if let Some(key) = position_key {
             let held = duplex_connectors::verify::recorded_position(progress.target, key)
                 .await
                 .map_err(|source| VerifyError::Admin {

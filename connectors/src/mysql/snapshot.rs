@@ -369,6 +369,45 @@ impl SnapshotRead for MysqlSnapshot {
         self.select(table, columns, &sql, params, "reading a key range")
             .await
     }
+
+    async fn rows_with_keys(
+        &mut self,
+        table: &TableName,
+        columns: &[Column],
+        key: &[Column],
+        keys: &[Vec<Value>],
+    ) -> Result<Vec<Row>, MysqlSnapshotError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = columns
+            .iter()
+            .map(select_expr)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let names: Vec<String> = key.iter().map(|c| quote_ident(&c.name)).collect();
+        let mut params = Vec::new();
+        let mut wanted = Vec::with_capacity(keys.len());
+        for values in keys {
+            if values.len() != names.len() {
+                return Err(MysqlSnapshotError::Key(format!(
+                    "a key of {} values for {} key columns",
+                    values.len(),
+                    names.len()
+                )));
+            }
+            params.extend(values.iter().map(param));
+            wanted.push(format!("({})", vec!["?"; values.len()].join(", ")));
+        }
+        let sql = format!(
+            "SELECT {list} FROM {} WHERE ({}) IN ({})",
+            qualified(table),
+            names.join(", "),
+            wanted.join(", ")
+        );
+        self.select(table, columns, &sql, params, "reading rows by key")
+            .await
+    }
 }
 
 fn qualified(table: &TableName) -> String {

@@ -667,6 +667,36 @@ impl SnapshotRead for PgSnapshotReader {
         self.select(table, &sql, &names, "reading a key range")
             .await
     }
+
+    async fn rows_with_keys(
+        &mut self,
+        table: &TableName,
+        columns: &[Column],
+        key: &[Column],
+        keys: &[Vec<Value>],
+    ) -> Result<Vec<Row>, PgSnapshotError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
+        let list = names
+            .iter()
+            .map(|c| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let wanted = keys
+            .iter()
+            .map(|k| literals(key, k))
+            .collect::<Result<Vec<_>, _>>()?
+            .join(", ");
+        let sql = format!(
+            "SELECT {list} FROM {} WHERE {} IN ({wanted})",
+            qualified(table),
+            tuple(key.iter().map(|c| quote_ident(&c.name)))
+        );
+        self.select(table, &sql, &names, "reading rows by key")
+            .await
+    }
 }
 
 fn convert(ty: &PgType, text: &str) -> Result<Value, super::types::ValueProblem> {

@@ -31,6 +31,12 @@ impl Coordinator {
             control::Request::Status => {
                 return Ok(Response::Status(crate::telemetry::global().snapshot()));
             }
+            control::Request::Progress => return Ok(Response::Progress(self.progress())),
+            control::Request::Take {
+                mapping,
+                take,
+                rows,
+            } => return self.take(w, &mapping, &take, rows, done),
             control::Request::Resolve { id, take } => (id, take),
         };
         let Some(record) = self.store.conflict(id)? else {
@@ -104,6 +110,20 @@ impl Coordinator {
             "conflict {id} resolved: the version of {take} ({}) is being written to every site",
             display_image(winner.as_ref())
         )))
+    }
+
+    /// How far each site is decided and its writes numbered (see [`control::SiteProgress`]).
+    fn progress(&self) -> Vec<control::SiteProgress> {
+        self.plan
+            .sites
+            .iter()
+            .enumerate()
+            .map(|(index, site)| control::SiteProgress {
+                site: site.site.name.clone(),
+                decided: self.decided[index].clone(),
+                queued: self.next_seq[index].saturating_sub(1),
+            })
+            .collect()
     }
 
     /// A write the site skipped (its row did not hold what the write expected). Normally the
