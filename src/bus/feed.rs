@@ -34,16 +34,21 @@ pub struct BusFeed {
     delivered: Arc<Mutex<VecDeque<(Position, jetstream::Message)>>>,
     /// The large transaction being delivered in parts: its start and changes delivered.
     open: Option<(Position, u64)>,
+    /// The key the target records this source's position under (set on every transaction
+    /// and part, whatever the reader wrote there).
+    source_key: String,
 }
 
 impl BusFeed {
     /// Starts the durable consumer of `target` on `source_site`'s stream at the first message
-    /// after the transaction at `held` (the stream's first message when `None`).
+    /// after the transaction at `held` (the stream's first message when `None`); transactions
+    /// are recorded under `source_key`.
     pub async fn start(
         bus: &Bus,
         source_site: &str,
         target: &str,
         held: Option<Position>,
+        source_key: String,
     ) -> Result<BusFeed, BusError> {
         let name = bus.stream_name(source_site);
         let mut stream = bus.stream(source_site).await?;
@@ -104,6 +109,7 @@ impl BusFeed {
             last_sequence: start.saturating_sub(1),
             delivered: Arc::new(Mutex::new(VecDeque::new())),
             open: None,
+            source_key,
         })
     }
 
@@ -175,6 +181,7 @@ impl BusFeed {
             match envelope.item {
                 BusItem::Transaction(mut tx) => {
                     self.open = None;
+                    tx.source.clone_from(&self.source_key);
                     // Changes of the final piece published again after a crash.
                     tx.events
                         .drain(..(done - envelope.offset).min(tx.events.len() as u64) as usize);
@@ -186,6 +193,7 @@ impl BusFeed {
                 }
                 BusItem::Shape(shape) => return Ok(StreamItem::Shape(shape)),
                 BusItem::Part(mut part) => {
+                    part.source.clone_from(&self.source_key);
                     let end = envelope.offset + part.events.len() as u64;
                     self.open = Some((part.start.clone(), done.max(end)));
                     if end <= done {

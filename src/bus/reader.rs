@@ -132,7 +132,7 @@ async fn attempt(
         .for_deployment(state.deployment_id());
     options.acknowledged = acknowledged.clone();
     options.timeout = plan.source.stream_timeout;
-    options.source_key = Some(link::position_key(site, state.deployment_id()));
+    options.source_key = Some(link::position_key(site, &bus.deployment()));
     let stream = AnyStream::start(&plan.source.connection(), options)
         .await
         .map_err(|source| {

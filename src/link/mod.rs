@@ -533,12 +533,18 @@ async fn attempt(
     );
     let mut stream = match &plan.bus {
         Some(bus) => Feed::Bus(Box::new(
-            crate::bus::BusFeed::start(bus, source_name, &plan.targets[0].site.name, start.clone())
-                .await
-                .map_err(|source| LinkError::Bus {
-                    site: source_name.to_owned(),
-                    source: Box::new(source),
-                })?,
+            crate::bus::BusFeed::start(
+                bus,
+                source_name,
+                &plan.targets[0].site.name,
+                start.clone(),
+                position_key(source_name, &deployment),
+            )
+            .await
+            .map_err(|source| LinkError::Bus {
+                site: source_name.to_owned(),
+                source: Box::new(source),
+            })?,
         )),
         None => {
             let mut options = StreamOptions::link(plan.tables.clone(), start.clone())
