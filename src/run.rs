@@ -61,7 +61,7 @@ pub enum RunError {
     RoleWithMerge,
     /// A bus role stopped.
     #[error("bus role")]
-    Bus(#[source] crate::bus::BusError),
+    Bus(#[source] Box<crate::bus::BusError>),
     /// `--trust-slot` names no site.
     #[error("--trust-slot {0}: there is no such site in the configuration")]
     UnknownSite(String),
@@ -268,13 +268,17 @@ pub async fn run(config: &Config, options: &RunOptions) -> Result<(), RunError> 
         if merge_plan.is_some() {
             return Err(RunError::RoleWithMerge);
         }
-        let plans = plans
-            .into_iter()
-            .map(|planned| planned.map_err(|(_, _, error)| error))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut ready = Vec::new();
+        for planned in plans {
+            match planned {
+                Ok(planned) => ready.push(planned),
+                Err((_, _, error)) => return Err(error),
+            }
+        }
+        let plans = ready;
         return crate::bus::run_role(role, bus, plans, state)
             .await
-            .map_err(RunError::Bus);
+            .map_err(|error| RunError::Bus(Box::new(error)));
     }
     // The merge engine serves the control socket itself once it starts (conflicts too).
     let control = merge_plan

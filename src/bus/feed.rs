@@ -166,7 +166,7 @@ impl BusFeed {
                     source_site: self.source_site.clone(),
                     target: self.target.clone(),
                     held: held.to_string(),
-                    previous: envelope.previous.unwrap_or_else(|| held.clone()),
+                    previous: Box::new(envelope.previous.unwrap_or_else(|| held.clone())),
                 });
             }
             if envelope.offset > done {

@@ -134,7 +134,7 @@ pub enum BusError {
         /// What the target holds.
         held: String,
         /// The transaction before the stream's oldest message.
-        previous: Position,
+        previous: Box<Position>,
     },
     /// The stream lost what the reader published and nothing records what that was.
     #[error(

@@ -162,16 +162,21 @@ async fn attempt(
     let deployment = state.deployment_id().to_owned();
     let subject = bus.subject(site);
     let publish = |envelope: &Envelope, id: Option<String>| {
-        let payload = duplex_state::codec::encode(envelope).map_err(|source| BusError::Codec {
-            stream: bus.stream_name(site),
-            sequence: 0,
-            source,
-        })?;
+        let payload = match duplex_state::codec::encode(envelope) {
+            Ok(payload) => payload,
+            Err(source) => {
+                return Err(Box::new(BusError::Codec {
+                    stream: bus.stream_name(site),
+                    sequence: 0,
+                    source,
+                }));
+            }
+        };
         let mut message = PublishMessage::build().payload(payload.into());
         if let Some(id) = id {
             message = message.message_id(id);
         }
-        Ok::<_, BusError>(bus.context.send_publish(subject.clone(), message))
+        Ok(bus.context.send_publish(subject.clone(), message))
     };
     // The newest position confirmed, and the newest transaction's among them.
     let mut ready: Option<Position> = None;
@@ -237,7 +242,7 @@ async fn attempt(
                 };
                 let sent = match publish(&envelope, id) {
                     Ok(future) => future.await.map_err(|e| BusError::jetstream(format!("publishing to {}", bus.stream_name(site)), e)),
-                    Err(error) => Err(error),
+                    Err(error) => Err(*error),
                 };
                 match sent {
                     Ok(future) => {

@@ -67,11 +67,12 @@ async fn read(
     }
     let mut outcome = Ok(());
     while let Some(joined) = readers.join_next().await {
-        let result = joined.unwrap_or_else(|panic| {
-            Err(BusError::Link(Box::new(link::LinkError::Crashed(
+        let result = match joined {
+            Ok(result) => result,
+            Err(panic) => Err(BusError::Link(Box::new(link::LinkError::Crashed(
                 panic.to_string(),
-            ))))
-        });
+            )))),
+        };
         if let Err(error) = result {
             tracing::error!(error = %chain(&error), "a bus reader stopped");
             let _ = stop_readers.send(true);
@@ -137,7 +138,10 @@ async fn write(
                 }
             }
             Some(joined) = links.join_next() => {
-                let result = joined.unwrap_or_else(|panic| Err(link::LinkError::Crashed(panic.to_string())));
+                let result = match joined {
+                    Ok(result) => result,
+                    Err(panic) => Err(link::LinkError::Crashed(panic.to_string())),
+                };
                 if let Err(error) = result {
                     let _ = stop_links.send(true);
                     if outcome.is_ok() {
