@@ -334,3 +334,43 @@ fn a_writer_behind_the_streams_retention_stops_naming_backfill() {
     wms.assert_stopped_saying(&["retention", "duplex backfill --resync"]);
     finish(&sites, reader);
 }
+
+#[test]
+fn a_large_transaction_goes_in_parts_and_lands_once_across_a_writer_kill() {
+    let nats = NatsServer::start().unwrap();
+    let sites = Sites::new(false);
+    let config = sites.config(&nats, "");
+    let mut reader = start_reader(&sites, &config);
+    workload(&sites.source, 0);
+    // Two parts of 10,000 changes and the final piece.
+    sites
+        .source
+        .execute_as_duplex(
+            "INSERT INTO items SELECT g, g % 7, 'large ' || g FROM generate_series(1001, 26000) g",
+        )
+        .unwrap();
+    workload(&sites.source, 1);
+    let written = sites.wal_now();
+    wait_for("the reader to publish everything", CATCH_UP, || {
+        reader.assert_running();
+        let confirmed = sites.confirmed();
+        if confirmed >= written {
+            Ok(())
+        } else {
+            Err(format!("confirmed {confirmed:X}, written {written:X}"))
+        }
+    });
+    let mut wms = start(&config, &writer("wms"));
+    wait_for("the writer to start applying", CATCH_UP, || {
+        wms.assert_running();
+        if wms.log_text().contains("link started") {
+            Ok(())
+        } else {
+            Err("not started".into())
+        }
+    });
+    wms.kill();
+    wms.start_with(&writer("wms"));
+    wait_equal(&sites, &mut [&mut reader, &mut wms]);
+    finish(&sites, reader);
+}

@@ -146,6 +146,16 @@ pub enum BusError {
         /// The source site.
         source_site: String,
     },
+    /// A message is larger than the NATS server accepts.
+    #[error(
+        "a message for stream {stream} is larger than the NATS server's max_payload ({detail}): raise max_payload in the nats-server configuration (e.g. `max_payload: 8MB`; the reader sends large source transactions in parts of up to 10,000 changes), restart it, then start the reader again"
+    )]
+    TooLarge {
+        /// The stream.
+        stream: String,
+        /// What the client said.
+        detail: String,
+    },
     /// Parts of a large transaction arrived out of order (a bug or a stream edited by hand).
     #[error("stream {stream}: {what}")]
     Parts {

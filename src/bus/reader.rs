@@ -5,7 +5,7 @@
 use std::cmp::Ordering;
 use std::sync::Arc;
 
-use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use duplex_connectors::{AnyStream, Position, StreamItem, StreamOptions};
@@ -241,7 +241,13 @@ async fn attempt(
                     }
                 };
                 let sent = match publish(&envelope, id) {
-                    Ok(future) => future.await.map_err(|e| BusError::jetstream(format!("publishing to {}", bus.stream_name(site)), e)),
+                    Ok(future) => future.await.map_err(|e| {
+                        if e.kind() == PublishErrorKind::MaxPayloadExceeded {
+                            BusError::TooLarge { stream: bus.stream_name(site), detail: e.to_string() }
+                        } else {
+                            BusError::jetstream(format!("publishing to {}", bus.stream_name(site)), e)
+                        }
+                    }),
                     Err(error) => Err(*error),
                 };
                 match sent {
