@@ -351,3 +351,81 @@ pub(crate) fn decode(stream: &str, sequence: u64, payload: &[u8]) -> Result<Enve
         source,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use duplex_connectors::Origin;
+
+    fn at(n: u64) -> Position {
+        Position::Outbox(n)
+    }
+
+    fn transaction(position: u64, previous: Option<u64>) -> Envelope {
+        Envelope {
+            previous: previous.map(at),
+            offset: 0,
+            item: BusItem::Transaction(Transaction {
+                source: "store".into(),
+                position: at(position),
+                commit_time: chrono::DateTime::UNIX_EPOCH,
+                origin: Origin::Local,
+                events: Vec::new(),
+            }),
+        }
+    }
+
+    fn part(start: u64, previous: Option<u64>, offset: u64) -> Envelope {
+        Envelope {
+            previous: previous.map(at),
+            offset,
+            item: BusItem::Part(TransactionPart {
+                source: "store".into(),
+                start: at(start),
+                origin: Origin::Local,
+                events: Vec::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_target_needs_what_follows_its_position_and_nothing_before() {
+        // Transaction at 10, a large one starting at 12 in two parts with its final piece at
+        // 20, a transaction at 30.
+        let stream = [
+            transaction(10, None),
+            part(12, Some(10), 0),
+            part(12, Some(10), 5),
+            transaction(20, Some(10)),
+            transaction(30, Some(20)),
+        ];
+        let needed = |held: u64| -> Vec<bool> {
+            stream
+                .iter()
+                .map(|m| m.needed(&at(held)).unwrap())
+                .collect()
+        };
+        assert_eq!(needed(10), [false, true, true, true, true]);
+        // A backfill's snapshot between transactions: the large one started after it.
+        assert_eq!(needed(11), [false, true, true, true, true]);
+        // The snapshot at the large transaction's start: it is not held (start is not before).
+        assert_eq!(needed(12), [false, true, true, true, true]);
+        assert_eq!(needed(20), [false, false, false, false, true]);
+        assert_eq!(needed(30), [false; 5]);
+        // False, then true along the stream, for every position: the binary search holds.
+        for held in 0..40 {
+            let flags = needed(held);
+            assert!(flags.windows(2).all(|w| w[0] <= w[1]), "{held}: {flags:?}");
+        }
+    }
+
+    #[test]
+    fn an_envelope_survives_the_codec() {
+        let envelope = part(12, Some(10), 5);
+        let bytes = duplex_state::codec::encode(&envelope).unwrap();
+        let back = decode("s", 1, &bytes).unwrap();
+        assert_eq!(back.previous, Some(at(10)));
+        assert_eq!(back.offset, 5);
+        assert!(matches!(back.item, BusItem::Part(p) if p.start == at(12)));
+    }
+}
