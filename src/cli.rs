@@ -90,7 +90,7 @@ pub enum Command {
         #[arg(long, value_enum, requires_if("writer", "site"))]
         role: Option<RoleArg>,
         /// The target site a `--role writer` applies to.
-        #[arg(long, value_name = "SITE")]
+        #[arg(long, value_name = "SITE", requires = "role")]
         site: Option<String>,
     },
     /// Copy the mapped tables from their source into empty targets from one consistent

@@ -51,7 +51,7 @@ impl BusFeed {
         source_key: String,
     ) -> Result<BusFeed, BusError> {
         let name = bus.stream_name(source_site);
-        let mut stream = bus.stream(source_site).await?;
+        let mut stream = bus.stream(source_site, false).await?;
         let info = stream
             .info()
             .await

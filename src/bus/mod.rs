@@ -295,22 +295,53 @@ impl Bus {
         format!("bus-{}", self.config.stream_prefix)
     }
 
-    /// The stream of `site`, created with the configured retention when missing.
-    pub(crate) async fn stream(&self, site: &str) -> Result<stream::Stream, BusError> {
+    /// The stream of `site`, created with the configured retention when missing; with
+    /// `apply_limits` (the reader) an existing stream's retention is brought in line with
+    /// `[bus]`.
+    pub(crate) async fn stream(
+        &self,
+        site: &str,
+        apply_limits: bool,
+    ) -> Result<stream::Stream, BusError> {
         let name = self.stream_name(site);
+        // JetStream refuses a duplicate window longer than the messages are kept.
+        let duplicate_window = self
+            .config
+            .max_age
+            .map_or(DUPLICATE_WINDOW, |age| age.min(DUPLICATE_WINDOW));
         let config = stream::Config {
             name: name.clone(),
             subjects: vec![self.subject(site)],
             max_age: self.config.max_age.unwrap_or_default(),
             max_bytes: self.config.max_bytes.unwrap_or(-1),
-            duplicate_window: DUPLICATE_WINDOW,
+            duplicate_window,
             storage: stream::StorageType::File,
             ..Default::default()
         };
-        self.context
-            .get_or_create_stream(config)
+        let stream = self
+            .context
+            .get_or_create_stream(config.clone())
             .await
-            .map_err(|e| BusError::jetstream(format!("opening stream {name}"), e))
+            .map_err(|e| BusError::jetstream(format!("opening stream {name}"), e))?;
+        let current = &stream.cached_info().config;
+        if apply_limits
+            && (current.max_age != config.max_age
+                || current.max_bytes != config.max_bytes
+                || current.duplicate_window != config.duplicate_window)
+        {
+            let mut wanted = current.clone();
+            wanted.max_age = config.max_age;
+            wanted.max_bytes = config.max_bytes;
+            wanted.duplicate_window = config.duplicate_window;
+            self.context.update_stream(&wanted).await.map_err(|e| {
+                BusError::jetstream(
+                    format!("applying the retention of [bus] to stream {name}"),
+                    e,
+                )
+            })?;
+            tracing::info!(stream = %name, "applied the retention limits of [bus] to the stream");
+        }
+        Ok(stream)
     }
 
     /// The message `sequence` of `stream`, decoded.

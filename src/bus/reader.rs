@@ -59,7 +59,7 @@ async fn last_published(
     state: &Arc<StateStore>,
 ) -> Result<Option<Position>, BusError> {
     let name = bus.stream_name(site);
-    let mut stream = bus.stream(site).await?;
+    let mut stream = bus.stream(site, true).await?;
     let info = stream
         .info()
         .await
