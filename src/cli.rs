@@ -52,6 +52,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// `duplex run --role`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RoleArg {
+    /// Read the sources, publish to the bus.
+    Reader,
+    /// Apply from the bus into `--site`.
+    Writer,
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -76,6 +85,13 @@ pub enum Command {
         /// it first, once it has caught up.
         #[arg(long = "take-over-from", value_name = "DEPLOYMENT")]
         take_over_from: Option<String>,
+        /// With a `[bus]` in the configuration: `reader` reads every source and publishes its
+        /// transactions to the bus; `writer` (with --site) applies them to one target site.
+        #[arg(long, value_enum, requires_if("writer", "site"))]
+        role: Option<RoleArg>,
+        /// The target site a `--role writer` applies to.
+        #[arg(long, value_name = "SITE", requires = "role")]
+        site: Option<String>,
     },
     /// Copy the mapped tables from their source into empty targets from one consistent
     /// snapshot, and set the position `duplex run` then streams from (no gap, no duplicate).
@@ -305,12 +321,18 @@ pub fn main() -> ExitCode {
             accept_schema_change,
             trust_slot,
             take_over_from,
+            role,
+            site,
         } => match runtime.block_on(crate::run::run(
             &config,
             &crate::run::RunOptions {
                 accept_schema_change,
                 trust_slot,
                 take_over_from,
+                role: role.map(|role| match (role, site) {
+                    (RoleArg::Writer, Some(site)) => crate::bus::Role::Writer(site),
+                    _ => crate::bus::Role::Reader,
+                }),
             },
         )) {
             Ok(()) => ExitCode::SUCCESS,

@@ -6,6 +6,7 @@
 
 pub mod backfill;
 pub mod backoff;
+pub mod bus;
 pub mod check;
 pub mod cli;
 pub mod column_policy;

@@ -49,6 +49,19 @@ pub enum RunError {
     /// A mapping's backfill started but did not finish; the message names the command.
     #[error("{0}")]
     UnfinishedBackfill(String),
+    /// `--role` without a `[bus]` section.
+    #[error(
+        "--role needs a [bus] section in the configuration (kind = \"nats\", url = ...); without it duplex runs in one process: leave out --role"
+    )]
+    NoBus,
+    /// `--role` with two-way mappings.
+    #[error(
+        "--role splits one-way mappings at the bus; the merge engine of two-way mappings runs in one process: put the two-way mappings in a configuration of their own and run it without --role"
+    )]
+    RoleWithMerge,
+    /// A bus role stopped.
+    #[error("bus role")]
+    Bus(#[source] Box<crate::bus::BusError>),
     /// `--trust-slot` names no site.
     #[error("--trust-slot {0}: there is no such site in the configuration")]
     UnknownSite(String),
@@ -135,6 +148,7 @@ pub async fn plan(
         })
         .collect();
     Ok(LinkPlan {
+        bus: None,
         source: site.clone(),
         tables,
         targets,
@@ -189,6 +203,8 @@ pub struct RunOptions {
     pub trust_slot: Vec<String>,
     /// `--take-over-from`: the deployment whose merge engine claims this one takes over.
     pub take_over_from: Option<String>,
+    /// `--role`: this process's part of the work on the bus (`None`: all of it, no bus).
+    pub role: Option<crate::bus::Role>,
 }
 
 /// Runs every link until a shutdown signal; returns an error when a link stopped on a
@@ -244,6 +260,25 @@ pub async fn run(config: &Config, options: &RunOptions) -> Result<(), RunError> 
     };
     if let Some(listen) = config.metrics_listen {
         crate::metrics::serve(listen).await?;
+    }
+    if let Some(role) = &options.role {
+        let Some(bus) = &config.bus else {
+            return Err(RunError::NoBus);
+        };
+        if merge_plan.is_some() {
+            return Err(RunError::RoleWithMerge);
+        }
+        let mut ready = Vec::new();
+        for planned in plans {
+            match planned {
+                Ok(planned) => ready.push(planned),
+                Err((_, _, error)) => return Err(error),
+            }
+        }
+        let plans = ready;
+        return crate::bus::run_role(role, bus, plans, state)
+            .await
+            .map_err(|error| RunError::Bus(Box::new(error)));
     }
     // The merge engine serves the control socket itself once it starts (conflicts too).
     let control = merge_plan

@@ -365,3 +365,37 @@ fn the_metrics_address_is_an_address_and_port() {
         "an unknown key in [metrics] is named: {error}"
     );
 }
+
+#[test]
+fn a_bus_section_is_checked_field_by_field_and_its_password_redacted() {
+    assert!(parse(GOOD).unwrap().bus.is_none());
+    let text = format!(
+        "[bus]\nkind = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nuser = \"duplex\"\npassword_file = \"store.password\"\nmax_age = \"7d\"\n{GOOD}"
+    );
+    let bus = parse(&text).unwrap().bus.unwrap();
+    assert_eq!(bus.stream_prefix, "duplex");
+    assert_eq!(bus.max_age, Some(std::time::Duration::from_secs(7 * 86400)));
+    assert_eq!(bus.lease_ttl, std::time::Duration::from_secs(10));
+    assert_eq!(bus.password.as_ref().unwrap().expose(), "s3cret");
+    assert!(!format!("{bus:?}").contains("s3cret"));
+    let problems = problems(&format!(
+        "[bus]\nkind = \"kafka\"\nurl = \"http://x\"\nstream_prefix = \"a.b\"\nmax_age = \"soon\"\nuser = \"u\"\n{GOOD}"
+    ));
+    for field in [
+        "bus.kind",
+        "bus.url",
+        "bus.stream_prefix",
+        "bus.max_age",
+        "bus.user",
+    ] {
+        assert!(
+            problems.iter().any(|p| p.starts_with(field)),
+            "{field} is not named: {problems:?}"
+        );
+    }
+    let error = parse(&format!(
+        "[bus]\nkind = \"nats\"\nurl = \"nats://h:4222\"\nsubject = \"x\"\n{GOOD}"
+    ))
+    .unwrap_err();
+    assert!(error.to_string().contains("subject"), "{error}");
+}

@@ -16,7 +16,10 @@ use serde::Deserialize;
 
 use crate::column_policy::ColumnPolicy;
 
+mod bus;
 mod validate;
+
+pub use bus::BusConfig;
 
 use validate::{slot_names_apart, validate_mapping, validate_site};
 
@@ -57,6 +60,8 @@ pub struct Config {
     pub deleted_rows_kept_for: std::time::Duration,
     /// `[metrics] listen`: where `/metrics` and `/health` are served (none when absent).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `[bus]`: where reader and writer roles meet (none: one process).
+    pub bus: Option<BusConfig>,
 }
 
 /// One database.
@@ -321,6 +326,7 @@ struct RawConfig {
     #[serde(default)]
     mappings: Vec<RawMapping>,
     metrics: Option<RawMetrics>,
+    bus: Option<bus::RawBus>,
 }
 
 #[derive(Deserialize)]
@@ -527,6 +533,10 @@ impl Config {
                 }
             },
         };
+        let bus = raw
+            .bus
+            .as_ref()
+            .and_then(|raw_bus| bus::validate_bus(raw_bus, base, &mut report));
         if !problems.is_empty() {
             return Err(ConfigError::Invalid {
                 path: path.to_owned(),
@@ -539,6 +549,7 @@ impl Config {
             mappings,
             deleted_rows_kept_for: deleted_rows_kept_for.unwrap_or_default(),
             metrics_listen,
+            bus,
         })
     }
 }

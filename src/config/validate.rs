@@ -147,41 +147,13 @@ pub(super) fn validate_site(
         }
         (None, Ok(_)) => false,
     };
-    let password = match (&raw.password_env, &raw.password_file) {
-        (Some(_), Some(_)) => {
-            report(
-                field.clone(),
-                "set password_env or password_file, not both".into(),
-            );
-            None
-        }
-        (Some(var), None) => match std::env::var(var) {
-            Ok(value) => Some(Secret(value)),
-            Err(_) => {
-                report(
-                    format!("{field}.password_env"),
-                    format!(
-                        "environment variable {var} is not set (or not UTF-8): export it before starting duplex"
-                    ),
-                );
-                None
-            }
-        },
-        (None, Some(file)) => {
-            let file = base.join(file);
-            match std::fs::read_to_string(&file) {
-                Ok(value) => Some(Secret(value.trim_end_matches(['\n', '\r']).to_owned())),
-                Err(e) => {
-                    report(
-                        format!("{field}.password_file"),
-                        format!("cannot read {}: {e}", file.display()),
-                    );
-                    None
-                }
-            }
-        }
-        (None, None) => None,
-    };
+    let password = read_password(
+        &field,
+        raw.password_env.as_deref(),
+        raw.password_file.as_deref(),
+        base,
+        report,
+    );
     let stream_timeout = match raw.stream_timeout.as_deref().map(humantime::parse_duration) {
         None => Some(duplex_connectors::stream::DEFAULT_STREAM_TIMEOUT),
         Some(Ok(timeout)) if timeout >= std::time::Duration::from_secs(1) => Some(timeout),
@@ -493,5 +465,50 @@ fn names<'a>(names: impl Iterator<Item = &'a String>) -> String {
         "none".to_owned()
     } else {
         list.join(", ")
+    }
+}
+
+/// The secret `{field}.password_env` or `{field}.password_file` names (at most one of them).
+pub(super) fn read_password(
+    field: &str,
+    env: Option<&str>,
+    file: Option<&std::path::Path>,
+    base: &std::path::Path,
+    report: &mut impl FnMut(String, String),
+) -> Option<Secret> {
+    match (env, file) {
+        (Some(_), Some(_)) => {
+            report(
+                field.to_owned(),
+                "set password_env or password_file, not both".into(),
+            );
+            None
+        }
+        (Some(var), None) => match std::env::var(var) {
+            Ok(value) => Some(Secret(value)),
+            Err(_) => {
+                report(
+                    format!("{field}.password_env"),
+                    format!(
+                        "environment variable {var} is not set (or not UTF-8): export it before starting duplex"
+                    ),
+                );
+                None
+            }
+        },
+        (None, Some(file)) => {
+            let file = base.join(file);
+            match std::fs::read_to_string(&file) {
+                Ok(value) => Some(Secret(value.trim_end_matches(['\n', '\r']).to_owned())),
+                Err(e) => {
+                    report(
+                        format!("{field}.password_file"),
+                        format!("cannot read {}: {e}", file.display()),
+                    );
+                    None
+                }
+            }
+        }
+        (None, None) => None,
     }
 }

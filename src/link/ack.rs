@@ -5,13 +5,14 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use duplex_connectors::{AnyStream, Position};
+use duplex_connectors::Position;
 use duplex_state::StateStore;
 
 use super::LinkError;
+use super::feed::Feed;
 
 /// How often a link acknowledges to its source at most.
-pub(super) const ACK_EVERY: Duration = Duration::from_secs(1);
+pub(crate) const ACK_EVERY: Duration = Duration::from_secs(1);
 
 /// The state-store key of the newest position a link acknowledged to its source.
 pub fn acknowledged_key(source: &str) -> String {
@@ -22,17 +23,27 @@ pub fn acknowledged_key(source: &str) -> String {
 /// [`ACK_EVERY`]. A PostgreSQL position is recorded in the state store before it is sent, so
 /// the next start can tell a slot confirmed beyond anything duplex acknowledged (re-created
 /// or advanced by someone else; see `StreamOptions::acknowledged`).
-pub(super) struct Acker {
+pub(crate) struct Acker {
     pub(super) key: String,
     /// The newest position recorded.
     pub(super) recorded: Option<Position>,
     /// The newest position every target committed, not yet sent.
-    pub(super) ready: Option<Position>,
+    pub(crate) ready: Option<Position>,
     /// When a position was last sent.
     pub(super) sent: Instant,
 }
 
 impl Acker {
+    /// The acker of source `site`, which recorded acknowledging up to `recorded`.
+    pub(crate) fn new(site: &str, recorded: Option<Position>) -> Acker {
+        Acker {
+            key: acknowledged_key(site),
+            recorded,
+            ready: None,
+            sent: Instant::now(),
+        }
+    }
+
     /// Takes every item every target has committed off `unacked`.
     pub(super) fn offer(&mut self, unacked: &mut VecDeque<(u64, Position)>, low_water: u64) {
         if let Some(position) = acknowledgeable(unacked, low_water) {
@@ -41,10 +52,10 @@ impl Acker {
     }
 
     /// Sends the ready position when [`ACK_EVERY`] has passed (or `now`), recording it first.
-    pub(super) async fn flush(
+    pub(crate) async fn flush(
         &mut self,
         state: &Arc<StateStore>,
-        stream: &AnyStream,
+        stream: &Feed,
         now: bool,
     ) -> Result<(), LinkError> {
         if self.ready.is_none() || (!now && self.sent.elapsed() < ACK_EVERY) {
@@ -57,7 +68,7 @@ impl Acker {
             .recorded
             .as_ref()
             .is_none_or(|r| r != &position && not_after(r, &position));
-        if matches!(position, Position::Postgres(_)) && newer {
+        if matches!(position, Position::Postgres(_)) && newer && stream.records_acknowledged() {
             let store = state.clone();
             let key = self.key.clone();
             let saved = position.clone();

@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
-use duplex_connectors::{AnyStream, TableName};
+use duplex_connectors::TableName;
 use duplex_state::StateStore;
 
 use super::LinkError;
+use super::feed::Feed;
 use crate::config::Site;
 
 /// The source name a target's `duplex.positions` records the progress of `site` under, for
@@ -75,10 +76,10 @@ pub fn table_id_key(source: &str, table: &TableName) -> String {
 /// copied the table again and accepted it (`run --accept-schema-change`). The stop is kept
 /// (an identity of 0 is recorded for a table that had left the publication), since the
 /// stream has already put the table back.
-pub(super) async fn check_table_identities(
+pub(crate) async fn check_table_identities(
     state: &Arc<StateStore>,
     source: &str,
-    stream: &AnyStream,
+    stream: &Feed,
 ) -> Result<(), LinkError> {
     let (ids, unpublished) = stream.table_identities();
     let store = state.clone();

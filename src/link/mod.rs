@@ -62,6 +62,8 @@ use crate::shape::{ShapeStop, shape_key};
 
 /// Acknowledging to the source, each position recorded in the state store first.
 mod ack;
+/// Where a link's transactions come from: the source or a bus.
+pub(crate) mod feed;
 /// The checks before a link reads: its position rows and the mapped tables' identities.
 mod identity;
 pub(crate) mod refusal;
@@ -72,10 +74,12 @@ mod worker;
 use crate::shutdown::stop_requested;
 use crate::telemetry::LinkTelemetry;
 pub use ack::acknowledged_key;
-use ack::{ACK_EVERY, Acker};
+pub(crate) use ack::{ACK_EVERY, Acker};
 use chrono::{DateTime, Utc};
 use duplex_connectors::{AnyApplier, AnyStream, StreamError, StreamItem, StreamOptions};
-use identity::{check_table_identities, claim_legacy_position};
+use feed::Feed;
+pub(crate) use identity::check_table_identities;
+use identity::claim_legacy_position;
 pub use identity::{position_key, table_id_key};
 use shapes::{Shapes, current_routes, follow_shape, record_shapes, target_columns};
 use worker::{Counting, Outlet, Piece, dispatch, worker};
@@ -109,6 +113,8 @@ pub struct LinkPlan {
     pub mappings: Arc<Vec<Mapping>>,
     /// The source tables as the catalog described them when the plan was made.
     pub schemas: HashMap<TableName, TableSchema>,
+    /// The bus the link is fed from (a writer role); `None`: the source's own stream.
+    pub bus: Option<crate::bus::Bus>,
 }
 
 /// One target of a link.
@@ -172,6 +178,15 @@ pub enum LinkError {
         table: TableName,
         /// What happened to it.
         what: String,
+    },
+    /// The bus feeding the link (a writer role) failed.
+    #[error("reading the bus stream of site {site}")]
+    Bus {
+        /// Source site.
+        site: String,
+        /// Cause.
+        #[source]
+        source: Box<crate::bus::BusError>,
     },
     /// A target refused a change definitely (see [`refusal`]).
     #[error(transparent)]
@@ -249,6 +264,7 @@ impl LinkError {
             LinkError::Source { source, .. } => source.is_transient(),
             LinkError::Apply { source, .. } => source.is_transient(),
             LinkError::Schema { transient, .. } => *transient,
+            LinkError::Bus { source, .. } => source.is_transient(),
             LinkError::Position(_)
             | LinkError::Crashed(_)
             | LinkError::State(_)
@@ -272,11 +288,13 @@ pub async fn run(
 ) -> Result<(), LinkError> {
     let name = link_name(&plan);
     let telemetry = link_telemetry(&plan);
-    // Aborted when the link ends.
-    let _head = AbortOnDrop(tokio::spawn(read_heads(
-        plan.source.connection(),
-        telemetry.clone(),
-    )));
+    // Aborted when the link ends (a writer role does not read the source).
+    let _head = plan.bus.is_none().then(|| {
+        AbortOnDrop(tokio::spawn(read_heads(
+            plan.source.connection(),
+            telemetry.clone(),
+        )))
+    });
     let mut backoff = Backoff::default();
     let mut warn_unbackfilled = true;
     // Source tables whose changes are routed by a shape the log announced (see crate::shape).
@@ -417,6 +435,10 @@ async fn attempt(
     telemetry: &LinkTelemetry,
 ) -> Result<Ended, LinkError> {
     let source_name = plan.source.name.as_str();
+    let deployment = plan
+        .bus
+        .as_ref()
+        .map_or_else(|| state.deployment_id().to_owned(), |bus| bus.deployment());
     telemetry.attempt_started();
     let mut shapes = Shapes {
         stored: HashMap::new(),
@@ -454,7 +476,7 @@ async fn attempt(
         )
         .await
         .map_err(apply_error)?;
-        let key = position_key(source_name, state.deployment_id());
+        let key = position_key(source_name, &deployment);
         claim_legacy_position(&target_plan.site, source_name, &key, &mut warn_others).await?;
         let held = target.position(&key).await.map_err(apply_error)?;
         held_positions.push(held.clone());
@@ -497,31 +519,49 @@ async fn attempt(
     // No target holds a position yet: the link starts where it started the first time, if it
     // ever did (recorded below before anything was read), so no retry or restart before the
     // first commit ever starts from "now" again.
-    let first_start = start.is_none();
+    let first_start = start.is_none() && plan.bus.is_none();
     if first_start {
         start = state
             .position::<Position>(&start_key(source_name))
             .map_err(LinkError::State)?;
     }
-    let mut acker = Acker {
-        key: acknowledged_key(source_name),
-        recorded: state
+    let mut acker = Acker::new(
+        source_name,
+        state
             .position::<Position>(&acknowledged_key(source_name))
             .map_err(LinkError::State)?,
-        ready: None,
-        sent: Instant::now(),
+    );
+    let mut stream = match &plan.bus {
+        Some(bus) => Feed::Bus(Box::new(
+            crate::bus::BusFeed::start(
+                bus,
+                source_name,
+                &plan.targets[0].site.name,
+                start.clone(),
+                position_key(source_name, &deployment),
+            )
+            .await
+            .map_err(|source| LinkError::Bus {
+                site: source_name.to_owned(),
+                source: Box::new(source),
+            })?,
+        )),
+        None => {
+            let mut options = StreamOptions::link(plan.tables.clone(), start.clone())
+                .for_deployment(state.deployment_id());
+            options.acknowledged = acker.recorded.clone();
+            options.timeout = silence.current();
+            options.source_key = Some(position_key(source_name, &deployment));
+            Feed::Source(
+                AnyStream::start(&plan.source.connection(), options)
+                    .await
+                    .map_err(|source| LinkError::Source {
+                        site: source_name.to_owned(),
+                        source,
+                    })?,
+            )
+        }
     };
-    let mut options = StreamOptions::link(plan.tables.clone(), start.clone())
-        .for_deployment(state.deployment_id());
-    options.acknowledged = acker.recorded.clone();
-    options.timeout = silence.current();
-    options.source_key = Some(position_key(source_name, state.deployment_id()));
-    let mut stream = AnyStream::start(&plan.source.connection(), options)
-        .await
-        .map_err(|source| LinkError::Source {
-            site: source_name.to_owned(),
-            source,
-        })?;
     if first_start
         && start.is_none()
         && let Some(position) = stream.start_position()
@@ -565,7 +605,7 @@ async fn attempt(
         let mut target = target;
         let refusals = refusal::Refusals::start(
             source_name,
-            &position_key(source_name, state.deployment_id()),
+            &position_key(source_name, &deployment),
             &target_plan.site.name,
             plan.mappings.clone(),
             state.clone(),
@@ -634,12 +674,12 @@ async fn attempt(
                 }
                 progress.maybe_log();
             }
-            item = stream.next() => match item {
-                Err(source) => {
+            item = stream.next(source_name) => match item {
+                Err(error) => {
                     // A definite failure (a value that cannot be decoded, say) stops the link
                     // after every target committed what came before it.
-                    drain = !source.is_transient();
-                    break Err(LinkError::Source { site: source_name.to_owned(), source });
+                    drain = matches!(&error, LinkError::Source { source, .. } if !source.is_transient());
+                    break Err(error);
                 }
                 Ok(StreamItem::Shape(shape)) => {
                     let mut judged = follow_shape(plan, &routes, &mut shapes, shape.clone(), sequence + 1);

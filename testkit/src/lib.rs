@@ -1,4 +1,4 @@
-//! Throwaway PostgreSQL and MariaDB servers for duplex's tests, benches, demo
+//! Throwaway PostgreSQL, MariaDB and NATS JetStream servers for duplex's tests, benches, demo
 //! and CI: the one place that knows how to start them.
 //!
 //! The machines' own servers (5432, 3306) run with settings duplex cannot use
@@ -67,6 +67,7 @@
 
 mod error;
 mod mariadb;
+mod nats;
 mod postgres;
 mod process;
 mod scratch;
@@ -75,6 +76,7 @@ mod tls;
 
 pub use error::TestkitError;
 pub use mariadb::{MariaDatabase, MariaOptions, MariaServer, SharedMariaDb};
+pub use nats::NatsServer;
 pub use postgres::{PgDatabase, PgOptions, PgServer, SharedPg};
 pub use shared::{
     shared_mariadb, shared_pg, stop_shared_servers, testservers_dir, try_shared_mariadb,

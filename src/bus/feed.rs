@@ -1,0 +1,261 @@
+//! A writer's feed: the messages of one source's stream from the first one the target needs,
+//! as the link's stream items (see the module doc of `crate::bus`).
+
+use std::cmp::Ordering;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::{self, stream};
+use duplex_connectors::{Position, StreamItem};
+use futures_util::StreamExt;
+
+use super::{Bus, BusError, BusItem};
+
+/// How long JetStream waits for an acknowledgement before it delivers a message again (the
+/// feed drops what it has seen, so this only bounds how long a dead writer's messages wait).
+const ACK_WAIT: Duration = Duration::from_secs(600);
+/// Messages delivered and not yet acknowledged at most.
+const MAX_ACK_PENDING: i64 = 100_000;
+
+/// The messages of a source's stream for one target, from the first one it needs.
+pub struct BusFeed {
+    stream: String,
+    source_site: String,
+    target: String,
+    /// What the target held at the start; the first message is checked against it.
+    held: Option<Position>,
+    checked: bool,
+    messages: pull::Stream,
+    /// The newest stream sequence delivered (a redelivery of an older one is dropped).
+    last_sequence: u64,
+    /// Transactions delivered and not yet acknowledged, in order.
+    delivered: Arc<Mutex<VecDeque<(Position, jetstream::Message)>>>,
+    /// The large transaction being delivered in parts: its start and changes delivered.
+    open: Option<(Position, u64)>,
+    /// The key the target records this source's position under (set on every transaction
+    /// and part, whatever the reader wrote there).
+    source_key: String,
+}
+
+impl BusFeed {
+    /// Starts the durable consumer of `target` on `source_site`'s stream at the first message
+    /// after the transaction at `held` (the stream's first message when `None`); transactions
+    /// are recorded under `source_key`.
+    pub async fn start(
+        bus: &Bus,
+        source_site: &str,
+        target: &str,
+        held: Option<Position>,
+        source_key: String,
+    ) -> Result<BusFeed, BusError> {
+        let name = bus.stream_name(source_site);
+        let mut stream = bus.stream(source_site, false).await?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| BusError::jetstream(format!("reading stream {name}"), e))?;
+        let (first, last, messages) = (
+            info.state.first_sequence,
+            info.state.last_sequence,
+            info.state.messages,
+        );
+        let start = match &held {
+            _ if messages == 0 => last + 1,
+            None => first,
+            Some(held) => first_after(&stream, &name, held, first, last).await?,
+        };
+        let consumer_name = format!("writer-{target}");
+        match stream.delete_consumer(&consumer_name).await {
+            Ok(_) => {}
+            Err(error) if error.to_string().contains("not found") => {}
+            Err(error) => {
+                return Err(BusError::jetstream(
+                    format!("replacing consumer {consumer_name} of stream {name}"),
+                    error,
+                ));
+            }
+        }
+        let consumer: jetstream::consumer::Consumer<pull::Config> = stream
+            .create_consumer(pull::Config {
+                durable_name: Some(consumer_name.clone()),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: start,
+                },
+                ack_policy: AckPolicy::All,
+                ack_wait: ACK_WAIT,
+                max_ack_pending: MAX_ACK_PENDING,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                BusError::jetstream(
+                    format!("creating consumer {consumer_name} of stream {name}"),
+                    e,
+                )
+            })?;
+        let messages = consumer.messages().await.map_err(|e| {
+            BusError::jetstream(format!("consuming stream {name} ({consumer_name})"), e)
+        })?;
+        tracing::info!(stream = %name, consumer = %consumer_name, start, "writer consumes the stream");
+        Ok(BusFeed {
+            stream: name,
+            source_site: source_site.to_owned(),
+            target: target.to_owned(),
+            held,
+            checked: false,
+            messages,
+            last_sequence: start.saturating_sub(1),
+            delivered: Arc::new(Mutex::new(VecDeque::new())),
+            open: None,
+            source_key,
+        })
+    }
+
+    /// The next transaction, part or shape.
+    pub async fn next(&mut self) -> Result<StreamItem, BusError> {
+        loop {
+            let message = match self.messages.next().await {
+                Some(Ok(message)) => message,
+                Some(Err(error)) => {
+                    return Err(BusError::jetstream(
+                        format!("consuming stream {}", self.stream),
+                        error,
+                    ));
+                }
+                None => {
+                    return Err(BusError::jetstream(
+                        format!("consuming stream {}", self.stream),
+                        std::io::Error::other("the consumer ended"),
+                    ));
+                }
+            };
+            let sequence = message
+                .info()
+                .map_err(|e| BusError::JetStream {
+                    what: format!("reading a message of {}", self.stream),
+                    source: e,
+                })?
+                .stream_sequence;
+            if sequence <= self.last_sequence {
+                continue;
+            }
+            self.last_sequence = sequence;
+            let envelope = super::decode(&self.stream, sequence, &message.payload)?;
+            let first = !std::mem::replace(&mut self.checked, true);
+            let done = match (&self.open, &envelope.item) {
+                (Some((start, done)), BusItem::Part(part)) if *start == part.start => *done,
+                (Some((_, done)), BusItem::Transaction(_)) => *done,
+                _ => 0,
+            };
+            let dropped = envelope.offset > done
+                || envelope
+                    .previous
+                    .as_ref()
+                    .zip(self.held.as_ref())
+                    .is_some_and(|(previous, held)| {
+                        matches!(previous.compare(held), Ok(Ordering::Greater))
+                    });
+            if first
+                && dropped
+                && let Some(held) = &self.held
+            {
+                return Err(BusError::Retention {
+                    stream: self.stream.clone(),
+                    source_site: self.source_site.clone(),
+                    target: self.target.clone(),
+                    held: held.to_string(),
+                    previous: Box::new(envelope.previous.unwrap_or_else(|| held.clone())),
+                });
+            }
+            if envelope.offset > done {
+                return Err(BusError::Parts {
+                    stream: self.stream.clone(),
+                    what: format!(
+                        "message {sequence} follows {} changes of its transaction, but only {done} came before it",
+                        envelope.offset
+                    ),
+                });
+            }
+            match envelope.item {
+                BusItem::Transaction(mut tx) => {
+                    self.open = None;
+                    tx.source.clone_from(&self.source_key);
+                    // Changes of the final piece published again after a crash.
+                    tx.events
+                        .drain(..(done - envelope.offset).min(tx.events.len() as u64) as usize);
+                    self.delivered
+                        .lock()
+                        .expect("delivered messages")
+                        .push_back((tx.position.clone(), message));
+                    return Ok(StreamItem::Transaction(tx));
+                }
+                BusItem::Shape(shape) => return Ok(StreamItem::Shape(shape)),
+                BusItem::Part(mut part) => {
+                    part.source.clone_from(&self.source_key);
+                    let end = envelope.offset + part.events.len() as u64;
+                    self.open = Some((part.start.clone(), done.max(end)));
+                    if end <= done {
+                        // Published again after a crash: delivered already.
+                        continue;
+                    }
+                    part.events.drain(..(done - envelope.offset) as usize);
+                    return Ok(StreamItem::Part(part));
+                }
+            }
+        }
+    }
+
+    /// Acknowledges to JetStream every transaction up to `position` (ack-all: the newest one
+    /// acknowledges those before it).
+    pub fn ack(&self, position: &Position) {
+        let newest = {
+            let mut delivered = self.delivered.lock().expect("delivered messages");
+            let mut newest = None;
+            while delivered
+                .front()
+                .is_some_and(|(p, _)| !matches!(p.compare(position), Ok(Ordering::Greater)))
+            {
+                newest = delivered.pop_front().map(|(_, message)| message);
+            }
+            newest
+        };
+        if let Some(message) = newest {
+            tokio::spawn(async move {
+                if let Err(error) = message.ack().await {
+                    tracing::debug!(%error, "acknowledging to JetStream (the next one covers it)");
+                }
+            });
+        }
+    }
+
+    /// Ends the feed (the consumer stays for the next start and for `status`).
+    pub async fn shutdown(self) {}
+}
+
+/// The first sequence in `first..=last` whose message a target holding `held` needs
+/// (`last + 1` when none; see [`super::Envelope::needed`]).
+async fn first_after(
+    stream: &stream::Stream,
+    name: &str,
+    held: &Position,
+    first: u64,
+    last: u64,
+) -> Result<u64, BusError> {
+    let (mut low, mut high) = (first, last + 1);
+    while low < high {
+        let middle = low + (high - low) / 2;
+        let envelope = Bus::envelope(stream, name, middle).await?;
+        let needed = envelope.needed(held).map_err(|source| BusError::Position {
+            stream: name.to_owned(),
+            source,
+        })?;
+        if needed {
+            high = middle;
+        } else {
+            low = middle + 1;
+        }
+    }
+    Ok(low)
+}

@@ -1,0 +1,166 @@
+//! `duplex run --role reader` and `duplex run --role writer --site S`: the links of the
+//! configuration split at the bus (see the module doc of `crate::bus`).
+
+use std::sync::Arc;
+
+use duplex_state::StateStore;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::{Bus, BusError, lease, reader};
+use crate::config::BusConfig;
+use crate::link::{self, LinkPlan};
+use crate::report::chain;
+use crate::shutdown::stop_requested;
+
+/// The part of the work a `duplex run` process does when the configuration has a `[bus]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Read every source and publish its transactions.
+    Reader,
+    /// Apply what the bus holds for this target site.
+    Writer(String),
+}
+
+/// Runs `role` for the one-way links `plans` until a shutdown signal or a definite failure.
+pub async fn run_role(
+    role: &Role,
+    config: &BusConfig,
+    plans: Vec<LinkPlan>,
+    state: Arc<StateStore>,
+) -> Result<(), BusError> {
+    let bus = Bus::connect(config).await?;
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(async move {
+        crate::shutdown::wait_for_signal().await;
+        tracing::info!("shutdown requested: finishing the transactions in flight");
+        let _ = stop.send(true);
+    });
+    match role {
+        Role::Reader => read(bus, plans, state, stopped).await,
+        Role::Writer(site) => write(bus, site, plans, state, stopped).await,
+    }
+}
+
+/// One reader per source; the first definite failure stops them all.
+async fn read(
+    bus: Bus,
+    plans: Vec<LinkPlan>,
+    state: Arc<StateStore>,
+    stopped: watch::Receiver<bool>,
+) -> Result<(), BusError> {
+    let (stop_readers, readers_stopped) = watch::channel(false);
+    let mut forward = stopped.clone();
+    let relay = stop_readers.clone();
+    tokio::spawn(async move {
+        stop_requested(&mut forward).await;
+        let _ = relay.send(true);
+    });
+    let mut readers = JoinSet::new();
+    for plan in plans {
+        readers.spawn(reader::run(
+            plan,
+            bus.clone(),
+            state.clone(),
+            readers_stopped.clone(),
+        ));
+    }
+    let mut outcome = Ok(());
+    while let Some(joined) = readers.join_next().await {
+        let result = match joined {
+            Ok(result) => result,
+            Err(panic) => Err(BusError::Link(Box::new(link::LinkError::Crashed(
+                panic.to_string(),
+            )))),
+        };
+        if let Err(error) = result {
+            tracing::error!(error = %chain(&error), "a bus reader stopped");
+            let _ = stop_readers.send(true);
+            if outcome.is_ok() {
+                outcome = Err(error);
+            }
+        }
+    }
+    outcome
+}
+
+/// The links into `site`, fed by the bus, while this writer holds the site's lease.
+async fn write(
+    bus: Bus,
+    site: &str,
+    plans: Vec<LinkPlan>,
+    state: Arc<StateStore>,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<(), BusError> {
+    let plans: Vec<LinkPlan> = plans
+        .into_iter()
+        .filter_map(|mut plan| {
+            plan.targets.retain(|target| target.site.name == site);
+            plan.unbackfilled.retain(|(_, target)| target == site);
+            plan.bus = Some(bus.clone());
+            (!plan.targets.is_empty()).then_some(plan)
+        })
+        .collect();
+    if plans.is_empty() {
+        return Err(BusError::NoMapping {
+            site: site.to_owned(),
+        });
+    }
+    let holder = format!(
+        "{} (pid {}, state {})",
+        hostname(),
+        std::process::id(),
+        state.deployment_id()
+    );
+    let Some(lease) = lease::take(&bus, site, &holder, &mut stopped).await? else {
+        return Ok(());
+    };
+    let (release, released) = watch::channel(false);
+    let mut keep = tokio::spawn(lease.keep(released));
+    let (stop_links, links_stopped) = watch::channel(false);
+    let mut links = JoinSet::new();
+    for plan in plans {
+        links.spawn(link::run(plan, state.clone(), links_stopped.clone()));
+    }
+    let mut outcome = Ok(());
+    let mut lease_running = true;
+    while !links.is_empty() {
+        tokio::select! {
+            _ = stop_requested(&mut stopped) => {
+                let _ = stop_links.send(true);
+            }
+            lost = &mut keep, if lease_running => {
+                lease_running = false;
+                let _ = stop_links.send(true);
+                if let Ok(Some(error)) = lost {
+                    tracing::error!(error = %chain(&error), "this writer lost its lease; stopping");
+                    outcome = Err(error);
+                }
+            }
+            Some(joined) = links.join_next() => {
+                let result = match joined {
+                    Ok(result) => result,
+                    Err(panic) => Err(link::LinkError::Crashed(panic.to_string())),
+                };
+                if let Err(error) = result {
+                    let _ = stop_links.send(true);
+                    if outcome.is_ok() {
+                        outcome = Err(BusError::Link(Box::new(error)));
+                    }
+                }
+            }
+        }
+    }
+    let _ = release.send(true);
+    if lease_running {
+        let _ = keep.await;
+    }
+    outcome
+}
+
+/// This machine's name, for the lease holder.
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "unknown host".into())
+}

@@ -1,0 +1,376 @@
+//! The bus roles end to end: `duplex run --role reader` and `--role writer --site S` as
+//! separate processes around a real `nats-server -js` started by the test.
+
+mod harness;
+
+use std::time::Duration;
+
+use duplex_testkit::{MariaDatabase, NatsServer, PgDatabase, shared_mariadb, shared_pg};
+use harness::pg::table_rows;
+use harness::{Duplex, drop_slot, rows, wait_for, wait_slot_active};
+
+/// How long a test waits for replication to catch up before it fails.
+const CATCH_UP: Duration = Duration::from_secs(60);
+
+const PG_ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL, note text)";
+const MY_ITEMS: &str =
+    "CREATE TABLE items (id INT PRIMARY KEY, qty INT NOT NULL, note TEXT) ENGINE=InnoDB";
+
+/// A source, a PostgreSQL target `wms` and (optionally) a MariaDB target `erp`.
+struct Sites {
+    source: PgDatabase,
+    wms: PgDatabase,
+    erp: Option<MariaDatabase>,
+}
+
+impl Sites {
+    fn new(with_erp: bool) -> Sites {
+        let source = shared_pg().create_database();
+        let wms = shared_pg().create_database();
+        source.execute_as_duplex(PG_ITEMS).unwrap();
+        source
+            .psql("ALTER TABLE items REPLICA IDENTITY FULL")
+            .unwrap();
+        wms.execute_as_duplex(PG_ITEMS).unwrap();
+        let erp = with_erp.then(|| {
+            let erp = shared_mariadb().create_database();
+            erp.sql(MY_ITEMS).unwrap();
+            erp
+        });
+        Sites { source, wms, erp }
+    }
+
+    /// The configuration every process of the test shares (each has its own state
+    /// directory beside its copy), with `bus` lines added to `[bus]`.
+    fn config(&self, nats: &NatsServer, bus: &str) -> String {
+        let src = self.source.name();
+        let mut text = format!(
+            "[sites.{src}]\nkind = \"postgres\"\nurl = \"{}\"\n\n\
+             [sites.wms]\nkind = \"postgres\"\nurl = \"{}\"\n\n",
+            self.source.url(),
+            self.wms.url()
+        );
+        if let Some(erp) = &self.erp {
+            text += &format!("[sites.erp]\nkind = \"mysql\"\nurl = \"{}\"\n\n", erp.url());
+        }
+        text += &format!(
+            "[bus]\nkind = \"nats\"\nurl = \"{}\"\n{bus}\n\n\
+             [[mappings]]\nname = \"items_wms\"\ntables = {{ {src} = \"public.items\", wms = \"public.items\" }}\n\
+             direction = \"{src}->wms\"\n",
+            nats.url()
+        );
+        if let Some(erp) = &self.erp {
+            text += &format!(
+                "\n[[mappings]]\nname = \"items_erp\"\ntables = {{ {src} = \"public.items\", erp = \"{}.items\" }}\n\
+                 direction = \"{src}->erp\"\n",
+                erp.name()
+            );
+        }
+        text
+    }
+
+    fn source_rows(&self) -> Vec<Vec<String>> {
+        table_rows(&self.source, "items")
+    }
+
+    /// The source's current WAL position, as a number.
+    fn wal_now(&self) -> u64 {
+        lsn(&self.source.psql("SELECT pg_current_wal_lsn()").unwrap())
+    }
+
+    /// The slot's confirmed position.
+    fn confirmed(&self) -> u64 {
+        let text = self
+            .source
+            .psql("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE database = current_database()")
+            .unwrap();
+        if text.trim().is_empty() {
+            0
+        } else {
+            lsn(&text)
+        }
+    }
+}
+
+fn lsn(text: &str) -> u64 {
+    let (high, low) = text.trim().split_once('/').unwrap();
+    (u64::from_str_radix(high, 16).unwrap() << 32) | u64::from_str_radix(low, 16).unwrap()
+}
+
+fn erp_rows(erp: &MariaDatabase) -> Vec<Vec<String>> {
+    rows(
+        &erp.sql("SELECT id, qty, COALESCE(note, '') FROM items ORDER BY id")
+            .unwrap(),
+        '\t',
+    )
+}
+
+/// Waits until every target equals the source row for row; `processes` must keep running.
+fn wait_equal(sites: &Sites, processes: &mut [&mut Duplex]) {
+    let expected = sites.source_rows();
+    let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_for("the targets to equal the source", CATCH_UP, || {
+            for process in processes.iter_mut() {
+                process.assert_running();
+            }
+            let wms = table_rows(&sites.wms, "items");
+            if wms != expected {
+                return Err(format!(
+                    "wms has {} rows, source {}",
+                    wms.len(),
+                    expected.len()
+                ));
+            }
+            if let Some(erp) = &sites.erp {
+                let got = erp_rows(erp);
+                if got != expected {
+                    return Err(format!(
+                        "erp has {} rows, source {}",
+                        got.len(),
+                        expected.len()
+                    ));
+                }
+            }
+            Ok(())
+        })
+    }));
+    if let Err(panic) = waited {
+        for process in processes.iter() {
+            eprintln!("--- process log ---\n{}", process.log_text());
+        }
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Round `round` of the workload: ten inserts in one transaction, an update and a delete of
+/// earlier rows in another.
+fn workload(source: &PgDatabase, round: i32) {
+    let base = round * 10;
+    source
+        .execute_as_duplex(&format!(
+            "INSERT INTO items SELECT g, g % 7, 'note ' || g FROM generate_series({}, {}) g",
+            base + 1,
+            base + 10
+        ))
+        .unwrap();
+    if round > 0 {
+        source
+            .execute_as_duplex(&format!(
+                "BEGIN; UPDATE items SET qty = qty + 100 WHERE id = {}; DELETE FROM items WHERE id = {}; COMMIT",
+                base - 3,
+                base - 9
+            ))
+            .unwrap();
+    }
+}
+
+fn start(config: &str, args: &[&str]) -> Duplex {
+    let mut duplex = Duplex::new(config);
+    duplex.start_with(args);
+    duplex
+}
+
+/// Starts the reader and waits until it streams from its slot (a commit before that is
+/// outside the stream of a never-backfilled mapping).
+fn start_reader(sites: &Sites, config: &str) -> Duplex {
+    let mut reader = start(config, READER);
+    wait_slot_active(&sites.source, &mut reader);
+    reader
+}
+
+/// Stops the reader and drops its slot, so no WAL stays pinned.
+fn finish(sites: &Sites, mut reader: Duplex) {
+    reader.kill();
+    drop_slot(&sites.source);
+}
+
+const READER: &[&str] = &["--role", "reader"];
+
+fn writer(site: &str) -> Vec<&str> {
+    vec!["--role", "writer", "--site", site]
+}
+
+#[test]
+fn reader_and_writers_replicate_exactly_once_through_kills_and_a_nats_restart() {
+    let mut nats = NatsServer::start().unwrap();
+    let sites = Sites::new(true);
+    let config = sites.config(&nats, "lease_ttl = \"2s\"");
+    let mut reader = start_reader(&sites, &config);
+    let mut wms = start(&config, &writer("wms"));
+    let mut erp = start(&config, &writer("erp"));
+    for round in 0..24 {
+        workload(&sites.source, round);
+        match round {
+            4 => {
+                reader.kill();
+                reader.start_with(READER);
+            }
+            8 => {
+                wms.kill();
+                wms.start_with(&writer("wms"));
+            }
+            12 => nats.restart().unwrap(),
+            16 => {
+                erp.kill();
+                erp.start_with(&writer("erp"));
+            }
+            20 => {
+                reader.kill();
+                wms.kill();
+                reader.start_with(READER);
+                wms.start_with(&writer("wms"));
+            }
+            _ => {}
+        }
+    }
+    wait_equal(&sites, &mut [&mut reader, &mut wms, &mut erp]);
+    // Exactly one position row per target: nothing keyed by a writer's own state directory.
+    let positions = sites
+        .wms
+        .psql("SELECT source FROM duplex.positions")
+        .unwrap();
+    assert_eq!(
+        positions.trim(),
+        format!("{}@bus-duplex", sites.source.name())
+    );
+    finish(&sites, reader);
+}
+#[test]
+fn a_stopped_writer_does_not_pin_wal_and_catches_up() {
+    let nats = NatsServer::start().unwrap();
+    let sites = Sites::new(false);
+    let config = sites.config(&nats, "");
+    let mut reader = start_reader(&sites, &config);
+    let mut wms = start(&config, &writer("wms"));
+    workload(&sites.source, 0);
+    wait_equal(&sites, &mut [&mut reader, &mut wms]);
+    wms.kill();
+    for round in 1..6 {
+        workload(&sites.source, round);
+    }
+    let written = sites.wal_now();
+    wait_for(
+        "the slot to be confirmed past the last commit while the writer is down",
+        CATCH_UP,
+        || {
+            reader.assert_running();
+            let confirmed = sites.confirmed();
+            if confirmed >= written {
+                Ok(())
+            } else {
+                Err(format!("confirmed {confirmed:X}, written {written:X}"))
+            }
+        },
+    );
+    assert_ne!(
+        table_rows(&sites.wms, "items"),
+        sites.source_rows(),
+        "the target cannot have caught up without its writer"
+    );
+    wms.start_with(&writer("wms"));
+    wait_equal(&sites, &mut [&mut reader, &mut wms]);
+    finish(&sites, reader);
+}
+#[test]
+fn a_second_writer_waits_and_takes_over_when_the_first_dies() {
+    let nats = NatsServer::start().unwrap();
+    let sites = Sites::new(false);
+    let config = sites.config(&nats, "lease_ttl = \"2s\"");
+    let mut reader = start_reader(&sites, &config);
+    let mut first = start(&config, &writer("wms"));
+    wait_for("the first writer to take the lease", CATCH_UP, || {
+        first.assert_running();
+        if first.log_text().contains("took the writer lease") {
+            Ok(())
+        } else {
+            Err("no lease yet".into())
+        }
+    });
+    let mut second = start(&config, &writer("wms"));
+    wait_for("the second writer to wait", CATCH_UP, || {
+        second.assert_running();
+        if second.log_text().contains("another writer holds the lease") {
+            Ok(())
+        } else {
+            Err("not waiting yet".into())
+        }
+    });
+    workload(&sites.source, 0);
+    wait_equal(&sites, &mut [&mut reader, &mut first, &mut second]);
+    assert!(!second.log_text().contains("took the writer lease"));
+    first.kill();
+    for round in 1..4 {
+        workload(&sites.source, round);
+    }
+    wait_equal(&sites, &mut [&mut reader, &mut second]);
+    assert!(second.log_text().contains("took the writer lease"));
+    finish(&sites, reader);
+}
+#[test]
+fn a_writer_behind_the_streams_retention_stops_naming_backfill() {
+    let nats = NatsServer::start().unwrap();
+    let sites = Sites::new(false);
+    let config = sites.config(&nats, "max_bytes = 4096");
+    let mut reader = start_reader(&sites, &config);
+    let mut wms = start(&config, &writer("wms"));
+    workload(&sites.source, 0);
+    wait_equal(&sites, &mut [&mut reader, &mut wms]);
+    wms.kill();
+    // Far more than 4096 bytes of transactions: the oldest are dropped as they come.
+    for round in 1..30 {
+        workload(&sites.source, round);
+    }
+    let written = sites.wal_now();
+    wait_for("the reader to publish everything", CATCH_UP, || {
+        reader.assert_running();
+        let confirmed = sites.confirmed();
+        if confirmed >= written {
+            Ok(())
+        } else {
+            Err(format!("confirmed {confirmed:X}, written {written:X}"))
+        }
+    });
+    wms.start_with(&writer("wms"));
+    wms.assert_stopped_saying(&["retention", "duplex backfill --resync"]);
+    finish(&sites, reader);
+}
+
+#[test]
+fn a_large_transaction_goes_in_parts_and_lands_once_across_a_writer_kill() {
+    let nats = NatsServer::start().unwrap();
+    let sites = Sites::new(false);
+    let config = sites.config(&nats, "");
+    let mut reader = start_reader(&sites, &config);
+    workload(&sites.source, 0);
+    // Two parts of 10,000 changes and the final piece.
+    sites
+        .source
+        .execute_as_duplex(
+            "INSERT INTO items SELECT g, g % 7, 'large ' || g FROM generate_series(1001, 26000) g",
+        )
+        .unwrap();
+    workload(&sites.source, 1);
+    let written = sites.wal_now();
+    wait_for("the reader to publish everything", CATCH_UP, || {
+        reader.assert_running();
+        let confirmed = sites.confirmed();
+        if confirmed >= written {
+            Ok(())
+        } else {
+            Err(format!("confirmed {confirmed:X}, written {written:X}"))
+        }
+    });
+    let mut wms = start(&config, &writer("wms"));
+    wait_for("the writer to start applying", CATCH_UP, || {
+        wms.assert_running();
+        if wms.log_text().contains("link started") {
+            Ok(())
+        } else {
+            Err("not started".into())
+        }
+    });
+    wms.kill();
+    wms.start_with(&writer("wms"));
+    wait_equal(&sites, &mut [&mut reader, &mut wms]);
+    finish(&sites, reader);
+}
