@@ -210,7 +210,7 @@ fn epoch_0001() -> NaiveDate {
 /// Microseconds since midnight of a `time` value, refusing a 100 ns remainder.
 fn time_micros(column: MssqlType, time: Time) -> Result<i64, TypeError> {
     let increments = time.increments() * 10u64.pow(7 - u32::from(time.scale().min(7)));
-    if increments % 10 != 0 {
+    if !increments.is_multiple_of(10) {
         return Err(TypeError::SubMicrosecond { column, increments });
     }
     i64::try_from(increments / 10).map_err(|_| TypeError::OutOfRange {
@@ -574,7 +574,7 @@ mod tests {
             Ok(d("9999999999999999999999999999.9999999999"))
         );
         assert_eq!(
-            to_value(T::Money, n(-922_337_203_685_477_5808, 4)),
+            to_value(T::Money, n(-9_223_372_036_854_775_808, 4)),
             Ok(d("-922337203685477.5808"))
         );
         assert_eq!(
