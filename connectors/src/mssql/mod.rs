@@ -5,6 +5,7 @@
 //! `kind = "mssql"` with that message, so nothing fails deep in a run.
 
 mod position;
+pub mod preflight;
 pub mod stream;
 mod types;
 
