@@ -7,7 +7,9 @@
 mod position;
 pub mod preflight;
 pub mod stream;
+mod tls;
 mod types;
 
 pub use position::{CdcPosition, Lsn, LsnError};
+pub use tls::{MssqlEncrypt, MssqlUrl, MssqlUrlError};
 pub use types::{MssqlType, TypeError, to_param, to_value};
