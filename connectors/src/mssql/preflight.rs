@@ -10,6 +10,7 @@ use crate::preflight::{self, Finding};
 
 use super::stream::quote;
 use super::types::{MssqlType, TypeError};
+use super::{MssqlClient, MssqlError};
 
 /// The oldest SQL Server major version supported: 13 (SQL Server 2016).
 pub const MIN_MAJOR_VERSION: i32 = 13;
@@ -66,8 +67,8 @@ pub struct ServerFacts {
     pub db_owner: bool,
     /// May create tables (for `duplex.positions` on a target).
     pub can_create_tables: bool,
-    /// The CDC jobs: (`job_type`, `retention` minutes).
-    pub jobs: Vec<(String, Option<i64>)>,
+    /// The CDC jobs: (`job_type`, `retention` minutes); `None` when msdb could not be read.
+    pub jobs: Option<Vec<(String, Option<i64>)>>,
     /// SQL Server Agent's `status_desc`, `None` when it could not be read (no VIEW SERVER
     /// STATE) or there is none (Azure SQL Database schedules CDC itself).
     pub agent: Option<String>,
@@ -118,33 +119,14 @@ pub fn check_server(facts: &ServerFacts) -> Vec<Finding> {
             ),
         ),
     ];
-    let job = |kind: &str| {
-        facts
-            .jobs
-            .iter()
-            .find(|(t, _)| t.eq_ignore_ascii_case(kind))
-    };
-    if facts.cdc_enabled {
-        findings.push(Finding::require(
-            job("capture").is_some(),
-            "CDC capture job exists",
-            "EXEC sys.sp_cdc_add_job @job_type = N'capture'",
-        ));
-        findings.push(match job("cleanup") {
-            None => Finding::warn(
-                "no CDC cleanup job: change tables grow without bound",
-                "EXEC sys.sp_cdc_add_job @job_type = N'cleanup', @retention = 4320",
-            ),
-            Some((_, Some(minutes))) if *minutes < 1440 => Finding::warn(
-                format!("CDC retention is {minutes} minutes"),
-                "duplex must read changes before cleanup removes them, or backfill: \
-                 EXEC sys.sp_cdc_change_job @job_type = N'cleanup', @retention = 4320",
-            ),
-            Some((_, minutes)) => Finding::ok(format!(
-                "CDC retention {} minutes",
-                minutes.map_or_else(|| "unknown".to_owned(), |m| m.to_string())
-            )),
-        });
+    match (&facts.jobs, facts.cdc_enabled) {
+        (_, false) => {}
+        (None, true) => findings.push(Finding::warn(
+            "could not read the CDC jobs (msdb.dbo.cdc_jobs)",
+            "make sure the capture job runs and the cleanup job keeps changes long enough \
+             (EXEC sys.sp_cdc_help_jobs)",
+        )),
+        (Some(jobs), true) => findings.extend(check_jobs(jobs)),
     }
     if !facts.azure() {
         findings.push(match facts.agent.as_deref() {
@@ -170,6 +152,33 @@ pub fn check_server(facts: &ServerFacts) -> Vec<Finding> {
         )
     });
     findings
+}
+
+/// The findings on the CDC jobs of a database with CDC on.
+fn check_jobs(jobs: &[(String, Option<i64>)]) -> Vec<Finding> {
+    let job = |kind: &str| jobs.iter().find(|(t, _)| t.eq_ignore_ascii_case(kind));
+    vec![
+        Finding::require(
+            job("capture").is_some(),
+            "CDC capture job exists",
+            "EXEC sys.sp_cdc_add_job @job_type = N'capture'",
+        ),
+        match job("cleanup") {
+            None => Finding::warn(
+                "no CDC cleanup job: change tables grow without bound",
+                "EXEC sys.sp_cdc_add_job @job_type = N'cleanup', @retention = 4320",
+            ),
+            Some((_, Some(minutes))) if *minutes < 1440 => Finding::warn(
+                format!("CDC retention is {minutes} minutes"),
+                "duplex must read changes before cleanup removes them, or backfill: \
+                 EXEC sys.sp_cdc_change_job @job_type = N'cleanup', @retention = 4320",
+            ),
+            Some((_, minutes)) => Finding::ok(format!(
+                "CDC retention {} minutes",
+                minutes.map_or_else(|| "unknown".to_owned(), |m| m.to_string())
+            )),
+        },
+    ]
 }
 
 /// The findings on one mapped table: capture instance, permission to read it, every column
@@ -271,6 +280,160 @@ pub fn check_table(facts: &TableFacts) -> Vec<Finding> {
     findings
 }
 
+/// Reads the server and database facts through `client`. SQL Server Agent's state and the
+/// msdb jobs need permissions a replication user may lack; those are then unknown (`None`),
+/// which [`check_server`] reports as warnings.
+pub async fn probe_server(client: &mut MssqlClient) -> Result<ServerFacts, MssqlError> {
+    let doing = "reading the server version and database settings";
+    let rows = client
+        .simple_query(SERVER_QUERY)
+        .await
+        .map_err(MssqlError::query(doing))?
+        .into_first_result()
+        .await
+        .map_err(MssqlError::query(doing))?;
+    let database = client
+        .simple_query("SELECT DB_NAME()")
+        .await
+        .map_err(MssqlError::query(doing))?
+        .into_row()
+        .await
+        .map_err(MssqlError::query(doing))?
+        .and_then(|row| row.get::<&str, _>(0).map(str::to_owned))
+        .unwrap_or_default();
+    let row = rows.first();
+    let int = |i: usize| row.and_then(|r| r.get::<i32, _>(i)).unwrap_or_default();
+    let jobs = match client.simple_query(JOBS_QUERY).await {
+        Ok(stream) => stream.into_first_result().await.ok().map(|rows| {
+            rows.iter()
+                .map(|r| {
+                    (
+                        r.get::<&str, _>(0).unwrap_or_default().to_owned(),
+                        r.get::<i64, _>(1),
+                    )
+                })
+                .collect()
+        }),
+        Err(_) => None,
+    };
+    let agent = match client.simple_query(AGENT_QUERY).await {
+        Ok(stream) => stream
+            .into_row()
+            .await
+            .ok()
+            .flatten()
+            .and_then(|r| r.get::<&str, _>(0).map(str::to_owned)),
+        Err(_) => None,
+    };
+    Ok(ServerFacts {
+        database,
+        major_version: int(0),
+        version: row
+            .and_then(|r| r.get::<&str, _>(1))
+            .unwrap_or("of unknown version")
+            .to_owned(),
+        engine_edition: int(2),
+        cdc_enabled: row.and_then(|r| r.get::<bool, _>(3)).unwrap_or(false),
+        snapshot_isolation: int(4) == 1,
+        db_owner: int(5) == 1,
+        can_create_tables: int(6) == 1,
+        jobs,
+        agent,
+    })
+}
+
+/// The columns of table `@P1`: name, system type name, scale.
+pub const COLUMNS_QUERY: &str = "SELECT c.name, TYPE_NAME(c.system_type_id), CAST(c.scale AS int) \
+     FROM sys.columns c WHERE c.object_id = OBJECT_ID(@P1) ORDER BY c.column_id";
+
+/// The primary-key columns of table `@P1`, in key order.
+pub const PRIMARY_KEY_QUERY: &str = "SELECT c.name FROM sys.indexes i \
+     JOIN sys.index_columns ic ON ic.object_id = i.object_id AND ic.index_id = i.index_id \
+     JOIN sys.columns c ON c.object_id = ic.object_id AND c.column_id = ic.column_id \
+     WHERE i.is_primary_key = 1 AND i.object_id = OBJECT_ID(@P1) ORDER BY ic.key_ordinal";
+
+/// The rows of `query` with the one text parameter `param`.
+async fn rows_of(
+    client: &mut MssqlClient,
+    query: &'static str,
+    param: &str,
+    doing: &'static str,
+) -> Result<Vec<tiberius::Row>, MssqlError> {
+    client
+        .query(query, &[&param])
+        .await
+        .map_err(MssqlError::query(doing))?
+        .into_first_result()
+        .await
+        .map_err(MssqlError::query(doing))
+}
+
+/// Reads the facts of one mapped table through `client`; `None` when it does not exist.
+pub async fn probe_table(
+    client: &mut MssqlClient,
+    table: &TableName,
+) -> Result<Option<TableFacts>, MssqlError> {
+    let name = format!("{}.{}", quote(&table.schema), quote(&table.name));
+    let text = |r: &tiberius::Row, i: usize| r.get::<&str, _>(i).unwrap_or_default().to_owned();
+    let columns: Vec<(String, String, u8)> =
+        rows_of(client, COLUMNS_QUERY, &name, "reading a table's columns")
+            .await?
+            .iter()
+            .map(|r| {
+                let scale = r.get::<i32, _>(2).unwrap_or_default();
+                (
+                    text(r, 0),
+                    text(r, 1),
+                    u8::try_from(scale).unwrap_or(u8::MAX),
+                )
+            })
+            .collect();
+    if columns.is_empty() {
+        return Ok(None);
+    }
+    let primary_key = rows_of(client, PRIMARY_KEY_QUERY, &name, "reading a primary key")
+        .await?
+        .iter()
+        .map(|r| text(r, 0))
+        .collect();
+    let instances: Vec<(String, Option<String>, bool)> = rows_of(
+        client,
+        INSTANCES_QUERY,
+        &name,
+        "reading a table's capture instances",
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        (
+            text(r, 0),
+            r.get::<&str, _>(1).map(str::to_owned),
+            r.get::<i32, _>(2) == Some(1),
+        )
+    })
+    .collect();
+    let captured = match &instances[..] {
+        [(instance, _, _)] => rows_of(
+            client,
+            CAPTURED_COLUMNS_QUERY,
+            instance,
+            "reading the captured columns",
+        )
+        .await?
+        .iter()
+        .map(|r| text(r, 0))
+        .collect(),
+        _ => Vec::new(),
+    };
+    Ok(Some(TableFacts {
+        table: table.clone(),
+        columns,
+        primary_key,
+        instances,
+        captured,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,7 +449,10 @@ mod tests {
             snapshot_isolation: true,
             db_owner: false,
             can_create_tables: true,
-            jobs: vec![("capture".into(), None), ("cleanup".into(), Some(4320))],
+            jobs: Some(vec![
+                ("capture".into(), None),
+                ("cleanup".into(), Some(4320)),
+            ]),
             agent: Some("Running".into()),
         }
     }
@@ -355,7 +521,7 @@ mod tests {
     fn jobs_retention_snapshot_isolation_and_permissions_are_judged() {
         let facts = ServerFacts {
             snapshot_isolation: false,
-            jobs: vec![("cleanup".into(), Some(60))],
+            jobs: Some(vec![("cleanup".into(), Some(60))]),
             can_create_tables: false,
             agent: None,
             ..ready_server()
@@ -384,7 +550,7 @@ mod tests {
         let azure = ServerFacts {
             engine_edition: 5,
             agent: None,
-            jobs: vec![("capture".into(), None)],
+            jobs: Some(vec![("capture".into(), None)]),
             ..ready_server()
         };
         let findings = check_server(&azure);
