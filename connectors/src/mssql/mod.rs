@@ -19,7 +19,7 @@ pub use error::MssqlError;
 pub use param::Param;
 pub use position::{CdcPosition, Lsn, LsnError};
 pub use tls::{MssqlEncrypt, MssqlUrl, MssqlUrlError};
-pub use types::{MssqlType, TypeError, to_param, to_value};
+pub use types::{MssqlType, TYPE_TABLE, TypeError, to_param, to_value};
 
 use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
