@@ -211,6 +211,20 @@ async fn every_supported_type_round_trips_through_a_real_table() {
         .await
         .expect("select");
     assert_eq!(rows.len(), 2);
+    // A datetimeoffset written with an offset by the server itself reads as its UTC instant.
+    let offset = client
+        .simple_query("SELECT CAST('2024-02-29T18:00:00-05:00' AS datetimeoffset(6))")
+        .await
+        .expect("select")
+        .into_row()
+        .await
+        .expect("select")
+        .expect("a row");
+    let data = offset.into_iter().next().expect("a column");
+    assert_eq!(
+        to_value(MssqlType::DateTimeOffset, data).unwrap(),
+        Value::TimestampTz(Utc.from_utc_datetime(&at(23, 0, 0, 0)))
+    );
     for (row, null) in rows.into_iter().zip([false, true]) {
         for ((name, _, ty, expected), data) in columns.iter().zip(row) {
             let expected = if null { &Value::Null } else { expected };
