@@ -290,6 +290,22 @@ fn other_rules_are_named_and_all_problems_are_listed_at_once() {
             .any(|p| p.contains("SQL Server is not supported yet")),
         "{problems:?}"
     );
+    let problems = self::problems(
+        &GOOD
+            .replacen("kind = \"postgres\"", "kind = \"mssql\"", 1)
+            .replacen("postgres://", "mssql://", 1),
+    );
+    assert!(
+        !problems.iter().any(|p| p.contains(".url:")),
+        "{problems:?}"
+    );
+    let problems = self::problems(&GOOD.replace("kind = \"postgres\"", "kind = \"sqlserver\""));
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains(".url: SQL Server URL: the scheme must be mssql://")),
+        "{problems:?}"
+    );
 }
 
 #[test]

@@ -40,6 +40,7 @@ pub mod change;
 pub mod foreign_keys;
 pub mod head;
 pub mod load;
+pub mod mssql;
 pub mod mysql;
 pub mod position;
 pub mod postgres;

@@ -96,8 +96,12 @@ pub fn missing_table(table: &TableName) -> Finding {
 /// The finding on a mapped table's primary key; `quoted` is the table name as the kind's SQL
 /// writes it, for the fix.
 pub fn primary_key(schema: &TableSchema, quoted: &str) -> Finding {
-    let table = &schema.name;
-    if schema.primary_key.is_empty() {
+    key_columns(&schema.name, &schema.primary_key, quoted)
+}
+
+/// The finding on the primary-key columns `key` of `table` (`quoted` as in [`primary_key`]).
+pub fn key_columns(table: &TableName, key: &[String], quoted: &str) -> Finding {
+    if key.is_empty() {
         Finding::fail(
             format!("table {table} has no primary key"),
             format!(
@@ -105,10 +109,7 @@ pub fn primary_key(schema: &TableSchema, quoted: &str) -> Finding {
             ),
         )
     } else {
-        Finding::ok(format!(
-            "table {table}: primary key ({})",
-            schema.primary_key.join(", ")
-        ))
+        Finding::ok(format!("table {table}: primary key ({})", key.join(", ")))
     }
 }
 

@@ -502,6 +502,17 @@ pub fn render_markdown() -> String {
          declared with more dimensions are refused by `duplex check`, and a value with more \
          dimensions or another lower bound stops the link naming table, column and key.\n",
     );
+    out.push_str(
+        "\n## SQL Server (not wired yet)\n\nThe conversions `connectors/src/mssql/types.rs` \
+         makes; no link reads or writes SQL Server yet, and none of this has run against a real \
+         SQL Server.\n\n| SQL Server type | canonical | PostgreSQL | MySQL/MariaDB | fidelity |\n\
+         |---|---|---|---|---|\n",
+    );
+    for (sqlserver, canonical, postgres, mysql, how) in crate::mssql::TYPE_TABLE {
+        out.push_str(&format!(
+            "| `{sqlserver}` | {canonical} | {postgres} | {mysql} | {how} |\n"
+        ));
+    }
     out
 }
 

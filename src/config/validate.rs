@@ -72,7 +72,16 @@ pub(super) fn validate_site(
         "postgres" | "postgresql" => Some(SiteKind::Postgres),
         "mysql" | "mariadb" => Some(SiteKind::Mysql),
         "mssql" | "sqlserver" => {
-            report(format!("{field}.kind"), "SQL Server is not supported yet: only \"postgres\" and \"mysql\" (MySQL and MariaDB) are".into());
+            if let Err(error) = duplex_connectors::mssql::MssqlUrl::parse(&raw.url, None) {
+                report(format!("{field}.url"), error.to_string());
+            }
+            report(
+                format!("{field}.kind"),
+                "SQL Server is not supported yet as a source or a target: duplex reads its URL, \
+                 LSNs and types, but no link reads or writes SQL Server yet; only \"postgres\" \
+                 and \"mysql\" (MySQL and MariaDB) are"
+                    .into(),
+            );
             None
         }
         other => {

@@ -1,0 +1,47 @@
+//! SQL Server through CDC: LSN positions, type conversions between tiberius values and
+//! canonical values, the decisions of the change-table reader and of `check`, the URL and
+//! connecting.
+//!
+//! Not yet wired: no link reads from or writes into SQL Server, and [`crate::SiteKind`] has
+//! no SQL Server kind. The configuration refuses `kind = "mssql"` with that message, so
+//! nothing fails deep in a run. Nothing here has run against a real SQL Server yet; the
+//! server tests in `connectors/tests/mssql.rs` run when `DUPLEX_TEST_MSSQL_URL` is set.
+
+mod error;
+mod param;
+mod position;
+pub mod preflight;
+pub mod stream;
+mod tls;
+mod types;
+
+pub use error::MssqlError;
+pub use param::Param;
+pub use position::{CdcPosition, Lsn, LsnError};
+pub use tls::{MssqlEncrypt, MssqlUrl, MssqlUrlError};
+pub use types::{MssqlType, TYPE_TABLE, TypeError, to_param, to_value};
+
+use tokio::net::TcpStream;
+use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
+
+/// A logged-in SQL Server session.
+pub type MssqlClient = tiberius::Client<Compat<TcpStream>>;
+
+/// Connects to the database `url` names; `password`, when given, overrides any in the URL.
+pub async fn connect(url: &str, password: Option<&str>) -> Result<MssqlClient, MssqlError> {
+    let config = MssqlUrl::parse(url, password)?.config();
+    let target = config.get_addr();
+    let tcp = TcpStream::connect(&target)
+        .await
+        .map_err(|source| MssqlError::Reach {
+            target: target.clone(),
+            source,
+        })?;
+    tcp.set_nodelay(true).map_err(|source| MssqlError::Reach {
+        target: target.clone(),
+        source,
+    })?;
+    tiberius::Client::connect(config, tcp.compat_write())
+        .await
+        .map_err(|source| MssqlError::Connect { target, source })
+}

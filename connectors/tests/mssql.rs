@@ -1,0 +1,287 @@
+//! SQL Server against a real server: every supported type written through `to_param` and read
+//! back through `to_value`, and `check`'s probes on a fresh database. No SQL Server runs on
+//! our machines, so each test runs only when `DUPLEX_TEST_MSSQL_URL` names a server
+//! (`mssql://sa:<password>@host:1433/master?trust-server-certificate=true`, a login that may
+//! create databases); otherwise it prints that it is skipped and why, and passes.
+
+use chrono::{NaiveDate, TimeZone, Utc};
+use duplex_connectors::mssql::preflight::{check_table, probe_server, probe_table};
+use duplex_connectors::mssql::stream::select_list;
+use duplex_connectors::mssql::{MssqlClient, MssqlType, Param, connect, to_param, to_value};
+use duplex_connectors::preflight::Status;
+use duplex_connectors::{TableName, Value};
+
+/// A fresh database on the test server, dropped when the test ends well.
+struct Database {
+    admin: MssqlClient,
+    name: String,
+    url: String,
+}
+
+impl Database {
+    /// A new database, or `None` (with the reason printed) when no server is given.
+    async fn create(test: &str) -> Option<Database> {
+        let Ok(url) = std::env::var("DUPLEX_TEST_MSSQL_URL") else {
+            eprintln!("{test}: skipped: DUPLEX_TEST_MSSQL_URL not set");
+            return None;
+        };
+        let mut admin = connect(&url, None)
+            .await
+            .expect("connect to the test server");
+        let name = format!("duplex_test_{}", uuid::Uuid::new_v4().simple());
+        execute(&mut admin, &format!("CREATE DATABASE [{name}]")).await;
+        let mut parsed = url::Url::parse(&url).expect("a URL");
+        parsed.set_path(&name);
+        Some(Database {
+            admin,
+            name,
+            url: parsed.to_string(),
+        })
+    }
+
+    async fn connect(&self) -> MssqlClient {
+        connect(&self.url, None)
+            .await
+            .expect("connect to the test database")
+    }
+
+    async fn drop(mut self) {
+        execute(
+            &mut self.admin,
+            &format!(
+                "ALTER DATABASE [{0}] SET SINGLE_USER WITH ROLLBACK IMMEDIATE; DROP DATABASE [{0}]",
+                self.name
+            ),
+        )
+        .await;
+    }
+}
+
+async fn execute(client: &mut MssqlClient, sql: &str) {
+    client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .into_results()
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+#[tokio::test]
+async fn every_supported_type_round_trips_through_a_real_table() {
+    let Some(db) = Database::create("every_supported_type_round_trips_through_a_real_table").await
+    else {
+        return;
+    };
+    let mut client = db.connect().await;
+    let at = |h, m, s, us| {
+        NaiveDate::from_ymd_opt(2024, 2, 29)
+            .unwrap()
+            .and_hms_micro_opt(h, m, s, us)
+            .unwrap()
+    };
+    let columns: Vec<(&str, &str, MssqlType, Value)> = vec![
+        ("b", "bit", MssqlType::Bit, Value::Bool(true)),
+        ("ti", "tinyint", MssqlType::TinyInt, Value::Int(255)),
+        ("si", "smallint", MssqlType::SmallInt, Value::Int(-32768)),
+        ("i", "int", MssqlType::Int, Value::Int(-2_147_483_648)),
+        ("bi", "bigint", MssqlType::BigInt, Value::Int(i64::MAX)),
+        ("r", "real", MssqlType::Real, Value::Float(0.5)),
+        ("f", "float", MssqlType::Float, Value::Float(-1.0e300)),
+        (
+            "d",
+            "decimal(38,10)",
+            MssqlType::Decimal,
+            Value::Decimal("-1234567890123456789012345678.0123456789".parse().unwrap()),
+        ),
+        (
+            "m",
+            "money",
+            MssqlType::Money,
+            Value::Decimal("922337203685477.5807".parse().unwrap()),
+        ),
+        (
+            "sm",
+            "smallmoney",
+            MssqlType::SmallMoney,
+            Value::Decimal("-214748.3648".parse().unwrap()),
+        ),
+        (
+            "nv",
+            "nvarchar(max)",
+            MssqlType::Text,
+            Value::Text("Grüße 🙂".into()),
+        ),
+        (
+            "v",
+            "varchar(20)",
+            MssqlType::Text,
+            Value::Text("plain".into()),
+        ),
+        (
+            "vb",
+            "varbinary(max)",
+            MssqlType::Binary,
+            Value::Bytes(vec![0, 1, 255]),
+        ),
+        (
+            "u",
+            "uniqueidentifier",
+            MssqlType::UniqueIdentifier,
+            Value::Uuid(uuid::Uuid::parse_str("6f9619ff-8b86-d011-b42d-00c04fc964ff").unwrap()),
+        ),
+        (
+            "dt",
+            "date",
+            MssqlType::Date,
+            Value::Date(NaiveDate::from_ymd_opt(1, 1, 1).unwrap()),
+        ),
+        (
+            "tm",
+            "time(6)",
+            MssqlType::Time,
+            Value::Time(86_399_999_999),
+        ),
+        (
+            "d2",
+            "datetime2(6)",
+            MssqlType::DateTime2,
+            Value::Timestamp(at(12, 34, 56, 123_456)),
+        ),
+        (
+            "dto",
+            "datetimeoffset(6)",
+            MssqlType::DateTimeOffset,
+            Value::TimestampTz(Utc.from_utc_datetime(&at(23, 0, 0, 5))),
+        ),
+        (
+            "old",
+            "datetime",
+            MssqlType::DateTime,
+            Value::Timestamp(at(7, 8, 9, 3_333)),
+        ),
+        (
+            "sdt",
+            "smalldatetime",
+            MssqlType::SmallDateTime,
+            Value::Timestamp(at(23, 59, 0, 0)),
+        ),
+        ("x", "xml", MssqlType::Xml, Value::Text("<a>1</a>".into())),
+    ];
+    let ddl = columns
+        .iter()
+        .map(|(name, ty, _, _)| format!("[{name}] {ty} NULL"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    execute(
+        &mut client,
+        &format!("CREATE TABLE dbo.items (id int PRIMARY KEY, {ddl})"),
+    )
+    .await;
+    for (id, null) in [(1, false), (2, true)] {
+        let names: Vec<String> = columns.iter().map(|(n, ..)| format!("[{n}]")).collect();
+        let marks: Vec<String> = (1..=columns.len())
+            .map(|i| format!("@P{}", i + 1))
+            .collect();
+        let mut insert = tiberius::Query::new(format!(
+            "INSERT INTO dbo.items (id, {}) VALUES (@P1, {})",
+            names.join(", "),
+            marks.join(", ")
+        ));
+        insert.bind(id);
+        for (name, _, ty, value) in &columns {
+            let value = if null { &Value::Null } else { value };
+            insert.bind(Param(
+                to_param(*ty, value).unwrap_or_else(|e| panic!("{name}: {e}")),
+            ));
+        }
+        insert.execute(&mut client).await.expect("insert");
+    }
+    let list = select_list(
+        &columns
+            .iter()
+            .map(|(n, _, ty, _)| ((*n).to_owned(), *ty))
+            .collect::<Vec<_>>(),
+    );
+    let rows = client
+        .simple_query(format!("SELECT {list} FROM dbo.items ORDER BY id"))
+        .await
+        .expect("select")
+        .into_first_result()
+        .await
+        .expect("select");
+    assert_eq!(rows.len(), 2);
+    // A datetimeoffset written with an offset by the server itself reads as its UTC instant.
+    let offset = client
+        .simple_query("SELECT CAST('2024-02-29T18:00:00-05:00' AS datetimeoffset(6))")
+        .await
+        .expect("select")
+        .into_row()
+        .await
+        .expect("select")
+        .expect("a row");
+    let data = offset.into_iter().next().expect("a column");
+    assert_eq!(
+        to_value(MssqlType::DateTimeOffset, data).unwrap(),
+        Value::TimestampTz(Utc.from_utc_datetime(&at(23, 0, 0, 0)))
+    );
+    for (row, null) in rows.into_iter().zip([false, true]) {
+        for ((name, _, ty, expected), data) in columns.iter().zip(row) {
+            let expected = if null { &Value::Null } else { expected };
+            assert_eq!(&to_value(*ty, data).unwrap(), expected, "column {name}");
+        }
+    }
+    drop(client);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn check_finds_a_database_and_table_without_cdc_and_a_table_without_a_key() {
+    let Some(db) =
+        Database::create("check_finds_a_database_and_table_without_cdc_and_a_table_without_a_key")
+            .await
+    else {
+        return;
+    };
+    let mut client = db.connect().await;
+    execute(
+        &mut client,
+        "CREATE TABLE dbo.loose (n int, at datetime2(7))",
+    )
+    .await;
+    let server = probe_server(&mut client).await.expect("probe the server");
+    assert_eq!(server.database, db.name);
+    assert!(!server.cdc_enabled);
+    assert!(server.major_version >= 13, "{server:?}");
+    let table = TableName::new("dbo", "loose");
+    let facts = probe_table(&mut client, &table)
+        .await
+        .expect("probe the table")
+        .expect("the table exists");
+    assert_eq!(facts.columns.len(), 2);
+    assert_eq!(
+        facts.columns[1],
+        ("at".to_owned(), "datetime2".to_owned(), 7)
+    );
+    let findings = check_table(&facts);
+    let failed: Vec<&str> = findings
+        .iter()
+        .filter(|f| f.status == Status::Fail)
+        .map(|f| f.what.as_str())
+        .collect();
+    assert_eq!(
+        failed,
+        vec![
+            "table dbo.loose is not captured by CDC",
+            "table dbo.loose has no primary key"
+        ]
+    );
+    assert!(
+        probe_table(&mut client, &TableName::new("dbo", "absent"))
+            .await
+            .expect("probe")
+            .is_none()
+    );
+    drop(client);
+    db.drop().await;
+}
