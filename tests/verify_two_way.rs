@@ -6,41 +6,14 @@
 
 mod harness;
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use harness::sites::{self, ERP, STORE, Sites, WMS};
+use harness::verify_report::{found, set};
 use harness::wait_for;
 
 const WAIT: Duration = Duration::from_secs(90);
-
-/// Missing, extra and differing (`key: column`) keys of a report.
-fn found(report: &serde_json::Value) -> [BTreeSet<String>; 3] {
-    let keys = |field: &str| -> BTreeSet<String> {
-        report[field]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|k| k.as_str().unwrap().to_owned())
-            .collect()
-    };
-    let mut differing = BTreeSet::new();
-    for row in report["differing"].as_array().unwrap() {
-        for column in row["columns"].as_array().unwrap() {
-            differing.insert(format!(
-                "{}: {}",
-                row["key"].as_str().unwrap(),
-                column["column"].as_str().unwrap()
-            ));
-        }
-    }
-    [keys("missing"), keys("extra"), differing]
-}
-
-fn set(items: &[&str]) -> BTreeSet<String> {
-    items.iter().map(|s| (*s).to_owned()).collect()
-}
 
 #[test]
 fn two_way_verify_reports_exactly_what_one_site_changed_behind_duplex_while_the_engine_streams() {

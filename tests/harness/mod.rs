@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod pg;
 pub mod proxy;
 pub mod sites;
+pub mod verify_report;
 
 /// The `duplex` binary the tests run: `DUPLEX_BIN` when set (a copy of a binary built from a
 /// known tree, since a shared target directory's binary may be rebuilt from another tree while

@@ -8,16 +8,44 @@ use std::sync::Arc;
 use chrono::Utc;
 use duplex_connectors::Row;
 use duplex_state::{
-    ConflictRecord, ConflictSide, ConflictStatus, Resolution, StateWriter, VersionVector,
+    ConflictRecord, ConflictSide, ConflictStatus, Resolution, RowVersions, StateWriter,
+    VersionVector,
 };
 
 use super::super::EngineError;
 use super::super::control;
 use super::super::outbox::OutboxWrite;
 use super::super::rows::{MergeMapping, display_image};
-use super::{Coordinator, Done, Propagation, load, missing_key, now_millis, store_row};
+use super::{Coordinator, Done, Propagation, RowData, load, missing_key, now_millis, store_row};
 
 impl Coordinator {
+    /// Writes a row an operator (or `verify --take`) settled to every site: `data` holds the
+    /// chosen image as the newest, stamped now, and the chosen site holds `rv.merged`; then
+    /// stores the row.
+    pub(super) fn write_settled(
+        &mut self,
+        w: &mut StateWriter<'_>,
+        mapping: &MergeMapping,
+        (key_row, key): (&Row, &str),
+        mut rv: RowVersions,
+        mut data: RowData,
+        done: &mut Done,
+    ) -> Result<(), EngineError> {
+        let vector = rv.merged.clone();
+        let since = data.commit_micros;
+        let newest = Propagation {
+            mapping,
+            key_row,
+            key,
+            rv: &mut rv,
+            data: &mut data,
+            vector: &vector,
+            since,
+        };
+        self.propagate(w, newest, done)?;
+        store_row(w, mapping, key, rv, &data)
+    }
+
     /// A request of `duplex conflicts`.
     pub(super) fn control(
         &mut self,
@@ -84,18 +112,7 @@ impl Coordinator {
         data.set_image(winner.clone(), &mapping.sites);
         data.writer = take.clone();
         data.commit_micros = Utc::now().timestamp_micros();
-        let since = data.commit_micros;
-        let newest = Propagation {
-            mapping,
-            key_row: &key_row,
-            key: &key,
-            rv: &mut rv,
-            data: &mut data,
-            vector: &vector,
-            since,
-        };
-        self.propagate(w, newest, done)?;
-        store_row(w, mapping, &key, rv, &data)?;
+        self.write_settled(w, mapping, (&key_row, &key), rv, data, done)?;
         w.resolve_conflict(
             id,
             &Resolution {

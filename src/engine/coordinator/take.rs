@@ -26,7 +26,7 @@ use duplex_state::{ConflictRecord, ConflictSide, ConflictStatus, Resolution, Sta
 use super::super::EngineError;
 use super::super::control::Response;
 use super::super::rows::display_image;
-use super::{Coordinator, Done, Propagation, load, now_millis, store_row};
+use super::{Coordinator, Done, load, now_millis};
 
 impl Coordinator {
     /// A [`super::super::control::Request::Take`]: see the module docs.
@@ -132,18 +132,7 @@ impl Coordinator {
                 status: ConflictStatus::Resolved(resolution(take)),
             })?;
             tracing::info!(conflict = id, mapping = %mapping.name, key = %key, site = %take, "verify --take: the site's version is being written to every site");
-            let since = data.commit_micros;
-            let newest = Propagation {
-                mapping,
-                key_row: &key_row,
-                key: &key,
-                rv: &mut rv,
-                data: &mut data,
-                vector: &vector,
-                since,
-            };
-            self.propagate(w, newest, done)?;
-            store_row(w, mapping, &key, rv, &data)?;
+            self.write_settled(w, mapping, (&key_row, &key), rv, data, done)?;
             written.push(key);
         }
         Ok(Response::Taken { written, busy })
