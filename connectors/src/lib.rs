@@ -37,6 +37,7 @@ pub mod apply;
 pub mod bulk;
 pub mod catalog;
 pub mod change;
+pub mod digest;
 pub mod foreign_keys;
 pub mod head;
 pub mod load;
@@ -63,7 +64,9 @@ pub use load::AdminError;
 pub use position::{Position, PositionError, PositionKind};
 pub use schema::{Column, ShapeColumn, TableName, TableSchema, TableShape, ValueKind};
 pub use site::{SiteConnection, SiteKind};
-pub use snapshot::{AnySnapshot, KeyRange, SnapshotError, SnapshotRead, SourceSnapshot};
+pub use snapshot::{
+    AnySnapshot, IntegerSpan, KeyRange, SnapshotError, SnapshotRead, SourceSnapshot,
+};
 pub use stream::{AnyStream, SilenceTimeout, StreamError, StreamItem, StreamOptions};
 pub use target::AnyApplier;
 pub use value::{

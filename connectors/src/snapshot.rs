@@ -30,6 +30,7 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 
 use crate::bulk::{BulkRows, BulkShape};
+use crate::digest::RangeDigest;
 use crate::load::AdminError;
 use crate::mysql::{BinlogPosition, MysqlSnapshot, MysqlSnapshotError};
 use crate::postgres::{PgExportedSnapshot, PgSnapshotError, PgSnapshotReader};
@@ -57,6 +58,17 @@ impl KeyRange {
             hi: None,
         }
     }
+}
+
+/// The values an integer column spans ([`SnapshotRead::integer_span`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IntegerSpan {
+    /// The smallest value.
+    pub min: i128,
+    /// The largest value.
+    pub max: i128,
+    /// About how many rows the table holds.
+    pub rows: u64,
 }
 
 /// Read-only access to one consistent snapshot of a site's tables (see the module docs).
@@ -120,6 +132,27 @@ pub trait SnapshotRead {
         key: &[Column],
         keys: &[Vec<Value>],
     ) -> Result<Vec<Row>, Self::Error>;
+
+    /// The smallest and largest value of the integer column `column` of `table` and the
+    /// table's row count as the server's statistics estimate it (counted when it has none);
+    /// `None` when the table is empty.
+    async fn integer_span(
+        &mut self,
+        table: &TableName,
+        column: &str,
+    ) -> Result<Option<IntegerSpan>, Self::Error>;
+
+    /// Whether [`SnapshotRead::digest`] covers every one of `columns` (see [`crate::digest`]).
+    fn can_digest(&self, columns: &[Column]) -> bool;
+
+    /// The digest of `range` of `table` over `columns` in this order ([`crate::digest`]):
+    /// equal on two sites, of any kinds, when the range holds the same rows on both.
+    async fn digest(
+        &mut self,
+        table: &TableName,
+        columns: &[Column],
+        range: &KeyRange,
+    ) -> Result<RangeDigest, Self::Error>;
 }
 
 /// A snapshot could not be taken or read.
@@ -274,7 +307,7 @@ impl AnySnapshot {
                 PgSnapshotReader::open(&site.url, site.password(), None).await?,
             ),
             SiteKind::Mysql => AnySnapshot::Mysql(Arc::new(Mutex::new(
-                MysqlSnapshot::open(&site.url, site.password()).await?,
+                MysqlSnapshot::open_reader(&site.url, site.password()).await?,
             ))),
         })
     }
@@ -288,6 +321,16 @@ impl AnySnapshot {
             AnySnapshot::Postgres(reader) => Position::Postgres(reader.renew().await?),
             AnySnapshot::Mysql(conn) => Position::Mysql(conn.lock().await.renew().await?),
         })
+    }
+
+    /// Ends the reader's transaction and starts a fresh one of its own, like
+    /// [`AnySnapshot::renew`] but without reading a position (for reads that need none).
+    pub async fn refresh(&mut self) -> Result<(), SnapshotError> {
+        match self {
+            AnySnapshot::Postgres(reader) => reader.refresh().await?,
+            AnySnapshot::Mysql(conn) => conn.lock().await.refresh().await?,
+        }
+        Ok(())
     }
 
     /// The shape of a bulk read of `columns` of `table` (see [`crate::bulk`]); `None` when this
@@ -421,6 +464,41 @@ impl SnapshotRead for AnySnapshot {
                 conn.lock()
                     .await
                     .rows_with_keys(table, columns, key, keys)
+                    .await?
+            }
+        })
+    }
+
+    async fn integer_span(
+        &mut self,
+        table: &TableName,
+        column: &str,
+    ) -> Result<Option<IntegerSpan>, SnapshotError> {
+        Ok(match self {
+            AnySnapshot::Postgres(reader) => reader.integer_span(table, column).await?,
+            AnySnapshot::Mysql(conn) => conn.lock().await.integer_span(table, column).await?,
+        })
+    }
+
+    fn can_digest(&self, columns: &[Column]) -> bool {
+        match self {
+            AnySnapshot::Postgres(_) => PgSnapshotReader::digestible(columns),
+            AnySnapshot::Mysql(_) => MysqlSnapshot::digestible(columns),
+        }
+    }
+
+    async fn digest(
+        &mut self,
+        table: &TableName,
+        columns: &[Column],
+        range: &KeyRange,
+    ) -> Result<RangeDigest, SnapshotError> {
+        Ok(match self {
+            AnySnapshot::Postgres(reader) => reader.range_digest(table, columns, range).await?,
+            AnySnapshot::Mysql(conn) => {
+                conn.lock()
+                    .await
+                    .range_digest(table, columns, range)
                     .await?
             }
         })

@@ -5,6 +5,7 @@ mod apply;
 mod binlog_error;
 mod catalog;
 mod ddl;
+mod digest;
 mod error;
 pub(crate) mod head;
 mod load;

@@ -42,6 +42,9 @@ pub enum MysqlSnapshotError {
     /// A key bound does not fit the key columns.
     #[error("cutting a table into key ranges: {0}")]
     Key(String),
+    /// A range digest cannot be computed (see [`crate::digest`]).
+    #[error("computing a range digest: {0}")]
+    Digest(String),
     /// A value duplex will not silently change.
     #[error("column {column} of table {table}: {reason}")]
     BadValue {
@@ -66,7 +69,7 @@ impl MysqlSnapshotError {
 
 /// One connection holding a consistent-snapshot transaction and its binlog position.
 pub struct MysqlSnapshot {
-    conn: Conn,
+    pub(super) conn: Conn,
     /// The binlog position matching the snapshot exactly.
     pub position: BinlogPosition,
 }
@@ -84,7 +87,26 @@ impl MysqlSnapshot {
         )
         .await
         .map_err(MysqlError::query("preparing the snapshot session"))?;
-        let position = start(&mut conn).await?;
+        let position = start(&mut conn, true).await?;
+        Ok(MysqlSnapshot { conn, position })
+    }
+
+    /// Connects and starts a consistent-snapshot transaction for reads that need no GTID
+    /// position ([`crate::AnySnapshot::open`]): its [`MysqlSnapshot::position`] holds the binlog
+    /// file and offset only (looking the GTID position up reads the binlog file from its start,
+    /// tens of milliseconds per call on a busy server). [`MysqlSnapshot::renew`] looks it up.
+    pub async fn open_reader(
+        url: &str,
+        password: Option<&str>,
+    ) -> Result<MysqlSnapshot, MysqlSnapshotError> {
+        let mut conn = connect(url, password).await?;
+        conn.query_drop(
+            "SET NAMES utf8mb4; SET SESSION time_zone = '+00:00'; \
+             SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+        )
+        .await
+        .map_err(MysqlError::query("preparing the snapshot session"))?;
+        let position = start(&mut conn, false).await?;
         Ok(MysqlSnapshot { conn, position })
     }
 
@@ -180,8 +202,23 @@ impl MysqlSnapshot {
             .query_drop("COMMIT")
             .await
             .map_err(MysqlError::query("ending the snapshot"))?;
-        self.position = start(&mut self.conn).await?;
+        self.position = start(&mut self.conn, true).await?;
         Ok(self.position.clone())
+    }
+
+    /// Ends the snapshot transaction and starts a fresh one without reading its position:
+    /// translating a binlog offset into a GTID position (`BINLOG_GTID_POS`) reads the binlog
+    /// file from its start, tens of milliseconds per call on a busy server.
+    pub async fn refresh(&mut self) -> Result<(), MysqlSnapshotError> {
+        self.conn
+            .query_drop("COMMIT")
+            .await
+            .map_err(MysqlError::query("ending the snapshot"))?;
+        self.conn
+            .query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+            .await
+            .map_err(MysqlError::query("starting the consistent snapshot"))?;
+        Ok(())
     }
 
     /// Ends the snapshot transaction and closes the connection.
@@ -194,8 +231,8 @@ impl MysqlSnapshot {
 }
 
 /// Starts a consistent-snapshot transaction on `conn` and returns the binlog position that
-/// matches it exactly.
-async fn start(conn: &mut Conn) -> Result<BinlogPosition, MysqlSnapshotError> {
+/// matches it exactly, with its GTID position when `gtid`.
+async fn start(conn: &mut Conn, gtid: bool) -> Result<BinlogPosition, MysqlSnapshotError> {
     conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
         .await
         .map_err(MysqlError::query("starting the consistent snapshot"))?;
@@ -214,6 +251,9 @@ async fn start(conn: &mut Conn) -> Result<BinlogPosition, MysqlSnapshotError> {
     let (Some(file), Some(offset)) = (file, offset) else {
         return Err(MysqlSnapshotError::NoPosition);
     };
+    if !gtid {
+        return Ok(BinlogPosition::new(file, offset));
+    }
     let gtid: Option<Option<String>> = conn
         .exec_first("SELECT BINLOG_GTID_POS(?, ?)", (&file, offset))
         .await
@@ -408,9 +448,58 @@ impl SnapshotRead for MysqlSnapshot {
         self.select(table, columns, &sql, params, "reading rows by key")
             .await
     }
+
+    async fn integer_span(
+        &mut self,
+        table: &TableName,
+        column: &str,
+    ) -> Result<Option<crate::snapshot::IntegerSpan>, MysqlSnapshotError> {
+        let column = quote_ident(column);
+        let sql = format!(
+            "SELECT CAST(MIN({column}) AS CHAR), CAST(MAX({column}) AS CHAR), \
+             (SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?) \
+             FROM {}",
+            qualified(table)
+        );
+        let row: Option<(Option<String>, Option<String>, Option<u64>)> = self
+            .conn
+            .exec_first(sql, (&table.schema, &table.name))
+            .await
+            .map_err(MysqlError::query("reading the span of an integer key"))?;
+        let Some((Some(min), Some(max), estimate)) = row else {
+            return Ok(None);
+        };
+        let parse = |t: &str| -> Result<i128, MysqlSnapshotError> {
+            t.parse()
+                .map_err(|_| MysqlSnapshotError::Key(format!("{t:?} is not an integer")))
+        };
+        // InnoDB's estimate; a table never analysed may say 0: count.
+        let rows = match estimate {
+            Some(estimate) if estimate >= 1 => estimate,
+            _ => self.count(table).await?,
+        };
+        Ok(Some(crate::snapshot::IntegerSpan {
+            min: parse(&min)?,
+            max: parse(&max)?,
+            rows,
+        }))
+    }
+
+    fn can_digest(&self, columns: &[Column]) -> bool {
+        MysqlSnapshot::digestible(columns)
+    }
+
+    async fn digest(
+        &mut self,
+        table: &TableName,
+        columns: &[Column],
+        range: &KeyRange,
+    ) -> Result<crate::digest::RangeDigest, MysqlSnapshotError> {
+        self.range_digest(table, columns, range).await
+    }
 }
 
-fn qualified(table: &TableName) -> String {
+pub(super) fn qualified(table: &TableName) -> String {
     format!(
         "{}.{}",
         quote_ident(&table.schema),
@@ -422,7 +511,9 @@ fn qualified(table: &TableName) -> String {
 /// parameters; several columns as the expanded row comparison
 /// `a >= x AND (a > x OR (a = x AND b > y))`, which MariaDB reads by index (it does not use
 /// an index for a row comparison `(a, b) > (x, y)`, which means the same).
-fn condition(range: &KeyRange) -> Result<(String, Vec<mysql_async::Value>), MysqlSnapshotError> {
+pub(super) fn condition(
+    range: &KeyRange,
+) -> Result<(String, Vec<mysql_async::Value>), MysqlSnapshotError> {
     let mut params = Vec::new();
     let mut parts = Vec::new();
     let names: Vec<String> = range.columns.iter().map(|c| quote_ident(&c.name)).collect();
@@ -518,7 +609,7 @@ fn param(value: &Value) -> mysql_async::Value {
 }
 
 /// The column as selected: UUIDs as their text, BIT as a number, everything else as it is.
-fn select_expr(column: &Column) -> String {
+pub(super) fn select_expr(column: &Column) -> String {
     let name = quote_ident(&column.name);
     match base_type(column) {
         "uuid" => format!("CAST({name} AS CHAR)"),
@@ -527,7 +618,7 @@ fn select_expr(column: &Column) -> String {
     }
 }
 
-fn base_type(column: &Column) -> &str {
+pub(super) fn base_type(column: &Column) -> &str {
     column
         .type_name
         .strip_suffix(" unsigned")
@@ -550,7 +641,7 @@ fn bits(column: &Column, value: u64) -> Result<Value, String> {
 }
 
 /// Converts one binary-protocol value of `column` to its canonical form.
-fn convert(column: &Column, value: mysql_async::Value) -> Result<Value, String> {
+pub(super) fn convert(column: &Column, value: mysql_async::Value) -> Result<Value, String> {
     use mysql_async::Value as V;
     let unsigned = column.type_name.ends_with(" unsigned");
     let ty = base_type(column);

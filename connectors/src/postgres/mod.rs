@@ -7,6 +7,7 @@ mod bulk;
 mod catalog;
 pub mod claim;
 mod copy;
+mod digest;
 mod error;
 pub(crate) mod head;
 mod load;

@@ -49,6 +49,9 @@ pub enum PgSnapshotError {
     /// A key bound cannot be written as SQL.
     #[error("cutting a table into key ranges: {0}")]
     Key(String),
+    /// A range digest cannot be computed (see [`crate::digest`]).
+    #[error("computing a range digest: {0}")]
+    Digest(String),
     /// A value cannot be converted.
     #[error("table {table}")]
     Value {
@@ -439,6 +442,16 @@ impl PgSnapshotReader {
         super::verify::renew(&self.client).await
     }
 
+    /// Ends this reader's transaction and starts a fresh repeatable-read one, without reading
+    /// a position (its snapshot is taken by the next statement).
+    pub async fn refresh(&mut self) -> Result<(), PgSnapshotError> {
+        self.client
+            .batch_execute("COMMIT; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(PgError::query("starting a fresh snapshot"))?;
+        Ok(())
+    }
+
     /// Whether `table` has no rows.
     pub async fn is_empty(&self, table: &TableName) -> Result<bool, PgSnapshotError> {
         let sql = format!("SELECT NOT EXISTS (SELECT 1 FROM {})", qualified(table));
@@ -696,6 +709,54 @@ impl SnapshotRead for PgSnapshotReader {
         );
         self.select(table, &sql, &names, "reading rows by key")
             .await
+    }
+
+    async fn integer_span(
+        &mut self,
+        table: &TableName,
+        column: &str,
+    ) -> Result<Option<crate::snapshot::IntegerSpan>, PgSnapshotError> {
+        let column = quote_ident(column);
+        let qualified = qualified(table);
+        let sql = format!(
+            "SELECT min({column})::text, max({column})::text, \
+             (SELECT reltuples::float8 FROM pg_class WHERE oid = $1::text::regclass) FROM {qualified}"
+        );
+        let row = self
+            .client
+            .query_one(&sql, &[&qualified])
+            .await
+            .map_err(PgError::query("reading the span of an integer key"))?;
+        let bound = |i: usize| -> Result<Option<i128>, PgSnapshotError> {
+            row.get::<_, Option<String>>(i)
+                .map(|t| {
+                    t.parse()
+                        .map_err(|_| PgSnapshotError::Key(format!("{t:?} is not an integer")))
+                })
+                .transpose()
+        };
+        let (Some(min), Some(max)) = (bound(0)?, bound(1)?) else {
+            return Ok(None);
+        };
+        // Never analysed (-1), or just created (0): count.
+        let rows = match row.get::<_, Option<f64>>(2) {
+            Some(estimate) if estimate >= 1.0 => estimate as u64,
+            _ => self.count(table).await?,
+        };
+        Ok(Some(crate::snapshot::IntegerSpan { min, max, rows }))
+    }
+
+    fn can_digest(&self, columns: &[Column]) -> bool {
+        PgSnapshotReader::digestible(columns)
+    }
+
+    async fn digest(
+        &mut self,
+        table: &TableName,
+        columns: &[Column],
+        range: &KeyRange,
+    ) -> Result<crate::digest::RangeDigest, PgSnapshotError> {
+        self.range_digest(table, columns, range).await
     }
 }
 
