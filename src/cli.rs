@@ -161,6 +161,10 @@ pub enum Command {
         /// before a differing row is re-read.
         #[arg(long, value_name = "SECONDS", default_value_t = 30)]
         wait: u64,
+        /// How many times a differing row is read again (a row still changing on the source
+        /// in every round is reported as not compared).
+        #[arg(long, value_name = "N", default_value_t = 4)]
+        rounds: u32,
         /// Rows per key range.
         #[arg(long, default_value_t = crate::verify::DEFAULT_CHUNK_ROWS, hide = true)]
         chunk_rows: u64,
@@ -375,6 +379,7 @@ pub fn main() -> ExitCode {
             repair,
             take,
             wait,
+            rounds,
             chunk_rows,
         } => {
             let options = crate::verify::VerifyOptions {
@@ -384,7 +389,7 @@ pub fn main() -> ExitCode {
                 repair,
                 take,
                 wait: std::time::Duration::from_secs(wait),
-                ..Default::default()
+                rounds: rounds.max(1),
             };
             runtime.block_on(crate::verify::command(&config, &options, json))
         }

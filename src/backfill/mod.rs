@@ -172,7 +172,7 @@ mod copy;
 mod guard;
 mod meta;
 mod order;
-mod plan;
+pub(crate) mod plan;
 mod select;
 
 pub use meta::{BackfillMeta, KeyBounds, load_meta};

@@ -7,8 +7,11 @@
 //! on, integer, text or composite; the whole table otherwise); `--jobs` workers read each
 //! range from the source and the target in parallel, each side in a fresh snapshot of its own
 //! (no lock), bring both into one form through the mapping's column renames and compare them
-//! by meaning ([`compare`]): a fingerprint per range, row by row only where fingerprints
-//! differ. A key that differs may be a change in flight; it is read again, by its key value,
+//! by meaning ([`compare`]): first a digest of each range computed where the rows are
+//! ([`duplex_connectors::digest`]: by PostgreSQL itself, on MariaDB as the rows stream in, the
+//! same for the same rows on any kind), when both sides' column types allow it; where digests
+//! differ or cannot be taken, the rows, a fingerprint per range, then row by row only where
+//! fingerprints differ. A key that differs may be a change in flight; it is read again, by its key value,
 //! after the target has applied past the source's position ([`scan`] argues why what is then
 //! still different is real). Only that is reported ([`report`]). For a two-way mapping each
 //! other site is compared with the first the same way; a key that differs is read again once
@@ -27,6 +30,7 @@ pub mod engine;
 pub mod last;
 pub mod report;
 pub mod scan;
+pub mod split;
 pub mod take;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -377,44 +381,61 @@ async fn verify_mapping(
                 .map_err(|source| VerifyError::Read { site, source })
         }
     };
-    let mut planner = open(&source).await?;
-    let target_planner = open(&target).await?;
-    let (ranges, lookup) = scan::plan(
-        (&mut planner, &target_planner),
-        &source,
-        &target,
-        options.chunk_rows.max(1),
-    )
-    .await?;
-    planner.close().await;
-    target_planner.close().await;
-    // First pass: every range, in parallel.
-    let ranges = Arc::new(ranges);
-    let queue = Arc::new(std::sync::Mutex::new((0..ranges.len()).collect::<Vec<_>>()));
+    // The workers' connections open while the ranges are planned, all at once.
+    let pair = || async { Ok::<_, VerifyError>((open(&source).await?, open(&target).await?)) };
+    let planned = async {
+        let (mut planner, target_planner) = pair().await?;
+        let plan = scan::plan(
+            (&mut planner, &target_planner),
+            &source,
+            &target,
+            options.chunk_rows.max(1),
+        )
+        .await;
+        planner.close().await;
+        target_planner.close().await;
+        plan
+    };
+    let (planned, readers) = tokio::join!(
+        planned,
+        futures_util::future::join_all((0..options.jobs.max(1)).map(|_| pair()))
+    );
+    let mut readers = readers.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let (ranges, lookup) = planned?;
+    for (source_reader, target_reader) in readers.split_off(ranges.len().clamp(1, readers.len())) {
+        source_reader.close().await;
+        target_reader.close().await;
+    }
+    // First pass: every range, in parallel; a range halved goes back into the queue as two.
+    let queue = Arc::new(std::sync::Mutex::new(ranges));
     let shared = Arc::new((source.clone(), target.clone(), route.clone()));
+    let chunk = options.chunk_rows.max(1);
     let mut workers = JoinSet::new();
-    for _ in 0..options.jobs.clamp(1, ranges.len().max(1)) {
-        let mut source_reader = open(&source).await?;
-        let mut target_reader = open(&target).await?;
-        let (queue, ranges, shared) = (queue.clone(), ranges.clone(), shared.clone());
+    for (mut source_reader, mut target_reader) in readers {
+        let (queue, shared) = (queue.clone(), shared.clone());
         workers.spawn(async move {
             let mut rows = 0u64;
             let mut found = Vec::new();
             let result = loop {
                 let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop();
-                let Some(r) = next else { break Ok(()) };
+                let Some(range) = next else { break Ok(()) };
                 let (source, target, route) = &*shared;
                 match scan::compare_range(
                     (&mut source_reader, &mut target_reader),
                     (source, target),
                     route,
-                    &ranges[r],
+                    &range,
+                    chunk,
                 )
                 .await
                 {
                     Ok(result) => {
                         rows += result.rows;
                         found.extend(result.differences);
+                        queue
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .extend(result.halves);
                     }
                     Err(error) => break Err(error),
                 }

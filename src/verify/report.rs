@@ -32,6 +32,9 @@ pub struct MappingReport {
     pub extra: Vec<String>,
     /// Keys whose columns differ.
     pub differing: Vec<DifferingRow>,
+    /// Keys not compared: their source row changed during every re-check (see
+    /// [`super::scan::Rechecked::in_flight`]); they make the mapping not equal.
+    pub in_flight: Vec<String>,
     /// Whether the target had applied past the source's read when the differences were last
     /// read (false: some may still be in flight; the link is stopped or far behind).
     pub confirmed: bool,
@@ -79,7 +82,9 @@ impl MappingReport {
             }
         }
         let seconds = took.as_secs_f64();
-        let equal = missing.is_empty() && extra.is_empty() && differing.is_empty();
+        let in_flight = rechecked.in_flight;
+        let equal =
+            missing.is_empty() && extra.is_empty() && differing.is_empty() && in_flight.is_empty();
         MappingReport {
             mapping: mapping.to_owned(),
             source: source.to_owned(),
@@ -95,6 +100,7 @@ impl MappingReport {
             missing,
             extra,
             differing,
+            in_flight,
             confirmed: equal || rechecked.confirmed,
             unrepaired: repaired
                 .as_ref()
@@ -107,7 +113,8 @@ impl MappingReport {
 
     /// Whether the mapping is equal now: nothing differed, or `--repair` fixed all of it.
     pub fn settled(&self) -> bool {
-        self.equal || (self.repaired.is_some() && self.unrepaired.is_empty())
+        self.equal
+            || (self.repaired.is_some() && self.unrepaired.is_empty() && self.in_flight.is_empty())
     }
 
     /// The report for people.
@@ -152,17 +159,36 @@ impl MappingReport {
                 self.target
             );
         }
+        for key in &self.in_flight {
+            let _ = writeln!(
+                out,
+                "  not compared, changed on {} during every re-check: {key}",
+                self.source
+            );
+        }
+        if !self.in_flight.is_empty() {
+            let _ = writeln!(
+                out,
+                "  ({} key(s) changed faster than verify could read them; verify them again when they are quieter, or with more --rounds)",
+                self.in_flight.len()
+            );
+        }
         if self.equal {
             let _ = writeln!(out, "mapping {}: equal", self.mapping);
         } else {
             let _ = writeln!(
                 out,
-                "mapping {}: {} missing, {} extra, {} differing at {}",
+                "mapping {}: {} missing, {} extra, {} differing at {}{}",
                 self.mapping,
                 self.missing.len(),
                 self.extra.len(),
                 self.differing.len(),
-                self.target
+                self.target,
+                if self.in_flight.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} not compared (in flight)", self.in_flight.len())
+                }
             );
         }
         if let Some(n) = self.repaired {

@@ -3,23 +3,28 @@
 //!
 //! # Why a reported difference is not a row in flight
 //!
-//! Every range is read on each side in a fresh snapshot of its own (no lock is taken); the
-//! source's read comes with a position at or after the end of every transaction it saw
-//! ([`duplex_connectors::AnySnapshot::renew`]). A key that differs is read again in later
-//! rounds, by its key value on each side (not by range: the two sides may order the key
-//! differently, see [`plan`]): the source first (a new position P), then, once the target
-//! has committed past P (its `duplex.positions` row for the source, or for a PostgreSQL
-//! source the slot's confirmed position, see [`duplex_connectors::verify`]), the target. (A
-//! two-way mapping waits for the merge engine instead, see [`super::engine`].) A target that holds
-//! everything the source had at P and still differs from the source's row as of P differs for
-//! real, unless the row changed again on the source in between: the rounds go on (up to a
-//! bound) until two of them read the same rows on both sides. A key equal in any round is
-//! dropped. If the target does not get past P within the wait (the link is stopped or far
-//! behind), the remaining differences are reported as unconfirmed at once.
+//! Every range is read on each side in a fresh snapshot of its own (no lock is taken). A key
+//! that differs is read again in later rounds, by its key value on each side (not by range:
+//! the two sides may order the key differently, see [`plan`]): the source first, at a position
+//! P ([`duplex_connectors::AnySnapshot::renew`]: at or after the end of every transaction the
+//! read saw); then, once the target has committed past P (its `duplex.positions` row for the
+//! source, or for a PostgreSQL source the slot's confirmed position, see
+//! [`duplex_connectors::verify`]), the target; then the source again, at P2. The target's read
+//! holds the source's changes up to some position between P and P2 (it is past P, and it can
+//! hold nothing the source had not committed when it was read, before P2). Where the source's
+//! row is the same at P and at P2 it was that row all along, so a target that differs from it
+//! differs for real: reported. A key equal in any round (to either source read) is dropped. A key whose source row
+//! changed between the two reads is in flight: read again in the next round, and after the
+//! last round reported as neither equal nor different (a row changed faster than verify reads
+//! it, [`Rechecked::in_flight`]). If the target does not get past P within the wait (the link
+//! is stopped or far behind), the remaining differences are reported as unconfirmed at once.
+//! (A two-way mapping waits for the merge engine instead, see [`super::engine`], and reports
+//! what reads the same rows in two rounds.)
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use duplex_connectors::digest::RangeDigest;
 use duplex_connectors::{
     AnySnapshot, Column, KeyRange, Position, Row, SiteConnection, SnapshotRead, TableRoute,
     TableSchema, Value,
@@ -153,6 +158,12 @@ pub async fn plan(
         tracing::warn!(table = %source.schema.name, "the primary key has a type verify cannot cut into ranges on both sides: the table is compared as one range, held in memory whole");
         return Ok((vec![None], Lookup::Whole));
     }
+    if digests(readers.0, source)
+        && digests(readers.1, target)
+        && let Some(ranges) = super::split::integer_plan(readers.0, source, target, chunk).await?
+    {
+        return Ok((ranges, Lookup::Keys));
+    }
     // The cut points come in the source's key order, distinct (they are keys).
     let cuts = readers
         .0
@@ -170,18 +181,18 @@ pub async fn plan(
 }
 
 /// Reads `range` on `side` in a fresh snapshot: the rows as read (the route's columns in
-/// route order) and the position the read stands at.
+/// route order). The first pass needs no position: a key that differs is read again with one
+/// ([`recheck`]).
 pub async fn read_rows(
     reader: &mut AnySnapshot,
     side: &Side,
     range: &Bounds,
-) -> Result<(Vec<Row>, Position), VerifyError> {
-    let position = reader.renew().await.map_err(side.snapshot_error())?;
-    let rows = reader
+) -> Result<Vec<Row>, VerifyError> {
+    reader.refresh().await.map_err(side.snapshot_error())?;
+    reader
         .rows(&side.schema.name, &side.columns, &side.range(range))
         .await
-        .map_err(side.snapshot_error())?;
-    Ok((rows, position))
+        .map_err(side.snapshot_error())
 }
 
 /// `rows` read on `side` in compared form.
@@ -203,49 +214,87 @@ pub fn canonical(side: &Side, route: &TableRoute, rows: &[Row], source: bool) ->
         .collect()
 }
 
-/// Reads `range` on `side` in a fresh snapshot: the rows in compared form and the position
-/// the read stands at.
-pub async fn read(
+/// Whether ranges of `side` are compared by their digests first ([`duplex_connectors::digest`]):
+/// when the kind covers every column's type, no text is read as JSON, and
+/// `DUPLEX_VERIFY_DIGEST` is not `off` (which compares every range's rows, as the tests of
+/// that path do).
+fn digests(reader: &AnySnapshot, side: &Side) -> bool {
+    static ENABLED: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+        std::env::var("DUPLEX_VERIFY_DIGEST").map_or(true, |v| v != "off")
+    });
+    *ENABLED && !side.as_json.contains(&true) && reader.can_digest(&side.columns)
+}
+
+/// The digest of `range` on `side`, in a fresh snapshot.
+async fn read_digest(
     reader: &mut AnySnapshot,
     side: &Side,
-    route: &TableRoute,
     range: &Bounds,
-    source: bool,
-) -> Result<(Vec<Canonical>, Position), VerifyError> {
-    let (rows, position) = read_rows(reader, side, range).await?;
-    Ok((canonical(side, route, &rows, source), position))
+) -> Result<RangeDigest, VerifyError> {
+    reader.refresh().await.map_err(side.snapshot_error())?;
+    reader
+        .digest(&side.schema.name, &side.columns, &side.range(range))
+        .await
+        .map_err(side.snapshot_error())
 }
 
 /// The result of comparing one range in the first pass.
+#[derive(Default)]
 pub struct RangeResult {
     /// Source rows read.
     pub rows: u64,
     /// Differing keys.
     pub differences: Vec<KeyDifference>,
+    /// The range's halves, to be compared instead of it (its digests differ and it holds
+    /// too many rows to read at once, see [`super::split`]).
+    pub halves: Vec<Bounds>,
 }
 
-/// Compares `range` on both sides, each read in parallel on its own connection.
+/// Compares `range` on both sides, each read in parallel on its own connection (`chunk`: the
+/// rows wanted per range).
 pub async fn compare_range(
     readers: (&mut AnySnapshot, &mut AnySnapshot),
     sides: (&Side, &Side),
     route: &TableRoute,
     range: &Bounds,
+    chunk: u64,
 ) -> Result<RangeResult, VerifyError> {
+    if digests(readers.0, sides.0) && digests(readers.1, sides.1) {
+        let (source, target) = tokio::join!(
+            read_digest(readers.0, sides.0, range),
+            read_digest(readers.1, sides.1, range)
+        );
+        let (source, target) = (source?, target?);
+        if source == target {
+            return Ok(RangeResult {
+                rows: source.rows,
+                ..RangeResult::default()
+            });
+        }
+        if source.rows.max(target.rows) > super::split::HALVE_ABOVE * chunk
+            && let Some(halves) = super::split::halves(range)
+        {
+            return Ok(RangeResult {
+                halves: halves.into(),
+                ..RangeResult::default()
+            });
+        }
+    }
     let (source, target) = tokio::join!(
         read_rows(readers.0, sides.0, range),
         read_rows(readers.1, sides.1, range)
     );
-    let (source, _) = source?;
-    let (target, _) = target?;
+    let (source, target) = (source?, target?);
     let rows = source.len() as u64;
     if raw_fingerprint(&source, &sides.0.as_json) == raw_fingerprint(&target, &sides.1.as_json) {
         return Ok(RangeResult {
             rows,
-            differences: Vec::new(),
+            ..RangeResult::default()
         });
     }
     Ok(RangeResult {
         rows,
+        halves: Vec::new(),
         differences: differences(
             canonical(sides.0, route, &source, true),
             canonical(sides.1, route, &target, false),
@@ -260,6 +309,9 @@ pub struct Rechecked {
     /// Whether the target got past the source's position in the last round (the differences
     /// are then proven, not possibly in flight).
     pub confirmed: bool,
+    /// Keys whose source row changed during every round (a one-way mapping's hot rows): not
+    /// compared, neither equal nor proven different.
+    pub in_flight: Vec<String>,
 }
 
 /// What the re-checks need to know about where the target stands.
@@ -366,6 +418,7 @@ pub async fn recheck(
     progress: &Progress<'_>,
 ) -> Result<Rechecked, VerifyError> {
     let mut confirmed = true;
+    let mut proven: Vec<KeyDifference> = Vec::new();
     for round in 0..rounds {
         if found.is_empty() {
             break;
@@ -381,6 +434,30 @@ pub async fn recheck(
                 (source, at) = read_keys(readers.0, sides.0, route, lookup, &keys, true).await?;
                 confirmed = wait_applied(progress, position_key, &at).await?;
                 (target, _) = read_keys(readers.1, sides.1, route, lookup, &keys, false).await?;
+                // The target's read stands between the two source reads: where the source
+                // held still across both, a target that differs from it differs for real.
+                let (after, _) = read_keys(readers.0, sides.0, route, lookup, &keys, true).await?;
+                let keys_of = |found: Vec<KeyDifference>| -> BTreeSet<String> {
+                    found.into_iter().map(|d| d.key).collect()
+                };
+                let moved = keys_of(differences(source.clone(), after.clone()));
+                // Equal to the source's later row is equal too.
+                let differs_later = keys_of(differences(after, target.clone()));
+                let (mut moving, settled): (Vec<_>, Vec<_>) = differences(source, target)
+                    .into_iter()
+                    .partition(|d| moved.contains(&d.key));
+                moving.retain(|d| differs_later.contains(&d.key));
+                proven.extend(settled);
+                if !confirmed {
+                    // Not past the source's position: report what differs, unproven.
+                    proven.extend(moving);
+                    found.clear();
+                    break;
+                }
+                // A key that changed on the source is read again in the next round (one equal
+                // on the target anyway is dropped like any equal key).
+                found = moving.into_iter().map(|d| (d.key.clone(), d)).collect();
+                continue;
             }
             Carrier::Engine(state_dir) => {
                 // Both sides' logs up to now decided, and every write that decided landed:
@@ -417,8 +494,18 @@ pub async fn recheck(
             break;
         }
     }
+    // One-way: what is left kept changing on the source in every round; two-way: what still
+    // differs after the last round.
+    let in_flight = match progress.carrier {
+        Carrier::Link(_) => found.into_keys().collect(),
+        Carrier::Engine(_) => {
+            proven.extend(found.into_values());
+            Vec::new()
+        }
+    };
     Ok(Rechecked {
-        differences: found.into_values().collect(),
+        differences: proven,
+        in_flight,
         confirmed,
     })
 }

@@ -56,11 +56,17 @@ impl Duplex {
 
     /// Runs `duplex --config <config> <args>` to completion (e.g. `backfill`).
     pub fn command(&self, args: &[&str]) -> std::process::Output {
+        self.command_with(&[], args)
+    }
+
+    /// [`Duplex::command`] with extra environment variables.
+    pub fn command_with(&self, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
         Command::new(duplex_bin())
             .arg("--config")
             .arg(&self.config)
             .args(args)
             .env("DUPLEX_LOG", "info,duplex=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .output()
             .unwrap()
