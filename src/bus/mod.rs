@@ -68,6 +68,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::BusConfig;
 
+pub mod backlog;
 mod feed;
 mod lease;
 mod reader;

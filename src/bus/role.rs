@@ -2,6 +2,7 @@
 //! configuration split at the bus (see the module doc of `crate::bus`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use duplex_state::StateStore;
 use tokio::sync::watch;
@@ -22,12 +23,18 @@ pub enum Role {
     Writer(String),
 }
 
-/// Runs `role` for the one-way links `plans` until a shutdown signal or a definite failure.
+/// How often a role reads its streams' backlog for `/metrics`.
+const BACKLOG_EVERY: Duration = Duration::from_secs(5);
+
+/// Runs `role` for the one-way links `plans` until a shutdown signal or a definite failure;
+/// with `metrics` (the process serves `/metrics`) the backlog of the role's streams is read
+/// every few seconds into the telemetry.
 pub async fn run_role(
     role: &Role,
     config: &BusConfig,
     plans: Vec<LinkPlan>,
     state: Arc<StateStore>,
+    metrics: bool,
 ) -> Result<(), BusError> {
     let bus = Bus::connect(config).await?;
     let (stop, stopped) = watch::channel(false);
@@ -36,9 +43,48 @@ pub async fn run_role(
         tracing::info!("shutdown requested: finishing the transactions in flight");
         let _ = stop.send(true);
     });
-    match role {
+    let watcher = metrics.then(|| tokio::spawn(watch_backlog(bus.clone(), flows(role, &plans))));
+    let outcome = match role {
         Role::Reader => read(bus, plans, state, stopped).await,
         Role::Writer(site) => write(bus, site, plans, state, stopped).await,
+    };
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
+    outcome
+}
+
+/// The streams a role works on, each with the targets whose consumers it reports: a reader
+/// every target of its sources, a writer its own site.
+fn flows(role: &Role, plans: &[LinkPlan]) -> Vec<(String, Vec<String>)> {
+    plans
+        .iter()
+        .filter_map(|plan| {
+            let targets: Vec<String> = plan
+                .targets
+                .iter()
+                .map(|target| target.site.name.clone())
+                .filter(|target| match role {
+                    Role::Reader => true,
+                    Role::Writer(site) => target == site,
+                })
+                .collect();
+            (!targets.is_empty()).then(|| (plan.source.name.clone(), targets))
+        })
+        .collect()
+}
+
+/// Reads the backlog of `flows` into the telemetry every [`BACKLOG_EVERY`], until aborted.
+async fn watch_backlog(bus: Bus, flows: Vec<(String, Vec<String>)>) {
+    let mut every = tokio::time::interval(BACKLOG_EVERY);
+    loop {
+        every.tick().await;
+        match super::backlog::read_with(&bus, &flows).await {
+            Ok(backlog) => crate::telemetry::global().bus_backlog(backlog),
+            Err(error) => {
+                tracing::debug!(error = %chain(&error), "reading the bus backlog for /metrics")
+            }
+        }
     }
 }
 
