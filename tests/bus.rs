@@ -514,3 +514,57 @@ fn status_and_metrics_show_pending_messages_lag_and_the_lease_holder() {
     );
     finish(&sites, reader);
 }
+
+#[test]
+fn teardown_removes_the_bus_position_rows_once_no_writer_holds_the_lease() {
+    let nats = NatsServer::start().unwrap();
+    let sites = Sites::new(false);
+    let config = sites.config(&nats, "");
+    let mut reader = start_reader(&sites, &config);
+    let mut wms = start(&config, &writer("wms"));
+    workload(&sites.source, 0);
+    wait_equal(&sites, &mut [&mut reader, &mut wms]);
+    let key = format!("{}@bus-duplex", sites.source.name());
+    let positions = || {
+        sites
+            .wms
+            .psql("SELECT source FROM duplex.positions")
+            .unwrap()
+    };
+    assert_eq!(positions().trim(), key);
+
+    // The reader's state directory is free once it stopped, but wms's writer still applies.
+    assert_eq!(reader.terminate(), 0);
+    let refused = reader.command(&["teardown", "--site", "wms"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("holds the lease of this site") && stderr.contains("nothing was removed"),
+        "{stderr}"
+    );
+    assert_eq!(positions().trim(), key);
+
+    // Stopped, the writer gives up its lease: the row goes, and the schema with it.
+    assert_eq!(wms.terminate(), 0);
+    let done = wms.command(&["teardown", "--site", "wms"]);
+    let stdout = String::from_utf8_lossy(&done.stdout);
+    assert!(
+        done.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("removed duplex.positions row {key}")),
+        "{stdout}"
+    );
+    assert_eq!(
+        sites
+            .wms
+            .psql("SELECT to_regclass('duplex.positions') IS NULL")
+            .unwrap()
+            .trim(),
+        "t",
+        "{stdout}"
+    );
+    finish(&sites, reader);
+}

@@ -75,6 +75,7 @@ mod reader;
 mod role;
 
 pub use feed::BusFeed;
+pub use lease::holder as lease_holder;
 pub use role::{Role, run_role};
 
 /// How long JetStream drops a message whose `Nats-Msg-Id` it already stored.
