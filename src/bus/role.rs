@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::{Bus, BusError, lease, reader};
+use crate::backoff::Backoff;
 use crate::config::BusConfig;
 use crate::link::{self, LinkPlan};
 use crate::report::chain;
@@ -158,7 +159,7 @@ async fn write(
         std::process::id(),
         state.deployment_id()
     );
-    let Some(lease) = lease::take(&bus, site, &holder, &mut stopped).await? else {
+    let Some(lease) = take_lease(&bus, site, &holder, &mut stopped).await? else {
         return Ok(());
     };
     let (release, released) = watch::channel(false);
@@ -202,6 +203,31 @@ async fn write(
         let _ = keep.await;
     }
     outcome
+}
+
+/// [`lease::take`], retrying transient failures (the NATS server restarting, or writers
+/// starting together while the lease stream is being created) with the engine's backoff.
+async fn take_lease(
+    bus: &Bus,
+    site: &str,
+    holder: &str,
+    stopped: &mut watch::Receiver<bool>,
+) -> Result<Option<lease::Lease>, BusError> {
+    let mut backoff = Backoff::default();
+    loop {
+        backoff.attempt_started();
+        match lease::take(bus, site, holder, stopped).await {
+            Err(error) if error.is_transient() => {
+                let delay = backoff.failed();
+                tracing::warn!(site, error = %chain(&error), "cannot take the writer lease yet; retrying in {delay:.1?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop_requested(stopped) => return Ok(None),
+                }
+            }
+            taken => return taken,
+        }
+    }
 }
 
 /// This machine's name, for the lease holder.
