@@ -48,6 +48,10 @@ pub const NAMES: &[&str] = &[
     "duplex_last_verify_timestamp_seconds",
     "duplex_last_verify_equal",
     "duplex_last_verify_differences",
+    "duplex_bus_pending_messages",
+    "duplex_bus_lag_messages",
+    "duplex_bus_oldest_unapplied_seconds",
+    "duplex_bus_lease_held",
 ];
 
 /// Why the endpoint could not be opened.
@@ -370,6 +374,7 @@ impl Collector for SnapshotCollector {
                 ConstGauge::new(value).encode(family)?;
             }
         }
+        self.encode_bus(&mut encoder)?;
         // Declared always (a dashboard may ask for it); a sample only with a merge engine.
         let family = encoder.encode_descriptor(
             "duplex_held_conflicts",
@@ -379,6 +384,69 @@ impl Collector for SnapshotCollector {
         )?;
         if let Some(held) = self.0.held_conflicts {
             ConstGauge::new(held as i64).encode(family)?;
+        }
+        Ok(())
+    }
+}
+
+/// A bus figure per consumer: name, help, and the value (none when unknown).
+type PerConsumer = (
+    &'static str,
+    &'static str,
+    fn(&crate::bus::backlog::ConsumerBacklog) -> Option<f64>,
+);
+
+impl SnapshotCollector {
+    /// A bus role's streams: per consumer its pending messages, lag and lease.
+    fn encode_bus(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let per_consumer: [PerConsumer; 3] = [
+            (
+                "duplex_bus_pending_messages",
+                "Messages of the bus stream not yet delivered to the target's writer (JetStream's num_pending)",
+                |c| c.pending.map(|n| n as f64),
+            ),
+            (
+                "duplex_bus_lag_messages",
+                "The bus stream's last sequence minus the newest one the target's writer committed and acknowledged",
+                |c| c.lag_messages.map(|n| n as f64),
+            ),
+            (
+                "duplex_bus_oldest_unapplied_seconds",
+                "Seconds since the oldest message the target's writer has not applied was published (0 without a lag)",
+                |c| c.oldest_unapplied_seconds,
+            ),
+        ];
+        for (name, help, value) in per_consumer {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for stream in &self.0.bus {
+                for consumer in &stream.consumers {
+                    if let Some(value) = value(consumer) {
+                        let labels = [
+                            ("stream", stream.stream.as_str()),
+                            ("source", &stream.source),
+                            ("target", &consumer.target),
+                        ];
+                        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+                    }
+                }
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "duplex_bus_lease_held",
+            "1 while a writer holds the target's lease (labelled with the holder), 0 while nobody does",
+            None,
+            MetricType::Gauge,
+        )?;
+        for stream in &self.0.bus {
+            for consumer in &stream.consumers {
+                let labels = [
+                    ("stream", stream.stream.as_str()),
+                    ("target", &consumer.target),
+                    ("holder", consumer.lease_holder.as_deref().unwrap_or("")),
+                ];
+                ConstGauge::new(i64::from(consumer.lease_holder.is_some()))
+                    .encode(family.encode_family(&labels)?)?;
+            }
         }
         Ok(())
     }
@@ -430,6 +498,25 @@ mod tests {
         )
         .unwrap();
         telemetry.attach_store(std::sync::Arc::new(store));
+        telemetry.bus_backlog(vec![crate::bus::backlog::StreamBacklog {
+            stream: "duplex_a".into(),
+            source: "a".into(),
+            messages: Some(12),
+            last_sequence: Some(12),
+            consumers: vec![crate::bus::backlog::ConsumerBacklog {
+                target: "b".into(),
+                consumer: "writer-b".into(),
+                pending: Some(3),
+                ack_pending: Some(1),
+                applied_sequence: Some(8),
+                lag_messages: Some(4),
+                oldest_unapplied_seconds: Some(2.5),
+                lease_holder: Some("host (pid 7)".into()),
+                lease_since: None,
+                note: None,
+            }],
+            note: None,
+        }]);
         let text = render(telemetry.snapshot());
         for name in NAMES {
             assert!(
@@ -464,6 +551,22 @@ mod tests {
         );
         assert!(
             text.contains(r#"duplex_slot_retained_bytes{link="a -> b",source="a"} 7000"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"duplex_bus_pending_messages{stream="duplex_a",source="a",target="b"} 3"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"duplex_bus_lag_messages{stream="duplex_a",source="a",target="b"} 4"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"duplex_bus_lease_held{stream="duplex_a",target="b",holder="host (pid 7)"} 1"#
+            ),
             "{text}"
         );
     }

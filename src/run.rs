@@ -276,7 +276,7 @@ pub async fn run(config: &Config, options: &RunOptions) -> Result<(), RunError> 
             }
         }
         let plans = ready;
-        return crate::bus::run_role(role, bus, plans, state)
+        return crate::bus::run_role(role, bus, plans, state, config.metrics_listen.is_some())
             .await
             .map_err(|error| RunError::Bus(Box::new(error)));
     }

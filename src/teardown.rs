@@ -10,6 +10,12 @@
 //! makes teardown refuse, and none can start meanwhile. A slot being streamed from (by anything)
 //! is refused before anything is removed, naming the slot.
 //!
+//! With a `[bus]`, the `duplex.positions` rows its writers recorded (`<source>@bus-<prefix>`,
+//! for the sources of the configuration) are the deployment's too: any writer's state
+//! directory may have written them. They are removed only while no writer holds the site's
+//! lease (asked of the bus; teardown refuses when it cannot ask): a writer of another state
+//! directory is not kept out by this one's lock.
+//!
 //! The state directory itself is left: it holds the conflict log, which may still be wanted;
 //! the summary says how to remove it.
 
@@ -60,6 +66,30 @@ pub enum TeardownError {
         /// The active slots, comma-separated.
         slots: String,
     },
+    /// A bus writer still applies into a site whose bus position rows would go.
+    #[error(
+        "site {site}: the bus writer {holder} holds the lease of this site and applies into it: \
+         stop it first (`duplex run --role writer --site {site}`); nothing was removed"
+    )]
+    BusWriter {
+        /// The site.
+        site: String,
+        /// The lease holder.
+        holder: String,
+    },
+    /// The bus could not be asked whether a writer runs.
+    #[error(
+        "site {site} holds position rows of the bus, and the bus cannot tell whether a writer \
+         still applies into it: start the NATS server of [bus] (or stop every writer of the \
+         site and try again); nothing was removed"
+    )]
+    Bus {
+        /// The site.
+        site: String,
+        /// Cause.
+        #[source]
+        source: Box<crate::bus::BusError>,
+    },
     /// A site could not be read or changed.
     #[error("site {site}")]
     Site {
@@ -88,14 +118,43 @@ pub async fn teardown(config: &Config, options: &TeardownOptions) -> Result<Stri
         ],
         None => config.sites.values().collect(),
     };
+    // The position rows the bus's writers recorded (keyed by the bus, not by any one state
+    // directory) belong to every deployment of this configuration's bus.
+    let bus_keys: Vec<String> = match &config.bus {
+        Some(bus) => crate::run::flows(config)
+            .into_keys()
+            .map(|source| crate::link::position_key(&source, &format!("bus-{}", bus.stream_prefix)))
+            .collect(),
+        None => Vec::new(),
+    };
     let mut found = Vec::new();
     for site in &sites {
-        let leftovers = teardown::find(&site.connection(), &deployment)
+        let mut leftovers = teardown::find(&site.connection(), &deployment)
             .await
             .map_err(|source| TeardownError::Site {
                 site: site.name.clone(),
                 source,
             })?;
+        leftovers.adopt_positions(|source| bus_keys.iter().any(|key| key == source));
+        if let Some(bus) = &config.bus
+            && leftovers.positions.iter().any(|p| bus_keys.contains(p))
+        {
+            match crate::bus::lease_holder(bus, &site.name).await {
+                Ok(None) => {}
+                Ok(Some(holder)) => {
+                    return Err(TeardownError::BusWriter {
+                        site: site.name.clone(),
+                        holder,
+                    });
+                }
+                Err(error) => {
+                    return Err(TeardownError::Bus {
+                        site: site.name.clone(),
+                        source: Box::new(error),
+                    });
+                }
+            }
+        }
         let active = leftovers.active_slots();
         if !active.is_empty() {
             return Err(TeardownError::Active {

@@ -79,9 +79,17 @@ pub struct Telemetry {
     store: OnceLock<Arc<StateStore>>,
     /// Backfills of this process (`duplex backfill`), by mapping; updated once per range.
     backfills: Mutex<BTreeMap<String, BackfillProgress>>,
+    /// The bus streams of this process's role, as last read from JetStream.
+    bus: Mutex<Vec<crate::bus::backlog::StreamBacklog>>,
 }
 
 impl Telemetry {
+    /// The bus streams and consumers as just read from JetStream (a bus role reads them
+    /// every few seconds; see `crate::bus::backlog`).
+    pub fn bus_backlog(&self, backlog: Vec<crate::bus::backlog::StreamBacklog>) {
+        *self.bus.lock().unwrap_or_else(|e| e.into_inner()) = backlog;
+    }
+
     /// The telemetry of link `name` reading `source` into `targets`, made on first use.
     pub fn link(&self, name: &str, source: &str, targets: &[String]) -> Arc<LinkTelemetry> {
         let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
@@ -208,6 +216,7 @@ impl Telemetry {
                 .values()
                 .cloned()
                 .collect(),
+            bus: self.bus.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         }
     }
 }
@@ -564,6 +573,9 @@ pub struct Snapshot {
     /// The last `duplex verify`'s time and result, from the state directory.
     #[serde(default)]
     pub last_verify: Option<crate::verify::last::LastVerify>,
+    /// A bus role's streams and consumers (empty without `--role`).
+    #[serde(default)]
+    pub bus: Vec<crate::bus::backlog::StreamBacklog>,
 }
 
 /// How far the backfill of one mapping got.

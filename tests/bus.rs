@@ -6,6 +6,7 @@ mod harness;
 use std::time::Duration;
 
 use duplex_testkit::{MariaDatabase, NatsServer, PgDatabase, shared_mariadb, shared_pg};
+use harness::metrics::{free_port, get, sample_with, status};
 use harness::pg::table_rows;
 use harness::{Duplex, drop_slot, rows, wait_for, wait_slot_active};
 
@@ -372,5 +373,198 @@ fn a_large_transaction_goes_in_parts_and_lands_once_across_a_writer_kill() {
     wms.kill();
     wms.start_with(&writer("wms"));
     wait_equal(&sites, &mut [&mut reader, &mut wms]);
+    finish(&sites, reader);
+}
+
+/// The consumer of `target` on the source's stream in `status --json` of a configuration copy
+/// that runs nothing (status reads the bus itself).
+fn consumer(observer: &Duplex, sites: &Sites, target: &str) -> serde_json::Value {
+    let (_, json) = status(observer);
+    let stream = json["bus"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no bus in {json}"))
+        .iter()
+        .find(|s| s["source"] == sites.source.name())
+        .unwrap_or_else(|| panic!("no stream of the source in {json}"))
+        .clone();
+    let found = stream["consumers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["target"] == target)
+        .unwrap_or_else(|| panic!("no consumer of {target} in {json}"))
+        .clone();
+    let mut found = found;
+    found["stream_last_sequence"] = stream["last_sequence"].clone();
+    found
+}
+
+/// Waits until `target`'s consumer has nothing pending and no lag; returns it.
+fn wait_caught_up(observer: &Duplex, sites: &Sites, target: &str) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    wait_for("the consumer to have nothing pending", CATCH_UP, || {
+        last = consumer(observer, sites, target);
+        if last["pending"] == 0 && last["lag_messages"] == 0 && last["ack_pending"] == 0 {
+            Ok(())
+        } else {
+            Err(format!("{last}"))
+        }
+    });
+    last
+}
+
+#[test]
+fn status_and_metrics_show_pending_messages_lag_and_the_lease_holder() {
+    let nats = NatsServer::start().unwrap();
+    let sites = Sites::new(true);
+    let config = sites.config(&nats, "");
+    let port = free_port();
+    let wms_config = format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n\n{config}");
+    let observer = Duplex::new(&config);
+    let mut reader = start_reader(&sites, &config);
+    let mut wms = start(&wms_config, &writer("wms"));
+    let mut erp = start(&config, &writer("erp"));
+    workload(&sites.source, 0);
+    wait_equal(&sites, &mut [&mut reader, &mut wms, &mut erp]);
+    let before = wait_caught_up(&observer, &sites, "erp");
+    let erp_pid = erp.pid().unwrap();
+    assert!(
+        before["lease_holder"]
+            .as_str()
+            .is_some_and(|h| h.contains(&format!("pid {erp_pid},"))),
+        "{before}"
+    );
+    assert!(before["lease_since"].is_string(), "{before}");
+    let applied = before["applied_sequence"].as_u64().unwrap();
+    assert_eq!(before["stream_last_sequence"], applied, "{before}");
+
+    // The erp writer stops cleanly (giving up its lease); N source transactions follow.
+    assert_eq!(erp.terminate(), 0);
+    const N: u64 = 7;
+    for i in 0..N {
+        sites
+            .source
+            .execute_as_duplex(&format!(
+                "INSERT INTO items VALUES ({}, 1, 'late')",
+                1000 + i
+            ))
+            .unwrap();
+    }
+    let mut stopped = serde_json::Value::Null;
+    wait_for("the stream to hold the N transactions", CATCH_UP, || {
+        reader.assert_running();
+        stopped = consumer(&observer, &sites, "erp");
+        if stopped["stream_last_sequence"] == applied + N {
+            Ok(())
+        } else {
+            Err(format!("{stopped}"))
+        }
+    });
+    assert_eq!(stopped["pending"], N, "{stopped}");
+    assert_eq!(stopped["lag_messages"], N, "{stopped}");
+    assert_eq!(stopped["applied_sequence"], applied, "{stopped}");
+    assert!(stopped["oldest_unapplied_seconds"].as_f64().unwrap() >= 0.0);
+    assert!(stopped["lease_holder"].is_null(), "{stopped}");
+    let text = String::from_utf8(observer.command(&["status"]).stdout).unwrap();
+    assert!(
+        text.contains(&format!(
+            "erp (writer-erp): {N} pending, 0 delivered unacknowledged, applied up to sequence {applied}, {N} behind"
+        )) && text.contains("no writer holds the lease"),
+        "{text}"
+    );
+    // The running writer of wms: nothing pending, its lease held, in status and /metrics.
+    let wms_pid = wms.pid().unwrap();
+    let running = wait_caught_up(&observer, &sites, "wms");
+    assert!(
+        running["lease_holder"]
+            .as_str()
+            .is_some_and(|h| h.contains(&format!("pid {wms_pid},"))),
+        "{running}"
+    );
+    let stream = format!("duplex_{}", sites.source.name());
+    wait_for(
+        "/metrics of the wms writer to show its consumer",
+        CATCH_UP,
+        || {
+            wms.assert_running();
+            let (_, text) = get(port, "/metrics")?;
+            let labels = [("stream", stream.as_str()), ("target", "wms")];
+            let pending = sample_with(&text, "duplex_bus_pending_messages", &labels);
+            let lag = sample_with(&text, "duplex_bus_lag_messages", &labels);
+            let lease = sample_with(&text, "duplex_bus_lease_held", &labels);
+            if pending == Some(0.0) && lag == Some(0.0) && lease == Some(1.0) {
+                Ok(())
+            } else {
+                Err(format!("pending {pending:?}, lag {lag:?}, lease {lease:?}"))
+            }
+        },
+    );
+
+    // Restarted, the erp writer takes the lease and applies the N transactions.
+    erp.start_with(&writer("erp"));
+    wait_equal(&sites, &mut [&mut reader, &mut wms, &mut erp]);
+    let after = wait_caught_up(&observer, &sites, "erp");
+    assert_eq!(after["applied_sequence"], applied + N, "{after}");
+    let erp_pid = erp.pid().unwrap();
+    assert!(
+        after["lease_holder"]
+            .as_str()
+            .is_some_and(|h| h.contains(&format!("pid {erp_pid},"))),
+        "{after}"
+    );
+    finish(&sites, reader);
+}
+
+#[test]
+fn teardown_removes_the_bus_position_rows_once_no_writer_holds_the_lease() {
+    let nats = NatsServer::start().unwrap();
+    let sites = Sites::new(false);
+    let config = sites.config(&nats, "");
+    let mut reader = start_reader(&sites, &config);
+    let mut wms = start(&config, &writer("wms"));
+    workload(&sites.source, 0);
+    wait_equal(&sites, &mut [&mut reader, &mut wms]);
+    let key = format!("{}@bus-duplex", sites.source.name());
+    let positions = || {
+        sites
+            .wms
+            .psql("SELECT source FROM duplex.positions")
+            .unwrap()
+    };
+    assert_eq!(positions().trim(), key);
+
+    // The reader's state directory is free once it stopped, but wms's writer still applies.
+    assert_eq!(reader.terminate(), 0);
+    let refused = reader.command(&["teardown", "--site", "wms"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("holds the lease of this site") && stderr.contains("nothing was removed"),
+        "{stderr}"
+    );
+    assert_eq!(positions().trim(), key);
+
+    // Stopped, the writer gives up its lease: the row goes, and the schema with it.
+    assert_eq!(wms.terminate(), 0);
+    let done = wms.command(&["teardown", "--site", "wms"]);
+    let stdout = String::from_utf8_lossy(&done.stdout);
+    assert!(
+        done.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("removed duplex.positions row {key}")),
+        "{stdout}"
+    );
+    assert_eq!(
+        sites
+            .wms
+            .psql("SELECT to_regclass('duplex.positions') IS NULL")
+            .unwrap()
+            .trim(),
+        "t",
+        "{stdout}"
+    );
     finish(&sites, reader);
 }

@@ -72,6 +72,20 @@ impl Leftovers {
             .collect()
     }
 
+    /// Counts the `duplex.positions` rows whose source `ours` accepts as this deployment's too:
+    /// rows written under another identity on its behalf (the writers of a bus key theirs by
+    /// the bus, `<site>@bus-<prefix>`, whichever state directory each writer has).
+    pub fn adopt_positions(&mut self, ours: impl Fn(&str) -> bool) {
+        let mut kept = Vec::new();
+        for other in std::mem::take(&mut self.others) {
+            match other.strip_prefix(POSITIONS_ROW) {
+                Some(source) if ours(source) => self.positions.push(source.to_owned()),
+                _ => kept.push(other),
+            }
+        }
+        self.others = kept;
+    }
+
     /// Whether nothing of this deployment is there.
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
@@ -81,6 +95,9 @@ impl Leftovers {
             && !self.drops_bookkeeping()
     }
 }
+
+/// How [`Leftovers::others`] names another deployment's `duplex.positions` row.
+const POSITIONS_ROW: &str = "duplex.positions row ";
 
 /// Sorts `duplex.positions` sources and `duplex.claims` rows into this deployment's and
 /// others': a position is this deployment's when keyed `<site>@<deployment>`, or when it is a
@@ -107,9 +124,7 @@ pub fn sort_rows(
         if ours {
             leftovers.positions.push(source.clone());
         } else {
-            leftovers
-                .others
-                .push(format!("duplex.positions row {source}"));
+            leftovers.others.push(format!("{POSITIONS_ROW}{source}"));
         }
     }
 }
@@ -192,6 +207,21 @@ mod tests {
         assert_eq!(leftovers.claims, ["merge:erp"]);
         assert_eq!(leftovers.others.len(), 5, "{:?}", leftovers.others);
         assert!(!leftovers.drops_bookkeeping());
+    }
+
+    #[test]
+    fn adopted_position_rows_count_as_this_deployments() {
+        let positions = ["store@me".to_owned(), "store@bus-duplex".to_owned()];
+        let mut leftovers = Leftovers {
+            bookkeeping: Some("schema duplex".into()),
+            ..Leftovers::default()
+        };
+        sort_rows(&positions, &[], "me", &mut leftovers);
+        assert!(!leftovers.drops_bookkeeping());
+        leftovers.adopt_positions(|source| source == "store@bus-duplex");
+        assert_eq!(leftovers.positions, ["store@me", "store@bus-duplex"]);
+        assert!(leftovers.others.is_empty());
+        assert!(leftovers.drops_bookkeeping());
     }
 
     #[test]

@@ -66,7 +66,7 @@ impl BusFeed {
             None => first,
             Some(held) => first_after(&stream, &name, held, first, last).await?,
         };
-        let consumer_name = format!("writer-{target}");
+        let consumer_name = consumer_name(target);
         match stream.delete_consumer(&consumer_name).await {
             Ok(_) => {}
             Err(error) if error.to_string().contains("not found") => {}
@@ -232,6 +232,11 @@ impl BusFeed {
 
     /// Ends the feed (the consumer stays for the next start and for `status`).
     pub async fn shutdown(self) {}
+}
+
+/// The durable consumer of `target`'s writer on each source stream.
+pub(crate) fn consumer_name(target: &str) -> String {
+    format!("writer-{target}")
 }
 
 /// The first sequence in `first..=last` whose message a target holding `held` needs

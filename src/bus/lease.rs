@@ -1,6 +1,6 @@
 //! One active writer per target: a lease in the JetStream stream `<stream_prefix>_leases`
 //! (the shape of a key-value bucket: one message per subject `<stream_prefix>_leases.<site>`,
-//! the holder's name), whose messages expire after `lease_ttl` unless renewed (every third of
+//! a [`LeaseRecord`]: the holder's name and when it took the lease), whose messages expire after `lease_ttl` unless renewed (every third of
 //! it); a waiting writer takes the lease once the message expired. Taking and renewing are
 //! compare-and-set publishes (`Nats-Expected-Last-Subject-Sequence`: none, or the one this
 //! writer published last), so two writers never both believe they took it (the exactly-once
@@ -10,6 +10,9 @@
 //! fails against nats-server 2.9, the version Debian ships.)
 
 use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
@@ -24,14 +27,42 @@ pub(super) struct Lease {
     bus: Bus,
     stream: stream::Stream,
     site: String,
-    holder: String,
+    record: LeaseRecord,
     revision: u64,
     ttl: Duration,
 }
 
+/// What a lease message says (JSON): who holds the lease and since when. Renewals publish the
+/// same record, so `since` is when the holder took it, not when it last renewed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct LeaseRecord {
+    /// The writer: host, pid and state store.
+    pub(crate) holder: String,
+    /// When it took the lease (`None` in a message of an older duplex: the holder only).
+    pub(crate) since: Option<DateTime<Utc>>,
+}
+
+impl LeaseRecord {
+    fn payload(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a lease record is JSON")
+    }
+
+    fn parse(payload: &[u8]) -> LeaseRecord {
+        serde_json::from_slice(payload).unwrap_or_else(|_| LeaseRecord {
+            holder: String::from_utf8_lossy(payload).into_owned(),
+            since: None,
+        })
+    }
+}
+
+/// The name of the lease stream.
+pub(crate) fn stream_name(bus: &Bus) -> String {
+    format!("{}_leases", bus.config.stream_prefix)
+}
+
 /// The lease stream, created when missing.
 async fn lease_stream(bus: &Bus) -> Result<stream::Stream, BusError> {
-    let name = format!("{}_leases", bus.config.stream_prefix);
+    let name = stream_name(bus);
     bus.context
         .get_or_create_stream(stream::Config {
             name: name.clone(),
@@ -49,16 +80,16 @@ fn subject(bus: &Bus, site: &str) -> String {
     format!("{}_leases.{site}", bus.config.stream_prefix)
 }
 
-/// Publishes `holder` as the lease of `site` if the subject's last message is `expected`
+/// Publishes `record` as the lease of `site` if the subject's last message is `expected`
 /// (0: none); its sequence, or `None` when someone else's is there.
 async fn publish(
     bus: &Bus,
     site: &str,
-    holder: &str,
+    record: &LeaseRecord,
     expected: u64,
 ) -> Result<Option<u64>, BusError> {
     let message = PublishMessage::build()
-        .payload(holder.to_owned().into())
+        .payload(record.payload().into())
         .expected_last_subject_sequence(expected);
     let failed =
         |e| BusError::jetstream(format!("taking or renewing the writer lease of {site}"), e);
@@ -85,14 +116,18 @@ pub(super) async fn take(
     let ttl = bus.config.lease_ttl;
     let mut told = false;
     loop {
-        match publish(bus, site, holder, 0).await? {
+        let record = LeaseRecord {
+            holder: holder.to_owned(),
+            since: Some(Utc::now()),
+        };
+        match publish(bus, site, &record, 0).await? {
             Some(revision) => {
                 tracing::info!(site, holder, "took the writer lease");
                 return Ok(Some(Lease {
                     bus: bus.clone(),
                     stream,
                     site: site.to_owned(),
-                    holder: holder.to_owned(),
+                    record,
                     revision,
                     ttl,
                 }));
@@ -111,15 +146,46 @@ pub(super) async fn take(
     }
 }
 
-/// Who holds the lease of `site` now, as far as the bucket says.
-pub(super) async fn current_holder(bus: &Bus, stream: &stream::Stream, site: &str) -> String {
+/// The lease of `site` in the lease stream (`None`: nobody holds it).
+pub(crate) async fn read(
+    bus: &Bus,
+    stream: &stream::Stream,
+    site: &str,
+) -> Result<Option<LeaseRecord>, BusError> {
     match stream
         .get_last_raw_message_by_subject(&subject(bus, site))
         .await
     {
-        Ok(message) => String::from_utf8_lossy(&message.payload).into_owned(),
-        Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => "nobody".into(),
-        Err(error) => format!("unknown ({error})"),
+        Ok(message) => Ok(Some(LeaseRecord::parse(&message.payload))),
+        Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(error) => Err(BusError::jetstream(
+            format!("reading the writer lease of {site}"),
+            error,
+        )),
+    }
+}
+
+/// Who holds the lease of `site` on the bus of `config` (`None`: nobody, or no writer ever
+/// ran); it creates nothing.
+pub async fn holder(
+    config: &crate::config::BusConfig,
+    site: &str,
+) -> Result<Option<String>, BusError> {
+    let bus = Bus::connect(config).await?;
+    let stream = match bus.context.get_stream(stream_name(&bus)).await {
+        Ok(stream) => stream,
+        Err(error) if error.to_string().contains("not found") => return Ok(None),
+        Err(error) => return Err(BusError::jetstream("reading the lease stream", error)),
+    };
+    Ok(read(&bus, &stream, site).await?.map(|record| record.holder))
+}
+
+/// Who holds the lease of `site` now, as far as the lease stream says.
+pub(super) async fn current_holder(bus: &Bus, stream: &stream::Stream, site: &str) -> String {
+    match read(bus, stream, site).await {
+        Ok(Some(record)) => record.holder,
+        Ok(None) => "nobody".into(),
+        Err(error) => format!("unknown ({})", crate::report::chain(&error)),
     }
 }
 
@@ -133,13 +199,13 @@ impl Lease {
                 _ = tokio::time::sleep(self.ttl / 3) => {}
                 _ = stop_requested(&mut stop) => {
                     // Given up only while still ours: a later holder's message stays.
-                    if current_holder(&self.bus, &self.stream, &self.site).await == self.holder {
+                    if current_holder(&self.bus, &self.stream, &self.site).await == self.record.holder {
                         let _ = self.stream.purge().filter(subject(&self.bus, &self.site)).await;
                     }
                     return None;
                 }
             }
-            match publish(&self.bus, &self.site, &self.holder, self.revision).await {
+            match publish(&self.bus, &self.site, &self.record, self.revision).await {
                 Ok(Some(revision)) => {
                     self.revision = revision;
                     renewed = Instant::now();
@@ -161,5 +227,26 @@ impl Lease {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_record_round_trips_and_an_older_plain_holder_still_reads() {
+        let record = LeaseRecord {
+            holder: "host (pid 7, state d1)".into(),
+            since: Some(DateTime::from_timestamp(1_700_000_000, 0).unwrap()),
+        };
+        assert_eq!(LeaseRecord::parse(&record.payload()), record);
+        assert_eq!(
+            LeaseRecord::parse(b"host (pid 7, state d1)"),
+            LeaseRecord {
+                holder: "host (pid 7, state d1)".into(),
+                since: None,
+            }
+        );
     }
 }

@@ -53,6 +53,11 @@
 //! position row under a lock in their target transaction, so the second skips what the
 //! first committed.
 //!
+//! # What `status` and `/metrics` show
+//!
+//! Per stream and per target's consumer: pending messages, lag and the lease holder, read
+//! from JetStream itself (`backlog`), so any machine with the configuration can ask.
+//!
 //! # What stays in one process
 //!
 //! The two-way merge engine's coordinator decides with every site's versions at once and
@@ -68,12 +73,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::BusConfig;
 
+pub mod backlog;
 mod feed;
 mod lease;
 mod reader;
 mod role;
 
 pub use feed::BusFeed;
+pub use lease::holder as lease_holder;
 pub use role::{Role, run_role};
 
 /// How long JetStream drops a message whose `Nats-Msg-Id` it already stored.

@@ -2,12 +2,14 @@
 //! configuration split at the bus (see the module doc of `crate::bus`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use duplex_state::StateStore;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::{Bus, BusError, lease, reader};
+use crate::backoff::Backoff;
 use crate::config::BusConfig;
 use crate::link::{self, LinkPlan};
 use crate::report::chain;
@@ -22,12 +24,18 @@ pub enum Role {
     Writer(String),
 }
 
-/// Runs `role` for the one-way links `plans` until a shutdown signal or a definite failure.
+/// How often a role reads its streams' backlog for `/metrics`.
+const BACKLOG_EVERY: Duration = Duration::from_secs(5);
+
+/// Runs `role` for the one-way links `plans` until a shutdown signal or a definite failure;
+/// with `metrics` (the process serves `/metrics`) the backlog of the role's streams is read
+/// every few seconds into the telemetry.
 pub async fn run_role(
     role: &Role,
     config: &BusConfig,
     plans: Vec<LinkPlan>,
     state: Arc<StateStore>,
+    metrics: bool,
 ) -> Result<(), BusError> {
     let bus = Bus::connect(config).await?;
     let (stop, stopped) = watch::channel(false);
@@ -36,9 +44,48 @@ pub async fn run_role(
         tracing::info!("shutdown requested: finishing the transactions in flight");
         let _ = stop.send(true);
     });
-    match role {
+    let watcher = metrics.then(|| tokio::spawn(watch_backlog(bus.clone(), flows(role, &plans))));
+    let outcome = match role {
         Role::Reader => read(bus, plans, state, stopped).await,
         Role::Writer(site) => write(bus, site, plans, state, stopped).await,
+    };
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
+    outcome
+}
+
+/// The streams a role works on, each with the targets whose consumers it reports: a reader
+/// every target of its sources, a writer its own site.
+fn flows(role: &Role, plans: &[LinkPlan]) -> Vec<(String, Vec<String>)> {
+    plans
+        .iter()
+        .filter_map(|plan| {
+            let targets: Vec<String> = plan
+                .targets
+                .iter()
+                .map(|target| target.site.name.clone())
+                .filter(|target| match role {
+                    Role::Reader => true,
+                    Role::Writer(site) => target == site,
+                })
+                .collect();
+            (!targets.is_empty()).then(|| (plan.source.name.clone(), targets))
+        })
+        .collect()
+}
+
+/// Reads the backlog of `flows` into the telemetry every [`BACKLOG_EVERY`], until aborted.
+async fn watch_backlog(bus: Bus, flows: Vec<(String, Vec<String>)>) {
+    let mut every = tokio::time::interval(BACKLOG_EVERY);
+    loop {
+        every.tick().await;
+        match super::backlog::read_with(&bus, &flows).await {
+            Ok(backlog) => crate::telemetry::global().bus_backlog(backlog),
+            Err(error) => {
+                tracing::debug!(error = %chain(&error), "reading the bus backlog for /metrics")
+            }
+        }
     }
 }
 
@@ -112,7 +159,7 @@ async fn write(
         std::process::id(),
         state.deployment_id()
     );
-    let Some(lease) = lease::take(&bus, site, &holder, &mut stopped).await? else {
+    let Some(lease) = take_lease(&bus, site, &holder, &mut stopped).await? else {
         return Ok(());
     };
     let (release, released) = watch::channel(false);
@@ -156,6 +203,31 @@ async fn write(
         let _ = keep.await;
     }
     outcome
+}
+
+/// [`lease::take`], retrying transient failures (the NATS server restarting, or writers
+/// starting together while the lease stream is being created) with the engine's backoff.
+async fn take_lease(
+    bus: &Bus,
+    site: &str,
+    holder: &str,
+    stopped: &mut watch::Receiver<bool>,
+) -> Result<Option<lease::Lease>, BusError> {
+    let mut backoff = Backoff::default();
+    loop {
+        backoff.attempt_started();
+        match lease::take(bus, site, holder, stopped).await {
+            Err(error) if error.is_transient() => {
+                let delay = backoff.failed();
+                tracing::warn!(site, error = %chain(&error), "cannot take the writer lease yet; retrying in {delay:.1?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop_requested(stopped) => return Ok(None),
+                }
+            }
+            taken => return taken,
+        }
+    }
 }
 
 /// This machine's name, for the lease holder.

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
+use crate::bus::backlog::StreamBacklog;
 use crate::config::Config;
 use crate::engine::control::{self, Request, Response};
 use crate::telemetry::{LinkState, Snapshot};
@@ -78,6 +79,12 @@ pub struct Status {
     pub slots: Vec<SiteSlot>,
     /// The last `duplex verify`'s time and result (read from the state directory).
     pub last_verify: Option<crate::verify::last::LastVerify>,
+    /// With a `[bus]`: each source's stream, each target's consumer and lease, read from
+    /// JetStream by `status` itself (so shown whether or not the roles run, and from any
+    /// machine).
+    pub bus: Vec<StreamBacklog>,
+    /// Why the bus could not be read.
+    pub bus_error: Option<String>,
 }
 
 /// A PostgreSQL site's duplex replication slot.
@@ -101,6 +108,28 @@ pub struct SiteSlot {
 
 /// How long `status` waits for a site's slot.
 const SLOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long `status` waits for the bus.
+const BUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The backlog of every stream of `config`'s bus: empty without a `[bus]`, an error when the
+/// bus does not answer.
+async fn bus(config: &Config) -> Result<Vec<StreamBacklog>, String> {
+    let Some(bus) = &config.bus else {
+        return Ok(Vec::new());
+    };
+    let flows: Vec<(String, Vec<String>)> = crate::run::flows(config)
+        .into_iter()
+        .map(|(source, targets)| (source, targets.into_iter().collect()))
+        .collect();
+    match tokio::time::timeout(BUS_TIMEOUT, crate::bus::backlog::read(bus, &flows)).await {
+        Err(_) => Err(format!(
+            "the bus at {} gave no answer within {BUS_TIMEOUT:?}",
+            bus.url
+        )),
+        Ok(Err(error)) => Err(crate::report::chain(&error)),
+        Ok(Ok(backlog)) => Ok(backlog),
+    }
+}
 
 /// Whether duplex reads `site`'s change log: a source of a one-way mapping or a site of a
 /// two-way one.
@@ -166,6 +195,7 @@ pub async fn status(config: &Config) -> Result<Status, StatusError> {
             source,
         })?;
     let slots = slots(config).await;
+    let bus = bus(config).await;
     let mut status = match answer {
         None => {
             let (stored, stored_error) = match stored::read(config).await {
@@ -184,6 +214,8 @@ pub async fn status(config: &Config) -> Result<Status, StatusError> {
                 stored_error,
                 slots: Vec::new(),
                 last_verify: None,
+                bus: Vec::new(),
+                bus_error: None,
             }
         }
         Some(Response::Status(snapshot)) => judge(snapshot),
@@ -200,6 +232,10 @@ pub async fn status(config: &Config) -> Result<Status, StatusError> {
         }
     };
     status.slots = slots;
+    (status.bus, status.bus_error) = match bus {
+        Ok(bus) => (bus, None),
+        Err(error) => (Vec::new(), Some(error)),
+    };
     status.last_verify = crate::verify::last::read(&config.state_dir);
     Ok(status)
 }
@@ -226,6 +262,8 @@ pub fn judge(snapshot: Snapshot) -> Status {
         stored_error: None,
         slots: Vec::new(),
         last_verify: None,
+        bus: Vec::new(),
+        bus_error: None,
     }
 }
 
@@ -266,6 +304,10 @@ pub fn table(status: &Status) -> String {
             }
         ));
     }
+    if let Some(error) = &status.bus_error {
+        text.push_str(&format!("bus: cannot read it: {error}\n"));
+    }
+    text.push_str(&bus_lines(&status.bus));
     if let Some(error) = &status.stored_error {
         text.push_str(&format!("\ncannot read the state store: {error}\n"));
     }
@@ -362,6 +404,54 @@ pub fn table(status: &Status) -> String {
     }
     if let Some(last) = &status.last_verify {
         text.push_str(&crate::verify::last::line(last));
+    }
+    text
+}
+
+/// The bus streams as lines for people.
+fn bus_lines(bus: &[StreamBacklog]) -> String {
+    let mut text = String::new();
+    let known = |n: Option<u64>| n.map_or_else(|| "?".to_owned(), |n| n.to_string());
+    for stream in bus {
+        text.push_str(&format!(
+            "bus stream {} (from {}): {}\n",
+            stream.stream,
+            stream.source,
+            match &stream.note {
+                Some(note) => note.clone(),
+                None => format!(
+                    "{} messages, last sequence {}",
+                    known(stream.messages),
+                    known(stream.last_sequence)
+                ),
+            }
+        ));
+        for consumer in &stream.consumers {
+            let lease = match (&consumer.lease_holder, &consumer.lease_since) {
+                (Some(holder), Some(since)) => format!("lease held by {holder} since {since}"),
+                (Some(holder), None) => format!("lease held by {holder}"),
+                (None, _) => "no writer holds the lease".to_owned(),
+            };
+            let figures = match (&consumer.note, consumer.pending) {
+                (Some(note), _) => note.clone(),
+                (None, _) => format!(
+                    "{} pending, {} delivered unacknowledged, applied up to sequence {}, {} behind{}",
+                    known(consumer.pending),
+                    known(consumer.ack_pending),
+                    known(consumer.applied_sequence),
+                    known(consumer.lag_messages),
+                    consumer
+                        .oldest_unapplied_seconds
+                        .filter(|age| *age > 0.0)
+                        .map(|age| format!(" (oldest unapplied {age:.1} s old)"))
+                        .unwrap_or_default()
+                ),
+            };
+            text.push_str(&format!(
+                "  {} ({}): {figures}; {lease}\n",
+                consumer.target, consumer.consumer
+            ));
+        }
     }
     text
 }
