@@ -191,6 +191,35 @@ fn writer(site: &str) -> Vec<&str> {
     vec!["--role", "writer", "--site", site]
 }
 
+/// A small pseudo-random sequence (xorshift), its seed printed so a failing schedule can be
+/// replayed with `DUPLEX_TEST_SEED`.
+struct Random(u64);
+
+impl Random {
+    fn new() -> Random {
+        let seed = std::env::var("DUPLEX_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .subsec_nanos() as u64
+                    | 1
+            });
+        eprintln!("kill schedule seed: DUPLEX_TEST_SEED={seed}");
+        Random(seed)
+    }
+
+    /// A number in `0..n`.
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
 #[test]
 fn reader_and_writers_replicate_exactly_once_through_kills_and_a_nats_restart() {
     let mut nats = NatsServer::start().unwrap();
@@ -199,29 +228,32 @@ fn reader_and_writers_replicate_exactly_once_through_kills_and_a_nats_restart() 
     let mut reader = start_reader(&sites, &config);
     let mut wms = start(&config, &writer("wms"));
     let mut erp = start(&config, &writer("erp"));
+    // Each process is SIGKILLed twice, in rounds and at moments drawn at random: 0-250 ms
+    // after a round's commits, while they are being read, published, consumed or applied.
+    let mut random = Random::new();
+    let mut kills: Vec<(i32, usize)> = Vec::new();
+    for process in 0..3 {
+        while kills.iter().filter(|(_, p)| *p == process).count() < 2 {
+            let round = 1 + random.below(22) as i32;
+            if round != 12 && !kills.iter().any(|(r, _)| *r == round) {
+                kills.push((round, process));
+            }
+        }
+    }
     for round in 0..24 {
         workload(&sites.source, round);
-        match round {
-            4 => {
-                reader.kill();
-                reader.start_with(READER);
-            }
-            8 => {
-                wms.kill();
-                wms.start_with(&writer("wms"));
-            }
-            12 => nats.restart().unwrap(),
-            16 => {
-                erp.kill();
-                erp.start_with(&writer("erp"));
-            }
-            20 => {
-                reader.kill();
-                wms.kill();
-                reader.start_with(READER);
-                wms.start_with(&writer("wms"));
-            }
-            _ => {}
+        if round == 12 {
+            nats.restart().unwrap();
+        }
+        if let Some((_, process)) = kills.iter().find(|(r, _)| *r == round) {
+            std::thread::sleep(Duration::from_millis(random.below(250)));
+            let (duplex, args) = match process {
+                0 => (&mut reader, READER.to_vec()),
+                1 => (&mut wms, writer("wms")),
+                _ => (&mut erp, writer("erp")),
+            };
+            duplex.kill();
+            duplex.start_with(&args);
         }
     }
     wait_equal(&sites, &mut [&mut reader, &mut wms, &mut erp]);
