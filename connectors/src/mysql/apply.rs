@@ -88,12 +88,13 @@ use mysql_async::{Conn, Opts, Params};
 
 use crate::apply::{
     ApplyError, ApplyOptions, ExactlyOnce, SkippedWrite, TableRoute, TargetSession,
-    declared_length, declared_scale, expected_values, key_value, malformed, refuse_key_change,
-    skipped_write, target_key_value, unique_collision,
+    declared_length, declared_scale, refuse_key_change, skipped_write, target_key_value,
+    unique_collision,
 };
-use crate::{ChangeEvent, Column, Op, Position, TableName, Value};
+use crate::{ChangeEvent, Column, Op, Position, TableName};
 
 use super::param::to_param;
+use super::sql::{expected_filter, insert_params, insert_sql, key_filter, update_parts};
 use super::{MysqlError, describe_table, positions, quote_ident};
 
 /// Rows per multi-row INSERT, largest first; every run is split into these sizes.
@@ -128,19 +129,19 @@ pub struct MysqlSession {
 }
 
 /// A route resolved against the target table's schema.
-struct MyRoute {
-    target: TableName,
-    quoted: String,
-    columns: Vec<MyColumn>,
+pub(super) struct MyRoute {
+    pub(super) target: TableName,
+    pub(super) quoted: String,
+    pub(super) columns: Vec<MyColumn>,
     /// Indexes into `columns` of the key columns.
-    key: Vec<usize>,
+    pub(super) key: Vec<usize>,
 }
 
 /// One written column.
 pub(super) struct MyColumn {
-    source: String,
+    pub(super) source: String,
     pub(super) target: String,
-    quoted: String,
+    pub(super) quoted: String,
     pub(super) declared: String,
     pub(super) kind: MyKind,
 }
@@ -780,87 +781,6 @@ impl Writer<'_> {
     }
 }
 
-/// The SET list and key filter of an UPDATE, with their parameters appended to `params`.
-fn update_parts(
-    route: &MyRoute,
-    event: &ChangeEvent,
-    params: &mut Vec<mysql_async::Value>,
-) -> Result<(String, String), ApplyError> {
-    let Some(after) = &event.after else {
-        return Err(malformed(event, "an update without an after-image"));
-    };
-    let mut set = Vec::new();
-    for column in &route.columns {
-        match after.get(&column.source) {
-            None | Some(Value::Unchanged) => {}
-            Some(value) => {
-                params.push(to_param(value, column, &route.target)?);
-                set.push(format!("{} = ?", column.quoted));
-            }
-        }
-    }
-    if set.is_empty() {
-        let k = &route.columns[route.key[0]].quoted;
-        set.push(format!("{k} = {k}"));
-    }
-    let filter = key_filter(route, event, params)?;
-    Ok((set.join(", "), filter))
-}
-
-/// `AND <column> <=> <expected> ...` for the event's expected values (its before-image),
-/// appended to `params`; empty without a before-image. See the module docs for the forms.
-fn expected_filter(
-    route: &MyRoute,
-    event: &ChangeEvent,
-    params: &mut Vec<mysql_async::Value>,
-) -> Result<String, ApplyError> {
-    let sources = route.columns.iter().map(|c| c.source.as_str());
-    let mut filter = String::new();
-    for (i, value) in expected_values(sources, &route.key, event) {
-        let column = &route.columns[i];
-        params.push(to_param(value, column, &route.target)?);
-        let q = &column.quoted;
-        let declared = column.declared.to_ascii_lowercase();
-        let parens = declared
-            .split_once('(')
-            .and_then(|(_, rest)| rest.split_once(')'))
-            .map(|(inner, _)| inner.trim());
-        filter.push_str(&match column.kind {
-            MyKind::Text if declared == "json" => format!(" AND {q} <=> CAST(? AS JSON)"),
-            MyKind::Text => {
-                format!(" AND CAST(CONVERT({q} USING utf8mb4) AS BINARY) <=> CAST(? AS BINARY)")
-            }
-            MyKind::Decimal { .. } => {
-                format!(
-                    " AND {q} <=> CAST(? AS DECIMAL({}))",
-                    parens.unwrap_or("10")
-                )
-            }
-            MyKind::Bytes if declared.starts_with("binary") => {
-                format!(" AND {q} <=> CAST(? AS BINARY({}))", parens.unwrap_or("1"))
-            }
-            _ => format!(" AND {q} <=> ?"),
-        });
-    }
-    Ok(filter)
-}
-
-/// `k1 = ? AND k2 = ?` with the event's old key values appended to `params`.
-fn key_filter(
-    route: &MyRoute,
-    event: &ChangeEvent,
-    params: &mut Vec<mysql_async::Value>,
-) -> Result<String, ApplyError> {
-    let mut parts = Vec::with_capacity(route.key.len());
-    for &k in &route.key {
-        let column = &route.columns[k];
-        let value = key_value(event, &column.source)?;
-        params.push(to_param(value, column, &route.target)?);
-        parts.push(format!("{} = ?", column.quoted));
-    }
-    Ok(parts.join(" AND "))
-}
-
 fn expect_one(route: &MyRoute, event: &ChangeEvent, n: u64) -> Result<(), ApplyError> {
     crate::apply::expect_one(&route.target, event, n)
 }
@@ -890,24 +810,6 @@ fn chunk_len(rows: &[Vec<mysql_async::Value>]) -> usize {
     1
 }
 
-/// The values of the columns `columns` of an insert's after-image, as parameters.
-fn insert_params(
-    route: &MyRoute,
-    columns: &[usize],
-    event: &ChangeEvent,
-) -> Result<Vec<mysql_async::Value>, ApplyError> {
-    let after = event.after.as_ref().expect("insert_columns checked it");
-    let mut params = Vec::with_capacity(columns.len());
-    for &c in columns {
-        let column = &route.columns[c];
-        let value = after
-            .get(&column.source)
-            .expect("insert_columns checked it");
-        params.push(to_param(value, column, &route.target)?);
-    }
-    Ok(params)
-}
-
 /// Whether a row write failed on a duplicate key (`ER_DUP_ENTRY`).
 fn is_duplicate_key(error: &ApplyError) -> bool {
     matches!(
@@ -917,19 +819,5 @@ fn is_duplicate_key(error: &ApplyError) -> bool {
                 &**source,
                 MysqlError::Query { source: mysql_async::Error::Server(e), .. } if e.code == DUPLICATE_KEY
             )
-    )
-}
-
-fn insert_sql(route: &MyRoute, columns: &[usize], rows: usize) -> String {
-    let names: Vec<&str> = columns
-        .iter()
-        .map(|&c| route.columns[c].quoted.as_str())
-        .collect();
-    let row = format!("({})", vec!["?"; columns.len()].join(", "));
-    format!(
-        "INSERT INTO {} ({}) VALUES {}",
-        route.quoted,
-        names.join(", "),
-        vec![row.as_str(); rows].join(", ")
     )
 }

@@ -14,6 +14,7 @@ mod position;
 mod positions;
 mod preflight;
 mod snapshot;
+mod sql;
 mod stream;
 pub mod teardown;
 mod tls;

@@ -42,8 +42,9 @@ use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use crate::apply::{ApplyError, expect_one, key_value, refuse_key_change};
 use crate::{ChangeEvent, Op, Value};
 
-use super::apply::{PgKind, PgRoute, SqlOf, Writer, change_sql, pipelined, write_error};
+use super::apply::{PgKind, PgRoute, Writer, pipelined, write_error};
 use super::param::{PgParam, to_param};
+use super::sql::{SqlOf, change_sql};
 
 /// Fewest changes that go as one statement (below, one statement each costs no more).
 const GROUP_MIN: usize = 4;

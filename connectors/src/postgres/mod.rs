@@ -18,6 +18,7 @@ mod positions;
 mod preflight;
 mod slot;
 mod snapshot;
+mod sql;
 mod stream;
 pub mod teardown;
 mod tls;
