@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use duplex_testkit::{shared_mariadb, shared_pg};
+use harness::verify_report::reports_with;
 use harness::{Duplex, wait_for};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -44,20 +45,10 @@ const SEED: &str = "
 
 /// One JSON report per mapping, by mapping name.
 fn reports(duplex: &Duplex, args: &[&str]) -> (i32, Vec<serde_json::Value>) {
-    let mut all = vec!["verify", "--json"];
-    all.extend_from_slice(args);
     let started = std::time::Instant::now();
-    let out = duplex.command(&all);
+    let result = reports_with(duplex, &[], args);
     eprintln!("verify {args:?} took {:?}", started.elapsed());
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let reports = stdout
-        .lines()
-        .map(|l| {
-            serde_json::from_str(l)
-                .unwrap_or_else(|e| panic!("{e}: {l}\n{}", String::from_utf8_lossy(&out.stderr)))
-        })
-        .collect();
-    (out.status.code().unwrap_or(-1), reports)
+    result
 }
 
 fn keys(report: &serde_json::Value, field: &str) -> BTreeSet<String> {

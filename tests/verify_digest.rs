@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use duplex_testkit::{shared_mariadb, shared_pg};
-use harness::verify_report::{found, set};
+use harness::verify_report::{found, reports_with, set};
 use harness::{Duplex, wait_for};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -23,20 +23,11 @@ const PG_TABLE: &str = "CREATE TABLE lots (id bigint PRIMARY KEY, qty int, price
 const MARIA_TABLE: &str = "CREATE TABLE lots (id BIGINT PRIMARY KEY, qty INT, price DECIMAL(10,2), \
      note TEXT, seen DATETIME(6), day DATE, flag TINYINT(1), u CHAR(36), b VARBINARY(40)) ENGINE=InnoDB";
 
-/// One JSON report per mapping, with `env` for verify.
+/// One JSON report per mapping, with `env` for verify, in ranges of 20 rows.
 fn reports(duplex: &Duplex, env: &[(&str, &str)], args: &[&str]) -> (i32, Vec<serde_json::Value>) {
-    let mut all = vec!["verify", "--json", "--chunk-rows", "20"];
+    let mut all = vec!["--chunk-rows", "20"];
     all.extend_from_slice(args);
-    let out = duplex.command_with(env, &all);
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let reports = stdout
-        .lines()
-        .map(|l| {
-            serde_json::from_str(l)
-                .unwrap_or_else(|e| panic!("{e}: {l}\n{}", String::from_utf8_lossy(&out.stderr)))
-        })
-        .collect();
-    (out.status.code().unwrap_or(-1), reports)
+    reports_with(duplex, env, &all)
 }
 
 /// The row the load updates in every transaction: never reported as a difference; at most

@@ -10,25 +10,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use duplex_testkit::{shared_mariadb, shared_pg};
-use harness::verify_report::{found, set};
+use harness::verify_report::{found, reports_with, set};
 use harness::{Duplex, wait_for};
 
 const WAIT: Duration = Duration::from_secs(90);
 
-/// One JSON report per mapping.
+/// One JSON report per mapping, in ranges of 20 rows.
 fn reports(duplex: &Duplex, args: &[&str]) -> (i32, Vec<serde_json::Value>) {
-    let mut all = vec!["verify", "--json", "--chunk-rows", "20"];
+    let mut all = vec!["--chunk-rows", "20"];
     all.extend_from_slice(args);
-    let out = duplex.command(&all);
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let reports = stdout
-        .lines()
-        .map(|l| {
-            serde_json::from_str(l)
-                .unwrap_or_else(|e| panic!("{e}: {l}\n{}", String::from_utf8_lossy(&out.stderr)))
-        })
-        .collect();
-    (out.status.code().unwrap_or(-1), reports)
+    reports_with(duplex, &[], &all)
 }
 
 #[test]

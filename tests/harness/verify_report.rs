@@ -2,6 +2,29 @@
 
 use std::collections::BTreeSet;
 
+use super::Duplex;
+
+/// Runs `duplex verify --json <args>` with `env` and returns its exit code and its reports,
+/// one per mapping.
+pub fn reports_with(
+    duplex: &Duplex,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> (i32, Vec<serde_json::Value>) {
+    let mut all = vec!["verify", "--json"];
+    all.extend_from_slice(args);
+    let out = duplex.command_with(env, &all);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let reports = stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("{e}: {l}\n{}", String::from_utf8_lossy(&out.stderr)))
+        })
+        .collect();
+    (out.status.code().unwrap_or(-1), reports)
+}
+
 /// Missing, extra and differing (`key: column`) keys of a report.
 pub fn found(report: &serde_json::Value) -> [BTreeSet<String>; 3] {
     let keys = |field: &str| -> BTreeSet<String> {

@@ -3,14 +3,10 @@
 //! hashes and sums them as they arrive, without holding the range. (The server's own `MD5()`
 //! and string functions would take about three times as long as sending the rows.)
 
-use futures_util::StreamExt;
-use mysql_async::Row as MyRow;
-use mysql_async::prelude::Queryable;
-
-use super::snapshot::{base_type, condition, convert, qualified, select_expr};
-use super::{MysqlError, MysqlSnapshot, MysqlSnapshotError};
+use super::snapshot::{base_type, condition, qualified, select_expr};
+use super::{MysqlSnapshot, MysqlSnapshotError};
 use crate::digest::{RangeDigest, push_value};
-use crate::{Column, KeyRange, TableName};
+use crate::{Column, KeyRange, TableName, Value};
 
 impl MysqlSnapshot {
     /// Whether every one of `columns` has a type the digest covers: integers, decimals,
@@ -55,7 +51,6 @@ impl MysqlSnapshot {
         columns: &[Column],
         range: &KeyRange,
     ) -> Result<RangeDigest, MysqlSnapshotError> {
-        const DOING: &str = "reading a key range for its digest";
         let list = columns
             .iter()
             .map(select_expr)
@@ -63,46 +58,33 @@ impl MysqlSnapshot {
             .join(", ");
         let (condition, params) = condition(range)?;
         let sql = format!("SELECT {list} FROM {} WHERE {condition}", qualified(table));
-        let params = if params.is_empty() {
-            mysql_async::Params::Empty
-        } else {
-            mysql_async::Params::Positional(params)
-        };
-        let mut result = self
-            .conn
-            .exec_iter(sql, params)
-            .await
-            .map_err(MysqlError::query(DOING))?;
         let mut digest = RangeDigest::default();
         let mut text = Vec::new();
-        if let Some(mut stream) = result
-            .stream::<MyRow>()
-            .await
-            .map_err(MysqlError::query(DOING))?
-        {
-            while let Some(row) = stream.next().await {
-                let row = row.map_err(MysqlError::query(DOING))?;
-                text.clear();
-                for (i, (column, value)) in columns.iter().zip(row.unwrap()).enumerate() {
-                    if i > 0 {
-                        text.push(b'|');
-                    }
-                    let value =
-                        convert(column, value).map_err(|reason| MysqlSnapshotError::BadValue {
-                            table: table.clone(),
-                            column: column.name.clone(),
-                            reason,
-                        })?;
-                    if !push_value(&mut text, &value) {
-                        return Err(MysqlSnapshotError::Digest(format!(
-                            "column {} of {table}: a {} value has no token",
-                            column.name, column.declared
-                        )));
-                    }
+        let each = |values: Vec<Value>| {
+            text.clear();
+            for (i, (column, value)) in columns.iter().zip(&values).enumerate() {
+                if i > 0 {
+                    text.push(b'|');
                 }
-                digest.add(&text);
+                if !push_value(&mut text, value) {
+                    return Err(MysqlSnapshotError::Digest(format!(
+                        "column {} of {table}: a {} value has no token",
+                        column.name, column.declared
+                    )));
+                }
             }
-        }
+            digest.add(&text);
+            Ok(())
+        };
+        self.for_each_row(
+            table,
+            columns,
+            &sql,
+            params,
+            "reading a key range for its digest",
+            each,
+        )
+        .await?;
         Ok(digest)
     }
 }
