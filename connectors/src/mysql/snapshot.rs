@@ -160,30 +160,6 @@ impl MysqlSnapshot {
         doing: &'static str,
     ) -> Result<Vec<Row>, MysqlSnapshotError> {
         let names: Vec<Arc<str>> = columns.iter().map(|c| Arc::from(c.name.as_str())).collect();
-        let mut rows = Vec::new();
-        self.for_each_row(table, columns, sql, params, doing, |values| {
-            let mut out = Row::new();
-            for (name, value) in names.iter().zip(values) {
-                out.push(name.clone(), value);
-            }
-            rows.push(out);
-            Ok(())
-        })
-        .await?;
-        Ok(rows)
-    }
-
-    /// Runs `sql` (selecting `columns`, through [`select_expr`]) and hands each row's values,
-    /// converted, to `each` as they stream in.
-    pub(super) async fn for_each_row(
-        &mut self,
-        table: &TableName,
-        columns: &[Column],
-        sql: &str,
-        params: Vec<mysql_async::Value>,
-        doing: &'static str,
-        mut each: impl FnMut(Vec<Value>) -> Result<(), MysqlSnapshotError>,
-    ) -> Result<(), MysqlSnapshotError> {
         let params = if params.is_empty() {
             mysql_async::Params::Empty
         } else {
@@ -194,6 +170,7 @@ impl MysqlSnapshot {
             .exec_iter(sql, params)
             .await
             .map_err(MysqlError::query(doing))?;
+        let mut rows = Vec::new();
         if let Some(mut stream) = result
             .stream::<MyRow>()
             .await
@@ -201,21 +178,21 @@ impl MysqlSnapshot {
         {
             while let Some(row) = stream.next().await {
                 let row = row.map_err(MysqlError::query(doing))?;
-                let values = columns
-                    .iter()
-                    .zip(row.unwrap())
-                    .map(|(column, value)| {
+                let values = row.unwrap();
+                let mut out = Row::new();
+                for ((column, name), value) in columns.iter().zip(&names).zip(values) {
+                    let value =
                         convert(column, value).map_err(|reason| MysqlSnapshotError::BadValue {
                             table: table.clone(),
                             column: column.name.clone(),
                             reason,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                each(values)?;
+                        })?;
+                    out.push(name.clone(), value);
+                }
+                rows.push(out);
             }
         }
-        Ok(())
+        Ok(rows)
     }
 
     /// Ends the snapshot transaction and starts a fresh one; returns the binlog position that
@@ -664,7 +641,7 @@ fn bits(column: &Column, value: u64) -> Result<Value, String> {
 }
 
 /// Converts one binary-protocol value of `column` to its canonical form.
-fn convert(column: &Column, value: mysql_async::Value) -> Result<Value, String> {
+pub(super) fn convert(column: &Column, value: mysql_async::Value) -> Result<Value, String> {
     use mysql_async::Value as V;
     let unsigned = column.type_name.ends_with(" unsigned");
     let ty = base_type(column);
