@@ -95,6 +95,11 @@ impl Outbox {
             .map(|seq| (*seq, &self.entries[seq]))
     }
 
+    /// Entry `seq`.
+    pub(super) fn get(&self, seq: u64) -> Option<&OutboxWrite> {
+        self.entries.get(&seq)
+    }
+
     /// Entry `seq`, to change in place (its row and number stay).
     pub(super) fn get_mut(&mut self, seq: u64) -> Option<&mut OutboxWrite> {
         self.entries.get_mut(&seq)
