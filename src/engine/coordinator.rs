@@ -460,7 +460,25 @@ impl Coordinator {
             tracing::info!(mapping = %mapping.name, key = %key, site, conflict = id, "row changed while its conflict is held: kept at this site only until `duplex conflicts resolve {id}`");
             return store_row(w, mapping, key, rv, &data);
         }
-        let classification = merge::classify(&rv, site);
+        let mut classification = merge::classify(&rv, site);
+        // The site's vector says which changes its row descends from, but a conditional write
+        // lands wherever the row's image equals the write's condition: a write whose expected
+        // image the site's own change happened to reach (1042 by the site's +1, 1042 by the
+        // source's +3) replaces the row with an image lacking the site's changes, while the
+        // vector still counts them. A change made on anything but the newest image is not
+        // its successor, whatever the vectors say: it is decided as a conflict, from the
+        // image it was made on, so nothing it did not see is overwritten.
+        if let Classification::Successor(local) = &classification
+            && !same_image(
+                mapping.as_read_back(site, base.as_ref()).as_ref(),
+                mapping.as_read_back(site, data.image.as_ref()).as_ref(),
+            )
+        {
+            tracing::debug!(mapping = %mapping.name, key = %key, site, base = %display_image(base.as_ref()), newest = %display_image(data.image.as_ref()), "a change made on an image other than the newest: decided as a conflict");
+            classification = Classification::Concurrent {
+                local: local.clone(),
+            };
+        }
         tracing::debug!(mapping = %mapping.name, key = %key, site, ?classification, merged = %rv.merged, after = %display_image(after.as_ref()), "local change");
         match classification {
             Classification::Seen => {

@@ -89,6 +89,23 @@ impl MergeMapping {
         }
     }
 
+    /// The image `site` reads back after duplex wrote `image` there: what it is to hold
+    /// ([`MergeMapping::visible`]), through the site's value maps and back (a value without a
+    /// code of its own reads back as the value of the default code); the image itself where a
+    /// map cannot take it.
+    pub fn as_read_back(&self, site: &str, image: Option<&Row>) -> Option<Row> {
+        let visible = self.visible(site, image)?;
+        let Some(maps) = self.values.get(site) else {
+            return Some(visible);
+        };
+        match value_map::to_site(site, maps, &visible)
+            .and_then(|coded| value_map::from_site(site, maps, &coded))
+        {
+            Ok(read_back) => Some(read_back),
+            Err(_) => Some(visible),
+        }
+    }
+
     /// The key columns of a canonical row and their normal text (`id=5`, `a=1, b="x"`), or
     /// `None` when the row lacks a key column.
     pub fn key_of(&self, row: &Row) -> Option<(Row, String)> {
