@@ -53,6 +53,16 @@
 //! applier writes it only if the row there still equals that image, so a local change the
 //! engine has not read yet is never overwritten: it is read before the echo and decides.
 //!
+//! The condition compares images, not histories: a local change may reach exactly the image a
+//! queued write expects (the site adds 11 where the other sites' writes it missed added 9 and
+//! 2), and the write then lands on it, leaving the site with an image that lacks the site's own
+//! change while the site's vector still counts it. The change itself is not lost (it was read
+//! and merged before the echo); what protects the site's next change is that a change counts
+//! as a successor only when it was made on the newest image (as the site reads it back): one
+//! made on any other image is decided as a conflict, from the image it was made on. Which of an
+//! echo's writes landed is told by the row's changes in the echo, one by one, not by the row
+//! appearing in it (`coordinator/echo.rs`).
+//!
 //! # What it reports
 //!
 //! `duplex status` and `/metrics` show the engine as the link [`TELEMETRY_NAME`] whose targets
