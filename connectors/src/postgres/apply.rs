@@ -93,7 +93,7 @@ use crate::{ChangeEvent, Column, Op, Position, TableName};
 
 use super::param::{PgParam, to_param};
 use super::sql::{conditional_sql, insert_sql};
-use super::{PgError, connect, describe_table, positions, quote_ident};
+use super::{PgError, connect, describe_table, positions, quote_ident, reorder};
 
 /// Rows per multi-row INSERT, largest first; every run is split into these sizes.
 const INSERT_CHUNKS: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
@@ -132,6 +132,11 @@ pub(super) struct PgRoute {
     pub(super) columns: Vec<PgColumn>,
     /// Indexes into `columns` of the key columns.
     pub(super) key: Vec<usize>,
+    /// Whether the key is the table's only unique index, with no exclusion constraint, and
+    /// the table is neither partitioned nor inherited from, as the catalog last said (at
+    /// connect, and at every reordered batch): then changes of distinct rows commute (see
+    /// [`super::reorder`]), and only then are updates of several rows one statement.
+    pub(super) keyed: bool,
 }
 
 /// One written column.
@@ -267,6 +272,11 @@ impl PgApplier {
             let source = route.source.clone();
             resolved.insert(source, resolve(route, info.map(|i| i.schema.columns))?);
         }
+        let tables: Vec<&PgRoute> = resolved.values().collect();
+        let keyed = reorder::read_catalog(&client, &tables, false).await?.keyed;
+        for route in resolved.values_mut() {
+            route.keyed = keyed.contains(&route.target);
+        }
         Ok(ExactlyOnce::new(PgSession {
             url: url.to_owned(),
             password: password.map(str::to_owned),
@@ -376,6 +386,7 @@ fn resolve(route: TableRoute, columns: Option<Vec<Column>>) -> Result<PgRoute, A
         target: route.target,
         columns,
         key,
+        keyed: false,
     })
 }
 
@@ -464,11 +475,35 @@ impl TargetSession for PgSession {
         events: &[&ChangeEvent],
     ) -> Result<Vec<SkippedWrite>, ApplyError> {
         let conditional = self.options.conditional;
-        let mut writer = self.writer();
         if conditional {
-            return writer.write_conditional(events).await;
+            return self.writer().write_conditional(events).await;
         }
-        writer.write_all(events).await?;
+        if events.len() >= reorder::REORDER_MIN
+            && reorder::enabled()
+            && !self.options.upsert
+            && matches!(self.foreign_key_checks, ForeignKeyChecks::Off { .. })
+        {
+            let mut tables: Vec<&PgRoute> = Vec::new();
+            for event in events {
+                let route = self
+                    .routes
+                    .get(&event.table)
+                    .ok_or_else(|| ApplyError::NoRoute(event.table.clone()))?;
+                if !tables.iter().any(|t| t.target == route.target) {
+                    tables.push(route);
+                }
+            }
+            let catalog = reorder::read_catalog(&self.client, &tables, true).await?;
+            for route in self.routes.values_mut() {
+                if catalog.read.contains(&route.target) {
+                    route.keyed = catalog.keyed.contains(&route.target);
+                }
+            }
+            let ordered = reorder::order(events, &self.routes, &catalog);
+            self.writer().write_all(&ordered).await?;
+            return Ok(Vec::new());
+        }
+        self.writer().write_all(events).await?;
         Ok(Vec::new())
     }
 

@@ -229,6 +229,11 @@ fn group_columns(route: &PgRoute, event: &ChangeEvent) -> Result<Option<Vec<usiz
 /// operation and written columns, and no key seen before in the group (see the module docs).
 fn group_end(route: &PgRoute, events: &[&ChangeEvent], start: usize) -> Result<usize, ApplyError> {
     let first = events[start];
+    // Two updates of distinct rows can collide on another unique index in one order and not
+    // in the other: only where the key is the one unique index are they one statement.
+    if first.op == Op::Update && !route.keyed {
+        return Ok(start + 1);
+    }
     let Some(columns) = group_columns(route, first)? else {
         return Ok(start + 1);
     };
@@ -391,6 +396,7 @@ mod tests {
                 column("note", PgKind::Text, "text"),
             ],
             key: vec![0],
+            keyed: true,
         }
     }
 
@@ -454,6 +460,28 @@ mod tests {
             delete(9),
         ];
         assert_eq!(ends(&events), vec![3, 5, 6, 8, 10]);
+    }
+
+    #[test]
+    fn updates_go_one_by_one_where_another_unique_index_may_collide_and_deletes_still_group() {
+        let text = || Value::Text("x".into());
+        let events = [
+            update(1, 1, text()),
+            update(2, 2, text()),
+            update(3, 3, text()),
+            delete(8),
+            delete(9),
+        ];
+        let refs: Vec<&ChangeEvent> = events.iter().collect();
+        let mut route = route();
+        route.keyed = false;
+        let mut ends = Vec::new();
+        let mut i = 0;
+        while i < refs.len() {
+            i = group_end(&route, &refs, i).unwrap();
+            ends.push(i);
+        }
+        assert_eq!(ends, vec![1, 2, 3, 5]);
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod pgoutput;
 mod position;
 mod positions;
 mod preflight;
+mod reorder;
 mod slot;
 mod snapshot;
 mod sql;
