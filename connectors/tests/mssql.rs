@@ -1,15 +1,21 @@
 //! SQL Server against a real server: every supported type written through `to_param` and read
-//! back through `to_value`, and `check`'s probes on a fresh database. No SQL Server runs on
+//! back through `to_value`, `check`'s probes on a fresh database, and the CDC reader (whole
+//! transactions in commit order, both update images, exact resume). No SQL Server runs on
 //! our machines, so each test runs only when `DUPLEX_TEST_MSSQL_URL` names a server
 //! (`mssql://sa:<password>@host:1433/master?trust-server-certificate=true`, a login that may
 //! create databases); otherwise it prints that it is skipped and why, and passes.
 
 use chrono::{NaiveDate, TimeZone, Utc};
 use duplex_connectors::mssql::preflight::{check_table, probe_server, probe_table};
-use duplex_connectors::mssql::stream::select_list;
-use duplex_connectors::mssql::{MssqlClient, MssqlType, Param, connect, to_param, to_value};
+use std::time::Duration;
+
+use duplex_connectors::mssql::stream::{CaptureInstance, CdcTransaction, select_list};
+use duplex_connectors::mssql::{
+    CdcItem, CdcPosition, MssqlClient, MssqlStream, MssqlStreamConfig, MssqlType, Param, connect,
+    to_param, to_value,
+};
 use duplex_connectors::preflight::Status;
-use duplex_connectors::{TableName, Value};
+use duplex_connectors::{Op, TableName, Value};
 
 /// A fresh database on the test server, dropped when the test ends well.
 struct Database {
@@ -282,6 +288,125 @@ async fn check_finds_a_database_and_table_without_cdc_and_a_table_without_a_key(
             .expect("probe")
             .is_none()
     );
+    drop(client);
+    db.drop().await;
+}
+
+/// Reads items until `n` transactions came (heartbeats skipped), failing after a minute: the
+/// capture job copies changes from the log on its own schedule.
+async fn transactions(stream: &mut MssqlStream, n: usize) -> Vec<CdcTransaction> {
+    let mut found = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while found.len() < n {
+            match stream.next().await.expect("read the change tables") {
+                CdcItem::Transaction(tx) => found.push(tx),
+                CdcItem::Heartbeat(_) => {}
+            }
+        }
+    })
+    .await
+    .expect("the capture job delivers the changes within a minute");
+    found
+}
+
+#[tokio::test]
+async fn the_reader_delivers_cdc_transactions_in_commit_order_and_resumes_exactly() {
+    let test = "the_reader_delivers_cdc_transactions_in_commit_order_and_resumes_exactly";
+    let Some(db) = Database::create(test).await else {
+        return;
+    };
+    let mut client = db.connect().await;
+    execute(
+        &mut client,
+        "EXEC sys.sp_cdc_enable_db; \
+         CREATE TABLE dbo.orders (id int PRIMARY KEY, qty int, price money); \
+         CREATE TABLE dbo.lines (id int PRIMARY KEY, note nvarchar(20)); \
+         EXEC sys.sp_cdc_enable_table @source_schema = N'dbo', @source_name = N'orders', \
+              @role_name = NULL, @capture_instance = N'dbo_orders'; \
+         EXEC sys.sp_cdc_enable_table @source_schema = N'dbo', @source_name = N'lines', \
+              @role_name = NULL, @capture_instance = N'dbo_lines'",
+    )
+    .await;
+    let instance = |name: &str, table: &str, columns: Vec<(&str, MssqlType)>| CaptureInstance {
+        name: name.into(),
+        table: TableName::new("dbo", table),
+        columns: columns.into_iter().map(|(c, t)| (c.into(), t)).collect(),
+        key: vec!["id".into()],
+    };
+    let config = MssqlStreamConfig {
+        instances: vec![
+            instance(
+                "dbo_orders",
+                "orders",
+                vec![
+                    ("id", MssqlType::Int),
+                    ("qty", MssqlType::Int),
+                    ("price", MssqlType::Money),
+                ],
+            ),
+            instance(
+                "dbo_lines",
+                "lines",
+                vec![("id", MssqlType::Int), ("note", MssqlType::Text)],
+            ),
+        ],
+        limit: 2,
+        min_wait: Duration::from_millis(50),
+        max_wait: Duration::from_millis(500),
+    };
+    execute(
+        &mut client,
+        "INSERT dbo.orders VALUES (0, 0, 0); \
+         BEGIN TRAN; INSERT dbo.orders VALUES (1, 5, 1.2345); \
+         INSERT dbo.lines VALUES (1, N'first'); INSERT dbo.lines VALUES (2, N'second'); \
+         COMMIT; \
+         UPDATE dbo.orders SET qty = 6 WHERE id = 1; \
+         DELETE dbo.lines WHERE id = 2",
+    )
+    .await;
+    let mut stream = MssqlStream::new(db.connect().await, config.clone(), None);
+    let first = transactions(&mut stream, 1).await;
+    drop(stream);
+    let start = CdcPosition::after_commit(first[0].commit_lsn);
+    let mut stream = MssqlStream::new(db.connect().await, config.clone(), Some(start));
+    let read = transactions(&mut stream, 3).await;
+    let shape: Vec<Vec<(String, Op)>> = read
+        .iter()
+        .map(|t| {
+            t.events
+                .iter()
+                .map(|e| (e.table.name.clone(), e.op))
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        vec![
+            vec![
+                ("orders".to_owned(), Op::Insert),
+                ("lines".to_owned(), Op::Insert),
+                ("lines".to_owned(), Op::Insert)
+            ],
+            vec![("orders".to_owned(), Op::Update)],
+            vec![("lines".to_owned(), Op::Delete)],
+        ]
+    );
+    assert!(read.windows(2).all(|w| w[0].commit_lsn < w[1].commit_lsn));
+    let update = &read[1].events[0];
+    assert_eq!(
+        update.before.as_ref().unwrap().get("qty"),
+        Some(&Value::Int(5))
+    );
+    assert_eq!(
+        update.after.as_ref().unwrap().get("qty"),
+        Some(&Value::Int(6))
+    );
+    let resumed_at = CdcPosition::after_commit(read[1].commit_lsn);
+    drop(stream);
+    let mut stream = MssqlStream::new(db.connect().await, config, Some(resumed_at));
+    let rest = transactions(&mut stream, 1).await;
+    assert_eq!(rest, read[2..].to_vec());
+    drop(stream);
     drop(client);
     db.drop().await;
 }

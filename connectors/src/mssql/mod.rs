@@ -1,6 +1,6 @@
 //! SQL Server through CDC: LSN positions, type conversions between tiberius values and
-//! canonical values, the decisions of the change-table reader and of `check`, the URL and
-//! connecting.
+//! canonical values, the decisions of the change-table reader and of `check`, the polling
+//! reader built on them ([`MssqlStream`]), the URL and connecting.
 //!
 //! Not yet wired: no link reads from or writes into SQL Server, and [`crate::SiteKind`] has
 //! no SQL Server kind. The configuration refuses `kind = "mssql"` with that message, so
@@ -11,6 +11,7 @@ mod error;
 mod param;
 mod position;
 pub mod preflight;
+mod reader;
 pub mod stream;
 mod tls;
 mod types;
@@ -18,6 +19,10 @@ mod types;
 pub use error::MssqlError;
 pub use param::Param;
 pub use position::{CdcPosition, Lsn, LsnError};
+pub use reader::{
+    CdcItem, MssqlStream, MssqlStreamConfig, MssqlStreamError, decode_change, deliverable,
+    heartbeat_after, start_position,
+};
 pub use tls::{MssqlEncrypt, MssqlUrl, MssqlUrlError};
 pub use types::{MssqlType, TYPE_TABLE, TypeError, to_param, to_value};
 
