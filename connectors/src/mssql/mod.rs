@@ -12,6 +12,7 @@ mod param;
 mod position;
 pub mod preflight;
 mod reader;
+pub mod sql;
 pub mod stream;
 mod tls;
 mod types;
