@@ -1,6 +1,7 @@
 //! SQL Server against a real server: every supported type written through `to_param` and read
 //! back through `to_value`, `check`'s probes on a fresh database, and the CDC reader (whole
-//! transactions in commit order, both update images, exact resume). No SQL Server runs on
+//! transactions in commit order, both update images, exact resume), `duplex.positions` in the
+//! target transaction and the conditional writes' exact comparisons. No SQL Server runs on
 //! our machines, so each test runs only when `DUPLEX_TEST_MSSQL_URL` names a server
 //! (`mssql://sa:<password>@host:1433/master?trust-server-certificate=true`, a login that may
 //! create databases); otherwise it prints that it is skipped and why, and passes.
@@ -9,10 +10,16 @@ use chrono::{NaiveDate, TimeZone, Utc};
 use duplex_connectors::mssql::preflight::{check_table, probe_server, probe_table};
 use std::time::Duration;
 
+use duplex_connectors::mssql::positions::{
+    committed_position, ensure_positions, locked_position, record_position,
+};
+use duplex_connectors::mssql::sql::{
+    Compare, WriteColumn, conditional_insert_sql, delete_sql, update_sql,
+};
 use duplex_connectors::mssql::stream::{CaptureInstance, CdcTransaction, select_list};
 use duplex_connectors::mssql::{
-    CdcItem, CdcPosition, MssqlClient, MssqlStream, MssqlStreamConfig, MssqlType, Param, connect,
-    to_param, to_value,
+    CdcItem, CdcPosition, MssqlClient, MssqlError, MssqlStream, MssqlStreamConfig, MssqlType,
+    Param, connect, to_param, to_value,
 };
 use duplex_connectors::preflight::Status;
 use duplex_connectors::{Op, TableName, Value};
@@ -407,6 +414,101 @@ async fn the_reader_delivers_cdc_transactions_in_commit_order_and_resumes_exactl
     let rest = transactions(&mut stream, 1).await;
     assert_eq!(rest, read[2..].to_vec());
     drop(stream);
+    drop(client);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn positions_commit_with_their_transaction_and_conditional_writes_compare_exactly() {
+    let test = "positions_commit_with_their_transaction_and_conditional_writes_compare_exactly";
+    let Some(db) = Database::create(test).await else {
+        return;
+    };
+    let mut client = db.connect().await;
+    let mut other = db.connect().await;
+    ensure_positions(&mut client).await.expect("create");
+    ensure_positions(&mut client).await.expect("create again");
+    execute(&mut client, "BEGIN TRAN").await;
+    assert_eq!(locked_position(&mut client, "pg").await.unwrap(), None);
+    record_position(&mut client, "pg", "one", false)
+        .await
+        .unwrap();
+    execute(&mut client, "COMMIT").await;
+    assert_eq!(
+        committed_position(&mut other, "pg")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("one")
+    );
+    execute(&mut client, "BEGIN TRAN").await;
+    assert_eq!(
+        locked_position(&mut client, "pg").await.unwrap().as_deref(),
+        Some("one")
+    );
+    record_position(&mut client, "pg", "two", true)
+        .await
+        .unwrap();
+    execute(&mut client, "ROLLBACK").await;
+    assert_eq!(
+        committed_position(&mut other, "pg")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("one")
+    );
+    execute(&mut client, "BEGIN TRAN").await;
+    assert!(
+        record_position(&mut client, "pg", "two", false)
+            .await
+            .is_err()
+    );
+    assert!(matches!(
+        record_position(&mut client, "absent", "x", true).await,
+        Err(MssqlError::PositionRow { rows: 0, .. })
+    ));
+    execute(&mut client, "IF @@TRANCOUNT > 0 ROLLBACK").await;
+    assert_eq!(
+        committed_position(&mut other, "pg")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("one")
+    );
+
+    execute(
+        &mut client,
+        "CREATE TABLE dbo.notes (id int PRIMARY KEY, note nvarchar(10) NULL, n int NULL)",
+    )
+    .await;
+    let table = TableName::new("dbo", "notes");
+    let insert = conditional_insert_sql(&table, &["id", "note", "n"], &["id"]).unwrap();
+    let rows = |r: tiberius::ExecuteResult| r.total();
+    let first = client.execute(&insert, &[&1i32, &"a", &Option::<i32>::None]);
+    assert_eq!(rows(first.await.unwrap()), 1);
+    let again = client.execute(&insert, &[&1i32, &"b", &Option::<i32>::None]);
+    assert_eq!(rows(again.await.unwrap()), 0, "the key exists: skipped");
+    let expected = [
+        WriteColumn {
+            name: "note".into(),
+            compare: Compare::Text("nvarchar(10)".into()),
+        },
+        WriteColumn::value("n"),
+    ];
+    let update = update_sql(&table, &["note"], &["id"], &expected);
+    let null = Option::<i32>::None;
+    for (stale, n) in [("A", None), ("a ", None), ("a", Some(3))] {
+        let result = client.execute(&update, &[&"c", &1i32, &stale, &n]).await;
+        assert_eq!(rows(result.unwrap()), 0, "{stale:?} / {n:?} is not the row");
+    }
+    let result = client.execute(&update, &[&"c", &1i32, &"a", &null]).await;
+    assert_eq!(rows(result.unwrap()), 1);
+    let delete = delete_sql(&table, &["id"], &expected);
+    let result = client.execute(&delete, &[&1i32, &"a", &null]).await;
+    assert_eq!(rows(result.unwrap()), 0, "the note is c now");
+    let result = client.execute(&delete, &[&1i32, &"c", &null]).await;
+    assert_eq!(rows(result.unwrap()), 1);
+    drop(other);
     drop(client);
     db.drop().await;
 }

@@ -36,6 +36,17 @@ pub enum MssqlError {
         #[source]
         source: tiberius::error::Error,
     },
+    /// Recording a position wrote another number of rows than one.
+    #[error(
+        "recording the position of {site} wrote {rows} rows of duplex.positions instead of \
+         one: its row was changed or removed outside duplex"
+    )]
+    PositionRow {
+        /// The source site.
+        site: String,
+        /// Rows written.
+        rows: u64,
+    },
 }
 
 impl MssqlError {

@@ -10,6 +10,7 @@
 mod error;
 mod param;
 mod position;
+pub mod positions;
 pub mod preflight;
 mod reader;
 pub mod sql;

@@ -1,15 +1,6 @@
-//! The SQL of the applier's writes into a SQL Server target and of its `duplex.positions`
-//! bookkeeping: text only, values travel as `@Pn` parameters. The applier session that runs
-//! them (a [`crate::apply::TargetSession`]) is not written yet.
-//!
-//! # Exactly once (see [`crate::apply`])
-//! The source's row of `duplex.positions` is read with `UPDLOCK, HOLDLOCK`: the update lock is
-//! held to the end of the target transaction, and `HOLDLOCK` (serializable) also locks the
-//! key range when the row does not exist yet, so two appliers of one source serialise on it;
-//! a first position is INSERTed, so the slower of two racing first writers fails on the
-//! primary key. Every target transaction writes the row (`applied_at` changes even when the
-//! position text does not), so with CDC enabled on `duplex.positions` the change tables mark
-//! each of duplex's transactions as an echo (see [`super::stream`]).
+//! The SQL of the applier's writes into a SQL Server target: text only, values travel as
+//! `@Pn` parameters (`duplex.positions` is spelled in [`super::positions`]). The applier
+//! session that runs them (a [`crate::apply::TargetSession`]) is not written yet.
 //!
 //! # Conditional writes
 //! The condition and the write are one statement. An INSERT inserts from a `SELECT ... WHERE
@@ -30,38 +21,6 @@ pub const MAX_PARAMS: usize = 2098;
 
 /// SQL Server's limit on the rows of one `VALUES` list.
 pub const MAX_VALUES_ROWS: usize = 1000;
-
-/// Creates schema `duplex` and `duplex.positions` unless they exist (a DBA who does not grant
-/// duplex CREATE runs this beforehand).
-pub const POSITIONS_DDL: &str = "IF SCHEMA_ID(N'duplex') IS NULL EXEC(N'CREATE SCHEMA duplex'); \
-     IF OBJECT_ID(N'duplex.positions', N'U') IS NULL \
-     CREATE TABLE duplex.positions ( \
-         source nvarchar(255) COLLATE Latin1_General_100_BIN2 NOT NULL PRIMARY KEY, \
-         position nvarchar(max) NOT NULL, \
-         applied_at datetime2(6) NOT NULL \
-     )";
-
-/// Captures `duplex.positions` with CDC, for two-way links reading this database (its rows
-/// mark duplex's own transactions); needs `db_owner`.
-pub const POSITIONS_CDC: &str = "IF NOT EXISTS (SELECT 1 FROM cdc.change_tables \
-     WHERE source_object_id = OBJECT_ID(N'duplex.positions')) \
-     EXEC sys.sp_cdc_enable_table @source_schema = N'duplex', @source_name = N'positions', \
-     @role_name = NULL, @capture_instance = N'duplex_positions'";
-
-/// The recorded position of source `@P1`, locked to the end of the open transaction.
-pub const LOCKED_POSITION: &str =
-    "SELECT position FROM duplex.positions WITH (UPDLOCK, HOLDLOCK) WHERE source = @P1";
-
-/// The committed position of source `@P1`.
-pub const COMMITTED_POSITION: &str = "SELECT position FROM duplex.positions WHERE source = @P1";
-
-/// Records the first position `@P2` of source `@P1`.
-pub const INSERT_POSITION: &str = "INSERT INTO duplex.positions (source, position, applied_at) \
-     VALUES (@P1, @P2, SYSUTCDATETIME())";
-
-/// Moves the position of source `@P1` to `@P2`.
-pub const UPDATE_POSITION: &str = "UPDATE duplex.positions \
-     SET position = @P2, applied_at = SYSUTCDATETIME() WHERE source = @P1";
 
 /// `schema.table` bracketed.
 pub fn quote_table(table: &TableName) -> String {
@@ -224,17 +183,6 @@ mod tests {
 
     fn orders() -> TableName {
         TableName::new("dbo", "ord]ers")
-    }
-
-    #[test]
-    fn positions_are_locked_for_the_transaction_and_written_with_the_target_time() {
-        assert!(LOCKED_POSITION.contains("WITH (UPDLOCK, HOLDLOCK)"));
-        assert!(!COMMITTED_POSITION.contains("UPDLOCK"));
-        assert!(INSERT_POSITION.starts_with("INSERT INTO duplex.positions"));
-        assert!(UPDATE_POSITION.contains("applied_at = SYSUTCDATETIME()"));
-        assert!(POSITIONS_DDL.contains("COLLATE Latin1_General_100_BIN2 NOT NULL PRIMARY KEY"));
-        assert!(POSITIONS_DDL.starts_with("IF SCHEMA_ID(N'duplex') IS NULL"));
-        assert!(POSITIONS_CDC.contains("@capture_instance = N'duplex_positions'"));
     }
 
     #[test]
