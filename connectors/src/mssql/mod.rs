@@ -17,6 +17,7 @@ pub mod sql;
 pub mod stream;
 mod tls;
 mod types;
+pub mod write;
 
 pub use error::MssqlError;
 pub use param::Param;
