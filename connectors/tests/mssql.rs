@@ -1,7 +1,8 @@
 //! SQL Server against a real server: every supported type written through `to_param` and read
 //! back through `to_value`, `check`'s probes on a fresh database, and the CDC reader (whole
 //! transactions in commit order, both update images, exact resume), `duplex.positions` in the
-//! target transaction and the conditional writes' exact comparisons. No SQL Server runs on
+//! target transaction, the conditional writes' exact comparisons, and the applier (exactly
+//! once by position, strict and conditional writes). No SQL Server runs on
 //! our machines, so each test runs only when `DUPLEX_TEST_MSSQL_URL` names a server
 //! (`mssql://sa:<password>@host:1433/master?trust-server-certificate=true`, a login that may
 //! create databases); otherwise it prints that it is skipped and why, and passes.
@@ -10,6 +11,7 @@ use chrono::{NaiveDate, TimeZone, Utc};
 use duplex_connectors::mssql::preflight::{check_table, probe_server, probe_table};
 use std::time::Duration;
 
+use duplex_connectors::apply::{Applier, ApplyOptions};
 use duplex_connectors::mssql::positions::{
     committed_position, ensure_positions, locked_position, record_position,
 };
@@ -17,12 +19,13 @@ use duplex_connectors::mssql::sql::{
     Compare, WriteColumn, conditional_insert_sql, delete_sql, update_sql,
 };
 use duplex_connectors::mssql::stream::{CaptureInstance, CdcTransaction, select_list};
+use duplex_connectors::mssql::write::{MssqlRoute, RouteColumn};
 use duplex_connectors::mssql::{
     CdcItem, CdcPosition, MssqlClient, MssqlError, MssqlStream, MssqlStreamConfig, MssqlType,
-    Param, connect, to_param, to_value,
+    Param, connect, mssql_applier, to_param, to_value,
 };
 use duplex_connectors::preflight::Status;
-use duplex_connectors::{Op, TableName, Value};
+use duplex_connectors::{ChangeEvent, Op, Origin, Position, Row, TableName, Transaction, Value};
 
 /// A fresh database on the test server, dropped when the test ends well.
 struct Database {
@@ -509,6 +512,150 @@ async fn positions_commit_with_their_transaction_and_conditional_writes_compare_
     let result = client.execute(&delete, &[&1i32, &"c", &null]).await;
     assert_eq!(rows(result.unwrap()), 1);
     drop(other);
+    drop(client);
+    db.drop().await;
+}
+
+fn items_route() -> MssqlRoute {
+    let column = |name: &str, ty, compare| RouteColumn {
+        source: name.into(),
+        target: name.into(),
+        ty,
+        compare,
+    };
+    MssqlRoute {
+        target: TableName::new("dbo", "items"),
+        columns: vec![
+            column("id", MssqlType::Int, Compare::Value),
+            column(
+                "note",
+                MssqlType::Text,
+                Compare::Text("nvarchar(20)".into()),
+            ),
+            column("qty", MssqlType::Int, Compare::Value),
+        ],
+        key: vec![0],
+    }
+}
+
+fn item_change(
+    op: Op,
+    id: i64,
+    before: Option<(&str, i64)>,
+    after: Option<(&str, i64)>,
+) -> ChangeEvent {
+    let image = |(note, qty): (&str, i64)| -> Row {
+        [
+            ("id", Value::Int(id)),
+            ("note", Value::Text(note.into())),
+            ("qty", Value::Int(qty)),
+        ]
+        .into_iter()
+        .collect()
+    };
+    ChangeEvent {
+        table: TableName::new("public", "items"),
+        op,
+        key: [("id", Value::Int(id))].into_iter().collect(),
+        before: before.map(image),
+        after: after.map(image),
+    }
+}
+
+fn outbox_transaction(n: u64, events: Vec<ChangeEvent>) -> Transaction {
+    Transaction {
+        source: "pg".into(),
+        position: Position::Outbox(n),
+        commit_time: Utc.timestamp_opt(1_700_000_000, 0).unwrap(),
+        origin: Origin::Local,
+        events,
+    }
+}
+
+#[tokio::test]
+async fn the_applier_writes_each_transaction_once_with_its_position() {
+    let test = "the_applier_writes_each_transaction_once_with_its_position";
+    let Some(db) = Database::create(test).await else {
+        return;
+    };
+    let mut client = db.connect().await;
+    execute(
+        &mut client,
+        "CREATE TABLE dbo.items (id int PRIMARY KEY, note nvarchar(20) NULL, qty int NULL)",
+    )
+    .await;
+    let routes = vec![(TableName::new("public", "items"), items_route())];
+    let mut applier = mssql_applier(&db.url, None, routes.clone(), ApplyOptions::default())
+        .await
+        .expect("an applier");
+    let batch = vec![
+        outbox_transaction(1, vec![item_change(Op::Insert, 1, None, Some(("a", 1)))]),
+        outbox_transaction(
+            2,
+            vec![
+                item_change(Op::Update, 1, Some(("a", 1)), Some(("b", 2))),
+                item_change(Op::Insert, 2, None, Some(("c", 3))),
+            ],
+        ),
+    ];
+    applier.apply(&batch).await.expect("apply");
+    applier
+        .apply(&batch)
+        .await
+        .expect("the same batch again is skipped");
+    assert_eq!(
+        applier.position("pg").await.unwrap(),
+        Some(Position::Outbox(2))
+    );
+    let again = outbox_transaction(3, vec![item_change(Op::Insert, 2, None, Some(("x", 9)))]);
+    assert!(applier.apply(&[again]).await.is_err(), "the row exists");
+    assert_eq!(
+        applier.position("pg").await.unwrap(),
+        Some(Position::Outbox(2))
+    );
+    let gone = outbox_transaction(3, vec![item_change(Op::Delete, 2, Some(("c", 3)), None)]);
+    applier.apply(&[gone]).await.expect("delete");
+    let conditional = ApplyOptions {
+        conditional: true,
+        ..ApplyOptions::default()
+    };
+    let mut merging = mssql_applier(&db.url, None, routes, conditional)
+        .await
+        .expect("a conditional applier");
+    let stale = outbox_transaction(
+        4,
+        vec![
+            item_change(Op::Update, 1, Some(("B", 2)), Some(("z", 0))),
+            item_change(Op::Insert, 1, None, Some(("y", 0))),
+            item_change(Op::Update, 1, Some(("b", 2)), Some(("d", 4))),
+        ],
+    );
+    merging.apply(&[stale]).await.expect("conditional apply");
+    assert_eq!(merging.take_skipped().len(), 2);
+    assert_eq!(
+        merging.position("pg").await.unwrap(),
+        Some(Position::Outbox(4))
+    );
+    let rows = client
+        .simple_query("SELECT id, note, qty FROM dbo.items ORDER BY id")
+        .await
+        .unwrap()
+        .into_first_result()
+        .await
+        .unwrap();
+    let rows: Vec<(i32, String, i32)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.get::<i32, _>(0).unwrap(),
+                r.get::<&str, _>(1).unwrap().to_owned(),
+                r.get::<i32, _>(2).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(rows, vec![(1, "d".to_owned(), 4)]);
+    drop(applier);
+    drop(merging);
     drop(client);
     db.drop().await;
 }

@@ -119,6 +119,70 @@ pub async fn record_position(
     }
 }
 
+/// The table of engine claims (see [`crate::apply::WriterClaim`]): which deployment owns the
+/// outbox counter named by `scope`.
+pub const CLAIMS_DDL: &str = "IF SCHEMA_ID(N'duplex') IS NULL EXEC(N'CREATE SCHEMA duplex'); \
+     IF OBJECT_ID(N'duplex.claims', N'U') IS NULL \
+     CREATE TABLE duplex.claims ( \
+         scope nvarchar(255) COLLATE Latin1_General_100_BIN2 NOT NULL PRIMARY KEY, \
+         deployment nvarchar(255) COLLATE Latin1_General_100_BIN2 NOT NULL, \
+         claimed_at datetime2(6) NOT NULL \
+     )";
+
+/// The deployment owning scope `@P1`, locked to the end of the open transaction.
+pub const LOCKED_CLAIM: &str =
+    "SELECT deployment FROM duplex.claims WITH (UPDLOCK, HOLDLOCK) WHERE scope = @P1";
+
+/// Records deployment `@P2` as the first owner of scope `@P1`.
+pub const INSERT_CLAIM: &str = "INSERT INTO duplex.claims (scope, deployment, claimed_at) \
+     VALUES (@P1, @P2, SYSUTCDATETIME())";
+
+/// Moves scope `@P1` to deployment `@P2`.
+pub const UPDATE_CLAIM: &str = "UPDATE duplex.claims \
+     SET deployment = @P2, claimed_at = SYSUTCDATETIME() WHERE scope = @P1";
+
+/// Creates schema `duplex` and `duplex.claims` unless they exist.
+pub async fn ensure_claims(client: &mut MssqlClient) -> Result<(), MssqlError> {
+    let doing = "creating duplex.claims";
+    client
+        .simple_query(CLAIMS_DDL)
+        .await
+        .map_err(MssqlError::query(doing))?
+        .into_results()
+        .await
+        .map_err(MssqlError::query(doing))?;
+    Ok(())
+}
+
+/// The deployment owning `scope`, locked to the end of the open transaction.
+pub async fn locked_claim(
+    client: &mut MssqlClient,
+    scope: &str,
+) -> Result<Option<String>, MssqlError> {
+    read(client, LOCKED_CLAIM, scope).await
+}
+
+/// Records `deployment` as the owner of `scope` in the open transaction.
+pub async fn record_claim(
+    client: &mut MssqlClient,
+    scope: &str,
+    deployment: &str,
+    update: bool,
+) -> Result<(), MssqlError> {
+    let sql = if update { UPDATE_CLAIM } else { INSERT_CLAIM };
+    let result = client
+        .execute(sql, &[&scope, &deployment])
+        .await
+        .map_err(MssqlError::query("recording the claim in duplex.claims"))?;
+    match result.total() {
+        1 => Ok(()),
+        rows => Err(MssqlError::PositionRow {
+            site: scope.to_owned(),
+            rows,
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,5 +196,9 @@ mod tests {
         assert!(POSITIONS_DDL.contains("COLLATE Latin1_General_100_BIN2 NOT NULL PRIMARY KEY"));
         assert!(POSITIONS_DDL.starts_with("IF SCHEMA_ID(N'duplex') IS NULL"));
         assert!(POSITIONS_CDC.contains("@capture_instance = N'duplex_positions'"));
+        assert!(LOCKED_CLAIM.contains("WITH (UPDLOCK, HOLDLOCK)"));
+        assert!(CLAIMS_DDL.contains("scope nvarchar(255) COLLATE Latin1_General_100_BIN2"));
+        assert!(INSERT_CLAIM.starts_with("INSERT INTO duplex.claims"));
+        assert!(UPDATE_CLAIM.contains("claimed_at = SYSUTCDATETIME()"));
     }
 }

@@ -87,9 +87,9 @@ pub enum MssqlStreamError {
 }
 
 impl MssqlStreamError {
-    /// True when a new stream after a backoff may succeed (a connection or query failure).
+    /// True when a new stream after a backoff may succeed (see [`MssqlError::is_transient`]).
     pub fn is_transient(&self) -> bool {
-        matches!(self, MssqlStreamError::Mssql(_))
+        matches!(self, MssqlStreamError::Mssql(e) if e.is_transient())
     }
 
     /// True when the position is older than an instance's minimum LSN: `duplex backfill`.
