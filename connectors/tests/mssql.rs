@@ -589,7 +589,13 @@ async fn the_applier_writes_each_transaction_once_with_its_position() {
         .await
         .expect("an applier");
     let batch = vec![
-        outbox_transaction(1, vec![item_change(Op::Insert, 1, None, Some(("a", 1)))]),
+        outbox_transaction(
+            1,
+            vec![
+                item_change(Op::Insert, 1, None, Some(("a", 1))),
+                item_change(Op::Insert, 3, None, Some(("e", 5))),
+            ],
+        ),
         outbox_transaction(
             2,
             vec![
@@ -653,7 +659,7 @@ async fn the_applier_writes_each_transaction_once_with_its_position() {
             )
         })
         .collect();
-    assert_eq!(rows, vec![(1, "d".to_owned(), 4)]);
+    assert_eq!(rows, vec![(1, "d".to_owned(), 4), (3, "e".to_owned(), 5)]);
     drop(applier);
     drop(merging);
     drop(client);

@@ -2,9 +2,10 @@
 //! [`ExactlyOnce`] over [`MssqlSession`] (see [`crate::apply`] for the protocol and why it is
 //! exactly once; [`super::positions`] for the locks on `duplex.positions`).
 //!
-//! The session writes one event per statement ([`MssqlRoute::statement`]) and checks each
-//! statement's row count: a strict write must change exactly one row, a conditional one that
-//! changed none was skipped. A failed call that may succeed later drops the connection (the
+//! The session writes a run of strict inserts into one table as one multi-row INSERT
+//! ([`MssqlRoute::insert_run`]) and every other event as one statement
+//! ([`MssqlRoute::statement`]), and checks each statement's row count: a strict write must
+//! change exactly its rows, a conditional one that changed none was skipped. A failed call that may succeed later drops the connection (the
 //! server rolls its transaction back); a definite one rolls the transaction back. `upsert`
 //! (backfill) is not built for SQL Server targets and is refused when the applier is made.
 
@@ -17,10 +18,10 @@ use super::positions::{
 use super::write::MssqlRoute;
 use super::{MssqlClient, MssqlError, connect};
 use crate::apply::{
-    ApplyError, ApplyOptions, ExactlyOnce, SkippedWrite, TargetSession, expect_one, parse_position,
-    position_text, skipped_write,
+    ApplyError, ApplyOptions, ExactlyOnce, SkippedWrite, TargetSession, expect_one, malformed,
+    parse_position, position_text, skipped_write,
 };
-use crate::{ChangeEvent, Position, TableName};
+use crate::{ChangeEvent, Op, Position, TableName};
 
 /// The SQL Server applier.
 pub type MssqlApplier = ExactlyOnce<MssqlSession>;
@@ -151,12 +152,18 @@ impl TargetSession for MssqlSession {
     ) -> Result<Vec<SkippedWrite>, ApplyError> {
         let conditional = self.conditional;
         let mut skipped = Vec::new();
-        for event in events {
+        let mut at = 0;
+        while at < events.len() {
+            let event = events[at];
             let route = self
                 .routes
                 .get(&event.table)
                 .ok_or_else(|| ApplyError::NoRoute(event.table.clone()))?;
-            let statement = route.statement(event, conditional)?;
+            let (statement, count) = if !conditional && event.op == Op::Insert {
+                route.insert_run(&events[at..])?
+            } else {
+                (route.statement(event, conditional)?, 1)
+            };
             let target = route.target.clone();
             let key: Vec<String> = route
                 .key
@@ -181,9 +188,15 @@ impl TargetSession for MssqlSession {
                 .total();
             if conditional && rows == 0 {
                 skipped.push(skipped_write(event, key.iter().map(String::as_str)));
-            } else {
+            } else if count == 1 {
                 expect_one(&target, event, rows)?;
+            } else if rows != count as u64 {
+                return Err(malformed(
+                    event,
+                    &format!("a {count}-row insert into {target} wrote {rows} rows"),
+                ));
             }
+            at += count;
         }
         Ok(skipped)
     }

@@ -5,7 +5,8 @@
 //! statements and checks their row counts is not written yet.
 
 use super::sql::{
-    Compare, WriteColumn, conditional_insert_sql, delete_sql, insert_sql, update_sql,
+    Compare, WriteColumn, conditional_insert_sql, delete_sql, insert_sql, rows_per_insert,
+    update_sql,
 };
 use super::{MssqlType, Param, to_param};
 use crate::apply::{
@@ -148,7 +149,11 @@ impl MssqlRoute {
         }
     }
 
-    fn insert(&self, event: &ChangeEvent, conditional: bool) -> Result<Statement, ApplyError> {
+    /// The target columns an insert writes and their values, in the same order.
+    pub fn insert_values(
+        &self,
+        event: &ChangeEvent,
+    ) -> Result<(Vec<&str>, Vec<Param>), ApplyError> {
         let columns = insert_columns(self.sources(), event)?;
         let after = event
             .after
@@ -164,6 +169,11 @@ impl MssqlRoute {
             names.push(column.target.as_str());
             params.push(self.param(column, value)?);
         }
+        Ok((names, params))
+    }
+
+    fn insert(&self, event: &ChangeEvent, conditional: bool) -> Result<Statement, ApplyError> {
+        let (names, params) = self.insert_values(event)?;
         let sql = if conditional {
             let key: Vec<&str> = self
                 .key
@@ -176,6 +186,29 @@ impl MssqlRoute {
             insert_sql(&self.target, &names, 1)
         };
         Ok(Statement { sql, params })
+    }
+
+    /// One multi-row INSERT of the strict inserts at the head of `events` that go to this
+    /// route's table with the same columns, within SQL Server's limits ([`rows_per_insert`]):
+    /// the statement and how many events it writes (at least one; the first must be an insert
+    /// of this route).
+    pub fn insert_run(&self, events: &[&ChangeEvent]) -> Result<(Statement, usize), ApplyError> {
+        let (names, mut params) = self.insert_values(events[0])?;
+        let limit = rows_per_insert(names.len());
+        let mut rows = 1;
+        for event in &events[1..] {
+            if rows == limit || event.op != Op::Insert || event.table != events[0].table {
+                break;
+            }
+            let (more, values) = self.insert_values(event)?;
+            if more != names {
+                break;
+            }
+            params.extend(values);
+            rows += 1;
+        }
+        let sql = insert_sql(&self.target, &names, rows);
+        Ok((Statement { sql, params }, rows))
     }
 }
 
@@ -323,5 +356,31 @@ mod tests {
             route().statement(&no_after, false),
             Err(ApplyError::Malformed { .. })
         ));
+    }
+
+    #[test]
+    fn a_run_of_inserts_with_the_same_columns_becomes_one_statement() {
+        let insert = |id: i64, note: Option<&str>| {
+            let mut after = row(&[("id", Value::Int(id))]);
+            if let Some(note) = note {
+                after.push("note", Value::Text(note.into()));
+            }
+            event(Op::Insert, None, Some(after))
+        };
+        let (a, b, c) = (insert(1, Some("a")), insert(2, Some("b")), insert(3, None));
+        let delete = event(Op::Delete, Some(row(&[("id", Value::Int(7))])), None);
+        let (statement, rows) = route().insert_run(&[&a, &b, &c]).unwrap();
+        assert_eq!(rows, 2, "the third has other columns");
+        assert_eq!(
+            statement.sql,
+            "INSERT INTO [dbo].[orders] ([Id], [Note]) VALUES (@P1, @P2), (@P3, @P4)"
+        );
+        assert_eq!(ints(&statement), vec![Some(1), None, Some(2), None]);
+        assert_eq!(route().insert_run(&[&c, &delete, &a]).unwrap().1, 1);
+        let many: Vec<ChangeEvent> = (0..1500).map(|i| insert(i, Some("n"))).collect();
+        let refs: Vec<&ChangeEvent> = many.iter().collect();
+        let (statement, rows) = route().insert_run(&refs).unwrap();
+        assert_eq!(rows, 1000);
+        assert_eq!(statement.params.len(), 2000);
     }
 }
