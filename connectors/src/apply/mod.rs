@@ -127,6 +127,7 @@ mod positions;
 
 use std::future::Future;
 
+use crate::mssql::MssqlError;
 use crate::mysql::MysqlError;
 use crate::postgres::PgError;
 use crate::{Op, Position, PositionError, Row, TableName, Transaction, TransactionPart};
@@ -323,6 +324,20 @@ pub enum ApplyError {
         #[source]
         source: PgError,
     },
+    /// Connecting, bookkeeping or transaction control on SQL Server failed.
+    #[error(transparent)]
+    Mssql(Box<MssqlError>),
+    /// A row write on SQL Server failed.
+    #[error("{op:?} on {table} failed")]
+    MssqlWrite {
+        /// Target table.
+        table: TableName,
+        /// The change being written.
+        op: Op,
+        /// The driver error (its SQL Server error number decides retries).
+        #[source]
+        source: Box<MssqlError>,
+    },
     /// A row write on MySQL/MariaDB failed.
     #[error("{op:?} on {table} failed")]
     MysqlWrite {
@@ -459,6 +474,12 @@ pub enum ApplyError {
     },
 }
 
+impl From<MssqlError> for ApplyError {
+    fn from(e: MssqlError) -> ApplyError {
+        ApplyError::Mssql(Box::new(e))
+    }
+}
+
 impl From<MysqlError> for ApplyError {
     fn from(e: MysqlError) -> ApplyError {
         ApplyError::Mysql(Box::new(e))
@@ -473,6 +494,7 @@ impl ApplyError {
         match self {
             ApplyError::Postgres(e) | ApplyError::PgWrite { source: e, .. } => e.is_transient(),
             ApplyError::Mysql(e) | ApplyError::MysqlWrite { source: e, .. } => e.is_transient(),
+            ApplyError::Mssql(e) | ApplyError::MssqlWrite { source: e, .. } => e.is_transient(),
             ApplyError::Route { .. }
             | ApplyError::UniqueCollision { .. }
             | ApplyError::NoRoute(_)

@@ -1,23 +1,34 @@
 //! SQL Server through CDC: LSN positions, type conversions between tiberius values and
-//! canonical values, the decisions of the change-table reader and of `check`, the URL and
-//! connecting.
+//! canonical values, the decisions of the change-table reader and of `check`, the polling
+//! reader built on them ([`MssqlStream`]), the applier ([`MssqlApplier`]: the shared
+//! exactly-once protocol over a SQL Server session), the URL and connecting.
 //!
 //! Not yet wired: no link reads from or writes into SQL Server, and [`crate::SiteKind`] has
 //! no SQL Server kind. The configuration refuses `kind = "mssql"` with that message, so
 //! nothing fails deep in a run. Nothing here has run against a real SQL Server yet; the
 //! server tests in `connectors/tests/mssql.rs` run when `DUPLEX_TEST_MSSQL_URL` is set.
 
+mod apply;
 mod error;
 mod param;
 mod position;
+pub mod positions;
 pub mod preflight;
+mod reader;
+pub mod sql;
 pub mod stream;
 mod tls;
 mod types;
+pub mod write;
 
+pub use apply::{MssqlApplier, MssqlSession, mssql_applier};
 pub use error::MssqlError;
 pub use param::Param;
 pub use position::{CdcPosition, Lsn, LsnError};
+pub use reader::{
+    CdcItem, MssqlStream, MssqlStreamConfig, MssqlStreamError, decode_change, deliverable,
+    heartbeat_after, start_position,
+};
 pub use tls::{MssqlEncrypt, MssqlUrl, MssqlUrlError};
 pub use types::{MssqlType, TYPE_TABLE, TypeError, to_param, to_value};
 

@@ -1,7 +1,6 @@
 //! The CDC change-table reader's decisions, without I/O: the query text, which LSN window a
 //! poll reads, turning change rows into whole source transactions, and how long to wait
-//! while idle. The polling loop around them is not written yet (see the module doc of
-//! [`super`]).
+//! while idle. The polling loop around them is [`super::MssqlStream`].
 //!
 //! # Protocol
 //! SQL Server's capture job copies committed changes of each CDC-enabled table from the log

@@ -1,0 +1,204 @@
+//! `duplex.positions` on SQL Server (schema `duplex` of the target database): the one place
+//! that spells its SQL, and the calls that run it on an open session.
+//!
+//! # Exactly once (see [`crate::apply`])
+//! The source's row is read with `UPDLOCK, HOLDLOCK`: the update lock is held to the end of
+//! the target transaction, and `HOLDLOCK` (serializable) also locks the key range when the row
+//! does not exist yet, so two appliers of one source serialise on it; a first position is
+//! INSERTed, so the slower of two racing first writers fails on the primary key. Every target
+//! transaction writes the row (`applied_at` changes even when the position text does not), so
+//! with CDC enabled on `duplex.positions` ([`POSITIONS_CDC`]) the change tables mark each of
+//! duplex's transactions as an echo (see [`super::stream`]).
+//!
+//! The position is stored as the JSON text of [`crate::Position`]; these calls carry the text.
+
+use super::{MssqlClient, MssqlError};
+
+/// Creates schema `duplex` and `duplex.positions` unless they exist (a DBA who does not grant
+/// duplex CREATE runs this beforehand).
+pub const POSITIONS_DDL: &str = "IF SCHEMA_ID(N'duplex') IS NULL EXEC(N'CREATE SCHEMA duplex'); \
+     IF OBJECT_ID(N'duplex.positions', N'U') IS NULL \
+     CREATE TABLE duplex.positions ( \
+         source nvarchar(255) COLLATE Latin1_General_100_BIN2 NOT NULL PRIMARY KEY, \
+         position nvarchar(max) NOT NULL, \
+         applied_at datetime2(6) NOT NULL \
+     )";
+
+/// Captures `duplex.positions` with CDC, for two-way links reading this database (its rows
+/// mark duplex's own transactions); needs `db_owner`.
+pub const POSITIONS_CDC: &str = "IF NOT EXISTS (SELECT 1 FROM cdc.change_tables \
+     WHERE source_object_id = OBJECT_ID(N'duplex.positions')) \
+     EXEC sys.sp_cdc_enable_table @source_schema = N'duplex', @source_name = N'positions', \
+     @role_name = NULL, @capture_instance = N'duplex_positions'";
+
+/// The recorded position of source `@P1`, locked to the end of the open transaction.
+pub const LOCKED_POSITION: &str =
+    "SELECT position FROM duplex.positions WITH (UPDLOCK, HOLDLOCK) WHERE source = @P1";
+
+/// The committed position of source `@P1`.
+pub const COMMITTED_POSITION: &str = "SELECT position FROM duplex.positions WHERE source = @P1";
+
+/// Records the first position `@P2` of source `@P1`.
+pub const INSERT_POSITION: &str = "INSERT INTO duplex.positions (source, position, applied_at) \
+     VALUES (@P1, @P2, SYSUTCDATETIME())";
+
+/// Moves the position of source `@P1` to `@P2`.
+pub const UPDATE_POSITION: &str = "UPDATE duplex.positions \
+     SET position = @P2, applied_at = SYSUTCDATETIME() WHERE source = @P1";
+
+/// Creates schema `duplex` and `duplex.positions` unless they exist.
+pub async fn ensure_positions(client: &mut MssqlClient) -> Result<(), MssqlError> {
+    let doing = "creating duplex.positions";
+    client
+        .simple_query(POSITIONS_DDL)
+        .await
+        .map_err(MssqlError::query(doing))?
+        .into_results()
+        .await
+        .map_err(MssqlError::query(doing))?;
+    Ok(())
+}
+
+/// The recorded position text of `source`, locked to the end of the open transaction.
+pub async fn locked_position(
+    client: &mut MssqlClient,
+    source: &str,
+) -> Result<Option<String>, MssqlError> {
+    read(client, LOCKED_POSITION, source).await
+}
+
+/// The committed position text of `source`.
+pub async fn committed_position(
+    client: &mut MssqlClient,
+    source: &str,
+) -> Result<Option<String>, MssqlError> {
+    read(client, COMMITTED_POSITION, source).await
+}
+
+async fn read(
+    client: &mut MssqlClient,
+    sql: &'static str,
+    source: &str,
+) -> Result<Option<String>, MssqlError> {
+    let doing = "reading duplex.positions";
+    let row = client
+        .query(sql, &[&source])
+        .await
+        .map_err(MssqlError::query(doing))?
+        .into_row()
+        .await
+        .map_err(MssqlError::query(doing))?;
+    Ok(row.and_then(|r| r.get::<&str, _>(0).map(str::to_owned)))
+}
+
+/// Records `position` of `source` in the open transaction: UPDATE when `update` (the row was
+/// read under its lock), else INSERT; an error unless exactly one row was written.
+pub async fn record_position(
+    client: &mut MssqlClient,
+    source: &str,
+    position: &str,
+    update: bool,
+) -> Result<(), MssqlError> {
+    let sql = if update {
+        UPDATE_POSITION
+    } else {
+        INSERT_POSITION
+    };
+    let result = client
+        .execute(sql, &[&source, &position])
+        .await
+        .map_err(MssqlError::query(
+            "recording the position in duplex.positions",
+        ))?;
+    match result.total() {
+        1 => Ok(()),
+        rows => Err(MssqlError::PositionRow {
+            site: source.to_owned(),
+            rows,
+        }),
+    }
+}
+
+/// The table of engine claims (see [`crate::apply::WriterClaim`]): which deployment owns the
+/// outbox counter named by `scope`.
+pub const CLAIMS_DDL: &str = "IF SCHEMA_ID(N'duplex') IS NULL EXEC(N'CREATE SCHEMA duplex'); \
+     IF OBJECT_ID(N'duplex.claims', N'U') IS NULL \
+     CREATE TABLE duplex.claims ( \
+         scope nvarchar(255) COLLATE Latin1_General_100_BIN2 NOT NULL PRIMARY KEY, \
+         deployment nvarchar(255) COLLATE Latin1_General_100_BIN2 NOT NULL, \
+         claimed_at datetime2(6) NOT NULL \
+     )";
+
+/// The deployment owning scope `@P1`, locked to the end of the open transaction.
+pub const LOCKED_CLAIM: &str =
+    "SELECT deployment FROM duplex.claims WITH (UPDLOCK, HOLDLOCK) WHERE scope = @P1";
+
+/// Records deployment `@P2` as the first owner of scope `@P1`.
+pub const INSERT_CLAIM: &str = "INSERT INTO duplex.claims (scope, deployment, claimed_at) \
+     VALUES (@P1, @P2, SYSUTCDATETIME())";
+
+/// Moves scope `@P1` to deployment `@P2`.
+pub const UPDATE_CLAIM: &str = "UPDATE duplex.claims \
+     SET deployment = @P2, claimed_at = SYSUTCDATETIME() WHERE scope = @P1";
+
+/// Creates schema `duplex` and `duplex.claims` unless they exist.
+pub async fn ensure_claims(client: &mut MssqlClient) -> Result<(), MssqlError> {
+    let doing = "creating duplex.claims";
+    client
+        .simple_query(CLAIMS_DDL)
+        .await
+        .map_err(MssqlError::query(doing))?
+        .into_results()
+        .await
+        .map_err(MssqlError::query(doing))?;
+    Ok(())
+}
+
+/// The deployment owning `scope`, locked to the end of the open transaction.
+pub async fn locked_claim(
+    client: &mut MssqlClient,
+    scope: &str,
+) -> Result<Option<String>, MssqlError> {
+    read(client, LOCKED_CLAIM, scope).await
+}
+
+/// Records `deployment` as the owner of `scope` in the open transaction.
+pub async fn record_claim(
+    client: &mut MssqlClient,
+    scope: &str,
+    deployment: &str,
+    update: bool,
+) -> Result<(), MssqlError> {
+    let sql = if update { UPDATE_CLAIM } else { INSERT_CLAIM };
+    let result = client
+        .execute(sql, &[&scope, &deployment])
+        .await
+        .map_err(MssqlError::query("recording the claim in duplex.claims"))?;
+    match result.total() {
+        1 => Ok(()),
+        rows => Err(MssqlError::PositionRow {
+            site: scope.to_owned(),
+            rows,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_are_locked_for_the_transaction_and_written_with_the_target_time() {
+        assert!(LOCKED_POSITION.contains("WITH (UPDLOCK, HOLDLOCK)"));
+        assert!(!COMMITTED_POSITION.contains("UPDLOCK"));
+        assert!(INSERT_POSITION.starts_with("INSERT INTO duplex.positions"));
+        assert!(UPDATE_POSITION.contains("applied_at = SYSUTCDATETIME()"));
+        assert!(POSITIONS_DDL.contains("COLLATE Latin1_General_100_BIN2 NOT NULL PRIMARY KEY"));
+        assert!(POSITIONS_DDL.starts_with("IF SCHEMA_ID(N'duplex') IS NULL"));
+        assert!(POSITIONS_CDC.contains("@capture_instance = N'duplex_positions'"));
+        assert!(LOCKED_CLAIM.contains("WITH (UPDLOCK, HOLDLOCK)"));
+        assert!(CLAIMS_DDL.contains("scope nvarchar(255) COLLATE Latin1_General_100_BIN2"));
+        assert!(INSERT_CLAIM.starts_with("INSERT INTO duplex.claims"));
+        assert!(UPDATE_CLAIM.contains("claimed_at = SYSUTCDATETIME()"));
+    }
+}
