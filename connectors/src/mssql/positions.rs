@@ -48,9 +48,17 @@ pub const UPDATE_POSITION: &str = "UPDATE duplex.positions \
 
 /// Creates schema `duplex` and `duplex.positions` unless they exist.
 pub async fn ensure_positions(client: &mut MssqlClient) -> Result<(), MssqlError> {
-    let doing = "creating duplex.positions";
+    run_script(client, POSITIONS_DDL, "creating duplex.positions").await
+}
+
+/// Runs a batch of statements whose results are not needed.
+async fn run_script(
+    client: &mut MssqlClient,
+    sql: &'static str,
+    doing: &'static str,
+) -> Result<(), MssqlError> {
     client
-        .simple_query(POSITIONS_DDL)
+        .simple_query(sql)
         .await
         .map_err(MssqlError::query(doing))?
         .into_results()
@@ -64,7 +72,7 @@ pub async fn locked_position(
     client: &mut MssqlClient,
     source: &str,
 ) -> Result<Option<String>, MssqlError> {
-    read(client, LOCKED_POSITION, source).await
+    read(client, LOCKED_POSITION, source, "reading duplex.positions").await
 }
 
 /// The committed position text of `source`.
@@ -72,17 +80,24 @@ pub async fn committed_position(
     client: &mut MssqlClient,
     source: &str,
 ) -> Result<Option<String>, MssqlError> {
-    read(client, COMMITTED_POSITION, source).await
+    read(
+        client,
+        COMMITTED_POSITION,
+        source,
+        "reading duplex.positions",
+    )
+    .await
 }
 
+/// The one text column of the row `sql` finds for `key`, if any.
 async fn read(
     client: &mut MssqlClient,
     sql: &'static str,
-    source: &str,
+    key: &str,
+    doing: &'static str,
 ) -> Result<Option<String>, MssqlError> {
-    let doing = "reading duplex.positions";
     let row = client
-        .query(sql, &[&source])
+        .query(sql, &[&key])
         .await
         .map_err(MssqlError::query(doing))?
         .into_row()
@@ -104,16 +119,33 @@ pub async fn record_position(
     } else {
         INSERT_POSITION
     };
+    write_one(
+        client,
+        sql,
+        source,
+        position,
+        "recording the position in duplex.positions",
+    )
+    .await
+}
+
+/// Runs `sql` (an INSERT or UPDATE of the row `key`, value `value`); an error unless exactly
+/// one row was written.
+async fn write_one(
+    client: &mut MssqlClient,
+    sql: &'static str,
+    key: &str,
+    value: &str,
+    doing: &'static str,
+) -> Result<(), MssqlError> {
     let result = client
-        .execute(sql, &[&source, &position])
+        .execute(sql, &[&key, &value])
         .await
-        .map_err(MssqlError::query(
-            "recording the position in duplex.positions",
-        ))?;
+        .map_err(MssqlError::query(doing))?;
     match result.total() {
         1 => Ok(()),
         rows => Err(MssqlError::PositionRow {
-            site: source.to_owned(),
+            site: key.to_owned(),
             rows,
         }),
     }
@@ -143,15 +175,7 @@ pub const UPDATE_CLAIM: &str = "UPDATE duplex.claims \
 
 /// Creates schema `duplex` and `duplex.claims` unless they exist.
 pub async fn ensure_claims(client: &mut MssqlClient) -> Result<(), MssqlError> {
-    let doing = "creating duplex.claims";
-    client
-        .simple_query(CLAIMS_DDL)
-        .await
-        .map_err(MssqlError::query(doing))?
-        .into_results()
-        .await
-        .map_err(MssqlError::query(doing))?;
-    Ok(())
+    run_script(client, CLAIMS_DDL, "creating duplex.claims").await
 }
 
 /// The deployment owning `scope`, locked to the end of the open transaction.
@@ -159,7 +183,7 @@ pub async fn locked_claim(
     client: &mut MssqlClient,
     scope: &str,
 ) -> Result<Option<String>, MssqlError> {
-    read(client, LOCKED_CLAIM, scope).await
+    read(client, LOCKED_CLAIM, scope, "reading duplex.claims").await
 }
 
 /// Records `deployment` as the owner of `scope` in the open transaction.
@@ -170,17 +194,14 @@ pub async fn record_claim(
     update: bool,
 ) -> Result<(), MssqlError> {
     let sql = if update { UPDATE_CLAIM } else { INSERT_CLAIM };
-    let result = client
-        .execute(sql, &[&scope, &deployment])
-        .await
-        .map_err(MssqlError::query("recording the claim in duplex.claims"))?;
-    match result.total() {
-        1 => Ok(()),
-        rows => Err(MssqlError::PositionRow {
-            site: scope.to_owned(),
-            rows,
-        }),
-    }
+    write_one(
+        client,
+        sql,
+        scope,
+        deployment,
+        "recording the claim in duplex.claims",
+    )
+    .await
 }
 
 #[cfg(test)]
