@@ -12,6 +12,7 @@
 //! or `$DUPLEX_BENCH_BIN`); without `--bench` the program only prints how to run it. Sizes:
 //! `DUPLEX_BENCH_TXNS` (default 20,000), `DUPLEX_BENCH_RATE` (200 txn/s),
 //! `DUPLEX_BENCH_SECONDS` (10), `DUPLEX_BENCH_TIMEOUT` (seconds one wait may take, 240).
+//! `DUPLEX_BENCH_CASES=two_way_txns,latency` runs only the cases named (all by default).
 //!
 //! # Output
 //!
@@ -799,6 +800,10 @@ fn main() {
 
 fn run() -> BenchResult<()> {
     let sizes = Sizes::from_env()?;
+    let cases = std::env::var("DUPLEX_BENCH_CASES").ok();
+    let cases: Option<Vec<&str>> = cases
+        .as_deref()
+        .map(|c| c.split(',').map(str::trim).collect());
     let bin = harness::duplex_binary("merge")?;
     eprintln!("bench: {sizes:?}, duplex at {}", bin.display());
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -815,7 +820,10 @@ fn run() -> BenchResult<()> {
         Measure::Latency,
         Measure::ConcurrentCounts(false),
         Measure::ConcurrentCounts(true),
-    ] {
+    ]
+    .into_iter()
+    .filter(|m| cases.as_ref().is_none_or(|names| names.contains(&m.name())))
+    {
         eprintln!(
             "bench: {} from {} ({:.0} s so far)",
             measure.name(),
