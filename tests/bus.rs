@@ -600,3 +600,108 @@ fn teardown_removes_the_bus_position_rows_once_no_writer_holds_the_lease() {
     );
     finish(&sites, reader);
 }
+
+/// `duplex status --json` of a running role (through its control socket), once it says
+/// healthy and `ready` accepts its `report.role` and the stream's last sequence as `status`
+/// read it from JetStream.
+fn wait_role(
+    process: &mut Duplex,
+    what: &str,
+    ready: impl Fn(&serde_json::Value, &serde_json::Value) -> bool,
+) -> serde_json::Value {
+    wait_for(what, CATCH_UP, || {
+        process.assert_running();
+        let (code, json) = status(process);
+        let role = &json["report"]["role"];
+        match code == 0 && ready(role, &json["bus"][0]["last_sequence"]) {
+            true => Ok(json),
+            false => Err(format!("exit {code}: {json}")),
+        }
+    })
+}
+
+#[test]
+fn status_asks_a_running_reader_and_writers_through_their_control_sockets() {
+    let nats = NatsServer::start().unwrap();
+    let sites = Sites::new(false);
+    let config = sites.config(&nats, "lease_ttl = \"2s\"");
+    let mut reader = start_reader(&sites, &config);
+    let mut wms = start(&config, &writer("wms"));
+    workload(&sites.source, 0);
+    workload(&sites.source, 1);
+    wait_equal(&sites, &mut [&mut reader, &mut wms]);
+    let stream = format!("duplex_{}", sites.source.name());
+
+    // The reader: what JetStream stored, up to the stream's last sequence, and what the
+    // source was acknowledged up to.
+    let json = wait_role(
+        &mut reader,
+        "the reader to report its stream",
+        |role, last| {
+            last.is_u64()
+                && role["streams"][0]["last_sequence"] == *last
+                && role["streams"][0]["acknowledged"].is_string()
+        },
+    );
+    let last = json["bus"][0]["last_sequence"].as_u64().unwrap();
+    let role = &json["report"]["role"];
+    assert_eq!(role["role"], "reader", "{json}");
+    let published = &role["streams"][0];
+    assert_eq!(published["source"], sites.source.name(), "{json}");
+    assert_eq!(published["stream"], stream, "{json}");
+    assert!(published["published"].is_string(), "{json}");
+    let link = &json["report"]["links"][0];
+    assert_eq!(link["state"]["state"], "streaming", "{json}");
+    let text = String::from_utf8(reader.command(&["status"]).stdout).unwrap();
+    assert!(
+        text.contains(&format!(
+            "{} -> stream {stream}: published up to {}",
+            sites.source.name(),
+            published["published"].as_str().unwrap()
+        )) && text.contains(&format!("(last sequence {last})")),
+        "{text}"
+    );
+
+    // The writer: its lease, the sequence its target committed, nothing pending, no lag.
+    let json = wait_role(
+        &mut wms,
+        "the writer to report what it applied",
+        |role, _| role["streams"][0]["applied_sequence"] == last,
+    );
+    let role = &json["report"]["role"];
+    assert_eq!(role["role"], "writer", "{json}");
+    assert_eq!(role["site"], "wms", "{json}");
+    assert_eq!(role["lease_held"], true, "{json}");
+    assert!(role["lease_since"].is_string(), "{json}");
+    let applied = &role["streams"][0];
+    assert_eq!(applied["stream"], stream, "{json}");
+    assert_eq!(applied["pending"], 0, "{json}");
+    assert_eq!(applied["lag_messages"], 0, "{json}");
+    let target = &json["report"]["links"][0]["targets"][0];
+    assert_eq!(target["site"], "wms", "{json}");
+    assert_eq!(target["lag_seconds"], 0.0, "{json}");
+    let text = String::from_utf8(wms.command(&["status"]).stdout).unwrap();
+    assert!(
+        text.contains("bus writer of wms: holds the lease since")
+            && text.contains(&format!(
+                "stream {stream} (from {}): applied up to sequence {last}, 0 pending, 0 behind",
+                sites.source.name()
+            )),
+        "{text}"
+    );
+
+    // A second writer of wms waits for the lease, and says so.
+    let mut standby = start(&config, &writer("wms"));
+    let json = wait_role(
+        &mut standby,
+        "the second writer to report waiting",
+        |role, _| role["role"] == "writer",
+    );
+    assert_eq!(json["report"]["role"]["lease_held"], false, "{json}");
+    let text = String::from_utf8(standby.command(&["status"]).stdout).unwrap();
+    assert!(
+        text.contains("bus writer of wms: waiting for the lease"),
+        "{text}"
+    );
+    finish(&sites, reader);
+}

@@ -190,6 +190,11 @@ pub(super) async fn current_holder(bus: &Bus, stream: &stream::Stream, site: &st
 }
 
 impl Lease {
+    /// When this writer took the lease.
+    pub(super) fn since(&self) -> Option<DateTime<Utc>> {
+        self.record.since
+    }
+
     /// Renews the lease until it is lost (returns why) or `stop` turns true (returns `None`
     /// after giving it up, so a waiting writer takes over at once).
     pub(super) async fn keep(mut self, mut stop: watch::Receiver<bool>) -> Option<BusError> {
