@@ -3,6 +3,7 @@
 
 mod harness;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use duplex_testkit::{MariaDatabase, NatsServer, PgDatabase, shared_mariadb, shared_pg};
@@ -578,13 +579,7 @@ fn teardown_removes_the_bus_position_rows_once_no_writer_holds_the_lease() {
 
     // Stopped, the writer gives up its lease: the row goes, and the schema with it.
     assert_eq!(wms.terminate(), 0);
-    let done = wms.command(&["teardown", "--site", "wms"]);
-    let stdout = String::from_utf8_lossy(&done.stdout);
-    assert!(
-        done.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&done.stderr)
-    );
+    let stdout = teardown(&wms, &["--site", "wms"]);
     assert!(
         stdout.contains(&format!("removed duplex.positions row {key}")),
         "{stdout}"
@@ -704,4 +699,138 @@ fn status_asks_a_running_reader_and_writers_through_their_control_sockets() {
         "{text}"
     );
     finish(&sites, reader);
+}
+
+/// Runs `work` with a JetStream client of `nats`.
+fn with_jetstream<T, F: std::future::Future<Output = T>>(
+    nats: &NatsServer,
+    work: impl FnOnce(async_nats::jetstream::Context) -> F,
+) -> T {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        work(async_nats::jetstream::new(client)).await
+    })
+}
+
+/// Every JetStream stream on `nats`, with its consumers.
+fn jetstream(nats: &NatsServer) -> BTreeMap<String, Vec<String>> {
+    use futures_util::TryStreamExt;
+    with_jetstream(nats, |context| async move {
+        let names: Vec<String> = context.stream_names().try_collect().await.unwrap();
+        let mut all = BTreeMap::new();
+        for name in names {
+            let stream = context.get_stream(&name).await.unwrap();
+            let mut consumers: Vec<String> = stream.consumer_names().try_collect().await.unwrap();
+            consumers.sort();
+            all.insert(name, consumers);
+        }
+        all
+    })
+}
+
+/// Streams of another deployment on the same NATS server, whose prefix `duplex_eu` starts
+/// with this one's: a source stream with a writer's consumer, and a lease stream.
+fn other_deployment(nats: &NatsServer, source: &str) {
+    use async_nats::jetstream::{consumer, stream};
+    with_jetstream(nats, |context| async move {
+        let created = context
+            .create_stream(stream::Config {
+                name: format!("duplex_eu_{source}"),
+                subjects: vec![format!("duplex_eu.{source}")],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        created
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some("writer-wms".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        context
+            .create_stream(stream::Config {
+                name: "duplex_eu_leases".into(),
+                subjects: vec!["duplex_eu_leases.*".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    });
+}
+
+/// `duplex teardown args` with `process`'s configuration and state directory, which must
+/// succeed; its output.
+fn teardown(process: &Duplex, args: &[&str]) -> String {
+    let mut all = vec!["teardown"];
+    all.extend(args);
+    let done = process.command(&all);
+    let stdout = String::from_utf8_lossy(&done.stdout).into_owned();
+    assert!(
+        done.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn teardown_removes_this_prefixs_streams_once_no_writer_holds_a_lease_and_nothing_else() {
+    let nats = NatsServer::start().unwrap();
+    let sites = Sites::new(false);
+    let config = sites.config(&nats, "");
+    let source = sites.source.name().to_owned();
+    other_deployment(&nats, &source);
+    let mut reader = start_reader(&sites, &config);
+    let mut wms = start(&config, &writer("wms"));
+    workload(&sites.source, 0);
+    wait_equal(&sites, &mut [&mut reader, &mut wms]);
+    let stream = format!("duplex_{source}");
+    let others = BTreeMap::from([
+        (format!("duplex_eu_{source}"), vec!["writer-wms".to_owned()]),
+        ("duplex_eu_leases".to_owned(), Vec::new()),
+    ]);
+    let mut ours = others.clone();
+    ours.insert(stream.clone(), vec!["writer-wms".to_owned()]);
+    ours.insert("duplex_leases".to_owned(), Vec::new());
+    assert_eq!(jetstream(&nats), ours);
+
+    // The writer of wms holds its lease: teardown refuses, removing nothing.
+    assert_eq!(reader.terminate(), 0);
+    let refused = reader.command(&["teardown"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("site wms: the bus writer")
+            && stderr.contains("holds the lease of this site")
+            && stderr.contains("nothing was removed"),
+        "{stderr}"
+    );
+    assert_eq!(jetstream(&nats), ours);
+
+    // Stopped, the writer gives up its lease: this prefix's streams and consumers go, the
+    // other deployment's stay.
+    assert_eq!(wms.terminate(), 0);
+    let stdout = teardown(&reader, &[]);
+    assert!(
+        stdout.contains(&format!(
+            "bus {} (stream prefix duplex):\n  removed JetStream stream {stream} and its consumers writer-wms\n  removed JetStream stream duplex_leases (the writers' leases)\n",
+            nats.url()
+        )),
+        "{stdout}"
+    );
+    assert_eq!(jetstream(&nats), others, "{stdout}");
+
+    // Again: nothing left to remove.
+    let stdout = teardown(&reader, &[]);
+    assert!(
+        stdout.contains("(stream prefix duplex):\n  nothing of this configuration\n")
+            && stdout.contains("Removed 0 object(s)"),
+        "{stdout}"
+    );
+    assert_eq!(jetstream(&nats), others);
 }

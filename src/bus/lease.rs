@@ -165,21 +165,6 @@ pub(crate) async fn read(
     }
 }
 
-/// Who holds the lease of `site` on the bus of `config` (`None`: nobody, or no writer ever
-/// ran); it creates nothing.
-pub async fn holder(
-    config: &crate::config::BusConfig,
-    site: &str,
-) -> Result<Option<String>, BusError> {
-    let bus = Bus::connect(config).await?;
-    let stream = match bus.context.get_stream(stream_name(&bus)).await {
-        Ok(stream) => stream,
-        Err(error) if error.to_string().contains("not found") => return Ok(None),
-        Err(error) => return Err(BusError::jetstream("reading the lease stream", error)),
-    };
-    Ok(read(&bus, &stream, site).await?.map(|record| record.holder))
-}
-
 /// Who holds the lease of `site` now, as far as the lease stream says.
 pub(super) async fn current_holder(bus: &Bus, stream: &stream::Stream, site: &str) -> String {
     match read(bus, stream, site).await {

@@ -83,9 +83,9 @@ mod lease;
 pub mod progress;
 mod reader;
 mod role;
+pub mod teardown;
 
 pub use feed::BusFeed;
-pub use lease::holder as lease_holder;
 pub use role::{Role, run_role};
 
 /// How long JetStream drops a message whose `Nats-Msg-Id` it already stored.
