@@ -125,13 +125,15 @@ async fn existing(
     }
 }
 
+/// The consumers of `stream`, sorted.
 async fn consumer_names(stream: &stream::Stream) -> Result<Vec<String>, BusError> {
     let name = stream.cached_info().config.name.clone();
-    stream
-        .consumer_names()
-        .try_collect()
-        .await
-        .map_err(|e| BusError::jetstream(format!("listing the consumers of stream {name}"), e))
+    let mut names: Vec<String> =
+        stream.consumer_names().try_collect().await.map_err(|e| {
+            BusError::jetstream(format!("listing the consumers of stream {name}"), e)
+        })?;
+    names.sort();
+    Ok(names)
 }
 
 impl BusLeftovers {
