@@ -14,7 +14,7 @@
 //!
 //! The figures are atomics written once per confirmed publish, delivered message or
 //! acknowledgement; the positions sit under uncontended locks written once per
-//! acknowledgement (every [`crate::link::ACK_EVERY`] at most).
+//! acknowledgement (every `crate::link::ACK_EVERY` at most).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,7 +54,8 @@ pub struct PublishedStream {
     pub source: String,
     /// The stream (`<stream_prefix>_<source>`).
     pub stream: String,
-    /// The newest source transaction JetStream confirmed storing.
+    /// The newest source transaction JetStream confirmed storing, as of the last
+    /// acknowledgement to the source (at most `crate::link::ACK_EVERY` behind).
     pub published: Option<String>,
     /// The newest source position acknowledged to the source (everything up to it is stored).
     pub acknowledged: Option<String>,
