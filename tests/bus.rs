@@ -581,7 +581,11 @@ fn teardown_removes_the_bus_position_rows_once_no_writer_holds_the_lease() {
     assert_eq!(wms.terminate(), 0);
     let stdout = teardown(&wms, &["--site", "wms"]);
     assert!(
-        stdout.contains(&format!("removed duplex.positions row {key}")),
+        stdout.contains(&format!("removed duplex.positions row {key}"))
+            && stdout.contains(&format!(
+                "removed JetStream consumer writer-wms of stream duplex_{}",
+                sites.source.name()
+            )),
         "{stdout}"
     );
     assert_eq!(
