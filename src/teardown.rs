@@ -12,9 +12,11 @@
 //!
 //! With a `[bus]`, the `duplex.positions` rows its writers recorded (`<source>@bus-<prefix>`,
 //! for the sources of the configuration) are the deployment's too: any writer's state
-//! directory may have written them. They are removed only while no writer holds the site's
-//! lease (asked of the bus; teardown refuses when it cannot ask): a writer of another state
-//! directory is not kept out by this one's lock.
+//! directory may have written them. So are the JetStream streams, consumers and lease stream
+//! the configuration's bus created (see [`crate::bus::teardown`]: only the names this
+//! configuration yields). Both are removed only while no writer holds the lease of a site
+//! concerned (asked of the bus first; teardown refuses, removing nothing, when it cannot ask):
+//! a writer of another state directory is not kept out by this one's lock.
 //!
 //! The state directory itself is left: it holds the conflict log, which may still be wanted;
 //! the summary says how to remove it.
@@ -77,15 +79,23 @@ pub enum TeardownError {
         /// The lease holder.
         holder: String,
     },
-    /// The bus could not be asked whether a writer runs.
+    /// The bus could not be asked whether a writer runs, or what it holds.
     #[error(
-        "site {site} holds position rows of the bus, and the bus cannot tell whether a writer \
-         still applies into it: start the NATS server of [bus] (or stop every writer of the \
-         site and try again); nothing was removed"
+        "the bus at {url} cannot tell whether a writer still applies, nor list its streams: \
+         start the NATS server of [bus] and try again; nothing was removed"
     )]
     Bus {
-        /// The site.
-        site: String,
+        /// The NATS server.
+        url: String,
+        /// Cause.
+        #[source]
+        source: Box<crate::bus::BusError>,
+    },
+    /// Removing the bus's streams or consumers failed.
+    #[error("removing the bus's streams and consumers at {url}")]
+    BusRemove {
+        /// The NATS server.
+        url: String,
         /// Cause.
         #[source]
         source: Box<crate::bus::BusError>,
@@ -128,6 +138,7 @@ pub async fn teardown(config: &Config, options: &TeardownOptions) -> Result<Stri
         None => Vec::new(),
     };
     let mut found = Vec::new();
+    let mut bus_rows = Vec::new();
     for site in &sites {
         let mut leftovers = teardown::find(&site.connection(), &deployment)
             .await
@@ -136,24 +147,8 @@ pub async fn teardown(config: &Config, options: &TeardownOptions) -> Result<Stri
                 source,
             })?;
         leftovers.adopt_positions(|source| bus_keys.iter().any(|key| key == source));
-        if let Some(bus) = &config.bus
-            && leftovers.positions.iter().any(|p| bus_keys.contains(p))
-        {
-            match crate::bus::lease_holder(bus, &site.name).await {
-                Ok(None) => {}
-                Ok(Some(holder)) => {
-                    return Err(TeardownError::BusWriter {
-                        site: site.name.clone(),
-                        holder,
-                    });
-                }
-                Err(error) => {
-                    return Err(TeardownError::Bus {
-                        site: site.name.clone(),
-                        source: Box::new(error),
-                    });
-                }
-            }
+        if leftovers.positions.iter().any(|p| bus_keys.contains(p)) {
+            bus_rows.push(site.name.clone());
         }
         let active = leftovers.active_slots();
         if !active.is_empty() {
@@ -164,6 +159,28 @@ pub async fn teardown(config: &Config, options: &TeardownOptions) -> Result<Stri
         }
         found.push((site, leftovers));
     }
+    // What the bus holds for the sites concerned, and whether a writer still applies into
+    // one of them or into a site holding the bus's position rows.
+    let bus = match &config.bus {
+        Some(bus) => {
+            let flows = crate::run::flows(config);
+            let leftovers =
+                crate::bus::teardown::find(bus, &flows, options.site.as_deref(), &bus_rows)
+                    .await
+                    .map_err(|source| TeardownError::Bus {
+                        url: bus.url.clone(),
+                        source: Box::new(source),
+                    })?;
+            if let Some((site, holder)) = leftovers.held.first() {
+                return Err(TeardownError::BusWriter {
+                    site: site.clone(),
+                    holder: holder.clone(),
+                });
+            }
+            Some((bus, leftovers))
+        }
+        None => None,
+    };
     let mut report = String::new();
     let _ = writeln!(
         report,
@@ -176,6 +193,11 @@ pub async fn teardown(config: &Config, options: &TeardownOptions) -> Result<Stri
         }
     );
     let mut removed = 0;
+    let verb = if options.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
     for (site, leftovers) in &found {
         let _ = writeln!(report, "site {}:", site.name);
         let items = if options.dry_run {
@@ -188,18 +210,7 @@ pub async fn teardown(config: &Config, options: &TeardownOptions) -> Result<Stri
                     source,
                 })?
         };
-        removed += items.len();
-        let verb = if options.dry_run {
-            "would remove"
-        } else {
-            "removed"
-        };
-        if items.is_empty() {
-            let _ = writeln!(report, "  nothing of this deployment");
-        }
-        for item in &items {
-            let _ = writeln!(report, "  {verb} {item}");
-        }
+        removed += list(&mut report, verb, &items, "nothing of this deployment");
         if let Some(bookkeeping) = &leftovers.bookkeeping
             && !leftovers.others.is_empty()
         {
@@ -219,6 +230,31 @@ pub async fn teardown(config: &Config, options: &TeardownOptions) -> Result<Stri
         }
         for note in &leftovers.unclaimed {
             let _ = writeln!(report, "  left {note}");
+        }
+    }
+    if let Some((config, leftovers)) = &bus {
+        let _ = writeln!(
+            report,
+            "bus {} (stream prefix {}):",
+            config.url, config.stream_prefix
+        );
+        let items = if options.dry_run {
+            leftovers.planned()
+        } else {
+            leftovers
+                .remove()
+                .await
+                .map_err(|source| TeardownError::BusRemove {
+                    url: config.url.clone(),
+                    source: Box::new(source),
+                })?
+        };
+        removed += list(&mut report, verb, &items, "nothing of this configuration");
+        for stream in &leftovers.foreign {
+            let _ = writeln!(
+                report,
+                "  left JetStream stream {stream}: its subjects are not the ones duplex gives it"
+            );
         }
     }
     let _ = writeln!(
@@ -252,6 +288,18 @@ pub async fn teardown(config: &Config, options: &TeardownOptions) -> Result<Stri
     }
     store.close()?;
     Ok(report)
+}
+
+/// Adds `items` to `report`, one line each after `verb` (`none` when there is none); their
+/// number.
+fn list(report: &mut String, verb: &str, items: &[String], none: &str) -> usize {
+    if items.is_empty() {
+        let _ = writeln!(report, "  {none}");
+    }
+    for item in items {
+        let _ = writeln!(report, "  {verb} {item}");
+    }
+    items.len()
 }
 
 /// What [`teardown::remove`] would remove, one line each.

@@ -81,9 +81,16 @@ pub struct Telemetry {
     backfills: Mutex<BTreeMap<String, BackfillProgress>>,
     /// The bus streams of this process's role, as last read from JetStream.
     bus: Mutex<Vec<crate::bus::backlog::StreamBacklog>>,
+    /// A bus role's own progress (see `crate::bus::progress`).
+    role: crate::bus::progress::RoleProgress,
 }
 
 impl Telemetry {
+    /// A bus role's own progress: its role, lease and streams.
+    pub fn role(&self) -> &crate::bus::progress::RoleProgress {
+        &self.role
+    }
+
     /// The bus streams and consumers as just read from JetStream (a bus role reads them
     /// every few seconds; see `crate::bus::backlog`).
     pub fn bus_backlog(&self, backlog: Vec<crate::bus::backlog::StreamBacklog>) {
@@ -217,6 +224,7 @@ impl Telemetry {
                 .cloned()
                 .collect(),
             bus: self.bus.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            role: self.role.report(),
         }
     }
 }
@@ -576,6 +584,9 @@ pub struct Snapshot {
     /// A bus role's streams and consumers (empty without `--role`).
     #[serde(default)]
     pub bus: Vec<crate::bus::backlog::StreamBacklog>,
+    /// A bus role's own progress (`None` without `--role`).
+    #[serde(default)]
+    pub role: Option<crate::bus::progress::RoleReport>,
 }
 
 /// How far the backfill of one mapping got.

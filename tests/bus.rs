@@ -3,6 +3,7 @@
 
 mod harness;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use duplex_testkit::{MariaDatabase, NatsServer, PgDatabase, shared_mariadb, shared_pg};
@@ -578,15 +579,13 @@ fn teardown_removes_the_bus_position_rows_once_no_writer_holds_the_lease() {
 
     // Stopped, the writer gives up its lease: the row goes, and the schema with it.
     assert_eq!(wms.terminate(), 0);
-    let done = wms.command(&["teardown", "--site", "wms"]);
-    let stdout = String::from_utf8_lossy(&done.stdout);
+    let stdout = teardown(&wms, &["--site", "wms"]);
     assert!(
-        done.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&done.stderr)
-    );
-    assert!(
-        stdout.contains(&format!("removed duplex.positions row {key}")),
+        stdout.contains(&format!("removed duplex.positions row {key}"))
+            && stdout.contains(&format!(
+                "removed JetStream consumer writer-wms of stream duplex_{}",
+                sites.source.name()
+            )),
         "{stdout}"
     );
     assert_eq!(
@@ -599,4 +598,243 @@ fn teardown_removes_the_bus_position_rows_once_no_writer_holds_the_lease() {
         "{stdout}"
     );
     finish(&sites, reader);
+}
+
+/// `duplex status --json` of a running role (through its control socket), once it says
+/// healthy and `ready` accepts its `report.role` and the stream's last sequence as `status`
+/// read it from JetStream.
+fn wait_role(
+    process: &mut Duplex,
+    what: &str,
+    ready: impl Fn(&serde_json::Value, &serde_json::Value) -> bool,
+) -> serde_json::Value {
+    wait_for(what, CATCH_UP, || {
+        process.assert_running();
+        let (code, json) = status(process);
+        let role = &json["report"]["role"];
+        match code == 0 && ready(role, &json["bus"][0]["last_sequence"]) {
+            true => Ok(json),
+            false => Err(format!("exit {code}: {json}")),
+        }
+    })
+}
+
+#[test]
+fn status_asks_a_running_reader_and_writers_through_their_control_sockets() {
+    let nats = NatsServer::start().unwrap();
+    let sites = Sites::new(false);
+    let config = sites.config(&nats, "lease_ttl = \"2s\"");
+    let mut reader = start_reader(&sites, &config);
+    let mut wms = start(&config, &writer("wms"));
+    workload(&sites.source, 0);
+    workload(&sites.source, 1);
+    wait_equal(&sites, &mut [&mut reader, &mut wms]);
+    let stream = format!("duplex_{}", sites.source.name());
+
+    // The reader: what JetStream stored, up to the stream's last sequence, and what the
+    // source was acknowledged up to.
+    let json = wait_role(
+        &mut reader,
+        "the reader to report its stream",
+        |role, last| {
+            last.is_u64()
+                && role["streams"][0]["last_sequence"] == *last
+                && role["streams"][0]["published"].is_string()
+                && role["streams"][0]["acknowledged"].is_string()
+        },
+    );
+    let last = json["bus"][0]["last_sequence"].as_u64().unwrap();
+    let role = &json["report"]["role"];
+    assert_eq!(role["role"], "reader", "{json}");
+    let published = &role["streams"][0];
+    assert_eq!(published["source"], sites.source.name(), "{json}");
+    assert_eq!(published["stream"], stream, "{json}");
+    let link = &json["report"]["links"][0];
+    assert_eq!(link["state"]["state"], "streaming", "{json}");
+    let text = String::from_utf8(reader.command(&["status"]).stdout).unwrap();
+    assert!(
+        text.contains(&format!(
+            "{} -> stream {stream}: published up to {}",
+            sites.source.name(),
+            published["published"].as_str().unwrap()
+        )) && text.contains(&format!("(last sequence {last})")),
+        "{text}"
+    );
+
+    // The writer: its lease, the sequence its target committed, nothing pending, no lag.
+    let json = wait_role(
+        &mut wms,
+        "the writer to report what it applied",
+        |role, _| role["streams"][0]["applied_sequence"] == last,
+    );
+    let role = &json["report"]["role"];
+    assert_eq!(role["role"], "writer", "{json}");
+    assert_eq!(role["site"], "wms", "{json}");
+    assert_eq!(role["lease_held"], true, "{json}");
+    assert!(role["lease_since"].is_string(), "{json}");
+    let applied = &role["streams"][0];
+    assert_eq!(applied["stream"], stream, "{json}");
+    assert_eq!(applied["pending"], 0, "{json}");
+    assert_eq!(applied["lag_messages"], 0, "{json}");
+    let target = &json["report"]["links"][0]["targets"][0];
+    assert_eq!(target["site"], "wms", "{json}");
+    assert_eq!(target["lag_seconds"], 0.0, "{json}");
+    let text = String::from_utf8(wms.command(&["status"]).stdout).unwrap();
+    assert!(
+        text.contains("bus writer of wms: holds the lease since")
+            && text.contains(&format!(
+                "stream {stream} (from {}): applied up to sequence {last}, 0 pending, 0 behind",
+                sites.source.name()
+            )),
+        "{text}"
+    );
+
+    // A second writer of wms waits for the lease, and says so.
+    let mut standby = start(&config, &writer("wms"));
+    let json = wait_role(
+        &mut standby,
+        "the second writer to report waiting",
+        |role, _| role["role"] == "writer",
+    );
+    assert_eq!(json["report"]["role"]["lease_held"], false, "{json}");
+    let text = String::from_utf8(standby.command(&["status"]).stdout).unwrap();
+    assert!(
+        text.contains("bus writer of wms: waiting for the lease"),
+        "{text}"
+    );
+    finish(&sites, reader);
+}
+
+/// Runs `work` with a JetStream client of `nats`.
+fn with_jetstream<T, F: std::future::Future<Output = T>>(
+    nats: &NatsServer,
+    work: impl FnOnce(async_nats::jetstream::Context) -> F,
+) -> T {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        work(async_nats::jetstream::new(client)).await
+    })
+}
+
+/// Every JetStream stream on `nats`, with its consumers.
+fn jetstream(nats: &NatsServer) -> BTreeMap<String, Vec<String>> {
+    use futures_util::TryStreamExt;
+    with_jetstream(nats, |context| async move {
+        let names: Vec<String> = context.stream_names().try_collect().await.unwrap();
+        let mut all = BTreeMap::new();
+        for name in names {
+            let stream = context.get_stream(&name).await.unwrap();
+            let mut consumers: Vec<String> = stream.consumer_names().try_collect().await.unwrap();
+            consumers.sort();
+            all.insert(name, consumers);
+        }
+        all
+    })
+}
+
+/// Streams of another deployment on the same NATS server, whose prefix `duplex_eu` starts
+/// with this one's: a source stream with a writer's consumer, and a lease stream.
+fn other_deployment(nats: &NatsServer, source: &str) {
+    use async_nats::jetstream::{consumer, stream};
+    with_jetstream(nats, |context| async move {
+        let created = context
+            .create_stream(stream::Config {
+                name: format!("duplex_eu_{source}"),
+                subjects: vec![format!("duplex_eu.{source}")],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        created
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some("writer-wms".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        context
+            .create_stream(stream::Config {
+                name: "duplex_eu_leases".into(),
+                subjects: vec!["duplex_eu_leases.*".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    });
+}
+
+/// `duplex teardown args` with `process`'s configuration and state directory, which must
+/// succeed; its output.
+fn teardown(process: &Duplex, args: &[&str]) -> String {
+    let mut all = vec!["teardown"];
+    all.extend(args);
+    let done = process.command(&all);
+    let stdout = String::from_utf8_lossy(&done.stdout).into_owned();
+    assert!(
+        done.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn teardown_removes_this_prefixs_streams_once_no_writer_holds_a_lease_and_nothing_else() {
+    let nats = NatsServer::start().unwrap();
+    let sites = Sites::new(false);
+    let config = sites.config(&nats, "");
+    let source = sites.source.name().to_owned();
+    other_deployment(&nats, &source);
+    let mut reader = start_reader(&sites, &config);
+    let mut wms = start(&config, &writer("wms"));
+    workload(&sites.source, 0);
+    wait_equal(&sites, &mut [&mut reader, &mut wms]);
+    let stream = format!("duplex_{source}");
+    let others = BTreeMap::from([
+        (format!("duplex_eu_{source}"), vec!["writer-wms".to_owned()]),
+        ("duplex_eu_leases".to_owned(), Vec::new()),
+    ]);
+    let mut ours = others.clone();
+    ours.insert(stream.clone(), vec!["writer-wms".to_owned()]);
+    ours.insert("duplex_leases".to_owned(), Vec::new());
+    assert_eq!(jetstream(&nats), ours);
+
+    // The writer of wms holds its lease: teardown refuses, removing nothing.
+    assert_eq!(reader.terminate(), 0);
+    let refused = reader.command(&["teardown"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("site wms: the bus writer")
+            && stderr.contains("holds the lease of this site")
+            && stderr.contains("nothing was removed"),
+        "{stderr}"
+    );
+    assert_eq!(jetstream(&nats), ours);
+
+    // Stopped, the writer gives up its lease: this prefix's streams and consumers go, the
+    // other deployment's stay.
+    assert_eq!(wms.terminate(), 0);
+    let stdout = teardown(&reader, &[]);
+    assert!(
+        stdout.contains(&format!(
+            "bus {} (stream prefix duplex):\n  removed JetStream stream {stream} and its consumers writer-wms\n  removed JetStream stream duplex_leases (the writers' leases)\n",
+            nats.url()
+        )),
+        "{stdout}"
+    );
+    assert_eq!(jetstream(&nats), others, "{stdout}");
+
+    // Again: nothing left to remove.
+    let stdout = teardown(&reader, &[]);
+    assert!(
+        stdout.contains("(stream prefix duplex):\n  nothing of this configuration\n")
+            && stdout.contains("Removed 0 object(s)"),
+        "{stdout}"
+    );
+    assert_eq!(jetstream(&nats), others);
 }

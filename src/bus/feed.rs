@@ -11,6 +11,7 @@ use async_nats::jetstream::{self, stream};
 use duplex_connectors::{Position, StreamItem};
 use futures_util::StreamExt;
 
+use super::progress::StreamProgress;
 use super::{Bus, BusError, BusItem};
 
 /// How long JetStream waits for an acknowledgement before it delivers a message again (the
@@ -37,6 +38,8 @@ pub struct BusFeed {
     /// The key the target records this source's position under (set on every transaction
     /// and part, whatever the reader wrote there).
     source_key: String,
+    /// What `duplex status` asks of this writer (see `super::progress`).
+    progress: Arc<StreamProgress>,
 }
 
 impl BusFeed {
@@ -100,6 +103,7 @@ impl BusFeed {
         })?;
         tracing::info!(stream = %name, consumer = %consumer_name, start, "writer consumes the stream");
         Ok(BusFeed {
+            progress: crate::telemetry::global().role().stream(source_site, &name),
             stream: name,
             source_site: source_site.to_owned(),
             target: target.to_owned(),
@@ -131,16 +135,15 @@ impl BusFeed {
                     ));
                 }
             };
-            let sequence = message
-                .info()
-                .map_err(|e| BusError::JetStream {
-                    what: format!("reading a message of {}", self.stream),
-                    source: e,
-                })?
-                .stream_sequence;
+            let info = message.info().map_err(|e| BusError::JetStream {
+                what: format!("reading a message of {}", self.stream),
+                source: e,
+            })?;
+            let sequence = info.stream_sequence;
             if sequence <= self.last_sequence {
                 continue;
             }
+            self.progress.delivered(sequence, info.pending);
             self.last_sequence = sequence;
             let envelope = super::decode(&self.stream, sequence, &message.payload)?;
             let first = !std::mem::replace(&mut self.checked, true);
@@ -222,6 +225,10 @@ impl BusFeed {
             newest
         };
         if let Some(message) = newest {
+            // The target committed it, whether or not the acknowledgement arrives.
+            if let Ok(info) = message.info() {
+                self.progress.applied(info.stream_sequence);
+            }
             tokio::spawn(async move {
                 if let Err(error) = message.ack().await {
                     tracing::debug!(%error, "acknowledging to JetStream (the next one covers it)");

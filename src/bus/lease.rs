@@ -165,21 +165,6 @@ pub(crate) async fn read(
     }
 }
 
-/// Who holds the lease of `site` on the bus of `config` (`None`: nobody, or no writer ever
-/// ran); it creates nothing.
-pub async fn holder(
-    config: &crate::config::BusConfig,
-    site: &str,
-) -> Result<Option<String>, BusError> {
-    let bus = Bus::connect(config).await?;
-    let stream = match bus.context.get_stream(stream_name(&bus)).await {
-        Ok(stream) => stream,
-        Err(error) if error.to_string().contains("not found") => return Ok(None),
-        Err(error) => return Err(BusError::jetstream("reading the lease stream", error)),
-    };
-    Ok(read(&bus, &stream, site).await?.map(|record| record.holder))
-}
-
 /// Who holds the lease of `site` now, as far as the lease stream says.
 pub(super) async fn current_holder(bus: &Bus, stream: &stream::Stream, site: &str) -> String {
     match read(bus, stream, site).await {
@@ -190,6 +175,11 @@ pub(super) async fn current_holder(bus: &Bus, stream: &stream::Stream, site: &st
 }
 
 impl Lease {
+    /// When this writer took the lease.
+    pub(super) fn since(&self) -> Option<DateTime<Utc>> {
+        self.record.since
+    }
+
     /// Renews the lease until it is lost (returns why) or `stop` turns true (returns `None`
     /// after giving it up, so a waiting writer takes over at once).
     pub(super) async fn keep(mut self, mut stop: watch::Receiver<bool>) -> Option<BusError> {

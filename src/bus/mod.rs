@@ -56,7 +56,11 @@
 //! # What `status` and `/metrics` show
 //!
 //! Per stream and per target's consumer: pending messages, lag and the lease holder, read
-//! from JetStream itself (`backlog`), so any machine with the configuration can ask.
+//! from JetStream itself (`backlog`), so any machine with the configuration can ask. A role
+//! process also serves the control socket in its state directory, as a one-process `run`
+//! does, and answers with its own progress (`progress`): a reader what JetStream confirmed
+//! storing and what it acknowledged to each source, a writer its lease and what its target
+//! applied of each stream.
 //!
 //! # What stays in one process
 //!
@@ -76,11 +80,12 @@ use crate::config::BusConfig;
 pub mod backlog;
 mod feed;
 mod lease;
+pub mod progress;
 mod reader;
 mod role;
+pub mod teardown;
 
 pub use feed::BusFeed;
-pub use lease::holder as lease_holder;
 pub use role::{Role, run_role};
 
 /// How long JetStream drops a message whose `Nats-Msg-Id` it already stored.

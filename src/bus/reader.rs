@@ -12,12 +12,14 @@ use duplex_connectors::{AnyStream, Position, StreamItem, StreamOptions};
 use duplex_state::StateStore;
 use tokio::sync::{mpsc, watch};
 
+use super::progress::StreamProgress;
 use super::{Bus, BusError, BusItem, Envelope};
 use crate::backoff::Backoff;
 use crate::link::feed::Feed;
 use crate::link::{self, LinkError, LinkPlan};
 use crate::report::chain;
 use crate::shutdown::stop_requested;
+use crate::telemetry::LinkTelemetry;
 
 /// Publishes awaiting JetStream's confirmation at most.
 const IN_FLIGHT: usize = 1024;
@@ -34,22 +36,31 @@ pub(super) async fn run(
     state: Arc<StateStore>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), BusError> {
+    let site = plan.source.name.as_str();
+    let stream = bus.stream_name(site);
+    // A link without targets for `duplex status` (its state, how far it read) and the role's
+    // progress (see `super::progress`).
+    let telemetry = crate::telemetry::global().link(&format!("{site} -> {stream}"), site, &[]);
+    let progress = crate::telemetry::global().role().stream(site, &stream);
     let mut backoff = Backoff::default();
-    loop {
+    let outcome = loop {
         backoff.attempt_started();
-        match attempt(&plan, &bus, &state, &mut shutdown).await {
-            Ok(()) => return Ok(()),
-            Err(error) if error.is_transient() => {
-                let delay = backoff.failed();
-                tracing::warn!(source = %plan.source.name, error = %chain(&error), "bus reader interrupted; retrying in {delay:.1?}");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = stop_requested(&mut shutdown) => return Ok(()),
-                }
-            }
-            Err(error) => return Err(error),
+        telemetry.attempt_started();
+        let error = match attempt(&plan, &bus, &state, &mut shutdown, &telemetry, &progress).await {
+            Ok(()) => break Ok(()),
+            Err(error) if error.is_transient() => error,
+            Err(error) => break Err(error),
+        };
+        telemetry.retrying(chain(&error));
+        let delay = backoff.failed();
+        tracing::warn!(source = %site, error = %chain(&error), "bus reader interrupted; retrying in {delay:.1?}");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop_requested(&mut shutdown) => break Ok(()),
         }
-    }
+    };
+    telemetry.stopped(outcome.as_ref().err().map(|error| chain(error)));
+    outcome
 }
 
 /// Where the stream ends: the position of the last transaction published to it, if any.
@@ -115,6 +126,8 @@ async fn attempt(
     bus: &Bus,
     state: &Arc<StateStore>,
     shutdown: &mut watch::Receiver<bool>,
+    telemetry: &LinkTelemetry,
+    progress: &Arc<StreamProgress>,
 ) -> Result<(), BusError> {
     let site = plan.source.name.as_str();
     let link_error = |e: LinkError| BusError::Link(Box::new(e));
@@ -152,10 +165,11 @@ async fn attempt(
         return Err(link_error(error));
     }
     tracing::info!(source = site, stream = %bus.stream_name(site), after = %last.as_ref().map_or("nothing".to_owned(), ToString::to_string), "bus reader started");
+    telemetry.streaming();
 
     // Publishes in order, each with the position acknowledged once it is stored (none for
     // parts and shapes); a task awaits JetStream's confirmations in order.
-    let (publishes, mut confirmations) = confirm_in_order();
+    let (publishes, mut confirmations) = confirm_in_order(progress.clone());
     let mut acker = link::Acker::new(site, acknowledged);
     let mut ack_tick = tokio::time::interval(link::ACK_EVERY);
     let mut part_offset: Option<(Position, u64)> = None;
@@ -198,7 +212,7 @@ async fn attempt(
             },
             _ = ack_tick.tick() => {
                 if let Some(position) = ready.take()
-                    && let Err(error) = acknowledge(state, site, &mut acker, &feed, position, ready_published.take()).await
+                    && let Err(error) = acknowledge(state, site, &mut acker, &feed, position, ready_published.take(), progress).await
                 {
                     break Err(error);
                 }
@@ -210,6 +224,7 @@ async fn attempt(
                 };
                 let (envelope, id, position) = match item {
                     StreamItem::Heartbeat(position) => {
+                        telemetry.read(&position);
                         if publishes.send(Pending::Passed(position)).await.is_err() {
                             break Ok(());
                         }
@@ -221,6 +236,7 @@ async fn attempt(
                             continue;
                         }
                         let offset = part_offset.take().map_or(0, |(_, offset)| offset);
+                        telemetry.read(&tx.position);
                         let id = format!("{deployment}:{}", tx.position);
                         let position = tx.position.clone();
                         let previous = last.replace(position.clone());
@@ -289,6 +305,7 @@ async fn attempt(
             &feed,
             position,
             ready_published.take(),
+            progress,
         )
         .await
         && outcome.is_ok()
@@ -313,7 +330,10 @@ enum Pending {
 type Confirmed = Result<Option<(Position, bool)>, BusError>;
 
 /// A channel of publishes and one of their confirmations, in order.
-fn confirm_in_order() -> (mpsc::Sender<Pending>, mpsc::Receiver<Confirmed>) {
+/// JetStream's sequence of each stored message goes to `progress`.
+fn confirm_in_order(
+    progress: Arc<StreamProgress>,
+) -> (mpsc::Sender<Pending>, mpsc::Receiver<Confirmed>) {
     let (publishes, mut pending) = mpsc::channel::<Pending>(IN_FLIGHT);
     let (confirm, confirmations) = mpsc::channel(IN_FLIGHT);
     tokio::spawn(async move {
@@ -322,7 +342,10 @@ fn confirm_in_order() -> (mpsc::Sender<Pending>, mpsc::Receiver<Confirmed>) {
                 Pending::Passed(position) => Ok(Some((position, false))),
                 Pending::Published(future, position) => future
                     .await
-                    .map(|_| position.map(|p| (p, true)))
+                    .map(|ack| {
+                        progress.stored(ack.sequence);
+                        position.map(|p| (p, true))
+                    })
                     .map_err(|e| BusError::jetstream("JetStream did not confirm a publish", e)),
             };
             let failed = confirmed.is_err();
@@ -343,15 +366,18 @@ async fn acknowledge(
     feed: &Feed,
     position: Position,
     published: Option<Position>,
+    progress: &StreamProgress,
 ) -> Result<(), BusError> {
-    if let Some(published) = published {
-        save(state, published_key(site), published).await?;
+    if let Some(published) = &published {
+        save(state, published_key(site), published.clone()).await?;
     }
-    acker.ready = Some(position);
+    acker.ready = Some(position.clone());
     acker
         .flush(state, feed, true)
         .await
-        .map_err(|e| BusError::Link(Box::new(e)))
+        .map_err(|e| BusError::Link(Box::new(e)))?;
+    progress.acknowledged(published.as_ref(), &position);
+    Ok(())
 }
 
 /// Saves `position` under `key` in the state store.

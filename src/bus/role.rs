@@ -45,12 +45,21 @@ pub async fn run_role(
         let _ = stop.send(true);
     });
     let watcher = metrics.then(|| tokio::spawn(watch_backlog(bus.clone(), flows(role, &plans))));
+    // `duplex status` asks the role through the same socket as a one-process `run`; the
+    // role's own progress is in the telemetry it answers from (see `super::progress`).
+    let control = crate::engine::control::serve_without_engine(state.dir());
     let outcome = match role {
-        Role::Reader => read(bus, plans, state, stopped).await,
-        Role::Writer(site) => write(bus, site, plans, state, stopped).await,
+        Role::Reader => {
+            crate::telemetry::global().role().reader();
+            read(bus, plans, state, stopped).await
+        }
+        Role::Writer(site) => {
+            crate::telemetry::global().role().writer(site);
+            write(bus, site, plans, state, stopped).await
+        }
     };
-    if let Some(watcher) = watcher {
-        watcher.abort();
+    for task in [watcher, control].into_iter().flatten() {
+        task.abort();
     }
     outcome
 }
@@ -162,6 +171,7 @@ async fn write(
     let Some(lease) = take_lease(&bus, site, &holder, &mut stopped).await? else {
         return Ok(());
     };
+    crate::telemetry::global().role().lease(lease.since());
     let (release, released) = watch::channel(false);
     let mut keep = tokio::spawn(lease.keep(released));
     let (stop_links, links_stopped) = watch::channel(false);
@@ -178,6 +188,7 @@ async fn write(
             }
             lost = &mut keep, if lease_running => {
                 lease_running = false;
+                crate::telemetry::global().role().lease(None);
                 let _ = stop_links.send(true);
                 if let Ok(Some(error)) = lost {
                     tracing::error!(error = %chain(&error), "this writer lost its lease; stopping");
@@ -202,6 +213,7 @@ async fn write(
     if lease_running {
         let _ = keep.await;
     }
+    crate::telemetry::global().role().lease(None);
     outcome
 }
 

@@ -321,6 +321,9 @@ pub fn table(status: &Status) -> String {
         text.push('\n');
         text.push_str(&stored::backfills(&report.backfills));
     }
+    if let Some(role) = &report.role {
+        text.push_str(&crate::bus::progress::lines(role));
+    }
     if let Some(held) = report.held_conflicts {
         text.push_str(&format!(
             "\nmerge engine: {held} held conflict(s) (see `duplex conflicts --held`)\n"
@@ -359,6 +362,10 @@ pub fn table(status: &Status) -> String {
             text.push_str(&format!(
                 "  lag in bytes unknown: cannot read where the source's log ends: {error}\n"
             ));
+        }
+        if link.targets.is_empty() {
+            // A bus reader's link: its targets are the stream's writers.
+            continue;
         }
         text.push_str(&format!(
             "  {:<20} {:>10} {:>10} {:>10} {:>12} {:>8} {:>10} {:>12} {:>12} {:>10} {:>8}\n",
