@@ -44,13 +44,11 @@ use super::rows::{MergeMapping, RowData, display_image, fill_unchanged, same_ima
 use super::sites::writer_failure;
 use crate::shutdown::stop_requested;
 
-mod batch;
 mod echo;
 mod filtered;
 mod held;
 mod take;
 
-use batch::BatchWrites;
 use filtered::Outside;
 
 /// Inputs the coordinator takes in one state-store transaction, at most.
@@ -164,8 +162,6 @@ pub(super) struct Coordinator {
     /// (site index, table) whose next change of columns is followed, once
     /// ([`MergePlan::accepted_shapes`]).
     accepting: std::collections::HashSet<(usize, duplex_connectors::TableName)>,
-    /// What the batch being decided changed, written when it ends.
-    batch: BatchWrites,
     stats: Stats,
 }
 
@@ -195,7 +191,6 @@ impl Coordinator {
             last_echo: vec![None; sites],
             decided: vec![None; sites],
             accepting,
-            batch: BatchWrites::default(),
             stats: Stats::default(),
         }
     }
@@ -242,22 +237,19 @@ impl Coordinator {
         let mut w = store.begin_write()?;
         // On error the state-store transaction is dropped (aborted) and the attempt ends: the
         // next attempt rebuilds the coordinator from the store, so the in-memory outbox needs
-        // no undo here (nor what the batch kept to write).
-        self.batch = BatchWrites::default();
-        // Per site, whether this batch moved its position (written once, the last).
-        let mut moved = vec![false; self.plan.sites.len()];
+        // no undo here.
         for input in batch {
             match input {
                 Input::Failed(error) => return Err(error),
                 Input::Item(index, StreamItem::Transaction(tx)) => {
                     self.transaction(&mut w, index, &tx, &mut done)?;
+                    w.save_position(&self.plan.sites[index].site.name, &tx.position)?;
                     self.decided[index] = Some(tx.position.clone());
-                    moved[index] = true;
                     done.acks.push((index, tx.position));
                 }
                 Input::Item(index, StreamItem::Heartbeat(position)) => {
+                    w.save_position(&self.plan.sites[index].site.name, &position)?;
                     self.decided[index] = Some(position.clone());
-                    moved[index] = true;
                     done.acks.push((index, position));
                 }
                 Input::Item(index, StreamItem::Shape(shape)) => {
@@ -273,14 +265,6 @@ impl Coordinator {
                     let response = self.control(&mut w, request, &mut done)?;
                     done.replies.push((reply, response));
                 }
-            }
-        }
-        let plan = Arc::clone(&self.plan);
-        self.batch
-            .flush(&mut w, &self.outboxes, |index| &plan.sites[index].site.name)?;
-        for (index, position) in self.decided.iter().enumerate() {
-            if let (true, Some(position)) = (moved[index], position) {
-                w.save_position(&plan.sites[index].site.name, position)?;
             }
         }
         w.commit()?;
@@ -430,7 +414,7 @@ impl Coordinator {
             mut after,
         } = change;
         self.stats.local_changes += 1;
-        let (mut rv, mut data) = self.load(w, mapping, key)?;
+        let (mut rv, mut data) = load(w, mapping, key)?;
         // Every row the engine stores carries its record (see `store_row`).
         let known = !rv.payload.is_empty();
         if !known && existed {
@@ -464,7 +448,7 @@ impl Coordinator {
             self.refuse_outside(w, mapping, outside, &rv, done)?;
             data.set_expected(site, landing);
             data.set_held(site, after);
-            return self.store_row(mapping, key, rv, data);
+            return store_row(w, mapping, key, rv, &data);
         }
         if let Some(id) = data.held_conflict {
             let mut local = rv.held.get(site).cloned().unwrap_or_default();
@@ -474,7 +458,7 @@ impl Coordinator {
             data.set_expected(site, landing);
             data.set_held(site, after);
             tracing::info!(mapping = %mapping.name, key = %key, site, conflict = id, "row changed while its conflict is held: kept at this site only until `duplex conflicts resolve {id}`");
-            return self.store_row(mapping, key, rv, data);
+            return store_row(w, mapping, key, rv, &data);
         }
         let mut classification = merge::classify(&rv, site);
         // The site's vector says which changes its row descends from, but a conditional write
@@ -516,7 +500,7 @@ impl Coordinator {
                     vector: &vector,
                     since: commit_micros,
                 };
-                self.propagate(newest, done)?;
+                self.propagate(w, newest, done)?;
             }
             Classification::Concurrent { local } => {
                 let theirs_image = data.image.clone();
@@ -613,7 +597,7 @@ impl Coordinator {
                             vector: &resolved,
                             since: commit_micros,
                         };
-                        self.propagate(newest, done)?;
+                        self.propagate(w, newest, done)?;
                     }
                     Outcome::Hold => {
                         record.decision =
@@ -631,59 +615,7 @@ impl Coordinator {
                 }
             }
         }
-        self.store_row(mapping, key, rv, data)
-    }
-
-    /// The row's versions and the engine's record of it (defaults for a row never seen), as
-    /// this batch left them or else as the store holds them.
-    fn load(
-        &self,
-        w: &StateWriter<'_>,
-        mapping: &MergeMapping,
-        key: &str,
-    ) -> Result<(RowVersions, RowData), EngineError> {
-        if let Some((rv, data)) = self.batch.row(&mapping.name, key) {
-            return Ok((rv.clone(), data.clone()));
-        }
-        let rv = w
-            .row_versions(&mapping.name, key.as_bytes())?
-            .unwrap_or_default();
-        let data = if rv.payload.is_empty() {
-            RowData::default()
-        } else {
-            duplex_state::codec::decode(&rv.payload).map_err(|e| {
-                EngineError::Codec(format!("row {key} of mapping {}", mapping.name), e)
-            })?
-        };
-        Ok((rv, data))
-    }
-
-    /// Stores the row's versions and record (written when the batch ends); marks it deleted
-    /// everywhere when every site holds its delete.
-    fn store_row(
-        &mut self,
-        mapping: &MergeMapping,
-        key: &str,
-        mut rv: RowVersions,
-        data: RowData,
-    ) -> Result<(), EngineError> {
-        let everywhere = data.image.is_none()
-            && data.held_conflict.is_none()
-            && data.expect.is_empty()
-            && data.holds.is_empty()
-            && mapping
-                .sites
-                .iter()
-                .all(|s| rv.held.get(s) == Some(&rv.merged));
-        rv.deleted_at = if everywhere {
-            Some(rv.deleted_at.unwrap_or_else(now_millis))
-        } else {
-            None
-        };
-        rv.payload = duplex_state::codec::encode(&data)
-            .map_err(|e| EngineError::Codec(format!("row {key} of mapping {}", mapping.name), e))?;
-        self.batch.store(&mapping.name, key, rv, data);
-        Ok(())
+        store_row(w, mapping, key, rv, &data)
     }
 
     /// The image `site` holds after the writes queued for it for this row, and not yet
@@ -712,7 +644,12 @@ impl Coordinator {
 
     /// Queues the newest version (`data.image`, `vector`) for every site of the mapping that
     /// does not hold it; a site that holds the same image already now holds this version.
-    fn propagate(&mut self, newest: Propagation<'_>, done: &mut Done) -> Result<(), EngineError> {
+    fn propagate(
+        &mut self,
+        w: &mut StateWriter<'_>,
+        newest: Propagation<'_>,
+        done: &mut Done,
+    ) -> Result<(), EngineError> {
         let Propagation {
             mapping,
             key_row,
@@ -742,7 +679,7 @@ impl Coordinator {
                     Some(seq) if !same_image(data.held_image(site), image.as_ref()) => {
                         let write = self.outboxes[index].get_mut(seq).expect("indexed");
                         write.vector.merge(vector);
-                        self.batch.queued(index, seq);
+                        w.put_pending(site, seq, &*write)?;
                     }
                     _ => {
                         merge::record_echo(rv, site, vector);
@@ -768,8 +705,8 @@ impl Coordinator {
             let seq = self.next_seq[index];
             self.next_seq[index] += 1;
             tracing::debug!(mapping = %mapping.name, key = %key, site = %site, seq, op = ?write.op, before = %display_image(write.before.as_ref()), after = %display_image(write.after.as_ref()), vector = %vector, "write queued");
+            w.put_pending(site, seq, &write)?;
             self.outboxes[index].insert(seq, write.clone());
-            self.batch.queued(index, seq);
             done.writes.push((index, seq, Arc::new(write), since));
             data.set_expected(site, image);
             self.stats.writes += 1;
@@ -887,6 +824,52 @@ fn missing_key(mapping: &MergeMapping, site: &str) -> EngineError {
         mapping.name,
         mapping.key.join(", ")
     ))
+}
+
+/// The row's versions and the engine's record of it (defaults for a row never seen).
+fn load(
+    w: &StateWriter<'_>,
+    mapping: &MergeMapping,
+    key: &str,
+) -> Result<(RowVersions, RowData), EngineError> {
+    let rv = w
+        .row_versions(&mapping.name, key.as_bytes())?
+        .unwrap_or_default();
+    let data = if rv.payload.is_empty() {
+        RowData::default()
+    } else {
+        duplex_state::codec::decode(&rv.payload)
+            .map_err(|e| EngineError::Codec(format!("row {key} of mapping {}", mapping.name), e))?
+    };
+    Ok((rv, data))
+}
+
+/// Stores the row's versions and record; marks it deleted-everywhere when every site holds
+/// its delete.
+fn store_row(
+    w: &mut StateWriter<'_>,
+    mapping: &MergeMapping,
+    key: &str,
+    mut rv: RowVersions,
+    data: &RowData,
+) -> Result<(), EngineError> {
+    let everywhere = data.image.is_none()
+        && data.held_conflict.is_none()
+        && data.expect.is_empty()
+        && data.holds.is_empty()
+        && mapping
+            .sites
+            .iter()
+            .all(|s| rv.held.get(s) == Some(&rv.merged));
+    rv.deleted_at = if everywhere {
+        Some(rv.deleted_at.unwrap_or_else(now_millis))
+    } else {
+        None
+    };
+    rv.payload = duplex_state::codec::encode(data)
+        .map_err(|e| EngineError::Codec(format!("row {key} of mapping {}", mapping.name), e))?;
+    w.put_row_versions(&mapping.name, key.as_bytes(), &rv)?;
+    Ok(())
 }
 
 fn now_millis() -> u64 {

@@ -33,7 +33,7 @@ use super::super::EngineError;
 use super::super::merge;
 use super::super::outbox::{OutboxWrite, outbox_name, outbox_position};
 use super::super::rows::{display_image, fill_unchanged, same_image};
-use super::{Coordinator, Done};
+use super::{Coordinator, Done, load, store_row};
 
 /// A row of a mapping: (mapping, key text).
 type RowId = (String, String);
@@ -68,7 +68,7 @@ impl Coordinator {
         let plan = Arc::clone(&self.plan);
         for seq in covered {
             let write = self.outboxes[index].remove(seq).expect("listed above");
-            self.batch.retired(index, seq);
+            w.remove_pending(&site, seq)?;
             let Some(mapping) = plan.mapping(&write.mapping) else {
                 continue;
             };
@@ -76,10 +76,10 @@ impl Coordinator {
             tracing::debug!(mapping = %write.mapping, key = %write.key, site = %site, seq, landed, "echo");
             if landed {
                 self.stats.echoes += 1;
-                let (mut rv, mut data) = self.load(w, mapping, &write.key)?;
+                let (mut rv, mut data) = load(w, mapping, &write.key)?;
                 merge::record_echo(&mut rv, &site, &write.vector);
                 data.set_held(&site, write.after.clone());
-                self.store_row(mapping, &write.key, rv, data)?;
+                store_row(w, mapping, &write.key, rv, &data)?;
             } else {
                 self.stats.skipped += 1;
                 if carried_after.is_some_and(|after| seq > after) {
@@ -94,7 +94,7 @@ impl Coordinator {
             let (Some(mapping), Some(last)) = (plan.mapping(&name), changes.last()) else {
                 continue;
             };
-            let (rv, mut data) = self.load(w, mapping, &key)?;
+            let (rv, mut data) = load(w, mapping, &key)?;
             if rv.payload.is_empty() {
                 continue;
             }
@@ -111,7 +111,7 @@ impl Coordinator {
             ) {
                 tracing::warn!(mapping = %name, key = %key, site = %site, recorded = %display_image(data.held_image(&site)), logged = %display_image(last.as_ref()), "a row duplex wrote reads back different from every write it queued; the site's log is taken as what the site holds");
                 data.set_held(&site, last);
-                self.store_row(mapping, &key, rv, data)?;
+                store_row(w, mapping, &key, rv, &data)?;
             }
         }
         Ok(())

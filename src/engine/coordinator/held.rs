@@ -16,7 +16,7 @@ use super::super::EngineError;
 use super::super::control;
 use super::super::outbox::OutboxWrite;
 use super::super::rows::{MergeMapping, display_image};
-use super::{Coordinator, Done, Propagation, RowData, missing_key, now_millis};
+use super::{Coordinator, Done, Propagation, RowData, load, missing_key, now_millis, store_row};
 
 impl Coordinator {
     /// Writes a row an operator (or `verify --take`) settled to every site: `data` holds the
@@ -24,6 +24,7 @@ impl Coordinator {
     /// stores the row.
     pub(super) fn write_settled(
         &mut self,
+        w: &mut StateWriter<'_>,
         mapping: &MergeMapping,
         (key_row, key): (&Row, &str),
         mut rv: RowVersions,
@@ -41,8 +42,8 @@ impl Coordinator {
             vector: &vector,
             since,
         };
-        self.propagate(newest, done)?;
-        self.store_row(mapping, key, rv, data)
+        self.propagate(w, newest, done)?;
+        store_row(w, mapping, key, rv, &data)
     }
 
     /// A request of `duplex conflicts`.
@@ -90,7 +91,7 @@ impl Coordinator {
             )));
         }
         let key = String::from_utf8_lossy(&record.key).into_owned();
-        let (mut rv, mut data) = self.load(w, mapping, &key)?;
+        let (mut rv, mut data) = load(w, mapping, &key)?;
         if data.held_conflict != Some(id) {
             return Ok(Response::Refused(format!(
                 "row {key} of mapping {} is not held by conflict {id}",
@@ -111,7 +112,7 @@ impl Coordinator {
         data.set_image(winner.clone(), &mapping.sites);
         data.writer = take.clone();
         data.commit_micros = Utc::now().timestamp_micros();
-        self.write_settled(mapping, (&key_row, &key), rv, data, done)?;
+        self.write_settled(w, mapping, (&key_row, &key), rv, data, done)?;
         w.resolve_conflict(
             id,
             &Resolution {
@@ -155,7 +156,7 @@ impl Coordinator {
         write: &OutboxWrite,
         done: &mut Done,
     ) -> Result<(), EngineError> {
-        let (rv, mut data) = self.load(w, mapping, &write.key)?;
+        let (rv, mut data) = load(w, mapping, &write.key)?;
         // The site's log never showed this row: no local change of it (the site's own counter
         // of the row is 0) and no write of duplex landed there (it holds no version). Then the
         // row the write met there is another key's, or one changed without the log, and no
@@ -211,6 +212,6 @@ impl Coordinator {
             mapping.name, write.key
         ));
         data.held_conflict = Some(id);
-        self.store_row(mapping, &write.key, rv, data)
+        store_row(w, mapping, &write.key, rv, &data)
     }
 }

@@ -26,7 +26,7 @@ use duplex_state::{ConflictRecord, ConflictSide, ConflictStatus, Resolution, Sta
 use super::super::EngineError;
 use super::super::control::Response;
 use super::super::rows::display_image;
-use super::{Coordinator, Done, now_millis};
+use super::{Coordinator, Done, load, now_millis};
 
 impl Coordinator {
     /// A [`super::super::control::Request::Take`]: see the module docs.
@@ -84,7 +84,7 @@ impl Coordinator {
                 busy.push(key);
                 continue;
             }
-            let (mut rv, mut data) = self.load(w, mapping, &key)?;
+            let (mut rv, mut data) = load(w, mapping, &key)?;
             let sides = images
                 .iter()
                 .map(|(site, image)| {
@@ -132,7 +132,7 @@ impl Coordinator {
                 status: ConflictStatus::Resolved(resolution(take)),
             })?;
             tracing::info!(conflict = id, mapping = %mapping.name, key = %key, site = %take, "verify --take: the site's version is being written to every site");
-            self.write_settled(mapping, (&key_row, &key), rv, data, done)?;
+            self.write_settled(w, mapping, (&key_row, &key), rv, data, done)?;
             written.push(key);
         }
         Ok(Response::Taken { written, busy })

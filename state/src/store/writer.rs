@@ -123,41 +123,6 @@ impl<'s> StateWriter<'s> {
         Ok(())
     }
 
-    /// Stores the versions of many rows of `mapping` at once (as [`Self::put_row_versions`]
-    /// each, opening the tables once).
-    pub fn put_many_row_versions<'k>(
-        &mut self,
-        mapping: &str,
-        rows: impl IntoIterator<Item = (&'k [u8], &'k RowVersions)>,
-    ) -> Result<(), StateError> {
-        let mut encoded = Vec::new();
-        for (key, versions) in rows {
-            let stored = StoredRowVersions::from_row(versions, |site| self.site_id(site))?;
-            let bytes = encode_as(&stored, || {
-                format!("row versions of a row of mapping {mapping:?}")
-            })?;
-            encoded.push((key, bytes, versions.deleted_at));
-        }
-        let path = &self.store.path;
-        let mut table = self.txn.open_table(ROW_VERSIONS).at(path)?;
-        for (key, bytes, _) in &encoded {
-            table.insert((mapping, *key), bytes.as_slice()).at(path)?;
-        }
-        drop(table);
-        if encoded
-            .iter()
-            .any(|(_, _, deleted_at)| deleted_at.is_some())
-        {
-            let mut deleted = self.txn.open_table(DELETED_ROWS).at(path)?;
-            for (key, _, deleted_at) in &encoded {
-                if let Some(deleted_at) = deleted_at {
-                    deleted.insert((mapping, *deleted_at, *key), ()).at(path)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// The versions of row `key` of `mapping`, as this batch sees them.
     pub fn row_versions(
         &self,
@@ -237,32 +202,6 @@ impl<'s> StateWriter<'s> {
         table
             .insert((site, seq), bytes.as_slice())
             .at(self.path())?;
-        Ok(())
-    }
-
-    /// Stores (`Some`) or removes (`None`) many items queued for `site` at once, as
-    /// [`Self::put_pending`] and [`Self::remove_pending`] would one by one, opening the table
-    /// once.
-    pub fn write_many_pending<T: Serialize>(
-        &mut self,
-        site: &str,
-        items: impl IntoIterator<Item = (u64, Option<T>)>,
-    ) -> Result<(), StateError> {
-        let mut encoded = Vec::new();
-        for (seq, item) in items {
-            let bytes = item
-                .map(|item| encode_as(&item, || format!("pending item {seq} of site {site:?}")))
-                .transpose()?;
-            encoded.push((seq, bytes));
-        }
-        let mut table = self.txn.open_table(PENDING).at(self.path())?;
-        for (seq, bytes) in encoded {
-            match bytes {
-                Some(bytes) => table.insert((site, seq), bytes.as_slice()).map(drop),
-                None => table.remove((site, seq)).map(drop),
-            }
-            .at(&self.store.path)?;
-        }
         Ok(())
     }
 
