@@ -10,19 +10,23 @@
 
 mod apply;
 mod error;
+pub mod link;
 mod param;
 mod position;
 pub mod positions;
 pub mod preflight;
 mod reader;
+pub mod route;
 pub mod sql;
 pub mod stream;
 mod tls;
+pub mod typemap;
 mod types;
 pub mod write;
 
 pub use apply::{MssqlApplier, MssqlSession, mssql_applier};
 pub use error::MssqlError;
+pub use link::MssqlLinkStream;
 pub use param::Param;
 pub use position::{CdcPosition, Lsn, LsnError};
 pub use reader::{

@@ -185,7 +185,6 @@ fn check_jobs(jobs: &[(String, Option<i64>)]) -> Vec<Finding> {
 /// captured, primary key, types.
 pub fn check_table(facts: &TableFacts) -> Vec<Finding> {
     let table = &facts.table;
-    let quoted = format!("{}.{}", quote(&table.schema), quote(&table.name));
     let mut findings = Vec::new();
     let enable = format!(
         "EXEC sys.sp_cdc_enable_table @source_schema = N'{}', @source_name = N'{}', \
@@ -253,7 +252,20 @@ pub fn check_table(facts: &TableFacts) -> Vec<Finding> {
              once the newer one holds the changes duplex has not read",
         )),
     }
-    findings.push(preflight::key_columns(table, &facts.primary_key, &quoted));
+    findings.extend(check_columns(facts));
+    findings
+}
+
+/// The findings on a table duplex only writes into: primary key and types (no CDC needed).
+pub fn check_target_table(facts: &TableFacts) -> Vec<Finding> {
+    check_columns(facts)
+}
+
+/// The findings on a mapped table's primary key and column types.
+fn check_columns(facts: &TableFacts) -> Vec<Finding> {
+    let table = &facts.table;
+    let quoted = format!("{}.{}", quote(&table.schema), quote(&table.name));
+    let mut findings = vec![preflight::key_columns(table, &facts.primary_key, &quoted)];
     for (column, type_name, scale) in &facts.columns {
         match MssqlType::from_name(type_name) {
             Err(error @ TypeError::Unsupported(_)) => findings.push(Finding::fail(
