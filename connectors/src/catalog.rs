@@ -18,7 +18,7 @@ pub enum DescribeError {
     Mysql(#[from] MysqlError),
     /// SQL Server catalog access failed.
     #[error(transparent)]
-    Mssql(#[from] MssqlError),
+    Mssql(Box<MssqlError>),
     /// What was asked is not built for this kind of site.
     #[error(transparent)]
     NotSupported(#[from] crate::NotSupported),
@@ -45,6 +45,12 @@ impl DescribeError {
             | DescribeError::NoPrimaryKey(_)
             | DescribeError::NotSupported(_) => false,
         }
+    }
+}
+
+impl From<MssqlError> for DescribeError {
+    fn from(error: MssqlError) -> DescribeError {
+        DescribeError::Mssql(Box::new(error))
     }
 }
 
