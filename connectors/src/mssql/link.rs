@@ -6,7 +6,10 @@
 //!   and orders them across capture instances; each becomes one [`StreamItem::Transaction`]
 //!   at `CdcPosition::after_commit(commit_lsn)`. Nothing comes in parts.
 //! - *Restart is exact*: started after a stored [`Position::Mssql`], the reader delivers only
-//!   the changes the position has not ([`CdcPosition::delivered`]).
+//!   the changes the position has not ([`CdcPosition::delivered`]). Without a stored position
+//!   it starts after the max LSN read when it starts (before the link reports it started).
+//!   While CDC has recorded nothing at all in the database (max LSN zero) the reader's first
+//!   poll decides instead.
 //! - *Shapes*: CDC change tables keep the columns captured when the capture instance was
 //!   made, whatever the table became since, so the shape of every change of a table is the
 //!   instance's captured columns with the types the catalog gives them; it is yielded once,
@@ -21,9 +24,10 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use super::preflight::probe_table;
-use super::reader::{CdcItem, MssqlStream, MssqlStreamConfig, MssqlStreamError};
+use super::reader::{CdcItem, MssqlStream, MssqlStreamConfig, MssqlStreamError, start_position};
 use super::route::{InstanceError, capture_instance, schema_of};
-use super::{CdcPosition, connect};
+use super::stream::MAX_LSN_QUERY;
+use super::{CdcPosition, Lsn, MssqlClient, MssqlError, connect};
 use crate::stream::StreamItem;
 use crate::{Position, ShapeColumn, TableName, TableShape, Transaction};
 
@@ -83,6 +87,13 @@ impl MssqlLinkStream {
             }
             instances.push(instance);
         }
+        // A new reader starts at the end of the log as it stands now, before the link reports
+        // that it started, so every commit after that is read (not at its first poll, which
+        // could skip commits made in between).
+        let start = match start {
+            Some(position) => Some(position),
+            None => start_position(None, max_lsn(&mut client).await?),
+        };
         let config = MssqlStreamConfig {
             instances,
             limit: POLL_ROWS,
@@ -109,6 +120,21 @@ impl MssqlLinkStream {
             self.ready.extend(items);
         }
     }
+}
+
+/// The largest LSN in the change tables now (zero while CDC recorded nothing).
+async fn max_lsn(client: &mut MssqlClient) -> Result<Lsn, MssqlError> {
+    let doing = "reading the CDC max LSN";
+    let row = client
+        .simple_query(MAX_LSN_QUERY)
+        .await
+        .map_err(MssqlError::query(doing))?
+        .into_row()
+        .await
+        .map_err(MssqlError::query(doing))?;
+    Ok(row
+        .and_then(|r| r.get::<&[u8], _>(0).and_then(Lsn::from_slice))
+        .unwrap_or(Lsn::ZERO))
 }
 
 /// The stream items of one reader item: the shapes not yet yielded of the tables a
