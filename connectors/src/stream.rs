@@ -395,11 +395,13 @@ impl AnyStream {
         })
     }
 
-    /// Where a MySQL/MariaDB stream stands before it delivered anything (its start); `None`
-    /// for PostgreSQL, whose slot keeps its own position, and before the binlog file is known.
+    /// Where a MySQL/MariaDB or SQL Server stream stands before it delivered anything (its
+    /// start); `None` for PostgreSQL, whose slot keeps its own position, before the binlog file
+    /// is known, and while SQL Server CDC has recorded nothing.
     pub fn start_position(&self) -> Option<Position> {
         match self {
-            AnyStream::Postgres(_) | AnyStream::Mssql(_) => None,
+            AnyStream::Postgres(_) => None,
+            AnyStream::Mssql(stream) => stream.start_position().map(Position::Mssql),
             AnyStream::Mysql(stream) => {
                 let position = stream.position();
                 (!position.file.is_empty()).then(|| Position::Mysql(position.clone()))

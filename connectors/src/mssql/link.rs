@@ -41,6 +41,7 @@ pub const MAX_WAIT: Duration = Duration::from_secs(1);
 /// A one-way link's change stream from a SQL Server database.
 pub struct MssqlLinkStream {
     stream: MssqlStream,
+    start: Option<CdcPosition>,
     source: String,
     /// Shapes not yet yielded, by table.
     shapes: HashMap<TableName, TableShape>,
@@ -102,10 +103,17 @@ impl MssqlLinkStream {
         };
         Ok(MssqlLinkStream {
             stream: MssqlStream::new(client, config, start),
+            start,
             source: source.to_owned(),
             shapes: pending,
             ready: VecDeque::new(),
         })
+    }
+
+    /// Where the stream started: the position it was given, or for a new reader the position
+    /// after the max LSN it read when it started (`None` while CDC had recorded nothing).
+    pub fn start_position(&self) -> Option<CdcPosition> {
+        self.start
     }
 
     /// The next transaction, shape or heartbeat. Cancellation safe: an item read from the
