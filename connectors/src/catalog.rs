@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use crate::mssql::{MssqlClient, MssqlError};
 use crate::mysql::MysqlError;
 use crate::postgres::PgError;
 use crate::{SiteConnection, SiteKind, TableName, TableSchema};
@@ -15,6 +16,12 @@ pub enum DescribeError {
     /// MySQL catalog access failed.
     #[error(transparent)]
     Mysql(#[from] MysqlError),
+    /// SQL Server catalog access failed.
+    #[error(transparent)]
+    Mssql(Box<MssqlError>),
+    /// What was asked is not built for this kind of site.
+    #[error(transparent)]
+    NotSupported(#[from] crate::NotSupported),
     /// A mapped table does not exist.
     #[error(
         "table {0} does not exist: create it or correct the mapping (duplex check lists what is missing)"
@@ -33,8 +40,17 @@ impl DescribeError {
         match self {
             DescribeError::Postgres(e) => e.is_transient(),
             DescribeError::Mysql(e) => e.is_transient(),
-            DescribeError::Missing(_) | DescribeError::NoPrimaryKey(_) => false,
+            DescribeError::Mssql(e) => e.is_transient(),
+            DescribeError::Missing(_)
+            | DescribeError::NoPrimaryKey(_)
+            | DescribeError::NotSupported(_) => false,
         }
+    }
+}
+
+impl From<MssqlError> for DescribeError {
+    fn from(error: MssqlError) -> DescribeError {
+        DescribeError::Mssql(Box::new(error))
     }
 }
 
@@ -42,6 +58,7 @@ impl DescribeError {
 enum Catalog {
     Postgres(tokio_postgres::Client),
     Mysql(mysql_async::Conn),
+    Mssql(Box<MssqlClient>),
 }
 
 impl Catalog {
@@ -52,6 +69,9 @@ impl Catalog {
                 Catalog::Postgres(crate::postgres::connect(&site.url, password).await?)
             }
             SiteKind::Mysql => Catalog::Mysql(crate::mysql::connect(&site.url, password).await?),
+            SiteKind::Mssql => {
+                Catalog::Mssql(Box::new(crate::mssql::connect(&site.url, password).await?))
+            }
         })
     }
 
@@ -70,10 +90,18 @@ pub async fn table_names(
     site: &SiteConnection,
     schema: &str,
 ) -> Result<Vec<String>, DescribeError> {
+    if site.kind == SiteKind::Mssql {
+        return Err(crate::NotSupported {
+            what: "a schema-wide mapping (schema.*)",
+            fix: "name each table in its own mapping",
+        }
+        .into());
+    }
     let mut catalog = Catalog::open(site).await?;
     let names = match &mut catalog {
         Catalog::Postgres(client) => crate::postgres::table_names(client, schema).await?,
         Catalog::Mysql(conn) => crate::mysql::table_names(conn, schema).await?,
+        Catalog::Mssql(_) => Vec::new(),
     };
     catalog.close().await;
     Ok(names)
@@ -94,6 +122,7 @@ pub async fn describe(
             Catalog::Mysql(conn) => crate::mysql::describe_table(conn, table)
                 .await?
                 .map(|info| info.schema),
+            Catalog::Mssql(client) => crate::mssql::route::describe_table(client, table).await?,
         };
         schemas.insert(
             table.clone(),
@@ -144,6 +173,7 @@ pub async fn collations(
     let found = match &mut catalog {
         Catalog::Postgres(client) => crate::postgres::collations(client, table).await?,
         Catalog::Mysql(conn) => crate::mysql::collations(conn, table).await?,
+        Catalog::Mssql(client) => crate::mssql::route::collations(client, table).await?,
     };
     catalog.close().await;
     Ok(found)

@@ -136,18 +136,27 @@ pub async fn target_foreign_keys(
     match site.kind {
         SiteKind::Postgres => crate::postgres::target_foreign_keys(site, tables).await,
         SiteKind::Mysql => crate::mysql::target_foreign_keys(site, tables).await,
+        SiteKind::Mssql => Err(AdminError::new(
+            "reading the foreign keys of the target tables",
+            crate::NotSupported {
+                what: "listing foreign keys (for duplex backfill's table order and duplex check)",
+                fix: "check the foreign keys of the tables duplex writes by hand: a row whose \
+                      referenced row is missing stops the link",
+            },
+        )),
     }
 }
 
 /// Reads the foreign keys declared on `tables` of a source `site` whose referential actions
 /// the site's change log does not carry (MariaDB/MySQL: InnoDB does not binlog the rows a
-/// cascade changes); empty for PostgreSQL, whose WAL logs them.
+/// cascade changes); empty for PostgreSQL, whose WAL logs them, and SQL Server, whose capture
+/// job reads the rows a cascade changes from the transaction log like any other.
 pub async fn unlogged_source_actions(
     site: &SiteConnection,
     tables: &[TableName],
 ) -> Result<Vec<ForeignKey>, AdminError> {
     match site.kind {
-        SiteKind::Postgres => Ok(Vec::new()),
+        SiteKind::Postgres | SiteKind::Mssql => Ok(Vec::new()),
         SiteKind::Mysql => Ok(crate::mysql::target_foreign_keys(site, tables)
             .await?
             .keys

@@ -122,6 +122,15 @@ impl HeadReader {
                         .await
                         .map_err(AdminError::doing(DOING))?,
                 ),
+                SiteKind::Mssql => {
+                    return Err(AdminError::new(
+                        DOING,
+                        crate::NotSupported {
+                            what: "the lag in bytes (the log head)",
+                            fix: "read the lag in time and transactions, which duplex status shows",
+                        },
+                    ));
+                }
             });
         }
         match self.connection.as_mut() {

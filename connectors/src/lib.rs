@@ -63,7 +63,7 @@ pub use change::{ChangeEvent, Op, Origin, Row, Transaction, TransactionPart};
 pub use load::AdminError;
 pub use position::{Position, PositionError, PositionKind};
 pub use schema::{Column, ShapeColumn, TableName, TableSchema, TableShape, ValueKind};
-pub use site::{SiteConnection, SiteKind};
+pub use site::{NotSupported, SiteConnection, SiteKind};
 pub use snapshot::{
     AnySnapshot, IntegerSpan, KeyRange, SnapshotError, SnapshotRead, SourceSnapshot,
 };

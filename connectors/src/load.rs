@@ -43,6 +43,9 @@ pub async fn table_is_empty(site: &SiteConnection, table: &TableName) -> Result<
     match site.kind {
         SiteKind::Postgres => crate::postgres::table_is_empty(site, table).await,
         SiteKind::Mysql => crate::mysql::table_is_empty(site, table).await,
+        SiteKind::Mssql => Err(backfill_not_supported(
+            "checking that a target table is empty",
+        )),
     }
 }
 
@@ -52,6 +55,7 @@ pub async fn delete_positions_like(site: &SiteConnection, pattern: &str) -> Resu
     match site.kind {
         SiteKind::Postgres => crate::postgres::delete_positions_like(site, pattern).await,
         SiteKind::Mysql => crate::mysql::delete_positions_like(site, pattern).await,
+        SiteKind::Mssql => Err(backfill_not_supported("deleting backfill markers")),
     }
 }
 
@@ -61,6 +65,7 @@ pub async fn delete_position(site: &SiteConnection, source: &str) -> Result<(), 
     match site.kind {
         SiteKind::Postgres => crate::postgres::delete_position(site, source).await,
         SiteKind::Mysql => crate::mysql::delete_position(site, source).await,
+        SiteKind::Mssql => Err(backfill_not_supported("deleting a position row")),
     }
 }
 
@@ -69,6 +74,7 @@ pub async fn position_sources(site: &SiteConnection) -> Result<Vec<String>, Admi
     match site.kind {
         SiteKind::Postgres => crate::postgres::position_sources(site).await,
         SiteKind::Mysql => crate::mysql::position_sources(site).await,
+        SiteKind::Mssql => crate::mssql::positions::position_sources(site).await,
     }
 }
 
@@ -82,5 +88,17 @@ pub async fn rename_position(
     match site.kind {
         SiteKind::Postgres => crate::postgres::rename_position(site, from, to).await,
         SiteKind::Mysql => crate::mysql::rename_position(site, from, to).await,
+        SiteKind::Mssql => crate::mssql::positions::rename_position(site, from, to).await,
     }
+}
+
+/// Why a backfill step cannot run on a SQL Server site.
+fn backfill_not_supported(doing: &'static str) -> AdminError {
+    AdminError::new(
+        doing,
+        crate::NotSupported {
+            what: "duplex backfill into a SQL Server target",
+            fix: "copy the tables with your own tools, then start duplex run",
+        },
+    )
 }

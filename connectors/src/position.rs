@@ -12,6 +12,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::SiteKind;
+use crate::mssql::CdcPosition;
 use crate::mysql::BinlogPosition;
 use crate::postgres::Lsn;
 
@@ -22,6 +23,9 @@ pub enum Position {
     Postgres(Lsn),
     /// MySQL/MariaDB binlog file and offset, with the GTID where the server has one.
     Mysql(BinlogPosition),
+    /// SQL Server CDC: the commit LSN (and, inside a transaction delivered in parts, the
+    /// sequence value) of the last change delivered.
+    Mssql(CdcPosition),
     /// A sequence number of the merge engine's outbox for one site: the writes duplex queued
     /// for that site, numbered from 1 in the order they are written.
     Outbox(u64),
@@ -73,6 +77,7 @@ impl Position {
         match self {
             Position::Postgres(_) => PositionKind::Log(SiteKind::Postgres),
             Position::Mysql(_) => PositionKind::Log(SiteKind::Mysql),
+            Position::Mssql(_) => PositionKind::Log(SiteKind::Mssql),
             Position::Outbox(_) => PositionKind::Outbox,
         }
     }
@@ -82,6 +87,7 @@ impl Position {
         match (self, other) {
             (Position::Postgres(a), Position::Postgres(b)) => Ok(a.cmp(b)),
             (Position::Mysql(a), Position::Mysql(b)) => a.compare(b),
+            (Position::Mssql(a), Position::Mssql(b)) => Ok(a.cmp(b)),
             (Position::Outbox(a), Position::Outbox(b)) => Ok(a.cmp(b)),
             _ => Err(PositionError::KindMismatch {
                 left: self.kind(),
@@ -96,6 +102,7 @@ impl fmt::Display for Position {
         match self {
             Position::Postgres(lsn) => write!(f, "{lsn}"),
             Position::Mysql(pos) => write!(f, "{pos}"),
+            Position::Mssql(pos) => write!(f, "{pos}"),
             Position::Outbox(seq) => write!(f, "outbox #{seq}"),
         }
     }
@@ -117,5 +124,40 @@ mod tests {
             })
         );
         assert_eq!(pg.compare(&Position::Postgres(Lsn(11))), Ok(Ordering::Less));
+    }
+
+    fn cdc(commit: &str, seqval: Option<&str>) -> Position {
+        Position::Mssql(CdcPosition {
+            commit_lsn: commit.parse().unwrap(),
+            seqval: seqval.map(|s| s.parse().unwrap()),
+        })
+    }
+
+    #[test]
+    fn sql_server_positions_order_by_commit_then_change_and_refuse_other_kinds() {
+        let whole = cdc("0000002A:000001B8:0003", None);
+        let part = cdc("0000002A:000001B8:0003", Some("0000002A:000001B0:0001"));
+        let later = cdc("0000002B:00000010:0001", None);
+        assert_eq!(part.compare(&whole), Ok(Ordering::Less));
+        assert_eq!(whole.compare(&later), Ok(Ordering::Less));
+        assert_eq!(
+            whole.compare(&Position::Postgres(Lsn(1))),
+            Err(PositionError::KindMismatch {
+                left: PositionKind::Log(SiteKind::Mssql),
+                right: PositionKind::Log(SiteKind::Postgres)
+            })
+        );
+        assert_eq!(whole.to_string(), "0000002A:000001B8:0003");
+    }
+
+    #[test]
+    fn sql_server_positions_round_trip_through_json() {
+        for position in [
+            cdc("0000002A:000001B8:0003", None),
+            cdc("FFFFFFFF:FFFFFFFF:FFFF", Some("00000000:00000000:0001")),
+        ] {
+            let json = serde_json::to_string(&position).unwrap();
+            assert_eq!(serde_json::from_str::<Position>(&json).unwrap(), position);
+        }
     }
 }

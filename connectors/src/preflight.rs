@@ -6,6 +6,7 @@
 
 use std::fmt;
 
+use crate::mssql::MssqlError;
 use crate::mysql::MysqlError;
 use crate::postgres::PgError;
 use crate::{SiteConnection, SiteKind, TableName, TableSchema};
@@ -167,6 +168,9 @@ pub enum PreflightError {
     /// On MySQL/MariaDB.
     #[error(transparent)]
     Mysql(#[from] MysqlError),
+    /// On SQL Server.
+    #[error(transparent)]
+    Mssql(#[from] MssqlError),
 }
 
 /// One item of a site's check: a finding, or a probe that could not finish.
@@ -178,7 +182,8 @@ pub type Probe = Result<Finding, PreflightError>;
 /// it is checked, so a caller that gives up waiting keeps what was read until then.
 ///
 /// PostgreSQL: a server probe that fails ends the check (the table checks need the same
-/// catalogs); MySQL/MariaDB: the tables are checked regardless.
+/// catalogs); MySQL/MariaDB and SQL Server: the tables are checked regardless (a SQL Server
+/// table only written into needs no capture instance).
 pub async fn check_site(
     site: &SiteConnection,
     tables: &[(TableName, TableUse)],
@@ -234,6 +239,32 @@ pub async fn check_site(
             }
             if let Err(error) = conn.disconnect().await {
                 tracing::debug!(%error, "closing the MySQL check connection");
+            }
+        }
+        SiteKind::Mssql => {
+            use crate::mssql::preflight as mssql;
+            let mut client = crate::mssql::connect(&site.url, password).await?;
+            match mssql::probe_server(&mut client).await {
+                Ok(server) => items.extend(mssql::check_server(&server).into_iter().map(Ok)),
+                Err(error) => items.push(Err(error.into())),
+            }
+            for (table, usage) in tables {
+                match mssql::probe_table(&mut client, table).await {
+                    Ok(None) => items.push(Ok(Finding::fail(
+                        format!("table {table} does not exist"),
+                        "create it, or correct the table name in the mapping",
+                    ))),
+                    Ok(Some(facts)) => {
+                        let findings = if usage.read {
+                            mssql::check_table(&facts)
+                        } else {
+                            mssql::check_target_table(&facts)
+                        };
+                        items.extend(findings.into_iter().map(Ok));
+                        found.push((table.clone(), crate::mssql::route::schema_of(&facts)));
+                    }
+                    Err(error) => items.push(Err(error.into())),
+                }
             }
         }
     }

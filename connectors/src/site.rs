@@ -12,14 +12,26 @@ pub enum SiteKind {
     Postgres,
     /// MySQL 8 or MariaDB 10.5 or newer (row-based binlog).
     Mysql,
+    /// SQL Server 2016 or newer (CDC change tables).
+    Mssql,
 }
 
 impl SiteKind {
+    /// The name a person reads in a message: `SQL Server` for [`SiteKind::Mssql`].
+    pub fn display_name(self) -> &'static str {
+        match self {
+            SiteKind::Postgres => "PostgreSQL",
+            SiteKind::Mysql => "MySQL/MariaDB",
+            SiteKind::Mssql => "SQL Server",
+        }
+    }
+
     /// The name used in configuration files and messages.
     pub fn name(self) -> &'static str {
         match self {
             SiteKind::Postgres => "postgres",
             SiteKind::Mysql => "mysql",
+            SiteKind::Mssql => "mssql",
         }
     }
 }
@@ -28,6 +40,17 @@ impl fmt::Display for SiteKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
+}
+
+/// Something a command needs of a site that is not built for SQL Server sites yet: says what
+/// and what to do instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} is not supported for SQL Server sites yet: {fix}")]
+pub struct NotSupported {
+    /// The command, or what part of it.
+    pub what: &'static str,
+    /// What to do instead.
+    pub fix: &'static str,
 }
 
 /// How to reach one site: what every per-kind reader, applier and snapshot reader is given.

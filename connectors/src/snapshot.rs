@@ -164,6 +164,9 @@ pub enum SnapshotError {
     /// On MySQL/MariaDB.
     #[error(transparent)]
     Mysql(#[from] MysqlSnapshotError),
+    /// What was asked is not built for this kind of site.
+    #[error(transparent)]
+    NotSupported(#[from] crate::NotSupported),
     /// Preparing the source for the snapshot failed (PostgreSQL: publication and slot).
     #[error(transparent)]
     Admin(#[from] AdminError),
@@ -178,7 +181,9 @@ impl SnapshotError {
         match self {
             SnapshotError::Postgres(e) => e.is_transient(),
             SnapshotError::Mysql(e) => e.is_transient(),
-            SnapshotError::Admin(_) | SnapshotError::Refused(_) => false,
+            SnapshotError::Admin(_)
+            | SnapshotError::Refused(_)
+            | SnapshotError::NotSupported(_) => false,
         }
     }
 }
@@ -252,6 +257,14 @@ impl SourceSnapshot {
                     conn: Arc::new(Mutex::new(snapshot)),
                 }
             }
+            SiteKind::Mssql => {
+                return Err(crate::NotSupported {
+                    what: "duplex backfill (a snapshot of a SQL Server source)",
+                    fix: "copy the tables with your own tools, then start duplex run, which reads \
+                          on from the current end of the change tables",
+                }
+                .into());
+            }
         })
     }
 
@@ -309,6 +322,13 @@ impl AnySnapshot {
             SiteKind::Mysql => AnySnapshot::Mysql(Arc::new(Mutex::new(
                 MysqlSnapshot::open_reader(&site.url, site.password()).await?,
             ))),
+            SiteKind::Mssql => {
+                return Err(crate::NotSupported {
+                    what: "reading rows in a snapshot (duplex backfill and duplex verify)",
+                    fix: "compare or copy the tables with your own tools",
+                }
+                .into());
+            }
         })
     }
 

@@ -33,6 +33,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::mssql::{MssqlLinkStream, MssqlStreamError};
 use crate::mysql::{MysqlStream, MysqlStreamConfig, MysqlStreamError, StartPosition};
 use crate::postgres::{self, PgStream, PgStreamConfig, PgStreamError};
 use crate::{
@@ -78,6 +79,12 @@ pub enum StreamError {
     /// The MySQL/MariaDB binlog stream failed.
     #[error(transparent)]
     Mysql(#[from] MysqlStreamError),
+    /// The SQL Server CDC reader failed.
+    #[error(transparent)]
+    Mssql(#[from] MssqlStreamError),
+    /// What was asked of the stream is not built for this kind of site.
+    #[error(transparent)]
+    NotSupported(#[from] crate::NotSupported),
     /// The position to resume from belongs to another kind of database.
     #[error(
         "the recorded position {0} does not belong to a {1} source: the duplex bookkeeping of this link is inconsistent"
@@ -91,7 +98,8 @@ impl StreamError {
         match self {
             StreamError::Postgres(e) => e.is_transient(),
             StreamError::Mysql(e) => e.is_transient(),
-            StreamError::ForeignPosition(..) => false,
+            StreamError::Mssql(e) => e.is_transient(),
+            StreamError::ForeignPosition(..) | StreamError::NotSupported(_) => false,
         }
     }
 
@@ -128,7 +136,8 @@ impl StreamError {
         match self {
             StreamError::Postgres(e) => e.is_position_lost(),
             StreamError::Mysql(e) => matches!(e, MysqlStreamError::PositionPurged { .. }),
-            StreamError::ForeignPosition(..) => false,
+            StreamError::Mssql(e) => e.is_position_lost(),
+            StreamError::ForeignPosition(..) | StreamError::NotSupported(_) => false,
         }
     }
 }
@@ -271,6 +280,8 @@ pub enum AnyStream {
     Postgres(Box<PgStream>),
     /// MySQL/MariaDB binlog.
     Mysql(Box<MysqlStream>),
+    /// SQL Server CDC change tables (one-way links only).
+    Mssql(Box<MssqlLinkStream>),
 }
 
 impl AnyStream {
@@ -347,6 +358,31 @@ impl AnyStream {
                     MysqlStream::start(config).await?,
                 )))
             }
+            SiteKind::Mssql => {
+                if merge {
+                    return Err(crate::NotSupported {
+                        what: "two-way replication (the merge engine reading echo markers)",
+                        fix: "map the table one way (direction = \"<site>-><site>\")",
+                    }
+                    .into());
+                }
+                let start = match start {
+                    None => None,
+                    Some(Position::Mssql(position)) => Some(position),
+                    Some(other) => return Err(StreamError::ForeignPosition(other, site.kind)),
+                };
+                Ok(AnyStream::Mssql(Box::new(
+                    MssqlLinkStream::start(
+                        &site.url,
+                        password.as_deref(),
+                        &source,
+                        &tables,
+                        start,
+                        shapes,
+                    )
+                    .await?,
+                )))
+            }
         }
     }
 
@@ -355,14 +391,17 @@ impl AnyStream {
         Ok(match self {
             AnyStream::Postgres(stream) => stream.next().await?,
             AnyStream::Mysql(stream) => stream.next().await?,
+            AnyStream::Mssql(stream) => stream.next().await?,
         })
     }
 
-    /// Where a MySQL/MariaDB stream stands before it delivered anything (its start); `None`
-    /// for PostgreSQL, whose slot keeps its own position, and before the binlog file is known.
+    /// Where a MySQL/MariaDB or SQL Server stream stands before it delivered anything (its
+    /// start); `None` for PostgreSQL, whose slot keeps its own position, before the binlog file
+    /// is known, and while SQL Server CDC has recorded nothing.
     pub fn start_position(&self) -> Option<Position> {
         match self {
             AnyStream::Postgres(_) => None,
+            AnyStream::Mssql(stream) => stream.start_position().map(Position::Mssql),
             AnyStream::Mysql(stream) => {
                 let position = stream.position();
                 (!position.file.is_empty()).then(|| Position::Mysql(position.clone()))
@@ -385,13 +424,13 @@ impl AnyStream {
                     .collect(),
                 stream.unpublished().to_vec(),
             ),
-            AnyStream::Mysql(_) => (Vec::new(), Vec::new()),
+            AnyStream::Mysql(_) | AnyStream::Mssql(_) => (Vec::new(), Vec::new()),
         }
     }
 
     /// Tells the source that every target has committed everything up to `position`, so it
     /// may release its log before it (PostgreSQL: the slot's flush position; the MySQL binlog
-    /// is kept by the server's own retention).
+    /// and SQL Server's change tables are kept by the server's own retention).
     pub fn ack(&self, position: &Position) {
         if let (AnyStream::Postgres(stream), Position::Postgres(lsn)) = (self, position) {
             stream.ack(*lsn);
@@ -407,6 +446,7 @@ impl AnyStream {
                 }
             }
             AnyStream::Mysql(stream) => stream.shutdown().await,
+            AnyStream::Mssql(_) => {}
         }
     }
 }

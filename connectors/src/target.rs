@@ -3,6 +3,7 @@
 
 use crate::apply::{Applier, ApplyError, ApplyOptions, SkippedWrite, TableRoute, WriterClaim};
 use crate::bulk::{BulkRows, BulkShape};
+use crate::mssql::MssqlApplier;
 use crate::mysql::MysqlApplier;
 use crate::postgres::PgApplier;
 use crate::{Position, SiteConnection, SiteKind, Transaction, TransactionPart};
@@ -13,6 +14,8 @@ pub enum AnyApplier {
     Postgres(Box<PgApplier>),
     /// Into MySQL/MariaDB.
     Mysql(Box<MysqlApplier>),
+    /// Into SQL Server.
+    Mssql(Box<MssqlApplier>),
 }
 
 impl AnyApplier {
@@ -30,6 +33,14 @@ impl AnyApplier {
             SiteKind::Mysql => AnyApplier::Mysql(Box::new(
                 MysqlApplier::connect(&site.url, password, routes, options).await?,
             )),
+            SiteKind::Mssql => {
+                let mut client = crate::mssql::connect(&site.url, password).await?;
+                let routes = crate::mssql::route::resolve_routes(&mut client, &routes).await?;
+                drop(client);
+                AnyApplier::Mssql(Box::new(
+                    crate::mssql::mssql_applier(&site.url, password, routes, options).await?,
+                ))
+            }
         })
     }
 
@@ -40,6 +51,7 @@ impl AnyApplier {
         match self {
             AnyApplier::Postgres(applier) => applier.load(txn).await,
             AnyApplier::Mysql(applier) => applier.apply(std::slice::from_ref(txn)).await,
+            AnyApplier::Mssql(applier) => applier.load(txn).await,
         }
     }
 
@@ -50,6 +62,7 @@ impl AnyApplier {
         match self {
             AnyApplier::Postgres(applier) => applier.takes_bulk(shape).await,
             AnyApplier::Mysql(applier) => applier.takes_bulk(shape).await,
+            AnyApplier::Mssql(applier) => applier.takes_bulk(shape).await,
         }
     }
 
@@ -63,6 +76,7 @@ impl AnyApplier {
         match self {
             AnyApplier::Postgres(applier) => applier.load_bulk(marker, rows).await,
             AnyApplier::Mysql(applier) => applier.load_bulk(marker, rows).await,
+            AnyApplier::Mssql(applier) => applier.load_bulk(marker, rows).await,
         }
     }
 
@@ -76,6 +90,7 @@ impl AnyApplier {
         match self {
             AnyApplier::Postgres(applier) => applier.claim(claim, take_over_from).await,
             AnyApplier::Mysql(applier) => applier.claim(claim, take_over_from).await,
+            AnyApplier::Mssql(applier) => applier.claim(claim, take_over_from).await,
         }
     }
 
@@ -88,6 +103,7 @@ impl AnyApplier {
         match self {
             AnyApplier::Postgres(applier) => applier.locate_refusal(txn).await,
             AnyApplier::Mysql(applier) => applier.locate_refusal(txn).await,
+            AnyApplier::Mssql(applier) => applier.locate_refusal(txn).await,
         }
     }
 
@@ -97,6 +113,7 @@ impl AnyApplier {
         match self {
             AnyApplier::Postgres(applier) => applier.take_skipped(),
             AnyApplier::Mysql(applier) => applier.take_skipped(),
+            AnyApplier::Mssql(applier) => applier.take_skipped(),
         }
     }
 }
@@ -106,6 +123,7 @@ impl Applier for AnyApplier {
         match self {
             AnyApplier::Postgres(applier) => applier.apply(batch).await,
             AnyApplier::Mysql(applier) => applier.apply(batch).await,
+            AnyApplier::Mssql(applier) => applier.apply(batch).await,
         }
     }
 
@@ -113,6 +131,7 @@ impl Applier for AnyApplier {
         match self {
             AnyApplier::Postgres(applier) => applier.apply_part(part).await,
             AnyApplier::Mysql(applier) => applier.apply_part(part).await,
+            AnyApplier::Mssql(applier) => applier.apply_part(part).await,
         }
     }
 
@@ -120,6 +139,7 @@ impl Applier for AnyApplier {
         match self {
             AnyApplier::Postgres(applier) => applier.position(source).await,
             AnyApplier::Mysql(applier) => applier.position(source).await,
+            AnyApplier::Mssql(applier) => applier.position(source).await,
         }
     }
 }

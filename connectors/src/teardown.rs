@@ -134,7 +134,7 @@ pub fn sort_rows(
 pub async fn slots(site: &SiteConnection) -> Result<Vec<Slot>, AdminError> {
     match site.kind {
         SiteKind::Postgres => crate::postgres::teardown::duplex_slots(site).await,
-        SiteKind::Mysql => Ok(Vec::new()),
+        SiteKind::Mysql | SiteKind::Mssql => Ok(Vec::new()),
     }
 }
 
@@ -145,7 +145,7 @@ pub fn slot_names(site: &SiteConnection) -> Vec<String> {
         SiteKind::Postgres => std::iter::once(crate::postgres::slot_name(site))
             .chain(crate::postgres::legacy_slot_name(site))
             .collect(),
-        SiteKind::Mysql => Vec::new(),
+        SiteKind::Mysql | SiteKind::Mssql => Vec::new(),
     }
 }
 
@@ -164,6 +164,7 @@ pub async fn find(site: &SiteConnection, deployment: &str) -> Result<Leftovers, 
                 leftovers
             },
         ),
+        SiteKind::Mssql => Err(not_supported()),
     }
 }
 
@@ -177,7 +178,21 @@ pub async fn remove(
     match site.kind {
         SiteKind::Postgres => crate::postgres::teardown::remove(site, leftovers).await,
         SiteKind::Mysql => crate::mysql::teardown::remove(site, leftovers).await,
+        SiteKind::Mssql => Err(not_supported()),
     }
+}
+
+/// Why teardown cannot run on a SQL Server site.
+fn not_supported() -> AdminError {
+    AdminError::new(
+        "finding what duplex left on the site",
+        crate::NotSupported {
+            what: "duplex teardown",
+            fix: "tear down the other sites one at a time (duplex teardown --site <name>), \
+                  and drop the duplex schema (duplex.positions, duplex.claims) of the SQL \
+                  Server site by hand once no link writes there",
+        },
+    )
 }
 
 #[cfg(test)]

@@ -300,22 +300,30 @@ pub fn rules(from: SiteKind, to: SiteKind) -> Option<&'static [TypeRule]> {
     match (from, to) {
         (SiteKind::Postgres, SiteKind::Mysql) => Some(POSTGRES_TO_MYSQL),
         (SiteKind::Mysql, SiteKind::Postgres) => Some(MYSQL_TO_POSTGRES),
+        (SiteKind::Mssql, SiteKind::Postgres) => Some(crate::mssql::typemap::MSSQL_TO_POSTGRES),
+        (SiteKind::Postgres, SiteKind::Mssql) => Some(crate::mssql::typemap::POSTGRES_TO_MSSQL),
         _ => None,
     }
 }
 
 /// Whether a source kind can read a base type at all (the types its reader decodes).
 pub fn readable(kind: SiteKind, type_name: &str) -> bool {
-    let table = match kind {
-        SiteKind::Postgres => POSTGRES_TO_MYSQL,
-        SiteKind::Mysql => MYSQL_TO_POSTGRES,
-    };
-    table
+    source_table(kind)
         .iter()
         .any(|r| r.source == type_name && !matches!(r.fidelity, Fidelity::Refused(_)))
         || SAME_KIND_ONLY
             .iter()
             .any(|(k, t, _)| *k == kind && *t == type_name)
+}
+
+/// The rules of the types a kind's reader reads, from one of its tables (each lists every
+/// source type the reader decodes).
+fn source_table(kind: SiteKind) -> &'static [TypeRule] {
+    match kind {
+        SiteKind::Postgres => POSTGRES_TO_MYSQL,
+        SiteKind::Mysql => MYSQL_TO_POSTGRES,
+        SiteKind::Mssql => crate::mssql::typemap::MSSQL_TO_POSTGRES,
+    }
 }
 
 /// A PostgreSQL array column declared with more than one dimension (`int[][]`).
@@ -387,6 +395,13 @@ pub fn judge(from: SiteKind, source: &Column, to: SiteKind, target: &Column) -> 
         return refusal;
     }
     let Some(table) = rules(from, to) else {
+        if from != to {
+            return ColumnVerdict::Refused(format!(
+                "no type mapping between {from} and {to} is built yet: map SQL Server tables \
+                 with PostgreSQL ({} -> {})",
+                source.declared, target.declared
+            ));
+        }
         return judge_same_kind(from, source, target);
     };
     let Some(rule) = table.iter().find(|r| r.source == source.type_name) else {
@@ -429,11 +444,7 @@ pub fn judge(from: SiteKind, source: &Column, to: SiteKind, target: &Column) -> 
 
 fn judge_same_kind(kind: SiteKind, source: &Column, target: &Column) -> ColumnVerdict {
     if !readable(kind, &source.type_name) {
-        let table = match kind {
-            SiteKind::Postgres => POSTGRES_TO_MYSQL,
-            SiteKind::Mysql => MYSQL_TO_POSTGRES,
-        };
-        let reason = table
+        let reason = source_table(kind)
             .iter()
             .find_map(|r| match r.fidelity {
                 Fidelity::Refused(why) if r.source == source.type_name => Some(why),
@@ -469,6 +480,14 @@ pub fn render_markdown() -> String {
     for (title, table) in [
         ("PostgreSQL -> MySQL/MariaDB", POSTGRES_TO_MYSQL),
         ("MySQL/MariaDB -> PostgreSQL", MYSQL_TO_POSTGRES),
+        (
+            "SQL Server -> PostgreSQL",
+            crate::mssql::typemap::MSSQL_TO_POSTGRES,
+        ),
+        (
+            "PostgreSQL -> SQL Server",
+            crate::mssql::typemap::POSTGRES_TO_MSSQL,
+        ),
     ] {
         out.push_str(&format!(
             "\n## {title}\n\n| source type | target types (first recommended) | fidelity |\n|---|---|---|\n"
@@ -503,9 +522,10 @@ pub fn render_markdown() -> String {
          dimensions or another lower bound stops the link naming table, column and key.\n",
     );
     out.push_str(
-        "\n## SQL Server (not wired yet)\n\nThe conversions `connectors/src/mssql/types.rs` \
-         makes; no link reads or writes SQL Server yet, and none of this has run against a real \
-         SQL Server.\n\n| SQL Server type | canonical | PostgreSQL | MySQL/MariaDB | fidelity |\n\
+        "\n## SQL Server values\n\nThe conversions `connectors/src/mssql/types.rs` \
+         makes (one-way links between SQL Server and PostgreSQL are wired; none of this has run \
+         against a real SQL Server yet, and no mapping between SQL Server and MySQL/MariaDB is \
+         built).\n\n| SQL Server type | canonical | PostgreSQL | MySQL/MariaDB | fidelity |\n\
          |---|---|---|---|---|\n",
     );
     for (sqlserver, canonical, postgres, mysql, how) in crate::mssql::TYPE_TABLE {

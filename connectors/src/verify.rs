@@ -22,15 +22,22 @@ pub async fn recorded_position(
     match site.kind {
         SiteKind::Postgres => crate::postgres::recorded_position(site, source).await,
         SiteKind::Mysql => crate::mysql::recorded_position(site, source).await,
+        SiteKind::Mssql => Err(AdminError::new(
+            "reading the position a target recorded",
+            crate::NotSupported {
+                what: "duplex verify",
+                fix: "compare the tables with your own tools",
+            },
+        )),
     }
 }
 
 /// The position up to which every target of the source `site` has committed, as the source
-/// itself knows it: PostgreSQL, duplex's slot's confirmed position; MySQL/MariaDB keep no such
-/// thing on the server (`None`).
+/// itself knows it: PostgreSQL, duplex's slot's confirmed position; MySQL/MariaDB and SQL
+/// Server keep no such thing on the server (`None`).
 pub async fn confirmed_position(site: &SiteConnection) -> Result<Option<Position>, AdminError> {
     match site.kind {
         SiteKind::Postgres => crate::postgres::confirmed_position(site).await,
-        SiteKind::Mysql => Ok(None),
+        SiteKind::Mysql | SiteKind::Mssql => Ok(None),
     }
 }

@@ -441,6 +441,14 @@ pub async fn backfill(config: &Config, options: &BackfillOptions) -> Result<(), 
     let selected = selection(config, options).map_err(BackfillError::Invalid)?;
     let mut by_source: BTreeMap<String, Vec<&Mapping>> = BTreeMap::new();
     for mapping in selected {
+        if let Some(site) = config.sql_server_site(mapping) {
+            return Err(BackfillError::Invalid(format!(
+                "mapping {} has the SQL Server site {site}: duplex backfill is not supported for \
+                 SQL Server sites yet; copy its tables with your own tools, then start duplex run \
+                 (a new link reads on from the current end of the SQL Server change tables)",
+                mapping.name
+            )));
+        }
         if !mapping.values.is_empty() {
             return Err(BackfillError::Invalid(format!(
                 "mapping {} has value maps ([mappings.values]), which a backfill does not translate yet: fill its tables with the sites' own codes by other means, or remove the value maps for the copy",

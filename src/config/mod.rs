@@ -402,6 +402,20 @@ fn default_conflict() -> String {
 }
 
 impl Config {
+    /// The first SQL Server site of `mapping`, for the commands not built for SQL Server sites
+    /// yet (backfill, verify) to refuse it up front.
+    pub fn sql_server_site<'a>(&self, mapping: &'a Mapping) -> Option<&'a str> {
+        mapping
+            .tables
+            .keys()
+            .find(|site| {
+                self.sites
+                    .get(*site)
+                    .is_some_and(|s| s.kind == SiteKind::Mssql)
+            })
+            .map(String::as_str)
+    }
+
     /// Reads and validates a config file. Relative `state.dir` and `password_file` paths are
     /// taken relative to the file's directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {

@@ -71,30 +71,30 @@ pub(super) fn validate_site(
     let kind = match raw.kind.as_str() {
         "postgres" | "postgresql" => Some(SiteKind::Postgres),
         "mysql" | "mariadb" => Some(SiteKind::Mysql),
-        "mssql" | "sqlserver" => {
-            if let Err(error) = duplex_connectors::mssql::MssqlUrl::parse(&raw.url, None) {
-                report(format!("{field}.url"), error.to_string());
-            }
-            report(
-                format!("{field}.kind"),
-                "SQL Server is not supported yet as a source or a target: duplex reads its URL, \
-                 LSNs and types, but no link reads or writes SQL Server yet; only \"postgres\" \
-                 and \"mysql\" (MySQL and MariaDB) are"
-                    .into(),
-            );
-            None
-        }
+        "mssql" | "sqlserver" => Some(SiteKind::Mssql),
         other => {
             report(
                 format!("{field}.kind"),
                 format!(
-                    "unknown kind {other:?}: use \"postgres\" or \"mysql\" (for MySQL and MariaDB)"
+                    "unknown kind {other:?}: use \"postgres\", \"mysql\" (for MySQL and MariaDB) \
+                     or \"mssql\" (SQL Server)"
                 ),
             );
             None
         }
     };
     let url_ok = match (kind, url::Url::parse(&raw.url)) {
+        // The SQL Server URL parser names every problem itself (scheme, host, user, database,
+        // encryption parameters).
+        (Some(SiteKind::Mssql), _) => {
+            match duplex_connectors::mssql::MssqlUrl::parse(&raw.url, None) {
+                Ok(_) => true,
+                Err(error) => {
+                    report(format!("{field}.url"), error.to_string());
+                    false
+                }
+            }
+        }
         (_, Err(e)) => {
             report(
                 format!("{field}.url"),
@@ -109,6 +109,7 @@ pub(super) fn validate_site(
             let schemes: &[&str] = match kind {
                 SiteKind::Postgres => &["postgres", "postgresql"],
                 SiteKind::Mysql => &["mysql"],
+                SiteKind::Mssql => &["mssql", "sqlserver"],
             };
             let mut ok = true;
             if !schemes.contains(&url.scheme()) {
@@ -147,6 +148,7 @@ pub(super) fn validate_site(
                 SiteKind::Mysql => duplex_connectors::mysql::split_url(&raw.url)
                     .err()
                     .map(|e| e.to_string()),
+                SiteKind::Mssql => None,
             };
             if let Some(message) = tls {
                 report(format!("{field}.url"), message);
@@ -451,6 +453,9 @@ pub(super) fn validate_mapping(
         raw.direction == "both",
         &mut |at, message| report(at, message),
     );
+    if !sql_server_fits(field, raw, sites, wildcard > 0, report) {
+        valid = false;
+    }
     let (direction, conflict, on_error) = (direction?, conflict?, on_error?);
     let (column_conflict, values, filters) = (column_conflict?, values?, filters?);
     valid.then(|| Mapping {
@@ -466,6 +471,73 @@ pub(super) fn validate_mapping(
         on_error,
         pattern,
     })
+}
+
+/// Refuses what a mapping with a SQL Server site asks that is not built for SQL Server yet:
+/// two-way replication (the merge engine reads echo markers and writes conditionally, neither
+/// wired for SQL Server), schema-wide mappings (listing a schema's tables), and mappings with
+/// MySQL/MariaDB sites (no type mapping between them). True when nothing was refused.
+fn sql_server_fits(
+    field: &str,
+    raw: &RawMapping,
+    sites: &IndexMap<String, RawSite>,
+    schema_wide: bool,
+    report: &mut impl FnMut(String, String),
+) -> bool {
+    let kind_of = |site: &String| sites.get(site).map(|s| s.kind.as_str());
+    let is_mssql = |site: &&String| matches!(kind_of(site), Some("mssql" | "sqlserver"));
+    let Some(mssql) = raw.tables.keys().find(is_mssql) else {
+        return true;
+    };
+    let mut fits = true;
+    if raw.direction == "both" {
+        report(
+            format!("{field}.direction"),
+            format!(
+                "a two-way mapping (direction = \"both\") is not supported for SQL Server sites \
+                 yet ({mssql} is one): the merge engine's echo markers and conditional writes \
+                 are not wired for SQL Server; map the table one way, e.g. \"{}\"",
+                one_way_example(raw, mssql)
+            ),
+        );
+        fits = false;
+    }
+    if schema_wide {
+        report(
+            format!("{field}.tables"),
+            format!(
+                "a schema-wide mapping (\"schema.*\") is not supported for SQL Server sites yet \
+                 ({mssql} is one): name each table in a mapping of its own"
+            ),
+        );
+        fits = false;
+    }
+    if let Some(mysql) = raw
+        .tables
+        .keys()
+        .find(|s| matches!(kind_of(s), Some("mysql" | "mariadb")))
+    {
+        report(
+            format!("{field}.tables"),
+            format!(
+                "a mapping between a SQL Server site ({mssql}) and a MySQL/MariaDB site ({mysql}) \
+                 is not supported yet (no type mapping between them is built): map SQL Server \
+                 tables with PostgreSQL sites"
+            ),
+        );
+        fits = false;
+    }
+    fits
+}
+
+/// `<mssql>-><other site>` for a message.
+fn one_way_example(raw: &RawMapping, mssql: &str) -> String {
+    let other = raw
+        .tables
+        .keys()
+        .find(|s| *s != mssql)
+        .map_or("<target>", String::as_str);
+    format!("{mssql}->{other}")
 }
 
 fn names<'a>(names: impl Iterator<Item = &'a String>) -> String {

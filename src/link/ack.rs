@@ -160,4 +160,23 @@ mod tests {
         let mut unacked = VecDeque::from([(1, at(10)), (1, at(9))]);
         acknowledgeable(&mut unacked, 1);
     }
+
+    #[test]
+    fn a_sql_server_position_round_trips_through_the_state_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = duplex_state::StateStore::open(dir.path()).unwrap();
+        let position = Position::Mssql(duplex_connectors::mssql::CdcPosition {
+            commit_lsn: "0000002A:000001B8:0003".parse().unwrap(),
+            seqval: Some("0000002A:000001B0:0001".parse().unwrap()),
+        });
+        store
+            .save_position(&acknowledged_key("erp"), &position)
+            .unwrap();
+        assert_eq!(
+            store
+                .position::<Position>(&acknowledged_key("erp"))
+                .unwrap(),
+            Some(position)
+        );
+    }
 }

@@ -258,6 +258,17 @@ fn select<'a>(
         }
     }
     let selected: Vec<&Mapping> = expanded.mappings.iter().filter(|m| chosen(m)).collect();
+    if let Some((mapping, site)) = selected
+        .iter()
+        .find_map(|m| expanded.sql_server_site(m).map(|site| (m, site)))
+    {
+        return Err(VerifyError::Invalid(format!(
+            "mapping {} has the SQL Server site {site}: duplex verify is not supported for SQL \
+             Server sites yet; compare its tables with your own tools, and name the other \
+             mappings with --mapping",
+            mapping.name
+        )));
+    }
     if let Some(one_way) = selected
         .iter()
         .find(|m| take.is_some() && !matches!(m.direction, Direction::Both))

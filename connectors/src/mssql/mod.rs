@@ -3,26 +3,39 @@
 //! reader built on them ([`MssqlStream`]), the applier ([`MssqlApplier`]: the shared
 //! exactly-once protocol over a SQL Server session), the URL and connecting.
 //!
-//! Not yet wired: no link reads from or writes into SQL Server, and [`crate::SiteKind`] has
-//! no SQL Server kind. The configuration refuses `kind = "mssql"` with that message, so
-//! nothing fails deep in a run. Nothing here has run against a real SQL Server yet; the
-//! server tests in `connectors/tests/mssql.rs` run when `DUPLEX_TEST_MSSQL_URL` is set.
+//! Wired as [`crate::SiteKind::Mssql`] with [`crate::Position::Mssql`]: a one-way link reads
+//! through [`MssqlLinkStream`] (the reader as a change stream, see [`link`]) and writes
+//! through [`MssqlApplier`] with routes resolved against the target table ([`route`]);
+//! `duplex check` runs [`preflight`]; the catalog, collations and `duplex.positions` listing
+//! the link needs are in [`route`] and [`positions`]; [`typemap`] holds the SQL Server <->
+//! PostgreSQL rule tables. Not built, and refused with "... is not supported for SQL Server
+//! sites yet": two-way (the configuration refuses `direction = "both"` with a SQL Server
+//! site), snapshots (backfill, verify), the log head, teardown, foreign-key and schema
+//! listing; the configuration also refuses mappings between SQL Server and MySQL/MariaDB.
+//!
+//! Nothing here has run against a real SQL Server yet: no server can run on our machines.
+//! The server tests in `connectors/tests/mssql.rs` and `tests/run_mssql.rs` run only when
+//! `DUPLEX_TEST_MSSQL_URL` is set.
 
 mod apply;
 mod error;
+pub mod link;
 mod param;
 mod position;
 pub mod positions;
 pub mod preflight;
 mod reader;
+pub mod route;
 pub mod sql;
 pub mod stream;
 mod tls;
+pub mod typemap;
 mod types;
 pub mod write;
 
 pub use apply::{MssqlApplier, MssqlSession, mssql_applier};
 pub use error::MssqlError;
+pub use link::MssqlLinkStream;
 pub use param::Param;
 pub use position::{CdcPosition, Lsn, LsnError};
 pub use reader::{

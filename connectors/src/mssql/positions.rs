@@ -13,6 +13,8 @@
 //! The position is stored as the JSON text of [`crate::Position`]; these calls carry the text.
 
 use super::{MssqlClient, MssqlError};
+use crate::SiteConnection;
+use crate::load::AdminError;
 
 /// Creates schema `duplex` and `duplex.positions` unless they exist (a DBA who does not grant
 /// duplex CREATE runs this beforehand).
@@ -45,6 +47,51 @@ pub const INSERT_POSITION: &str = "INSERT INTO duplex.positions (source, positio
 /// Moves the position of source `@P1` to `@P2`.
 pub const UPDATE_POSITION: &str = "UPDATE duplex.positions \
      SET position = @P2, applied_at = SYSUTCDATETIME() WHERE source = @P1";
+
+/// The sources `duplex.positions` has rows of (none when the table does not exist).
+pub const POSITION_SOURCES: &str = "IF OBJECT_ID(N'duplex.positions', N'U') IS NOT NULL \
+     SELECT source FROM duplex.positions ORDER BY source";
+
+/// Renames the row of source `@P1` to `@P2` unless `@P2` has one.
+pub const RENAME_POSITION: &str = "UPDATE duplex.positions SET source = @P2 WHERE source = @P1 \
+     AND NOT EXISTS (SELECT 1 FROM duplex.positions WITH (UPDLOCK, HOLDLOCK) WHERE source = @P2)";
+
+/// The sources of the `duplex.positions` rows on `site` (none when the table does not exist).
+pub async fn position_sources(site: &SiteConnection) -> Result<Vec<String>, AdminError> {
+    const DOING: &str = "reading duplex.positions";
+    let mut client = super::connect(&site.url, site.password())
+        .await
+        .map_err(AdminError::doing(DOING))?;
+    let rows = client
+        .simple_query(POSITION_SOURCES)
+        .await
+        .map_err(AdminError::doing(DOING))?
+        .into_first_result()
+        .await
+        .map_err(AdminError::doing(DOING))?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| r.get::<&str, _>(0).map(str::to_owned))
+        .collect())
+}
+
+/// Renames the `duplex.positions` row of `from` on `site` to `to` unless `to` has one; true
+/// when it did.
+pub async fn rename_position(
+    site: &SiteConnection,
+    from: &str,
+    to: &str,
+) -> Result<bool, AdminError> {
+    const DOING: &str = "renaming a row of duplex.positions";
+    let mut client = super::connect(&site.url, site.password())
+        .await
+        .map_err(AdminError::doing(DOING))?;
+    let result = client
+        .execute(RENAME_POSITION, &[&from, &to])
+        .await
+        .map_err(AdminError::doing(DOING))?;
+    Ok(result.total() == 1)
+}
 
 /// Creates schema `duplex` and `duplex.positions` unless they exist.
 pub async fn ensure_positions(client: &mut MssqlClient) -> Result<(), MssqlError> {

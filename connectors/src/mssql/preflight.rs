@@ -111,13 +111,25 @@ pub fn check_server(facts: &ServerFacts) -> Vec<Finding> {
             format!("CDC enabled on database {}", facts.database),
             format!("USE {db}; EXEC sys.sp_cdc_enable_db; (as sysadmin)"),
         ),
-        Finding::require(
-            facts.snapshot_isolation,
-            format!("snapshot isolation allowed on database {}", facts.database),
-            format!(
-                "backfill reads in a snapshot: ALTER DATABASE {db} SET ALLOW_SNAPSHOT_ISOLATION ON"
-            ),
-        ),
+        // Only a backfill reads in a snapshot, and none is built for SQL Server sites yet:
+        // links run without it.
+        if facts.snapshot_isolation {
+            Finding::ok(format!(
+                "snapshot isolation allowed on database {}",
+                facts.database
+            ))
+        } else {
+            Finding::warn(
+                format!(
+                    "snapshot isolation not allowed on database {}",
+                    facts.database
+                ),
+                format!(
+                    "not needed by links; a backfill (not supported for SQL Server sites yet) \
+                     will read in a snapshot: ALTER DATABASE {db} SET ALLOW_SNAPSHOT_ISOLATION ON"
+                ),
+            )
+        },
     ];
     match (&facts.jobs, facts.cdc_enabled) {
         (_, false) => {}
@@ -185,7 +197,6 @@ fn check_jobs(jobs: &[(String, Option<i64>)]) -> Vec<Finding> {
 /// captured, primary key, types.
 pub fn check_table(facts: &TableFacts) -> Vec<Finding> {
     let table = &facts.table;
-    let quoted = format!("{}.{}", quote(&table.schema), quote(&table.name));
     let mut findings = Vec::new();
     let enable = format!(
         "EXEC sys.sp_cdc_enable_table @source_schema = N'{}', @source_name = N'{}', \
@@ -253,7 +264,20 @@ pub fn check_table(facts: &TableFacts) -> Vec<Finding> {
              once the newer one holds the changes duplex has not read",
         )),
     }
-    findings.push(preflight::key_columns(table, &facts.primary_key, &quoted));
+    findings.extend(check_columns(facts));
+    findings
+}
+
+/// The findings on a table duplex only writes into: primary key and types (no CDC needed).
+pub fn check_target_table(facts: &TableFacts) -> Vec<Finding> {
+    check_columns(facts)
+}
+
+/// The findings on a mapped table's primary key and column types.
+fn check_columns(facts: &TableFacts) -> Vec<Finding> {
+    let table = &facts.table;
+    let quoted = format!("{}.{}", quote(&table.schema), quote(&table.name));
+    let mut findings = vec![preflight::key_columns(table, &facts.primary_key, &quoted)];
     for (column, type_name, scale) in &facts.columns {
         match MssqlType::from_name(type_name) {
             Err(error @ TypeError::Unsupported(_)) => findings.push(Finding::fail(
@@ -527,13 +551,7 @@ mod tests {
             ..ready_server()
         };
         let findings = check_server(&facts);
-        assert_eq!(
-            failures(&findings),
-            vec![
-                "snapshot isolation allowed on database erp",
-                "CDC capture job exists"
-            ]
-        );
+        assert_eq!(failures(&findings), vec!["CDC capture job exists"]);
         let warned: Vec<&str> = findings
             .iter()
             .filter(|f| f.status == Status::Warn)
@@ -542,6 +560,7 @@ mod tests {
         assert_eq!(
             warned,
             vec![
+                "snapshot isolation not allowed on database erp",
                 "CDC retention is 60 minutes",
                 "could not read whether SQL Server Agent runs (needs VIEW SERVER STATE)",
                 "may not create tables: duplex.positions must exist before a link writes here"

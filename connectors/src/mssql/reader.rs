@@ -65,6 +65,10 @@ pub enum MssqlStreamError {
     /// A stop retrying does not fix (cleanup ran, missing instance, inconsistent rows).
     #[error(transparent)]
     Cdc(#[from] CdcError),
+    /// A mapped table cannot be read through CDC (missing, no single capture instance, a
+    /// captured type the reader does not decode).
+    #[error(transparent)]
+    Instance(#[from] super::route::InstanceError),
     /// A change row's value could not be converted.
     #[error("capture instance {instance}, column {column}")]
     Value {

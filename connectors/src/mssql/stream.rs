@@ -148,9 +148,8 @@ pub struct ChangeRow {
     pub row: Row,
 }
 
-/// One source transaction read from the change tables; it becomes a
-/// [`crate::Transaction`] at `CdcPosition::after_commit(commit_lsn)` once SQL Server sites
-/// are wired.
+/// One source transaction read from the change tables; [`super::link`] makes it a
+/// [`crate::Transaction`] at `CdcPosition::after_commit(commit_lsn)`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CdcTransaction {
     /// Its commit LSN.

@@ -1,8 +1,8 @@
 //! One change event as one SQL Server statement with its parameters, strict or conditional
 //! (see [`crate::apply`] for what each must do, and [`super::sql`] for the statement forms).
 //! Values are bound through [`to_param`] for the target column's type; a value the column
-//! cannot hold is refused ([`ApplyError::Value`]), never rounded. The session that runs the
-//! statements and checks their row counts is not written yet.
+//! cannot hold is refused ([`ApplyError::Value`]), never rounded. [`super::MssqlSession`] runs
+//! the statements and checks their row counts.
 
 use super::sql::{
     Compare, WriteColumn, conditional_insert_sql, delete_sql, insert_sql, rows_per_insert,

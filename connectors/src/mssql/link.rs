@@ -1,0 +1,240 @@
+//! [`MssqlLinkStream`]: the CDC reader ([`MssqlStream`]) as a one-way link's change stream
+//! (see [`crate::stream`] for the contract).
+//!
+//! What it keeps of the contract, and how:
+//! - *Whole transactions, in commit order*: [`MssqlStream`] groups change rows by commit LSN
+//!   and orders them across capture instances; each becomes one [`StreamItem::Transaction`]
+//!   at `CdcPosition::after_commit(commit_lsn)`. Nothing comes in parts.
+//! - *Restart is exact*: started after a stored [`Position::Mssql`], the reader delivers only
+//!   the changes the position has not ([`CdcPosition::delivered`]). Without a stored position
+//!   it starts after the max LSN read when it starts (before the link reports it started).
+//!   While CDC has recorded nothing at all in the database (max LSN zero) the reader's first
+//!   poll decides instead.
+//! - *Shapes*: CDC change tables keep the columns captured when the capture instance was
+//!   made, whatever the table became since, so the shape of every change of a table is the
+//!   instance's captured columns with the types the catalog gives them; it is yielded once,
+//!   before the first transaction touching the table.
+//! - *Acknowledgement*: CDC keeps changes for the cleanup job's retention, not for readers, so
+//!   there is nothing to release.
+//!
+//! Two-way (echo markers) is not wired: the configuration refuses SQL Server sites in
+//! `direction = "both"` mappings, and [`MssqlLinkStream::start`] refuses `merge` too.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::Duration;
+
+use super::preflight::probe_table;
+use super::reader::{CdcItem, MssqlStream, MssqlStreamConfig, MssqlStreamError, start_position};
+use super::route::{InstanceError, capture_instance, schema_of};
+use super::stream::MAX_LSN_QUERY;
+use super::{CdcPosition, Lsn, MssqlClient, MssqlError, connect};
+use crate::stream::StreamItem;
+use crate::{Position, ShapeColumn, TableName, TableShape, Transaction};
+
+/// Change rows read per capture instance and poll.
+pub const POLL_ROWS: usize = 10_000;
+/// The shortest wait between polls.
+pub const MIN_WAIT: Duration = Duration::from_millis(50);
+/// The longest wait between polls while idle.
+pub const MAX_WAIT: Duration = Duration::from_secs(1);
+
+/// A one-way link's change stream from a SQL Server database.
+pub struct MssqlLinkStream {
+    stream: MssqlStream,
+    start: Option<CdcPosition>,
+    source: String,
+    /// Shapes not yet yielded, by table.
+    shapes: HashMap<TableName, TableShape>,
+    ready: VecDeque<StreamItem>,
+}
+
+impl MssqlLinkStream {
+    /// Connects to the database `url` names and reads the capture instance of each of
+    /// `tables`, resuming after `start` (`None`: at the current end of the log). Transactions
+    /// carry `source` as their source; `shapes` says whether to yield [`StreamItem::Shape`]s.
+    pub async fn start(
+        url: &str,
+        password: Option<&str>,
+        source: &str,
+        tables: &BTreeSet<TableName>,
+        start: Option<CdcPosition>,
+        shapes: bool,
+    ) -> Result<MssqlLinkStream, MssqlStreamError> {
+        let mut client = connect(url, password).await?;
+        let mut instances = Vec::with_capacity(tables.len());
+        let mut pending = HashMap::new();
+        for table in tables {
+            let facts = probe_table(&mut client, table)
+                .await?
+                .ok_or_else(|| InstanceError::Missing(table.clone()))?;
+            let instance = capture_instance(&facts)?;
+            let schema = schema_of(&facts);
+            let shape = TableShape {
+                table: table.clone(),
+                columns: instance
+                    .columns
+                    .iter()
+                    .map(|(name, _)| ShapeColumn {
+                        name: name.clone(),
+                        type_name: schema
+                            .column(name)
+                            .map(|c| c.type_name.clone())
+                            .unwrap_or_default(),
+                    })
+                    .collect(),
+            };
+            if shapes {
+                pending.insert(table.clone(), shape);
+            }
+            instances.push(instance);
+        }
+        // A new reader starts at the end of the log as it stands now, before the link reports
+        // that it started, so every commit after that is read (not at its first poll, which
+        // could skip commits made in between).
+        let start = match start {
+            Some(position) => Some(position),
+            None => start_position(None, max_lsn(&mut client).await?),
+        };
+        let config = MssqlStreamConfig {
+            instances,
+            limit: POLL_ROWS,
+            min_wait: MIN_WAIT,
+            max_wait: MAX_WAIT,
+        };
+        Ok(MssqlLinkStream {
+            stream: MssqlStream::new(client, config, start),
+            start,
+            source: source.to_owned(),
+            shapes: pending,
+            ready: VecDeque::new(),
+        })
+    }
+
+    /// Where the stream started: the position it was given, or for a new reader the position
+    /// after the max LSN it read when it started (`None` while CDC had recorded nothing).
+    pub fn start_position(&self) -> Option<CdcPosition> {
+        self.start
+    }
+
+    /// The next transaction, shape or heartbeat. Cancellation safe: an item read from the
+    /// reader is queued in the same synchronous step.
+    pub async fn next(&mut self) -> Result<StreamItem, MssqlStreamError> {
+        loop {
+            if let Some(item) = self.ready.pop_front() {
+                return Ok(item);
+            }
+            let item = self.stream.next().await?;
+            let items = to_items(&self.source, &mut self.shapes, item);
+            self.ready.extend(items);
+        }
+    }
+}
+
+/// The largest LSN in the change tables now (zero while CDC recorded nothing).
+async fn max_lsn(client: &mut MssqlClient) -> Result<Lsn, MssqlError> {
+    let doing = "reading the CDC max LSN";
+    let row = client
+        .simple_query(MAX_LSN_QUERY)
+        .await
+        .map_err(MssqlError::query(doing))?
+        .into_row()
+        .await
+        .map_err(MssqlError::query(doing))?;
+    Ok(row
+        .and_then(|r| r.get::<&[u8], _>(0).and_then(Lsn::from_slice))
+        .unwrap_or(Lsn::ZERO))
+}
+
+/// The stream items of one reader item: the shapes not yet yielded of the tables a
+/// transaction touches (in the order it first touches them), then the transaction; a
+/// heartbeat as it is.
+pub fn to_items(
+    source: &str,
+    shapes: &mut HashMap<TableName, TableShape>,
+    item: CdcItem,
+) -> Vec<StreamItem> {
+    match item {
+        CdcItem::Heartbeat(position) => vec![StreamItem::Heartbeat(Position::Mssql(position))],
+        CdcItem::Transaction(tx) => {
+            let mut items = Vec::new();
+            for event in &tx.events {
+                if let Some(shape) = shapes.remove(&event.table) {
+                    items.push(StreamItem::Shape(shape));
+                }
+            }
+            items.push(StreamItem::Transaction(Transaction {
+                source: source.to_owned(),
+                position: Position::Mssql(CdcPosition::after_commit(tx.commit_lsn)),
+                commit_time: tx.commit_time,
+                origin: tx.origin,
+                events: tx.events,
+            }));
+            items
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mssql::Lsn;
+    use crate::mssql::stream::CdcTransaction;
+    use crate::{ChangeEvent, Op, Origin, Row, Value};
+
+    fn lsn(n: u8) -> Lsn {
+        let mut bytes = [0u8; 10];
+        bytes[9] = n;
+        Lsn(bytes)
+    }
+
+    fn insert(table: &TableName, id: i64) -> ChangeEvent {
+        let mut row = Row::default();
+        row.push("id", Value::Int(id));
+        ChangeEvent {
+            table: table.clone(),
+            op: Op::Insert,
+            key: row.clone(),
+            before: None,
+            after: Some(row),
+        }
+    }
+
+    #[test]
+    fn a_table_s_shape_comes_once_before_its_first_transaction_and_positions_are_after_commits() {
+        let orders = TableName::new("dbo", "orders");
+        let shape = TableShape {
+            table: orders.clone(),
+            columns: vec![ShapeColumn {
+                name: "id".into(),
+                type_name: "int".into(),
+            }],
+        };
+        let mut shapes = HashMap::from([(orders.clone(), shape.clone())]);
+        let tx = |commit| {
+            CdcItem::Transaction(CdcTransaction {
+                commit_lsn: lsn(commit),
+                commit_time: chrono::DateTime::UNIX_EPOCH,
+                origin: Origin::Local,
+                events: vec![insert(&orders, 1), insert(&orders, 2)],
+            })
+        };
+        let first = to_items("erp", &mut shapes, tx(7));
+        assert_eq!(first.len(), 2);
+        assert_eq!(first[0], StreamItem::Shape(shape));
+        let StreamItem::Transaction(t) = &first[1] else {
+            panic!("{first:?}");
+        };
+        assert_eq!(t.source, "erp");
+        assert_eq!(
+            t.position,
+            Position::Mssql(CdcPosition::after_commit(lsn(7)))
+        );
+        assert_eq!(t.events.len(), 2);
+        assert_eq!(to_items("erp", &mut shapes, tx(8)).len(), 1);
+        let beat = CdcPosition::after_commit(lsn(9));
+        assert_eq!(
+            to_items("erp", &mut shapes, CdcItem::Heartbeat(beat)),
+            vec![StreamItem::Heartbeat(Position::Mssql(beat))]
+        );
+    }
+}

@@ -1,0 +1,129 @@
+//! The per-kind dispatch for SQL Server sites where nothing is built yet: each answers with an
+//! error naming what is not supported and what to do, before connecting (the site's URL names
+//! a port nothing listens on, so a connection attempt would fail differently).
+
+use std::collections::BTreeSet;
+use std::error::Error;
+
+use duplex_connectors::head::HeadReader;
+use duplex_connectors::stream::{AnyStream, StreamOptions};
+use duplex_connectors::{
+    AnySnapshot, NotSupported, SiteConnection, SiteKind, SourceSnapshot, TableName,
+};
+
+fn site() -> SiteConnection {
+    SiteConnection {
+        name: "erp".into(),
+        kind: SiteKind::Mssql,
+        url: "mssql://duplex@127.0.0.1:9/erp?encrypt=none".into(),
+        password: None,
+        slot_names_taken: Vec::new(),
+    }
+}
+
+/// Every message of `error` and its sources.
+fn chain(error: &dyn Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+fn assert_not_supported(error: &dyn Error, what: &str) {
+    let text = chain(error);
+    assert!(
+        text.contains(&format!(
+            "{what} is not supported for SQL Server sites yet: "
+        )),
+        "{text}"
+    );
+}
+
+fn orders() -> TableName {
+    TableName::new("dbo", "orders")
+}
+
+#[tokio::test]
+async fn two_way_streams_backfill_snapshots_and_schema_listing_are_refused() {
+    let tables = BTreeSet::from([orders()]);
+    let Err(error) = AnyStream::start(&site(), StreamOptions::merge(tables, None)).await else {
+        panic!("a merge stream of a SQL Server site started");
+    };
+    assert_not_supported(
+        &error,
+        "two-way replication (the merge engine reading echo markers)",
+    );
+    assert!(!error.is_transient());
+
+    let Err(error) = SourceSnapshot::take(&site(), &[orders()], None, None, "me").await else {
+        panic!("a SQL Server snapshot was taken");
+    };
+    assert_not_supported(
+        &error,
+        "duplex backfill (a snapshot of a SQL Server source)",
+    );
+    let Err(error) = AnySnapshot::open(&site()).await else {
+        panic!("a SQL Server snapshot reader opened");
+    };
+    assert_not_supported(
+        &error,
+        "reading rows in a snapshot (duplex backfill and duplex verify)",
+    );
+
+    let error = duplex_connectors::table_names(&site(), "dbo")
+        .await
+        .unwrap_err();
+    assert_not_supported(&error, "a schema-wide mapping (schema.*)");
+}
+
+#[tokio::test]
+async fn backfill_verify_teardown_foreign_keys_and_log_heads_are_refused() {
+    let site = site();
+    let error = duplex_connectors::load::table_is_empty(&site, &orders())
+        .await
+        .unwrap_err();
+    assert_not_supported(&error, "duplex backfill into a SQL Server target");
+    let error = duplex_connectors::load::delete_positions_like(&site, "backfill:%")
+        .await
+        .unwrap_err();
+    assert_not_supported(&error, "duplex backfill into a SQL Server target");
+    let error = duplex_connectors::verify::recorded_position(&site, "store")
+        .await
+        .unwrap_err();
+    assert_not_supported(&error, "duplex verify");
+    assert_eq!(
+        duplex_connectors::verify::confirmed_position(&site)
+            .await
+            .unwrap(),
+        None
+    );
+    let error = duplex_connectors::teardown::find(&site, "me")
+        .await
+        .unwrap_err();
+    assert_not_supported(&error, "duplex teardown");
+    assert!(chain(&error).contains("duplex teardown --site <name>"));
+    assert!(duplex_connectors::teardown::slot_names(&site).is_empty());
+    assert!(
+        duplex_connectors::teardown::slots(&site)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let error = duplex_connectors::foreign_keys::target_foreign_keys(&site, &[orders()])
+        .await
+        .unwrap_err();
+    assert_not_supported(
+        &error,
+        "listing foreign keys (for duplex backfill's table order and duplex check)",
+    );
+    let error = HeadReader::new(site.clone()).read().await.unwrap_err();
+    assert_not_supported(&error, "the lag in bytes (the log head)");
+    let _: &NotSupported = error
+        .source
+        .downcast_ref()
+        .expect("the source is the NotSupported error");
+}

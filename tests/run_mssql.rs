@@ -1,0 +1,280 @@
+//! `duplex run` from PostgreSQL into SQL Server and from SQL Server into PostgreSQL, end to end
+//! through the real binary, and `duplex check` of a SQL Server source. No SQL Server runs on
+//! our machines, so each test runs only when `DUPLEX_TEST_MSSQL_URL` names one
+//! (`mssql://sa:<password>@host:1433/master?trust-server-certificate=true`: a login that may
+//! create databases and enable CDC, with SQL Server Agent running for the capture job);
+//! otherwise it prints that it is skipped and why, and passes. PostgreSQL is the shared test
+//! server of duplex-testkit.
+
+mod harness;
+
+use std::time::Duration;
+
+use duplex_connectors::mssql::{MssqlClient, connect};
+use duplex_testkit::shared_pg;
+use harness::{Duplex, drop_slot, rows, wait_for};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// A fresh database on the SQL Server test server, dropped at the end.
+struct Mssql {
+    runtime: tokio::runtime::Runtime,
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl Mssql {
+    /// A new database, or `None` (with the reason printed) when no server is given.
+    fn create(test: &str) -> Option<Mssql> {
+        let Ok(admin_url) = std::env::var("DUPLEX_TEST_MSSQL_URL") else {
+            eprintln!(
+                "{test}: skipped: DUPLEX_TEST_MSSQL_URL not set (no SQL Server runs on these \
+                 machines)"
+            );
+            return None;
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let name = format!("duplex_run_{}_{nanos}", std::process::id());
+        runtime
+            .block_on(execute(&admin_url, &format!("CREATE DATABASE [{name}]")))
+            .unwrap();
+        let mut url = url::Url::parse(&admin_url).expect("DUPLEX_TEST_MSSQL_URL is a URL");
+        url.set_path(&name);
+        Some(Mssql {
+            runtime,
+            admin_url,
+            name,
+            url: url.to_string(),
+        })
+    }
+
+    /// Runs `sql` in the test database.
+    fn sql(&self, sql: &str) {
+        self.runtime
+            .block_on(execute(&self.url, sql))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// The rows of `sql`, whose every column is text.
+    fn rows(&self, sql: &str) -> Result<Vec<Vec<String>>, String> {
+        self.runtime.block_on(async {
+            let mut client = client(&self.url).await?;
+            let rows = client
+                .simple_query(sql)
+                .await
+                .map_err(|e| e.to_string())?
+                .into_first_result()
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(rows
+                .iter()
+                .map(|row| {
+                    (0..row.columns().len())
+                        .map(|i| row.get::<&str, _>(i).unwrap_or("∅").to_owned())
+                        .collect()
+                })
+                .collect())
+        })
+    }
+}
+
+impl Drop for Mssql {
+    fn drop(&mut self) {
+        let sql = format!(
+            "ALTER DATABASE [{0}] SET SINGLE_USER WITH ROLLBACK IMMEDIATE; DROP DATABASE [{0}]",
+            self.name
+        );
+        if let Err(error) = self.runtime.block_on(execute(&self.admin_url, &sql)) {
+            eprintln!("dropping test database {}: {error}", self.name);
+        }
+    }
+}
+
+async fn client(url: &str) -> Result<MssqlClient, String> {
+    connect(url, None).await.map_err(|e| e.to_string())
+}
+
+async fn execute(url: &str, sql: &str) -> Result<(), String> {
+    let mut client = client(url).await?;
+    client
+        .simple_query(sql)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_results()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn site(name: &str, kind: &str, url: &str) -> String {
+    format!("[sites.{name}]\nkind = \"{kind}\"\nurl = \"{url}\"\n\n")
+}
+
+fn mapping(from: (&str, &str), to: (&str, &str)) -> String {
+    format!(
+        "[[mappings]]\nname = \"orders\"\ntables = {{ {} = \"{}\", {} = \"{}\" }}\ndirection = \"{}->{}\"\n\n",
+        from.0, from.1, to.0, to.1, from.0, to.0
+    )
+}
+
+fn wait_started(duplex: &mut Duplex) {
+    wait_for("the link to start", WAIT, || {
+        duplex.assert_running();
+        if duplex.log_text().contains("link started") {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    });
+}
+
+const PG_ORDERS: &str = "CREATE TABLE orders (id int PRIMARY KEY, note text, total numeric(12,2), \
+     placed timestamp, flag bool, u uuid)";
+const MSSQL_ORDERS: &str = "CREATE TABLE dbo.orders (id int PRIMARY KEY, note nvarchar(100) NULL, \
+     total decimal(12,2) NULL, placed datetime2(6) NULL, flag bit NULL, u uniqueidentifier NULL)";
+const PG_ROWS: &str = "SELECT id, coalesce(note, '∅'), coalesce(total::text, '∅'), \
+     coalesce(to_char(placed, 'YYYY-MM-DD HH24:MI:SS.US'), '∅'), coalesce(flag::text, '∅'), \
+     coalesce(u::text, '∅') FROM orders ORDER BY id";
+const MSSQL_ROWS: &str = "SELECT CONVERT(nvarchar(20), id), ISNULL(note, N'∅'), \
+     ISNULL(CONVERT(nvarchar(50), total), N'∅'), ISNULL(CONVERT(nvarchar(50), placed, 121), N'∅'), \
+     ISNULL(CASE flag WHEN 1 THEN N'true' WHEN 0 THEN N'false' END, N'∅'), \
+     ISNULL(LOWER(CONVERT(nvarchar(36), u)), N'∅') FROM dbo.orders ORDER BY id";
+
+/// What both sides hold after [`changes`]'s statements.
+fn expected() -> Vec<Vec<String>> {
+    [
+        [
+            "1",
+            "café ☺",
+            "12.34",
+            "2026-01-02 03:04:05.123456",
+            "true",
+            "6f1c2b7e-2a4b-4c1d-9e8f-0123456789ab",
+        ],
+        ["2", "two", "-0.01", "∅", "false", "∅"],
+    ]
+    .iter()
+    .map(|row| row.iter().map(|s| (*s).to_owned()).collect())
+    .collect()
+}
+
+/// Inserts, updates (one of them in a transaction with an insert) and deletes, in `n`-prefixed
+/// string literals for SQL Server (`n = "N"`) or plain ones for PostgreSQL.
+fn changes(n: &str) -> Vec<String> {
+    vec![
+        format!(
+            "INSERT INTO orders VALUES (1, {n}'café ☺', 12.34, '2026-01-02 03:04:05.123456', \
+             {t}, '6f1c2b7e-2a4b-4c1d-9e8f-0123456789ab')",
+            t = if n.is_empty() { "true" } else { "1" }
+        ),
+        format!(
+            "BEGIN TRANSACTION; INSERT INTO orders (id) VALUES (2); UPDATE orders SET \
+             note = {n}'two', total = -0.01, flag = {f} WHERE id = 2; COMMIT",
+            f = if n.is_empty() { "false" } else { "0" }
+        ),
+        "INSERT INTO orders (id) VALUES (3)".to_owned(),
+        "DELETE FROM orders WHERE id = 3".to_owned(),
+    ]
+}
+
+#[test]
+fn postgres_changes_arrive_in_sql_server() {
+    let Some(erp) = Mssql::create("postgres_changes_arrive_in_sql_server") else {
+        return;
+    };
+    erp.sql(MSSQL_ORDERS);
+    let store = shared_pg().create_database();
+    store.execute_as_duplex(PG_ORDERS).unwrap();
+    let config = site(store.name(), "postgres", &store.url())
+        + &site(&erp.name, "mssql", &erp.url)
+        + &mapping((store.name(), "public.orders"), (&erp.name, "dbo.orders"));
+    let mut duplex = Duplex::run(&config);
+    wait_started(&mut duplex);
+    for sql in changes("") {
+        store.psql(&sql).unwrap();
+    }
+    wait_for("SQL Server to equal PostgreSQL", WAIT, || {
+        duplex.assert_running();
+        let got = erp.rows(MSSQL_ROWS)?;
+        if got == expected() {
+            Ok(())
+        } else {
+            Err(format!("\n got: {got:?}\nwant: {:?}", expected()))
+        }
+    });
+    let positions = erp
+        .rows("SELECT source FROM duplex.positions")
+        .expect("duplex.positions on the target");
+    assert_eq!(positions.len(), 1, "{positions:?}");
+    assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
+    drop_slot(&store);
+}
+
+#[test]
+fn sql_server_changes_arrive_in_postgres_and_check_passes() {
+    let Some(erp) = Mssql::create("sql_server_changes_arrive_in_postgres_and_check_passes") else {
+        return;
+    };
+    erp.sql("EXEC sys.sp_cdc_enable_db");
+    erp.sql(&format!(
+        "ALTER DATABASE [{}] SET ALLOW_SNAPSHOT_ISOLATION ON",
+        erp.name
+    ));
+    erp.sql(MSSQL_ORDERS);
+    erp.sql(
+        "EXEC sys.sp_cdc_enable_table @source_schema = N'dbo', @source_name = N'orders', \
+         @role_name = NULL",
+    );
+    // A new reader starts after the max LSN it reads when it starts; while CDC has recorded
+    // nothing (max LSN zero) its first poll would decide, so let the capture job record a
+    // change first.
+    erp.sql("INSERT INTO orders (id) VALUES (100); DELETE FROM orders WHERE id = 100");
+    wait_for("the capture job to record a change", WAIT, || {
+        let max = erp.rows(
+            "SELECT CASE WHEN ISNULL(sys.fn_cdc_get_max_lsn(), 0x00) = 0x00 \
+             THEN N'0' ELSE N'1' END",
+        )?;
+        if max == [["1".to_owned()]] {
+            Ok(())
+        } else {
+            Err("no change recorded yet".into())
+        }
+    });
+    let store = shared_pg().create_database();
+    store.execute_as_duplex(PG_ORDERS).unwrap();
+    let config = site(&erp.name, "mssql", &erp.url)
+        + &site(store.name(), "postgres", &store.url())
+        + &mapping((&erp.name, "dbo.orders"), (store.name(), "public.orders"));
+    let mut duplex = Duplex::new(&config);
+    let check = duplex.command(&["check"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(check.status.success(), "{text}");
+    assert!(text.contains("capture instance dbo_orders"), "{text}");
+    duplex.start();
+    wait_started(&mut duplex);
+    for sql in changes("N") {
+        erp.sql(&sql);
+    }
+    wait_for("PostgreSQL to equal SQL Server", WAIT, || {
+        duplex.assert_running();
+        let got = rows(&store.psql(PG_ROWS).map_err(|e| e.to_string())?, '|');
+        if got == expected() {
+            Ok(())
+        } else {
+            Err(format!("\n got: {got:?}\nwant: {:?}", expected()))
+        }
+    });
+    assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
+}
