@@ -401,7 +401,7 @@ impl AnyStream {
     pub fn start_position(&self) -> Option<Position> {
         match self {
             AnyStream::Postgres(_) => None,
-            AnyStream::Mssql(stream) => stream.start_position().map(Position::Mssql),
+            AnyStream::Mssql(stream) => Some(Position::Mssql(stream.start_position())),
             AnyStream::Mysql(stream) => {
                 let position = stream.position();
                 (!position.file.is_empty()).then(|| Position::Mysql(position.clone()))

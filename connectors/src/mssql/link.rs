@@ -8,8 +8,8 @@
 //! - *Restart is exact*: started after a stored [`Position::Mssql`], the reader delivers only
 //!   the changes the position has not ([`CdcPosition::delivered`]). Without a stored position
 //!   it starts after the max LSN read when it starts (before the link reports it started).
-//!   While CDC has recorded nothing at all in the database (max LSN zero) the reader's first
-//!   poll decides instead.
+//!   While CDC has recorded nothing at all in the database (max LSN zero) there is no such
+//!   place: a new link stops with [`CdcError::NothingCaptured`] and says what to do.
 //! - *Shapes*: CDC change tables keep the columns captured when the capture instance was
 //!   made, whatever the table became since, so the shape of every change of a table is the
 //!   instance's captured columns with the types the catalog gives them; it is yielded once,
@@ -26,7 +26,7 @@ use std::time::Duration;
 use super::preflight::probe_table;
 use super::reader::{CdcItem, MssqlStream, MssqlStreamConfig, MssqlStreamError, start_position};
 use super::route::{InstanceError, capture_instance, schema_of};
-use super::stream::MAX_LSN_QUERY;
+use super::stream::{CdcError, MAX_LSN_QUERY};
 use super::{CdcPosition, Lsn, MssqlClient, MssqlError, connect};
 use crate::stream::StreamItem;
 use crate::{Position, ShapeColumn, TableName, TableShape, Transaction};
@@ -41,7 +41,7 @@ pub const MAX_WAIT: Duration = Duration::from_secs(1);
 /// A one-way link's change stream from a SQL Server database.
 pub struct MssqlLinkStream {
     stream: MssqlStream,
-    start: Option<CdcPosition>,
+    start: CdcPosition,
     source: String,
     /// Shapes not yet yielded, by table.
     shapes: HashMap<TableName, TableShape>,
@@ -90,10 +90,12 @@ impl MssqlLinkStream {
         }
         // A new reader starts at the end of the log as it stands now, before the link reports
         // that it started, so every commit after that is read (not at its first poll, which
-        // could skip commits made in between).
+        // could skip commits made in between). With no end to start after (CDC recorded
+        // nothing yet), it stops and says so rather than guess.
         let start = match start {
-            Some(position) => Some(position),
-            None => start_position(None, max_lsn(&mut client).await?),
+            Some(position) => position,
+            None => start_position(None, max_lsn(&mut client).await?)
+                .ok_or(CdcError::NothingCaptured)?,
         };
         let config = MssqlStreamConfig {
             instances,
@@ -102,7 +104,7 @@ impl MssqlLinkStream {
             max_wait: MAX_WAIT,
         };
         Ok(MssqlLinkStream {
-            stream: MssqlStream::new(client, config, start),
+            stream: MssqlStream::new(client, config, Some(start)),
             start,
             source: source.to_owned(),
             shapes: pending,
@@ -111,8 +113,8 @@ impl MssqlLinkStream {
     }
 
     /// Where the stream started: the position it was given, or for a new reader the position
-    /// after the max LSN it read when it started (`None` while CDC had recorded nothing).
-    pub fn start_position(&self) -> Option<CdcPosition> {
+    /// after the max LSN it read when it started.
+    pub fn start_position(&self) -> CdcPosition {
         self.start
     }
 

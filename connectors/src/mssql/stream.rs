@@ -62,6 +62,15 @@ pub enum CdcError {
         /// The instance.
         instance: String,
     },
+    /// A new reader found no change recorded by CDC in the whole database (max LSN zero), so
+    /// it has no end of the log to start after: starting at its first poll could skip the
+    /// commits made before that poll.
+    #[error(
+        "CDC has recorded no change in this database yet (sys.fn_cdc_get_max_lsn() is 0), so a \
+         new link has no exact place to start: make sure the capture job runs, change a row of \
+         a CDC-enabled table (or wait until an application does) and start duplex again"
+    )]
+    NothingCaptured,
     /// Cleanup removed changes the position has not delivered.
     #[error(
         "capture instance {instance} keeps changes from {min_lsn} on, but duplex stands at \
