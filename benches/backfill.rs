@@ -11,7 +11,8 @@
 //! (`target/release/duplex`, or `$DUPLEX_BENCH_BIN`) and without the `--bench` argument only
 //! prints how to run it. `DUPLEX_BENCH_ROWS` (default 1,000,000) sets the table size,
 //! `DUPLEX_BENCH_JOBS` (4) the `--jobs`, `DUPLEX_BENCH_TIMEOUT` (600 s) how long one copy may
-//! take before the case fails.
+//! take before the case fails. `DUPLEX_BENCH_CASES` (`postgres`, `mariadb` or both, comma
+//! separated; default both) picks the directions by their source.
 //!
 //! # What is measured
 //!
@@ -449,7 +450,15 @@ fn run() -> BenchResult<()> {
     let servers = Servers::start()?;
     let started = Instant::now();
     let mut results = Vec::new();
+    let cases = std::env::var("DUPLEX_BENCH_CASES").unwrap_or_else(|_| "postgres,mariadb".into());
+    let wanted: Vec<&str> = cases.split(',').map(str::trim).collect();
+    if let Some(bad) = wanted.iter().find(|c| !["postgres", "mariadb"].contains(c)) {
+        return Err(format!("DUPLEX_BENCH_CASES: unknown case {bad:?} (postgres, mariadb)").into());
+    }
     for pg_source in [true, false] {
+        if !wanted.contains(&if pg_source { "postgres" } else { "mariadb" }) {
+            continue;
+        }
         let result = run_case(&servers, &bin, pg_source, sizes);
         println!("{result}");
         results.push(result);

@@ -369,6 +369,12 @@ async fn copy_range(
         Read::Bulk(rows) => rows.rows,
         Read::Rows(rows) => rows.len() as u64,
     };
+    // The key's column names, shared by every row's key instead of allocated per row.
+    let key_names: Vec<Arc<str>> = schema
+        .primary_key
+        .iter()
+        .map(|k| Arc::from(k.as_str()))
+        .collect();
     let (events, bulk_rows) = match read {
         Read::Bulk(rows) => (Vec::new(), Some(rows)),
         Read::Rows(rows) => (
@@ -376,10 +382,9 @@ async fn copy_range(
                 .map(|row| ChangeEvent {
                     table: source_table.clone(),
                     op: Op::Insert,
-                    key: schema
-                        .primary_key
+                    key: key_names
                         .iter()
-                        .map(|k| (k.as_str(), row.get(k).cloned().unwrap_or(Value::Null)))
+                        .map(|k| (k.clone(), row.get(k).cloned().unwrap_or(Value::Null)))
                         .collect(),
                     before: None,
                     after: Some(row),

@@ -179,7 +179,7 @@ impl MysqlSnapshot {
             while let Some(row) = stream.next().await {
                 let row = row.map_err(MysqlError::query(doing))?;
                 let values = row.unwrap();
-                let mut out = Row::new();
+                let mut out = Row::with_capacity(columns.len());
                 for ((column, name), value) in columns.iter().zip(&names).zip(values) {
                     let value =
                         convert(column, value).map_err(|reason| MysqlSnapshotError::BadValue {

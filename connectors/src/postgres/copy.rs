@@ -116,13 +116,22 @@ impl Writer<'_> {
         let writer = BinaryCopyInWriter::new(sink, &types);
         let mut writer = std::pin::pin!(writer);
         let mut row: Vec<PgParam<'_>> = Vec::with_capacity(columns.len());
+        // Where the first row holds each column: the rows of a run come from one read, so
+        // every value is found without a search by name (`Row::get_at`).
+        let hints: Vec<usize> = match events.first().and_then(|e| e.after.as_ref()) {
+            Some(first) => columns
+                .iter()
+                .map(|&c| first.position(&route.columns[c].source).unwrap_or(0))
+                .collect(),
+            None => Vec::new(),
+        };
         for event in events {
             let after = event.after.as_ref().expect("insert_columns checked it");
             row.clear();
-            for &c in columns {
+            for (&c, &hint) in columns.iter().zip(&hints) {
                 let column = &route.columns[c];
                 let value = after
-                    .get(&column.source)
+                    .get_at(&column.source, hint)
                     .expect("insert_columns checked it");
                 row.push(to_param(value, column, &route.target)?);
             }
