@@ -24,10 +24,12 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use super::preflight::probe_table;
-use super::reader::{CdcItem, MssqlStream, MssqlStreamConfig, MssqlStreamError, start_position};
+use super::reader::{
+    CdcItem, MssqlStream, MssqlStreamConfig, MssqlStreamError, max_lsn, start_position,
+};
 use super::route::{InstanceError, capture_instance, schema_of};
-use super::stream::{CdcError, MAX_LSN_QUERY};
-use super::{CdcPosition, Lsn, MssqlClient, MssqlError, connect};
+use super::stream::CdcError;
+use super::{CdcPosition, connect};
 use crate::stream::StreamItem;
 use crate::{Position, ShapeColumn, TableName, TableShape, Transaction};
 
@@ -130,21 +132,6 @@ impl MssqlLinkStream {
             self.ready.extend(items);
         }
     }
-}
-
-/// The largest LSN in the change tables now (zero while CDC recorded nothing).
-async fn max_lsn(client: &mut MssqlClient) -> Result<Lsn, MssqlError> {
-    let doing = "reading the CDC max LSN";
-    let row = client
-        .simple_query(MAX_LSN_QUERY)
-        .await
-        .map_err(MssqlError::query(doing))?
-        .into_row()
-        .await
-        .map_err(MssqlError::query(doing))?;
-    Ok(row
-        .and_then(|r| r.get::<&[u8], _>(0).and_then(Lsn::from_slice))
-        .unwrap_or(Lsn::ZERO))
 }
 
 /// The stream items of one reader item: the shapes not yet yielded of the tables a

@@ -102,6 +102,30 @@ impl MssqlStreamError {
     }
 }
 
+/// The largest LSN in the change tables now (zero while CDC recorded nothing).
+pub(super) async fn max_lsn(client: &mut MssqlClient) -> Result<Lsn, MssqlError> {
+    query_lsn(client, MAX_LSN_QUERY, &[], "reading the CDC max LSN").await
+}
+
+/// The LSN in the first column of the row `query` returns (zero when it returns none).
+async fn query_lsn(
+    client: &mut MssqlClient,
+    query: &str,
+    params: &[&dyn tiberius::ToSql],
+    doing: &'static str,
+) -> Result<Lsn, MssqlError> {
+    let row = client
+        .query(query, params)
+        .await
+        .map_err(MssqlError::query(doing))?
+        .into_row()
+        .await
+        .map_err(MssqlError::query(doing))?;
+    Ok(row
+        .and_then(|r| r.get::<&[u8], _>(0).and_then(Lsn::from_slice))
+        .unwrap_or(Lsn::ZERO))
+}
+
 /// The position a poll reads from: the stored one, or for a reader without one the current
 /// max LSN (like a new PostgreSQL or MySQL source, it starts at the end); `None` while the
 /// database has no CDC changes at all.
@@ -302,33 +326,12 @@ impl MssqlStream {
     }
 
     async fn max_lsn(&mut self) -> Result<Lsn, MssqlStreamError> {
-        let doing = "reading the CDC max LSN";
-        let row = self
-            .client
-            .simple_query(MAX_LSN_QUERY)
-            .await
-            .map_err(MssqlError::query(doing))?
-            .into_row()
-            .await
-            .map_err(MssqlError::query(doing))?;
-        Ok(row
-            .and_then(|r| r.get::<&[u8], _>(0).and_then(Lsn::from_slice))
-            .unwrap_or(Lsn::ZERO))
+        Ok(max_lsn(&mut self.client).await?)
     }
 
     async fn min_lsn(&mut self, instance: &str) -> Result<Lsn, MssqlStreamError> {
         let doing = "reading a capture instance's min LSN";
-        let row = self
-            .client
-            .query(MIN_LSN_QUERY, &[&instance])
-            .await
-            .map_err(MssqlError::query(doing))?
-            .into_row()
-            .await
-            .map_err(MssqlError::query(doing))?;
-        Ok(row
-            .and_then(|r| r.get::<&[u8], _>(0).and_then(Lsn::from_slice))
-            .unwrap_or(Lsn::ZERO))
+        Ok(query_lsn(&mut self.client, MIN_LSN_QUERY, &[&instance], doing).await?)
     }
 
     async fn read_changes(
