@@ -84,14 +84,21 @@ pub trait SnapshotRead {
     /// The number of rows of `table`.
     async fn count(&mut self, table: &TableName) -> Result<u64, Self::Error>;
 
-    /// Every `every`-th value of the integer column `column` in key order: boundaries that
-    /// split the table into ranges of `every` rows.
+    /// Every `every`-th value of the integer primary-key column `column` in key order
+    /// (boundaries that split the table into ranges of `every` rows), and the number of rows
+    /// of the table.
+    ///
+    /// The cuts are found by walking the key's index, `every` keys at a time from the last
+    /// cut, each step one query; only the rows after the last cut are counted (every range
+    /// before it holds exactly `every`). Numbering every row with a window function instead
+    /// sorts and numbers the whole table before the first cut is known: on MariaDB that took
+    /// 4-5x as long as the walk, and the separate count scanned the table once more.
     async fn boundaries(
         &mut self,
         table: &TableName,
         column: &str,
         every: u64,
-    ) -> Result<Vec<i128>, Self::Error>;
+    ) -> Result<(Vec<i128>, u64), Self::Error>;
 
     /// Every `every`-th key of `table` (primary-key columns `key`, in key order as the server
     /// orders them): the cut points splitting the table into ranges of `every` rows. The server
@@ -420,7 +427,7 @@ impl SnapshotRead for AnySnapshot {
         table: &TableName,
         column: &str,
         every: u64,
-    ) -> Result<Vec<i128>, SnapshotError> {
+    ) -> Result<(Vec<i128>, u64), SnapshotError> {
         Ok(match self {
             AnySnapshot::Postgres(reader) => reader.boundaries(table, column, every).await?,
             AnySnapshot::Mysql(conn) => conn.lock().await.boundaries(table, column, every).await?,
@@ -523,4 +530,56 @@ impl SnapshotRead for AnySnapshot {
             }
         })
     }
+}
+
+/// The cuts of an integer primary-key column into ranges of `every` rows, and the table's row
+/// count (see [`SnapshotRead::boundaries`]), on any kind: `table` and `column` quoted,
+/// `as_text` the kind's cast of an expression to text, `first` runs a query in the snapshot
+/// and returns the first column of its first row (`None`: no row), `error` words a problem.
+pub(crate) async fn integer_cuts<E>(
+    table: &str,
+    column: &str,
+    every: u64,
+    as_text: fn(&str) -> String,
+    mut first: impl AsyncFnMut(String) -> Result<Option<String>, E>,
+    error: impl Fn(String) -> E,
+) -> Result<(Vec<i128>, u64), E> {
+    let every = every.max(1);
+    let after = |cuts: &[i128]| {
+        cuts.last()
+            .map_or_else(String::new, |last| format!(" WHERE {column} > {last}"))
+    };
+    let mut cuts: Vec<i128> = Vec::new();
+    loop {
+        // The key is an integer read back from the server, so its literal is exact. The text
+        // is named apart from the column: `ORDER BY` a name of the select list would order by
+        // the text (10 before 9), sorting the whole table at every step.
+        let sql = format!(
+            "SELECT {} AS duplex_cut FROM {table}{} ORDER BY {column} LIMIT 1 OFFSET {}",
+            as_text(column),
+            after(&cuts),
+            every - 1
+        );
+        match first(sql).await? {
+            Some(text) => cuts.push(text.parse().map_err(|_| {
+                error(format!(
+                    "{table}.{column}: the key {text} is not an integer"
+                ))
+            })?),
+            None => break,
+        }
+    }
+    let sql = format!(
+        "SELECT {} FROM {table}{}",
+        as_text("COUNT(*)"),
+        after(&cuts)
+    );
+    let tail = match first(sql).await? {
+        Some(text) => text
+            .parse::<u64>()
+            .map_err(|_| error(format!("{table}: the row count {text} is not a number")))?,
+        None => 0,
+    };
+    let rows = cuts.len() as u64 * every + tail;
+    Ok((cuts, rows))
 }

@@ -125,10 +125,9 @@ pub(super) async fn plan(
         let orderable = orderable && alike;
         orderable.then_some(columns)
     };
-    let rows = reader.count(&schema.name).await?;
-    let mut bounds = match &key_column {
+    let (mut bounds, rows) = match &key_column {
         Some(k) => reader.boundaries(&schema.name, k, chunk).await?,
-        None => Vec::new(),
+        None => (Vec::new(), reader.count(&schema.name).await?),
     };
     let cuts = match &key {
         Some(key) => reader.key_boundaries(&schema.name, key, chunk).await?,

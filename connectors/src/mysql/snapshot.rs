@@ -281,25 +281,26 @@ impl SnapshotRead for MysqlSnapshot {
         Ok(n.unwrap_or(0))
     }
 
-    /// Every `every`-th value of the integer column `column` in key order.
     async fn boundaries(
         &mut self,
         table: &TableName,
         column: &str,
         every: u64,
-    ) -> Result<Vec<i128>, MysqlSnapshotError> {
-        let column = quote_ident(column);
-        let sql = format!(
-            "SELECT CAST(k AS CHAR) FROM (SELECT {column} AS k, ROW_NUMBER() OVER (ORDER BY {column}) AS n \
-             FROM {}) s WHERE n % {every} = 0 ORDER BY k",
-            qualified(table)
-        );
-        let keys: Vec<String> = self
-            .conn
-            .query(sql)
-            .await
-            .map_err(MysqlError::query("splitting a table into key ranges"))?;
-        Ok(keys.iter().filter_map(|k| k.parse().ok()).collect())
+    ) -> Result<(Vec<i128>, u64), MysqlSnapshotError> {
+        crate::snapshot::integer_cuts(
+            &qualified(table),
+            &quote_ident(column),
+            every,
+            |e| format!("CAST({e} AS CHAR)"),
+            async |sql| {
+                self.conn
+                    .query_first::<String, _>(sql)
+                    .await
+                    .map_err(|e| MysqlError::query("splitting a table into key ranges")(e).into())
+            },
+            MysqlSnapshotError::Key,
+        )
+        .await
     }
 
     /// Every `every`-th key of `table` (primary-key columns `key`, in key order as the

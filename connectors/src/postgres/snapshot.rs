@@ -516,6 +516,23 @@ impl PgSnapshotReader {
         }
         Ok(rows)
     }
+
+    /// The first column of the first row `sql` returns, as text (`None`: no row, or NULL).
+    async fn first_text(
+        &mut self,
+        sql: &str,
+        doing: &'static str,
+    ) -> Result<Option<String>, PgSnapshotError> {
+        let messages = self
+            .client
+            .simple_query(sql)
+            .await
+            .map_err(PgError::query(doing))?;
+        Ok(messages.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        }))
+    }
 }
 
 impl SnapshotRead for PgSnapshotReader {
@@ -536,32 +553,24 @@ impl SnapshotRead for PgSnapshotReader {
         Ok(row.get::<_, i64>(0).max(0) as u64)
     }
 
-    /// Every `every`-th value of the integer column `column` in key order: boundaries that
-    /// split the table into ranges of `every` rows.
     async fn boundaries(
         &mut self,
         table: &TableName,
         column: &str,
         every: u64,
-    ) -> Result<Vec<i128>, PgSnapshotError> {
-        let column = quote_ident(column);
-        let sql = format!(
-            "SELECT k::text FROM (SELECT {column} AS k, row_number() OVER (ORDER BY {column}) AS n \
-             FROM {}) s WHERE n % {every} = 0 ORDER BY k",
-            qualified(table)
-        );
-        let rows = self
-            .client
-            .simple_query(&sql)
-            .await
-            .map_err(PgError::query("splitting a table into key ranges"))?;
-        Ok(rows
-            .iter()
-            .filter_map(|m| match m {
-                SimpleQueryMessage::Row(row) => row.get(0).and_then(|t| t.parse().ok()),
-                _ => None,
-            })
-            .collect())
+    ) -> Result<(Vec<i128>, u64), PgSnapshotError> {
+        crate::snapshot::integer_cuts(
+            &qualified(table),
+            &quote_ident(column),
+            every,
+            |e| format!("({e})::text"),
+            async |sql| {
+                self.first_text(&sql, "splitting a table into key ranges")
+                    .await
+            },
+            PgSnapshotError::Key,
+        )
+        .await
     }
 
     /// Every `every`-th key of `table` (primary-key columns `key`, in key order as the
