@@ -94,21 +94,17 @@ pub(super) async fn copy(
             levels: levels.clone(),
             remaining: gate.clone(),
         };
-        workers.spawn(async move {
-            worker(
-                site,
-                reader,
-                work,
-                shared,
-                done_tx,
-                position,
-                upsert,
-                attempt_positions,
-                order,
-                bulk,
-            )
-            .await
-        });
+        let copier = Copier {
+            site,
+            jobs: shared,
+            done: done_tx,
+            position,
+            upsert,
+            attempt_positions,
+            order,
+            bulk,
+        };
+        workers.spawn(worker(copier, reader, work));
     }
     drop(done_tx);
     // Progress and the state store, from one place so that record writes never race.
@@ -246,49 +242,308 @@ fn progress_bars(jobs: &[Job], totals: &[u64]) -> (MultiProgress, Vec<ProgressBa
 /// Copies ranges from the queue until it is empty: reads each in the snapshot and writes it
 /// into every target with its marker, unless a target already holds it from an earlier
 /// attempt (recognised by its marker).
-#[allow(clippy::too_many_arguments)]
+///
+/// Reading and writing overlap: while the targets write one range, the snapshot reads the
+/// next, so neither the source nor the targets wait for the other (one range ahead at most,
+/// so a worker holds two ranges at a time). A range is still written only once every range of
+/// lower levels is on every target ([`Order`]); reading ahead of that cannot change what is
+/// read, the snapshot is fixed.
 async fn worker(
-    site: Site,
+    copier: Copier,
     mut reader: AnySnapshot,
     work: WorkQueue,
-    jobs: SharedJobs,
-    done: mpsc::UnboundedSender<Done>,
-    position: Position,
-    upsert: bool,
-    attempt_positions: Vec<Vec<Position>>,
-    order: Order,
-    bulk: BulkDecisions,
 ) -> Result<(), BackfillError> {
     let mut sessions = Sessions::default();
-    let result = loop {
-        let next = work.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
-        let Some((index, range_id)) = next else {
-            break Ok(());
-        };
-        let level = order.levels[index];
-        order.wait_below(level).await;
-        if let Err(error) = copy_range(
-            &site,
-            &mut reader,
-            &jobs,
-            (index, range_id),
-            &position,
-            upsert,
-            &attempt_positions,
-            &mut sessions,
-            &bulk,
-            &done,
-        )
-        .await
-        {
-            break Err(error);
-        }
-        order.landed(level);
-    };
+    let result = copier.pipeline(&mut reader, &work, &mut sessions).await;
     for (_, target_reader) in sessions.target_readers {
         target_reader.close().await;
     }
     result
+}
+
+/// What a worker needs of the copy besides its own connections.
+struct Copier {
+    site: Site,
+    jobs: SharedJobs,
+    done: mpsc::UnboundedSender<Done>,
+    /// The snapshot's position: every range's target transaction records it.
+    position: Position,
+    upsert: bool,
+    /// Per job, the positions of every attempt of its copy (the last is this one).
+    attempt_positions: Vec<Vec<Position>>,
+    order: Order,
+    bulk: BulkDecisions,
+}
+
+/// A range read from the snapshot, not yet written.
+struct ReadRange {
+    index: usize,
+    range_id: u64,
+    /// The range's target transaction: its marker, the snapshot's position, canonical rows
+    /// (none when the range is read in bulk).
+    txn: Transaction,
+    bulk: Option<BulkRows>,
+    /// The rows read.
+    count: u64,
+}
+
+impl Copier {
+    /// Takes ranges until the queue is empty, writing each while the next is read.
+    async fn pipeline(
+        &self,
+        reader: &mut AnySnapshot,
+        work: &WorkQueue,
+        sessions: &mut Sessions,
+    ) -> Result<(), BackfillError> {
+        let mut in_hand: Option<ReadRange> = None;
+        loop {
+            let next = work.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+            let Some((index, range_id)) = next else {
+                if let Some(range) = in_hand {
+                    self.write(sessions, range).await?;
+                }
+                return Ok(());
+            };
+            let mut current = in_hand.take();
+            let shape = match self.prepared(sessions, index) {
+                Some(shape) => shape,
+                None => {
+                    // Connecting to the targets and asking them about the bulk path needs
+                    // the target sessions: the range in hand is written first.
+                    if let Some(range) = current.take() {
+                        self.write(sessions, range).await?;
+                    }
+                    self.prepare(reader, sessions, index).await?
+                }
+            };
+            let read = self.read(reader, index, range_id, shape);
+            in_hand = Some(match current {
+                Some(range) => {
+                    let (written, read) = tokio::join!(self.write(sessions, range), read);
+                    written?;
+                    read?
+                }
+                None => read.await?,
+            });
+        }
+    }
+
+    /// How job `index`'s ranges are read (the bulk shape, or `None`: canonical rows), once
+    /// this worker is connected to every target of the job and the decision is made;
+    /// `None` before.
+    fn prepared(&self, sessions: &Sessions, index: usize) -> Option<Option<Arc<BulkShape>>> {
+        let targets = self.jobs[index].2.len();
+        if (0..targets).any(|t| !sessions.writers.contains_key(&(index, t))) {
+            return None;
+        }
+        self.bulk[index].get().cloned()
+    }
+
+    /// Connects to every target of job `index` and decides how its ranges are read.
+    async fn prepare(
+        &self,
+        reader: &mut AnySnapshot,
+        sessions: &mut Sessions,
+        index: usize,
+    ) -> Result<Option<Arc<BulkShape>>, BackfillError> {
+        let (_, _, targets, meta, _) = &self.jobs[index];
+        let upsert = self.upsert || meta.resync;
+        for (t, (target, routes)) in targets.iter().enumerate() {
+            if let std::collections::hash_map::Entry::Vacant(slot) =
+                sessions.writers.entry((index, t))
+            {
+                let options = ApplyOptions {
+                    upsert,
+                    ..ApplyOptions::default()
+                };
+                slot.insert(
+                    AnyApplier::connect(&target.connection(), routes.clone(), options)
+                        .await
+                        .map_err(apply_error(target))?,
+                );
+            }
+        }
+        Ok(self.bulk[index]
+            .get_or_try_init(|| bulk_shape(&self.site, reader, &self.jobs, index, upsert, sessions))
+            .await?
+            .clone())
+    }
+
+    /// Reads range `range_id` of job `index` in the snapshot, in `shape` when given.
+    async fn read(
+        &self,
+        reader: &mut AnySnapshot,
+        index: usize,
+        range_id: u64,
+        shape: Option<Arc<BulkShape>>,
+    ) -> Result<ReadRange, BackfillError> {
+        let (mapping, schema, _, meta, _) = &self.jobs[index];
+        let source_table = &schema.name;
+        let range = meta.range(range_id, schema);
+        let site = &self.site;
+        let (events, bulk, count) = match &shape {
+            Some(shape) => {
+                let rows = reader
+                    .bulk_rows(shape, &range)
+                    .await
+                    .map_err(snapshot_error(site))?;
+                let count = rows.rows;
+                (Vec::new(), Some(rows), count)
+            }
+            None => {
+                let rows = reader
+                    .rows(source_table, &schema.columns, &range)
+                    .await
+                    .map_err(snapshot_error(site))?;
+                let count = rows.len() as u64;
+                // The key's column names, shared by every row's key instead of allocated
+                // per row.
+                let key_names: Vec<Arc<str>> = schema
+                    .primary_key
+                    .iter()
+                    .map(|k| Arc::from(k.as_str()))
+                    .collect();
+                let events = rows
+                    .into_iter()
+                    .map(|row| ChangeEvent {
+                        table: source_table.clone(),
+                        op: Op::Insert,
+                        key: key_names
+                            .iter()
+                            .map(|k| (k.clone(), row.get(k).cloned().unwrap_or(Value::Null)))
+                            .collect(),
+                        before: None,
+                        after: Some(row),
+                    })
+                    .collect();
+                (events, None, count)
+            }
+        };
+        Ok(ReadRange {
+            index,
+            range_id,
+            txn: Transaction {
+                source: marker(&mapping.name, range_id),
+                position: self.position.clone(),
+                commit_time: chrono::Utc::now(),
+                origin: Origin::Local,
+                events,
+            },
+            bulk,
+            count,
+        })
+    }
+
+    /// Writes `read` into every target of its job, once every range of lower levels is on
+    /// every target, and reports it done.
+    async fn write(&self, sessions: &mut Sessions, read: ReadRange) -> Result<(), BackfillError> {
+        let level = self.order.levels[read.index];
+        self.order.wait_below(level).await;
+        self.write_range(sessions, &read).await?;
+        self.order.landed(level);
+        let copied_in = self.attempt_positions[read.index].len() as u32 - 1;
+        // A closed channel: the copy is being abandoned.
+        let _ = self
+            .done
+            .send((read.index, read.range_id, read.count, copied_in));
+        Ok(())
+    }
+
+    /// Writes one range into every target (see [`worker`]).
+    async fn write_range(
+        &self,
+        sessions: &mut Sessions,
+        read: &ReadRange,
+    ) -> Result<(), BackfillError> {
+        let ReadRange {
+            index,
+            range_id,
+            txn,
+            bulk,
+            ..
+        } = read;
+        let (index, range_id) = (*index, *range_id);
+        let (mapping, schema, targets, meta, target_schemas) = &self.jobs[index];
+        let source_table = &schema.name;
+        let position = &self.position;
+        let attempts = &self.attempt_positions[index];
+        for (t, (target, routes)) in targets.iter().enumerate() {
+            let writer = sessions
+                .writers
+                .get_mut(&(index, t))
+                .expect("connected before the range was read");
+            // A range an interrupted run wrote but did not record was recorded from its marker
+            // before the catch-up (`catch_up::reconcile_markers`) unless the targets disagree.
+            if let Some(held) = writer
+                .position(&txn.source)
+                .await
+                .map_err(apply_error(target))?
+                && attempts.contains(&held)
+                && held != *position
+            {
+                return Err(BackfillError::Refused(format!(
+                    "range {range_id} of mapping {} is on {} from an earlier attempt but not in the state store, \
+                     and not on every target from the same attempt: this cannot be reconciled automatically; \
+                     empty the mapping's target tables and start it over with `duplex backfill --mapping {} --restart`",
+                    mapping.name, target.name, mapping.name
+                )));
+            }
+            if let Some(rows) = bulk {
+                writer
+                    .load_bulk(txn, rows)
+                    .await
+                    .map_err(apply_error(target))?;
+                continue;
+            }
+            // A resync replaces the target's rows of the range: the rows the source does not
+            // have are deleted in the range's own target transaction, before it upserts.
+            let mut replacing;
+            let mut written = txn;
+            if meta.resync {
+                let target_schema = target_schemas[t].as_ref().ok_or_else(|| {
+                    BackfillError::Invalid(format!(
+                        "the table of mapping {} on site {} was not described",
+                        mapping.name, target.name
+                    ))
+                })?;
+                if let std::collections::hash_map::Entry::Vacant(slot) =
+                    sessions.target_readers.entry((index, t))
+                {
+                    slot.insert(
+                        AnySnapshot::open(&target.connection())
+                            .await
+                            .map_err(snapshot_error(target))?,
+                    );
+                }
+                let target_reader = sessions
+                    .target_readers
+                    .get_mut(&(index, t))
+                    .expect("just inserted");
+                let route = routes
+                    .iter()
+                    .find(|r| r.source == *source_table)
+                    .ok_or_else(|| duplex_connectors::ApplyError::NoRoute(source_table.clone()))
+                    .map_err(apply_error(target))?;
+                let range = meta.range(range_id, schema);
+                let stale = stale_rows(target_reader, route, target_schema, &range, txn)
+                    .await
+                    .map_err(snapshot_error(target))?;
+                if !stale.is_empty() {
+                    tracing::debug!(mapping = %mapping.name, target = %target.name, range = range_id, rows = stale.len(), "deleting target rows the source does not have");
+                    replacing = txn.clone();
+                    replacing.events = stale;
+                    replacing.events.extend(txn.events.iter().cloned());
+                    written = &replacing;
+                }
+            }
+            let writer = sessions
+                .writers
+                .get_mut(&(index, t))
+                .expect("connected before the range was read");
+            writer.load(written).await.map_err(apply_error(target))?;
+        }
+        Ok(())
+    }
 }
 
 /// The copy order the workers keep: each job's level, and the ranges not yet on every target
@@ -313,177 +568,6 @@ impl Order {
         self.remaining
             .send_modify(|remaining| remaining[level] -= 1);
     }
-}
-
-/// Copies one range into every target (see [`worker`]).
-#[allow(clippy::too_many_arguments)]
-async fn copy_range(
-    site: &Site,
-    reader: &mut AnySnapshot,
-    jobs: &SharedJobs,
-    (index, range_id): (usize, u64),
-    position: &Position,
-    upsert: bool,
-    attempt_positions: &[Vec<Position>],
-    sessions: &mut Sessions,
-    bulk: &BulkDecisions,
-    done: &mpsc::UnboundedSender<Done>,
-) -> Result<(), BackfillError> {
-    let (mapping, schema, targets, meta, target_schemas) = &jobs[index];
-    let upsert = upsert || meta.resync;
-    let source_table = &schema.name;
-    let range = meta.range(range_id, schema);
-    for (t, (target, routes)) in targets.iter().enumerate() {
-        if let std::collections::hash_map::Entry::Vacant(slot) = sessions.writers.entry((index, t))
-        {
-            let options = ApplyOptions {
-                upsert,
-                ..ApplyOptions::default()
-            };
-            slot.insert(
-                AnyApplier::connect(&target.connection(), routes.clone(), options)
-                    .await
-                    .map_err(apply_error(target))?,
-            );
-        }
-    }
-    let bulk = bulk[index]
-        .get_or_try_init(|| bulk_shape(site, reader, jobs, index, upsert, sessions))
-        .await?
-        .clone();
-    let read = match &bulk {
-        Some(shape) => Read::Bulk(
-            reader
-                .bulk_rows(shape, &range)
-                .await
-                .map_err(snapshot_error(site))?,
-        ),
-        None => Read::Rows(
-            reader
-                .rows(source_table, &schema.columns, &range)
-                .await
-                .map_err(snapshot_error(site))?,
-        ),
-    };
-    let count = match &read {
-        Read::Bulk(rows) => rows.rows,
-        Read::Rows(rows) => rows.len() as u64,
-    };
-    // The key's column names, shared by every row's key instead of allocated per row.
-    let key_names: Vec<Arc<str>> = schema
-        .primary_key
-        .iter()
-        .map(|k| Arc::from(k.as_str()))
-        .collect();
-    let (events, bulk_rows) = match read {
-        Read::Bulk(rows) => (Vec::new(), Some(rows)),
-        Read::Rows(rows) => (
-            rows.into_iter()
-                .map(|row| ChangeEvent {
-                    table: source_table.clone(),
-                    op: Op::Insert,
-                    key: key_names
-                        .iter()
-                        .map(|k| (k.clone(), row.get(k).cloned().unwrap_or(Value::Null)))
-                        .collect(),
-                    before: None,
-                    after: Some(row),
-                })
-                .collect(),
-            None,
-        ),
-    };
-    let txn = Transaction {
-        source: marker(&mapping.name, range_id),
-        position: position.clone(),
-        commit_time: chrono::Utc::now(),
-        origin: Origin::Local,
-        events,
-    };
-    let copied_in = attempt_positions[index].len() as u32 - 1;
-    for (t, (target, routes)) in targets.iter().enumerate() {
-        let writer = sessions
-            .writers
-            .get_mut(&(index, t))
-            .expect("connected above");
-        // A range an interrupted run wrote but did not record was recorded from its marker
-        // before the catch-up (`catch_up::reconcile_markers`) unless the targets disagree.
-        if let Some(held) = writer
-            .position(&txn.source)
-            .await
-            .map_err(apply_error(target))?
-            && attempt_positions[index].contains(&held)
-            && held != *position
-        {
-            return Err(BackfillError::Refused(format!(
-                "range {range_id} of mapping {} is on {} from an earlier attempt but not in the state store, \
-                 and not on every target from the same attempt: this cannot be reconciled automatically; \
-                 empty the mapping's target tables and start it over with `duplex backfill --mapping {} --restart`",
-                mapping.name, target.name, mapping.name
-            )));
-        }
-        if let Some(rows) = &bulk_rows {
-            writer
-                .load_bulk(&txn, rows)
-                .await
-                .map_err(apply_error(target))?;
-            continue;
-        }
-        // A resync replaces the target's rows of the range: the rows the source does not
-        // have are deleted in the range's own target transaction, before it upserts.
-        let mut replacing;
-        let mut written = &txn;
-        if meta.resync {
-            let target_schema = target_schemas[t].as_ref().ok_or_else(|| {
-                BackfillError::Invalid(format!(
-                    "the table of mapping {} on site {} was not described",
-                    mapping.name, target.name
-                ))
-            })?;
-            if let std::collections::hash_map::Entry::Vacant(slot) =
-                sessions.target_readers.entry((index, t))
-            {
-                slot.insert(
-                    AnySnapshot::open(&target.connection())
-                        .await
-                        .map_err(snapshot_error(target))?,
-                );
-            }
-            let target_reader = sessions
-                .target_readers
-                .get_mut(&(index, t))
-                .expect("just inserted");
-            let route = routes
-                .iter()
-                .find(|r| r.source == *source_table)
-                .ok_or_else(|| duplex_connectors::ApplyError::NoRoute(source_table.clone()))
-                .map_err(apply_error(target))?;
-            let stale = stale_rows(target_reader, route, target_schema, &range, &txn)
-                .await
-                .map_err(snapshot_error(target))?;
-            if !stale.is_empty() {
-                tracing::debug!(mapping = %mapping.name, target = %target.name, range = range_id, rows = stale.len(), "deleting target rows the source does not have");
-                replacing = txn.clone();
-                replacing.events = stale;
-                replacing.events.extend(txn.events.iter().cloned());
-                written = &replacing;
-            }
-        }
-        let writer = sessions
-            .writers
-            .get_mut(&(index, t))
-            .expect("connected above");
-        writer.load(written).await.map_err(apply_error(target))?;
-    }
-    // A closed channel: the copy is being abandoned.
-    let _ = done.send((index, range_id, count, copied_in));
-    Ok(())
-}
-
-/// A range as read: canonical rows, or the source's bulk format.
-enum Read {
-    Rows(Vec<duplex_connectors::Row>),
-    Bulk(BulkRows),
 }
 
 /// A worker's connections to the targets, per (job, target).
