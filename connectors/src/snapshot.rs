@@ -101,8 +101,9 @@ pub trait SnapshotRead {
     ) -> Result<(Vec<i128>, u64), Self::Error>;
 
     /// Every `every`-th key of `table` (primary-key columns `key`, in key order as the server
-    /// orders them): the cut points splitting the table into ranges of `every` rows. The server
-    /// numbers the keys; only the cut points are sent.
+    /// orders them): the cut points splitting the table into ranges of `every` rows, found as
+    /// [`SnapshotRead::boundaries`] finds them (a walk by the key's index, one query per
+    /// range); only the cut points are sent.
     async fn key_boundaries(
         &mut self,
         table: &TableName,

@@ -305,7 +305,8 @@ impl SnapshotRead for MysqlSnapshot {
 
     /// Every `every`-th key of `table` (primary-key columns `key`, in key order as the
     /// server orders them): the cut points splitting the table into ranges of `every` rows.
-    /// The server numbers the keys; only the cut points are sent.
+    /// Walked by the key's index from the last cut, one query per range, the cut values bound
+    /// back as the range reads bind them (see [`condition`]).
     async fn key_boundaries(
         &mut self,
         table: &TableName,
@@ -318,24 +319,33 @@ impl SnapshotRead for MysqlSnapshot {
             .collect::<Vec<_>>()
             .join(", ");
         let select = key.iter().map(select_expr).collect::<Vec<_>>().join(", ");
-        let sql = format!(
-            "SELECT {select} FROM (SELECT {list}, ROW_NUMBER() OVER (ORDER BY {list}) AS duplex_n \
-             FROM {}) s WHERE duplex_n % {every} = 0 ORDER BY duplex_n",
-            qualified(table)
-        );
-        let rows = self
-            .select(
-                table,
-                key,
-                &sql,
-                Vec::new(),
-                "splitting a table into key ranges",
-            )
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| row.iter().map(|(_, v)| v.clone()).collect())
-            .collect())
+        let mut cuts: Vec<Vec<Value>> = Vec::new();
+        loop {
+            let after = KeyRange {
+                columns: key.to_vec(),
+                lo: cuts.last().cloned(),
+                hi: None,
+            };
+            let (condition, params) = condition(&after)?;
+            let sql = format!(
+                "SELECT {select} FROM {} WHERE {condition} ORDER BY {list} LIMIT 1 OFFSET {}",
+                qualified(table),
+                every.max(1) - 1
+            );
+            let rows = self
+                .select(
+                    table,
+                    key,
+                    &sql,
+                    params,
+                    "splitting a table into key ranges",
+                )
+                .await?;
+            match rows.into_iter().next() {
+                Some(row) => cuts.push(row.iter().map(|(_, v)| v.clone()).collect()),
+                None => return Ok(cuts),
+            }
+        }
     }
 
     /// For each of `keys`, the index of the range it falls in when `cuts` (ascending) cut

@@ -575,7 +575,8 @@ impl SnapshotRead for PgSnapshotReader {
 
     /// Every `every`-th key of `table` (primary-key columns `key`, in key order as the
     /// server orders them): the cut points splitting the table into ranges of `every` rows.
-    /// The server numbers the keys; only the cut points are sent.
+    /// Walked by the key's index from the last cut (a row comparison, which PostgreSQL reads
+    /// by index), one query per range.
     async fn key_boundaries(
         &mut self,
         table: &TableName,
@@ -587,19 +588,28 @@ impl SnapshotRead for PgSnapshotReader {
             .map(|c| quote_ident(&c.name))
             .collect::<Vec<_>>()
             .join(", ");
-        let sql = format!(
-            "SELECT {list} FROM (SELECT {list}, row_number() OVER (ORDER BY {list}) AS duplex_n \
-             FROM {}) s WHERE duplex_n % {every} = 0 ORDER BY duplex_n",
-            qualified(table)
-        );
         let names: Vec<String> = key.iter().map(|c| c.name.clone()).collect();
-        let rows = self
-            .select(table, &sql, &names, "splitting a table into key ranges")
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| row.iter().map(|(_, v)| v.clone()).collect())
-            .collect())
+        let mut cuts: Vec<Vec<Value>> = Vec::new();
+        loop {
+            let after = KeyRange {
+                columns: key.to_vec(),
+                lo: cuts.last().cloned(),
+                hi: None,
+            };
+            let sql = format!(
+                "SELECT {list} FROM {} WHERE {} ORDER BY {list} OFFSET {} LIMIT 1",
+                qualified(table),
+                condition(&after)?,
+                every.max(1) - 1
+            );
+            let rows = self
+                .select(table, &sql, &names, "splitting a table into key ranges")
+                .await?;
+            match rows.into_iter().next() {
+                Some(row) => cuts.push(row.iter().map(|(_, v)| v.clone()).collect()),
+                None => return Ok(cuts),
+            }
+        }
     }
 
     /// For each of `keys`, the index of the range it falls in when `cuts` (ascending) cut
