@@ -1,8 +1,8 @@
 //! Cutting a table with a single integer key by key value, and halving a range whose digests
 //! differ, for mappings compared by digests ([`duplex_connectors::digest`]).
 //!
-//! Numbering every key on the server ([`duplex_connectors::SnapshotRead::key_boundaries`])
-//! sorts the whole key: on MariaDB about as long as comparing the table by digests. An
+//! Finding exact cuts on the server ([`duplex_connectors::SnapshotRead::key_boundaries`])
+//! reads the whole key in order: on MariaDB about as long as comparing the table by digests. An
 //! integer key orders alike on every kind of database, so its ranges can be cut by value
 //! instead: the span from the smallest to the largest key in equal widths, as many as the
 //! server's row estimate divided by the rows wanted per range, plus the two open ends (rows
