@@ -1,54 +1,70 @@
 //! The merge engine on the bus: `duplex run --role reader` publishes the two-way sites'
 //! changes (with their echo markers) and `duplex run --role coordinator` decides from them,
-//! as separate processes around a real `nats-server -js` started by the test.
+//! as separate processes around a real `nats-server -js` started by the test; a PostgreSQL
+//! site `a` and a MariaDB site `b`.
 
 mod harness;
 
 use std::time::Duration;
 
-use duplex_testkit::{NatsServer, PgDatabase, shared_pg};
+use duplex_testkit::{MariaDatabase, NatsServer, PgDatabase, shared_mariadb, shared_pg};
 use harness::sites::conflicts;
 use harness::{Duplex, rows, wait_for, wait_slot_active};
 
 /// How long a test waits for the sites to converge before it fails.
 const CATCH_UP: Duration = Duration::from_secs(90);
 
-const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL, note text)";
+const PG_ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL, note text)";
+const MY_ITEMS: &str =
+    "CREATE TABLE items (id INT PRIMARY KEY, qty INT NOT NULL, note TEXT) ENGINE=InnoDB";
+type Rows = Vec<Vec<String>>;
 
-/// Two PostgreSQL sites `items` both ways, over a bus.
+const SELECT: &str = "SELECT id, qty, COALESCE(note, '') FROM items ORDER BY id";
+
+/// A PostgreSQL site and a MariaDB site, `items` both ways, over a bus.
 struct Sites {
     a: PgDatabase,
-    b: PgDatabase,
+    b: MariaDatabase,
 }
 
 impl Sites {
     fn new() -> Sites {
         let a = shared_pg().create_database();
-        let b = shared_pg().create_database();
-        a.execute_as_duplex(ITEMS).unwrap();
-        b.execute_as_duplex(ITEMS).unwrap();
+        let b = shared_mariadb().create_database();
+        a.execute_as_duplex(PG_ITEMS).unwrap();
+        b.sql(MY_ITEMS).unwrap();
         Sites { a, b }
+    }
+
+    /// Runs SQL as an application would: on `a` (PostgreSQL) or `b` (MariaDB).
+    fn exec(&self, on_a: bool, sql: &str) -> String {
+        match on_a {
+            true => self.a.psql(sql),
+            false => self.b.sql(sql),
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// Both sites' `items`: (a, b).
+    fn rows(&self) -> Result<(Rows, Rows), String> {
+        let a = self.a.psql(SELECT).map_err(|e| e.to_string())?;
+        let b = self.b.sql(SELECT).map_err(|e| e.to_string())?;
+        Ok((rows(&a, '|'), rows(&b, '\t')))
     }
 
     fn config(&self, nats: &NatsServer, bus: &str) -> String {
         format!(
             "[sites.{a}]\nkind = \"postgres\"\nurl = \"{au}\"\n\n\
-             [sites.{b}]\nkind = \"postgres\"\nurl = \"{bu}\"\n\n\
+             [sites.{b}]\nkind = \"mysql\"\nurl = \"{bu}\"\n\n\
              [bus]\nkind = \"nats\"\nurl = \"{nats}\"\n{bus}\n\n\
-             [[mappings]]\nname = \"items\"\ntables = {{ {a} = \"public.items\", {b} = \"public.items\" }}\n\
-             direction = \"both\"\nconflict = \"last-writer-wins\"\n",
+             [[mappings]]\nname = \"items\"\ntables = {{ {a} = \"public.items\", {b} = \"{b}.items\" }}\n\
+             direction = \"both\"\nconflict = \"prefer:{b}\"\n",
             a = self.a.name(),
             au = self.a.url(),
             b = self.b.name(),
             bu = self.b.url(),
             nats = nats.url(),
         )
-    }
-
-    fn rows(db: &PgDatabase) -> Result<Vec<Vec<String>>, String> {
-        db.psql("SELECT id, qty, COALESCE(note, '') FROM items ORDER BY id")
-            .map(|text| rows(&text, '|'))
-            .map_err(|e| e.to_string())
     }
 
     /// Waits until both sites hold the same `count` rows; `processes` must keep running.
@@ -58,7 +74,7 @@ impl Sites {
                 for process in processes.iter_mut() {
                     process.assert_running();
                 }
-                let (a, b) = (Sites::rows(&self.a)?, Sites::rows(&self.b)?);
+                let (a, b) = self.rows()?;
                 if a == b && a.len() == count {
                     Ok(a)
                 } else {
@@ -107,7 +123,6 @@ impl Sites {
 
     fn drop_slots(&self) {
         harness::pg::drop_all_slots(&self.a);
-        harness::pg::drop_all_slots(&self.b);
     }
 }
 
@@ -120,11 +135,21 @@ fn start(config: &str, args: &[&str]) -> Duplex {
 const READER: &[&str] = &["--role", "reader"];
 const COORDINATOR: &[&str] = &["--role", "coordinator"];
 
-/// Starts the reader and waits until it streams from both slots.
+/// Starts the reader and waits until it streams from both sites (the PostgreSQL slot
+/// streamed from, the MariaDB binlog position recorded).
 fn start_reader(sites: &Sites, reader: &mut Duplex) {
+    let before = reader.log_text().matches("bus reader started").count();
     reader.start_with(READER);
     wait_slot_active(&sites.a, reader);
-    wait_slot_active(&sites.b, reader);
+    wait_for("the reader to read both sites", CATCH_UP, || {
+        reader.assert_running();
+        let started = reader.log_text().matches("bus reader started").count();
+        if started >= before + 2 {
+            Ok(())
+        } else {
+            Err(format!("{} started", started - before))
+        }
+    });
 }
 
 /// Waits until the coordinator consumes both sites' streams.
@@ -147,26 +172,27 @@ fn wait_coordinating(coordinator: &mut Duplex, starts: usize) {
 /// an update of a seeded row on one of them.
 fn workload(sites: &Sites, round: i32) {
     let (a, b) = (100 + round * 10, 1000 + round * 10);
-    sites
-        .a
-        .psql(&format!(
+    sites.exec(
+        true,
+        &format!(
             "INSERT INTO items SELECT g, 1, 'a' FROM generate_series({a}, {}) g",
             a + 4
-        ))
-        .unwrap();
-    sites
-        .b
-        .psql(&format!(
-            "INSERT INTO items SELECT g, 1, 'b' FROM generate_series({b}, {}) g",
+        ),
+    );
+    sites.exec(
+        false,
+        &format!(
+            "INSERT INTO items SELECT seq, 1, 'b' FROM seq_{b}_to_{}",
             b + 4
-        ))
-        .unwrap();
-    let site = if round % 2 == 0 { &sites.a } else { &sites.b };
-    site.psql(&format!(
-        "UPDATE items SET note = 'round {round}' WHERE id = {}",
-        2 + round % 9
-    ))
-    .unwrap();
+        ),
+    );
+    sites.exec(
+        round % 2 == 0,
+        &format!(
+            "UPDATE items SET note = 'round {round}' WHERE id = {}",
+            2 + round % 9
+        ),
+    );
 }
 
 #[test]
@@ -201,21 +227,18 @@ fn two_way_over_the_bus_converges_exactly_once_across_kills() {
     sites.wait_same(count, &mut [&mut reader, &mut coordinator]);
 
     // A conflict: both sites change row 1 while the coordinator is down (neither change can
-    // have seen the other); the later one wins everywhere, logged once.
+    // have seen the other); b's wins everywhere (`prefer:b`: MariaDB commit times have whole
+    // seconds, so last-writer-wins could not tell these two apart), logged once.
     coordinator.kill();
     sites
         .a
         .psql("UPDATE items SET note = 'from a' WHERE id = 1")
         .unwrap();
-    sites
-        .b
-        .psql("UPDATE items SET note = 'from b' WHERE id = 1")
-        .unwrap();
+    sites.exec(false, "UPDATE items SET note = 'from b' WHERE id = 1");
     Sites::wait_published(&sites.a, &mut reader);
-    Sites::wait_published(&sites.b, &mut reader);
     coordinator.start_with(COORDINATOR);
     let rows = sites.wait_same(count, &mut [&mut reader, &mut coordinator]);
-    assert_eq!(rows[0], ["1", "0", "from b"], "the later commit wins");
+    assert_eq!(rows[0], ["1", "0", "from b"], "the preferred site wins");
 
     // The decision is not made again after another crash of each process.
     coordinator.kill();
@@ -229,6 +252,7 @@ fn two_way_over_the_bus_converges_exactly_once_across_kills() {
     let log = conflicts(&coordinator);
     assert_eq!(log.len(), 1, "{log:#?}");
     assert_eq!(log[0]["status"], "resolved", "{log:#?}");
+    assert_eq!(log[0]["winner"], sites.b.name(), "{log:#?}");
     // Nothing lost, nothing written twice: exact counts, and the insert-only rows add up.
     let inserted: Vec<&Vec<String>> = rows
         .iter()
@@ -243,11 +267,9 @@ fn two_way_over_the_bus_converges_exactly_once_across_kills() {
     for (id, row) in (1..=10).zip(&rows) {
         assert_eq!(row[0], id.to_string());
     }
-    for site in [&sites.a, &sites.b] {
-        let distinct = site
-            .psql("SELECT count(DISTINCT id) = count(*) FROM items")
-            .unwrap();
-        assert_eq!(distinct.trim(), "t");
+    for (on_a, yes) in [(true, "t"), (false, "1")] {
+        let distinct = sites.exec(on_a, "SELECT count(DISTINCT id) = count(*) FROM items");
+        assert_eq!(distinct.trim(), yes);
     }
     let log = coordinator.log_text();
     assert!(
