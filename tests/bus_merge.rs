@@ -271,6 +271,16 @@ fn two_way_over_the_bus_converges_exactly_once_across_kills() {
         let distinct = sites.exec(on_a, "SELECT count(DISTINCT id) = count(*) FROM items");
         assert_eq!(distinct.trim(), yes);
     }
+    // A second coordinator (another state directory) is refused at start (the sites hold the
+    // first one's writes and claims), before it touches the streams: the first goes on.
+    let mut second = start(&config, COORDINATOR);
+    second.assert_stopped_saying(&["another duplex"]);
+    assert!(!second.log_text().contains("consuming the stream"));
+    workload(&sites, 9);
+    count += 10;
+    sites.wait_same(count, &mut [&mut reader, &mut coordinator]);
+    assert_eq!(conflicts(&coordinator).len(), 1);
+
     let log = coordinator.log_text();
     assert!(
         log.contains("consuming the stream") && log.contains("-merge_"),

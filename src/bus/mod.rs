@@ -86,8 +86,9 @@
 //! The coordinator stays one process: it is the only task that decides, and its state store
 //! orders every decision (row versions, conflict records, outbox numbers and every site's
 //! read position commit together). Splitting it would need that order across processes,
-//! which is what the claims in `duplex.claims` refuse: a second coordinator with another state
-//! directory is refused at start, before it opens a stream.
+//! which is what the engine's start refuses (the sites hold another engine's writes; the
+//! claims in `duplex.claims`): a second coordinator with another state directory stops at
+//! start, before it opens a stream.
 
 use std::cmp::Ordering;
 use std::time::Duration;
