@@ -321,3 +321,42 @@ fn a_coordinator_behind_the_streams_retention_stops_naming_backfill() {
     reader.kill();
     sites.drop_slots();
 }
+
+#[test]
+fn a_coordinator_stops_when_a_new_reader_started_after_what_it_decided() {
+    let nats = NatsServer::start().unwrap();
+    let sites = Sites::new();
+    let first = sites.config(&nats, "stream_prefix = \"one\"");
+    let mut reader = Duplex::new(&first);
+    start_reader(&sites, &mut reader);
+    let mut coordinator = start(&first, COORDINATOR);
+    wait_coordinating(&mut coordinator, 1);
+    workload(&sites, 0);
+    sites.wait_same(10, &mut [&mut reader, &mut coordinator]);
+    coordinator.kill();
+    reader.kill();
+    // Committed while nothing reads the sites, then a new reader (its own state directory,
+    // a new stream) reads them from now on: what lies in between is in no stream. (The old
+    // reader's slot and its claim on the publication are released by hand, as its refusal
+    // to share them with another deployment says.)
+    workload(&sites, 1);
+    harness::pg::drop_all_slots(&sites.a);
+    for publication in rows(&sites.exec(true, "SELECT pubname FROM pg_publication"), '|') {
+        sites.exec(
+            true,
+            &format!("COMMENT ON PUBLICATION \"{}\" IS NULL", publication[0]),
+        );
+    }
+    let second = sites.config(&nats, "stream_prefix = \"two\"");
+    let mut new_reader = Duplex::new(&second);
+    start_reader(&sites, &mut new_reader);
+    workload(&sites, 2);
+    std::fs::write(coordinator.config_path(), &second).unwrap();
+    coordinator.start_with(COORDINATOR);
+    coordinator.assert_stopped_saying(&[
+        "no longer holds what the merge engine needs",
+        "never published",
+    ]);
+    new_reader.kill();
+    sites.drop_slots();
+}

@@ -79,7 +79,11 @@
 //! `previous`, as a writer's feed; the durable consumer `coordinator` is re-created at every
 //! start and its acknowledgements are not trusted). A first message whose `previous` is past
 //! that position means the stream's retention dropped what the coordinator had not decided: a
-//! stop ([`BusError::MergeRetention`]). Everything else — batches committed in one state-store
+//! stop ([`BusError::MergeRetention`]). The first message a merge reader ever publishes to a
+//! stream carries, as its `previous`, where the reader started reading the site (the slot's
+//! confirmed position, the binlog position): a coordinator that decided less of the site than
+//! that stops the same way, instead of skipping what no stream holds (a replaced reader state
+//! directory, a switch from a one-process engine that read another slot). Everything else — batches committed in one state-store
 //! transaction, the outbox, echoes, claims, conditional writes — is the engine's, unchanged;
 //! its writers still run inside the coordinator process.
 //!
@@ -182,7 +186,7 @@ pub enum BusError {
     },
     /// The merge engine's stream of a site dropped what the coordinator has not decided.
     #[error(
-        "stream {stream} no longer holds what the merge engine needs of site {site}: the coordinator decided up to {held}, and the stream's oldest message follows {previous}; the transactions in between were dropped by the stream's retention (max_age / max_bytes), so the sites can no longer be merged from the bus (`duplex backfill --resync` is for one-way mappings and does not apply). Start the two-way mappings over, as after a lost state directory: with the coordinator stopped, delete the merge:<site> rows from duplex.positions and duplex.claims on every site, move the coordinator's state directory away, and copy the mappings again from the site whose rows are to be kept into the others, their tables emptied first (`duplex backfill --from <site>`); then start the coordinator. Raise max_age / max_bytes of [bus] so a stopped coordinator has time to come back"
+        "stream {stream} no longer holds what the merge engine needs of site {site}: the coordinator decided up to {held}, and the stream's oldest message follows {previous}; the transactions in between are not in the stream: dropped by its retention (max_age / max_bytes), or never published (the reader started reading the site after them: a new reader state directory, or a switch from a one-process run), so the sites can no longer be merged from the bus (`duplex backfill --resync` is for one-way mappings and does not apply). Start the two-way mappings over, as after a lost state directory: with the coordinator stopped, delete the merge:<site> rows from duplex.positions and duplex.claims on every site, move the coordinator's state directory away, and copy the mappings again from the site whose rows are to be kept into the others, their tables emptied first (`duplex backfill --from <site>`); then start the coordinator. Raise max_age / max_bytes of [bus] so a stopped coordinator has time to come back"
     )]
     MergeRetention {
         /// The stream.

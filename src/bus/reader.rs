@@ -194,6 +194,21 @@ async fn attempt(
         feed.shutdown().await;
         return Err(link_error(error));
     }
+    if kind == Kind::Merge && last.is_none() {
+        // The first message of a merge stream says where this reader started reading the
+        // site (as its `previous`): a coordinator that decided less of the site than that
+        // stops instead of skipping what lies in between (a new reader state directory, or
+        // a switch from a one-process engine, whose slot was another).
+        last = start
+            .clone()
+            .or_else(|| feed.start_position())
+            .or_else(|| match &feed {
+                Feed::Source(AnyStream::Postgres(stream)) => {
+                    Some(Position::Postgres(stream.delivered()))
+                }
+                _ => None,
+            });
+    }
     tracing::info!(source = site, stream = %stream_name, after = %last.as_ref().map_or("nothing".to_owned(), ToString::to_string), "bus reader started");
     telemetry.streaming();
 
