@@ -59,6 +59,8 @@ pub enum RoleArg {
     Reader,
     /// Apply from the bus into `--site`.
     Writer,
+    /// The merge engine's coordinator of two-way mappings, fed by the bus (one process).
+    Coordinator,
 }
 
 /// The subcommands.
@@ -86,7 +88,9 @@ pub enum Command {
         #[arg(long = "take-over-from", value_name = "DEPLOYMENT")]
         take_over_from: Option<String>,
         /// With a `[bus]` in the configuration: `reader` reads every source and publishes its
-        /// transactions to the bus; `writer` (with --site) applies them to one target site.
+        /// transactions to the bus; `writer` (with --site) applies them to one target site;
+        /// `coordinator` runs the merge engine of two-way mappings from what the readers
+        /// published (one coordinator per configuration).
         #[arg(long, value_enum, requires_if("writer", "site"))]
         role: Option<RoleArg>,
         /// The target site a `--role writer` applies to.
@@ -335,6 +339,7 @@ pub fn main() -> ExitCode {
                 take_over_from,
                 role: role.map(|role| match (role, site) {
                     (RoleArg::Writer, Some(site)) => crate::bus::Role::Writer(site),
+                    (RoleArg::Coordinator, _) => crate::bus::Role::Coordinator,
                     _ => crate::bus::Role::Reader,
                 }),
             },

@@ -54,11 +54,6 @@ pub enum RunError {
         "--role needs a [bus] section in the configuration (kind = \"nats\", url = ...); without it duplex runs in one process: leave out --role"
     )]
     NoBus,
-    /// `--role` with two-way mappings.
-    #[error(
-        "--role splits one-way mappings at the bus; the merge engine of two-way mappings runs in one process: put the two-way mappings in a configuration of their own and run it without --role"
-    )]
-    RoleWithMerge,
     /// A bus role stopped.
     #[error("bus role")]
     Bus(#[source] Box<crate::bus::BusError>),
@@ -265,9 +260,15 @@ pub async fn run(config: &Config, options: &RunOptions) -> Result<(), RunError> 
         let Some(bus) = &config.bus else {
             return Err(RunError::NoBus);
         };
-        if merge_plan.is_some() {
-            return Err(RunError::RoleWithMerge);
-        }
+        let merge_plan = match merge_plan {
+            None => None,
+            Some(Ok(mut planned)) => {
+                planned.take_over_from = options.take_over_from.clone();
+                planned.accepted_shapes = accepted_shapes.clone();
+                Some(planned)
+            }
+            Some(Err(error)) => return Err(error),
+        };
         let mut ready = Vec::new();
         for planned in plans {
             match planned {
@@ -276,9 +277,16 @@ pub async fn run(config: &Config, options: &RunOptions) -> Result<(), RunError> 
             }
         }
         let plans = ready;
-        return crate::bus::run_role(role, bus, plans, state, config.metrics_listen.is_some())
-            .await
-            .map_err(|error| RunError::Bus(Box::new(error)));
+        return crate::bus::run_role(
+            role,
+            bus,
+            plans,
+            merge_plan,
+            state,
+            config.metrics_listen.is_some(),
+        )
+        .await
+        .map_err(|error| RunError::Bus(Box::new(error)));
     }
     // The merge engine serves the control socket itself once it starts (conflicts too).
     let control = merge_plan

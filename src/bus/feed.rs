@@ -1,5 +1,6 @@
 //! A writer's feed: the messages of one source's stream from the first one the target needs,
-//! as the link's stream items (see the module doc of `crate::bus`).
+//! as the link's stream items (see the module doc of `crate::bus`); and the merge engine
+//! coordinator's feed of a site's merge stream, from just after what it committed.
 
 use std::cmp::Ordering;
 use std::collections::VecDeque;
@@ -12,7 +13,7 @@ use duplex_connectors::{Position, StreamItem};
 use futures_util::StreamExt;
 
 use super::progress::StreamProgress;
-use super::{Bus, BusError, BusItem};
+use super::{Bus, BusError, BusItem, Kind};
 
 /// How long JetStream waits for an acknowledgement before it delivers a message again (the
 /// feed drops what it has seen, so this only bounds how long a dead writer's messages wait).
@@ -22,6 +23,7 @@ const MAX_ACK_PENDING: i64 = 100_000;
 
 /// The messages of a source's stream for one target, from the first one it needs.
 pub struct BusFeed {
+    kind: Kind,
     stream: String,
     source_site: String,
     target: String,
@@ -36,8 +38,8 @@ pub struct BusFeed {
     /// The large transaction being delivered in parts: its start and changes delivered.
     open: Option<(Position, u64)>,
     /// The key the target records this source's position under (set on every transaction
-    /// and part, whatever the reader wrote there).
-    source_key: String,
+    /// and part, whatever the reader wrote there); `None`: as published.
+    source_key: Option<String>,
     /// What `duplex status` asks of this writer (see `super::progress`).
     progress: Arc<StreamProgress>,
 }
@@ -53,8 +55,52 @@ impl BusFeed {
         held: Option<Position>,
         source_key: String,
     ) -> Result<BusFeed, BusError> {
-        let name = bus.stream_name(source_site);
-        let mut stream = bus.stream(source_site, false).await?;
+        let consumer = consumer_name(target);
+        let kind = Kind::OneWay;
+        Self::open(
+            bus,
+            source_site,
+            kind,
+            target,
+            consumer,
+            held,
+            Some(source_key),
+        )
+        .await
+    }
+
+    /// The merge engine coordinator's feed of `site`'s merge stream, from the first message
+    /// after the transaction at `held` (what the coordinator's state store committed; the
+    /// stream's first message when `None`): the items the site's own merge stream would yield.
+    pub async fn start_merge(
+        bus: &Bus,
+        site: &str,
+        held: Option<Position>,
+    ) -> Result<BusFeed, BusError> {
+        let consumer = COORDINATOR_CONSUMER.to_owned();
+        Self::open(
+            bus,
+            site,
+            Kind::Merge,
+            "the merge engine",
+            consumer,
+            held,
+            None,
+        )
+        .await
+    }
+
+    async fn open(
+        bus: &Bus,
+        source_site: &str,
+        kind: Kind,
+        target: &str,
+        consumer_name: String,
+        held: Option<Position>,
+        source_key: Option<String>,
+    ) -> Result<BusFeed, BusError> {
+        let (name, _) = bus.names(source_site, kind);
+        let mut stream = bus.stream_of(source_site, kind, false).await?;
         let info = stream
             .info()
             .await
@@ -69,7 +115,6 @@ impl BusFeed {
             None => first,
             Some(held) => first_after(&stream, &name, held, first, last).await?,
         };
-        let consumer_name = consumer_name(target);
         match stream.delete_consumer(&consumer_name).await {
             Ok(_) => {}
             Err(error) if error.to_string().contains("not found") => {}
@@ -101,8 +146,9 @@ impl BusFeed {
         let messages = consumer.messages().await.map_err(|e| {
             BusError::jetstream(format!("consuming stream {name} ({consumer_name})"), e)
         })?;
-        tracing::info!(stream = %name, consumer = %consumer_name, start, "writer consumes the stream");
+        tracing::info!(stream = %name, consumer = %consumer_name, start, "consuming the stream");
         Ok(BusFeed {
+            kind,
             progress: crate::telemetry::global().role().stream(source_site, &name),
             stream: name,
             source_site: source_site.to_owned(),
@@ -164,6 +210,14 @@ impl BusFeed {
                 && dropped
                 && let Some(held) = &self.held
             {
+                if self.kind == Kind::Merge {
+                    return Err(BusError::MergeRetention {
+                        stream: self.stream.clone(),
+                        site: self.source_site.clone(),
+                        held: held.to_string(),
+                        previous: Box::new(envelope.previous.unwrap_or_else(|| held.clone())),
+                    });
+                }
                 return Err(BusError::Retention {
                     stream: self.stream.clone(),
                     source_site: self.source_site.clone(),
@@ -184,7 +238,9 @@ impl BusFeed {
             match envelope.item {
                 BusItem::Transaction(mut tx) => {
                     self.open = None;
-                    tx.source.clone_from(&self.source_key);
+                    if let Some(key) = &self.source_key {
+                        tx.source.clone_from(key);
+                    }
                     // Changes of the final piece published again after a crash.
                     tx.events
                         .drain(..(done - envelope.offset).min(tx.events.len() as u64) as usize);
@@ -196,7 +252,9 @@ impl BusFeed {
                 }
                 BusItem::Shape(shape) => return Ok(StreamItem::Shape(shape)),
                 BusItem::Part(mut part) => {
-                    part.source.clone_from(&self.source_key);
+                    if let Some(key) = &self.source_key {
+                        part.source.clone_from(key);
+                    }
                     let end = envelope.offset + part.events.len() as u64;
                     self.open = Some((part.start.clone(), done.max(end)));
                     if end <= done {
@@ -240,6 +298,9 @@ impl BusFeed {
     /// Ends the feed (the consumer stays for the next start and for `status`).
     pub async fn shutdown(self) {}
 }
+
+/// The durable consumer of the merge engine's coordinator on each merge stream.
+pub(crate) const COORDINATOR_CONSUMER: &str = "coordinator";
 
 /// The durable consumer of `target`'s writer on each source stream.
 pub(crate) fn consumer_name(target: &str) -> String {

@@ -62,11 +62,37 @@
 //! storing and what it acknowledged to each source, a writer its lease and what its target
 //! applied of each stream.
 //!
-//! # What stays in one process
+//! # The merge engine on the bus: readers publish, one coordinator decides
 //!
-//! The two-way merge engine's coordinator decides with every site's versions at once and
-//! keeps them in one state store: it is not split into bus roles. `run --role` refuses a
-//! configuration with two-way mappings.
+//! `run --role reader` also reads every site of a two-way mapping exactly as the merge
+//! engine's in-process reader does (`StreamOptions::merge`: its two-way tables plus the
+//! `duplex.positions` echo markers, whole transactions, claimed for the reader's deployment)
+//! and publishes it to `<stream_prefix>-merge_<site>` (subject `<stream_prefix>-merge.<site>`)
+//! with the same guarantees as a one-way stream: the site is acknowledged only after
+//! JetStream stored, the message id is the deployment and the position. The name differs from
+//! every one-way stream `<stream_prefix>_<site>` at the character after the prefix, so a site
+//! read one way and later two-way (or the reverse) never mixes both kinds of items in a stream.
+//!
+//! `run --role coordinator` runs the merge engine (`crate::engine`) with each site's reader
+//! fed by [`BusFeed::start_merge`] instead of the site: the same items, from just after the
+//! position the engine's state store committed with its last batch (binary search by
+//! `previous`, as a writer's feed; the durable consumer `coordinator` is re-created at every
+//! start and its acknowledgements are not trusted). A first message whose `previous` is past
+//! that position means the stream's retention dropped what the coordinator had not decided: a
+//! stop ([`BusError::MergeRetention`]). The first message a merge reader ever publishes to a
+//! stream carries, as its `previous`, where the reader started reading the site (the slot's
+//! confirmed position, the binlog position): a coordinator that decided less of the site than
+//! that stops the same way, instead of skipping what no stream holds (a replaced reader state
+//! directory, a switch from a one-process engine that read another slot). Everything else — batches committed in one state-store
+//! transaction, the outbox, echoes, claims, conditional writes — is the engine's, unchanged;
+//! its writers still run inside the coordinator process.
+//!
+//! The coordinator stays one process: it is the only task that decides, and its state store
+//! orders every decision (row versions, conflict records, outbox numbers and every site's
+//! read position commit together). Splitting it would need that order across processes,
+//! which is what the engine's start refuses (the sites hold another engine's writes; the
+//! claims in `duplex.claims`): a second coordinator with another state directory stops at
+//! start, before it opens a stream.
 
 use std::cmp::Ordering;
 use std::time::Duration;
@@ -158,6 +184,40 @@ pub enum BusError {
         /// The source site.
         source_site: String,
     },
+    /// The merge engine's stream of a site dropped what the coordinator has not decided.
+    #[error(
+        "stream {stream} no longer holds what the merge engine needs of site {site}: the coordinator decided up to {held}, and the stream's oldest message follows {previous}; the transactions in between are not in the stream: dropped by its retention (max_age / max_bytes), or never published (the reader started reading the site after them: a new reader state directory, or a switch from a one-process run), so the sites can no longer be merged from the bus (`duplex backfill --resync` is for one-way mappings and does not apply). Start the two-way mappings over, as after a lost state directory: with the coordinator stopped, delete the merge:<site> rows from duplex.positions and duplex.claims on every site, move the coordinator's state directory away, and copy the mappings again from the site whose rows are to be kept into the others, their tables emptied first (`duplex backfill --from <site>`); then start the coordinator. Raise max_age / max_bytes of [bus] so a stopped coordinator has time to come back"
+    )]
+    MergeRetention {
+        /// The stream.
+        stream: String,
+        /// The site read.
+        site: String,
+        /// What the coordinator committed.
+        held: String,
+        /// The transaction before the stream's oldest message.
+        previous: Box<Position>,
+    },
+    /// A stream of duplex's name that carries other subjects.
+    #[error(
+        "JetStream stream {stream} exists with subjects [{subjects}], not {subject}: it was made by something else (or another duplex with the same stream_prefix); choose another bus.stream_prefix or remove that stream"
+    )]
+    Foreign {
+        /// The stream.
+        stream: String,
+        /// Its subjects.
+        subjects: String,
+        /// The subject duplex publishes on.
+        subject: String,
+    },
+    /// `--role coordinator` without two-way mappings.
+    #[error(
+        "--role coordinator runs the merge engine of two-way mappings, and the configuration has none"
+    )]
+    NoMergeMapping,
+    /// The merge engine stopped.
+    #[error(transparent)]
+    Engine(Box<crate::engine::EngineError>),
     /// A message is larger than the NATS server accepts.
     #[error(
         "a message for stream {stream} is larger than the NATS server's max_payload ({detail}): raise max_payload in the nats-server configuration (e.g. `max_payload: 8MB`; the reader sends large source transactions in parts of up to 10,000 changes), restart it, then start the reader again"
@@ -188,7 +248,7 @@ pub enum BusError {
     },
     /// `--role writer --site S` where no one-way mapping writes into S.
     #[error(
-        "no one-way mapping writes into site {site}: give --site a target of a one-way mapping"
+        "no one-way mapping writes into site {site}: give --site a target of a one-way mapping (the sites of two-way mappings are written by `--role coordinator`)"
     )]
     NoMapping {
         /// The site.
@@ -218,6 +278,15 @@ impl BusError {
             source: Box::new(source),
         }
     }
+}
+
+/// Which of a site's streams: what one-way links read, or what the merge engine reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// The one-way mappings' tables, in parts.
+    OneWay,
+    /// The two-way mappings' tables and `duplex.positions`, whole transactions.
+    Merge,
 }
 
 /// One message on a stream.
@@ -302,20 +371,42 @@ impl Bus {
         format!("{}.{}", self.config.stream_prefix, site)
     }
 
+    /// The stream of `site`'s transactions as the merge engine reads them (its two-way
+    /// tables and the echo markers): `<prefix>-merge_<site>`, which no one-way stream
+    /// `<prefix>_<site>` can be (they differ at the character after the prefix).
+    pub fn merge_stream_name(&self, site: &str) -> String {
+        format!("{}-merge_{}", self.config.stream_prefix, site)
+    }
+
+    /// The subject of [`Bus::merge_stream_name`].
+    pub fn merge_subject(&self, site: &str) -> String {
+        format!("{}-merge.{}", self.config.stream_prefix, site)
+    }
+
+    /// The stream `name` of `kind` for `site`.
+    pub(crate) fn names(&self, site: &str, kind: Kind) -> (String, String) {
+        match kind {
+            Kind::OneWay => (self.stream_name(site), self.subject(site)),
+            Kind::Merge => (self.merge_stream_name(site), self.merge_subject(site)),
+        }
+    }
+
     /// The key `duplex.positions` records a source's progress under on targets of this bus.
     pub fn deployment(&self) -> String {
         format!("bus-{}", self.config.stream_prefix)
     }
 
-    /// The stream of `site`, created with the configured retention when missing; with
-    /// `apply_limits` (the reader) an existing stream's retention is brought in line with
-    /// `[bus]`.
-    pub(crate) async fn stream(
+    /// The stream of `site` of `kind`, created with the configured retention when missing;
+    /// with `apply_limits` (the reader) an existing stream's retention is brought in line
+    /// with `[bus]`. A stream of that name on other subjects (made by something else) is
+    /// refused.
+    pub(crate) async fn stream_of(
         &self,
         site: &str,
+        kind: Kind,
         apply_limits: bool,
     ) -> Result<stream::Stream, BusError> {
-        let name = self.stream_name(site);
+        let (name, subject) = self.names(site, kind);
         // JetStream refuses a duplicate window longer than the messages are kept.
         let duplicate_window = self
             .config
@@ -323,7 +414,7 @@ impl Bus {
             .map_or(DUPLICATE_WINDOW, |age| age.min(DUPLICATE_WINDOW));
         let config = stream::Config {
             name: name.clone(),
-            subjects: vec![self.subject(site)],
+            subjects: vec![subject.clone()],
             max_age: self.config.max_age.unwrap_or_default(),
             max_bytes: self.config.max_bytes.unwrap_or(-1),
             duplicate_window,
@@ -336,6 +427,13 @@ impl Bus {
             .await
             .map_err(|e| BusError::jetstream(format!("opening stream {name}"), e))?;
         let current = &stream.cached_info().config;
+        if current.subjects != [subject.clone()] {
+            return Err(BusError::Foreign {
+                stream: name,
+                subjects: current.subjects.join(", "),
+                subject,
+            });
+        }
         if apply_limits
             && (current.max_age != config.max_age
                 || current.max_bytes != config.max_bytes

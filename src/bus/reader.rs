@@ -13,7 +13,7 @@ use duplex_state::StateStore;
 use tokio::sync::{mpsc, watch};
 
 use super::progress::StreamProgress;
-use super::{Bus, BusError, BusItem, Envelope};
+use super::{Bus, BusError, BusItem, Envelope, Kind};
 use crate::backoff::Backoff;
 use crate::link::feed::Feed;
 use crate::link::{self, LinkError, LinkPlan};
@@ -29,15 +29,26 @@ pub(crate) fn published_key(site: &str) -> String {
     format!("bus-published:{site}")
 }
 
-/// Runs the reader of `plan`'s source until shutdown (Ok) or a definite failure.
+/// The same for `site`'s stream of `kind`.
+fn published_key_of(site: &str, kind: Kind) -> String {
+    match kind {
+        Kind::OneWay => published_key(site),
+        Kind::Merge => format!("bus-published-merge:{site}"),
+    }
+}
+
+/// Runs the reader of `plan`'s source until shutdown (Ok) or a definite failure; `kind` says
+/// which of the source's streams it publishes (for [`Kind::Merge`], `plan` names the site and
+/// its tables of two-way mappings, and has no targets).
 pub(super) async fn run(
     plan: LinkPlan,
+    kind: Kind,
     bus: Bus,
     state: Arc<StateStore>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), BusError> {
     let site = plan.source.name.as_str();
-    let stream = bus.stream_name(site);
+    let (stream, _) = bus.names(site, kind);
     // A link without targets for `duplex status` (its state, how far it read) and the role's
     // progress (see `super::progress`).
     let telemetry = crate::telemetry::global().link(&format!("{site} -> {stream}"), site, &[]);
@@ -46,7 +57,17 @@ pub(super) async fn run(
     let outcome = loop {
         backoff.attempt_started();
         telemetry.attempt_started();
-        let error = match attempt(&plan, &bus, &state, &mut shutdown, &telemetry, &progress).await {
+        let error = match attempt(
+            &plan,
+            kind,
+            &bus,
+            &state,
+            &mut shutdown,
+            &telemetry,
+            &progress,
+        )
+        .await
+        {
             Ok(()) => break Ok(()),
             Err(error) if error.is_transient() => error,
             Err(error) => break Err(error),
@@ -67,19 +88,17 @@ pub(super) async fn run(
 async fn last_published(
     bus: &Bus,
     site: &str,
+    kind: Kind,
     state: &Arc<StateStore>,
 ) -> Result<Option<Position>, BusError> {
-    let name = bus.stream_name(site);
-    let mut stream = bus.stream(site, true).await?;
+    let (name, subject) = bus.names(site, kind);
+    let mut stream = bus.stream_of(site, kind, true).await?;
     let info = stream
         .info()
         .await
         .map_err(|e| BusError::jetstream(format!("reading stream {name}"), e))?;
     let last_sequence = info.state.last_sequence;
-    let in_stream = match stream
-        .get_last_raw_message_by_subject(&bus.subject(site))
-        .await
-    {
+    let in_stream = match stream.get_last_raw_message_by_subject(&subject).await {
         Ok(message) => {
             let envelope = super::decode(&name, message.sequence, &message.payload)?;
             match envelope.item {
@@ -96,7 +115,7 @@ async fn last_published(
         }
     };
     let recorded = state
-        .position::<Position>(&published_key(site))
+        .position::<Position>(&published_key_of(site, kind))
         .map_err(|e| BusError::Link(Box::new(LinkError::State(e))))?;
     match (in_stream, recorded) {
         (Some(last), Some(recorded)) => Ok(Some(
@@ -123,6 +142,7 @@ async fn last_published(
 /// One run of the reader until shutdown or failure.
 async fn attempt(
     plan: &LinkPlan,
+    kind: Kind,
     bus: &Bus,
     state: &Arc<StateStore>,
     shutdown: &mut watch::Receiver<bool>,
@@ -131,7 +151,8 @@ async fn attempt(
 ) -> Result<(), BusError> {
     let site = plan.source.name.as_str();
     let link_error = |e: LinkError| BusError::Link(Box::new(e));
-    let mut last = last_published(bus, site, state).await?;
+    let (stream_name, subject) = bus.names(site, kind);
+    let mut last = last_published(bus, site, kind, state).await?;
     let start = match &last {
         Some(last) => Some(last.clone()),
         None => state
@@ -141,11 +162,18 @@ async fn attempt(
     let acknowledged = state
         .position::<Position>(&link::acknowledged_key(site))
         .map_err(|e| link_error(LinkError::State(e)))?;
-    let mut options = StreamOptions::link(plan.tables.clone(), start.clone())
-        .for_deployment(state.deployment_id());
+    let mut options = match kind {
+        Kind::OneWay => {
+            let mut options = StreamOptions::link(plan.tables.clone(), start.clone());
+            options.source_key = Some(link::position_key(site, &bus.deployment()));
+            options
+        }
+        // As the merge engine reads a site in one process (`crate::engine`, sites.rs).
+        Kind::Merge => StreamOptions::merge(plan.tables.clone(), start.clone()),
+    }
+    .for_deployment(state.deployment_id());
     options.acknowledged = acknowledged.clone();
     options.timeout = plan.source.stream_timeout;
-    options.source_key = Some(link::position_key(site, &bus.deployment()));
     let stream = AnyStream::start(&plan.source.connection(), options)
         .await
         .map_err(|source| {
@@ -160,11 +188,28 @@ async fn attempt(
     {
         save(state, link::start_key(site), position).await?;
     }
-    if let Err(error) = link::check_table_identities(state, site, &feed).await {
+    if kind == Kind::OneWay
+        && let Err(error) = link::check_table_identities(state, site, &feed).await
+    {
         feed.shutdown().await;
         return Err(link_error(error));
     }
-    tracing::info!(source = site, stream = %bus.stream_name(site), after = %last.as_ref().map_or("nothing".to_owned(), ToString::to_string), "bus reader started");
+    if kind == Kind::Merge && last.is_none() {
+        // The first message of a merge stream says where this reader started reading the
+        // site (as its `previous`): a coordinator that decided less of the site than that
+        // stops instead of skipping what lies in between (a new reader state directory, or
+        // a switch from a one-process engine, whose slot was another).
+        last = start
+            .clone()
+            .or_else(|| feed.start_position())
+            .or_else(|| match &feed {
+                Feed::Source(AnyStream::Postgres(stream)) => {
+                    Some(Position::Postgres(stream.delivered()))
+                }
+                _ => None,
+            });
+    }
+    tracing::info!(source = site, stream = %stream_name, after = %last.as_ref().map_or("nothing".to_owned(), ToString::to_string), "bus reader started");
     telemetry.streaming();
 
     // Publishes in order, each with the position acknowledged once it is stored (none for
@@ -174,13 +219,12 @@ async fn attempt(
     let mut ack_tick = tokio::time::interval(link::ACK_EVERY);
     let mut part_offset: Option<(Position, u64)> = None;
     let deployment = state.deployment_id().to_owned();
-    let subject = bus.subject(site);
     let publish = |envelope: &Envelope, id: Option<String>| {
         let payload = match duplex_state::codec::encode(envelope) {
             Ok(payload) => payload,
             Err(source) => {
                 return Err(Box::new(BusError::Codec {
-                    stream: bus.stream_name(site),
+                    stream: stream_name.clone(),
                     sequence: 0,
                     source,
                 }));
@@ -212,7 +256,7 @@ async fn attempt(
             },
             _ = ack_tick.tick() => {
                 if let Some(position) = ready.take()
-                    && let Err(error) = acknowledge(state, site, &mut acker, &feed, position, ready_published.take(), progress).await
+                    && let Err(error) = acknowledge(state, site, kind, &mut acker, &feed, position, ready_published.take(), progress).await
                 {
                     break Err(error);
                 }
@@ -259,9 +303,9 @@ async fn attempt(
                 let sent = match publish(&envelope, id) {
                     Ok(future) => future.await.map_err(|e| {
                         if e.kind() == PublishErrorKind::MaxPayloadExceeded {
-                            BusError::TooLarge { stream: bus.stream_name(site), detail: e.to_string() }
+                            BusError::TooLarge { stream: stream_name.clone(), detail: e.to_string() }
                         } else {
-                            BusError::jetstream(format!("publishing to {}", bus.stream_name(site)), e)
+                            BusError::jetstream(format!("publishing to {stream_name}"), e)
                         }
                     }),
                     Err(error) => Err(*error),
@@ -301,6 +345,7 @@ async fn attempt(
         && let Err(error) = acknowledge(
             state,
             site,
+            kind,
             &mut acker,
             &feed,
             position,
@@ -359,9 +404,11 @@ fn confirm_in_order(
 
 /// Records `published` (the newest transaction JetStream stored), then acknowledges
 /// `position` to the source.
+#[allow(clippy::too_many_arguments)]
 async fn acknowledge(
     state: &Arc<StateStore>,
     site: &str,
+    kind: Kind,
     acker: &mut link::Acker,
     feed: &Feed,
     position: Position,
@@ -369,7 +416,7 @@ async fn acknowledge(
     progress: &StreamProgress,
 ) -> Result<(), BusError> {
     if let Some(published) = &published {
-        save(state, published_key(site), published.clone()).await?;
+        save(state, published_key_of(site, kind), published.clone()).await?;
     }
     acker.ready = Some(position.clone());
     acker

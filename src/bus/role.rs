@@ -1,5 +1,6 @@
-//! `duplex run --role reader` and `duplex run --role writer --site S`: the links of the
-//! configuration split at the bus (see the module doc of `crate::bus`).
+//! `duplex run --role reader`, `duplex run --role writer --site S` and `duplex run --role
+//! coordinator`: the links of the configuration split at the bus, and the merge engine's
+//! readers split from its coordinator (see the module doc of `crate::bus`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,9 +9,10 @@ use duplex_state::StateStore;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::{Bus, BusError, lease, reader};
+use super::{Bus, BusError, Kind, lease, reader};
 use crate::backoff::Backoff;
 use crate::config::BusConfig;
+use crate::engine::MergePlan;
 use crate::link::{self, LinkPlan};
 use crate::report::chain;
 use crate::shutdown::stop_requested;
@@ -22,22 +24,41 @@ pub enum Role {
     Reader,
     /// Apply what the bus holds for this target site.
     Writer(String),
+    /// The merge engine's coordinator (and its writers), fed by the bus.
+    Coordinator,
 }
 
 /// How often a role reads its streams' backlog for `/metrics`.
 const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 
-/// Runs `role` for the one-way links `plans` until a shutdown signal or a definite failure;
-/// with `metrics` (the process serves `/metrics`) the backlog of the role's streams is read
-/// every few seconds into the telemetry.
+/// Runs `role` for the one-way links `plans` and the merge engine's `merge` until a shutdown
+/// signal or a definite failure; with `metrics` (the process serves `/metrics`) the backlog of
+/// the role's streams is read every few seconds into the telemetry.
 pub async fn run_role(
     role: &Role,
     config: &BusConfig,
     plans: Vec<LinkPlan>,
+    merge: Option<MergePlan>,
     state: Arc<StateStore>,
     metrics: bool,
 ) -> Result<(), BusError> {
     let bus = Bus::connect(config).await?;
+    if *role == Role::Coordinator {
+        // The engine serves the control socket and its own telemetry.
+        let Some(mut merge) = merge else {
+            return Err(BusError::NoMergeMapping);
+        };
+        merge.bus = Some(bus);
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(async move {
+            crate::shutdown::wait_for_signal().await;
+            tracing::info!("shutdown requested: finishing the batch being decided");
+            let _ = stop.send(true);
+        });
+        return crate::engine::run(merge, state, stopped)
+            .await
+            .map_err(|error| BusError::Engine(Box::new(error)));
+    }
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(async move {
         crate::shutdown::wait_for_signal().await;
@@ -51,12 +72,21 @@ pub async fn run_role(
     let outcome = match role {
         Role::Reader => {
             crate::telemetry::global().role().reader();
-            read(bus, plans, state, stopped).await
+            let mut readers: Vec<(LinkPlan, Kind)> =
+                plans.into_iter().map(|plan| (plan, Kind::OneWay)).collect();
+            readers.extend(
+                merge
+                    .iter()
+                    .flat_map(|merge| merge.sites.iter())
+                    .map(|site| (merge_reader_plan(site), Kind::Merge)),
+            );
+            read(bus, readers, state, stopped).await
         }
         Role::Writer(site) => {
             crate::telemetry::global().role().writer(site);
             write(bus, site, plans, state, stopped).await
         }
+        Role::Coordinator => unreachable!("the coordinator returned above"),
     };
     for task in [watcher, control].into_iter().flatten() {
         task.abort();
@@ -77,6 +107,7 @@ fn flows(role: &Role, plans: &[LinkPlan]) -> Vec<(String, Vec<String>)> {
                 .filter(|target| match role {
                     Role::Reader => true,
                     Role::Writer(site) => target == site,
+                    Role::Coordinator => false,
                 })
                 .collect();
             (!targets.is_empty()).then(|| (plan.source.name.clone(), targets))
@@ -98,10 +129,24 @@ async fn watch_backlog(bus: Bus, flows: Vec<(String, Vec<String>)>) {
     }
 }
 
-/// One reader per source; the first definite failure stops them all.
+/// What a reader of the merge engine's stream of `site` reads: its tables of two-way
+/// mappings (the stream adds `duplex.positions`); no targets.
+fn merge_reader_plan(site: &crate::engine::MergeSite) -> LinkPlan {
+    LinkPlan {
+        source: site.site.clone(),
+        tables: site.tables.clone(),
+        targets: Vec::new(),
+        unbackfilled: Vec::new(),
+        mappings: Arc::new(Vec::new()),
+        schemas: Default::default(),
+        bus: None,
+    }
+}
+
+/// One reader per source stream; the first definite failure stops them all.
 async fn read(
     bus: Bus,
-    plans: Vec<LinkPlan>,
+    plans: Vec<(LinkPlan, Kind)>,
     state: Arc<StateStore>,
     stopped: watch::Receiver<bool>,
 ) -> Result<(), BusError> {
@@ -113,9 +158,10 @@ async fn read(
         let _ = relay.send(true);
     });
     let mut readers = JoinSet::new();
-    for plan in plans {
+    for (plan, kind) in plans {
         readers.spawn(reader::run(
             plan,
+            kind,
             bus.clone(),
             state.clone(),
             readers_stopped.clone(),

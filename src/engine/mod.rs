@@ -81,7 +81,10 @@
 //! - `coordinator`: the batches, each decided and committed in one state-store transaction off
 //!   the runtime's threads, then carried out (held conflicts, settled or made, in
 //!   `coordinator::held`);
-//! - `sites`: the per-site reader and writer tasks, each retrying its own site;
+//! - `sites`: the per-site reader and writer tasks, each retrying its own site; a reader's
+//!   feed is the site's own stream, or (`run --role coordinator`, [`MergePlan::bus`]) the
+//!   site's merge stream on the bus, which a `run --role reader` fills with the same items
+//!   (see `crate::bus`): the coordinator stays this one process either way;
 //! - `backlog`: what each site's writer committed and what still waits for it, for the
 //!   telemetry; `undecided`: the changes read and not decided yet, for the same;
 //! - [`merge`]: the decisions, pure functions over version vectors; [`rows`]: canonical rows
@@ -133,6 +136,15 @@ pub enum EngineError {
         /// Cause.
         #[source]
         source: Box<StreamError>,
+    },
+    /// The bus a coordinator takes a site's changes from failed (`--role coordinator`).
+    #[error("reading site {site} from the bus")]
+    Bus {
+        /// Site.
+        site: String,
+        /// Cause.
+        #[source]
+        source: Box<crate::bus::BusError>,
     },
     /// Writing into a site failed.
     #[error("writing into site {site}")]
@@ -205,6 +217,7 @@ impl EngineError {
     pub fn is_transient(&self) -> bool {
         match self {
             EngineError::Source { source, .. } => source.is_transient(),
+            EngineError::Bus { source, .. } => source.is_transient(),
             EngineError::Apply { source, .. } => source.is_transient(),
             EngineError::Describe { source, .. } => source.is_transient(),
             EngineError::WriterStopped(_) => true,
@@ -507,8 +520,9 @@ async fn attempt(
         let mut site = site.clone();
         site.deployment = store.deployment_id().to_owned();
         site.take_over_from = plan.take_over_from.clone();
+        let bus = plan.bus.clone();
         tasks.spawn(async move {
-            reader(index, site, start, report, ack_rx, handed).await;
+            reader(index, site, bus, start, report, ack_rx, handed).await;
         });
     }
     match store.held_conflict_count() {

@@ -41,6 +41,9 @@ pub struct MergePlan {
     /// `duplex run --accept-schema-change`: per site, the tables whose next change of columns
     /// the engine follows in this run (the DBA made it on every site).
     pub accepted_shapes: BTreeSet<(String, TableName)>,
+    /// `duplex run --role coordinator`: each site's changes are taken from its merge stream
+    /// on this bus (published by `--role reader`) instead of from the site.
+    pub bus: Option<crate::bus::Bus>,
 }
 
 /// One site of the engine.
@@ -202,6 +205,7 @@ pub async fn plan(config: &Config) -> Result<Option<MergePlan>, EngineError> {
         deleted_rows_kept_for: config.deleted_rows_kept_for,
         take_over_from: None,
         accepted_shapes: BTreeSet::new(),
+        bus: None,
     }))
 }
 

@@ -118,6 +118,112 @@ async fn written(target: &mut AnyApplier, name: &str) -> Result<u64, EngineError
     }
 }
 
+/// Where a reader takes its site's changes from: the site itself, or (`--role coordinator`)
+/// the site's merge stream on the bus, which a `--role reader` fills with the same items.
+enum SiteFeed {
+    /// The site's own change stream.
+    Site(Box<AnyStream>),
+    /// The bus, from just after what the coordinator committed.
+    Bus(Box<crate::bus::BusFeed>),
+}
+
+/// Why a [`SiteFeed`] ended.
+pub(super) enum FeedError {
+    /// The site's stream failed.
+    Site(StreamError),
+    /// The bus failed.
+    Bus(crate::bus::BusError),
+}
+
+impl FeedError {
+    fn is_transient(&self) -> bool {
+        match self {
+            FeedError::Site(error) => error.is_transient(),
+            FeedError::Bus(error) => error.is_transient(),
+        }
+    }
+
+    fn into_engine(self, site: &str) -> EngineError {
+        match self {
+            FeedError::Site(source) => EngineError::Source {
+                site: site.to_owned(),
+                source: Box::new(source),
+            },
+            FeedError::Bus(source) => EngineError::Bus {
+                site: site.to_owned(),
+                source: Box::new(source),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for FeedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FeedError::Site(error) => write!(f, "{}", chain(error)),
+            FeedError::Bus(error) => write!(f, "{}", chain(error)),
+        }
+    }
+}
+
+impl SiteFeed {
+    /// Starts reading `site` just after `from` (see [`SiteFeed`]).
+    async fn start(
+        site: &MergeSite,
+        bus: Option<&crate::bus::Bus>,
+        from: &Option<Position>,
+        timeout: std::time::Duration,
+    ) -> Result<SiteFeed, FeedError> {
+        if let Some(bus) = bus {
+            return crate::bus::BusFeed::start_merge(bus, &site.site.name, from.clone())
+                .await
+                .map(|feed| SiteFeed::Bus(Box::new(feed)))
+                .map_err(FeedError::Bus);
+        }
+        AnyStream::start(
+            &site.site.connection(),
+            StreamOptions {
+                take_over_from: site.take_over_from.clone(),
+                timeout,
+                ..StreamOptions::merge(site.tables.clone(), from.clone())
+                    .for_deployment(&site.deployment)
+            },
+        )
+        .await
+        .map(|stream| SiteFeed::Site(Box::new(stream)))
+        .map_err(FeedError::Site)
+    }
+
+    async fn next(&mut self) -> Result<StreamItem, FeedError> {
+        match self {
+            SiteFeed::Site(stream) => stream.next().await.map_err(FeedError::Site),
+            SiteFeed::Bus(feed) => feed.next().await.map_err(FeedError::Bus),
+        }
+    }
+
+    fn start_position(&self) -> Option<Position> {
+        match self {
+            SiteFeed::Site(stream) => stream.start_position(),
+            // The reader recorded it before it published anything.
+            SiteFeed::Bus(_) => None,
+        }
+    }
+
+    fn ack(&mut self, position: &Position) {
+        match self {
+            SiteFeed::Site(stream) => stream.ack(position),
+            SiteFeed::Bus(feed) => feed.ack(position),
+        }
+    }
+
+    async fn shutdown(self) {
+        match self {
+            SiteFeed::Site(stream) => stream.shutdown().await,
+            SiteFeed::Bus(feed) => feed.shutdown().await,
+        }
+    }
+}
+
 /// Streams one site into the coordinator, acknowledging what the coordinator committed. A
 /// site that goes away is read again, after a backoff, from just after the last item handed
 /// to the coordinator (every item handed over is decided, in order), while the other sites
@@ -125,6 +231,7 @@ async fn written(target: &mut AnyApplier, name: &str) -> Result<u64, EngineError
 pub(super) async fn reader(
     index: usize,
     site: MergeSite,
+    bus: Option<crate::bus::Bus>,
     start: Option<Position>,
     report: mpsc::Sender<Input>,
     mut ack: watch::Receiver<Option<Position>>,
@@ -139,6 +246,7 @@ pub(super) async fn reader(
         let error = match read(
             index,
             &site,
+            bus.as_ref(),
             &mut from,
             &report,
             &mut ack,
@@ -150,18 +258,15 @@ pub(super) async fn reader(
             None => return,
             Some(error) => error,
         };
-        silence.ended(&error);
+        if let FeedError::Site(error) = &error {
+            silence.ended(error);
+        }
         if !error.is_transient() {
-            let _ = report
-                .send(Input::Failed(EngineError::Source {
-                    site: name.clone(),
-                    source: Box::new(error),
-                }))
-                .await;
+            let _ = report.send(Input::Failed(error.into_engine(&name))).await;
             return;
         }
         let delay = backoff.failed();
-        tracing::warn!(site = %name, error = %chain(&error), "reading site interrupted; the other sites go on; retrying in {delay:.1?}");
+        tracing::warn!(site = %name, error = %error, "reading site interrupted; the other sites go on; retrying in {delay:.1?}");
         if !back_off(delay, &report, &mut ack, &mut handed).await {
             return;
         }
@@ -204,27 +309,19 @@ async fn back_off(
 /// One stream of a site from just after `from`, which follows every item handed over; `None`
 /// when the engine stopped, the stream's error otherwise. `silence`: the stream's timeout
 /// (told of every item read); `handed`: the changes handed over and not yet decided.
+#[allow(clippy::too_many_arguments)]
 async fn read(
     index: usize,
     site: &MergeSite,
+    bus: Option<&crate::bus::Bus>,
     from: &mut Option<Position>,
     report: &mpsc::Sender<Input>,
     ack: &mut watch::Receiver<Option<Position>>,
     silence: &mut SilenceTimeout,
     handed: &mut Handed,
-) -> Option<StreamError> {
+) -> Option<FeedError> {
     let name = &site.site.name;
-    let mut stream = match AnyStream::start(
-        &site.site.connection(),
-        StreamOptions {
-            take_over_from: site.take_over_from.clone(),
-            timeout: silence.current(),
-            ..StreamOptions::merge(site.tables.clone(), from.clone())
-                .for_deployment(&site.deployment)
-        },
-    )
-    .await
-    {
+    let mut stream = match SiteFeed::start(site, bus, from, silence.current()).await {
         Ok(stream) => stream,
         Err(error) => return Some(error),
     };

@@ -1,0 +1,362 @@
+//! The merge engine on the bus: `duplex run --role reader` publishes the two-way sites'
+//! changes (with their echo markers) and `duplex run --role coordinator` decides from them,
+//! as separate processes around a real `nats-server -js` started by the test; a PostgreSQL
+//! site `a` and a MariaDB site `b`.
+
+mod harness;
+
+use std::time::Duration;
+
+use duplex_testkit::{MariaDatabase, NatsServer, PgDatabase, shared_mariadb, shared_pg};
+use harness::sites::conflicts;
+use harness::{Duplex, rows, wait_for, wait_slot_active};
+
+/// How long a test waits for the sites to converge before it fails.
+const CATCH_UP: Duration = Duration::from_secs(90);
+
+const PG_ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL, note text)";
+const MY_ITEMS: &str =
+    "CREATE TABLE items (id INT PRIMARY KEY, qty INT NOT NULL, note TEXT) ENGINE=InnoDB";
+type Rows = Vec<Vec<String>>;
+
+const SELECT: &str = "SELECT id, qty, COALESCE(note, '') FROM items ORDER BY id";
+
+/// A PostgreSQL site and a MariaDB site, `items` both ways, over a bus.
+struct Sites {
+    a: PgDatabase,
+    b: MariaDatabase,
+}
+
+impl Sites {
+    fn new() -> Sites {
+        let a = shared_pg().create_database();
+        let b = shared_mariadb().create_database();
+        a.execute_as_duplex(PG_ITEMS).unwrap();
+        b.sql(MY_ITEMS).unwrap();
+        Sites { a, b }
+    }
+
+    /// Runs SQL as an application would: on `a` (PostgreSQL) or `b` (MariaDB).
+    fn exec(&self, on_a: bool, sql: &str) -> String {
+        match on_a {
+            true => self.a.psql(sql),
+            false => self.b.sql(sql),
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// Both sites' `items`: (a, b).
+    fn rows(&self) -> Result<(Rows, Rows), String> {
+        let a = self.a.psql(SELECT).map_err(|e| e.to_string())?;
+        let b = self.b.sql(SELECT).map_err(|e| e.to_string())?;
+        Ok((rows(&a, '|'), rows(&b, '\t')))
+    }
+
+    fn config(&self, nats: &NatsServer, bus: &str) -> String {
+        format!(
+            "[sites.{a}]\nkind = \"postgres\"\nurl = \"{au}\"\n\n\
+             [sites.{b}]\nkind = \"mysql\"\nurl = \"{bu}\"\n\n\
+             [bus]\nkind = \"nats\"\nurl = \"{nats}\"\n{bus}\n\n\
+             [[mappings]]\nname = \"items\"\ntables = {{ {a} = \"public.items\", {b} = \"{b}.items\" }}\n\
+             direction = \"both\"\nconflict = \"prefer:{b}\"\n",
+            a = self.a.name(),
+            au = self.a.url(),
+            b = self.b.name(),
+            bu = self.b.url(),
+            nats = nats.url(),
+        )
+    }
+
+    /// Waits until both sites hold the same `count` rows; `processes` must keep running.
+    fn wait_same(&self, count: usize, processes: &mut [&mut Duplex]) -> Vec<Vec<String>> {
+        let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_for("the two sites to converge", CATCH_UP, || {
+                for process in processes.iter_mut() {
+                    process.assert_running();
+                }
+                let (a, b) = self.rows()?;
+                if a == b && a.len() == count {
+                    Ok(a)
+                } else {
+                    Err(format!("a has {} rows, b {}", a.len(), b.len()))
+                }
+            })
+        }));
+        match waited {
+            Ok(rows) => rows,
+            Err(panic) => {
+                for process in processes.iter() {
+                    eprintln!("--- process log ---\n{}", process.log_text());
+                }
+                std::panic::resume_unwind(panic)
+            }
+        }
+    }
+
+    /// The site's current WAL position.
+    fn wal_now(db: &PgDatabase) -> u64 {
+        harness::parse_lsn(&db.psql("SELECT pg_current_wal_lsn()").unwrap()).unwrap()
+    }
+
+    /// The confirmed position of duplex's slot on `db` (0: none yet).
+    fn confirmed(db: &PgDatabase) -> u64 {
+        let text = db
+            .psql("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE database = current_database()")
+            .unwrap();
+        harness::parse_lsn(&text).unwrap_or(0)
+    }
+
+    /// Waits until the reader acknowledged everything committed on `db` so far (JetStream
+    /// stored it).
+    fn wait_published(db: &PgDatabase, reader: &mut Duplex) {
+        let written = Sites::wal_now(db);
+        wait_for("the reader to publish everything", CATCH_UP, || {
+            reader.assert_running();
+            let confirmed = Sites::confirmed(db);
+            if confirmed >= written {
+                Ok(())
+            } else {
+                Err(format!("confirmed {confirmed:X}, written {written:X}"))
+            }
+        });
+    }
+
+    fn drop_slots(&self) {
+        harness::pg::drop_all_slots(&self.a);
+    }
+}
+
+fn start(config: &str, args: &[&str]) -> Duplex {
+    let mut duplex = Duplex::new(config);
+    duplex.start_with(args);
+    duplex
+}
+
+const READER: &[&str] = &["--role", "reader"];
+const COORDINATOR: &[&str] = &["--role", "coordinator"];
+
+/// Starts the reader and waits until it streams from both sites (the PostgreSQL slot
+/// streamed from, the MariaDB binlog position recorded).
+fn start_reader(sites: &Sites, reader: &mut Duplex) {
+    let before = reader.log_text().matches("bus reader started").count();
+    reader.start_with(READER);
+    wait_slot_active(&sites.a, reader);
+    wait_for("the reader to read both sites", CATCH_UP, || {
+        reader.assert_running();
+        let started = reader.log_text().matches("bus reader started").count();
+        if started >= before + 2 {
+            Ok(())
+        } else {
+            Err(format!("{} started", started - before))
+        }
+    });
+}
+
+/// Waits until the coordinator consumes both sites' streams.
+fn wait_coordinating(coordinator: &mut Duplex, starts: usize) {
+    wait_for("the coordinator to read both streams", CATCH_UP, || {
+        coordinator.assert_running();
+        let reading = coordinator
+            .log_text()
+            .matches("merge engine reading site")
+            .count();
+        if reading >= 2 * starts {
+            Ok(())
+        } else {
+            Err(format!("{reading} reading"))
+        }
+    });
+}
+
+/// Round `round`: five inserts on each site (insert-only rows, qty 1, ids apart per site) and
+/// an update of a seeded row on one of them.
+fn workload(sites: &Sites, round: i32) {
+    let (a, b) = (100 + round * 10, 1000 + round * 10);
+    sites.exec(
+        true,
+        &format!(
+            "INSERT INTO items SELECT g, 1, 'a' FROM generate_series({a}, {}) g",
+            a + 4
+        ),
+    );
+    sites.exec(
+        false,
+        &format!(
+            "INSERT INTO items SELECT seq, 1, 'b' FROM seq_{b}_to_{}",
+            b + 4
+        ),
+    );
+    sites.exec(
+        round % 2 == 0,
+        &format!(
+            "UPDATE items SET note = 'round {round}' WHERE id = {}",
+            2 + round % 9
+        ),
+    );
+}
+
+#[test]
+fn two_way_over_the_bus_converges_exactly_once_across_kills() {
+    let nats = NatsServer::start().unwrap();
+    let sites = Sites::new();
+    let config = sites.config(&nats, "");
+    let mut reader = Duplex::new(&config);
+    start_reader(&sites, &mut reader);
+    let mut coordinator = start(&config, COORDINATOR);
+    wait_coordinating(&mut coordinator, 1);
+    sites
+        .a
+        .psql("INSERT INTO items SELECT g, 0, 'seed' FROM generate_series(1, 10) g")
+        .unwrap();
+    let mut count = 10;
+    sites.wait_same(count, &mut [&mut reader, &mut coordinator]);
+
+    // Changes on both sides while each process is SIGKILLed mid-stream.
+    for round in 0..8 {
+        workload(&sites, round);
+        count += 10;
+        if round == 2 {
+            reader.kill();
+            start_reader(&sites, &mut reader);
+        }
+        if round == 5 {
+            coordinator.kill();
+            coordinator.start_with(COORDINATOR);
+        }
+    }
+    sites.wait_same(count, &mut [&mut reader, &mut coordinator]);
+
+    // A conflict: both sites change row 1 while the coordinator is down (neither change can
+    // have seen the other); b's wins everywhere (`prefer:b`: MariaDB commit times have whole
+    // seconds, so last-writer-wins could not tell these two apart), logged once.
+    coordinator.kill();
+    sites
+        .a
+        .psql("UPDATE items SET note = 'from a' WHERE id = 1")
+        .unwrap();
+    sites.exec(false, "UPDATE items SET note = 'from b' WHERE id = 1");
+    Sites::wait_published(&sites.a, &mut reader);
+    coordinator.start_with(COORDINATOR);
+    let rows = sites.wait_same(count, &mut [&mut reader, &mut coordinator]);
+    assert_eq!(rows[0], ["1", "0", "from b"], "the preferred site wins");
+
+    // The decision is not made again after another crash of each process.
+    coordinator.kill();
+    reader.kill();
+    workload(&sites, 8);
+    count += 10;
+    start_reader(&sites, &mut reader);
+    coordinator.start_with(COORDINATOR);
+    let rows = sites.wait_same(count, &mut [&mut reader, &mut coordinator]);
+
+    let log = conflicts(&coordinator);
+    assert_eq!(log.len(), 1, "{log:#?}");
+    assert_eq!(log[0]["status"], "resolved", "{log:#?}");
+    assert_eq!(log[0]["winner"], sites.b.name(), "{log:#?}");
+    // Nothing lost, nothing written twice: exact counts, and the insert-only rows add up.
+    let inserted: Vec<&Vec<String>> = rows
+        .iter()
+        .filter(|row| row[0].parse::<i32>().unwrap() >= 100)
+        .collect();
+    assert_eq!(inserted.len(), 90);
+    let sum: i64 = inserted
+        .iter()
+        .map(|row| row[1].parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(sum, 90);
+    for (id, row) in (1..=10).zip(&rows) {
+        assert_eq!(row[0], id.to_string());
+    }
+    for (on_a, yes) in [(true, "t"), (false, "1")] {
+        let distinct = sites.exec(on_a, "SELECT count(DISTINCT id) = count(*) FROM items");
+        assert_eq!(distinct.trim(), yes);
+    }
+    // A second coordinator (another state directory) is refused at start (the sites hold the
+    // first one's writes and claims), before it touches the streams: the first goes on.
+    let mut second = start(&config, COORDINATOR);
+    second.assert_stopped_saying(&["another duplex"]);
+    assert!(!second.log_text().contains("consuming the stream"));
+    workload(&sites, 9);
+    count += 10;
+    sites.wait_same(count, &mut [&mut reader, &mut coordinator]);
+    assert_eq!(conflicts(&coordinator).len(), 1);
+
+    let log = coordinator.log_text();
+    assert!(
+        log.contains("consuming the stream") && log.contains("-merge_"),
+        "the coordinator read the bus"
+    );
+    assert!(
+        reader.log_text().contains("bus reader started"),
+        "the reader published the sites"
+    );
+    coordinator.kill();
+    reader.kill();
+    sites.drop_slots();
+}
+
+#[test]
+fn a_coordinator_behind_the_streams_retention_stops_naming_backfill() {
+    let nats = NatsServer::start().unwrap();
+    let sites = Sites::new();
+    let config = sites.config(&nats, "max_bytes = 4096");
+    let mut reader = Duplex::new(&config);
+    start_reader(&sites, &mut reader);
+    let mut coordinator = start(&config, COORDINATOR);
+    wait_coordinating(&mut coordinator, 1);
+    workload(&sites, 0);
+    sites.wait_same(10, &mut [&mut reader, &mut coordinator]);
+    coordinator.kill();
+    // Far more than 4096 bytes of transactions: the oldest are dropped as they come.
+    for round in 1..30 {
+        workload(&sites, round);
+    }
+    Sites::wait_published(&sites.a, &mut reader);
+    coordinator.start_with(COORDINATOR);
+    coordinator.assert_stopped_saying(&[
+        "no longer holds what the merge engine needs",
+        "retention",
+        "duplex backfill --from",
+    ]);
+    reader.kill();
+    sites.drop_slots();
+}
+
+#[test]
+fn a_coordinator_stops_when_a_new_reader_started_after_what_it_decided() {
+    let nats = NatsServer::start().unwrap();
+    let sites = Sites::new();
+    let first = sites.config(&nats, "stream_prefix = \"one\"");
+    let mut reader = Duplex::new(&first);
+    start_reader(&sites, &mut reader);
+    let mut coordinator = start(&first, COORDINATOR);
+    wait_coordinating(&mut coordinator, 1);
+    workload(&sites, 0);
+    sites.wait_same(10, &mut [&mut reader, &mut coordinator]);
+    coordinator.kill();
+    reader.kill();
+    // Committed while nothing reads the sites, then a new reader (its own state directory,
+    // a new stream) reads them from now on: what lies in between is in no stream. (The old
+    // reader's slot and its claim on the publication are released by hand, as its refusal
+    // to share them with another deployment says.)
+    workload(&sites, 1);
+    harness::pg::drop_all_slots(&sites.a);
+    for publication in rows(&sites.exec(true, "SELECT pubname FROM pg_publication"), '|') {
+        sites.exec(
+            true,
+            &format!("COMMENT ON PUBLICATION \"{}\" IS NULL", publication[0]),
+        );
+    }
+    let second = sites.config(&nats, "stream_prefix = \"two\"");
+    let mut new_reader = Duplex::new(&second);
+    start_reader(&sites, &mut new_reader);
+    workload(&sites, 2);
+    std::fs::write(coordinator.config_path(), &second).unwrap();
+    coordinator.start_with(COORDINATOR);
+    coordinator.assert_stopped_saying(&[
+        "no longer holds what the merge engine needs",
+        "never published",
+    ]);
+    new_reader.kill();
+    sites.drop_slots();
+}
