@@ -400,4 +400,19 @@ fn a_bus_section_is_checked_field_by_field_and_its_password_redacted() {
     ))
     .unwrap_err();
     assert!(error.to_string().contains("subject"), "{error}");
+    // With a bus, site names name streams and subjects: a `.` would add a subject token.
+    let dotted = GOOD
+        .replace("[sites.dock]", "[sites.\"dock.eu\"]")
+        .replace("{ dock = ", "{ \"dock.eu\" = ")
+        .replace("\"dock->store\"", "\"dock.eu->store\"");
+    assert!(parse(&dotted).is_ok(), "without a bus the name is fine");
+    let named = crate::problems(&format!(
+        "[bus]\nkind = \"nats\"\nurl = \"nats://h:4222\"\n{dotted}"
+    ));
+    assert!(
+        named
+            .iter()
+            .any(|p| p.starts_with("sites.dock.eu: with a [bus]")),
+        "{named:?}"
+    );
 }

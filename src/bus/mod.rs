@@ -67,11 +67,12 @@
 //! `run --role reader` also reads every site of a two-way mapping exactly as the merge
 //! engine's in-process reader does (`StreamOptions::merge`: its two-way tables plus the
 //! `duplex.positions` echo markers, whole transactions, claimed for the reader's deployment)
-//! and publishes it to `<stream_prefix>-merge_<site>` (subject `<stream_prefix>-merge.<site>`)
+//! and publishes it to `<stream_prefix>-merge_<site>` (subject `<stream_prefix>.merge.<site>`)
 //! with the same guarantees as a one-way stream: the site is acknowledged only after
 //! JetStream stored, the message id is the deployment and the position. The name differs from
 //! every one-way stream `<stream_prefix>_<site>` at the character after the prefix, so a site
-//! read one way and later two-way (or the reverse) never mixes both kinds of items in a stream.
+//! read one way and later two-way (or the reverse) never mixes both kinds of items in a stream;
+//! and its subject from every one-way subject of any prefix (see [`Bus::merge_subject`]).
 //!
 //! `run --role coordinator` runs the merge engine (`crate::engine`) with each site's reader
 //! fed by [`BusFeed::start_merge`] instead of the site: the same items, from just after the
@@ -373,14 +374,21 @@ impl Bus {
 
     /// The stream of `site`'s transactions as the merge engine reads them (its two-way
     /// tables and the echo markers): `<prefix>-merge_<site>`, which no one-way stream
-    /// `<prefix>_<site>` can be (they differ at the character after the prefix).
+    /// `<prefix>_<site>` of the same prefix can be (they differ at the character after the
+    /// prefix).
     pub fn merge_stream_name(&self, site: &str) -> String {
         format!("{}-merge_{}", self.config.stream_prefix, site)
     }
 
-    /// The subject of [`Bus::merge_stream_name`].
+    /// The subject of [`Bus::merge_stream_name`]: `<prefix>.merge.<site>`, three tokens where
+    /// a one-way subject `<prefix>.<site>` has two (neither prefix nor site may hold a `.`).
+    /// So a merge stream can never carry the subject of a one-way stream of another
+    /// deployment on the same server, even where the stream names meet (prefix `shop`, site
+    /// `erp`, two-way, and prefix `shop-merge`, site `erp`, one-way, both name
+    /// `shop-merge_erp`): the second to come finds the stream's subjects are not its own and
+    /// stops ([`BusError::Foreign`]) instead of mixing the two deployments' items.
     pub fn merge_subject(&self, site: &str) -> String {
-        format!("{}-merge.{}", self.config.stream_prefix, site)
+        format!("{}.merge.{}", self.config.stream_prefix, site)
     }
 
     /// The stream `name` of `kind` for `site`.

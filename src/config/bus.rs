@@ -55,6 +55,34 @@ fn default_prefix() -> String {
 }
 
 /// Checks `[bus]`, reporting each problem with the field it concerns.
+/// With a bus, a site's name is part of JetStream stream names and subjects: only letters,
+/// digits, '_' and '-', as for the prefix. A `.` would add a token to its subjects (`shop.a.b`
+/// for site `a.b`), which could then equal another stream's subject; `*`, `>` and spaces are
+/// not allowed in them at all.
+pub(super) fn validate_site_names<'a>(
+    sites: impl Iterator<Item = &'a String>,
+    report: &mut impl FnMut(String, String),
+) {
+    for site in sites {
+        if !valid_name(site) {
+            report(
+                format!("sites.{site}"),
+                "with a [bus], a site's name names JetStream streams and subjects: use only \
+                 letters, digits, '_' and '-' (rename the site in the configuration)"
+                    .into(),
+            );
+        }
+    }
+}
+
+/// A name JetStream takes in stream names and subject tokens alike.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
 pub(super) fn validate_bus(
     raw: &RawBus,
     base: &Path,
@@ -78,11 +106,6 @@ pub(super) fn validate_bus(
         );
         ok = false;
     }
-    let valid_name = |s: &str| {
-        !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    };
     if !valid_name(&raw.stream_prefix) {
         report(
             "bus.stream_prefix".into(),

@@ -551,6 +551,9 @@ impl Config {
             .bus
             .as_ref()
             .and_then(|raw_bus| bus::validate_bus(raw_bus, base, &mut report));
+        if raw.bus.is_some() {
+            bus::validate_site_names(raw.sites.keys(), &mut report);
+        }
         if !problems.is_empty() {
             return Err(ConfigError::Invalid {
                 path: path.to_owned(),
