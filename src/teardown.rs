@@ -21,13 +21,14 @@
 //! The state directory itself is left: it holds the conflict log, which may still be wanted;
 //! the summary says how to remove it.
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use duplex_connectors::teardown::{self, Leftovers};
 use duplex_state::{StateError, StateStore};
 
-use crate::config::Config;
+use crate::config::{Config, Direction};
 
 /// What `duplex teardown` is asked.
 #[derive(Debug, Clone, Default)]
@@ -164,13 +165,24 @@ pub async fn teardown(config: &Config, options: &TeardownOptions) -> Result<Stri
     let bus = match &config.bus {
         Some(bus) => {
             let flows = crate::run::flows(config);
-            let leftovers =
-                crate::bus::teardown::find(bus, &flows, options.site.as_deref(), &bus_rows)
-                    .await
-                    .map_err(|source| TeardownError::Bus {
-                        url: bus.url.clone(),
-                        source: Box::new(source),
-                    })?;
+            let merge_sites: BTreeSet<String> = config
+                .mappings
+                .iter()
+                .filter(|m| m.direction == Direction::Both)
+                .flat_map(|m| m.tables.keys().cloned())
+                .collect();
+            let leftovers = crate::bus::teardown::find(
+                bus,
+                &flows,
+                &merge_sites,
+                options.site.as_deref(),
+                &bus_rows,
+            )
+            .await
+            .map_err(|source| TeardownError::Bus {
+                url: bus.url.clone(),
+                source: Box::new(source),
+            })?;
             if let Some((site, holder)) = leftovers.held.first() {
                 return Err(TeardownError::BusWriter {
                     site: site.clone(),

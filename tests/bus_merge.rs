@@ -360,3 +360,70 @@ fn a_coordinator_stops_when_a_new_reader_started_after_what_it_decided() {
     new_reader.kill();
     sites.drop_slots();
 }
+
+#[test]
+fn teardown_removes_the_merge_streams_of_this_prefix_and_nothing_else() {
+    let nats = NatsServer::start().unwrap();
+    let sites = Sites::new();
+    // Another deployment's merge streams on the same server, under a prefix this one's is a
+    // prefix of: never touched.
+    let other = sites.config(&nats, "stream_prefix = \"one_eu\"");
+    let mut other_reader = Duplex::new(&other);
+    start_reader(&sites, &mut other_reader);
+    assert_eq!(other_reader.terminate(), 0);
+    harness::pg::drop_all_slots(&sites.a);
+    for publication in rows(&sites.exec(true, "SELECT pubname FROM pg_publication"), '|') {
+        sites.exec(
+            true,
+            &format!("COMMENT ON PUBLICATION \"{}\" IS NULL", publication[0]),
+        );
+    }
+
+    let config = sites.config(&nats, "stream_prefix = \"one\"");
+    let mut reader = Duplex::new(&config);
+    start_reader(&sites, &mut reader);
+    let mut coordinator = start(&config, COORDINATOR);
+    wait_coordinating(&mut coordinator, 1);
+    workload(&sites, 0);
+    sites.wait_same(10, &mut [&mut reader, &mut coordinator]);
+    assert_eq!(coordinator.terminate(), 0);
+    assert_eq!(reader.terminate(), 0);
+
+    let removed = reader.command(&["teardown"]);
+    let stdout = String::from_utf8_lossy(&removed.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&removed.stderr);
+    assert!(removed.status.success(), "{stdout}{stderr}");
+    for site in [sites.a.name(), sites.b.name()] {
+        assert!(
+            stdout.contains(&format!(
+                "removed JetStream stream one-merge_{site} and its consumers coordinator\n"
+            )),
+            "{stdout}"
+        );
+        assert!(
+            !stdout.contains(&format!("one_eu-merge_{site}")),
+            "{stdout}"
+        );
+    }
+    // Asked again, the server holds nothing more of this prefix; the other prefix's streams
+    // are still there (its own teardown finds them).
+    let again = reader.command(&["teardown"]);
+    let stdout = String::from_utf8_lossy(&again.stdout).into_owned();
+    assert!(
+        again.status.success()
+            && stdout.contains("(stream prefix one):\n  nothing of this configuration\n"),
+        "{stdout}"
+    );
+    let found = other_reader.command(&["teardown"]);
+    let stdout = String::from_utf8_lossy(&found.stdout).into_owned();
+    assert!(
+        found.status.success()
+            && [sites.a.name(), sites.b.name()]
+                .iter()
+                .all(|site| stdout
+                    .contains(&format!("removed JetStream stream one_eu-merge_{site}\n"))),
+        "{stdout}{}",
+        String::from_utf8_lossy(&found.stderr)
+    );
+    sites.drop_slots();
+}

@@ -3,7 +3,9 @@
 //!
 //! Only names the configuration itself yields are considered, never a pattern: the stream of
 //! each source of the one-way mappings (`<stream_prefix>_<source>`, its consumers
-//! `writer-<target>` with it) and the lease stream (`<stream_prefix>_leases`). A prefix match
+//! `writer-<target>` with it), the merge stream of each site of the two-way mappings
+//! (`<stream_prefix>-merge_<site>`, the coordinator's consumer with it) and the lease stream
+//! (`<stream_prefix>_leases`). A prefix match
 //! would take another deployment's streams whose prefix starts with this one (`duplex_eu_…`
 //! under `duplex`). A stream of such a name whose subjects are not the ones duplex gives it
 //! is someone else's: it is left, and named.
@@ -21,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use async_nats::jetstream::stream;
 use futures_util::TryStreamExt;
 
-use super::{Bus, BusError, lease};
+use super::{Bus, BusError, Kind, lease};
 use crate::config::BusConfig;
 
 /// What this configuration's bus holds that teardown would remove.
@@ -41,11 +43,13 @@ pub struct BusLeftovers {
 }
 
 /// Finds what teardown of `site` (every site when `None`) removes from the bus of `config`
-/// (`flows`: each source with its targets), and which of the sites concerned, or of
+/// (`flows`: each source with its targets; `merge_sites`: the sites of two-way mappings,
+/// whose merge streams go with the site), and which of the sites concerned, or of
 /// `also_leases`, a writer holds the lease of. It changes nothing.
 pub async fn find(
     config: &BusConfig,
     flows: &BTreeMap<String, BTreeSet<String>>,
+    merge_sites: &BTreeSet<String>,
     site: Option<&str>,
     also_leases: &[String],
 ) -> Result<BusLeftovers, BusError> {
@@ -85,6 +89,22 @@ pub async fn find(
             let consumer = super::feed::consumer_name(target);
             if names.contains(&consumer) {
                 leftovers.consumers.push((name, consumer));
+            }
+        }
+    }
+    // A two-way site's merge stream, with the coordinator's consumer (re-created at every
+    // coordinator start from what its state store committed, so nothing is lost with it).
+    for merge_site in merge_sites {
+        if site.is_some_and(|site| site != merge_site) {
+            continue;
+        }
+        let (name, subject) = bus.names(merge_site, Kind::Merge);
+        match existing(&bus, &name, &subject).await? {
+            None => {}
+            Some(None) => leftovers.foreign.push(name),
+            Some(Some(found)) => {
+                let names = consumer_names(&found).await?;
+                leftovers.streams.push((name, names));
             }
         }
     }
