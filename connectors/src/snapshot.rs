@@ -32,6 +32,8 @@ use tokio::sync::Mutex;
 use crate::bulk::{BulkRows, BulkShape};
 use crate::digest::RangeDigest;
 use crate::load::AdminError;
+use crate::mssql::CdcPosition;
+use crate::mssql::snapshot::{MssqlSnapshot, MssqlSnapshotError};
 use crate::mysql::{BinlogPosition, MysqlSnapshot, MysqlSnapshotError};
 use crate::postgres::{PgExportedSnapshot, PgSnapshotError, PgSnapshotReader};
 use crate::{Column, Position, Row, SiteConnection, SiteKind, TableName, Value};
@@ -171,6 +173,9 @@ pub enum SnapshotError {
     /// On MySQL/MariaDB.
     #[error(transparent)]
     Mysql(#[from] MysqlSnapshotError),
+    /// On SQL Server (boxed: its type errors are large).
+    #[error(transparent)]
+    Mssql(Box<MssqlSnapshotError>),
     /// What was asked is not built for this kind of site.
     #[error(transparent)]
     NotSupported(#[from] crate::NotSupported),
@@ -182,12 +187,19 @@ pub enum SnapshotError {
     Refused(String),
 }
 
+impl From<MssqlSnapshotError> for SnapshotError {
+    fn from(error: MssqlSnapshotError) -> SnapshotError {
+        SnapshotError::Mssql(Box::new(error))
+    }
+}
+
 impl SnapshotError {
     /// True when retrying may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
             SnapshotError::Postgres(e) => e.is_transient(),
             SnapshotError::Mysql(e) => e.is_transient(),
+            SnapshotError::Mssql(e) => e.is_transient(),
             SnapshotError::Admin(_)
             | SnapshotError::Refused(_)
             | SnapshotError::NotSupported(_) => false,
@@ -212,6 +224,14 @@ pub enum SourceSnapshot {
         conn: Arc<Mutex<MysqlSnapshot>>,
         /// The binlog position it matches.
         position: BinlogPosition,
+    },
+    /// The one snapshot-isolation transaction, fenced by table locks to match a CDC position
+    /// exactly (`mssql::snapshot`); every reader reads through it, one read at a time.
+    Mssql {
+        /// The snapshot's transaction.
+        conn: Arc<Mutex<MssqlSnapshot>>,
+        /// The CDC position it matches.
+        position: CdcPosition,
     },
 }
 
@@ -265,12 +285,15 @@ impl SourceSnapshot {
                 }
             }
             SiteKind::Mssql => {
-                return Err(crate::NotSupported {
-                    what: "duplex backfill (a snapshot of a SQL Server source)",
-                    fix: "copy the tables with your own tools, then start duplex run, which reads \
-                          on from the current end of the change tables",
+                // No stream state to keep: CDC positions are LSNs, readable as long as the
+                // change tables hold them (the reader stops and says so otherwise).
+                let _ = (resume_from, streamed_by, deployment);
+                let (snapshot, position) =
+                    MssqlSnapshot::take(&site.url, site.password(), tables).await?;
+                SourceSnapshot::Mssql {
+                    position,
+                    conn: Arc::new(Mutex::new(snapshot)),
                 }
-                .into());
             }
         })
     }
@@ -281,6 +304,7 @@ impl SourceSnapshot {
         match self {
             SourceSnapshot::Postgres { exported, .. } => Position::Postgres(exported.position),
             SourceSnapshot::Mysql { position, .. } => Position::Mysql(position.clone()),
+            SourceSnapshot::Mssql { position, .. } => Position::Mssql(*position),
         }
     }
 
@@ -292,6 +316,7 @@ impl SourceSnapshot {
                 PgSnapshotReader::open(&site.url, site.password(), Some(&exported.name)).await?,
             ),
             SourceSnapshot::Mysql { conn, .. } => AnySnapshot::Mysql(conn.clone()),
+            SourceSnapshot::Mssql { conn, .. } => AnySnapshot::Mssql(conn.clone()),
         })
     }
 
@@ -306,6 +331,11 @@ impl SourceSnapshot {
                     conn.into_inner().close().await;
                 }
             }
+            SourceSnapshot::Mssql { conn, .. } => {
+                if let Ok(conn) = Arc::try_unwrap(conn) {
+                    conn.into_inner().close().await;
+                }
+            }
         }
     }
 }
@@ -316,6 +346,18 @@ pub enum AnySnapshot {
     Postgres(PgSnapshotReader),
     /// A MySQL/MariaDB consistent-snapshot transaction, possibly shared.
     Mysql(Arc<Mutex<MysqlSnapshot>>),
+    /// A SQL Server backfill snapshot, shared (read-only access for the backfill; verify and
+    /// fresh snapshots are not built for SQL Server).
+    Mssql(Arc<Mutex<MssqlSnapshot>>),
+}
+
+/// What a SQL Server snapshot reader does not do.
+fn mssql_not_supported(what: &'static str) -> SnapshotError {
+    crate::NotSupported {
+        what,
+        fix: "compare the tables with your own tools",
+    }
+    .into()
 }
 
 impl AnySnapshot {
@@ -329,13 +371,9 @@ impl AnySnapshot {
             SiteKind::Mysql => AnySnapshot::Mysql(Arc::new(Mutex::new(
                 MysqlSnapshot::open_reader(&site.url, site.password()).await?,
             ))),
-            SiteKind::Mssql => {
-                return Err(crate::NotSupported {
-                    what: "reading rows in a snapshot (duplex backfill and duplex verify)",
-                    fix: "compare or copy the tables with your own tools",
-                }
-                .into());
-            }
+            SiteKind::Mssql => AnySnapshot::Mssql(Arc::new(Mutex::new(
+                MssqlSnapshot::open_reader(&site.url, site.password()).await?,
+            ))),
         })
     }
 
@@ -347,6 +385,11 @@ impl AnySnapshot {
         Ok(match self {
             AnySnapshot::Postgres(reader) => Position::Postgres(reader.renew().await?),
             AnySnapshot::Mysql(conn) => Position::Mysql(conn.lock().await.renew().await?),
+            AnySnapshot::Mssql(_) => {
+                return Err(mssql_not_supported(
+                    "renewing a SQL Server snapshot (duplex verify)",
+                ));
+            }
         })
     }
 
@@ -356,6 +399,11 @@ impl AnySnapshot {
         match self {
             AnySnapshot::Postgres(reader) => reader.refresh().await?,
             AnySnapshot::Mysql(conn) => conn.lock().await.refresh().await?,
+            AnySnapshot::Mssql(_) => {
+                return Err(mssql_not_supported(
+                    "renewing a SQL Server snapshot (duplex verify)",
+                ));
+            }
         }
         Ok(())
     }
@@ -369,7 +417,7 @@ impl AnySnapshot {
     ) -> Result<Option<BulkShape>, SnapshotError> {
         Ok(match self {
             AnySnapshot::Postgres(reader) => Some(reader.bulk_shape(table, columns).await?),
-            AnySnapshot::Mysql(_) => None,
+            AnySnapshot::Mysql(_) | AnySnapshot::Mssql(_) => None,
         })
     }
 
@@ -382,9 +430,9 @@ impl AnySnapshot {
     ) -> Result<BulkRows, SnapshotError> {
         Ok(match self {
             AnySnapshot::Postgres(reader) => reader.bulk_rows(shape, range).await?,
-            AnySnapshot::Mysql(_) => {
+            AnySnapshot::Mysql(_) | AnySnapshot::Mssql(_) => {
                 return Err(SnapshotError::Refused(format!(
-                    "MySQL/MariaDB has no bulk format: {} is read as rows",
+                    "this kind of database has no bulk format: {} is read as rows",
                     shape.table
                 )));
             }
@@ -401,6 +449,11 @@ impl AnySnapshot {
                     conn.into_inner().close().await;
                 }
             }
+            AnySnapshot::Mssql(conn) => {
+                if let Ok(conn) = Arc::try_unwrap(conn) {
+                    conn.into_inner().close().await;
+                }
+            }
         }
     }
 }
@@ -412,6 +465,7 @@ impl SnapshotRead for AnySnapshot {
         match self {
             AnySnapshot::Postgres(_) => PgSnapshotReader::orderable(column),
             AnySnapshot::Mysql(_) => MysqlSnapshot::orderable(column),
+            AnySnapshot::Mssql(_) => MssqlSnapshot::orderable(column),
         }
     }
 
@@ -419,6 +473,7 @@ impl SnapshotRead for AnySnapshot {
         Ok(match self {
             AnySnapshot::Postgres(reader) => reader.count(table).await?,
             AnySnapshot::Mysql(conn) => conn.lock().await.count(table).await?,
+            AnySnapshot::Mssql(conn) => conn.lock().await.count(table).await?,
         })
     }
 
@@ -431,6 +486,7 @@ impl SnapshotRead for AnySnapshot {
         Ok(match self {
             AnySnapshot::Postgres(reader) => reader.boundaries(table, column, every).await?,
             AnySnapshot::Mysql(conn) => conn.lock().await.boundaries(table, column, every).await?,
+            AnySnapshot::Mssql(conn) => conn.lock().await.boundaries(table, column, every).await?,
         })
     }
 
@@ -443,6 +499,7 @@ impl SnapshotRead for AnySnapshot {
         Ok(match self {
             AnySnapshot::Postgres(reader) => reader.key_boundaries(table, key, every).await?,
             AnySnapshot::Mysql(conn) => conn.lock().await.key_boundaries(table, key, every).await?,
+            AnySnapshot::Mssql(conn) => conn.lock().await.key_boundaries(table, key, every).await?,
         })
     }
 
@@ -461,6 +518,12 @@ impl SnapshotRead for AnySnapshot {
                     .range_indexes(table, key, cuts, keys)
                     .await?
             }
+            AnySnapshot::Mssql(conn) => {
+                conn.lock()
+                    .await
+                    .range_indexes(table, key, cuts, keys)
+                    .await?
+            }
         })
     }
 
@@ -473,6 +536,7 @@ impl SnapshotRead for AnySnapshot {
         Ok(match self {
             AnySnapshot::Postgres(reader) => reader.rows(table, columns, range).await?,
             AnySnapshot::Mysql(conn) => conn.lock().await.rows(table, columns, range).await?,
+            AnySnapshot::Mssql(conn) => conn.lock().await.rows(table, columns, range).await?,
         })
     }
 
@@ -493,6 +557,11 @@ impl SnapshotRead for AnySnapshot {
                     .rows_with_keys(table, columns, key, keys)
                     .await?
             }
+            AnySnapshot::Mssql(_) => {
+                return Err(mssql_not_supported(
+                    "reading rows by key from a SQL Server snapshot (duplex verify)",
+                ));
+            }
         })
     }
 
@@ -504,6 +573,7 @@ impl SnapshotRead for AnySnapshot {
         Ok(match self {
             AnySnapshot::Postgres(reader) => reader.integer_span(table, column).await?,
             AnySnapshot::Mysql(conn) => conn.lock().await.integer_span(table, column).await?,
+            AnySnapshot::Mssql(conn) => conn.lock().await.integer_span(table, column).await?,
         })
     }
 
@@ -511,6 +581,7 @@ impl SnapshotRead for AnySnapshot {
         match self {
             AnySnapshot::Postgres(_) => PgSnapshotReader::digestible(columns),
             AnySnapshot::Mysql(_) => MysqlSnapshot::digestible(columns),
+            AnySnapshot::Mssql(_) => false,
         }
     }
 
@@ -527,6 +598,11 @@ impl SnapshotRead for AnySnapshot {
                     .await
                     .range_digest(table, columns, range)
                     .await?
+            }
+            AnySnapshot::Mssql(_) => {
+                return Err(mssql_not_supported(
+                    "digesting ranges of a SQL Server snapshot (duplex verify)",
+                ));
             }
         })
     }

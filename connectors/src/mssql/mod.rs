@@ -26,6 +26,7 @@ pub mod positions;
 pub mod preflight;
 mod reader;
 pub mod route;
+pub mod snapshot;
 pub mod sql;
 pub mod stream;
 mod tls;
