@@ -278,3 +278,257 @@ fn sql_server_changes_arrive_in_postgres_and_check_passes() {
     });
     assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
 }
+
+/// The capture job has recorded a change in `erp` (a new link needs a nonzero max LSN).
+fn wait_captured(erp: &Mssql) {
+    wait_for("the capture job to record a change", WAIT, || {
+        let max = erp.rows(
+            "SELECT CASE WHEN ISNULL(sys.fn_cdc_get_max_lsn(), 0x00) = 0x00 \
+             THEN N'0' ELSE N'1' END",
+        )?;
+        if max == [["1".to_owned()]] {
+            Ok(())
+        } else {
+            Err("no change recorded yet".into())
+        }
+    });
+}
+
+/// `SELECT COUNT(*), SUM(qty), MIN(id), MAX(id)` of the items, as text on both kinds.
+const ITEMS_SUMMARY_MSSQL: &str = "SELECT CONVERT(nvarchar(20), COUNT_BIG(*)), \
+     CONVERT(nvarchar(20), ISNULL(SUM(CAST(qty AS bigint)), 0)), \
+     CONVERT(nvarchar(20), ISNULL(MIN(id), 0)), CONVERT(nvarchar(20), ISNULL(MAX(id), 0)) \
+     FROM dbo.items";
+const ITEMS_SUMMARY_PG: &str = "SELECT count(*), coalesce(sum(qty), 0), coalesce(min(id), 0), \
+     coalesce(max(id), 0) FROM items";
+
+#[test]
+fn backfill_from_sql_server_then_stream_loses_and_doubles_nothing() {
+    let Some(erp) = Mssql::create("backfill_from_sql_server_then_stream_loses_and_doubles_nothing")
+    else {
+        return;
+    };
+    erp.sql("EXEC sys.sp_cdc_enable_db");
+    erp.sql(&format!(
+        "ALTER DATABASE [{}] SET ALLOW_SNAPSHOT_ISOLATION ON",
+        erp.name
+    ));
+    erp.sql("CREATE TABLE dbo.items (id int PRIMARY KEY, qty int NOT NULL)");
+    erp.sql(
+        "EXEC sys.sp_cdc_enable_table @source_schema = N'dbo', @source_name = N'items', \
+         @role_name = NULL",
+    );
+    // 20,000 rows before the backfill (ranges of 1,000), with distinct quantities so that a
+    // row lost or copied twice changes the sum.
+    erp.sql(
+        "WITH n AS (SELECT TOP (20000) ROW_NUMBER() OVER (ORDER BY (SELECT NULL)) AS i \
+         FROM sys.all_objects a CROSS JOIN sys.all_objects b) \
+         INSERT INTO dbo.items (id, qty) SELECT i, i % 97 + 1 FROM n",
+    );
+    wait_captured(&erp);
+    let store = shared_pg().create_database();
+    store
+        .execute_as_duplex("CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL)")
+        .unwrap();
+    let config = site(&erp.name, "mssql", &erp.url)
+        + &site(store.name(), "postgres", &store.url())
+        + "[[mappings]]\nname = \"items\"\n"
+        + &format!(
+            "tables = {{ {} = \"dbo.items\", {} = \"public.items\" }}\n",
+            erp.name,
+            store.name()
+        )
+        + &format!("direction = \"{}->{}\"\n", erp.name, store.name());
+    let mut duplex = Duplex::new(&config);
+
+    // A writer commits inserts, one per transaction, all through the backfill and after it:
+    // each lands either in the snapshot or in the stream.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let url = erp.url.clone();
+        std::thread::spawn(move || -> Result<u32, String> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let mut client = client(&url).await?;
+                let mut written = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) || written < 50 {
+                    let id = 100_000 + written;
+                    client
+                        .execute(
+                            "INSERT INTO dbo.items (id, qty) VALUES (@P1, @P2)",
+                            &[&(id as i32), &((id % 89 + 1) as i32)],
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    written += 1;
+                }
+                Ok(written)
+            })
+        })
+    };
+    let backfill = duplex.command(&["backfill", "--jobs", "2", "--chunk-rows", "1000"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&backfill.stdout),
+        String::from_utf8_lossy(&backfill.stderr)
+    );
+    assert!(backfill.status.success(), "{text}");
+    duplex.start();
+    wait_started(&mut duplex);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let written = writer.join().unwrap().expect("the writer's inserts");
+    assert!(written >= 50, "{written}");
+    let want = erp.rows(ITEMS_SUMMARY_MSSQL).unwrap();
+    assert_eq!(want[0][0], (20_000 + written).to_string(), "{want:?}");
+    wait_for(
+        "PostgreSQL to hold exactly SQL Server's items",
+        WAIT,
+        || {
+            duplex.assert_running();
+            let got = rows(
+                &store.psql(ITEMS_SUMMARY_PG).map_err(|e| e.to_string())?,
+                '|',
+            );
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!("\n got: {got:?}\nwant: {want:?}"))
+            }
+        },
+    );
+    assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
+}
+
+/// `dbo.items (id int PRIMARY KEY, qty int)` captured by CDC in `erp` (snapshot isolation on),
+/// an empty `items` on a new PostgreSQL database, and the config mapping one to the other.
+fn items_setup(erp: &Mssql) -> (duplex_testkit::PgDatabase, String) {
+    erp.sql("EXEC sys.sp_cdc_enable_db");
+    erp.sql(&format!(
+        "ALTER DATABASE [{}] SET ALLOW_SNAPSHOT_ISOLATION ON",
+        erp.name
+    ));
+    erp.sql("CREATE TABLE dbo.items (id int PRIMARY KEY, qty int NOT NULL)");
+    erp.sql(
+        "EXEC sys.sp_cdc_enable_table @source_schema = N'dbo', @source_name = N'items', \
+         @role_name = NULL",
+    );
+    erp.sql("INSERT INTO dbo.items (id, qty) VALUES (-1, 1); DELETE FROM dbo.items WHERE id = -1");
+    wait_captured(erp);
+    let store = shared_pg().create_database();
+    store
+        .execute_as_duplex("CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL)")
+        .unwrap();
+    let config = site(&erp.name, "mssql", &erp.url)
+        + &site(store.name(), "postgres", &store.url())
+        + "[[mappings]]\nname = \"items\"\n"
+        + &format!(
+            "tables = {{ {} = \"dbo.items\", {} = \"public.items\" }}\n",
+            erp.name,
+            store.name()
+        )
+        + &format!("direction = \"{}->{}\"\n", erp.name, store.name());
+    (store, config)
+}
+
+/// Waits until the log says "link started" more than `before` times.
+fn wait_started_again(duplex: &mut Duplex, before: usize) {
+    wait_for("the link to start again", WAIT, || {
+        duplex.assert_running();
+        if duplex.log_text().matches("link started").count() > before {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    });
+}
+
+#[test]
+fn sigkill_while_sql_server_changes_stream_applies_each_exactly_once() {
+    let Some(erp) =
+        Mssql::create("sigkill_while_sql_server_changes_stream_applies_each_exactly_once")
+    else {
+        return;
+    };
+    let (store, config) = items_setup(&erp);
+    let mut duplex = Duplex::new(&config);
+    duplex.start();
+    wait_started_again(&mut duplex, 0);
+    // 300 transactions of 10 inserts each, written while the link is killed and restarted.
+    let writer = {
+        let url = erp.url.clone();
+        std::thread::spawn(move || -> Result<(), String> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let mut client = client(&url).await?;
+                for t in 0..300 {
+                    let values: Vec<String> = (0..10)
+                        .map(|i| {
+                            let id = t * 10 + i + 1;
+                            format!("({id}, {})", id % 83 + 1)
+                        })
+                        .collect();
+                    let sql = format!(
+                        "BEGIN TRANSACTION; INSERT INTO dbo.items (id, qty) VALUES {}; COMMIT",
+                        values.join(", ")
+                    );
+                    client
+                        .simple_query(sql)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .into_results()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            })
+        })
+    };
+    let count = |store: &duplex_testkit::PgDatabase| -> Result<u64, String> {
+        let text = store
+            .psql("SELECT count(*) FROM items")
+            .map_err(|e| e.to_string())?;
+        text.trim().parse().map_err(|_| format!("count {text:?}"))
+    };
+    // Kill it at three points while changes stream: each time after more rows arrived.
+    for (round, at_least) in [(1usize, 300u64), (2, 1200), (3, 2100)] {
+        wait_for("rows to arrive before the kill", WAIT, || {
+            duplex.assert_running();
+            let n = count(&store)?;
+            if n >= at_least {
+                Ok(())
+            } else {
+                Err(format!("{n} rows"))
+            }
+        });
+        duplex.kill();
+        duplex.start();
+        wait_started_again(&mut duplex, round);
+    }
+    writer.join().unwrap().expect("the writer's transactions");
+    let want = erp.rows(ITEMS_SUMMARY_MSSQL).unwrap();
+    assert_eq!(want[0][0], "3000", "{want:?}");
+    wait_for(
+        "PostgreSQL to hold exactly SQL Server's items",
+        WAIT,
+        || {
+            duplex.assert_running();
+            let got = rows(
+                &store.psql(ITEMS_SUMMARY_PG).map_err(|e| e.to_string())?,
+                '|',
+            );
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!("\n got: {got:?}\nwant: {want:?}"))
+            }
+        },
+    );
+    assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
+}

@@ -32,6 +32,8 @@ use tokio::sync::Mutex;
 use crate::bulk::{BulkRows, BulkShape};
 use crate::digest::RangeDigest;
 use crate::load::AdminError;
+use crate::mssql::CdcPosition;
+use crate::mssql::snapshot::{MssqlSnapshot, MssqlSnapshotError};
 use crate::mysql::{BinlogPosition, MysqlSnapshot, MysqlSnapshotError};
 use crate::postgres::{PgExportedSnapshot, PgSnapshotError, PgSnapshotReader};
 use crate::{Column, Position, Row, SiteConnection, SiteKind, TableName, Value};
@@ -172,6 +174,9 @@ pub enum SnapshotError {
     /// On MySQL/MariaDB.
     #[error(transparent)]
     Mysql(#[from] MysqlSnapshotError),
+    /// On SQL Server (boxed: its type errors are large).
+    #[error(transparent)]
+    Mssql(Box<MssqlSnapshotError>),
     /// What was asked is not built for this kind of site.
     #[error(transparent)]
     NotSupported(#[from] crate::NotSupported),
@@ -183,12 +188,19 @@ pub enum SnapshotError {
     Refused(String),
 }
 
+impl From<MssqlSnapshotError> for SnapshotError {
+    fn from(error: MssqlSnapshotError) -> SnapshotError {
+        SnapshotError::Mssql(Box::new(error))
+    }
+}
+
 impl SnapshotError {
     /// True when retrying may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
             SnapshotError::Postgres(e) => e.is_transient(),
             SnapshotError::Mysql(e) => e.is_transient(),
+            SnapshotError::Mssql(e) => e.is_transient(),
             SnapshotError::Admin(_)
             | SnapshotError::Refused(_)
             | SnapshotError::NotSupported(_) => false,
@@ -213,6 +225,14 @@ pub enum SourceSnapshot {
         conn: Arc<Mutex<MysqlSnapshot>>,
         /// The binlog position it matches.
         position: BinlogPosition,
+    },
+    /// The one snapshot-isolation transaction, fenced by table locks to match a CDC position
+    /// exactly (`mssql::snapshot`); every reader reads through it, one read at a time.
+    Mssql {
+        /// The snapshot's transaction.
+        conn: Arc<Mutex<MssqlSnapshot>>,
+        /// The CDC position it matches.
+        position: CdcPosition,
     },
 }
 
@@ -266,12 +286,15 @@ impl SourceSnapshot {
                 }
             }
             SiteKind::Mssql => {
-                return Err(crate::NotSupported {
-                    what: "duplex backfill (a snapshot of a SQL Server source)",
-                    fix: "copy the tables with your own tools, then start duplex run, which reads \
-                          on from the current end of the change tables",
+                // No stream state to keep: CDC positions are LSNs, readable as long as the
+                // change tables hold them (the reader stops and says so otherwise).
+                let _ = (resume_from, streamed_by, deployment);
+                let (snapshot, position) =
+                    MssqlSnapshot::take(&site.url, site.password(), tables).await?;
+                SourceSnapshot::Mssql {
+                    position,
+                    conn: Arc::new(Mutex::new(snapshot)),
                 }
-                .into());
             }
         })
     }
@@ -282,6 +305,7 @@ impl SourceSnapshot {
         match self {
             SourceSnapshot::Postgres { exported, .. } => Position::Postgres(exported.position),
             SourceSnapshot::Mysql { position, .. } => Position::Mysql(position.clone()),
+            SourceSnapshot::Mssql { position, .. } => Position::Mssql(*position),
         }
     }
 
@@ -293,6 +317,7 @@ impl SourceSnapshot {
                 PgSnapshotReader::open(&site.url, site.password(), Some(&exported.name)).await?,
             ),
             SourceSnapshot::Mysql { conn, .. } => AnySnapshot::Mysql(conn.clone()),
+            SourceSnapshot::Mssql { conn, .. } => AnySnapshot::Mssql(conn.clone()),
         })
     }
 
@@ -307,6 +332,11 @@ impl SourceSnapshot {
                     conn.into_inner().close().await;
                 }
             }
+            SourceSnapshot::Mssql { conn, .. } => {
+                if let Ok(conn) = Arc::try_unwrap(conn) {
+                    conn.into_inner().close().await;
+                }
+            }
         }
     }
 }
@@ -317,6 +347,18 @@ pub enum AnySnapshot {
     Postgres(PgSnapshotReader),
     /// A MySQL/MariaDB consistent-snapshot transaction, possibly shared.
     Mysql(Arc<Mutex<MysqlSnapshot>>),
+    /// A SQL Server backfill snapshot, shared (read-only access for the backfill; verify and
+    /// fresh snapshots are not built for SQL Server).
+    Mssql(Arc<Mutex<MssqlSnapshot>>),
+}
+
+/// What a SQL Server snapshot reader does not do.
+fn mssql_not_supported(what: &'static str) -> SnapshotError {
+    crate::NotSupported {
+        what,
+        fix: "compare the tables with your own tools",
+    }
+    .into()
 }
 
 impl AnySnapshot {
@@ -330,13 +372,9 @@ impl AnySnapshot {
             SiteKind::Mysql => AnySnapshot::Mysql(Arc::new(Mutex::new(
                 MysqlSnapshot::open_reader(&site.url, site.password()).await?,
             ))),
-            SiteKind::Mssql => {
-                return Err(crate::NotSupported {
-                    what: "reading rows in a snapshot (duplex backfill and duplex verify)",
-                    fix: "compare or copy the tables with your own tools",
-                }
-                .into());
-            }
+            SiteKind::Mssql => AnySnapshot::Mssql(Arc::new(Mutex::new(
+                MssqlSnapshot::open_reader(&site.url, site.password()).await?,
+            ))),
         })
     }
 
@@ -348,6 +386,11 @@ impl AnySnapshot {
         Ok(match self {
             AnySnapshot::Postgres(reader) => Position::Postgres(reader.renew().await?),
             AnySnapshot::Mysql(conn) => Position::Mysql(conn.lock().await.renew().await?),
+            AnySnapshot::Mssql(_) => {
+                return Err(mssql_not_supported(
+                    "renewing a SQL Server snapshot (duplex verify)",
+                ));
+            }
         })
     }
 
@@ -357,6 +400,11 @@ impl AnySnapshot {
         match self {
             AnySnapshot::Postgres(reader) => reader.refresh().await?,
             AnySnapshot::Mysql(conn) => conn.lock().await.refresh().await?,
+            AnySnapshot::Mssql(_) => {
+                return Err(mssql_not_supported(
+                    "renewing a SQL Server snapshot (duplex verify)",
+                ));
+            }
         }
         Ok(())
     }
@@ -370,7 +418,7 @@ impl AnySnapshot {
     ) -> Result<Option<BulkShape>, SnapshotError> {
         Ok(match self {
             AnySnapshot::Postgres(reader) => Some(reader.bulk_shape(table, columns).await?),
-            AnySnapshot::Mysql(_) => None,
+            AnySnapshot::Mysql(_) | AnySnapshot::Mssql(_) => None,
         })
     }
 
@@ -383,9 +431,9 @@ impl AnySnapshot {
     ) -> Result<BulkRows, SnapshotError> {
         Ok(match self {
             AnySnapshot::Postgres(reader) => reader.bulk_rows(shape, range).await?,
-            AnySnapshot::Mysql(_) => {
+            AnySnapshot::Mysql(_) | AnySnapshot::Mssql(_) => {
                 return Err(SnapshotError::Refused(format!(
-                    "MySQL/MariaDB has no bulk format: {} is read as rows",
+                    "this kind of database has no bulk format: {} is read as rows",
                     shape.table
                 )));
             }
@@ -402,6 +450,11 @@ impl AnySnapshot {
                     conn.into_inner().close().await;
                 }
             }
+            AnySnapshot::Mssql(conn) => {
+                if let Ok(conn) = Arc::try_unwrap(conn) {
+                    conn.into_inner().close().await;
+                }
+            }
         }
     }
 }
@@ -413,6 +466,7 @@ impl SnapshotRead for AnySnapshot {
         match self {
             AnySnapshot::Postgres(_) => PgSnapshotReader::orderable(column),
             AnySnapshot::Mysql(_) => MysqlSnapshot::orderable(column),
+            AnySnapshot::Mssql(_) => MssqlSnapshot::orderable(column),
         }
     }
 
@@ -420,6 +474,7 @@ impl SnapshotRead for AnySnapshot {
         Ok(match self {
             AnySnapshot::Postgres(reader) => reader.count(table).await?,
             AnySnapshot::Mysql(conn) => conn.lock().await.count(table).await?,
+            AnySnapshot::Mssql(conn) => conn.lock().await.count(table).await?,
         })
     }
 
@@ -432,6 +487,7 @@ impl SnapshotRead for AnySnapshot {
         Ok(match self {
             AnySnapshot::Postgres(reader) => reader.boundaries(table, column, every).await?,
             AnySnapshot::Mysql(conn) => conn.lock().await.boundaries(table, column, every).await?,
+            AnySnapshot::Mssql(conn) => conn.lock().await.boundaries(table, column, every).await?,
         })
     }
 
@@ -444,6 +500,7 @@ impl SnapshotRead for AnySnapshot {
         Ok(match self {
             AnySnapshot::Postgres(reader) => reader.key_boundaries(table, key, every).await?,
             AnySnapshot::Mysql(conn) => conn.lock().await.key_boundaries(table, key, every).await?,
+            AnySnapshot::Mssql(conn) => conn.lock().await.key_boundaries(table, key, every).await?,
         })
     }
 
@@ -462,6 +519,12 @@ impl SnapshotRead for AnySnapshot {
                     .range_indexes(table, key, cuts, keys)
                     .await?
             }
+            AnySnapshot::Mssql(conn) => {
+                conn.lock()
+                    .await
+                    .range_indexes(table, key, cuts, keys)
+                    .await?
+            }
         })
     }
 
@@ -474,6 +537,7 @@ impl SnapshotRead for AnySnapshot {
         Ok(match self {
             AnySnapshot::Postgres(reader) => reader.rows(table, columns, range).await?,
             AnySnapshot::Mysql(conn) => conn.lock().await.rows(table, columns, range).await?,
+            AnySnapshot::Mssql(conn) => conn.lock().await.rows(table, columns, range).await?,
         })
     }
 
@@ -494,6 +558,11 @@ impl SnapshotRead for AnySnapshot {
                     .rows_with_keys(table, columns, key, keys)
                     .await?
             }
+            AnySnapshot::Mssql(_) => {
+                return Err(mssql_not_supported(
+                    "reading rows by key from a SQL Server snapshot (duplex verify)",
+                ));
+            }
         })
     }
 
@@ -505,6 +574,7 @@ impl SnapshotRead for AnySnapshot {
         Ok(match self {
             AnySnapshot::Postgres(reader) => reader.integer_span(table, column).await?,
             AnySnapshot::Mysql(conn) => conn.lock().await.integer_span(table, column).await?,
+            AnySnapshot::Mssql(conn) => conn.lock().await.integer_span(table, column).await?,
         })
     }
 
@@ -512,6 +582,7 @@ impl SnapshotRead for AnySnapshot {
         match self {
             AnySnapshot::Postgres(_) => PgSnapshotReader::digestible(columns),
             AnySnapshot::Mysql(_) => MysqlSnapshot::digestible(columns),
+            AnySnapshot::Mssql(_) => false,
         }
     }
 
@@ -528,6 +599,11 @@ impl SnapshotRead for AnySnapshot {
                     .await
                     .range_digest(table, columns, range)
                     .await?
+            }
+            AnySnapshot::Mssql(_) => {
+                return Err(mssql_not_supported(
+                    "digesting ranges of a SQL Server snapshot (duplex verify)",
+                ));
             }
         })
     }

@@ -441,14 +441,6 @@ pub async fn backfill(config: &Config, options: &BackfillOptions) -> Result<(), 
     let selected = selection(config, options).map_err(BackfillError::Invalid)?;
     let mut by_source: BTreeMap<String, Vec<&Mapping>> = BTreeMap::new();
     for mapping in selected {
-        if let Some(site) = config.sql_server_site(mapping) {
-            return Err(BackfillError::Invalid(format!(
-                "mapping {} has the SQL Server site {site}: duplex backfill is not supported for \
-                 SQL Server sites yet; copy its tables with your own tools, then start duplex run \
-                 (a new link reads on from the current end of the SQL Server change tables)",
-                mapping.name
-            )));
-        }
         if !mapping.values.is_empty() {
             return Err(BackfillError::Invalid(format!(
                 "mapping {} has value maps ([mappings.values]), which a backfill does not translate yet: fill its tables with the sites' own codes by other means, or remove the value maps for the copy",
@@ -478,6 +470,21 @@ pub async fn backfill(config: &Config, options: &BackfillOptions) -> Result<(), 
                 )));
             }
         };
+        // A SQL Server source is snapshotted (`duplex_connectors::mssql::snapshot`); writing
+        // the copy into a SQL Server target is not built (its applier has no bulk path and the
+        // target-side statements of `duplex_connectors::load` are not written for it).
+        if let Some(site) = config
+            .sql_server_site(mapping)
+            .filter(|site| *site != from.as_str())
+        {
+            return Err(BackfillError::Invalid(format!(
+                "mapping {} writes into the SQL Server site {site}: duplex backfill into SQL \
+                 Server targets is not supported yet (backfill from SQL Server sources is); copy \
+                 its tables with your own tools, then start duplex run (a new link reads on \
+                 from the current end of the source's log)",
+                mapping.name
+            )));
+        }
         by_source.entry(from).or_default().push(mapping);
     }
     let state = Arc::new(

@@ -8,10 +8,12 @@
 //! through [`MssqlApplier`] with routes resolved against the target table ([`route`]);
 //! `duplex check` runs [`preflight`]; the catalog, collations and `duplex.positions` listing
 //! the link needs are in [`route`] and [`positions`]; [`typemap`] holds the SQL Server <->
-//! PostgreSQL rule tables. Not built, and refused with "... is not supported for SQL Server
-//! sites yet": two-way (the configuration refuses `direction = "both"` with a SQL Server
-//! site), snapshots (backfill, verify), the log head, teardown, foreign-key and schema
-//! listing; the configuration also refuses mappings between SQL Server and MySQL/MariaDB.
+//! PostgreSQL rule tables; [`snapshot`] is the backfill's snapshot of a SQL Server source,
+//! matched exactly to a CDC position. Not built, and refused with "... is not supported for
+//! SQL Server sites yet": two-way (the configuration refuses `direction = "both"` with a SQL
+//! Server site), verify, backfill into a SQL Server target, the log head, teardown,
+//! foreign-key and schema listing; the configuration also refuses mappings between SQL
+//! Server and MySQL/MariaDB.
 //!
 //! Nothing here has run against a real SQL Server yet: no server can run on our machines.
 //! The server tests in `connectors/tests/mssql.rs` and `tests/run_mssql.rs` run only when
@@ -26,6 +28,7 @@ pub mod positions;
 pub mod preflight;
 mod reader;
 pub mod route;
+pub mod snapshot;
 pub mod sql;
 pub mod stream;
 mod tls;

@@ -111,8 +111,8 @@ pub fn check_server(facts: &ServerFacts) -> Vec<Finding> {
             format!("CDC enabled on database {}", facts.database),
             format!("USE {db}; EXEC sys.sp_cdc_enable_db; (as sysadmin)"),
         ),
-        // Only a backfill reads in a snapshot, and none is built for SQL Server sites yet:
-        // links run without it.
+        // Only a backfill from this site reads in a snapshot (`super::snapshot`), and it
+        // refuses to start without it: links run without it.
         if facts.snapshot_isolation {
             Finding::ok(format!(
                 "snapshot isolation allowed on database {}",
@@ -125,8 +125,10 @@ pub fn check_server(facts: &ServerFacts) -> Vec<Finding> {
                     facts.database
                 ),
                 format!(
-                    "not needed by links; a backfill (not supported for SQL Server sites yet) \
-                     will read in a snapshot: ALTER DATABASE {db} SET ALLOW_SNAPSHOT_ISOLATION ON"
+                    "not needed by links; duplex backfill from this site reads in a snapshot \
+                     and refuses to start without it: ALTER DATABASE {db} SET \
+                     ALLOW_SNAPSHOT_ISOLATION ON (the backfill also reads the log end from \
+                     sys.dm_db_log_stats: SQL Server 2016 SP2 or later, VIEW SERVER STATE)"
                 ),
             )
         },
@@ -565,6 +567,16 @@ mod tests {
                 "could not read whether SQL Server Agent runs (needs VIEW SERVER STATE)",
                 "may not create tables: duplex.positions must exist before a link writes here"
             ]
+        );
+        let snapshot = findings
+            .iter()
+            .find(|f| f.what.starts_with("snapshot isolation"))
+            .and_then(|f| f.fix.as_deref())
+            .unwrap();
+        assert!(
+            snapshot.contains("duplex backfill from this site")
+                && snapshot.contains("SET ALLOW_SNAPSHOT_ISOLATION ON"),
+            "{snapshot}"
         );
         let azure = ServerFacts {
             engine_edition: 5,
