@@ -437,7 +437,8 @@ impl SnapshotCollector {
             None,
             MetricType::Gauge,
         )?;
-        for stream in &self.0.bus {
+        // A merge stream's coordinator takes no lease: not a lease nobody holds.
+        for stream in self.0.bus.iter().filter(|stream| !stream.merge) {
             for consumer in &stream.consumers {
                 let labels = [
                     ("stream", stream.stream.as_str()),
@@ -498,26 +499,57 @@ mod tests {
         )
         .unwrap();
         telemetry.attach_store(std::sync::Arc::new(store));
-        telemetry.bus_backlog(vec![crate::bus::backlog::StreamBacklog {
-            stream: "duplex_a".into(),
+        let coordinator = crate::bus::backlog::StreamBacklog {
+            stream: "duplex-merge_a".into(),
             source: "a".into(),
-            messages: Some(12),
-            last_sequence: Some(12),
+            merge: true,
+            messages: Some(5),
+            last_sequence: Some(5),
             consumers: vec![crate::bus::backlog::ConsumerBacklog {
-                target: "b".into(),
-                consumer: "writer-b".into(),
-                pending: Some(3),
-                ack_pending: Some(1),
-                applied_sequence: Some(8),
-                lag_messages: Some(4),
-                oldest_unapplied_seconds: Some(2.5),
-                lease_holder: Some("host (pid 7)".into()),
+                target: "coordinator".into(),
+                consumer: "coordinator".into(),
+                pending: Some(0),
+                ack_pending: Some(0),
+                applied_sequence: Some(5),
+                lag_messages: Some(0),
+                oldest_unapplied_seconds: Some(0.0),
+                lease_holder: None,
                 lease_since: None,
                 note: None,
             }],
             note: None,
-        }]);
+        };
+        telemetry.bus_backlog(vec![
+            crate::bus::backlog::StreamBacklog {
+                stream: "duplex_a".into(),
+                source: "a".into(),
+                merge: false,
+                messages: Some(12),
+                last_sequence: Some(12),
+                consumers: vec![crate::bus::backlog::ConsumerBacklog {
+                    target: "b".into(),
+                    consumer: "writer-b".into(),
+                    pending: Some(3),
+                    ack_pending: Some(1),
+                    applied_sequence: Some(8),
+                    lag_messages: Some(4),
+                    oldest_unapplied_seconds: Some(2.5),
+                    lease_holder: Some("host (pid 7)".into()),
+                    lease_since: None,
+                    note: None,
+                }],
+                note: None,
+            },
+            coordinator,
+        ]);
         let text = render(telemetry.snapshot());
+        // The coordinator's merge stream: its lag, and no lease (it takes none).
+        assert!(
+            text.contains(
+                r#"duplex_bus_lag_messages{stream="duplex-merge_a",source="a",target="coordinator"} 0"#
+            ) && !text.contains(r#"duplex_bus_lease_held{stream="duplex-merge_a""#),
+            "{text}"
+        );
         for name in NAMES {
             assert!(
                 text.lines()

@@ -102,6 +102,16 @@ pub fn flows(config: &Config) -> BTreeMap<String, BTreeSet<String>> {
     flows
 }
 
+/// The sites of the two-way mappings (the merge engine's).
+pub fn merge_sites(config: &Config) -> BTreeSet<String> {
+    config
+        .mappings
+        .iter()
+        .filter(|m| m.direction == Direction::Both)
+        .flat_map(|m| m.tables.keys().cloned())
+        .collect()
+}
+
 /// Builds the link plan of one source site of the one-way mappings (reading its mapped
 /// tables); `state` says which mappings have a backfill record.
 pub async fn plan(

@@ -21,14 +21,13 @@
 //! The state directory itself is left: it holds the conflict log, which may still be wanted;
 //! the summary says how to remove it.
 
-use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use duplex_connectors::teardown::{self, Leftovers};
 use duplex_state::{StateError, StateStore};
 
-use crate::config::{Config, Direction};
+use crate::config::Config;
 
 /// What `duplex teardown` is asked.
 #[derive(Debug, Clone, Default)]
@@ -165,12 +164,7 @@ pub async fn teardown(config: &Config, options: &TeardownOptions) -> Result<Stri
     let bus = match &config.bus {
         Some(bus) => {
             let flows = crate::run::flows(config);
-            let merge_sites: BTreeSet<String> = config
-                .mappings
-                .iter()
-                .filter(|m| m.direction == Direction::Both)
-                .flat_map(|m| m.tables.keys().cloned())
-                .collect();
+            let merge_sites = crate::run::merge_sites(config);
             let leftovers = crate::bus::teardown::find(
                 bus,
                 &flows,

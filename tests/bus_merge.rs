@@ -362,7 +362,7 @@ fn a_coordinator_stops_when_a_new_reader_started_after_what_it_decided() {
 }
 
 #[test]
-fn teardown_removes_the_merge_streams_of_this_prefix_and_nothing_else() {
+fn status_shows_and_teardown_removes_the_merge_streams_of_this_prefix_and_nothing_else() {
     let nats = NatsServer::start().unwrap();
     let sites = Sites::new();
     // Another deployment's merge streams on the same server, under a prefix this one's is a
@@ -386,6 +386,38 @@ fn teardown_removes_the_merge_streams_of_this_prefix_and_nothing_else() {
     wait_coordinating(&mut coordinator, 1);
     workload(&sites, 0);
     sites.wait_same(10, &mut [&mut reader, &mut coordinator]);
+    // `status` reads the merge streams from JetStream: the coordinator's consumer of each
+    // catches up with what the reader published, and takes no lease.
+    let observer = Duplex::new(&config);
+    wait_for(
+        "the coordinator to have decided every message",
+        CATCH_UP,
+        || {
+            let out = observer.command(&["status", "--json"]);
+            let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+                .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stdout)))?;
+            for site in [sites.a.name(), sites.b.name()] {
+                let stream = json["bus"]
+                    .as_array()
+                    .and_then(|all| {
+                        all.iter()
+                            .find(|s| s["stream"] == format!("one-merge_{site}").as_str())
+                    })
+                    .ok_or_else(|| format!("no merge stream of {site} in {json}"))?;
+                let consumer = &stream["consumers"][0];
+                let last = stream["last_sequence"].as_u64().unwrap_or(0);
+                if stream["merge"] != true
+                    || consumer["consumer"] != "coordinator"
+                    || !consumer["lease_holder"].is_null()
+                    || last == 0
+                    || consumer["lag_messages"] != 0
+                {
+                    return Err(format!("{stream}"));
+                }
+            }
+            Ok(())
+        },
+    );
     assert_eq!(coordinator.terminate(), 0);
     assert_eq!(reader.terminate(), 0);
 

@@ -3,7 +3,8 @@
 //! from a process's memory, so any machine with the configuration can ask, whether or not a
 //! writer runs.
 //!
-//! Per stream (one per source site) and per consumer (`writer-<target>`, one per target):
+//! Per stream (one per source site, and one per site of a two-way mapping, read by the merge
+//! engine's coordinator) and per consumer (`writer-<target>`, one per target; `coordinator`):
 //! - pending: messages the consumer has not been delivered yet (JetStream's `num_pending`);
 //! - applied sequence: the consumer's acknowledgement floor. A writer acknowledges a message
 //!   only after the target committed it (see `feed.rs`), so this is the newest stream
@@ -26,10 +27,14 @@ use crate::config::BusConfig;
 /// One source's stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StreamBacklog {
-    /// The stream (`<stream_prefix>_<source>`).
+    /// The stream (`<stream_prefix>_<source>`, or `<stream_prefix>-merge_<site>`).
     pub stream: String,
     /// The source site.
     pub source: String,
+    /// A two-way site's merge stream, read by the merge engine's coordinator (its one
+    /// consumer, `coordinator`, takes no lease).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub merge: bool,
     /// Messages the stream holds (after retention).
     pub messages: Option<u64>,
     /// The sequence of the newest message published.
@@ -65,19 +70,22 @@ pub struct ConsumerBacklog {
     pub note: Option<String>,
 }
 
-/// The backlog of every `(source, targets)` of `flows` on the bus of `config`.
+/// The backlog of every `(source, targets)` of `flows` and of the merge stream of each of
+/// `merge_sites` (the sites of two-way mappings) on the bus of `config`.
 pub async fn read(
     config: &BusConfig,
     flows: &[(String, Vec<String>)],
+    merge_sites: &[String],
 ) -> Result<Vec<StreamBacklog>, BusError> {
     let bus = Bus::connect(config).await?;
-    read_with(&bus, flows).await
+    read_with(&bus, flows, merge_sites).await
 }
 
 /// [`read`] over a connected bus.
 pub async fn read_with(
     bus: &Bus,
     flows: &[(String, Vec<String>)],
+    merge_sites: &[String],
 ) -> Result<Vec<StreamBacklog>, BusError> {
     let leases = match bus.context.get_stream(lease::stream_name(bus)).await {
         Ok(stream) => Some(stream),
@@ -86,21 +94,53 @@ pub async fn read_with(
     };
     let mut all = Vec::new();
     for (source, targets) in flows {
-        all.push(stream_backlog(bus, leases.as_ref(), source, targets).await);
+        let readers: Vec<Reader> = targets
+            .iter()
+            .map(|target| Reader {
+                label: target.clone(),
+                consumer: super::feed::consumer_name(target),
+                lease: true,
+            })
+            .collect();
+        let name = bus.stream_name(source);
+        all.push(stream_backlog(bus, leases.as_ref(), name, source, &readers).await);
+    }
+    for site in merge_sites {
+        let coordinator = Reader {
+            label: super::feed::COORDINATOR_CONSUMER.to_owned(),
+            consumer: super::feed::COORDINATOR_CONSUMER.to_owned(),
+            lease: false,
+        };
+        let (name, _) = bus.names(site, super::Kind::Merge);
+        let mut backlog = stream_backlog(bus, None, name, site, &[coordinator]).await;
+        backlog.merge = true;
+        all.push(backlog);
     }
     Ok(all)
+}
+
+/// Who reads a stream through a consumer: a target's writer (with the target's lease) or the
+/// merge engine's coordinator.
+struct Reader {
+    /// The target site, or `coordinator`.
+    label: String,
+    /// The durable consumer's name.
+    consumer: String,
+    /// Whether a lease (the label's) says who reads.
+    lease: bool,
 }
 
 async fn stream_backlog(
     bus: &Bus,
     leases: Option<&stream::Stream>,
+    name: String,
     source: &str,
-    targets: &[String],
+    readers: &[Reader],
 ) -> StreamBacklog {
-    let name = bus.stream_name(source);
     let mut backlog = StreamBacklog {
         stream: name.clone(),
         source: source.to_owned(),
+        merge: false,
         messages: None,
         last_sequence: None,
         consumers: Vec::new(),
@@ -128,10 +168,10 @@ async fn stream_backlog(
             Err(error) => backlog.note = Some(format!("cannot read the stream: {error}")),
         }
     }
-    for target in targets {
+    for reader in readers {
         let mut consumer = ConsumerBacklog {
-            target: target.clone(),
-            consumer: super::feed::consumer_name(target),
+            target: reader.label.clone(),
+            consumer: reader.consumer.clone(),
             pending: None,
             ack_pending: None,
             applied_sequence: None,
@@ -141,8 +181,8 @@ async fn stream_backlog(
             lease_since: None,
             note: None,
         };
-        if let Some(leases) = leases {
-            match lease::read(bus, leases, target).await {
+        if let Some(leases) = leases.filter(|_| reader.lease) {
+            match lease::read(bus, leases, &reader.label).await {
                 Ok(Some(LeaseRecord { holder, since })) => {
                     consumer.lease_holder = Some(holder);
                     consumer.lease_since = since;
@@ -162,7 +202,12 @@ async fn stream_backlog(
                 }
                 Err(error) => {
                     consumer.note = Some(if error.to_string().contains("not found") {
-                        "no consumer yet (created when its writer first starts)".into()
+                        let by = if reader.lease {
+                            "its writer"
+                        } else {
+                            "the coordinator"
+                        };
+                        format!("no consumer yet (created when {by} first starts)")
                     } else {
                         format!("cannot read the consumer: {error}")
                     });

@@ -65,7 +65,13 @@ pub async fn run_role(
         tracing::info!("shutdown requested: finishing the transactions in flight");
         let _ = stop.send(true);
     });
-    let watcher = metrics.then(|| tokio::spawn(watch_backlog(bus.clone(), flows(role, &plans))));
+    // A reader also publishes the merge streams of the two-way sites.
+    let merge_sites: Vec<String> = match (role, &merge) {
+        (Role::Reader, Some(merge)) => merge.sites.iter().map(|s| s.site.name.clone()).collect(),
+        _ => Vec::new(),
+    };
+    let watcher =
+        metrics.then(|| tokio::spawn(watch_backlog(bus.clone(), flows(role, &plans), merge_sites)));
     // `duplex status` asks the role through the same socket as a one-process `run`; the
     // role's own progress is in the telemetry it answers from (see `super::progress`).
     let control = crate::engine::control::serve_without_engine(state.dir());
@@ -116,11 +122,11 @@ fn flows(role: &Role, plans: &[LinkPlan]) -> Vec<(String, Vec<String>)> {
 }
 
 /// Reads the backlog of `flows` into the telemetry every [`BACKLOG_EVERY`], until aborted.
-async fn watch_backlog(bus: Bus, flows: Vec<(String, Vec<String>)>) {
+async fn watch_backlog(bus: Bus, flows: Vec<(String, Vec<String>)>, merge_sites: Vec<String>) {
     let mut every = tokio::time::interval(BACKLOG_EVERY);
     loop {
         every.tick().await;
-        match super::backlog::read_with(&bus, &flows).await {
+        match super::backlog::read_with(&bus, &flows, &merge_sites).await {
             Ok(backlog) => crate::telemetry::global().bus_backlog(backlog),
             Err(error) => {
                 tracing::debug!(error = %chain(&error), "reading the bus backlog for /metrics")

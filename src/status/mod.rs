@@ -121,7 +121,9 @@ async fn bus(config: &Config) -> Result<Vec<StreamBacklog>, String> {
         .into_iter()
         .map(|(source, targets)| (source, targets.into_iter().collect()))
         .collect();
-    match tokio::time::timeout(BUS_TIMEOUT, crate::bus::backlog::read(bus, &flows)).await {
+    let merge_sites: Vec<String> = crate::run::merge_sites(config).into_iter().collect();
+    let read = crate::bus::backlog::read(bus, &flows, &merge_sites);
+    match tokio::time::timeout(BUS_TIMEOUT, read).await {
         Err(_) => Err(format!(
             "the bus at {} gave no answer within {BUS_TIMEOUT:?}",
             bus.url
@@ -420,10 +422,14 @@ fn bus_lines(bus: &[StreamBacklog]) -> String {
     let mut text = String::new();
     let known = |n: Option<u64>| n.map_or_else(|| "?".to_owned(), |n| n.to_string());
     for stream in bus {
+        let from = if stream.merge {
+            format!("two-way site {}, for the coordinator", stream.source)
+        } else {
+            format!("from {}", stream.source)
+        };
         text.push_str(&format!(
-            "bus stream {} (from {}): {}\n",
+            "bus stream {} ({from}): {}\n",
             stream.stream,
-            stream.source,
             match &stream.note {
                 Some(note) => note.clone(),
                 None => format!(
@@ -435,9 +441,11 @@ fn bus_lines(bus: &[StreamBacklog]) -> String {
         ));
         for consumer in &stream.consumers {
             let lease = match (&consumer.lease_holder, &consumer.lease_since) {
-                (Some(holder), Some(since)) => format!("lease held by {holder} since {since}"),
-                (Some(holder), None) => format!("lease held by {holder}"),
-                (None, _) => "no writer holds the lease".to_owned(),
+                // The coordinator takes no lease: one process, refused twice by its claims.
+                _ if stream.merge => String::new(),
+                (Some(holder), Some(since)) => format!("; lease held by {holder} since {since}"),
+                (Some(holder), None) => format!("; lease held by {holder}"),
+                (None, _) => "; no writer holds the lease".to_owned(),
             };
             let figures = match (&consumer.note, consumer.pending) {
                 (Some(note), _) => note.clone(),
@@ -455,7 +463,7 @@ fn bus_lines(bus: &[StreamBacklog]) -> String {
                 ),
             };
             text.push_str(&format!(
-                "  {} ({}): {figures}; {lease}\n",
+                "  {} ({}): {figures}{lease}\n",
                 consumer.target, consumer.consumer
             ));
         }
