@@ -838,3 +838,26 @@ fn teardown_removes_this_prefixs_streams_once_no_writer_holds_a_lease_and_nothin
     );
     assert_eq!(jetstream(&nats), others);
 }
+
+#[test]
+fn a_writer_started_while_nats_is_down_waits_for_it_and_then_applies() {
+    let mut nats = NatsServer::start().unwrap();
+    let sites = Sites::new(false);
+    let config = sites.config(&nats, "");
+    let mut reader = start_reader(&sites, &config);
+    nats.shut_down();
+    // Started while nothing answers on the bus's port: it waits instead of exiting.
+    let mut wms = start(&config, &writer("wms"));
+    wait_for("the writer to wait for the bus", CATCH_UP, || {
+        wms.assert_running();
+        if wms.log_text().contains("the bus does not answer yet") {
+            Ok(())
+        } else {
+            Err("not waiting yet".into())
+        }
+    });
+    nats.start_again().unwrap();
+    workload(&sites.source, 0);
+    wait_equal(&sites, &mut [&mut reader, &mut wms]);
+    finish(&sites, reader);
+}

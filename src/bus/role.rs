@@ -42,29 +42,25 @@ pub async fn run_role(
     state: Arc<StateStore>,
     metrics: bool,
 ) -> Result<(), BusError> {
-    let bus = Bus::connect(config).await?;
+    let (stop, mut stopped) = watch::channel(false);
+    tokio::spawn(async move {
+        crate::shutdown::wait_for_signal().await;
+        tracing::info!("shutdown requested: finishing what is in flight");
+        let _ = stop.send(true);
+    });
+    let Some(bus) = connect(config, &mut stopped).await? else {
+        return Ok(());
+    };
     if *role == Role::Coordinator {
         // The engine serves the control socket and its own telemetry.
         let Some(mut merge) = merge else {
             return Err(BusError::NoMergeMapping);
         };
         merge.bus = Some(bus);
-        let (stop, stopped) = watch::channel(false);
-        tokio::spawn(async move {
-            crate::shutdown::wait_for_signal().await;
-            tracing::info!("shutdown requested: finishing the batch being decided");
-            let _ = stop.send(true);
-        });
         return crate::engine::run(merge, state, stopped)
             .await
             .map_err(|error| BusError::Engine(Box::new(error)));
     }
-    let (stop, stopped) = watch::channel(false);
-    tokio::spawn(async move {
-        crate::shutdown::wait_for_signal().await;
-        tracing::info!("shutdown requested: finishing the transactions in flight");
-        let _ = stop.send(true);
-    });
     // A reader also publishes the merge streams of the two-way sites.
     let merge_sites: Vec<String> = match (role, &merge) {
         (Role::Reader, Some(merge)) => merge.sites.iter().map(|s| s.site.name.clone()).collect(),
@@ -98,6 +94,30 @@ pub async fn run_role(
         task.abort();
     }
     outcome
+}
+
+/// The bus, once it answers: a role started while NATS is down or restarting waits for it
+/// (as `duplex run` waits for an unreachable site) instead of exiting; `None` when shutdown
+/// was requested meanwhile. A definite error (not a connection) is returned at once.
+async fn connect(
+    config: &BusConfig,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Option<Bus>, BusError> {
+    let mut backoff = Backoff::default();
+    loop {
+        backoff.attempt_started();
+        let error = match Bus::connect(config).await {
+            Ok(bus) => return Ok(Some(bus)),
+            Err(error) if error.is_transient() => error,
+            Err(error) => return Err(error),
+        };
+        let delay = backoff.failed();
+        tracing::warn!(error = %chain(&error), "the bus does not answer yet; retrying in {delay:.1?}");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop_requested(shutdown) => return Ok(None),
+        }
+    }
 }
 
 /// The streams a role works on, each with the targets whose consumers it reports: a reader
