@@ -124,6 +124,18 @@ impl Sites {
     fn drop_slots(&self) {
         harness::pg::drop_all_slots(&self.a);
     }
+
+    /// Releases a stopped reader's slot and its claim on the publication by hand, as its
+    /// refusal to share them with another deployment says, so another reader can start.
+    fn release_reader_claims(&self) {
+        harness::pg::drop_all_slots(&self.a);
+        for publication in rows(&self.exec(true, "SELECT pubname FROM pg_publication"), '|') {
+            self.exec(
+                true,
+                &format!("COMMENT ON PUBLICATION \"{}\" IS NULL", publication[0]),
+            );
+        }
+    }
 }
 
 fn start(config: &str, args: &[&str]) -> Duplex {
@@ -340,13 +352,7 @@ fn a_coordinator_stops_when_a_new_reader_started_after_what_it_decided() {
     // reader's slot and its claim on the publication are released by hand, as its refusal
     // to share them with another deployment says.)
     workload(&sites, 1);
-    harness::pg::drop_all_slots(&sites.a);
-    for publication in rows(&sites.exec(true, "SELECT pubname FROM pg_publication"), '|') {
-        sites.exec(
-            true,
-            &format!("COMMENT ON PUBLICATION \"{}\" IS NULL", publication[0]),
-        );
-    }
+    sites.release_reader_claims();
     let second = sites.config(&nats, "stream_prefix = \"two\"");
     let mut new_reader = Duplex::new(&second);
     start_reader(&sites, &mut new_reader);
@@ -371,13 +377,7 @@ fn status_shows_and_teardown_removes_the_merge_streams_of_this_prefix_and_nothin
     let mut other_reader = Duplex::new(&other);
     start_reader(&sites, &mut other_reader);
     assert_eq!(other_reader.terminate(), 0);
-    harness::pg::drop_all_slots(&sites.a);
-    for publication in rows(&sites.exec(true, "SELECT pubname FROM pg_publication"), '|') {
-        sites.exec(
-            true,
-            &format!("COMMENT ON PUBLICATION \"{}\" IS NULL", publication[0]),
-        );
-    }
+    sites.release_reader_claims();
 
     let config = sites.config(&nats, "stream_prefix = \"one\"");
     let mut reader = Duplex::new(&config);

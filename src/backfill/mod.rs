@@ -473,13 +473,7 @@ pub async fn backfill(config: &Config, options: &BackfillOptions) -> Result<(), 
         // A SQL Server source is snapshotted (`duplex_connectors::mssql::snapshot`); writing
         // the copy into a SQL Server target is not built (its applier has no bulk path and the
         // target-side statements of `duplex_connectors::load` are not written for it).
-        if let Some(site) = mapping.tables.keys().find(|site| {
-            *site != &from
-                && config
-                    .sites
-                    .get(*site)
-                    .is_some_and(|s| s.kind == duplex_connectors::SiteKind::Mssql)
-        }) {
+        if let Some(site) = config.sql_server_site_except(mapping, Some(&from)) {
             return Err(BackfillError::Invalid(format!(
                 "mapping {} writes into the SQL Server site {site}: duplex backfill into SQL \
                  Server targets is not supported yet (backfill from SQL Server sources is); copy \

@@ -405,13 +405,24 @@ impl Config {
     /// The first SQL Server site of `mapping`, for the commands not built for SQL Server sites
     /// yet (backfill, verify) to refuse it up front.
     pub fn sql_server_site<'a>(&self, mapping: &'a Mapping) -> Option<&'a str> {
+        self.sql_server_site_except(mapping, None)
+    }
+
+    /// The same, leaving out site `except` (a backfill's source, say).
+    pub fn sql_server_site_except<'a>(
+        &self,
+        mapping: &'a Mapping,
+        except: Option<&str>,
+    ) -> Option<&'a str> {
         mapping
             .tables
             .keys()
             .find(|site| {
-                self.sites
-                    .get(*site)
-                    .is_some_and(|s| s.kind == SiteKind::Mssql)
+                Some(site.as_str()) != except
+                    && self
+                        .sites
+                        .get(*site)
+                        .is_some_and(|s| s.kind == SiteKind::Mssql)
             })
             .map(String::as_str)
     }
