@@ -803,7 +803,11 @@ impl RelationEntry {
                 self.columns.len()
             )));
         }
-        let mut row = Row::new();
+        let mut row = Row::with_capacity(if identity_only {
+            self.key.len()
+        } else {
+            self.columns.len()
+        });
         for (i, value) in tuple.iter().enumerate() {
             if identity_only && !self.identity[i] {
                 continue;
@@ -839,7 +843,7 @@ impl RelationEntry {
 
     /// The primary-key columns of `row`, which must carry them.
     fn key_row(&self, row: &Row) -> Result<Row, PgStreamError> {
-        let mut key = Row::new();
+        let mut key = Row::with_capacity(self.key.len());
         for &i in &self.key {
             let name = &self.columns[i];
             match row.get(name) {
