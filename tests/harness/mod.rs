@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod metrics;
+pub mod mssql;
 pub mod pg;
 pub mod proxy;
 pub mod sites;
