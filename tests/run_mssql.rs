@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use duplex_testkit::shared_pg;
 use harness::mssql::{Mssql, client, site, wait_captured};
-use harness::{Duplex, drop_slot, rows, wait_for};
+use harness::{Duplex, rows, wait_for};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -113,7 +113,26 @@ fn postgres_changes_arrive_in_sql_server() {
         .expect("duplex.positions on the target");
     assert_eq!(positions.len(), 1, "{positions:?}");
     assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
-    drop_slot(&store);
+    // Teardown removes the deployment's row, then schema duplex with its tables (nothing else
+    // was in it), and the PostgreSQL slot and publication.
+    let done = duplex.command(&["teardown"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&done.stdout),
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert_eq!(done.status.code(), Some(0), "{text}");
+    assert!(text.contains("schema duplex"), "{text}");
+    let schema = erp
+        .rows("SELECT CONVERT(nvarchar(10), COUNT(*)) FROM sys.schemas WHERE name = N'duplex'")
+        .unwrap();
+    assert_eq!(schema, [["0".to_owned()]], "{text}");
+    let slots = store
+        .psql("SELECT count(*) FROM pg_replication_slots WHERE database = current_database()")
+        .unwrap();
+    assert_eq!(slots.trim(), "0", "{text}");
+    // The rows stay where they were written.
+    assert_eq!(erp.rows(MSSQL_ROWS).unwrap(), expected());
 }
 
 #[test]

@@ -153,19 +153,36 @@ pub fn slot_names(site: &SiteConnection) -> Vec<String> {
 pub async fn find(site: &SiteConnection, deployment: &str) -> Result<Leftovers, AdminError> {
     match site.kind {
         SiteKind::Postgres => crate::postgres::teardown::find(site, deployment).await,
-        SiteKind::Mysql => crate::mysql::teardown::find(site).await.map(
-            |(positions, claims, bookkeeping, tables)| {
-                let mut leftovers = Leftovers {
-                    bookkeeping,
-                    ..Leftovers::default()
-                };
-                sort_rows(&positions, &claims, deployment, &mut leftovers);
-                leftovers.others.extend(tables);
-                leftovers
-            },
-        ),
-        SiteKind::Mssql => Err(not_supported()),
+        SiteKind::Mysql => crate::mysql::teardown::find(site)
+            .await
+            .map(|found| sorted(found, deployment)),
+        SiteKind::Mssql => crate::mssql::teardown::find(site)
+            .await
+            .map(|found| sorted(found, deployment)),
     }
+}
+
+/// What a kind without slots finds in its bookkeeping: positions sources, claims (scope,
+/// deployment), the bookkeeping itself (`schema duplex`, `database duplex`) when it exists, and
+/// the other objects in it.
+pub(crate) type Found = (
+    Vec<String>,
+    Vec<(String, String)>,
+    Option<String>,
+    Vec<String>,
+);
+
+/// The leftovers of `deployment` among what a kind without slots found in its bookkeeping:
+/// positions sources, claims (scope, deployment), the bookkeeping itself when it exists, and
+/// the other objects in it.
+fn sorted((positions, claims, bookkeeping, others): Found, deployment: &str) -> Leftovers {
+    let mut leftovers = Leftovers {
+        bookkeeping,
+        ..Leftovers::default()
+    };
+    sort_rows(&positions, &claims, deployment, &mut leftovers);
+    leftovers.others.extend(others);
+    leftovers
 }
 
 /// Removes `leftovers` (as [`find`] found them) from `site`; returns what was removed, one
@@ -178,21 +195,8 @@ pub async fn remove(
     match site.kind {
         SiteKind::Postgres => crate::postgres::teardown::remove(site, leftovers).await,
         SiteKind::Mysql => crate::mysql::teardown::remove(site, leftovers).await,
-        SiteKind::Mssql => Err(not_supported()),
+        SiteKind::Mssql => crate::mssql::teardown::remove(site, leftovers).await,
     }
-}
-
-/// Why teardown cannot run on a SQL Server site.
-fn not_supported() -> AdminError {
-    AdminError::new(
-        "finding what duplex left on the site",
-        crate::NotSupported {
-            what: "duplex teardown",
-            fix: "tear down the other sites one at a time (duplex teardown --site <name>), \
-                  and drop the duplex schema (duplex.positions, duplex.claims) of the SQL \
-                  Server site by hand once no link writes there",
-        },
-    )
 }
 
 #[cfg(test)]

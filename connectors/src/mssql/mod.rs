@@ -9,10 +9,11 @@
 //! `duplex check` runs [`preflight`]; the catalog, collations and `duplex.positions` listing
 //! the link needs are in [`route`] and [`positions`]; [`typemap`] holds the SQL Server <->
 //! PostgreSQL rule tables; [`snapshot`] is the backfill's snapshot of a SQL Server source,
-//! matched exactly to a CDC position. Not built, and refused with "... is not supported for
-//! SQL Server sites yet": two-way (the configuration refuses `direction = "both"` with a SQL
-//! Server site), verify, backfill into a SQL Server target, the log head, teardown,
-//! foreign-key and schema listing; the configuration also refuses mappings between SQL
+//! matched exactly to a CDC position; [`teardown`] removes schema `duplex` from a target
+//! (never a capture instance). Not built, and refused with "... is not supported for SQL
+//! Server sites yet": two-way (the configuration refuses `direction = "both"` with a SQL
+//! Server site), verify, backfill into a SQL Server target, the log head, foreign-key and
+//! schema listing; the configuration also refuses mappings between SQL
 //! Server and MySQL/MariaDB.
 //!
 //! Nothing here has run against a real SQL Server yet: no server can run on our machines.
@@ -31,6 +32,7 @@ pub mod route;
 pub mod snapshot;
 pub mod sql;
 pub mod stream;
+pub mod teardown;
 mod tls;
 pub mod typemap;
 mod types;

@@ -7,21 +7,12 @@ use mysql_async::prelude::Queryable;
 
 use crate::SiteConnection;
 use crate::load::AdminError;
-use crate::teardown::Leftovers;
+use crate::teardown::{Found, Leftovers};
 
 use super::connect;
 
 const FIND: &str = "looking for what duplex created on a MySQL/MariaDB site";
 const REMOVE: &str = "removing what duplex created on a MySQL/MariaDB site";
-
-/// Positions sources, claims (scope, deployment), `database duplex` when it exists, and the
-/// other tables in it.
-pub(crate) type Found = (
-    Vec<String>,
-    Vec<(String, String)>,
-    Option<String>,
-    Vec<String>,
-);
 
 /// What is in database `duplex` on the server of `site`.
 pub(crate) async fn find(site: &SiteConnection) -> Result<Found, AdminError> {
