@@ -70,6 +70,25 @@ pub(crate) fn insert_columns<'a>(
     Ok(columns)
 }
 
+/// Whether the insert `event` carries the same columns as the insert `first` does, told from the
+/// names of their after-images alone: the same names in the same order and no `Unchanged`
+/// value in `event`. Then [`insert_columns`] finds the same columns for both under any route
+/// (it looks only at which names are present, and refuses only `Unchanged`), without searching
+/// each name; a run of inserts read from one place has that shape. `false` tells nothing: ask
+/// [`insert_columns`].
+pub(crate) fn same_insert_shape(first: &ChangeEvent, event: &ChangeEvent) -> bool {
+    match (&first.after, &event.after) {
+        (Some(first), Some(after)) => {
+            first.len() == after.len()
+                && first
+                    .iter()
+                    .zip(after.iter())
+                    .all(|((a, _), (b, value))| a == b && !matches!(value, Value::Unchanged))
+        }
+        _ => false,
+    }
+}
+
 /// The key value of `column` a write of `event` targets: an insert's from its after-image,
 /// else the old key (see [`key_value`]).
 pub(crate) fn target_key_value<'e>(
@@ -201,5 +220,48 @@ pub(crate) fn malformed(event: &ChangeEvent, reason: &str) -> ApplyError {
         table: event.table.clone(),
         op: event.op,
         reason: reason.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Row, TableName};
+
+    fn insert(columns: &[(&str, Value)]) -> ChangeEvent {
+        let mut row = Row::new();
+        for (name, value) in columns {
+            row.push(*name, value.clone());
+        }
+        ChangeEvent {
+            table: TableName::new("public", "t"),
+            op: Op::Insert,
+            key: Row::new(),
+            before: None,
+            after: Some(row),
+        }
+    }
+
+    #[test]
+    fn the_same_shape_means_the_same_insert_columns_under_any_route() {
+        let first = insert(&[("id", Value::Int(1)), ("a", Value::Null)]);
+        let same = insert(&[("id", Value::Int(2)), ("a", Value::Text("x".into()))]);
+        let routes: [&[&str]; 3] = [&["id", "a"], &["a", "id", "b"], &["b"]];
+        assert!(same_insert_shape(&first, &same));
+        for sources in routes {
+            assert_eq!(
+                insert_columns(sources.iter().copied(), &first).unwrap(),
+                insert_columns(sources.iter().copied(), &same).unwrap()
+            );
+        }
+        // Another column, another order, one fewer, an Unchanged value: not told by names.
+        for other in [
+            insert(&[("id", Value::Int(2)), ("b", Value::Null)]),
+            insert(&[("a", Value::Null), ("id", Value::Int(2))]),
+            insert(&[("id", Value::Int(2))]),
+            insert(&[("id", Value::Int(2)), ("a", Value::Unchanged)]),
+        ] {
+            assert!(!same_insert_shape(&first, &other), "{other:?}");
+        }
     }
 }

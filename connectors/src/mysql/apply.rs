@@ -88,8 +88,8 @@ use mysql_async::{Conn, Opts, Params};
 
 use crate::apply::{
     ApplyError, ApplyOptions, ExactlyOnce, SkippedWrite, TableRoute, TargetSession,
-    declared_length, declared_scale, refuse_key_change, skipped_write, target_key_value,
-    unique_collision,
+    declared_length, declared_scale, refuse_key_change, same_insert_shape, skipped_write,
+    target_key_value, unique_collision,
 };
 use crate::{ChangeEvent, Column, Op, Position, TableName};
 
@@ -495,7 +495,8 @@ impl Writer<'_> {
                     while end < events.len()
                         && events[end].op == Op::Insert
                         && events[end].table == event.table
-                        && insert_columns(route, events[end])? == columns
+                        && (same_insert_shape(event, events[end])
+                            || insert_columns(route, events[end])? == columns)
                     {
                         end += 1;
                     }

@@ -85,7 +85,7 @@ use tokio_postgres::{Client, Statement};
 
 use crate::apply::{
     ApplyError, ApplyOptions, ExactlyOnce, SkippedWrite, TableRoute, TargetSession,
-    declared_length, declared_scale, skipped_write, unique_collision,
+    declared_length, declared_scale, same_insert_shape, skipped_write, unique_collision,
 };
 use crate::bulk::{BulkRows, BulkShape};
 use crate::foreign_keys::ForeignKeyChecks;
@@ -558,7 +558,8 @@ impl<'a> Writer<'a> {
                     while end < events.len()
                         && events[end].op == Op::Insert
                         && events[end].table == event.table
-                        && insert_columns(route, events[end])? == columns
+                        && (same_insert_shape(event, events[end])
+                            || insert_columns(route, events[end])? == columns)
                     {
                         end += 1;
                     }

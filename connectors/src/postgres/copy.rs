@@ -45,7 +45,7 @@
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 
-use crate::apply::{ApplyError, malformed};
+use crate::apply::{ApplyError, malformed, same_insert_shape};
 use crate::{ChangeEvent, Op};
 
 use super::apply::{PgRoute, Writer, insert_columns, write_error};
@@ -69,7 +69,8 @@ impl Writer<'_> {
             while end < events.len()
                 && events[end].op == Op::Insert
                 && events[end].table == event.table
-                && insert_columns(route, events[end])? == columns
+                && (same_insert_shape(event, events[end])
+                    || insert_columns(route, events[end])? == columns)
             {
                 end += 1;
             }
