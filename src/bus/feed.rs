@@ -27,9 +27,11 @@ pub struct BusFeed {
     stream: String,
     source_site: String,
     target: String,
-    /// What the target held at the start; the first message is checked against it.
+    /// The last transaction the target holds: what it held at the start, then the last one
+    /// delivered. Every message is checked against it: one that follows a later transaction
+    /// means the stream's retention dropped messages in between, at the start or while this
+    /// feed was reading.
     held: Option<Position>,
-    checked: bool,
     messages: pull::Stream,
     /// The newest stream sequence delivered (a redelivery of an older one is dropped).
     last_sequence: u64,
@@ -154,7 +156,6 @@ impl BusFeed {
             source_site: source_site.to_owned(),
             target: target.to_owned(),
             held,
-            checked: false,
             messages,
             last_sequence: start.saturating_sub(1),
             delivered: Arc::new(Mutex::new(VecDeque::new())),
@@ -192,7 +193,6 @@ impl BusFeed {
             self.progress.delivered(sequence, info.pending);
             self.last_sequence = sequence;
             let envelope = super::decode(&self.stream, sequence, &message.payload)?;
-            let first = !std::mem::replace(&mut self.checked, true);
             let done = match (&self.open, &envelope.item) {
                 (Some((start, done)), BusItem::Part(part)) if *start == part.start => *done,
                 (Some((_, done)), BusItem::Transaction(_)) => *done,
@@ -206,10 +206,7 @@ impl BusFeed {
                     .is_some_and(|(previous, held)| {
                         matches!(previous.compare(held), Ok(Ordering::Greater))
                     });
-            if first
-                && dropped
-                && let Some(held) = &self.held
-            {
+            if dropped && let Some(held) = &self.held {
                 if self.kind == Kind::Merge {
                     return Err(BusError::MergeRetention {
                         stream: self.stream.clone(),
@@ -244,6 +241,7 @@ impl BusFeed {
                     // Changes of the final piece published again after a crash.
                     tx.events
                         .drain(..(done - envelope.offset).min(tx.events.len() as u64) as usize);
+                    self.held = Some(tx.position.clone());
                     self.delivered
                         .lock()
                         .expect("delivered messages")
