@@ -1,5 +1,6 @@
 //! The merge engine on the bus: `duplex run --role reader` publishes the two-way sites'
-//! changes (with their echo markers) and `duplex run --role coordinator` decides from them,
+//! changes (with their echo markers), `duplex run --role coordinator` decides from them and
+//! publishes its writes, and `duplex run --role writer --site S` applies them to each site,
 //! as separate processes around a real `nats-server -js` started by the test; a PostgreSQL
 //! site `a` and a MariaDB site `b`.
 
@@ -147,6 +148,48 @@ fn start(config: &str, args: &[&str]) -> Duplex {
 const READER: &[&str] = &["--role", "reader"];
 const COORDINATOR: &[&str] = &["--role", "coordinator"];
 
+/// The writers of both sites: (a, b).
+struct Writers {
+    a: Duplex,
+    b: Duplex,
+    args_a: [String; 3],
+    args_b: [String; 3],
+}
+
+impl Writers {
+    fn start(config: &str, sites: &Sites) -> Writers {
+        let args = |site: &str| {
+            [
+                "--role".to_owned(),
+                "writer".to_owned(),
+                format!("--site={site}"),
+            ]
+        };
+        let (args_a, args_b) = (args(sites.a.name()), args(sites.b.name()));
+        Writers {
+            a: start(config, &args_a.each_ref().map(String::as_str)),
+            b: start(config, &args_b.each_ref().map(String::as_str)),
+            args_a,
+            args_b,
+        }
+    }
+
+    fn restart_a(&mut self) {
+        self.a
+            .start_with(&self.args_a.each_ref().map(String::as_str));
+    }
+
+    fn restart_b(&mut self) {
+        self.b
+            .start_with(&self.args_b.each_ref().map(String::as_str));
+    }
+
+    fn kill(&mut self) {
+        self.a.kill();
+        self.b.kill();
+    }
+}
+
 /// Starts the reader and waits until it streams from both sites (the PostgreSQL slot
 /// streamed from, the MariaDB binlog position recorded).
 fn start_reader(sites: &Sites, reader: &mut Duplex) {
@@ -216,12 +259,21 @@ fn two_way_over_the_bus_converges_exactly_once_across_kills() {
     start_reader(&sites, &mut reader);
     let mut coordinator = start(&config, COORDINATOR);
     wait_coordinating(&mut coordinator, 1);
+    let mut writers = Writers::start(&config, &sites);
     sites
         .a
         .psql("INSERT INTO items SELECT g, 0, 'seed' FROM generate_series(1, 10) g")
         .unwrap();
     let mut count = 10;
-    sites.wait_same(count, &mut [&mut reader, &mut coordinator]);
+    sites.wait_same(
+        count,
+        &mut [
+            &mut reader,
+            &mut coordinator,
+            &mut writers.a,
+            &mut writers.b,
+        ],
+    );
 
     // Changes on both sides while each process is SIGKILLed mid-stream.
     for round in 0..8 {
@@ -231,12 +283,54 @@ fn two_way_over_the_bus_converges_exactly_once_across_kills() {
             reader.kill();
             start_reader(&sites, &mut reader);
         }
+        if round == 3 {
+            writers.a.kill();
+            writers.restart_a();
+        }
         if round == 5 {
             coordinator.kill();
             coordinator.start_with(COORDINATOR);
         }
+        if round == 6 {
+            writers.b.kill();
+            writers.restart_b();
+        }
     }
-    sites.wait_same(count, &mut [&mut reader, &mut coordinator]);
+    sites.wait_same(
+        count,
+        &mut [
+            &mut reader,
+            &mut coordinator,
+            &mut writers.a,
+            &mut writers.b,
+        ],
+    );
+
+    // A site's writer down: the coordinator goes on deciding (the writes wait in the bus),
+    // and the writer catches up when it is back.
+    writers.b.kill();
+    workload(&sites, 10);
+    count += 10;
+    wait_for("site a to hold site b's new rows", CATCH_UP, || {
+        coordinator.assert_running();
+        writers.a.assert_running();
+        let (a, b) = sites.rows()?;
+        if a.len() == count && b.len() < count {
+            Ok(())
+        } else {
+            Err(format!("a has {} rows, b {}", a.len(), b.len()))
+        }
+    });
+    writers.restart_b();
+    sites.wait_same(
+        count,
+        &mut [
+            &mut reader,
+            &mut coordinator,
+            &mut writers.a,
+            &mut writers.b,
+        ],
+    );
 
     // A conflict: both sites change row 1 while the coordinator is down (neither change can
     // have seen the other); b's wins everywhere (`prefer:b`: MariaDB commit times have whole
@@ -249,17 +343,36 @@ fn two_way_over_the_bus_converges_exactly_once_across_kills() {
     sites.exec(false, "UPDATE items SET note = 'from b' WHERE id = 1");
     Sites::wait_published(&sites.a, &mut reader);
     coordinator.start_with(COORDINATOR);
-    let rows = sites.wait_same(count, &mut [&mut reader, &mut coordinator]);
+    let rows = sites.wait_same(
+        count,
+        &mut [
+            &mut reader,
+            &mut coordinator,
+            &mut writers.a,
+            &mut writers.b,
+        ],
+    );
     assert_eq!(rows[0], ["1", "0", "from b"], "the preferred site wins");
 
     // The decision is not made again after another crash of each process.
     coordinator.kill();
     reader.kill();
+    writers.kill();
     workload(&sites, 8);
     count += 10;
     start_reader(&sites, &mut reader);
     coordinator.start_with(COORDINATOR);
-    let rows = sites.wait_same(count, &mut [&mut reader, &mut coordinator]);
+    writers.restart_a();
+    writers.restart_b();
+    let rows = sites.wait_same(
+        count,
+        &mut [
+            &mut reader,
+            &mut coordinator,
+            &mut writers.a,
+            &mut writers.b,
+        ],
+    );
 
     let log = conflicts(&coordinator);
     assert_eq!(log.len(), 1, "{log:#?}");
@@ -270,12 +383,12 @@ fn two_way_over_the_bus_converges_exactly_once_across_kills() {
         .iter()
         .filter(|row| row[0].parse::<i32>().unwrap() >= 100)
         .collect();
-    assert_eq!(inserted.len(), 90);
+    assert_eq!(inserted.len(), 100);
     let sum: i64 = inserted
         .iter()
         .map(|row| row[1].parse::<i64>().unwrap())
         .sum();
-    assert_eq!(sum, 90);
+    assert_eq!(sum, 100);
     for (id, row) in (1..=10).zip(&rows) {
         assert_eq!(row[0], id.to_string());
     }
@@ -290,7 +403,15 @@ fn two_way_over_the_bus_converges_exactly_once_across_kills() {
     assert!(!second.log_text().contains("consuming the stream"));
     workload(&sites, 9);
     count += 10;
-    sites.wait_same(count, &mut [&mut reader, &mut coordinator]);
+    sites.wait_same(
+        count,
+        &mut [
+            &mut reader,
+            &mut coordinator,
+            &mut writers.a,
+            &mut writers.b,
+        ],
+    );
     assert_eq!(conflicts(&coordinator).len(), 1);
 
     let log = coordinator.log_text();
@@ -302,8 +423,17 @@ fn two_way_over_the_bus_converges_exactly_once_across_kills() {
         reader.log_text().contains("bus reader started"),
         "the reader published the sites"
     );
+    for writer in [&writers.a, &writers.b] {
+        assert!(
+            writer
+                .log_text()
+                .contains("writing the merge engine's writes from the bus"),
+            "the writers applied the engine's writes"
+        );
+    }
     coordinator.kill();
     reader.kill();
+    writers.kill();
     sites.drop_slots();
 }
 
@@ -316,8 +446,17 @@ fn a_coordinator_behind_the_streams_retention_stops_naming_backfill() {
     start_reader(&sites, &mut reader);
     let mut coordinator = start(&config, COORDINATOR);
     wait_coordinating(&mut coordinator, 1);
+    let mut writers = Writers::start(&config, &sites);
     workload(&sites, 0);
-    sites.wait_same(10, &mut [&mut reader, &mut coordinator]);
+    sites.wait_same(
+        10,
+        &mut [
+            &mut reader,
+            &mut coordinator,
+            &mut writers.a,
+            &mut writers.b,
+        ],
+    );
     coordinator.kill();
     // Far more than 4096 bytes of transactions: the oldest are dropped as they come.
     for round in 1..30 {
@@ -331,6 +470,96 @@ fn a_coordinator_behind_the_streams_retention_stops_naming_backfill() {
         "duplex backfill --from",
     ]);
     reader.kill();
+    writers.kill();
+    sites.drop_slots();
+}
+
+#[test]
+fn a_writer_behind_its_outbox_streams_retention_stops_and_the_coordinator_publishes_again() {
+    let nats = NatsServer::start().unwrap();
+    let sites = Sites::new();
+    // The coordinator applies `[bus]`'s retention to the outbox streams, the reader to the
+    // merge streams: only the outbox streams are small.
+    let config = sites.config(&nats, "");
+    let small = sites.config(&nats, "max_bytes = 4096");
+    let mut reader = Duplex::new(&config);
+    start_reader(&sites, &mut reader);
+    let mut coordinator = start(&small, COORDINATOR);
+    wait_coordinating(&mut coordinator, 1);
+    let mut writers = Writers::start(&config, &sites);
+    workload(&sites, 0);
+    let mut count = 10;
+    sites.wait_same(
+        count,
+        &mut [
+            &mut reader,
+            &mut coordinator,
+            &mut writers.a,
+            &mut writers.b,
+        ],
+    );
+    // Site b's writer is away while far more than 4096 bytes of writes for b are decided:
+    // the oldest leave b's outbox stream before b's writer is back.
+    writers.b.kill();
+    for round in 1..30 {
+        workload(&sites, round);
+        count += 10;
+    }
+    wait_for("site a to hold every row", CATCH_UP, || {
+        coordinator.assert_running();
+        writers.a.assert_running();
+        let (a, _) = sites.rows()?;
+        if a.len() == count {
+            Ok(())
+        } else {
+            Err(format!("a has {} rows", a.len()))
+        }
+    });
+    writers.restart_b();
+    wait_for("b's writer to find its stream short", CATCH_UP, || {
+        writers.b.assert_running();
+        let log = writers.b.log_text();
+        if log.contains("no longer holds the merge engine's writes") {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    });
+    let log = writers.b.log_text();
+    assert!(
+        log.contains("retention") && log.contains("Restart the coordinator"),
+        "{log}"
+    );
+    // As the error says: the coordinator, restarted with a retention that holds them,
+    // publishes again what b lacks, from its state directory; b's writer, trying again
+    // meanwhile, applies it, each write once.
+    coordinator.kill();
+    std::fs::write(coordinator.config_path(), &config).unwrap();
+    coordinator.start_with(COORDINATOR);
+    let rows = sites.wait_same(
+        count,
+        &mut [
+            &mut reader,
+            &mut coordinator,
+            &mut writers.a,
+            &mut writers.b,
+        ],
+    );
+    let inserted: Vec<&Vec<String>> = rows
+        .iter()
+        .filter(|row| row[0].parse::<i32>().unwrap() >= 100)
+        .collect();
+    assert_eq!(inserted.len(), count);
+    assert!(inserted.iter().all(|row| row[1] == "1"), "{inserted:?}");
+    assert!(
+        coordinator
+            .log_text()
+            .contains("publishing again every write after the ones the site holds"),
+        "the coordinator found the stream short"
+    );
+    coordinator.kill();
+    reader.kill();
+    writers.kill();
     sites.drop_slots();
 }
 
@@ -343,10 +572,20 @@ fn a_coordinator_stops_when_a_new_reader_started_after_what_it_decided() {
     start_reader(&sites, &mut reader);
     let mut coordinator = start(&first, COORDINATOR);
     wait_coordinating(&mut coordinator, 1);
+    let mut writers = Writers::start(&first, &sites);
     workload(&sites, 0);
-    sites.wait_same(10, &mut [&mut reader, &mut coordinator]);
+    sites.wait_same(
+        10,
+        &mut [
+            &mut reader,
+            &mut coordinator,
+            &mut writers.a,
+            &mut writers.b,
+        ],
+    );
     coordinator.kill();
     reader.kill();
+    writers.kill();
     // Committed while nothing reads the sites, then a new reader (its own state directory,
     // a new stream) reads them from now on: what lies in between is in no stream. (The old
     // reader's slot and its claim on the publication are released by hand, as its refusal
@@ -384,10 +623,20 @@ fn status_shows_and_teardown_removes_the_merge_streams_of_this_prefix_and_nothin
     start_reader(&sites, &mut reader);
     let mut coordinator = start(&config, COORDINATOR);
     wait_coordinating(&mut coordinator, 1);
+    let mut writers = Writers::start(&config, &sites);
     workload(&sites, 0);
-    sites.wait_same(10, &mut [&mut reader, &mut coordinator]);
+    sites.wait_same(
+        10,
+        &mut [
+            &mut reader,
+            &mut coordinator,
+            &mut writers.a,
+            &mut writers.b,
+        ],
+    );
     // `status` reads the merge streams from JetStream: the coordinator's consumer of each
-    // catches up with what the reader published, and takes no lease.
+    // catches up with what the reader published, and takes no lease; each outbox stream's
+    // writer consumer catches up with what the coordinator published, under its lease.
     let observer = Duplex::new(&config);
     wait_for(
         "the coordinator to have decided every message",
@@ -414,12 +663,29 @@ fn status_shows_and_teardown_removes_the_merge_streams_of_this_prefix_and_nothin
                 {
                     return Err(format!("{stream}"));
                 }
+                let outbox = json["bus"]
+                    .as_array()
+                    .and_then(|all| {
+                        all.iter()
+                            .find(|s| s["stream"] == format!("one-outbox_{site}").as_str())
+                    })
+                    .ok_or_else(|| format!("no outbox stream of {site} in {json}"))?;
+                let consumer = &outbox["consumers"][0];
+                if consumer["consumer"] != format!("writer-{site}").as_str()
+                    || !consumer["lease_holder"].is_string()
+                    || outbox["last_sequence"].as_u64().unwrap_or(0) == 0
+                    || consumer["lag_messages"] != 0
+                {
+                    return Err(format!("{outbox}"));
+                }
             }
             Ok(())
         },
     );
     assert_eq!(coordinator.terminate(), 0);
     assert_eq!(reader.terminate(), 0);
+    assert_eq!(writers.a.terminate(), 0);
+    assert_eq!(writers.b.terminate(), 0);
 
     let removed = reader.command(&["teardown"]);
     let stdout = String::from_utf8_lossy(&removed.stdout).into_owned();
@@ -429,6 +695,12 @@ fn status_shows_and_teardown_removes_the_merge_streams_of_this_prefix_and_nothin
         assert!(
             stdout.contains(&format!(
                 "removed JetStream stream one-merge_{site} and its consumers coordinator\n"
+            )),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains(&format!(
+                "removed JetStream stream one-outbox_{site} and its consumers writer-{site}\n"
             )),
             "{stdout}"
         );

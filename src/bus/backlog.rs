@@ -115,6 +115,16 @@ pub async fn read_with(
         let mut backlog = stream_backlog(bus, None, name, site, &[coordinator]).await;
         backlog.merge = true;
         all.push(backlog);
+        // The engine's writes for the site, applied by the site's writer (under its lease).
+        let writer = Reader {
+            label: site.clone(),
+            consumer: super::feed::consumer_name(site),
+            lease: true,
+        };
+        let name = bus.outbox_stream_name(site);
+        let mut backlog = stream_backlog(bus, leases.as_ref(), name, site, &[writer]).await;
+        backlog.merge = true;
+        all.push(backlog);
     }
     Ok(all)
 }

@@ -115,39 +115,17 @@ impl BusFeed {
         let start = match &held {
             _ if messages == 0 => last + 1,
             None => first,
-            Some(held) => first_after(&stream, &name, held, first, last).await?,
-        };
-        match stream.delete_consumer(&consumer_name).await {
-            Ok(_) => {}
-            Err(error) if error.to_string().contains("not found") => {}
-            Err(error) => {
-                return Err(BusError::jetstream(
-                    format!("replacing consumer {consumer_name} of stream {name}"),
-                    error,
-                ));
+            Some(held) => {
+                first_where(&stream, &name, first, last, |envelope: super::Envelope| {
+                    envelope.needed(held).map_err(|source| BusError::Position {
+                        stream: name.clone(),
+                        source,
+                    })
+                })
+                .await?
             }
-        }
-        let consumer: jetstream::consumer::Consumer<pull::Config> = stream
-            .create_consumer(pull::Config {
-                durable_name: Some(consumer_name.clone()),
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: start,
-                },
-                ack_policy: AckPolicy::All,
-                ack_wait: ACK_WAIT,
-                max_ack_pending: MAX_ACK_PENDING,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| {
-                BusError::jetstream(
-                    format!("creating consumer {consumer_name} of stream {name}"),
-                    e,
-                )
-            })?;
-        let messages = consumer.messages().await.map_err(|e| {
-            BusError::jetstream(format!("consuming stream {name} ({consumer_name})"), e)
-        })?;
+        };
+        let messages = consume_from(&mut stream, &name, &consumer_name, start).await?;
         tracing::info!(stream = %name, consumer = %consumer_name, start, "consuming the stream");
         Ok(BusFeed {
             kind,
@@ -192,7 +170,8 @@ impl BusFeed {
             }
             self.progress.delivered(sequence, info.pending);
             self.last_sequence = sequence;
-            let envelope = super::decode(&self.stream, sequence, &message.payload)?;
+            let envelope: super::Envelope =
+                super::decode(&self.stream, sequence, &message.payload)?;
             let done = match (&self.open, &envelope.item) {
                 (Some((start, done)), BusItem::Part(part)) if *start == part.start => *done,
                 (Some((_, done)), BusItem::Transaction(_)) => *done,
@@ -305,24 +284,62 @@ pub(crate) fn consumer_name(target: &str) -> String {
     format!("writer-{target}")
 }
 
-/// The first sequence in `first..=last` whose message a target holding `held` needs
-/// (`last + 1` when none; see [`super::Envelope::needed`]).
-async fn first_after(
+/// Replaces the durable consumer `consumer_name` of `stream` (`name`) with one that delivers
+/// from sequence `start` on, acknowledged all up to a message; its messages. The consumer's
+/// own state is never trusted: every start says where to begin.
+pub(super) async fn consume_from(
+    stream: &mut stream::Stream,
+    name: &str,
+    consumer_name: &str,
+    start: u64,
+) -> Result<pull::Stream, BusError> {
+    match stream.delete_consumer(consumer_name).await {
+        Ok(_) => {}
+        Err(error) if error.to_string().contains("not found") => {}
+        Err(error) => {
+            return Err(BusError::jetstream(
+                format!("replacing consumer {consumer_name} of stream {name}"),
+                error,
+            ));
+        }
+    }
+    let consumer: jetstream::consumer::Consumer<pull::Config> = stream
+        .create_consumer(pull::Config {
+            durable_name: Some(consumer_name.to_owned()),
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            },
+            ack_policy: AckPolicy::All,
+            ack_wait: ACK_WAIT,
+            max_ack_pending: MAX_ACK_PENDING,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| {
+            BusError::jetstream(
+                format!("creating consumer {consumer_name} of stream {name}"),
+                e,
+            )
+        })?;
+    consumer
+        .messages()
+        .await
+        .map_err(|e| BusError::jetstream(format!("consuming stream {name} ({consumer_name})"), e))
+}
+
+/// The first sequence in `first..=last` whose message (decoded as `M`) is `needed` (`last + 1`
+/// when none); `needed` must be false, then true along the stream (a binary search).
+pub(super) async fn first_where<M: serde::de::DeserializeOwned>(
     stream: &stream::Stream,
     name: &str,
-    held: &Position,
     first: u64,
     last: u64,
+    needed: impl Fn(M) -> Result<bool, BusError>,
 ) -> Result<u64, BusError> {
     let (mut low, mut high) = (first, last + 1);
     while low < high {
         let middle = low + (high - low) / 2;
-        let envelope = Bus::envelope(stream, name, middle).await?;
-        let needed = envelope.needed(held).map_err(|source| BusError::Position {
-            stream: name.to_owned(),
-            source,
-        })?;
-        if needed {
+        if needed(Bus::message(stream, name, middle).await?)? {
             high = middle;
         } else {
             low = middle + 1;

@@ -40,7 +40,10 @@
 //! so a binary search by sequence finds it); the consumer's own acknowledgement state is not
 //! trusted (it may have been deleted, or the target restored from a backup). When that first
 //! message says the transaction before it is past `p`, the transactions in between were
-//! dropped by the stream's retention: the writer stops, naming `duplex backfill`. Messages
+//! dropped by the stream's retention: the writer stops, naming `duplex backfill`. So does a
+//! later message that follows a transaction past the last one delivered: the consumer skips
+//! what the limits removed while the writer was reading (a writer paused or slow), and every
+//! message is checked against the one before it for that reason. Messages
 //! are acknowledged to JetStream (ack-all) once the target committed them. A part received
 //! twice (re-published outside the duplicate window) is trimmed by its offset.
 //!
@@ -78,15 +81,21 @@
 //! fed by [`BusFeed::start_merge`] instead of the site: the same items, from just after the
 //! position the engine's state store committed with its last batch (binary search by
 //! `previous`, as a writer's feed; the durable consumer `coordinator` is re-created at every
-//! start and its acknowledgements are not trusted). A first message whose `previous` is past
-//! that position means the stream's retention dropped what the coordinator had not decided: a
+//! start and its acknowledgements are not trusted). A message whose `previous` is past that
+//! position (or, later, past the last transaction delivered) means the stream's retention dropped what the coordinator had not decided: a
 //! stop ([`BusError::MergeRetention`]). The first message a merge reader ever publishes to a
 //! stream carries, as its `previous`, where the reader started reading the site (the slot's
 //! confirmed position, the binlog position): a coordinator that decided less of the site than
 //! that stops the same way, instead of skipping what no stream holds (a replaced reader state
-//! directory, a switch from a one-process engine that read another slot). Everything else — batches committed in one state-store
-//! transaction, the outbox, echoes, claims, conditional writes — is the engine's, unchanged;
-//! its writers still run inside the coordinator process.
+//! directory, a switch from a one-process engine that read another slot). Everything else —
+//! batches committed in one state-store transaction, the outbox, echoes, claims, conditional
+//! writes — is the engine's, unchanged, except where its writes go: the coordinator publishes
+//! each site's outbox entries, after the state-store transaction that made them committed, to
+//! the site's outbox stream `<stream_prefix>-outbox_<site>` (subject
+//! `<stream_prefix>.outbox.<site>`), and `run --role writer --site S` applies them to S under
+//! the site's lease, next to the one-way links into S (see [`outbox`] and
+//! `crate::engine::remote`). A writer down for a while no longer holds the coordinator up: its
+//! entries wait in the stream.
 //!
 //! The coordinator stays one process: it is the only task that decides, and its state store
 //! orders every decision (row versions, conflict records, outbox numbers and every site's
@@ -107,6 +116,7 @@ use crate::config::BusConfig;
 pub mod backlog;
 mod feed;
 mod lease;
+pub(crate) mod outbox;
 pub mod progress;
 mod reader;
 mod role;
@@ -247,9 +257,9 @@ pub enum BusError {
         /// Who holds it now.
         holder: String,
     },
-    /// `--role writer --site S` where no one-way mapping writes into S.
+    /// `--role writer --site S` where no mapping writes into S.
     #[error(
-        "no one-way mapping writes into site {site}: give --site a target of a one-way mapping (the sites of two-way mappings are written by `--role coordinator`)"
+        "no mapping writes into site {site}: give --site a target of a one-way mapping or a site of a two-way mapping"
     )]
     NoMapping {
         /// The site.
@@ -258,13 +268,41 @@ pub enum BusError {
     /// The reader's source stream failed.
     #[error(transparent)]
     Link(Box<crate::link::LinkError>),
+    /// An outbox stream lacks writes a site needs (dropped by the stream's retention).
+    #[error(
+        "stream {stream} no longer holds the merge engine's writes {from} to {to} for site {site} (the site holds up to {held}): they were dropped by the stream's retention (max_age / max_bytes) while this writer was away. Restart the coordinator (`duplex run --role coordinator`): at its start it publishes again every write a site lacks, from its state directory. This writer tries again meanwhile and goes on by itself once the stream holds them. Raise max_age / max_bytes of [bus] so a stopped writer has time to come back"
+    )]
+    OutboxGap {
+        /// The stream.
+        stream: String,
+        /// The site written.
+        site: String,
+        /// The last write the site holds.
+        held: u64,
+        /// The first write missing.
+        from: u64,
+        /// The last write missing.
+        to: u64,
+    },
+    /// Something else appended to an outbox stream while this coordinator published to it.
+    #[error(
+        "another process published into stream {stream} while this coordinator did (JetStream refused a write that expected the stream's last message to be this coordinator's): two coordinators of these two-way mappings are running; the one whose claim on the sites was taken over stops at its restart"
+    )]
+    OutboxRace {
+        /// The stream.
+        stream: String,
+    },
 }
 
 impl BusError {
     /// True when retrying after a backoff may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            BusError::Connect { .. } | BusError::JetStream { .. } => true,
+            // A gap is filled by the coordinator's next start: the writer waits for it.
+            BusError::Connect { .. }
+            | BusError::JetStream { .. }
+            | BusError::OutboxRace { .. }
+            | BusError::OutboxGap { .. } => true,
             BusError::Link(error) => error.is_transient(),
             _ => false,
         }
@@ -391,6 +429,18 @@ impl Bus {
         format!("{}.merge.{}", self.config.stream_prefix, site)
     }
 
+    /// The stream of the merge engine's writes for `site` (its outbox, see `outbox`):
+    /// `<prefix>-outbox_<site>`.
+    pub fn outbox_stream_name(&self, site: &str) -> String {
+        format!("{}-outbox_{}", self.config.stream_prefix, site)
+    }
+
+    /// The subject of [`Bus::outbox_stream_name`]: `<prefix>.outbox.<site>`, three tokens like
+    /// a merge subject, whose middle token differs (see [`Bus::merge_subject`]).
+    pub fn outbox_subject(&self, site: &str) -> String {
+        format!("{}.outbox.{}", self.config.stream_prefix, site)
+    }
+
     /// The stream `name` of `kind` for `site`.
     pub(crate) fn names(&self, site: &str, kind: Kind) -> (String, String) {
         match kind {
@@ -415,6 +465,16 @@ impl Bus {
         apply_limits: bool,
     ) -> Result<stream::Stream, BusError> {
         let (name, subject) = self.names(site, kind);
+        self.stream_named(name, subject, apply_limits).await
+    }
+
+    /// The stream `name` on `subject`, as [`Bus::stream_of`] says.
+    pub(crate) async fn stream_named(
+        &self,
+        name: String,
+        subject: String,
+        apply_limits: bool,
+    ) -> Result<stream::Stream, BusError> {
         // JetStream refuses a duplicate window longer than the messages are kept.
         let duplicate_window = self
             .config
@@ -462,12 +522,13 @@ impl Bus {
         Ok(stream)
     }
 
-    /// The message `sequence` of `stream`, decoded.
-    pub(crate) async fn envelope(
+    /// The message `sequence` of `stream`, decoded as `M` (an [`Envelope`], or an outbox
+    /// stream's message).
+    pub(crate) async fn message<M: serde::de::DeserializeOwned>(
         stream: &stream::Stream,
         name: &str,
         sequence: u64,
-    ) -> Result<Envelope, BusError> {
+    ) -> Result<M, BusError> {
         let message = stream.get_raw_message(sequence).await.map_err(|e| {
             BusError::jetstream(format!("reading message {sequence} of stream {name}"), e)
         })?;
@@ -493,7 +554,11 @@ impl Envelope {
 }
 
 /// Decodes message `sequence` of `stream`.
-pub(crate) fn decode(stream: &str, sequence: u64, payload: &[u8]) -> Result<Envelope, BusError> {
+pub(crate) fn decode<M: serde::de::DeserializeOwned>(
+    stream: &str,
+    sequence: u64,
+    payload: &[u8],
+) -> Result<M, BusError> {
     duplex_state::codec::decode(payload).map_err(|source| BusError::Codec {
         stream: stream.to_owned(),
         sequence,
@@ -572,7 +637,7 @@ mod tests {
     fn an_envelope_survives_the_codec() {
         let envelope = part(12, Some(10), 5);
         let bytes = duplex_state::codec::encode(&envelope).unwrap();
-        let back = decode("s", 1, &bytes).unwrap();
+        let back: Envelope = decode("s", 1, &bytes).unwrap();
         assert_eq!(back.previous, Some(at(10)));
         assert_eq!(back.offset, 5);
         assert!(matches!(back.item, BusItem::Part(p) if p.start == at(12)));

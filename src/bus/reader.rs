@@ -100,7 +100,7 @@ async fn last_published(
     let last_sequence = info.state.last_sequence;
     let in_stream = match stream.get_last_raw_message_by_subject(&subject).await {
         Ok(message) => {
-            let envelope = super::decode(&name, message.sequence, &message.payload)?;
+            let envelope: Envelope = super::decode(&name, message.sequence, &message.payload)?;
             match envelope.item {
                 BusItem::Transaction(tx) => Some(tx.position),
                 BusItem::Part(_) | BusItem::Shape(_) => envelope.previous,

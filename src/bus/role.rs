@@ -24,7 +24,7 @@ pub enum Role {
     Reader,
     /// Apply what the bus holds for this target site.
     Writer(String),
-    /// The merge engine's coordinator (and its writers), fed by the bus.
+    /// The merge engine's coordinator, fed by the bus, publishing its writes to it.
     Coordinator,
 }
 
@@ -86,7 +86,8 @@ pub async fn run_role(
         }
         Role::Writer(site) => {
             crate::telemetry::global().role().writer(site);
-            write(bus, site, plans, state, stopped).await
+            let merge = merge.filter(|merge| merge.sites.iter().any(|s| s.site.name == *site));
+            write(bus, site, plans, merge, state, stopped).await
         }
         Role::Coordinator => unreachable!("the coordinator returned above"),
     };
@@ -212,11 +213,13 @@ async fn read(
     outcome
 }
 
-/// The links into `site`, fed by the bus, while this writer holds the site's lease.
+/// The links into `site`, fed by the bus, and the merge engine's writes into it when it is a
+/// site of two-way mappings (`merge`), while this writer holds the site's lease.
 async fn write(
     bus: Bus,
     site: &str,
     plans: Vec<LinkPlan>,
+    merge: Option<MergePlan>,
     state: Arc<StateStore>,
     mut stopped: watch::Receiver<bool>,
 ) -> Result<(), BusError> {
@@ -229,7 +232,7 @@ async fn write(
             (!plan.targets.is_empty()).then_some(plan)
         })
         .collect();
-    if plans.is_empty() {
+    if plans.is_empty() && merge.is_none() {
         return Err(BusError::NoMapping {
             site: site.to_owned(),
         });
@@ -247,9 +250,22 @@ async fn write(
     let (release, released) = watch::channel(false);
     let mut keep = tokio::spawn(lease.keep(released));
     let (stop_links, links_stopped) = watch::channel(false);
-    let mut links = JoinSet::new();
+    let mut links: JoinSet<Result<(), BusError>> = JoinSet::new();
     for plan in plans {
-        links.spawn(link::run(plan, state.clone(), links_stopped.clone()));
+        let (state, stopped) = (state.clone(), links_stopped.clone());
+        links.spawn(async move {
+            link::run(plan, state, stopped)
+                .await
+                .map_err(|error| BusError::Link(Box::new(error)))
+        });
+    }
+    if let Some(merge) = merge {
+        let (bus, site, stopped) = (bus.clone(), site.to_owned(), links_stopped.clone());
+        links.spawn(async move {
+            crate::engine::write_site(&merge, &site, &bus, stopped)
+                .await
+                .map_err(|error| BusError::Engine(Box::new(error)))
+        });
     }
     let mut outcome = Ok(());
     let mut lease_running = true;
@@ -270,12 +286,14 @@ async fn write(
             Some(joined) = links.join_next() => {
                 let result = match joined {
                     Ok(result) => result,
-                    Err(panic) => Err(link::LinkError::Crashed(panic.to_string())),
+                    Err(panic) => Err(BusError::Link(Box::new(link::LinkError::Crashed(
+                        panic.to_string(),
+                    )))),
                 };
                 if let Err(error) = result {
                     let _ = stop_links.send(true);
                     if outcome.is_ok() {
-                        outcome = Err(BusError::Link(Box::new(error)));
+                        outcome = Err(error);
                     }
                 }
             }

@@ -4,7 +4,8 @@
 //! Only names the configuration itself yields are considered, never a pattern: the stream of
 //! each source of the one-way mappings (`<stream_prefix>_<source>`, its consumers
 //! `writer-<target>` with it), the merge stream of each site of the two-way mappings
-//! (`<stream_prefix>-merge_<site>`, the coordinator's consumer with it) and the lease stream
+//! (`<stream_prefix>-merge_<site>`, the coordinator's consumer with it), its outbox stream
+//! (`<stream_prefix>-outbox_<site>`, its writer's consumer with it) and the lease stream
 //! (`<stream_prefix>_leases`). A prefix match
 //! would take another deployment's streams whose prefix starts with this one (`duplex_eu_…`
 //! under `duplex`). A stream of such a name whose subjects are not the ones duplex gives it
@@ -93,18 +94,27 @@ pub async fn find(
         }
     }
     // A two-way site's merge stream, with the coordinator's consumer (re-created at every
-    // coordinator start from what its state store committed, so nothing is lost with it).
+    // coordinator start from what its state store committed, so nothing is lost with it),
+    // and its outbox stream, with its writer's consumer (every entry not yet echoed is in the
+    // coordinator's state store, which publishes again what the stream lacks).
     for merge_site in merge_sites {
         if site.is_some_and(|site| site != merge_site) {
             continue;
         }
-        let (name, subject) = bus.names(merge_site, Kind::Merge);
-        match existing(&bus, &name, &subject).await? {
-            None => {}
-            Some(None) => leftovers.foreign.push(name),
-            Some(Some(found)) => {
-                let names = consumer_names(&found).await?;
-                leftovers.streams.push((name, names));
+        lease_sites.insert(merge_site.clone());
+        let (merge, merge_subject) = bus.names(merge_site, Kind::Merge);
+        let outbox = (
+            bus.outbox_stream_name(merge_site),
+            bus.outbox_subject(merge_site),
+        );
+        for (name, subject) in [(merge, merge_subject), outbox] {
+            match existing(&bus, &name, &subject).await? {
+                None => {}
+                Some(None) => leftovers.foreign.push(name),
+                Some(Some(found)) => {
+                    let names = consumer_names(&found).await?;
+                    leftovers.streams.push((name, names));
+                }
             }
         }
     }

@@ -160,20 +160,12 @@ impl Backlog {
                 continue;
             }
             fresh += 1;
-            match write.op {
-                Op::Insert => tally.inserts += 1,
-                Op::Update => tally.updates += 1,
-                Op::Delete => tally.deletes += 1,
-            }
+            *count_of(&mut tally, write.op) += 1;
         }
         // Only fresh entries are written, so only they can be skipped.
         for write in skipped {
             fresh = fresh.saturating_sub(1);
-            let count = match write.op {
-                Op::Insert => &mut tally.inserts,
-                Op::Update => &mut tally.updates,
-                Op::Delete => &mut tally.deletes,
-            };
+            let count = count_of(&mut tally, write.op);
             *count = count.saturating_sub(1);
         }
         let landed = batch.iter().filter(|(seq, _)| *seq > waiting.upto).count() as u64;
@@ -182,6 +174,31 @@ impl Backlog {
             waiting.written(last);
         }
         waiting.count = waiting.count.saturating_sub(landed);
+        self.publish(&waiting);
+    }
+
+    /// The site's echo says it holds the entries up to `upto`, of which `landed` (number,
+    /// operation) were written there (the others were skipped by their condition). For a site
+    /// written by `run --role writer` on the bus: this process sees its commits only through
+    /// their echoes. Counts like [`Backlog::committed`]: each entry once, never one the site
+    /// held when the attempt started.
+    pub(super) fn echoed(&self, upto: u64, landed: &[(u64, Op)]) {
+        let mut waiting = self.lock();
+        let before = waiting.upto;
+        if upto <= before {
+            return;
+        }
+        let mut tally = Tally::default();
+        let mut fresh = 0u64;
+        for (seq, op) in landed {
+            if *seq > before {
+                fresh += 1;
+                *count_of(&mut tally, *op) += 1;
+            }
+        }
+        self.telemetry.committed_tally(fresh, &tally);
+        waiting.written(upto);
+        waiting.count = waiting.count.saturating_sub(upto - before);
         self.publish(&waiting);
     }
 
@@ -212,6 +229,15 @@ impl Backlog {
             .min();
         self.telemetry
             .pending_since(oldest.and_then(chrono::DateTime::from_timestamp_micros));
+    }
+}
+
+/// The counter of `op` in `tally`.
+fn count_of(tally: &mut Tally, op: Op) -> &mut u64 {
+    match op {
+        Op::Insert => &mut tally.inserts,
+        Op::Update => &mut tally.updates,
+        Op::Delete => &mut tally.deletes,
     }
 }
 

@@ -127,6 +127,16 @@ struct Done {
     decided: Vec<(String, String, &'static str)>,
     /// Held conflicts settled by an operator, counted once committed.
     settled: u64,
+    /// Echoes read, each of site `index`: the last entry the site holds, and the entries of
+    /// the echo that landed as (number, operation).
+    echoed: Vec<Echoed>,
+}
+
+/// One echo's news for the backlog of its site (see [`Done::echoed`]).
+struct Echoed {
+    index: usize,
+    upto: u64,
+    landed: Vec<(u64, duplex_connectors::Op)>,
 }
 
 impl Done {
@@ -800,6 +810,12 @@ pub(super) async fn coordinate(
         for (index, seq, write, _) in done.writes {
             if writers[index].send((seq, write)).await.is_err() {
                 return Err(writer_failure(inputs, &plan.sites[index].site.name));
+            }
+        }
+        if plan.bus.is_some() {
+            // The sites are written by `run --role writer`: their echoes say what landed.
+            for echo in &done.echoed {
+                backlogs[echo.index].echoed(echo.upto, &echo.landed);
             }
         }
         for (index, position) in done.acks {

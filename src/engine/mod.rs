@@ -85,6 +85,9 @@
 //!   feed is the site's own stream, or (`run --role coordinator`, [`MergePlan::bus`]) the
 //!   site's merge stream on the bus, which a `run --role reader` fills with the same items
 //!   (see `crate::bus`): the coordinator stays this one process either way;
+//! - `remote`: on the bus, the writers are `run --role writer` processes: the coordinator
+//!   publishes each site's outbox entries to the site's outbox stream instead of writing
+//!   them, and a writer applies them exactly as the in-process writer does;
 //! - `backlog`: what each site's writer committed and what still waits for it, for the
 //!   telemetry; `undecided`: the changes read and not decided yet, for the same;
 //! - [`merge`]: the decisions, pure functions over version vectors; [`rows`]: canonical rows
@@ -99,15 +102,16 @@ mod backlog;
 mod coordinator;
 mod outbox;
 mod plan;
+mod remote;
 mod sites;
 mod undecided;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use duplex_connectors::apply::ApplyError;
-use duplex_connectors::{DescribeError, Position, StreamError, TableName};
+use duplex_connectors::apply::{ApplyError, WriterClaim};
+use duplex_connectors::{DescribeError, Position, StreamError};
 use duplex_state::{StateError, StateStore};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -115,7 +119,6 @@ use tokio::task::JoinSet;
 use crate::backoff::Backoff;
 use crate::report::chain;
 use crate::shutdown::stop_requested;
-use crate::value_map::SiteValues;
 use backlog::Backlog;
 use coordinator::{Coordinator, Input};
 use outbox::Outbox;
@@ -124,6 +127,7 @@ use undecided::{Handed, Undecided};
 
 pub use outbox::{OutboxWrite, outbox_name};
 pub use plan::{MergePlan, MergeSite, plan};
+pub use remote::write_site;
 
 /// Why the engine stopped or an attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -483,19 +487,32 @@ async fn attempt(
         }
         outboxes.push(outbox);
         let report = input_tx.clone();
-        let canonical: HashMap<String, (TableName, Option<SiteValues>)> = plan
-            .mappings
-            .iter()
-            .map(|m| {
-                let values = m.values.get(name).cloned();
-                (m.name.clone(), (m.canonical.clone(), values))
-            })
-            .collect();
-        let merge_site = site.clone();
-        let backlog = Arc::clone(backlog);
-        tasks.spawn(async move {
-            writer(merge_site, target.target, rx, canonical, report, backlog).await;
-        });
+        let claim = WriterClaim {
+            scope: outbox_name(name),
+            deployment: store.deployment_id().to_owned(),
+        };
+        if let Some(bus) = &plan.bus {
+            // The writes go to the site's outbox stream; `run --role writer` applies them.
+            let known = last;
+            let publisher = remote::prepare(bus, name, &claim.deployment, written, known).await?;
+            tasks.spawn(remote::publish(name.clone(), publisher, rx, report));
+        } else {
+            let canonical = sites::canonical(plan, name);
+            let merge_site = site.clone();
+            let backlog = Arc::clone(backlog);
+            tasks.spawn(async move {
+                writer(
+                    merge_site,
+                    claim,
+                    target.target,
+                    rx,
+                    canonical,
+                    report,
+                    backlog,
+                )
+                .await;
+            });
+        }
         for item in unwritten {
             // The writer drains its queue meanwhile: send, never drop.
             if tx.send(item).await.is_err() {

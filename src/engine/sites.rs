@@ -103,7 +103,7 @@ pub(super) async fn claim_sites(
 }
 
 /// The last outbox entry `site` holds (0: none), as its `duplex.positions` row says.
-async fn written(target: &mut AnyApplier, name: &str) -> Result<u64, EngineError> {
+pub(super) async fn written(target: &mut AnyApplier, name: &str) -> Result<u64, EngineError> {
     match target
         .position(&outbox_name(name))
         .await
@@ -380,7 +380,7 @@ async fn read(
 }
 
 /// The engine's applier for a site: its canonical routes, conditional writes.
-async fn connect_writer(site: &MergeSite) -> Result<AnyApplier, ApplyError> {
+pub(super) async fn connect_writer(site: &MergeSite) -> Result<AnyApplier, ApplyError> {
     let options = ApplyOptions {
         conditional: true,
         ..ApplyOptions::default()
@@ -388,20 +388,77 @@ async fn connect_writer(site: &MergeSite) -> Result<AnyApplier, ApplyError> {
     AnyApplier::connect(&site.site.connection(), site.routes.clone(), options).await
 }
 
+/// Per mapping: its canonical table and the site's value maps (a site's codes for values it
+/// spells its own way), for [`outbox_transactions`].
+pub(super) type Canonical = HashMap<String, (TableName, Option<SiteValues>)>;
+
+/// [`Canonical`] of `site` in `plan`.
+pub(super) fn canonical(plan: &MergePlan, site: &str) -> Canonical {
+    plan.mappings
+        .iter()
+        .map(|m| {
+            let values = m.values.get(site).cloned();
+            (m.name.clone(), (m.canonical.clone(), values))
+        })
+        .collect()
+}
+
+/// The target transactions of outbox entries `batch` of site `name`: one per entry, each
+/// recording its outbox position (see `duplex_connectors::apply`).
+pub(super) fn outbox_transactions(
+    name: &str,
+    canonical: &Canonical,
+    batch: &[(u64, Arc<OutboxWrite>)],
+) -> Result<Vec<Transaction>, EngineError> {
+    let outbox = outbox_name(name);
+    let now = Utc::now();
+    batch
+        .iter()
+        .map(|(seq, write)| {
+            let Some((table, values)) = canonical.get(&write.mapping) else {
+                return Err(EngineError::Unsupported(format!(
+                    "the merge engine wrote into site {name} for mapping {}, which this configuration does not have: give every duplex process of this deployment the same configuration",
+                    write.mapping
+                )));
+            };
+            // The site's codes for values it spells its own way.
+            let coded = |row: &Row| match values {
+                Some(maps) => value_map::to_site(name, maps, row).map_err(|e| {
+                    EngineError::Unsupported(format!("mapping {}: {e}", write.mapping))
+                }),
+                None => Ok(row.clone()),
+            };
+            Ok(Transaction {
+                source: outbox.clone(),
+                position: Position::Outbox(*seq),
+                commit_time: now,
+                origin: Origin::Duplex,
+                events: vec![ChangeEvent {
+                    table: table.clone(),
+                    op: write.op,
+                    key: coded(&write.key_row)?,
+                    before: write.before.as_ref().map(coded).transpose()?,
+                    after: write.after.as_ref().map(coded).transpose()?,
+                }],
+            })
+        })
+        .collect()
+}
+
 /// Writes one site's outbox entries, in order, conditionally, and counts what landed in
-/// `backlog`. A site that goes away is retried with backoff, reconnecting, while the other
-/// sites go on (the coordinator waits for this writer only once its queue is full); a definite
-/// failure ends the engine's attempt.
+/// `backlog`. A site that goes away is retried with backoff, reconnecting and taking the
+/// engine's claim (`claim`) again, while the other sites go on (the coordinator waits for this
+/// writer only once its queue is full); a definite failure ends the engine's attempt.
 pub(super) async fn writer(
     site: MergeSite,
+    claim: WriterClaim,
     mut target: AnyApplier,
     mut queue: mpsc::Receiver<(u64, Arc<OutboxWrite>)>,
-    canonical: HashMap<String, (TableName, Option<SiteValues>)>,
+    canonical: Canonical,
     report: mpsc::Sender<Input>,
     backlog: Arc<Backlog>,
 ) {
     let name = site.site.name.clone();
-    let outbox = outbox_name(&name);
     while let Some(first) = queue.recv().await {
         let mut batch = vec![first];
         while batch.len() < WRITE_BATCH {
@@ -410,39 +467,11 @@ pub(super) async fn writer(
                 Err(_) => break,
             }
         }
-        let now = Utc::now();
-        let transactions: Result<Vec<Transaction>, String> = batch
-            .iter()
-            .map(|(seq, write)| {
-                let (table, values) = &canonical[&write.mapping];
-                // The site's codes for values it spells its own way.
-                let coded = |row: &Row| match values {
-                    Some(maps) => value_map::to_site(&name, maps, row)
-                        .map_err(|e| format!("mapping {}: {e}", write.mapping)),
-                    None => Ok(row.clone()),
-                };
-                Ok(Transaction {
-                    source: outbox.clone(),
-                    position: Position::Outbox(*seq),
-                    commit_time: now,
-                    origin: Origin::Duplex,
-                    events: vec![ChangeEvent {
-                        table: table.clone(),
-                        op: write.op,
-                        key: coded(&write.key_row)?,
-                        before: write.before.as_ref().map(coded).transpose()?,
-                        after: write.after.as_ref().map(coded).transpose()?,
-                    }],
-                })
-            })
-            .collect();
-        let transactions = match transactions {
+        let transactions = match outbox_transactions(&name, &canonical, &batch) {
             Ok(transactions) => transactions,
-            Err(message) => {
+            Err(error) => {
                 drop(queue);
-                let _ = report
-                    .send(Input::Failed(EngineError::Unsupported(message)))
-                    .await;
+                let _ = report.send(Input::Failed(error)).await;
                 return;
             }
         };
@@ -464,39 +493,68 @@ pub(super) async fn writer(
             let delay = backoff.failed();
             tracing::warn!(site = %name, error = %chain(&error), "writing into site interrupted; the other sites go on; retrying in {delay:.1?}");
             tokio::time::sleep(delay).await;
-            match connect_writer(&site).await {
+            // A new connection is fenced again: without the claim, an engine whose claim was
+            // taken over meanwhile would go on writing with numbers the new owner reuses.
+            match connect_claimed(&site, &claim).await {
                 Ok(connected) => target = connected,
                 Err(error) if error.is_transient() => {}
-                Err(error) => break Some(error),
+                Err(error) => {
+                    drop(queue);
+                    let _ = report.send(Input::Failed(apply_error(&name, error))).await;
+                    return;
+                }
             }
         };
         if let Some(source) = failure {
             // Closing the queue first: the coordinator must not wait on a full queue while
             // this report waits on a full input channel.
             drop(queue);
-            let error =
-                refused_write(&name, &mut target, &batch, &transactions, source, &backlog).await;
+            let error = refused_write(
+                &name,
+                &mut target,
+                &batch,
+                &transactions,
+                source,
+                Some(&backlog),
+            )
+            .await;
             let _ = report.send(Input::Failed(error)).await;
             return;
         }
         let skipped = target.take_skipped();
-        for write in &skipped {
-            tracing::debug!(site = %name, key = %display_image(Some(&write.key)), "conditional write skipped: the row changed there first");
-        }
+        log_skipped(&name, &skipped);
         backlog.committed(&batch, &skipped);
+    }
+}
+
+/// [`connect_writer`], fenced with the engine's `claim` on the site (taken where no one holds
+/// it, refused where another deployment does).
+pub(super) async fn connect_claimed(
+    site: &MergeSite,
+    claim: &WriterClaim,
+) -> Result<AnyApplier, ApplyError> {
+    let mut target = connect_writer(site).await?;
+    target.claim(claim.clone(), None).await?;
+    Ok(target)
+}
+
+/// Logs the conditional writes `site` skipped: the rows changed there first.
+pub(super) fn log_skipped(site: &str, skipped: &[duplex_connectors::apply::SkippedWrite]) {
+    for write in skipped {
+        tracing::debug!(%site, key = %display_image(Some(&write.key)), "conditional write skipped: the row changed there first");
     }
 }
 
 /// The error for a batch of writes `site` refused definitely: each is written alone (the
 /// ones before the refused write land, exactly once by their outbox positions, and are counted
 /// in `backlog`), and the refused one is named with its mapping, row and the server's message.
-async fn refused_write(
+pub(super) async fn refused_write(
     site: &str,
     target: &mut AnyApplier,
     batch: &[(u64, Arc<OutboxWrite>)],
     transactions: &[Transaction],
     error: ApplyError,
-    backlog: &Backlog,
+    backlog: Option<&Backlog>,
 ) -> EngineError {
     use crate::link::refusal::{fix_for, full_error, show_row};
     let (index, error) = if transactions.len() == 1 {
@@ -505,9 +563,16 @@ async fn refused_write(
         let mut refused = None;
         for (index, tx) in transactions.iter().enumerate() {
             match target.apply(std::slice::from_ref(tx)).await {
-                Ok(()) => backlog.committed(&batch[index..=index], &target.take_skipped()),
+                Ok(()) => {
+                    let skipped = target.take_skipped();
+                    if let Some(backlog) = backlog {
+                        backlog.committed(&batch[index..=index], &skipped);
+                    }
+                }
                 Err(error) => {
-                    backlog.apply_failed();
+                    if let Some(backlog) = backlog {
+                        backlog.apply_failed();
+                    }
                     if error.is_transient() {
                         return apply_error(site, error);
                     }

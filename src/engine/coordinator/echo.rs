@@ -66,6 +66,7 @@ impl Coordinator {
         // its stream started): only the entries this transaction carried are judged.
         let carried_after = self.last_echo[index].replace(upto);
         let plan = Arc::clone(&self.plan);
+        let mut echoed = Vec::new();
         for seq in covered {
             let write = self.outboxes[index].remove(seq).expect("listed above");
             w.remove_pending(&site, seq)?;
@@ -75,6 +76,7 @@ impl Coordinator {
             let landed = landed.contains(&seq);
             tracing::debug!(mapping = %write.mapping, key = %write.key, site = %site, seq, landed, "echo");
             if landed {
+                echoed.push((seq, write.op));
                 self.stats.echoes += 1;
                 let (mut rv, mut data) = load(w, mapping, &write.key)?;
                 merge::record_echo(&mut rv, &site, &write.vector);
@@ -89,6 +91,11 @@ impl Coordinator {
                 }
             }
         }
+        done.echoed.push(super::Echoed {
+            index,
+            upto,
+            landed: echoed,
+        });
         // What the site holds of each row the echo changed is what its log shows.
         for ((name, key), changes) in images {
             let (Some(mapping), Some(last)) = (plan.mapping(&name), changes.last()) else {
