@@ -564,6 +564,63 @@ fn a_writer_behind_its_outbox_streams_retention_stops_and_the_coordinator_publis
 }
 
 #[test]
+fn a_two_way_backfill_hands_over_to_the_bus_roles() {
+    let nats = NatsServer::start().unwrap();
+    let sites = Sites::new();
+    sites
+        .a
+        .psql("INSERT INTO items SELECT g, g, 'seed' FROM generate_series(1, 50) g")
+        .unwrap();
+    let config = sites.config(&nats, "");
+    // The copy runs with the reader's state directory: the slot it makes is the reader's, and
+    // the handover it leaves on b is the bus's, which the coordinator reads.
+    let mut reader = Duplex::new(&config);
+    let copied = reader.command(&["backfill", "--from", sites.a.name()]);
+    assert!(
+        copied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copied.stderr)
+    );
+    assert_eq!(sites.rows().unwrap().1.len(), 50, "b holds the copy");
+    // Changed on a after the copy, before any role runs: streamed from the handover.
+    sites.exec(
+        true,
+        "UPDATE items SET note = 'after the copy' WHERE id = 1",
+    );
+    sites.exec(true, "INSERT INTO items VALUES (51, 51, 'after the copy')");
+    start_reader(&sites, &mut reader);
+    let mut coordinator = start(&config, COORDINATOR);
+    wait_coordinating(&mut coordinator, 1);
+    let mut writers = Writers::start(&config, &sites);
+    workload(&sites, 0);
+    let rows = sites.wait_same(
+        61,
+        &mut [
+            &mut reader,
+            &mut coordinator,
+            &mut writers.a,
+            &mut writers.b,
+        ],
+    );
+    assert_eq!(rows[0], ["1", "1", "after the copy"]);
+    assert!(rows.iter().any(|row| row[0] == "51"));
+    let sum: i64 = rows.iter().map(|row| row[1].parse::<i64>().unwrap()).sum();
+    // 1..=51 once each, and round 0's ten inserted rows with qty 1.
+    assert_eq!(sum, (1..=51).sum::<i64>() + 10);
+    assert!(conflicts(&coordinator).is_empty());
+    assert!(
+        coordinator
+            .log_text()
+            .contains("starting at the handover position of a backfill"),
+        "the coordinator read a from the copy's handover"
+    );
+    coordinator.kill();
+    reader.kill();
+    writers.kill();
+    sites.drop_slots();
+}
+
+#[test]
 fn a_coordinator_stops_when_a_new_reader_started_after_what_it_decided() {
     let nats = NatsServer::start().unwrap();
     let sites = Sites::new();

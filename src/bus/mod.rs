@@ -451,7 +451,7 @@ impl Bus {
 
     /// The key `duplex.positions` records a source's progress under on targets of this bus.
     pub fn deployment(&self) -> String {
-        format!("bus-{}", self.config.stream_prefix)
+        self.config.deployment()
     }
 
     /// The stream of `site` of `kind`, created with the configured retention when missing;

@@ -354,3 +354,52 @@ impl OutboxFeed {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use duplex_connectors::{Op, Row, Value};
+    use duplex_state::VersionVector;
+
+    fn write(id: i64, qty: Option<i64>) -> OutboxWrite {
+        let row = |pairs: &[(&str, i64)]| -> Row {
+            pairs.iter().map(|(c, v)| (*c, Value::Int(*v))).collect()
+        };
+        let mut vector = VersionVector::new();
+        vector.increment("shop");
+        OutboxWrite {
+            mapping: "items".into(),
+            key: id.to_string(),
+            op: if qty.is_some() {
+                Op::Update
+            } else {
+                Op::Delete
+            },
+            key_row: row(&[("id", id)]),
+            before: Some(row(&[("id", id), ("qty", 1)])),
+            after: qty.map(|qty| row(&[("id", id), ("qty", qty)])),
+            vector,
+        }
+    }
+
+    #[test]
+    fn a_message_published_borrowed_reads_back_owned() {
+        let writes = [write(7, Some(3)), write(8, None)];
+        let borrowed: Vec<&OutboxWrite> = writes.iter().collect();
+        let published = MessageOf {
+            deployment: "9b09996c",
+            first: 41,
+            writes: &borrowed,
+        };
+        let bytes = duplex_state::codec::encode(&published).unwrap();
+        let back: OutboxMessage = super::super::decode("s", 1, &bytes).unwrap();
+        assert_eq!(back.deployment, "9b09996c");
+        assert_eq!((back.first, back.last()), (41, 42));
+        assert_eq!(back.writes.len(), 2);
+        assert_eq!(back.writes[0].key, "7");
+        assert_eq!(back.writes[0].after, writes[0].after);
+        assert_eq!(back.writes[1].op, Op::Delete);
+        assert_eq!(back.writes[1].after, None);
+        assert_eq!(back.writes[1].vector, writes[1].vector);
+    }
+}

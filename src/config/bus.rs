@@ -32,6 +32,15 @@ pub struct BusConfig {
     pub lease_ttl: Duration,
 }
 
+impl BusConfig {
+    /// The deployment the targets' `duplex.positions` rows of this bus are recorded under
+    /// (`<site>@bus-<stream_prefix>`): the bus's, not one process's state directory, so any
+    /// writer on any machine, and a backfill, read and write the same rows.
+    pub fn deployment(&self) -> String {
+        format!("bus-{}", self.stream_prefix)
+    }
+}
+
 /// `[bus]` as written.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

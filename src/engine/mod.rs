@@ -453,8 +453,13 @@ async fn attempt(
             );
         }
     }
-    let starts =
-        plan::start_positions(plan, positions, &mut targets, store.deployment_id()).await?;
+    // A backfill records its handover under the bus's deployment when there is a bus (it
+    // runs with the reader's state directory, whose slot the reader streams from).
+    let handovers = plan
+        .bus
+        .as_ref()
+        .map_or_else(|| store.deployment_id().to_owned(), |bus| bus.deployment());
+    let starts = plan::start_positions(plan, positions, &mut targets, &handovers).await?;
     let mut outboxes: Vec<Outbox> = Vec::new();
     let mut next_seq = Vec::new();
     let mut writers = Vec::new();
