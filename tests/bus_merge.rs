@@ -251,8 +251,8 @@ fn workload(sites: &Sites, round: i32) {
 }
 
 #[test]
-fn two_way_over_the_bus_converges_exactly_once_across_kills() {
-    let nats = NatsServer::start().unwrap();
+fn two_way_over_the_bus_converges_exactly_once_across_kills_and_a_nats_restart() {
+    let mut nats = NatsServer::start().unwrap();
     let sites = Sites::new();
     let config = sites.config(&nats, "");
     let mut reader = Duplex::new(&config);
@@ -286,6 +286,10 @@ fn two_way_over_the_bus_converges_exactly_once_across_kills() {
         if round == 3 {
             writers.a.kill();
             writers.restart_a();
+        }
+        if round == 4 {
+            // Every process sees the bus go away and come back mid-stream.
+            nats.restart().unwrap();
         }
         if round == 5 {
             coordinator.kill();
