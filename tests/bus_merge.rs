@@ -625,6 +625,84 @@ fn a_two_way_backfill_hands_over_to_the_bus_roles() {
 }
 
 #[test]
+fn a_writer_never_makes_a_claim_and_passes_over_writes_of_an_engine_without_one() {
+    let nats = NatsServer::start().unwrap();
+    let sites = Sites::new();
+    let config = sites.config(&nats, "");
+    let mut reader = Duplex::new(&config);
+    start_reader(&sites, &mut reader);
+    let mut coordinator = start(&config, COORDINATOR);
+    wait_coordinating(&mut coordinator, 1);
+    let mut writers = Writers::start(&config, &sites);
+    workload(&sites, 0);
+    sites.wait_same(
+        10,
+        &mut [
+            &mut reader,
+            &mut coordinator,
+            &mut writers.a,
+            &mut writers.b,
+        ],
+    );
+    // Writes for b wait in its outbox stream; then the engine's claim on b is removed by hand
+    // (as a DBA starting the two-way mappings over would) while the engine is stopped.
+    writers.b.kill();
+    workload(&sites, 1);
+    let observer = Duplex::new(&config);
+    let outbox = format!("duplex-outbox_{}", sites.b.name());
+    wait_for("the writes for b to be published", CATCH_UP, || {
+        coordinator.assert_running();
+        let out = observer.command(&["status", "--json"]);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stdout)))?;
+        let last = json["bus"]
+            .as_array()
+            .and_then(|all| all.iter().find(|s| s["stream"] == outbox.as_str()))
+            .and_then(|stream| stream["last_sequence"].as_u64())
+            .unwrap_or(0);
+        // Round 0's five rows of a in one message, round 1's in another.
+        if last >= 2 {
+            Ok(())
+        } else {
+            Err(format!("{json}"))
+        }
+    });
+    coordinator.kill();
+    let scope = format!("merge:{}", sites.b.name());
+    sites.exec(
+        false,
+        &format!("DELETE FROM duplex.claims WHERE scope = '{scope}'"),
+    );
+    writers.restart_b();
+    wait_for("b's writer to pass over the writes", CATCH_UP, || {
+        writers.b.assert_running();
+        let log = writers.b.log_text();
+        if log.contains("passing over writes numbered by a deployment that does not hold") {
+            Ok(())
+        } else {
+            Err(log
+                .chars()
+                .rev()
+                .take(3000)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect())
+        }
+    });
+    let (_, b) = sites.rows().unwrap();
+    assert_eq!(b.len(), 15, "no write of the unclaimed engine landed");
+    let claims = sites.exec(
+        false,
+        &format!("SELECT count(*) FROM duplex.claims WHERE scope = '{scope}'"),
+    );
+    assert_eq!(claims.trim(), "0", "the writer made no claim");
+    reader.kill();
+    writers.kill();
+    sites.drop_slots();
+}
+
+#[test]
 fn a_coordinator_stops_when_a_new_reader_started_after_what_it_decided() {
     let nats = NatsServer::start().unwrap();
     let sites = Sites::new();

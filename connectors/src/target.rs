@@ -94,6 +94,16 @@ impl AnyApplier {
         }
     }
 
+    /// Fences every later write with `claim` where it is already that deployment's (see
+    /// [`crate::apply::ExactlyOnce::fence`]).
+    pub async fn fence(&mut self, claim: WriterClaim) -> Result<(), ApplyError> {
+        match self {
+            AnyApplier::Postgres(applier) => applier.fence(claim).await,
+            AnyApplier::Mysql(applier) => applier.fence(claim).await,
+            AnyApplier::Mssql(applier) => applier.fence(claim).await,
+        }
+    }
+
     /// Which change of `txn` this target refuses, and why; nothing is applied (see
     /// [`crate::apply::ExactlyOnce::locate_refusal`]).
     pub async fn locate_refusal(

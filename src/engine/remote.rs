@@ -33,8 +33,9 @@
 //! # Writer ([`write_site`])
 //!
 //! Reads the site's `merge:<site>` position, starts its feed at the first message holding an
-//! entry after it, and for each message takes the claim of the message's deployment (a message
-//! of a deployment whose claim moved can never be written, and is passed over), checks there is
+//! entry after it, and for each message fences its writes with the claim of the message's
+//! deployment, which it never records itself (a message of a deployment that does not hold the
+//! site's claim, moved or removed, can never be written, and is passed over), checks there is
 //! no gap, and applies the entries as the in-process writer does, acknowledging the message once
 //! the site committed them. Any interruption starts over from the site's position.
 
@@ -235,10 +236,11 @@ async fn write_attempt(
                 scope: outbox_name(name),
                 deployment: message.deployment.clone(),
             };
-            match target.claim(claim, None).await {
-                Ok(_) => {}
-                Err(ApplyError::Claimed { owner, .. }) => {
-                    tracing::warn!(site = %name, deployment = %message.deployment, %owner, first = message.first, last = message.last(), "passing over writes numbered by a deployment whose claim on the site moved to another: they can never be written");
+            // Never recorded where missing: only the coordinator claims a site.
+            match target.fence(claim).await {
+                Ok(()) => {}
+                Err(error @ (ApplyError::Claimed { .. } | ApplyError::Unclaimed { .. })) => {
+                    tracing::warn!(site = %name, deployment = %message.deployment, first = message.first, last = message.last(), reason = %error, "passing over writes numbered by a deployment that does not hold the site's claim: they can never be written");
                     feed.ack(raw);
                     continue;
                 }

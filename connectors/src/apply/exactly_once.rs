@@ -204,7 +204,25 @@ impl<S: TargetSession> ExactlyOnce<S> {
         claim: WriterClaim,
         take_over_from: Option<&str>,
     ) -> Result<Option<String>, ApplyError> {
-        let result = self.take_claim(&claim, take_over_from).await;
+        self.take_or_fence(claim, take_over_from, true).await
+    }
+
+    /// Fences every later target transaction with `claim` like [`ExactlyOnce::claim`], but
+    /// only where the claim is already that deployment's: never recorded where it has no owner
+    /// ([`ApplyError::Unclaimed`]), never moved. For a writer applying the writes another
+    /// process numbered (the merge engine's writes on the bus), which must not make a claim of
+    /// its own.
+    pub async fn fence(&mut self, claim: WriterClaim) -> Result<(), ApplyError> {
+        self.take_or_fence(claim, None, false).await.map(|_| ())
+    }
+
+    async fn take_or_fence(
+        &mut self,
+        claim: WriterClaim,
+        take_over_from: Option<&str>,
+        record: bool,
+    ) -> Result<Option<String>, ApplyError> {
+        let result = self.take_claim(&claim, take_over_from, record).await;
         let result = self.end_call(result).await;
         if result.is_ok() {
             self.fence = Some(claim);
@@ -216,6 +234,7 @@ impl<S: TargetSession> ExactlyOnce<S> {
         &mut self,
         claim: &WriterClaim,
         take_over_from: Option<&str>,
+        record: bool,
     ) -> Result<Option<String>, ApplyError> {
         self.parts = PartState::Idle;
         self.session.rollback_open().await;
@@ -223,6 +242,12 @@ impl<S: TargetSession> ExactlyOnce<S> {
         self.begin().await?;
         let owner = self.session.locked_claim(&claim.scope).await?;
         let moved = match claim_step(owner, &claim.deployment, take_over_from) {
+            ClaimStep::Record if !record => {
+                return Err(ApplyError::Unclaimed {
+                    scope: claim.scope.clone(),
+                    ours: claim.deployment.clone(),
+                });
+            }
             ClaimStep::Record => {
                 self.session
                     .record_claim(&claim.scope, &claim.deployment, false)

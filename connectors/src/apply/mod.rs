@@ -449,6 +449,17 @@ pub enum ApplyError {
         /// This deployment.
         ours: String,
     },
+    /// No deployment holds the claim that a writer carrying another process's writes needs
+    /// (see [`crate::apply::ExactlyOnce::fence`]).
+    #[error(
+        "duplex.claims has no owner for {scope} here, and these writes were numbered by the merge engine of deployment {ours}, which claims a site before it numbers any write for it: they belong to an engine whose claim was removed (`duplex teardown`, or by hand) and are never written"
+    )]
+    Unclaimed {
+        /// The claimed `duplex.positions` source.
+        scope: String,
+        /// The deployment that numbered the writes.
+        ours: String,
+    },
     /// The claim this applier held was taken by another deployment while it ran.
     #[error(
         "the claim on {scope} was taken by deployment {owner} (`duplex run --take-over-from {ours}`) while this duplex (deployment {ours}) was running: it stopped writing. Use the duplex of deployment {owner}, or take the claim back with `duplex run --take-over-from {owner}` once that one is stopped"
@@ -506,6 +517,7 @@ impl ApplyError {
             | ApplyError::Position { .. }
             | ApplyError::PartSequence(_)
             | ApplyError::Claimed { .. }
+            | ApplyError::Unclaimed { .. }
             | ApplyError::ClaimTaken { .. }
             | ApplyError::Bookkeeping { .. } => false,
         }
