@@ -369,16 +369,6 @@ fn a_writer_behind_the_streams_retention_stops_naming_backfill() {
     finish(&sites, reader);
 }
 
-/// Sends `signal` (`STOP`, `CONT`) to `process`.
-fn signal(process: &Duplex, signal: &str) {
-    let pid = process.pid().expect("running").to_string();
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{signal}"), &pid])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{signal} {pid}");
-}
-
 #[test]
 fn a_writer_paused_while_the_retention_drops_what_it_had_not_read_stops_instead_of_skipping() {
     let nats = NatsServer::start().unwrap();
@@ -391,7 +381,7 @@ fn a_writer_paused_while_the_retention_drops_what_it_had_not_read_stops_instead_
     // The writer is frozen mid-stream (its consumer stays, its pull requests stay open for at
     // most a few hundred messages) while far more transactions than the stream keeps, and than
     // those requests cover, are published: the stream drops what the writer had not read.
-    signal(&wms, "STOP");
+    harness::signal(&wms, "STOP");
     sites
         .source
         .execute_as_duplex(
@@ -408,7 +398,7 @@ fn a_writer_paused_while_the_retention_drops_what_it_had_not_read_stops_instead_
             Err(format!("confirmed {confirmed:X}, written {written:X}"))
         }
     });
-    signal(&wms, "CONT");
+    harness::signal(&wms, "CONT");
     // Before the feed checked every message against the one before it, the writer went on
     // after the gap and the dropped rows were lost without a word.
     wms.assert_stopped_saying(&["retention", "duplex backfill --resync"]);

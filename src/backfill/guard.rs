@@ -87,8 +87,10 @@ pub(super) async fn still_needed(
             AnyApplier::connect(&target.connection(), Vec::new(), ApplyOptions::default())
                 .await
                 .map_err(apply_error)?;
-        let key =
-            crate::link::position_key(&site.name, &super::positions_deployment(config, state));
+        let key = crate::link::position_key(
+            &site.name,
+            &super::meta::positions_deployment(config, state),
+        );
         if let Some(position) = held_position(&mut reader, &site.name, &key)
             .await
             .map_err(apply_error)?

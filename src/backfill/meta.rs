@@ -237,6 +237,16 @@ pub(super) fn catch_up_key(mapping: &str, site: &str, deployment: &str) -> Strin
     )
 }
 
+/// The deployment a backfill records its handover positions on the targets under, and reads
+/// them back as: with a `[bus]` the bus's (`bus-<stream_prefix>`), which the bus's writers and
+/// its coordinator read whichever machine they run on; else this state directory's.
+pub(crate) fn positions_deployment(config: &crate::config::Config, state: &StateStore) -> String {
+    match &config.bus {
+        Some(bus) => bus.deployment(),
+        None => state.deployment_id().to_owned(),
+    }
+}
+
 /// The SQL `LIKE` pattern of every marker of `mapping`.
 pub(super) fn markers_of(mapping: &str) -> String {
     format!("backfill:{mapping}:%")

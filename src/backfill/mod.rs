@@ -394,16 +394,6 @@ pub fn unfinished_refusal(unfinished: &[(String, String)]) -> String {
     )
 }
 
-/// The deployment a backfill records its handover positions on the targets under, and reads
-/// them back as: with a `[bus]` the bus's (`bus-<stream_prefix>`), which the bus's writers and
-/// its coordinator read whichever machine they run on; else this state directory's.
-pub(crate) fn positions_deployment(config: &Config, state: &StateStore) -> String {
-    match &config.bus {
-        Some(bus) => bus.deployment(),
-        None => state.deployment_id().to_owned(),
-    }
-}
-
 /// The two-way mappings that were never backfilled: no backfill record, and the merge engine
 /// never read any of their sites (it records where it read each site in the state store). The
 /// one-way mappings are checked by their links, which read their targets' positions anyway.
@@ -603,7 +593,7 @@ async fn backfill_source(
             source,
         })?;
     // Targets, their routes, and the checks.
-    let key = crate::link::position_key(&site.name, &positions_deployment(config, state));
+    let key = crate::link::position_key(&site.name, &meta::positions_deployment(config, state));
     let mut jobs = Vec::new();
     for mapping in &pending {
         let table = &mapping.tables[&site.name];

@@ -458,3 +458,13 @@ pub fn wait_replicated(
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Sends `signal` (`STOP`, `CONT`) to `process`.
+pub fn signal(process: &Duplex, signal: &str) {
+    let pid = process.pid().expect("running").to_string();
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
