@@ -53,7 +53,7 @@ use super::sites::{
     refused_write, written,
 };
 use crate::backoff::Backoff;
-use crate::bus::outbox::{ENTRIES_PER_MESSAGE, OutboxFeed, OutboxStream, Publisher};
+use crate::bus::outbox::{ENTRIES_PER_MESSAGE, Ends, OutboxFeed, OutboxStream, Publisher};
 use crate::bus::{Bus, BusError};
 use crate::report::chain;
 use crate::shutdown::stop_requested;
@@ -88,31 +88,59 @@ pub(super) async fn prepare(
     let failed = |error| bus_error(site, error);
     let mut stream = OutboxStream::open(bus, site, true).await.map_err(failed)?;
     let (ends, mut last_sequence) = stream.ends().await.map_err(failed)?;
-    let skip = match ends {
-        None => written,
-        Some(ends) if ends.last_deployment != deployment => {
+    let skip = match start_of(ends.as_ref(), deployment, written, known) {
+        Start::After(skip) => skip,
+        Start::Foreign(previous) => {
             last_sequence = stream.purge().await.map_err(failed)?;
-            tracing::warn!(stream = %stream.name(), previous = %ends.last_deployment, "emptied the outbox stream of writes numbered by another deployment, whose claim on the site this coordinator holds now: they can no longer be written");
+            tracing::warn!(stream = %stream.name(), %previous, "emptied the outbox stream of writes numbered by another deployment, whose claim on the site this coordinator holds now: they can no longer be written");
             written
         }
-        Some(ends) if ends.last_write > known => {
+        Start::Short(oldest) => {
+            last_sequence = stream.purge().await.map_err(failed)?;
+            tracing::warn!(stream = %stream.name(), site, held = written, oldest, "the outbox stream no longer holds writes the site lacks (its retention dropped them): publishing again every write after the ones the site holds");
+            written
+        }
+        Start::Ahead(last) => {
             return Err(EngineError::StateLost(format!(
                 "stream {stream} holds writes of this deployment into site {site} numbered up to {last}, past the {known} that site {site} and this state directory know of: they were published from a state this directory no longer has (restored from an older copy?). The writer of {site} may still apply them, and this coordinator would number its own writes over them. Stop the writer of site {site} (`duplex run --role writer --site {site}`), empty the stream (`nats stream purge {stream}`), then start the coordinator and the writer again: the coordinator numbers after what the site holds then",
                 stream = stream.name(),
-                last = ends.last_write,
             )));
         }
-        Some(ends) if ends.first_write > written + 1 => {
-            last_sequence = stream.purge().await.map_err(failed)?;
-            tracing::warn!(stream = %stream.name(), site, held = written, oldest = ends.first_write, "the outbox stream no longer holds writes the site lacks (its retention dropped them): publishing again every write after the ones the site holds");
-            written
-        }
-        Some(ends) => ends.last_write.max(written),
     };
     Ok(Prepared {
         publisher: stream.publisher(bus, deployment, last_sequence),
         skip,
     })
+}
+
+/// What a coordinator does with a site's outbox stream at its start (see the module doc).
+#[derive(Debug, PartialEq, Eq)]
+enum Start {
+    /// Publish the entries after this number.
+    After(u64),
+    /// Empty it (its newest writes are of this other deployment), then publish after what the
+    /// site holds.
+    Foreign(String),
+    /// Empty it (its oldest entry is this one, after the first the site lacks), then publish
+    /// after what the site holds.
+    Short(u64),
+    /// Stop: it holds entries of this deployment up to this one, past what is known.
+    Ahead(u64),
+}
+
+/// [`Start`] for a stream holding `ends` (`None`: nothing), for the coordinator of
+/// `deployment`, the site holding the entries up to `written`, this state store and the site
+/// knowing of entries up to `known`.
+fn start_of(ends: Option<&Ends>, deployment: &str, written: u64, known: u64) -> Start {
+    match ends {
+        None => Start::After(written),
+        Some(ends) if ends.last_deployment != deployment => {
+            Start::Foreign(ends.last_deployment.clone())
+        }
+        Some(ends) if ends.last_write > known => Start::Ahead(ends.last_write),
+        Some(ends) if ends.first_write > written + 1 => Start::Short(ends.first_write),
+        Some(ends) => Start::After(ends.last_write.max(written)),
+    }
 }
 
 /// Publishes the entries queued for `site`, in order, to its outbox stream until the queue
@@ -291,5 +319,67 @@ async fn write_attempt(
         log_skipped(name, &target.take_skipped());
         held = last;
         feed.ack(raw);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ends(first_write: u64, last_write: u64, deployment: &str) -> Ends {
+        Ends {
+            first_write,
+            last_write,
+            last_deployment: deployment.into(),
+        }
+    }
+
+    #[test]
+    fn a_coordinator_publishes_after_what_the_stream_or_the_site_holds() {
+        // Empty: everything after what the site holds.
+        assert_eq!(start_of(None, "d", 7, 12), Start::After(7));
+        // The stream holds 3..=10, the site 7, the store knows up to 12: after 10.
+        assert_eq!(
+            start_of(Some(&ends(3, 10, "d")), "d", 7, 12),
+            Start::After(10)
+        );
+        // The site is ahead of the stream's newest entry (it was written before a purge).
+        assert_eq!(
+            start_of(Some(&ends(3, 5, "d")), "d", 7, 12),
+            Start::After(7)
+        );
+        // The oldest entry is the first the site lacks: nothing is missing.
+        assert_eq!(
+            start_of(Some(&ends(8, 10, "d")), "d", 7, 12),
+            Start::After(10)
+        );
+    }
+
+    #[test]
+    fn a_stream_of_another_deployment_or_short_of_what_the_site_lacks_is_emptied() {
+        assert_eq!(
+            start_of(Some(&ends(1, 50, "old")), "d", 7, 12),
+            Start::Foreign("old".into())
+        );
+        // Retention dropped 8: the site lacks it and the stream starts at 9.
+        assert_eq!(
+            start_of(Some(&ends(9, 10, "d")), "d", 7, 12),
+            Start::Short(9)
+        );
+    }
+
+    #[test]
+    fn a_stream_ahead_of_what_the_store_and_the_site_know_stops_the_coordinator() {
+        // A state directory restored from an older copy: it knows up to 12, the stream holds
+        // writes of this deployment up to 20 the site has not applied.
+        assert_eq!(
+            start_of(Some(&ends(3, 20, "d")), "d", 7, 12),
+            Start::Ahead(20)
+        );
+        // Checked before the shortness: these writes may still be applied.
+        assert_eq!(
+            start_of(Some(&ends(15, 20, "d")), "d", 7, 12),
+            Start::Ahead(20)
+        );
     }
 }
