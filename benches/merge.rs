@@ -13,6 +13,10 @@
 //! `DUPLEX_BENCH_TXNS` (default 20,000), `DUPLEX_BENCH_RATE` (200 txn/s),
 //! `DUPLEX_BENCH_SECONDS` (10), `DUPLEX_BENCH_TIMEOUT` (seconds one wait may take, 240).
 //! `DUPLEX_BENCH_CASES=two_way_txns,latency` runs only the cases named (all by default).
+//! `DUPLEX_BENCH_BUS=1` runs the engine on the bus instead of as one `duplex run`: a
+//! `nats-server -js` of its own, one `--role reader`, one `--role coordinator` (the process
+//! whose log, RSS and exit are reported) and one `--role writer` per site, each with its own
+//! state directory; `duplex_cpu_s` is then the sum over the five processes.
 //!
 //! # Output
 //!
@@ -307,9 +311,13 @@ impl DuplexProcess {
 /// One case: three fresh databases, the two-way config, one duplex process. Dropping it kills
 /// duplex and drops the slots, then the databases.
 struct Case {
+    /// The one `duplex run`, or on the bus the coordinator.
     duplex: DuplexProcess,
+    /// On the bus: the reader and the writers.
+    roles: Vec<DuplexProcess>,
     sites: [Db; 3],
-    _dir: tempfile::TempDir,
+    _dirs: Vec<tempfile::TempDir>,
+    _nats: Option<duplex_testkit::NatsServer>,
 }
 
 impl Case {
@@ -341,15 +349,52 @@ impl Case {
              direction = \"both\"\nconflict = \"last-writer-wins\"\n{columns}",
             tables.join(", ")
         ));
-        let dir = tempfile::tempdir()?;
-        let config_path = dir.path().join("duplex.toml");
-        std::fs::write(&config_path, config)?;
-        let log = dir.path().join("duplex.log");
+        let nats = match std::env::var("DUPLEX_BENCH_BUS").is_ok_and(|v| v == "1") {
+            true => Some(duplex_testkit::NatsServer::start()?),
+            false => None,
+        };
+        if let Some(nats) = &nats {
+            config.push_str(&format!(
+                "\n[bus]\nkind = \"nats\"\nurl = \"{}\"\n",
+                nats.url()
+            ));
+        }
+        let roles = ["coordinator", "reader"].map(|r| format!("--role {r}"));
+        let writers = sites
+            .iter()
+            .map(|s| format!("--role writer --site {}", s.name()));
+        let args: Vec<String> = match nats {
+            Some(_) => roles.into_iter().chain(writers).collect(),
+            None => vec![String::new()],
+        };
+        let (mut processes, mut dirs) = (Vec::new(), Vec::new());
+        for args in args {
+            let dir = tempfile::tempdir()?;
+            let config_path = dir.path().join("duplex.toml");
+            std::fs::write(&config_path, &config)?;
+            let args: Vec<&str> = std::iter::once("run")
+                .chain(args.split_whitespace())
+                .collect();
+            let log = dir.path().join("duplex.log");
+            processes.push(DuplexProcess::spawn(bin, &config_path, &args, log)?);
+            dirs.push(dir);
+        }
         Ok(Case {
-            duplex: DuplexProcess::spawn(bin, &config_path, &["run"], log)?,
+            duplex: processes.remove(0),
+            roles: processes,
             sites,
-            _dir: dir,
+            _dirs: dirs,
+            _nats: nats,
         })
+    }
+
+    /// Every process still runs.
+    fn check_running(&mut self) -> BenchResult<()> {
+        self.duplex.check_running()?;
+        for role in &mut self.roles {
+            role.check_running()?;
+        }
+        Ok(())
     }
 
     async fn connect(&self) -> BenchResult<Vec<Conn>> {
@@ -364,14 +409,15 @@ impl Case {
     /// `origin` is visible at the two others.
     async fn ready(&mut self, conns: &mut [Conn], origin: usize) -> BenchResult<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
-        while self
-            .duplex
-            .log_text()
-            .matches("merge engine reading site")
-            .count()
-            < 3
+        // (On the bus, the reader too: a row committed before its slot streams is missed.)
+        let started = |p: &DuplexProcess, line| p.log_text().matches(line).count() >= 3;
+        while !started(&self.duplex, "merge engine reading site")
+            || !self
+                .roles
+                .first()
+                .is_none_or(|r| started(r, "bus reader started"))
         {
-            self.duplex.check_running()?;
+            self.check_running()?;
             if Instant::now() > deadline {
                 return Err("the merge engine did not read all three sites within 60 s".into());
             }
@@ -416,7 +462,7 @@ impl Case {
             if done.iter().all(Option::is_some) {
                 return Ok(done.into_iter().flatten().collect());
             }
-            self.duplex.check_running()?;
+            self.check_running()?;
             if Instant::now() > deadline {
                 return Err(format!(
                     "timed out after {} s: {}",
@@ -461,7 +507,12 @@ impl Case {
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         result["peak_rss_mib"] = json!(round(self.duplex.peak_rss_kib()? as f64 / 1024.0, 1));
-        result["duplex_cpu_s"] = json!(round(self.duplex.cpu_s()?, 2));
+        let mut cpu = self.duplex.cpu_s()?;
+        for role in &self.roles {
+            cpu += role.cpu_s()?;
+        }
+        result["duplex_cpu_s"] = json!(round(cpu, 2));
+        result["bus"] = json!(!self.roles.is_empty());
         result["local_changes"] = json!(local_changes);
         result["expected_writes"] = json!(expected);
         result["writes"] = json!(writes.iter().sum::<u64>());
@@ -469,6 +520,9 @@ impl Case {
             result["writes_into"][role] = json!(n);
         }
         result["duplex_exit"] = json!(self.duplex.terminate()?);
+        for role in &mut self.roles {
+            role.terminate()?;
+        }
         let log = self.duplex.log_text();
         if let Some(line) = log
             .lines()
@@ -496,6 +550,9 @@ impl Case {
 impl Drop for Case {
     fn drop(&mut self) {
         self.duplex.kill();
+        for role in &mut self.roles {
+            role.kill();
+        }
         for site in &self.sites {
             if let Err(e) = site.drop_slot() {
                 eprintln!("bench: could not drop the slot of {}: {e}", site.name());
@@ -665,7 +722,7 @@ async fn latency(case: &mut Case, conns: &mut [Conn], sizes: Sizes) -> BenchResu
         BenchResult::Ok((seen, carried, poll_ms))
     });
     let (generated, observed) = tokio::join!(generator, observer);
-    case.duplex.check_running()?;
+    case.check_running()?;
     let (sent, mut commits) = generated??;
     let (seen, carried, poll_ms) = observed??;
     if let Some((k, b)) = carried.iter().find(|(k, b)| sent[k - 1] != *b) {

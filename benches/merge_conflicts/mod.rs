@@ -119,7 +119,7 @@ pub(super) async fn concurrent_counts(
         if same && seen[0].1 == 3 && (!delta || seen[0].0 == expected) {
             break seen[0].0;
         }
-        case.duplex.check_running()?;
+        case.check_running()?;
         if Instant::now() > deadline {
             return Err(format!(
                 "timed out: (sum, markers) per site {seen:?}, expected sum {expected}"
