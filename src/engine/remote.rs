@@ -42,6 +42,7 @@
 use std::sync::Arc;
 
 use duplex_connectors::apply::{Applier, ApplyError, WriterClaim};
+use futures_util::FutureExt;
 use tokio::sync::{mpsc, watch};
 
 use super::EngineError;
@@ -49,8 +50,8 @@ use super::coordinator::Input;
 use super::outbox::{OutboxWrite, outbox_name};
 use super::plan::{MergePlan, MergeSite};
 use super::sites::{
-    Canonical, apply_error, canonical, connect_writer, log_skipped, outbox_transactions,
-    refused_write, written,
+    Canonical, WRITE_BATCH, apply_error, canonical, connect_writer, log_skipped,
+    outbox_transactions, refused_write, written,
 };
 use crate::backoff::Backoff;
 use crate::bus::outbox::{ENTRIES_PER_MESSAGE, Ends, OutboxFeed, OutboxStream, Publisher};
@@ -250,10 +251,15 @@ async fn write_attempt(
     tracing::info!(site = %name, held, "writing the merge engine's writes from the bus");
     // The deployment whose claim fences the applier's transactions.
     let mut fence: Option<String> = None;
+    // A message read while gathering a batch that belongs to the next one.
+    let mut kept = None;
     loop {
-        let (message, raw) = tokio::select! {
-            next = feed.next() => next.map_err(|e| bus_error(name, e))?,
-            _ = stop_requested(stopped) => return Ok(()),
+        let (message, raw) = match kept.take() {
+            Some(kept) => kept,
+            None => tokio::select! {
+                next = feed.next() => next.map_err(|e| bus_error(name, e))?,
+                _ = stop_requested(stopped) => return Ok(()),
+            },
         };
         if message.last() <= held {
             feed.ack(raw);
@@ -294,12 +300,29 @@ async fn write_attempt(
                 },
             ));
         }
-        let last = message.last();
-        let batch: Vec<(u64, Arc<OutboxWrite>)> = (message.first..)
+        let mut last = message.last();
+        let mut batch: Vec<(u64, Arc<OutboxWrite>)> = (message.first..)
             .zip(message.writes)
             .filter(|(seq, _)| *seq > held)
             .map(|(seq, write)| (seq, Arc::new(write)))
             .collect();
+        // The messages already delivered that follow on, of the same deployment, go into the
+        // same target transaction, as the in-process writer batches its queue (acknowledging
+        // the last one acknowledges them all).
+        let mut raw = raw;
+        while batch.len() < WRITE_BATCH {
+            let Some(next) = feed.next().now_or_never() else {
+                break;
+            };
+            let (more, more_raw) = next.map_err(|e| bus_error(name, e))?;
+            if fence.as_deref() != Some(more.deployment.as_str()) || more.first != last + 1 {
+                kept = Some((more, more_raw));
+                break;
+            }
+            last = more.last();
+            batch.extend((more.first..).zip(more.writes.into_iter().map(Arc::new)));
+            raw = more_raw;
+        }
         let transactions = outbox_transactions(name, canonical, &batch)?;
         match target.apply(&transactions).await {
             Ok(()) => {}

@@ -36,7 +36,7 @@ use crate::report::chain;
 use crate::value_map::{self, SiteValues};
 
 /// Outbox entries one writer puts into one target transaction, at most.
-const WRITE_BATCH: usize = 1000;
+pub(super) const WRITE_BATCH: usize = 1000;
 /// Outbox entries queued per writer before the coordinator waits.
 pub(super) const WRITER_QUEUE: usize = 8192;
 
