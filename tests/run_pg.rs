@@ -470,3 +470,145 @@ fn an_idle_mapped_table_does_not_pin_wal() {
     assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
     drop_slot(&source);
 }
+
+/// A backlog of 2,000 shop transactions (orders and their lines: inserts, updates, deletes,
+/// about 110,000 changes, so several 20,000-change target transactions) is caught up into two
+/// PostgreSQL targets through the pipelined paths (the reader decoding ahead of the writers,
+/// runs of inserts as binary COPY, grouped updates and deletes, and on the superuser's target
+/// the batch written table by table), and duplex is killed with SIGKILL three times while
+/// batches are in flight: both targets end equal to the source, row for row.
+#[test]
+fn a_backlog_killed_while_batches_are_in_flight_lands_exactly_once() {
+    const SHOP: &str = "CREATE TABLE orders (id bigint PRIMARY KEY, customer int NOT NULL, \
+         status text NOT NULL, total numeric(12,2) NOT NULL);
+         CREATE INDEX ON orders (customer);
+         CREATE TABLE lines (order_id bigint NOT NULL REFERENCES orders, n int NOT NULL, \
+         sku text NOT NULL, qty int NOT NULL, PRIMARY KEY (order_id, n));";
+    let source = shared_pg().create_database();
+    source
+        .execute_as_duplex(&format!(
+            "{SHOP}
+             CREATE PROCEDURE workload(transactions int) LANGUAGE plpgsql AS $$
+             DECLARE o bigint;
+             BEGIN
+               FOR t IN 1..transactions LOOP
+                 FOR k IN 1..10 LOOP
+                   o := t * 10 + k;
+                   INSERT INTO orders VALUES (o, o % 97, 'new', o % 1000);
+                   INSERT INTO lines SELECT o, n, 'sku-' || (o * n % 501), n FROM generate_series(1, 3) n;
+                 END LOOP;
+                 UPDATE orders SET status = 'paid', total = total + 1
+                   WHERE id BETWEEN (t - 1) * 10 + 1 AND (t - 1) * 10 + 5;
+                 UPDATE lines SET qty = qty + 10 WHERE order_id BETWEEN (t - 1) * 10 + 1 AND (t - 1) * 10 + 3;
+                 IF t % 4 = 0 THEN
+                   DELETE FROM lines WHERE order_id = (t - 2) * 10 + 7;
+                   DELETE FROM orders WHERE id = (t - 2) * 10 + 7;
+                 END IF;
+                 COMMIT;
+               END LOOP;
+             END $$;"
+        ))
+        .unwrap();
+    // One target written as the superuser (foreign keys off: table by table), one as the
+    // duplex role (foreign keys checked: the source's order).
+    let fast = shared_pg().create_database();
+    fast.psql(SHOP).unwrap();
+    let ordered = shared_pg().create_database();
+    ordered.execute_as_duplex(SHOP).unwrap();
+    let mappings: Vec<(String, String, String, String)> = [("fast", &fast), ("ordered", &ordered)]
+        .iter()
+        .flat_map(|(site, _)| {
+            ["orders", "lines"].map(|t| {
+                (
+                    format!("{t}_{site}"),
+                    format!("public.{t}"),
+                    site.to_string(),
+                    format!("public.{t}"),
+                )
+            })
+        })
+        .collect();
+    let mappings: Vec<(&str, &str, &str, &str)> = mappings
+        .iter()
+        .map(|(a, b, c, d)| (a.as_str(), b.as_str(), c.as_str(), d.as_str()))
+        .collect();
+    let mut duplex = Duplex::run(&config(
+        &source,
+        &[("fast", fast.admin_url()), ("ordered", ordered.url())],
+        &mappings,
+    ));
+    wait_slot_active(&source, &mut duplex);
+    assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
+
+    // The backlog commits while duplex is stopped.
+    source.psql("CALL workload(2000)").unwrap();
+    let expected_orders = pg_rows(&source, "SELECT * FROM orders ORDER BY id");
+    let expected_lines = pg_rows(&source, "SELECT * FROM lines ORDER BY order_id, n");
+    assert_eq!(expected_orders.len(), 20_000 - 500, "the workload's orders");
+    let count = |db: &PgDatabase| -> usize {
+        db.psql("SELECT count(*) FROM orders")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+
+    duplex.start();
+    let mut killed_part_way = 0;
+    for threshold in [1, 7_000, 14_000] {
+        wait_for(
+            &format!("{threshold} orders on the targets"),
+            Duration::from_secs(300),
+            || {
+                duplex.assert_running();
+                let n = count(&fast).min(count(&ordered));
+                if n >= threshold {
+                    Ok(())
+                } else {
+                    Err(format!("{n} orders"))
+                }
+            },
+        );
+        duplex.kill();
+        eprintln!(
+            "killed with {} and {} orders on the targets",
+            count(&fast),
+            count(&ordered)
+        );
+        if count(&fast).min(count(&ordered)) < expected_orders.len() {
+            killed_part_way += 1;
+        }
+        duplex.start();
+    }
+    assert!(
+        killed_part_way > 0,
+        "every kill came after the whole backlog had landed: the test did not kill a catch-up"
+    );
+
+    let commit = commit_position(&source);
+    for target in [&fast, &ordered] {
+        wait_replicated(
+            &source,
+            &mut duplex,
+            commit,
+            &format!("{} to equal the source", target.name()),
+            || {
+                let orders = pg_rows(target, "SELECT * FROM orders ORDER BY id");
+                let lines = pg_rows(target, "SELECT * FROM lines ORDER BY order_id, n");
+                if orders == expected_orders && lines == expected_lines {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{} orders, {} lines; source {} and {}",
+                        orders.len(),
+                        lines.len(),
+                        expected_orders.len(),
+                        expected_lines.len()
+                    ))
+                }
+            },
+        );
+    }
+    assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
+    drop_slot(&source);
+}
