@@ -185,7 +185,7 @@ pub(crate) fn refuse_key_change<'a>(
 }
 
 /// Key values compared across integer signedness (`Int(5)` is `UInt(5)`).
-fn same_key_value(a: &Value, b: &Value) -> bool {
+pub(crate) fn same_key_value(a: &Value, b: &Value) -> bool {
     use Value as V;
     match (a, b) {
         (V::Int(i), V::UInt(u)) | (V::UInt(u), V::Int(i)) => u64::try_from(*i) == Ok(*u),

@@ -87,6 +87,8 @@ pub struct TableFacts {
     pub instances: Vec<(String, Option<String>, bool)>,
     /// The columns the (only) capture instance captures.
     pub captured: Vec<String>,
+    /// Its `IDENTITY` column, if it has one (a table has at most one).
+    pub identity: Option<String>,
 }
 
 impl ServerFacts {
@@ -372,6 +374,10 @@ pub async fn probe_server(client: &mut MssqlClient) -> Result<ServerFacts, Mssql
 pub const COLUMNS_QUERY: &str = "SELECT c.name, TYPE_NAME(c.system_type_id), CAST(c.scale AS int) \
      FROM sys.columns c WHERE c.object_id = OBJECT_ID(@P1) ORDER BY c.column_id";
 
+/// The `IDENTITY` column of table `@P1` (none, or one).
+pub const IDENTITY_QUERY: &str =
+    "SELECT c.name FROM sys.identity_columns c WHERE c.object_id = OBJECT_ID(@P1)";
+
 /// The primary-key columns of table `@P1`, in key order.
 pub const PRIMARY_KEY_QUERY: &str = "SELECT c.name FROM sys.indexes i \
      JOIN sys.index_columns ic ON ic.object_id = i.object_id AND ic.index_id = i.index_id \
@@ -451,12 +457,22 @@ pub async fn probe_table(
         .collect(),
         _ => Vec::new(),
     };
+    let identity = rows_of(
+        client,
+        IDENTITY_QUERY,
+        &name,
+        "reading a table's IDENTITY column",
+    )
+    .await?
+    .first()
+    .map(|r| text(r, 0));
     Ok(Some(TableFacts {
         table: table.clone(),
         columns,
         primary_key,
         instances,
         captured,
+        identity,
     }))
 }
 
@@ -494,6 +510,7 @@ mod tests {
             primary_key: vec!["id".into()],
             instances: vec![("dbo_orders".into(), None, true)],
             captured: vec!["id".into(), "placed".into(), "price".into()],
+            identity: None,
         }
     }
 
@@ -649,6 +666,7 @@ mod tests {
                 ("at".into(), "datetime2".into(), 7),
             ],
             captured: vec!["id".into(), "shape".into(), "at".into()],
+            identity: None,
             ..ready_table()
         };
         let findings = check_table(&table);

@@ -132,10 +132,27 @@ pub fn resolve(route: &TableRoute, facts: Option<&TableFacts>) -> Result<MssqlRo
             None => return Err(fail(format!("key column {k:?} is not in the column list"))),
         }
     }
+    // SQL Server writes an IDENTITY column's value only on insert, with IDENTITY_INSERT on;
+    // it never updates one. A key never changes on a one-way update (a key change is refused
+    // by the write), so a written IDENTITY column must be a key column.
+    let identity = match &facts.identity {
+        Some(name) => match columns.iter().position(|c| &c.target == name) {
+            Some(i) if key.contains(&i) => Some(i),
+            Some(_) => {
+                return Err(fail(format!(
+                    "column {name:?} is an IDENTITY column but not the key, and SQL Server \
+                     does not update IDENTITY values: leave it out of the mapping"
+                )));
+            }
+            None => None,
+        },
+        None => None,
+    };
     Ok(MssqlRoute {
         target: route.target.clone(),
         columns,
         key,
+        identity,
     })
 }
 
@@ -241,6 +258,7 @@ mod tests {
             primary_key: vec!["id".into()],
             instances: vec![("dbo_orders".into(), None, true)],
             captured: vec!["id".into(), "note".into()],
+            identity: None,
         }
     }
 
@@ -260,6 +278,46 @@ mod tests {
             resolved.columns[1].compare,
             Compare::Text("nvarchar(max)".into())
         );
+    }
+
+    #[test]
+    fn an_identity_column_is_known_to_the_route_when_it_is_written_and_must_be_a_key() {
+        let route = |columns: &[&str], key: &[&str]| {
+            TableRoute::same_names(
+                TableName::new("public", "orders"),
+                TableName::new("dbo", "orders"),
+                columns,
+                key,
+            )
+        };
+        let keyed = TableFacts {
+            identity: Some("id".into()),
+            ..facts()
+        };
+        let resolved = resolve(&route(&["note", "id"], &["id"]), Some(&keyed)).unwrap();
+        assert_eq!(resolved.identity, Some(1));
+        assert_eq!(
+            resolve(&route(&["id"], &["id"]), Some(&facts()))
+                .unwrap()
+                .identity,
+            None
+        );
+        let not_key = TableFacts {
+            identity: Some("note".into()),
+            ..facts()
+        };
+        match resolve(&route(&["id", "note"], &["id"]), Some(&not_key)) {
+            Err(ApplyError::Route { reason, .. }) => {
+                assert!(
+                    reason.contains("IDENTITY column but not the key"),
+                    "{reason}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // Not written: the server numbers the rows.
+        let resolved = resolve(&route(&["id"], &["id"]), Some(&not_key)).unwrap();
+        assert_eq!(resolved.identity, None);
     }
 
     #[test]

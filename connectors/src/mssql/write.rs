@@ -5,12 +5,13 @@
 //! the statements and checks their row counts.
 
 use super::sql::{
-    Compare, WriteColumn, conditional_insert_sql, delete_sql, insert_sql, rows_per_insert,
-    update_sql,
+    Compare, WriteColumn, conditional_insert_sql, delete_sql, insert_sql, quote_table,
+    rows_per_insert, update_sql,
 };
 use super::{MssqlType, Param, to_param};
 use crate::apply::{
     ApplyError, expected_values, insert_columns, key_value, malformed, refuse_key_change,
+    same_key_value,
 };
 use crate::{ChangeEvent, Op, TableName, Value};
 
@@ -36,6 +37,10 @@ pub struct MssqlRoute {
     pub columns: Vec<RouteColumn>,
     /// Indexes into `columns` of the key.
     pub key: Vec<usize>,
+    /// Index into `columns` of the target table's `IDENTITY` column, when the route writes
+    /// it (always a key column): inserts name it with `IDENTITY_INSERT` on, updates never
+    /// set it.
+    pub identity: Option<usize>,
 }
 
 /// A statement and the values it binds, in `@P1, @P2, ...` order.
@@ -115,9 +120,12 @@ impl MssqlRoute {
                     .ok_or_else(|| malformed(event, "an update without an after-image"))?;
                 let mut set = Vec::new();
                 let mut params = Vec::new();
-                for column in &self.columns {
+                for (i, column) in self.columns.iter().enumerate() {
                     match after.get(&column.source) {
                         None | Some(Value::Unchanged) => {}
+                        Some(value) if self.identity == Some(i) => {
+                            self.keep_identity(event, column, value)?;
+                        }
                         Some(value) => {
                             set.push(column.target.as_str());
                             params.push(self.param(column, value)?);
@@ -126,8 +134,25 @@ impl MssqlRoute {
                 }
                 let (key, key_params) = self.key(event)?;
                 if set.is_empty() {
-                    set.push(key[0]);
-                    params.push(key_params[0].clone());
+                    // Nothing changes: the row is still touched, so that its count proves it
+                    // is there. An IDENTITY column cannot be set, even to itself.
+                    match self.key.iter().position(|&k| self.identity != Some(k)) {
+                        Some(k) => {
+                            set.push(key[k]);
+                            params.push(key_params[k].clone());
+                        }
+                        None => {
+                            let column = &self.columns[self.key[0]];
+                            return Err(ApplyError::refuse(
+                                &self.target,
+                                &column.target,
+                                key_value(event, &column.source)?,
+                                column.ty.name(),
+                                "an update that changes no column of a table keyed by its \
+                                 IDENTITY column alone cannot be written on SQL Server",
+                            ));
+                        }
+                    }
                 }
                 let (expected, expected_params) = self.expected(event, conditional)?;
                 params.extend(key_params);
@@ -146,6 +171,41 @@ impl MssqlRoute {
                     params,
                 })
             }
+        }
+    }
+
+    /// Refuses an update that gives the IDENTITY (key) column `column` a new value: SQL Server
+    /// never updates an IDENTITY value.
+    fn keep_identity(
+        &self,
+        event: &ChangeEvent,
+        column: &RouteColumn,
+        value: &Value,
+    ) -> Result<(), ApplyError> {
+        if same_key_value(key_value(event, &column.source)?, value) {
+            return Ok(());
+        }
+        Err(ApplyError::refuse(
+            &self.target,
+            &column.target,
+            value,
+            column.ty.name(),
+            "the update changes the key, an IDENTITY column, and SQL Server does not update \
+             IDENTITY values: delete the row and insert it again on the source instead",
+        ))
+    }
+
+    /// `sql`, an insert, with `IDENTITY_INSERT` on around it when it names the table's
+    /// IDENTITY column. The setting lasts only as long as the batch that sets it (the
+    /// statement runs through `sp_executesql`), so it is set in the same batch, and turned
+    /// off again at once for any later statement of that batch.
+    fn identity_insert(&self, sql: String, names: &[&str]) -> String {
+        match self.identity.map(|i| self.columns[i].target.as_str()) {
+            Some(identity) if names.contains(&identity) => {
+                let table = quote_table(&self.target);
+                format!("SET IDENTITY_INSERT {table} ON; {sql}; SET IDENTITY_INSERT {table} OFF")
+            }
+            _ => sql,
         }
     }
 
@@ -185,7 +245,10 @@ impl MssqlRoute {
         } else {
             insert_sql(&self.target, &names, 1)
         };
-        Ok(Statement { sql, params })
+        Ok(Statement {
+            sql: self.identity_insert(sql, &names),
+            params,
+        })
     }
 
     /// One multi-row INSERT of the strict inserts at the head of `events` that go to this
@@ -207,7 +270,7 @@ impl MssqlRoute {
             params.extend(values);
             rows += 1;
         }
-        let sql = insert_sql(&self.target, &names, rows);
+        let sql = self.identity_insert(insert_sql(&self.target, &names, rows), &names);
         Ok((Statement { sql, params }, rows))
     }
 }
@@ -238,6 +301,15 @@ mod tests {
                 column("qty", "Qty", MssqlType::SmallInt, Compare::Value),
             ],
             key: vec![0],
+            identity: None,
+        }
+    }
+
+    /// The same table keyed by an IDENTITY column.
+    fn identity_route() -> MssqlRoute {
+        MssqlRoute {
+            identity: Some(0),
+            ..route()
         }
     }
 
@@ -312,6 +384,97 @@ mod tests {
              AND EXISTS (SELECT [Qty] INTERSECT SELECT @P4)"
         );
         assert_eq!(ints(&conditional), vec![Some(7), Some(3), Some(7), Some(2)]);
+    }
+
+    #[test]
+    fn inserts_into_an_identity_key_set_identity_insert_in_their_own_batch() {
+        let after = |id| {
+            row(&[
+                ("id", Value::Int(id)),
+                ("note", Value::Text("x".into())),
+                ("qty", Value::Int(3)),
+            ])
+        };
+        let first = event(Op::Insert, None, Some(after(7)));
+        let second = event(Op::Insert, None, Some(after(8)));
+        let strict = identity_route().statement(&first, false).unwrap();
+        assert_eq!(
+            strict.sql,
+            "SET IDENTITY_INSERT [dbo].[orders] ON; \
+             INSERT INTO [dbo].[orders] ([Id], [Note], [Qty]) VALUES (@P1, @P2, @P3); \
+             SET IDENTITY_INSERT [dbo].[orders] OFF"
+        );
+        assert_eq!(ints(&strict), vec![Some(7), None, Some(3)]);
+        let conditional = identity_route().statement(&first, true).unwrap();
+        assert!(
+            conditional
+                .sql
+                .starts_with("SET IDENTITY_INSERT [dbo].[orders] ON; INSERT INTO [dbo].[orders]")
+                && conditional
+                    .sql
+                    .ends_with("; SET IDENTITY_INSERT [dbo].[orders] OFF"),
+            "{}",
+            conditional.sql
+        );
+        let (run, rows) = identity_route().insert_run(&[&first, &second]).unwrap();
+        assert_eq!(rows, 2);
+        assert_eq!(
+            run.sql,
+            "SET IDENTITY_INSERT [dbo].[orders] ON; \
+             INSERT INTO [dbo].[orders] ([Id], [Note], [Qty]) VALUES (@P1, @P2, @P3), (@P4, @P5, @P6); \
+             SET IDENTITY_INSERT [dbo].[orders] OFF"
+        );
+        // Without an IDENTITY column, or when the insert leaves it to the server, nothing is
+        // set.
+        assert!(
+            !route()
+                .statement(&first, false)
+                .unwrap()
+                .sql
+                .contains("IDENTITY")
+        );
+    }
+
+    #[test]
+    fn updates_never_set_an_identity_key_and_refuse_to_change_it() {
+        let update = |after| event(Op::Update, Some(row(&[("id", Value::Int(7))])), Some(after));
+        let changed = update(row(&[("id", Value::Int(7)), ("qty", Value::Int(3))]));
+        let strict = identity_route().statement(&changed, false).unwrap();
+        assert_eq!(
+            strict.sql,
+            "UPDATE [dbo].[orders] SET [Qty] = @P1 WHERE [Id] = @P2"
+        );
+        assert_eq!(ints(&strict), vec![Some(3), Some(7)]);
+        // Nothing but the key in the after-image: the row is touched through another column
+        // (here the key alone is the IDENTITY column: refused with the reason).
+        let touch = update(row(&[("id", Value::Int(7)), ("note", Value::Unchanged)]));
+        match identity_route().statement(&touch, false) {
+            Err(ApplyError::Value(refusal)) => {
+                assert_eq!(refusal.column, "Id");
+                assert!(refusal.reason.contains("IDENTITY"), "{}", refusal.reason);
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut composite = identity_route();
+        composite.key = vec![0, 2];
+        let touch = ChangeEvent {
+            key: row(&[("id", Value::Int(7)), ("qty", Value::Int(3))]),
+            ..update(row(&[("id", Value::Int(7)), ("note", Value::Unchanged)]))
+        };
+        let statement = composite.statement(&touch, false).unwrap();
+        assert_eq!(
+            statement.sql,
+            "UPDATE [dbo].[orders] SET [Qty] = @P1 WHERE [Id] = @P2 AND [Qty] = @P3"
+        );
+        assert_eq!(ints(&statement), vec![Some(3), Some(7), Some(3)]);
+        let moved = update(row(&[("id", Value::Int(8)), ("qty", Value::Int(3))]));
+        match identity_route().statement(&moved, false) {
+            Err(ApplyError::Value(refusal)) => {
+                assert_eq!(refusal.column, "Id");
+                assert!(refusal.reason.contains("IDENTITY"), "{}", refusal.reason);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
