@@ -647,7 +647,13 @@ fn a_failed_backfill_can_be_given_up_and_copied_again_with_restart() {
         state(dir.path()),
         site(store, &source.url()),
         site("wms", &wms.url()),
-        mapping("items", (store, "public.items"), ("wms", "public.items"))
+        // A `_` in the name: the markers are found by a LIKE pattern that must take it as
+        // itself.
+        mapping(
+            "shop_items",
+            (store, "public.items"),
+            ("wms", "public.items")
+        )
     );
     let mut duplex = Duplex::new(&text);
     let out = duplex.command(&["backfill", "--jobs", "1", "--chunk-rows", "1000"]);
@@ -670,7 +676,7 @@ fn a_failed_backfill_can_be_given_up_and_copied_again_with_restart() {
         .unwrap();
     let out = duplex.command(&["backfill", "--restart"]);
     assert!(out.status.success(), "{}", log_of(&out));
-    let meta = meta(dir.path(), "items").unwrap();
+    let meta = meta(dir.path(), "shop_items").unwrap();
     assert!(meta.complete && meta.attempts.len() == 1, "{meta:?}");
     assert_eq!(
         wms.psql("SELECT count(*) FROM duplex.positions WHERE source LIKE 'backfill:%'")
@@ -692,4 +698,86 @@ fn a_failed_backfill_can_be_given_up_and_copied_again_with_restart() {
     );
     assert_eq!(duplex.terminate(), 0);
     drop_slot(&source);
+}
+
+/// Two deployments (two state directories) backfill a mapping of the same name into two
+/// databases of one MariaDB server, whose `duplex.positions` is one per server. The first stops
+/// part way and leaves its range markers; the second reads a source whose positions compare
+/// lower than the first's (a server of its own, just started). A marker named by mapping and
+/// range alone made the second take the first's markers for its own ranges, and skip them
+/// without a word; each deployment's markers are its own, so every row is copied.
+#[test]
+fn another_deployments_range_markers_on_a_shared_mariadb_never_stand_for_this_ones() {
+    let rows = "INSERT INTO items SELECT g, g % 13, 'item ' || g FROM generate_series(1, 5000) g";
+    // First deployment: the shared PostgreSQL server, its WAL moved on a segment, and a value
+    // in its fourth range that the target's column cannot hold.
+    let first = shared_pg().create_database();
+    first
+        .execute_as_duplex(&format!(
+            "CREATE TABLE items (id bigint PRIMARY KEY, qty bigint NOT NULL, name text NOT NULL); \
+             {rows}; UPDATE items SET qty = 3000000000 WHERE id = 3500"
+        ))
+        .unwrap();
+    first.psql("SELECT pg_switch_wal()").unwrap();
+    let first_target = shared_mariadb().create_database();
+    first_target
+        .sql("CREATE TABLE items (id BIGINT PRIMARY KEY, qty INT NOT NULL, name LONGTEXT NOT NULL)")
+        .unwrap();
+    let first_dir = tempfile::tempdir().unwrap();
+    let target_site = |db: &MariaDatabase| site(db.name(), &db.url());
+    let first_config = state(first_dir.path())
+        + &site(first.name(), &first.url())
+        + &target_site(&first_target)
+        + &mapping(
+            "items",
+            (first.name(), "public.items"),
+            (
+                first_target.name(),
+                &format!("{}.items", first_target.name()),
+            ),
+        );
+    let first_duplex = Duplex::new(&first_config);
+    let out = first_duplex.command(&["backfill", "--jobs", "1", "--chunk-rows", "1000"]);
+    assert!(!out.status.success(), "{}", log_of(&out));
+    assert_eq!(count_my(&first_target, "items"), 3000, "{}", log_of(&out));
+
+    // Second deployment: a server of its own, whose positions are all lower.
+    let server = duplex_testkit::PgServer::start(duplex_testkit::PgOptions::default()).unwrap();
+    let second = server.create_database();
+    second
+        .execute_as_duplex(&format!(
+            "CREATE TABLE items (id bigint PRIMARY KEY, qty bigint NOT NULL, name text NOT NULL); \
+             {rows}"
+        ))
+        .unwrap();
+    let lsn = |db: &PgDatabase| {
+        harness::parse_lsn(db.psql("SELECT pg_current_wal_lsn()").unwrap().trim()).unwrap()
+    };
+    assert!(
+        lsn(&second) < lsn(&first),
+        "the test needs the second source's positions below the first's markers"
+    );
+    let second_target = shared_mariadb().create_database();
+    second_target
+        .sql("CREATE TABLE items (id BIGINT PRIMARY KEY, qty BIGINT NOT NULL, name LONGTEXT NOT NULL)")
+        .unwrap();
+    let second_dir = tempfile::tempdir().unwrap();
+    let second_config = state(second_dir.path())
+        + &site(second.name(), &second.url())
+        + &target_site(&second_target)
+        + &mapping(
+            "items",
+            (second.name(), "public.items"),
+            (
+                second_target.name(),
+                &format!("{}.items", second_target.name()),
+            ),
+        );
+    let second_duplex = Duplex::new(&second_config);
+    let out = second_duplex.command(&["backfill", "--jobs", "1", "--chunk-rows", "1000"]);
+    assert!(out.status.success(), "{}", log_of(&out));
+    assert_eq!(my_sum(&second_target, "items"), pg_sum(&second, "items"));
+    assert_eq!(count_my(&second_target, "items"), 5000);
+    drop_slot(&first);
+    drop_slot(&second);
 }

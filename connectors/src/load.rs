@@ -50,7 +50,8 @@ pub async fn table_is_empty(site: &SiteConnection, table: &TableName) -> Result<
 }
 
 /// Deletes the rows of `duplex.positions` on `site` whose source matches the SQL `LIKE`
-/// pattern `pattern` (the backfill's range markers of one mapping).
+/// pattern `pattern` (the backfill's range markers of one mapping), with `!` as its escape
+/// character on every kind.
 pub async fn delete_positions_like(site: &SiteConnection, pattern: &str) -> Result<(), AdminError> {
     match site.kind {
         SiteKind::Postgres => crate::postgres::delete_positions_like(site, pattern).await,

@@ -100,8 +100,11 @@ impl Leftovers {
 const POSITIONS_ROW: &str = "duplex.positions row ";
 
 /// Sorts `duplex.positions` sources and `duplex.claims` rows into this deployment's and
-/// others': a position is this deployment's when keyed `<site>@<deployment>`, or when it is a
-/// merge engine's outbox row (`merge:<site>`) whose claim names the deployment.
+/// others': a position is this deployment's when keyed `<site>@<deployment>`, when it is a
+/// range marker of this deployment's interrupted backfill (`backfill:<mapping>@<deployment>:<n>`),
+/// or when it is a merge engine's outbox row (`merge:<site>`) whose claim names the
+/// deployment. Markers of earlier releases (`backfill:<mapping>:<n>`) name no deployment and
+/// are another's.
 pub fn sort_rows(
     positions: &[String],
     claims: &[(String, String)],
@@ -119,7 +122,12 @@ pub fn sort_rows(
         }
     }
     for source in positions {
+        let marker = source.starts_with("backfill:")
+            && source.rsplit_once(':').is_some_and(|(head, range)| {
+                head.ends_with(&suffix) && range.bytes().all(|b| b.is_ascii_digit())
+            });
         let ours = source.ends_with(&suffix)
+            || marker
             || (source.starts_with("merge:") && leftovers.claims.contains(source));
         if ours {
             leftovers.positions.push(source.clone());
@@ -211,6 +219,8 @@ mod tests {
             "merge:erp".to_owned(),
             "merge:wms".to_owned(),
             "backfill:orders:3".to_owned(),
+            "backfill:orders@me:3".to_owned(),
+            "backfill:orders@other:3".to_owned(),
             "store".to_owned(),
         ];
         let claims = [
@@ -222,9 +232,12 @@ mod tests {
             ..Leftovers::default()
         };
         sort_rows(&positions, &claims, "me", &mut leftovers);
-        assert_eq!(leftovers.positions, ["store@me", "merge:erp"]);
+        assert_eq!(
+            leftovers.positions,
+            ["store@me", "merge:erp", "backfill:orders@me:3"]
+        );
         assert_eq!(leftovers.claims, ["merge:erp"]);
-        assert_eq!(leftovers.others.len(), 5, "{:?}", leftovers.others);
+        assert_eq!(leftovers.others.len(), 6, "{:?}", leftovers.others);
         assert!(!leftovers.drops_bookkeeping());
     }
 

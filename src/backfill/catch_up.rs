@@ -15,7 +15,7 @@ use duplex_connectors::{
 
 use duplex_state::StateStore;
 
-use super::meta::{BackfillMeta, catch_up_key, marker, markers_of};
+use super::meta::{BackfillMeta, catch_up_key, marker, marker_prefix};
 use super::plan::Job;
 use super::{BackfillError, snapshot_error};
 use crate::config::Site;
@@ -263,8 +263,8 @@ pub(super) async fn reconcile_markers(
     for job in jobs.iter_mut() {
         let current = job.meta.attempts.len().saturating_sub(1);
         let done = super::plan::done_ranges(state, job).await?;
-        let prefix = markers_of(&job.mapping.name);
-        let prefix = prefix.trim_end_matches('%');
+        let prefix = marker_prefix(&job.mapping.name, state.deployment_id());
+        let prefix = prefix.as_str();
         let mut held: Vec<BTreeMap<u64, usize>> = Vec::new();
         for (target, _) in &job.targets {
             let connection = target.connection();
@@ -288,7 +288,7 @@ pub(super) async fn reconcile_markers(
                         .map_err(apply_error)?;
                 for range in ranges {
                     let position = reader
-                        .position(&marker(&job.mapping.name, range))
+                        .position(&marker(&job.mapping.name, state.deployment_id(), range))
                         .await
                         .map_err(apply_error)?;
                     if let Some(attempt) = position

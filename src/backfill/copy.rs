@@ -96,6 +96,7 @@ pub(super) async fn copy(
         };
         let copier = Copier {
             site,
+            deployment: state.deployment_id().to_owned(),
             jobs: shared,
             done: done_tx,
             position,
@@ -264,6 +265,8 @@ async fn worker(
 /// What a worker needs of the copy besides its own connections.
 struct Copier {
     site: Site,
+    /// The state directory's identity, part of every range marker's name.
+    deployment: String,
     jobs: SharedJobs,
     done: mpsc::UnboundedSender<Done>,
     /// The snapshot's position: every range's target transaction records it.
@@ -423,7 +426,7 @@ impl Copier {
             index,
             range_id,
             txn: Transaction {
-                source: marker(&mapping.name, range_id),
+                source: marker(&mapping.name, &self.deployment, range_id),
                 position: self.position.clone(),
                 commit_time: chrono::Utc::now(),
                 origin: Origin::Local,

@@ -222,9 +222,14 @@ impl BackfillMeta {
 }
 
 /// The source name under which a range and the position it was read at are recorded on a
-/// target (in `duplex.positions`, in the range's own target transaction).
-pub(super) fn marker(mapping: &str, range: u64) -> String {
-    format!("backfill:{mapping}:{range}")
+/// target (in `duplex.positions`, in the range's own target transaction), by the deployment
+/// `deployment` (the state directory's identity). The deployment is part of it because
+/// another duplex may backfill a mapping of the same name into the same database (MariaDB
+/// keeps one `duplex.positions` per server): its marker of a range, under a name without the
+/// deployment, would make this backfill's range look written (the applier skips a transaction
+/// whose position the target already holds) and the range's rows would never be copied.
+pub(super) fn marker(mapping: &str, deployment: &str, range: u64) -> String {
+    format!("{}{range}", marker_prefix(mapping, deployment))
 }
 
 /// The source name under which the catch-up of a resumed backfill of `mapping` from `site`
@@ -247,9 +252,25 @@ pub(crate) fn positions_deployment(config: &crate::config::Config, state: &State
     }
 }
 
-/// The SQL `LIKE` pattern of every marker of `mapping`.
-pub(super) fn markers_of(mapping: &str) -> String {
-    format!("backfill:{mapping}:%")
+/// What every marker of `mapping` by `deployment` starts with.
+pub(super) fn marker_prefix(mapping: &str, deployment: &str) -> String {
+    format!("backfill:{mapping}@{deployment}:")
+}
+
+/// The SQL `LIKE` pattern of every marker of `mapping` by `deployment`, with `!` as its escape character
+/// (every kind's statement names it: `ESCAPE '!'`, the same on each and under any
+/// `sql_mode`): a `_` or `%` in the mapping's name matches only itself, so the markers of a
+/// mapping named `a-b` are not those of `a_b`.
+pub(super) fn markers_of(mapping: &str, deployment: &str) -> String {
+    let mut pattern = String::new();
+    for c in marker_prefix(mapping, deployment).chars() {
+        if matches!(c, '!' | '%' | '_') {
+            pattern.push('!');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
 }
 
 /// Saves `meta` as `mapping`'s record, off the async threads.
@@ -273,6 +294,16 @@ mod tests {
     use duplex_connectors::postgres::Lsn;
 
     use super::*;
+
+    #[test]
+    fn markers_are_the_deployments_own_and_their_pattern_matches_only_them() {
+        assert_eq!(marker("orders", "d1", 3), "backfill:orders@d1:3");
+        assert_ne!(marker("orders", "d1", 3), marker("orders", "d2", 3));
+        assert_eq!(markers_of("orders", "d1"), "backfill:orders@d1:%");
+        assert_eq!(markers_of("stock_a", "d_1"), "backfill:stock!_a@d!_1:%");
+        assert_eq!(markers_of("50%!off", "d"), "backfill:50!%!!off@d:%");
+        assert!(marker("stock_a", "d", 3).starts_with(&marker_prefix("stock_a", "d")));
+    }
 
     /// The V2 layout as it was written.
     #[derive(Serialize)]

@@ -56,8 +56,11 @@
 //! the table as one range, with a warning.
 //!
 //! Each range is written into each target in ONE target transaction through the target's
-//! applier, and that transaction also records a marker row `backfill:<mapping>:<range>` in
-//! `duplex.positions` holding the snapshot position the range was read at. So a range is
+//! applier, and that transaction also records a marker row
+//! `backfill:<mapping>@<deployment>:<range>` in `duplex.positions` holding the snapshot
+//! position the range was read at (the deployment in its name, so that another duplex
+//! backfilling a mapping of the same name into the same database or MariaDB server never
+//! finds it: `meta::marker`). So a range is
 //! either entirely on a target together with its marker, or not at all. The rows go by the
 //! target's bulk path (`AnyApplier::load`): on PostgreSQL one binary `COPY ... FROM STDIN`
 //! inside that transaction, on MySQL/MariaDB multi-row INSERTs. `--allow-nonempty` upserts,
@@ -785,7 +788,7 @@ async fn backfill_source(
                 .map_err(apply_error)?;
             duplex_connectors::load::delete_positions_like(
                 &target.connection(),
-                &markers_of(&job.mapping.name),
+                &markers_of(&job.mapping.name, state.deployment_id()),
             )
             .await
             .map_err(admin_error(target))?;
@@ -835,7 +838,7 @@ async fn restart(
         let target = &config.sites[to];
         duplex_connectors::load::delete_positions_like(
             &target.connection(),
-            &markers_of(&mapping.name),
+            &markers_of(&mapping.name, state.deployment_id()),
         )
         .await
         .map_err(admin_error(target))?;

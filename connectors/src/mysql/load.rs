@@ -33,13 +33,13 @@ pub async fn table_is_empty(site: &SiteConnection, table: &TableName) -> Result<
     Ok(any == Some(0))
 }
 
-/// Deletes the `duplex.positions` rows whose source is `LIKE pattern`.
+/// Deletes the `duplex.positions` rows whose source is `LIKE pattern` (`!` escapes).
 pub async fn delete_positions_like(site: &SiteConnection, pattern: &str) -> Result<(), AdminError> {
     let mut conn = connect(&site.url, site.password())
         .await
         .map_err(AdminError::doing(MARKERS))?;
     conn.exec_drop(
-        "DELETE FROM duplex.positions WHERE source LIKE ?",
+        "DELETE FROM duplex.positions WHERE source LIKE ? ESCAPE '!'",
         (pattern,),
     )
     .await

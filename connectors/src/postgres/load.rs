@@ -30,14 +30,14 @@ pub async fn table_is_empty(site: &SiteConnection, table: &TableName) -> Result<
     Ok(row.get(0))
 }
 
-/// Deletes the `duplex.positions` rows whose source is `LIKE pattern`.
+/// Deletes the `duplex.positions` rows whose source is `LIKE pattern` (`!` escapes).
 pub async fn delete_positions_like(site: &SiteConnection, pattern: &str) -> Result<(), AdminError> {
     let client = connect(&site.url, site.password())
         .await
         .map_err(AdminError::doing(MARKERS))?;
     client
         .execute(
-            "DELETE FROM duplex.positions WHERE source LIKE $1",
+            "DELETE FROM duplex.positions WHERE source LIKE $1 ESCAPE '!'",
             &[&pattern],
         )
         .await
