@@ -462,14 +462,18 @@ async fn foreign_keys(config: &Config, site: &Site) -> Vec<Finding> {
         on_site.iter().map(|(t, _)| (*t).clone()).collect();
     let connection = site.connection();
     let mut findings = Vec::new();
-    if !written.is_empty() && site.kind == SiteKind::Mssql {
-        findings.push(Finding::warn(
-            "foreign keys: not read on SQL Server sites yet",
-            "duplex writes in the source's commit order: a replicated row whose referenced row \
-             this site lacks is refused and stops the link; map the referenced tables too, or \
-             check the foreign keys of the tables duplex writes here by hand",
-        ));
-    } else if !written.is_empty() {
+    // Where duplex's sessions check foreign keys: why, and what would turn the checks off.
+    let (why_checked, turn_off) = match site.kind {
+        SiteKind::Mssql => (
+            "SQL Server sessions always check them",
+            "disable the key while copying (ALTER TABLE <table> NOCHECK CONSTRAINT <key>) and check it again afterwards (ALTER TABLE <table> WITH CHECK CHECK CONSTRAINT <key>)",
+        ),
+        _ => (
+            "duplex's role may not set session_replication_role",
+            "GRANT SET ON PARAMETER session_replication_role TO <duplex's role> (as a superuser)",
+        ),
+    };
+    if !written.is_empty() {
         let found = match foreign_keys::target_foreign_keys(&connection, &written).await {
             Ok(found) => found,
             Err(error) => return vec![query_failed(&error)],
@@ -483,12 +487,14 @@ async fn foreign_keys(config: &Config, site: &Site) -> Vec<Finding> {
                 "foreign keys: checks off in duplex's sessions ({setting}); {count}"
             ))),
             ForeignKeyChecks::On if found.keys.is_empty() => findings.push(Finding::ok(format!(
-                "foreign keys: dependency order (duplex's role may not set session_replication_role); {count}"
+                "foreign keys: dependency order ({why_checked}); {count}"
             ))),
+            ForeignKeyChecks::On if site.kind == SiteKind::Mssql => findings.push(Finding::warn(
+                format!("foreign keys: dependency order ({why_checked}); {count}"),
+                "backfill copies referenced tables first and streaming writes in the source's order; a key only this site has can refuse a replicated row, which stops the link",
+            )),
             ForeignKeyChecks::On => findings.push(Finding::warn(
-                format!(
-                    "foreign keys: dependency order (duplex's role may not set session_replication_role); {count}"
-                ),
+                format!("foreign keys: dependency order ({why_checked}); {count}"),
                 "backfill copies referenced tables first and streaming writes in the source's order (DEFERRABLE keys checked at commit); to turn the checks off in duplex's sessions instead (and not run referential actions and triggers for replicated rows), as a superuser: GRANT SET ON PARAMETER session_replication_role TO <duplex's role> (PostgreSQL 15+)",
             )),
         }
@@ -528,7 +534,9 @@ async fn foreign_keys(config: &Config, site: &Site) -> Vec<Finding> {
                         "foreign key(s) {}: a table referencing itself or tables referencing each other",
                         names.join(", ")
                     ),
-                    "no table order satisfies them while duplex's sessions check foreign keys: `duplex backfill` refuses to copy these tables; GRANT SET ON PARAMETER session_replication_role TO <duplex's role> (as a superuser) lifts it",
+                    format!(
+                        "no table order satisfies them while duplex's sessions check foreign keys: `duplex backfill` refuses to copy these tables; to copy them, {turn_off}"
+                    ),
                 ));
             }
             for key in &found.keys {
@@ -543,7 +551,12 @@ async fn foreign_keys(config: &Config, site: &Site) -> Vec<Finding> {
                         key.table,
                         actions.join(", ")
                     ),
-                    "a replicated parent delete or update also changes its children here, and the source's own changes of those children that follow then find no row and stop the link: GRANT SET ON PARAMETER session_replication_role TO <duplex's role> (as a superuser), or drop the action on this target",
+                    match site.kind {
+                        SiteKind::Mssql => "a replicated parent delete or update also changes its children here, and the source's own changes of those children that follow then find no row and stop the link: drop the action on this target".to_owned(),
+                        _ => format!(
+                            "a replicated parent delete or update also changes its children here, and the source's own changes of those children that follow then find no row and stop the link: {turn_off}, or drop the action on this target"
+                        ),
+                    },
                 ));
             }
         }

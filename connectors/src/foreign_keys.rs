@@ -136,14 +136,7 @@ pub async fn target_foreign_keys(
     match site.kind {
         SiteKind::Postgres => crate::postgres::target_foreign_keys(site, tables).await,
         SiteKind::Mysql => crate::mysql::target_foreign_keys(site, tables).await,
-        SiteKind::Mssql => Err(AdminError::new(
-            "reading the foreign keys of the target tables",
-            crate::NotSupported {
-                what: "listing foreign keys (for duplex backfill's table order and duplex check)",
-                fix: "check the foreign keys of the tables duplex writes by hand: a row whose \
-                      referenced row is missing stops the link",
-            },
-        )),
+        SiteKind::Mssql => crate::mssql::load::target_foreign_keys(site, tables).await,
     }
 }
 

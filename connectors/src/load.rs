@@ -43,9 +43,7 @@ pub async fn table_is_empty(site: &SiteConnection, table: &TableName) -> Result<
     match site.kind {
         SiteKind::Postgres => crate::postgres::table_is_empty(site, table).await,
         SiteKind::Mysql => crate::mysql::table_is_empty(site, table).await,
-        SiteKind::Mssql => Err(backfill_not_supported(
-            "checking that a target table is empty",
-        )),
+        SiteKind::Mssql => crate::mssql::load::table_is_empty(site, table).await,
     }
 }
 
@@ -56,7 +54,7 @@ pub async fn delete_positions_like(site: &SiteConnection, pattern: &str) -> Resu
     match site.kind {
         SiteKind::Postgres => crate::postgres::delete_positions_like(site, pattern).await,
         SiteKind::Mysql => crate::mysql::delete_positions_like(site, pattern).await,
-        SiteKind::Mssql => Err(backfill_not_supported("deleting backfill markers")),
+        SiteKind::Mssql => crate::mssql::load::delete_positions_like(site, pattern).await,
     }
 }
 
@@ -66,7 +64,7 @@ pub async fn delete_position(site: &SiteConnection, source: &str) -> Result<(), 
     match site.kind {
         SiteKind::Postgres => crate::postgres::delete_position(site, source).await,
         SiteKind::Mysql => crate::mysql::delete_position(site, source).await,
-        SiteKind::Mssql => Err(backfill_not_supported("deleting a position row")),
+        SiteKind::Mssql => crate::mssql::load::delete_position(site, source).await,
     }
 }
 
@@ -91,15 +89,4 @@ pub async fn rename_position(
         SiteKind::Mysql => crate::mysql::rename_position(site, from, to).await,
         SiteKind::Mssql => crate::mssql::positions::rename_position(site, from, to).await,
     }
-}
-
-/// Why a backfill step cannot run on a SQL Server site.
-fn backfill_not_supported(doing: &'static str) -> AdminError {
-    AdminError::new(
-        doing,
-        crate::NotSupported {
-            what: "duplex backfill into a SQL Server target",
-            fix: "copy the tables with your own tools, then start duplex run",
-        },
-    )
 }

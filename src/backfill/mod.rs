@@ -473,16 +473,22 @@ pub async fn backfill(config: &Config, options: &BackfillOptions) -> Result<(), 
                 )));
             }
         };
-        // A SQL Server source is snapshotted (`duplex_connectors::mssql::snapshot`); writing
-        // the copy into a SQL Server target is not built (its applier has no bulk path and the
-        // target-side statements of `duplex_connectors::load` are not written for it).
-        if let Some(site) = config.sql_server_site_except(mapping, Some(&from)) {
+        // Into a SQL Server target the copy goes row by row through its applier (strict
+        // multi-row INSERTs); overwriting rows the target already holds (`--allow-nonempty`,
+        // `--resync`) needs an upsert, which the SQL Server applier does not have.
+        if (options.allow_nonempty || options.resync)
+            && let Some(site) = config.sql_server_site_except(mapping, Some(&from))
+        {
             return Err(BackfillError::Invalid(format!(
-                "mapping {} writes into the SQL Server site {site}: duplex backfill into SQL \
-                 Server targets is not supported yet (backfill from SQL Server sources is); copy \
-                 its tables with your own tools, then start duplex run (a new link reads on \
-                 from the current end of the source's log)",
-                mapping.name
+                "mapping {} writes into the SQL Server site {site}: {} into SQL Server targets \
+                 is not supported yet (it overwrites rows the target holds); empty the target \
+                 tables and run duplex backfill without it",
+                mapping.name,
+                if options.resync {
+                    "duplex backfill --resync"
+                } else {
+                    "duplex backfill --allow-nonempty"
+                }
             )));
         }
         by_source.entry(from).or_default().push(mapping);

@@ -3,17 +3,17 @@
 //! referencing them (the argument is in [`duplex_connectors::foreign_keys`]).
 //!
 //! Only targets whose duplex sessions check foreign keys (a PostgreSQL role that may not set
-//! `session_replication_role`) constrain the order, and only through keys between tables this
+//! `session_replication_role`, and SQL Server, which has no such setting) constrain the order, and only through keys between tables this
 //! backfill copies there: a key referencing a table the backfill does not copy cannot be helped
 //! by any order (`duplex check` warns about it). A self-reference or a cycle among copied
-//! tables on such a target is refused before anything is copied, with the grant that lifts it.
+//! tables on such a target is refused before anything is copied, with what lifts it.
 
 use std::collections::BTreeMap;
 
 use duplex_connectors::foreign_keys::{
     ForeignKey, ForeignKeyChecks, dependency_levels, target_foreign_keys,
 };
-use duplex_connectors::{TableName, TableRoute};
+use duplex_connectors::{SiteKind, TableName, TableRoute};
 
 use super::{BackfillError, admin_error};
 use crate::config::Site;
@@ -40,6 +40,7 @@ pub(super) async fn copy_levels(jobs: &[(&str, &Targets)]) -> Result<Vec<usize>,
     // Every key between copied tables on a target that checks them, as a key between jobs.
     let node = |index: usize| TableName::new("job", index.to_string());
     let mut keys = Vec::new();
+    let mut checked_kinds = Vec::new();
     for (site, written) in targets.values() {
         let tables: Vec<TableName> = written.iter().map(|(_, t)| t.clone()).collect();
         let found = target_foreign_keys(&site.connection(), &tables)
@@ -48,6 +49,7 @@ pub(super) async fn copy_levels(jobs: &[(&str, &Targets)]) -> Result<Vec<usize>,
         if let ForeignKeyChecks::Off { .. } = found.checks {
             continue;
         }
+        checked_kinds.push(site.kind);
         for key in &found.keys {
             for (child, _) in written.iter().filter(|(_, t)| *t == key.table) {
                 for (parent, _) in written.iter().filter(|(_, t)| *t == key.references) {
@@ -67,12 +69,26 @@ pub(super) async fn copy_levels(jobs: &[(&str, &Targets)]) -> Result<Vec<usize>,
     let nodes: Vec<TableName> = (0..jobs.len()).map(node).collect();
     let levels = dependency_levels(&nodes, &keys).map_err(|cycle| {
         let named: Vec<String> = cycle.keys.iter().map(|k| k.name.clone()).collect();
+        let mut fixes = Vec::new();
+        if checked_kinds.contains(&SiteKind::Postgres) {
+            fixes.push(
+                "on PostgreSQL, let duplex's role turn the checks off (as a superuser: GRANT SET ON \
+                 PARAMETER session_replication_role TO <duplex's role>, PostgreSQL 15+, or run duplex \
+                 as a superuser)",
+            );
+        }
+        if checked_kinds.contains(&SiteKind::Mssql) {
+            fixes.push(
+                "on SQL Server, whose sessions always check them, disable the key while copying \
+                 (ALTER TABLE <table> NOCHECK CONSTRAINT <key>) and check it again afterwards \
+                 (ALTER TABLE <table> WITH CHECK CHECK CONSTRAINT <key>)",
+            );
+        }
         BackfillError::Refused(format!(
             "cannot copy in an order that satisfies the foreign key(s) {}: a table referencing itself (or tables referencing each other) \
-             cannot be copied range by range while the target checks foreign keys, and duplex's role there may not turn the checks off; \
-             let it (as a superuser: GRANT SET ON PARAMETER session_replication_role TO <duplex's role>, PostgreSQL 15+, or run duplex as a superuser) \
-             and run the backfill again",
-            named.join(", ")
+             cannot be copied range by range while the target checks foreign keys; {}, and run the backfill again",
+            named.join(", "),
+            fixes.join("; ")
         ))
     })?;
     if levels.iter().any(|&l| l > 0) {

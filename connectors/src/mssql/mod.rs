@@ -10,11 +10,12 @@
 //! the link needs are in [`route`] and [`positions`]; [`typemap`] holds the SQL Server <->
 //! PostgreSQL rule tables; [`snapshot`] is the backfill's snapshot of a SQL Server source,
 //! matched exactly to a CDC position; [`teardown`] removes schema `duplex` from a target
-//! (never a capture instance). Not built, and refused with "... is not supported for SQL
-//! Server sites yet": two-way (the configuration refuses `direction = "both"` with a SQL
-//! Server site), verify, backfill into a SQL Server target, the log head, foreign-key and
-//! schema listing; the configuration also refuses mappings between SQL
-//! Server and MySQL/MariaDB.
+//! (never a capture instance); [`load`] is the target side of a backfill into SQL Server
+//! (empty tables, markers, foreign keys). Not built, and refused with "... is not supported
+//! for SQL Server sites yet": two-way (the configuration refuses `direction = "both"` with a
+//! SQL Server site), verify, a backfill that overwrites a SQL Server target's rows
+//! (`--allow-nonempty`, `--resync`), the log head and schema listing; the configuration also
+//! refuses mappings between SQL Server and MySQL/MariaDB.
 //!
 //! Nothing here has run against a real SQL Server yet: no server can run on our machines.
 //! The server tests in `connectors/tests/mssql.rs` and `tests/run_mssql.rs` run only when
@@ -23,6 +24,7 @@
 mod apply;
 mod error;
 pub mod link;
+pub mod load;
 mod param;
 mod position;
 pub mod positions;
