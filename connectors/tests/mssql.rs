@@ -535,6 +535,7 @@ fn items_route() -> MssqlRoute {
             column("qty", MssqlType::Int, Compare::Value),
         ],
         key: vec![0],
+        identity: None,
     }
 }
 
