@@ -147,6 +147,46 @@ pub(super) struct PgColumn {
     pub(super) declared: String,
     pub(super) kind: PgKind,
     pub(super) scale: Option<usize>,
+    /// `GENERATED ALWAYS AS IDENTITY` (always a key column of the route, see [`resolve`]):
+    /// an INSERT names it only with `OVERRIDING SYSTEM VALUE` (COPY always writes it), and an
+    /// UPDATE never sets it.
+    pub(super) identity_always: bool,
+}
+
+/// The target columns PostgreSQL fills itself, of the table with oid `$1`: name, `attidentity`
+/// (`a`: `GENERATED ALWAYS AS IDENTITY`, `d`: `BY DEFAULT`) and `attgenerated` (`s`: a stored
+/// generated column; read through `to_jsonb` because servers before PostgreSQL 12 have no
+/// such column).
+const FILLED_COLUMNS: &str = "SELECT a.attname::text, a.attidentity::text, \
+     coalesce(to_jsonb(a) ->> 'attgenerated', '') FROM pg_attribute a \
+     WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped \
+     AND (a.attidentity <> '' OR coalesce(to_jsonb(a) ->> 'attgenerated', '') <> '')";
+
+/// The target columns of a table PostgreSQL fills itself: `GENERATED ALWAYS AS IDENTITY`
+/// ones and stored generated ones, by name.
+#[derive(Debug, Default)]
+struct FilledColumns {
+    identity_always: Vec<String>,
+    generated: Vec<String>,
+}
+
+async fn filled_columns(client: &Client, oid: u32) -> Result<FilledColumns, ApplyError> {
+    let rows = client
+        .query(FILLED_COLUMNS, &[&oid])
+        .await
+        .map_err(PgError::query(
+            "reading a target table's identity and generated columns",
+        ))?;
+    let mut filled = FilledColumns::default();
+    for row in rows {
+        let name: String = row.get(0);
+        if row.get::<_, String>(2) == "s" {
+            filled.generated.push(name);
+        } else if row.get::<_, String>(1) == "a" {
+            filled.identity_always.push(name);
+        }
+    }
+    Ok(filled)
 }
 
 /// How values of a target column are bound.
@@ -269,8 +309,15 @@ impl PgApplier {
         let mut resolved = HashMap::new();
         for route in routes {
             let info = describe_table(&client, &route.target).await?;
+            let filled = match &info {
+                Some(info) => filled_columns(&client, info.oid).await?,
+                None => FilledColumns::default(),
+            };
             let source = route.source.clone();
-            resolved.insert(source, resolve(route, info.map(|i| i.schema.columns))?);
+            resolved.insert(
+                source,
+                resolve(route, info.map(|i| i.schema.columns), &filled)?,
+            );
         }
         let tables: Vec<&PgRoute> = resolved.values().collect();
         let keyed = reorder::read_catalog(&client, &tables, false).await?.keyed;
@@ -337,7 +384,11 @@ impl PgSession {
 }
 
 /// Checks a route against the target table's columns.
-fn resolve(route: TableRoute, columns: Option<Vec<Column>>) -> Result<PgRoute, ApplyError> {
+fn resolve(
+    route: TableRoute,
+    columns: Option<Vec<Column>>,
+    filled: &FilledColumns,
+) -> Result<PgRoute, ApplyError> {
     let fail = |reason: String| ApplyError::Route {
         source_table: route.source.clone(),
         target: route.target.clone(),
@@ -358,6 +409,12 @@ fn resolve(route: TableRoute, columns: Option<Vec<Column>>) -> Result<PgRoute, A
                 column.declared
             )));
         };
+        if filled.generated.contains(target) {
+            return Err(fail(format!(
+                "column {target:?} is a generated column, which PostgreSQL computes and no \
+                 write may set: leave it out of the mapping"
+            )));
+        }
         columns.push(PgColumn {
             source: source.clone(),
             target: target.clone(),
@@ -365,6 +422,7 @@ fn resolve(route: TableRoute, columns: Option<Vec<Column>>) -> Result<PgRoute, A
             declared: column.declared.clone(),
             kind,
             scale: declared_scale(&column.declared),
+            identity_always: filled.identity_always.contains(target),
         });
     }
     if route.key.is_empty() {
@@ -376,6 +434,17 @@ fn resolve(route: TableRoute, columns: Option<Vec<Column>>) -> Result<PgRoute, A
             Some(i) => key.push(i),
             None => return Err(fail(format!("key column {k:?} is not in the column list"))),
         }
+    }
+    // PostgreSQL lets an UPDATE set a GENERATED ALWAYS identity column only to DEFAULT. A key
+    // column keeps its value in every update duplex writes (a key change is refused for it),
+    // so it is left out of the SET lists; a column outside the key could not be kept.
+    if let Some(c) = (0..columns.len()).find(|c| columns[*c].identity_always && !key.contains(c)) {
+        return Err(fail(format!(
+            "column {:?} is GENERATED ALWAYS AS IDENTITY but not the key, and PostgreSQL does \
+             not let an update set it: leave it out of the mapping, or let writes set it \
+             (ALTER TABLE ... ALTER COLUMN ... SET GENERATED BY DEFAULT)",
+            columns[c].target
+        )));
     }
     Ok(PgRoute {
         quoted: format!(

@@ -216,12 +216,15 @@ fn group_columns(route: &PgRoute, event: &ChangeEvent) -> Result<Option<Vec<usiz
     let Some(after) = &event.after else {
         return Ok(None);
     };
+    // A GENERATED ALWAYS identity column is a key column whose value the update keeps (the
+    // key change was refused above): it is matched, never set.
     let columns: Vec<usize> = (0..route.columns.len())
         .filter(|&c| {
-            !matches!(
-                after.get(&route.columns[c].source),
-                None | Some(Value::Unchanged)
-            )
+            !route.columns[c].identity_always
+                && !matches!(
+                    after.get(&route.columns[c].source),
+                    None | Some(Value::Unchanged)
+                )
         })
         .collect();
     Ok((!columns.is_empty() && columns.iter().all(|&c| plain(c))).then_some(columns))
@@ -434,6 +437,7 @@ mod tests {
             declared: declared.into(),
             kind,
             scale: None,
+            identity_always: false,
         }
     }
 

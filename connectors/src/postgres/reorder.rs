@@ -263,6 +263,7 @@ mod tests {
             declared: "bigint".into(),
             kind,
             scale: None,
+            identity_always: false,
         };
         PgRoute {
             target: TableName::new("public", table),
