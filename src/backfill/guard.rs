@@ -206,3 +206,30 @@ pub(super) async fn check_target(
     }
     Ok(())
 }
+
+/// Into a SQL Server target the copy goes through its applier's strict multi-row INSERTs;
+/// overwriting rows a target already holds (`--allow-nonempty`, `--resync`) needs an upsert,
+/// which the SQL Server applier does not have: refused up front, before anything connects.
+pub(super) fn no_overwrite_of_sql_server(
+    config: &Config,
+    mapping: &Mapping,
+    from: &str,
+    options: &super::BackfillOptions,
+) -> Result<(), String> {
+    if (options.allow_nonempty || options.resync)
+        && let Some(site) = config.sql_server_site_except(mapping, Some(from))
+    {
+        return Err(format!(
+            "mapping {} writes into the SQL Server site {site}: {} into SQL Server targets is \
+             not supported yet (it overwrites rows the target holds); empty the target tables \
+             and run duplex backfill without it",
+            mapping.name,
+            if options.resync {
+                "duplex backfill --resync"
+            } else {
+                "duplex backfill --allow-nonempty"
+            }
+        ));
+    }
+    Ok(())
+}

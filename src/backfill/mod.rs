@@ -473,24 +473,8 @@ pub async fn backfill(config: &Config, options: &BackfillOptions) -> Result<(), 
                 )));
             }
         };
-        // Into a SQL Server target the copy goes row by row through its applier (strict
-        // multi-row INSERTs); overwriting rows the target already holds (`--allow-nonempty`,
-        // `--resync`) needs an upsert, which the SQL Server applier does not have.
-        if (options.allow_nonempty || options.resync)
-            && let Some(site) = config.sql_server_site_except(mapping, Some(&from))
-        {
-            return Err(BackfillError::Invalid(format!(
-                "mapping {} writes into the SQL Server site {site}: {} into SQL Server targets \
-                 is not supported yet (it overwrites rows the target holds); empty the target \
-                 tables and run duplex backfill without it",
-                mapping.name,
-                if options.resync {
-                    "duplex backfill --resync"
-                } else {
-                    "duplex backfill --allow-nonempty"
-                }
-            )));
-        }
+        guard::no_overwrite_of_sql_server(config, mapping, &from, options)
+            .map_err(BackfillError::Invalid)?;
         by_source.entry(from).or_default().push(mapping);
     }
     let state = Arc::new(
