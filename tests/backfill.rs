@@ -492,10 +492,14 @@ fn a_value_refused_mid_copy_leaves_neither_the_range_nor_its_marker() {
         "3000|3000"
     );
     assert_eq!(
-        wms.psql("SELECT string_agg(source, ',' ORDER BY source) FROM duplex.positions")
-            .unwrap()
-            .trim(),
-        "backfill:items:0,backfill:items:1,backfill:items:2"
+        wms.psql(
+            "SELECT string_agg(regexp_replace(source, '^backfill:items@[^:]+:', \
+             'backfill:items@<deployment>:'), ',' ORDER BY source) FROM duplex.positions"
+        )
+        .unwrap()
+        .trim(),
+        "backfill:items@<deployment>:0,backfill:items@<deployment>:1,\
+         backfill:items@<deployment>:2"
     );
     drop_slot(&source);
 }
