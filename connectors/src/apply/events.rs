@@ -184,8 +184,34 @@ pub(crate) fn refuse_key_change<'a>(
     Ok(())
 }
 
+/// Refuses an update whose after-image gives the key column `source` (one the target fills
+/// itself and no update may set: a SQL Server `IDENTITY` column, a PostgreSQL `GENERATED
+/// ALWAYS AS IDENTITY` one) a value other than its key value; `Ok` when it keeps it, and the
+/// writer then leaves the column out of its SET list. `column` and `column_type` name the
+/// target column in the refusal, `why` says what the target does not allow and the fix.
+pub(crate) fn refuse_identity_change(
+    event: &ChangeEvent,
+    source: &str,
+    value: &Value,
+    table: &TableName,
+    column: &str,
+    column_type: &str,
+    why: &str,
+) -> Result<(), ApplyError> {
+    if same_key_value(key_value(event, source)?, value) {
+        return Ok(());
+    }
+    Err(ApplyError::refuse(
+        table,
+        column,
+        value,
+        column_type,
+        format!("the update changes the key, {why}"),
+    ))
+}
+
 /// Key values compared across integer signedness (`Int(5)` is `UInt(5)`).
-pub(crate) fn same_key_value(a: &Value, b: &Value) -> bool {
+fn same_key_value(a: &Value, b: &Value) -> bool {
     use Value as V;
     match (a, b) {
         (V::Int(i), V::UInt(u)) | (V::UInt(u), V::Int(i)) => u64::try_from(*i) == Ok(*u),

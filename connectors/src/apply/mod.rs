@@ -133,8 +133,8 @@ use crate::postgres::PgError;
 use crate::{Op, Position, PositionError, Row, TableName, Transaction, TransactionPart};
 
 pub(crate) use events::{
-    expect_one, expected_values, insert_columns, key_value, malformed, refuse_key_change,
-    same_insert_shape, same_key_value, skipped_write, target_key_value, unique_collision,
+    expect_one, expected_values, insert_columns, key_value, malformed, refuse_identity_change,
+    refuse_key_change, same_insert_shape, skipped_write, target_key_value, unique_collision,
 };
 pub use exactly_once::{ExactlyOnce, TargetSession};
 pub use positions::{POSITIONS_TABLE, is_positions_table, positions_table, recorded_position};

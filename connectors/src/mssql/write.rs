@@ -10,8 +10,8 @@ use super::sql::{
 };
 use super::{MssqlType, Param, to_param};
 use crate::apply::{
-    ApplyError, expected_values, insert_columns, key_value, malformed, refuse_key_change,
-    same_key_value,
+    ApplyError, expected_values, insert_columns, key_value, malformed, refuse_identity_change,
+    refuse_key_change,
 };
 use crate::{ChangeEvent, Op, TableName, Value};
 
@@ -123,9 +123,16 @@ impl MssqlRoute {
                 for (i, column) in self.columns.iter().enumerate() {
                     match after.get(&column.source) {
                         None | Some(Value::Unchanged) => {}
-                        Some(value) if self.identity == Some(i) => {
-                            self.keep_identity(event, column, value)?;
-                        }
+                        Some(value) if self.identity == Some(i) => refuse_identity_change(
+                            event,
+                            &column.source,
+                            value,
+                            &self.target,
+                            &column.target,
+                            column.ty.name(),
+                            "an IDENTITY column, and SQL Server does not update IDENTITY values: \
+                             delete the row and insert it again on the source instead",
+                        )?,
                         Some(value) => {
                             set.push(column.target.as_str());
                             params.push(self.param(column, value)?);
@@ -172,27 +179,6 @@ impl MssqlRoute {
                 })
             }
         }
-    }
-
-    /// Refuses an update that gives the IDENTITY (key) column `column` a new value: SQL Server
-    /// never updates an IDENTITY value.
-    fn keep_identity(
-        &self,
-        event: &ChangeEvent,
-        column: &RouteColumn,
-        value: &Value,
-    ) -> Result<(), ApplyError> {
-        if same_key_value(key_value(event, &column.source)?, value) {
-            return Ok(());
-        }
-        Err(ApplyError::refuse(
-            &self.target,
-            &column.target,
-            value,
-            column.ty.name(),
-            "the update changes the key, an IDENTITY column, and SQL Server does not update \
-             IDENTITY values: delete the row and insert it again on the source instead",
-        ))
     }
 
     /// `sql`, an insert, with `IDENTITY_INSERT` on around it when it names the table's
