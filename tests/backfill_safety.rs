@@ -723,21 +723,21 @@ fn another_deployments_range_markers_on_a_shared_mariadb_never_stand_for_this_on
     first_target
         .sql("CREATE TABLE items (id BIGINT PRIMARY KEY, qty INT NOT NULL, name LONGTEXT NOT NULL)")
         .unwrap();
-    let first_dir = tempfile::tempdir().unwrap();
-    let target_site = |db: &MariaDatabase| site(db.name(), &db.url());
-    let first_config = state(first_dir.path())
-        + &site(first.name(), &first.url())
-        + &target_site(&first_target)
-        + &mapping(
-            "items",
-            (first.name(), "public.items"),
-            (
-                first_target.name(),
-                &format!("{}.items", first_target.name()),
-            ),
-        );
-    let first_duplex = Duplex::new(&first_config);
-    let out = first_duplex.command(&["backfill", "--jobs", "1", "--chunk-rows", "1000"]);
+    // One deployment (a state directory of its own) backfilling mapping `items` from `source`
+    // into `target`, with one worker and ranges of 1,000 rows: the command's output.
+    let backfill = |source: &PgDatabase, target: &MariaDatabase| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = state(dir.path())
+            + &site(source.name(), &source.url())
+            + &site(target.name(), &target.url())
+            + &mapping(
+                "items",
+                (source.name(), "public.items"),
+                (target.name(), &format!("{}.items", target.name())),
+            );
+        Duplex::new(&config).command(&["backfill", "--jobs", "1", "--chunk-rows", "1000"])
+    };
+    let out = backfill(&first, &first_target);
     assert!(!out.status.success(), "{}", log_of(&out));
     assert_eq!(count_my(&first_target, "items"), 3000, "{}", log_of(&out));
 
@@ -761,20 +761,7 @@ fn another_deployments_range_markers_on_a_shared_mariadb_never_stand_for_this_on
     second_target
         .sql("CREATE TABLE items (id BIGINT PRIMARY KEY, qty BIGINT NOT NULL, name LONGTEXT NOT NULL)")
         .unwrap();
-    let second_dir = tempfile::tempdir().unwrap();
-    let second_config = state(second_dir.path())
-        + &site(second.name(), &second.url())
-        + &target_site(&second_target)
-        + &mapping(
-            "items",
-            (second.name(), "public.items"),
-            (
-                second_target.name(),
-                &format!("{}.items", second_target.name()),
-            ),
-        );
-    let second_duplex = Duplex::new(&second_config);
-    let out = second_duplex.command(&["backfill", "--jobs", "1", "--chunk-rows", "1000"]);
+    let out = backfill(&second, &second_target);
     assert!(out.status.success(), "{}", log_of(&out));
     assert_eq!(my_sum(&second_target, "items"), pg_sum(&second, "items"));
     assert_eq!(count_my(&second_target, "items"), 5000);
