@@ -97,17 +97,9 @@ fn a_bad_sql_server_url_is_refused_with_what_is_wrong() {
 }
 
 #[test]
-fn a_two_way_mapping_with_a_sql_server_site_is_refused() {
-    let problems = problems(&config(ERP_URL, "both"));
-    assert_eq!(problems.len(), 1, "{problems:?}");
-    assert!(
-        problems[0].starts_with(
-            "mappings[0] (orders).direction: a two-way mapping (direction = \"both\") is not \
-             supported for SQL Server sites yet (erp is one)"
-        ),
-        "{problems:?}"
-    );
-    assert!(problems[0].ends_with("e.g. \"erp->store\""), "{problems:?}");
+fn a_two_way_mapping_with_a_sql_server_site_is_accepted() {
+    let config = parse(&config(ERP_URL, "both")).unwrap();
+    assert_eq!(config.mappings[0].direction, Direction::Both);
 }
 
 #[test]

@@ -266,6 +266,13 @@ pub async fn check_site(
                     Err(error) => items.push(Err(error.into())),
                 }
             }
+            if tables.iter().any(|(_, usage)| usage.read && usage.write) {
+                let positions = crate::apply::positions_table();
+                match mssql::probe_table(&mut client, &positions).await {
+                    Ok(facts) => items.push(Ok(mssql::check_echo_capture(facts.as_ref()))),
+                    Err(error) => items.push(Err(error.into())),
+                }
+            }
         }
     }
     Ok(items)

@@ -280,7 +280,7 @@ pub enum AnyStream {
     Postgres(Box<PgStream>),
     /// MySQL/MariaDB binlog.
     Mysql(Box<MysqlStream>),
-    /// SQL Server CDC change tables (one-way links only).
+    /// SQL Server CDC change tables.
     Mssql(Box<MssqlLinkStream>),
 }
 
@@ -359,13 +359,6 @@ impl AnyStream {
                 )))
             }
             SiteKind::Mssql => {
-                if merge {
-                    return Err(crate::NotSupported {
-                        what: "two-way replication (the merge engine reading echo markers)",
-                        fix: "map the table one way (direction = \"<site>-><site>\")",
-                    }
-                    .into());
-                }
                 let start = match start {
                     None => None,
                     Some(Position::Mssql(position)) => Some(position),
@@ -379,6 +372,7 @@ impl AnyStream {
                         &tables,
                         start,
                         shapes,
+                        merge,
                     )
                     .await?,
                 )))

@@ -342,6 +342,7 @@ async fn the_reader_delivers_cdc_transactions_in_commit_order_and_resumes_exactl
         table: TableName::new("dbo", table),
         columns: columns.into_iter().map(|(c, t)| (c.into(), t)).collect(),
         key: vec!["id".into()],
+        large: vec![],
     };
     let config = MssqlStreamConfig {
         instances: vec![

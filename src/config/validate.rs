@@ -490,18 +490,6 @@ fn sql_server_fits(
         return true;
     };
     let mut fits = true;
-    if raw.direction == "both" {
-        report(
-            format!("{field}.direction"),
-            format!(
-                "a two-way mapping (direction = \"both\") is not supported for SQL Server sites \
-                 yet ({mssql} is one): the merge engine's echo markers and conditional writes \
-                 are not wired for SQL Server; map the table one way, e.g. \"{}\"",
-                one_way_example(raw, mssql)
-            ),
-        );
-        fits = false;
-    }
     if schema_wide {
         report(
             format!("{field}.tables"),
@@ -528,16 +516,6 @@ fn sql_server_fits(
         fits = false;
     }
     fits
-}
-
-/// `<mssql>-><other site>` for a message.
-fn one_way_example(raw: &RawMapping, mssql: &str) -> String {
-    let other = raw
-        .tables
-        .keys()
-        .find(|s| *s != mssql)
-        .map_or("<target>", String::as_str);
-    format!("{mssql}->{other}")
 }
 
 fn names<'a>(names: impl Iterator<Item = &'a String>) -> String {

@@ -17,19 +17,25 @@
 //! - *Acknowledgement*: CDC keeps changes for the cleanup job's retention, not for readers, so
 //!   there is nothing to release.
 //!
-//! Two-way (echo markers) is not wired: the configuration refuses SQL Server sites in
-//! `direction = "both"` mappings, and [`MssqlLinkStream::start`] refuses `merge` too.
+//! - *Echoes are marked* (started for the merge engine): the stream captures
+//!   `duplex.positions` with CDC (capture instance `duplex_positions`, created unless it
+//!   exists) and reads it like a mapped table. duplex's applier writes that table in every
+//!   target transaction, so each of its transactions carries a change of it under the same
+//!   commit LSN and comes as [`crate::Origin::Duplex`] with that change. A new two-way stream
+//!   starts only once the capture job captures the table ([`echo_capture_ready`]), so no
+//!   write of duplex's after the start can be read as an application's.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
+use super::positions::{ECHO_INSTANCE, ensure_positions_captured};
 use super::preflight::probe_table;
 use super::reader::{
-    CdcItem, MssqlStream, MssqlStreamConfig, MssqlStreamError, max_lsn, start_position,
+    CdcItem, MssqlStream, MssqlStreamConfig, MssqlStreamError, max_lsn, min_lsn, start_position,
 };
 use super::route::{InstanceError, capture_instance, schema_of};
-use super::stream::CdcError;
-use super::{CdcPosition, connect};
+use super::stream::{CdcError, echo_capture_ready};
+use super::{CdcPosition, MssqlClient, connect};
 use crate::stream::StreamItem;
 use crate::{Position, ShapeColumn, TableName, TableShape, Transaction};
 
@@ -53,7 +59,8 @@ pub struct MssqlLinkStream {
 impl MssqlLinkStream {
     /// Connects to the database `url` names and reads the capture instance of each of
     /// `tables`, resuming after `start` (`None`: at the current end of the log). Transactions
-    /// carry `source` as their source; `shapes` says whether to yield [`StreamItem::Shape`]s.
+    /// carry `source` as their source; `shapes` says whether to yield [`StreamItem::Shape`]s;
+    /// `merge` marks echoes (see the module docs).
     pub async fn start(
         url: &str,
         password: Option<&str>,
@@ -61,11 +68,20 @@ impl MssqlLinkStream {
         tables: &BTreeSet<TableName>,
         start: Option<CdcPosition>,
         shapes: bool,
+        merge: bool,
     ) -> Result<MssqlLinkStream, MssqlStreamError> {
         let mut client = connect(url, password).await?;
+        let mut tables = tables.clone();
+        if merge {
+            ensure_positions_captured(&mut client).await?;
+            tables.insert(crate::apply::positions_table());
+            if start.is_none() {
+                wait_for_echo_capture(&mut client).await?;
+            }
+        }
         let mut instances = Vec::with_capacity(tables.len());
         let mut pending = HashMap::new();
-        for table in tables {
+        for table in &tables {
             let facts = probe_table(&mut client, table)
                 .await?
                 .ok_or_else(|| InstanceError::Missing(table.clone()))?;
@@ -131,6 +147,25 @@ impl MssqlLinkStream {
             let items = to_items(&self.source, &mut self.shapes, item);
             self.ready.extend(items);
         }
+    }
+}
+
+/// How long a new two-way stream waits for the capture job to capture `duplex.positions`.
+pub const ECHO_CAPTURE_WAIT: Duration = Duration::from_secs(60);
+
+/// Returns once the capture job captures `duplex.positions` (see [`echo_capture_ready`]); a
+/// stop after [`ECHO_CAPTURE_WAIT`].
+async fn wait_for_echo_capture(client: &mut MssqlClient) -> Result<(), MssqlStreamError> {
+    let deadline = tokio::time::Instant::now() + ECHO_CAPTURE_WAIT;
+    loop {
+        let min = min_lsn(client, ECHO_INSTANCE).await?;
+        if echo_capture_ready(min, max_lsn(client).await?) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(CdcError::EchoNotCaptured(ECHO_CAPTURE_WAIT).into());
+        }
+        tokio::time::sleep(MIN_WAIT * 4).await;
     }
 }
 

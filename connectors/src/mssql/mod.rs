@@ -3,8 +3,9 @@
 //! reader built on them ([`MssqlStream`]), the applier ([`MssqlApplier`]: the shared
 //! exactly-once protocol over a SQL Server session), the URL and connecting.
 //!
-//! Wired as [`crate::SiteKind::Mssql`] with [`crate::Position::Mssql`]: a one-way link reads
-//! through [`MssqlLinkStream`] (the reader as a change stream, see [`link`]) and writes
+//! Wired as [`crate::SiteKind::Mssql`] with [`crate::Position::Mssql`]: a link or the merge
+//! engine reads through [`MssqlLinkStream`] (the reader as a change stream, see [`link`];
+//! for the engine it also reads `duplex.positions` to mark echoes) and writes
 //! through [`MssqlApplier`] with routes resolved against the target table ([`route`]);
 //! `duplex check` runs [`preflight`]; the catalog, collations and `duplex.positions` listing
 //! the link needs are in [`route`] and [`positions`]; [`typemap`] holds the SQL Server <->
@@ -12,13 +13,12 @@
 //! matched exactly to a CDC position; [`teardown`] removes schema `duplex` from a target
 //! (never a capture instance); [`load`] is the target side of a backfill into SQL Server
 //! (empty tables, markers, foreign keys). Not built, and refused with "... is not supported
-//! for SQL Server sites yet": two-way (the configuration refuses `direction = "both"` with a
-//! SQL Server site), verify, a backfill that overwrites a SQL Server target's rows
+//! for SQL Server sites yet": verify, a backfill that overwrites a SQL Server target's rows
 //! (`--allow-nonempty`, `--resync`), the log head and schema listing; the configuration also
 //! refuses mappings between SQL Server and MySQL/MariaDB.
 //!
 //! Nothing here has run against a real SQL Server yet: no server can run on our machines.
-//! The server tests in `connectors/tests/mssql.rs` and `tests/run_mssql.rs` run only when
+//! The server tests in `connectors/tests/mssql.rs` and `tests/run_mssql*.rs` run only when
 //! `DUPLEX_TEST_MSSQL_URL` is set.
 
 mod apply;

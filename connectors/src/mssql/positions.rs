@@ -26,6 +26,9 @@ pub const POSITIONS_DDL: &str = "IF SCHEMA_ID(N'duplex') IS NULL EXEC(N'CREATE S
          applied_at datetime2(6) NOT NULL \
      )";
 
+/// The capture instance [`POSITIONS_CDC`] creates.
+pub const ECHO_INSTANCE: &str = "duplex_positions";
+
 /// Captures `duplex.positions` with CDC, for two-way links reading this database (its rows
 /// mark duplex's own transactions); needs `db_owner`.
 pub const POSITIONS_CDC: &str = "IF NOT EXISTS (SELECT 1 FROM cdc.change_tables \
@@ -96,6 +99,19 @@ pub async fn rename_position(
 /// Creates schema `duplex` and `duplex.positions` unless they exist.
 pub async fn ensure_positions(client: &mut MssqlClient) -> Result<(), MssqlError> {
     run_script(client, POSITIONS_DDL, "creating duplex.positions").await
+}
+
+/// Creates `duplex.positions` unless it exists and captures it with CDC unless it is (a
+/// two-way site's reader reads it to recognise duplex's own transactions).
+pub async fn ensure_positions_captured(client: &mut MssqlClient) -> Result<(), MssqlError> {
+    ensure_positions(client).await?;
+    run_script(
+        client,
+        POSITIONS_CDC,
+        "enabling CDC on duplex.positions for two-way replication (needs db_owner; a DBA can \
+         run the statements of README \"SQL Server sites\" beforehand instead)",
+    )
+    .await
 }
 
 /// Runs a batch of statements whose results are not needed.

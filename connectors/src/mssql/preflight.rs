@@ -8,6 +8,7 @@
 use crate::TableName;
 use crate::preflight::{self, Finding};
 
+use super::positions::{ECHO_INSTANCE, POSITIONS_CDC, POSITIONS_DDL};
 use super::stream::quote;
 use super::types::{MssqlType, TypeError};
 use super::{MssqlClient, MssqlError};
@@ -89,6 +90,9 @@ pub struct TableFacts {
     pub captured: Vec<String>,
     /// Its `IDENTITY` column, if it has one (a table has at most one).
     pub identity: Option<String>,
+    /// Its columns declared `(max)` and its `xml` columns (`max_length` -1), which CDC leaves
+    /// out of an update's before-image when the update did not change them.
+    pub unbounded: Vec<String>,
 }
 
 impl ServerFacts {
@@ -370,9 +374,35 @@ pub async fn probe_server(client: &mut MssqlClient) -> Result<ServerFacts, Mssql
     })
 }
 
-/// The columns of table `@P1`: name, system type name, scale.
-pub const COLUMNS_QUERY: &str = "SELECT c.name, TYPE_NAME(c.system_type_id), CAST(c.scale AS int) \
-     FROM sys.columns c WHERE c.object_id = OBJECT_ID(@P1) ORDER BY c.column_id";
+/// The finding on a site read by two-way mappings: whether `duplex.positions` (its facts, if
+/// the table exists) is captured by CDC as [`ECHO_INSTANCE`], which the reader needs to
+/// recognise duplex's own writes. Not yet captured is a warning: the two-way stream enables it
+/// when it starts if its login is `db_owner`.
+pub fn check_echo_capture(positions: Option<&TableFacts>) -> Finding {
+    let captured = positions.is_some_and(
+        |facts| matches!(&facts.instances[..], [(name, _, true)] if name == ECHO_INSTANCE),
+    );
+    if captured {
+        Finding::ok(
+            "duplex.positions is captured by CDC (two-way: duplex's own writes are recognised)",
+        )
+    } else {
+        Finding::warn(
+            "duplex.positions is not captured by CDC yet (two-way replication reads it to \
+             recognise duplex's own writes)",
+            format!(
+                "duplex enables it when the two-way mapping starts if its login is db_owner; \
+                 otherwise have a db_owner run: {POSITIONS_DDL}; {POSITIONS_CDC}"
+            ),
+        )
+    }
+}
+
+/// The columns of table `@P1`: name, system type name, scale, and `max_length` (-1 for
+/// `(max)` and `xml`).
+pub const COLUMNS_QUERY: &str = "SELECT c.name, TYPE_NAME(c.system_type_id), CAST(c.scale AS int), \
+     CAST(c.max_length AS int) FROM sys.columns c WHERE c.object_id = OBJECT_ID(@P1) \
+     ORDER BY c.column_id";
 
 /// The `IDENTITY` column of table `@P1` (none, or one).
 pub const IDENTITY_QUERY: &str =
@@ -407,19 +437,23 @@ pub async fn probe_table(
 ) -> Result<Option<TableFacts>, MssqlError> {
     let name = format!("{}.{}", quote(&table.schema), quote(&table.name));
     let text = |r: &tiberius::Row, i: usize| r.get::<&str, _>(i).unwrap_or_default().to_owned();
-    let columns: Vec<(String, String, u8)> =
-        rows_of(client, COLUMNS_QUERY, &name, "reading a table's columns")
-            .await?
-            .iter()
-            .map(|r| {
-                let scale = r.get::<i32, _>(2).unwrap_or_default();
-                (
-                    text(r, 0),
-                    text(r, 1),
-                    u8::try_from(scale).unwrap_or(u8::MAX),
-                )
-            })
-            .collect();
+    let rows = rows_of(client, COLUMNS_QUERY, &name, "reading a table's columns").await?;
+    let columns: Vec<(String, String, u8)> = rows
+        .iter()
+        .map(|r| {
+            let scale = r.get::<i32, _>(2).unwrap_or_default();
+            (
+                text(r, 0),
+                text(r, 1),
+                u8::try_from(scale).unwrap_or(u8::MAX),
+            )
+        })
+        .collect();
+    let unbounded = rows
+        .iter()
+        .filter(|r| r.get::<i32, _>(3) == Some(-1))
+        .map(|r| text(r, 0))
+        .collect();
     if columns.is_empty() {
         return Ok(None);
     }
@@ -473,6 +507,7 @@ pub async fn probe_table(
         instances,
         captured,
         identity,
+        unbounded,
     }))
 }
 
@@ -511,6 +546,7 @@ mod tests {
             instances: vec![("dbo_orders".into(), None, true)],
             captured: vec!["id".into(), "placed".into(), "price".into()],
             identity: None,
+            unbounded: vec![],
         }
     }
 
@@ -654,6 +690,24 @@ mod tests {
                 "capture instance dbo_orders is gated by role cdc_readers, which the user is not in"
             ]
         );
+    }
+
+    #[test]
+    fn a_two_way_site_is_told_whether_duplex_positions_is_captured() {
+        assert_eq!(check_echo_capture(None).status, Status::Warn);
+        let positions = TableFacts {
+            table: crate::apply::positions_table(),
+            instances: vec![],
+            ..ready_table()
+        };
+        let missing = check_echo_capture(Some(&positions));
+        assert_eq!(missing.status, Status::Warn);
+        assert!(missing.fix.unwrap().contains(POSITIONS_CDC));
+        let captured = TableFacts {
+            instances: vec![(ECHO_INSTANCE.into(), None, true)],
+            ..positions
+        };
+        assert_eq!(check_echo_capture(Some(&captured)).status, Status::Ok);
     }
 
     #[test]

@@ -32,7 +32,7 @@ use super::stream::{
 };
 use super::types::TypeError;
 use super::{CdcPosition, Lsn, MssqlClient, MssqlError, to_value};
-use crate::{Row, TableName};
+use crate::{Row, TableName, Value};
 
 /// What an [`MssqlStream`] yields.
 #[derive(Debug, Clone, PartialEq)]
@@ -107,6 +107,13 @@ pub(super) async fn max_lsn(client: &mut MssqlClient) -> Result<Lsn, MssqlError>
     query_lsn(client, MAX_LSN_QUERY, &[], "reading the CDC max LSN").await
 }
 
+/// The lowest LSN capture instance `instance` holds (zero when it does not exist, or before
+/// the capture job established it).
+pub(super) async fn min_lsn(client: &mut MssqlClient, instance: &str) -> Result<Lsn, MssqlError> {
+    let doing = "reading a capture instance's min LSN";
+    query_lsn(client, MIN_LSN_QUERY, &[&instance], doing).await
+}
+
 /// The LSN in the first column of the row `query` returns (zero when it returns none).
 async fn query_lsn(
     client: &mut MssqlClient,
@@ -167,7 +174,15 @@ pub fn decode_change(
             column: name.clone(),
             source,
         })?;
-        row.push(name.as_str(), value);
+        let left_out = value == Value::Null
+            && instance
+                .large
+                .iter()
+                .any(|(large, kind)| large == name && kind.left_out(op));
+        row.push(
+            name.as_str(),
+            if left_out { Value::Unchanged } else { value },
+        );
     }
     if data.next().is_some() {
         return Err(malformed("only the captured columns"));
@@ -330,8 +345,7 @@ impl MssqlStream {
     }
 
     async fn min_lsn(&mut self, instance: &str) -> Result<Lsn, MssqlStreamError> {
-        let doing = "reading a capture instance's min LSN";
-        Ok(query_lsn(&mut self.client, MIN_LSN_QUERY, &[&instance], doing).await?)
+        Ok(min_lsn(&mut self.client, instance).await?)
     }
 
     async fn read_changes(
@@ -388,8 +402,8 @@ impl MssqlStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Value;
     use crate::mssql::MssqlType;
+    use crate::mssql::stream::Large;
     use std::borrow::Cow;
 
     fn lsn(n: u64) -> Lsn {
@@ -411,6 +425,7 @@ mod tests {
                 ("note".into(), MssqlType::Text),
             ],
             key: vec!["id".into()],
+            large: vec![],
         }
     }
 
@@ -455,6 +470,54 @@ mod tests {
         assert_eq!(change.table, TableName::new("dbo", "orders"));
         assert_eq!(change.row.get("id"), Some(&Value::Int(7)));
         assert_eq!(change.row.get("note"), Some(&Value::Text("hé".into())));
+    }
+
+    #[test]
+    fn nulls_cdc_leaves_out_of_large_columns_are_read_as_not_carried() {
+        // `memo nvarchar(max)`, `scan image`, `code varchar(20)`.
+        let instance = CaptureInstance {
+            columns: vec![
+                ("id".into(), MssqlType::Int),
+                ("memo".into(), MssqlType::Text),
+                ("scan".into(), MssqlType::Binary),
+                ("code".into(), MssqlType::Text),
+            ],
+            large: vec![("memo".into(), Large::Max), ("scan".into(), Large::Legacy)],
+            ..orders()
+        };
+        let decode = |op: i32, memo: Option<&'static str>| {
+            let data = vec![
+                binary(20),
+                binary(3),
+                ColumnData::I32(Some(op)),
+                ColumnData::I32(Some(7)),
+                ColumnData::String(memo.map(Cow::Borrowed)),
+                ColumnData::Binary(None),
+                ColumnData::String(None),
+            ];
+            let row = decode_change(&instance, data).unwrap().row;
+            ["memo", "scan", "code"].map(|c| row.get(c).cloned().unwrap())
+        };
+        use Value::{Null, Unchanged};
+        let text = |t: &str| Value::Text(t.into());
+        // An update's before-image: both large columns may have been left out.
+        assert_eq!(decode(3, None), [Unchanged, Unchanged, Null]);
+        assert_eq!(decode(3, Some("old")), [text("old"), Unchanged, Null]);
+        // A delete carries (max) columns, never text/ntext/image.
+        assert_eq!(decode(1, None), [Null, Unchanged, Null]);
+        // Inserts and after-images carry everything.
+        assert_eq!(decode(2, None), [Null, Null, Null]);
+        assert_eq!(decode(4, Some("new")), [text("new"), Null, Null]);
+    }
+
+    #[test]
+    fn large_columns_are_told_by_type_and_max_length() {
+        assert_eq!(Large::of("ntext", false), Some(Large::Legacy));
+        assert_eq!(Large::of("IMAGE", false), Some(Large::Legacy));
+        assert_eq!(Large::of("nvarchar", true), Some(Large::Max));
+        assert_eq!(Large::of("xml", true), Some(Large::Max));
+        assert_eq!(Large::of("nvarchar", false), None);
+        assert_eq!(Large::of("int", false), None);
     }
 
     #[test]

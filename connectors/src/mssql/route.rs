@@ -7,7 +7,7 @@
 //! mapping (`crate::typemap`) keys SQL Server columns by the names `check` reports.
 
 use super::preflight::{TableFacts, probe_table};
-use super::stream::CaptureInstance;
+use super::stream::{CaptureInstance, Large};
 use super::write::{MssqlRoute, RouteColumn};
 use super::{MssqlClient, MssqlError, MssqlType};
 use crate::apply::{ApplyError, TableRoute};
@@ -85,12 +85,17 @@ pub async fn collations(
 }
 
 /// How a conditional write compares values of a column of type `ty` (`sys.types` name).
+/// `image` and `xml` have no equality (and cannot be in an `INTERSECT`), so they are compared
+/// as bytes too: an `image` as `varbinary(max)`, an `xml` value as the server serializes it,
+/// the expected value parsed as `xml` first.
 fn compare(ty: MssqlType, type_name: &str) -> Compare {
     match (ty, type_name) {
         (MssqlType::Text, "varchar" | "nvarchar") => Compare::Text(format!("{type_name}(max)")),
         (MssqlType::Text, "text") => Compare::Text("varchar(max)".into()),
         (MssqlType::Text, "ntext") => Compare::Text("nvarchar(max)".into()),
         (MssqlType::Text, other) => Compare::Text(other.to_owned()),
+        (MssqlType::Binary, "image") => Compare::Text("varbinary(max)".into()),
+        (MssqlType::Xml, _) => Compare::Text("xml".into()),
         _ => Compare::Value,
     }
 }
@@ -222,6 +227,7 @@ pub fn capture_instance(facts: &TableFacts) -> Result<CaptureInstance, InstanceE
         return Err(InstanceError::NoPrimaryKey(facts.table.clone()));
     }
     let mut columns = Vec::with_capacity(facts.captured.len());
+    let mut large = Vec::new();
     for captured in &facts.captured {
         let type_name = facts
             .columns
@@ -233,6 +239,9 @@ pub fn capture_instance(facts: &TableFacts) -> Result<CaptureInstance, InstanceE
             column: captured.clone(),
             source,
         })?;
+        if let Some(kind) = Large::of(type_name, facts.unbounded.contains(captured)) {
+            large.push((captured.clone(), kind));
+        }
         columns.push((captured.clone(), ty));
     }
     Ok(CaptureInstance {
@@ -240,6 +249,7 @@ pub fn capture_instance(facts: &TableFacts) -> Result<CaptureInstance, InstanceE
         table: facts.table.clone(),
         columns,
         key: facts.primary_key.clone(),
+        large,
     })
 }
 
@@ -259,6 +269,7 @@ mod tests {
             instances: vec![("dbo_orders".into(), None, true)],
             captured: vec!["id".into(), "note".into()],
             identity: None,
+            unbounded: vec![],
         }
     }
 
@@ -355,6 +366,15 @@ mod tests {
     }
 
     #[test]
+    fn columns_without_equality_are_compared_as_bytes() {
+        let text = |t: &str| Compare::Text(t.into());
+        assert_eq!(compare(MssqlType::Binary, "image"), text("varbinary(max)"));
+        assert_eq!(compare(MssqlType::Xml, "xml"), text("xml"));
+        assert_eq!(compare(MssqlType::Text, "ntext"), text("nvarchar(max)"));
+        assert_eq!(compare(MssqlType::Binary, "varbinary"), Compare::Value);
+    }
+
+    #[test]
     fn the_capture_instance_carries_the_captured_columns_typed_and_the_key() {
         let instance = capture_instance(&facts()).unwrap();
         assert_eq!(instance.name, "dbo_orders");
@@ -366,6 +386,15 @@ mod tests {
             ]
         );
         assert_eq!(instance.key, vec!["id".to_owned()]);
+        assert_eq!(instance.large, vec![]);
+        let unbounded = TableFacts {
+            unbounded: vec!["note".into()],
+            ..facts()
+        };
+        assert_eq!(
+            capture_instance(&unbounded).unwrap().large,
+            vec![("note".to_owned(), Large::Max)]
+        );
         let mut none = facts();
         none.instances.clear();
         assert!(

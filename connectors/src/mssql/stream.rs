@@ -48,11 +48,57 @@ pub struct CaptureInstance {
     pub columns: Vec<(String, MssqlType)>,
     /// The primary-key columns.
     pub key: Vec<String>,
+    /// The captured columns CDC leaves out of some images, and how (see [`Large`]).
+    pub large: Vec<(String, Large)>,
+}
+
+/// A large column, which CDC leaves out of some images as NULL (SQL Server documentation,
+/// "Change data capture: large object data types"). The reader reads such a NULL as
+/// [`crate::Value::Unchanged`] (not carried), never as a NULL the row held: one-way appliers
+/// use before-images only for keys, and the merge engine compares a not-carried value with
+/// nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Large {
+    /// `varchar(max)`, `nvarchar(max)`, `varbinary(max)`, `xml`: NULL in an update's
+    /// before-image unless the update changed the column (whether it held NULL cannot be
+    /// told apart without the update mask).
+    Max,
+    /// `text`, `ntext`, `image`: NULL in every before-image, of updates and deletes.
+    Legacy,
+}
+
+impl Large {
+    /// How CDC carries column `type_name` (`sys.types`), `unbounded` when declared `(max)`
+    /// or `xml`; `None` for a column every image carries.
+    pub fn of(type_name: &str, unbounded: bool) -> Option<Large> {
+        match type_name.to_ascii_lowercase().as_str() {
+            "text" | "ntext" | "image" => Some(Large::Legacy),
+            _ if unbounded => Some(Large::Max),
+            _ => None,
+        }
+    }
+
+    /// Whether a NULL of this column in a row of `op` may be one CDC left out.
+    pub fn left_out(self, op: CdcOp) -> bool {
+        matches!(
+            (self, op),
+            (_, CdcOp::UpdateBefore) | (Large::Legacy, CdcOp::Delete)
+        )
+    }
 }
 
 /// A stop the reader cannot recover from by retrying.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CdcError {
+    /// A new two-way reader waited in vain for the capture job to start capturing
+    /// `duplex.positions` (see [`echo_capture_ready`]).
+    #[error(
+        "the capture job has not started capturing duplex.positions (capture instance \
+         duplex_positions, which two-way replication reads to recognise duplex's own writes) \
+         within {0:?}: make sure SQL Server Agent runs this database's cdc capture job \
+         (EXEC sys.sp_cdc_help_jobs), then start duplex again"
+    )]
+    EchoNotCaptured(Duration),
     /// The capture instance does not exist (its minimum LSN is zero).
     #[error(
         "capture instance {instance} does not exist: enable CDC on its table \
@@ -216,6 +262,14 @@ pub const MIN_LSN_QUERY: &str = "SELECT sys.fn_cdc_get_min_lsn(@P1)";
 pub const COMMIT_TIMES_QUERY: &str = "SELECT start_lsn, \
      DATEADD(minute, DATEDIFF(minute, SYSDATETIME(), SYSUTCDATETIME()), CAST(tran_end_time AS datetime2)) \
      FROM cdc.lsn_time_mapping WHERE start_lsn BETWEEN @P1 AND @P2";
+
+/// Whether a new two-way reader may start at the max LSN: the capture instance of
+/// `duplex.positions` exists (`min_lsn` not zero) and the capture job has processed the log up
+/// to where it begins, so every transaction after the start that wrote `duplex.positions`
+/// (every write of duplex's applier) is in its change table and read as an echo.
+pub fn echo_capture_ready(min_lsn: Lsn, max_lsn: Lsn) -> bool {
+    min_lsn != Lsn::ZERO && max_lsn >= min_lsn
+}
 
 /// Which LSNs one poll of one capture instance reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -488,6 +542,7 @@ mod tests {
                 ("odd]name".into(), MssqlType::Text),
             ],
             key: vec!["id".into()],
+            large: vec![],
         };
         assert_eq!(
             changes_query(&instance),
