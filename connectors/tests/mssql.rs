@@ -522,6 +522,7 @@ fn items_route() -> MssqlRoute {
         source: name.into(),
         target: name.into(),
         ty,
+        scale: 0,
         compare,
     };
     MssqlRoute {

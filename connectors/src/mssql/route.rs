@@ -112,7 +112,8 @@ pub fn resolve(route: &TableRoute, facts: Option<&TableFacts>) -> Result<MssqlRo
     };
     let mut columns = Vec::with_capacity(route.columns.len());
     for (source, target) in &route.columns {
-        let Some((_, type_name, _)) = facts.columns.iter().find(|(name, ..)| name == target) else {
+        let Some((_, type_name, scale)) = facts.columns.iter().find(|(name, ..)| name == target)
+        else {
             return Err(fail(format!("the target table has no column {target:?}")));
         };
         let ty = MssqlType::from_name(type_name).map_err(|error| {
@@ -124,6 +125,7 @@ pub fn resolve(route: &TableRoute, facts: Option<&TableFacts>) -> Result<MssqlRo
             source: source.clone(),
             target: target.clone(),
             ty,
+            scale: *scale,
             compare: compare(ty, type_name),
         });
     }

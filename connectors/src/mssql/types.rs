@@ -189,6 +189,15 @@ impl MssqlType {
     pub fn read_as_decimal(self) -> bool {
         matches!(self, MssqlType::Money | MssqlType::SmallMoney)
     }
+
+    /// Whether the type holds decimal numbers with a fixed number of decimal places (its
+    /// scale), to which the server rounds what it is given.
+    pub fn has_scale(self) -> bool {
+        matches!(
+            self,
+            MssqlType::Decimal | MssqlType::Money | MssqlType::SmallMoney
+        )
+    }
 }
 
 impl fmt::Display for MssqlType {

@@ -24,6 +24,9 @@ pub struct RouteColumn {
     pub target: String,
     /// Its type on the target.
     pub ty: MssqlType,
+    /// Its declared scale (`sys.columns.scale`: the decimal places of a `decimal`, `numeric`,
+    /// `money` or `smallmoney` column).
+    pub scale: u8,
     /// How a conditional write compares an expected value with it.
     pub compare: Compare,
 }
@@ -58,15 +61,28 @@ impl MssqlRoute {
     }
 
     fn param(&self, column: &RouteColumn, value: &Value) -> Result<Param, ApplyError> {
-        to_param(column.ty, value).map(Param).map_err(|e| {
+        let refuse = |reason: String| {
             ApplyError::refuse(
                 &self.target,
                 &column.target,
                 value,
                 column.ty.name(),
-                e.to_string(),
+                reason,
             )
-        })
+        };
+        // SQL Server rounds a decimal to the column's scale without a word: refused instead.
+        if let Value::Decimal(d) = value
+            && column.ty.has_scale()
+            && d.normalized().scale() > usize::from(column.scale)
+        {
+            return Err(refuse(format!(
+                "{d} has more than {} decimal places and would be rounded",
+                column.scale
+            )));
+        }
+        to_param(column.ty, value)
+            .map(Param)
+            .map_err(|e| refuse(e.to_string()))
     }
 
     /// The key's target names and old values, as parameters.
@@ -272,6 +288,7 @@ mod tests {
             source: source.into(),
             target: target.into(),
             ty,
+            scale: 0,
             compare,
         };
         MssqlRoute {
@@ -323,6 +340,41 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_decimal_the_column_would_round_is_refused_by_name() {
+        let mut route = route();
+        route.columns.push(RouteColumn {
+            source: "price".into(),
+            target: "Price".into(),
+            ty: MssqlType::Decimal,
+            scale: 2,
+            compare: Compare::Value,
+        });
+        let insert = |price: &str| {
+            let after = row(&[
+                ("id", Value::Int(7)),
+                ("note", Value::Null),
+                ("qty", Value::Null),
+                ("price", Value::Decimal(price.parse().unwrap())),
+            ]);
+            route.statement(&event(Op::Insert, None, Some(after)), false)
+        };
+        // Trailing zeros are not decimal places that round.
+        assert!(insert("12.30").is_ok());
+        assert!(insert("12.3400").is_ok());
+        let err = insert("12.345").unwrap_err();
+        let ApplyError::Value(refusal) = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(refusal.column, "Price");
+        assert!(
+            refusal
+                .reason
+                .contains("more than 2 decimal places and would be rounded"),
+            "{err}"
+        );
     }
 
     #[test]
