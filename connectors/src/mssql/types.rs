@@ -108,16 +108,21 @@ pub enum TypeError {
         increments: u64,
     },
     /// A value outside the range of the target column's type.
-    #[error("{value} does not fit a {column} column: widen the column")]
+    #[error("{value} is out of the range of a {column} column: widen the column")]
     OutOfRange {
         /// The column's type.
         column: MssqlType,
         /// The value, as text.
         value: String,
     },
+    /// A float a `real` column would round.
+    #[error(
+        "{0} is not exactly a 32-bit float, which a real column holds: map it to a float column"
+    )]
+    NotExactReal(f64),
     /// A canonical value of a kind the target column cannot take.
     #[error(
-        "a {kind} value cannot be written into a {column} column: map it to a column of a matching type"
+        "no conversion from a {kind} value into a {column} column: map it to a column of a matching type"
     )]
     Incompatible {
         /// The column's type.
@@ -540,6 +545,7 @@ pub fn to_param(column: MssqlType, value: &Value) -> Result<ColumnData<'static>,
         (T::Real, Value::Float(f)) if f.is_finite() && f64::from(*f as f32) == *f => {
             ColumnData::F32(Some(*f as f32))
         }
+        (T::Real, Value::Float(f)) if f.is_finite() => return Err(TypeError::NotExactReal(*f)),
         (T::Float | T::Real, Value::Float(_)) => return Err(out_of_range()),
         (T::Decimal | T::Money | T::SmallMoney, Value::Decimal(d)) => {
             ColumnData::Numeric(Some(numeric_of(column, d)?))

@@ -1,6 +1,7 @@
 //! What the suite needs from a kind of target database, and the `items` table every kind
 //! creates.
 
+pub mod mssql;
 pub mod mysql;
 pub mod postgres;
 
@@ -38,7 +39,7 @@ pub const ITEM_COLUMNS: &[(&str, ValueKind)] = &[
 /// i2     16-bit integer                 ts  timestamp without time zone, microseconds
 /// i4     32-bit integer                 tz  timestamp with time zone (1970..2038), microseconds
 /// i8     64-bit integer                 u   uuid
-/// n      decimal(40,10)                 j   json (kept as its text)
+/// n      decimal(38+,10)                j   json (kept as its text)
 /// f4     32-bit float                   t   long text
 /// f8     64-bit float                   vc  varchar(20)
 /// bs     long binary                    untouched  varchar(20) DEFAULT 'default'
@@ -49,6 +50,9 @@ pub trait Target: Sized {
     /// What [`Target::hold_position`] returns: a second session inside an open transaction.
     type Held;
 
+    /// Whether the kind's applier upserts (backfill's `--allow-nonempty`); the suite's upsert
+    /// cases run only where it does.
+    const UPSERTS: bool = true;
     /// Whether an applier that meets another's uncommitted first position of its source fails
     /// on the key once the other commits (its position check sees no row and waits for
     /// nothing), rather than waiting for that row in the check and skipping the transaction.
@@ -56,8 +60,9 @@ pub trait Target: Sized {
     /// The type of `i2` as a value refusal names it.
     const SMALLINT: &'static str;
 
-    /// Creates the database and `items`, and connects a session for the test's own queries.
-    fn create() -> impl Future<Output = Self>;
+    /// Creates the database and `items`, and connects a session for the test's own queries;
+    /// `None` (having said why) when this kind's test server is not available here.
+    fn create() -> impl Future<Output = Option<Self>>;
 
     /// How an applier reaches the database.
     fn site(&self) -> SiteConnection;
@@ -101,7 +106,8 @@ pub trait Target: Sized {
     /// The target table and change of an error a row write got from the server.
     fn write_error(err: &ApplyError) -> Option<(&TableName, Op)>;
 
-    /// The SQLSTATE the server gave for the error, if it came from the server.
+    /// The SQLSTATE the server gave for the error (SQL Server: the SQLSTATE of its error
+    /// number), if it came from the server.
     fn sqlstate(err: &ApplyError) -> Option<String>;
 
     /// Whether the server refused a write for a duplicate key.

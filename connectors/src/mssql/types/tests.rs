@@ -274,7 +274,11 @@ fn values_a_column_cannot_hold_are_refused_not_rounded() {
     refused(T::Int, Value::UInt(u64::from(u32::MAX)));
     refused(T::BigInt, Value::UInt(u64::MAX));
     refused(T::Float, Value::Float(f64::NAN));
-    refused(T::Real, Value::Float(0.1));
+    assert!(matches!(
+        to_param(T::Real, &Value::Float(0.1)),
+        Err(TypeError::NotExactReal(f)) if f == 0.1
+    ));
+    refused(T::Real, Value::Float(f64::INFINITY));
     refused(T::Decimal, Value::Decimal("NaN".parse().unwrap()));
     refused(
         T::Decimal,

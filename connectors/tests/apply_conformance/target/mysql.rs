@@ -110,12 +110,12 @@ impl Target for Mysql {
     const RACING_FIRST_POSITION_FAILS: bool = false;
     const SMALLINT: &'static str = "smallint(6)";
 
-    async fn create() -> Mysql {
+    async fn create() -> Option<Mysql> {
         let db = shared_mariadb().create_database();
         db.sql(ITEMS_DDL).unwrap();
         let conn = Mutex::new(session(&db.url()).await);
         let source = format!("shop_{}", db.name());
-        Mysql { db, source, conn }
+        Some(Mysql { db, source, conn })
     }
 
     fn site(&self) -> SiteConnection {

@@ -42,12 +42,12 @@ impl Target for Postgres {
     const RACING_FIRST_POSITION_FAILS: bool = true;
     const SMALLINT: &'static str = "smallint";
 
-    async fn create() -> Postgres {
+    async fn create() -> Option<Postgres> {
         let db = shared_pg().create_database();
         db.execute_as_duplex(ITEMS_DDL).unwrap();
         let client = session(&db.url()).await;
         let source = format!("shop_{}", db.name());
-        Postgres { db, source, client }
+        Some(Postgres { db, source, client })
     }
 
     fn site(&self) -> SiteConnection {
