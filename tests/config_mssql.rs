@@ -159,7 +159,7 @@ fn duplex(config: &str, args: &[&str]) -> (i32, String) {
 }
 
 #[test]
-fn backfill_into_and_verify_refuse_a_sql_server_mapping_before_connecting() {
+fn backfill_and_verify_repair_into_sql_server_are_refused_before_connecting() {
     // Port 9 of the loopback: nothing is contacted before the refusal.
     let into = config("mssql://duplex@127.0.0.1:9/erp?encrypt=none", "store->erp")
         .replace("127.0.0.1:5432", "127.0.0.1:9");
@@ -187,13 +187,22 @@ fn backfill_into_and_verify_refuse_a_sql_server_mapping_before_connecting() {
     let (code, out) = duplex(&text, &["backfill"]);
     assert_ne!(code, 0, "{out}");
     assert!(!out.contains("not supported"), "{out}");
+    // Verify of a SQL Server site is built: it goes as far as connecting (to nothing here).
     let (code, out) = duplex(&text, &["verify"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(!out.contains("not supported"), "{out}");
+    // Its one-way repair into SQL Server (an upsert) is not: refused before connecting.
+    let (code, out) = duplex(&into, &["verify", "--repair"]);
     assert_ne!(code, 0, "{out}");
     assert!(
         out.contains(
-            "mapping orders has the SQL Server site erp: duplex verify is not supported for SQL \
-             Server sites yet"
+            "mapping orders writes into the SQL Server site erp: duplex verify --repair of a \
+             one-way mapping into SQL Server is not supported yet"
         ),
         "{out}"
     );
+    // Repairing the other way writes into PostgreSQL: it goes as far as connecting.
+    let (code, out) = duplex(&text, &["verify", "--repair"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(!out.contains("not supported"), "{out}");
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use duplex_testkit::shared_pg;
 use harness::mssql::{Mssql, client, site, wait_captured};
+use harness::verify_report::{found as found_keys, reports_with, set};
 use harness::{Duplex, rows, wait_for};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -195,6 +196,33 @@ fn sql_server_changes_arrive_in_postgres_and_check_passes() {
             Err(format!("\n got: {got:?}\nwant: {:?}", expected()))
         }
     });
+    // Verify with the source quiet: equal rows are equal, and a row changed behind duplex's
+    // back on the target is a proven difference (the target recorded the last commit that
+    // changed the table, which the source's snapshot position is tightened to).
+    let (code, found) = reports_with(&duplex, &[], &[]);
+    assert_eq!(code, 0, "{found:?}");
+    store
+        .psql("UPDATE orders SET note = 'changed behind duplex' WHERE id = 2")
+        .unwrap();
+    let (code, found) = reports_with(&duplex, &[], &["--wait", "30"]);
+    assert_eq!(code, 1, "{found:?}");
+    assert_eq!(
+        found_keys(&found[0]),
+        [set(&[]), set(&[]), set(&["id=2: note"])],
+        "{found:?}"
+    );
+    assert_eq!(found[0]["confirmed"], true, "{found:?}");
+    // Repairing it writes the source's row into PostgreSQL.
+    let out = duplex.command(&["verify", "--repair"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = rows(&store.psql(PG_ROWS).unwrap(), '|');
+    assert_eq!(got, expected());
     assert_eq!(duplex.terminate(), 0, "{}", duplex.log_text());
 }
 

@@ -347,8 +347,8 @@ pub enum AnySnapshot {
     Postgres(PgSnapshotReader),
     /// A MySQL/MariaDB consistent-snapshot transaction, possibly shared.
     Mysql(Arc<Mutex<MysqlSnapshot>>),
-    /// A SQL Server backfill snapshot, shared (read-only access for the backfill; verify and
-    /// fresh snapshots are not built for SQL Server).
+    /// A SQL Server snapshot, shared (read-only access for the backfill), or a verify
+    /// reader's own (ranges are compared row by row: there is no digest).
     Mssql(Arc<Mutex<MssqlSnapshot>>),
 }
 
@@ -382,15 +382,13 @@ impl AnySnapshot {
     /// the site's log at or after the end of every transaction the new one sees (PostgreSQL:
     /// the WAL insert position read by the statement that takes its snapshot; MySQL/MariaDB:
     /// the binlog position matching the consistent snapshot exactly). See [`crate::verify`].
-    pub async fn renew(&mut self) -> Result<Position, SnapshotError> {
+    /// `table` is the table the reads in the new snapshot go to: SQL Server gives the position
+    /// of the last change of that table the snapshot sees (see [`crate::mssql::verify`]).
+    pub async fn renew(&mut self, table: &TableName) -> Result<Position, SnapshotError> {
         Ok(match self {
             AnySnapshot::Postgres(reader) => Position::Postgres(reader.renew().await?),
             AnySnapshot::Mysql(conn) => Position::Mysql(conn.lock().await.renew().await?),
-            AnySnapshot::Mssql(_) => {
-                return Err(mssql_not_supported(
-                    "renewing a SQL Server snapshot (duplex verify)",
-                ));
-            }
+            AnySnapshot::Mssql(conn) => Position::Mssql(conn.lock().await.renew(table).await?),
         })
     }
 
@@ -400,11 +398,7 @@ impl AnySnapshot {
         match self {
             AnySnapshot::Postgres(reader) => reader.refresh().await?,
             AnySnapshot::Mysql(conn) => conn.lock().await.refresh().await?,
-            AnySnapshot::Mssql(_) => {
-                return Err(mssql_not_supported(
-                    "renewing a SQL Server snapshot (duplex verify)",
-                ));
-            }
+            AnySnapshot::Mssql(conn) => conn.lock().await.refresh().await?,
         }
         Ok(())
     }
@@ -558,10 +552,11 @@ impl SnapshotRead for AnySnapshot {
                     .rows_with_keys(table, columns, key, keys)
                     .await?
             }
-            AnySnapshot::Mssql(_) => {
-                return Err(mssql_not_supported(
-                    "reading rows by key from a SQL Server snapshot (duplex verify)",
-                ));
+            AnySnapshot::Mssql(conn) => {
+                conn.lock()
+                    .await
+                    .rows_with_keys(table, columns, key, keys)
+                    .await?
             }
         })
     }

@@ -22,13 +22,7 @@ pub async fn recorded_position(
     match site.kind {
         SiteKind::Postgres => crate::postgres::recorded_position(site, source).await,
         SiteKind::Mysql => crate::mysql::recorded_position(site, source).await,
-        SiteKind::Mssql => Err(AdminError::new(
-            "reading the position a target recorded",
-            crate::NotSupported {
-                what: "duplex verify",
-                fix: "compare the tables with your own tools",
-            },
-        )),
+        SiteKind::Mssql => crate::mssql::verify::recorded_position(site, source).await,
     }
 }
 

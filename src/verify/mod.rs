@@ -258,14 +258,22 @@ fn select<'a>(
         }
     }
     let selected: Vec<&Mapping> = expanded.mappings.iter().filter(|m| chosen(m)).collect();
-    if let Some((mapping, site)) = selected
-        .iter()
-        .find_map(|m| expanded.sql_server_site(m).map(|site| (m, site)))
+    // A one-way repair writes through an upserting applier, which SQL Server does not have
+    // (a two-way one goes through the merge engine's conditional writes).
+    if repair
+        && let Some((mapping, site)) = selected.iter().find_map(|m| match &m.direction {
+            Direction::OneWay { from, to } => expanded
+                .sql_server_site_except(m, Some(from))
+                .filter(|site| site == to)
+                .map(|site| (m, site)),
+            Direction::Both => None,
+        })
     {
         return Err(VerifyError::Invalid(format!(
-            "mapping {} has the SQL Server site {site}: duplex verify is not supported for SQL \
-             Server sites yet; compare its tables with your own tools, and name the other \
-             mappings with --mapping",
+            "mapping {} writes into the SQL Server site {site}: duplex verify --repair of a \
+             one-way mapping into SQL Server is not supported yet (it writes through upserts, \
+             which are not built for SQL Server): run duplex verify without --repair and \
+             correct the rows it lists, or name the other mappings with --mapping",
             mapping.name
         )));
     }

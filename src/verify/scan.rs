@@ -382,7 +382,10 @@ pub(super) async fn read_rows_of_keys(
     lookup: Lookup,
     keys: &BTreeMap<String, Vec<Value>>,
 ) -> Result<(Vec<Row>, Position), VerifyError> {
-    let position = reader.renew().await.map_err(side.snapshot_error())?;
+    let position = reader
+        .renew(&side.schema.name)
+        .await
+        .map_err(side.snapshot_error())?;
     let mut rows = Vec::new();
     match lookup {
         Lookup::Whole => {
@@ -465,11 +468,19 @@ pub async fn recheck(
                 let at = [
                     (
                         progress.source,
-                        readers.0.renew().await.map_err(sides.0.snapshot_error())?,
+                        readers
+                            .0
+                            .renew(&sides.0.schema.name)
+                            .await
+                            .map_err(sides.0.snapshot_error())?,
                     ),
                     (
                         progress.target,
-                        readers.1.renew().await.map_err(sides.1.snapshot_error())?,
+                        readers
+                            .1
+                            .renew(&sides.1.schema.name)
+                            .await
+                            .map_err(sides.1.snapshot_error())?,
                     ),
                 ];
                 confirmed = super::engine::wait_settled(state_dir, &at, progress.wait).await?;

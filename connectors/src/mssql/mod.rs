@@ -38,6 +38,7 @@ pub mod teardown;
 mod tls;
 pub mod typemap;
 mod types;
+pub mod verify;
 pub mod write;
 
 pub use apply::{MssqlApplier, MssqlSession, mssql_applier};

@@ -313,9 +313,13 @@ pub fn range_index_query(table: &TableName, key: &[Column], cuts: usize) -> Stri
     )
 }
 
-/// The one snapshot transaction of a backfill from a SQL Server source.
+/// The one snapshot transaction of a backfill from a SQL Server source, or a verify reader's
+/// current one.
 pub struct MssqlSnapshot {
-    client: MssqlClient,
+    pub(super) client: MssqlClient,
+    /// How to reach the database again (for a session of its own beside the snapshot's).
+    pub(super) url: String,
+    pub(super) password: Option<String>,
 }
 
 /// `column`'s SQL Server type.
@@ -327,7 +331,7 @@ fn type_of(table: &TableName, column: &Column) -> Result<MssqlType, MssqlSnapsho
     })
 }
 
-fn typed(
+pub(super) fn typed(
     table: &TableName,
     columns: &[Column],
 ) -> Result<Vec<(String, MssqlType)>, MssqlSnapshotError> {
@@ -424,7 +428,12 @@ impl MssqlSnapshot {
                 "sys.dm_db_log_stats gave a log end duplex cannot read: {e}"
             ))
         })?;
-        Ok((MssqlSnapshot { client }, CdcPosition::after_commit(lsn)))
+        let snapshot = MssqlSnapshot {
+            client,
+            url: url.to_owned(),
+            password: password.map(str::to_owned),
+        };
+        Ok((snapshot, CdcPosition::after_commit(lsn)))
     }
 
     /// A session of its own in a fresh snapshot transaction, at no particular position: for
@@ -441,7 +450,11 @@ impl MssqlSnapshot {
             "opening a snapshot transaction",
         )
         .await?;
-        Ok(MssqlSnapshot { client })
+        Ok(MssqlSnapshot {
+            client,
+            url: url.to_owned(),
+            password: password.map(str::to_owned),
+        })
     }
 
     /// Whether ranges can be cut on `column` (see the module docs).
@@ -626,7 +639,7 @@ impl MssqlSnapshot {
         }
     }
 
-    async fn query(
+    pub(super) async fn query(
         &mut self,
         sql: &str,
         params: Vec<Param>,
@@ -647,7 +660,10 @@ impl MssqlSnapshot {
 }
 
 /// The parameters of `values`, each in its column's type.
-fn bind(table: &TableName, values: Vec<(Column, Value)>) -> Result<Vec<Param>, MssqlSnapshotError> {
+pub(super) fn bind(
+    table: &TableName,
+    values: Vec<(Column, Value)>,
+) -> Result<Vec<Param>, MssqlSnapshotError> {
     values
         .into_iter()
         .map(|(column, value)| {
@@ -664,7 +680,7 @@ fn bind(table: &TableName, values: Vec<(Column, Value)>) -> Result<Vec<Param>, M
 }
 
 /// The canonical values of one row of `columns`.
-fn decode(
+pub(super) fn decode(
     table: &TableName,
     columns: &[(String, MssqlType)],
     row: tiberius::Row,
@@ -689,7 +705,11 @@ fn number(table: &TableName, text: Option<&str>) -> Result<u64, MssqlSnapshotErr
     })
 }
 
-async fn run(client: &mut MssqlClient, sql: &str, doing: &'static str) -> Result<(), MssqlError> {
+pub(super) async fn run(
+    client: &mut MssqlClient,
+    sql: &str,
+    doing: &'static str,
+) -> Result<(), MssqlError> {
     client
         .simple_query(sql)
         .await
@@ -716,7 +736,7 @@ async fn one_value(
     Ok(row.and_then(|r| r.into_iter().next()))
 }
 
-async fn text_value(
+pub(super) async fn text_value(
     client: &mut MssqlClient,
     sql: &str,
     doing: &'static str,
