@@ -12,10 +12,11 @@
 //! PostgreSQL rule tables; [`snapshot`] is the backfill's snapshot of a SQL Server source,
 //! matched exactly to a CDC position; [`teardown`] removes schema `duplex` from a target
 //! (never a capture instance); [`load`] is the target side of a backfill into SQL Server
-//! (empty tables, markers, foreign keys). Not built, and refused with "... is not supported
-//! for SQL Server sites yet": verify, a backfill that overwrites a SQL Server target's rows
-//! (`--allow-nonempty`, `--resync`), the log head and schema listing; the configuration also
-//! refuses mappings between SQL Server and MySQL/MariaDB.
+//! (empty tables, markers, foreign keys); [`verify`] what `duplex verify` reads besides
+//! ranges. Not built, and refused: writes that overwrite a SQL Server target's rows (upserts:
+//! backfill's `--allow-nonempty` and `--resync`, a one-way `verify --repair`), the log head
+//! and schema listing; the configuration also refuses mappings between SQL Server and
+//! MySQL/MariaDB.
 //!
 //! Nothing here has run against a real SQL Server yet: no server can run on our machines.
 //! The server tests in `connectors/tests/mssql.rs` and `tests/run_mssql*.rs` run only when
