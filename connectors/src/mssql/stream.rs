@@ -671,6 +671,17 @@ mod tests {
     }
 
     #[test]
+    fn a_two_way_reader_starts_once_the_positions_table_is_captured() {
+        // No instance yet, or the capture job has not established it.
+        assert!(!echo_capture_ready(Lsn::ZERO, lsn(50)));
+        // The instance begins after what the capture job has processed.
+        assert!(!echo_capture_ready(lsn(60), lsn(50)));
+        assert!(!echo_capture_ready(lsn(60), Lsn::ZERO));
+        assert!(echo_capture_ready(lsn(60), lsn(60)));
+        assert!(echo_capture_ready(lsn(60), lsn(70)));
+    }
+
+    #[test]
     fn a_transaction_that_wrote_the_positions_table_is_an_echo() {
         let rows = vec![
             change(orders(), 10, 1, CdcOp::Insert, 1, 5),
