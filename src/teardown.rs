@@ -147,7 +147,14 @@ pub async fn teardown(config: &Config, options: &TeardownOptions) -> Result<Stri
                 source,
             })?;
         leftovers.adopt_positions(|source| bus_keys.iter().any(|key| key == source));
-        if leftovers.positions.iter().any(|p| bus_keys.contains(p)) {
+        // The bus's claims on its rows (see crate::bus::identity) go with them.
+        leftovers.adopt_claims(|scope| bus_keys.iter().any(|key| key == scope));
+        if leftovers
+            .positions
+            .iter()
+            .chain(&leftovers.claims)
+            .any(|p| bus_keys.contains(p))
+        {
             bus_rows.push(site.name.clone());
         }
         let active = leftovers.active_slots();

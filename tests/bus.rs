@@ -837,6 +837,7 @@ fn teardown_removes_this_prefixs_streams_once_no_writer_holds_a_lease_and_nothin
     let mut ours = others.clone();
     ours.insert(stream.clone(), vec!["writer-wms".to_owned()]);
     ours.insert("duplex_leases".to_owned(), Vec::new());
+    ours.insert("duplex-identity".to_owned(), Vec::new());
     assert_eq!(jetstream(&nats), ours);
 
     // The writer of wms holds its lease: teardown refuses, removing nothing.

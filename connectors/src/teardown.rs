@@ -86,6 +86,24 @@ impl Leftovers {
         self.others = kept;
     }
 
+    /// Counts the `duplex.claims` rows whose scope `ours` accepts as this deployment's too
+    /// (a bus's claim on its position row, scope `<site>@bus-<prefix>`, whichever state
+    /// directory made it).
+    pub fn adopt_claims(&mut self, ours: impl Fn(&str) -> bool) {
+        let mut kept = Vec::new();
+        for other in std::mem::take(&mut self.others) {
+            let scope = other
+                .strip_prefix(CLAIMS_ROW)
+                .and_then(|rest| rest.split_once(" of deployment "))
+                .map(|(scope, _)| scope);
+            match scope {
+                Some(scope) if ours(scope) => self.claims.push(scope.to_owned()),
+                _ => kept.push(other),
+            }
+        }
+        self.others = kept;
+    }
+
     /// Whether nothing of this deployment is there.
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
@@ -98,6 +116,8 @@ impl Leftovers {
 
 /// How [`Leftovers::others`] names another deployment's `duplex.positions` row.
 const POSITIONS_ROW: &str = "duplex.positions row ";
+/// How [`Leftovers::others`] names another deployment's `duplex.claims` row.
+const CLAIMS_ROW: &str = "duplex.claims row ";
 
 /// Sorts `duplex.positions` sources and `duplex.claims` rows into this deployment's and
 /// others': a position is this deployment's when keyed `<site>@<deployment>`, when it is a
@@ -118,7 +138,7 @@ pub fn sort_rows(
         } else {
             leftovers
                 .others
-                .push(format!("duplex.claims row {scope} of deployment {owner}"));
+                .push(format!("{CLAIMS_ROW}{scope} of deployment {owner}"));
         }
     }
     for source in positions {
@@ -254,6 +274,28 @@ mod tests {
         assert_eq!(leftovers.positions, ["store@me", "store@bus-duplex"]);
         assert!(leftovers.others.is_empty());
         assert!(leftovers.drops_bookkeeping());
+    }
+
+    #[test]
+    fn an_adopted_bus_claim_counts_as_this_deployments() {
+        let positions = ["store@bus-duplex".to_owned()];
+        let claims = [
+            ("store@bus-duplex".to_owned(), "bus-duplex/1234".to_owned()),
+            ("wms@bus-duplex".to_owned(), "bus-duplex/5678".to_owned()),
+        ];
+        let mut leftovers = Leftovers {
+            bookkeeping: Some("schema duplex".into()),
+            ..Leftovers::default()
+        };
+        sort_rows(&positions, &claims, "me", &mut leftovers);
+        leftovers.adopt_positions(|source| source == "store@bus-duplex");
+        leftovers.adopt_claims(|scope| scope == "store@bus-duplex");
+        assert_eq!(leftovers.claims, ["store@bus-duplex"]);
+        assert_eq!(
+            leftovers.others,
+            ["duplex.claims row wms@bus-duplex of deployment bus-duplex/5678"]
+        );
+        assert!(!leftovers.drops_bookkeeping(), "another bus's claim stays");
     }
 
     #[test]

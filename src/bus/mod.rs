@@ -115,6 +115,7 @@ use crate::config::BusConfig;
 
 pub mod backlog;
 mod feed;
+pub(crate) mod identity;
 mod lease;
 pub(crate) mod outbox;
 pub mod progress;

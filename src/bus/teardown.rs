@@ -5,14 +5,16 @@
 //! each source of the one-way mappings (`<stream_prefix>_<source>`, its consumers
 //! `writer-<target>` with it), the merge stream of each site of the two-way mappings
 //! (`<stream_prefix>-merge_<site>`, the coordinator's consumer with it), its outbox stream
-//! (`<stream_prefix>-outbox_<site>`, its writer's consumer with it) and the lease stream
-//! (`<stream_prefix>_leases`). A prefix match
+//! (`<stream_prefix>-outbox_<site>`, its writer's consumer with it), the lease stream
+//! (`<stream_prefix>_leases`) and the identity stream (`<stream_prefix>-identity`, see
+//! [`super::identity`]). A prefix match
 //! would take another deployment's streams whose prefix starts with this one (`duplex_eu_…`
 //! under `duplex`). A stream of such a name whose subjects are not the ones duplex gives it
 //! is someone else's: it is left, and named.
 //!
 //! With `--site S`: a source's stream (and its consumers), or, for a target, its consumer on
-//! each of its sources' streams; the lease stream stays (other sites' writers use it).
+//! each of its sources' streams; the lease and identity streams stay (other sites' writers
+//! use them, and the other sites' claims name the identity).
 //!
 //! Nothing is removed while a writer holds the lease of a site concerned (a writer applying
 //! would re-create its consumer, or the reader its stream): [`find`] reads the leases first,
@@ -24,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use async_nats::jetstream::stream;
 use futures_util::TryStreamExt;
 
-use super::{Bus, BusError, Kind, lease};
+use super::{Bus, BusError, Kind, identity, lease};
 use crate::config::BusConfig;
 
 /// What this configuration's bus holds that teardown would remove.
@@ -37,6 +39,8 @@ pub struct BusLeftovers {
     consumers: Vec<(String, String)>,
     /// The lease stream, when it goes too.
     leases: Option<String>,
+    /// The identity stream, when it goes too.
+    identity: Option<String>,
     /// Streams with this configuration's names but other subjects: left.
     pub foreign: Vec<String>,
     /// Sites whose lease a writer holds now: (site, holder).
@@ -61,6 +65,7 @@ pub async fn find(
         streams: Vec::new(),
         consumers: Vec::new(),
         leases: None,
+        identity: None,
         foreign: Vec::new(),
         held: Vec::new(),
     };
@@ -135,6 +140,15 @@ pub async fn find(
             None => {}
         }
     }
+    let name = identity::stream_name(&bus);
+    if site.is_none()
+        && let Some(found) = existing(&bus, &name, &identity::subject(&bus)).await?
+    {
+        match found {
+            Some(_) => leftovers.identity = Some(name),
+            None => leftovers.foreign.push(name),
+        }
+    }
     Ok(leftovers)
 }
 
@@ -193,6 +207,9 @@ impl BusLeftovers {
                 .iter()
                 .map(|leases| format!("JetStream stream {leases} (the writers' leases)")),
         );
+        items.extend(self.identity.iter().map(|identity| {
+            format!("JetStream stream {identity} (the bus's identity, named by its claims)")
+        }));
         items
     }
 
@@ -229,6 +246,12 @@ impl BusLeftovers {
         if let Some(leases) = &self.leases {
             let line = lines.next().expect("a line for the lease stream");
             if self.delete_stream(leases).await? {
+                removed.push(line);
+            }
+        }
+        if let Some(identity) = &self.identity {
+            let line = lines.next().expect("a line for the identity stream");
+            if self.delete_stream(identity).await? {
                 removed.push(line);
             }
         }

@@ -188,6 +188,10 @@ pub enum LinkError {
         #[source]
         source: Box<crate::bus::BusError>,
     },
+    /// A target could not be claimed for the bus feeding the link (see
+    /// [`crate::bus::identity`]).
+    #[error(transparent)]
+    BusClaim(Box<crate::bus::identity::ClaimError>),
     /// A target refused a change definitely (see [`refusal`]).
     #[error(transparent)]
     Refused(Box<refusal::Refusal>),
@@ -265,6 +269,10 @@ impl LinkError {
             LinkError::Apply { source, .. } => source.is_transient(),
             LinkError::Schema { transient, .. } => *transient,
             LinkError::Bus { source, .. } => source.is_transient(),
+            LinkError::BusClaim(claim) => match &**claim {
+                crate::bus::identity::ClaimError::Apply(source) => source.is_transient(),
+                crate::bus::identity::ClaimError::Shared { .. } => false,
+            },
             LinkError::Position(_)
             | LinkError::Crashed(_)
             | LinkError::State(_)
@@ -464,6 +472,18 @@ async fn attempt(
     // What each target holds already: redelivered transactions up to it are skipped by the
     // applier, so they are not counted as committed (see crate::telemetry).
     let mut held_positions = Vec::new();
+    // A writer of a bus claims its position row on each target for the bus before it reads it.
+    let bus_identity = match &plan.bus {
+        Some(bus) => Some(
+            crate::bus::identity::identity(bus)
+                .await
+                .map_err(|source| LinkError::Bus {
+                    site: source_name.to_owned(),
+                    source: Box::new(source),
+                })?,
+        ),
+        None => None,
+    };
     for (target_plan, routes) in plan.targets.iter().zip(&routes) {
         let apply_error = |source| LinkError::Apply {
             site: target_plan.site.name.clone(),
@@ -477,6 +497,11 @@ async fn attempt(
         .await
         .map_err(apply_error)?;
         let key = position_key(source_name, &deployment);
+        if let (Some(bus), Some(identity)) = (&plan.bus, &bus_identity) {
+            crate::bus::identity::claim_target(bus, identity, &key, &target_plan.site.connection())
+                .await
+                .map_err(|e| LinkError::BusClaim(Box::new(e)))?;
+        }
         claim_legacy_position(&target_plan.site, source_name, &key, &mut warn_others).await?;
         let held = target.position(&key).await.map_err(apply_error)?;
         held_positions.push(held.clone());
