@@ -115,7 +115,7 @@ pub(super) async fn min_lsn(client: &mut MssqlClient, instance: &str) -> Result<
 }
 
 /// The LSN in the first column of the row `query` returns (zero when it returns none).
-async fn query_lsn(
+pub(super) async fn query_lsn(
     client: &mut MssqlClient,
     query: &str,
     params: &[&dyn tiberius::ToSql],

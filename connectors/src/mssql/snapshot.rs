@@ -414,7 +414,7 @@ impl MssqlSnapshot {
         )
         .await?;
         run(&mut client, &start_sql(&first), "starting the snapshot").await?;
-        let end = text_value(&mut fence, LOG_END_QUERY, "reading the log end (sys.dm_db_log_stats needs SQL Server 2016 SP2 or later and VIEW SERVER STATE)").await?;
+        let lsn = log_end(&mut fence).await?;
         run(
             &mut fence,
             "COMMIT TRANSACTION",
@@ -422,12 +422,6 @@ impl MssqlSnapshot {
         )
         .await?;
         drop(fence);
-        let end = end.unwrap_or_default();
-        let lsn: Lsn = end.trim().parse().map_err(|e: super::LsnError| {
-            MssqlSnapshotError::Refused(format!(
-                "sys.dm_db_log_stats gave a log end duplex cannot read: {e}"
-            ))
-        })?;
         let snapshot = MssqlSnapshot {
             client,
             url: url.to_owned(),
@@ -573,14 +567,7 @@ impl MssqlSnapshot {
             .query(&query.sql, params, "reading a range of rows")
             .await?;
         rows.into_iter()
-            .map(|data| {
-                let values = decode(table, &typed_columns, data)?;
-                let mut row = Row::with_capacity(values.len());
-                for ((name, _), value) in typed_columns.iter().zip(values) {
-                    row.push(name.as_str(), value);
-                }
-                Ok(row)
-            })
+            .map(|data| decode_row(table, &typed_columns, data))
             .collect()
     }
 
@@ -677,6 +664,37 @@ pub(super) fn bind(
                 })
         })
         .collect()
+}
+
+/// One row of `columns` as a canonical row.
+pub(super) fn decode_row(
+    table: &TableName,
+    columns: &[(String, MssqlType)],
+    data: tiberius::Row,
+) -> Result<Row, MssqlSnapshotError> {
+    let values = decode(table, columns, data)?;
+    let mut row = Row::with_capacity(values.len());
+    for ((name, _), value) in columns.iter().zip(values) {
+        row.push(name.as_str(), value);
+    }
+    Ok(row)
+}
+
+/// The LSN of the last record of the database's log (`sys.dm_db_log_stats`).
+pub(super) async fn log_end(client: &mut MssqlClient) -> Result<Lsn, MssqlSnapshotError> {
+    let end = text_value(
+        client,
+        LOG_END_QUERY,
+        "reading the log end (sys.dm_db_log_stats needs SQL Server 2016 SP2 or later and VIEW \
+         SERVER STATE)",
+    )
+    .await?
+    .unwrap_or_default();
+    end.trim().parse().map_err(|e: super::LsnError| {
+        MssqlSnapshotError::Refused(format!(
+            "sys.dm_db_log_stats gave a log end duplex cannot read: {e}"
+        ))
+    })
 }
 
 /// The canonical values of one row of `columns`.

@@ -25,15 +25,14 @@ use std::time::Duration;
 use super::position::{CdcPosition, Lsn};
 use super::positions::committed_position;
 use super::preflight::probe_table;
-use super::reader::max_lsn;
+use super::reader::{max_lsn, query_lsn};
 use super::route::capture_instance;
 use super::snapshot::{
-    LOG_END_QUERY, MssqlSnapshot, MssqlSnapshotError, bind, decode, run, start_sql, text_value,
-    typed,
+    MssqlSnapshot, MssqlSnapshotError, bind, decode_row, log_end, run, start_sql, text_value, typed,
 };
 use super::sql::{MAX_PARAMS, quote_table};
 use super::stream::{quote, select_list};
-use super::{MssqlClient, MssqlError, connect};
+use super::{MssqlClient, connect};
 use crate::load::AdminError;
 use crate::{Column, Position, Row, SiteConnection, TableName, Value};
 
@@ -110,8 +109,15 @@ impl MssqlSnapshot {
             return Ok(CdcPosition::after_commit(end));
         };
         wait_for_capture(&mut other, end).await?;
-        let last = last_change(&mut other, &instance.name, end).await?;
-        Ok(CdcPosition::after_commit(last.unwrap_or(Lsn::ZERO)))
+        // Zero (before every commit) when no change of the table is at or below it.
+        let last = query_lsn(
+            &mut other,
+            &last_change_query(&instance.name),
+            &[&end.0.to_vec()],
+            "reading the last change of a table",
+        )
+        .await?;
+        Ok(CdcPosition::after_commit(last))
     }
 
     /// The rows of `table` whose `key` columns hold one of `keys`, with `columns`, in the
@@ -135,50 +141,11 @@ impl MssqlSnapshot {
                 .query(&sql, bind(table, values)?, "reading rows by key")
                 .await?;
             for data in rows {
-                let values = decode(table, &typed_columns, data)?;
-                let mut row = Row::with_capacity(values.len());
-                for ((name, _), value) in typed_columns.iter().zip(values) {
-                    row.push(name.as_str(), value);
-                }
-                out.push(row);
+                out.push(decode_row(table, &typed_columns, data)?);
             }
         }
         Ok(out)
     }
-}
-
-/// The LSN of the last record of the database's log.
-async fn log_end(client: &mut MssqlClient) -> Result<Lsn, MssqlSnapshotError> {
-    let end = text_value(
-        client,
-        LOG_END_QUERY,
-        "reading the log end (sys.dm_db_log_stats needs SQL Server 2016 SP2 or later and VIEW \
-         SERVER STATE)",
-    )
-    .await?
-    .unwrap_or_default();
-    end.trim().parse().map_err(|e: super::LsnError| {
-        MssqlSnapshotError::Refused(format!(
-            "sys.dm_db_log_stats gave a log end duplex cannot read: {e}"
-        ))
-    })
-}
-
-/// The last commit LSN at or below `end` in the change table of capture instance `instance`.
-async fn last_change(
-    client: &mut MssqlClient,
-    instance: &str,
-    end: Lsn,
-) -> Result<Option<Lsn>, MssqlError> {
-    let doing = "reading the last change of a table";
-    let row = client
-        .query(last_change_query(instance), &[&end.0.to_vec()])
-        .await
-        .map_err(MssqlError::query(doing))?
-        .into_row()
-        .await
-        .map_err(MssqlError::query(doing))?;
-    Ok(row.and_then(|r| r.get::<&[u8], _>(0).and_then(Lsn::from_slice)))
 }
 
 /// Returns once the capture job has processed the log up to `end`; a refusal naming the

@@ -6,6 +6,7 @@ pub mod mysql;
 pub mod postgres;
 
 use std::future::Future;
+use std::time::Duration;
 
 use duplex_connectors::{ApplyError, Op, Position, SiteConnection, TableName, Value, ValueKind};
 
@@ -31,6 +32,23 @@ pub const ITEM_COLUMNS: &[(&str, ValueKind)] = &[
     ("j", ValueKind::Json),
     ("untouched", ValueKind::Text),
 ];
+
+/// How long a fixture waits for a server state before the test fails.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Polls `check` every 10 ms until it says true; fails the test naming `what` after
+/// [`DEADLINE`].
+pub async fn poll_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
 
 /// A fresh database of one kind on the shared test server, holding the table `items`:
 ///

@@ -3,8 +3,6 @@
 //! create databases and kill sessions). No SQL Server runs on our machines: without the
 //! variable every test of this kind says it is skipped and passes.
 
-use std::time::Duration;
-
 use duplex_connectors::mssql::{
     CdcPosition, Lsn, MssqlClient, MssqlError, MssqlType, connect, to_value,
 };
@@ -12,7 +10,7 @@ use duplex_connectors::{ApplyError, Op, Position, SiteConnection, SiteKind, Tabl
 use tiberius::ColumnData;
 use tokio::sync::Mutex;
 
-use super::{ITEM_COLUMNS, Target};
+use super::{ITEM_COLUMNS, Target, poll_until};
 
 /// `n` holds 38 digits, the most SQL Server's `decimal` holds; `j` is text (SQL Server has no
 /// json type before 2025).
@@ -42,9 +40,6 @@ const ITEM_TYPES: &[MssqlType] = &[
     MssqlType::Text,
     MssqlType::Text,
 ];
-
-/// Gives up waiting for a server state after this long.
-const DEADLINE: Duration = Duration::from_secs(30);
 
 pub struct Mssql {
     admin_url: String,
@@ -288,8 +283,7 @@ impl Target for Mssql {
     }
 
     async fn wait_for_blocked_applier(&self) {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
+        poll_until("no applier session waits for a lock", || async {
             let blocked = self
                 .query(&format!(
                     "SELECT COUNT(*) FROM sys.dm_exec_requests \
@@ -297,15 +291,9 @@ impl Target for Mssql {
                     self.name
                 ))
                 .await;
-            if blocked[0][0].as_deref() != Some("0") {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no applier session waits for a lock"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+            blocked[0][0].as_deref() != Some("0")
+        })
+        .await;
     }
 
     fn write_error(err: &ApplyError) -> Option<(&TableName, Op)> {

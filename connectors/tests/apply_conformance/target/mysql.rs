@@ -1,7 +1,5 @@
 //! MySQL/MariaDB as a target: a fresh database on the shared test server.
 
-use std::time::Duration;
-
 use chrono::{NaiveDate, NaiveDateTime, TimeZone, Utc};
 use duplex_connectors::mysql::{BinlogPosition, MysqlError, connect};
 use duplex_connectors::{
@@ -12,16 +10,13 @@ use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 use tokio::sync::Mutex;
 
-use super::{ITEM_COLUMNS, Target};
+use super::{ITEM_COLUMNS, Target, poll_until};
 
 const ITEMS_DDL: &str = "CREATE TABLE items ( \
     id BIGINT PRIMARY KEY, i2 SMALLINT, i4 INT, i8 BIGINT, n DECIMAL(40,10), f4 FLOAT, \
     f8 DOUBLE, t LONGTEXT, vc VARCHAR(20), bs LONGBLOB, d DATE, tm TIME(6), ts DATETIME(6), \
     tz TIMESTAMP(6) NULL, u UUID, j JSON, untouched VARCHAR(20) DEFAULT 'default' \
     ) ENGINE = InnoDB";
-
-/// Gives up waiting for a server state after this long.
-const DEADLINE: Duration = Duration::from_secs(30);
 
 pub struct Mysql {
     db: MariaDatabase,
@@ -220,8 +215,7 @@ impl Target for Mysql {
         // A session waiting for a row lock in a primary key lookup shows no lock wait in
         // INNODB_TRX on MariaDB (the wait happens while the optimizer reads the row, in state
         // `Statistics`): it is seen as a statement on `duplex.positions` that does not end.
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
+        poll_until("no applier session waits on duplex.positions", || async {
             let waiting: Option<u64> = self
                 .conn
                 .lock()
@@ -234,15 +228,9 @@ impl Target for Mysql {
                 )
                 .await
                 .unwrap();
-            if waiting.unwrap_or(0) > 0 {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no applier session waits on duplex.positions"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+            waiting.unwrap_or(0) > 0
+        })
+        .await;
     }
 
     fn write_error(err: &ApplyError) -> Option<(&TableName, Op)> {

@@ -1,7 +1,5 @@
 //! PostgreSQL as a target: a fresh database on the shared test server.
 
-use std::time::Duration;
-
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use duplex_connectors::postgres::{Lsn, PgError};
 use duplex_connectors::{
@@ -10,15 +8,12 @@ use duplex_connectors::{
 use duplex_testkit::{PgDatabase, shared_pg};
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
-use super::{ITEM_COLUMNS, Target};
+use super::{ITEM_COLUMNS, Target, poll_until};
 
 const ITEMS_DDL: &str = "CREATE TABLE public.items ( \
     id int8 PRIMARY KEY, i2 int2, i4 int4, i8 int8, n numeric(40,10), f4 float4, f8 float8, \
     t text, vc varchar(20), bs bytea, d date, tm time, ts timestamp, tz timestamptz, u uuid, \
     j json, untouched varchar(20) DEFAULT 'default')";
-
-/// Gives up waiting for a server state after this long.
-const DEADLINE: Duration = Duration::from_secs(30);
 
 pub struct Postgres {
     db: PgDatabase,
@@ -180,8 +175,7 @@ impl Target for Postgres {
     }
 
     async fn wait_for_blocked_applier(&self) {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
+        poll_until("no applier session waits for a lock", || async {
             let waiting: i64 = self
                 .client
                 .query_one(
@@ -192,15 +186,9 @@ impl Target for Postgres {
                 .await
                 .unwrap()
                 .get(0);
-            if waiting > 0 {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no applier session waits for a lock"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+            waiting > 0
+        })
+        .await;
     }
 
     fn write_error(err: &ApplyError) -> Option<(&TableName, Op)> {
